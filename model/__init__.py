@@ -1,0 +1,1 @@
+"""The bundled MindSpore Bloom (data plane): shipped to nodes, never imports orchestrator."""

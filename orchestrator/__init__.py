@@ -1,0 +1,5 @@
+"""orchestrate: the control plane that plans, launches and collects Bloom jobs on MindSpore clusters."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

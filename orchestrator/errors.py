@@ -1,0 +1,94 @@
+"""The OrchestrateError tree: every expected failure, each carrying its data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class OrchestrateError(Exception):
+    """Expected failure; the CLI prints it as one line without a traceback (exit 1)."""
+
+
+class InventoryError(OrchestrateError):
+    """The inventory file is missing, malformed or inconsistent."""
+
+    def __init__(self, path: str, key: str, message: str) -> None:
+        self.path = path
+        self.key = key
+        self.detail = message
+        where = f"{path}: {key}: " if key else f"{path}: "
+        super().__init__(f"{where}{message}")
+
+
+class PresetError(OrchestrateError):
+    """A preset or a `--set` override is unknown, mistyped or inconsistent."""
+
+
+class PlanError(OrchestrateError):
+    """The preset's parallel layout does not fit the inventory."""
+
+
+class RankTableError(OrchestrateError):
+    """A rank table cannot be built, merged or validated."""
+
+
+class RemoteError(OrchestrateError):
+    """Something failed on or on the way to a node."""
+
+    def __init__(self, node: str, message: str) -> None:
+        self.node = node
+        super().__init__(f"[{node}] {message}")
+
+
+class ConnectError(RemoteError):
+    """The node could not be reached or refused us (refused, no route, DNS, auth, host key)."""
+
+
+class HostKeyError(ConnectError):
+    """The node's host key is unknown or changed; names the known_hosts file to fix."""
+
+
+class RemoteCommandError(RemoteError):
+    """A command exited non-zero on a node (raised only when `check=True`)."""
+
+    def __init__(self, result: Any) -> None:
+        self.result = result
+        tail = result.stderr.strip().splitlines()[-1:] if result.stderr else []
+        super().__init__(
+            result.node,
+            f"`{result.command}` exited {result.exit_code}" + (f": {tail[0]}" if tail else ""),
+        )
+
+
+class CommandTimeout(RemoteError):
+    """A command did not finish within its timeout."""
+
+
+class TransferError(RemoteError):
+    """A put/get failed, or its size/sha256 did not verify, or a path would escape."""
+
+
+class FanoutError(OrchestrateError):
+    """One or more nodes failed in a fan-out; `.result` holds every node's outcome."""
+
+    def __init__(self, result: Any) -> None:
+        self.result = result
+        failed = result.failed
+        parts = [f"{name}: {exc}" for name, exc in failed.items()]
+        super().__init__(f"{len(failed)} of {len(result.outcomes)} nodes failed: " + "; ".join(parts))
+
+
+class JobError(OrchestrateError):
+    """A job cannot be started, found, or stopped as asked."""
+
+
+class CheckpointError(OrchestrateError):
+    """Checkpoints cannot be chosen, gathered, verified or transformed."""
+
+
+class ModelError(OrchestrateError):
+    """Model-side work (data, conversion, inference) failed with a clear cause."""
+
+
+class NotImplementedYet(OrchestrateError):
+    """The command is planned but not built yet."""

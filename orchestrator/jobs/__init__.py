@@ -1,0 +1,1 @@
+"""Job records and the job lifecycle (up / status / logs / down)."""

@@ -1,0 +1,51 @@
+"""The Transport protocol and CommandResult: what every node connection offers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Protocol
+
+from orchestrator.inventory import Node
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """Outcome of one command on one node (invoke's Result)."""
+
+    node: str  # node name
+    command: str  # the command line as run by the node's shell
+    exit_code: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+class Transport(Protocol):
+    """One node's connection; connects lazily, closes on `close()` or leaving `with`."""
+
+    node: Node
+
+    def run(self, cmd: Sequence[str] | str, *, check: bool = True, timeout: float | None = None,
+            env: Mapping[str, str] | None = None) -> CommandResult:
+        """Run `cmd` (a list is shlex-joined; a string goes to the shell as is)."""
+        ...
+
+    def put(self, local: Path, remote: PurePosixPath, *, mode: int | None = None) -> None:
+        """Upload atomically (temp name + rename), preserving mode unless `mode` is given."""
+        ...
+
+    def get(self, remote: PurePosixPath, local: Path) -> None:
+        """Download atomically; `local` is the destination file."""
+        ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Transport: ...
+
+    def __exit__(self, *exc: object) -> None: ...
