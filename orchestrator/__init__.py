@@ -1,4 +1,4 @@
-"""orchestrate: the control plane that plans, launches and collects Bloom jobs on MindSpore clusters."""
+"""orchestrate: the control plane that plans, launches and collects Bloom jobs."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The `orchestrate` command line: parse arguments, call the library, print. Nothing else.
 
-    orchestrate plan --inventory inventories/12node.yaml --config 65b
-    orchestrate up --inventory inventories/local.yaml --config tiny --wait
+orchestrate plan --inventory inventories/12node.yaml --config 65b
+orchestrate up --inventory inventories/local.yaml --config tiny --wait
 """
 
 from __future__ import annotations
@@ -25,8 +25,10 @@ class OrchestrateGroup(click.Group):
             raise click.ClickException(str(e)) from e
 
 
-@click.group(cls=OrchestrateGroup, context_settings={"help_option_names": ["-h", "--help"],
-                                                     "max_content_width": 100})
+@click.group(
+    cls=OrchestrateGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def cli(verbose: int) -> None:
     """Train and serve Bloom with MindSpore on Ascend or CPU clusters.

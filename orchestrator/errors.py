@@ -75,7 +75,9 @@ class FanoutError(OrchestrateError):
         self.result = result
         failed = result.failed
         parts = [f"{name}: {exc}" for name, exc in failed.items()]
-        super().__init__(f"{len(failed)} of {len(result.outcomes)} nodes failed: " + "; ".join(parts))
+        super().__init__(
+            f"{len(failed)} of {len(result.outcomes)} nodes failed: " + "; ".join(parts)
+        )
 
 
 class JobError(OrchestrateError):

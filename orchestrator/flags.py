@@ -15,16 +15,25 @@ DEFAULT_INVENTORY = Path("inventories/local.yaml")
 
 def inventory_option(required: bool = False) -> Callable[[F], F]:
     return click.option(
-        "--inventory", "-i", "inventory_path", type=click.Path(path_type=Path),
-        envvar="ORCHESTRATE_INVENTORY", required=required,
-        default=None if required else DEFAULT_INVENTORY, show_default=not required,
+        "--inventory",
+        "-i",
+        "inventory_path",
+        type=click.Path(path_type=Path),
+        envvar="ORCHESTRATE_INVENTORY",
+        required=required,
+        default=None if required else DEFAULT_INVENTORY,
+        show_default=not required,
         help="Inventory YAML listing the nodes (env ORCHESTRATE_INVENTORY).",
     )
 
 
 def config_option(required: bool = True) -> Callable[[F], F]:
     return click.option(
-        "--config", "-c", "preset", required=required, default=None if required else "tiny",
+        "--config",
+        "-c",
+        "preset",
+        required=required,
+        default=None if required else "tiny",
         show_default=not required,
         help="Preset name (tiny, 560m, 7.1b, 65b, 176b) or path to a preset YAML file.",
     )
@@ -32,22 +41,39 @@ def config_option(required: bool = True) -> Callable[[F], F]:
 
 def set_option() -> Callable[[F], F]:
     return click.option(
-        "--set", "-s", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+        "--set",
+        "-s",
+        "overrides",
+        multiple=True,
+        metavar="SECTION.KEY=VALUE",
         help="Override one preset value, type-checked against the default "
-             "(e.g. --set parallel.micro_batch_num=80 --set train.seq_length=512). Repeatable.",
+        "(e.g. --set parallel.micro_batch_num=80 --set train.seq_length=512). Repeatable.",
     )
 
 
 def json_option() -> Callable[[F], F]:
-    return click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+    return click.option(
+        "--json", "as_json", is_flag=True, help="Print one JSON object instead of text."
+    )
 
 
 def forks_option() -> Callable[[F], F]:
-    return click.option("--forks", "-f", type=click.IntRange(1, 1024), default=64, show_default=True,
-                        help="How many nodes to work on at once.")
+    return click.option(
+        "--forks",
+        "-f",
+        type=click.IntRange(1, 1024),
+        default=64,
+        show_default=True,
+        help="How many nodes to work on at once.",
+    )
 
 
 def state_dir_option() -> Callable[[F], F]:
-    return click.option("--state-dir", type=click.Path(path_type=Path), default=Path(".orchestrate"),
-                        show_default=True, envvar="ORCHESTRATE_STATE_DIR",
-                        help="Where job records live (env ORCHESTRATE_STATE_DIR).")
+    return click.option(
+        "--state-dir",
+        type=click.Path(path_type=Path),
+        default=Path(".orchestrate"),
+        show_default=True,
+        envvar="ORCHESTRATE_STATE_DIR",
+        help="Where job records live (env ORCHESTRATE_STATE_DIR).",
+    )

@@ -106,8 +106,19 @@ def rank_order_key(node: Node) -> tuple[str, int, str]:
 
 _TOP_KEYS = {"defaults", "nodes", "hosts", "known_hosts", "host_key_policy", "ssh_config"}
 _NODE_KEYS = {
-    "host", "name", "user", "port", "devices", "workdir", "python", "env", "device_ips",
-    "connection", "identity_file", "super_pod_id", "data_dir",
+    "host",
+    "name",
+    "user",
+    "port",
+    "devices",
+    "workdir",
+    "python",
+    "env",
+    "device_ips",
+    "connection",
+    "identity_file",
+    "super_pod_id",
+    "data_dir",
 }
 _DEFAULT_KEYS = _NODE_KEYS - {"host", "name", "device_ips"}
 _HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
@@ -134,7 +145,9 @@ def load_inventory(path: Path | str) -> Inventory:
         raise InventoryError(str(path), "", "file does not exist") from None
     except OSError as e:
         raise InventoryError(str(path), "", f"cannot read: {e.strerror}") from e
-    return parse_inventory(raw.decode("utf-8", errors="replace"), path, hashlib.sha256(raw).hexdigest())
+    return parse_inventory(
+        raw.decode("utf-8", errors="replace"), path, hashlib.sha256(raw).hexdigest()
+    )
 
 
 def parse_inventory(text: str, path: Path | str = "<inventory>", digest: str = "") -> Inventory:
@@ -162,8 +175,9 @@ def parse_inventory(text: str, path: Path | str = "<inventory>", digest: str = "
         nodes=nodes,
         digest=digest or hashlib.sha256(text.encode()).hexdigest(),
         known_hosts=tuple(_paths(src, "known_hosts", doc.get("known_hosts"))),
-        host_key_policy=_enum(src, "host_key_policy", doc.get("host_key_policy", "strict"),
-                              HostKeyPolicy),
+        host_key_policy=_enum(
+            src, "host_key_policy", doc.get("host_key_policy", "strict"), HostKeyPolicy
+        ),
         ssh_config=_path_or_none(src, "ssh_config", doc.get("ssh_config")),
     )
 
@@ -240,11 +254,17 @@ def _reject_duplicates(src: str, nodes: tuple[Node, ...]) -> None:
     for i, n in enumerate(nodes):
         addr = (n.host, n.port or 22)
         if addr in seen_addr:
-            raise InventoryError(src, f"nodes[{i}].host",
-                                 f"duplicate host {n.host!r} (same as nodes[{seen_addr[addr]}])")
+            raise InventoryError(
+                src,
+                f"nodes[{i}].host",
+                f"duplicate host {n.host!r} (same as nodes[{seen_addr[addr]}])",
+            )
         if n.name in seen_name:
-            raise InventoryError(src, f"nodes[{i}].name",
-                                 f"duplicate name {n.name!r} (same as nodes[{seen_name[n.name]}])")
+            raise InventoryError(
+                src,
+                f"nodes[{i}].name",
+                f"duplicate name {n.name!r} (same as nodes[{seen_name[n.name]}])",
+            )
         seen_addr[addr] = i
         seen_name[n.name] = i
 
@@ -288,10 +308,19 @@ def _host(src: str, key: str, value: Any) -> str:
 def _name(src: str, key: str, value: Any) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
-    if (not isinstance(value, str) or not value or len(value) > 64 or "/" in value
-            or value in (".", "..") or any(ord(c) < 32 or ord(c) == 127 for c in value)):
-        raise InventoryError(src, key, "expected a name of 1..64 printable characters without '/'"
-                                       f", got {_show(value)}")
+    if (
+        not isinstance(value, str)
+        or not value
+        or len(value) > 64
+        or "/" in value
+        or value in (".", "..")
+        or any(ord(c) < 32 or ord(c) == 127 for c in value)
+    ):
+        raise InventoryError(
+            src,
+            key,
+            f"expected a name of 1..64 printable characters without '/', got {_show(value)}",
+        )
     return value
 
 
@@ -318,13 +347,17 @@ def _devices(src: str, key: str, value: Any) -> tuple[int, ...]:
             raise InventoryError(src, key, f"expected a device count 1..{limit}, got {value!r}")
         return tuple(range(value))
     if not isinstance(value, list) or not value:
-        raise InventoryError(src, key, f"expected a count 1..{limit} or a non-empty list of "
-                                       f"device ids, got {_show(value)}")
+        raise InventoryError(
+            src,
+            key,
+            f"expected a count 1..{limit} or a non-empty list of device ids, got {_show(value)}",
+        )
     seen: set[int] = set()
     for i, d in enumerate(value):
         if isinstance(d, bool) or not isinstance(d, int) or not 0 <= d <= MAX_DEVICE_ID:
-            raise InventoryError(src, f"{key}[{i}]",
-                                 f"expected a device id 0..{MAX_DEVICE_ID}, got {_show(d)}")
+            raise InventoryError(
+                src, f"{key}[{i}]", f"expected a device id 0..{MAX_DEVICE_ID}, got {_show(d)}"
+            )
         if d in seen:
             raise InventoryError(src, f"{key}[{i}]", f"duplicate device id {d}")
         seen.add(d)
@@ -378,8 +411,9 @@ def _device_ips(src: str, key: str, value: Any) -> Mapping[int, str] | None:
     for k, v in value.items():
         dev = int(k) if isinstance(k, str) and k.isdigit() else k
         if isinstance(dev, bool) or not isinstance(dev, int) or not 0 <= dev <= MAX_DEVICE_ID:
-            raise InventoryError(src, f"{key}.{k}",
-                                 f"expected a device id 0..{MAX_DEVICE_ID}, got {_show(k)}")
+            raise InventoryError(
+                src, f"{key}.{k}", f"expected a device id 0..{MAX_DEVICE_ID}, got {_show(k)}"
+            )
         if not isinstance(v, str) or not is_valid_ipv4(v):
             raise InventoryError(src, f"{key}.{k}", f"expected an IPv4 address, got {_show(v)}")
         out[dev] = v

@@ -99,8 +99,15 @@ def build_plan(inv: Inventory, spec: JobSpec) -> Plan:
     notes = [note] if note else []
     stage_layers = layers_per_stage(spec.model.n_layer, layout.pipeline_stage)
     if spec.model.n_layer % layout.pipeline_stage:
-        notes.append(f"{spec.model.n_layer} layers do not divide into {layout.pipeline_stage} "
-                     f"stages: stages take {stage_layers[0]} or {stage_layers[-1]} layers")
-    return Plan(spec=spec, layout=layout, notes=tuple(notes), nodes=nodes,
-                stage_layers=tuple(stage_layers),
-                memory=memory_per_device_bytes(spec.model, layout))
+        notes.append(
+            f"{spec.model.n_layer} layers do not divide into {layout.pipeline_stage} "
+            f"stages: stages take {stage_layers[0]} or {stage_layers[-1]} layers"
+        )
+    return Plan(
+        spec=spec,
+        layout=layout,
+        notes=tuple(notes),
+        nodes=nodes,
+        stage_layers=tuple(stage_layers),
+        memory=memory_per_device_bytes(spec.model, layout),
+    )

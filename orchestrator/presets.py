@@ -1,6 +1,6 @@
 """Model + parallel presets: load model/configs/*.yaml, apply `--set` overrides, check the layout.
 
-    spec = load_job_spec("65b", ["parallel.micro_batch_num=80", "train.seq_length=512"])
+spec = load_job_spec("65b", ["parallel.micro_batch_num=80", "train.seq_length=512"])
 """
 
 from __future__ import annotations
@@ -21,12 +21,15 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "model" / "configs"
 DEFAULTS_FILE = CONFIG_DIR / "defaults.yaml"
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 # Aliases accepted by --set for keys users know from the issues and MindFormers.
-KEY_ALIASES = {"train.seq_length": "model.seq_length", "parallel.batch_size": "parallel.micro_batch_size"}
+KEY_ALIASES = {
+    "train.seq_length": "model.seq_length",
+    "parallel.batch_size": "parallel.micro_batch_size",
+}
 
 
 @dataclass(frozen=True)
 class ModelShape:
-    """The architecture numbers the control plane needs (the full config lives in model/config.py)."""
+    """Architecture numbers the control plane needs (the full config: model/config.py)."""
 
     vocab_size: int
     hidden_size: int
@@ -114,8 +117,10 @@ def _preset_file(preset: str) -> Path:
         return candidate
     path = CONFIG_DIR / f"{preset}.yaml"
     if preset == "defaults" or not path.is_file():
-        raise PresetError(f"unknown preset {preset!r} (known: {', '.join(available_presets())}; "
-                          "or give a path to a .yaml file)")
+        raise PresetError(
+            f"unknown preset {preset!r} (known: {', '.join(available_presets())}; "
+            "or give a path to a .yaml file)"
+        )
     return path
 
 
@@ -133,8 +138,7 @@ def _merge(defaults: dict[str, Any], preset: dict[str, Any], src: str) -> dict[s
     merged = {section: dict(values) for section, values in defaults.items()}
     for section, values in preset.items():
         if section not in merged:
-            raise PresetError(f"{src}: unknown section {section!r} "
-                              f"(sections: {', '.join(merged)})")
+            raise PresetError(f"{src}: unknown section {section!r} (sections: {', '.join(merged)})")
         if not isinstance(values, dict):
             raise PresetError(f"{src}: {section}: expected a mapping")
         for key, value in values.items():
@@ -168,6 +172,11 @@ def _coerce(dotted: str, default: Any, value: Any, src: str) -> Any:
     elif kind is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif kind is float:
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
     else:
@@ -185,52 +194,86 @@ def _suggest(dotted: str, merged: Mapping[str, Mapping[str, Any]]) -> str:
     return f" (did you mean {', '.join(close)}?)" if close else ""
 
 
-def _build_spec(preset: str, merged: dict[str, dict[str, Any]], overrides: tuple[str, ...]) -> JobSpec:
+def _build_spec(
+    preset: str, merged: dict[str, dict[str, Any]], overrides: tuple[str, ...]
+) -> JobSpec:
     m, p = merged["model"], merged["parallel"]
     for dotted in ("model.param_dtype", "model.compute_dtype"):
         section, key = dotted.split(".")
         if merged[section][key] not in DTYPE_BYTES:
-            raise PresetError(f"{preset}: {dotted}: expected one of {', '.join(DTYPE_BYTES)}, "
-                              f"got {merged[section][key]!r}")
-    positive = ["model.vocab_size", "model.hidden_size", "model.n_layer", "model.n_head",
-                "model.seq_length", "parallel.data_parallel", "parallel.model_parallel",
-                "parallel.pipeline_stage", "parallel.micro_batch_size", "parallel.micro_batch_num",
-                "train.steps", "train.log_steps", "train.save_steps"]
+            raise PresetError(
+                f"{preset}: {dotted}: expected one of {', '.join(DTYPE_BYTES)}, "
+                f"got {merged[section][key]!r}"
+            )
+    positive = [
+        "model.vocab_size",
+        "model.hidden_size",
+        "model.n_layer",
+        "model.n_head",
+        "model.seq_length",
+        "parallel.data_parallel",
+        "parallel.model_parallel",
+        "parallel.pipeline_stage",
+        "parallel.micro_batch_size",
+        "parallel.micro_batch_num",
+        "train.steps",
+        "train.log_steps",
+        "train.save_steps",
+    ]
     for dotted in positive:
         section, key = dotted.split(".")
         if merged[section][key] < 1:
             raise PresetError(f"{preset}: {dotted} must be >= 1, got {merged[section][key]}")
-    shape = ModelShape(vocab_size=m["vocab_size"], hidden_size=m["hidden_size"],
-                       n_layer=m["n_layer"], n_head=m["n_head"], seq_length=m["seq_length"],
-                       param_dtype=m["param_dtype"], compute_dtype=m["compute_dtype"])
-    layout = ParallelLayout(data_parallel=p["data_parallel"], model_parallel=p["model_parallel"],
-                            pipeline_stage=p["pipeline_stage"],
-                            micro_batch_size=p["micro_batch_size"],
-                            micro_batch_num=p["micro_batch_num"],
-                            optimizer_shard=p["optimizer_shard"], recompute=p["recompute"])
+    shape = ModelShape(
+        vocab_size=m["vocab_size"],
+        hidden_size=m["hidden_size"],
+        n_layer=m["n_layer"],
+        n_head=m["n_head"],
+        seq_length=m["seq_length"],
+        param_dtype=m["param_dtype"],
+        compute_dtype=m["compute_dtype"],
+    )
+    layout = ParallelLayout(
+        data_parallel=p["data_parallel"],
+        model_parallel=p["model_parallel"],
+        pipeline_stage=p["pipeline_stage"],
+        micro_batch_size=p["micro_batch_size"],
+        micro_batch_num=p["micro_batch_num"],
+        optimizer_shard=p["optimizer_shard"],
+        recompute=p["recompute"],
+    )
     frozen = MappingProxyType({s: MappingProxyType(dict(v)) for s, v in merged.items()})
-    return JobSpec(preset=preset, model=shape, parallel=layout, overrides=overrides,
-                   sections=frozen)
+    return JobSpec(
+        preset=preset, model=shape, parallel=layout, overrides=overrides, sections=frozen
+    )
 
 
 def validate_shape(spec: JobSpec) -> None:
     """Architecture vs parallel layout checks that do not depend on the inventory."""
     m, p = spec.model, spec.parallel
     if m.hidden_size % m.n_head:
-        raise PresetError(f"{spec.preset}: hidden_size={m.hidden_size} is not divisible by "
-                          f"n_head={m.n_head}")
+        raise PresetError(
+            f"{spec.preset}: hidden_size={m.hidden_size} is not divisible by n_head={m.n_head}"
+        )
     if m.n_head % p.model_parallel:
-        raise PresetError(f"{spec.preset}: n_head={m.n_head} is not divisible by "
-                          f"model_parallel={p.model_parallel}")
+        raise PresetError(
+            f"{spec.preset}: n_head={m.n_head} is not divisible by "
+            f"model_parallel={p.model_parallel}"
+        )
     if m.vocab_size % p.model_parallel:
-        raise PresetError(f"{spec.preset}: vocab_size={m.vocab_size} is not divisible by "
-                          f"model_parallel={p.model_parallel}")
+        raise PresetError(
+            f"{spec.preset}: vocab_size={m.vocab_size} is not divisible by "
+            f"model_parallel={p.model_parallel}"
+        )
     if p.pipeline_stage > m.n_layer:
-        raise PresetError(f"{spec.preset}: pipeline_stage={p.pipeline_stage} exceeds "
-                          f"n_layer={m.n_layer}")
+        raise PresetError(
+            f"{spec.preset}: pipeline_stage={p.pipeline_stage} exceeds n_layer={m.n_layer}"
+        )
     if p.pipeline_stage > 1 and p.micro_batch_num < p.pipeline_stage:
-        raise PresetError(f"{spec.preset}: micro_batch_num={p.micro_batch_num} must be >= "
-                          f"pipeline_stage={p.pipeline_stage} to fill the pipeline")
+        raise PresetError(
+            f"{spec.preset}: micro_batch_num={p.micro_batch_num} must be >= "
+            f"pipeline_stage={p.pipeline_stage} to fill the pipeline"
+        )
 
 
 def layers_per_stage(n_layer: int, stages: int) -> list[int]:
@@ -260,16 +303,24 @@ def fit_to_world(spec: JobSpec, world_size: int) -> tuple[ParallelLayout, str | 
         raise PresetError(
             f"preset {spec.preset} needs DP×MP×PP = {p.data_parallel}×{p.model_parallel}×"
             f"{p.pipeline_stage} = {p.devices} devices, the inventory has {world_size}, and "
-            f"{world_size} is not a multiple of MP×PP = {mp_pp}")
+            f"{world_size} is not a multiple of MP×PP = {mp_pp}"
+        )
     dp = world_size // mp_pp
-    fitted = ParallelLayout(data_parallel=dp, model_parallel=p.model_parallel,
-                            pipeline_stage=p.pipeline_stage, micro_batch_size=p.micro_batch_size,
-                            micro_batch_num=p.micro_batch_num, optimizer_shard=p.optimizer_shard,
-                            recompute=p.recompute)
-    note = (f"data_parallel recomputed {p.data_parallel} -> {dp}: the preset is laid out for "
-            f"{p.devices} devices, the inventory has {world_size} (= {dp} × MP {p.model_parallel}"
-            f" × PP {p.pipeline_stage}); global batch {p.global_batch_size} -> "
-            f"{fitted.global_batch_size}")
+    fitted = ParallelLayout(
+        data_parallel=dp,
+        model_parallel=p.model_parallel,
+        pipeline_stage=p.pipeline_stage,
+        micro_batch_size=p.micro_batch_size,
+        micro_batch_num=p.micro_batch_num,
+        optimizer_shard=p.optimizer_shard,
+        recompute=p.recompute,
+    )
+    note = (
+        f"data_parallel recomputed {p.data_parallel} -> {dp}: the preset is laid out for "
+        f"{p.devices} devices, the inventory has {world_size} (= {dp} × MP {p.model_parallel}"
+        f" × PP {p.pipeline_stage}); global batch {p.global_batch_size} -> "
+        f"{fitted.global_batch_size}"
+    )
     return fitted, note
 
 
@@ -283,7 +334,10 @@ def memory_per_device_bytes(shape: ModelShape, layout: ParallelLayout) -> dict[s
     shard = shape.parameters / (layout.model_parallel * layout.pipeline_stage)
     pbytes = DTYPE_BYTES[shape.param_dtype]
     opt_div = layout.data_parallel if layout.optimizer_shard else 1
-    parts = {"parameters": shard * pbytes, "gradients": shard * pbytes,
-             "optimizer": shard * 8 / opt_div}
+    parts = {
+        "parameters": shard * pbytes,
+        "gradients": shard * pbytes,
+        "optimizer": shard * 8 / opt_div,
+    }
     parts["total"] = math.fsum(parts.values())
     return parts

@@ -4,4 +4,6 @@ from __future__ import annotations
 
 from orchestrator.commands._stub import not_implemented
 
-COMMANDS = (not_implemented("exec", "Run a shell command on every node, output prefixed [node].", 4),)
+COMMANDS = (
+    not_implemented("exec", "Run a shell command on every node, output prefixed [node].", 4),
+)

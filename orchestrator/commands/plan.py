@@ -15,7 +15,9 @@ from orchestrator import flags
 @flags.config_option()
 @flags.set_option()
 @flags.json_option()
-def plan_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], as_json: bool) -> None:
+def plan_command(
+    inventory_path: Path, preset: str, overrides: tuple[str, ...], as_json: bool
+) -> None:
     """Preview the layout of a job without touching any node.
 
     Shows world size, DP/MP/PP, micro-batching and global batch size, nodes in rank

@@ -31,8 +31,14 @@ class Transport(Protocol):
 
     node: Node
 
-    def run(self, cmd: Sequence[str] | str, *, check: bool = True, timeout: float | None = None,
-            env: Mapping[str, str] | None = None) -> CommandResult:
+    def run(
+        self,
+        cmd: Sequence[str] | str,
+        *,
+        check: bool = True,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> CommandResult:
         """Run `cmd` (a list is shlex-joined; a string goes to the shell as is)."""
         ...
 
