@@ -10,5 +10,5 @@ if ! command -v sshd >/dev/null 2>&1 && [ ! -x /usr/sbin/sshd ]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server) >/dev/null
   fi
 fi
-python3 -m ruff check orchestrator model tests bench
+python3 -m ruff check .
 python3 -m pytest "$@"
