@@ -1,0 +1,256 @@
+"""MindSpore-side checkpoint work for `orchestrate collect-ckpt`, run as a subprocess.
+
+The control plane (orchestrator/) never imports mindspore; it runs these instead:
+
+    python -m model.ckpt_tools merge-strategies --src DIR --out FILE
+    python -m model.ckpt_tools needed-ranks --strategy FILE [--dst-strategy FILE]
+    python -m model.ckpt_tools strip --src IN.ckpt --out OUT.ckpt [--keep-optimizer]
+    python -m model.ckpt_tools transform --src-map JSON --strategy FILE --out OUT.ckpt
+        [--dst-strategy FILE] [--rank 0]
+    python -m model.ckpt_tools check --ckpt FILE --preset NAME
+
+Every subcommand prints one JSON object on stdout (the control plane parses it) and exits 0,
+or prints one line `error: ...` on stderr and exits 1. Output files are written to a temp
+name and renamed, so a failed run leaves no half-written checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+OPTIMIZER_PREFIXES = (
+    "adam_m.",
+    "adam_v.",
+    "moments.",
+    "accu_grads.",
+    "accu_gradients.",
+)
+OPTIMIZER_NAMES = frozenset(
+    {
+        "global_step",
+        "learning_rate",
+        "beta1_power",
+        "beta2_power",
+        "scale_sense",
+        "current_iterator_step",
+        "last_overflow_iterator_step",
+        "epoch_num",
+        "step_num",
+        "loss_scale",
+    }
+)
+
+
+class ToolError(Exception):
+    """An expected failure: printed as one line, exit 1."""
+
+
+def is_training_state(name: str) -> bool:
+    """True for optimizer moments, gradient accumulators and step/scale counters."""
+    return name in OPTIMIZER_NAMES or name.startswith(OPTIMIZER_PREFIXES)
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _atomic_target(out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".ckpt", dir=out.parent)
+    os.close(fd)
+    os.unlink(tmp)  # save_checkpoint refuses to overwrite read-only files; let it create
+    return Path(tmp)
+
+
+def _finish(tmp: Path, out: Path) -> None:
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, out)
+
+
+def merge_strategies(src_dir: Path, out: Path) -> dict[str, Any]:
+    """Merge every rank's strategy file in `src_dir` (pipeline stages) into `out`."""
+    import mindspore as ms
+
+    files = sorted(src_dir.glob("*.ckpt"))
+    if not files:
+        raise ToolError(f"{src_dir}: no strategy files (*.ckpt)")
+    tmp_dir = Path(tempfile.mkdtemp(prefix=".merge-", dir=out.parent))
+    tmp = tmp_dir / out.name
+    try:
+        ms.merge_pipeline_strategys(str(src_dir), str(tmp))
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+        tmp_dir.rmdir()
+    return {"strategy": str(out), "sources": len(files)}
+
+
+def needed_ranks(strategy: Path, dst_strategy: Path | None, rank: int = 0) -> dict[str, Any]:
+    """Source ranks whose checkpoints a transform to `dst_strategy` (None: one device) reads.
+
+    Data-parallel replicas hold the same slices; MindSpore picks one of them per slice.
+    """
+    import mindspore as ms
+
+    ranks = ms.rank_list_for_transform(
+        rank, str(strategy), str(dst_strategy) if dst_strategy is not None else None
+    )
+    return {"ranks": sorted(int(r) for r in ranks)}
+
+
+def strip(src: Path, out: Path, keep_optimizer: bool = False) -> dict[str, Any]:
+    """Copy `src` to `out` without optimizer state, loading only the kept tensors."""
+    import mindspore as ms
+
+    dropped: list[str] = []
+
+    def keep(name: str) -> bool:
+        if keep_optimizer or not is_training_state(name):
+            return True
+        dropped.append(name)
+        return False
+
+    params = ms.load_checkpoint(str(src), choice_func=keep)
+    if not params:
+        raise ToolError(f"{src}: no parameters left after stripping optimizer state")
+    tmp = _atomic_target(out)
+    ms.save_checkpoint([{"name": k, "data": v} for k, v in params.items()], str(tmp))
+    _finish(tmp, out)
+    return {
+        "out": str(out),
+        "kept": len(params),
+        "dropped": len(dropped),
+        "peak_rss": peak_rss_bytes(),
+    }
+
+
+def transform(
+    src_map: Mapping[int, Path],
+    strategy: Path,
+    out: Path,
+    dst_strategy: Path | None = None,
+    rank: int = 0,
+) -> dict[str, Any]:
+    """Reassemble rank `rank` of `dst_strategy` (None: a single device) from sharded files."""
+    import mindspore as ms
+
+    for r, path in src_map.items():
+        if not path.is_file():
+            raise ToolError(f"rank {r}: checkpoint {path} missing")
+    needed = needed_ranks(strategy, dst_strategy, rank)["ranks"]
+    missing = [r for r in needed if r not in src_map]
+    if missing:
+        raise ToolError(f"transform needs the checkpoints of ranks {missing}, not given")
+    tmp = _atomic_target(out)
+    ms.transform_checkpoint_by_rank(
+        rank,
+        {r: str(src_map[r]) for r in needed},
+        str(tmp),
+        str(strategy),
+        str(dst_strategy) if dst_strategy is not None else None,
+    )
+    _finish(tmp, out)
+    return {"out": str(out), "ranks": needed, "peak_rss": peak_rss_bytes()}
+
+
+def compare_params(
+    expected: Mapping[str, Sequence[int]], got: Mapping[str, Sequence[int]]
+) -> list[str]:
+    """Problems between a model's parameter shapes and a checkpoint's, one line each."""
+    problems = [f"missing parameter {n} {list(s)}" for n, s in expected.items() if n not in got]
+    problems += [
+        f"unexpected parameter {n} {list(s)}"
+        for n, s in got.items()
+        if n not in expected and not is_training_state(n)
+    ]
+    problems += [
+        f"wrong shape for {n}: checkpoint {list(got[n])}, model {list(s)}"
+        for n, s in expected.items()
+        if n in got and tuple(got[n]) != tuple(s)
+    ]
+    return problems
+
+
+def _model_shapes(preset: str) -> tuple[Any, dict[str, tuple[int, ...]]]:
+    try:
+        from model.bloom import BloomLMHeadModel
+        from model.config import load_preset
+    except ImportError as exc:  # model issue #5 not merged yet
+        raise ToolError(f"cannot build the model to check against: {exc}") from exc
+    net = BloomLMHeadModel(load_preset(preset))
+    return net, {p.name: tuple(p.shape) for p in net.get_parameters()}
+
+
+def check(ckpt: Path, preset: str, model_factory: Callable[[str], Any] | None = None) -> dict:
+    """Load `ckpt` into the preset's model; fail naming missing/unexpected/mis-shaped params."""
+    import mindspore as ms
+
+    net, expected = (model_factory or _model_shapes)(preset)
+    params = ms.load_checkpoint(str(ckpt))
+    got = {n: tuple(p.shape) for n, p in params.items()}
+    problems = compare_params(expected, got)
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise ToolError(f"{ckpt} does not fit preset {preset}: " + "; ".join(problems[:5]) + more)
+    ms.load_param_into_net(net, {n: params[n] for n in expected}, strict_load=True)
+    return {"ckpt": str(ckpt), "preset": preset, "parameters": len(expected)}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m model.ckpt_tools", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("merge-strategies", help="merge per-rank strategy files")
+    m.add_argument("--src", type=Path, required=True, help="folder of ckpt_strategy_rank_*.ckpt")
+    m.add_argument("--out", type=Path, required=True, help="merged strategy file")
+    n = sub.add_parser("needed-ranks", help="source ranks a transform reads")
+    n.add_argument("--strategy", type=Path, required=True)
+    n.add_argument("--dst-strategy", type=Path, default=None)
+    s = sub.add_parser("strip", help="drop optimizer state from a checkpoint")
+    s.add_argument("--src", type=Path, required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--keep-optimizer", action="store_true")
+    t = sub.add_parser("transform", help="sharded checkpoints -> one device (or --dst-strategy)")
+    t.add_argument("--src-map", required=True, help='JSON {"rank": "path.ckpt", ...}')
+    t.add_argument("--strategy", type=Path, required=True, help="merged source strategy")
+    t.add_argument("--dst-strategy", type=Path, default=None)
+    t.add_argument("--rank", type=int, default=0, help="destination rank to produce")
+    t.add_argument("--out", type=Path, required=True)
+    c = sub.add_parser("check", help="load a checkpoint into the preset's BloomLMHeadModel")
+    c.add_argument("--ckpt", type=Path, required=True)
+    c.add_argument("--preset", required=True)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.cmd == "merge-strategies":
+            result = merge_strategies(args.src, args.out)
+        elif args.cmd == "needed-ranks":
+            result = needed_ranks(args.strategy, args.dst_strategy)
+        elif args.cmd == "strip":
+            result = strip(args.src, args.out, args.keep_optimizer)
+        elif args.cmd == "transform":
+            src_map = {int(k): Path(v) for k, v in json.loads(args.src_map).items()}
+            result = transform(src_map, args.strategy, args.out, args.dst_strategy, args.rank)
+        else:
+            result = check(args.ckpt, args.preset)
+    except (ToolError, OSError, ValueError, RuntimeError, TypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
