@@ -1,0 +1,256 @@
+"""`orchestrate collect-ckpt`: list, choose the step, gather, merge, check — one function.
+
+    orchestrate collect-ckpt -i INVENTORY --job JOB_ID [--dest DIR] [--step N]
+
+`collect()` lists every node in parallel, chooses the step (orchestrator/ckpt.py), verifies
+the chosen step's sha256 on the nodes, gathers strategy files and then one replica of every
+needed shard (orchestrator/ckpt_fetch.py), strips optimizer state, transforms to one device
+(orchestrator/ckpt_merge.py) and loads the result into the preset's model.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from orchestrator import ckpt, ckpt_fetch, ckpt_merge, ckpt_nodes
+from orchestrator.errors import CheckpointError, RemoteError
+from orchestrator.inventory import Inventory
+from orchestrator.ranktable import NodeRanks, node_rank_ranges
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class Collected:
+    """What collect() did, for the summary."""
+
+    step: int
+    preset: str | None
+    layout: ckpt.Layout
+    merged: Path | None
+    manifest: Path | None
+    fetched_ranks: list[int]
+    downloaded: int  # bytes over the network this run
+    saved_bytes: int  # bytes not downloaded thanks to DP dedupe
+    seconds: dict[str, float] = field(default_factory=dict)
+    peak_rss: int = 0  # peak host memory of the MindSpore steps
+
+
+def list_nodes(
+    inv: Inventory, job_id: str, ranges: Sequence[NodeRanks]
+) -> list[ckpt.NodeListing]:
+    """List every node in parallel; one error naming each unreachable node and its ranks."""
+
+    def one(nr: NodeRanks) -> ckpt.NodeListing:
+        job_dir = nr.node.workdir / "jobs" / job_id
+        raw = ckpt_nodes.list_job(inv, nr.node, job_dir, list(nr.ranks))
+        return ckpt.parse_listing(nr.node.name, raw, nr.ranks)
+
+    out: list[ckpt.NodeListing] = []
+    errors: list[str] = []
+    with ThreadPoolExecutor(max_workers=min(64, len(ranges)) or 1) as pool:
+        for nr, fut in [(nr, pool.submit(one, nr)) for nr in ranges]:
+            try:
+                out.append(fut.result())
+            except (RemoteError, CheckpointError) as exc:
+                errors.append(f"{exc} (holds ranks {nr.rank_start}-{nr.rank_end - 1})")
+    if errors:
+        raise CheckpointError("cannot list checkpoints:\n  " + "\n  ".join(errors))
+    return out
+
+
+def verify_on_nodes(
+    inv: Inventory, listings: Sequence[ckpt.NodeListing], step: int
+) -> list[str]:
+    """Hash the step's checkpoints on their nodes (in parallel); problems, one per bad rank."""
+    nodes = {n.name: n for n in inv.nodes}
+
+    def one(lst: ckpt.NodeListing) -> list[str]:
+        mine = {r: have[step] for r, have in lst.ckpts.items() if step in have}
+        rels = {str(c.remote.relative_to(lst.job_dir)): c for c in mine.values()}
+        sums = ckpt_nodes.hash_files(inv, nodes[lst.node], lst.job_dir, sorted(rels))
+        return [
+            f"rank {c.rank} on {lst.node}: {c.remote} sha256 {sums.get(rel, '?')[:12]}… "
+            f"does not match its manifest ({c.sha256[:12]}…)"
+            for rel, c in rels.items()
+            if sums.get(rel) != c.sha256
+        ]
+
+    with ThreadPoolExecutor(max_workers=min(64, len(listings)) or 1) as pool:
+        return [p for ps in pool.map(one, listings) for p in ps]
+
+
+def choose_verified_step(
+    inv: Inventory, listings: list[ckpt.NodeListing], step: int | None, say: Say
+) -> int:
+    """choose_step, then hash on the nodes; a corrupt newest step falls back to an older one."""
+    while True:
+        chosen = ckpt.choose_step(listings, step)
+        bad = verify_on_nodes(inv, listings, chosen)
+        if not bad:
+            return chosen
+        if step is not None:
+            raise CheckpointError(f"step {chosen} is corrupt on the nodes:\n  " + "\n  ".join(bad))
+        for p in bad:
+            say(f"[yellow]skipping step {chosen}[/]: {p}")
+        listings[:] = [_drop_step(lst, chosen) for lst in listings]
+
+
+def _drop_step(lst: ckpt.NodeListing, step: int) -> ckpt.NodeListing:
+    ckpts = {r: {s: c for s, c in have.items() if s != step} for r, have in lst.ckpts.items()}
+    return ckpt.NodeListing(lst.node, lst.job_dir, ckpts, lst.problems, lst.strategies)
+
+
+def _opener(inv: Inventory) -> ckpt_fetch.Opener:
+    nodes = {n.name: n for n in inv.nodes}
+
+    def open_(node: str, path: PurePosixPath, offset: int) -> Any:
+        return ckpt_nodes.open_stream(inv, nodes[node], path, offset)
+
+    return open_
+
+
+def gather_strategies(
+    inv: Inventory, listings: Sequence[ckpt.NodeListing], dest: Path, required: bool
+) -> dict[int, Path]:
+    """Fetch every rank's strategy file into DEST/strategy/; name ranks lacking one."""
+    found = {r: s for lst in listings for r, s in lst.strategies.items()}
+    ranks = [r for lst in listings for r in lst.ckpts]
+    missing = [r for r in ranks if r not in found]
+    if missing and required:
+        where = {r: lst for lst in listings for r in lst.ckpts}
+        raise CheckpointError(
+            "strategy file missing for "
+            + "; ".join(
+                f"rank {r} on {where[r].node} "
+                f"({where[r].job_dir}/output/strategy/ckpt_strategy_rank_{r}.ckpt)"
+                for r in missing
+            )
+        )
+    items = [
+        ckpt_fetch.Item(s.node, s.remote, s.local_rel, s.size, None, f"rank {r} strategy")
+        for r, s in sorted(found.items())
+        if r in ranks
+    ]
+    ckpt_fetch.fetch_all(dest, items, _opener(inv))
+    return {int(i.label.split()[1]): dest / i.rel for i in items}
+
+
+def collect(
+    inv: Inventory,
+    job_id: str,
+    dest: Path,
+    *,
+    step: int | None = None,
+    keep_optimizer: bool = False,
+    dst_strategy: Path | None = None,
+    check: bool = True,
+    jobs: int = 8,
+    say: Say = print,
+    progress: Callable[[int], Any] | None = None,
+) -> Collected:
+    """Gather and merge one step of job `job_id`; see the module docstring.
+
+    `progress(total_bytes)` returns a callable taking byte increments (the CLI's rich bar).
+    """
+    t0 = time.monotonic()
+    dest.mkdir(parents=True, exist_ok=True)
+    ranges = node_rank_ranges(inv)
+    listings = list_nodes(inv, job_id, ranges)
+    chosen = choose_verified_step(inv, listings, step, say)
+    ckpts = ckpt.rank_ckpts(listings, chosen)
+    layout, preset = ckpt.job_layout(ckpts)
+    seconds = {"list+verify": time.monotonic() - t0}
+    say(f"step {chosen}: complete and verified on all {len(ckpts)} ranks; layout {layout}")
+
+    t1 = time.monotonic()
+    strategy: Path | None = None
+    needed: list[int] | None = None
+    strategies = gather_strategies(inv, listings, dest, required=not layout.pure_dp)
+    if not layout.pure_dp:
+        strategy = ckpt_merge.merge_strategies(dest / "strategy", dest / "merged_strategy.ckpt")
+        needed = ckpt_merge.needed_ranks(strategy, dst_strategy)
+    elif strategies:
+        say(f"pure data parallel: {len(strategies)} strategy files gathered, not needed")
+    plan = ckpt.plan_fetch(ckpts, needed)
+    items = [
+        ckpt_fetch.Item(c.node, c.remote, c.local_rel, c.size, c.sha256, f"rank {c.rank}")
+        for c in plan.fetch
+    ]
+    total = sum(i.size for i in items)
+    remaining = ckpt_fetch.bytes_to_fetch(dest, items)
+    outputs = total if layout.pure_dp else 2 * total  # stripped shards + merged, upper bound
+    ckpt_fetch.check_free_space(
+        dest, remaining + outputs, f"{_n(remaining)} to download + up to {_n(outputs)} output"
+    )
+    if plan.saved_bytes:
+        say(
+            f"data-parallel replicas: fetching ranks {[c.rank for c in plan.fetch]} only, "
+            f"{_n(plan.saved_bytes)} not downloaded "
+            f"({len(plan.skipped) + len(plan.copies)} replica file(s) skipped)"
+        )
+    on_bytes = progress(total) if progress is not None else (lambda n: None)
+    outcomes = ckpt_fetch.fetch_all(dest, items, _opener(inv), jobs=jobs, on_bytes=on_bytes)
+    for o in outcomes:
+        if o.action != "fetched":
+            say(f"{o.item.label}: {o.action}")
+    seconds["gather"] = time.monotonic() - t1
+
+    t2 = time.monotonic()
+    name = f"bloom_{preset or 'unknown'}_step{chosen}"
+    merged = dest / "merged" / f"{name}.ckpt"
+    merged.parent.mkdir(parents=True, exist_ok=True)
+    local = {c.rank: dest / c.local_rel for c in plan.fetch}
+    local.update({r: local[src] for r, src in plan.copies.items()})
+    peak = 0
+    if strategy is None:
+        res = ckpt_merge.strip(local[min(local)], merged, keep_optimizer)
+        peak = res.get("peak_rss", 0)
+    else:
+        stripped_dir = dest / "stripped"
+        stripped = {}
+        for r, src in sorted(local.items()):
+            stripped[r] = stripped_dir / f"rank_{r}.ckpt"
+            peak = max(peak, ckpt_merge.strip(src, stripped[r], keep_optimizer)["peak_rss"])
+        res = ckpt_merge.transform(stripped, strategy, merged, dst_strategy)
+        peak = max(peak, res.get("peak_rss", 0))
+        shutil.rmtree(stripped_dir)
+    seconds["merge"] = time.monotonic() - t2
+    if check and preset is not None and dst_strategy is None:
+        t3 = time.monotonic()
+        ckpt_merge.check(merged, preset)
+        seconds["check"] = time.monotonic() - t3
+    elif check and preset is None:
+        say("[yellow]no preset in the manifests: load check skipped[/]")
+    manifest = merged.with_suffix(".json")
+    ckpt_merge.write_manifest(
+        manifest,
+        {
+            "preset": preset,
+            "step": chosen,
+            "job_id": job_id,
+            "sha256": ckpt_merge.sha256_of(merged),
+            "size": merged.stat().st_size,
+            "source_ranks": sorted(local),
+            "layout": vars(layout),
+            "optimizer_state": keep_optimizer,
+            "dst_strategy": str(dst_strategy) if dst_strategy else None,
+        },
+    )
+    return Collected(
+        chosen, preset, layout, merged, manifest, sorted(local),
+        sum(o.fetched for o in outcomes), plan.saved_bytes, seconds, peak,
+    )
+
+
+def _n(b: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if b >= size:
+            return f"{b / size:.1f} {unit}"
+    return f"{b} B"
