@@ -196,7 +196,9 @@ def _rank_ckpts(
         if size != e.get("size"):
             bad.append(f"step {step}: {name} has {e.get('size')} bytes, manifest says {size}")
             continue
-        found[step] = RankCkpt(node, rank, step, folder / name, size, sha, _layout(doc), _preset(doc))
+        found[step] = RankCkpt(
+            node, rank, step, folder / name, size, sha, _layout(doc), _preset(doc)
+        )
     return found, bad
 
 
@@ -230,7 +232,8 @@ def choose_step(listings: Sequence[NodeListing], step: int | None = None) -> int
         if step in common:
             return step
         raise CheckpointError(
-            f"step {step} is not complete on every rank:\n  " + missing_report(listings, [step])
+            f"step {step} is not complete on every rank:\n  "
+            + missing_report(listings, [step])
             + (f"\ncomplete steps: {sorted(common)}" if common else "")
         )
     if common:

@@ -42,9 +42,7 @@ class Collected:
     peak_rss: int = 0  # peak host memory of the MindSpore steps
 
 
-def list_nodes(
-    inv: Inventory, job_id: str, ranges: Sequence[NodeRanks]
-) -> list[ckpt.NodeListing]:
+def list_nodes(inv: Inventory, job_id: str, ranges: Sequence[NodeRanks]) -> list[ckpt.NodeListing]:
     """List every node in parallel; one error naming each unreachable node and its ranks."""
 
     def one(nr: NodeRanks) -> ckpt.NodeListing:
@@ -65,9 +63,7 @@ def list_nodes(
     return out
 
 
-def verify_on_nodes(
-    inv: Inventory, listings: Sequence[ckpt.NodeListing], step: int
-) -> list[str]:
+def verify_on_nodes(inv: Inventory, listings: Sequence[ckpt.NodeListing], step: int) -> list[str]:
     """Hash the step's checkpoints on their nodes (in parallel); problems, one per bad rank."""
     nodes = {n.name: n for n in inv.nodes}
 
@@ -195,7 +191,7 @@ def collect(
             f"{_n(plan.saved_bytes)} not downloaded "
             f"({len(plan.skipped) + len(plan.copies)} replica file(s) skipped)"
         )
-    on_bytes = progress(total) if progress is not None else (lambda n: None)
+    on_bytes = progress(total) if progress is not None else (lambda _n: None)
     outcomes = ckpt_fetch.fetch_all(dest, items, _opener(inv), jobs=jobs, on_bytes=on_bytes)
     for o in outcomes:
         if o.action != "fetched":
@@ -244,8 +240,16 @@ def collect(
         },
     )
     return Collected(
-        chosen, preset, layout, merged, manifest, sorted(local),
-        sum(o.fetched for o in outcomes), plan.saved_bytes, seconds, peak,
+        chosen,
+        preset,
+        layout,
+        merged,
+        manifest,
+        sorted(local),
+        sum(o.fetched for o in outcomes),
+        plan.saved_bytes,
+        seconds,
+        peak,
     )
 
 

@@ -134,8 +134,8 @@ def fetch_all(
     opener: Opener,
     *,
     jobs: int = 8,
-    on_bytes: Callable[[int], None] = lambda n: None,
-    on_done: Callable[[Outcome], None] = lambda o: None,
+    on_bytes: Callable[[int], None] = lambda _n: None,
+    on_done: Callable[[Outcome], None] = lambda _o: None,
 ) -> list[Outcome]:
     """Fetch every item in parallel (at most `jobs` streams); raise on the first failure.
 

@@ -101,7 +101,9 @@ def _run_script(inv: Inventory, node: Node, args: Sequence[str], timeout: float)
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired as exc:
-        raise RemoteError(node.name, f"listing checkpoints timed out after {timeout:.0f} s") from exc
+        raise RemoteError(
+            node.name, f"listing checkpoints timed out after {timeout:.0f} s"
+        ) from exc
     except OSError as exc:
         raise ConnectError(node.name, f"cannot start {argv[0]}: {exc}") from exc
     if proc.returncode == 255 and node.connection is Connection.SSH:

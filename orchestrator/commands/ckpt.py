@@ -1,6 +1,6 @@
 """`orchestrate collect-ckpt` (issue #8).
 
-    orchestrate collect-ckpt -i inventories/local.yaml --job JOB_ID --dest ckpt/
+orchestrate collect-ckpt -i inventories/local.yaml --job JOB_ID --dest ckpt/
 """
 
 from __future__ import annotations
@@ -33,7 +33,10 @@ from orchestrator import flags
 )
 @click.option("--no-check", is_flag=True, help="Skip loading the result into the model.")
 @click.option(
-    "--jobs", type=click.IntRange(1, 64), default=8, show_default=True,
+    "--jobs",
+    type=click.IntRange(1, 64),
+    default=8,
+    show_default=True,
     help="Parallel download streams.",
 )
 def collect_ckpt_command(

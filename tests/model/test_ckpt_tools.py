@@ -93,13 +93,19 @@ def test_cli_strip_prints_json_and_errors_in_one_line(tmp_path: Path, repo: Path
     cmd = [sys.executable, "-m", "model.ckpt_tools", "strip"]
     ok = subprocess.run(
         [*cmd, "--src", str(tmp_path / "r.ckpt"), "--out", str(tmp_path / "o.ckpt")],
-        cwd=repo, capture_output=True, text=True, check=False,
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout.strip().splitlines()[-1])["kept"] == 4
     bad = subprocess.run(
         [*cmd, "--src", str(tmp_path / "nope.ckpt"), "--out", str(tmp_path / "x.ckpt")],
-        cwd=repo, capture_output=True, text=True, check=False,
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert bad.returncode == 1
     assert "nope.ckpt" in bad.stderr.strip().splitlines()[-1]
