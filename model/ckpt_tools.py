@@ -7,7 +7,7 @@ The control plane (orchestrator/) never imports mindspore; it runs these instead
     python -m model.ckpt_tools strip --src IN.ckpt --out OUT.ckpt [--keep-optimizer]
     python -m model.ckpt_tools transform --src-map JSON --strategy FILE --out OUT.ckpt
         [--dst-strategy FILE] [--rank 0]
-    python -m model.ckpt_tools check --ckpt FILE --preset NAME
+    python -m model.ckpt_tools check --ckpt FILE (--preset NAME | --model-json JSON)
 
 Every subcommand prints one JSON object on stdout (the control plane parses it) and exits 0,
 or prints one line `error: ...` on stderr and exits 1. Output files are written to a temp
@@ -181,29 +181,37 @@ def compare_params(
     return problems
 
 
-def _model_shapes(preset: str) -> tuple[Any, dict[str, tuple[int, ...]]]:
-    try:
-        from model.bloom import BloomLMHeadModel
-        from model.config import load_preset
-    except ImportError as exc:  # model issue #5 not merged yet
-        raise ToolError(f"cannot build the model to check against: {exc}") from exc
-    net = BloomLMHeadModel(load_preset(preset))
+def _config(preset: str | None, model_json: str | None) -> Any:
+    from model.config import BloomConfig, load_preset
+
+    if model_json:
+        return BloomConfig.from_dict(json.loads(model_json), "the manifests' model section")
+    if preset:
+        return load_preset(preset)
+    raise ToolError("check needs --preset or --model-json")
+
+
+def bloom_factory(config: Any) -> tuple[Any, dict[str, tuple[int, ...]]]:
+    """BloomLMHeadModel(config) and its parameter shapes by name."""
+    from model.bloom import BloomLMHeadModel
+
+    net = BloomLMHeadModel(config)
     return net, {p.name: tuple(p.shape) for p in net.get_parameters()}
 
 
-def check(ckpt: Path, preset: str, model_factory: Callable[[str], Any] | None = None) -> dict:
-    """Load `ckpt` into the preset's model; fail naming missing/unexpected/mis-shaped params."""
+def check(ckpt: Path, config: Any, model_factory: Callable[[Any], Any] = bloom_factory) -> dict:
+    """Load `ckpt` into the model; fail naming missing/unexpected/mis-shaped parameters."""
     import mindspore as ms
 
-    net, expected = (model_factory or _model_shapes)(preset)
+    net, expected = model_factory(config)
     params = ms.load_checkpoint(str(ckpt))
     got = {n: tuple(p.shape) for n, p in params.items()}
     problems = compare_params(expected, got)
     if problems:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-        raise ToolError(f"{ckpt} does not fit preset {preset}: " + "; ".join(problems[:5]) + more)
+        raise ToolError(f"{ckpt} does not fit the model: " + "; ".join(problems[:5]) + more)
     ms.load_param_into_net(net, {n: params[n] for n in expected}, strict_load=True)
-    return {"ckpt": str(ckpt), "preset": preset, "parameters": len(expected)}
+    return {"ckpt": str(ckpt), "parameters": len(expected)}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -227,7 +235,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=Path, required=True)
     c = sub.add_parser("check", help="load a checkpoint into the preset's BloomLMHeadModel")
     c.add_argument("--ckpt", type=Path, required=True)
-    c.add_argument("--preset", required=True)
+    c.add_argument("--preset", default=None, help="preset name or YAML")
+    c.add_argument("--model-json", default=None, help="model section as JSON (from a manifest)")
     return p
 
 
@@ -244,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             src_map = {int(k): Path(v) for k, v in json.loads(args.src_map).items()}
             result = transform(src_map, args.strategy, args.out, args.dst_strategy, args.rank)
         else:
-            result = check(args.ckpt, args.preset)
+            result = check(args.ckpt, _config(args.preset, args.model_json))
     except (ToolError, OSError, ValueError, RuntimeError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -55,6 +55,7 @@ class RankCkpt:
     sha256: str
     layout: Layout
     preset: str | None
+    model: str | None = None  # the manifest's model section as JSON (architecture)
 
     @property
     def local_rel(self) -> PurePosixPath:
@@ -196,8 +197,10 @@ def _rank_ckpts(
         if size != e.get("size"):
             bad.append(f"step {step}: {name} has {e.get('size')} bytes, manifest says {size}")
             continue
+        model = doc.get("model")
+        model_json = json.dumps(model, sort_keys=True) if isinstance(model, dict) else None
         found[step] = RankCkpt(
-            node, rank, step, folder / name, size, sha, _layout(doc), _preset(doc)
+            node, rank, step, folder / name, size, sha, _layout(doc), _preset(doc), model_json
         )
     return found, bad
 
@@ -252,6 +255,11 @@ def job_layout(ckpts: Mapping[int, RankCkpt]) -> tuple[Layout, str | None]:
     """The layout and preset all manifests agree on; CheckpointError naming a disagreement."""
     first = ckpts[min(ckpts)]
     for c in ckpts.values():
+        if c.model != first.model:
+            raise CheckpointError(
+                f"rank {c.rank} on {c.node}: manifest's model section differs from rank "
+                f"{first.rank}'s"
+            )
         if c.layout != first.layout or c.preset != first.preset:
             raise CheckpointError(
                 f"rank {c.rank} on {c.node}: manifest says {c.layout}, preset {c.preset}; "

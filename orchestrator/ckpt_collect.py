@@ -10,6 +10,7 @@ needed shard (orchestrator/ckpt_fetch.py), strips optimizer state, transforms to
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -144,6 +145,7 @@ def collect(
     dest: Path,
     *,
     step: int | None = None,
+    preset: str | None = None,
     keep_optimizer: bool = False,
     dst_strategy: Path | None = None,
     check: bool = True,
@@ -161,7 +163,9 @@ def collect(
     listings = list_nodes(inv, job_id, ranges)
     chosen = choose_verified_step(inv, listings, step, say)
     ckpts = ckpt.rank_ckpts(listings, chosen)
-    layout, preset = ckpt.job_layout(ckpts)
+    layout, manifest_preset = ckpt.job_layout(ckpts)
+    preset = preset or manifest_preset
+    model_json = ckpts[min(ckpts)].model
     seconds = {"list+verify": time.monotonic() - t0}
     say(f"step {chosen}: complete and verified on all {len(ckpts)} ranks; layout {layout}")
 
@@ -218,17 +222,16 @@ def collect(
         peak = max(peak, res.get("peak_rss", 0))
         shutil.rmtree(stripped_dir)
     seconds["merge"] = time.monotonic() - t2
-    if check and preset is not None and dst_strategy is None:
+    if check and dst_strategy is None:
         t3 = time.monotonic()
-        ckpt_merge.check(merged, preset)
+        ckpt_merge.check(merged, preset, model_json)
         seconds["check"] = time.monotonic() - t3
-    elif check and preset is None:
-        say("[yellow]no preset in the manifests: load check skipped[/]")
     manifest = merged.with_suffix(".json")
     ckpt_merge.write_manifest(
         manifest,
         {
             "preset": preset,
+            "model": json.loads(model_json) if model_json else None,
             "step": chosen,
             "job_id": job_id,
             "sha256": ckpt_merge.sha256_of(merged),

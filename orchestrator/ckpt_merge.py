@@ -75,9 +75,17 @@ def transform(
     return run_tool(args)
 
 
-def check(ckpt: Path, preset: str) -> dict[str, Any]:
-    """Load `ckpt` into the preset's BloomLMHeadModel; CheckpointError naming bad params."""
-    return run_tool(["check", "--ckpt", str(ckpt), "--preset", preset])
+def check(ckpt: Path, preset: str | None, model_json: str | None) -> dict[str, Any]:
+    """Load `ckpt` into BloomLMHeadModel of the manifests' model section (else the preset).
+
+    CheckpointError names every missing, unexpected or mis-shaped parameter.
+    """
+    args = ["check", "--ckpt", str(ckpt)]
+    if model_json is not None:
+        return run_tool([*args, "--model-json", model_json])
+    if preset is None:
+        raise CheckpointError("cannot check the merged checkpoint: no model config or preset")
+    return run_tool([*args, "--preset", preset])
 
 
 def sha256_of(path: Path) -> str:

@@ -23,6 +23,12 @@ from orchestrator import flags
 )
 @click.option("--step", type=click.IntRange(0), default=None, help="Collect this step.")
 @click.option(
+    "--preset",
+    default=None,
+    help="Preset name for the output file name (default: the job's; the load check uses "
+    "the model section of the manifests).",
+)
+@click.option(
     "--keep-optimizer", is_flag=True, help="Keep optimizer state and gradient accumulators."
 )
 @click.option(
@@ -44,6 +50,7 @@ def collect_ckpt_command(
     job_id: str,
     dest: Path | None,
     step: int | None,
+    preset: str | None,
     keep_optimizer: bool,
     dst_strategy: Path | None,
     no_check: bool,
@@ -106,6 +113,7 @@ def collect_ckpt_command(
             job_id,
             dest if dest is not None else Path("ckpt") / job_id,
             step=step,
+            preset=preset,
             keep_optimizer=keep_optimizer,
             dst_strategy=dst_strategy,
             check=not no_check,

@@ -65,16 +65,13 @@ def test_check_names_missing_unexpected_and_misshaped(tmp_path: Path) -> None:
     ckpt_tools.strip(tmp_path / "r.ckpt", tmp_path / "m.ckpt")
 
     def factory(hidden: int):  # type: ignore[no-untyped-def]
-        def make(_preset: str):  # type: ignore[no-untyped-def]
-            net = Tiny(hidden)
-            return net, {p.name: tuple(p.shape) for p in net.get_parameters()}
+        net = Tiny(hidden)
+        return net, {p.name: tuple(p.shape) for p in net.get_parameters()}
 
-        return make
-
-    ok = ckpt_tools.check(tmp_path / "m.ckpt", "tiny", factory(8))
+    ok = ckpt_tools.check(tmp_path / "m.ckpt", 8, factory)
     assert ok["parameters"] == 4
     with pytest.raises(ckpt_tools.ToolError, match=r"wrong shape for dense.weight: checkpoint"):
-        ckpt_tools.check(tmp_path / "m.ckpt", "tiny", factory(16))
+        ckpt_tools.check(tmp_path / "m.ckpt", 16, factory)
 
 
 def test_compare_params_names_each_problem() -> None:
@@ -110,3 +107,34 @@ def test_cli_strip_prints_json_and_errors_in_one_line(tmp_path: Path, repo: Path
     assert bad.returncode == 1
     assert "nope.ckpt" in bad.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "x.ckpt").exists()
+
+
+def test_trainer_checkpoint_strips_and_loads_into_bloom(tmp_path: Path) -> None:
+    """A checkpoint saved from the trainer's own train-step cell: strip, then check."""
+    from model import train
+    from model.job import load_job
+
+    model_cfg = {"vocab_size": 99, "hidden_size": 32, "n_layer": 2, "n_head": 4, "seq_length": 16}
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(
+        json.dumps({"model": model_cfg, "train": {"device_target": "CPU"}, "job": {"id": "j"}})
+    )
+    job = load_job(job_file)
+    _, step_cell = train.build_cells(
+        job,
+        train.Layout(1, 1, 1, 2, 1),
+        train.Dist("single", 0, 1),
+        False,
+        np.full(10, 1e-3, np.float32),
+        None,
+    )
+    ms.save_checkpoint(step_cell, str(tmp_path / "rank0.ckpt"))
+    res = ckpt_tools.strip(tmp_path / "rank0.ckpt", tmp_path / "m.ckpt")
+    assert res["dropped"] > res["kept"]  # adam_m + adam_v + counters
+
+    config = ckpt_tools._config(None, json.dumps(model_cfg))
+    assert ckpt_tools.check(tmp_path / "m.ckpt", config)["parameters"] == res["kept"]
+
+    wrong = ckpt_tools._config(None, json.dumps({**model_cfg, "n_layer": 3}))
+    with pytest.raises(ckpt_tools.ToolError, match=r"missing parameter transformer\.h\.2\."):
+        ckpt_tools.check(tmp_path / "m.ckpt", wrong)
