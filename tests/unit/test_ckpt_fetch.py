@@ -21,7 +21,7 @@ class Source:
         self.corrupt_times = corrupt_times
 
     @contextmanager
-    def __call__(self, node: str, path: PurePosixPath, offset: int):  # type: ignore[no-untyped-def]
+    def __call__(self, _node: str, path: PurePosixPath, offset: int):  # type: ignore[no-untyped-def]
         self.opened.append((path.name, offset))
         data = Path(path).read_bytes()[offset:]
         if self.corrupt_times > 0 and data:
@@ -33,7 +33,8 @@ class Source:
 def _item(src: Path, rel: str, sha: str | None = "auto") -> ckpt_fetch.Item:
     data = src.read_bytes()
     digest = hashlib.sha256(data).hexdigest() if sha == "auto" else sha
-    return ckpt_fetch.Item("n1", PurePosixPath(src), PurePosixPath(rel), len(data), digest, "rank 0")
+    remote = PurePosixPath(src)
+    return ckpt_fetch.Item("n1", remote, PurePosixPath(rel), len(data), digest, "rank 0")
 
 
 @pytest.fixture
