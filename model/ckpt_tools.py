@@ -4,7 +4,8 @@ The control plane (orchestrator/) never imports mindspore; it runs these instead
 
     python -m model.ckpt_tools merge-strategies --src DIR --out FILE
     python -m model.ckpt_tools needed-ranks --strategy FILE [--dst-strategy FILE]
-    python -m model.ckpt_tools strip --src IN.ckpt --out OUT.ckpt [--keep-optimizer]
+    python -m model.ckpt_tools strip --src IN.ckpt --out OUT.ckpt [--src ... --out ...]
+        [--keep-optimizer]
     python -m model.ckpt_tools transform --src-map JSON --strategy FILE --out OUT.ckpt
         [--dst-strategy FILE] [--rank 0]
     python -m model.ckpt_tools check --ckpt FILE (--preset NAME | --model-json JSON)
@@ -279,8 +280,8 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--strategy", type=Path, required=True)
     n.add_argument("--dst-strategy", type=Path, default=None)
     s = sub.add_parser("strip", help="drop optimizer state from a checkpoint")
-    s.add_argument("--src", type=Path, required=True)
-    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--src", type=Path, action="append", required=True, help="repeatable")
+    s.add_argument("--out", type=Path, action="append", required=True, help="one per --src")
     s.add_argument("--keep-optimizer", action="store_true")
     t = sub.add_parser("transform", help="sharded checkpoints -> one device (or --dst-strategy)")
     t.add_argument("--src-map", required=True, help='JSON {"rank": "path.ckpt", ...}')
@@ -303,7 +304,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.cmd == "needed-ranks":
             result = needed_ranks(args.strategy, args.dst_strategy)
         elif args.cmd == "strip":
-            result = strip(args.src, args.out, args.keep_optimizer)
+            if len(args.src) != len(args.out):
+                raise ToolError(f"{len(args.src)} --src but {len(args.out)} --out")
+            pairs = zip(args.src, args.out, strict=True)
+            runs = [strip(s, o, args.keep_optimizer) for s, o in pairs]
+            result = {"results": runs, "peak_rss": peak_rss_bytes()}
         elif args.cmd == "transform":
             src_map = {int(k): Path(v) for k, v in json.loads(args.src_map).items()}
             result = transform(src_map, args.strategy, args.out, args.dst_strategy, args.rank)

@@ -210,14 +210,14 @@ def collect(
     local.update({r: local[src] for r, src in plan.copies.items()})
     peak = 0
     if strategy is None:
-        res = ckpt_merge.strip(local[min(local)], merged, keep_optimizer)
-        peak = res.get("peak_rss", 0)
+        res = ckpt_merge.strip({local[min(local)]: merged}, keep_optimizer)
+        peak = res["peak_rss"]
     else:
         stripped_dir = dest / "stripped"
-        stripped = {}
-        for r, src in sorted(local.items()):
-            stripped[r] = stripped_dir / f"rank_{r}.ckpt"
-            peak = max(peak, ckpt_merge.strip(src, stripped[r], keep_optimizer)["peak_rss"])
+        stripped = {c.rank: stripped_dir / f"rank_{c.rank}.ckpt" for c in plan.fetch}
+        res = ckpt_merge.strip({local[r]: stripped[r] for r in stripped}, keep_optimizer)
+        stripped.update({r: stripped[src] for r, src in plan.copies.items()})
+        peak = res["peak_rss"]
         res = ckpt_merge.transform(stripped, strategy, merged, dst_strategy)
         peak = max(peak, res.get("peak_rss", 0))
         shutil.rmtree(stripped_dir)

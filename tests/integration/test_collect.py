@@ -99,14 +99,16 @@ def _place_dp(job: str, steps: tuple[int, ...] = (10, 20)) -> dict[str, np.ndarr
     return {n: a + max(steps) for n, a in full.items()}
 
 
-def _place_sharded(job: str, step: int = 30, drop_strategy: int | None = None) -> dict:
-    """A DP1 x MP2 x PP2 job from model.ckpt_tools.synth_sharded, laid out as a job leaves it."""
+def _place_sharded(
+    job: str, step: int = 30, drop_strategy: int | None = None, dp: int = 1, pp: int = 2
+) -> dict:
+    """A DP x MP2 x PP job from model.ckpt_tools.synth_sharded, laid out as a job leaves it."""
     from model.ckpt_tools import synth_sharded
 
     full = _full()
     tmp = STATE / f"synth-{job}"
-    synth_sharded(tmp, full, dp=1, mp=2, pp=2, n_layer=MODEL["n_layer"])
-    layout = {"data_parallel": 1, "model_parallel": 2, "pipeline_stage": 2}
+    synth_sharded(tmp, full, dp=dp, mp=2, pp=pp, n_layer=MODEL["n_layer"])
+    layout = {"data_parallel": dp, "model_parallel": 2, "pipeline_stage": pp}
     for rank in range(4):
         out = _workdir(rank // 2) / "jobs" / job / "output"
         folder = out / "checkpoint" / f"rank_{rank}"
@@ -208,10 +210,14 @@ def test_unreachable_host_is_named_with_its_ranks(hosts: Path, tmp_path: Path) -
         assert _hosts("start", "th1").returncode == 0
 
 
-def test_sharded_job_reassembles_exactly(hosts: Path, tmp_path: Path) -> None:
-    want = _place_sharded("mp")
-    res = collect(load_inventory(hosts), "mp", tmp_path / "d")
-    assert res.fetched_ranks == [0, 1, 2, 3]
+@pytest.mark.parametrize(("dp", "pp", "fetched"), [(1, 2, [0, 1, 2, 3]), (2, 1, [0, 1])])
+def test_sharded_job_reassembles_exactly(
+    hosts: Path, tmp_path: Path, dp: int, pp: int, fetched: list[int]
+) -> None:
+    """MP2 x PP2 (ranks spread over both hosts) and DP2 x MP2 (th1 holds replicas only)."""
+    want = _place_sharded(f"mp{dp}{pp}", dp=dp, pp=pp)
+    res = collect(load_inventory(hosts), f"mp{dp}{pp}", tmp_path / "d")
+    assert res.fetched_ranks == fetched and (res.saved_bytes > 0) == (dp > 1)
     assert sorted(p.name for p in (tmp_path / "d" / "strategy").iterdir()) == [
         f"ckpt_strategy_rank_{r}.ckpt" for r in range(4)
     ]

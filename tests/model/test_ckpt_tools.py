@@ -96,7 +96,7 @@ def test_cli_strip_prints_json_and_errors_in_one_line(tmp_path: Path, repo: Path
         check=False,
     )
     assert ok.returncode == 0, ok.stderr
-    assert json.loads(ok.stdout.strip().splitlines()[-1])["kept"] == 4
+    assert json.loads(ok.stdout.strip().splitlines()[-1])["results"][0]["kept"] == 4
     bad = subprocess.run(
         [*cmd, "--src", str(tmp_path / "nope.ckpt"), "--out", str(tmp_path / "x.ckpt")],
         cwd=repo,

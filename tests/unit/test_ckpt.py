@@ -86,8 +86,10 @@ def test_unsafe_remote_names_never_become_candidates() -> None:
     files["../../etc/passwd"] = {"kind": "file", "size": 1}
     files["bloom_rank_0-8.ckpt/../x"] = {"kind": "file", "size": 1}
     files["bloom_rank_1-7.ckpt"] = {"kind": "file", "size": 10}
-    raw["strategy"] = {"../ckpt_strategy_rank_0.ckpt": {"kind": "file", "size": 1},
-                       "ckpt_strategy_rank_0.ckpt": {"kind": "symlink", "size": 1}}
+    raw["strategy"] = {
+        "../ckpt_strategy_rank_0.ckpt": {"kind": "file", "size": 1},
+        "ckpt_strategy_rank_0.ckpt": {"kind": "symlink", "size": 1},
+    }
     lst = ckpt.parse_listing("a", raw, [0])
     assert set(lst.ckpts[0]) == {7}
     assert lst.strategies == {}
