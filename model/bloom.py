@@ -53,9 +53,8 @@ class BloomModel(nn.Cell):
         """Token ids [batch, seq] -> layer-normed embeddings [batch, seq, hidden]."""
         return self.word_embeddings_layernorm(self.word_embeddings(input_ids))
 
-    def construct(
-        self, input_ids: Tensor, attention_mask: Tensor | None = None
-    ) -> tuple[Tensor, tuple, tuple]:
+    def construct(self, input_ids: Tensor,
+                  attention_mask: Tensor | None = None) -> tuple[Tensor, tuple, tuple]:
         """Full forward over `input_ids` with a causal mask.
 
         Args:
@@ -83,9 +82,8 @@ class BloomModel(nn.Cell):
             values += (v,)
         return self.ln_f(x), keys, values
 
-    def decode(
-        self, input_ids: Tensor, key_mask: Tensor, k_caches: tuple, v_caches: tuple, write: Tensor
-    ) -> tuple[Tensor, tuple, tuple]:
+    def decode(self, input_ids: Tensor, key_mask: Tensor, k_caches: tuple, v_caches: tuple,
+               write: Tensor) -> tuple[Tensor, tuple, tuple]:
         """One new token per row against fixed-size caches (the new token's slot included).
 
         Args:
@@ -134,9 +132,8 @@ class BloomLMHeadModel(nn.Cell):
         hidden, _, _ = self.transformer(input_ids, attention_mask)
         return self.logits(hidden)
 
-    def prefill(
-        self, input_ids: Tensor, attention_mask: Tensor, cache_len: int
-    ) -> tuple[Tensor, tuple, tuple]:
+    def prefill(self, input_ids: Tensor, attention_mask: Tensor,
+                cache_len: int) -> tuple[Tensor, tuple, tuple]:
         """Run a (left-padded) prompt batch and start the caches.
 
         Args:
@@ -159,13 +156,11 @@ class BloomLMHeadModel(nn.Cell):
             v_caches += (ops.concat((values[i], pad), 2),)
         return self.logits(hidden[:, -1, :]), k_caches, v_caches
 
-    def decode_step(
-        self, input_ids: Tensor, key_mask: Tensor, k_caches: tuple, v_caches: tuple, write: Tensor
-    ) -> tuple[Tensor, tuple, tuple]:
+    def decode_step(self, input_ids: Tensor, key_mask: Tensor, k_caches: tuple, v_caches: tuple,
+                    write: Tensor) -> tuple[Tensor, tuple, tuple]:
         """One token per row (see BloomModel.decode); returns (logits [batch, vocab], caches)."""
-        hidden, keys, values = self.transformer.decode(
-            input_ids, key_mask, k_caches, v_caches, write
-        )
+        hidden, keys, values = self.transformer.decode(input_ids, key_mask, k_caches, v_caches,
+                                                       write)
         return self.logits(hidden[:, 0, :]), keys, values
 
 
@@ -176,9 +171,8 @@ class BloomPrefill(nn.Cell):
         super().__init__(auto_prefix=False)
         self.model = model
 
-    def construct(
-        self, input_ids: Tensor, attention_mask: Tensor, cache_len: int
-    ) -> tuple[Tensor, tuple, tuple]:
+    def construct(self, input_ids: Tensor, attention_mask: Tensor,
+                  cache_len: int) -> tuple[Tensor, tuple, tuple]:
         return self.model.prefill(input_ids, attention_mask, cache_len)
 
 
@@ -189,9 +183,8 @@ class BloomDecodeStep(nn.Cell):
         super().__init__(auto_prefix=False)
         self.model = model
 
-    def construct(
-        self, input_ids: Tensor, key_mask: Tensor, k_caches: tuple, v_caches: tuple, write: Tensor
-    ) -> tuple[Tensor, tuple, tuple]:
+    def construct(self, input_ids: Tensor, key_mask: Tensor, k_caches: tuple, v_caches: tuple,
+                  write: Tensor) -> tuple[Tensor, tuple, tuple]:
         return self.model.decode_step(input_ids, key_mask, k_caches, v_caches, write)
 
 
@@ -205,22 +198,16 @@ def parameter_shapes(config: BloomConfig) -> dict[str, tuple[int, ...]]:
     }
     for i in range(config.n_layer):
         p = f"transformer.h.{i}."
-        shapes.update(
-            {
-                p + "input_layernorm.weight": (h,),
-                p + "input_layernorm.bias": (h,),
-                p + "self_attention.query_key_value.weight": (3 * h, h),
-                p + "self_attention.query_key_value.bias": (3 * h,),
-                p + "self_attention.dense.weight": (h, h),
-                p + "self_attention.dense.bias": (h,),
-                p + "post_attention_layernorm.weight": (h,),
-                p + "post_attention_layernorm.bias": (h,),
-                p + "mlp.dense_h_to_4h.weight": (4 * h, h),
-                p + "mlp.dense_h_to_4h.bias": (4 * h,),
-                p + "mlp.dense_4h_to_h.weight": (h, 4 * h),
-                p + "mlp.dense_4h_to_h.bias": (h,),
-            }
-        )
+        shapes.update({
+            p + "input_layernorm.weight": (h,), p + "input_layernorm.bias": (h,),
+            p + "self_attention.query_key_value.weight": (3 * h, h),
+            p + "self_attention.query_key_value.bias": (3 * h,),
+            p + "self_attention.dense.weight": (h, h), p + "self_attention.dense.bias": (h,),
+            p + "post_attention_layernorm.weight": (h,),
+            p + "post_attention_layernorm.bias": (h,),
+            p + "mlp.dense_h_to_4h.weight": (4 * h, h), p + "mlp.dense_h_to_4h.bias": (4 * h,),
+            p + "mlp.dense_4h_to_h.weight": (h, 4 * h), p + "mlp.dense_4h_to_h.bias": (h,),
+        })
     shapes["transformer.ln_f.weight"] = (h,)
     shapes["transformer.ln_f.bias"] = (h,)
     return shapes

@@ -51,9 +51,8 @@ def write_json_atomic(path: Path, doc: Mapping[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def save(
-    write: Callable[[Path], None], output_dir: Path, rank: int, step: int, meta: Mapping[str, Any]
-) -> Path:
+def save(write: Callable[[Path], None], output_dir: Path, rank: int, step: int,
+         meta: Mapping[str, Any]) -> Path:
     """Save one step: `write(tmp_path)` writes the checkpoint, then rename, then the manifest.
 
     Args:
@@ -69,14 +68,8 @@ def save(
     finally:
         if tmp.exists():
             tmp.unlink()
-    manifest = {
-        **meta,
-        "step": step,
-        "rank": rank,
-        "file": final.name,
-        "size": final.stat().st_size,
-        "sha256": sha256_of(final),
-    }
+    manifest = {**meta, "step": step, "rank": rank, "file": final.name,
+                "size": final.stat().st_size, "sha256": sha256_of(final)}
     write_json_atomic(manifest_path(output_dir, rank, step), manifest)
     return final
 

@@ -21,11 +21,8 @@ import yaml
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DTYPES = ("float32", "float16", "bfloat16")
 # HF config.json keys that mean one of our fields (HF's BloomConfig.attribute_map and n_embed).
-HF_ALIASES = {
-    "n_embed": "hidden_size",
-    "num_hidden_layers": "n_layer",
-    "num_attention_heads": "n_head",
-}
+HF_ALIASES = {"n_embed": "hidden_size", "num_hidden_layers": "n_layer",
+              "num_attention_heads": "n_head"}
 # HF keys that must have their default value because we implement only that behaviour.
 HF_REQUIRED = {"apply_residual_connection_post_layernorm": False}
 
@@ -62,9 +59,8 @@ class BloomConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name}={value!r} must be a positive integer")
         if self.hidden_size % self.n_head:
-            raise ConfigError(
-                f"hidden_size={self.hidden_size} is not divisible by n_head={self.n_head}"
-            )
+            raise ConfigError(f"hidden_size={self.hidden_size} is not divisible by "
+                              f"n_head={self.n_head}")
         for name in ("hidden_dropout", "attention_dropout"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
@@ -191,10 +187,8 @@ def load_preset(name_or_path: str | Path, **overrides: Any) -> BloomConfig:
     else:
         path = CONFIG_DIR / f"{name_or_path}.yaml"
         if not path.is_file() or path.stem == "defaults":
-            raise ConfigError(
-                f"unknown preset {str(name_or_path)!r}; "
-                f"known: {', '.join(preset_names())} or a path to a YAML file"
-            )
+            raise ConfigError(f"unknown preset {str(name_or_path)!r}; "
+                              f"known: {', '.join(preset_names())} or a path to a YAML file")
     values = _read_model_section(CONFIG_DIR / "defaults.yaml")
     values.update(_read_model_section(path))
     values.update(overrides)

@@ -67,7 +67,6 @@ class Summary:
 
 # --- reading and validating -------------------------------------------------------------------
 
-
 def load_records(path: Path, n: int = -1) -> list[dict[str, str]]:
     """Read and validate an Alpaca JSON file; return the first `n` records (-1: all).
 
@@ -83,9 +82,8 @@ def load_records(path: Path, n: int = -1) -> list[dict[str, str]]:
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
-        raise DataError(
-            f"{path}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
-        ) from None
+        raise DataError(f"{path}: not valid JSON: {e.msg} at line {e.lineno} "
+                        f"column {e.colno}") from None
     if not isinstance(doc, list):
         raise DataError(f"{path}: expected a JSON list of records, got {type(doc).__name__}")
     if n >= 0:
@@ -106,18 +104,14 @@ def _check_record(path: Path, i: int, rec: Any) -> None:
             continue
         value = rec[key]
         if not isinstance(value, str):
-            raise DataError(
-                f"{path}: record {i}: {key!r} must be a string, "
-                f"got {type(value).__name__} {_short(value)}"
-            )
+            raise DataError(f"{path}: record {i}: {key!r} must be a string, "
+                            f"got {type(value).__name__} {_short(value)}")
         try:
             value.encode("utf-8")
         except UnicodeEncodeError as e:
-            bad = value[e.start : e.end].encode("utf-8", errors="surrogateescape")
-            raise DataError(
-                f"{path}: record {i}: {key!r} is not valid UTF-8 "
-                f"(bytes {bad!r} at character {e.start})"
-            ) from None
+            bad = value[e.start:e.end].encode("utf-8", errors="surrogateescape")
+            raise DataError(f"{path}: record {i}: {key!r} is not valid UTF-8 "
+                            f"(bytes {bad!r} at character {e.start})") from None
 
 
 def _short(value: Any) -> str:
@@ -133,7 +127,6 @@ def prompt_of(rec: dict[str, str]) -> str:
 
 
 # --- tokenizing -------------------------------------------------------------------------------
-
 
 def load_tokenizer_file(path: Path | None) -> Any:
     """A `tokenizers.Tokenizer` from `path` (None: the small shipped tokenizer)."""
@@ -157,9 +150,8 @@ def eos_id_of(tokenizer: Any) -> int:
     raise DataError("tokenizer has no eos token (looked for '</s>', '<eos>', '<|endoftext|>')")
 
 
-def encode_records(
-    tokenizer: Any, records: Sequence[dict[str, str]], seq_length: int, eos_id: int
-) -> tuple[np.ndarray, np.ndarray, int, int]:
+def encode_records(tokenizer: Any, records: Sequence[dict[str, str]], seq_length: int,
+                   eos_id: int) -> tuple[np.ndarray, np.ndarray, int, int]:
     """Tokenize a batch of records into fixed-length rows.
 
     Returns:
@@ -178,26 +170,18 @@ def encode_records(
         if total > width:
             truncated += 1
         seq = (p_ids + a_ids)[:width]
-        ids[row, : len(seq)] = seq
+        ids[row, :len(seq)] = seq
         end = min(total, width)  # the eos (if it fits) is already the padding value
-        mask[row, min(len(p_ids), width) : end] = 1
+        mask[row, min(len(p_ids), width):end] = 1
         tokens += end
     return ids, mask, truncated, tokens
 
 
 # --- writing ----------------------------------------------------------------------------------
 
-
-def prepare(
-    input_path: Path,
-    output_dir: Path,
-    seq_length: int,
-    tokenizer_path: Path | None = None,
-    n: int = -1,
-    shards: int = 1,
-    mask_prompt: bool = False,
-    progress: Callable[[int, int], None] | None = None,
-) -> Summary:
+def prepare(input_path: Path, output_dir: Path, seq_length: int, tokenizer_path: Path | None = None,
+            n: int = -1, shards: int = 1, mask_prompt: bool = False,
+            progress: Callable[[int, int], None] | None = None) -> Summary:
     """Write the MindRecord shards for `input_path` into `output_dir` (see module docstring).
 
     Raises:
@@ -222,19 +206,11 @@ def prepare(
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
     try:
-        truncated, tokens, files = _write(
-            records, partial, seq_length, tokenizer, eos_id, shards, mask_prompt, progress
-        )
-        summary = Summary(
-            records=len(records),
-            truncated=truncated,
-            tokens=tokens,
-            seconds=round(time.perf_counter() - start, 3),
-            seq_length=seq_length,
-            shards=shards,
-            mask_prompt=mask_prompt,
-            files=files,
-        )
+        truncated, tokens, files = _write(records, partial, seq_length, tokenizer, eos_id,
+                                          shards, mask_prompt, progress)
+        summary = Summary(records=len(records), truncated=truncated, tokens=tokens,
+                          seconds=round(time.perf_counter() - start, 3), seq_length=seq_length,
+                          shards=shards, mask_prompt=mask_prompt, files=files)
         (partial / SUMMARY_FILE).write_text(json.dumps(asdict(summary), indent=2) + "\n")
         for old in output_dir.glob(FILE_STEM + "*"):
             old.unlink()
@@ -245,16 +221,9 @@ def prepare(
     return summary
 
 
-def _write(
-    records: Sequence[dict[str, str]],
-    directory: Path,
-    seq_length: int,
-    tokenizer: Any,
-    eos_id: int,
-    shards: int,
-    mask_prompt: bool,
-    progress: Callable[[int, int], None] | None,
-) -> tuple[int, int, list[str]]:
+def _write(records: Sequence[dict[str, str]], directory: Path, seq_length: int, tokenizer: Any,
+           eos_id: int, shards: int, mask_prompt: bool,
+           progress: Callable[[int, int], None] | None) -> tuple[int, int, list[str]]:
     from mindspore.mindrecord import FileWriter
 
     writer = FileWriter(str(directory / FILE_STEM), shard_num=shards, overwrite=True)
@@ -264,7 +233,7 @@ def _write(
     writer.add_schema(schema, "alpaca")
     truncated = tokens = 0
     for lo in range(0, len(records), ENCODE_CHUNK):
-        chunk = records[lo : lo + ENCODE_CHUNK]
+        chunk = records[lo:lo + ENCODE_CHUNK]
         ids, mask, t, k = encode_records(tokenizer, chunk, seq_length, eos_id)
         truncated, tokens = truncated + t, tokens + k
         if mask_prompt:
@@ -281,7 +250,6 @@ def _write(
 
 # --- reading back -----------------------------------------------------------------------------
 
-
 def data_files(path: Path) -> list[str]:
     """The MindRecord files of a prepared directory (or a single file), in shard order.
 
@@ -290,23 +258,15 @@ def data_files(path: Path) -> list[str]:
     """
     if path.is_file():
         return [str(path)]
-    files = sorted(
-        (p for p in path.glob(FILE_STEM + "*") if p.suffix != ".db"),
-        key=lambda p: (len(p.name), p.name),
-    )
+    files = sorted((p for p in path.glob(FILE_STEM + "*") if p.suffix != ".db"),
+                   key=lambda p: (len(p.name), p.name))
     if not files:
         raise DataError(f"{path}: no {FILE_STEM}* files (run `orchestrate prepare-data`)")
     return [str(p) for p in files]
 
 
-def create_dataset(
-    path: Path,
-    batch_size: int,
-    num_shards: int = 1,
-    shard_id: int = 0,
-    skip_samples: int = 0,
-    columns: Sequence[str] = ("input_ids",),
-) -> Any:
+def create_dataset(path: Path, batch_size: int, num_shards: int = 1, shard_id: int = 0,
+                   skip_samples: int = 0, columns: Sequence[str] = ("input_ids",)) -> Any:
     """An endless, deterministic, per-rank batched MindDataset.
 
     Rank `shard_id` of `num_shards` reads samples shard_id, shard_id + num_shards, ... (MindDataset
@@ -316,13 +276,9 @@ def create_dataset(
     import mindspore.dataset as ds
 
     files = data_files(path)
-    dataset = ds.MindDataset(
-        files,
-        columns_list=list(columns),
-        shuffle=False,
-        num_shards=num_shards if num_shards > 1 else None,
-        shard_id=shard_id if num_shards > 1 else None,
-    )
+    dataset = ds.MindDataset(files, columns_list=list(columns), shuffle=False,
+                             num_shards=num_shards if num_shards > 1 else None,
+                             shard_id=shard_id if num_shards > 1 else None)
     dataset = dataset.repeat()
     if skip_samples:
         dataset = dataset.skip(skip_samples)
@@ -342,28 +298,19 @@ def has_column(path: Path, column: str) -> bool:
 
 # --- command line -----------------------------------------------------------------------------
 
-
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m model.data ...` (see module docstring)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m model.data", description="Alpaca JSON -> MindRecord shards."
-    )
+    parser = argparse.ArgumentParser(prog="python -m model.data",
+                                     description="Alpaca JSON -> MindRecord shards.")
     parser.add_argument("--input", type=Path, required=True, help="Alpaca JSON file (a list).")
     parser.add_argument("--output", type=Path, required=True, help="Directory for the shards.")
     parser.add_argument("--seq-length", type=int, required=True, help="Tokens per sample minus 1.")
-    parser.add_argument(
-        "--tokenizer",
-        type=Path,
-        default=None,
-        help="tokenizer.json (default: the small shipped tokenizer).",
-    )
+    parser.add_argument("--tokenizer", type=Path, default=None,
+                        help="tokenizer.json (default: the small shipped tokenizer).")
     parser.add_argument("--n", type=int, default=-1, help="First N records only (-1: all).")
     parser.add_argument("--shards", type=int, default=1, help="Number of MindRecord files.")
-    parser.add_argument(
-        "--mask-prompt",
-        action="store_true",
-        help="Add a loss_mask column: loss on response tokens only.",
-    )
+    parser.add_argument("--mask-prompt", action="store_true",
+                        help="Add a loss_mask column: loss on response tokens only.")
     parser.add_argument("--progress", action="store_true", help="Print progress lines.")
     args = parser.parse_args(argv)
 
@@ -371,16 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"progress done={done} total={total}", flush=True)
 
     try:
-        summary = prepare(
-            args.input,
-            args.output,
-            args.seq_length,
-            args.tokenizer,
-            args.n,
-            args.shards,
-            args.mask_prompt,
-            report if args.progress else None,
-        )
+        summary = prepare(args.input, args.output, args.seq_length, args.tokenizer, args.n,
+                          args.shards, args.mask_prompt, report if args.progress else None)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 1

@@ -40,10 +40,8 @@ class Job:
     data: Mapping[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "job": {"id": self.job_id, "output_dir": str(self.output_dir)},
-            **{s: dict(getattr(self, s)) for s in SECTIONS},
-        }
+        return {"job": {"id": self.job_id, "output_dir": str(self.output_dir)},
+                **{s: dict(getattr(self, s)) for s in SECTIONS}}
 
 
 def load_job(path: Path, overrides: Sequence[str] = ()) -> Job:
@@ -69,9 +67,8 @@ def load_job(path: Path, overrides: Sequence[str] = ()) -> Job:
         if section == "job":
             continue
         if section not in merged:
-            raise JobFileError(
-                f"{path}: unknown section {section!r} (sections: {', '.join(('job', *SECTIONS))})"
-            )
+            raise JobFileError(f"{path}: unknown section {section!r} (sections: "
+                               f"{', '.join(('job', *SECTIONS))})")
         if not isinstance(values, dict):
             raise JobFileError(f"{path}: {section}: expected a mapping")
         for key, value in values.items():
@@ -86,12 +83,8 @@ def load_job(path: Path, overrides: Sequence[str] = ()) -> Job:
             value = raw
         _set(merged, dotted.strip(), value, f"--set {item!r}")
     output = Path(meta["output_dir"]) if meta.get("output_dir") else path.parent / "output"
-    return Job(
-        path=path,
-        job_id=str(meta.get("id") or path.parent.name),
-        output_dir=output,
-        **{s: merged[s] for s in SECTIONS},
-    )
+    return Job(path=path, job_id=str(meta.get("id") or path.parent.name), output_dir=output,
+               **{s: merged[s] for s in SECTIONS})
 
 
 def _set(merged: dict[str, dict[str, Any]], dotted: str, value: Any, src: str) -> None:

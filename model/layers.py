@@ -33,9 +33,8 @@ def alibi_slopes(n_head: int) -> np.ndarray:
     if p != n_head:
         extra = np.float32(2.0 ** (-(2.0 ** -(math.log2(2 * p) - 3))))
         remaining = min(p, n_head - p)
-        slopes += [
-            np.power(extra, np.float32(k), dtype=np.float32) for k in range(1, 1 + 2 * remaining, 2)
-        ]
+        slopes += [np.power(extra, np.float32(k), dtype=np.float32)
+                   for k in range(1, 1 + 2 * remaining, 2)]
     return np.asarray(slopes, dtype=np.float32)
 
 
@@ -66,9 +65,8 @@ class Linear(nn.Cell):
         param_dtype = MS_DTYPES[config.param_dtype]
         self.compute_dtype = MS_DTYPES[config.compute_dtype]
         init = Normal(config.initializer_range)
-        self.weight = Parameter(
-            initializer(init, (out_features, in_features), param_dtype), name="weight"
-        )
+        self.weight = Parameter(initializer(init, (out_features, in_features), param_dtype),
+                                name="weight")
         self.bias = Parameter(initializer(Zero(), (out_features,), param_dtype), name="bias")
         self.matmul = ops.MatMul(transpose_b=True)
         self.out_features = out_features
@@ -87,14 +85,9 @@ class Embedding(nn.Cell):
     def __init__(self, config: BloomConfig) -> None:
         super().__init__()
         self.compute_dtype = MS_DTYPES[config.compute_dtype]
-        self.weight = Parameter(
-            initializer(
-                Normal(config.initializer_range),
-                (config.vocab_size, config.hidden_size),
-                MS_DTYPES[config.param_dtype],
-            ),
-            name="weight",
-        )
+        self.weight = Parameter(initializer(Normal(config.initializer_range),
+                                            (config.vocab_size, config.hidden_size),
+                                            MS_DTYPES[config.param_dtype]), name="weight")
 
     def construct(self, input_ids: Tensor) -> Tensor:
         """int [batch, seq] -> [batch, seq, hidden] in compute_dtype."""
@@ -110,16 +103,12 @@ class LayerNorm(nn.Cell):
         self.compute_dtype = MS_DTYPES[config.compute_dtype]
         self.weight = Parameter(initializer(One(), (hidden_size,), param_dtype), name="weight")
         self.bias = Parameter(initializer(Zero(), (hidden_size,), param_dtype), name="bias")
-        self.norm = ops.LayerNorm(
-            begin_norm_axis=-1, begin_params_axis=-1, epsilon=config.layer_norm_epsilon
-        )
+        self.norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1,
+                                  epsilon=config.layer_norm_epsilon)
 
     def construct(self, x: Tensor) -> Tensor:
-        y, _, _ = self.norm(
-            ops.cast(x, ms.float32),
-            ops.cast(self.weight, ms.float32),
-            ops.cast(self.bias, ms.float32),
-        )
+        y, _, _ = self.norm(ops.cast(x, ms.float32), ops.cast(self.weight, ms.float32),
+                            ops.cast(self.bias, ms.float32))
         return ops.cast(y, self.compute_dtype)
 
 
@@ -153,15 +142,9 @@ class BloomAttention(nn.Cell):
         self.scores_matmul = ops.BatchMatMul(transpose_b=True)
         self.context_matmul = ops.BatchMatMul()
 
-    def construct(
-        self,
-        x: Tensor,
-        alibi: Tensor,
-        mask: Tensor,
-        k_cache: Tensor | None = None,
-        v_cache: Tensor | None = None,
-        write: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    def construct(self, x: Tensor, alibi: Tensor, mask: Tensor, k_cache: Tensor | None = None,
+                  v_cache: Tensor | None = None,
+                  write: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Attend the new tokens `x` to all keys (the cache, if given, plus themselves).
 
         Args:
@@ -219,19 +202,12 @@ class BloomBlock(nn.Cell):
         self.mlp = BloomMLP(config)
         self.hidden_dropout = Dropout(config.hidden_dropout)
 
-    def construct(
-        self,
-        x: Tensor,
-        alibi: Tensor,
-        mask: Tensor,
-        k_cache: Tensor | None = None,
-        v_cache: Tensor | None = None,
-        write: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    def construct(self, x: Tensor, alibi: Tensor, mask: Tensor, k_cache: Tensor | None = None,
+                  v_cache: Tensor | None = None,
+                  write: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Arguments as BloomAttention; returns (hidden [batch, q_len, hidden], keys, values)."""
-        attn, k, v = self.self_attention(
-            self.input_layernorm(x), alibi, mask, k_cache, v_cache, write
-        )
+        attn, k, v = self.self_attention(self.input_layernorm(x), alibi, mask, k_cache, v_cache,
+                                         write)
         h = x + self.hidden_dropout(attn)
         out = h + self.hidden_dropout(self.mlp(self.post_attention_layernorm(h)))
         return out, k, v

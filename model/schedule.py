@@ -24,6 +24,5 @@ def lr_at(step: int, steps: int, lr: float, min_lr: float, warmup_steps: int) ->
 
 def lr_schedule(steps: int, lr: float, min_lr: float, warmup_steps: int) -> np.ndarray:
     """float32[steps]: `lr_at` for every step."""
-    return np.array(
-        [lr_at(s, steps, lr, min_lr, warmup_steps) for s in range(steps)], dtype=np.float32
-    )
+    return np.array([lr_at(s, steps, lr, min_lr, warmup_steps) for s in range(steps)],
+                    dtype=np.float32)

@@ -79,11 +79,8 @@ class Layout:
 
     def manifest(self) -> dict[str, int]:
         """What must match for a checkpoint to be resumable."""
-        return {
-            "data_parallel": self.data_parallel,
-            "model_parallel": self.model_parallel,
-            "pipeline_stage": self.pipeline_stage,
-        }
+        return {"data_parallel": self.data_parallel, "model_parallel": self.model_parallel,
+                "pipeline_stage": self.pipeline_stage}
 
     @property
     def rank_batch(self) -> int:
@@ -100,7 +97,6 @@ class Layout:
 
 # --- checks that need no MindSpore --------------------------------------------------------------
 
-
 def check_job(job: Job) -> None:
     """Refuse what cannot run, before any process waits on a cluster.
 
@@ -114,18 +110,16 @@ def check_job(job: Job) -> None:
         raise TrainError(
             f"parallel.model_parallel={p['model_parallel']}, parallel.pipeline_stage="
             f"{p['pipeline_stage']} with train.device_target=CPU: MindSpore supports only data "
-            'parallel on CPU (semi-auto parallel raises "Invalid communication backend: CPU"); '
-            "set both to 1 or train on Ascend"
-        )
+            "parallel on CPU (semi-auto parallel raises \"Invalid communication backend: CPU\"); "
+            "set both to 1 or train on Ascend")
     for key in ("steps", "log_steps", "save_steps"):
         if t[key] < 1:
             raise TrainError(f"train.{key} must be >= 1, got {t[key]}")
     if t["mode"] not in ("pretrain", "finetune"):
         raise TrainError(f"train.mode={t['mode']!r}: expected pretrain or finetune")
     if not job.data["path"]:
-        raise TrainError(
-            "data.path is empty: point it at a prepare-data output folder (--set data.path=DIR)"
-        )
+        raise TrainError("data.path is empty: point it at a prepare-data output folder "
+                         "(--set data.path=DIR)")
 
 
 def fit_layout(job: Job, world: int) -> tuple[Layout, str | None]:
@@ -133,31 +127,22 @@ def fit_layout(job: Job, world: int) -> tuple[Layout, str | None]:
     p = job.parallel
     mp_pp = p["model_parallel"] * p["pipeline_stage"]
     if world % mp_pp:
-        raise TrainError(
-            f"world size {world} is not a multiple of model_parallel × pipeline_stage = {mp_pp}"
-        )
+        raise TrainError(f"world size {world} is not a multiple of model_parallel × "
+                         f"pipeline_stage = {mp_pp}")
     dp = world // mp_pp
     note = None
     if dp != p["data_parallel"]:
-        note = (
-            f"parallel.data_parallel={p['data_parallel']} does not match {world} ranks; "
-            f"using data_parallel={dp}"
-        )
-    return Layout(
-        data_parallel=dp,
-        model_parallel=p["model_parallel"],
-        pipeline_stage=p["pipeline_stage"],
-        micro_batch_size=p["micro_batch_size"],
-        micro_batch_num=p["micro_batch_num"],
-    ), note
+        note = (f"parallel.data_parallel={p['data_parallel']} does not match {world} ranks; "
+                f"using data_parallel={dp}")
+    return Layout(data_parallel=dp, model_parallel=p["model_parallel"],
+                  pipeline_stage=p["pipeline_stage"], micro_batch_size=p["micro_batch_size"],
+                  micro_batch_num=p["micro_batch_num"]), note
 
 
 def log_line(step: int, loss: float, lr: float, tokens_per_s: float, elapsed_s: float) -> str:
     """The machine-readable step line `orchestrate status` parses."""
-    return (
-        f"step={step} loss={loss:.4f} lr={lr:.1e} tokens_per_s={tokens_per_s:.1f} "
-        f"elapsed_s={elapsed_s:.1f}"
-    )
+    return (f"step={step} loss={loss:.4f} lr={lr:.1e} tokens_per_s={tokens_per_s:.1f} "
+            f"elapsed_s={elapsed_s:.1f}")
 
 
 def note(message: str) -> None:
@@ -166,17 +151,14 @@ def note(message: str) -> None:
 
 # --- distributed --------------------------------------------------------------------------------
 
-
 def init_distributed(device_target: str) -> Dist:
     """Initialise communication from the environment (see module docstring)."""
     from mindspore.communication import get_group_size, get_rank, init
 
     if os.environ.get("RANK_TABLE_FILE"):
         if device_target != "Ascend":
-            raise TrainError(
-                f"RANK_TABLE_FILE is set but train.device_target={device_target}: "
-                "rank-table launches are Ascend (HCCL) only"
-            )
+            raise TrainError(f"RANK_TABLE_FILE is set but train.device_target={device_target}: "
+                             "rank-table launches are Ascend (HCCL) only")
         init("hccl")
         return Dist("ranktable", get_rank(), get_group_size())
     if os.environ.get("MS_ROLE"):
@@ -187,15 +169,8 @@ def init_distributed(device_target: str) -> Dist:
 
 # --- the training cells --------------------------------------------------------------------------
 
-
-def build_cells(
-    job: Job,
-    layout: Layout,
-    dist: Dist,
-    use_mask: bool,
-    start_lrs: np.ndarray,
-    strategy_file: Path | None,
-) -> tuple[Any, Any]:
+def build_cells(job: Job, layout: Layout, dist: Dist, use_mask: bool, start_lrs: np.ndarray,
+                strategy_file: Path | None) -> tuple[Any, Any]:
     """The model and its train-step cell (loss, grads, DP reduce, clip, AdamWeightDecay)."""
     import mindspore as ms
     from mindspore import Tensor, nn, ops
@@ -210,17 +185,13 @@ def build_cells(
     semi_auto = layout.model_parallel * layout.pipeline_stage > 1
     if semi_auto:
         ms.set_auto_parallel_context(
-            parallel_mode=ms.ParallelMode.SEMI_AUTO_PARALLEL,
-            device_num=dist.world,
-            full_batch=True,
-            pipeline_stages=layout.pipeline_stage,
+            parallel_mode=ms.ParallelMode.SEMI_AUTO_PARALLEL, device_num=dist.world,
+            full_batch=True, pipeline_stages=layout.pipeline_stage,
             enable_parallel_optimizer=bool(job.parallel["optimizer_shard"]),
-            strategy_ckpt_config={"save_file": str(strategy_file), "only_trainable_params": False},
-        )
+            strategy_ckpt_config={"save_file": str(strategy_file), "only_trainable_params": False})
     elif dist.world > 1:
-        ms.set_auto_parallel_context(
-            parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True, device_num=dist.world
-        )
+        ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL,
+                                     gradients_mean=True, device_num=dist.world)
     model = BloomLMHeadModel(config)
     if semi_auto:
         apply_shard_strategies(model, layout)
@@ -265,18 +236,12 @@ def build_cells(
     if layout.pipeline_stage > 1:
         net = nn.PipelineCell(net, layout.micro_batch_num)
     params = net.trainable_params()
-    decay = [
-        p
-        for p in params
-        if p.name.endswith(".weight") and "layernorm" not in p.name and "ln_f" not in p.name
-    ]
+    decay = [p for p in params if p.name.endswith(".weight") and "layernorm" not in p.name
+             and "ln_f" not in p.name]
     decay_ids = {id(p) for p in decay}
     rest = [p for p in params if id(p) not in decay_ids]
-    groups = [
-        {"params": decay, "weight_decay": float(job.train["weight_decay"])},
-        {"params": rest, "weight_decay": 0.0},
-        {"order_params": params},
-    ]
+    groups = [{"params": decay, "weight_decay": float(job.train["weight_decay"])},
+              {"params": rest, "weight_decay": 0.0}, {"order_params": params}]
     optimizer = nn.AdamWeightDecay(groups, learning_rate=Tensor(start_lrs), eps=1e-8)
     return model, TrainStep(net, optimizer, float(job.train["grad_clip"]))
 
@@ -306,7 +271,6 @@ def apply_shard_strategies(model: Any, layout: Layout) -> None:
 
 # --- resume --------------------------------------------------------------------------------------
 
-
 def agree_resume_step(output_dir: Path, dist: Dist, layout: Layout, steps: int) -> int | None:
     """Newest step complete on every rank: each rank checks its own files, then a SUM all-reduce
     of a per-step presence vector finds the steps every rank has."""
@@ -332,7 +296,6 @@ def agree_resume_step(output_dir: Path, dist: Dist, layout: Layout, steps: int) 
 
 
 # --- the loop ------------------------------------------------------------------------------------
-
 
 def train(job: Job, resume: bool, t0: float) -> int:
     """Run the job in this (already role-checked) worker process; 0 when finished."""
@@ -376,33 +339,19 @@ def train(job: Job, resume: bool, t0: float) -> int:
         return 0
 
     if semi_auto:  # every rank reads the whole global batch; MindSpore slices it
-        dataset = create_dataset(
-            data_path,
-            layout.global_batch,
-            skip_samples=start * layout.global_batch,
-            columns=_columns(use_mask),
-        )
+        dataset = create_dataset(data_path, layout.global_batch, skip_samples=start *
+                                 layout.global_batch, columns=_columns(use_mask))
     else:
-        dataset = create_dataset(
-            data_path,
-            layout.rank_batch,
-            num_shards=layout.data_parallel,
-            shard_id=dist.rank,
-            skip_samples=start * layout.rank_batch,
-            columns=_columns(use_mask),
-        )
+        dataset = create_dataset(data_path, layout.rank_batch, num_shards=layout.data_parallel,
+                                 shard_id=dist.rank, skip_samples=start * layout.rank_batch,
+                                 columns=_columns(use_mask))
     batches = dataset.create_tuple_iterator()
     step_cell.set_train(True)
     tokens_per_step = layout.global_batch * int(job.model["seq_length"])
-    meta = {
-        "job_id": job.job_id,
-        "layout": layout.manifest(),
-        "world_size": dist.world,
-        "micro_batch_size": layout.micro_batch_size,
-        "micro_batch_num": layout.micro_batch_num,
-        "model": dict(job.model),
-        "device_target": t["device_target"],
-    }
+    meta = {"job_id": job.job_id, "layout": layout.manifest(), "world_size": dist.world,
+            "micro_batch_size": layout.micro_batch_size,
+            "micro_batch_num": layout.micro_batch_num, "model": dict(job.model),
+            "device_target": t["device_target"]}
     last_t, last_step = time.monotonic(), start
     for step in range(start + 1, steps + 1):
         batch = next(batches)
@@ -415,31 +364,13 @@ def train(job: Job, resume: bool, t0: float) -> int:
             now = time.monotonic()
             if dist.is_rank0:
                 rate = (step - last_step) * tokens_per_step / max(now - last_t, 1e-9)
-                print(
-                    log_line(
-                        step,
-                        value,
-                        lr_at(
-                            step - 1,
-                            steps,
-                            float(t["lr"]),
-                            float(t["min_lr"]),
-                            int(t["warmup_steps"]),
-                        ),
-                        rate,
-                        now - t0,
-                    ),
-                    flush=True,
-                )
+                print(log_line(step, value, lr_at(step - 1, steps, float(t["lr"]),
+                                                  float(t["min_lr"]), int(t["warmup_steps"])),
+                               rate, now - t0), flush=True)
             last_t, last_step = now, step
         if step % int(t["save_steps"]) == 0 or step == steps:
-            ck.save(
-                lambda p: ms.save_checkpoint(step_cell, str(p)),
-                out,
-                dist.rank,
-                step,
-                {**meta, "samples_per_rank": step * layout.rank_batch},
-            )
+            ck.save(lambda p: ms.save_checkpoint(step_cell, str(p)), out, dist.rank, step,
+                    {**meta, "samples_per_rank": step * layout.rank_batch})
             ck.prune(out, dist.rank, int(t["keep_checkpoints"]))
     return 0
 
@@ -457,33 +388,21 @@ def load_pretrained(model: Any, path: Path) -> None:
     params = ms.load_checkpoint(str(path))
     missing, _ = ms.load_param_into_net(model, params)
     if missing:
-        raise TrainError(
-            f"train.load_checkpoint={str(path)!r}: missing parameters "
-            f"{missing[:3]}{' ...' if len(missing) > 3 else ''}"
-        )
+        raise TrainError(f"train.load_checkpoint={str(path)!r}: missing parameters "
+                         f"{missing[:3]}{' ...' if len(missing) > 3 else ''}")
     note(f"loaded {len(params)} parameters from {path}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m model.train` (see module docstring)."""
     t0 = time.monotonic()
-    parser = argparse.ArgumentParser(
-        prog="python -m model.train", description="Train Bloom from a job file."
-    )
+    parser = argparse.ArgumentParser(prog="python -m model.train",
+                                     description="Train Bloom from a job file.")
     parser.add_argument("--job", type=Path, required=True, help="job.yaml (see module docstring)")
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="Continue from the newest checkpoint complete on every rank.",
-    )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="Override one job value (repeatable).",
-    )
+    parser.add_argument("--resume", action="store_true",
+                        help="Continue from the newest checkpoint complete on every rank.")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="SECTION.KEY=VALUE", help="Override one job value (repeatable).")
     args = parser.parse_args(argv)
     try:
         job = load_job(args.job, args.overrides)

@@ -15,14 +15,8 @@ def seed_records() -> list[dict[str, str]]:
     """The seed tasks if present, else a small generated set of the same shape."""
     if SEED_TASKS.is_file():
         return json.loads(SEED_TASKS.read_text())
-    return [
-        {
-            "instruction": f"Add {i} and {i + 1}.",
-            "input": "" if i % 2 else f"{i}",
-            "output": f"The sum is {2 * i + 1}.",
-        }
-        for i in range(175)
-    ]
+    return [{"instruction": f"Add {i} and {i + 1}.", "input": "" if i % 2 else f"{i}",
+             "output": f"The sum is {2 * i + 1}."} for i in range(175)]
 
 
 def tokenizer_file(directory: Path) -> Path:
@@ -36,11 +30,8 @@ def tokenizer_file(directory: Path) -> Path:
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=1000,
-        special_tokens=SPECIALS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
+    trainer = trainers.BpeTrainer(vocab_size=1000, special_tokens=SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     texts = [prompt_of(r) + r["output"] for r in seed_records()]
     tok.train_from_iterator(texts, trainer)
     path = directory / "tokenizer.json"

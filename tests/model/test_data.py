@@ -35,13 +35,8 @@ def seed_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _read_all(
-    out: Path,
-    columns: tuple[str, ...] = ("input_ids",),
-    shards: int = 1,
-    shard_id: int = 0,
-    n: int = 1,
-) -> list[np.ndarray]:
+def _read_all(out: Path, columns: tuple[str, ...] = ("input_ids",), shards: int = 1,
+              shard_id: int = 0, n: int = 1) -> list[np.ndarray]:
     ds = create_dataset(out, batch_size=1, num_shards=shards, shard_id=shard_id, columns=columns)
     it = ds.create_tuple_iterator(output_numpy=True)
     return [next(it) for _ in range(n)]
@@ -96,8 +91,8 @@ def test_mask_prompt_marks_response_and_eos(tmp_path: Path, tok_path: Path) -> N
     n_prompt = len(tok.encode(prompt_of(recs[0]), add_special_tokens=False).ids)
     n_answer = len(tok.encode("hi there", add_special_tokens=False).ids)
     assert mask[:n_prompt].sum() == 0
-    assert mask[n_prompt : n_prompt + n_answer + 1].all()  # response tokens + the first eos
-    assert mask[n_prompt + n_answer + 1 :].sum() == 0  # padding
+    assert mask[n_prompt:n_prompt + n_answer + 1].all()  # response tokens + the first eos
+    assert mask[n_prompt + n_answer + 1:].sum() == 0  # padding
     assert tok.decode(ids[mask == 1][:-1].tolist()) == "hi there"
     assert ids[n_prompt + n_answer] == eos_id_of(tok)
 
@@ -109,41 +104,25 @@ def test_n_takes_the_first_records(tmp_path: Path, tok_path: Path, seed_file: Pa
 
 
 MALFORMED = [
-    (
-        "not_a_list",
-        b'{"instruction": "x", "output": "y"}',
-        "expected a JSON list of records, got dict",
-    ),
+    ("not_a_list", b'{"instruction": "x", "output": "y"}',
+     "expected a JSON list of records, got dict"),
     ("bad_json", b'[{"instruction": "x",', "not valid JSON"),
-    (
-        "not_an_object",
-        b'[{"instruction": "x", "output": "y"}, 5]',
-        "record 1: expected an object, got int",
-    ),
-    (
-        "missing_instruction",
-        b'[{"instruction": "x", "output": "y"}, {"output": "y"}]',
-        "record 1: missing 'instruction'",
-    ),
+    ("not_an_object", b'[{"instruction": "x", "output": "y"}, 5]',
+     "record 1: expected an object, got int"),
+    ("missing_instruction", b'[{"instruction": "x", "output": "y"}, {"output": "y"}]',
+     "record 1: missing 'instruction'"),
     ("missing_output", b'[{"instruction": "x"}]', "record 0: missing 'output'"),
-    (
-        "non_string",
-        b'[{"instruction": "x", "input": "", "output": "y"},'
-        b' {"instruction": "x", "input": 3, "output": "y"}]',
-        "record 1: 'input' must be a string, got int 3",
-    ),
-    (
-        "bad_utf8",
-        b'[{"instruction": "x", "output": "y"}, {"instruction": "x", "output": "a\xff"}]',
-        "record 1: 'output' is not valid UTF-8 (bytes b'\\xff' at character 1)",
-    ),
+    ("non_string", b'[{"instruction": "x", "input": "", "output": "y"},'
+                   b' {"instruction": "x", "input": 3, "output": "y"}]',
+     "record 1: 'input' must be a string, got int 3"),
+    ("bad_utf8", b'[{"instruction": "x", "output": "y"}, {"instruction": "x", "output": "a\xff"}]',
+     "record 1: 'output' is not valid UTF-8 (bytes b'\\xff' at character 1)"),
 ]
 
 
 @pytest.mark.parametrize(("name", "content", "message"), MALFORMED, ids=[m[0] for m in MALFORMED])
-def test_malformed_input_names_the_record(
-    tmp_path: Path, name: str, content: bytes, message: str
-) -> None:
+def test_malformed_input_names_the_record(tmp_path: Path, name: str, content: bytes,
+                                          message: str) -> None:
     src = tmp_path / f"{name}.json"
     src.write_bytes(content)
     with pytest.raises(DataError) as err:
@@ -168,41 +147,16 @@ def test_cli_prepare_data(tmp_path: Path, tok_path: Path, seed_file: Path) -> No
 
     runner = CliRunner()
     out = tmp_path / "mr"
-    ok = runner.invoke(
-        cli,
-        [
-            "prepare-data",
-            "--input",
-            str(seed_file),
-            "--output",
-            str(out),
-            "--seq-length",
-            "32",
-            "--tokenizer",
-            str(tok_path),
-            "--n",
-            "20",
-        ],
-    )
+    ok = runner.invoke(cli, ["prepare-data", "--input", str(seed_file), "--output", str(out),
+                             "--seq-length", "32", "--tokenizer", str(tok_path), "--n", "20"])
     assert ok.exit_code == 0, ok.output
     assert "wrote 20 records" in ok.output and (out / FILE_STEM).is_file()
 
     bad = tmp_path / "bad.json"
     bad.write_text('[{"instruction": "x", "output": ["y"]}]')
-    fail = runner.invoke(
-        cli,
-        [
-            "prepare-data",
-            "--input",
-            str(bad),
-            "--output",
-            str(tmp_path / "o2"),
-            "--tokenizer",
-            str(tok_path),
-        ],
-    )
+    fail = runner.invoke(cli, ["prepare-data", "--input", str(bad), "--output",
+                               str(tmp_path / "o2"), "--tokenizer", str(tok_path)])
     assert fail.exit_code == 1
     assert fail.output.strip().splitlines() == [
-        f"Error: prepare-data: {bad}: record 0: 'output' must be a string, got list [\"y\"]"
-    ]
+        f"Error: prepare-data: {bad}: record 0: 'output' must be a string, got list [\"y\"]"]
     assert not (tmp_path / "o2").exists() or not any((tmp_path / "o2").iterdir())

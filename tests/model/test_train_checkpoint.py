@@ -20,10 +20,8 @@ def test_save_writes_checkpoint_then_manifest(tmp_path: Path) -> None:
     assert manifest is not None
     assert manifest["step"] == 20 and manifest["rank"] == 1 and manifest["size"] == 700
     assert manifest["sha256"] == ck.sha256_of(path)
-    assert sorted(p.name for p in path.parent.iterdir()) == [
-        "bloom_rank_1-20.ckpt",
-        "bloom_rank_1-20.json",
-    ]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["bloom_rank_1-20.ckpt",
+                                                             "bloom_rank_1-20.json"]
     assert ck.is_complete(tmp_path, 1, 20, LAYOUT)
     assert not ck.is_complete(tmp_path, 1, 20, {**LAYOUT, "data_parallel": 4})
 
