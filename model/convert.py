@@ -299,13 +299,16 @@ def load_checkpoint_arrays(path: str | Path, config: BloomConfig) -> dict[str, n
     return arrays
 
 
-def _atomic_write(target: Path, write: Callable[[str], None], suffix: str) -> None:
+def _atomic_write(target: Path, write: Callable[[str], None], suffix: str,
+                  mode: int | None = 0o644) -> None:
     """Call write(tmp_path) then move the temp file over `target`; no partial file is left."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
     os.close(fd)
     try:
         write(tmp)
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
@@ -319,7 +322,8 @@ def save_checkpoint_arrays(arrays: dict[str, np.ndarray], path: str | Path) -> P
 
     path = Path(path)
     entries = [{"name": name, "data": ms.Tensor(array)} for name, array in arrays.items()]
-    _atomic_write(path, lambda tmp: ms.save_checkpoint(entries, tmp), ".ckpt")
+    _atomic_write(path, lambda tmp: ms.save_checkpoint(entries, tmp), ".ckpt",
+                  mode=None)  # MindSpore makes checkpoints read-only itself
     return path
 
 
