@@ -188,31 +188,6 @@ class BloomDecodeStep(nn.Cell):
         return self.model.decode_step(input_ids, key_mask, k_caches, v_caches, write)
 
 
-def parameter_shapes(config: BloomConfig) -> dict[str, tuple[int, ...]]:
-    """Every parameter name of BloomLMHeadModel(config) and its shape, without building it."""
-    h, v = config.hidden_size, config.vocab_size
-    shapes: dict[str, tuple[int, ...]] = {
-        "transformer.word_embeddings.weight": (v, h),
-        "transformer.word_embeddings_layernorm.weight": (h,),
-        "transformer.word_embeddings_layernorm.bias": (h,),
-    }
-    for i in range(config.n_layer):
-        p = f"transformer.h.{i}."
-        shapes.update({
-            p + "input_layernorm.weight": (h,), p + "input_layernorm.bias": (h,),
-            p + "self_attention.query_key_value.weight": (3 * h, h),
-            p + "self_attention.query_key_value.bias": (3 * h,),
-            p + "self_attention.dense.weight": (h, h), p + "self_attention.dense.bias": (h,),
-            p + "post_attention_layernorm.weight": (h,),
-            p + "post_attention_layernorm.bias": (h,),
-            p + "mlp.dense_h_to_4h.weight": (4 * h, h), p + "mlp.dense_h_to_4h.bias": (4 * h,),
-            p + "mlp.dense_4h_to_h.weight": (h, 4 * h), p + "mlp.dense_4h_to_h.bias": (h,),
-        })
-    shapes["transformer.ln_f.weight"] = (h,)
-    shapes["transformer.ln_f.bias"] = (h,)
-    return shapes
-
-
 def load_parameters(model: BloomLMHeadModel, arrays: dict[str, np.ndarray]) -> None:
     """Copy numpy arrays into the model's parameters (names/shapes must match exactly)."""
     params = {p.name: p for p in model.get_parameters()}

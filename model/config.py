@@ -80,6 +80,25 @@ class BloomConfig:
         """Width of one attention head."""
         return self.hidden_size // self.n_head
 
+    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every parameter name of BloomLMHeadModel (the checkpoint names) and its shape."""
+        h, v = self.hidden_size, self.vocab_size
+        layer = {"input_layernorm.weight": (h,), "input_layernorm.bias": (h,),
+                 "self_attention.query_key_value.weight": (3 * h, h),
+                 "self_attention.query_key_value.bias": (3 * h,),
+                 "self_attention.dense.weight": (h, h), "self_attention.dense.bias": (h,),
+                 "post_attention_layernorm.weight": (h,), "post_attention_layernorm.bias": (h,),
+                 "mlp.dense_h_to_4h.weight": (4 * h, h), "mlp.dense_h_to_4h.bias": (4 * h,),
+                 "mlp.dense_4h_to_h.weight": (h, 4 * h), "mlp.dense_4h_to_h.bias": (h,)}
+        shapes = {"transformer.word_embeddings.weight": (v, h),
+                  "transformer.word_embeddings_layernorm.weight": (h,),
+                  "transformer.word_embeddings_layernorm.bias": (h,)}
+        for i in range(self.n_layer):
+            shapes.update({f"transformer.h.{i}.{k}": s for k, s in layer.items()})
+        shapes["transformer.ln_f.weight"] = (h,)
+        shapes["transformer.ln_f.bias"] = (h,)
+        return shapes
+
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> BloomConfig:
         """Build from a mapping of our field names; unknown keys are errors naming `source`."""
