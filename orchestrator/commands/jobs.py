@@ -69,7 +69,7 @@ def _print_check(report: Any) -> None:
         click.echo(f"[{node}] {item.name}: {item.value} -> {item.fix}", err=True)
 
 
-def _run_check(inv: Any, spec: Any, mode: str, sched_port: int, forks: int) -> Any:
+def _run_check(inv: Any, spec: Any, mode: str, sched_port: int | None, forks: int) -> Any:
     from orchestrator.jobs.check import check_nodes
 
     target = str(spec.value("train.device_target")) if spec is not None else "CPU"
@@ -78,9 +78,10 @@ def _run_check(inv: Any, spec: Any, mode: str, sched_port: int, forks: int) -> A
 
 mode_option = click.option("--mode", type=click.Choice(["ranktable", "msrun"]), default=None,
                            help="Launch mode (default: ranktable for Ascend, msrun otherwise).")
-sched_port_option = click.option("--sched-port", type=click.IntRange(1, 65535), default=8118,
-                                 show_default=True,
-                                 help="msrun: scheduler port on the first node in rank order.")
+sched_port_option = click.option("--sched-port", type=click.IntRange(1, 65535), default=None,
+                                 help="msrun: scheduler port on the first node in rank order "
+                                      "(default for up: 20000-29999, derived from the job id; "
+                                      "check: skip the port check unless given).")
 
 
 @click.command("check")
@@ -92,7 +93,7 @@ sched_port_option = click.option("--sched-port", type=click.IntRange(1, 65535), 
 @sched_port_option
 @flags.forks_option()
 def check_command(inventory_path: Path, preset: str | None, overrides: tuple[str, ...],
-                  mode: str | None, sched_port: int, forks: int) -> None:
+                  mode: str | None, sched_port: int | None, forks: int) -> None:
     """Check nodes are ready: SSH, python, mindspore, devices, disk, clock, scheduler port.
 
     Every node is probed in parallel; one table, then one line per failed check naming the
@@ -134,7 +135,8 @@ def check_command(inventory_path: Path, preset: str | None, overrides: tuple[str
 @flags.state_dir_option()
 @flags.forks_option()
 def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mode: str | None,
-               wait: bool, no_check: bool, dry_run: bool, sched_port: int, cluster_timeout: int,
+               wait: bool, no_check: bool, dry_run: bool, sched_port: int | None,
+               cluster_timeout: int,
                stop_grace: int, entrypoint: str | None, state_dir: Path, forks: int) -> None:
     """Plan, stage and start a training job on every node.
 
@@ -163,7 +165,7 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
             click.echo(line)
         return
     if not no_check:
-        report = _run_check(inv, spec, mode, sched_port, forks)
+        report = _run_check(inv, spec, mode, record.sched_port, forks)
         if not report.ok:
             _print_check(report)
             store.save(record.with_status(_failed(), "check failed"))

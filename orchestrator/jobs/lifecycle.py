@@ -10,6 +10,7 @@ already started is stopped on every node and the job is recorded FAILED / CANCEL
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shlex
@@ -31,7 +32,6 @@ from orchestrator.presets import JobSpec
 from orchestrator.remote.transport import Transport
 from orchestrator.render import (
     DEFAULT_CLUSTER_TIMEOUT,
-    DEFAULT_SCHED_PORT,
     DEFAULT_STOP_GRACE,
     LaunchSpec,
     RenderedFile,
@@ -47,7 +47,7 @@ class UpOptions:
     """Choices of `orchestrate up` beyond preset and inventory."""
 
     mode: str | None = None  # None: ranktable for Ascend, msrun otherwise
-    sched_port: int = DEFAULT_SCHED_PORT
+    sched_port: int | None = None  # None: derived from the job id (see sched_port_for)
     cluster_timeout: int = DEFAULT_CLUSTER_TIMEOUT
     entrypoint: str | None = None  # rank command instead of the bundled trainer
     stop_grace: int = DEFAULT_STOP_GRACE
@@ -65,6 +65,11 @@ def _write_atomic(path: Path, text: str, mode: int) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def sched_port_for(job_id: str) -> int:
+    """A scheduler port in 20000-29999 derived from the job id: two jobs rarely collide."""
+    return 20000 + int(hashlib.sha256(job_id.encode()).hexdigest()[:8], 16) % 10000
 
 
 def _rank_table(inv: Inventory) -> str:
@@ -109,8 +114,9 @@ def create_job(inv: Inventory, spec: JobSpec, store: JobStore, opts: UpOptions) 
         job_id = new_job_id(spec.preset, set(store.ids()))
         store.job_dir(job_id).mkdir(parents=True, exist_ok=True)
     first = plan.nodes[0].ranks.node
+    port = opts.sched_port or sched_port_for(job_id)
     launch = LaunchSpec(job_id=job_id, mode=mode, world_size=plan.world_size,
-                        sched_host=first.host, sched_port=opts.sched_port,
+                        sched_host=first.host, sched_port=port,
                         cluster_timeout=opts.cluster_timeout, entrypoint=opts.entrypoint,
                         stop_grace=opts.stop_grace)
     table = _rank_table(inv) if mode == "ranktable" else None
@@ -134,7 +140,7 @@ def create_job(inv: Inventory, spec: JobSpec, store: JobStore, opts: UpOptions) 
                        preset=spec.preset, overrides=spec.overrides, mode=mode,
                        world_size=plan.world_size, nodes=nodes,
                        sched_host=first.host if mode == "msrun" else None,
-                       sched_port=opts.sched_port if mode == "msrun" else None,
+                       sched_port=port if mode == "msrun" else None,
                        entrypoint=opts.entrypoint)
     store.save(record)
     return record

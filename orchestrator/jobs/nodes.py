@@ -72,6 +72,7 @@ class NodeReport:
     staged: bool  # launch.sh exists on the node
     supervisor: str  # running | exited | none
     slots: tuple[SlotReport, ...]
+    first_failure: tuple[str, int] | None = None  # (slot, exit code) the supervisor saw first
 
 
 def parse_metrics(line: str) -> dict[str, float]:
@@ -88,6 +89,7 @@ def parse_metrics(line: str) -> dict[str, float]:
 def parse_status(node: str, text: str) -> NodeReport:
     """Parse the output of `launch.sh status` (or `nojob`)."""
     supervisor = "none"
+    first_failure: tuple[str, int] | None = None
     slots: dict[str, dict[str, object]] = {}
     order: list[str] = []
     staged = True
@@ -97,19 +99,20 @@ def parse_status(node: str, text: str) -> NodeReport:
             staged = False
         elif parts[0] == "supervisor" and len(parts) > 1:
             supervisor = parts[1]
-        elif parts[0] == "slot" and len(parts) == 3:
-            fields = parts[2].split()
-            if len(fields) == 4:
-                state, code, pid = fields[1:4]
-                slots[fields[0]] = {"state": state,
-                                    "exit_code": int(code) if code.lstrip("-").isdigit() else None,
-                                    "pid": int(pid) if pid.isdigit() else None, "metrics": {}}
-                order.append(fields[0])
-            elif len(fields) > 0:
-                pass
+        elif parts[0] == "first_failure" and len(parts) == 3 and parts[2].lstrip("-").isdigit():
+            first_failure = (parts[1], int(parts[2]))
+        elif parts[0] == "slot":
+            fields = line.split()
+            if len(fields) == 5:
+                slot, state, code, pid = fields[1:5]
+                slots[slot] = {"state": state,
+                               "exit_code": int(code) if code.lstrip("-").isdigit() else None,
+                               "pid": int(pid) if pid.isdigit() else None, "metrics": {}}
+                order.append(slot)
         elif parts[0] == "last" and len(parts) == 3 and parts[1] in slots:
             slots[parts[1]]["metrics"] = parse_metrics(parts[2])
-    return NodeReport(node=node, staged=staged, supervisor=supervisor, slots=tuple(
+    return NodeReport(node=node, staged=staged, supervisor=supervisor,
+                      first_failure=first_failure, slots=tuple(
         SlotReport(slot=s, state=str(slots[s]["state"]), exit_code=slots[s]["exit_code"],  # type: ignore[arg-type]
                    pid=slots[s]["pid"], metrics=slots[s]["metrics"])  # type: ignore[arg-type]
         for s in order))

@@ -10,14 +10,25 @@ from collections.abc import Mapping
 from typing import Any
 
 from orchestrator.inventory import Inventory
-from orchestrator.jobs.nodes import NodeReport, derive_status, query_job
+from orchestrator.jobs.nodes import NodeReport, SlotReport, derive_status, query_job
 from orchestrator.jobs.state import JobRecord, JobStatus, JobStore
+from orchestrator.render import SCHED_SLOT
 
 Reports = Mapping[str, "NodeReport | BaseException"]
 
 
 def failure_reason(reports: Reports) -> str:
-    """`rank 3 on node1 exited 137` for the first failed slot (or '' if none failed)."""
+    """`rank 3 on node1 exited 137` for the first failed slot (or '' if none failed).
+
+    The supervisors' own record of the first failure wins over slots they stopped since.
+    """
+    for name, r in reports.items():
+        if isinstance(r, NodeReport) and r.first_failure is not None:
+            slot, code = r.first_failure
+            killed = code in (137, 143)  # SIGKILL/SIGTERM: likely stopped, not the cause
+            if not killed:
+                what = "scheduler" if slot == SCHED_SLOT else f"rank {slot}"
+                return f"{what} on {name} exited {code}"
     for name, r in reports.items():
         if isinstance(r, NodeReport):
             for s in r.slots:
@@ -41,6 +52,14 @@ def refresh(record: JobRecord, inv: Inventory, store: JobStore,
     return record, reports
 
 
+def _slot_json(s: SlotReport) -> dict[str, Any]:
+    return {"rank": int(s.slot) if s.slot.isdigit() else s.slot, "state": s.state,
+            "exit_code": s.exit_code, "pid": s.pid,
+            "step": int(s.metrics["step"]) if "step" in s.metrics else None,
+            "loss": s.metrics.get("loss"), "lr": s.metrics.get("lr"),
+            "tokens_per_s": s.metrics.get("tokens_per_s")}
+
+
 def status_json(record: JobRecord, reports: Reports) -> dict[str, Any]:
     nodes = []
     for n in record.nodes:
@@ -48,13 +67,11 @@ def status_json(record: JobRecord, reports: Reports) -> dict[str, Any]:
         entry: dict[str, Any] = {"name": n.name, "host": n.host, "rank_start": n.rank_start,
                                  "rank_end": n.rank_end, "job_dir": n.job_dir}
         if isinstance(r, NodeReport):
-            entry.update(reachable=True, staged=r.staged, supervisor=r.supervisor, ranks=[
-                {"rank": int(s.slot) if s.slot.isdigit() else s.slot, "state": s.state,
-                 "exit_code": s.exit_code, "pid": s.pid,
-                 "step": int(s.metrics["step"]) if "step" in s.metrics else None,
-                 "loss": s.metrics.get("loss"), "lr": s.metrics.get("lr"),
-                 "tokens_per_s": s.metrics.get("tokens_per_s")}
-                for s in r.slots])
+            entry.update(reachable=True, staged=r.staged, supervisor=r.supervisor,
+                         ranks=[_slot_json(s) for s in r.slots if s.slot != SCHED_SLOT])
+            sched = [_slot_json(s) for s in r.slots if s.slot == SCHED_SLOT]
+            if sched:
+                entry["scheduler"] = sched[0]
         else:
             entry.update(reachable=False, error=str(r) if r is not None else "not asked",
                          ranks=[])
