@@ -118,7 +118,7 @@ def prepare_command(workdir: str, job_id: str, shas: Iterable[str]) -> str:
         f'echo "jobdir $(cd jobs/{jid} && pwd -P)"',
         "if [ -f jobs/ACTIVE ]; then",
         "  o=; p=; s=; read -r o p s < jobs/ACTIVE || true",
-        f'  if [ "$o" != {jid} ] && [ -n "$p" ] && [ "$(st_of "$p")" = "$s" ]; then '
+        f'  if [ "$o" != {jid} ] && [ -n "$p" ] && [ -n "$s" ] && [ "$(st_of "$p")" = "$s" ]; then '
         'echo "busy $o"; fi',
         "fi",
         f"for s in {unique}; do [ -f \"blobs/$s\" ] || echo \"missing $s\"; done" if unique else ":",

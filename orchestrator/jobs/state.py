@@ -135,7 +135,9 @@ class JobRecord:
 
 def new_job_id(preset: str, taken: set[str] | frozenset[str] = frozenset()) -> str:
     """A short, typable id such as `tiny-k3f9`: preset stem + 4 unambiguous characters."""
-    stem = re.sub(r"[^a-z0-9.]+", "-", Path(preset).stem.lower()).strip("-.")[:16] or "job"
+    base = Path(preset)
+    name = base.stem if base.suffix in (".yaml", ".yml") else base.name
+    stem = re.sub(r"[^a-z0-9.]+", "-", name.lower()).strip("-.")[:16] or "job"
     while True:
         suffix = "".join(secrets.choice(_ID_ALPHABET) for _ in range(4))
         job_id = f"{stem}-{suffix}"
@@ -227,4 +229,5 @@ class JobStore:
         records = self.all()
         if not records:
             raise JobError(f"no jobs in {self.jobs_dir}: start one with `orchestrate up`")
-        return records[-1].job_id
+        launched = [r for r in records if r.status is not JobStatus.PENDING]  # skip dry runs
+        return (launched or records)[-1].job_id
