@@ -62,7 +62,8 @@ def _print_check(report: Any) -> None:
         cells = []
         for c in report.columns:
             i = items.get(c)
-            cells.append("" if i is None else (f"[green]{i.value}[/]" if i.ok else f"[red]{i.value}[/]"))
+            color = "green" if i is not None and i.ok else "red"
+            cells.append("" if i is None else f"[{color}]{i.value}[/]")
         table.add_row(n.node, *cells)
     Console().print(table)
     for node, item in report.failures:

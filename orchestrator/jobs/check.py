@@ -143,8 +143,9 @@ def check_nodes(inv: Inventory, nodes: tuple[Node, ...] | None = None,
     versions = {i.value for c in checks for i in c.items if i.name == "mindspore" and i.ok}
     if len(versions) > 1:
         checks = [NodeCheck(c.node, tuple(
-            Item(i.name, False, i.value, f"mindspore differs across nodes ({', '.join(sorted(versions))})"
-                 "; install the same version everywhere") if i.name == "mindspore" else i
+            Item(i.name, False, i.value, f"mindspore differs across nodes "
+                 f"({', '.join(sorted(versions))}); install the same version everywhere")
+            if i.name == "mindspore" else i
             for i in c.items)) for c in checks]
     columns = ("ssh", "python", "mindspore", "devices", "hccn", "disk", "clock", "port")
     used = tuple(c for c in columns if any(i.name == c for n in checks for i in n.items))

@@ -171,7 +171,9 @@ def _describe(failed: Mapping[str, BaseException]) -> str:
     parts = []
     for name, exc in failed.items():
         text = str(exc)
-        parts.append(text if text.startswith(f"[{name}]") else f"[{name}] {text or type(exc).__name__}")
+        if not text.startswith(f"[{name}]"):
+            text = f"[{name}] {text or type(exc).__name__}"
+        parts.append(text)
     return "; ".join(parts)
 
 
@@ -196,7 +198,8 @@ def launch(record: JobRecord, inv: Inventory, store: JobStore, spec: JobSpec,
         with tempfile.TemporaryDirectory(prefix="orchestrate-stage-") as tmp:
             def stage_one(t: Transport) -> stage_mod.Staged:
                 node = t.node
-                blobs, secrets = stage_mod.rendered_manifest(rendered_files(store, record, node.name))
+                rendered = rendered_files(store, record, node.name)
+                blobs, secrets = stage_mod.rendered_manifest(rendered)
                 files = code + blobs + ([] if node.data_dir else data)
                 return stage_mod.stage_node(t, record.job_id, str(node.workdir), files, secrets,
                                             Path(tmp))

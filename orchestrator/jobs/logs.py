@@ -95,7 +95,8 @@ def tail_logs(record: JobRecord, inv: Inventory, sel: Selection, tail: int = 20,
     while True:
         marker = "@@orchestrate-" + secrets.token_hex(6)
 
-        def one(t: Transport, marker: str = marker) -> dict[str, tuple[int, str]]:
+        def one(t: Transport, marker: str = marker,
+                offsets: dict[str, dict[str, int]] | None = offsets) -> dict[str, tuple[int, str]]:
             n, slots = nodes[t.node.name]
             offs = None if offsets is None else offsets.get(n.name, {})
             res = t.run(_chunk_command(n.job_dir, slots, offs, tail, marker), check=True,
@@ -104,7 +105,7 @@ def tail_logs(record: JobRecord, inv: Inventory, sel: Selection, tail: int = 20,
 
         results = fan_out(inv, inv_nodes, one)
         new_offsets: dict[str, dict[str, int]] = {}
-        for name, (n, slots) in nodes.items():
+        for name, (_, slots) in nodes.items():
             res = results.get(name)
             if isinstance(res, BaseException):
                 on_error(f"[{name}] unreachable: {res}")
@@ -132,8 +133,9 @@ def fetch_logs(record: JobRecord, inv: Inventory, dest: Path,
     """
     chosen = dict((n.name, (n, slots)) for n, slots in _selected(record, sel))
     for i, n in enumerate(record.nodes):
-        if n.name in chosen and record.mode == "msrun" and i == 0 and "sched" not in chosen[n.name][1]:
-            chosen[n.name][1].insert(0, "sched")
+        slots = chosen[n.name][1] if n.name in chosen else None
+        if slots is not None and record.mode == "msrun" and i == 0 and "sched" not in slots:
+            slots.insert(0, "sched")
 
     def one(t: Transport) -> list[Path]:
         n, slots = chosen[t.node.name]

@@ -25,7 +25,7 @@ def open_transport(inv: Inventory, node: Node) -> Transport:
     """The node's transport (SSH, or local for `connection: local`); connects lazily."""
     from orchestrator.remote.connect import transport_for
 
-    return transport_for(inv, node)
+    return transport_for(node, inv)
 
 
 def fan_out(inv: Inventory, nodes: Sequence[Node], fn: Callable[[Transport], T],

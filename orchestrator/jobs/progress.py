@@ -90,7 +90,8 @@ def status_table(record: JobRecord, reports: Reports) -> Any:
     """A rich Table: one row per node (ranks alive/total, step, loss, tokens/s, exits)."""
     from rich.table import Table
 
-    title = f"job {record.job_id}  {record.status.value}  ({record.mode}, {record.world_size} ranks)"
+    title = (f"job {record.job_id}  {record.status.value}  "
+             f"({record.mode}, {record.world_size} ranks)")
     if record.message:
         title += f"\n{record.message}"
     table = Table(title=title, title_justify="left")

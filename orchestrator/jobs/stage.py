@@ -85,7 +85,8 @@ def data_manifest(path: Path) -> list[StageFile]:
     return [StageFile(rel=f"data/{path.name}", sha256=_sha_file(path), mode=0o644, source=path)]
 
 
-def rendered_manifest(files: Mapping[str, RenderedFile]) -> tuple[list[StageFile], dict[str, bytes]]:
+def rendered_manifest(files: Mapping[str, RenderedFile]
+                      ) -> tuple[list[StageFile], dict[str, bytes]]:
     """Rendered files as blobs, except 0600 ones (secrets), returned apart."""
     blobs, secrets = [], {}
     for name, f in files.items():
@@ -121,7 +122,8 @@ def prepare_command(workdir: str, job_id: str, shas: Iterable[str]) -> str:
         f'  if [ "$o" != {jid} ] && [ -n "$p" ] && [ -n "$s" ] && [ "$(st_of "$p")" = "$s" ]; then '
         'echo "busy $o"; fi',
         "fi",
-        f"for s in {unique}; do [ -f \"blobs/$s\" ] || echo \"missing $s\"; done" if unique else ":",
+        (f"for s in {unique}; do [ -f \"blobs/$s\" ] || echo \"missing $s\"; done"
+         if unique else ":"),
     ])
 
 

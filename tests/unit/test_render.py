@@ -1,6 +1,7 @@
 """Rendered launch scripts: golden files, `bash -n`, shellcheck, hostile values quoted.
 
-Regenerate the golden files on purpose with:  UPDATE_GOLDEN=1 python -m pytest tests/unit/test_render.py
+Regenerate the golden files on purpose with:
+    UPDATE_GOLDEN=1 python -m pytest tests/unit/test_render.py
 """
 
 from __future__ import annotations
