@@ -31,12 +31,12 @@ import re
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import RankTableError
-from orchestrator.inventory import Inventory, Node, is_valid_ipv4
+from orchestrator.inventory import Inventory, Node
 
 VERSION_1_0 = "1.0"
 VERSION_1_2 = "1.2"  # Atlas A3 SuperPoD: super_device_id + super_pod_list
@@ -72,21 +72,29 @@ def node_rank_ranges(inv: Inventory) -> tuple[NodeRanks, ...]:
 
 @dataclass(frozen=True)
 class RankDevice:
-    """One device (one rank) of a server."""
+    """One device (one rank) of a server; its rank id is the server's `rank_start` + position."""
 
     device_id: int  # local device id on the server (DEVICE_ID)
     device_ip: str  # the device's NIC address (hccn_tool / hccn.conf)
-    rank_id: int  # global in a merged table, 0..k-1 in a per-server table
     super_device_id: str | None = None  # SDID, format 1.2 only
 
 
 @dataclass(frozen=True)
 class RankServer:
-    """One server of a rank table."""
+    """One server of a rank table: a contiguous block of ranks, devices in ascending id.
+
+    Every valid table has this shape (`validate_doc` checks it), so rank ids are not stored
+    per device: renumbering a server for a merge replaces one integer.
+    """
 
     server_id: str  # the host address (inventory `host`)
     devices: tuple[RankDevice, ...]  # ascending device id
+    rank_start: int = 0  # rank id of the first device (0 in a per-server table)
     super_pod_id: str | None = None  # format 1.2 only
+
+    @property
+    def rank_end(self) -> int:
+        return self.rank_start + len(self.devices)
 
 
 @dataclass(frozen=True)
@@ -101,12 +109,8 @@ class RankTable:
         return sum(len(s.devices) for s in self.servers)
 
     def rank_ranges(self) -> dict[str, tuple[int, int]]:
-        """server_id -> (first rank, last rank + 1), read from the table's own rank ids."""
-        out = {}
-        for s in self.servers:
-            ranks = [d.rank_id for d in s.devices]
-            out[s.server_id] = (min(ranks), max(ranks) + 1)
-        return out
+        """server_id -> (first rank, last rank + 1) as written in the table."""
+        return {s.server_id: (s.rank_start, s.rank_end) for s in self.servers}
 
     def to_json(self) -> dict[str, Any]:
         """The table as MindFormers writes it: keys in its order, every value a string."""
@@ -122,18 +126,44 @@ class RankTable:
         return doc
 
     def dumps(self) -> str:
-        """JSON text (4-space indent, as hccl_tools writes) with a final newline."""
-        return json.dumps(self.to_json(), indent=4) + "\n"
+        """JSON text with a final newline, byte-identical to `json.dumps(doc, indent=4)`."""
+        return _render(self.to_json(), 0) + "\n"
+
+
+_encode_str = json.encoder.encode_basestring_ascii  # the C string encoder json.dumps uses
+
+
+def _render(value: Any, level: int) -> str:
+    """`json.dumps(value, indent=4)` for dicts, lists and strings, several times faster.
+
+    (json's indenting encoder is pure Python; this keeps the C string encoder.)
+    """
+    if isinstance(value, str):
+        return _encode_str(value)
+    pad = "    " * (level + 1)
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        items = [f"{pad}{_encode_str(k)}: "
+                 f"{_encode_str(v) if type(v) is str else _render(v, level + 1)}"
+                 for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + "    " * level + "}"
+    if isinstance(value, list):
+        if not value:
+            return "[]"
+        items = [pad + _render(v, level + 1) for v in value]
+        return "[\n" + ",\n".join(items) + "\n" + "    " * level + "]"
+    return json.dumps(value)
 
 
 def _server_json(s: RankServer, v12: bool) -> dict[str, Any]:
-    devices = []
-    for d in s.devices:
-        entry = {"device_id": str(d.device_id), "device_ip": d.device_ip}
-        if v12:
-            entry["super_device_id"] = str(d.super_device_id)
-        entry["rank_id"] = str(d.rank_id)
-        devices.append(entry)
+    if v12:
+        devices = [{"device_id": str(d.device_id), "device_ip": d.device_ip,
+                    "super_device_id": str(d.super_device_id), "rank_id": str(rank)}
+                   for rank, d in enumerate(s.devices, start=s.rank_start)]
+    else:
+        devices = [{"device_id": str(d.device_id), "device_ip": d.device_ip, "rank_id": str(rank)}
+                   for rank, d in enumerate(s.devices, start=s.rank_start)]
     return {"server_id": s.server_id, "device": devices, "host_nic_ip": HOST_NIC_IP}
 
 
@@ -215,9 +245,9 @@ def per_server_table(server_id: str, devices: Sequence[int], device_ips: Mapping
     elif version != VERSION_1_0:
         raise RankTableError(f"unknown rank table format {version!r} "
                              f"(known: {', '.join(VERSIONS)})")
-    dev = tuple(RankDevice(device_id=d, device_ip=device_ips[d], rank_id=first_rank + i,
-                           super_device_id=sdids.get(d)) for i, d in enumerate(ids))
-    server = RankServer(server_id=server_id, devices=dev,
+    dev = tuple(RankDevice(device_id=d, device_ip=device_ips[d], super_device_id=sdids.get(d))
+                for d in ids)
+    server = RankServer(server_id=server_id, devices=dev, rank_start=first_rank,
                         super_pod_id=super_pod_id if version == VERSION_1_2 else None)
     return RankTable(servers=(server,), version=version)
 
@@ -254,7 +284,7 @@ def build_tables(inv: Inventory, device_ips: Mapping[str, Mapping[int, str]], *,
         one = per_server_table(node.host, node.devices, device_ips[node.name], version=version,
                                super_device_ids=sdids, super_pod_id=node.super_pod_id)
         per_server.append(one)
-        merged.append(_renumber(one.servers[0], r.rank_start))
+        merged.append(replace(one.servers[0], rank_start=r.rank_start))
     table = RankTable(servers=tuple(merged), version=version)
     _assert_ranges_agree(inv, table)
     return table, tuple(per_server)
@@ -267,13 +297,6 @@ def _reject_duplicate_hosts(inv: Inventory) -> None:
             raise RankTableError(f"{inv.path}: nodes {seen[n.host]} and {n.name} share host "
                                  f"{n.host}; a rank table needs one server_id per server")
         seen[n.host] = n.name
-
-
-def _renumber(server: RankServer, first_rank: int) -> RankServer:
-    devices = tuple(RankDevice(device_id=d.device_id, device_ip=d.device_ip, rank_id=first_rank + i,
-                               super_device_id=d.super_device_id)
-                    for i, d in enumerate(server.devices))
-    return RankServer(server_id=server.server_id, devices=devices, super_pod_id=server.super_pod_id)
 
 
 def _assert_ranges_agree(inv: Inventory, table: RankTable) -> None:
@@ -366,10 +389,7 @@ def merge_tables(tables: Sequence[RankTable], sources: Sequence[str] | None = No
     out = []
     start = 0
     for s in servers:
-        ordered = RankServer(server_id=s.server_id,
-                             devices=tuple(sorted(s.devices, key=lambda d: d.device_id)),
-                             super_pod_id=s.super_pod_id)
-        out.append(_renumber(ordered, start))
+        out.append(replace(s, rank_start=start))
         start += len(s.devices)
     return RankTable(servers=tuple(out), version=versions.pop())
 
@@ -379,8 +399,15 @@ def merge_tables(tables: Sequence[RankTable], sources: Sequence[str] | None = No
 _TOP_KEYS = ("version", "server_count", "server_list", "status")
 _SERVER_KEYS = ("server_id", "device")
 _DEVICE_KEYS = ("device_id", "device_ip", "rank_id")
-_DIGITS = re.compile(r"^[0-9]+$")
-_DOTTED = re.compile(r"^[0-9.]+$")
+_DIGITS = re.compile(r"[0-9]+")
+_DOTTED = re.compile(r"[0-9.]+")
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
+
+
+def is_valid_ipv4(text: str) -> bool:
+    """Dotted-quad IPv4 without leading zeros (what `ipaddress.IPv4Address` accepts), fast."""
+    return _IPV4.fullmatch(text) is not None
 
 
 def validate_text(text: str) -> list[str]:
@@ -422,7 +449,7 @@ def validate_doc(doc: Any) -> list[str]:
     servers = servers or []
     count = doc.get("server_count")
     if isinstance(count, str) and "server_list" in doc:
-        if not _DIGITS.match(count):
+        if not _DIGITS.fullmatch(count):
             problems.append(f"`server_count` {count!r} is not a number")
         elif int(count) != len(servers):
             problems.append(f"`server_count` is {count} but `server_list` has {len(servers)} "
@@ -457,7 +484,7 @@ def _check_servers(servers: list[Any], v12: bool, problems: list[str]) -> list[_
         sid = _string(s, "server_id", where, problems)
         if sid is not None:
             where = f"{where} ({sid})"
-            if _DOTTED.match(sid) and not is_valid_ipv4(sid):
+            if _DOTTED.fullmatch(sid) and not is_valid_ipv4(sid):
                 problems.append(f"{where}: server_id {sid!r} is not a valid IPv4 address")
         if "host_nic_ip" in s:
             _string(s, "host_nic_ip", where, problems)
@@ -502,7 +529,7 @@ def _number(obj: dict[str, Any], key: str, where: str, problems: list[str]) -> i
     value = _string(obj, key, where, problems)
     if value is None:
         return None
-    if not _DIGITS.match(value):
+    if not _DIGITS.fullmatch(value):
         problems.append(f"{where}: `{key}` {value!r} is not a non-negative integer")
         return None
     return int(value)
@@ -598,25 +625,29 @@ def _check_super_pods(doc: dict[str, Any], servers: list[_Seen], problems: list[
 
 def parse_table(text: str, source: str) -> RankTable:
     """Parse and validate a rank table; RankTableError lists every problem of `source`."""
-    problems = validate_text(text)
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError:
+        doc = None
+    problems = validate_doc(doc) if doc is not None else validate_text(text)
     if problems:
         raise RankTableError(f"{source}: {len(problems)} problem(s): " + "; ".join(problems))
-    doc = json.loads(text)
     v12 = doc["version"] == VERSION_1_2
     pod_of: dict[str, str] = {}
     if v12:
         for p in doc["super_pod_list"]:
             for entry in p["server_list"]:
                 pod_of[entry["server_id"]] = p["super_pod_id"]
-    servers = tuple(
-        RankServer(server_id=s["server_id"], super_pod_id=pod_of.get(s["server_id"]),
-                   devices=tuple(RankDevice(device_id=int(d["device_id"]),
-                                            device_ip=d["device_ip"], rank_id=int(d["rank_id"]),
-                                            super_device_id=d.get("super_device_id") if v12
-                                            else None)
-                                 for d in s["device"]))
-        for s in doc["server_list"])
-    return RankTable(servers=servers, version=doc["version"])
+    servers = []
+    for s in doc["server_list"]:
+        devs = sorted(s["device"], key=lambda d: int(d["device_id"]))  # ranks follow (validated)
+        servers.append(RankServer(
+            server_id=s["server_id"], rank_start=int(devs[0]["rank_id"]),
+            super_pod_id=pod_of.get(s["server_id"]),
+            devices=tuple(RankDevice(device_id=int(d["device_id"]), device_ip=d["device_ip"],
+                                     super_device_id=d["super_device_id"] if v12 else None)
+                          for d in devs)))
+    return RankTable(servers=tuple(servers), version=doc["version"])
 
 
 # --- files ---------------------------------------------------------------------------------

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from orchestrator.errors import RankTableError
 from orchestrator.inventory import load_inventory, parse_inventory
 from orchestrator.ranktable import (
+    RankDevice,
+    RankServer,
     RankTable,
     build_tables,
     check_device_range,
+    is_valid_ipv4,
     merge_tables,
     merged_filename,
     node_rank_ranges,
@@ -164,7 +170,8 @@ def test_merge_sorts_by_server_id_whatever_the_argument_order() -> None:
     tables = [_one("192.168.0.2", 2), _one("192.168.0.10", 10), _one("192.168.0.1", 1)]
     merged = merge_tables(tables, ["a", "b", "c"])
     assert [s.server_id for s in merged.servers] == ["192.168.0.1", "192.168.0.10", "192.168.0.2"]
-    assert [d.rank_id for s in merged.servers for d in s.devices] == list(range(6))
+    ranks = [d["rank_id"] for s in merged.to_json()["server_list"] for d in s["device"]]
+    assert ranks == [str(r) for r in range(6)]
     assert validate_doc(merged.to_json()) == []
 
 
@@ -237,3 +244,33 @@ def test_atomic_write_error_names_path(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(RankTableError, match=f"{blocker}/x.json: cannot write"):
         write_text_atomic(blocker / "x.json", "{}")
+
+
+# --- fast paths agree with the standard library ----------------------------------------------
+
+
+@pytest.mark.parametrize("case", ["s2_8dev", "s12_16dev"])
+def test_dumps_is_byte_identical_to_json_indent_4(case: str) -> None:
+    inv, ips, _merged_path, _golden = load_case(case)
+    merged, per_server = build_tables(inv, ips)
+    for t in (merged, per_server[0]):
+        assert t.dumps() == json.dumps(t.to_json(), indent=4) + "\n"
+    v12 = RankTable(servers=tuple(
+        RankServer(s.server_id, tuple(RankDevice(d.device_id, d.device_ip, "7")
+                                      for d in s.devices), s.rank_start, super_pod_id="p\u00e9")
+        for s in merged.servers), version="1.2")
+    assert v12.dumps() == json.dumps(v12.to_json(), indent=4) + "\n"
+
+
+@given(st.one_of(
+    st.ip_addresses(v=4).map(str),
+    st.lists(st.integers(-1, 300).map(str) | st.sampled_from(["01", "00", "", " 1", "1 ", "a"]),
+             min_size=3, max_size=5).map(".".join),
+    st.text(alphabet="0123456789.\n", max_size=16)))
+def test_fast_ipv4_check_agrees_with_ipaddress(text: str) -> None:
+    try:
+        ipaddress.IPv4Address(text)
+        expected = True
+    except ValueError:
+        expected = False
+    assert is_valid_ipv4(text) is expected
