@@ -125,4 +125,66 @@ def _discover(inv: Inventory, nodes: tuple[Node, ...], super_devices: bool,
         return discover(list(transports.values()), super_devices=super_devices, forks=forks)
 
 
+@ranktable_group.command("check")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+def check_command(files: tuple[Path, ...]) -> None:
+    """Check rank tables (ours or hand-made) and print every problem; exit 1 if any.
+
+    Checks: JSON syntax, required keys, every value a string, server_count, duplicate
+    server ids, duplicate device ids in a server, duplicate device IPs across the cluster,
+    rank ids 0..N-1 each once, rank order following the dictionary order of server_id,
+    IPv4 addresses, and for version 1.2 super_device_id and super_pod_list.
+    """
+    from orchestrator.errors import RankTableError
+    from orchestrator.ranktable import parse_table, validate_text
+
+    bad = 0
+    for path in files:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            click.echo(f"{path}: cannot read: {getattr(e, 'strerror', None) or e}", err=True)
+            bad += 1
+            continue
+        problems = validate_text(text)
+        if problems:
+            bad += 1
+            for p in problems:
+                click.echo(f"{path}: {p}", err=True)
+            continue
+        table = parse_table(text, str(path))
+        click.echo(f"{path}: ok (version {table.version}, {len(table.servers)} servers, "
+                   f"{table.world_size} ranks)")
+    if bad:
+        raise RankTableError(f"{bad} of {len(files)} rank table(s) have problems")
+
+
+@ranktable_group.command("merge")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
+              help="Merged table to write [default: ./hccl_<servers>s_<ranks>p.json].")
+def merge_command(files: tuple[Path, ...], output: Path | None) -> None:
+    """Merge per-server tables (e.g. from hccl_tools.py) into one.
+
+    Unlike merge_hccl.py, which numbers ranks in the order of its arguments, servers are
+    sorted by server_id as strings and ranks renumbered from 0 in that order, whatever the
+    order of FILES. Each input is checked first; nothing is written if any has a problem.
+    """
+    from orchestrator.errors import RankTableError
+    from orchestrator.ranktable import merge_tables, merged_filename, parse_table, write_text_atomic
+
+    tables = []
+    for path in files:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise RankTableError(f"{path}: cannot read: "
+                                 f"{getattr(e, 'strerror', None) or e}") from e
+        tables.append(parse_table(text, str(path)))
+    merged = merge_tables(tables, [str(p) for p in files])
+    out = output or Path(merged_filename(merged))
+    write_text_atomic(out, merged.dumps())
+    click.echo(f"wrote {out} ({len(merged.servers)} servers, {merged.world_size} ranks)")
+
+
 COMMANDS = (ranktable_group,)
