@@ -56,7 +56,7 @@ class SlotReport:
     """One rank (or the scheduler) as the node sees it now."""
 
     slot: str  # global rank as text, or "sched"
-    state: str  # pending | running | exited | lost
+    state: str  # pending | running | exiting (dead, code not yet recorded) | exited | lost
     exit_code: int | None
     pid: int | None
     metrics: Mapping[str, float]  # last trainer log line: step, loss, lr, tokens_per_s, ...
@@ -146,7 +146,7 @@ def derive_status(record: JobRecord, reports: Mapping[str, NodeReport | BaseExce
     slots = [s for r in ok for s in r.slots]
     if any(s.failed for s in slots):
         return JobStatus.FAILED
-    if any(s.state == "running" for s in slots):
+    if any(s.state in ("running", "exiting") for s in slots):
         return JobStatus.RUNNING
     expected = sum(n.rank_end - n.rank_start for n in record.nodes)
     ranks_done = [s for s in slots if s.slot != "sched" and s.state == "exited"]
