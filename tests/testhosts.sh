@@ -234,7 +234,7 @@ read_state() {  # VARIANT PREFIX COUNT BASEPORT from DIR/state, if any
 }
 
 write_inventory() {
-  local i port addr user workdir tmp="$STATE/inventory.yaml.tmp"
+  local i port addr key user tmp="$STATE/inventory.yaml.tmp"
   user="$(id -un)"
   {
     echo "# Test hosts written by: tests/testhosts.sh up $COUNT --state $STATE ($VARIANT variant)"
@@ -265,7 +265,6 @@ write_inventory() {
     else addr=127.0.0.1 port=$((BASEPORT + i)) key="[127.0.0.1]:$port"; fi
     echo "$key $(cut -d' ' -f1,2 "$STATE/hosts/th$i/ssh_host_ed25519_key.pub")" \
       >>"$STATE/known_hosts.tmp"
-    workdir="$STATE/work"; [ "$VARIANT" = netns ] || workdir="$STATE/hosts/th$i/work"
     cat >>"$STATE/ssh_config.tmp" <<EOF
 Host th$i $( [ "$VARIANT" = netns ] && echo "$addr")
   HostName $addr
@@ -357,7 +356,7 @@ cmd_down() {
     remove_netns "$ns"
   done
   for l in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 |
-             grep -E "^($VETHPREFIX[0-9]+|$BRIDGE)\$" || true); do
+             grep -E "^(${VETHPREFIX}[0-9]+|${BRIDGE})\$" || true); do
     ip link del "$l" 2>/dev/null || true
   done
   rm -rf "$STATE/hosts" "$STATE/work" "$STATE/inventory.yaml" "$STATE/known_hosts" \
