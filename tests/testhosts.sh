@@ -18,8 +18,9 @@
 # --kill-child --mount-proc` gives the host its own hostname (thN), its own PID namespace whose
 # PID 1 is `sshd -D`, and its own mount namespace with an overlay on /etc (so /etc/hccn.conf is
 # per host: 8 devices, `address_<i>=<ip>`, distinct per host) and DIR/work bind-mounted from
-# DIR/hosts/thN/work (the job workdir, private per host). /root, /tmp, /usr stay visible, so the
-# node's python (DIR's inventory `python`) is this machine's.
+# DIR/hosts/thN/work (the job workdir, private per host), and a lean ~/.bashrc that only puts
+# the inventory python's directory first on PATH (this machine's may run pyenv init on every
+# command). /root, /tmp, /usr stay visible, so the node's python is this machine's.
 #
 # loopback variant (--loopback; no namespaces, root not needed): N sshd on 127.0.0.1 with
 # distinct ports; per-host workdir DIR/hosts/thN/work; hostname and /etc/hccn.conf are shared.
@@ -105,6 +106,10 @@ EOF
   done
   mv -f "$hd/hccn.conf.tmp" "$hd/hccn.conf"
   cp -f "$hd/hccn.conf" "$hd/etc.upper/hccn.conf"
+  # A lean ~/.bashrc for the host (this machine's may run pyenv/conda init on every command):
+  # only the inventory's python directory first on PATH, as on a prepared node.
+  printf '# test host th%s: ~/.bashrc (tests/testhosts.sh)\nexport PATH=%q:"$PATH"\n' \
+    "$i" "$(dirname "$PYTHON")" >"$hd/bashrc"
 }
 
 alive() {  # $1 pid: exists and is not a zombie
@@ -124,6 +129,11 @@ inner() {  # _inner STATE INDEX
   hostname "th$1"
   mount -t overlay overlay -o "lowerdir=/etc,upperdir=$hd/etc.upper,workdir=$hd/etc.work" /etc
   mount --bind "$hd/work" "$STATE/work"
+  local home
+  home="$(getent passwd "$(id -un)" | cut -d: -f6)"
+  if [ -n "$home" ] && [ -f "$home/.bashrc" ] && [ -f "$hd/bashrc" ]; then
+    mount --bind "$hd/bashrc" "$home/.bashrc"
+  fi
   exec "$SSHD" -D -e -f "$hd/sshd_config"
 }
 
@@ -224,7 +234,7 @@ read_state() {  # VARIANT PREFIX COUNT BASEPORT from DIR/state, if any
 }
 
 write_inventory() {
-  local i port addr user workdir tmp="$STATE/inventory.yaml.tmp"
+  local i port addr key user tmp="$STATE/inventory.yaml.tmp"
   user="$(id -un)"
   {
     echo "# Test hosts written by: tests/testhosts.sh up $COUNT --state $STATE ($VARIANT variant)"
@@ -255,7 +265,6 @@ write_inventory() {
     else addr=127.0.0.1 port=$((BASEPORT + i)) key="[127.0.0.1]:$port"; fi
     echo "$key $(cut -d' ' -f1,2 "$STATE/hosts/th$i/ssh_host_ed25519_key.pub")" \
       >>"$STATE/known_hosts.tmp"
-    workdir="$STATE/work"; [ "$VARIANT" = netns ] || workdir="$STATE/hosts/th$i/work"
     cat >>"$STATE/ssh_config.tmp" <<EOF
 Host th$i $( [ "$VARIANT" = netns ] && echo "$addr")
   HostName $addr
@@ -347,7 +356,7 @@ cmd_down() {
     remove_netns "$ns"
   done
   for l in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 |
-             grep -E "^($VETHPREFIX[0-9]+|$BRIDGE)\$" || true); do
+             grep -E "^(${VETHPREFIX}[0-9]+|${BRIDGE})\$" || true); do
     ip link del "$l" 2>/dev/null || true
   done
   rm -rf "$STATE/hosts" "$STATE/work" "$STATE/inventory.yaml" "$STATE/known_hosts" \
