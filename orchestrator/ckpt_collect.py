@@ -11,6 +11,7 @@ needed shard (orchestrator/ckpt_fetch.py), strips optimizer state, transforms to
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -19,10 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import yaml
+
 from orchestrator import ckpt, ckpt_fetch, ckpt_merge, ckpt_nodes
 from orchestrator.errors import CheckpointError, RemoteError
-from orchestrator.inventory import Inventory
-from orchestrator.ranktable import NodeRanks, node_rank_ranges
+from orchestrator.inventory import Inventory, Node
+from orchestrator.ranktable import node_rank_ranges
 
 Say = Callable[[str], None]
 
@@ -43,22 +46,45 @@ class Collected:
     peak_rss: int = 0  # peak host memory of the MindSpore steps
 
 
-def list_nodes(inv: Inventory, job_id: str, ranges: Sequence[NodeRanks]) -> list[ckpt.NodeListing]:
+@dataclass(frozen=True)
+class Target:
+    """One node's share of the job: where its job folder is and which ranks it holds."""
+
+    node: Node
+    job_dir: PurePosixPath
+    ranks: range
+
+
+def targets_from_inventory(inv: Inventory, job_id: str) -> list[Target]:
+    """Rank ranges as `up` assigns them, job folders at <workdir>/jobs/<job_id>."""
+    return [
+        Target(nr.node, nr.node.workdir / "jobs" / job_id, nr.ranks) for nr in node_rank_ranges(inv)
+    ]
+
+
+def targets_from_record(inv: Inventory, record: Any) -> list[Target]:
+    """Rank ranges and job folders from a job record (orchestrator/jobs/state.JobRecord)."""
+    return [
+        Target(inv.node(n.name), PurePosixPath(n.job_dir), range(n.rank_start, n.rank_end))
+        for n in record.nodes
+    ]
+
+
+def list_nodes(inv: Inventory, targets: Sequence[Target]) -> list[ckpt.NodeListing]:
     """List every node in parallel; one error naming each unreachable node and its ranks."""
 
-    def one(nr: NodeRanks) -> ckpt.NodeListing:
-        job_dir = nr.node.workdir / "jobs" / job_id
-        raw = ckpt_nodes.list_job(inv, nr.node, job_dir, list(nr.ranks))
-        return ckpt.parse_listing(nr.node.name, raw, nr.ranks)
+    def one(t: Target) -> ckpt.NodeListing:
+        raw = ckpt_nodes.list_job(inv, t.node, t.job_dir, list(t.ranks))
+        return ckpt.parse_listing(t.node.name, raw, t.ranks)
 
     out: list[ckpt.NodeListing] = []
     errors: list[str] = []
-    with ThreadPoolExecutor(max_workers=min(64, len(ranges)) or 1) as pool:
-        for nr, fut in [(nr, pool.submit(one, nr)) for nr in ranges]:
+    with ThreadPoolExecutor(max_workers=min(64, len(targets)) or 1) as pool:
+        for t, fut in [(t, pool.submit(one, t)) for t in targets]:
             try:
                 out.append(fut.result())
             except (RemoteError, CheckpointError) as exc:
-                errors.append(f"{exc} (holds ranks {nr.rank_start}-{nr.rank_end - 1})")
+                errors.append(f"{exc} (holds ranks {t.ranks.start}-{t.ranks.stop - 1})")
     if errors:
         raise CheckpointError("cannot list checkpoints:\n  " + "\n  ".join(errors))
     return out
@@ -152,15 +178,16 @@ def collect(
     jobs: int = 8,
     say: Say = print,
     progress: Callable[[int], Any] | None = None,
+    targets: Sequence[Target] | None = None,
 ) -> Collected:
     """Gather and merge one step of job `job_id`; see the module docstring.
 
     `progress(total_bytes)` returns a callable taking byte increments (the CLI's rich bar).
+    `targets` (from the job record) default to the inventory's rank order.
     """
     t0 = time.monotonic()
     dest.mkdir(parents=True, exist_ok=True)
-    ranges = node_rank_ranges(inv)
-    listings = list_nodes(inv, job_id, ranges)
+    listings = list_nodes(inv, targets or targets_from_inventory(inv, job_id))
     chosen = choose_verified_step(inv, listings, step, say)
     ckpts = ckpt.rank_ckpts(listings, chosen)
     layout, manifest_preset = ckpt.job_layout(ckpts)
@@ -226,6 +253,11 @@ def collect(
         t3 = time.monotonic()
         ckpt_merge.check(merged, preset, model_json)
         seconds["check"] = time.monotonic() - t3
+    arch = merged.with_suffix(".yaml")  # the architecture, for `infer --config`
+    if model_json is not None:
+        tmp = arch.with_name(f".{arch.name}.tmp")
+        tmp.write_text(yaml.safe_dump({"model": json.loads(model_json)}, sort_keys=True))
+        os.replace(tmp, arch)
     manifest = merged.with_suffix(".json")
     ckpt_merge.write_manifest(
         manifest,
@@ -240,6 +272,7 @@ def collect(
             "layout": vars(layout),
             "optimizer_state": keep_optimizer,
             "dst_strategy": str(dst_strategy) if dst_strategy else None,
+            "architecture": arch.name if model_json is not None else None,
         },
     )
     return Collected(
@@ -261,3 +294,43 @@ def _n(b: int) -> str:
         if b >= size:
             return f"{b / size:.1f} {unit}"
     return f"{b} B"
+
+
+def record_collected(state_dir: Path, job_id: str, res: Collected) -> Path:
+    """Remember the job's merged checkpoint for `orchestrate infer --job` (atomic JSON)."""
+    folder = state_dir / "ckpt"
+    folder.mkdir(parents=True, exist_ok=True)
+    assert res.merged is not None and res.manifest is not None
+    arch = res.merged.with_suffix(".yaml")
+    doc = {
+        "job_id": job_id,
+        "step": res.step,
+        "preset": res.preset,
+        "ckpt": str(res.merged.resolve()),
+        "manifest": str(res.manifest.resolve()),
+        "config": str(arch.resolve()) if arch.is_file() else res.preset,
+    }
+    path = folder / f"{job_id}.json"
+    ckpt_merge.write_manifest(path, doc)
+    return path
+
+
+def collected_for_job(state_dir: Path, job_id: str) -> tuple[Path, str]:
+    """(merged checkpoint, --config value) that collect-ckpt recorded for `job_id`."""
+    path = state_dir / "ckpt" / f"{job_id}.json"
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"job {job_id} has no merged checkpoint ({path} missing): run "
+            f"`orchestrate collect-ckpt --job {job_id}` first"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable: {exc}") from exc
+    ckpt_path = Path(doc.get("ckpt", ""))
+    if not ckpt_path.is_file():
+        raise CheckpointError(f"{path}: merged checkpoint {ckpt_path} is gone; collect again")
+    config = doc.get("config")
+    if not config:
+        raise CheckpointError(f"{path}: no architecture recorded; pass --config")
+    return ckpt_path, str(config)

@@ -13,8 +13,17 @@ from orchestrator import flags
 
 
 @click.command("collect-ckpt")
-@flags.inventory_option()
-@click.option("--job", "job_id", required=True, help="Job id (the folder <workdir>/jobs/<id>).")
+@click.option(
+    "--inventory",
+    "-i",
+    "inventory_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Inventory to reach the nodes with (default: the job's own). With a job id that has "
+    "no record, ranks are taken in the inventory's rank order from <workdir>/jobs/<id>.",
+)
+@click.option("--job", "job_id", default=None, help="Job id (default: the latest job).")
+@flags.state_dir_option()
 @click.option(
     "--dest",
     type=click.Path(path_type=Path, file_okay=False),
@@ -46,8 +55,9 @@ from orchestrator import flags
     help="Parallel download streams.",
 )
 def collect_ckpt_command(
-    inventory_path: Path,
-    job_id: str,
+    inventory_path: Path | None,
+    job_id: str | None,
+    state_dir: Path,
     dest: Path | None,
     step: int | None,
     preset: str | None,
@@ -87,8 +97,32 @@ def collect_ckpt_command(
         TransferSpeedColumn,
     )
 
-    from orchestrator.ckpt_collect import collect
+    from orchestrator.ckpt_collect import (
+        collect,
+        record_collected,
+        targets_from_inventory,
+        targets_from_record,
+    )
+    from orchestrator.errors import JobError
     from orchestrator.inventory import load_inventory
+    from orchestrator.jobs.state import JobStore
+
+    store = JobStore(state_dir)
+    record = None
+    try:
+        record = store.load(store.resolve(job_id))
+    except JobError:
+        if job_id is None or inventory_path is None:
+            raise
+    if record is not None:
+        job_id = record.job_id
+        inv = load_inventory(inventory_path or Path(record.inventory_path))
+        targets = targets_from_record(inv, record)
+        preset = preset or record.preset
+    else:
+        assert job_id is not None and inventory_path is not None
+        inv = load_inventory(inventory_path)
+        targets = targets_from_inventory(inv, job_id)
 
     console = Console(stderr=True)
     bar = Progress(
@@ -106,7 +140,6 @@ def collect_ckpt_command(
         bar.start()
         return lambda n: bar.advance(task, n)
 
-    inv = load_inventory(inventory_path)
     try:
         res = collect(
             inv,
@@ -120,6 +153,7 @@ def collect_ckpt_command(
             jobs=jobs,
             say=console.print,
             progress=progress,
+            targets=targets,
         )
     finally:
         bar.stop()
@@ -129,6 +163,7 @@ def collect_ckpt_command(
         f"({res.downloaded / 2**20:.1f} MiB downloaded, {res.saved_bytes / 2**20:.1f} MiB saved "
         f"by DP dedupe); {times}; peak host memory {res.peak_rss / 2**20:.0f} MiB"
     )
+    record_collected(state_dir, job_id, res)
     click.echo(f"merged checkpoint: {res.merged}")
 
 
