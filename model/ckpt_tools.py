@@ -200,6 +200,13 @@ def bloom_factory(config: Any) -> tuple[Any, dict[str, tuple[int, ...]]]:
     return net, {p.name: tuple(p.shape) for p in net.get_parameters()}
 
 
+def model_shapes(model: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Parameter names and shapes of BloomLMHeadModel for a model section."""
+    from model.config import BloomConfig
+
+    return BloomConfig.from_dict(dict(model), "model").parameter_shapes()
+
+
 def check(ckpt: Path, config: Any, model_factory: Callable[[Any], Any] = bloom_factory) -> dict:
     """Load `ckpt` into the model; fail naming missing/unexpected/mis-shaped parameters."""
     import mindspore as ms

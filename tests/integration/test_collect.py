@@ -57,11 +57,10 @@ def _workdir(host: int) -> Path:
 
 
 def _full() -> dict[str, np.ndarray]:
-    from model.bloom import parameter_shapes
-    from model.config import BloomConfig
+    from model.ckpt_tools import model_shapes
 
     rng = np.random.default_rng(7)
-    shapes = parameter_shapes(BloomConfig.from_dict(MODEL))
+    shapes = model_shapes(MODEL)
     return {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}
 
 
@@ -244,3 +243,83 @@ def test_too_little_local_disk_is_refused_before_download(hosts: Path, tmp_path:
         assert not list((small / "d").rglob("*.ckpt*"))
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def test_interrupted_gather_resumes_without_refetching(hosts: Path, tmp_path: Path) -> None:
+    """SIGINT mid-gather (one stream at a time), rerun: verified files kept, partial resumed."""
+    import signal
+    import time
+
+    from model.ckpt_tools import synth_sharded
+
+    rng = np.random.default_rng(1)
+    full = _full()
+    full["transformer.word_embeddings.weight"] = rng.standard_normal(
+        (1 << 21, MODEL["hidden_size"])
+    ).astype(np.float32)  # 128 MiB: 64 MiB on ranks 0, 1
+    synth = STATE / "synth-int"
+    synth_sharded(synth, full, dp=1, mp=2, pp=2, n_layer=MODEL["n_layer"])
+    layout = {"data_parallel": 1, "model_parallel": 2, "pipeline_stage": 2}
+    model = {**MODEL, "vocab_size": 1 << 21}
+    for rank in range(4):
+        out = _workdir(rank // 2) / "jobs" / "int" / "output"
+        (out / "checkpoint" / f"rank_{rank}").mkdir(parents=True, exist_ok=True)
+        (out / "strategy").mkdir(exist_ok=True)
+        path = out / "checkpoint" / f"rank_{rank}" / f"bloom_rank_{rank}-1.ckpt"
+        shutil.copy(synth / "checkpoint" / f"rank_{rank}" / "shard.ckpt", path)
+        name = f"ckpt_strategy_rank_{rank}.ckpt"
+        shutil.copy(synth / "strategy" / name, out / "strategy" / name)
+        data = path.read_bytes()
+        path.with_suffix(".json").write_text(
+            json.dumps(
+                {
+                    "step": 1,
+                    "rank": rank,
+                    "size": len(data),
+                    "layout": layout,
+                    "model": model,
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                }
+            )
+        )
+    shutil.rmtree(synth)
+    dest = tmp_path / "d"
+    cmd = [
+        sys.executable,
+        "-m",
+        "orchestrator",
+        "collect-ckpt",
+        "-i",
+        str(hosts),
+        "--job",
+        "int",
+        "--dest",
+        str(dest),
+        "--jobs",
+        "1",
+        "--no-check",
+        "--state-dir",
+        str(tmp_path / "state"),
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    part = dest / "rank_1" / "bloom_rank_1-1.ckpt.part"
+    deadline = time.monotonic() + 120
+    while not (part.exists() and part.stat().st_size > 0) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0, err
+    assert (dest / "rank_0" / "bloom_rank_0-1.ckpt").is_file()
+    assert part.is_file() and 0 < part.stat().st_size
+    assert not (dest / "merged").exists()
+
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
+    assert again.returncode == 0, again.stderr
+    assert "rank 0: verified earlier" in again.stderr
+    assert "rank 1: resumed" in again.stderr
+    got = _load(dest / "merged" / "bloom_unknown_step1.ckpt")
+    for n, a in full.items():
+        np.testing.assert_array_equal(got[n], a, err_msg=n)
