@@ -3,10 +3,10 @@
     python bench/collect.py [--mib 256] [--hosts 4] [--transform-gib 1.0] [--skip-transform]
 
 Part 1 brings up test hosts (tests/testhosts.sh, state /tmp/orchestrate-testhosts-collect),
-writes one random file of --mib MiB per host, then downloads the 4 files into a tmpfs twice,
-in the same run: once with collect-ckpt's fetcher (ssh + tail, sha256 while streaming,
-resumable) and once with 4 parallel `scp -F ssh_config` (the reference). Prints both rates
-and the ratio (goal >= 0.9x). Part 2 writes a synthetic DP1 x MP2 x PP2 Bloom-shaped
+writes one random file of --mib MiB per host, then downloads the files into a tmpfs, in the
+same run, with collect-ckpt's fetcher (ssh + tail, sha256 while streaming, resumable) and
+with parallel `scp -F ssh_config` (the reference), interleaved, best of 2 each. Prints both
+rates and the ratio (goal >= 0.9x). Part 2 writes a synthetic DP1 x MP2 x PP2 Bloom-shaped
 checkpoint of about --transform-gib GiB (fp32) with real strategy files, then times
 strip + merge-strategies + transform via `python -m model.ckpt_tools` and checks the result
 equals the unsharded parameters. Tears everything down at the end.
@@ -66,29 +66,32 @@ def gather(mib: int, n: int) -> None:
             )
             del data
         total = sum(i.size for i in items)
-        # reference: 4 parallel scp with the test hosts' ssh_config
-        ref_dir = shm / "scp"
-        ref_dir.mkdir()
-        t = time.monotonic()
-        procs = [
-            subprocess.Popen(
-                [
-                    "scp",
-                    "-q",
-                    "-F",
-                    str(STATE / "ssh_config"),
-                    f"{it.node}:{it.remote}",
-                    str(ref_dir / f"{it.node}.ckpt"),
-                ]
-            )
-            for it in items
-        ]
-        assert all(p.wait() == 0 for p in procs)
-        scp_s = time.monotonic() - t
-        shutil.rmtree(ref_dir)
-        t = time.monotonic()
-        ckpt_fetch.fetch_all(shm / "collect", items, _opener(inv), jobs=n)
-        ours_s = time.monotonic() - t
+        # interleaved, best of 2 each: the machine is shared, single runs are noisy
+        scp_s = ours_s = float("inf")
+        for _ in range(2):
+            ref_dir = shm / "scp"
+            ref_dir.mkdir()
+            t = time.monotonic()
+            procs = [
+                subprocess.Popen(
+                    [
+                        "scp",
+                        "-q",
+                        "-F",
+                        str(STATE / "ssh_config"),
+                        f"{it.node}:{it.remote}",
+                        str(ref_dir / f"{it.node}.ckpt"),
+                    ]
+                )
+                for it in items
+            ]
+            assert all(p.wait() == 0 for p in procs)
+            scp_s = min(scp_s, time.monotonic() - t)
+            shutil.rmtree(ref_dir)
+            t = time.monotonic()
+            ckpt_fetch.fetch_all(shm / "collect", items, _opener(inv), jobs=n)
+            ours_s = min(ours_s, time.monotonic() - t)
+            shutil.rmtree(shm / "collect")
         mb = total / 1e6
         print(f"gather {n} x {mib} MiB from {n} test hosts into tmpfs")
         print(f"  {n} parallel scp (reference): {scp_s:6.2f} s  {mb / scp_s:7.1f} MB/s")
