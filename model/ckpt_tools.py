@@ -3,7 +3,7 @@
 The control plane (orchestrator/) never imports mindspore; it runs these instead:
 
     python -m model.ckpt_tools merge-strategies --src DIR --out FILE
-    python -m model.ckpt_tools needed-ranks --strategy FILE [--dst-strategy FILE]
+    python -m model.ckpt_tools needed-ranks --strategy FILE [--dst-strategy FILE [--all-dst]]
     python -m model.ckpt_tools strip --src IN.ckpt --out OUT.ckpt [--src ... --out ...]
         [--keep-optimizer]
     python -m model.ckpt_tools transform --src-map JSON --strategy FILE --out OUT.ckpt
@@ -96,17 +96,41 @@ def merge_strategies(src_dir: Path, out: Path) -> dict[str, Any]:
     return {"strategy": str(out), "sources": len(files)}
 
 
-def needed_ranks(strategy: Path, dst_strategy: Path | None, rank: int = 0) -> dict[str, Any]:
+def strategy_devices(strategy: Path) -> int:
+    """Device count of a (merged) strategy file: devices per stage x pipeline stages."""
+    import numpy as np
+    from mindspore.train import node_strategy_pb2 as pb
+
+    smap = pb.ParallelStrategyMap()
+    smap.ParseFromString(strategy.read_bytes())
+    if not smap.parallel_layout_item:
+        raise ToolError(f"{strategy}: no parameter layouts in this strategy file")
+    per_stage = int(np.prod(smap.parallel_layout_item[0].parallel_layouts.dev_matrix[0].dim))
+    stages = {
+        int(i.param_name.split("-", 1)[0]) if "-" in i.param_name else 0
+        for i in smap.parallel_layout_item
+    }
+    return per_stage * len(stages)
+
+
+def needed_ranks(strategy: Path | None, dst_strategy: Path | None, rank: int | None = 0) -> dict:
     """Source ranks whose checkpoints a transform to `dst_strategy` (None: one device) reads.
 
-    Data-parallel replicas hold the same slices; MindSpore picks one of them per slice.
+    `rank` None: the union over every destination rank. Data-parallel replicas hold the same
+    slices; MindSpore picks one of them per slice.
     """
     import mindspore as ms
 
-    ranks = ms.rank_list_for_transform(
-        rank, str(strategy), str(dst_strategy) if dst_strategy is not None else None
-    )
-    return {"ranks": sorted(int(r) for r in ranks)}
+    dst = str(dst_strategy) if dst_strategy is not None else None
+    src = str(strategy) if strategy is not None else None
+    dst_ranks = [rank] if rank is not None or dst_strategy is None else None
+    if dst_ranks is None:
+        assert dst_strategy is not None
+        dst_ranks = list(range(strategy_devices(dst_strategy)))
+    ranks: set[int] = set()
+    for r in dst_ranks:
+        ranks.update(int(x) for x in ms.rank_list_for_transform(r or 0, src, dst))
+    return {"ranks": sorted(ranks), "dst_ranks": dst_ranks}
 
 
 def strip(src: Path, out: Path, keep_optimizer: bool = False) -> dict[str, Any]:
@@ -137,12 +161,15 @@ def strip(src: Path, out: Path, keep_optimizer: bool = False) -> dict[str, Any]:
 
 def transform(
     src_map: Mapping[int, Path],
-    strategy: Path,
+    strategy: Path | None,
     out: Path,
     dst_strategy: Path | None = None,
     rank: int = 0,
 ) -> dict[str, Any]:
-    """Reassemble rank `rank` of `dst_strategy` (None: a single device) from sharded files."""
+    """Reassemble rank `rank` of `dst_strategy` (None: a single device) from sharded files.
+
+    `strategy` None: the source is one complete checkpoint (`src_map` {0: file}, pure DP).
+    """
     import mindspore as ms
 
     for r, path in src_map.items():
@@ -157,7 +184,7 @@ def transform(
         rank,
         {r: str(src_map[r]) for r in needed},
         str(tmp),
-        str(strategy),
+        str(strategy) if strategy is not None else None,
         str(dst_strategy) if dst_strategy is not None else None,
     )
     _finish(tmp, out)
@@ -284,15 +311,16 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--src", type=Path, required=True, help="folder of ckpt_strategy_rank_*.ckpt")
     m.add_argument("--out", type=Path, required=True, help="merged strategy file")
     n = sub.add_parser("needed-ranks", help="source ranks a transform reads")
-    n.add_argument("--strategy", type=Path, required=True)
+    n.add_argument("--strategy", type=Path, default=None)
     n.add_argument("--dst-strategy", type=Path, default=None)
+    n.add_argument("--all-dst", action="store_true", help="union over every destination rank")
     s = sub.add_parser("strip", help="drop optimizer state from a checkpoint")
     s.add_argument("--src", type=Path, action="append", required=True, help="repeatable")
     s.add_argument("--out", type=Path, action="append", required=True, help="one per --src")
     s.add_argument("--keep-optimizer", action="store_true")
     t = sub.add_parser("transform", help="sharded checkpoints -> one device (or --dst-strategy)")
     t.add_argument("--src-map", required=True, help='JSON {"rank": "path.ckpt", ...}')
-    t.add_argument("--strategy", type=Path, required=True, help="merged source strategy")
+    t.add_argument("--strategy", type=Path, default=None, help="merged source strategy")
     t.add_argument("--dst-strategy", type=Path, default=None)
     t.add_argument("--rank", type=int, default=0, help="destination rank to produce")
     t.add_argument("--out", type=Path, required=True)
@@ -309,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cmd == "merge-strategies":
             result = merge_strategies(args.src, args.out)
         elif args.cmd == "needed-ranks":
-            result = needed_ranks(args.strategy, args.dst_strategy)
+            result = needed_ranks(args.strategy, args.dst_strategy, None if args.all_dst else 0)
         elif args.cmd == "strip":
             if len(args.src) != len(args.out):
                 raise ToolError(f"{len(args.src)} --src but {len(args.out)} --out")

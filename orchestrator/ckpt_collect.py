@@ -10,9 +10,6 @@ needed shard (orchestrator/ckpt_fetch.py), strips optimizer state, transforms to
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,9 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import yaml
-
-from orchestrator import ckpt, ckpt_fetch, ckpt_merge, ckpt_nodes
+from orchestrator import ckpt, ckpt_fetch, ckpt_merge, ckpt_nodes, ckpt_output
 from orchestrator.errors import CheckpointError, RemoteError
 from orchestrator.inventory import Inventory, Node
 from orchestrator.ranktable import node_rank_ranges
@@ -174,6 +169,7 @@ def collect(
     preset: str | None = None,
     keep_optimizer: bool = False,
     dst_strategy: Path | None = None,
+    processes: int = 1,
     check: bool = True,
     jobs: int = 8,
     say: Say = print,
@@ -200,11 +196,14 @@ def collect(
     strategy: Path | None = None
     needed: list[int] | None = None
     strategies = gather_strategies(inv, listings, dest, required=not layout.pure_dp)
+    dst_ranks = [0]
     if not layout.pure_dp:
         strategy = ckpt_merge.merge_strategies(dest / "strategy", dest / "merged_strategy.ckpt")
-        needed = ckpt_merge.needed_ranks(strategy, dst_strategy)
     elif strategies:
         say(f"pure data parallel: {len(strategies)} strategy files gathered, not needed")
+    if strategy is not None or dst_strategy is not None:
+        needed, dst_ranks = ckpt_merge.needed_ranks(strategy, dst_strategy)
+        needed = needed if strategy is not None else None
     plan = ckpt.plan_fetch(ckpts, needed)
     items = [
         ckpt_fetch.Item(c.node, c.remote, c.local_rel, c.size, c.sha256, f"rank {c.rank}")
@@ -212,7 +211,7 @@ def collect(
     ]
     total = sum(i.size for i in items)
     remaining = ckpt_fetch.bytes_to_fetch(dest, items)
-    outputs = total if layout.pure_dp else 2 * total  # stripped shards + merged, upper bound
+    outputs = (total if layout.pure_dp else 2 * total) * len(dst_ranks)  # upper bound
     ckpt_fetch.check_free_space(
         dest, remaining + outputs, f"{_n(remaining)} to download + up to {_n(outputs)} output"
     )
@@ -230,51 +229,22 @@ def collect(
     seconds["gather"] = time.monotonic() - t1
 
     t2 = time.monotonic()
-    name = f"bloom_{preset or 'unknown'}_step{chosen}"
-    merged = dest / "merged" / f"{name}.ckpt"
-    merged.parent.mkdir(parents=True, exist_ok=True)
     local = {c.rank: dest / c.local_rel for c in plan.fetch}
     local.update({r: local[src] for r, src in plan.copies.items()})
-    peak = 0
-    if strategy is None:
-        res = ckpt_merge.strip({local[min(local)]: merged}, keep_optimizer)
-        peak = res["peak_rss"]
+    name = f"bloom_{preset or 'unknown'}_step{chosen}"
+    job = ckpt_output.JobInfo(job_id, chosen, preset, model_json, layout)
+    if dst_strategy is None:
+        merged, peak = ckpt_output.to_one_device(dest, name, local, strategy, keep_optimizer)
     else:
-        stripped_dir = dest / "stripped"
-        stripped = {c.rank: stripped_dir / f"rank_{c.rank}.ckpt" for c in plan.fetch}
-        res = ckpt_merge.strip({local[r]: stripped[r] for r in stripped}, keep_optimizer)
-        stripped.update({r: stripped[src] for r, src in plan.copies.items()})
-        peak = res["peak_rss"]
-        res = ckpt_merge.transform(stripped, strategy, merged, dst_strategy)
-        peak = max(peak, res.get("peak_rss", 0))
-        shutil.rmtree(stripped_dir)
+        merged, peak = ckpt_output.to_strategy(
+            dest, name, local, strategy, dst_strategy, dst_ranks, keep_optimizer, processes
+        )
     seconds["merge"] = time.monotonic() - t2
     if check and dst_strategy is None:
         t3 = time.monotonic()
         ckpt_merge.check(merged, preset, model_json)
         seconds["check"] = time.monotonic() - t3
-    arch = merged.with_suffix(".yaml")  # the architecture, for `infer --config`
-    if model_json is not None:
-        tmp = arch.with_name(f".{arch.name}.tmp")
-        tmp.write_text(yaml.safe_dump({"model": json.loads(model_json)}, sort_keys=True))
-        os.replace(tmp, arch)
-    manifest = merged.with_suffix(".json")
-    ckpt_merge.write_manifest(
-        manifest,
-        {
-            "preset": preset,
-            "model": json.loads(model_json) if model_json else None,
-            "step": chosen,
-            "job_id": job_id,
-            "sha256": ckpt_merge.sha256_of(merged),
-            "size": merged.stat().st_size,
-            "source_ranks": sorted(local),
-            "layout": vars(layout),
-            "optimizer_state": keep_optimizer,
-            "dst_strategy": str(dst_strategy) if dst_strategy else None,
-            "architecture": arch.name if model_json is not None else None,
-        },
-    )
+    manifest = ckpt_output.write_manifest(merged, job, sorted(local), keep_optimizer, dst_strategy)
     return Collected(
         chosen,
         preset,
@@ -294,43 +264,3 @@ def _n(b: int) -> str:
         if b >= size:
             return f"{b / size:.1f} {unit}"
     return f"{b} B"
-
-
-def record_collected(state_dir: Path, job_id: str, res: Collected) -> Path:
-    """Remember the job's merged checkpoint for `orchestrate infer --job` (atomic JSON)."""
-    folder = state_dir / "ckpt"
-    folder.mkdir(parents=True, exist_ok=True)
-    assert res.merged is not None and res.manifest is not None
-    arch = res.merged.with_suffix(".yaml")
-    doc = {
-        "job_id": job_id,
-        "step": res.step,
-        "preset": res.preset,
-        "ckpt": str(res.merged.resolve()),
-        "manifest": str(res.manifest.resolve()),
-        "config": str(arch.resolve()) if arch.is_file() else res.preset,
-    }
-    path = folder / f"{job_id}.json"
-    ckpt_merge.write_manifest(path, doc)
-    return path
-
-
-def collected_for_job(state_dir: Path, job_id: str) -> tuple[Path, str]:
-    """(merged checkpoint, --config value) that collect-ckpt recorded for `job_id`."""
-    path = state_dir / "ckpt" / f"{job_id}.json"
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(
-            f"job {job_id} has no merged checkpoint ({path} missing): run "
-            f"`orchestrate collect-ckpt --job {job_id}` first"
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: unreadable: {exc}") from exc
-    ckpt_path = Path(doc.get("ckpt", ""))
-    if not ckpt_path.is_file():
-        raise CheckpointError(f"{path}: merged checkpoint {ckpt_path} is gone; collect again")
-    config = doc.get("config")
-    if not config:
-        raise CheckpointError(f"{path}: no architecture recorded; pass --config")
-    return ckpt_path, str(config)

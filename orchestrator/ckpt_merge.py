@@ -50,12 +50,18 @@ def merge_strategies(src_dir: Path, out: Path) -> Path:
     return out
 
 
-def needed_ranks(strategy: Path, dst_strategy: Path | None) -> list[int]:
-    """Source ranks a transform reads: one replica of every slice."""
-    args = ["needed-ranks", "--strategy", str(strategy)]
+def needed_ranks(strategy: Path | None, dst_strategy: Path | None) -> tuple[list[int], list[int]]:
+    """(source ranks every destination rank together reads, destination ranks).
+
+    One replica of every slice; no `dst_strategy`: one device (rank 0).
+    """
+    args = ["needed-ranks"]
+    if strategy is not None:
+        args += ["--strategy", str(strategy)]
     if dst_strategy is not None:
-        args += ["--dst-strategy", str(dst_strategy)]
-    return [int(r) for r in run_tool(args)["ranks"]]
+        args += ["--dst-strategy", str(dst_strategy), "--all-dst"]
+    res = run_tool(args)
+    return [int(r) for r in res["ranks"]], [int(r) for r in res["dst_ranks"]]
 
 
 def strip(pairs: Mapping[Path, Path], keep_optimizer: bool) -> dict[str, Any]:
@@ -71,11 +77,20 @@ def strip(pairs: Mapping[Path, Path], keep_optimizer: bool) -> dict[str, Any]:
 
 
 def transform(
-    src_map: Mapping[int, Path], strategy: Path, out: Path, dst_strategy: Path | None
+    src_map: Mapping[int, Path],
+    strategy: Path | None,
+    out: Path,
+    dst_strategy: Path | None,
+    rank: int = 0,
 ) -> dict[str, Any]:
-    """Reassemble sharded checkpoints into one device's checkpoint (or `dst_strategy` rank 0)."""
-    args = ["transform", "--strategy", str(strategy), "--out", str(out)]
+    """Reassemble sharded checkpoints into one device's checkpoint, or `dst_strategy`'s `rank`.
+
+    `strategy` None: `src_map` is {0: one complete checkpoint} (pure DP).
+    """
+    args = ["transform", "--out", str(out), "--rank", str(rank)]
     args += ["--src-map", json.dumps({str(r): str(p) for r, p in src_map.items()})]
+    if strategy is not None:
+        args += ["--strategy", str(strategy)]
     if dst_strategy is not None:
         args += ["--dst-strategy", str(dst_strategy)]
     return run_tool(args)

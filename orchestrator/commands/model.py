@@ -151,7 +151,7 @@ def infer(prompts: tuple[str, ...], ckpt: Path | None, job_id: str | None, state
     if job_id is not None:
         if ckpt is not None or preset is not None or hf_config is not None:
             raise click.UsageError("--job replaces --ckpt/--config/--hf-config")
-        from orchestrator.ckpt_collect import collected_for_job
+        from orchestrator.ckpt_output import collected_for_job
         from orchestrator.jobs.state import JobStore
 
         ckpt, preset = collected_for_job(state_dir, JobStore(state_dir).resolve(job_id))

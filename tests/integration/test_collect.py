@@ -323,3 +323,36 @@ def test_interrupted_gather_resumes_without_refetching(hosts: Path, tmp_path: Pa
     got = _load(dest / "merged" / "bloom_unknown_step1.ckpt")
     for n, a in full.items():
         np.testing.assert_array_equal(got[n], a, err_msg=n)
+
+
+@pytest.mark.parametrize("source", ["mp2pp2", "dp4"])
+def test_dst_strategy_writes_every_destination_rank(
+    hosts: Path, tmp_path: Path, source: str
+) -> None:
+    """To a DP2 x MP2 layout, 2 processes: each rank equals that layout's own shard."""
+    import mindspore as ms
+
+    from model.ckpt_tools import merge_strategies, synth_sharded
+
+    job = f"dst{source}"
+    if source == "mp2pp2":
+        full = _place_sharded(job)
+    else:
+        full = _place_dp(job, steps=(30,))
+    want = tmp_path / "want"
+    synth_sharded(want, full, dp=2, mp=2, pp=1, n_layer=MODEL["n_layer"])
+    dst = tmp_path / "dp2mp2.ckpt"
+    merge_strategies(want / "strategy", dst)
+    res = collect(load_inventory(hosts), job, tmp_path / "d", dst_strategy=dst, processes=2)
+    assert res.merged == tmp_path / "d" / "merged" / "bloom_unknown_step30_dp2mp2"
+    manifest = json.loads(res.manifest.read_text())
+    assert [f["path"] for f in manifest["files"]] == [
+        f"rank_{r}/bloom_unknown_step30.ckpt" for r in range(4)
+    ]
+    for r in range(4):
+        got = ms.load_checkpoint(str(res.merged / f"rank_{r}" / "bloom_unknown_step30.ckpt"))
+        exp = ms.load_checkpoint(str(want / "checkpoint" / f"rank_{r}" / "shard.ckpt"))
+        names = set(exp) - {"adam_m.synthetic"}
+        assert set(got) == names
+        for n in names:
+            np.testing.assert_array_equal(got[n].asnumpy(), exp[n].asnumpy(), err_msg=n)
