@@ -29,8 +29,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from orchestrator import ckpt_fetch, ckpt_merge  # noqa: E402
-from orchestrator.ckpt_collect import _opener  # noqa: E402
+from orchestrator.ckpt_collect import opener  # noqa: E402
 from orchestrator.inventory import load_inventory  # noqa: E402
+from orchestrator.remote.connect import open_all  # noqa: E402
 
 STATE = Path("/tmp/orchestrate-testhosts-collect")
 
@@ -89,7 +90,8 @@ def gather(mib: int, n: int) -> None:
             scp_s = min(scp_s, time.monotonic() - t)
             shutil.rmtree(ref_dir)
             t = time.monotonic()
-            ckpt_fetch.fetch_all(shm / "collect", items, _opener(inv), jobs=n)
+            with open_all(inv) as conns:
+                ckpt_fetch.fetch_all(shm / "collect", items, opener(conns), jobs=n)
             ours_s = min(ours_s, time.monotonic() - t)
             shutil.rmtree(shm / "collect")
         mb = total / 1e6

@@ -11,7 +11,7 @@ needed shard (orchestrator/ckpt_fetch.py), strips optimizer state, transforms to
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -21,6 +21,8 @@ from orchestrator import ckpt, ckpt_fetch, ckpt_merge, ckpt_nodes, ckpt_output
 from orchestrator.errors import CheckpointError, RemoteError
 from orchestrator.inventory import Inventory, Node
 from orchestrator.ranktable import node_rank_ranges
+from orchestrator.remote.connect import open_all
+from orchestrator.remote.transport import Transport
 
 Say = Callable[[str], None]
 
@@ -65,11 +67,11 @@ def targets_from_record(inv: Inventory, record: Any) -> list[Target]:
     ]
 
 
-def list_nodes(inv: Inventory, targets: Sequence[Target]) -> list[ckpt.NodeListing]:
+def list_nodes(conns: Mapping[str, Transport], targets: Sequence[Target]) -> list[ckpt.NodeListing]:
     """List every node in parallel; one error naming each unreachable node and its ranks."""
 
     def one(t: Target) -> ckpt.NodeListing:
-        raw = ckpt_nodes.list_job(inv, t.node, t.job_dir, list(t.ranks))
+        raw = ckpt_nodes.list_job(conns[t.node.name], t.job_dir, list(t.ranks))
         return ckpt.parse_listing(t.node.name, raw, t.ranks)
 
     out: list[ckpt.NodeListing] = []
@@ -85,14 +87,15 @@ def list_nodes(inv: Inventory, targets: Sequence[Target]) -> list[ckpt.NodeListi
     return out
 
 
-def verify_on_nodes(inv: Inventory, listings: Sequence[ckpt.NodeListing], step: int) -> list[str]:
+def verify_on_nodes(
+    conns: Mapping[str, Transport], listings: Sequence[ckpt.NodeListing], step: int
+) -> list[str]:
     """Hash the step's checkpoints on their nodes (in parallel); problems, one per bad rank."""
-    nodes = {n.name: n for n in inv.nodes}
 
     def one(lst: ckpt.NodeListing) -> list[str]:
         mine = {r: have[step] for r, have in lst.ckpts.items() if step in have}
         rels = {str(c.remote.relative_to(lst.job_dir)): c for c in mine.values()}
-        sums = ckpt_nodes.hash_files(inv, nodes[lst.node], lst.job_dir, sorted(rels))
+        sums = ckpt_nodes.hash_files(conns[lst.node], lst.job_dir, sorted(rels))
         return [
             f"rank {c.rank} on {lst.node}: {c.remote} sha256 {sums.get(rel, '?')[:12]}… "
             f"does not match its manifest ({c.sha256[:12]}…)"
@@ -105,12 +108,12 @@ def verify_on_nodes(inv: Inventory, listings: Sequence[ckpt.NodeListing], step: 
 
 
 def choose_verified_step(
-    inv: Inventory, listings: list[ckpt.NodeListing], step: int | None, say: Say
+    conns: Mapping[str, Transport], listings: list[ckpt.NodeListing], step: int | None, say: Say
 ) -> int:
     """choose_step, then hash on the nodes; a corrupt newest step falls back to an older one."""
     while True:
         chosen = ckpt.choose_step(listings, step)
-        bad = verify_on_nodes(inv, listings, chosen)
+        bad = verify_on_nodes(conns, listings, chosen)
         if not bad:
             return chosen
         if step is not None:
@@ -125,17 +128,17 @@ def _drop_step(lst: ckpt.NodeListing, step: int) -> ckpt.NodeListing:
     return ckpt.NodeListing(lst.node, lst.job_dir, ckpts, lst.problems, lst.strategies)
 
 
-def _opener(inv: Inventory) -> ckpt_fetch.Opener:
-    nodes = {n.name: n for n in inv.nodes}
+def opener(conns: Mapping[str, Transport]) -> ckpt_fetch.Opener:
+    """(node, path, offset) -> stream, for ckpt_fetch."""
 
     def open_(node: str, path: PurePosixPath, offset: int) -> Any:
-        return ckpt_nodes.open_stream(inv, nodes[node], path, offset)
+        return ckpt_nodes.open_stream(conns[node], path, offset)
 
     return open_
 
 
 def gather_strategies(
-    inv: Inventory, listings: Sequence[ckpt.NodeListing], dest: Path, required: bool
+    conns: Mapping[str, Transport], listings: Sequence[ckpt.NodeListing], dest: Path, required: bool
 ) -> dict[int, Path]:
     """Fetch every rank's strategy file into DEST/strategy/; name ranks lacking one."""
     found = {r: s for lst in listings for r, s in lst.strategies.items()}
@@ -156,7 +159,7 @@ def gather_strategies(
         for r, s in sorted(found.items())
         if r in ranks
     ]
-    ckpt_fetch.fetch_all(dest, items, _opener(inv))
+    ckpt_fetch.fetch_all(dest, items, opener(conns))
     return {int(i.label.split()[1]): dest / i.rel for i in items}
 
 
@@ -183,8 +186,44 @@ def collect(
     """
     t0 = time.monotonic()
     dest.mkdir(parents=True, exist_ok=True)
-    listings = list_nodes(inv, targets or targets_from_inventory(inv, job_id))
-    chosen = choose_verified_step(inv, listings, step, say)
+    targets = targets or targets_from_inventory(inv, job_id)
+    with open_all(inv, [t.node for t in targets]) as conns:
+        return _collect(
+            conns,
+            targets,
+            job_id,
+            dest,
+            step,
+            preset,
+            keep_optimizer,
+            dst_strategy,
+            processes,
+            check,
+            jobs,
+            say,
+            progress,
+            t0,
+        )
+
+
+def _collect(
+    conns: Mapping[str, Transport],
+    targets: Sequence[Target],
+    job_id: str,
+    dest: Path,
+    step: int | None,
+    preset: str | None,
+    keep_optimizer: bool,
+    dst_strategy: Path | None,
+    processes: int,
+    check: bool,
+    jobs: int,
+    say: Say,
+    progress: Callable[[int], Any] | None,
+    t0: float,
+) -> Collected:
+    listings = list_nodes(conns, targets)
+    chosen = choose_verified_step(conns, listings, step, say)
     ckpts = ckpt.rank_ckpts(listings, chosen)
     layout, manifest_preset = ckpt.job_layout(ckpts)
     preset = preset or manifest_preset
@@ -195,7 +234,7 @@ def collect(
     t1 = time.monotonic()
     strategy: Path | None = None
     needed: list[int] | None = None
-    strategies = gather_strategies(inv, listings, dest, required=not layout.pure_dp)
+    strategies = gather_strategies(conns, listings, dest, required=not layout.pure_dp)
     dst_ranks = [0]
     if not layout.pure_dp:
         strategy = ckpt_merge.merge_strategies(dest / "strategy", dest / "merged_strategy.ckpt")
@@ -222,7 +261,7 @@ def collect(
             f"({len(plan.skipped) + len(plan.copies)} replica file(s) skipped)"
         )
     on_bytes = progress(total) if progress is not None else (lambda _n: None)
-    outcomes = ckpt_fetch.fetch_all(dest, items, _opener(inv), jobs=jobs, on_bytes=on_bytes)
+    outcomes = ckpt_fetch.fetch_all(dest, items, opener(conns), jobs=jobs, on_bytes=on_bytes)
     for o in outcomes:
         if o.action != "fetched":
             say(f"{o.item.label}: {o.action}")
