@@ -113,7 +113,9 @@ def strategy_devices(strategy: Path) -> int:
     return per_stage * len(stages)
 
 
-def needed_ranks(strategy: Path | None, dst_strategy: Path | None, rank: int | None = 0) -> dict:
+def needed_ranks(
+    strategy: Path | None, dst_strategy: Path | None, rank: int | None = 0
+) -> dict[str, Any]:
     """Source ranks whose checkpoints a transform to `dst_strategy` (None: one device) reads.
 
     `rank` None: the union over every destination rank. Data-parallel replicas hold the same
@@ -234,7 +236,9 @@ def model_shapes(model: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     return BloomConfig.from_dict(dict(model), "model").parameter_shapes()
 
 
-def check(ckpt: Path, config: Any, model_factory: Callable[[Any], Any] = bloom_factory) -> dict:
+def check(
+    ckpt: Path, config: Any, model_factory: Callable[[Any], Any] = bloom_factory
+) -> dict[str, Any]:
     """Load `ckpt` into the model; fail naming missing/unexpected/mis-shaped parameters."""
     import mindspore as ms
 
