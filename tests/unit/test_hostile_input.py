@@ -1,4 +1,4 @@
-"""Property-based: any YAML or --set string gives a parsed result or one-line error, never a crash."""
+"""Property-based: any YAML or --set string parses or fails in one line, never a crash."""
 
 from __future__ import annotations
 
