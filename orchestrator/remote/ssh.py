@@ -274,6 +274,7 @@ class SSHTransport:
         """
         if self.connected:
             return
+        self.close()  # a dropped connection (node rebooted, keepalive failed): start afresh
         attempts = max(1, self.options.connect_attempts)
         delay = self.options.backoff
         for attempt in range(1, attempts + 1):
