@@ -1,4 +1,14 @@
-"""The Transport protocol and CommandResult: what every node connection offers."""
+"""The Transport protocol and CommandResult: what every node connection offers.
+
+Implementations: `orchestrator.remote.ssh.SSHTransport` (OpenSSH servers, via Fabric/paramiko)
+and `orchestrator.remote.local.LocalTransport` (`connection: local`). Get one per node with
+`orchestrator.remote.connect.transport_for(node, inventory)` or all of them with
+`open_all(inventory)`; run on many with `orchestrator.remote.fanout.run_all`.
+
+Errors (orchestrator.errors): ConnectError / HostKeyError (cannot reach or trust the node),
+RemoteCommandError (non-zero exit with check=True; `.result` is the CommandResult),
+CommandTimeout, TransferError (put/get failed, did not verify, or would escape the destination).
+"""
 
 from __future__ import annotations
 
@@ -30,6 +40,10 @@ class Transport(Protocol):
     """One node's connection; connects lazily, closes on `close()` or leaving `with`."""
 
     node: Node
+
+    def open(self) -> None:
+        """Connect now instead of on first use (ConnectError/HostKeyError); idempotent."""
+        ...
 
     def run(self, cmd: Sequence[str] | str, *, check: bool = True, timeout: float | None = None,
             env: Mapping[str, str] | None = None) -> CommandResult:

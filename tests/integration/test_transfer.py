@@ -1,0 +1,128 @@
+"""put/get over real SSH: atomic, mode kept, sha256 verified; hostile remote trees refused."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from orchestrator.errors import TransferError
+from orchestrator.inventory import load_inventory
+from orchestrator.remote import files
+from orchestrator.remote.connect import transport_for
+from orchestrator.remote.ssh import SSHTransport
+from tests.integration.conftest import TestHosts
+
+pytestmark = pytest.mark.integration
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def th0(testhosts: TestHosts):  # type: ignore[no-untyped-def]
+    inv = load_inventory(testhosts.inventory)
+    with transport_for(inv.nodes[0], inv) as t:
+        yield t
+
+
+@pytest.fixture
+def remote_dir(th0) -> PurePosixPath:  # type: ignore[no-untyped-def]
+    d = th0.node.workdir / f"xfer-{os.getpid()}-{os.urandom(3).hex()}"
+    th0.run(["mkdir", "-p", str(d)])
+    yield d
+    th0.run(["rm", "-rf", str(d)])
+
+
+@pytest.mark.parametrize("use_openssh", [True, False], ids=["openssh", "paramiko"])
+def test_put_get_round_trip(testhosts: TestHosts, tmp_path: Path, use_openssh: bool) -> None:
+    inv = load_inventory(testhosts.inventory)
+    src = tmp_path / "src file.bin"
+    src.write_bytes(os.urandom(3 * 1024 * 1024 + 17))
+    src.chmod(0o640)
+    with transport_for(inv.nodes[1], inv, use_openssh=use_openssh) as t:
+        assert isinstance(t, SSHTransport)
+        remote = inv.nodes[1].workdir / f"rt-{use_openssh}" / "a 'b' $c.bin"
+        t.run(["mkdir", "-p", str(remote.parent)])
+        t.put(src, remote)
+        listing = t.run(["ls", "-A", str(remote.parent)]).stdout.splitlines()
+        assert listing == [remote.name]  # no temp file left behind
+        info = files.remote_stat(t, remote)
+        assert (info.size, info.mode, info.sha256) == (src.stat().st_size, 0o640, sha(src))
+        t.put(src, remote, mode=0o600)  # overwrite, explicit mode
+        assert files.remote_stat(t, remote).mode == 0o600
+        back = tmp_path / "back" / "copy.bin"
+        t.get(remote, back)
+        t.run(["rm", "-rf", str(remote.parent)])
+    assert sha(back) == sha(src) and (back.stat().st_mode & 0o777) == 0o600
+    assert os.listdir(back.parent) == ["copy.bin"]
+
+
+def test_get_missing_file_leaves_nothing(th0, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    dest = tmp_path / "out" / "x.bin"
+    with pytest.raises(TransferError, match=r"\[th0\] cannot read .*/nope"):
+        th0.get(th0.node.workdir / "nope", dest)
+    assert not dest.exists() and list((tmp_path / "out").iterdir()) == []
+
+
+def test_get_keeps_old_file_on_failure(th0, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    dest = tmp_path / "x.bin"
+    dest.write_text("old")
+    with pytest.raises(TransferError):
+        th0.get(th0.node.workdir, dest)  # a directory, not a regular file
+    assert dest.read_text() == "old" and os.listdir(tmp_path) == ["x.bin"]
+
+
+def test_get_tree_copies_odd_but_safe_names(th0, remote_dir, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    names = ["plain.txt", "with space.txt", "quote'd.txt", "$(touch PWNED)", "`touch PWNED`",
+             "..dots", "sub/-dash.txt", "sub/deeper/x"]
+    script = "; ".join(f"mkdir -p {files.remote_arg((remote_dir / n).parent)} && "
+                       f"printf %s {files.remote_arg(n)} > {files.remote_arg(remote_dir / n)}"
+                       for n in names)
+    th0.run(f"cd {files.remote_arg(remote_dir)} && {script}")
+    dest = tmp_path / "dest"
+    written = files.get_tree(th0, remote_dir, dest)
+    assert sorted(p.relative_to(dest).as_posix() for p in written) == sorted(names)
+    for n in names:
+        assert (dest / n).read_text() == n
+    assert not (tmp_path / "PWNED").exists()
+    assert th0.run(f"cd {files.remote_arg(remote_dir)} && ls -A").stdout.count("PWNED") == 2
+
+
+@pytest.mark.parametrize("hostile", [
+    "ln -s /etc {d}/etc-link",                      # symlink to a directory outside
+    "ln -s /etc/passwd {d}/passwd",                 # symlink to a file outside
+    "mkfifo {d}/fifo",                              # special file
+])
+def test_get_tree_refuses_hostile_entries(th0, remote_dir, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                          hostile: str) -> None:
+    th0.run(f"echo ok > {files.remote_arg(remote_dir / 'a.txt')}; "
+            + hostile.format(d=files.remote_arg(remote_dir)))
+    dest = tmp_path / "dest"
+    with pytest.raises(TransferError, match=r"\[th0\] refusing remote"):
+        files.get_tree(th0, remote_dir, dest)
+    assert list(dest.rglob("*")) == []  # refused before anything was written
+
+
+def test_get_tree_does_not_follow_local_symlink(th0, remote_dir, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    th0.run(f"mkdir -p {files.remote_arg(remote_dir / 'sub')} && "
+            f"echo evil > {files.remote_arg(remote_dir / 'sub' / 'f')}")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "sub").symlink_to(outside)  # planted locally: must not redirect the write
+    with pytest.raises(TransferError, match="symlink"):
+        files.get_tree(th0, remote_dir, dest)
+    assert list(outside.iterdir()) == []
+
+
+def test_get_tree_refuses_newline_names(th0, remote_dir, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    th0.run(f"touch {files.remote_arg(remote_dir)}/\"$(printf 'a\\nb')\"")
+    with pytest.raises(TransferError, match="control chars"):
+        files.get_tree(th0, remote_dir, tmp_path / "dest")
