@@ -1,0 +1,218 @@
+"""Bloom building blocks in MindSpore, in HF's order: ALiBi, GELU, Linear/LayerNorm, attention,
+MLP, block. `model/bloom.py` stacks them into the model.
+
+Parameters use torch's layout ([out, in] weights) and HF's leaf names (`weight`, `bias`), so HF
+tensors convert by renaming only. Matmuls run in `compute_dtype`; LayerNorm, ALiBi, attention
+scores and softmax run in float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import mindspore as ms
+import numpy as np
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.common.initializer import Normal, One, Zero, initializer
+
+from model.config import BloomConfig
+
+MS_DTYPES = {"float32": ms.float32, "float16": ms.float16, "bfloat16": ms.bfloat16}
+MASK_FILL = float(np.finfo(np.float32).min)  # score of a masked key (exp() underflows to 0)
+
+
+def alibi_slopes(n_head: int) -> np.ndarray:
+    """ALiBi slope per head (Press et al.; HF `build_alibi_tensor`), float32 [n_head].
+
+    For the closest power of two p <= n_head the slopes are 2^(-8k/p), k = 1..p. Remaining heads
+    take the odd powers k = 1, 3, 5, … of 2^(-4/p) (the slopes of 2p heads that fall between).
+    """
+    p = 2 ** math.floor(math.log2(n_head))
+    base = np.float32(2.0 ** (-(2.0 ** -(math.log2(p) - 3))))
+    slopes = [np.power(base, np.float32(k), dtype=np.float32) for k in range(1, p + 1)]
+    if p != n_head:
+        extra = np.float32(2.0 ** (-(2.0 ** -(math.log2(2 * p) - 3))))
+        remaining = min(p, n_head - p)
+        slopes += [np.power(extra, np.float32(k), dtype=np.float32)
+                   for k in range(1, 1 + 2 * remaining, 2)]
+    return np.asarray(slopes, dtype=np.float32)
+
+
+def build_alibi(key_mask: Tensor, slopes: Tensor) -> Tensor:
+    """ALiBi bias of every key: slope × (position among non-padding tokens).
+
+    Args:
+        key_mask: float32 [batch, keys], 1 for real tokens, 0 for padding.
+        slopes: float32 [n_head].
+
+    Returns:
+        float32 [batch, n_head, 1, keys]; padding keys get position 0 (they are masked anyway).
+    """
+    positions = (ops.cumsum(key_mask, -1) - 1.0) * key_mask  # [batch, keys]
+    return slopes.reshape(1, -1, 1, 1) * positions[:, None, None, :]  # [batch, heads, 1, keys]
+
+
+def bloom_gelu(x: Tensor) -> Tensor:
+    """tanh-approximated GELU with Bloom's constants (HF `bloom_gelu_forward`).
+
+    0.5 * (1 + tanh(z)) == sigmoid(2z): MindSpore's CPU tanh is off by up to 1e-4, its sigmoid
+    by < 1e-6, so the sigmoid form is what keeps logits within 1e-4 of HF.
+    """
+    z = 0.79788456 * x * (1.0 + 0.044715 * x * x)
+    return x * ops.sigmoid(2.0 * z)
+
+
+class Linear(nn.Cell):
+    """y = x W^T + b with W stored [out, in] (torch layout), computed in `compute_dtype`."""
+
+    def __init__(self, in_features: int, out_features: int, config: BloomConfig) -> None:
+        super().__init__()
+        param_dtype = MS_DTYPES[config.param_dtype]
+        self.compute_dtype = MS_DTYPES[config.compute_dtype]
+        init = Normal(config.initializer_range)
+        self.weight = Parameter(initializer(init, (out_features, in_features), param_dtype),
+                                name="weight")
+        self.bias = Parameter(initializer(Zero(), (out_features,), param_dtype), name="bias")
+        self.matmul = ops.MatMul(transpose_b=True)
+        self.out_features = out_features
+
+    def construct(self, x: Tensor) -> Tensor:
+        shape = x.shape
+        x = ops.cast(x, self.compute_dtype).reshape(-1, shape[-1])  # [tokens, in]
+        y = self.matmul(x, ops.cast(self.weight, self.compute_dtype))  # [tokens, out]
+        y = y + ops.cast(self.bias, self.compute_dtype)
+        return y.reshape(shape[:-1] + (self.out_features,))  # [..., out]
+
+
+class Embedding(nn.Cell):
+    """Token embedding table [vocab, hidden]; also the tied LM head's weight."""
+
+    def __init__(self, config: BloomConfig) -> None:
+        super().__init__()
+        self.compute_dtype = MS_DTYPES[config.compute_dtype]
+        self.weight = Parameter(initializer(Normal(config.initializer_range),
+                                            (config.vocab_size, config.hidden_size),
+                                            MS_DTYPES[config.param_dtype]), name="weight")
+
+    def construct(self, input_ids: Tensor) -> Tensor:
+        """int [batch, seq] -> [batch, seq, hidden] in compute_dtype."""
+        return ops.cast(ops.gather(self.weight, input_ids, 0), self.compute_dtype)
+
+
+class LayerNorm(nn.Cell):
+    """LayerNorm over the last axis in float32; returns `compute_dtype`."""
+
+    def __init__(self, hidden_size: int, config: BloomConfig) -> None:
+        super().__init__()
+        param_dtype = MS_DTYPES[config.param_dtype]
+        self.compute_dtype = MS_DTYPES[config.compute_dtype]
+        self.weight = Parameter(initializer(One(), (hidden_size,), param_dtype), name="weight")
+        self.bias = Parameter(initializer(Zero(), (hidden_size,), param_dtype), name="bias")
+        self.norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1,
+                                  epsilon=config.layer_norm_epsilon)
+
+    def construct(self, x: Tensor) -> Tensor:
+        y, _, _ = self.norm(ops.cast(x, ms.float32), ops.cast(self.weight, ms.float32),
+                            ops.cast(self.bias, ms.float32))
+        return ops.cast(y, self.compute_dtype)
+
+
+class Dropout(nn.Cell):
+    """Dropout that is the identity when p == 0 (no random op in the graph)."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.has_dropout = p > 0.0
+        self.dropout = nn.Dropout(p=p) if p > 0.0 else None
+
+    def construct(self, x: Tensor) -> Tensor:
+        if self.has_dropout:
+            return self.dropout(x)
+        return x
+
+
+class BloomAttention(nn.Cell):
+    """Multi-head self-attention with a fused QKV projection laid out per head (n_head, 3, hd)."""
+
+    def __init__(self, config: BloomConfig) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.head_dim = config.head_dim
+        self.hidden_size = config.hidden_size
+        self.compute_dtype = MS_DTYPES[config.compute_dtype]
+        self.inv_norm_factor = 1.0 / math.sqrt(self.head_dim)
+        self.query_key_value = Linear(config.hidden_size, 3 * config.hidden_size, config)
+        self.dense = Linear(config.hidden_size, config.hidden_size, config)
+        self.attention_dropout = Dropout(config.attention_dropout)
+        self.scores_matmul = ops.BatchMatMul(transpose_b=True)
+        self.context_matmul = ops.BatchMatMul()
+
+    def construct(self, x: Tensor, alibi: Tensor, mask: Tensor, k_cache: Tensor | None = None,
+                  v_cache: Tensor | None = None,
+                  write: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Attend the new tokens `x` to all keys (the cache, if given, plus themselves).
+
+        Args:
+            x: [batch, q_len, hidden] (already layer-normed).
+            alibi: float32 [batch, n_head, 1, keys].
+            mask: bool [batch, 1, q_len, keys], True where a query may attend a key.
+            k_cache, v_cache: [batch, n_head, keys, head_dim] fixed-size caches (decode only,
+                q_len == 1); the new key/value is written where `write` is 1.
+            write: float [1, 1, keys, 1] one-hot cache slot of the new token (decode only).
+
+        Returns:
+            (output [batch, q_len, hidden], keys, values [batch, n_head, keys, head_dim]).
+        """
+        batch, q_len, _ = x.shape
+        fused = self.query_key_value(x)  # [batch, q_len, 3*hidden]
+        fused = fused.reshape(batch, q_len, self.n_head, 3, self.head_dim)  # per head: q, k, v
+        q, k, v = ops.split(fused, 1, axis=3)  # each [batch, q_len, n_head, 1, head_dim]
+        q = q.squeeze(3).transpose(0, 2, 1, 3)  # [batch, n_head, q_len, head_dim]
+        k = k.squeeze(3).transpose(0, 2, 1, 3)  # [batch, n_head, q_len, head_dim]
+        v = v.squeeze(3).transpose(0, 2, 1, 3)  # [batch, n_head, q_len, head_dim]
+        if k_cache is not None:
+            keep = 1.0 - write
+            k = k_cache * keep + k * write  # [batch, n_head, keys, head_dim]
+            v = v_cache * keep + v * write  # [batch, n_head, keys, head_dim]
+        scores = ops.cast(self.scores_matmul(q, k), ms.float32)  # [batch, n_head, q_len, keys]
+        scores = scores * self.inv_norm_factor + alibi
+        scores = ops.select(mask, scores, ops.full_like(scores, MASK_FILL))
+        probs = ops.softmax(scores, -1)  # float32
+        probs = self.attention_dropout(ops.cast(probs, self.compute_dtype))
+        context = self.context_matmul(probs, v)  # [batch, n_head, q_len, head_dim]
+        context = context.transpose(0, 2, 1, 3).reshape(batch, q_len, self.hidden_size)
+        return self.dense(context), k, v
+
+
+class BloomMLP(nn.Cell):
+    """hidden -> 4*hidden -> GELU (tanh) -> hidden."""
+
+    def __init__(self, config: BloomConfig) -> None:
+        super().__init__()
+        self.dense_h_to_4h = Linear(config.hidden_size, 4 * config.hidden_size, config)
+        self.dense_4h_to_h = Linear(4 * config.hidden_size, config.hidden_size, config)
+
+    def construct(self, x: Tensor) -> Tensor:
+        return self.dense_4h_to_h(bloom_gelu(self.dense_h_to_4h(x)))
+
+
+class BloomBlock(nn.Cell):
+    """Pre-LN transformer block: x + attn(LN(x)), then h + mlp(LN(h)), dropout before each add."""
+
+    def __init__(self, config: BloomConfig) -> None:
+        super().__init__()
+        self.input_layernorm = LayerNorm(config.hidden_size, config)
+        self.self_attention = BloomAttention(config)
+        self.post_attention_layernorm = LayerNorm(config.hidden_size, config)
+        self.mlp = BloomMLP(config)
+        self.hidden_dropout = Dropout(config.hidden_dropout)
+
+    def construct(self, x: Tensor, alibi: Tensor, mask: Tensor, k_cache: Tensor | None = None,
+                  v_cache: Tensor | None = None,
+                  write: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Arguments as BloomAttention; returns (hidden [batch, q_len, hidden], keys, values)."""
+        attn, k, v = self.self_attention(self.input_layernorm(x), alibi, mask, k_cache, v_cache,
+                                         write)
+        h = x + self.hidden_dropout(attn)
+        out = h + self.hidden_dropout(self.mlp(self.post_attention_layernorm(h)))
+        return out, k, v
