@@ -205,17 +205,14 @@ ensure_bridge() {
 ensure_netns() {  # $1 index
   local i=$1 ns="$NSPREFIX$1" veth="$VETHPREFIX$1" ip
   ip="$(host_ip "$i")"
-  ip netns list | awk '{print $1}' | grep -qx "$ns" || ip netns add "$ns"
+  [ -e "/run/netns/$ns" ] || ip netns add "$ns"
   if ! ip link show "$veth" >/dev/null 2>&1; then
-    ip netns exec "$ns" ip link del eth0 2>/dev/null || true
+    ip -n "$ns" link del eth0 2>/dev/null || true
     ip link add "$veth" type veth peer name eth0 netns "$ns"
   fi
-  ip link set "$veth" master "$BRIDGE"
-  ip link set "$veth" up
-  ip netns exec "$ns" ip link set lo up
-  ip netns exec "$ns" ip addr replace "$ip/24" dev eth0
-  ip netns exec "$ns" ip link set eth0 up
-  ip netns exec "$ns" ip route replace default via "$PREFIX.1" dev eth0
+  ip link set "$veth" master "$BRIDGE" up
+  printf '%s\n' "link set lo up" "addr replace $ip/24 dev eth0" "link set eth0 up" \
+    "route replace default via $PREFIX.1 dev eth0" | ip -n "$ns" -batch -
 }
 
 remove_netns() {  # $1 namespace name
@@ -327,7 +324,8 @@ cmd_up() {
   for ((i = 0; i < COUNT; i++)); do
     if [ "$VARIANT" = netns ]; then
       write_host_files "$i" "$(host_ip "$i")" 22
-      ensure_netns "$i"
+      # a running host keeps its network as it is (idempotent `up` stays fast)
+      host_pid "$i" >/dev/null && [ -e "/run/netns/$NSPREFIX$i" ] || ensure_netns "$i"
     else
       write_host_files "$i" 127.0.0.1 $((BASEPORT + i))
     fi
