@@ -62,12 +62,15 @@ host_ip() { echo "$PREFIX.$(($1 + 2))"; }
 
 # ---- sshd per host --------------------------------------------------------------------------
 
-ensure_sshd_installed() {
-  if [ -x "$SSHD" ]; then return; fi
-  [ "$(id -u)" = 0 ] || die "$SSHD missing and not root: install openssh-server"
-  command -v apt-get >/dev/null || die "$SSHD missing and no apt-get: install openssh-server"
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server) \
-    >/dev/null || die "apt-get install openssh-server failed"
+ensure_sshd_installed() {  # openssh-server (sshd) and openssh-client (ssh-keygen, ssh)
+  local pkgs=()
+  [ -x "$SSHD" ] || pkgs+=(openssh-server)
+  command -v ssh-keygen >/dev/null || pkgs+=(openssh-client)
+  [ ${#pkgs[@]} -eq 0 ] && return 0
+  [ "$(id -u)" = 0 ] || die "missing ${pkgs[*]} and not root: install them"
+  command -v apt-get >/dev/null || die "missing ${pkgs[*]} and no apt-get: install them"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}") \
+    >/dev/null || die "apt-get install ${pkgs[*]} failed"
   [ -x "$SSHD" ] || die "openssh-server installed but $SSHD is missing"
 }
 
