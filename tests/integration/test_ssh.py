@@ -83,7 +83,12 @@ def test_private_workdir_and_pid_namespace(netns_hosts: TestHosts) -> None:
         owner, files, procs = r.stdout.split()
         assert owner == name and files == "1"
         assert int(procs) < 12  # sshd (PID 1), our session, the shell, ps: not the machine's
-    assert not (workdir / "whoami").exists() if isinstance(workdir, Path) else True
+    # the shared path is a private mount on each host: this machine sees it empty, and each
+    # host's file sits in its own DIR/hosts/<name>/work
+    assert not (Path(str(workdir)) / "whoami").exists()
+    for name in netns_hosts.names:
+        assert (netns_hosts.state / "hosts" / name / "work" / "whoami").read_text() == name + "\n"
+        (netns_hosts.state / "hosts" / name / "work" / "whoami").unlink()
 
 
 def test_one_host_down_is_named_others_succeed(testhosts: TestHosts) -> None:
@@ -253,3 +258,23 @@ def test_user_ssh_config_alias_and_proxyjump(netns_hosts: TestHosts, tmp_path: P
                 assert "a" in res.succeeded  # th1's own key is known
                 err = res.failed["j"]  # the jump host's key is not: refused
                 assert isinstance(err, HostKeyError) and th0 in str(err)
+
+
+def test_retries_connect_errors_with_backoff_never_commands(testhosts: TestHosts,
+                                                           tmp_path: Path) -> None:
+    inv = load_inventory(testhosts.inventory)
+    testhosts.stop("th3")
+    try:
+        with transport_for(inv.node("th3"), inv, connect_attempts=3, backoff=0.3) as t:
+            t0 = time.monotonic()
+            with pytest.raises(ConnectError, match="refused"):
+                t.open()
+            assert time.monotonic() - t0 >= 0.3 + 0.6  # two backoff sleeps: three tries
+    finally:
+        testhosts.start("th3")
+    counter = inv.node("th3").workdir / f"count-{tmp_path.name}"
+    with transport_for(inv.node("th3"), inv) as t:
+        with pytest.raises(RemoteCommandError):
+            t.run(f"echo x >> {counter}; exit 1")
+        assert t.run(["cat", str(counter)]).stdout == "x\n"  # ran exactly once
+        t.run(["rm", "-f", str(counter)])
