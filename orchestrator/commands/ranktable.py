@@ -111,16 +111,11 @@ def _generate(inventory_path: Path, output: Path | None, per_server_dir: Path | 
 def _discover(inv: Inventory, nodes: tuple[Node, ...], super_devices: bool,
               forks: int) -> dict[str, NodeProbe]:
     """Open a transport to each node and probe them all in parallel."""
-    from orchestrator.errors import NotImplementedYet
     from orchestrator.remote.probe import discover
 
     if not nodes:
         return {}
-    try:
-        from orchestrator.remote.connect import open_all  # SSH transport, issue #4
-    except ImportError:
-        raise NotImplementedYet("--discover needs the SSH transport (issue #4), which is not "
-                                "merged yet; give `device_ips` per node in the inventory") from None
+    from orchestrator.remote.connect import open_all
     with open_all(inv, nodes) as transports:
         return discover(list(transports.values()), super_devices=super_devices, forks=forks)
 
