@@ -20,7 +20,7 @@ in dictionary order of their id, servers in rank order.
 
 MindSpore numbers ranks in the dictionary order of `server_id` (192.168.0.10 sorts before
 192.168.0.2), devices ascending within a server. `node_rank_ranges` is the one place that
-order is computed; `plan`, the generated tables and `up` all read it.
+order is computed; `plan`, `up` and `build_tables` (which numbers the merged table) use it.
 """
 
 from __future__ import annotations
@@ -217,14 +217,17 @@ def check_device_range(devices: Sequence[int], where: str) -> None:
 def per_server_table(server_id: str, devices: Sequence[int], device_ips: Mapping[int, str], *,
                      version: str = VERSION_1_0,
                      super_device_ids: Mapping[int, str] | None = None,
-                     super_pod_id: str | None = None, first_rank: int = 0) -> RankTable:
+                     super_pod_id: str | None = None, first_rank: int = 0,
+                     label: str | None = None) -> RankTable:
     """One server's table, as hccl_tools writes it on that server (ranks from `first_rank`).
+
+    `label` names the node in messages (default: the server id).
 
     Raises:
         RankTableError: the device range breaks hccl_tools' rules, or a device has no IP
             (or no super_device_id in format 1.2).
     """
-    where = f"node {server_id}"
+    where = f"node {label or server_id}"
     check_device_range(devices, where)
     ids = sorted(devices)
     missing = [d for d in ids if d not in device_ips]
@@ -282,12 +285,12 @@ def build_tables(inv: Inventory, device_ips: Mapping[str, Mapping[int, str]], *,
             raise RankTableError(f"node {node.name}: no device IPs")
         sdids = (super_device_ids or {}).get(node.name)
         one = per_server_table(node.host, node.devices, device_ips[node.name], version=version,
-                               super_device_ids=sdids, super_pod_id=node.super_pod_id)
+                               super_device_ids=sdids, super_pod_id=node.super_pod_id,
+                               label=node.name if node.name == node.host
+                               else f"{node.name} ({node.host})")
         per_server.append(one)
         merged.append(replace(one.servers[0], rank_start=r.rank_start))
-    table = RankTable(servers=tuple(merged), version=version)
-    _assert_ranges_agree(inv, table)
-    return table, tuple(per_server)
+    return RankTable(servers=tuple(merged), version=version), tuple(per_server)
 
 
 def _reject_duplicate_hosts(inv: Inventory) -> None:
@@ -297,16 +300,6 @@ def _reject_duplicate_hosts(inv: Inventory) -> None:
             raise RankTableError(f"{inv.path}: nodes {seen[n.host]} and {n.name} share host "
                                  f"{n.host}; a rank table needs one server_id per server")
         seen[n.host] = n.name
-
-
-def _assert_ranges_agree(inv: Inventory, table: RankTable) -> None:
-    """The merged table and `node_rank_ranges` must give every node the same range."""
-    ranges = table.rank_ranges()
-    for r in node_rank_ranges(inv):
-        if ranges.get(r.node.host) != (r.rank_start, r.rank_end):
-            raise RankTableError(f"internal: node {r.node.name} holds ranks "
-                                 f"{ranges.get(r.node.host)} in the table but "
-                                 f"[{r.rank_start},{r.rank_end}) in the plan")
 
 
 def resolve_device_ips(inv: Inventory, discovered: Mapping[str, Mapping[int, str]] | None = None,
