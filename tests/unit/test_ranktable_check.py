@@ -78,6 +78,11 @@ def test_non_string_values() -> None:
     assert "server_list[1] (10.0.0.9) device[1]: `device_id` must be a string, got 1" in found
 
 
+def test_empty_server_list() -> None:
+    found = problems_after(lambda d: d.update(server_list=[], server_count="0"))
+    assert found == ["`server_list` is empty"]
+
+
 def test_server_count_mismatch() -> None:
     found = problems_after(lambda d: d.update(server_count="3"))
     assert found == ["`server_count` is 3 but `server_list` has 2 server(s)"]
