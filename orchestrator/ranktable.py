@@ -487,6 +487,7 @@ def validate_doc(doc: Any) -> list[str]:
 class _Seen:
     """What the validator could read of one server (None where unreadable)."""
 
+    index: int  # position in server_list
     where: str
     server_id: str | None
     devices: list[tuple[int, int | None, str | None, int | None]]  # index, dev id, ip, rank
@@ -519,7 +520,7 @@ def _check_servers(servers: list[Any], v12: bool, problems: list[str]) -> list[_
             devices = []
         if "device" in s and not devices:
             problems.append(f"{where}: `device` is empty")
-        seen = _Seen(where=where, server_id=sid, devices=[])
+        seen = _Seen(index=i, where=where, server_id=sid, devices=[])
         need = _DEVICE_KEYS_V12 if v12 else _DEVICE_KEYS_SET
         for j, d in enumerate(devices):
             if type(d) is dict and d.keys() >= need:  # fast path for well-formed devices
@@ -655,9 +656,23 @@ def _check_super_pods(doc: dict[str, Any], servers: list[_Seen], problems: list[
                 problems.append(f"server_id {sid} is in {listed[sid]} and super pod {pod}")
             else:
                 listed[sid] = f"super pod {pod}"
+    sdid_at: dict[tuple[str, str], str] = {}  # (super pod, SDID) -> where; HCCL needs unique
+    raw = doc.get("server_list")
     for s in servers:
         if s.server_id is not None and s.server_id not in listed:
             problems.append(f"{s.where}: not listed in any super pod of `super_pod_list`")
+            continue
+        raw_devices = raw[s.index].get("device")
+        for j, _dev, _ip, _rank in s.devices:
+            sdid = raw_devices[j].get("super_device_id")
+            if not isinstance(sdid, str) or s.server_id is None:
+                continue  # reported already
+            key = (listed[s.server_id], sdid)
+            if key in sdid_at:
+                problems.append(f"duplicate super_device_id {sdid} in {key[0]}: "
+                                f"{sdid_at[key]} and {s.device(j)}")
+            else:
+                sdid_at[key] = s.device(j)
 
 
 def parse_table(text: str, source: str) -> RankTable:

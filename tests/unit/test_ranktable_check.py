@@ -152,6 +152,25 @@ def test_every_problem_reported_at_once() -> None:
     assert len(problems_after(change)) == 4
 
 
+def test_version_1_2_duplicate_super_device_id_in_a_pod() -> None:
+    def v12(d, same_pod: bool):
+        d["version"] = "1.2"
+        for s in d["server_list"]:
+            for j, dev in enumerate(s["device"]):
+                dev["super_device_id"] = str(j)  # 0, 1 on both servers
+        d["super_pod_list"] = (
+            [{"super_pod_id": "0", "server_list": [{"server_id": "10.0.0.10"},
+                                                   {"server_id": "10.0.0.9"}]}] if same_pod else
+            [{"super_pod_id": "0", "server_list": [{"server_id": "10.0.0.10"}]},
+             {"super_pod_id": "1", "server_list": [{"server_id": "10.0.0.9"}]}])
+    assert problems_after(lambda d: v12(d, same_pod=False)) == []
+    found = problems_after(lambda d: v12(d, same_pod=True))
+    assert found == ["duplicate super_device_id 0 in super pod 0: server_list[0] (10.0.0.10) "
+                     "device[0] and server_list[1] (10.0.0.9) device[0]",
+                     "duplicate super_device_id 1 in super pod 0: server_list[0] (10.0.0.10) "
+                     "device[1] and server_list[1] (10.0.0.9) device[1]"]
+
+
 def test_version_1_2_needs_its_fields() -> None:
     def change(d):
         d["version"] = "1.2"
