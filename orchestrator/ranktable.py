@@ -504,14 +504,14 @@ def _check_servers(servers: list[Any], v12: bool, problems: list[str]) -> list[_
         if not isinstance(s, dict):
             problems.append(f"{where}: expected an object, got {type(s).__name__}")
             continue
-        for key in _SERVER_KEYS:
-            if key not in s:
-                problems.append(f"{where}: missing key `{key}`")
         sid = _string(s, "server_id", where, problems)
         if sid is not None:
             where = f"{where} ({sid})"
             if _DOTTED.fullmatch(sid) and not is_valid_ipv4(sid):
                 problems.append(f"{where}: server_id {sid!r} is not a valid IPv4 address")
+        for key in _SERVER_KEYS:
+            if key not in s:
+                problems.append(f"{where}: missing key `{key}`")
         if "host_nic_ip" in s:
             _string(s, "host_nic_ip", where, problems)
         devices = s.get("device", [])
