@@ -20,10 +20,14 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from orchestrator import flags
+
+if TYPE_CHECKING:
+    from orchestrator.remote.transport import CommandResult, Transport
 
 
 @dataclass(frozen=True)
@@ -43,9 +47,16 @@ class NodeOutcome:
         return self.error is None and self.exit_code == 0
 
     def to_json(self) -> dict[str, object]:
-        return {"name": self.name, "host": self.host, "exit_code": self.exit_code,
-                "ok": self.ok, "seconds": round(self.seconds, 3), "stdout": self.stdout,
-                "stderr": self.stderr, "error": self.error}
+        return {
+            "name": self.name,
+            "host": self.host,
+            "exit_code": self.exit_code,
+            "ok": self.ok,
+            "seconds": round(self.seconds, 3),
+            "stdout": self.stdout,
+            "stderr": self.stderr,
+            "error": self.error,
+        }
 
 
 def prefixed(name: str, text: str) -> str:
@@ -62,8 +73,7 @@ def grouped(outcomes: list[NodeOutcome]) -> str:
         groups.setdefault((o.stdout, o.stderr, o.error), []).append(o.name)
     parts = []
     for (out, err, error), names in groups.items():
-        parts.append(f"==== {', '.join(names)} ({len(names)} node{'s' * (len(names) != 1)}) "
-                     "====\n")
+        parts.append(f"==== {', '.join(names)} ({len(names)} node{'s' * (len(names) != 1)}) ====\n")
         parts.append(out if not out or out.endswith("\n") else out + "\n")
         if err:
             parts.append("".join(f"stderr: {line}\n" for line in err.splitlines()))
@@ -92,8 +102,9 @@ def to_outcome(name: str, host: str, value: object, seconds: float) -> NodeOutco
     if isinstance(value, RemoteCommandError):
         value = value.result
     if isinstance(value, CommandResult):
-        return NodeOutcome(name, host, value.exit_code, value.stdout, value.stderr,
-                           value.seconds, None)
+        return NodeOutcome(
+            name, host, value.exit_code, value.stdout, value.stderr, value.seconds, None
+        )
     message = str(value).removeprefix(f"[{name}] ") or type(value).__name__
     return NodeOutcome(name, host, None, "", "", seconds, message)
 
@@ -101,20 +112,44 @@ def to_outcome(name: str, host: str, value: object, seconds: float) -> NodeOutco
 @click.command("exec")
 @flags.inventory_option(required=True)
 @flags.forks_option()
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Seconds each node's command may run; it is killed on the node after that.")
-@click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
-              show_default=True, help="Seconds to connect to a node (each try; 3 tries).")
-@click.option("--node", "-n", "only", multiple=True, metavar="NAME",
-              help="Run only on this node (name or host). Repeatable.")
-@click.option("--group", is_flag=True,
-              help="Print output at the end, nodes with identical output together.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds each node's command may run; it is killed on the node after that.",
+)
+@click.option(
+    "--connect-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds to connect to a node (each try; 3 tries).",
+)
+@click.option(
+    "--node",
+    "-n",
+    "only",
+    multiple=True,
+    metavar="NAME",
+    help="Run only on this node (name or host). Repeatable.",
+)
+@click.option(
+    "--group", is_flag=True, help="Print output at the end, nodes with identical output together."
+)
 @flags.json_option()
 @click.argument("command", nargs=-1, required=True)
 @click.pass_context
-def exec_command(ctx: click.Context, inventory_path: Path, forks: int, timeout: float | None,
-                 connect_timeout: float, only: tuple[str, ...], group: bool, as_json: bool,
-                 command: tuple[str, ...]) -> None:
+def exec_command(
+    ctx: click.Context,
+    inventory_path: Path,
+    forks: int,
+    timeout: float | None,
+    connect_timeout: float,
+    only: tuple[str, ...],
+    group: bool,
+    as_json: bool,
+    command: tuple[str, ...],
+) -> None:
     """Run a shell command on every node; output prefixed [node]; summary table at the end.
 
     \b
@@ -136,7 +171,7 @@ def exec_command(ctx: click.Context, inventory_path: Path, forks: int, timeout: 
     seconds: dict[str, float] = {}
     hosts = {n.name: n.host for n in nodes}
 
-    def one(t):  # type: ignore[no-untyped-def]
+    def one(t: Transport) -> CommandResult:
         started[t.node.name] = time.monotonic()
         return t.run(line, check=True, timeout=timeout)
 
@@ -155,12 +190,18 @@ def exec_command(ctx: click.Context, inventory_path: Path, forks: int, timeout: 
 
     with open_all(inv, nodes, connect_timeout=connect_timeout) as transports:
         result = map_nodes(transports, one, forks=forks, on_done=on_done)
-    outcomes = [to_outcome(name, hosts[name], value, seconds.get(name, 0.0))
-                for name, value in result.outcomes.items()]
+    outcomes = [
+        to_outcome(name, hosts[name], value, seconds.get(name, 0.0))
+        for name, value in result.outcomes.items()
+    ]
     failed = [o.name for o in outcomes if not o.ok]
     if as_json:
-        click.echo(json.dumps({"command": line, "nodes": [o.to_json() for o in outcomes],
-                               "failed": failed}, indent=2))
+        click.echo(
+            json.dumps(
+                {"command": line, "nodes": [o.to_json() for o in outcomes], "failed": failed},
+                indent=2,
+            )
+        )
     else:
         if group:
             click.echo(grouped(outcomes), nl=False)

@@ -45,8 +45,14 @@ class Transport(Protocol):
         """Connect now instead of on first use (ConnectError/HostKeyError); idempotent."""
         ...
 
-    def run(self, cmd: Sequence[str] | str, *, check: bool = True, timeout: float | None = None,
-            env: Mapping[str, str] | None = None) -> CommandResult:
+    def run(
+        self,
+        cmd: Sequence[str] | str,
+        *,
+        check: bool = True,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> CommandResult:
         """Run `cmd` (a list is shlex-joined; a string goes to the shell as is)."""
         ...
 
