@@ -13,6 +13,9 @@ folder defaults to `<folder of JOB.yaml>/output`. `--set` accepts train.steps,
 train.save_steps, train.log_steps, train.lr, model.seq_length (alias train.seq_length),
 data.path, and any other key of the job file.
 
+Relative paths in the job (data.path, train.load_checkpoint, job.output_dir) are relative to
+the current directory.
+
 Launch modes (read from the environment, nothing to pass):
 - rank table (Ascend, HCCL): RANK_TABLE_FILE, RANK_ID, RANK_SIZE, DEVICE_ID.
 - dynamic cluster (what msrun sets; CPU, GPU, Ascend): MS_ROLE, MS_SCHED_HOST, MS_SCHED_PORT,
@@ -45,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from model import checkpoint as ck
-from model.data import DataError, create_dataset, has_column
+from model.data import DataError, create_dataset, has_column, sample_length
 from model.job import Job, JobFileError, load_job
 from model.schedule import lr_at, lr_schedule
 
@@ -315,6 +318,12 @@ def train(job: Job, resume: bool, t0: float) -> int:
     out = job.output_dir
     data_path = Path(job.data["path"])
     use_mask = has_column(data_path, "loss_mask")
+    width = sample_length(data_path)
+    if width != int(job.model["seq_length"]) + 1:
+        raise TrainError(f"data.path={str(data_path)!r} holds samples of {width} token ids, "
+                         f"model.seq_length={job.model['seq_length']} needs "
+                         f"{int(job.model['seq_length']) + 1} (prepare-data --seq-length "
+                         f"{job.model['seq_length']}, or --set model.seq_length={width - 1})")
     steps = int(t["steps"])
     lrs = lr_schedule(steps, float(t["lr"]), float(t["min_lr"]), int(t["warmup_steps"]))
     semi_auto = layout.model_parallel * layout.pipeline_stage > 1

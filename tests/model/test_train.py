@@ -114,6 +114,9 @@ def test_model_parallel_on_cpu_is_refused(tmp_path: Path, data_dir: Path) -> Non
     proc = run(job, "--set", "parallel.model_parallel=2")
     assert proc.returncode == 1
     assert "parallel.model_parallel=2" in proc.stderr and "only data parallel" in proc.stderr
+    short = run(job, "--set", "train.seq_length=64")
+    assert short.returncode == 1
+    assert "holds samples of 97 token ids, model.seq_length=64 needs 65" in short.stderr
     bad = run(job, "--set", "train.stepz=3")
     assert bad.returncode == 1 and "unknown key 'train.stepz'" in bad.stderr
     assert not (tmp_path / "mp" / "output").exists()
