@@ -362,7 +362,8 @@ def train(job: Job, resume: bool, t0: float) -> int:
     batches = dataset.create_tuple_iterator()
     step_cell.set_train(True)
     tokens_per_step = layout.global_batch * int(job.model["seq_length"])
-    meta = {"job_id": job.job_id, "layout": layout.manifest(), "world_size": dist.world,
+    meta = {"job_id": job.job_id, "job": job.to_dict()["job"], "train": dict(job.train),
+            "layout": layout.manifest(), "world_size": dist.world,
             "micro_batch_size": layout.micro_batch_size,
             "micro_batch_num": layout.micro_batch_num, "model": dict(job.model),
             "device_target": t["device_target"]}
