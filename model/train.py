@@ -254,12 +254,13 @@ def build_cells(job: Job, layout: Layout, dist: Dist, use_mask: bool, start_lrs:
 def apply_shard_strategies(model: Any, layout: Layout) -> None:
     """Megatron-style strategies for the semi-auto parallel (Ascend) path.
 
-    Column-parallel QKV and h->4h, row-parallel dense and 4h->h; blocks spread over pipeline
-    stages in order, the embeddings on the first and ln_f on the last. Operators not annotated
-    here get MindSpore's default strategy. The tied embedding / LM-head weight stays replicated
-    (data-parallel LM head): MindSpore needs one slicing for a parameter with several users, and
-    the embedding lookup (`ops.gather` inside model/layers.py) exposes no primitive to shard, so
-    a vocab-parallel embedding needs that layer to hold a shardable Gather first.
+    Column-parallel QKV and h->4h, row-parallel dense and 4h->h (set per Linear cell with
+    `Cell.shard`: input layout + parameter plan); blocks spread over pipeline stages in order,
+    the embeddings on the first and ln_f on the last. Operators not annotated here get
+    MindSpore's default strategy. The tied embedding / LM-head weight stays replicated
+    (data-parallel LM head): MindSpore needs one slicing for a parameter with several users,
+    and the embedding lookup (`ops.gather` inside model/layers.py) exposes no primitive to
+    shard, so a vocab-parallel embedding needs that layer to hold a shardable Gather first.
     """
     dp, mp = layout.data_parallel, layout.model_parallel
     blocks = list(model.transformer.h)
@@ -267,10 +268,12 @@ def apply_shard_strategies(model: Any, layout: Layout) -> None:
     for i, block in enumerate(blocks):
         block.pipeline_stage = min(i // per_stage, layout.pipeline_stage - 1)
         attn, mlp = block.self_attention, block.mlp
-        attn.query_key_value.matmul.shard(((dp, 1), (mp, 1)))
-        mlp.dense_h_to_4h.matmul.shard(((dp, 1), (mp, 1)))
-        attn.dense.matmul.shard(((dp, mp), (1, mp)))
-        mlp.dense_4h_to_h.matmul.shard(((dp, mp), (1, mp)))
+        for linear in (attn.query_key_value, mlp.dense_h_to_4h):  # column parallel
+            linear.shard(in_strategy=((dp, 1, 1),),
+                         parameter_plan={linear.weight.name: (mp, 1), linear.bias.name: (mp,)})
+        for linear in (attn.dense, mlp.dense_4h_to_h):  # row parallel
+            linear.shard(in_strategy=((dp, 1, mp),),
+                         parameter_plan={linear.weight.name: (1, mp), linear.bias.name: (1,)})
     model.transformer.word_embeddings.pipeline_stage = 0
     model.transformer.word_embeddings_layernorm.pipeline_stage = 0
     model.transformer.ln_f.pipeline_stage = layout.pipeline_stage - 1
