@@ -270,7 +270,7 @@ def _collect(
     t2 = time.monotonic()
     local = {c.rank: dest / c.local_rel for c in plan.fetch}
     local.update({r: local[src] for r, src in plan.copies.items()})
-    name = f"bloom_{preset or 'unknown'}_step{chosen}"
+    name = f"bloom_{Path(preset).stem if preset else 'unknown'}_step{chosen}"
     job = ckpt_output.JobInfo(job_id, chosen, preset, model_json, layout)
     if dst_strategy is None:
         merged, peak = ckpt_output.to_one_device(dest, name, local, strategy, keep_optimizer)
