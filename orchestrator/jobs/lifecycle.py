@@ -187,14 +187,13 @@ def launch(record: JobRecord, inv: Inventory, store: JobStore, spec: JobSpec,
     """
     record = record.with_status(JobStatus.LAUNCHING)
     store.save(record)
-    pairs = job_nodes(record, inv)
-    plan_nodes = [node for _, node in pairs]
-    code = stage_mod.code_manifest()
-    _, local_data = _data_paths(spec, build_plan(inv, spec))
-    data = stage_mod.data_manifest(local_data) if local_data else []
-    staged: dict[str, stage_mod.Staged] = {}
     started = False
     try:
+        pairs = job_nodes(record, inv)
+        plan_nodes = [node for _, node in pairs]
+        code = stage_mod.code_manifest()
+        _, local_data = _data_paths(spec, build_plan(inv, spec))
+        data = stage_mod.data_manifest(local_data) if local_data else []
         with tempfile.TemporaryDirectory(prefix="orchestrate-stage-") as tmp:
             def stage_one(t: Transport) -> stage_mod.Staged:
                 node = t.node

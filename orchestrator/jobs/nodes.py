@@ -72,7 +72,8 @@ class NodeReport:
     staged: bool  # launch.sh exists on the node
     supervisor: str  # running | exited | none
     slots: tuple[SlotReport, ...]
-    first_failure: tuple[str, int] | None = None  # (slot, exit code) the supervisor saw first
+    # (slot, exit code, unix time) of the node's first failure not caused by a stop
+    first_failure: tuple[str, int, float] | None = None
 
 
 def parse_metrics(line: str) -> dict[str, float]:
@@ -89,7 +90,7 @@ def parse_metrics(line: str) -> dict[str, float]:
 def parse_status(node: str, text: str) -> NodeReport:
     """Parse the output of `launch.sh status` (or `nojob`)."""
     supervisor = "none"
-    first_failure: tuple[str, int] | None = None
+    first_failure: tuple[str, int, float] | None = None
     slots: dict[str, dict[str, object]] = {}
     order: list[str] = []
     staged = True
@@ -99,8 +100,14 @@ def parse_status(node: str, text: str) -> NodeReport:
             staged = False
         elif parts[0] == "supervisor" and len(parts) > 1:
             supervisor = parts[1]
-        elif parts[0] == "first_failure" and len(parts) == 3 and parts[2].lstrip("-").isdigit():
-            first_failure = (parts[1], int(parts[2]))
+        elif parts[0] == "first_failure" and len(parts) == 3:
+            code, _, when = parts[2].partition(" ")
+            if code.lstrip("-").isdigit():
+                try:
+                    at = float(when)
+                except ValueError:
+                    at = 0.0
+                first_failure = (parts[1], int(code), at)
         elif parts[0] == "slot":
             fields = line.split()
             if len(fields) == 5:

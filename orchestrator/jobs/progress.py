@@ -22,13 +22,12 @@ def failure_reason(reports: Reports) -> str:
 
     The supervisors' own record of the first failure wins over slots they stopped since.
     """
-    for name, r in reports.items():
-        if isinstance(r, NodeReport) and r.first_failure is not None:
-            slot, code = r.first_failure
-            killed = code in (137, 143)  # SIGKILL/SIGTERM: likely stopped, not the cause
-            if not killed:
-                what = "scheduler" if slot == SCHED_SLOT else f"rank {slot}"
-                return f"{what} on {name} exited {code}"
+    firsts = sorted((r.first_failure[2], name, r.first_failure[:2]) for name, r in reports.items()
+                    if isinstance(r, NodeReport) and r.first_failure is not None)
+    if firsts:
+        _, name, (slot, code) = firsts[0]
+        what = "scheduler" if slot == SCHED_SLOT else f"rank {slot}"
+        return f"{what} on {name} exited {code}"
     for name, r in reports.items():
         if isinstance(r, NodeReport):
             for s in r.slots:
