@@ -291,6 +291,8 @@ def down_command(job_id: str | None, all_jobs: bool, yes: bool, inventory_path: 
                  state_dir: Path, forks: int) -> None:
     """Stop a job on every node and verify nothing of it is left; mark it CANCELLED.
 
+    JOB defaults to the latest job still running (else the latest job).
+
     SIGTERM each rank's process group, wait, SIGKILL what is left, then kill anything
     still carrying the job's id. Idempotent. Unreachable nodes are named (exit 1);
     run `down` again once they are back.
@@ -308,7 +310,7 @@ def down_command(job_id: str | None, all_jobs: bool, yes: bool, inventory_path: 
             click.echo("no running jobs")
             return
     else:
-        targets = [store.load(store.resolve(job_id))]
+        targets = [store.load(store.resolve(job_id, prefer_live=True))]
     names = ", ".join(r.job_id for r in targets)
     if not yes and not click.confirm(f"stop {names}?", default=False):
         raise click.Abort()

@@ -25,7 +25,7 @@ from pathlib import Path
 from orchestrator.errors import JobError, OrchestrateError
 from orchestrator.inventory import Connection, Inventory
 from orchestrator.jobs import stage as stage_mod
-from orchestrator.jobs.nodes import fan_out, job_nodes, launch_command
+from orchestrator.jobs.nodes import fan_out, job_nodes, launch_command, open_transport
 from orchestrator.jobs.state import JobRecord, JobStatus, JobStore, NodeRecord, new_job_id
 from orchestrator.plan import Plan, build_plan
 from orchestrator.presets import JobSpec
@@ -168,13 +168,14 @@ def _failures(results: Mapping[str, object]) -> dict[str, BaseException]:
 
 
 def _describe(failed: Mapping[str, BaseException]) -> str:
-    parts = []
+    """`[th0, th1] node busy: ...; [th2] connection refused`: nodes with the same cause merged."""
+    by_cause: dict[str, list[str]] = {}
     for name, exc in failed.items():
-        text = str(exc)
-        if not text.startswith(f"[{name}]"):
-            text = f"[{name}] {text or type(exc).__name__}"
-        parts.append(text)
-    return "; ".join(parts)
+        text = str(exc) or type(exc).__name__
+        if text.startswith(f"[{name}] "):
+            text = text[len(name) + 3:]
+        by_cause.setdefault(text, []).append(name)
+    return "; ".join(f"[{', '.join(names)}] {cause}" for cause, names in by_cause.items())
 
 
 def launch(record: JobRecord, inv: Inventory, store: JobStore, spec: JobSpec,
@@ -188,8 +189,10 @@ def launch(record: JobRecord, inv: Inventory, store: JobStore, spec: JobSpec,
     record = record.with_status(JobStatus.LAUNCHING)
     store.save(record)
     started = False
+    transports: dict[str, Transport] = {}
     try:
         pairs = job_nodes(record, inv)
+        transports.update({node.name: open_transport(inv, node) for _, node in pairs})
         plan_nodes = [node for _, node in pairs]
         code = stage_mod.code_manifest()
         _, local_data = _data_paths(spec, build_plan(inv, spec))
@@ -203,7 +206,7 @@ def launch(record: JobRecord, inv: Inventory, store: JobStore, spec: JobSpec,
                 return stage_mod.stage_node(t, record.job_id, str(node.workdir), files, secrets,
                                             Path(tmp))
 
-            results = fan_out(inv, plan_nodes, stage_one, forks)
+            results = fan_out(inv, plan_nodes, stage_one, forks, transports)
         failed = _failures(results)
         staged = {k: v for k, v in results.items() if isinstance(v, stage_mod.Staged)}
         nodes = tuple(n.__class__(**{**n.__dict__, "job_dir": staged[n.name].job_dir})
@@ -212,9 +215,9 @@ def launch(record: JobRecord, inv: Inventory, store: JobStore, spec: JobSpec,
         store.save(record)
         if failed:
             raise JobError(f"staging failed, nothing started: {_describe(failed)}")
-        echo(f"staged {len(staged)} node(s): "
-             f"{sum(s.sent for s in staged.values())} file(s) sent, "
-             f"{sum(s.skipped for s in staged.values())} unchanged")
+        echo(f"staged {len(staged)} node(s): {sum(s.sent for s in staged.values())} blob(s) "
+             f"uploaded, {sum(s.skipped for s in staged.values())} file(s) already there by "
+             "sha256 or sent inline")
         by_name = {n.name: n for n in record.nodes}
         started = True
 
@@ -233,7 +236,7 @@ def launch(record: JobRecord, inv: Inventory, store: JobStore, spec: JobSpec,
                     pids[parts[1]] = int(parts[2])
             return pids
 
-        results = fan_out(inv, plan_nodes, start_one, forks)
+        results = fan_out(inv, plan_nodes, start_one, forks, transports)
         failed = _failures(results)
         nodes = tuple(n.__class__(**{**n.__dict__, "pids": results[n.name]})
                       if isinstance(results.get(n.name), dict) else n for n in record.nodes)
@@ -258,6 +261,12 @@ def launch(record: JobRecord, inv: Inventory, store: JobStore, spec: JobSpec,
         if not started:
             store.save(record.with_status(JobStatus.FAILED, str(e)))
         raise
+    finally:
+        for t in transports.values():
+            try:
+                t.close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
 
 
 def _stop_everywhere(record: JobRecord, inv: Inventory,

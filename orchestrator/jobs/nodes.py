@@ -29,11 +29,18 @@ def open_transport(inv: Inventory, node: Node) -> Transport:
 
 
 def fan_out(inv: Inventory, nodes: Sequence[Node], fn: Callable[[Transport], T],
-            forks: int = 64) -> dict[str, T | BaseException]:
-    """Run `fn(transport)` for every node in parallel; each node's result or exception."""
+            forks: int = 64, transports: Mapping[str, Transport] | None = None,
+            ) -> dict[str, T | BaseException]:
+    """Run `fn(transport)` for every node in parallel; each node's result or exception.
+
+    With `transports` (node name -> open transport) those are used and left open; otherwise
+    each node gets a fresh transport, closed afterwards.
+    """
 
     def one(node: Node) -> T | BaseException:
         try:
+            if transports is not None:
+                return fn(transports[node.name])
             with open_transport(inv, node) as t:
                 return fn(t)
         except Exception as e:  # noqa: BLE001 - recorded per node, reported by the caller

@@ -3,20 +3,22 @@
     manifest = code_manifest() + data_manifest(path) + rendered files
     stage_node(transport, job_id, workdir, manifest, secret_files)  -> absolute job dir
 
-Files travel as blobs named by sha256 into `<workdir>/blobs/` (one tar per node, only the
-blobs the node lacks), then are hard-linked into `<workdir>/jobs/<job_id>/`. Secrets (env.sh)
-never become blobs: they are uploaded straight to the job folder with mode 0600.
-Three round trips per node: prepare (which blobs are missing), put (one tar), install.
+Files travel as blobs named by sha256 into `<workdir>/blobs/` (small rendered files inline in
+the first command, the others as one tar of only the blobs the node lacks), then are
+hard-linked into `<workdir>/jobs/<job_id>/`. Secrets (env.sh) never become blobs: they are
+uploaded straight to the job folder with mode 0600. A node that already holds the code costs
+one round trip.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import shlex
 import tarfile
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -103,47 +105,82 @@ _START_TIME_FN = (
     'st_of() { local s; s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1; s=${s##*) }; '
     'set -- $s; echo "${20}"; }'
 )
+# Link blob $1 to job-relative path $2, or report it missing.
+_LINK_FN = ('l() { if [ -f "$B/$1" ]; then ln -f "$B/$1" "$J/$2" 2>/dev/null '
+            '|| cp -f "$B/$1" "$J/$2"; else echo "missing $1"; fi; }')
+INLINE_MAX = 64 * 1024  # files up to this size travel inside the command, base64
+COMMAND_MAX = 96 * 1024  # a command is one argv string on the node: Linux caps those at 128 KiB
 
 
-def prepare_command(workdir: str, job_id: str, shas: Iterable[str]) -> str:
-    """Create folders, report the absolute paths, a live job holding the node, missing blobs."""
+def _link_lines(files: Sequence[StageFile]) -> list[str]:
+    dirs = sorted({str(PurePosixPath(f.rel).parent) for f in files} - {"."})
+    lines = [f'mkdir -p "$J"/{shlex.quote(d)}' for d in dirs]
+    lines += [f"l {f.sha256} {shlex.quote(f.rel)}" for f in files]
+    return lines
+
+
+def _inline_lines(files: Sequence[StageFile]) -> list[str]:
+    """Write small in-memory blobs (the rendered files) straight from the command."""
+    lines, seen = [], set()
+    for f in files:
+        if f.data is None or len(f.data) > INLINE_MAX or f.sha256 in seen:
+            continue
+        seen.add(f.sha256)
+        b64 = base64.b64encode(f.data).decode()
+        tmp = f'"$B/.{f.sha256}.tmp"'
+        lines.append(f'[ -f "$B/{f.sha256}" ] || {{ printf %s {b64} | base64 -d >{tmp} && '
+                     f'chmod {f.mode:o} {tmp} && mv -f {tmp} "$B/{f.sha256}"; }}')
+    return lines
+
+
+def _chunked(header: list[str], body: list[str]) -> list[str]:
+    """Split `body` over as few commands as fit COMMAND_MAX, each starting with `header`."""
+    commands, current, size = [], list(header), sum(len(h) + 1 for h in header)
+    for line in body:
+        if size + len(line) + 1 > COMMAND_MAX and len(current) > len(header):
+            commands.append("\n".join(current))
+            current, size = list(header), sum(len(h) + 1 for h in header)
+        current.append(line)
+        size += len(line) + 1
+    commands.append("\n".join(current))
+    return commands
+
+
+def stage_commands(workdir: str, job_id: str, files: Sequence[StageFile]) -> list[str]:
+    """Commands that prepare the folders, refuse a busy node, write small blobs inline and
+    link every file whose blob is present; they print `workdir`, `jobdir`, `busy`, `missing`."""
     wd = shell_path(workdir)
     jid = shlex.quote(job_id)
-    unique = " ".join(sorted(set(shas)))
-    return "\n".join([
+    first = [
         "set -eu",
         _START_TIME_FN,
         f"mkdir -p {wd}/jobs/{jid} {wd}/blobs",
         f"cd {wd}",
-        'echo "workdir $(pwd -P)"',
-        f'echo "jobdir $(cd jobs/{jid} && pwd -P)"',
+        'B="$(pwd -P)/blobs"; J="$(cd jobs/' + jid + ' && pwd -P)"',
+        'echo "workdir $(pwd -P)"; echo "jobdir $J"',
         "if [ -f jobs/ACTIVE ]; then",
         "  o=; p=; s=; read -r o p s < jobs/ACTIVE || true",
         f'  if [ "$o" != {jid} ] && [ -n "$p" ] && [ -n "$s" ] && [ "$(st_of "$p")" = "$s" ]; then '
-        'echo "busy $o"; fi',
+        'echo "busy $o"; exit 0; fi',
         "fi",
-        (f"for s in {unique}; do [ -f \"blobs/$s\" ] || echo \"missing $s\"; done"
-         if unique else ":"),
-    ])
+        _LINK_FN,
+    ]
+    header = ["set -eu", f"cd {wd}", 'B="$(pwd -P)/blobs"; J="$(cd jobs/' + jid + ' && pwd -P)"',
+              _LINK_FN]
+    body = _inline_lines(files) + _link_lines(files)
+    commands = _chunked(first, body)
+    return commands[:1] + [c.replace("\n".join(first), "\n".join(header), 1)
+                           for c in commands[1:]]
 
 
-def install_command(workdir_abs: str, job_dir_abs: str, files: Sequence[StageFile],
-                    tar_name: str | None) -> str:
-    """Unpack the uploaded blobs (if any), hard-link every file into the job folder."""
-    blobs = shlex.quote(f"{workdir_abs}/blobs")
-    lines = ["set -eu", f"cd {blobs}"]
-    if tar_name:
-        t = shlex.quote(tar_name)
-        lines += [f"tar -xf {t}", f"rm -f {t}"]
-    lines.append(f"cd {shlex.quote(job_dir_abs)}")
-    dirs = sorted({str(PurePosixPath(f.rel).parent) for f in files} - {"."})
-    if dirs:
-        lines.append("mkdir -p " + " ".join(shlex.quote(d) for d in dirs))
-    for f in files:
-        src = shlex.quote(f"{workdir_abs}/blobs/{f.sha256}")
-        dst = shlex.quote(f.rel)
-        lines.append(f"ln -f {src} {dst} 2>/dev/null || cp -f {src} {dst}")
-    return "\n".join(lines)
+def install_commands(workdir_abs: str, job_dir_abs: str, files: Sequence[StageFile],
+                     tar_name: str) -> list[str]:
+    """Unpack the uploaded blobs, then link the files that were missing."""
+    header = ["set -eu", f"B={shlex.quote(workdir_abs + '/blobs')}",
+              f"J={shlex.quote(job_dir_abs)}", _LINK_FN]
+    t = shlex.quote(f"{workdir_abs}/blobs/{tar_name}")
+    unpack = [f'tar -xf {t} -C "$B"', f"rm -f {t}"]
+    return _chunked(header, unpack + _link_lines(files))
 
 
 def _write_tar(path: Path, files: Sequence[StageFile]) -> None:
@@ -184,25 +221,28 @@ def stage_node(t: Transport, job_id: str, workdir: str, files: Sequence[StageFil
                secret_files: Mapping[str, bytes], tmp_dir: Path) -> Staged:
     """Stage `files` (+ secrets, mode 0600) into `<workdir>/jobs/<job_id>/` on one node.
 
+    One round trip when the node already has every large blob (small rendered files travel
+    inline); otherwise one tar of the missing blobs and one more command.
+
     Raises:
         NodeBusyError: another live job holds the node.
         RemoteError: a command or transfer failed.
     """
     name = t.node.name
-    res = t.run(prepare_command(workdir, job_id, (f.sha256 for f in files)), check=True)
     info: dict[str, str] = {}
     missing: set[str] = set()
-    for line in res.stdout.splitlines():
-        key, _, value = line.partition(" ")
-        if key == "missing":
-            missing.add(value.strip())
-        elif key in ("workdir", "jobdir", "busy"):
-            info[key] = value.strip()
-    if "busy" in info:
-        raise NodeBusyError(name, info["busy"])
+    for command in stage_commands(workdir, job_id, files):
+        res = t.run(command, check=True, timeout=300)
+        for line in res.stdout.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "missing":
+                missing.add(value.strip())
+            elif key in ("workdir", "jobdir", "busy"):
+                info[key] = value.strip()
+        if "busy" in info:
+            raise NodeBusyError(name, info["busy"])
     if "workdir" not in info or "jobdir" not in info:
-        raise RemoteError(name, f"could not create the job folder under {workdir}: {res.stderr}")
-    tar_name = None
+        raise RemoteError(name, f"could not create the job folder under {workdir}")
     todo = [f for f in files if f.sha256 in missing]
     if todo:
         tar_name = f".incoming-{job_id}.tar"
@@ -210,7 +250,10 @@ def stage_node(t: Transport, job_id: str, workdir: str, files: Sequence[StageFil
         _write_tar(local_tar, todo)
         t.put(local_tar, PurePosixPath(info["workdir"]) / "blobs" / tar_name)
         local_tar.unlink(missing_ok=True)
-    t.run(install_command(info["workdir"], info["jobdir"], files, tar_name), check=True)
+        for command in install_commands(info["workdir"], info["jobdir"], todo, tar_name):
+            res = t.run(command, check=True, timeout=300)
+            if "missing " in res.stdout:
+                raise RemoteError(name, f"blobs still missing after upload: {res.stdout[:200]}")
     for fname, data in secret_files.items():
         with tempfile.NamedTemporaryFile(dir=tmp_dir, delete=False) as fh:
             fh.write(data)

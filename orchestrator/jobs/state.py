@@ -222,12 +222,18 @@ class JobStore:
                 continue
         return sorted(out, key=lambda r: r.created_at)
 
-    def resolve(self, job_id: str | None) -> str:
-        """`job_id` itself, or the latest job's id when None (JobError if there is none)."""
+    def resolve(self, job_id: str | None, prefer_live: bool = False) -> str:
+        """`job_id` itself, or the latest job's id when None (JobError if there is none).
+
+        With `prefer_live`, the latest job that has not ended wins over newer ended ones.
+        """
         if job_id and job_id != "latest":
             return job_id
         records = self.all()
         if not records:
             raise JobError(f"no jobs in {self.jobs_dir}: start one with `orchestrate up`")
+        live = [r for r in records if r.status in (JobStatus.LAUNCHING, JobStatus.RUNNING)]
+        if prefer_live and live:
+            return live[-1].job_id
         launched = [r for r in records if r.status is not JobStatus.PENDING]  # skip dry runs
         return (launched or records)[-1].job_id
