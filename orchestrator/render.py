@@ -151,12 +151,15 @@ def render_job(launch: LaunchSpec, plan: Plan,
         raise JobError("ranktable mode needs the merged rank table")
     env = environment()
     out: dict[str, dict[str, RenderedFile]] = {}
+    job_yamls: dict[str | None, RenderedFile] = {}  # nodes with the same data path share one
     for i, node_plan in enumerate(plan.nodes):
         node = node_plan.ranks.node
+        data_path = (data_paths or {}).get(node.name)
+        if data_path not in job_yamls:
+            job_yamls[data_path] = RenderedFile(render_job_yaml(plan, data_path), 0o644)
         files = {
             "launch.sh": RenderedFile(render_launch(launch, node_plan.ranks, i == 0, env), 0o755),
-            "job.yaml": RenderedFile(
-                render_job_yaml(plan, (data_paths or {}).get(node.name)), 0o644),
+            "job.yaml": job_yamls[data_path],
         }
         if node.env:
             files["env.sh"] = RenderedFile(render_env(launch.job_id, node.env, env), 0o600)
