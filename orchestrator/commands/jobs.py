@@ -156,11 +156,17 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
 
     inv = load_inventory(inventory_path)
     spec = load_job_spec(preset, overrides)
+    if entrypoint is None and not spec.value("data.path") and any(
+            n.data_dir is None for n in inv.nodes):
+        raise JobError(f"data.path is empty in preset {preset}: the trainer needs a dataset. "
+                       "Make one with `orchestrate prepare-data --input alpaca.json --output "
+                       "DIR` and pass --set data.path=DIR (a local folder is staged to the "
+                       "nodes; a path that exists only on the nodes is used as is)")
     store = _store(state_dir)
     mode = mode or default_mode(str(spec.value("train.device_target")))
     opts = UpOptions(mode=mode, sched_port=sched_port, cluster_timeout=cluster_timeout,
                      entrypoint=entrypoint, stop_grace=stop_grace, forks=forks)
-    record = create_job(inv, spec, store, opts)
+    record = create_job(inv, spec, store, opts, discover=not dry_run)
     if dry_run:
         for line in dry_run_summary(record, store):
             click.echo(line)

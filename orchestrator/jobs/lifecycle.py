@@ -11,7 +11,6 @@ already started is stopped on every node and the job is recorded FAILED / CANCEL
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shlex
 import signal
@@ -72,21 +71,26 @@ def sched_port_for(job_id: str) -> int:
     return 20000 + int(hashlib.sha256(job_id.encode()).hexdigest()[:8], 16) % 10000
 
 
-def _rank_table(inv: Inventory) -> str:
-    """The merged HCCL rank table (device IPs from the inventory)."""
-    try:
-        from orchestrator.ranktable import build_rank_table  # type: ignore[attr-defined]
-    except ImportError:
-        raise JobError("ranktable mode: the rank table builder is not available yet (issue #3); "
-                       "use --mode msrun") from None
-    missing = [n.name for n in inv.nodes if not n.device_ips]
-    if missing:
-        raise JobError(f"ranktable mode: no device_ips in the inventory for {', '.join(missing)}"
-                       " (discovery over SSH is `orchestrate ranktable`)")
-    ips = {n.host: dict(n.device_ips or {}) for n in inv.nodes}
-    table = build_rank_table(inv, ips)
-    text = table.to_json() if hasattr(table, "to_json") else table
-    return text if isinstance(text, str) else json.dumps(text, indent=2)
+def _rank_table(inv: Inventory, discover: bool, forks: int = 64) -> str | None:
+    """The merged HCCL rank table: device IPs from the inventory, else discovered over SSH.
+
+    Returns None when IPs are missing and `discover` is off (dry run: no node is touched).
+    """
+    from orchestrator.ranktable import build_tables, nodes_needing_discovery, resolve_device_ips
+
+    need = nodes_needing_discovery(inv)
+    discovered = None
+    if need:
+        if not discover:
+            return None
+        from orchestrator.remote.connect import open_all
+        from orchestrator.remote.probe import discover as probe_all
+
+        with open_all(inv, need) as transports:
+            probes = probe_all(list(transports.values()), forks=forks)
+        discovered = {name: p.device_ips for name, p in probes.items()}
+    merged, _ = build_tables(inv, resolve_device_ips(inv, discovered))
+    return merged.dumps()
 
 
 def _data_paths(spec: JobSpec, plan: Plan) -> tuple[dict[str, str | None], Path | None]:
@@ -106,8 +110,13 @@ def _data_paths(spec: JobSpec, plan: Plan) -> tuple[dict[str, str | None], Path 
     return out, (local if needs_local else None)
 
 
-def create_job(inv: Inventory, spec: JobSpec, store: JobStore, opts: UpOptions) -> JobRecord:
-    """Plan and render the job locally (no node touched); record it PENDING."""
+def create_job(inv: Inventory, spec: JobSpec, store: JobStore, opts: UpOptions,
+               discover: bool = True) -> JobRecord:
+    """Plan and render the job locally; record it PENDING.
+
+    No node is touched, except in ranktable mode to discover device IPs the inventory lacks
+    (only when `discover`; a dry run renders everything but the rank table then).
+    """
     plan = build_plan(inv, spec)
     mode = opts.mode or default_mode(str(spec.value("train.device_target")))
     with store.locked():
@@ -119,9 +128,9 @@ def create_job(inv: Inventory, spec: JobSpec, store: JobStore, opts: UpOptions) 
                         sched_host=first.host, sched_port=port,
                         cluster_timeout=opts.cluster_timeout, entrypoint=opts.entrypoint,
                         stop_grace=opts.stop_grace)
-    table = _rank_table(inv) if mode == "ranktable" else None
+    table = _rank_table(inv, discover, opts.forks) if mode == "ranktable" else None
     data_paths, _ = _data_paths(spec, plan)
-    files = render_job(launch, plan, data_paths, table)
+    files = render_job(launch, plan, data_paths, table, require_table=discover)
     local = store.job_dir(job_id)
     for node_name, node_files in files.items():
         for fname, f in node_files.items():
@@ -322,6 +331,10 @@ def dry_run_summary(record: JobRecord, store: JobStore) -> list[str]:
              f"into {local}/nodes/<node>/ — nothing was sent to any node.",
              "would stage code/ (the model package), job.yaml, launch.sh"
              + (", rank_table.json" if record.mode == "ranktable" else "")
+             + (" (the rank table is built at launch: device IPs are discovered over SSH)"
+                if record.mode == "ranktable" and not any(
+                    (local / "nodes" / n.name / "rank_table.json").exists() for n in record.nodes)
+                else "")
              + " into <workdir>/jobs/<job id>/ on every node, then run:"]
     for n in record.nodes:
         lines.append(f"  [{n.name}] ranks {n.rank_start}-{n.rank_end - 1}: "

@@ -229,3 +229,27 @@ def test_sigint_during_staging_leaves_nothing_running(testhosts: TestHosts, two_
     assert proc.returncode == 130, out + err
     assert job["status"] == "CANCELLED"
     assert_nothing_left(testhosts, job["job_id"])
+
+
+def test_ranktable_mode_discovers_device_ips_and_numbers_ranks_globally(
+        testhosts: TestHosts, two_hosts: Path, state: Path) -> None:
+    show = ('echo "rank=$RANK_ID device=$DEVICE_ID size=$RANK_SIZE servers=$(python3 -c '
+            '"import json,os; print(*[s[\\"server_id\\"] for s in json.load(open('
+            'os.environ[\\"RANK_TABLE_FILE\\"]))[\\"server_list\\"]], sep=\\",\\")")"')
+    orch(state, "up", "-i", str(two_hosts), "-c", "tiny", "--mode", "ranktable", "--wait",
+         "--entrypoint", show)
+    job = record(state)
+    assert job["status"] == "SUCCEEDED" and job["mode"] == "ranktable"
+    hosts = ",".join(n["host"] for n in job["nodes"])  # rank order = dictionary order of host
+    lines = set(orch(state, "logs", job["job_id"]).stdout.splitlines())
+    for node in job["nodes"]:
+        for i, rank in enumerate(range(node["rank_start"], node["rank_end"])):
+            assert f"[{node['name']}/{rank}] rank={rank} device={i} size=4 servers={hosts}" \
+                in lines, lines
+    assert_nothing_left(testhosts, job["job_id"])
+
+
+def test_up_without_data_is_refused_before_touching_nodes(two_hosts: Path, state: Path) -> None:
+    res = orch(state, "up", "-i", str(two_hosts), "-c", "tiny", check=False)
+    assert res.returncode == 1 and "data.path is empty" in res.stderr
+    assert not (state / "jobs").exists()
