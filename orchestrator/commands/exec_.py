@@ -20,10 +20,14 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from orchestrator import flags
+
+if TYPE_CHECKING:
+    from orchestrator.remote.transport import CommandResult, Transport
 
 
 @dataclass(frozen=True)
@@ -136,7 +140,7 @@ def exec_command(ctx: click.Context, inventory_path: Path, forks: int, timeout: 
     seconds: dict[str, float] = {}
     hosts = {n.name: n.host for n in nodes}
 
-    def one(t):  # type: ignore[no-untyped-def]
+    def one(t: Transport) -> CommandResult:
         started[t.node.name] = time.monotonic()
         return t.run(line, check=True, timeout=timeout)
 

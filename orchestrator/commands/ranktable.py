@@ -90,8 +90,8 @@ def _generate(inventory_path: Path, output: Path | None, per_server_dir: Path | 
         # 1.2 probes every node (SDIDs); 1.0 only those without device_ips in the inventory
         probe_nodes = inv.nodes if version == VERSION_1_2 else nodes_needing_discovery(inv)
         probes = _discover(inv, probe_nodes, version == VERSION_1_2, forks)
-        discovered = {name: p.device_ips for name, p in probes.items()
-                      if inv.node(name).device_ips is None}
+        no_ips = {n.name for n in nodes_needing_discovery(inv)}
+        discovered = {name: p.device_ips for name, p in probes.items() if name in no_ips}
         if version == VERSION_1_2:
             sdids = {name: p.super_device_ids or {} for name, p in probes.items()}
         by_source = Counter(p.source for p in probes.values())
@@ -111,16 +111,11 @@ def _generate(inventory_path: Path, output: Path | None, per_server_dir: Path | 
 def _discover(inv: Inventory, nodes: tuple[Node, ...], super_devices: bool,
               forks: int) -> dict[str, NodeProbe]:
     """Open a transport to each node and probe them all in parallel."""
-    from orchestrator.errors import NotImplementedYet
     from orchestrator.remote.probe import discover
 
     if not nodes:
         return {}
-    try:
-        from orchestrator.remote.connect import open_all  # SSH transport, issue #4
-    except ImportError:
-        raise NotImplementedYet("--discover needs the SSH transport (issue #4), which is not "
-                                "merged yet; give `device_ips` per node in the inventory") from None
+    from orchestrator.remote.connect import open_all
     with open_all(inv, nodes) as transports:
         return discover(list(transports.values()), super_devices=super_devices, forks=forks)
 

@@ -87,7 +87,10 @@ class LocalTransport:
             want = files.RemoteFile(PurePosixPath(str(src)), st.st_size,
                                     mode if mode is not None else st.st_mode & 0o7777,
                                     files.sha256_file(src))
-            tmp = files.write_atomic_from(dst, lambda t: shutil.copyfile(src, t))
+            def fill(tmp: Path) -> None:
+                shutil.copyfile(src, tmp)
+
+            tmp = files.write_atomic_from(dst, fill)
         except OSError as e:
             raise TransferError(self.node.name, f"{what}: {e.strerror or e}") from e
         files.finish_get(self.node.name, tmp, dst, want)

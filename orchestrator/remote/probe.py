@@ -17,12 +17,12 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import MappingProxyType
 
 from orchestrator.errors import OrchestrateError, RankTableError
 from orchestrator.inventory import is_valid_ipv4
+from orchestrator.remote.fanout import DEFAULT_FORKS, map_nodes
 from orchestrator.remote.transport import CommandResult, Transport
 
 HCCN_CONF = "/etc/hccn.conf"
@@ -251,36 +251,26 @@ def probe_node(t: Transport, *, super_devices: bool = False,
                      super_pod_ids=frozenset(pods))
 
 
-def discover(transports: Sequence[Transport], *, super_devices: bool = False, forks: int = 64,
+def discover(transports: Sequence[Transport], *, super_devices: bool = False,
+             forks: int = DEFAULT_FORKS,
              timeout: float = DEFAULT_TIMEOUT) -> dict[str, NodeProbe]:
-    """Probe every node in parallel (at most `forks` at once); node name -> NodeProbe.
+    """Probe every node in parallel (fanout.map_nodes, at most `forks` at once).
 
-    Every node is probed even when some fail.
+    Every node is probed even when some fail. Returns node name -> NodeProbe.
 
     Raises:
         RankTableError: one or more nodes failed; the message names each and why.
     """
     if not transports:
         return {}
-
-    def one(t: Transport) -> NodeProbe | OrchestrateError:
-        try:
-            return probe_node(t, super_devices=super_devices, timeout=timeout)
-        except OrchestrateError as e:
-            return e
-
-    with ThreadPoolExecutor(max_workers=max(1, min(forks, len(transports)))) as pool:
-        outcomes = list(pool.map(one, transports))
-    found: dict[str, NodeProbe] = {}
-    failed: list[str] = []
-    for t, outcome in zip(transports, outcomes, strict=True):
-        if isinstance(outcome, NodeProbe):
-            found[t.node.name] = outcome
-        else:
-            text = str(outcome)
-            failed.append(text if text.startswith(f"[{t.node.name}]") else
-                          f"[{t.node.name}] {text}")
+    result = map_nodes(transports,
+                       lambda t: probe_node(t, super_devices=super_devices, timeout=timeout),
+                       forks=forks)
+    failed = []
+    for name, exc in result.failed.items():
+        text = str(exc) if isinstance(exc, OrchestrateError) else f"{type(exc).__name__}: {exc}"
+        failed.append(text if text.startswith(f"[{name}]") else f"[{name}] {text}")
     if failed:
         raise RankTableError(f"device discovery failed on {len(failed)} of {len(transports)} "
                              f"node(s): " + "; ".join(failed))
-    return found
+    return dict(result.succeeded)

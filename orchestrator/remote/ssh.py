@@ -123,7 +123,7 @@ class SSHOptions:
 
 def fingerprint(key: paramiko.PKey) -> str:
     """OpenSSH-style SHA256 fingerprint of a key."""
-    return key.fingerprint  # "SHA256:..." in paramiko >= 3.2
+    return str(key.fingerprint)  # "SHA256:..." in paramiko >= 3.2
 
 
 def known_hosts_name(host: str, port: int) -> str:
@@ -155,7 +155,7 @@ def find_known_key(files_: Sequence[Path], name: str) -> tuple[Path, int, parami
     return None
 
 
-class _RejectUnknown(paramiko.MissingHostKeyPolicy):
+class _RejectUnknown(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]
     def __init__(self, node: str, files_: Sequence[Path]) -> None:
         self.node = node
         self.files = files_
@@ -170,7 +170,7 @@ class _RejectUnknown(paramiko.MissingHostKeyPolicy):
             "accept-new in the inventory)")
 
 
-class _AcceptNew(paramiko.MissingHostKeyPolicy):
+class _AcceptNew(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]
     def __init__(self, node: str, target: Path) -> None:
         self.node = node
         self.target = target
@@ -274,6 +274,7 @@ class SSHTransport:
         """
         if self.connected:
             return
+        self.close()  # a dropped connection (node rebooted, keepalive failed): start afresh
         attempts = max(1, self.options.connect_attempts)
         delay = self.options.backoff
         for attempt in range(1, attempts + 1):

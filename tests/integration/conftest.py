@@ -130,16 +130,25 @@ def leftovers(state: Path) -> list[str]:
     return found
 
 
+_RAN: list[str] = []  # what the session fixture did, for the terminal summary
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for line in _RAN:
+        terminalreporter.write_line(line)
+
+
 @pytest.fixture(scope="session")
 def testhosts() -> Iterator[TestHosts]:
     reason = testhosts_unavailable()
     if reason:
+        _RAN.append(f"integration test hosts: skipped ({reason})")
         pytest.skip(reason)
     variant = "loopback" if os.environ.get("ORCHESTRATE_TESTHOSTS") == "loopback" else "netns"
     state = Path(tempfile.mkdtemp(prefix="oth-"))
     try:
         hosts = bring_up(state, N_HOSTS, variant)
-        sys.stderr.write(f"\ntest hosts: {N_HOSTS} ({variant} variant) in {state}\n")
+        _RAN.append(f"integration test hosts: {N_HOSTS} hosts, {variant} variant, {state}")
         yield hosts
     finally:
         tear_down(state)

@@ -18,7 +18,7 @@ from orchestrator.errors import (
 from orchestrator.inventory import Inventory, load_inventory
 from orchestrator.remote.connect import open_all, transport_for
 from orchestrator.remote.fanout import run_all
-from orchestrator.remote.ssh import SSHTransport
+from orchestrator.remote.ssh import SSHTransport, known_hosts_name
 from tests.integration.conftest import TestHosts
 
 pytestmark = pytest.mark.integration
@@ -119,7 +119,7 @@ def test_changed_host_key_refused_even_with_accept_new(testhosts: TestHosts,
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")],
                    check=True)
     node_host = load_inventory(testhosts.inventory).nodes[0]
-    name = node_host.host if (node_host.port or 22) == 22 else f"[{node_host.host}]:{node_host.port}"
+    name = known_hosts_name(node_host.host, node_host.port or 22)
     wrong = tmp_path / "known_hosts"
     wrong.write_text("# another machine once had this address\n"
                      f"{name} {(tmp_path / 'k.pub').read_text().split(' ')[0]} "

@@ -260,6 +260,8 @@ def test_dumps_is_byte_identical_to_json_indent_4(case: str) -> None:
                                       for d in s.devices), s.rank_start, super_pod_id="p\u00e9")
         for s in merged.servers), version="1.2")
     assert v12.dumps() == json.dumps(v12.to_json(), indent=4) + "\n"
+    empty = RankTable(servers=())
+    assert empty.dumps() == json.dumps(empty.to_json(), indent=4) + "\n"
 
 
 @given(st.one_of(

@@ -78,6 +78,11 @@ def test_non_string_values() -> None:
     assert "server_list[1] (10.0.0.9) device[1]: `device_id` must be a string, got 1" in found
 
 
+def test_empty_server_list() -> None:
+    found = problems_after(lambda d: d.update(server_list=[], server_count="0"))
+    assert found == ["`server_list` is empty"]
+
+
 def test_server_count_mismatch() -> None:
     found = problems_after(lambda d: d.update(server_count="3"))
     assert found == ["`server_count` is 3 but `server_list` has 2 server(s)"]
@@ -145,6 +150,25 @@ def test_every_problem_reported_at_once() -> None:
         d["server_list"][1]["device"][0]["device_ip"] = "192.98.91.2"
         d["status"] = 1
     assert len(problems_after(change)) == 4
+
+
+def test_version_1_2_duplicate_super_device_id_in_a_pod() -> None:
+    def v12(d, same_pod: bool):
+        d["version"] = "1.2"
+        for s in d["server_list"]:
+            for j, dev in enumerate(s["device"]):
+                dev["super_device_id"] = str(j)  # 0, 1 on both servers
+        d["super_pod_list"] = (
+            [{"super_pod_id": "0", "server_list": [{"server_id": "10.0.0.10"},
+                                                   {"server_id": "10.0.0.9"}]}] if same_pod else
+            [{"super_pod_id": "0", "server_list": [{"server_id": "10.0.0.10"}]},
+             {"super_pod_id": "1", "server_list": [{"server_id": "10.0.0.9"}]}])
+    assert problems_after(lambda d: v12(d, same_pod=False)) == []
+    found = problems_after(lambda d: v12(d, same_pod=True))
+    assert found == ["duplicate super_device_id 0 in super pod 0: server_list[0] (10.0.0.10) "
+                     "device[0] and server_list[1] (10.0.0.9) device[0]",
+                     "duplicate super_device_id 1 in super pod 0: server_list[0] (10.0.0.10) "
+                     "device[1] and server_list[1] (10.0.0.9) device[1]"]
 
 
 def test_version_1_2_needs_its_fields() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -122,4 +123,18 @@ def test_merge_refuses_bad_input_and_writes_nothing(tmp_path: Path) -> None:
     assert not out.exists()
     res = run("ranktable", "merge", str(good), str(good), "-o", str(out))
     assert res.exit_code == 1 and "server_id 10.1.0.9 is in both" in res.output
+    assert not out.exists()
+
+
+@pytest.mark.skipif(Path("/etc/hccn.conf").exists() or shutil.which("hccn_tool") is not None,
+                    reason="this machine has Ascend device IPs")
+def test_discover_on_a_local_node_without_device_ips_names_what_was_tried(
+        tmp_path: Path, repo: Path) -> None:
+    out = tmp_path / "t.json"
+    res = run("ranktable", "-i", str(repo / "inventories" / "local.yaml"), "--discover",
+              "-o", str(out))
+    assert res.exit_code == 1
+    assert "device discovery failed on 1 of 1 node(s): [local] no device IP for device(s) 0, 1: " \
+           "tried `hccn_tool -i <id> -ip -g` (not installed) and /etc/hccn.conf (cannot read" \
+           in res.output
     assert not out.exists()

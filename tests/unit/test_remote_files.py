@@ -1,0 +1,97 @@
+"""Pure transfer helpers: safe paths, listings, stat parsing, the verify-and-rename command."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from orchestrator.errors import TransferError
+from orchestrator.remote import files
+
+
+@pytest.mark.parametrize("rel", ["../x", "a/../../x", "/etc/passwd", "..", "", "a\nb", "a\0b",
+                                 "./..", "a/./../.."])
+def test_safe_join_refuses_escapes(tmp_path: Path, rel: str) -> None:
+    with pytest.raises(TransferError):
+        files.safe_join(tmp_path, rel)
+
+
+@pytest.mark.parametrize("rel,expect", [("a", "a"), ("a/b c", "a/b c"), ("./a//b", "a/b"),
+                                        ("..a", "..a"), ("a..", "a.."), ("$(x)", "$(x)")])
+def test_safe_join_keeps_safe_names(tmp_path: Path, rel: str, expect: str) -> None:
+    assert files.safe_join(tmp_path, rel) == tmp_path / expect
+
+
+def test_safe_join_refuses_local_symlink(tmp_path: Path) -> None:
+    (tmp_path / "link").symlink_to("/tmp")
+    with pytest.raises(TransferError, match="symlink"):
+        files.safe_join(tmp_path, "link/x")
+
+
+def test_parse_tree_listing_and_plan() -> None:
+    data = "d 4096 755 sub\0f 3 644 sub/a b\0f 0 600 x\ny\0l 9 777 ln\0"
+    entries = files.parse_tree_listing("n0", data)
+    assert [(e.kind, e.size, e.mode, e.relpath) for e in entries] == [
+        ("d", 4096, 0o755, "sub"), ("f", 3, 0o644, "sub/a b"), ("f", 0, 0o600, "x\ny"),
+        ("l", 9, 0o777, "ln")]
+    with pytest.raises(TransferError, match=r"\[n0\] refusing remote symlink 'ln'"):
+        files.plan_tree("n0", Path("/nonexistent-dest"), [entries[3]])
+    with pytest.raises(TransferError, match=r"\[n0\].*control chars"):
+        files.plan_tree("n0", Path("/nonexistent-dest"), [entries[2]])
+    planned = files.plan_tree("n0", Path("/d"), entries[:2])
+    assert [p for _, p in planned] == [Path("/d/sub"), Path("/d/sub/a b")]
+
+
+@pytest.mark.parametrize("bad", ["f x 644 a", "garbage", "f 1 9z9 a"])
+def test_parse_tree_listing_rejects_garbage(bad: str) -> None:
+    with pytest.raises(TransferError, match="unexpected listing entry"):
+        files.parse_tree_listing("n0", bad + "\0")
+
+
+def test_parse_stat_line() -> None:
+    h = "ab" * 32
+    got = files.parse_stat_line("n0", "/p", f"12 640 {h}\n")
+    assert (got.size, got.mode, got.sha256, got.path) == (12, 0o640, h, PurePosixPath("/p"))
+    with pytest.raises(TransferError, match=r"\[n0\] cannot stat /p"):
+        files.parse_stat_line("n0", "/p", "nope")
+
+
+def test_remote_arg_quotes_but_keeps_home() -> None:
+    assert files.remote_arg("/a b") == "'/a b'"
+    assert files.remote_arg("~/x y") == "\"$HOME\"/'x y'"
+    assert files.remote_arg("~") == '"$HOME"'
+    assert files.sftp_path("~/x") == "x" and files.sftp_path("/x") == "/x"
+
+
+def test_verify_put_command_renames_only_a_verified_copy(tmp_path: Path) -> None:
+    data = b"hello\n"
+    sha = "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03"
+    tmp, final = tmp_path / ".t", tmp_path / "final 'x'"
+    tmp.write_bytes(data)
+    bad = files.verify_put_command(PurePosixPath(str(tmp)), PurePosixPath(str(final)), 0o600,
+                                   len(data), "0" * 64)
+    proc = subprocess.run(["bash", "-c", bad], capture_output=True, text=True)
+    assert proc.returncode == 3 and "uploaded copy has size 6" in proc.stderr
+    assert not tmp.exists() and not final.exists()
+    tmp.write_bytes(data)
+    good = files.verify_put_command(PurePosixPath(str(tmp)), PurePosixPath(str(final)), 0o640,
+                                    len(data), sha)
+    subprocess.run(["bash", "-c", good], check=True)
+    assert final.read_bytes() == data and (final.stat().st_mode & 0o777) == 0o640
+    assert not tmp.exists()
+
+
+def test_finish_get_verifies(tmp_path: Path) -> None:
+    tmp = tmp_path / ".x.tmp"
+    tmp.write_bytes(b"abc")
+    want = files.RemoteFile(PurePosixPath("/r"), 3, 0o600, "0" * 64)
+    with pytest.raises(TransferError, match="sha256 mismatch"):
+        files.finish_get("n0", tmp, tmp_path / "x", want)
+    assert list(tmp_path.iterdir()) == []
+    tmp.write_bytes(b"abc")
+    ok = files.RemoteFile(PurePosixPath("/r"), 3, 0o600, files.sha256_file(tmp))
+    files.finish_get("n0", tmp, tmp_path / "x", ok)
+    assert (tmp_path / "x").read_bytes() == b"abc"
+    assert ((tmp_path / "x").stat().st_mode & 0o777) == 0o600

@@ -1,0 +1,80 @@
+"""Pure parts of the SSH transport: quoting, timeout wrapper, known_hosts lookups, policies."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from orchestrator.errors import HostKeyError
+from orchestrator.inventory import HostKeyPolicy, parse_inventory
+from orchestrator.remote import ssh
+
+
+def test_env_prefix_quotes_values_and_checks_names() -> None:
+    line = ssh.env_prefix({"A": "x y", "B": "$(rm -rf /)'"}) + 'printf "%s|%s" "$A" "$B"'
+    out = subprocess.run(["bash", "-c", line], capture_output=True, text=True).stdout
+    assert out == "x y|$(rm -rf /)'"
+    assert ssh.env_prefix(None) == "" and ssh.env_prefix({}) == ""
+    with pytest.raises(ValueError, match="bad environment variable name"):
+        ssh.env_prefix({"A;B": "x"})
+
+
+def test_timeout_wrap_runs_the_line_in_the_shell() -> None:
+    line = ssh.timeout_wrap("echo 'a b' | tr a-z A-Z", 5)
+    out = subprocess.run(["bash", "-c", line], capture_output=True, text=True)
+    assert out.stdout == "A B\n"
+    slow = subprocess.run(["bash", "-c", ssh.timeout_wrap("sleep 5", 0.2)])
+    assert slow.returncode == 124
+    with pytest.raises(ValueError):
+        ssh.timeout_wrap("true", 0)
+
+
+def test_known_hosts_name() -> None:
+    assert ssh.known_hosts_name("10.0.0.1", 22) == "10.0.0.1"
+    assert ssh.known_hosts_name("10.0.0.1", 2222) == "[10.0.0.1]:2222"
+
+
+def test_find_known_key_plain_and_hashed(tmp_path: Path) -> None:
+    key = paramiko.ECDSAKey.generate()
+    hashed = paramiko.HostKeys.hash_host("10.0.0.9")
+    kh = tmp_path / "known_hosts"
+    kh.write_text(f"# comment\n\nbroken line\n10.0.0.1 {key.get_name()} {key.get_base64()}\n"
+                  f"{hashed} {key.get_name()} {key.get_base64()}\n")
+    found = ssh.find_known_key([tmp_path / "missing", kh], "10.0.0.1")
+    assert found is not None and found[0] == kh and found[1] == 4 and found[2] == key
+    hashed_found = ssh.find_known_key([kh], "10.0.0.9")
+    assert hashed_found is not None and hashed_found[1] == 5
+    assert ssh.find_known_key([kh], "10.0.0.2") is None
+
+
+def test_reject_policy_names_host_and_files(tmp_path: Path) -> None:
+    key = paramiko.ECDSAKey.generate()
+    policy = ssh._RejectUnknown("n0", [tmp_path / "kh", Path("/root/.ssh/known_hosts")])
+    with pytest.raises(HostKeyError) as info:
+        policy.missing_host_key(paramiko.SSHClient(), "10.0.0.1", key)
+    msg = str(info.value)
+    assert msg.startswith("[n0] unknown host key for 10.0.0.1") and str(tmp_path / "kh") in msg
+    assert ssh.fingerprint(key) in msg
+
+
+def test_accept_new_policy_appends(tmp_path: Path) -> None:
+    key = paramiko.ECDSAKey.generate()
+    target = tmp_path / "sub" / "kh"
+    client = paramiko.SSHClient()
+    ssh._AcceptNew("n0", target).missing_host_key(client, "[10.0.0.1]:2222", key)
+    assert target.read_text() == f"[10.0.0.1]:2222 {key.get_name()} {key.get_base64()}\n"
+    assert client.get_host_keys().lookup("[10.0.0.1]:2222") is not None
+
+
+def test_options_from_inventory(tmp_path: Path) -> None:
+    inv = parse_inventory("known_hosts: [a, /b]\nhost_key_policy: accept-new\n"
+                          "ssh_config: cfg\nhosts: [10.0.0.1]\n", tmp_path / "inv.yaml")
+    opts = ssh.SSHOptions.from_inventory(inv, connect_timeout=3)
+    assert opts.known_hosts == (tmp_path / "a", Path("/b"))
+    assert opts.host_key_policy is HostKeyPolicy.ACCEPT_NEW and opts.connect_timeout == 3
+    assert opts.accept_new_target() == tmp_path / "a"
+    assert opts.known_hosts_files()[-1] == ssh.user_known_hosts()
+    assert opts.ssh_config == tmp_path / "cfg"
