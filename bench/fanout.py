@@ -10,7 +10,8 @@ run and printed as ratios against the OpenSSH reference measured right beside it
   (run_all over open_all) vs N parallel `ssh` processes vs a sequential `ssh` loop.
 - warm: 10 more rounds of `hostname` on open connections. orchestrate (same transports) vs
   N parallel `ssh` through ControlMaster multiplexing vs a sequential multiplexed loop.
-- bulk: `get` of a 512 MiB file (verified: size + sha256, atomic) vs plain `scp`.
+- bulk: `get` of a 512 MiB file (verified: size + sha256, atomic) vs plain `scp`, and the
+  paramiko SFTP fallback once (why OpenSSH streaming is the default).
 
 OpenSSH uses the test hosts' ssh_config (curve25519 key exchange: the default post-quantum
 exchange costs ~4x more CPU on 2 cores, see NOTES.md). Goals (issue #4): cold fan-out at 32
@@ -101,7 +102,8 @@ def bench_fanout(inv: Inventory, state: Path, n: int, repeats: int) -> dict[str,
     return out
 
 
-def bench_bulk(inv: Inventory, state: Path, mib: int, repeats: int) -> tuple[float, float]:
+def bench_bulk(inv: Inventory, state: Path, mib: int,
+               repeats: int) -> tuple[float, float, float]:
     node = inv.nodes[0]
     remote = PurePosixPath(str(node.workdir)) / "bulk.bin"
     dest = Path(tempfile.mkdtemp(prefix="bulk-", dir="/tmp"))
@@ -122,10 +124,13 @@ def bench_bulk(inv: Inventory, state: Path, mib: int, repeats: int) -> tuple[flo
             for _ in range(repeats):
                 t_ours.append(median_time(ours, 1))
                 t_scp.append(median_time(scp, 1))
+            with open_all(inv, [node], use_openssh=False) as only_paramiko:
+                fallback = median_time(
+                    lambda: only_paramiko[node.name].get(remote, dest / "sftp.bin"), 1)
         finally:
             t.run(f"rm -f {remote}", check=False)
             shutil.rmtree(dest, ignore_errors=True)
-    return statistics.median(t_ours), statistics.median(t_scp)
+    return statistics.median(t_ours), statistics.median(t_scp), fallback
 
 
 def main() -> int:
@@ -155,11 +160,13 @@ def main() -> int:
                 o, p, s = r[f"{phase}_orch"], r[f"{phase}_par"], r[f"{phase}_seq"]
                 print(f"{n:>3} {phase:<5} {o:>11.3f}s {p:>12.3f}s {s:>10.3f}s {o / p:>8.2f}x "
                       f"{o / s:>8.2f}x")
-        ours, scp = bench_bulk(inv, state, args.bulk_mib, max(3, args.repeats // 2))
+        ours, scp, sftp = bench_bulk(inv, state, args.bulk_mib, max(3, args.repeats // 2))
         mb = args.bulk_mib * 1.048576
         print(f"bulk get {args.bulk_mib} MiB: orchestrate {ours:.2f}s ({mb / ours:.0f} MB/s, "
               f"verified sha256) vs scp {scp:.2f}s ({mb / scp:.0f} MB/s): "
               f"{scp / ours:.2f}x scp throughput")
+        print(f"  (paramiko SFTP fallback, used when OpenSSH is missing: {sftp:.2f}s, "
+              f"{mb / sftp:.0f} MB/s, {scp / sftp:.2f}x scp; one run)")
         big = max(sizes)
         print("goals:")
         print(f"  cold fan-out at {big} hosts <= 1.0x parallel ssh: "

@@ -62,12 +62,15 @@ host_ip() { echo "$PREFIX.$(($1 + 2))"; }
 
 # ---- sshd per host --------------------------------------------------------------------------
 
-ensure_sshd_installed() {
-  if [ -x "$SSHD" ]; then return; fi
-  [ "$(id -u)" = 0 ] || die "$SSHD missing and not root: install openssh-server"
-  command -v apt-get >/dev/null || die "$SSHD missing and no apt-get: install openssh-server"
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server) \
-    >/dev/null || die "apt-get install openssh-server failed"
+ensure_sshd_installed() {  # openssh-server (sshd) and openssh-client (ssh-keygen, ssh)
+  local pkgs=()
+  [ -x "$SSHD" ] || pkgs+=(openssh-server)
+  command -v ssh-keygen >/dev/null || pkgs+=(openssh-client)
+  [ ${#pkgs[@]} -eq 0 ] && return 0
+  [ "$(id -u)" = 0 ] || die "missing ${pkgs[*]} and not root: install them"
+  command -v apt-get >/dev/null || die "missing ${pkgs[*]} and no apt-get: install them"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}") \
+    >/dev/null || die "apt-get install ${pkgs[*]} failed"
   [ -x "$SSHD" ] || die "openssh-server installed but $SSHD is missing"
 }
 
@@ -205,17 +208,14 @@ ensure_bridge() {
 ensure_netns() {  # $1 index
   local i=$1 ns="$NSPREFIX$1" veth="$VETHPREFIX$1" ip
   ip="$(host_ip "$i")"
-  ip netns list | awk '{print $1}' | grep -qx "$ns" || ip netns add "$ns"
+  [ -e "/run/netns/$ns" ] || ip netns add "$ns"
   if ! ip link show "$veth" >/dev/null 2>&1; then
-    ip netns exec "$ns" ip link del eth0 2>/dev/null || true
+    ip -n "$ns" link del eth0 2>/dev/null || true
     ip link add "$veth" type veth peer name eth0 netns "$ns"
   fi
-  ip link set "$veth" master "$BRIDGE"
-  ip link set "$veth" up
-  ip netns exec "$ns" ip link set lo up
-  ip netns exec "$ns" ip addr replace "$ip/24" dev eth0
-  ip netns exec "$ns" ip link set eth0 up
-  ip netns exec "$ns" ip route replace default via "$PREFIX.1" dev eth0
+  ip link set "$veth" master "$BRIDGE" up
+  printf '%s\n' "link set lo up" "addr replace $ip/24 dev eth0" "link set eth0 up" \
+    "route replace default via $PREFIX.1 dev eth0" | ip -n "$ns" -batch -
 }
 
 remove_netns() {  # $1 namespace name
@@ -327,7 +327,8 @@ cmd_up() {
   for ((i = 0; i < COUNT; i++)); do
     if [ "$VARIANT" = netns ]; then
       write_host_files "$i" "$(host_ip "$i")" 22
-      ensure_netns "$i"
+      # a running host keeps its network as it is (idempotent `up` stays fast)
+      host_pid "$i" >/dev/null && [ -e "/run/netns/$NSPREFIX$i" ] || ensure_netns "$i"
     else
       write_host_files "$i" 127.0.0.1 $((BASEPORT + i))
     fi

@@ -28,7 +28,6 @@ import hashlib
 import os
 import secrets
 import shlex
-import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -262,11 +261,3 @@ def get_tree(t: Transport, remote_dir: PurePosixPath, local_dir: Path) -> list[P
         t.get(remote_dir / entry.relpath, target)
         written.append(target)
     return written
-
-
-def is_regular(path: Path) -> bool:
-    """True if `path` is a regular file and not a symlink."""
-    try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except FileNotFoundError:
-        return False

@@ -250,6 +250,16 @@ class SSHTransport:
         )
         if "identityfile" in conn.ssh_config:
             conn.connect_kwargs["look_for_keys"] = False
+        # our host-key checks on the node and on every ProxyJump hop (Fabric builds the hops
+        # as Connections with its own AutoAddPolicy)
+        hop: Connection | str | None = conn
+        while isinstance(hop, Connection):
+            self._check_host_keys(hop)
+            hop = hop.gateway
+        return conn
+
+    def _check_host_keys(self, conn: Connection) -> None:
+        n, o = self.node, self.options
         files_ = o.known_hosts_files()
         keys = conn.client.get_host_keys()
         for path in files_:
@@ -262,7 +272,6 @@ class SSHTransport:
             conn.client.set_missing_host_key_policy(_AcceptNew(n.name, o.accept_new_target()))
         else:
             conn.client.set_missing_host_key_policy(_RejectUnknown(n.name, files_))
-        return conn
 
     def open(self) -> None:
         """Connect now (otherwise the first `run`/`put`/`get` does). Idempotent.

@@ -71,7 +71,7 @@ class TestHosts:
                               stdin=subprocess.DEVNULL)
 
 
-def testhosts_unavailable() -> str | None:
+def why_no_testhosts() -> str | None:
     """Why test hosts cannot run here, or None."""
     if os.environ.get("ORCHESTRATE_TESTHOSTS") == "loopback":
         return None if Path("/usr/sbin/sshd").exists() else "no /usr/sbin/sshd"
@@ -140,7 +140,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 @pytest.fixture(scope="session")
 def testhosts() -> Iterator[TestHosts]:
-    reason = testhosts_unavailable()
+    reason = why_no_testhosts()
     if reason:
         _RAN.append(f"integration test hosts: skipped ({reason})")
         pytest.skip(reason)

@@ -83,7 +83,12 @@ def test_private_workdir_and_pid_namespace(netns_hosts: TestHosts) -> None:
         owner, files, procs = r.stdout.split()
         assert owner == name and files == "1"
         assert int(procs) < 12  # sshd (PID 1), our session, the shell, ps: not the machine's
-    assert not (workdir / "whoami").exists() if isinstance(workdir, Path) else True
+    # the shared path is a private mount on each host: this machine sees it empty, and each
+    # host's file sits in its own DIR/hosts/<name>/work
+    assert not (Path(str(workdir)) / "whoami").exists()
+    for name in netns_hosts.names:
+        assert (netns_hosts.state / "hosts" / name / "work" / "whoami").read_text() == name + "\n"
+        (netns_hosts.state / "hosts" / name / "work" / "whoami").unlink()
 
 
 def test_one_host_down_is_named_others_succeed(testhosts: TestHosts) -> None:
@@ -214,3 +219,62 @@ def test_connection_is_reused(testhosts: TestHosts) -> None:
         t.run("true")
         assert t._conn is first and t.connected
     assert not t.connected
+
+
+def test_user_ssh_config_alias_and_proxyjump(netns_hosts: TestHosts, tmp_path: Path,
+                                             no_user_ssh_config: Path) -> None:
+    """~/.ssh/config (from HOME) is honoured: Host alias, HostName, User, IdentityFile, ProxyJump;
+    every hop's host key is checked against known_hosts."""
+    base = load_inventory(netns_hosts.inventory)
+    th0, th1 = base.nodes[0].host, base.nodes[1].host
+    ssh_dir = no_user_ssh_config / ".ssh"
+    ssh_dir.mkdir()
+    (ssh_dir / "config").write_text(
+        f"Host jump0\n  HostName {th0}\n  User root\n  IdentityFile {netns_hosts.identity}\n"
+        f"Host alias1\n  HostName {th1}\n  User root\n  IdentityFile {netns_hosts.identity}\n"
+        f"Host via0\n  HostName {th1}\n  User root\n  IdentityFile {netns_hosts.identity}\n"
+        "  ProxyJump jump0\n")
+    lines = netns_hosts.known_hosts.read_text().splitlines()
+    only_th1 = tmp_path / "only_th1"
+    only_th1.write_text("".join(ln + "\n" for ln in lines if ln.startswith(f"{th1} ")))
+    for kh, expect_ok in ((netns_hosts.known_hosts, True), (only_th1, False)):
+        (tmp_path / "inv.yaml").write_text(
+            f"known_hosts: {kh}\nnodes:\n  - {{host: alias1, name: a}}\n"
+            "  - {host: via0, name: j}\n")
+        inv = load_inventory(tmp_path / "inv.yaml")
+        with open_all(inv) as nodes:
+            res = run_all(nodes, "hostname")
+            if expect_ok:
+                assert {k: r.stdout for k, r in res.succeeded.items()} == {"a": "th1\n",
+                                                                          "j": "th1\n"}
+                src = tmp_path / "payload"
+                src.write_bytes(b"x" * 100_000)
+                remote = base.nodes[1].workdir / "via-alias.bin"
+                nodes["a"].put(src, remote)  # bulk path: OpenSSH with the same config
+                nodes["j"].get(remote, tmp_path / "back")  # through the jump: paramiko
+                assert (tmp_path / "back").read_bytes() == src.read_bytes()
+                nodes["a"].run(["rm", "-f", str(remote)])
+            else:
+                assert "a" in res.succeeded  # th1's own key is known
+                err = res.failed["j"]  # the jump host's key is not: refused
+                assert isinstance(err, HostKeyError) and th0 in str(err)
+
+
+def test_retries_connect_errors_with_backoff_never_commands(testhosts: TestHosts,
+                                                           tmp_path: Path) -> None:
+    inv = load_inventory(testhosts.inventory)
+    testhosts.stop("th3")
+    try:
+        with transport_for(inv.node("th3"), inv, connect_attempts=3, backoff=0.3) as t:
+            t0 = time.monotonic()
+            with pytest.raises(ConnectError, match="refused"):
+                t.open()
+            assert time.monotonic() - t0 >= 0.3 + 0.6  # two backoff sleeps: three tries
+    finally:
+        testhosts.start("th3")
+    counter = inv.node("th3").workdir / f"count-{tmp_path.name}"
+    with transport_for(inv.node("th3"), inv) as t:
+        with pytest.raises(RemoteCommandError):
+            t.run(f"echo x >> {counter}; exit 1")
+        assert t.run(["cat", str(counter)]).stdout == "x\n"  # ran exactly once
+        t.run(["rm", "-f", str(counter)])

@@ -14,7 +14,7 @@ from tests.integration.conftest import (
     bring_up,
     leftovers,
     tear_down,
-    testhosts_unavailable,
+    why_no_testhosts,
 )
 
 pytestmark = pytest.mark.integration
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def two_sets() -> list[Path]:
-    reason = testhosts_unavailable()
+    reason = why_no_testhosts()
     if reason or os.environ.get("ORCHESTRATE_TESTHOSTS") == "loopback":
         pytest.skip(reason or "checks the netns variant (loopback variant selected)")
     states = [Path(tempfile.mkdtemp(prefix="oth-")) for _ in range(2)]
