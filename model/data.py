@@ -25,6 +25,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -159,8 +160,11 @@ def encode_records(tokenizer: Any, records: Sequence[dict[str, str]], seq_length
         tokens and the first eos), the number of truncated records, and the real token count.
     """
     width = seq_length + 1
-    prompts = tokenizer.encode_batch([prompt_of(r) for r in records], add_special_tokens=False)
-    answers = tokenizer.encode_batch([r["output"] for r in records], add_special_tokens=False)
+    # one batch call for prompts and answers; the _fast variant skips offsets we do not use
+    encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+    both = encode([prompt_of(r) for r in records] + [r["output"] for r in records],
+                  add_special_tokens=False)
+    prompts, answers = both[:len(records)], both[len(records):]
     ids = np.full((len(records), width), eos_id, dtype=np.int32)
     mask = np.zeros((len(records), width), dtype=np.int32)
     truncated = tokens = 0
@@ -232,17 +236,26 @@ def _write(records: Sequence[dict[str, str]], directory: Path, seq_length: int, 
         schema["loss_mask"] = {"type": "int32", "shape": [-1]}
     writer.add_schema(schema, "alpaca")
     truncated = tokens = 0
-    for lo in range(0, len(records), ENCODE_CHUNK):
-        chunk = records[lo:lo + ENCODE_CHUNK]
-        ids, mask, t, k = encode_records(tokenizer, chunk, seq_length, eos_id)
-        truncated, tokens = truncated + t, tokens + k
-        if mask_prompt:
-            rows = [{"input_ids": i, "loss_mask": m} for i, m in zip(ids, mask, strict=True)]
-        else:
-            rows = [{"input_ids": i} for i in ids]
-        writer.write_raw_data(rows)
-        if progress is not None:
-            progress(lo + len(chunk), len(records))
+    starts = range(0, len(records), ENCODE_CHUNK)
+
+    def encode(lo: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+        return encode_records(tokenizer, records[lo:lo + ENCODE_CHUNK], seq_length, eos_id)
+
+    # tokenize chunk i + 1 (Rust, GIL released) while chunk i is written
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(encode, 0)
+        for n, lo in enumerate(starts):
+            ids, mask, t, k = pending.result()
+            if n + 1 < len(starts):
+                pending = pool.submit(encode, starts[n + 1])
+            truncated, tokens = truncated + t, tokens + k
+            if mask_prompt:
+                rows = [{"input_ids": i, "loss_mask": m} for i, m in zip(ids, mask, strict=True)]
+            else:
+                rows = [{"input_ids": i} for i in ids]
+            writer.write_raw_data(rows)
+            if progress is not None:
+                progress(min(lo + ENCODE_CHUNK, len(records)), len(records))
     writer.commit()
     files = [FILE_STEM] if shards == 1 else [f"{FILE_STEM}{i}" for i in range(shards)]
     return truncated, tokens, files

@@ -222,6 +222,8 @@ def build_cells(job: Job, layout: Layout, dist: Dist, use_mask: bool, start_lrs:
         def __init__(self, network: nn.Cell, optimizer: nn.Optimizer, clip: float) -> None:
             super().__init__(network, optimizer)
             self.clip = clip
+            if layout.pipeline_stage > 1:  # accumulates micro-batch grads, reduces across stages
+                self.grad_reducer = nn.PipelineGradReducer(optimizer.parameters)
 
         def construct(self, *inputs: Tensor) -> Tensor:
             loss = self.network(*inputs)
@@ -249,9 +251,12 @@ def build_cells(job: Job, layout: Layout, dist: Dist, use_mask: bool, start_lrs:
 def apply_shard_strategies(model: Any, layout: Layout) -> None:
     """Megatron-style strategies for the semi-auto parallel (Ascend) path.
 
-    Column-parallel QKV and h->4h, row-parallel dense and 4h->h, vocab-parallel LM head; blocks
-    spread over pipeline stages in order, the embeddings on the first and ln_f/head on the last.
-    Operators not annotated here get MindSpore's default strategy.
+    Column-parallel QKV and h->4h, row-parallel dense and 4h->h; blocks spread over pipeline
+    stages in order, the embeddings on the first and ln_f on the last. Operators not annotated
+    here get MindSpore's default strategy. The tied embedding / LM-head weight stays replicated
+    (data-parallel LM head): MindSpore needs one slicing for a parameter with several users, and
+    the embedding lookup (`ops.gather` inside model/layers.py) exposes no primitive to shard, so
+    a vocab-parallel embedding needs that layer to hold a shardable Gather first.
     """
     dp, mp = layout.data_parallel, layout.model_parallel
     blocks = list(model.transformer.h)
@@ -266,7 +271,7 @@ def apply_shard_strategies(model: Any, layout: Layout) -> None:
     model.transformer.word_embeddings.pipeline_stage = 0
     model.transformer.word_embeddings_layernorm.pipeline_stage = 0
     model.transformer.ln_f.pipeline_stage = layout.pipeline_stage - 1
-    model.lm_head.shard(((dp, 1), (mp, 1)))
+    model.lm_head.shard(((dp, 1), (1, 1)))
 
 
 # --- resume --------------------------------------------------------------------------------------

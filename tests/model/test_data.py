@@ -44,19 +44,19 @@ def _read_all(out: Path, columns: tuple[str, ...] = ("input_ids",), shards: int 
 
 def test_prepare_seed_tasks_round_trip(tmp_path: Path, tok_path: Path, seed_file: Path) -> None:
     out = tmp_path / "mr"
-    summary = prepare(seed_file, out, seq_length=64, tokenizer_path=tok_path, shards=2)
+    summary = prepare(seed_file, out, seq_length=256, tokenizer_path=tok_path, shards=2)
     records = seed_records()
     assert summary.records == len(records) == 175
     assert summary.files == [f"{FILE_STEM}0", f"{FILE_STEM}1"]
-    assert 0 < summary.truncated < 175  # seq 64 cuts the long answers, not the short ones
+    assert 0 < summary.truncated < 175  # seq 256 cuts the long answers, not the short ones
     assert json.loads((out / "summary.json").read_text())["records"] == 175
     assert not [p for p in out.iterdir() if p.name.startswith(".partial")]
 
     tok = load_tokenizer_file(tok_path)
-    expected, _, truncated, _ = encode_records(tok, records, 64, eos_id_of(tok))
+    expected, _, truncated, _ = encode_records(tok, records, 256, eos_id_of(tok))
     assert truncated == summary.truncated
     rows = [r[0][0] for r in _read_all(out, n=175)]
-    assert all(r.dtype == np.int32 and r.shape == (65,) for r in rows)
+    assert all(r.dtype == np.int32 and r.shape == (257,) for r in rows)
     np.testing.assert_array_equal(np.stack(rows), expected)  # same order as the input file
     # the ids decode back to the prompt + answer of a short record, then eos padding
     short = next(i for i, r in enumerate(records) if len(r["output"]) < 40 and not r["input"])

@@ -36,7 +36,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("data")
     src = root / "seed.json"
     src.write_text(json.dumps(seed_records()))
-    prepare(src, root / "mr", seq_length=32, tokenizer_path=tokenizer_file(root), shards=2)
+    prepare(src, root / "mr", seq_length=96, tokenizer_path=tokenizer_file(root), shards=2)
     return root / "mr"
 
 
@@ -46,7 +46,7 @@ def write_job(folder: Path, data: Path, **train: object) -> Path:
     doc = {
         "job": {"id": folder.name},
         "model": {"vocab_size": VOCAB, "hidden_size": 32, "n_layer": 2, "n_head": 4,
-                  "seq_length": 32, "compute_dtype": "float32"},
+                  "seq_length": 96, "compute_dtype": "float32"},
         "parallel": {"micro_batch_size": 8, "optimizer_shard": False},
         "train": {"device_target": "CPU", "mode": "pretrain", "steps": 60, "lr": 3.0e-3,
                   "min_lr": 3.0e-4, "warmup_steps": 5, "weight_decay": 0.0, "log_steps": 1,
