@@ -10,6 +10,7 @@ already started is stopped on every node and the job is recorded FAILED / CANCEL
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shlex
@@ -218,7 +219,7 @@ def launch(record: JobRecord, inv: Inventory, store: JobStore, spec: JobSpec,
             results = fan_out(inv, plan_nodes, stage_one, forks, transports)
         failed = _failures(results)
         staged = {k: v for k, v in results.items() if isinstance(v, stage_mod.Staged)}
-        nodes = tuple(n.__class__(**{**n.__dict__, "job_dir": staged[n.name].job_dir})
+        nodes = tuple(dataclasses.replace(n, job_dir=staged[n.name].job_dir)
                       if n.name in staged else n for n in record.nodes)
         record = record.replace(nodes=nodes)
         store.save(record)
@@ -245,10 +246,10 @@ def launch(record: JobRecord, inv: Inventory, store: JobStore, spec: JobSpec,
                     pids[parts[1]] = int(parts[2])
             return pids
 
-        results = fan_out(inv, plan_nodes, start_one, forks, transports)
-        failed = _failures(results)
-        nodes = tuple(n.__class__(**{**n.__dict__, "pids": results[n.name]})
-                      if isinstance(results.get(n.name), dict) else n for n in record.nodes)
+        started_pids = fan_out(inv, plan_nodes, start_one, forks, transports)
+        failed = _failures(started_pids)
+        nodes = tuple(dataclasses.replace(n, pids=pids) if isinstance(
+            pids := started_pids.get(n.name), dict) else n for n in record.nodes)
         record = record.replace(nodes=nodes)
         if failed:
             with _sigint_deferred():

@@ -70,7 +70,8 @@ def _chunk_command(job_dir: str, slots: Sequence[str], offsets: dict[str, int] |
 
 def _parse_chunks(text: str, marker: str) -> dict[str, tuple[int, str]]:
     out: dict[str, tuple[int, str]] = {}
-    slot, size, buf = None, 0, []
+    slot: str | None = None
+    size, buf = 0, []  # type: tuple[int, list[str]]
     for line in text.splitlines(keepends=True):
         if line.startswith(marker + " "):
             if slot is not None:
