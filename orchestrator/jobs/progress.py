@@ -141,4 +141,6 @@ def watch(record: JobRecord, inv: Inventory, store: JobStore, interval: float = 
             record = teardown_failed(record, inv, store, record.message or "a rank failed", forks)
             _, reports = refresh(record, inv, store, forks)
             live.update(status_table(record, reports))
+    if not console.is_terminal:
+        console.line()  # Live leaves the last frame without a newline when not on a terminal
     return record

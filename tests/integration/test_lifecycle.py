@@ -253,3 +253,29 @@ def test_up_without_data_is_refused_before_touching_nodes(two_hosts: Path, state
     res = orch(state, "up", "-i", str(two_hosts), "-c", "tiny", check=False)
     assert res.returncode == 1 and "data.path is empty" in res.stderr
     assert not (state / "jobs").exists()
+
+
+def test_ctrl_c_while_waiting_detaches_and_job_keeps_running(testhosts: TestHosts,
+                                                             two_hosts: Path,
+                                                             state: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "up", "-i", str(two_hosts),
+                             "-c", "tiny", "--no-check", "--wait", "--entrypoint", SLEEPER,
+                             "--state-dir", str(state)], cwd=state.parent, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: (state / "jobs").is_dir() and record(state)["status"] == "RUNNING")
+        time.sleep(1.0)  # inside the watch loop
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    job_id = record(state)["job_id"]
+    assert proc.returncode == 130, out + err
+    assert f"orchestrate status --watch {job_id}" in err and f"orchestrate down {job_id}" in err
+    status = json.loads(orch(state, "status", "--json").stdout)
+    assert status["status"] == "RUNNING"
+    assert all(r["state"] == "running" for n in status["nodes"] for r in n["ranks"])
+    orch(state, "down", "--yes")
+    assert_nothing_left(testhosts, job_id)
