@@ -204,17 +204,18 @@ def launch(record: JobRecord, inv: Inventory, store: JobStore, spec: JobSpec,
         pairs = job_nodes(record, inv)
         transports.update({node.name: open_transport(inv, node) for _, node in pairs})
         plan_nodes = [node for _, node in pairs]
-        code = stage_mod.code_manifest()
+        code = stage_mod.code_tree()
         _, local_data = _data_paths(spec, build_plan(inv, spec))
-        data = stage_mod.data_manifest(local_data) if local_data else []
+        data = stage_mod.data_tree(local_data) if local_data else None
         with tempfile.TemporaryDirectory(prefix="orchestrate-stage-") as tmp:
             def stage_one(t: Transport) -> stage_mod.Staged:
                 node = t.node
                 rendered = rendered_files(store, record, node.name)
-                blobs, secrets = stage_mod.rendered_manifest(rendered)
-                files = code + blobs + ([] if node.data_dir else data)
-                return stage_mod.stage_node(t, record.job_id, str(node.workdir), files, secrets,
-                                            Path(tmp))
+                secrets = {k: v.text.encode() for k, v in rendered.items() if v.mode & 0o077 == 0}
+                public = {k: v for k, v in rendered.items() if k not in secrets}
+                trees = [code] + ([data] if data is not None and not node.data_dir else [])
+                return stage_mod.stage_node(t, record.job_id, str(node.workdir), trees, public,
+                                            secrets, Path(tmp))
 
             results = fan_out(inv, plan_nodes, stage_one, forks, transports)
         failed = _failures(results)
@@ -225,9 +226,9 @@ def launch(record: JobRecord, inv: Inventory, store: JobStore, spec: JobSpec,
         store.save(record)
         if failed:
             raise JobError(f"staging failed, nothing started: {_describe(failed)}")
-        echo(f"staged {len(staged)} node(s): {sum(s.sent for s in staged.values())} blob(s) "
-             f"uploaded, {sum(s.skipped for s in staged.values())} file(s) already there by "
-             "sha256 or sent inline")
+        echo(f"staged {len(staged)} node(s): {sum(s.sent for s in staged.values())} file(s) "
+             f"uploaded; {sum(s.reused for s in staged.values())} tree(s) already on the nodes "
+             "(same sha256)")
         by_name = {n.name: n for n in record.nodes}
         started = True
 
