@@ -30,6 +30,7 @@ MODEL_DIR = Path(__file__).resolve().parent.parent.parent / "model"
 _SKIP_DIRS = {"__pycache__", ".pytest_cache", ".mypy_cache"}
 _SKIP_SUFFIXES = {".pyc", ".pyo"}
 COMMAND_MAX = 96 * 1024  # a command is one argv string on the node: Linux caps those at 128 KiB
+INLINE_MAX = 32 * 1024  # rendered files up to this size are written by the command itself
 
 
 @dataclass(frozen=True)
@@ -232,7 +233,10 @@ def stage_node(t: Transport, job_id: str, workdir: str, trees: Sequence[Tree],
         RemoteError: a command or transfer failed.
     """
     name = t.node.name
-    res = t.run(first_command(workdir, job_id, trees, rendered), check=True, timeout=300)
+    inline = {k: f for k, f in rendered.items() if len(f.text.encode()) <= INLINE_MAX}
+    uploads = {k: (f.text.encode(), f.mode) for k, f in rendered.items() if k not in inline}
+    uploads.update({k: (data, 0o600) for k, data in secret_files.items()})
+    res = t.run(first_command(workdir, job_id, trees, inline), check=True, timeout=300)
     info: dict[str, str] = {}
     need: set[str] = set()
     for line in res.stdout.splitlines():
@@ -262,12 +266,12 @@ def stage_node(t: Transport, job_id: str, workdir: str, trees: Sequence[Tree],
             sent += len({f.sha256 for f in todo})
         for command in build_tree_commands(info["workdir"], info["jobdir"], tree, tar_name):
             t.run(command, check=True, timeout=300)
-    for fname, data in secret_files.items():
+    for fname, (data, mode) in uploads.items():  # secrets (0600) and large rendered files
         with tempfile.NamedTemporaryFile(dir=tmp_dir, delete=False) as fh:
             fh.write(data)
-        os.chmod(fh.name, 0o600)
+        os.chmod(fh.name, mode)
         try:
-            t.put(Path(fh.name), PurePosixPath(info["jobdir"]) / fname, mode=0o600)
+            t.put(Path(fh.name), PurePosixPath(info["jobdir"]) / fname, mode=mode)
         finally:
             Path(fh.name).unlink(missing_ok=True)
     return Staged(workdir=info["workdir"], job_dir=info["jobdir"], sent=sent,
