@@ -159,9 +159,9 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
     if entrypoint is None and not spec.value("data.path") and any(
             n.data_dir is None for n in inv.nodes):
         raise JobError(f"data.path is empty in preset {preset}: the trainer needs a dataset. "
-                       "Make one with `orchestrate prepare-data --input alpaca.json --output "
-                       "DIR` and pass --set data.path=DIR (a local folder is staged to the "
-                       "nodes; a path that exists only on the nodes is used as is)")
+                       "Pass --set data.path=alpaca.json (prepared to MindRecord here and "
+                       "staged) or a MindRecord folder (`orchestrate prepare-data`; a local "
+                       "folder is staged, a path that exists only on the nodes is used as is)")
     store = _store(state_dir)
     mode = mode or default_mode(str(spec.value("train.device_target")))
     opts = UpOptions(mode=mode, sched_port=sched_port, cluster_timeout=cluster_timeout,
@@ -181,7 +181,7 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
     click.echo(f"job {record.job_id}: {record.world_size} ranks on {len(record.nodes)} node(s), "
                f"{record.mode} mode")
     try:
-        record = launch(record, inv, store, spec, forks=forks, echo=click.echo)
+        record = launch(record, inv, store, forks=forks, echo=click.echo)
     except KeyboardInterrupt:
         click.echo(f"job {record.job_id} cancelled: nothing left running", err=True)
         sys.exit(130)

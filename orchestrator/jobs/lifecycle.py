@@ -15,6 +15,8 @@ import hashlib
 import os
 import shlex
 import signal
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -94,10 +96,42 @@ def _rank_table(inv: Inventory, discover: bool, forks: int = 64) -> str | None:
     return merged.dumps()
 
 
-def _data_paths(spec: JobSpec, plan: Plan) -> tuple[dict[str, str | None], Path | None]:
-    """data.path per node and the local dataset to stage (None: nothing to stage)."""
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def prepare_alpaca(src: Path, dest: Path, seq_length: int, tokenizer: str = "") -> Path:
+    """Alpaca JSON -> MindRecord folder `dest` (`python -m model.data` in a subprocess)."""
+    cmd = [sys.executable, "-m", "model.data", "--input", str(src.resolve()), "--output",
+           str(dest.resolve()), "--seq-length", str(seq_length)]
+    if tokenizer:
+        cmd += ["--tokenizer", str(Path(tokenizer).resolve())]
+    env = dict(os.environ, GLOG_v="3")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=3600)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+        raise JobError(f"data.path {src}: preparing MindRecord failed: {last}")
+    return dest
+
+
+def _local_dataset(spec: JobSpec, plan: Plan, job_dir: Path) -> Path | None:
+    """The local dataset to stage, or None (data.path empty, only on the nodes, or every
+    node has `data_dir`). An Alpaca `.json` file is first turned into MindRecord here."""
     path = str(spec.value("data.path") or "")
-    local = Path(path) if path and Path(path).exists() else None
+    if not path or not Path(path).exists():
+        return None
+    if all(n.ranks.node.data_dir is not None for n in plan.nodes):
+        return None
+    local = Path(path)
+    if local.is_file() and local.suffix == ".json":
+        return prepare_alpaca(local, job_dir / "data" / local.stem, spec.model.seq_length,
+                              str(spec.value("data.tokenizer") or ""))
+    return local
+
+
+def _data_paths(plan: Plan, local: Path | None) -> dict[str, str | None]:
+    """data.path for each node's job.yaml: its `data_dir`, else the staged copy, else as is."""
     out: dict[str, str | None] = {}
     for n in plan.nodes:
         node = n.ranks.node
@@ -107,8 +141,7 @@ def _data_paths(spec: JobSpec, plan: Plan) -> tuple[dict[str, str | None], Path 
             out[node.name] = f"data/{local.name}"
         else:
             out[node.name] = None
-    needs_local = local is not None and any(n.ranks.node.data_dir is None for n in plan.nodes)
-    return out, (local if needs_local else None)
+    return out
 
 
 def create_job(inv: Inventory, spec: JobSpec, store: JobStore, opts: UpOptions,
@@ -130,7 +163,8 @@ def create_job(inv: Inventory, spec: JobSpec, store: JobStore, opts: UpOptions,
                         cluster_timeout=opts.cluster_timeout, entrypoint=opts.entrypoint,
                         stop_grace=opts.stop_grace)
     table = _rank_table(inv, discover, opts.forks) if mode == "ranktable" else None
-    data_paths, _ = _data_paths(spec, plan)
+    local_data = _local_dataset(spec, plan, store.job_dir(job_id))
+    data_paths = _data_paths(plan, local_data)
     files = render_job(launch, plan, data_paths, table, require_table=discover)
     local = store.job_dir(job_id)
     for node_name, node_files in files.items():
@@ -151,7 +185,8 @@ def create_job(inv: Inventory, spec: JobSpec, store: JobStore, opts: UpOptions,
                        world_size=plan.world_size, nodes=nodes,
                        sched_host=first.host if mode == "msrun" else None,
                        sched_port=port if mode == "msrun" else None,
-                       entrypoint=opts.entrypoint)
+                       entrypoint=opts.entrypoint,
+                       local_data=str(local_data.resolve()) if local_data else None)
     store.save(record)
     return record
 
@@ -188,7 +223,7 @@ def _describe(failed: Mapping[str, BaseException]) -> str:
     return "; ".join(f"[{', '.join(names)}] {cause}" for cause, names in by_cause.items())
 
 
-def launch(record: JobRecord, inv: Inventory, store: JobStore, spec: JobSpec,
+def launch(record: JobRecord, inv: Inventory, store: JobStore,
            forks: int = 64, echo: Echo = print) -> JobRecord:
     """Stage and start the job on every node; on failure or Ctrl-C stop it everywhere.
 
@@ -205,8 +240,7 @@ def launch(record: JobRecord, inv: Inventory, store: JobStore, spec: JobSpec,
         transports.update({node.name: open_transport(inv, node) for _, node in pairs})
         plan_nodes = [node for _, node in pairs]
         code = stage_mod.code_tree()
-        _, local_data = _data_paths(spec, build_plan(inv, spec))
-        data = stage_mod.data_tree(local_data) if local_data else None
+        data = stage_mod.data_tree(Path(record.local_data)) if record.local_data else None
         with tempfile.TemporaryDirectory(prefix="orchestrate-stage-") as tmp:
             def stage_one(t: Transport) -> stage_mod.Staged:
                 node = t.node

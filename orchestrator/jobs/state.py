@@ -92,6 +92,7 @@ class JobRecord:
     sched_host: str | None = None  # msrun: scheduler address and port
     sched_port: int | None = None
     entrypoint: str | None = None  # custom rank command (None: the bundled trainer)
+    local_data: str | None = None  # local dataset folder staged to the nodes as data/<name>
     message: str = ""  # why it failed / what happened last
 
     def with_status(self, status: JobStatus, message: str | None = None) -> JobRecord:
@@ -130,7 +131,8 @@ class JobRecord:
                    preset=d["preset"], overrides=tuple(d["overrides"]), mode=d["mode"],
                    world_size=d["world_size"], nodes=nodes, attempts=d.get("attempts", 1),
                    sched_host=d.get("sched_host"), sched_port=d.get("sched_port"),
-                   entrypoint=d.get("entrypoint"), message=d.get("message", ""))
+                   entrypoint=d.get("entrypoint"), message=d.get("message", ""),
+                   local_data=d.get("local_data"))
 
 
 def new_job_id(preset: str, taken: set[str] | frozenset[str] = frozenset()) -> str:

@@ -94,15 +94,12 @@ def wait_for(pred, timeout: float = 60.0, interval: float = 0.5):  # type: ignor
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An Alpaca JSON file: `up` prepares it into MindRecord locally and stages that."""
     from tests.model.data_helpers import seed_records
 
     root = tmp_path_factory.mktemp("data")
     (root / "seed.json").write_text(json.dumps(seed_records()))
-    subprocess.run([sys.executable, "-m", "orchestrator", "prepare-data", "--input",
-                    str(root / "seed.json"), "--output", str(root / "mr"), "--seq-length", "64"],
-                   check=True, capture_output=True, env=dict(os.environ, PYTHONPATH=str(REPO)),
-                   timeout=300)
-    return root / "mr"
+    return root / "seed.json"
 
 
 @pytest.mark.slow
