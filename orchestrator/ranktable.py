@@ -16,7 +16,10 @@ string, keys in this order:
 Format 1.2 (Atlas A3 SuperPoD) adds, per device, `super_device_id` (the SDID that
 `npu-smi info -t spod-info` reports) between `device_ip` and `rank_id`, and after `server_list`
 a `super_pod_list`: `[{"super_pod_id": "<id>", "server_list": [{"server_id": "<ip>"}]}]`, pods
-in dictionary order of their id, servers in rank order.
+in dictionary order of their id, servers in rank order; `version` is "1.2", the rest as in 1.0
+(`host_nic_ip` stays "reserve"). `super_pod_id` is the node's `super_pod_id` in the inventory
+(a logical pod, as HCCL_LOGIC_SUPERPOD_ID allows). The optional fields of CANN's A3 example
+(`host_ip`, `device_port`, `backup_device_ip`, ...) are not written.
 
 MindSpore numbers ranks in the dictionary order of `server_id` (192.168.0.10 sorts before
 192.168.0.2), devices ascending within a server. `node_rank_ranges` is the one place that

@@ -276,3 +276,24 @@ def test_fast_ipv4_check_agrees_with_ipaddress(text: str) -> None:
     except ValueError:
         expected = False
     assert is_valid_ipv4(text) is expected
+
+
+_LAYOUTS = [list(range(8)), list(range(4)), [4, 5, 6, 7], list(range(16)), [2, 3], [9], [12, 13]]
+
+
+@given(st.lists(st.tuples(st.integers(0, 255), st.integers(0, 255), st.sampled_from(_LAYOUTS)),
+                min_size=1, max_size=40, unique_by=lambda t: t[:2]),
+       st.randoms(use_true_random=False))
+def test_any_inventory_gives_a_valid_table_that_agrees_with_plan(nodes, rnd) -> None:
+    lines = ["nodes:"] + [f"  - {{host: 10.{a}.{b}.1, devices: {devs}}}" for a, b, devs in nodes]
+    inv = parse_inventory("\n".join(lines) + "\n")
+    ips = {n.name: {d: f"192.{i // 256}.{i % 256}.{d + 1}" for d in n.devices}
+           for i, n in enumerate(inv.nodes)}
+    merged, per_server = build_tables(inv, ips)
+    assert validate_doc(merged.to_json()) == []
+    assert merged.rank_ranges() == {r.node.host: (r.rank_start, r.rank_end)
+                                    for r in node_rank_ranges(inv)}
+    shuffled = list(per_server)
+    rnd.shuffle(shuffled)
+    assert merge_tables(shuffled) == merged
+    assert parse_table(merged.dumps(), "m") == merged
