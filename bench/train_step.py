@@ -86,7 +86,7 @@ def reference(cfg: dict[str, int], steps: int, warmup: int) -> list[float]:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        float(out.loss)
+        out.loss.item()
         if i >= warmup:
             times.append(time.perf_counter() - t)
     return times

@@ -298,6 +298,19 @@ def create_dataset(path: Path, batch_size: int, num_shards: int = 1, shard_id: i
     return dataset.batch(batch_size, drop_remainder=True)
 
 
+def sample_length(path: Path) -> int:
+    """Token ids per sample (seq_length + 1) of the prepared data at `path`."""
+    from mindspore.mindrecord import FileReader
+
+    reader = FileReader(data_files(path)[0], columns=["input_ids"])
+    try:
+        for row in reader.get_next():
+            return int(row["input_ids"].shape[0])
+    finally:
+        reader.close()
+    raise DataError(f"{path}: no samples")
+
+
 def has_column(path: Path, column: str) -> bool:
     """Whether the prepared data at `path` has `column` (e.g. `loss_mask`)."""
     from mindspore.mindrecord import FileReader

@@ -4,7 +4,8 @@
     job.train["steps"], job.output_dir
 
 job.yaml has the sections of model/configs/defaults.yaml (model, parallel, train, data), and
-optionally `job: {id: ..., output_dir: ...}`. Keys missing from the file take the defaults;
+optionally `job: {id: ..., output_dir: ..., preset: ...}` (other `job` keys are kept as-is and
+copied into checkpoint manifests). Keys missing from the file take the defaults;
 unknown keys and mistyped values are errors naming the file and key. `output_dir` defaults to
 `<folder of job.yaml>/output`.
 """
@@ -38,9 +39,10 @@ class Job:
     parallel: Mapping[str, Any]
     train: Mapping[str, Any]
     data: Mapping[str, Any]
+    meta: Mapping[str, Any]  # the whole `job:` section (id, output_dir, anything else given)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"job": {"id": self.job_id, "output_dir": str(self.output_dir)},
+        return {"job": {**self.meta, "id": self.job_id, "output_dir": str(self.output_dir)},
                 **{s: dict(getattr(self, s)) for s in SECTIONS}}
 
 
@@ -61,8 +63,8 @@ def load_job(path: Path, overrides: Sequence[str] = ()) -> Job:
         raise JobFileError(f"{path}: expected a mapping of sections at top level")
     merged = {s: dict(defaults[s]) for s in SECTIONS}
     meta = doc.get("job") or {}
-    if not isinstance(meta, dict) or set(meta) - {"id", "output_dir"}:
-        raise JobFileError(f"{path}: job: expected a mapping with keys id, output_dir")
+    if not isinstance(meta, dict):
+        raise JobFileError(f"{path}: job: expected a mapping (id, output_dir, ...)")
     for section, values in doc.items():
         if section == "job":
             continue
@@ -84,7 +86,7 @@ def load_job(path: Path, overrides: Sequence[str] = ()) -> Job:
         _set(merged, dotted.strip(), value, f"--set {item!r}")
     output = Path(meta["output_dir"]) if meta.get("output_dir") else path.parent / "output"
     return Job(path=path, job_id=str(meta.get("id") or path.parent.name), output_dir=output,
-               **{s: merged[s] for s in SECTIONS})
+               meta=dict(meta), **{s: merged[s] for s in SECTIONS})
 
 
 def _set(merged: dict[str, dict[str, Any]], dotted: str, value: Any, src: str) -> None:

@@ -13,6 +13,9 @@ folder defaults to `<folder of JOB.yaml>/output`. `--set` accepts train.steps,
 train.save_steps, train.log_steps, train.lr, model.seq_length (alias train.seq_length),
 data.path, and any other key of the job file.
 
+Relative paths in the job (data.path, train.load_checkpoint, job.output_dir) are relative to
+the current directory.
+
 Launch modes (read from the environment, nothing to pass):
 - rank table (Ascend, HCCL): RANK_TABLE_FILE, RANK_ID, RANK_SIZE, DEVICE_ID.
 - dynamic cluster (what msrun sets; CPU, GPU, Ascend): MS_ROLE, MS_SCHED_HOST, MS_SCHED_PORT,
@@ -45,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from model import checkpoint as ck
-from model.data import DataError, create_dataset, has_column
+from model.data import DataError, create_dataset, has_column, sample_length
 from model.job import Job, JobFileError, load_job
 from model.schedule import lr_at, lr_schedule
 
@@ -251,12 +254,13 @@ def build_cells(job: Job, layout: Layout, dist: Dist, use_mask: bool, start_lrs:
 def apply_shard_strategies(model: Any, layout: Layout) -> None:
     """Megatron-style strategies for the semi-auto parallel (Ascend) path.
 
-    Column-parallel QKV and h->4h, row-parallel dense and 4h->h; blocks spread over pipeline
-    stages in order, the embeddings on the first and ln_f on the last. Operators not annotated
-    here get MindSpore's default strategy. The tied embedding / LM-head weight stays replicated
-    (data-parallel LM head): MindSpore needs one slicing for a parameter with several users, and
-    the embedding lookup (`ops.gather` inside model/layers.py) exposes no primitive to shard, so
-    a vocab-parallel embedding needs that layer to hold a shardable Gather first.
+    Column-parallel QKV and h->4h, row-parallel dense and 4h->h (set per Linear cell with
+    `Cell.shard`: input layout + parameter plan); blocks spread over pipeline stages in order,
+    the embeddings on the first and ln_f on the last. Operators not annotated here get
+    MindSpore's default strategy. The tied embedding / LM-head weight stays replicated
+    (data-parallel LM head): MindSpore needs one slicing for a parameter with several users,
+    and the embedding lookup (`ops.gather` inside model/layers.py) exposes no primitive to
+    shard, so a vocab-parallel embedding needs that layer to hold a shardable Gather first.
     """
     dp, mp = layout.data_parallel, layout.model_parallel
     blocks = list(model.transformer.h)
@@ -264,10 +268,12 @@ def apply_shard_strategies(model: Any, layout: Layout) -> None:
     for i, block in enumerate(blocks):
         block.pipeline_stage = min(i // per_stage, layout.pipeline_stage - 1)
         attn, mlp = block.self_attention, block.mlp
-        attn.query_key_value.matmul.shard(((dp, 1), (mp, 1)))
-        mlp.dense_h_to_4h.matmul.shard(((dp, 1), (mp, 1)))
-        attn.dense.matmul.shard(((dp, mp), (1, mp)))
-        mlp.dense_4h_to_h.matmul.shard(((dp, mp), (1, mp)))
+        for linear in (attn.query_key_value, mlp.dense_h_to_4h):  # column parallel
+            linear.shard(in_strategy=((dp, 1, 1),),
+                         parameter_plan={linear.weight.name: (mp, 1), linear.bias.name: (mp,)})
+        for linear in (attn.dense, mlp.dense_4h_to_h):  # row parallel
+            linear.shard(in_strategy=((dp, 1, mp),),
+                         parameter_plan={linear.weight.name: (1, mp), linear.bias.name: (1,)})
     model.transformer.word_embeddings.pipeline_stage = 0
     model.transformer.word_embeddings_layernorm.pipeline_stage = 0
     model.transformer.ln_f.pipeline_stage = layout.pipeline_stage - 1
@@ -315,6 +321,12 @@ def train(job: Job, resume: bool, t0: float) -> int:
     out = job.output_dir
     data_path = Path(job.data["path"])
     use_mask = has_column(data_path, "loss_mask")
+    width = sample_length(data_path)
+    if width != int(job.model["seq_length"]) + 1:
+        raise TrainError(f"data.path={str(data_path)!r} holds samples of {width} token ids, "
+                         f"model.seq_length={job.model['seq_length']} needs "
+                         f"{int(job.model['seq_length']) + 1} (prepare-data --seq-length "
+                         f"{job.model['seq_length']}, or --set model.seq_length={width - 1})")
     steps = int(t["steps"])
     lrs = lr_schedule(steps, float(t["lr"]), float(t["min_lr"]), int(t["warmup_steps"]))
     semi_auto = layout.model_parallel * layout.pipeline_stage > 1
@@ -353,7 +365,8 @@ def train(job: Job, resume: bool, t0: float) -> int:
     batches = dataset.create_tuple_iterator()
     step_cell.set_train(True)
     tokens_per_step = layout.global_batch * int(job.model["seq_length"])
-    meta = {"job_id": job.job_id, "layout": layout.manifest(), "world_size": dist.world,
+    meta = {"job_id": job.job_id, "job": job.to_dict()["job"], "train": dict(job.train),
+            "layout": layout.manifest(), "world_size": dist.world,
             "micro_batch_size": layout.micro_batch_size,
             "micro_batch_num": layout.micro_batch_num, "model": dict(job.model),
             "device_target": t["device_target"]}

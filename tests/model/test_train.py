@@ -101,12 +101,22 @@ def test_single_process_loss_drops(tmp_path: Path, data_dir: Path) -> None:
     assert manifest is not None and manifest["samples_per_rank"] == 60 * 8
     assert ck.is_complete(out, 0, 60, manifest["layout"])
 
+    # finetune from that single-device checkpoint: starts where pretraining ended, not at ln V
+    tuned = run(write_job(tmp_path / "tune", data_dir, mode="finetune", steps=1,
+                          load_checkpoint=str(ck.ckpt_path(out, 0, 60))))
+    assert tuned.returncode == 0, tuned.stderr[-2000:]
+    assert "loaded" in tuned.stderr
+    assert losses(tuned.stdout)[1] < 0.5 * curve[1]
+
 
 def test_model_parallel_on_cpu_is_refused(tmp_path: Path, data_dir: Path) -> None:
     job = write_job(tmp_path / "mp", data_dir)
     proc = run(job, "--set", "parallel.model_parallel=2")
     assert proc.returncode == 1
     assert "parallel.model_parallel=2" in proc.stderr and "only data parallel" in proc.stderr
+    short = run(job, "--set", "train.seq_length=64")
+    assert short.returncode == 1
+    assert "holds samples of 97 token ids, model.seq_length=64 needs 65" in short.stderr
     bad = run(job, "--set", "train.stepz=3")
     assert bad.returncode == 1 and "unknown key 'train.stepz'" in bad.stderr
     assert not (tmp_path / "mp" / "output").exists()
@@ -156,9 +166,28 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def run_cluster(job: Path, *args: str) -> list[tuple[int, str, str]]:
+    """Scheduler + 2 workers on 127.0.0.1 (a free port); (exit code, stdout, stderr) each."""
+    cluster = {"MS_SCHED_HOST": "127.0.0.1", "MS_SCHED_PORT": str(free_port()),
+               "MS_WORKER_NUM": "2"}
+    cmd = [sys.executable, "-m", "model.train", "--job", str(job), *args]
+    roles = [{"MS_ROLE": "MS_SCHED"}] + [{"MS_ROLE": "MS_WORKER", "MS_NODE_ID": str(n)}
+                                         for n in (0, 1)]
+    procs = [subprocess.Popen(cmd, cwd=REPO, env=env(**role, **cluster), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for role in roles]
+    try:
+        outputs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return [(p.returncode, out, err) for p, (out, err) in zip(procs, outputs, strict=True)]
+
+
 @pytest.mark.slow
 def test_two_worker_cluster_matches_single_process(tmp_path: Path, data_dir: Path) -> None:
-    steps = {"steps": 12, "save_steps": 12, "log_steps": 4}
+    steps = {"steps": 12, "save_steps": 6, "log_steps": 4}
     single = run(write_job(tmp_path / "single", data_dir, **steps))  # global batch 8
     assert single.returncode == 0, single.stderr[-2000:]
 
@@ -166,26 +195,10 @@ def test_two_worker_cluster_matches_single_process(tmp_path: Path, data_dir: Pat
     spec = yaml.safe_load(job.read_text())
     spec["parallel"].update(data_parallel=2, micro_batch_size=4)  # 2 ranks x 4 = the same 8
     job.write_text(yaml.safe_dump(spec))
-    cluster = {"MS_SCHED_HOST": "127.0.0.1", "MS_SCHED_PORT": str(free_port()),
-               "MS_WORKER_NUM": "2"}
-    cmd = [sys.executable, "-m", "model.train", "--job", str(job)]
-    procs = [subprocess.Popen(cmd, cwd=REPO, env=env(MS_ROLE="MS_SCHED", **cluster),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
-    for node in (0, 1):
-        procs.append(subprocess.Popen(
-            cmd, cwd=REPO, env=env(MS_ROLE="MS_WORKER", MS_NODE_ID=str(node), **cluster),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    try:
-        results = [p.communicate(timeout=300) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    codes = [p.returncode for p in procs]
-    assert codes == [0, 0, 0], [r[1][-1500:] for r in results]
-    assert sorted(losses(results[1][0])) == [4, 8, 12]  # rank 0 logs
-    assert losses(results[2][0]) == {}  # rank 1 does not
+    results = run_cluster(job)
+    assert [r[0] for r in results] == [0, 0, 0], [r[2][-1500:] for r in results]
+    assert sorted(losses(results[1][1])) == [4, 8, 12]  # rank 0 logs
+    assert losses(results[2][1]) == {}  # rank 1 does not
 
     out = tmp_path / "dp" / "output"
     rank0, rank1 = (params_of(ck.ckpt_path(out, r, 12)) for r in (0, 1))
@@ -203,6 +216,14 @@ def test_two_worker_cluster_matches_single_process(tmp_path: Path, data_dir: Pat
     init = params_of_init(tmp_path, data_dir)
     moved = max(float(np.abs(ref[n] - init[n]).max()) for n in ref)
     assert moved > 1e-3  # training really changed the weights the ranks agree on
+
+    # step 12 is incomplete on rank 1 only: both ranks must agree on step 6
+    ck.manifest_path(out, 1, 12).unlink()
+    again = run_cluster(job, "--resume", "--set", "train.steps=14")
+    assert [r[0] for r in again] == [0, 0, 0], [r[2][-1500:] for r in again]
+    for _, _, err in again[1:]:
+        assert "resumed from step 6 " in err
+    assert sorted(losses(again[1][1])) == [8, 12, 14]
 
 
 def params_of_init(tmp_path: Path, data_dir: Path) -> dict[str, np.ndarray]:
