@@ -51,7 +51,8 @@ def test_parse_status() -> None:
     assert a.slots[2].metrics["loss"] == 2.315
     assert not parse_status("a", "nojob\n").staged
     b = parse_status("b", FAILED_B)
-    assert b.first_failure == ("3", 1, 1795881302.25) and b.slots[1].failed and b.slots[0].exit_code == 143
+    assert b.first_failure == ("3", 1, 1795881302.25)
+    assert b.slots[1].failed and b.slots[0].exit_code == 143
 
 
 def test_derive_status() -> None:
