@@ -70,11 +70,13 @@ def _print_check(report: Any) -> None:
         click.echo(f"[{node}] {item.name}: {item.value} -> {item.fix}", err=True)
 
 
-def _run_check(inv: Any, spec: Any, mode: str, sched_port: int | None, forks: int) -> Any:
+def _run_check(inv: Any, spec: Any, mode: str, sched_port: int | None, forks: int,
+               conns: Any = None) -> Any:
     from orchestrator.jobs.check import check_nodes
 
     target = str(spec.value("train.device_target")) if spec is not None else "CPU"
-    return check_nodes(inv, device_target=target, mode=mode, sched_port=sched_port, forks=forks)
+    return check_nodes(inv, device_target=target, mode=mode, sched_port=sched_port, forks=forks,
+                       conns=conns)
 
 
 mode_option = click.option("--mode", type=click.Choice(["ranktable", "msrun"]), default=None,
@@ -166,29 +168,34 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
     mode = mode or default_mode(str(spec.value("train.device_target")))
     opts = UpOptions(mode=mode, sched_port=sched_port, cluster_timeout=cluster_timeout,
                      entrypoint=entrypoint, stop_grace=stop_grace, forks=forks)
-    record = create_job(inv, spec, store, opts, discover=not dry_run)
     if dry_run:
+        record = create_job(inv, spec, store, opts, discover=False)
         for line in dry_run_summary(record, store):
             click.echo(line)
         return
-    if not no_check:
-        report = _run_check(inv, spec, mode, record.sched_port, forks)
-        if not report.ok:
-            _print_check(report)
-            store.save(record.with_status(_failed(), "check failed"))
-            raise JobError(f"check failed on {len({n for n, _ in report.failures})} node(s); "
-                           "nothing was started (fix, or skip with --no-check)")
-    click.echo(f"job {record.job_id}: {record.world_size} ranks on {len(record.nodes)} node(s), "
-               f"{record.mode} mode")
-    try:
-        record = launch(record, inv, store, forks=forks, echo=click.echo)
-    except KeyboardInterrupt:
-        click.echo(f"job {record.job_id} cancelled: nothing left running", err=True)
-        sys.exit(130)
-    click.echo(f"job {record.job_id} running. Follow it with `orchestrate status --watch "
-               f"{record.job_id}`, stop it with `orchestrate down {record.job_id}`.")
-    if wait:
-        _wait(record, inv, store, forks)
+    from orchestrator.jobs.nodes import Connections
+
+    # SSH handshakes run in the background while the job is planned and rendered.
+    with Connections(inv, inv.in_rank_order(), forks) as conns:
+        record = create_job(inv, spec, store, opts)
+        if not no_check:
+            report = _run_check(inv, spec, mode, record.sched_port, forks, conns)
+            if not report.ok:
+                _print_check(report)
+                store.save(record.with_status(_failed(), "check failed"))
+                raise JobError(f"check failed on {len({n for n, _ in report.failures})} "
+                               "node(s); nothing was started (fix, or skip with --no-check)")
+        click.echo(f"job {record.job_id}: {record.world_size} ranks on {len(record.nodes)} "
+                   f"node(s), {record.mode} mode")
+        try:
+            record = launch(record, inv, store, forks=forks, echo=click.echo, conns=conns)
+        except KeyboardInterrupt:
+            click.echo(f"job {record.job_id} cancelled: nothing left running", err=True)
+            sys.exit(130)
+        click.echo(f"job {record.job_id} running. Follow it with `orchestrate status --watch "
+                   f"{record.job_id}`, stop it with `orchestrate down {record.job_id}`.")
+        if wait:
+            _wait(record, inv, store, forks, conns=conns)
 
 
 def _failed() -> Any:
@@ -197,12 +204,13 @@ def _failed() -> Any:
     return JobStatus.FAILED
 
 
-def _wait(record: Any, inv: Any, store: Any, forks: int, teardown: bool = True) -> None:
+def _wait(record: Any, inv: Any, store: Any, forks: int, teardown: bool = True,
+          conns: Any = None) -> None:
     from orchestrator.jobs.progress import watch
     from orchestrator.jobs.state import JobStatus
 
     try:
-        record = watch(record, inv, store, teardown=teardown, forks=forks)
+        record = watch(record, inv, store, teardown=teardown, forks=forks, conns=conns)
     except KeyboardInterrupt:
         click.echo(f"\ndetached; job {record.job_id} keeps running. Re-attach with "
                    f"`orchestrate status --watch {record.job_id}`, stop it with "
@@ -233,7 +241,10 @@ def status_command(job_id: str | None, as_json: bool, watch: bool, inventory_pat
 
     store, record, inv = _record_and_inventory(state_dir, job_id, inventory_path)
     if watch and not as_json:
-        _wait(record, inv, store, forks, teardown=False)
+        from orchestrator.jobs.nodes import Connections
+
+        with Connections(inv, [inv.node(n.name) for n in record.nodes], forks) as conns:
+            _wait(record, inv, store, forks, teardown=False, conns=conns)
         return
     record, reports = refresh(record, inv, store, forks)
     if as_json:

@@ -27,7 +27,7 @@ from pathlib import Path
 from orchestrator.errors import JobError, OrchestrateError
 from orchestrator.inventory import Connection, Inventory
 from orchestrator.jobs import stage as stage_mod
-from orchestrator.jobs.nodes import fan_out, job_nodes, launch_command, open_transport
+from orchestrator.jobs.nodes import Connections, fan_out, job_nodes, launch_command
 from orchestrator.jobs.state import JobRecord, JobStatus, JobStore, NodeRecord, new_job_id
 from orchestrator.plan import Plan, build_plan
 from orchestrator.presets import JobSpec
@@ -223,8 +223,8 @@ def _describe(failed: Mapping[str, BaseException]) -> str:
     return "; ".join(f"[{', '.join(names)}] {cause}" for cause, names in by_cause.items())
 
 
-def launch(record: JobRecord, inv: Inventory, store: JobStore,
-           forks: int = 64, echo: Echo = print) -> JobRecord:
+def launch(record: JobRecord, inv: Inventory, store: JobStore, forks: int = 64,
+           echo: Echo = print, conns: Connections | None = None) -> JobRecord:
     """Stage and start the job on every node; on failure or Ctrl-C stop it everywhere.
 
     Raises:
@@ -234,10 +234,11 @@ def launch(record: JobRecord, inv: Inventory, store: JobStore,
     record = record.with_status(JobStatus.LAUNCHING)
     store.save(record)
     started = False
-    transports: dict[str, Transport] = {}
+    own = conns is None
     try:
         pairs = job_nodes(record, inv)
-        transports.update({node.name: open_transport(inv, node) for _, node in pairs})
+        if conns is None:
+            conns = Connections(inv, [node for _, node in pairs], forks)
         plan_nodes = [node for _, node in pairs]
         code = stage_mod.code_tree()
         data = stage_mod.data_tree(Path(record.local_data)) if record.local_data else None
@@ -251,7 +252,7 @@ def launch(record: JobRecord, inv: Inventory, store: JobStore,
                 return stage_mod.stage_node(t, record.job_id, str(node.workdir), trees, public,
                                             secrets, Path(tmp))
 
-            results = fan_out(inv, plan_nodes, stage_one, forks, transports)
+            results = fan_out(inv, plan_nodes, stage_one, forks, conns)
         failed = _failures(results)
         staged = {k: v for k, v in results.items() if isinstance(v, stage_mod.Staged)}
         nodes = tuple(dataclasses.replace(n, job_dir=staged[n.name].job_dir)
@@ -281,14 +282,14 @@ def launch(record: JobRecord, inv: Inventory, store: JobStore,
                     pids[parts[1]] = int(parts[2])
             return pids
 
-        started_pids = fan_out(inv, plan_nodes, start_one, forks, transports)
+        started_pids = fan_out(inv, plan_nodes, start_one, forks, conns)
         failed = _failures(started_pids)
         nodes = tuple(dataclasses.replace(n, pids=pids) if isinstance(
             pids := started_pids.get(n.name), dict) else n for n in record.nodes)
         record = record.replace(nodes=nodes)
         if failed:
             with _sigint_deferred():
-                _stop_everywhere(record, inv, forks)
+                _stop_everywhere(record, inv, forks, conns)
             record = record.with_status(JobStatus.FAILED, f"start failed: {_describe(failed)}")
             store.save(record)
             raise JobError(f"start failed on {len(failed)} node(s), job {record.job_id} stopped "
@@ -299,7 +300,7 @@ def launch(record: JobRecord, inv: Inventory, store: JobStore,
     except KeyboardInterrupt:
         with _sigint_deferred():
             echo("interrupted: stopping whatever was started ...")
-            _stop_everywhere(record, inv, forks)
+            _stop_everywhere(record, inv, forks, conns)
             store.save(record.with_status(JobStatus.CANCELLED, "interrupted during up"))
         raise
     except OrchestrateError as e:
@@ -307,15 +308,12 @@ def launch(record: JobRecord, inv: Inventory, store: JobStore,
             store.save(record.with_status(JobStatus.FAILED, str(e)))
         raise
     finally:
-        for t in transports.values():
-            try:
-                t.close()
-            except Exception:  # noqa: BLE001 - closing is best effort
-                pass
+        if own and conns is not None:
+            conns.close()
 
 
-def _stop_everywhere(record: JobRecord, inv: Inventory,
-                     forks: int = 64) -> dict[str, str | BaseException]:
+def _stop_everywhere(record: JobRecord, inv: Inventory, forks: int = 64,
+                     conns: Connections | None = None) -> dict[str, str | BaseException]:
     """Run `launch.sh stop` on every node of the job; node -> output or exception."""
     by_name = {n.name: n for n in record.nodes}
 
@@ -327,7 +325,7 @@ def _stop_everywhere(record: JobRecord, inv: Inventory,
             raise JobError(f"[{t.node.name}] stop did not finish: {out or res.stderr.strip()}")
         return "nothing started" if out == "nojob" else out
 
-    return fan_out(inv, [node for _, node in job_nodes(record, inv)], one, forks)
+    return fan_out(inv, [node for _, node in job_nodes(record, inv)], one, forks, conns)
 
 
 def stop_job(record: JobRecord, inv: Inventory, store: JobStore,
@@ -352,9 +350,9 @@ def stop_job(record: JobRecord, inv: Inventory, store: JobStore,
 
 
 def teardown_failed(record: JobRecord, inv: Inventory, store: JobStore, reason: str,
-                    forks: int = 64) -> JobRecord:
+                    forks: int = 64, conns: Connections | None = None) -> JobRecord:
     """A rank failed: stop the job on every node, record FAILED with the reason."""
-    _stop_everywhere(record, inv, forks)
+    _stop_everywhere(record, inv, forks, conns)
     record = record.with_status(JobStatus.FAILED, reason)
     store.save(record)
     return record
