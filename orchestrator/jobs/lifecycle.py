@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.errors import JobError, OrchestrateError
+from orchestrator.errors import JobError
 from orchestrator.inventory import Connection, Inventory
 from orchestrator.jobs import stage as stage_mod
 from orchestrator.jobs.nodes import Connections, fan_out, job_nodes, launch_command
@@ -303,9 +303,12 @@ def launch(record: JobRecord, inv: Inventory, store: JobStore, forks: int = 64,
             _stop_everywhere(record, inv, forks, conns)
             store.save(record.with_status(JobStatus.CANCELLED, "interrupted during up"))
         raise
-    except OrchestrateError as e:
-        if not started:
-            store.save(record.with_status(JobStatus.FAILED, str(e)))
+    except Exception as e:
+        if not isinstance(e, JobError) or not started:
+            if started:  # an unexpected error after ranks may have started: leave none behind
+                with _sigint_deferred():
+                    _stop_everywhere(record, inv, forks, conns)
+            store.save(record.with_status(JobStatus.FAILED, str(e) or type(e).__name__))
         raise
     finally:
         if own and conns is not None:
