@@ -24,8 +24,9 @@ h = hidden_size, V = vocab_size, i = 0..n_layer-1, weights stored [out, in] like
 
 The LM head has no parameter of its own (tied, no bias). A training wrapper cell renames these
 unless it is built with `auto_prefix=False` (e.g. `net.transformer...`); checkpoints loaded by
-model.convert.load_checkpoint_arrays may carry such a prefix and optimizer state. Generation with a fixed-size KV cache
-uses `prefill` and `decode_step` (see model/infer.py), which share these parameters.
+model.convert.load_checkpoint_arrays may carry such a prefix and optimizer state.
+Generation with a fixed-size KV cache uses `prefill` and `decode_step` (see model/infer.py),
+which share these parameters.
 """
 
 from __future__ import annotations
