@@ -142,7 +142,7 @@ class Dropout(nn.Cell):
     def __init__(self, p: float) -> None:
         super().__init__()
         self.has_dropout = p > 0.0
-        self.dropout = nn.Dropout(p=p) if p > 0.0 else None
+        self.dropout = nn.Dropout(p=p) if p > 0.0 else nn.Identity()
 
     def construct(self, x: Tensor) -> Tensor:
         if self.has_dropout:
