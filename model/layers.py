@@ -142,7 +142,7 @@ class Dropout(nn.Cell):
     def __init__(self, p: float) -> None:
         super().__init__()
         self.has_dropout = p > 0.0
-        self.dropout = nn.Dropout(p=p) if p > 0.0 else None
+        self.dropout = nn.Dropout(p=p) if p > 0.0 else nn.Identity()
 
     def construct(self, x: Tensor) -> Tensor:
         if self.has_dropout:
@@ -185,11 +185,17 @@ class BloomAttention(nn.Cell):
         """
         batch, q_len, _ = x.shape
         fused = self.query_key_value(x)  # [batch, q_len, 3*hidden]
-        fused = fused.reshape(batch, q_len, self.n_head, 3, self.head_dim)  # per head: q, k, v
-        fused = fused.transpose(0, 2, 1, 3, 4)  # [batch, n_head, q_len, 3, head_dim]
-        q = fused[:, :, :, 0]  # [batch, n_head, q_len, head_dim]
-        k = fused[:, :, :, 1]
-        v = fused[:, :, :, 2]
+        if q_len == 1:  # decode: no transpose needed, [batch, n_head, 3, head_dim]
+            fused = fused.reshape(batch, self.n_head, 3, self.head_dim)
+            q = fused[:, :, 0:1]  # [batch, n_head, 1, head_dim]
+            k = fused[:, :, 1:2]
+            v = fused[:, :, 2:3]
+        else:  # per head: q, k, v
+            fused = fused.reshape(batch, q_len, self.n_head, 3, self.head_dim)
+            fused = fused.transpose(0, 2, 1, 3, 4)  # [batch, n_head, q_len, 3, head_dim]
+            q = fused[:, :, :, 0]  # [batch, n_head, q_len, head_dim]
+            k = fused[:, :, :, 1]
+            v = fused[:, :, :, 2]
         if k_cache is not None:
             k = ops.where(write, k, k_cache)  # [batch, n_head, keys, head_dim]
             v = ops.where(write, v, v_cache)
@@ -200,7 +206,9 @@ class BloomAttention(nn.Cell):
         if not self.is_float32:
             probs = ops.cast(probs, self.compute_dtype)
         context = self.context_matmul(self.attention_dropout(probs), v)  # [b, heads, q, hd]
-        context = context.transpose(0, 2, 1, 3).reshape(batch, q_len, self.hidden_size)
+        if q_len != 1:
+            context = context.transpose(0, 2, 1, 3)  # [batch, q_len, n_head, head_dim]
+        context = context.reshape(batch, q_len, self.hidden_size)
         return self.dense(context), k, v
 
 
