@@ -219,12 +219,28 @@ def build_cells(job: Job, layout: Layout, dist: Dist, use_mask: bool, start_lrs:
                 return (nll * m).sum() / ops.maximum(m.sum(), 1.0)
             return nll.mean()
 
+    square_sum = ops.MultitypeFuncGraph("square_sum")
+    scale_by = ops.MultitypeFuncGraph("scale_by")
+
+    @square_sum.register("Tensor")
+    def _square_sum(grad: Tensor) -> Tensor:
+        return ops.reduce_sum(ops.square(ops.cast(grad, ms.float32)))
+
+    @scale_by.register("Tensor", "Tensor")
+    def _scale_by(factor: Tensor, grad: Tensor) -> Tensor:
+        return grad * ops.cast(factor, grad.dtype)
+
     class TrainStep(nn.TrainOneStepCell):
-        """TrainOneStepCell with global-norm gradient clipping after the DP reduction."""
+        """TrainOneStepCell with global-norm gradient clipping after the DP reduction.
+
+        The clipping is written out (sum of squares, one scale) rather than
+        ops.clip_by_global_norm, which measured ~2x slower per step on CPU.
+        """
 
         def __init__(self, network: nn.Cell, optimizer: nn.Optimizer, clip: float) -> None:
             super().__init__(network, optimizer)
             self.clip = clip
+            self.hyper_map = ops.HyperMap()
             if layout.pipeline_stage > 1:  # accumulates micro-batch grads, reduces across stages
                 self.grad_reducer = nn.PipelineGradReducer(optimizer.parameters)
 
@@ -234,7 +250,9 @@ def build_cells(job: Job, layout: Layout, dist: Dist, use_mask: bool, start_lrs:
             grads = self.grad(self.network, self.weights)(*inputs, sens)
             grads = self.grad_reducer(grads)
             if self.clip > 0:
-                grads = ops.clip_by_global_norm(grads, self.clip)
+                norm = ops.sqrt(ops.addn(self.hyper_map(square_sum, grads)))
+                factor = self.clip / ops.maximum(norm, self.clip)
+                grads = self.hyper_map(ops.partial(scale_by, factor), grads)
             return ops.depend(loss, self.optimizer(grads))
 
     net = CausalLMLoss(model, use_mask)
