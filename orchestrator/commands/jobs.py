@@ -149,6 +149,16 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
     (inventory `env:`, mode 0600). Every rank runs detached in its own process group; a
     per-node supervisor stops the node's other ranks when one exits non-zero. If a node
     fails to stage or start, or Ctrl-C arrives first, the job is stopped everywhere.
+
+    \b
+    Data: --set data.path=PATH where PATH is
+      an Alpaca JSON file   prepared to MindRecord here, then staged as data/<name>
+      a local folder        (MindRecord, from `orchestrate prepare-data`) staged as is
+      a path on the nodes   used as is; or give `data_dir:` per node in the inventory
+
+    \b
+    Example (this machine, 2 CPU ranks, the tiny preset):
+      orchestrate up -i inventories/local.yaml -c tiny --set data.path=alpaca.json --wait
     """
     from orchestrator.errors import JobError
     from orchestrator.inventory import load_inventory
