@@ -96,7 +96,7 @@ def render_plot(job_id: str, logs: Mapping[str, str], output: Path) -> Path:
             xs = sorted(totals)
             ax_tps.plot(xs, [totals[x] for x in xs], label=f"attempt {i + 1}")
     ax_loss.set_ylabel("loss (rank 0)")
-    ax_tps.set_ylabel("tokens/s (all ranks)")
+    ax_tps.set_ylabel("tokens/s (summed over logging ranks)")
     ax_tps.set_xlabel("step")
     ax_loss.set_title(f"job {job_id}")
     ax_loss.legend()
