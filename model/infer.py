@@ -206,7 +206,7 @@ def load_model(ckpt: str | Path, config: BloomConfig) -> BloomLMHeadModel:
     from model.bloom import BloomLMHeadModel, load_parameters
 
     arrays = load_checkpoint_arrays(ckpt, config)
-    model = BloomLMHeadModel(config)
+    model = BloomLMHeadModel(config, random_init=False)
     model.set_train(False)
     load_parameters(model, arrays)
     return model
