@@ -231,11 +231,11 @@ def launch(record: JobRecord, inv: Inventory, store: JobStore, forks: int = 64,
         JobError: a node failed to stage or start (names the node and the cause).
         KeyboardInterrupt: re-raised after cleanup when Ctrl-C arrived.
     """
-    record = record.with_status(JobStatus.LAUNCHING)
-    store.save(record)
     started = False
     own = conns is None
     try:
+        record = record.with_status(JobStatus.LAUNCHING)
+        store.save(record)
         pairs = job_nodes(record, inv)
         if conns is None:
             conns = Connections(inv, [node for _, node in pairs], forks)
