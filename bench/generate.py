@@ -171,7 +171,8 @@ def main() -> None:
     import transformers
 
     print(f"mindspore {mindspore.__version__}, torch {torch.__version__}, transformers "
-          f"{transformers.__version__}, {os.cpu_count()} CPUs, torch threads {args.threads}")
+          f"{transformers.__version__}, {os.cpu_count()} CPUs, torch threads {args.threads}, "
+          f"load average {os.getloadavg()[0]:.1f}")
     print(f"greedy generation: {NEW_TOKENS} new tokens after {PROMPT_LEN}-token prompts, "
           f"Bloom {SMALL}, median of {args.repeats} after a warm-up")
     hf, generator = build_pair(args.threads)
@@ -180,6 +181,7 @@ def main() -> None:
         r = bench_generate(batch, args.repeats, hf, generator)
         print(f"{r['batch']:>5} {r['hf_tokens_per_s']:>10.1f} {r['ours_tokens_per_s']:>11.1f} "
               f"{r['ratio']:>7.2f}  {r['same_tokens']}")
+    print(f"load average now {os.getloadavg()[0]:.1f} (other processes skew both sides)")
     if args.skip_560m:
         return
     print("560m forward (batch 1, seq 64, float32, random weights), each side in its own process:")

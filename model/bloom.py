@@ -24,8 +24,9 @@ h = hidden_size, V = vocab_size, i = 0..n_layer-1, weights stored [out, in] like
 
 The LM head has no parameter of its own (tied, no bias). A training wrapper cell renames these
 unless it is built with `auto_prefix=False` (e.g. `net.transformer...`); checkpoints loaded by
-model.convert.load_checkpoint_arrays may carry such a prefix and optimizer state. Generation with a fixed-size KV cache
-uses `prefill` and `decode_step` (see model/infer.py), which share these parameters.
+model.convert.load_checkpoint_arrays may carry such a prefix and optimizer state.
+Generation with a fixed-size KV cache uses `prefill` and `decode_step` (see model/infer.py),
+which share these parameters.
 """
 
 from __future__ import annotations
@@ -49,13 +50,13 @@ from model.layers import (
 class BloomModel(nn.Cell):
     """Embeddings -> word_embeddings_layernorm -> n_layer blocks -> ln_f (hidden states)."""
 
-    def __init__(self, config: BloomConfig) -> None:
+    def __init__(self, config: BloomConfig, random_init: bool = True) -> None:
         super().__init__()
         self.config = config
         self.compute_dtype = MS_DTYPES[config.compute_dtype]
-        self.word_embeddings = Embedding(config)
+        self.word_embeddings = Embedding(config, random_init)
         self.word_embeddings_layernorm = LayerNorm(config.hidden_size, config)
-        self.h = nn.CellList([BloomBlock(config) for _ in range(config.n_layer)])
+        self.h = nn.CellList([BloomBlock(config, random_init) for _ in range(config.n_layer)])
         self.ln_f = LayerNorm(config.hidden_size, config)
         self.slopes = Tensor(alibi_slopes(config.n_head))  # [n_head] float32 constant
 
@@ -85,8 +86,8 @@ class BloomModel(nn.Cell):
         mask = causal[None, None, :, :] * key_mask[:, None, None, :]  # [batch, 1, seq, seq]
         bias = attention_bias(alibi, mask)  # [batch, n_head, seq, seq]
         x = self.embed(input_ids)
-        keys = ()
-        values = ()
+        keys = ()  # type: tuple[Tensor, ...]
+        values = ()  # type: tuple[Tensor, ...]
         for block in self.h:
             x, k, v = block(x, bias)
             keys += (k,)
@@ -111,8 +112,8 @@ class BloomModel(nn.Cell):
         bias = attention_bias(alibi, key_mask[:, None, None, :])  # [batch, n_head, 1, cache_len]
         write = (write > 0.5).reshape(1, 1, -1, 1)  # [1, 1, cache_len, 1]
         x = self.embed(input_ids)
-        keys = ()
-        values = ()
+        keys = ()  # type: tuple[Tensor, ...]
+        values = ()  # type: tuple[Tensor, ...]
         for i, block in enumerate(self.h):
             x, k, v = block(x, bias, k_caches[i], v_caches[i], write)
             keys += (k,)
@@ -123,10 +124,11 @@ class BloomModel(nn.Cell):
 class BloomLMHeadModel(nn.Cell):
     """Bloom with the LM head tied to `transformer.word_embeddings.weight` (no bias)."""
 
-    def __init__(self, config: BloomConfig) -> None:
+    def __init__(self, config: BloomConfig, random_init: bool = True) -> None:
+        """Build the model; `random_init=False` leaves weights zero for a checkpoint to fill."""
         super().__init__()
         self.config = config
-        self.transformer = BloomModel(config)
+        self.transformer = BloomModel(config, random_init)
         self.lm_head = ops.MatMul(transpose_b=True)  # x @ E^T without copying E
         self.compute_dtype = MS_DTYPES[config.compute_dtype]
         self.needs_cast = MS_DTYPES[config.param_dtype] != self.compute_dtype
@@ -165,8 +167,8 @@ class BloomLMHeadModel(nn.Cell):
         batch, prompt_len = input_ids.shape
         c = self.config
         pad = ops.zeros((batch, c.n_head, cache_len - prompt_len, c.head_dim), self.compute_dtype)
-        k_caches = ()
-        v_caches = ()
+        k_caches = ()  # type: tuple[Tensor, ...]
+        v_caches = ()  # type: tuple[Tensor, ...]
         for i in range(len(keys)):
             k_caches += (ops.concat((keys[i], pad), 2),)  # [batch, n_head, cache_len, head_dim]
             v_caches += (ops.concat((values[i], pad), 2),)

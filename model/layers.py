@@ -52,6 +52,12 @@ def build_alibi(key_mask: Tensor, slopes: Tensor) -> Tensor:
     return slopes.reshape(1, -1, 1, 1) * positions[:, None, None, :]  # [batch, heads, 1, keys]
 
 
+def weight_init(config: BloomConfig, random_init: bool) -> Normal | Zero:
+    """Normal(initializer_range) for a fresh model; zeros when a checkpoint will overwrite them
+    (drawing 560M normal numbers costs ~30 s on CPU)."""
+    return Normal(config.initializer_range) if random_init else Zero()
+
+
 def attention_bias(alibi: Tensor, mask: Tensor) -> Tensor:
     """Additive attention bias: ALiBi where `mask` allows attending, MASK_FILL elsewhere.
 
@@ -78,11 +84,12 @@ def bloom_gelu(x: Tensor) -> Tensor:
 class Linear(nn.Cell):
     """y = x W^T + b with W stored [out, in] (torch layout), computed in `compute_dtype`."""
 
-    def __init__(self, in_features: int, out_features: int, config: BloomConfig) -> None:
+    def __init__(self, in_features: int, out_features: int, config: BloomConfig,
+                 random_init: bool = True) -> None:
         super().__init__()
         param_dtype = MS_DTYPES[config.param_dtype]
         self.compute_dtype = MS_DTYPES[config.compute_dtype]
-        init = Normal(config.initializer_range)
+        init = weight_init(config, random_init)
         self.weight = Parameter(initializer(init, (out_features, in_features), param_dtype),
                                 name="weight")
         self.bias = Parameter(initializer(Zero(), (out_features,), param_dtype), name="bias")
@@ -100,10 +107,10 @@ class Linear(nn.Cell):
 class Embedding(nn.Cell):
     """Token embedding table [vocab, hidden]; also the tied LM head's weight."""
 
-    def __init__(self, config: BloomConfig) -> None:
+    def __init__(self, config: BloomConfig, random_init: bool = True) -> None:
         super().__init__()
         self.compute_dtype = MS_DTYPES[config.compute_dtype]
-        self.weight = Parameter(initializer(Normal(config.initializer_range),
+        self.weight = Parameter(initializer(weight_init(config, random_init),
                                             (config.vocab_size, config.hidden_size),
                                             MS_DTYPES[config.param_dtype]), name="weight")
 
@@ -142,7 +149,7 @@ class Dropout(nn.Cell):
     def __init__(self, p: float) -> None:
         super().__init__()
         self.has_dropout = p > 0.0
-        self.dropout = nn.Dropout(p=p) if p > 0.0 else None
+        self.dropout = nn.Dropout(p=p) if p > 0.0 else nn.Identity()
 
     def construct(self, x: Tensor) -> Tensor:
         if self.has_dropout:
@@ -153,7 +160,7 @@ class Dropout(nn.Cell):
 class BloomAttention(nn.Cell):
     """Multi-head self-attention with a fused QKV projection laid out per head (n_head, 3, hd)."""
 
-    def __init__(self, config: BloomConfig) -> None:
+    def __init__(self, config: BloomConfig, random_init: bool = True) -> None:
         super().__init__()
         self.n_head = config.n_head
         self.head_dim = config.head_dim
@@ -161,8 +168,9 @@ class BloomAttention(nn.Cell):
         self.compute_dtype = MS_DTYPES[config.compute_dtype]
         self.is_float32 = self.compute_dtype == ms.float32
         self.inv_norm_factor = 1.0 / math.sqrt(self.head_dim)
-        self.query_key_value = Linear(config.hidden_size, 3 * config.hidden_size, config)
-        self.dense = Linear(config.hidden_size, config.hidden_size, config)
+        h = config.hidden_size
+        self.query_key_value = Linear(h, 3 * h, config, random_init)
+        self.dense = Linear(h, h, config, random_init)
         self.attention_dropout = Dropout(config.attention_dropout)
         self.scores_matmul = ops.BatchMatMul(transpose_b=True)
         self.context_matmul = ops.BatchMatMul()
@@ -185,11 +193,17 @@ class BloomAttention(nn.Cell):
         """
         batch, q_len, _ = x.shape
         fused = self.query_key_value(x)  # [batch, q_len, 3*hidden]
-        fused = fused.reshape(batch, q_len, self.n_head, 3, self.head_dim)  # per head: q, k, v
-        fused = fused.transpose(0, 2, 1, 3, 4)  # [batch, n_head, q_len, 3, head_dim]
-        q = fused[:, :, :, 0]  # [batch, n_head, q_len, head_dim]
-        k = fused[:, :, :, 1]
-        v = fused[:, :, :, 2]
+        if q_len == 1:  # decode: no transpose needed, [batch, n_head, 3, head_dim]
+            fused = fused.reshape(batch, self.n_head, 3, self.head_dim)
+            q = fused[:, :, 0:1]  # [batch, n_head, 1, head_dim]
+            k = fused[:, :, 1:2]
+            v = fused[:, :, 2:3]
+        else:  # per head: q, k, v
+            fused = fused.reshape(batch, q_len, self.n_head, 3, self.head_dim)
+            fused = fused.transpose(0, 2, 1, 3, 4)  # [batch, n_head, q_len, 3, head_dim]
+            q = fused[:, :, :, 0]  # [batch, n_head, q_len, head_dim]
+            k = fused[:, :, :, 1]
+            v = fused[:, :, :, 2]
         if k_cache is not None:
             k = ops.where(write, k, k_cache)  # [batch, n_head, keys, head_dim]
             v = ops.where(write, v, v_cache)
@@ -200,17 +214,20 @@ class BloomAttention(nn.Cell):
         if not self.is_float32:
             probs = ops.cast(probs, self.compute_dtype)
         context = self.context_matmul(self.attention_dropout(probs), v)  # [b, heads, q, hd]
-        context = context.transpose(0, 2, 1, 3).reshape(batch, q_len, self.hidden_size)
+        if q_len != 1:
+            context = context.transpose(0, 2, 1, 3)  # [batch, q_len, n_head, head_dim]
+        context = context.reshape(batch, q_len, self.hidden_size)
         return self.dense(context), k, v
 
 
 class BloomMLP(nn.Cell):
     """hidden -> 4*hidden -> GELU (tanh) -> hidden."""
 
-    def __init__(self, config: BloomConfig) -> None:
+    def __init__(self, config: BloomConfig, random_init: bool = True) -> None:
         super().__init__()
-        self.dense_h_to_4h = Linear(config.hidden_size, 4 * config.hidden_size, config)
-        self.dense_4h_to_h = Linear(4 * config.hidden_size, config.hidden_size, config)
+        h = config.hidden_size
+        self.dense_h_to_4h = Linear(h, 4 * h, config, random_init)
+        self.dense_4h_to_h = Linear(4 * h, h, config, random_init)
 
     def construct(self, x: Tensor) -> Tensor:
         return self.dense_4h_to_h(bloom_gelu(self.dense_h_to_4h(x)))
@@ -219,12 +236,12 @@ class BloomMLP(nn.Cell):
 class BloomBlock(nn.Cell):
     """Pre-LN transformer block: x + attn(LN(x)), then h + mlp(LN(h)), dropout before each add."""
 
-    def __init__(self, config: BloomConfig) -> None:
+    def __init__(self, config: BloomConfig, random_init: bool = True) -> None:
         super().__init__()
         self.input_layernorm = LayerNorm(config.hidden_size, config)
-        self.self_attention = BloomAttention(config)
+        self.self_attention = BloomAttention(config, random_init)
         self.post_attention_layernorm = LayerNorm(config.hidden_size, config)
-        self.mlp = BloomMLP(config)
+        self.mlp = BloomMLP(config, random_init)
         self.hidden_dropout = Dropout(config.hidden_dropout)
 
     def construct(self, x: Tensor, bias: Tensor, k_cache: Tensor | None = None,

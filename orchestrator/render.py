@@ -135,7 +135,8 @@ def render_job_yaml(plan: Plan, data_path: str | None = None) -> str:
 
 def render_job(launch: LaunchSpec, plan: Plan,
                data_paths: Mapping[str, str | None] | None = None,
-               rank_table: str | None = None) -> dict[str, dict[str, RenderedFile]]:
+               rank_table: str | None = None,
+               require_table: bool = True) -> dict[str, dict[str, RenderedFile]]:
     """Every node's files: launch.sh, job.yaml, env.sh (if the node has `env:`), rank table.
 
     Args:
@@ -143,20 +144,24 @@ def render_job(launch: LaunchSpec, plan: Plan,
         plan: the layout (nodes in rank order).
         data_paths: node name -> data.path for its job.yaml (None: keep the preset's).
         rank_table: merged rank table JSON text (ranktable mode).
+        require_table: refuse ranktable mode without a table (off for dry runs).
 
     Returns:
         node name -> file name -> RenderedFile, in rank order.
     """
-    if launch.mode == "ranktable" and rank_table is None:
+    if launch.mode == "ranktable" and rank_table is None and require_table:
         raise JobError("ranktable mode needs the merged rank table")
     env = environment()
     out: dict[str, dict[str, RenderedFile]] = {}
+    job_yamls: dict[str | None, RenderedFile] = {}  # nodes with the same data path share one
     for i, node_plan in enumerate(plan.nodes):
         node = node_plan.ranks.node
+        data_path = (data_paths or {}).get(node.name)
+        if data_path not in job_yamls:
+            job_yamls[data_path] = RenderedFile(render_job_yaml(plan, data_path), 0o644)
         files = {
             "launch.sh": RenderedFile(render_launch(launch, node_plan.ranks, i == 0, env), 0o755),
-            "job.yaml": RenderedFile(
-                render_job_yaml(plan, (data_paths or {}).get(node.name)), 0o644),
+            "job.yaml": job_yamls[data_path],
         }
         if node.env:
             files["env.sh"] = RenderedFile(render_env(launch.job_id, node.env, env), 0o600)

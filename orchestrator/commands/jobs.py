@@ -2,6 +2,7 @@
 
     orchestrate check  --inventory inventories/12node.yaml --config 65b
     orchestrate up     --inventory inventories/local.yaml --config tiny --wait
+    orchestrate resume [JOB] [--wait]
     orchestrate status [JOB] [--json] [--watch]
     orchestrate logs   [JOB] [--rank R | --node N] [--tail K] [--follow] [--fetch DIR]
     orchestrate down   [JOB] [--all] [--yes]
@@ -70,11 +71,13 @@ def _print_check(report: Any) -> None:
         click.echo(f"[{node}] {item.name}: {item.value} -> {item.fix}", err=True)
 
 
-def _run_check(inv: Any, spec: Any, mode: str, sched_port: int | None, forks: int) -> Any:
+def _run_check(inv: Any, spec: Any, mode: str, sched_port: int | None, forks: int,
+               conns: Any = None) -> Any:
     from orchestrator.jobs.check import check_nodes
 
     target = str(spec.value("train.device_target")) if spec is not None else "CPU"
-    return check_nodes(inv, device_target=target, mode=mode, sched_port=sched_port, forks=forks)
+    return check_nodes(inv, device_target=target, mode=mode, sched_port=sched_port, forks=forks,
+                       conns=conns)
 
 
 mode_option = click.option("--mode", type=click.Choice(["ranktable", "msrun"]), default=None,
@@ -147,6 +150,16 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
     (inventory `env:`, mode 0600). Every rank runs detached in its own process group; a
     per-node supervisor stops the node's other ranks when one exits non-zero. If a node
     fails to stage or start, or Ctrl-C arrives first, the job is stopped everywhere.
+
+    \b
+    Data: --set data.path=PATH where PATH is
+      an Alpaca JSON file   prepared to MindRecord here, then staged as data/<name>
+      a local folder        (MindRecord, from `orchestrate prepare-data`) staged as is
+      a path on the nodes   used as is; or give `data_dir:` per node in the inventory
+
+    \b
+    Example (this machine, 2 CPU ranks, the tiny preset):
+      orchestrate up -i inventories/local.yaml -c tiny --set data.path=alpaca.json --wait
     """
     from orchestrator.errors import JobError
     from orchestrator.inventory import load_inventory
@@ -156,33 +169,44 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
 
     inv = load_inventory(inventory_path)
     spec = load_job_spec(preset, overrides)
+    if entrypoint is None and not spec.value("data.path") and any(
+            n.data_dir is None for n in inv.nodes):
+        raise JobError(f"data.path is empty in preset {preset}: the trainer needs a dataset. "
+                       "Pass --set data.path=alpaca.json (prepared to MindRecord here and "
+                       "staged) or a MindRecord folder (`orchestrate prepare-data`; a local "
+                       "folder is staged, a path that exists only on the nodes is used as is)")
     store = _store(state_dir)
     mode = mode or default_mode(str(spec.value("train.device_target")))
     opts = UpOptions(mode=mode, sched_port=sched_port, cluster_timeout=cluster_timeout,
                      entrypoint=entrypoint, stop_grace=stop_grace, forks=forks)
-    record = create_job(inv, spec, store, opts)
     if dry_run:
+        record = create_job(inv, spec, store, opts, discover=False)
         for line in dry_run_summary(record, store):
             click.echo(line)
         return
-    if not no_check:
-        report = _run_check(inv, spec, mode, record.sched_port, forks)
-        if not report.ok:
-            _print_check(report)
-            store.save(record.with_status(_failed(), "check failed"))
-            raise JobError(f"check failed on {len({n for n, _ in report.failures})} node(s); "
-                           "nothing was started (fix, or skip with --no-check)")
-    click.echo(f"job {record.job_id}: {record.world_size} ranks on {len(record.nodes)} node(s), "
-               f"{record.mode} mode")
-    try:
-        record = launch(record, inv, store, spec, forks=forks, echo=click.echo)
-    except KeyboardInterrupt:
-        click.echo(f"job {record.job_id} cancelled: nothing left running", err=True)
-        sys.exit(130)
-    click.echo(f"job {record.job_id} running. Follow it with `orchestrate status --watch "
-               f"{record.job_id}`, stop it with `orchestrate down {record.job_id}`.")
-    if wait:
-        _wait(record, inv, store, forks)
+    from orchestrator.jobs.nodes import Connections
+
+    # SSH handshakes run in the background while the job is planned and rendered.
+    with Connections(inv, inv.in_rank_order(), forks) as conns:
+        record = create_job(inv, spec, store, opts)
+        if not no_check:
+            report = _run_check(inv, spec, mode, record.sched_port, forks, conns)
+            if not report.ok:
+                _print_check(report)
+                store.save(record.with_status(_failed(), "check failed"))
+                raise JobError(f"check failed on {len({n for n, _ in report.failures})} "
+                               "node(s); nothing was started (fix, or skip with --no-check)")
+        click.echo(f"job {record.job_id}: {record.world_size} ranks on {len(record.nodes)} "
+                   f"node(s), {record.mode} mode")
+        try:
+            record = launch(record, inv, store, forks=forks, echo=click.echo, conns=conns)
+        except KeyboardInterrupt:
+            click.echo(f"job {record.job_id} cancelled: nothing left running", err=True)
+            sys.exit(130)
+        click.echo(f"job {record.job_id} running. Follow it with `orchestrate status --watch "
+                   f"{record.job_id}`, stop it with `orchestrate down {record.job_id}`.")
+        if wait:
+            _wait(record, inv, store, forks, conns=conns)
 
 
 def _failed() -> Any:
@@ -191,12 +215,13 @@ def _failed() -> Any:
     return JobStatus.FAILED
 
 
-def _wait(record: Any, inv: Any, store: Any, forks: int, teardown: bool = True) -> None:
+def _wait(record: Any, inv: Any, store: Any, forks: int, teardown: bool = True,
+          conns: Any = None) -> None:
     from orchestrator.jobs.progress import watch
     from orchestrator.jobs.state import JobStatus
 
     try:
-        record = watch(record, inv, store, teardown=teardown, forks=forks)
+        record = watch(record, inv, store, teardown=teardown, forks=forks, conns=conns)
     except KeyboardInterrupt:
         click.echo(f"\ndetached; job {record.job_id} keeps running. Re-attach with "
                    f"`orchestrate status --watch {record.job_id}`, stop it with "
@@ -206,6 +231,36 @@ def _wait(record: Any, inv: Any, store: Any, forks: int, teardown: bool = True) 
                + (f": {record.message}" if record.message else ""))
     if record.status is not JobStatus.SUCCEEDED:
         sys.exit(1)
+
+
+@click.command("resume")
+@job_argument
+@click.option("--wait", is_flag=True, help="Show live progress until the job ends (as `up`).")
+@_job_inventory_option()
+@flags.state_dir_option()
+@flags.forks_option()
+def resume_command(job_id: str | None, wait: bool, inventory_path: Path | None, state_dir: Path,
+                   forks: int) -> None:
+    """Start a new attempt of a FAILED or CANCELLED job on the same nodes.
+
+    Every rank restarts with the trainer's --resume (it continues from the newest checkpoint
+    complete on every rank); the logs of all attempts stay in each rank's stdout.log and
+    `status --json` counts the attempts. Refused while any rank of the job still runs.
+    """
+    from orchestrator.jobs.lifecycle import resume_job
+    from orchestrator.jobs.nodes import Connections
+
+    store, record, inv = _record_and_inventory(state_dir, job_id, inventory_path)
+    with Connections(inv, [inv.node(n.name) for n in record.nodes], forks) as conns:
+        try:
+            record = resume_job(record, inv, store, forks, conns)
+        except KeyboardInterrupt:
+            click.echo(f"job {record.job_id} cancelled: nothing left running", err=True)
+            sys.exit(130)
+        click.echo(f"job {record.job_id} attempt {record.attempts} running. Follow it with "
+                   f"`orchestrate status --watch {record.job_id}`.")
+        if wait:
+            _wait(record, inv, store, forks, conns=conns)
 
 
 @click.command("status")
@@ -227,7 +282,10 @@ def status_command(job_id: str | None, as_json: bool, watch: bool, inventory_pat
 
     store, record, inv = _record_and_inventory(state_dir, job_id, inventory_path)
     if watch and not as_json:
-        _wait(record, inv, store, forks, teardown=False)
+        from orchestrator.jobs.nodes import Connections
+
+        with Connections(inv, [inv.node(n.name) for n in record.nodes], forks) as conns:
+            _wait(record, inv, store, forks, teardown=False, conns=conns)
         return
     record, reports = refresh(record, inv, store, forks)
     if as_json:
@@ -291,6 +349,8 @@ def down_command(job_id: str | None, all_jobs: bool, yes: bool, inventory_path: 
                  state_dir: Path, forks: int) -> None:
     """Stop a job on every node and verify nothing of it is left; mark it CANCELLED.
 
+    JOB defaults to the latest job still running (else the latest job).
+
     SIGTERM each rank's process group, wait, SIGKILL what is left, then kill anything
     still carrying the job's id. Idempotent. Unreachable nodes are named (exit 1);
     run `down` again once they are back.
@@ -308,7 +368,7 @@ def down_command(job_id: str | None, all_jobs: bool, yes: bool, inventory_path: 
             click.echo("no running jobs")
             return
     else:
-        targets = [store.load(store.resolve(job_id))]
+        targets = [store.load(store.resolve(job_id, prefer_live=True))]
     names = ", ".join(r.job_id for r in targets)
     if not yes and not click.confirm(f"stop {names}?", default=False):
         raise click.Abort()
@@ -343,4 +403,5 @@ def plot_command(job_id: str | None, output: Path, inventory_path: Path | None,
     click.echo(f"wrote {path}")
 
 
-COMMANDS = (check_command, up_command, status_command, logs_command, down_command, plot_command)
+COMMANDS = (check_command, up_command, resume_command, status_command, logs_command, down_command,
+            plot_command)

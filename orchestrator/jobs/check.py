@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from orchestrator.inventory import Inventory, Node
-from orchestrator.jobs.nodes import fan_out
+from orchestrator.jobs.nodes import Connections, fan_out
 from orchestrator.remote.transport import Transport
 from orchestrator.render import shell_path
 
@@ -114,7 +114,8 @@ def _evaluate(node: Node, out: dict[str, str], t0: float, t1: float, device_targ
 
 def check_nodes(inv: Inventory, nodes: tuple[Node, ...] | None = None,
                 device_target: str = "CPU", mode: str = "msrun",
-                sched_port: int | None = None, forks: int = 64) -> CheckReport:
+                sched_port: int | None = None, forks: int = 64,
+                conns: Connections | None = None) -> CheckReport:
     """Probe every node in parallel; the first node (rank order) also checks the port."""
     nodes = nodes or inv.in_rank_order()
     first = nodes[0].name
@@ -130,7 +131,7 @@ def check_nodes(inv: Inventory, nodes: tuple[Node, ...] | None = None,
             out[k.strip()] = v.strip()
         return _evaluate(t.node, out, t0, t1, device_target, mode, port)
 
-    results = fan_out(inv, list(nodes), one, forks)
+    results = fan_out(inv, list(nodes), one, forks, conns)
     checks = []
     for node in nodes:
         r = results[node.name]

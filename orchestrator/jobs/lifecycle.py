@@ -10,11 +10,13 @@ already started is stopped on every node and the job is recorded FAILED / CANCEL
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import json
 import os
 import shlex
 import signal
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -22,10 +24,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.errors import JobError, OrchestrateError
+from orchestrator.errors import JobError
 from orchestrator.inventory import Connection, Inventory
 from orchestrator.jobs import stage as stage_mod
-from orchestrator.jobs.nodes import fan_out, job_nodes, launch_command
+from orchestrator.jobs.nodes import Connections, fan_out, job_nodes, launch_command
 from orchestrator.jobs.state import JobRecord, JobStatus, JobStore, NodeRecord, new_job_id
 from orchestrator.plan import Plan, build_plan
 from orchestrator.presets import JobSpec
@@ -72,27 +74,64 @@ def sched_port_for(job_id: str) -> int:
     return 20000 + int(hashlib.sha256(job_id.encode()).hexdigest()[:8], 16) % 10000
 
 
-def _rank_table(inv: Inventory) -> str:
-    """The merged HCCL rank table (device IPs from the inventory)."""
-    try:
-        from orchestrator.ranktable import build_rank_table  # type: ignore[attr-defined]
-    except ImportError:
-        raise JobError("ranktable mode: the rank table builder is not available yet (issue #3); "
-                       "use --mode msrun") from None
-    missing = [n.name for n in inv.nodes if not n.device_ips]
-    if missing:
-        raise JobError(f"ranktable mode: no device_ips in the inventory for {', '.join(missing)}"
-                       " (discovery over SSH is `orchestrate ranktable`)")
-    ips = {n.host: dict(n.device_ips or {}) for n in inv.nodes}
-    table = build_rank_table(inv, ips)
-    text = table.to_json() if hasattr(table, "to_json") else table
-    return text if isinstance(text, str) else json.dumps(text, indent=2)
+def _rank_table(inv: Inventory, discover: bool, forks: int = 64) -> str | None:
+    """The merged HCCL rank table: device IPs from the inventory, else discovered over SSH.
+
+    Returns None when IPs are missing and `discover` is off (dry run: no node is touched).
+    """
+    from orchestrator.ranktable import build_tables, nodes_needing_discovery, resolve_device_ips
+
+    need = nodes_needing_discovery(inv)
+    discovered = None
+    if need:
+        if not discover:
+            return None
+        from orchestrator.remote.connect import open_all
+        from orchestrator.remote.probe import discover as probe_all
+
+        with open_all(inv, need) as transports:
+            probes = probe_all(list(transports.values()), forks=forks)
+        discovered = {name: p.device_ips for name, p in probes.items()}
+    merged, _ = build_tables(inv, resolve_device_ips(inv, discovered))
+    return merged.dumps()
 
 
-def _data_paths(spec: JobSpec, plan: Plan) -> tuple[dict[str, str | None], Path | None]:
-    """data.path per node and the local dataset to stage (None: nothing to stage)."""
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def prepare_alpaca(src: Path, dest: Path, seq_length: int, tokenizer: str = "") -> Path:
+    """Alpaca JSON -> MindRecord folder `dest` (`python -m model.data` in a subprocess)."""
+    cmd = [sys.executable, "-m", "model.data", "--input", str(src.resolve()), "--output",
+           str(dest.resolve()), "--seq-length", str(seq_length)]
+    if tokenizer:
+        cmd += ["--tokenizer", str(Path(tokenizer).resolve())]
+    env = dict(os.environ, GLOG_v="3")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=3600)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+        raise JobError(f"data.path {src}: preparing MindRecord failed: {last}")
+    return dest
+
+
+def _local_dataset(spec: JobSpec, plan: Plan, job_dir: Path) -> Path | None:
+    """The local dataset to stage, or None (data.path empty, only on the nodes, or every
+    node has `data_dir`). An Alpaca `.json` file is first turned into MindRecord here."""
     path = str(spec.value("data.path") or "")
-    local = Path(path) if path and Path(path).exists() else None
+    if not path or not Path(path).exists():
+        return None
+    if all(n.ranks.node.data_dir is not None for n in plan.nodes):
+        return None
+    local = Path(path)
+    if local.is_file() and local.suffix == ".json":
+        return prepare_alpaca(local, job_dir / "data" / local.stem, spec.model.seq_length,
+                              str(spec.value("data.tokenizer") or ""))
+    return local
+
+
+def _data_paths(plan: Plan, local: Path | None) -> dict[str, str | None]:
+    """data.path for each node's job.yaml: its `data_dir`, else the staged copy, else as is."""
     out: dict[str, str | None] = {}
     for n in plan.nodes:
         node = n.ranks.node
@@ -102,12 +141,16 @@ def _data_paths(spec: JobSpec, plan: Plan) -> tuple[dict[str, str | None], Path 
             out[node.name] = f"data/{local.name}"
         else:
             out[node.name] = None
-    needs_local = local is not None and any(n.ranks.node.data_dir is None for n in plan.nodes)
-    return out, (local if needs_local else None)
+    return out
 
 
-def create_job(inv: Inventory, spec: JobSpec, store: JobStore, opts: UpOptions) -> JobRecord:
-    """Plan and render the job locally (no node touched); record it PENDING."""
+def create_job(inv: Inventory, spec: JobSpec, store: JobStore, opts: UpOptions,
+               discover: bool = True) -> JobRecord:
+    """Plan and render the job locally; record it PENDING.
+
+    No node is touched, except in ranktable mode to discover device IPs the inventory lacks
+    (only when `discover`; a dry run renders everything but the rank table then).
+    """
     plan = build_plan(inv, spec)
     mode = opts.mode or default_mode(str(spec.value("train.device_target")))
     with store.locked():
@@ -119,9 +162,10 @@ def create_job(inv: Inventory, spec: JobSpec, store: JobStore, opts: UpOptions) 
                         sched_host=first.host, sched_port=port,
                         cluster_timeout=opts.cluster_timeout, entrypoint=opts.entrypoint,
                         stop_grace=opts.stop_grace)
-    table = _rank_table(inv) if mode == "ranktable" else None
-    data_paths, _ = _data_paths(spec, plan)
-    files = render_job(launch, plan, data_paths, table)
+    table = _rank_table(inv, discover, opts.forks) if mode == "ranktable" else None
+    local_data = _local_dataset(spec, plan, store.job_dir(job_id))
+    data_paths = _data_paths(plan, local_data)
+    files = render_job(launch, plan, data_paths, table, require_table=discover)
     local = store.job_dir(job_id)
     for node_name, node_files in files.items():
         for fname, f in node_files.items():
@@ -141,7 +185,8 @@ def create_job(inv: Inventory, spec: JobSpec, store: JobStore, opts: UpOptions) 
                        world_size=plan.world_size, nodes=nodes,
                        sched_host=first.host if mode == "msrun" else None,
                        sched_port=port if mode == "msrun" else None,
-                       entrypoint=opts.entrypoint)
+                       entrypoint=opts.entrypoint,
+                       local_data=str(local_data.resolve()) if local_data else None)
     store.save(record)
     return record
 
@@ -168,101 +213,159 @@ def _failures(results: Mapping[str, object]) -> dict[str, BaseException]:
 
 
 def _describe(failed: Mapping[str, BaseException]) -> str:
-    parts = []
+    """`[th0, th1] node busy: ...; [th2] connection refused`: nodes with the same cause merged."""
+    by_cause: dict[str, list[str]] = {}
     for name, exc in failed.items():
-        text = str(exc)
-        if not text.startswith(f"[{name}]"):
-            text = f"[{name}] {text or type(exc).__name__}"
-        parts.append(text)
-    return "; ".join(parts)
+        text = str(exc) or type(exc).__name__
+        if text.startswith(f"[{name}] "):
+            text = text[len(name) + 3:]
+        by_cause.setdefault(text, []).append(name)
+    return "; ".join(f"[{', '.join(names)}] {cause}" for cause, names in by_cause.items())
 
 
-def launch(record: JobRecord, inv: Inventory, store: JobStore, spec: JobSpec,
-           forks: int = 64, echo: Echo = print) -> JobRecord:
+def launch(record: JobRecord, inv: Inventory, store: JobStore, forks: int = 64,
+           echo: Echo = print, conns: Connections | None = None) -> JobRecord:
     """Stage and start the job on every node; on failure or Ctrl-C stop it everywhere.
 
     Raises:
         JobError: a node failed to stage or start (names the node and the cause).
         KeyboardInterrupt: re-raised after cleanup when Ctrl-C arrived.
     """
-    record = record.with_status(JobStatus.LAUNCHING)
-    store.save(record)
-    pairs = job_nodes(record, inv)
-    plan_nodes = [node for _, node in pairs]
-    code = stage_mod.code_manifest()
-    _, local_data = _data_paths(spec, build_plan(inv, spec))
-    data = stage_mod.data_manifest(local_data) if local_data else []
-    staged: dict[str, stage_mod.Staged] = {}
     started = False
+    own = conns is None
     try:
+        record = record.with_status(JobStatus.LAUNCHING)
+        store.save(record)
+        pairs = job_nodes(record, inv)
+        if conns is None:
+            conns = Connections(inv, [node for _, node in pairs], forks)
+        plan_nodes = [node for _, node in pairs]
+        code = stage_mod.code_tree()
+        data = stage_mod.data_tree(Path(record.local_data)) if record.local_data else None
         with tempfile.TemporaryDirectory(prefix="orchestrate-stage-") as tmp:
             def stage_one(t: Transport) -> stage_mod.Staged:
                 node = t.node
                 rendered = rendered_files(store, record, node.name)
-                blobs, secrets = stage_mod.rendered_manifest(rendered)
-                files = code + blobs + ([] if node.data_dir else data)
-                return stage_mod.stage_node(t, record.job_id, str(node.workdir), files, secrets,
-                                            Path(tmp))
+                secrets = {k: v.text.encode() for k, v in rendered.items() if v.mode & 0o077 == 0}
+                public = {k: v for k, v in rendered.items() if k not in secrets}
+                trees = [code] + ([data] if data is not None and not node.data_dir else [])
+                return stage_mod.stage_node(t, record.job_id, str(node.workdir), trees, public,
+                                            secrets, Path(tmp))
 
-            results = fan_out(inv, plan_nodes, stage_one, forks)
+            results = fan_out(inv, plan_nodes, stage_one, forks, conns)
         failed = _failures(results)
         staged = {k: v for k, v in results.items() if isinstance(v, stage_mod.Staged)}
-        nodes = tuple(n.__class__(**{**n.__dict__, "job_dir": staged[n.name].job_dir})
+        nodes = tuple(dataclasses.replace(n, job_dir=staged[n.name].job_dir)
                       if n.name in staged else n for n in record.nodes)
         record = record.replace(nodes=nodes)
         store.save(record)
         if failed:
             raise JobError(f"staging failed, nothing started: {_describe(failed)}")
-        echo(f"staged {len(staged)} node(s): "
-             f"{sum(s.sent for s in staged.values())} file(s) sent, "
-             f"{sum(s.skipped for s in staged.values())} unchanged")
-        by_name = {n.name: n for n in record.nodes}
+        echo(f"staged {len(staged)} node(s): {sum(s.sent for s in staged.values())} file(s) "
+             f"uploaded; {sum(s.reused for s in staged.values())} tree(s) already on the nodes "
+             "(same sha256)")
         started = True
-
-        def start_one(t: Transport) -> dict[str, int]:
-            res = t.run(["bash", f"{by_name[t.node.name].job_dir}/launch.sh", "start"],
-                        check=False, timeout=120)
-            if res.exit_code != 0:
-                msg = (res.stderr.strip().splitlines() or [f"exit {res.exit_code}"])[-1]
-                if res.exit_code == 3:
-                    raise stage_mod.NodeBusyError(t.node.name, msg.split("job ", 1)[-1].split()[0])
-                raise JobError(f"[{t.node.name}] start failed: {msg}")
-            pids = {}
-            for line in res.stdout.splitlines():
-                parts = line.split()
-                if len(parts) == 3 and parts[0] == "pid":
-                    pids[parts[1]] = int(parts[2])
-            return pids
-
-        results = fan_out(inv, plan_nodes, start_one, forks)
-        failed = _failures(results)
-        nodes = tuple(n.__class__(**{**n.__dict__, "pids": results[n.name]})
-                      if isinstance(results.get(n.name), dict) else n for n in record.nodes)
-        record = record.replace(nodes=nodes)
-        if failed:
-            with _sigint_deferred():
-                _stop_everywhere(record, inv, forks)
-            record = record.with_status(JobStatus.FAILED, f"start failed: {_describe(failed)}")
-            store.save(record)
-            raise JobError(f"start failed on {len(failed)} node(s), job {record.job_id} stopped "
-                           f"everywhere: {_describe(failed)}")
-        record = record.with_status(JobStatus.RUNNING, "")
-        store.save(record)
-        return record
+        return _start_all(record, inv, store, forks, conns, resume=False)
     except KeyboardInterrupt:
         with _sigint_deferred():
             echo("interrupted: stopping whatever was started ...")
-            _stop_everywhere(record, inv, forks)
+            _stop_everywhere(record, inv, forks, conns)
             store.save(record.with_status(JobStatus.CANCELLED, "interrupted during up"))
         raise
-    except OrchestrateError as e:
-        if not started:
-            store.save(record.with_status(JobStatus.FAILED, str(e)))
+    except Exception as e:
+        if not isinstance(e, JobError) or not started:
+            if started:  # an unexpected error after ranks may have started: leave none behind
+                with _sigint_deferred():
+                    _stop_everywhere(record, inv, forks, conns)
+            store.save(record.with_status(JobStatus.FAILED, str(e) or type(e).__name__))
+        raise
+    finally:
+        if own and conns is not None:
+            conns.close()
+
+
+def _start_all(record: JobRecord, inv: Inventory, store: JobStore, forks: int,
+               conns: Connections | None, resume: bool) -> JobRecord:
+    """`launch.sh start [resume]` on every node in parallel; any failure stops them all.
+
+    Raises:
+        JobError: a node failed to start (the job was stopped everywhere, recorded FAILED).
+    """
+    by_name = {n.name: n for n in record.nodes}
+
+    def start_one(t: Transport) -> dict[str, int]:
+        cmd = ["bash", f"{by_name[t.node.name].job_dir}/launch.sh", "start"]
+        res = t.run(cmd + (["resume"] if resume else []), check=False, timeout=120)
+        if res.exit_code != 0:
+            msg = (res.stderr.strip().splitlines() or [f"exit {res.exit_code}"])[-1]
+            if res.exit_code == 3:
+                raise stage_mod.NodeBusyError(t.node.name, msg.split("job ", 1)[-1].split()[0])
+            raise JobError(f"[{t.node.name}] start failed: {msg}")
+        pids = {}
+        for line in res.stdout.splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[0] == "pid":
+                pids[parts[1]] = int(parts[2])
+        return pids
+
+    started_pids = fan_out(inv, [node for _, node in job_nodes(record, inv)], start_one, forks,
+                           conns)
+    failed = _failures(started_pids)
+    nodes = tuple(dataclasses.replace(n, pids=pids) if isinstance(
+        pids := started_pids.get(n.name), dict) else n for n in record.nodes)
+    record = record.replace(nodes=nodes)
+    if failed:
+        with _sigint_deferred():
+            _stop_everywhere(record, inv, forks, conns)
+        record = record.with_status(JobStatus.FAILED, f"start failed: {_describe(failed)}")
+        store.save(record)
+        raise JobError(f"start failed on {len(failed)} node(s), job {record.job_id} stopped "
+                       f"everywhere: {_describe(failed)}")
+    record = record.with_status(JobStatus.RUNNING, "")
+    store.save(record)
+    return record
+
+
+def resume_job(record: JobRecord, inv: Inventory, store: JobStore, forks: int = 64,
+               conns: Connections | None = None) -> JobRecord:
+    """A new attempt of an ended job on the same nodes: every rank restarts with `--resume`
+    (the trainer continues from the newest checkpoint complete on every rank).
+
+    Raises:
+        JobError: the job succeeded, or still runs somewhere, or a node failed to start.
+    """
+    from orchestrator.jobs.nodes import query_job
+
+    if record.status is JobStatus.SUCCEEDED:
+        raise JobError(f"job {record.job_id} already SUCCEEDED; start a new job instead")
+    reports = query_job(record, inv, forks, conns)
+    unreachable = [n for n, r in reports.items() if isinstance(r, BaseException)]
+    if unreachable:
+        raise JobError(f"job {record.job_id}: cannot reach {', '.join(unreachable)}; "
+                       "nothing was restarted")
+    running = [f"{n}/{s.slot}" for n, r in reports.items() if not isinstance(r, BaseException)
+               for s in r.slots if s.state in ("running", "exiting")]
+    if running:
+        raise JobError(f"job {record.job_id} still runs ({', '.join(running[:8])}); stop it "
+                       f"with `orchestrate down {record.job_id}` first")
+    unstaged = [n for n, r in reports.items() if not isinstance(r, BaseException) and not r.staged]
+    if unstaged:
+        raise JobError(f"job {record.job_id} was never staged on {', '.join(unstaged)}; "
+                       "start a new job instead")
+    record = record.replace(attempts=record.attempts + 1, status=JobStatus.LAUNCHING,
+                            message="")
+    store.save(record)
+    try:
+        return _start_all(record, inv, store, forks, conns, resume=True)
+    except KeyboardInterrupt:
+        with _sigint_deferred():
+            _stop_everywhere(record, inv, forks, conns)
+            store.save(record.with_status(JobStatus.CANCELLED, "interrupted during resume"))
         raise
 
 
-def _stop_everywhere(record: JobRecord, inv: Inventory,
-                     forks: int = 64) -> dict[str, str | BaseException]:
+def _stop_everywhere(record: JobRecord, inv: Inventory, forks: int = 64,
+                     conns: Connections | None = None) -> dict[str, str | BaseException]:
     """Run `launch.sh stop` on every node of the job; node -> output or exception."""
     by_name = {n.name: n for n in record.nodes}
 
@@ -274,7 +377,7 @@ def _stop_everywhere(record: JobRecord, inv: Inventory,
             raise JobError(f"[{t.node.name}] stop did not finish: {out or res.stderr.strip()}")
         return "nothing started" if out == "nojob" else out
 
-    return fan_out(inv, [node for _, node in job_nodes(record, inv)], one, forks)
+    return fan_out(inv, [node for _, node in job_nodes(record, inv)], one, forks, conns)
 
 
 def stop_job(record: JobRecord, inv: Inventory, store: JobStore,
@@ -299,9 +402,9 @@ def stop_job(record: JobRecord, inv: Inventory, store: JobStore,
 
 
 def teardown_failed(record: JobRecord, inv: Inventory, store: JobStore, reason: str,
-                    forks: int = 64) -> JobRecord:
+                    forks: int = 64, conns: Connections | None = None) -> JobRecord:
     """A rank failed: stop the job on every node, record FAILED with the reason."""
-    _stop_everywhere(record, inv, forks)
+    _stop_everywhere(record, inv, forks, conns)
     record = record.with_status(JobStatus.FAILED, reason)
     store.save(record)
     return record
@@ -314,6 +417,10 @@ def dry_run_summary(record: JobRecord, store: JobStore) -> list[str]:
              f"into {local}/nodes/<node>/ — nothing was sent to any node.",
              "would stage code/ (the model package), job.yaml, launch.sh"
              + (", rank_table.json" if record.mode == "ranktable" else "")
+             + (" (the rank table is built at launch: device IPs are discovered over SSH)"
+                if record.mode == "ranktable" and not any(
+                    (local / "nodes" / n.name / "rank_table.json").exists() for n in record.nodes)
+                else "")
              + " into <workdir>/jobs/<job id>/ on every node, then run:"]
     for n in record.nodes:
         lines.append(f"  [{n.name}] ranks {n.rank_start}-{n.rank_end - 1}: "

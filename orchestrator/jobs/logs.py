@@ -58,19 +58,25 @@ def _chunk_command(job_dir: str, slots: Sequence[str], offsets: dict[str, int] |
     lines = []
     for s in slots:
         log = shlex.quote(f"{job_dir}/ranks/{s}/stdout.log")
-        size = f"$(stat -c %s {log} 2>/dev/null || echo 0)"
-        lines.append(f'echo "{marker} {s} {size}"')
+        # The size is read first and only bytes below it are shown: no line is printed twice.
+        lines.append(f"n=$(stat -c %s {log} 2>/dev/null || echo 0)")
         if offsets is None:
-            lines.append(f"tail -n {int(tail)} {log} 2>/dev/null || true")
+            lines.append(f'echo "{marker} {s} $n"')
+            lines.append(f'head -c "$n" {log} 2>/dev/null | tail -n {int(tail)} || true')
         else:
-            lines.append(f"tail -c +{offsets.get(s, 0) + 1} {log} 2>/dev/null | head -c 4194304 "
+            off = offsets.get(s, 0)
+            lines.append(f'[ "$n" -ge {off} ] || n={off}')  # never step back (log rotated)
+            lines.append(f'[ "$((n - {off}))" -le 4194304 ] || n=$(({off} + 4194304))')
+            lines.append(f'echo "{marker} {s} $n"')
+            lines.append(f'tail -c +{off + 1} {log} 2>/dev/null | head -c "$((n - {off}))" '
                          "|| true")
     return "\n".join(lines)
 
 
 def _parse_chunks(text: str, marker: str) -> dict[str, tuple[int, str]]:
     out: dict[str, tuple[int, str]] = {}
-    slot, size, buf = None, 0, []
+    slot: str | None = None
+    size, buf = 0, []  # type: tuple[int, list[str]]
     for line in text.splitlines(keepends=True):
         if line.startswith(marker + " "):
             if slot is not None:
@@ -115,6 +121,11 @@ def tail_logs(record: JobRecord, inv: Inventory, sel: Selection, tail: int = 20,
             new_offsets[name] = {}
             for s in slots:
                 size, text = res.get(s, (0, ""))
+                if follow and text and not text.endswith("\n"):
+                    # a line still being written: show it whole on the next poll
+                    keep, _, partial = text.rpartition("\n")
+                    size -= len(partial.encode())
+                    text = keep
                 new_offsets[name][s] = size
                 for line in text.splitlines():
                     yield f"[{name}/{s}] {line}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -28,12 +28,61 @@ def open_transport(inv: Inventory, node: Node) -> Transport:
     return transport_for(node, inv)
 
 
+class Connections:
+    """Transports to a set of nodes, connecting in the background from the moment it is made.
+
+    `up` makes one before rendering, so the SSH handshakes overlap local work, and keeps it
+    for check, stage, start and the `--wait` loop. A node that failed to connect reports its
+    error once; the next use connects again (the transport reconnects lazily).
+    """
+
+    def __init__(self, inv: Inventory, nodes: Sequence[Node], forks: int = 64) -> None:
+        self._transports = {n.name: open_transport(inv, n) for n in nodes}
+        self._pool = ThreadPoolExecutor(max_workers=max(1, min(forks, len(nodes) or 1)))
+        self._pending: dict[str, Future[None]] = {
+            name: self._pool.submit(t.open) for name, t in self._transports.items()
+            if callable(getattr(t, "open", None))}
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._transports
+
+    def get(self, name: str) -> Transport:
+        """The node's transport, once its background connect finished (its error, once)."""
+        future = self._pending.pop(name, None)
+        if future is not None:
+            future.result()
+        return self._transports[name]
+
+    def close(self) -> None:
+        for future in self._pending.values():
+            future.cancel()
+        self._pool.shutdown(wait=True)
+        for t in self._transports.values():
+            try:
+                t.close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+
+    def __enter__(self) -> Connections:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def fan_out(inv: Inventory, nodes: Sequence[Node], fn: Callable[[Transport], T],
-            forks: int = 64) -> dict[str, T | BaseException]:
-    """Run `fn(transport)` for every node in parallel; each node's result or exception."""
+            forks: int = 64, conns: Connections | None = None,
+            ) -> dict[str, T | BaseException]:
+    """Run `fn(transport)` for every node in parallel; each node's result or exception.
+
+    With `conns`, its transports are used and left open; otherwise each node gets a fresh
+    transport, closed afterwards.
+    """
 
     def one(node: Node) -> T | BaseException:
         try:
+            if conns is not None and node.name in conns:
+                return fn(conns.get(node.name))
             with open_transport(inv, node) as t:
                 return fn(t)
         except Exception as e:  # noqa: BLE001 - recorded per node, reported by the caller
@@ -72,7 +121,8 @@ class NodeReport:
     staged: bool  # launch.sh exists on the node
     supervisor: str  # running | exited | none
     slots: tuple[SlotReport, ...]
-    first_failure: tuple[str, int] | None = None  # (slot, exit code) the supervisor saw first
+    # (slot, exit code, unix time) of the node's first failure not caused by a stop
+    first_failure: tuple[str, int, float] | None = None
 
 
 def parse_metrics(line: str) -> dict[str, float]:
@@ -89,7 +139,7 @@ def parse_metrics(line: str) -> dict[str, float]:
 def parse_status(node: str, text: str) -> NodeReport:
     """Parse the output of `launch.sh status` (or `nojob`)."""
     supervisor = "none"
-    first_failure: tuple[str, int] | None = None
+    first_failure: tuple[str, int, float] | None = None
     slots: dict[str, dict[str, object]] = {}
     order: list[str] = []
     staged = True
@@ -99,8 +149,14 @@ def parse_status(node: str, text: str) -> NodeReport:
             staged = False
         elif parts[0] == "supervisor" and len(parts) > 1:
             supervisor = parts[1]
-        elif parts[0] == "first_failure" and len(parts) == 3 and parts[2].lstrip("-").isdigit():
-            first_failure = (parts[1], int(parts[2]))
+        elif parts[0] == "first_failure" and len(parts) == 3:
+            code, _, when = parts[2].partition(" ")
+            if code.lstrip("-").isdigit():
+                try:
+                    at = float(when)
+                except ValueError:
+                    at = 0.0
+                first_failure = (parts[1], int(code), at)
         elif parts[0] == "slot":
             fields = line.split()
             if len(fields) == 5:
@@ -124,8 +180,8 @@ def launch_command(job_dir: str, sub: str) -> str:
     return f"if [ -f {script} ]; then bash {script} {sub}; else echo nojob; fi"
 
 
-def query_job(record: JobRecord, inv: Inventory,
-              forks: int = 64) -> dict[str, NodeReport | BaseException]:
+def query_job(record: JobRecord, inv: Inventory, forks: int = 64,
+              conns: Connections | None = None) -> dict[str, NodeReport | BaseException]:
     """Ask every node of the job for its ranks' state (never trusts the record)."""
     by_name = {n.name: n for n in record.nodes}
 
@@ -134,7 +190,7 @@ def query_job(record: JobRecord, inv: Inventory,
                     timeout=60)
         return parse_status(t.node.name, res.stdout)
 
-    return fan_out(inv, [node for _, node in job_nodes(record, inv)], one, forks)
+    return fan_out(inv, [node for _, node in job_nodes(record, inv)], one, forks, conns)
 
 
 def derive_status(record: JobRecord, reports: Mapping[str, NodeReport | BaseException]

@@ -10,7 +10,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from orchestrator.inventory import Inventory
-from orchestrator.jobs.nodes import NodeReport, SlotReport, derive_status, query_job
+from orchestrator.jobs.nodes import (
+    Connections,
+    NodeReport,
+    SlotReport,
+    derive_status,
+    query_job,
+)
 from orchestrator.jobs.state import JobRecord, JobStatus, JobStore
 from orchestrator.render import SCHED_SLOT
 
@@ -22,13 +28,12 @@ def failure_reason(reports: Reports) -> str:
 
     The supervisors' own record of the first failure wins over slots they stopped since.
     """
-    for name, r in reports.items():
-        if isinstance(r, NodeReport) and r.first_failure is not None:
-            slot, code = r.first_failure
-            killed = code in (137, 143)  # SIGKILL/SIGTERM: likely stopped, not the cause
-            if not killed:
-                what = "scheduler" if slot == SCHED_SLOT else f"rank {slot}"
-                return f"{what} on {name} exited {code}"
+    firsts = sorted((r.first_failure[2], name, r.first_failure[:2]) for name, r in reports.items()
+                    if isinstance(r, NodeReport) and r.first_failure is not None)
+    if firsts:
+        _, name, (slot, code) = firsts[0]
+        what = "scheduler" if slot == SCHED_SLOT else f"rank {slot}"
+        return f"{what} on {name} exited {code}"
     for name, r in reports.items():
         if isinstance(r, NodeReport):
             for s in r.slots:
@@ -40,10 +45,10 @@ def failure_reason(reports: Reports) -> str:
     return ""
 
 
-def refresh(record: JobRecord, inv: Inventory, store: JobStore,
-            forks: int = 64) -> tuple[JobRecord, Reports]:
+def refresh(record: JobRecord, inv: Inventory, store: JobStore, forks: int = 64,
+            conns: Connections | None = None) -> tuple[JobRecord, Reports]:
     """Ask the nodes, derive the status, write it back when it changed."""
-    reports = query_job(record, inv, forks)
+    reports = query_job(record, inv, forks, conns)
     status = derive_status(record, reports)
     if status is not record.status:
         msg = failure_reason(reports) if status is JobStatus.FAILED else ""
@@ -119,7 +124,8 @@ def status_table(record: JobRecord, reports: Reports) -> Any:
 
 
 def watch(record: JobRecord, inv: Inventory, store: JobStore, interval: float = 2.0,
-          teardown: bool = True, forks: int = 64, console: Any = None) -> JobRecord:
+          teardown: bool = True, forks: int = 64, console: Any = None,
+          conns: Connections | None = None) -> JobRecord:
     """Poll the nodes and show live progress until the job ends.
 
     When a rank fails and `teardown` is set, the job is stopped on every node at once.
@@ -131,15 +137,18 @@ def watch(record: JobRecord, inv: Inventory, store: JobStore, interval: float = 
     from orchestrator.jobs.lifecycle import teardown_failed
 
     console = console or Console()
-    record, reports = refresh(record, inv, store, forks)
+    record, reports = refresh(record, inv, store, forks, conns)
     with Live(status_table(record, reports), console=console, refresh_per_second=4,
               transient=False) as live:
         while not record.status.is_terminal():
             time.sleep(interval)
-            record, reports = refresh(record, inv, store, forks)
+            record, reports = refresh(record, inv, store, forks, conns)
             live.update(status_table(record, reports))
         if record.status is JobStatus.FAILED and teardown:
-            record = teardown_failed(record, inv, store, record.message or "a rank failed", forks)
-            _, reports = refresh(record, inv, store, forks)
+            record = teardown_failed(record, inv, store, record.message or "a rank failed", forks,
+                                     conns)
+            _, reports = refresh(record, inv, store, forks, conns)
             live.update(status_table(record, reports))
+    if not console.is_terminal:
+        console.line()  # Live leaves the last frame without a newline when not on a terminal
     return record

@@ -92,6 +92,7 @@ class JobRecord:
     sched_host: str | None = None  # msrun: scheduler address and port
     sched_port: int | None = None
     entrypoint: str | None = None  # custom rank command (None: the bundled trainer)
+    local_data: str | None = None  # local dataset folder staged to the nodes as data/<name>
     message: str = ""  # why it failed / what happened last
 
     def with_status(self, status: JobStatus, message: str | None = None) -> JobRecord:
@@ -130,7 +131,8 @@ class JobRecord:
                    preset=d["preset"], overrides=tuple(d["overrides"]), mode=d["mode"],
                    world_size=d["world_size"], nodes=nodes, attempts=d.get("attempts", 1),
                    sched_host=d.get("sched_host"), sched_port=d.get("sched_port"),
-                   entrypoint=d.get("entrypoint"), message=d.get("message", ""))
+                   entrypoint=d.get("entrypoint"), message=d.get("message", ""),
+                   local_data=d.get("local_data"))
 
 
 def new_job_id(preset: str, taken: set[str] | frozenset[str] = frozenset()) -> str:
@@ -222,12 +224,18 @@ class JobStore:
                 continue
         return sorted(out, key=lambda r: r.created_at)
 
-    def resolve(self, job_id: str | None) -> str:
-        """`job_id` itself, or the latest job's id when None (JobError if there is none)."""
+    def resolve(self, job_id: str | None, prefer_live: bool = False) -> str:
+        """`job_id` itself, or the latest job's id when None (JobError if there is none).
+
+        With `prefer_live`, the latest job that has not ended wins over newer ended ones.
+        """
         if job_id and job_id != "latest":
             return job_id
         records = self.all()
         if not records:
             raise JobError(f"no jobs in {self.jobs_dir}: start one with `orchestrate up`")
+        live = [r for r in records if r.status in (JobStatus.LAUNCHING, JobStatus.RUNNING)]
+        if prefer_live and live:
+            return live[-1].job_id
         launched = [r for r in records if r.status is not JobStatus.PENDING]  # skip dry runs
         return (launched or records)[-1].job_id

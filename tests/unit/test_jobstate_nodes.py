@@ -22,7 +22,7 @@ last 2 step=200 loss=1.9 tokens_per_s=10
 slot 3 exited 0 202
 """
 FAILED_B = """supervisor exited
-first_failure 3 1
+first_failure 3 1 1795881302.25
 slot 2 exited 143 201
 slot 3 exited 1 202
 """
@@ -51,7 +51,8 @@ def test_parse_status() -> None:
     assert a.slots[2].metrics["loss"] == 2.315
     assert not parse_status("a", "nojob\n").staged
     b = parse_status("b", FAILED_B)
-    assert b.first_failure == ("3", 1) and b.slots[1].failed and b.slots[0].exit_code == 143
+    assert b.first_failure == ("3", 1, 1795881302.25)
+    assert b.slots[1].failed and b.slots[0].exit_code == 143
 
 
 def test_derive_status() -> None:
@@ -96,3 +97,6 @@ def test_plot_series_split_into_attempts() -> None:
     first, second = parse_series(text)
     assert first.steps == [1, 2] and first.loss == [3.0, 2.5]
     assert second.steps == [2, 3] and second.tokens_per_s[0] == 9
+    marked = ("== orchestrate attempt 1 ==\nstep=5 loss=1\n"
+              "== orchestrate attempt 2 ==\nstep=6 loss=1\n")
+    assert [a.steps for a in parse_series(marked)] == [[5], [6]]

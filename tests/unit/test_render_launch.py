@@ -82,7 +82,7 @@ def test_failed_rank_stops_the_others_and_lock_refuses_second_job(tmp_path: Path
     report = parse_status("n", _sh(job, "status").stdout)
     codes = {s.slot: s.exit_code for s in report.slots}
     assert codes["1"] == 3 and codes["0"] == 137 and codes["sched"] == 137  # TERM ignored: KILL
-    assert report.first_failure == ("1", 3)
+    assert report.first_failure is not None and report.first_failure[:2] == ("1", 3)
     assert _pids_alive(job) == []
     assert _sh(other, "start").returncode == 0, "lock released once the job ended"
 
