@@ -115,15 +115,26 @@ def prepare_alpaca(src: Path, dest: Path, seq_length: int, tokenizer: str = "") 
     return dest
 
 
+def resolve_local_data(path: str) -> Path | None:
+    """A local data.path: as given (relative to the current directory), else relative to the
+    checkout (presets name shipped files such as model/assets/alpaca_seed_tasks.json); None
+    when neither exists (then the path is taken to exist on the nodes)."""
+    given = Path(path).expanduser()
+    if given.exists():
+        return given
+    shipped = REPO_ROOT / path
+    return shipped if not given.is_absolute() and shipped.exists() else None
+
+
 def _local_dataset(spec: JobSpec, plan: Plan, job_dir: Path) -> Path | None:
     """The local dataset to stage, or None (data.path empty, only on the nodes, or every
     node has `data_dir`). An Alpaca `.json` file is first turned into MindRecord here."""
     path = str(spec.value("data.path") or "")
-    if not path or not Path(path).exists():
+    local = resolve_local_data(path) if path else None
+    if local is None:
         return None
     if all(n.ranks.node.data_dir is not None for n in plan.nodes):
         return None
-    local = Path(path)
     if local.is_file() and local.suffix == ".json":
         return prepare_alpaca(local, job_dir / "data" / local.stem, spec.model.seq_length,
                               str(spec.value("data.tokenizer") or ""))

@@ -247,7 +247,8 @@ def test_ranktable_mode_discovers_device_ips_and_numbers_ranks_globally(
 
 
 def test_up_without_data_is_refused_before_touching_nodes(two_hosts: Path, state: Path) -> None:
-    res = orch(state, "up", "-i", str(two_hosts), "-c", "tiny", check=False)
+    res = orch(state, "up", "-i", str(two_hosts), "-c", "tiny", "--set", "data.path=",
+               check=False)
     assert res.returncode == 1 and "data.path is empty" in res.stderr
     assert not (state / "jobs").exists()
 
