@@ -115,10 +115,11 @@ class Embedding(nn.Cell):
                                             MS_DTYPES[config.param_dtype]), name="weight")
 
         self.needs_cast = MS_DTYPES[config.param_dtype] != self.compute_dtype
+        self.gather = ops.Gather()  # a primitive, so a trainer can shard the lookup
 
     def construct(self, input_ids: Tensor) -> Tensor:
         """int [batch, seq] -> [batch, seq, hidden] in compute_dtype."""
-        x = ops.gather(self.weight, input_ids, 0)
+        x = self.gather(self.weight, input_ids, 0)  # [batch, seq, hidden]
         return ops.cast(x, self.compute_dtype) if self.needs_cast else x
 
 
