@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from model.bloom import BloomLMHeadModel
 
 BUCKET = 16  # prompt lengths are rounded up to a multiple of this (fewer compiles)
-CACHE_BUCKET = 16  # cache lengths too: one decode graph serves many prompt/answer lengths
+CACHE_BUCKET = 16  # cache lengths too (larger: fewer compiles, but every step costs more)
 
 
 class InferError(ValueError):
