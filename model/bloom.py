@@ -37,6 +37,7 @@ from mindspore import Tensor, nn, ops
 
 from model.config import BloomConfig
 from model.layers import (
+    MASK_FILL,
     MS_DTYPES,
     BloomBlock,
     Embedding,
@@ -94,23 +95,21 @@ class BloomModel(nn.Cell):
             values += (v,)
         return self.ln_f(x), keys, values
 
-    def decode(self, input_ids: Tensor, key_mask: Tensor, k_caches: tuple, v_caches: tuple,
+    def decode(self, input_ids: Tensor, bias: Tensor, k_caches: tuple, v_caches: tuple,
                write: Tensor) -> tuple[Tensor, tuple, tuple]:
         """One new token per row against fixed-size caches (the new token's slot included).
 
         Args:
             input_ids: int [batch, 1].
-            key_mask: float32 [batch, cache_len], 1 for every real token up to and including the
-                new one (its slot is where `write` is 1), 0 for padding and unused slots.
+            bias: float32 [batch, n_head, 1, cache_len], `decode_bias(key_mask, n_head)`: ALiBi
+                for every real token up to and including the new one, MASK_FILL elsewhere.
+                Built on the host: a dozen tiny kernels fewer per step.
             k_caches, v_caches: per-layer [batch, n_head, cache_len, head_dim].
-            write: float32 [cache_len], one-hot slot of the new token.
+            write: bool [1, 1, cache_len, 1], True at the new token's slot.
 
         Returns:
             (hidden [batch, 1, hidden], new k caches, new v caches).
         """
-        alibi = build_alibi(key_mask, self.slopes)  # [batch, n_head, 1, cache_len]
-        bias = attention_bias(alibi, key_mask[:, None, None, :])  # [batch, n_head, 1, cache_len]
-        write = (write > 0.5).reshape(1, 1, -1, 1)  # [1, 1, cache_len, 1]
         x = self.embed(input_ids)
         keys = ()  # type: tuple[Tensor, ...]
         values = ()  # type: tuple[Tensor, ...]
@@ -119,6 +118,23 @@ class BloomModel(nn.Cell):
             keys += (k,)
             values += (v,)
         return self.ln_f(x), keys, values
+
+
+def decode_bias(key_mask: np.ndarray, n_head: int) -> np.ndarray:
+    """Host-side attention bias for `BloomModel.decode` (same values as build_alibi +
+    attention_bias in the graph).
+
+    Args:
+        key_mask: [batch, cache_len], 1 for real tokens (the new one included), else 0.
+        n_head: number of heads.
+
+    Returns:
+        float32 [batch, n_head, 1, cache_len].
+    """
+    mask = key_mask.astype(np.float32)
+    positions = (np.cumsum(mask, -1, dtype=np.float32) - 1.0) * mask  # [batch, cache_len]
+    alibi = alibi_slopes(n_head)[None, :, None, None] * positions[:, None, None, :]
+    return np.where(mask[:, None, None, :] > 0, alibi, np.float32(MASK_FILL)).astype(np.float32)
 
 
 class BloomLMHeadModel(nn.Cell):
@@ -174,10 +190,10 @@ class BloomLMHeadModel(nn.Cell):
             v_caches += (ops.concat((values[i], pad), 2),)
         return self.logits(hidden[:, -1, :]), k_caches, v_caches
 
-    def decode_step(self, input_ids: Tensor, key_mask: Tensor, k_caches: tuple, v_caches: tuple,
+    def decode_step(self, input_ids: Tensor, bias: Tensor, k_caches: tuple, v_caches: tuple,
                     write: Tensor) -> tuple[Tensor, tuple, tuple]:
         """One token per row (see BloomModel.decode); returns (logits [batch, vocab], caches)."""
-        hidden, keys, values = self.transformer.decode(input_ids, key_mask, k_caches, v_caches,
+        hidden, keys, values = self.transformer.decode(input_ids, bias, k_caches, v_caches,
                                                        write)
         return self.logits(hidden[:, 0, :]), keys, values
 
@@ -201,9 +217,9 @@ class BloomDecodeStep(nn.Cell):
         super().__init__(auto_prefix=False)
         self.model = model
 
-    def construct(self, input_ids: Tensor, key_mask: Tensor, k_caches: tuple, v_caches: tuple,
+    def construct(self, input_ids: Tensor, bias: Tensor, k_caches: tuple, v_caches: tuple,
                   write: Tensor) -> tuple[Tensor, tuple, tuple]:
-        return self.model.decode_step(input_ids, key_mask, k_caches, v_caches, write)
+        return self.model.decode_step(input_ids, bias, k_caches, v_caches, write)
 
 
 def load_parameters(model: BloomLMHeadModel, arrays: dict[str, np.ndarray]) -> None:

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from model.bloom import BloomLMHeadModel
 
 BUCKET = 16  # prompt lengths are rounded up to a multiple of this (fewer compiles)
-CACHE_BUCKET = 64  # cache lengths too: one decode graph serves many prompt/answer lengths
+CACHE_BUCKET = 16  # cache lengths too (larger: fewer compiles, but every step costs more)
 
 
 class InferError(ValueError):
@@ -133,6 +133,8 @@ class Generator:
         import mindspore as ms
         from mindspore import Tensor
 
+        from model.bloom import decode_bias
+
         if not prompts or any(len(p) == 0 for p in prompts):
             raise InferError("every prompt needs at least one token")
         c = self.config
@@ -157,9 +159,10 @@ class Generator:
                 break
             slot = prompt_len + step
             key_mask[:, slot] = 1.0
-            write = np.zeros(cache_len, np.float32)
-            write[slot] = 1.0
-            logits, k_cache, v_cache = self.decode(Tensor(tokens[:, None]), Tensor(key_mask),
+            write = np.zeros((1, 1, cache_len, 1), np.bool_)
+            write[0, 0, slot, 0] = True
+            bias = decode_bias(key_mask, c.n_head)
+            logits, k_cache, v_cache = self.decode(Tensor(tokens[:, None]), Tensor(bias),
                                                    ms.mutable(k_cache), ms.mutable(v_cache),
                                                    Tensor(write))
         return out

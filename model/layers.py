@@ -115,10 +115,11 @@ class Embedding(nn.Cell):
                                             MS_DTYPES[config.param_dtype]), name="weight")
 
         self.needs_cast = MS_DTYPES[config.param_dtype] != self.compute_dtype
+        self.gather = ops.Gather()  # a primitive, so a trainer can shard the lookup
 
     def construct(self, input_ids: Tensor) -> Tensor:
         """int [batch, seq] -> [batch, seq, hidden] in compute_dtype."""
-        x = ops.gather(self.weight, input_ids, 0)
+        x = self.gather(self.weight, input_ids, 0)  # [batch, seq, hidden]
         return ops.cast(x, self.compute_dtype) if self.needs_cast else x
 
 
@@ -143,20 +144,6 @@ class LayerNorm(nn.Cell):
         return ops.cast(y, self.compute_dtype)
 
 
-class Dropout(nn.Cell):
-    """Dropout that is the identity when p == 0 (no random op in the graph)."""
-
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        self.has_dropout = p > 0.0
-        self.dropout = nn.Dropout(p=p) if p > 0.0 else nn.Identity()
-
-    def construct(self, x: Tensor) -> Tensor:
-        if self.has_dropout:
-            return self.dropout(x)
-        return x
-
-
 class BloomAttention(nn.Cell):
     """Multi-head self-attention with a fused QKV projection laid out per head (n_head, 3, hd)."""
 
@@ -171,7 +158,9 @@ class BloomAttention(nn.Cell):
         h = config.hidden_size
         self.query_key_value = Linear(h, 3 * h, config, random_init)
         self.dense = Linear(h, h, config, random_init)
-        self.attention_dropout = Dropout(config.attention_dropout)
+        # No dropout cell at p == 0: every cell costs time on each graph call.
+        p = config.attention_dropout
+        self.attention_dropout = nn.Dropout(p=p) if p > 0.0 else None
         self.scores_matmul = ops.BatchMatMul(transpose_b=True)
         self.context_matmul = ops.BatchMatMul()
 
@@ -213,7 +202,9 @@ class BloomAttention(nn.Cell):
         probs = ops.softmax(scores * self.inv_norm_factor + bias, -1)  # float32
         if not self.is_float32:
             probs = ops.cast(probs, self.compute_dtype)
-        context = self.context_matmul(self.attention_dropout(probs), v)  # [b, heads, q, hd]
+        if self.attention_dropout is not None:
+            probs = self.attention_dropout(probs)
+        context = self.context_matmul(probs, v)  # [batch, n_head, q_len, head_dim]
         if q_len != 1:
             context = context.transpose(0, 2, 1, 3)  # [batch, q_len, n_head, head_dim]
         context = context.reshape(batch, q_len, self.hidden_size)
@@ -242,13 +233,18 @@ class BloomBlock(nn.Cell):
         self.self_attention = BloomAttention(config, random_init)
         self.post_attention_layernorm = LayerNorm(config.hidden_size, config)
         self.mlp = BloomMLP(config, random_init)
-        self.hidden_dropout = Dropout(config.hidden_dropout)
+        p = config.hidden_dropout
+        self.hidden_dropout = nn.Dropout(p=p) if p > 0.0 else None
 
     def construct(self, x: Tensor, bias: Tensor, k_cache: Tensor | None = None,
                   v_cache: Tensor | None = None,
                   write: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Arguments as BloomAttention; returns (hidden [batch, q_len, hidden], keys, values)."""
         attn, k, v = self.self_attention(self.input_layernorm(x), bias, k_cache, v_cache, write)
-        h = x + self.hidden_dropout(attn)
-        out = h + self.hidden_dropout(self.mlp(self.post_attention_layernorm(h)))
-        return out, k, v
+        if self.hidden_dropout is not None:
+            attn = self.hidden_dropout(attn)
+        h = x + attn
+        mlp = self.mlp(self.post_attention_layernorm(h))
+        if self.hidden_dropout is not None:
+            mlp = self.hidden_dropout(mlp)
+        return h + mlp, k, v

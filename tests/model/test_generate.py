@@ -91,7 +91,7 @@ def test_cache_logits_match_full_forward(tiny) -> None:
     import mindspore as ms
     from mindspore import Tensor
 
-    from model.bloom import BloomDecodeStep, BloomPrefill
+    from model.bloom import BloomDecodeStep, BloomPrefill, decode_bias
 
     model, _ = tiny
     ids = np.array([[3, 3, 1, 4, 5, 6, 0, 0, 0, 0]], np.int32)  # 4 slots for decoded tokens
@@ -103,8 +103,9 @@ def test_cache_logits_match_full_forward(tiny) -> None:
     for slot in range(6, 10):
         token = slot * 7 % 99
         key_mask[0, slot] = 1
-        logits, k, v = decode(Tensor([[token]], ms.int32), Tensor(key_mask), ms.mutable(k),
-                              ms.mutable(v), Tensor(np.eye(16, dtype=np.float32)[slot]))
+        write = np.eye(16, dtype=np.bool_)[slot].reshape(1, 1, 16, 1)
+        logits, k, v = decode(Tensor([[token]], ms.int32), Tensor(decode_bias(key_mask, 6)),
+                              ms.mutable(k), ms.mutable(v), Tensor(write))
         ids[0, slot], mask[0, slot] = token, 1
         full = model(Tensor(ids), Tensor(mask)).asnumpy()[:, slot]  # later slots are masked
         np.testing.assert_allclose(logits.asnumpy(), full, atol=1e-4)
@@ -148,3 +149,15 @@ def test_select_tokens_filters() -> None:
 def test_generate_config_validation(kwargs: dict, message: str) -> None:
     with pytest.raises(InferError, match=message):
         GenerateConfig(**kwargs)
+
+
+def test_host_decode_bias_equals_graph_bias() -> None:
+    from mindspore import Tensor
+
+    from model.bloom import decode_bias
+    from model.layers import alibi_slopes, attention_bias, build_alibi
+
+    key_mask = np.array([[0, 0, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1, 0]], np.float32)
+    mask = Tensor(key_mask)
+    graph = attention_bias(build_alibi(mask, Tensor(alibi_slopes(6))), mask[:, None, None, :])
+    np.testing.assert_array_equal(decode_bias(key_mask, 6), graph.asnumpy())
