@@ -43,7 +43,7 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def build_pair(threads: int):
+def build_pair(threads: int, ms_threads: int | None):
     """(HF model, our Generator) with identical random weights."""
     import torch
     from transformers import BloomConfig as HFConfig
@@ -62,7 +62,7 @@ def build_pair(threads: int):
         hf.transformer.word_embeddings.weight[2].fill_(0.0)
     config = BloomConfig(**SMALL, seq_length=2048)
     state = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
-    set_graph_mode("CPU")
+    set_graph_mode("CPU", ms_threads)
     ours = BloomLMHeadModel(config)
     ours.set_train(False)
     load_parameters(ours, hf_to_ours(state, config))
@@ -159,6 +159,8 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5, help="Timed runs per measurement.")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads.")
+    parser.add_argument("--ms-threads", type=int,
+                        help="MindSpore CPU kernel threads (default: MindSpore's own, 25).")
     parser.add_argument("--skip-560m", action="store_true", help="Only the generation part.")
     parser.add_argument("--child-560m", choices=["ours", "hf"], help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -175,7 +177,7 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.1f}")
     print(f"greedy generation: {NEW_TOKENS} new tokens after {PROMPT_LEN}-token prompts, "
           f"Bloom {SMALL}, median of {args.repeats} after a warm-up")
-    hf, generator = build_pair(args.threads)
+    hf, generator = build_pair(args.threads, args.ms_threads)
     print(f"{'batch':>5} {'HF tok/s':>10} {'ours tok/s':>11} {'ratio':>7}  same tokens")
     for batch in (1, 8):
         r = bench_generate(batch, args.repeats, hf, generator)

@@ -202,10 +202,18 @@ def greedy_without_cache(model: BloomLMHeadModel, prompts: Sequence[Sequence[int
 
 # ---------------------------------------------------------------------------- loading
 
-def set_graph_mode(device: str = "CPU") -> None:
-    """MindSpore graph mode on `device` (CPU, Ascend or GPU)."""
+def set_graph_mode(device: str = "CPU", cpu_threads: int | None = None) -> None:
+    """MindSpore graph mode on `device` (CPU, Ascend or GPU).
+
+    Args:
+        device: MindSpore device target.
+        cpu_threads: CPU kernel threads (MindSpore's default is 25, whatever the core count);
+            settable once per process.
+    """
     import mindspore as ms
 
+    if cpu_threads is not None:
+        ms.device_context.cpu.op_tuning.threads_num(cpu_threads)
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device(device)
 
