@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-DEFAULT_DATA = Path("/work/shared/data/alpaca_seed_tasks.json")
+DEFAULT_DATA = Path(__file__).resolve().parent / "assets" / "alpaca_seed_tasks.json"
 DEFAULT_OUT = Path(__file__).resolve().parent / "assets" / "tokenizer.json"
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]  # ids 0, 1, 2, 3 as in Bloom
 

@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 STATE = Path("/tmp/orchestrate-testhosts-collect")
-SEED = Path("/work/shared/data/alpaca_seed_tasks.json")
+SEED = Path(__file__).resolve().parents[2] / "model" / "assets" / "alpaca_seed_tasks.json"
 
 
 def _hosts(*args: str) -> subprocess.CompletedProcess[str]:

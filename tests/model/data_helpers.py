@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-SEED_TASKS = Path("/work/shared/data/alpaca_seed_tasks.json")
+SEED_TASKS = Path(__file__).resolve().parents[2] / "model" / "assets" / "alpaca_seed_tasks.json"
 REPO = Path(__file__).resolve().parent.parent.parent
 SHIPPED_TOKENIZER = REPO / "model" / "assets" / "tokenizer.json"
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]  # ids 0..3, Bloom's convention
