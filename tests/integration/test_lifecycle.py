@@ -68,6 +68,12 @@ def record(state: Path, job_id: str | None = None) -> dict:
     return json.loads((state / "jobs" / f"{job_id}.json").read_text())
 
 
+def latest_status(state: Path) -> str | None:
+    """Status of the newest job record, None while `up` has not written one yet."""
+    recs = [json.loads(p.read_text()) for p in (state / "jobs").glob("*.json")]
+    return max(recs, key=lambda r: r["created_at"])["status"] if recs else None
+
+
 def job_processes(hosts: TestHosts, job_id: str, name: str) -> list[str]:
     """PIDs in `name`'s PID namespace whose environment carries the job id."""
     res = hosts.ssh(name, f"grep -lzxF ORCHESTRATE_JOB_ID={job_id} /proc/[0-9]*/environ "
@@ -136,7 +142,7 @@ def test_rank_killed_fails_job_on_every_host(testhosts: TestHosts, two_hosts: Pa
                                "--state-dir", str(state)], cwd=state.parent, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: (state / "jobs").is_dir() and record(state)["status"] == "RUNNING")
+        wait_for(lambda: latest_status(state) == "RUNNING")
         job = record(state)
         pid = job["nodes"][1]["pids"]["3"]  # rank 3 lives on th1
         assert testhosts.ssh("th1", f"kill -9 {pid}").returncode == 0
@@ -262,7 +268,7 @@ def test_ctrl_c_while_waiting_detaches_and_job_keeps_running(testhosts: TestHost
                              "--state-dir", str(state)], cwd=state.parent, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: (state / "jobs").is_dir() and record(state)["status"] == "RUNNING")
+        wait_for(lambda: latest_status(state) == "RUNNING")
         time.sleep(1.0)  # inside the watch loop
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
