@@ -158,8 +158,9 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
       a path on the nodes   used as is; or give `data_dir:` per node in the inventory
 
     \b
-    Example (this machine, 2 CPU ranks, the tiny preset):
-      orchestrate up -i inventories/local.yaml -c tiny --set data.path=alpaca.json --wait
+    Example (this machine, 2 CPU ranks, the tiny preset, which trains on the shipped
+    model/assets/alpaca_seed_tasks.json unless data.path is set):
+      orchestrate up -i inventories/local.yaml -c tiny --wait
     """
     from orchestrator.errors import JobError
     from orchestrator.inventory import load_inventory
