@@ -22,8 +22,11 @@ h = hidden_size, V = vocab_size, i = 0..n_layer-1, weights stored [out, in] like
     transformer.h.{i}.mlp.dense_4h_to_h.{weight,bias}           [h, 4h], [h]
     transformer.ln_f.{weight,bias}                              [h]
 
-The LM head has no parameter of its own (tied, no bias). Generation with a fixed-size KV cache
-uses `prefill` and `decode_step` (see model/infer.py), which share these parameters.
+The LM head has no parameter of its own (tied, no bias). A training wrapper cell renames these
+unless it is built with `auto_prefix=False` (e.g. `net.transformer...`); checkpoints loaded by
+model.convert.load_checkpoint_arrays may carry such a prefix and optimizer state.
+Generation with a fixed-size KV cache uses `prefill` and `decode_step` (see model/infer.py),
+which share these parameters.
 """
 
 from __future__ import annotations
@@ -33,7 +36,15 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 
 from model.config import BloomConfig
-from model.layers import MS_DTYPES, BloomBlock, Embedding, LayerNorm, alibi_slopes, build_alibi
+from model.layers import (
+    MS_DTYPES,
+    BloomBlock,
+    Embedding,
+    LayerNorm,
+    alibi_slopes,
+    attention_bias,
+    build_alibi,
+)
 
 
 class BloomModel(nn.Cell):
@@ -72,12 +83,13 @@ class BloomModel(nn.Cell):
             key_mask = ops.cast(attention_mask, ms.float32)
         alibi = build_alibi(key_mask, self.slopes)  # [batch, n_head, 1, seq]
         causal = ops.tril(ops.ones((seq, seq), ms.float32))  # [seq(query), seq(key)]
-        mask = (causal[None, None, :, :] * key_mask[:, None, None, :]) > 0.5  # [b, 1, q, k]
+        mask = causal[None, None, :, :] * key_mask[:, None, None, :]  # [batch, 1, seq, seq]
+        bias = attention_bias(alibi, mask)  # [batch, n_head, seq, seq]
         x = self.embed(input_ids)
-        keys = ()
-        values = ()
+        keys = ()  # type: tuple[Tensor, ...]
+        values = ()  # type: tuple[Tensor, ...]
         for block in self.h:
-            x, k, v = block(x, alibi, mask)
+            x, k, v = block(x, bias)
             keys += (k,)
             values += (v,)
         return self.ln_f(x), keys, values
@@ -97,13 +109,13 @@ class BloomModel(nn.Cell):
             (hidden [batch, 1, hidden], new k caches, new v caches).
         """
         alibi = build_alibi(key_mask, self.slopes)  # [batch, n_head, 1, cache_len]
-        mask = (key_mask > 0.5)[:, None, None, :]  # [batch, 1, 1, cache_len]
-        write = ops.cast(write, self.compute_dtype).reshape(1, 1, -1, 1)  # [1, 1, cache_len, 1]
+        bias = attention_bias(alibi, key_mask[:, None, None, :])  # [batch, n_head, 1, cache_len]
+        write = (write > 0.5).reshape(1, 1, -1, 1)  # [1, 1, cache_len, 1]
         x = self.embed(input_ids)
-        keys = ()
-        values = ()
+        keys = ()  # type: tuple[Tensor, ...]
+        values = ()  # type: tuple[Tensor, ...]
         for i, block in enumerate(self.h):
-            x, k, v = block(x, alibi, mask, k_caches[i], v_caches[i], write)
+            x, k, v = block(x, bias, k_caches[i], v_caches[i], write)
             keys += (k,)
             values += (v,)
         return self.ln_f(x), keys, values
@@ -118,13 +130,18 @@ class BloomLMHeadModel(nn.Cell):
         self.transformer = BloomModel(config)
         self.lm_head = ops.MatMul(transpose_b=True)  # x @ E^T without copying E
         self.compute_dtype = MS_DTYPES[config.compute_dtype]
+        self.needs_cast = MS_DTYPES[config.param_dtype] != self.compute_dtype
 
     def logits(self, hidden: Tensor) -> Tensor:
         """Hidden states [..., hidden] -> float32 logits [..., vocab]."""
         shape = hidden.shape
         flat = hidden.reshape(-1, shape[-1])  # [tokens, hidden]
-        weight = ops.cast(self.transformer.word_embeddings.weight, self.compute_dtype)
-        out = ops.cast(self.lm_head(flat, weight), ms.float32)  # [tokens, vocab]
+        weight = self.transformer.word_embeddings.weight  # [vocab, hidden]
+        if self.needs_cast:
+            weight = ops.cast(weight, self.compute_dtype)
+        out = self.lm_head(flat, weight)  # [tokens, vocab]
+        if self.compute_dtype != ms.float32:
+            out = ops.cast(out, ms.float32)
         return out.reshape(shape[:-1] + (self.config.vocab_size,))  # [..., vocab]
 
     def construct(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
@@ -149,8 +166,8 @@ class BloomLMHeadModel(nn.Cell):
         batch, prompt_len = input_ids.shape
         c = self.config
         pad = ops.zeros((batch, c.n_head, cache_len - prompt_len, c.head_dim), self.compute_dtype)
-        k_caches = ()
-        v_caches = ()
+        k_caches = ()  # type: tuple[Tensor, ...]
+        v_caches = ()  # type: tuple[Tensor, ...]
         for i in range(len(keys)):
             k_caches += (ops.concat((keys[i], pad), 2),)  # [batch, n_head, cache_len, head_dim]
             v_caches += (ops.concat((values[i], pad), 2),)

@@ -136,13 +136,14 @@ class BloomConfig:
             raise ConfigError(f"{path}: cannot read HF config: {e}") from e
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a JSON object, got {type(raw).__name__}")
-        for key, wanted in HF_REQUIRED.items():
-            if raw.get(key, wanted) != wanted:
-                raise ConfigError(f"{path}: {key}={raw[key]!r} is not supported (only {wanted!r})")
+        for required, wanted in HF_REQUIRED.items():
+            if raw.get(required, wanted) != wanted:
+                raise ConfigError(f"{path}: {required}={raw[required]!r} is not supported "
+                                  f"(only {wanted!r})")
         names = {f.name for f in dataclasses.fields(cls)}
         values: dict[str, Any] = {}
-        for key, value in raw.items():
-            key = HF_ALIASES.get(key, key)
+        for hf_key, value in raw.items():
+            key = HF_ALIASES.get(hf_key, hf_key)
             if key in names and value is not None:
                 values[key] = value
         values.update(overrides)

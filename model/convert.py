@@ -62,7 +62,7 @@ TIED_HEAD = "lm_head.weight"
 SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64,
                       "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
                       "BOOL": np.bool_}
-TORCH_STORAGES = {"FloatStorage": np.float32, "HalfStorage": np.float16,
+TORCH_STORAGES: dict[str, Any] = {"FloatStorage": np.float32, "HalfStorage": np.float16,
                   "DoubleStorage": np.float64, "LongStorage": np.int64, "IntStorage": np.int32,
                   "ShortStorage": np.int16,
                   "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
@@ -350,7 +350,11 @@ def convert_ckpt_to_hf(ckpt: str | Path, config: BloomConfig, out_dir: str | Pat
     _atomic_write(out / "model.safetensors",
                   lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}), ".safetensors")
     text = json.dumps(config.to_hf(), indent=2, sort_keys=True) + "\n"
-    _atomic_write(out / "config.json", lambda tmp: Path(tmp).write_text(text), ".json")
+
+    def write_config(tmp: str) -> None:
+        Path(tmp).write_text(text)
+
+    _atomic_write(out / "config.json", write_config, ".json")
     return out
 
 

@@ -305,14 +305,15 @@ class Session:
         start = time.perf_counter()
         outputs = self.generator.generate(prompts, self.gen, callback)
         seconds = time.perf_counter() - start
-        results = []
+        results: list[dict[str, Any]] = []
         for text, prompt, new in zip(texts, prompts, outputs, strict=True):
             stop = "eos" if new and new[-1] == self.config.eos_token_id else "length"
             results.append({"prompt": text, "completion": self.tokenizer.decode(new),
                             "prompt_tokens": len(prompt), "new_tokens": new, "stop": stop,
                             "seconds": round(seconds, 3)})
-        if callback is not None and results[0]["completion"] != shown:
-            stream(results[0]["completion"][len(shown):])
+        completion = str(results[0]["completion"])
+        if callback is not None and stream is not None and completion != shown:
+            stream(completion[len(shown):])
         return results
 
 

@@ -52,14 +52,27 @@ def build_alibi(key_mask: Tensor, slopes: Tensor) -> Tensor:
     return slopes.reshape(1, -1, 1, 1) * positions[:, None, None, :]  # [batch, heads, 1, keys]
 
 
-def bloom_gelu(x: Tensor) -> Tensor:
-    """tanh-approximated GELU with Bloom's constants (HF `bloom_gelu_forward`).
+def attention_bias(alibi: Tensor, mask: Tensor) -> Tensor:
+    """Additive attention bias: ALiBi where `mask` allows attending, MASK_FILL elsewhere.
 
-    0.5 * (1 + tanh(z)) == sigmoid(2z): MindSpore's CPU tanh is off by up to 1e-4, its sigmoid
-    by < 1e-6, so the sigmoid form is what keeps logits within 1e-4 of HF.
+    Args:
+        alibi: float32 [batch, n_head, 1, keys].
+        mask: float32 [batch, 1, q_len, keys], 1 where the query may attend the key.
+
+    Returns:
+        float32 [batch, n_head, q_len, keys]. Scores + MASK_FILL stay finite (no -inf, so a
+        fully masked padding row gives a uniform softmax, never NaN) and exp() underflows to 0.
     """
-    z = 0.79788456 * x * (1.0 + 0.044715 * x * x)
-    return x * ops.sigmoid(2.0 * z)
+    return alibi * mask + (1.0 - mask) * MASK_FILL
+
+
+def bloom_gelu(x: Tensor) -> Tensor:
+    """tanh-approximated GELU (HF `bloom_gelu_forward`; its 0.79788456 is sqrt(2/pi) rounded).
+
+    MindSpore's fused kernel agrees with HF's formula to 3e-7; spelling the formula out with
+    ops.tanh would not: the CPU tanh is off by up to 1e-4.
+    """
+    return ops.gelu(x, approximate="tanh")
 
 
 class Linear(nn.Cell):
@@ -73,15 +86,15 @@ class Linear(nn.Cell):
         self.weight = Parameter(initializer(init, (out_features, in_features), param_dtype),
                                 name="weight")
         self.bias = Parameter(initializer(Zero(), (out_features,), param_dtype), name="bias")
-        self.matmul = ops.MatMul(transpose_b=True)
-        self.out_features = out_features
+        self.needs_cast = param_dtype != self.compute_dtype
 
     def construct(self, x: Tensor) -> Tensor:
-        shape = x.shape
-        x = ops.cast(x, self.compute_dtype).reshape(-1, shape[-1])  # [tokens, in]
-        y = self.matmul(x, ops.cast(self.weight, self.compute_dtype))  # [tokens, out]
-        y = y + ops.cast(self.bias, self.compute_dtype)
-        return y.reshape(shape[:-1] + (self.out_features,))  # [..., out]
+        """[..., in] -> [..., out] (one fused kernel; casts only for mixed precision)."""
+        if self.needs_cast:
+            return ops.dense(ops.cast(x, self.compute_dtype),
+                             ops.cast(self.weight, self.compute_dtype),
+                             ops.cast(self.bias, self.compute_dtype))
+        return ops.dense(x, self.weight, self.bias)
 
 
 class Embedding(nn.Cell):
@@ -94,9 +107,12 @@ class Embedding(nn.Cell):
                                             (config.vocab_size, config.hidden_size),
                                             MS_DTYPES[config.param_dtype]), name="weight")
 
+        self.needs_cast = MS_DTYPES[config.param_dtype] != self.compute_dtype
+
     def construct(self, input_ids: Tensor) -> Tensor:
         """int [batch, seq] -> [batch, seq, hidden] in compute_dtype."""
-        return ops.cast(ops.gather(self.weight, input_ids, 0), self.compute_dtype)
+        x = ops.gather(self.weight, input_ids, 0)
+        return ops.cast(x, self.compute_dtype) if self.needs_cast else x
 
 
 class LayerNorm(nn.Cell):
@@ -110,8 +126,11 @@ class LayerNorm(nn.Cell):
         self.bias = Parameter(initializer(Zero(), (hidden_size,), param_dtype), name="bias")
         self.norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1,
                                   epsilon=config.layer_norm_epsilon)
+        self.is_float32 = param_dtype == ms.float32 and self.compute_dtype == ms.float32
 
     def construct(self, x: Tensor) -> Tensor:
+        if self.is_float32:
+            return self.norm(x, self.weight, self.bias)[0]
         y, _, _ = self.norm(ops.cast(x, ms.float32), ops.cast(self.weight, ms.float32),
                             ops.cast(self.bias, ms.float32))
         return ops.cast(y, self.compute_dtype)
@@ -123,7 +142,7 @@ class Dropout(nn.Cell):
     def __init__(self, p: float) -> None:
         super().__init__()
         self.has_dropout = p > 0.0
-        self.dropout = nn.Dropout(p=p) if p > 0.0 else None
+        self.dropout = nn.Dropout(p=p) if p > 0.0 else nn.Identity()
 
     def construct(self, x: Tensor) -> Tensor:
         if self.has_dropout:
@@ -140,6 +159,7 @@ class BloomAttention(nn.Cell):
         self.head_dim = config.head_dim
         self.hidden_size = config.hidden_size
         self.compute_dtype = MS_DTYPES[config.compute_dtype]
+        self.is_float32 = self.compute_dtype == ms.float32
         self.inv_norm_factor = 1.0 / math.sqrt(self.head_dim)
         self.query_key_value = Linear(config.hidden_size, 3 * config.hidden_size, config)
         self.dense = Linear(config.hidden_size, config.hidden_size, config)
@@ -147,40 +167,48 @@ class BloomAttention(nn.Cell):
         self.scores_matmul = ops.BatchMatMul(transpose_b=True)
         self.context_matmul = ops.BatchMatMul()
 
-    def construct(self, x: Tensor, alibi: Tensor, mask: Tensor, k_cache: Tensor | None = None,
+    def construct(self, x: Tensor, bias: Tensor, k_cache: Tensor | None = None,
                   v_cache: Tensor | None = None,
                   write: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Attend the new tokens `x` to all keys (the cache, if given, plus themselves).
 
         Args:
             x: [batch, q_len, hidden] (already layer-normed).
-            alibi: float32 [batch, n_head, 1, keys].
-            mask: bool [batch, 1, q_len, keys], True where a query may attend a key.
+            bias: float32 [batch, n_head, q_len, keys]: ALiBi where a query may attend a key,
+                MASK_FILL where it may not (see attention_bias).
             k_cache, v_cache: [batch, n_head, keys, head_dim] fixed-size caches (decode only,
-                q_len == 1); the new key/value is written where `write` is 1.
-            write: float [1, 1, keys, 1] one-hot cache slot of the new token (decode only).
+                q_len == 1); the new key/value is written where `write` is True.
+            write: bool [1, 1, keys, 1], True at the cache slot of the new token (decode only).
 
         Returns:
             (output [batch, q_len, hidden], keys, values [batch, n_head, keys, head_dim]).
         """
         batch, q_len, _ = x.shape
         fused = self.query_key_value(x)  # [batch, q_len, 3*hidden]
-        fused = fused.reshape(batch, q_len, self.n_head, 3, self.head_dim)  # per head: q, k, v
-        q, k, v = ops.split(fused, 1, axis=3)  # each [batch, q_len, n_head, 1, head_dim]
-        q = q.squeeze(3).transpose(0, 2, 1, 3)  # [batch, n_head, q_len, head_dim]
-        k = k.squeeze(3).transpose(0, 2, 1, 3)  # [batch, n_head, q_len, head_dim]
-        v = v.squeeze(3).transpose(0, 2, 1, 3)  # [batch, n_head, q_len, head_dim]
+        if q_len == 1:  # decode: no transpose needed, [batch, n_head, 3, head_dim]
+            fused = fused.reshape(batch, self.n_head, 3, self.head_dim)
+            q = fused[:, :, 0:1]  # [batch, n_head, 1, head_dim]
+            k = fused[:, :, 1:2]
+            v = fused[:, :, 2:3]
+        else:  # per head: q, k, v
+            fused = fused.reshape(batch, q_len, self.n_head, 3, self.head_dim)
+            fused = fused.transpose(0, 2, 1, 3, 4)  # [batch, n_head, q_len, 3, head_dim]
+            q = fused[:, :, :, 0]  # [batch, n_head, q_len, head_dim]
+            k = fused[:, :, :, 1]
+            v = fused[:, :, :, 2]
         if k_cache is not None:
-            keep = 1.0 - write
-            k = k_cache * keep + k * write  # [batch, n_head, keys, head_dim]
-            v = v_cache * keep + v * write  # [batch, n_head, keys, head_dim]
-        scores = ops.cast(self.scores_matmul(q, k), ms.float32)  # [batch, n_head, q_len, keys]
-        scores = scores * self.inv_norm_factor + alibi
-        scores = ops.select(mask, scores, ops.full_like(scores, MASK_FILL))
-        probs = ops.softmax(scores, -1)  # float32
-        probs = self.attention_dropout(ops.cast(probs, self.compute_dtype))
-        context = self.context_matmul(probs, v)  # [batch, n_head, q_len, head_dim]
-        context = context.transpose(0, 2, 1, 3).reshape(batch, q_len, self.hidden_size)
+            k = ops.where(write, k, k_cache)  # [batch, n_head, keys, head_dim]
+            v = ops.where(write, v, v_cache)
+        scores = self.scores_matmul(q, k)  # [batch, n_head, q_len, keys]
+        if not self.is_float32:
+            scores = ops.cast(scores, ms.float32)
+        probs = ops.softmax(scores * self.inv_norm_factor + bias, -1)  # float32
+        if not self.is_float32:
+            probs = ops.cast(probs, self.compute_dtype)
+        context = self.context_matmul(self.attention_dropout(probs), v)  # [b, heads, q, hd]
+        if q_len != 1:
+            context = context.transpose(0, 2, 1, 3)  # [batch, q_len, n_head, head_dim]
+        context = context.reshape(batch, q_len, self.hidden_size)
         return self.dense(context), k, v
 
 
@@ -207,12 +235,11 @@ class BloomBlock(nn.Cell):
         self.mlp = BloomMLP(config)
         self.hidden_dropout = Dropout(config.hidden_dropout)
 
-    def construct(self, x: Tensor, alibi: Tensor, mask: Tensor, k_cache: Tensor | None = None,
+    def construct(self, x: Tensor, bias: Tensor, k_cache: Tensor | None = None,
                   v_cache: Tensor | None = None,
                   write: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Arguments as BloomAttention; returns (hidden [batch, q_len, hidden], keys, values)."""
-        attn, k, v = self.self_attention(self.input_layernorm(x), alibi, mask, k_cache, v_cache,
-                                         write)
+        attn, k, v = self.self_attention(self.input_layernorm(x), bias, k_cache, v_cache, write)
         h = x + self.hidden_dropout(attn)
         out = h + self.hidden_dropout(self.mlp(self.post_attention_layernorm(h)))
         return out, k, v

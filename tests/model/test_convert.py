@@ -140,3 +140,20 @@ def test_checkpoint_errors(tmp_path: Path) -> None:
     deeper = BloomConfig(vocab_size=16, hidden_size=8, n_layer=2, n_head=2)
     with pytest.raises(ConvertError, match=r"missing tensor\(s\) \['transformer.h.1"):
         load_checkpoint_arrays(path, deeper)
+
+
+def test_sharded_safetensors_folder_reads_like_one_file(tmp_path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    whole = read_hf_weights(FIXTURES / "heads4")
+    names = sorted(whole)
+    shards = {"model-00001-of-00002.safetensors": names[: len(names) // 2],
+              "model-00002-of-00002.safetensors": names[len(names) // 2:]}
+    weight_map = {}
+    for shard, keys in shards.items():
+        save_file({k: whole[k] for k in keys}, str(tmp_path / shard))
+        weight_map.update({k: shard for k in keys})
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    sharded = read_hf_weights(tmp_path)
+    assert set(sharded) == set(whole)
+    assert all(np.array_equal(sharded[k], whole[k]) for k in whole)

@@ -107,7 +107,7 @@ def test_cache_logits_match_full_forward(tiny) -> None:
                               ms.mutable(v), Tensor(np.eye(16, dtype=np.float32)[slot]))
         ids[0, slot], mask[0, slot] = token, 1
         full = model(Tensor(ids), Tensor(mask)).asnumpy()[:, slot]  # later slots are masked
-        np.testing.assert_allclose(logits.asnumpy(), full, atol=1e-5)
+        np.testing.assert_allclose(logits.asnumpy(), full, atol=1e-4)
 
 
 def test_sampling_is_seeded_and_top_k_1_is_greedy(tiny) -> None:

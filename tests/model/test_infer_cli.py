@@ -59,6 +59,31 @@ def test_infer_prints_prompt_and_greedy_completion(tiny_ckpt: Path, tmp_path: Pa
                        "--max-new-tokens", "8", PROMPT)
     assert text.returncode == 0, text.stderr
     assert text.stdout == PROMPT + results[0]["completion"] + "\n\n"
+    assert streamed_on_a_terminal(tiny_ckpt) == PROMPT + results[0]["completion"] + "\r\n"
+
+
+def streamed_on_a_terminal(ckpt: Path) -> str:
+    """stdout of `orchestrate infer` when stdout is a terminal (a pty): the streaming path."""
+    import os
+    import pty
+
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "infer", "--ckpt", str(ckpt),
+                             "--config", "tiny", "--max-new-tokens", "8", PROMPT], cwd=REPO,
+                            stdout=terminal, stderr=subprocess.PIPE)
+    os.close(terminal)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(controller)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read() if proc.stderr else ""
+    return b"".join(chunks).decode()
 
 
 def test_chat_loop_reads_stdin(tiny_ckpt: Path) -> None:
@@ -78,6 +103,8 @@ def test_chat_loop_reads_stdin(tiny_ckpt: Path) -> None:
     (["--ckpt", "{ckpt}", "--hf-config", "{tmp}/config.json", "Hi"],
      "Error: model.infer: {ckpt}: transformer.word_embeddings.weight has shape (1000, 64), "
      "config expects (1000, 32)"),
+    (["--ckpt", "{ckpt}", "--config", "tiny", "--input", "{tmp}/none.txt"],
+     "Error: model.infer: {tmp}/none.txt: cannot read prompts"),
     (["--ckpt", "{ckpt}", "--config", "nope", "Hi"],
      "Error: model.infer: unknown preset 'nope'"),
     (["--ckpt", "{ckpt}", "--config", "tiny", "--tokenizer", "{tmp}/config.json", "Hi"],

@@ -1,0 +1,357 @@
+"""Alpaca JSON -> MindRecord shards, and the per-rank reader the trainer uses.
+
+Prepare (what `orchestrate prepare-data` runs in a subprocess):
+
+    python -m model.data --input alpaca_data.json --output data/alpaca --seq-length 2048 \
+        [--tokenizer tokenizer.json] [--n 10240] [--shards 1] [--mask-prompt] [--progress]
+
+Each record becomes the Alpaca prompt (the with-input variant only when `input` is non-empty)
+followed by the response and eos, tokenized, truncated to seq_length + 1 tokens and padded with
+eos. Columns: `input_ids` int32[seq_length + 1], plus `loss_mask` int32[seq_length + 1] (1 on
+response tokens and the first eos) with `--mask-prompt`. Output files:
+`DIR/alpaca.mindrecord[0..K-1]` (+ `.db`), and `DIR/summary.json`. Malformed input stops before
+anything is written; a failure while writing leaves DIR as it was.
+
+Progress lines (`--progress`) go to stdout as `progress done=N total=M`; the last stdout line is
+`summary {json}`. Errors: one line `error: ...` on stderr, exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PROMPT_WITH_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further "
+    "context. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+)
+PROMPT_NO_INPUT = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:\n"
+)
+FILE_STEM = "alpaca.mindrecord"
+SUMMARY_FILE = "summary.json"
+DEFAULT_TOKENIZER = Path(__file__).resolve().parent / "assets" / "tokenizer.json"
+ENCODE_CHUNK = 4096  # records tokenized and written per batch
+
+
+class DataError(ValueError):
+    """Input data or arguments are malformed; the message names the file/record and the value."""
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What one prepare run produced."""
+
+    records: int
+    truncated: int  # records longer than seq_length + 1 tokens
+    tokens: int  # real (non-padding) tokens written
+    seconds: float
+    seq_length: int
+    shards: int
+    mask_prompt: bool
+    files: list[str]
+
+
+# --- reading and validating -------------------------------------------------------------------
+
+def load_records(path: Path, n: int = -1) -> list[dict[str, str]]:
+    """Read and validate an Alpaca JSON file; return the first `n` records (-1: all).
+
+    Raises:
+        DataError: unreadable file, bad JSON, not a list, or a bad record (index named).
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e.strerror}") from None
+    # surrogateescape keeps bad bytes as lone surrogates so the record holding them can be named
+    text = raw.decode("utf-8", errors="surrogateescape")
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON: {e.msg} at line {e.lineno} "
+                        f"column {e.colno}") from None
+    if not isinstance(doc, list):
+        raise DataError(f"{path}: expected a JSON list of records, got {type(doc).__name__}")
+    if n >= 0:
+        doc = doc[:n]
+    for i, rec in enumerate(doc):
+        _check_record(path, i, rec)
+    return doc
+
+
+def _check_record(path: Path, i: int, rec: Any) -> None:
+    if not isinstance(rec, dict):
+        raise DataError(f"{path}: record {i}: expected an object, got {type(rec).__name__}")
+    for key in ("instruction", "output"):
+        if key not in rec:
+            raise DataError(f"{path}: record {i}: missing {key!r}")
+    for key in ("instruction", "input", "output"):
+        if key not in rec:
+            continue
+        value = rec[key]
+        if not isinstance(value, str):
+            raise DataError(f"{path}: record {i}: {key!r} must be a string, "
+                            f"got {type(value).__name__} {_short(value)}")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            bad = value[e.start:e.end].encode("utf-8", errors="surrogateescape")
+            raise DataError(f"{path}: record {i}: {key!r} is not valid UTF-8 "
+                            f"(bytes {bad!r} at character {e.start})") from None
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def prompt_of(rec: dict[str, str]) -> str:
+    """The Alpaca prompt for one record (with-input variant only when `input` is non-empty)."""
+    if rec.get("input", ""):
+        return PROMPT_WITH_INPUT.format(instruction=rec["instruction"], input=rec["input"])
+    return PROMPT_NO_INPUT.format(instruction=rec["instruction"])
+
+
+# --- tokenizing -------------------------------------------------------------------------------
+
+def load_tokenizer_file(path: Path | None) -> Any:
+    """A `tokenizers.Tokenizer` from `path` (None: the small shipped tokenizer)."""
+    from tokenizers import Tokenizer
+
+    path = DEFAULT_TOKENIZER if path is None else path
+    if not path.is_file():
+        raise DataError(f"{path}: tokenizer file does not exist")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # noqa: BLE001 - tokenizers raises plain Exception on bad files
+        raise DataError(f"{path}: not a tokenizers JSON file: {e}") from None
+
+
+def eos_id_of(tokenizer: Any) -> int:
+    """The id of `</s>` (or `<eos>`); Bloom's convention puts it at 2."""
+    for token in ("</s>", "<eos>", "<|endoftext|>"):
+        tid = tokenizer.token_to_id(token)
+        if tid is not None:
+            return int(tid)
+    raise DataError("tokenizer has no eos token (looked for '</s>', '<eos>', '<|endoftext|>')")
+
+
+def encode_records(tokenizer: Any, records: Sequence[dict[str, str]], seq_length: int,
+                   eos_id: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Tokenize a batch of records into fixed-length rows.
+
+    Returns:
+        input_ids int32[n, seq_length + 1], loss_mask int32[n, seq_length + 1] (1 on response
+        tokens and the first eos), the number of truncated records, and the real token count.
+    """
+    width = seq_length + 1
+    # one batch call for prompts and answers; the _fast variant skips offsets we do not use
+    encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+    both = encode([prompt_of(r) for r in records] + [r["output"] for r in records],
+                  add_special_tokens=False)
+    prompts, answers = both[:len(records)], both[len(records):]
+    ids = np.full((len(records), width), eos_id, dtype=np.int32)
+    mask = np.zeros((len(records), width), dtype=np.int32)
+    truncated = tokens = 0
+    for row, (p, a) in enumerate(zip(prompts, answers, strict=True)):
+        p_ids, a_ids = p.ids, a.ids
+        total = len(p_ids) + len(a_ids) + 1  # + eos
+        if total > width:
+            truncated += 1
+        seq = (p_ids + a_ids)[:width]
+        ids[row, :len(seq)] = seq
+        end = min(total, width)  # the eos (if it fits) is already the padding value
+        mask[row, min(len(p_ids), width):end] = 1
+        tokens += end
+    return ids, mask, truncated, tokens
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+def prepare(input_path: Path, output_dir: Path, seq_length: int, tokenizer_path: Path | None = None,
+            n: int = -1, shards: int = 1, mask_prompt: bool = False,
+            progress: Callable[[int, int], None] | None = None) -> Summary:
+    """Write the MindRecord shards for `input_path` into `output_dir` (see module docstring).
+
+    Raises:
+        DataError: bad arguments or malformed input; nothing is written then.
+    """
+    if seq_length < 1:
+        raise DataError(f"--seq-length must be >= 1, got {seq_length}")
+    if not 1 <= shards <= 1000:
+        raise DataError(f"--shards must be between 1 and 1000, got {shards}")
+    if n < -1:
+        raise DataError(f"--n must be -1 (all) or >= 0, got {n}")
+    start = time.perf_counter()
+    tokenizer = load_tokenizer_file(tokenizer_path)
+    eos_id = eos_id_of(tokenizer)
+    records = load_records(input_path, n)
+    if len(records) < shards:
+        raise DataError(f"{input_path}: {len(records)} records cannot fill {shards} shards")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise DataError(f"{output_dir}: exists and is not a directory")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    partial = Path(output_dir) / f".partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    try:
+        truncated, tokens, files = _write(records, partial, seq_length, tokenizer, eos_id,
+                                          shards, mask_prompt, progress)
+        summary = Summary(records=len(records), truncated=truncated, tokens=tokens,
+                          seconds=round(time.perf_counter() - start, 3), seq_length=seq_length,
+                          shards=shards, mask_prompt=mask_prompt, files=files)
+        (partial / SUMMARY_FILE).write_text(json.dumps(asdict(summary), indent=2) + "\n")
+        for old in output_dir.glob(FILE_STEM + "*"):
+            old.unlink()
+        for name in [*files, *(f + ".db" for f in files), SUMMARY_FILE]:
+            os.replace(partial / name, output_dir / name)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return summary
+
+
+def _write(records: Sequence[dict[str, str]], directory: Path, seq_length: int, tokenizer: Any,
+           eos_id: int, shards: int, mask_prompt: bool,
+           progress: Callable[[int, int], None] | None) -> tuple[int, int, list[str]]:
+    from mindspore.mindrecord import FileWriter
+
+    writer = FileWriter(str(directory / FILE_STEM), shard_num=shards, overwrite=True)
+    schema = {"input_ids": {"type": "int32", "shape": [-1]}}
+    if mask_prompt:
+        schema["loss_mask"] = {"type": "int32", "shape": [-1]}
+    writer.add_schema(schema, "alpaca")
+    truncated = tokens = 0
+    starts = range(0, len(records), ENCODE_CHUNK)
+
+    def encode(lo: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+        return encode_records(tokenizer, records[lo:lo + ENCODE_CHUNK], seq_length, eos_id)
+
+    # tokenize chunk i + 1 (Rust, GIL released) while chunk i is written
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(encode, 0)
+        for n, lo in enumerate(starts):
+            ids, mask, t, k = pending.result()
+            if n + 1 < len(starts):
+                pending = pool.submit(encode, starts[n + 1])
+            truncated, tokens = truncated + t, tokens + k
+            if mask_prompt:
+                rows = [{"input_ids": i, "loss_mask": m} for i, m in zip(ids, mask, strict=True)]
+            else:
+                rows = [{"input_ids": i} for i in ids]
+            writer.write_raw_data(rows)
+            if progress is not None:
+                progress(min(lo + ENCODE_CHUNK, len(records)), len(records))
+    writer.commit()
+    files = [FILE_STEM] if shards == 1 else [f"{FILE_STEM}{i}" for i in range(shards)]
+    return truncated, tokens, files
+
+
+# --- reading back -----------------------------------------------------------------------------
+
+def data_files(path: Path) -> list[str]:
+    """The MindRecord files of a prepared directory (or a single file), in shard order.
+
+    Raises:
+        DataError: nothing to read there.
+    """
+    if path.is_file():
+        return [str(path)]
+    files = sorted((p for p in path.glob(FILE_STEM + "*") if p.suffix != ".db"),
+                   key=lambda p: (len(p.name), p.name))
+    if not files:
+        raise DataError(f"{path}: no {FILE_STEM}* files (run `orchestrate prepare-data`)")
+    return [str(p) for p in files]
+
+
+def create_dataset(path: Path, batch_size: int, num_shards: int = 1, shard_id: int = 0,
+                   skip_samples: int = 0, columns: Sequence[str] = ("input_ids",)) -> Any:
+    """An endless, deterministic, per-rank batched MindDataset.
+
+    Rank `shard_id` of `num_shards` reads samples shard_id, shard_id + num_shards, ... (MindDataset
+    sharding, shuffle off), so DP ranks' batches at step t together form the single-process
+    batch t. `skip_samples` resumes the stream where a previous run stopped.
+    """
+    import mindspore.dataset as ds
+
+    files = data_files(path)
+    dataset = ds.MindDataset(files, columns_list=list(columns), shuffle=False,
+                             num_shards=num_shards if num_shards > 1 else None,
+                             shard_id=shard_id if num_shards > 1 else None)
+    dataset = dataset.repeat()
+    if skip_samples:
+        dataset = dataset.skip(skip_samples)
+    return dataset.batch(batch_size, drop_remainder=True)
+
+
+def sample_length(path: Path) -> int:
+    """Token ids per sample (seq_length + 1) of the prepared data at `path`."""
+    from mindspore.mindrecord import FileReader
+
+    reader = FileReader(data_files(path)[0], columns=["input_ids"])
+    try:
+        for row in reader.get_next():
+            return int(row["input_ids"].shape[0])
+    finally:
+        reader.close()
+    raise DataError(f"{path}: no samples")
+
+
+def has_column(path: Path, column: str) -> bool:
+    """Whether the prepared data at `path` has `column` (e.g. `loss_mask`)."""
+    from mindspore.mindrecord import FileReader
+
+    reader = FileReader(data_files(path)[0])
+    try:
+        return column in reader.schema()
+    finally:
+        reader.close()
+
+
+# --- command line -----------------------------------------------------------------------------
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m model.data ...` (see module docstring)."""
+    parser = argparse.ArgumentParser(prog="python -m model.data",
+                                     description="Alpaca JSON -> MindRecord shards.")
+    parser.add_argument("--input", type=Path, required=True, help="Alpaca JSON file (a list).")
+    parser.add_argument("--output", type=Path, required=True, help="Directory for the shards.")
+    parser.add_argument("--seq-length", type=int, required=True, help="Tokens per sample minus 1.")
+    parser.add_argument("--tokenizer", type=Path, default=None,
+                        help="tokenizer.json (default: the small shipped tokenizer).")
+    parser.add_argument("--n", type=int, default=-1, help="First N records only (-1: all).")
+    parser.add_argument("--shards", type=int, default=1, help="Number of MindRecord files.")
+    parser.add_argument("--mask-prompt", action="store_true",
+                        help="Add a loss_mask column: loss on response tokens only.")
+    parser.add_argument("--progress", action="store_true", help="Print progress lines.")
+    args = parser.parse_args(argv)
+
+    def report(done: int, total: int) -> None:
+        print(f"progress done={done} total={total}", flush=True)
+
+    try:
+        summary = prepare(args.input, args.output, args.seq_length, args.tokenizer, args.n,
+                          args.shards, args.mask_prompt, report if args.progress else None)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
+    print("summary " + json.dumps(asdict(summary)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

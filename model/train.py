@@ -1,0 +1,463 @@
+"""The trainer every rank runs: Bloom causal-LM training from a job file.
+
+    python -m model.train --job JOB.yaml [--resume] [--set section.key=value ...]
+
+e.g. on one CPU machine, by hand (single process, no distributed environment):
+
+    python -m orchestrator prepare-data --input alpaca.json --seq-length 64 --output data/mr
+    python -m model.train --job job.yaml --set data.path=data/mr --set train.steps=50
+
+JOB.yaml has the sections of model/configs/defaults.yaml (model, parallel, train, data), as
+rendered by the orchestrator, and optionally `job: {id: ..., output_dir: ...}`; the output
+folder defaults to `<folder of JOB.yaml>/output`. `--set` accepts train.steps,
+train.save_steps, train.log_steps, train.lr, model.seq_length (alias train.seq_length),
+data.path, and any other key of the job file.
+
+Relative paths in the job (data.path, train.load_checkpoint, job.output_dir) are relative to
+the current directory.
+
+Launch modes (read from the environment, nothing to pass):
+- rank table (Ascend, HCCL): RANK_TABLE_FILE, RANK_ID, RANK_SIZE, DEVICE_ID.
+- dynamic cluster (what msrun sets; CPU, GPU, Ascend): MS_ROLE, MS_SCHED_HOST, MS_SCHED_PORT,
+  MS_WORKER_NUM, MS_NODE_ID. The scheduler is this same command with MS_ROLE=MS_SCHED; it
+  serves the cluster and exits 0 when the workers are done.
+- neither: one undistributed process.
+On CPU only data parallel exists: a job with model_parallel or pipeline_stage > 1 is refused.
+
+Output: one line per logged step on stdout (rank 0 only), e.g.
+`step=120 loss=2.3141 lr=1.0e-04 tokens_per_s=3120.5 elapsed_s=61.2`;
+checkpoints `output/checkpoint/rank_<r>/bloom_rank_<r>-<step>.ckpt` + `.json` manifest every
+train.save_steps and at the end (the last train.keep_checkpoints kept); on the semi-auto
+parallel path the strategy file `output/strategy/ckpt_strategy_rank_<r>.ckpt`. `--resume`
+continues from the newest step complete on every rank (same data position, same LR schedule).
+Exit 0 only when training finished; otherwise non-zero with `error: ...` on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model import checkpoint as ck
+from model.data import DataError, create_dataset, has_column, sample_length
+from model.job import Job, JobFileError, load_job
+from model.schedule import lr_at, lr_schedule
+
+
+class TrainError(RuntimeError):
+    """The job cannot run as configured; the message says which key and why."""
+
+
+@dataclass(frozen=True)
+class Dist:
+    """Where this process sits in the job."""
+
+    mode: str  # "single" | "ranktable" | "cluster"
+    rank: int
+    world: int
+
+    @property
+    def is_rank0(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The parallel layout this run uses (DP fitted to the world size)."""
+
+    data_parallel: int
+    model_parallel: int
+    pipeline_stage: int
+    micro_batch_size: int
+    micro_batch_num: int
+
+    def manifest(self) -> dict[str, int]:
+        """What must match for a checkpoint to be resumable."""
+        return {"data_parallel": self.data_parallel, "model_parallel": self.model_parallel,
+                "pipeline_stage": self.pipeline_stage}
+
+    @property
+    def rank_batch(self) -> int:
+        """Samples one data-parallel replica consumes per optimizer step.
+
+        Without a pipeline, micro-batches of one step are one batch (the same mean loss).
+        """
+        return self.micro_batch_size * self.micro_batch_num
+
+    @property
+    def global_batch(self) -> int:
+        return self.rank_batch * self.data_parallel
+
+
+# --- checks that need no MindSpore --------------------------------------------------------------
+
+def check_job(job: Job) -> None:
+    """Refuse what cannot run, before any process waits on a cluster.
+
+    Raises:
+        TrainError: naming the key and the reason.
+    """
+    t, p = job.train, job.parallel
+    if t["device_target"] not in ("Ascend", "GPU", "CPU"):
+        raise TrainError(f"train.device_target={t['device_target']!r}: expected Ascend, GPU or CPU")
+    if t["device_target"] == "CPU" and (p["model_parallel"] > 1 or p["pipeline_stage"] > 1):
+        raise TrainError(
+            f"parallel.model_parallel={p['model_parallel']}, parallel.pipeline_stage="
+            f"{p['pipeline_stage']} with train.device_target=CPU: MindSpore supports only data "
+            "parallel on CPU (semi-auto parallel raises \"Invalid communication backend: CPU\"); "
+            "set both to 1 or train on Ascend")
+    for key in ("steps", "log_steps", "save_steps"):
+        if t[key] < 1:
+            raise TrainError(f"train.{key} must be >= 1, got {t[key]}")
+    if t["mode"] not in ("pretrain", "finetune"):
+        raise TrainError(f"train.mode={t['mode']!r}: expected pretrain or finetune")
+    if not job.data["path"]:
+        raise TrainError("data.path is empty: point it at a prepare-data output folder "
+                         "(--set data.path=DIR)")
+
+
+def fit_layout(job: Job, world: int) -> tuple[Layout, str | None]:
+    """The layout for `world` ranks: DP recomputed when MP×PP divides the world."""
+    p = job.parallel
+    mp_pp = p["model_parallel"] * p["pipeline_stage"]
+    if world % mp_pp:
+        raise TrainError(f"world size {world} is not a multiple of model_parallel × "
+                         f"pipeline_stage = {mp_pp}")
+    dp = world // mp_pp
+    note = None
+    if dp != p["data_parallel"]:
+        note = (f"parallel.data_parallel={p['data_parallel']} does not match {world} ranks; "
+                f"using data_parallel={dp}")
+    return Layout(data_parallel=dp, model_parallel=p["model_parallel"],
+                  pipeline_stage=p["pipeline_stage"], micro_batch_size=p["micro_batch_size"],
+                  micro_batch_num=p["micro_batch_num"]), note
+
+
+def log_line(step: int, loss: float, lr: float, tokens_per_s: float, elapsed_s: float) -> str:
+    """The machine-readable step line `orchestrate status` parses."""
+    return (f"step={step} loss={loss:.4f} lr={lr:.1e} tokens_per_s={tokens_per_s:.1f} "
+            f"elapsed_s={elapsed_s:.1f}")
+
+
+def note(message: str) -> None:
+    print(f"[train] {message}", file=sys.stderr, flush=True)
+
+
+# --- distributed --------------------------------------------------------------------------------
+
+def init_distributed(device_target: str) -> Dist:
+    """Initialise communication from the environment (see module docstring)."""
+    from mindspore.communication import get_group_size, get_rank, init
+
+    if os.environ.get("RANK_TABLE_FILE"):
+        if device_target != "Ascend":
+            raise TrainError(f"RANK_TABLE_FILE is set but train.device_target={device_target}: "
+                             "rank-table launches are Ascend (HCCL) only")
+        init("hccl")
+        return Dist("ranktable", get_rank(), get_group_size())
+    if os.environ.get("MS_ROLE"):
+        init()
+        return Dist("cluster", get_rank(), get_group_size())
+    return Dist("single", 0, 1)
+
+
+# --- the training cells --------------------------------------------------------------------------
+
+def build_cells(job: Job, layout: Layout, dist: Dist, use_mask: bool, start_lrs: np.ndarray,
+                strategy_file: Path | None) -> tuple[Any, Any]:
+    """The model and its train-step cell (loss, grads, DP reduce, clip, AdamWeightDecay)."""
+    import mindspore as ms
+    from mindspore import Tensor, nn, ops
+
+    from model.bloom import BloomLMHeadModel
+    from model.config import BloomConfig
+
+    values = dict(job.model)
+    if job.train["device_target"] == "CPU":
+        values.update(param_dtype="float32", compute_dtype="float32")
+    config = BloomConfig.from_dict(values, f"{job.path}: model")
+    semi_auto = layout.model_parallel * layout.pipeline_stage > 1
+    if semi_auto:
+        ms.set_auto_parallel_context(
+            parallel_mode=ms.ParallelMode.SEMI_AUTO_PARALLEL, device_num=dist.world,
+            full_batch=True, pipeline_stages=layout.pipeline_stage,
+            enable_parallel_optimizer=bool(job.parallel["optimizer_shard"]),
+            strategy_ckpt_config={"save_file": str(strategy_file), "only_trainable_params": False})
+    elif dist.world > 1:
+        ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL,
+                                     gradients_mean=True, device_num=dist.world)
+    model = BloomLMHeadModel(config)
+    if semi_auto:
+        apply_shard_strategies(model, layout)
+
+    class CausalLMLoss(nn.Cell):
+        """Mean next-token cross-entropy; with a loss_mask only where the mask is 1."""
+
+        def __init__(self, net: nn.Cell, masked: bool) -> None:
+            super().__init__(auto_prefix=False)  # keep the model's parameter names
+            self.net = net
+            self.masked = masked
+            self.vocab = config.vocab_size
+
+        def construct(self, input_ids: Tensor, loss_mask: Tensor) -> Tensor:
+            tokens = input_ids[:, :-1]  # [b, s]
+            labels = input_ids[:, 1:].reshape(-1)  # [b*s]
+            logits = self.net(tokens).reshape(-1, self.vocab)  # [b*s, V] float32
+            logp = ops.log_softmax(logits, -1)
+            nll = -ops.gather_elements(logp, 1, labels.reshape(-1, 1)).reshape(-1)  # [b*s]
+            if self.masked:
+                m = ops.cast(loss_mask[:, 1:].reshape(-1), ms.float32)
+                return (nll * m).sum() / ops.maximum(m.sum(), 1.0)
+            return nll.mean()
+
+    square_sum = ops.MultitypeFuncGraph("square_sum")
+    scale_by = ops.MultitypeFuncGraph("scale_by")
+
+    @square_sum.register("Tensor")
+    def _square_sum(grad: Tensor) -> Tensor:
+        return ops.reduce_sum(ops.square(ops.cast(grad, ms.float32)))
+
+    @scale_by.register("Tensor", "Tensor")
+    def _scale_by(factor: Tensor, grad: Tensor) -> Tensor:
+        return grad * ops.cast(factor, grad.dtype)
+
+    class TrainStep(nn.TrainOneStepCell):
+        """TrainOneStepCell with global-norm gradient clipping after the DP reduction.
+
+        The clipping is written out (sum of squares, one scale) rather than
+        ops.clip_by_global_norm, which measured ~2x slower per step on CPU.
+        """
+
+        def __init__(self, network: nn.Cell, optimizer: nn.Optimizer, clip: float) -> None:
+            super().__init__(network, optimizer)
+            self.clip = clip
+            self.hyper_map = ops.HyperMap()
+            if layout.pipeline_stage > 1:  # accumulates micro-batch grads, reduces across stages
+                self.grad_reducer = nn.PipelineGradReducer(optimizer.parameters)
+
+        def construct(self, *inputs: Tensor) -> Tensor:
+            loss = self.network(*inputs)
+            sens = ops.ones_like(loss) * self.sens
+            grads = self.grad(self.network, self.weights)(*inputs, sens)
+            grads = self.grad_reducer(grads)
+            if self.clip > 0:
+                norm = ops.sqrt(ops.addn(self.hyper_map(square_sum, grads)))
+                factor = self.clip / ops.maximum(norm, self.clip)
+                grads = self.hyper_map(ops.partial(scale_by, factor), grads)
+            return ops.depend(loss, self.optimizer(grads))
+
+    net = CausalLMLoss(model, use_mask)
+    if layout.pipeline_stage > 1:
+        net = nn.PipelineCell(net, layout.micro_batch_num)
+    params = net.trainable_params()
+    decay = [p for p in params if p.name.endswith(".weight") and "layernorm" not in p.name
+             and "ln_f" not in p.name]
+    decay_ids = {id(p) for p in decay}
+    rest = [p for p in params if id(p) not in decay_ids]
+    groups = [{"params": decay, "weight_decay": float(job.train["weight_decay"])},
+              {"params": rest, "weight_decay": 0.0}, {"order_params": params}]
+    optimizer = nn.AdamWeightDecay(groups, learning_rate=Tensor(start_lrs), eps=1e-8)
+    return model, TrainStep(net, optimizer, float(job.train["grad_clip"]))
+
+
+def apply_shard_strategies(model: Any, layout: Layout) -> None:
+    """Megatron-style strategies for the semi-auto parallel (Ascend) path.
+
+    Column-parallel QKV and h->4h, row-parallel dense and 4h->h (set per Linear cell with
+    `Cell.shard`: input layout + parameter plan); blocks spread over pipeline stages in order,
+    the embeddings on the first and ln_f on the last. Operators not annotated here get
+    MindSpore's default strategy. The tied embedding / LM-head weight stays replicated
+    (data-parallel LM head): MindSpore needs one slicing for a parameter with several users,
+    and the embedding lookup (`ops.gather` inside model/layers.py) exposes no primitive to
+    shard, so a vocab-parallel embedding needs that layer to hold a shardable Gather first.
+    """
+    dp, mp = layout.data_parallel, layout.model_parallel
+    blocks = list(model.transformer.h)
+    per_stage = math.ceil(len(blocks) / layout.pipeline_stage)
+    for i, block in enumerate(blocks):
+        block.pipeline_stage = min(i // per_stage, layout.pipeline_stage - 1)
+        attn, mlp = block.self_attention, block.mlp
+        for linear in (attn.query_key_value, mlp.dense_h_to_4h):  # column parallel
+            linear.shard(in_strategy=((dp, 1, 1),),
+                         parameter_plan={linear.weight.name: (mp, 1), linear.bias.name: (mp,)})
+        for linear in (attn.dense, mlp.dense_4h_to_h):  # row parallel
+            linear.shard(in_strategy=((dp, 1, mp),),
+                         parameter_plan={linear.weight.name: (1, mp), linear.bias.name: (1,)})
+    model.transformer.word_embeddings.pipeline_stage = 0
+    model.transformer.word_embeddings_layernorm.pipeline_stage = 0
+    model.transformer.ln_f.pipeline_stage = layout.pipeline_stage - 1
+    model.lm_head.shard(((dp, 1), (1, 1)))
+
+
+# --- resume --------------------------------------------------------------------------------------
+
+def agree_resume_step(output_dir: Path, dist: Dist, layout: Layout, steps: int) -> int | None:
+    """Newest step complete on every rank: each rank checks its own files, then a SUM all-reduce
+    of a per-step presence vector finds the steps every rank has."""
+    own = [s for s in ck.complete_steps(output_dir, dist.rank, layout.manifest()) if s <= steps]
+    if dist.world == 1:
+        return max(own) if own else None
+    import mindspore as ms
+    from mindspore import Tensor, nn, ops
+
+    class AllReduceSum(nn.Cell):
+        def __init__(self) -> None:
+            super().__init__()
+            self.reduce = ops.AllReduce()
+
+        def construct(self, x: Tensor) -> Tensor:
+            return self.reduce(x)
+
+    presence = np.zeros(steps + 1, dtype=np.float32)
+    presence[own] = 1.0
+    total = AllReduceSum()(Tensor(presence, ms.float32)).asnumpy()
+    common = np.nonzero(total >= dist.world - 0.5)[0]
+    return int(common.max()) if common.size else None
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+def train(job: Job, resume: bool, t0: float) -> int:
+    """Run the job in this (already role-checked) worker process; 0 when finished."""
+    import mindspore as ms
+
+    t = job.train
+    dist = init_distributed(t["device_target"])
+    layout, fitted = fit_layout(job, dist.world)
+    if fitted and dist.is_rank0:
+        note(fitted)
+    ms.set_seed(int(t["seed"]))
+    out = job.output_dir
+    data_path = Path(job.data["path"])
+    use_mask = has_column(data_path, "loss_mask")
+    width = sample_length(data_path)
+    if width != int(job.model["seq_length"]) + 1:
+        raise TrainError(f"data.path={str(data_path)!r} holds samples of {width} token ids, "
+                         f"model.seq_length={job.model['seq_length']} needs "
+                         f"{int(job.model['seq_length']) + 1} (prepare-data --seq-length "
+                         f"{job.model['seq_length']}, or --set model.seq_length={width - 1})")
+    steps = int(t["steps"])
+    lrs = lr_schedule(steps, float(t["lr"]), float(t["min_lr"]), int(t["warmup_steps"]))
+    semi_auto = layout.model_parallel * layout.pipeline_stage > 1
+    strategy_file = ck.strategy_path(out, dist.rank) if semi_auto else None
+    if strategy_file is not None:
+        strategy_file.parent.mkdir(parents=True, exist_ok=True)
+    model, step_cell = build_cells(job, layout, dist, use_mask, lrs, strategy_file)
+
+    start = 0
+    if resume:
+        found = agree_resume_step(out, dist, layout, steps)
+        if found is None:
+            note("--resume: no checkpoint complete on every rank; starting from step 0")
+        else:
+            params = ms.load_checkpoint(str(ck.ckpt_path(out, dist.rank, found)))
+            params.pop("learning_rate", None)  # the schedule comes from this run's job file
+            ms.load_param_into_net(step_cell, params)
+            start = found
+            note(f"resumed from step {found} ({ck.ckpt_path(out, dist.rank, found)})")
+    elif t["mode"] == "finetune":
+        if t["load_checkpoint"]:
+            load_pretrained(model, Path(t["load_checkpoint"]))
+        else:
+            note("train.mode=finetune with train.load_checkpoint empty: starting from init")
+    if start >= steps:
+        note(f"already at step {start} of {steps}: nothing to train")
+        return 0
+
+    if semi_auto:  # every rank reads the whole global batch; MindSpore slices it
+        dataset = create_dataset(data_path, layout.global_batch, skip_samples=start *
+                                 layout.global_batch, columns=_columns(use_mask))
+    else:
+        dataset = create_dataset(data_path, layout.rank_batch, num_shards=layout.data_parallel,
+                                 shard_id=dist.rank, skip_samples=start * layout.rank_batch,
+                                 columns=_columns(use_mask))
+    batches = dataset.create_tuple_iterator()
+    step_cell.set_train(True)
+    tokens_per_step = layout.global_batch * int(job.model["seq_length"])
+    meta = {"job_id": job.job_id, "job": job.to_dict()["job"], "train": dict(job.train),
+            "layout": layout.manifest(), "world_size": dist.world,
+            "micro_batch_size": layout.micro_batch_size,
+            "micro_batch_num": layout.micro_batch_num, "model": dict(job.model),
+            "device_target": t["device_target"]}
+    last_t, last_step = time.monotonic(), start
+    for step in range(start + 1, steps + 1):
+        batch = next(batches)
+        inputs = batch if use_mask else (batch[0], batch[0])
+        loss = step_cell(*inputs)
+        if step % int(t["log_steps"]) == 0 or step == steps:
+            value = float(loss.asnumpy())
+            if not math.isfinite(value):
+                raise TrainError(f"loss is {value} at step {step}")
+            now = time.monotonic()
+            if dist.is_rank0:
+                rate = (step - last_step) * tokens_per_step / max(now - last_t, 1e-9)
+                print(log_line(step, value, lr_at(step - 1, steps, float(t["lr"]),
+                                                  float(t["min_lr"]), int(t["warmup_steps"])),
+                               rate, now - t0), flush=True)
+            last_t, last_step = now, step
+        if step % int(t["save_steps"]) == 0 or step == steps:
+            ck.save(lambda p: ms.save_checkpoint(step_cell, str(p)), out, dist.rank, step,
+                    {**meta, "samples_per_rank": step * layout.rank_batch})
+            ck.prune(out, dist.rank, int(t["keep_checkpoints"]))
+    return 0
+
+
+def _columns(use_mask: bool) -> tuple[str, ...]:
+    return ("input_ids", "loss_mask") if use_mask else ("input_ids",)
+
+
+def load_pretrained(model: Any, path: Path) -> None:
+    """Load a single-device checkpoint (e.g. from convert-weights) into the model."""
+    import mindspore as ms
+
+    if not path.is_file():
+        raise TrainError(f"train.load_checkpoint={str(path)!r}: no such file")
+    params = ms.load_checkpoint(str(path))
+    missing, _ = ms.load_param_into_net(model, params)
+    if missing:
+        raise TrainError(f"train.load_checkpoint={str(path)!r}: missing parameters "
+                         f"{missing[:3]}{' ...' if len(missing) > 3 else ''}")
+    note(f"loaded {len(params)} parameters from {path}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m model.train` (see module docstring)."""
+    t0 = time.monotonic()
+    parser = argparse.ArgumentParser(prog="python -m model.train",
+                                     description="Train Bloom from a job file.")
+    parser.add_argument("--job", type=Path, required=True, help="job.yaml (see module docstring)")
+    parser.add_argument("--resume", action="store_true",
+                        help="Continue from the newest checkpoint complete on every rank.")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="SECTION.KEY=VALUE", help="Override one job value (repeatable).")
+    args = parser.parse_args(argv)
+    try:
+        job = load_job(args.job, args.overrides)
+        check_job(job)
+        import mindspore as ms
+
+        ms.set_context(mode=ms.GRAPH_MODE, device_target=job.train["device_target"])
+        if os.environ.get("RANK_TABLE_FILE") and os.environ.get("DEVICE_ID"):
+            ms.set_context(device_id=int(os.environ["DEVICE_ID"]))
+        if os.environ.get("MS_ROLE") in ("MS_SCHED", "MS_PSERVER"):
+            from mindspore.communication import init
+
+            init()  # serves the cluster; returns (or exits) once the workers have finished
+            return 0
+        return train(job, args.resume, t0)
+    except (JobFileError, TrainError, DataError, ValueError, OSError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,383 @@
+"""The job lifecycle behind `orchestrate up / down`: render, stage, start, stop.
+
+    record = create_job(inv, spec, store, UpOptions())       # renders locally, PENDING
+    record = launch(record, inv, store)                       # stage + start, RUNNING
+    record = stop_job(record, inv, store)                     # down: CANCELLED
+
+If any node fails to stage or start, or Ctrl-C arrives before every rank runs, everything
+already started is stopped on every node and the job is recorded FAILED / CANCELLED.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.errors import JobError
+from orchestrator.inventory import Connection, Inventory
+from orchestrator.jobs import stage as stage_mod
+from orchestrator.jobs.nodes import Connections, fan_out, job_nodes, launch_command
+from orchestrator.jobs.state import JobRecord, JobStatus, JobStore, NodeRecord, new_job_id
+from orchestrator.plan import Plan, build_plan
+from orchestrator.presets import JobSpec
+from orchestrator.remote.transport import Transport
+from orchestrator.render import (
+    DEFAULT_CLUSTER_TIMEOUT,
+    DEFAULT_STOP_GRACE,
+    LaunchSpec,
+    RenderedFile,
+    default_mode,
+    render_job,
+)
+
+Echo = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    """Choices of `orchestrate up` beyond preset and inventory."""
+
+    mode: str | None = None  # None: ranktable for Ascend, msrun otherwise
+    sched_port: int | None = None  # None: derived from the job id (see sched_port_for)
+    cluster_timeout: int = DEFAULT_CLUSTER_TIMEOUT
+    entrypoint: str | None = None  # rank command instead of the bundled trainer
+    stop_grace: int = DEFAULT_STOP_GRACE
+    forks: int = 64
+
+
+def _write_atomic(path: Path, text: str, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def sched_port_for(job_id: str) -> int:
+    """A scheduler port in 20000-29999 derived from the job id: two jobs rarely collide."""
+    return 20000 + int(hashlib.sha256(job_id.encode()).hexdigest()[:8], 16) % 10000
+
+
+def _rank_table(inv: Inventory, discover: bool, forks: int = 64) -> str | None:
+    """The merged HCCL rank table: device IPs from the inventory, else discovered over SSH.
+
+    Returns None when IPs are missing and `discover` is off (dry run: no node is touched).
+    """
+    from orchestrator.ranktable import build_tables, nodes_needing_discovery, resolve_device_ips
+
+    need = nodes_needing_discovery(inv)
+    discovered = None
+    if need:
+        if not discover:
+            return None
+        from orchestrator.remote.connect import open_all
+        from orchestrator.remote.probe import discover as probe_all
+
+        with open_all(inv, need) as transports:
+            probes = probe_all(list(transports.values()), forks=forks)
+        discovered = {name: p.device_ips for name, p in probes.items()}
+    merged, _ = build_tables(inv, resolve_device_ips(inv, discovered))
+    return merged.dumps()
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def prepare_alpaca(src: Path, dest: Path, seq_length: int, tokenizer: str = "") -> Path:
+    """Alpaca JSON -> MindRecord folder `dest` (`python -m model.data` in a subprocess)."""
+    cmd = [sys.executable, "-m", "model.data", "--input", str(src.resolve()), "--output",
+           str(dest.resolve()), "--seq-length", str(seq_length)]
+    if tokenizer:
+        cmd += ["--tokenizer", str(Path(tokenizer).resolve())]
+    env = dict(os.environ, GLOG_v="3")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=3600)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+        raise JobError(f"data.path {src}: preparing MindRecord failed: {last}")
+    return dest
+
+
+def _local_dataset(spec: JobSpec, plan: Plan, job_dir: Path) -> Path | None:
+    """The local dataset to stage, or None (data.path empty, only on the nodes, or every
+    node has `data_dir`). An Alpaca `.json` file is first turned into MindRecord here."""
+    path = str(spec.value("data.path") or "")
+    if not path or not Path(path).exists():
+        return None
+    if all(n.ranks.node.data_dir is not None for n in plan.nodes):
+        return None
+    local = Path(path)
+    if local.is_file() and local.suffix == ".json":
+        return prepare_alpaca(local, job_dir / "data" / local.stem, spec.model.seq_length,
+                              str(spec.value("data.tokenizer") or ""))
+    return local
+
+
+def _data_paths(plan: Plan, local: Path | None) -> dict[str, str | None]:
+    """data.path for each node's job.yaml: its `data_dir`, else the staged copy, else as is."""
+    out: dict[str, str | None] = {}
+    for n in plan.nodes:
+        node = n.ranks.node
+        if node.data_dir is not None:
+            out[node.name] = str(node.data_dir)
+        elif local is not None:
+            out[node.name] = f"data/{local.name}"
+        else:
+            out[node.name] = None
+    return out
+
+
+def create_job(inv: Inventory, spec: JobSpec, store: JobStore, opts: UpOptions,
+               discover: bool = True) -> JobRecord:
+    """Plan and render the job locally; record it PENDING.
+
+    No node is touched, except in ranktable mode to discover device IPs the inventory lacks
+    (only when `discover`; a dry run renders everything but the rank table then).
+    """
+    plan = build_plan(inv, spec)
+    mode = opts.mode or default_mode(str(spec.value("train.device_target")))
+    with store.locked():
+        job_id = new_job_id(spec.preset, set(store.ids()))
+        store.job_dir(job_id).mkdir(parents=True, exist_ok=True)
+    first = plan.nodes[0].ranks.node
+    port = opts.sched_port or sched_port_for(job_id)
+    launch = LaunchSpec(job_id=job_id, mode=mode, world_size=plan.world_size,
+                        sched_host=first.host, sched_port=port,
+                        cluster_timeout=opts.cluster_timeout, entrypoint=opts.entrypoint,
+                        stop_grace=opts.stop_grace)
+    table = _rank_table(inv, discover, opts.forks) if mode == "ranktable" else None
+    local_data = _local_dataset(spec, plan, store.job_dir(job_id))
+    data_paths = _data_paths(plan, local_data)
+    files = render_job(launch, plan, data_paths, table, require_table=discover)
+    local = store.job_dir(job_id)
+    for node_name, node_files in files.items():
+        for fname, f in node_files.items():
+            text = f.text
+            if fname == "job.yaml":
+                text = text + f"job:\n  id: {job_id}\n"
+            _write_atomic(local / "nodes" / node_name / fname, text, f.mode)
+    now = time.time()
+    nodes = tuple(
+        NodeRecord(name=n.ranks.node.name, host=n.ranks.node.host, rank_start=n.ranks.rank_start,
+                   rank_end=n.ranks.rank_end, devices=n.ranks.node.devices,
+                   job_dir=f"{n.ranks.node.workdir}/jobs/{job_id}")
+        for n in plan.nodes)
+    record = JobRecord(job_id=job_id, status=JobStatus.PENDING, created_at=now, updated_at=now,
+                       inventory_path=str(inv.path.resolve()), inventory_digest=inv.digest,
+                       preset=spec.preset, overrides=spec.overrides, mode=mode,
+                       world_size=plan.world_size, nodes=nodes,
+                       sched_host=first.host if mode == "msrun" else None,
+                       sched_port=port if mode == "msrun" else None,
+                       entrypoint=opts.entrypoint,
+                       local_data=str(local_data.resolve()) if local_data else None)
+    store.save(record)
+    return record
+
+
+def rendered_files(store: JobStore, record: JobRecord, node: str) -> dict[str, RenderedFile]:
+    """The node's rendered files as written by create_job."""
+    folder = store.job_dir(record.job_id) / "nodes" / node
+    return {p.name: RenderedFile(p.read_text(), p.stat().st_mode & 0o777)
+            for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Ignore Ctrl-C while cleaning up, so cleanup itself is not interrupted."""
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def _failures(results: Mapping[str, object]) -> dict[str, BaseException]:
+    return {k: v for k, v in results.items() if isinstance(v, BaseException)}
+
+
+def _describe(failed: Mapping[str, BaseException]) -> str:
+    """`[th0, th1] node busy: ...; [th2] connection refused`: nodes with the same cause merged."""
+    by_cause: dict[str, list[str]] = {}
+    for name, exc in failed.items():
+        text = str(exc) or type(exc).__name__
+        if text.startswith(f"[{name}] "):
+            text = text[len(name) + 3:]
+        by_cause.setdefault(text, []).append(name)
+    return "; ".join(f"[{', '.join(names)}] {cause}" for cause, names in by_cause.items())
+
+
+def launch(record: JobRecord, inv: Inventory, store: JobStore, forks: int = 64,
+           echo: Echo = print, conns: Connections | None = None) -> JobRecord:
+    """Stage and start the job on every node; on failure or Ctrl-C stop it everywhere.
+
+    Raises:
+        JobError: a node failed to stage or start (names the node and the cause).
+        KeyboardInterrupt: re-raised after cleanup when Ctrl-C arrived.
+    """
+    record = record.with_status(JobStatus.LAUNCHING)
+    store.save(record)
+    started = False
+    own = conns is None
+    try:
+        pairs = job_nodes(record, inv)
+        if conns is None:
+            conns = Connections(inv, [node for _, node in pairs], forks)
+        plan_nodes = [node for _, node in pairs]
+        code = stage_mod.code_tree()
+        data = stage_mod.data_tree(Path(record.local_data)) if record.local_data else None
+        with tempfile.TemporaryDirectory(prefix="orchestrate-stage-") as tmp:
+            def stage_one(t: Transport) -> stage_mod.Staged:
+                node = t.node
+                rendered = rendered_files(store, record, node.name)
+                secrets = {k: v.text.encode() for k, v in rendered.items() if v.mode & 0o077 == 0}
+                public = {k: v for k, v in rendered.items() if k not in secrets}
+                trees = [code] + ([data] if data is not None and not node.data_dir else [])
+                return stage_mod.stage_node(t, record.job_id, str(node.workdir), trees, public,
+                                            secrets, Path(tmp))
+
+            results = fan_out(inv, plan_nodes, stage_one, forks, conns)
+        failed = _failures(results)
+        staged = {k: v for k, v in results.items() if isinstance(v, stage_mod.Staged)}
+        nodes = tuple(dataclasses.replace(n, job_dir=staged[n.name].job_dir)
+                      if n.name in staged else n for n in record.nodes)
+        record = record.replace(nodes=nodes)
+        store.save(record)
+        if failed:
+            raise JobError(f"staging failed, nothing started: {_describe(failed)}")
+        echo(f"staged {len(staged)} node(s): {sum(s.sent for s in staged.values())} file(s) "
+             f"uploaded; {sum(s.reused for s in staged.values())} tree(s) already on the nodes "
+             "(same sha256)")
+        by_name = {n.name: n for n in record.nodes}
+        started = True
+
+        def start_one(t: Transport) -> dict[str, int]:
+            res = t.run(["bash", f"{by_name[t.node.name].job_dir}/launch.sh", "start"],
+                        check=False, timeout=120)
+            if res.exit_code != 0:
+                msg = (res.stderr.strip().splitlines() or [f"exit {res.exit_code}"])[-1]
+                if res.exit_code == 3:
+                    raise stage_mod.NodeBusyError(t.node.name, msg.split("job ", 1)[-1].split()[0])
+                raise JobError(f"[{t.node.name}] start failed: {msg}")
+            pids = {}
+            for line in res.stdout.splitlines():
+                parts = line.split()
+                if len(parts) == 3 and parts[0] == "pid":
+                    pids[parts[1]] = int(parts[2])
+            return pids
+
+        started_pids = fan_out(inv, plan_nodes, start_one, forks, conns)
+        failed = _failures(started_pids)
+        nodes = tuple(dataclasses.replace(n, pids=pids) if isinstance(
+            pids := started_pids.get(n.name), dict) else n for n in record.nodes)
+        record = record.replace(nodes=nodes)
+        if failed:
+            with _sigint_deferred():
+                _stop_everywhere(record, inv, forks, conns)
+            record = record.with_status(JobStatus.FAILED, f"start failed: {_describe(failed)}")
+            store.save(record)
+            raise JobError(f"start failed on {len(failed)} node(s), job {record.job_id} stopped "
+                           f"everywhere: {_describe(failed)}")
+        record = record.with_status(JobStatus.RUNNING, "")
+        store.save(record)
+        return record
+    except KeyboardInterrupt:
+        with _sigint_deferred():
+            echo("interrupted: stopping whatever was started ...")
+            _stop_everywhere(record, inv, forks, conns)
+            store.save(record.with_status(JobStatus.CANCELLED, "interrupted during up"))
+        raise
+    except Exception as e:
+        if not isinstance(e, JobError) or not started:
+            if started:  # an unexpected error after ranks may have started: leave none behind
+                with _sigint_deferred():
+                    _stop_everywhere(record, inv, forks, conns)
+            store.save(record.with_status(JobStatus.FAILED, str(e) or type(e).__name__))
+        raise
+    finally:
+        if own and conns is not None:
+            conns.close()
+
+
+def _stop_everywhere(record: JobRecord, inv: Inventory, forks: int = 64,
+                     conns: Connections | None = None) -> dict[str, str | BaseException]:
+    """Run `launch.sh stop` on every node of the job; node -> output or exception."""
+    by_name = {n.name: n for n in record.nodes}
+
+    def one(t: Transport) -> str:
+        res = t.run(launch_command(by_name[t.node.name].job_dir, "stop"), check=False,
+                    timeout=180)
+        out = res.stdout.strip()
+        if res.exit_code != 0:
+            raise JobError(f"[{t.node.name}] stop did not finish: {out or res.stderr.strip()}")
+        return "nothing started" if out == "nojob" else out
+
+    return fan_out(inv, [node for _, node in job_nodes(record, inv)], one, forks, conns)
+
+
+def stop_job(record: JobRecord, inv: Inventory, store: JobStore,
+             forks: int = 64) -> tuple[JobRecord, dict[str, BaseException]]:
+    """`down`: stop every rank on every reachable node; CANCELLED unless it had already ended.
+
+    Returns:
+        The updated record and the nodes that could not be cleaned (name -> cause).
+    """
+    results = _stop_everywhere(record, inv, forks)
+    failed = _failures(results)
+    status = record.status if record.status in (JobStatus.SUCCEEDED, JobStatus.FAILED) \
+        else JobStatus.CANCELLED
+    message = record.message
+    if failed:
+        message = f"down could not reach: {', '.join(sorted(failed))}"
+    elif status is JobStatus.CANCELLED:
+        message = "stopped by down"
+    record = record.with_status(status, message)
+    store.save(record)
+    return record, failed
+
+
+def teardown_failed(record: JobRecord, inv: Inventory, store: JobStore, reason: str,
+                    forks: int = 64, conns: Connections | None = None) -> JobRecord:
+    """A rank failed: stop the job on every node, record FAILED with the reason."""
+    _stop_everywhere(record, inv, forks, conns)
+    record = record.with_status(JobStatus.FAILED, reason)
+    store.save(record)
+    return record
+
+
+def dry_run_summary(record: JobRecord, store: JobStore) -> list[str]:
+    """What `up --dry-run` prints: where the rendered files are and what would run."""
+    local = store.job_dir(record.job_id)
+    lines = [f"job {record.job_id} ({record.mode} mode, {record.world_size} ranks) rendered "
+             f"into {local}/nodes/<node>/ — nothing was sent to any node.",
+             "would stage code/ (the model package), job.yaml, launch.sh"
+             + (", rank_table.json" if record.mode == "ranktable" else "")
+             + (" (the rank table is built at launch: device IPs are discovered over SSH)"
+                if record.mode == "ranktable" and not any(
+                    (local / "nodes" / n.name / "rank_table.json").exists() for n in record.nodes)
+                else "")
+             + " into <workdir>/jobs/<job id>/ on every node, then run:"]
+    for n in record.nodes:
+        lines.append(f"  [{n.name}] ranks {n.rank_start}-{n.rank_end - 1}: "
+                     f"bash {shlex.quote(n.job_dir + '/launch.sh')} start")
+    return lines
+
+
+def is_local(inv: Inventory) -> bool:
+    return all(n.connection is Connection.LOCAL for n in inv.nodes)

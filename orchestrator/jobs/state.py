@@ -1,0 +1,241 @@
+"""Job records: the JobStatus enum, the frozen JobRecord and the atomic JSON JobStore.
+
+    store = JobStore(Path(".orchestrate"))
+    record = store.load(store.resolve(None))      # the latest job
+    store.save(record.with_status(JobStatus.RUNNING))
+
+Records live in `<state_dir>/jobs/<job_id>.json`; the rendered files of a job live next to
+it in `<state_dir>/jobs/<job_id>/`. `status` always asks the nodes; a record is only what
+we last saw.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import fcntl
+import json
+import os
+import re
+import secrets
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import JobError
+
+RECORD_VERSION = 1
+_ID_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"  # no 0/o, 1/l/i: readable aloud
+_JOB_ID = re.compile(r"^[a-z0-9][a-z0-9.-]{0,40}$")
+
+
+class JobStatus(enum.Enum):
+    """Lifecycle of a job, in order (SkyPilot's job_lib.JobStatus)."""
+
+    PENDING = "PENDING"
+    """Recorded and rendered; nothing staged or started yet."""
+    LAUNCHING = "LAUNCHING"
+    """Staging files and starting ranks on the nodes."""
+    RUNNING = "RUNNING"
+    """Every node started its ranks; at least one is still running."""
+    SUCCEEDED = "SUCCEEDED"
+    """Every rank exited 0."""
+    FAILED = "FAILED"
+    """A rank exited non-zero or vanished, or staging/starting failed."""
+    CANCELLED = "CANCELLED"
+    """Stopped by `orchestrate down` (or Ctrl-C during `up`)."""
+
+    def is_terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    """One node's part of a job."""
+
+    name: str  # inventory node name
+    host: str  # address (rank table server_id)
+    rank_start: int  # first global rank on the node
+    rank_end: int  # exclusive
+    devices: tuple[int, ...]  # local device ids, one per rank
+    job_dir: str  # job folder on the node (absolute once staged)
+    pids: Mapping[str, int] = field(default_factory=dict)  # slot ("0", "sched", ...) -> pid
+
+    @property
+    def ranks(self) -> range:
+        return range(self.rank_start, self.rank_end)
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """What `up` decided and what we last saw of a job."""
+
+    job_id: str
+    status: JobStatus
+    created_at: float  # unix seconds
+    updated_at: float
+    inventory_path: str
+    inventory_digest: str  # sha256 of the inventory file when the job was created
+    preset: str
+    overrides: tuple[str, ...]
+    mode: str  # "ranktable" | "msrun"
+    world_size: int
+    nodes: tuple[NodeRecord, ...]  # in rank order
+    attempts: int = 1
+    sched_host: str | None = None  # msrun: scheduler address and port
+    sched_port: int | None = None
+    entrypoint: str | None = None  # custom rank command (None: the bundled trainer)
+    local_data: str | None = None  # local dataset folder staged to the nodes as data/<name>
+    message: str = ""  # why it failed / what happened last
+
+    def with_status(self, status: JobStatus, message: str | None = None) -> JobRecord:
+        """A copy with a new status (and message), `updated_at` now."""
+        return dataclasses.replace(self, status=status, updated_at=time.time(),
+                                   message=self.message if message is None else message)
+
+    def replace(self, **changes: Any) -> JobRecord:
+        return dataclasses.replace(self, updated_at=time.time(), **changes)
+
+    def node(self, name: str) -> NodeRecord:
+        for n in self.nodes:
+            if n.name == name or n.host == name:
+                return n
+        known = ", ".join(n.name for n in self.nodes)
+        raise JobError(f"job {self.job_id} has no node {name!r} (nodes: {known})")
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["status"] = self.status.value
+        d["overrides"] = list(self.overrides)
+        d["nodes"] = [dict(dataclasses.asdict(n), devices=list(n.devices), pids=dict(n.pids))
+                      for n in self.nodes]
+        d["version"] = RECORD_VERSION
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> JobRecord:
+        nodes = tuple(NodeRecord(name=n["name"], host=n["host"], rank_start=n["rank_start"],
+                                 rank_end=n["rank_end"], devices=tuple(n["devices"]),
+                                 job_dir=n["job_dir"], pids=dict(n.get("pids", {})))
+                      for n in d["nodes"])
+        return cls(job_id=d["job_id"], status=JobStatus(d["status"]),
+                   created_at=d["created_at"], updated_at=d["updated_at"],
+                   inventory_path=d["inventory_path"], inventory_digest=d["inventory_digest"],
+                   preset=d["preset"], overrides=tuple(d["overrides"]), mode=d["mode"],
+                   world_size=d["world_size"], nodes=nodes, attempts=d.get("attempts", 1),
+                   sched_host=d.get("sched_host"), sched_port=d.get("sched_port"),
+                   entrypoint=d.get("entrypoint"), message=d.get("message", ""),
+                   local_data=d.get("local_data"))
+
+
+def new_job_id(preset: str, taken: set[str] | frozenset[str] = frozenset()) -> str:
+    """A short, typable id such as `tiny-k3f9`: preset stem + 4 unambiguous characters."""
+    base = Path(preset)
+    name = base.stem if base.suffix in (".yaml", ".yml") else base.name
+    stem = re.sub(r"[^a-z0-9.]+", "-", name.lower()).strip("-.")[:16] or "job"
+    while True:
+        suffix = "".join(secrets.choice(_ID_ALPHABET) for _ in range(4))
+        job_id = f"{stem}-{suffix}"
+        if job_id not in taken:
+            return job_id
+
+
+def valid_job_id(job_id: str) -> bool:
+    return bool(_JOB_ID.match(job_id))
+
+
+class JobStore:
+    """Job records under `<state_dir>/jobs/`, one JSON file each, written atomically."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = Path(state_dir)
+        self.jobs_dir = self.state_dir / "jobs"
+
+    def path(self, job_id: str) -> Path:
+        return self.jobs_dir / f"{job_id}.json"
+
+    def job_dir(self, job_id: str) -> Path:
+        """Local folder with the job's rendered files."""
+        return self.jobs_dir / job_id
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Serialize writers (two `orchestrate` processes on one state dir)."""
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.jobs_dir / ".lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def ids(self) -> list[str]:
+        if not self.jobs_dir.is_dir():
+            return []
+        return sorted(p.stem for p in self.jobs_dir.glob("*.json"))
+
+    def save(self, record: JobRecord) -> None:
+        """Write the record atomically (temp file in the same folder + os.replace)."""
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(record.to_json(), indent=2, sort_keys=True) + "\n"
+        with self.locked():
+            fd, tmp = tempfile.mkstemp(dir=self.jobs_dir, prefix=f".{record.job_id}.",
+                                       suffix=".tmp")
+            try:
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(text)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, self.path(record.job_id))
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+
+    def load(self, job_id: str) -> JobRecord:
+        if not valid_job_id(job_id):
+            raise JobError(f"{job_id!r} is not a job id (ids look like tiny-k3f9)")
+        path = self.path(job_id)
+        try:
+            doc = json.loads(path.read_text())
+        except FileNotFoundError:
+            known = ", ".join(self.ids()[-5:]) or "none"
+            raise JobError(f"no job {job_id!r} in {self.jobs_dir} (recent: {known})") from None
+        except (OSError, ValueError) as e:
+            raise JobError(f"{path}: unreadable job record: {e}") from e
+        try:
+            return JobRecord.from_json(doc)
+        except (KeyError, TypeError, ValueError) as e:
+            raise JobError(f"{path}: malformed job record: {e!r}") from e
+
+    def all(self) -> list[JobRecord]:
+        """Every readable record, oldest first."""
+        out = []
+        for job_id in self.ids():
+            try:
+                out.append(self.load(job_id))
+            except JobError:
+                continue
+        return sorted(out, key=lambda r: r.created_at)
+
+    def resolve(self, job_id: str | None, prefer_live: bool = False) -> str:
+        """`job_id` itself, or the latest job's id when None (JobError if there is none).
+
+        With `prefer_live`, the latest job that has not ended wins over newer ended ones.
+        """
+        if job_id and job_id != "latest":
+            return job_id
+        records = self.all()
+        if not records:
+            raise JobError(f"no jobs in {self.jobs_dir}: start one with `orchestrate up`")
+        live = [r for r in records if r.status in (JobStatus.LAUNCHING, JobStatus.RUNNING)]
+        if prefer_live and live:
+            return live[-1].job_id
+        launched = [r for r in records if r.status is not JobStatus.PENDING]  # skip dry runs
+        return (launched or records)[-1].job_id

@@ -1,0 +1,162 @@
+"""prepare-data: Alpaca JSON -> MindRecord, read back through MindDataset, malformed input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from model.data import (
+    FILE_STEM,
+    DataError,
+    create_dataset,
+    encode_records,
+    eos_id_of,
+    load_records,
+    load_tokenizer_file,
+    prepare,
+    prompt_of,
+)
+from tests.model.data_helpers import seed_records, tokenizer_file
+
+
+@pytest.fixture(scope="module")
+def tok_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tokenizer_file(tmp_path_factory.mktemp("tok"))
+
+
+@pytest.fixture(scope="module")
+def seed_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("seed") / "seed.json"
+    path.write_text(json.dumps(seed_records()))
+    return path
+
+
+def _read_all(out: Path, columns: tuple[str, ...] = ("input_ids",), shards: int = 1,
+              shard_id: int = 0, n: int = 1) -> list[np.ndarray]:
+    ds = create_dataset(out, batch_size=1, num_shards=shards, shard_id=shard_id, columns=columns)
+    it = ds.create_tuple_iterator(output_numpy=True)
+    return [next(it) for _ in range(n)]
+
+
+def test_prepare_seed_tasks_round_trip(tmp_path: Path, tok_path: Path, seed_file: Path) -> None:
+    out = tmp_path / "mr"
+    summary = prepare(seed_file, out, seq_length=256, tokenizer_path=tok_path, shards=2)
+    records = seed_records()
+    assert summary.records == len(records) == 175
+    assert summary.files == [f"{FILE_STEM}0", f"{FILE_STEM}1"]
+    assert 0 < summary.truncated < 175  # seq 256 cuts the long answers, not the short ones
+    assert json.loads((out / "summary.json").read_text())["records"] == 175
+    assert not [p for p in out.iterdir() if p.name.startswith(".partial")]
+
+    tok = load_tokenizer_file(tok_path)
+    expected, _, truncated, _ = encode_records(tok, records, 256, eos_id_of(tok))
+    assert truncated == summary.truncated
+    rows = [r[0][0] for r in _read_all(out, n=175)]
+    assert all(r.dtype == np.int32 and r.shape == (257,) for r in rows)
+    np.testing.assert_array_equal(np.stack(rows), expected)  # same order as the input file
+    # the ids decode back to the prompt + answer of a short record, then eos padding
+    short = next(i for i, r in enumerate(records) if len(r["output"]) < 40 and not r["input"])
+    eos = eos_id_of(tok)
+    real = [t for t in rows[short].tolist() if t != eos]
+    assert tok.decode(real) == prompt_of(records[short]) + records[short]["output"]
+    assert rows[short][len(real)] == eos and rows[short][-1] == eos
+
+    # per-rank sharding: rank r reads samples r, r + 2, ... so the ranks together cover all
+    r0 = [r[0][0] for r in _read_all(out, shards=2, shard_id=0, n=3)]
+    r1 = [r[0][0] for r in _read_all(out, shards=2, shard_id=1, n=3)]
+    np.testing.assert_array_equal(np.stack(r0), expected[[0, 2, 4]])
+    np.testing.assert_array_equal(np.stack(r1), expected[[1, 3, 5]])
+
+
+def test_prompt_template_uses_input_only_when_non_empty() -> None:
+    with_input = prompt_of({"instruction": "Sum.", "input": "1 2", "output": "3"})
+    without = prompt_of({"instruction": "Sum.", "input": "", "output": "3"})
+    assert "### Input:\n1 2\n\n### Response:\n" in with_input
+    assert "### Input" not in without
+    assert without.endswith("### Instruction:\nSum.\n\n### Response:\n")
+
+
+def test_mask_prompt_marks_response_and_eos(tmp_path: Path, tok_path: Path) -> None:
+    src = tmp_path / "a.json"
+    recs = [{"instruction": "Say hi.", "input": "", "output": "hi there"}] * 4
+    src.write_text(json.dumps(recs))
+    prepare(src, tmp_path / "mr", seq_length=128, tokenizer_path=tok_path, mask_prompt=True)
+    ids, mask = _read_all(tmp_path / "mr", columns=("input_ids", "loss_mask"))[0]
+    ids, mask = ids[0], mask[0]
+    tok = load_tokenizer_file(tok_path)
+    n_prompt = len(tok.encode(prompt_of(recs[0]), add_special_tokens=False).ids)
+    n_answer = len(tok.encode("hi there", add_special_tokens=False).ids)
+    assert mask[:n_prompt].sum() == 0
+    assert mask[n_prompt:n_prompt + n_answer + 1].all()  # response tokens + the first eos
+    assert mask[n_prompt + n_answer + 1:].sum() == 0  # padding
+    assert tok.decode(ids[mask == 1][:-1].tolist()) == "hi there"
+    assert ids[n_prompt + n_answer] == eos_id_of(tok)
+
+
+def test_n_takes_the_first_records(tmp_path: Path, tok_path: Path, seed_file: Path) -> None:
+    summary = prepare(seed_file, tmp_path / "mr", seq_length=16, tokenizer_path=tok_path, n=10)
+    assert summary.records == 10 and summary.truncated == 10
+    assert summary.tokens == 10 * 17
+
+
+MALFORMED = [
+    ("not_a_list", b'{"instruction": "x", "output": "y"}',
+     "expected a JSON list of records, got dict"),
+    ("bad_json", b'[{"instruction": "x",', "not valid JSON"),
+    ("not_an_object", b'[{"instruction": "x", "output": "y"}, 5]',
+     "record 1: expected an object, got int"),
+    ("missing_instruction", b'[{"instruction": "x", "output": "y"}, {"output": "y"}]',
+     "record 1: missing 'instruction'"),
+    ("missing_output", b'[{"instruction": "x"}]', "record 0: missing 'output'"),
+    ("non_string", b'[{"instruction": "x", "input": "", "output": "y"},'
+                   b' {"instruction": "x", "input": 3, "output": "y"}]',
+     "record 1: 'input' must be a string, got int 3"),
+    ("bad_utf8", b'[{"instruction": "x", "output": "y"}, {"instruction": "x", "output": "a\xff"}]',
+     "record 1: 'output' is not valid UTF-8 (bytes b'\\xff' at character 1)"),
+]
+
+
+@pytest.mark.parametrize(("name", "content", "message"), MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_input_names_the_record(tmp_path: Path, name: str, content: bytes,
+                                          message: str) -> None:
+    src = tmp_path / f"{name}.json"
+    src.write_bytes(content)
+    with pytest.raises(DataError) as err:
+        load_records(src)
+    assert str(err.value).startswith(f"{src}: ")
+    assert message in str(err.value)
+
+
+def test_malformed_input_writes_nothing(tmp_path: Path, tok_path: Path) -> None:
+    src = tmp_path / "bad.json"
+    src.write_text(json.dumps([{"instruction": "x", "output": "y"}] * 3 + [{"instruction": 1}]))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(DataError, match="record 3"):
+        prepare(src, out, seq_length=8, tokenizer_path=tok_path)
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+def test_cli_prepare_data(tmp_path: Path, tok_path: Path, seed_file: Path) -> None:
+    from orchestrator.cli import cli
+
+    runner = CliRunner()
+    out = tmp_path / "mr"
+    ok = runner.invoke(cli, ["prepare-data", "--input", str(seed_file), "--output", str(out),
+                             "--seq-length", "32", "--tokenizer", str(tok_path), "--n", "20"])
+    assert ok.exit_code == 0, ok.output
+    assert "wrote 20 records" in ok.output and (out / FILE_STEM).is_file()
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"instruction": "x", "output": ["y"]}]')
+    fail = runner.invoke(cli, ["prepare-data", "--input", str(bad), "--output",
+                               str(tmp_path / "o2"), "--tokenizer", str(tok_path)])
+    assert fail.exit_code == 1
+    assert fail.output.strip().splitlines() == [
+        f"Error: prepare-data: {bad}: record 0: 'output' must be a string, got list [\"y\"]"]
+    assert not (tmp_path / "o2").exists() or not any((tmp_path / "o2").iterdir())
