@@ -102,8 +102,14 @@ def convert_weights(hf_dir: Path | None, out: Path, to_hf: bool, ckpt: Path | No
 
 @click.command("infer")
 @click.argument("prompts", nargs=-1)
-@click.option("--ckpt", type=click.Path(path_type=Path), required=True,
+@click.option("--ckpt", type=click.Path(path_type=Path),
               help="Single-device checkpoint: ours, the trainer's, or one from collect-ckpt.")
+@click.option("--job", "job_id", default=None,
+              help="Use the checkpoint and architecture `collect-ckpt` merged for this job "
+                   "('latest': the latest job) instead of --ckpt/--config.")
+@click.option("--state-dir", type=click.Path(path_type=Path), default=Path(".orchestrate"),
+              show_default=True, envvar="ORCHESTRATE_STATE_DIR",
+              help="Where job records live (with --job).")
 @click.option("--config", "preset", help="Preset name or YAML with the architecture.")
 @click.option("--hf-config", type=click.Path(path_type=Path),
               help="HF config.json with the architecture (instead of --config).")
@@ -125,7 +131,8 @@ def convert_weights(hf_dir: Path | None, out: Path, to_hf: bool, ckpt: Path | No
 @click.option("--chat", is_flag=True, help="Interactive loop: one prompt per line on stdin.")
 @click.option("--device", type=click.Choice(["CPU", "Ascend", "GPU"]), default="CPU",
               show_default=True, help="MindSpore device to run on.")
-def infer(prompts: tuple[str, ...], ckpt: Path, preset: str | None, hf_config: Path | None,
+def infer(prompts: tuple[str, ...], ckpt: Path | None, job_id: str | None, state_dir: Path,
+          preset: str | None, hf_config: Path | None,
           tokenizer: Path | None, max_new_tokens: int, do_sample: bool, temperature: float,
           top_k: int, top_p: float, seed: int | None, input_file: Path | None, as_json: bool,
           chat: bool, device: str) -> None:
@@ -135,11 +142,21 @@ def infer(prompts: tuple[str, ...], ckpt: Path, preset: str | None, hf_config: P
       orchestrate infer --ckpt bloom.ckpt --config tiny "Give three tips for staying healthy."
       orchestrate infer --ckpt bloom.ckpt --config tiny --input prompts.txt --json
       orchestrate infer --ckpt bloom.ckpt --config tiny --chat
+      orchestrate infer --job latest "Give three tips."   # after collect-ckpt
 
     Prints each prompt followed by its completion (streamed on a terminal for one prompt).
     """
     if not prompts and input_file is None and not chat:
         raise click.UsageError("give PROMPT arguments, --input FILE or --chat")
+    if job_id is not None:
+        if ckpt is not None or preset is not None or hf_config is not None:
+            raise click.UsageError("--job replaces --ckpt/--config/--hf-config")
+        from orchestrator.ckpt_output import collected_for_job
+        from orchestrator.jobs.state import JobStore
+
+        ckpt, preset = collected_for_job(state_dir, JobStore(state_dir).resolve(job_id))
+    if ckpt is None:
+        raise click.UsageError("give --ckpt FILE (with --config) or --job JOB")
     args = ["--ckpt", str(ckpt), *architecture_args(preset, hf_config),
             "--max-new-tokens", str(max_new_tokens), "--temperature", str(temperature),
             "--top-k", str(top_k), "--top-p", str(top_p), "--device", device]

@@ -1,0 +1,364 @@
+"""MindSpore-side checkpoint work for `orchestrate collect-ckpt`, run as a subprocess.
+
+The control plane (orchestrator/) never imports mindspore; it runs these instead:
+
+    python -m model.ckpt_tools merge-strategies --src DIR --out FILE
+    python -m model.ckpt_tools needed-ranks --strategy FILE [--dst-strategy FILE [--all-dst]]
+    python -m model.ckpt_tools strip --src IN.ckpt --out OUT.ckpt [--src ... --out ...]
+        [--keep-optimizer]
+    python -m model.ckpt_tools transform --src-map JSON --strategy FILE --out OUT.ckpt
+        [--dst-strategy FILE] [--rank 0]
+    python -m model.ckpt_tools check --ckpt FILE (--preset NAME | --model-json JSON)
+
+Every subcommand prints one JSON object on stdout (the control plane parses it) and exits 0,
+or prints one line `error: ...` on stderr and exits 1. Output files are written to a temp
+name and renamed, so a failed run leaves no half-written checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+OPTIMIZER_PREFIXES = (
+    "adam_m.",
+    "adam_v.",
+    "moments.",
+    "accu_grads.",
+    "accu_gradients.",
+)
+OPTIMIZER_NAMES = frozenset(
+    {
+        "global_step",
+        "learning_rate",
+        "beta1_power",
+        "beta2_power",
+        "scale_sense",
+        "current_iterator_step",
+        "last_overflow_iterator_step",
+        "epoch_num",
+        "step_num",
+        "loss_scale",
+    }
+)
+
+
+class ToolError(Exception):
+    """An expected failure: printed as one line, exit 1."""
+
+
+def is_training_state(name: str) -> bool:
+    """True for optimizer moments, gradient accumulators and step/scale counters."""
+    return name in OPTIMIZER_NAMES or name.startswith(OPTIMIZER_PREFIXES)
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _atomic_target(out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".ckpt", dir=out.parent)
+    os.close(fd)
+    os.unlink(tmp)  # save_checkpoint refuses to overwrite read-only files; let it create
+    return Path(tmp)
+
+
+def _finish(tmp: Path, out: Path) -> None:
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, out)
+
+
+def merge_strategies(src_dir: Path, out: Path) -> dict[str, Any]:
+    """Merge every rank's strategy file in `src_dir` (pipeline stages) into `out`."""
+    import mindspore as ms
+
+    files = sorted(src_dir.glob("*.ckpt"))
+    if not files:
+        raise ToolError(f"{src_dir}: no strategy files (*.ckpt)")
+    tmp_dir = Path(tempfile.mkdtemp(prefix=".merge-", dir=out.parent))
+    tmp = tmp_dir / out.name
+    try:
+        ms.merge_pipeline_strategys(str(src_dir), str(tmp))
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+        tmp_dir.rmdir()
+    return {"strategy": str(out), "sources": len(files)}
+
+
+def strategy_devices(strategy: Path) -> int:
+    """Device count of a (merged) strategy file: devices per stage x pipeline stages."""
+    import numpy as np
+    from mindspore.train import node_strategy_pb2 as pb
+
+    smap = pb.ParallelStrategyMap()
+    smap.ParseFromString(strategy.read_bytes())
+    if not smap.parallel_layout_item:
+        raise ToolError(f"{strategy}: no parameter layouts in this strategy file")
+    per_stage = int(np.prod(smap.parallel_layout_item[0].parallel_layouts.dev_matrix[0].dim))
+    stages = {
+        int(i.param_name.split("-", 1)[0]) if "-" in i.param_name else 0
+        for i in smap.parallel_layout_item
+    }
+    return per_stage * len(stages)
+
+
+def needed_ranks(
+    strategy: Path | None, dst_strategy: Path | None, rank: int | None = 0
+) -> dict[str, Any]:
+    """Source ranks whose checkpoints a transform to `dst_strategy` (None: one device) reads.
+
+    `rank` None: the union over every destination rank. Data-parallel replicas hold the same
+    slices; MindSpore picks one of them per slice.
+    """
+    import mindspore as ms
+
+    dst = str(dst_strategy) if dst_strategy is not None else None
+    src = str(strategy) if strategy is not None else None
+    dst_ranks = [rank] if rank is not None or dst_strategy is None else None
+    if dst_ranks is None:
+        assert dst_strategy is not None
+        dst_ranks = list(range(strategy_devices(dst_strategy)))
+    ranks: set[int] = set()
+    for r in dst_ranks:
+        ranks.update(int(x) for x in ms.rank_list_for_transform(r or 0, src, dst))
+    return {"ranks": sorted(ranks), "dst_ranks": dst_ranks}
+
+
+def strip(src: Path, out: Path, keep_optimizer: bool = False) -> dict[str, Any]:
+    """Copy `src` to `out` without optimizer state, loading only the kept tensors."""
+    import mindspore as ms
+
+    dropped: list[str] = []
+
+    def keep(name: str) -> bool:
+        if keep_optimizer or not is_training_state(name):
+            return True
+        dropped.append(name)
+        return False
+
+    params = ms.load_checkpoint(str(src), choice_func=keep)
+    if not params:
+        raise ToolError(f"{src}: no parameters left after stripping optimizer state")
+    tmp = _atomic_target(out)
+    ms.save_checkpoint([{"name": k, "data": v} for k, v in params.items()], str(tmp))
+    _finish(tmp, out)
+    return {
+        "out": str(out),
+        "kept": len(params),
+        "dropped": len(dropped),
+        "peak_rss": peak_rss_bytes(),
+    }
+
+
+def transform(
+    src_map: Mapping[int, Path],
+    strategy: Path | None,
+    out: Path,
+    dst_strategy: Path | None = None,
+    rank: int = 0,
+) -> dict[str, Any]:
+    """Reassemble rank `rank` of `dst_strategy` (None: a single device) from sharded files.
+
+    `strategy` None: the source is one complete checkpoint (`src_map` {0: file}, pure DP).
+    """
+    import mindspore as ms
+
+    for r, path in src_map.items():
+        if not path.is_file():
+            raise ToolError(f"rank {r}: checkpoint {path} missing")
+    needed = needed_ranks(strategy, dst_strategy, rank)["ranks"]
+    missing = [r for r in needed if r not in src_map]
+    if missing:
+        raise ToolError(f"transform needs the checkpoints of ranks {missing}, not given")
+    tmp = _atomic_target(out)
+    ms.transform_checkpoint_by_rank(
+        rank,
+        {r: str(src_map[r]) for r in needed},
+        str(tmp),
+        str(strategy) if strategy is not None else None,
+        str(dst_strategy) if dst_strategy is not None else None,
+    )
+    _finish(tmp, out)
+    return {"out": str(out), "ranks": needed, "peak_rss": peak_rss_bytes()}
+
+
+def compare_params(
+    expected: Mapping[str, Sequence[int]], got: Mapping[str, Sequence[int]]
+) -> list[str]:
+    """Problems between a model's parameter shapes and a checkpoint's, one line each."""
+    problems = [f"missing parameter {n} {list(s)}" for n, s in expected.items() if n not in got]
+    problems += [
+        f"unexpected parameter {n} {list(s)}"
+        for n, s in got.items()
+        if n not in expected and not is_training_state(n)
+    ]
+    problems += [
+        f"wrong shape for {n}: checkpoint {list(got[n])}, model {list(s)}"
+        for n, s in expected.items()
+        if n in got and tuple(got[n]) != tuple(s)
+    ]
+    return problems
+
+
+def _config(preset: str | None, model_json: str | None) -> Any:
+    from model.config import BloomConfig, load_preset
+
+    if model_json:
+        return BloomConfig.from_dict(json.loads(model_json), "the manifests' model section")
+    if preset:
+        return load_preset(preset)
+    raise ToolError("check needs --preset or --model-json")
+
+
+def bloom_factory(config: Any) -> tuple[Any, dict[str, tuple[int, ...]]]:
+    """BloomLMHeadModel(config) and its parameter shapes by name."""
+    from model.bloom import BloomLMHeadModel
+
+    net = BloomLMHeadModel(config)
+    return net, {p.name: tuple(p.shape) for p in net.get_parameters()}
+
+
+def model_shapes(model: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Parameter names and shapes of BloomLMHeadModel for a model section."""
+    from model.config import BloomConfig
+
+    return BloomConfig.from_dict(dict(model), "model").parameter_shapes()
+
+
+def check(
+    ckpt: Path, config: Any, model_factory: Callable[[Any], Any] = bloom_factory
+) -> dict[str, Any]:
+    """Load `ckpt` into the model; fail naming missing/unexpected/mis-shaped parameters."""
+    import mindspore as ms
+
+    net, expected = model_factory(config)
+    params = ms.load_checkpoint(str(ckpt))
+    got = {n: tuple(p.shape) for n, p in params.items()}
+    problems = compare_params(expected, got)
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise ToolError(f"{ckpt} does not fit the model: " + "; ".join(problems[:5]) + more)
+    ms.load_param_into_net(net, {n: params[n] for n in expected}, strict_load=True)
+    return {"ckpt": str(ckpt), "parameters": len(expected)}
+
+
+def synth_sharded(
+    out_dir: Path, full: Mapping[str, Any], dp: int, mp: int, pp: int, n_layer: int
+) -> dict[str, Any]:
+    """Write what a DP x MP x PP semi-auto job leaves, from full numpy arrays (tests, bench).
+
+    Rank r = stage * dp * mp + dp_index * mp + mp_index (MindSpore's device matrix [dp, mp]
+    per stage). 2-D+ weights and biases of `...h.<i>...` layers and embeddings are split along
+    axis 0 across MP, layer norms are replicated; layer i lives on stage i * pp // n_layer,
+    embeddings on stage 0, `ln_f` on the last. Writes `checkpoint/rank_<r>/shard.ckpt` (with a
+    fake Adam moment) and `strategy/ckpt_strategy_rank_<r>.ckpt` under `out_dir`.
+    """
+    import mindspore as ms
+    import numpy as np
+    from mindspore.train import node_strategy_pb2 as pb
+
+    def stage_of(name: str) -> int:
+        if ".h." in name:
+            return int(name.split(".h.")[1].split(".")[0]) * pp // n_layer
+        return pp - 1 if "ln_f" in name else 0
+
+    def split(name: str, a: Any) -> bool:
+        return "layernorm" not in name and "ln_f" not in name and a.shape[0] % mp == 0
+
+    for r in range(dp * mp * pp):
+        stage, local = divmod(r, dp * mp)
+        smap = pb.ParallelStrategyMap()
+        smap.current_stage = stage
+        item = smap.parallel_strategy_item.add()
+        item.node_name = "synthetic"
+        item.parallel_strategys.stage = stage
+        tensors = []
+        for name, a in full.items():
+            if stage_of(name) != stage:
+                continue
+            cut = split(name, a)
+            part = np.split(a, mp, axis=0)[local % mp] if cut else a
+            tensors.append({"name": name, "data": ms.Tensor(np.ascontiguousarray(part))})
+            lay = smap.parallel_layout_item.add()
+            lay.param_name = name
+            pl = lay.parallel_layouts
+            pl.dev_matrix.add().dim.extend([dp, mp])
+            pl.tensor_map.add().dim.extend([0 if cut else -1] + [-1] * (a.ndim - 1))
+            pl.param_split_shape.add()
+            pl.indices_offset.add()
+            pl.field, pl.opt_weight_shard_step, pl.opt_weight_shard_size = 0, 0, 0
+        tensors.append({"name": "adam_m.synthetic", "data": ms.Tensor(np.zeros(4, np.float32))})
+        ck = out_dir / "checkpoint" / f"rank_{r}"
+        ck.mkdir(parents=True, exist_ok=True)
+        ms.save_checkpoint(tensors, str(ck / "shard.ckpt"))
+        st = out_dir / "strategy"
+        st.mkdir(parents=True, exist_ok=True)
+        (st / f"ckpt_strategy_rank_{r}.ckpt").write_bytes(smap.SerializeToString())
+    return {"ranks": dp * mp * pp}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m model.ckpt_tools", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("merge-strategies", help="merge per-rank strategy files")
+    m.add_argument("--src", type=Path, required=True, help="folder of ckpt_strategy_rank_*.ckpt")
+    m.add_argument("--out", type=Path, required=True, help="merged strategy file")
+    n = sub.add_parser("needed-ranks", help="source ranks a transform reads")
+    n.add_argument("--strategy", type=Path, default=None)
+    n.add_argument("--dst-strategy", type=Path, default=None)
+    n.add_argument("--all-dst", action="store_true", help="union over every destination rank")
+    s = sub.add_parser("strip", help="drop optimizer state from a checkpoint")
+    s.add_argument("--src", type=Path, action="append", required=True, help="repeatable")
+    s.add_argument("--out", type=Path, action="append", required=True, help="one per --src")
+    s.add_argument("--keep-optimizer", action="store_true")
+    t = sub.add_parser("transform", help="sharded checkpoints -> one device (or --dst-strategy)")
+    t.add_argument("--src-map", required=True, help='JSON {"rank": "path.ckpt", ...}')
+    t.add_argument("--strategy", type=Path, default=None, help="merged source strategy")
+    t.add_argument("--dst-strategy", type=Path, default=None)
+    t.add_argument("--rank", type=int, default=0, help="destination rank to produce")
+    t.add_argument("--out", type=Path, required=True)
+    c = sub.add_parser("check", help="load a checkpoint into the preset's BloomLMHeadModel")
+    c.add_argument("--ckpt", type=Path, required=True)
+    c.add_argument("--preset", default=None, help="preset name or YAML")
+    c.add_argument("--model-json", default=None, help="model section as JSON (from a manifest)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.cmd == "merge-strategies":
+            result = merge_strategies(args.src, args.out)
+        elif args.cmd == "needed-ranks":
+            result = needed_ranks(args.strategy, args.dst_strategy, None if args.all_dst else 0)
+        elif args.cmd == "strip":
+            if len(args.src) != len(args.out):
+                raise ToolError(f"{len(args.src)} --src but {len(args.out)} --out")
+            pairs = zip(args.src, args.out, strict=True)
+            runs = [strip(s, o, args.keep_optimizer) for s, o in pairs]
+            result = {"results": runs, "peak_rss": peak_rss_bytes()}
+        elif args.cmd == "transform":
+            src_map = {int(k): Path(v) for k, v in json.loads(args.src_map).items()}
+            result = transform(src_map, args.strategy, args.out, args.dst_strategy, args.rank)
+        else:
+            result = check(args.ckpt, _config(args.preset, args.model_json))
+    except (ToolError, OSError, ValueError, RuntimeError, TypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
