@@ -21,6 +21,7 @@ import yaml
 
 from tests.faults.helpers import (
     HOSTS,
+    REPO,
     SLEEPER,
     assert_nothing_left,
     assert_record_matches_nodes,
@@ -305,31 +306,49 @@ def test_status_reports_stalled(testhosts: TestHosts, two_hosts: Path, state: Pa
 
 # --- hostile input ----------------------------------------------------------------------------
 
-def test_shell_metacharacters_in_inventory_reach_nodes_quoted(testhosts: TestHosts,
-                                                              two_hosts: Path, state: Path,
-                                                              tmp_path: Path) -> None:
-    marker = f"/tmp/pwned-{tmp_path.name}"
-    evil_env = f"$(touch {marker}-env)`touch {marker}-tick`'; touch {marker}-q; '"
+def test_node_named_a_semicolon_touch_is_refused(two_hosts: Path, state: Path,
+                                                 tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
 
     def edit(doc: dict) -> None:  # type: ignore[type-arg]
         doc["nodes"][0]["name"] = f"a;touch {marker}"
+
+    res = orch(state, "up", "-i", str(_inventory(two_hosts, tmp_path, edit)), *UP,
+               "--entrypoint", "true", check=False)
+    no_traceback(res)
+    assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1
+    assert "nodes[0].name" in res.stderr and f"a;touch {marker}" in res.stderr
+    assert not marker.exists() and not (state / "jobs").exists()
+
+
+def test_shell_metacharacters_in_inventory_reach_nodes_quoted(testhosts: TestHosts,
+                                                              two_hosts: Path, state: Path,
+                                                              tmp_path: Path) -> None:
+    tag = format(abs(hash(str(tmp_path))) % 10**6, "06d")
+    names = [f"pw{tag}{i}" for i in range(5)]
+    # Accepted as a name (no '/'): every payload cds home first, so a leak lands in $HOME.
+    evil_name = (f"a;cd;touch {names[0]};$(cd;touch {names[1]})`cd;touch {names[2]}`")
+    evil_env = f"$(cd;touch {names[3]})'; cd; touch {names[4]}; '"
+
+    def edit(doc: dict) -> None:  # type: ignore[type-arg]
+        doc["nodes"][0]["name"] = evil_name
         doc["defaults"]["env"] = {"EVIL": evil_env}
 
     inv = _inventory(two_hosts, tmp_path, edit)
     show = 'printf "step=1 evil=%s\\n" "$EVIL"'
-    res = orch(state, "up", "-i", str(inv), *UP, "--wait", "--entrypoint", show, check=False)
+    res = orch(state, "up", "-i", str(inv), *UP, "--wait", "--entrypoint", show)
     no_traceback(res)
-    if res.returncode == 0:  # accepted: the value arrived verbatim, nothing ran
-        job_id = record(state)["job_id"]
-        logs = orch(state, "logs", job_id).stdout
-        assert f"evil={evil_env}" in logs, logs
-    else:  # refused: one line naming the bad value
-        assert "a;touch" in res.stderr, res.stderr
-    for suffix in ("", "-env", "-tick", "-q"):
-        assert not Path(marker + suffix).exists(), f"{marker + suffix} created locally"
-        for name in HOSTS:
-            check = testhosts.ssh(name, f"test -e {marker + suffix} && echo FOUND || true")
-            assert "FOUND" not in check.stdout, f"{marker + suffix} created on {name}"
+    job_id = record(state)["job_id"]
+    logs = orch(state, "logs", job_id).stdout
+    assert f"[{evil_name}/0] step=1 evil={evil_env}" in logs, logs  # verbatim, both ways
+    local_home = Path.home()
+    for name in names:
+        assert not (local_home / name).exists() and not (REPO / name).exists()
+        for host in HOSTS:
+            check = testhosts.ssh(host, f"ls ~ /tmp {testhosts.state}/work | grep -F {name} "
+                                        "|| true")
+            assert check.stdout.strip() == "", f"{name} created on {host}"
+    assert_nothing_left(testhosts, job_id)
 
 
 def test_inventory_secrets_stay_out_of_argv_logs_and_record(testhosts: TestHosts,
