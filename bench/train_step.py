@@ -6,7 +6,8 @@ Same shapes on both sides, CPU, fp32, random token ids: `tiny` (vocab 1000, hidd
 4 heads, seq 64, batch 8) and `small` (vocab 4096, hidden 256, 4 layers, 8 heads, seq 128,
 batch 8). Ours is the exact train-step cell `model.train` runs (loss, grads, clipping,
 AdamWeightDecay); the reference is BloomForCausalLM(labels=...) + clip_grad_norm_ + AdamW.
-Prints the median steady-state step time of each (after warm-up/compile) and the ratio.
+Steps of the two alternate after warm-up/compile, so both see the same background load; prints
+the median step time of each and the ratio.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +32,8 @@ CONFIGS = {
 }
 
 
-def ours(cfg: dict[str, int], steps: int, warmup: int) -> list[float]:
+def ours(cfg: dict[str, int], steps: int) -> Callable[[], None]:
+    """One training step of our trainer's cell on fresh random ids (built and compiled here)."""
     import mindspore as ms
     import yaml
     from mindspore import Tensor
@@ -46,27 +49,25 @@ def ours(cfg: dict[str, int], steps: int, warmup: int) -> list[float]:
             "model": {k: cfg[k] for k in ("vocab_size", "hidden_size", "n_layer", "n_head")}
             | {"seq_length": cfg["seq"], "compute_dtype": "float32"},
             "parallel": {"micro_batch_size": cfg["batch"], "optimizer_shard": False},
-            "train": {"device_target": "CPU", "steps": steps + warmup, "lr": 1e-4},
+            "train": {"device_target": "CPU", "steps": steps, "lr": 1e-4},
             "data": {"path": tmp}}))
         job = load_job(job_file)
-    dist = Dist("single", 0, 1)
     layout, _ = fit_layout(job, 1)
-    lrs = lr_schedule(steps + warmup, 1e-4, 1e-5, 0)
-    _, step_cell = build_cells(job, layout, dist, False, lrs, None)
+    _, step_cell = build_cells(job, layout, Dist("single", 0, 1), False,
+                               lr_schedule(steps, 1e-4, 1e-5, 0), None)
     step_cell.set_train(True)
     rng = np.random.default_rng(0)
-    times = []
-    for i in range(steps + warmup):
+
+    def step() -> None:
         ids = Tensor(rng.integers(4, cfg["vocab_size"], (cfg["batch"], cfg["seq"] + 1),
                                   dtype=np.int32))
-        t = time.perf_counter()
         float(step_cell(ids, ids).asnumpy())
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
-    return times
+
+    return step
 
 
-def reference(cfg: dict[str, int], steps: int, warmup: int) -> list[float]:
+def reference(cfg: dict[str, int]) -> Callable[[], None]:
+    """One HF BloomForCausalLM + clip_grad_norm_ + AdamW step on fresh random ids."""
     import torch
     from transformers import BloomConfig, BloomForCausalLM
 
@@ -77,19 +78,23 @@ def reference(cfg: dict[str, int], steps: int, warmup: int) -> list[float]:
                                          attention_dropout=0.0))
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
-    times = []
-    for i in range(steps + warmup):
+
+    def step() -> None:
         ids = torch.randint(4, cfg["vocab_size"], (cfg["batch"], cfg["seq"] + 1))
-        t = time.perf_counter()
         out = model(input_ids=ids[:, :-1], labels=ids[:, :-1])
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         out.loss.item()
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
-    return times
+
+    return step
+
+
+def timed(step: Callable[[], None]) -> float:
+    t = time.perf_counter()
+    step()
+    return time.perf_counter() - t
 
 
 def main() -> None:
@@ -102,8 +107,15 @@ def main() -> None:
     torch.set_num_threads(2)
     print("CPU, fp32, median of timed steps after warm-up; tokens/step = batch x seq")
     for name, cfg in CONFIGS.items():
-        a = statistics.median(ours(cfg, args.steps, args.warmup))
-        b = statistics.median(reference(cfg, args.steps, args.warmup))
+        mine, theirs = ours(cfg, args.steps + args.warmup), reference(cfg)
+        for _ in range(args.warmup):  # compile / allocate
+            mine()
+            theirs()
+        times_a, times_b = [], []
+        for _ in range(args.steps):  # alternate, so both see the same background load
+            times_a.append(timed(mine))
+            times_b.append(timed(theirs))
+        a, b = statistics.median(times_a), statistics.median(times_b)
         tokens = cfg["batch"] * cfg["seq"]
         print(f"{name:5s} ours (MindSpore graph): {a * 1e3:8.1f} ms/step {tokens / a:9.0f} tok/s | "
               f"HF+torch AdamW: {b * 1e3:8.1f} ms/step {tokens / b:9.0f} tok/s | "

@@ -50,13 +50,13 @@ from model.layers import (
 class BloomModel(nn.Cell):
     """Embeddings -> word_embeddings_layernorm -> n_layer blocks -> ln_f (hidden states)."""
 
-    def __init__(self, config: BloomConfig) -> None:
+    def __init__(self, config: BloomConfig, random_init: bool = True) -> None:
         super().__init__()
         self.config = config
         self.compute_dtype = MS_DTYPES[config.compute_dtype]
-        self.word_embeddings = Embedding(config)
+        self.word_embeddings = Embedding(config, random_init)
         self.word_embeddings_layernorm = LayerNorm(config.hidden_size, config)
-        self.h = nn.CellList([BloomBlock(config) for _ in range(config.n_layer)])
+        self.h = nn.CellList([BloomBlock(config, random_init) for _ in range(config.n_layer)])
         self.ln_f = LayerNorm(config.hidden_size, config)
         self.slopes = Tensor(alibi_slopes(config.n_head))  # [n_head] float32 constant
 
@@ -124,10 +124,11 @@ class BloomModel(nn.Cell):
 class BloomLMHeadModel(nn.Cell):
     """Bloom with the LM head tied to `transformer.word_embeddings.weight` (no bias)."""
 
-    def __init__(self, config: BloomConfig) -> None:
+    def __init__(self, config: BloomConfig, random_init: bool = True) -> None:
+        """Build the model; `random_init=False` leaves weights zero for a checkpoint to fill."""
         super().__init__()
         self.config = config
-        self.transformer = BloomModel(config)
+        self.transformer = BloomModel(config, random_init)
         self.lm_head = ops.MatMul(transpose_b=True)  # x @ E^T without copying E
         self.compute_dtype = MS_DTYPES[config.compute_dtype]
         self.needs_cast = MS_DTYPES[config.param_dtype] != self.compute_dtype

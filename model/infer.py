@@ -8,8 +8,11 @@
 
 Two compiled graphs serve a whole generation: `prefill` (the left-padded prompt batch, length
 rounded up to a multiple of BUCKET) and `decode_step` (one token per row against caches of a
-fixed length, also bucketed), so nothing recompiles per step. Greedy or sampling (temperature,
-then top-k, then top-p, as HF applies them); rows that emit eos are finished and padded.
+fixed length, rounded up to a multiple of CACHE_BUCKET), so nothing recompiles per step, and
+later prompts of similar length reuse both graphs (graphs are per batch size and bucket). Each
+step rewrites the caches (cost grows with cache length; fine for the CPU sizes we serve).
+Greedy or sampling (temperature, then top-k, then top-p, as HF applies them); rows that emit
+eos are finished and padded.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ from model.tokenizer import TokenizerError, load_tokenizer
 if TYPE_CHECKING:
     from model.bloom import BloomLMHeadModel
 
-BUCKET = 16  # prompt and cache lengths are rounded up to a multiple of this (fewer compiles)
+BUCKET = 16  # prompt lengths are rounded up to a multiple of this (fewer compiles)
+CACHE_BUCKET = 64  # cache lengths too: one decode graph serves many prompt/answer lengths
 
 
 class InferError(ValueError):
@@ -106,12 +110,14 @@ def select_tokens(logits: np.ndarray, gen: GenerateConfig, rng: np.random.Genera
 class Generator:
     """Batch generation with the compiled prefill and decode graphs of one model."""
 
-    def __init__(self, model: BloomLMHeadModel, bucket: int = BUCKET) -> None:
+    def __init__(self, model: BloomLMHeadModel, bucket: int = BUCKET,
+                 cache_bucket: int = CACHE_BUCKET) -> None:
         from model.bloom import BloomDecodeStep, BloomPrefill
 
         self.model = model
         self.config = model.config
         self.bucket = bucket
+        self.cache_bucket = cache_bucket
         self.prefill = BloomPrefill(model)
         self.decode = BloomDecodeStep(model)
 
@@ -131,7 +137,7 @@ class Generator:
             raise InferError("every prompt needs at least one token")
         c = self.config
         prompt_len = round_up(max(len(p) for p in prompts), self.bucket)
-        cache_len = round_up(prompt_len + gen.max_new_tokens, self.bucket)
+        cache_len = round_up(prompt_len + gen.max_new_tokens, self.cache_bucket)
         ids, mask = left_pad(prompts, prompt_len, c.pad_token_id)
         rng = np.random.default_rng(gen.seed)
         logits, k_cache, v_cache = self.prefill(Tensor(ids), Tensor(mask), cache_len)
@@ -206,7 +212,7 @@ def load_model(ckpt: str | Path, config: BloomConfig) -> BloomLMHeadModel:
     from model.bloom import BloomLMHeadModel, load_parameters
 
     arrays = load_checkpoint_arrays(ckpt, config)
-    model = BloomLMHeadModel(config)
+    model = BloomLMHeadModel(config, random_init=False)
     model.set_train(False)
     load_parameters(model, arrays)
     return model

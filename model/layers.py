@@ -52,6 +52,12 @@ def build_alibi(key_mask: Tensor, slopes: Tensor) -> Tensor:
     return slopes.reshape(1, -1, 1, 1) * positions[:, None, None, :]  # [batch, heads, 1, keys]
 
 
+def weight_init(config: BloomConfig, random_init: bool) -> Normal | Zero:
+    """Normal(initializer_range) for a fresh model; zeros when a checkpoint will overwrite them
+    (drawing 560M normal numbers costs ~30 s on CPU)."""
+    return Normal(config.initializer_range) if random_init else Zero()
+
+
 def attention_bias(alibi: Tensor, mask: Tensor) -> Tensor:
     """Additive attention bias: ALiBi where `mask` allows attending, MASK_FILL elsewhere.
 
@@ -78,11 +84,12 @@ def bloom_gelu(x: Tensor) -> Tensor:
 class Linear(nn.Cell):
     """y = x W^T + b with W stored [out, in] (torch layout), computed in `compute_dtype`."""
 
-    def __init__(self, in_features: int, out_features: int, config: BloomConfig) -> None:
+    def __init__(self, in_features: int, out_features: int, config: BloomConfig,
+                 random_init: bool = True) -> None:
         super().__init__()
         param_dtype = MS_DTYPES[config.param_dtype]
         self.compute_dtype = MS_DTYPES[config.compute_dtype]
-        init = Normal(config.initializer_range)
+        init = weight_init(config, random_init)
         self.weight = Parameter(initializer(init, (out_features, in_features), param_dtype),
                                 name="weight")
         self.bias = Parameter(initializer(Zero(), (out_features,), param_dtype), name="bias")
@@ -100,10 +107,10 @@ class Linear(nn.Cell):
 class Embedding(nn.Cell):
     """Token embedding table [vocab, hidden]; also the tied LM head's weight."""
 
-    def __init__(self, config: BloomConfig) -> None:
+    def __init__(self, config: BloomConfig, random_init: bool = True) -> None:
         super().__init__()
         self.compute_dtype = MS_DTYPES[config.compute_dtype]
-        self.weight = Parameter(initializer(Normal(config.initializer_range),
+        self.weight = Parameter(initializer(weight_init(config, random_init),
                                             (config.vocab_size, config.hidden_size),
                                             MS_DTYPES[config.param_dtype]), name="weight")
 
@@ -153,7 +160,7 @@ class Dropout(nn.Cell):
 class BloomAttention(nn.Cell):
     """Multi-head self-attention with a fused QKV projection laid out per head (n_head, 3, hd)."""
 
-    def __init__(self, config: BloomConfig) -> None:
+    def __init__(self, config: BloomConfig, random_init: bool = True) -> None:
         super().__init__()
         self.n_head = config.n_head
         self.head_dim = config.head_dim
@@ -161,8 +168,9 @@ class BloomAttention(nn.Cell):
         self.compute_dtype = MS_DTYPES[config.compute_dtype]
         self.is_float32 = self.compute_dtype == ms.float32
         self.inv_norm_factor = 1.0 / math.sqrt(self.head_dim)
-        self.query_key_value = Linear(config.hidden_size, 3 * config.hidden_size, config)
-        self.dense = Linear(config.hidden_size, config.hidden_size, config)
+        h = config.hidden_size
+        self.query_key_value = Linear(h, 3 * h, config, random_init)
+        self.dense = Linear(h, h, config, random_init)
         self.attention_dropout = Dropout(config.attention_dropout)
         self.scores_matmul = ops.BatchMatMul(transpose_b=True)
         self.context_matmul = ops.BatchMatMul()
@@ -215,10 +223,11 @@ class BloomAttention(nn.Cell):
 class BloomMLP(nn.Cell):
     """hidden -> 4*hidden -> GELU (tanh) -> hidden."""
 
-    def __init__(self, config: BloomConfig) -> None:
+    def __init__(self, config: BloomConfig, random_init: bool = True) -> None:
         super().__init__()
-        self.dense_h_to_4h = Linear(config.hidden_size, 4 * config.hidden_size, config)
-        self.dense_4h_to_h = Linear(4 * config.hidden_size, config.hidden_size, config)
+        h = config.hidden_size
+        self.dense_h_to_4h = Linear(h, 4 * h, config, random_init)
+        self.dense_4h_to_h = Linear(4 * h, h, config, random_init)
 
     def construct(self, x: Tensor) -> Tensor:
         return self.dense_4h_to_h(bloom_gelu(self.dense_h_to_4h(x)))
@@ -227,12 +236,12 @@ class BloomMLP(nn.Cell):
 class BloomBlock(nn.Cell):
     """Pre-LN transformer block: x + attn(LN(x)), then h + mlp(LN(h)), dropout before each add."""
 
-    def __init__(self, config: BloomConfig) -> None:
+    def __init__(self, config: BloomConfig, random_init: bool = True) -> None:
         super().__init__()
         self.input_layernorm = LayerNorm(config.hidden_size, config)
-        self.self_attention = BloomAttention(config)
+        self.self_attention = BloomAttention(config, random_init)
         self.post_attention_layernorm = LayerNorm(config.hidden_size, config)
-        self.mlp = BloomMLP(config)
+        self.mlp = BloomMLP(config, random_init)
         self.hidden_dropout = Dropout(config.hidden_dropout)
 
     def construct(self, x: Tensor, bias: Tensor, k_cache: Tensor | None = None,

@@ -2,6 +2,7 @@
 
     orchestrate check  --inventory inventories/12node.yaml --config 65b
     orchestrate up     --inventory inventories/local.yaml --config tiny --wait
+    orchestrate resume [JOB] [--wait]
     orchestrate status [JOB] [--json] [--watch]
     orchestrate logs   [JOB] [--rank R | --node N] [--tail K] [--follow] [--fetch DIR]
     orchestrate down   [JOB] [--all] [--yes]
@@ -305,6 +306,36 @@ def _wait(record: Any, inv: Any, store: Any, forks: int, teardown: bool = True,
         sys.exit(1)
 
 
+@click.command("resume")
+@job_argument
+@click.option("--wait", is_flag=True, help="Show live progress until the job ends (as `up`).")
+@_job_inventory_option()
+@flags.state_dir_option()
+@flags.forks_option()
+def resume_command(job_id: str | None, wait: bool, inventory_path: Path | None, state_dir: Path,
+                   forks: int) -> None:
+    """Start a new attempt of a FAILED or CANCELLED job on the same nodes.
+
+    Every rank restarts with the trainer's --resume (it continues from the newest checkpoint
+    complete on every rank); the logs of all attempts stay in each rank's stdout.log and
+    `status --json` counts the attempts. Refused while any rank of the job still runs.
+    """
+    from orchestrator.jobs.lifecycle import resume_job
+    from orchestrator.jobs.nodes import Connections
+
+    store, record, inv = _record_and_inventory(state_dir, job_id, inventory_path)
+    with Connections(inv, [inv.node(n.name) for n in record.nodes], forks) as conns:
+        try:
+            record = resume_job(record, inv, store, forks, conns)
+        except KeyboardInterrupt:
+            click.echo(f"job {record.job_id} cancelled: nothing left running", err=True)
+            sys.exit(130)
+        click.echo(f"job {record.job_id} attempt {record.attempts} running. Follow it with "
+                   f"`orchestrate status --watch {record.job_id}`.")
+        if wait:
+            _wait(record, inv, store, forks, conns=conns)
+
+
 @click.command("status")
 @job_argument
 @flags.json_option()
@@ -462,4 +493,5 @@ def plot_command(job_id: str | None, output: Path, inventory_path: Path | None,
     click.echo(f"wrote {path}")
 
 
-COMMANDS = (check_command, up_command, status_command, logs_command, down_command, plot_command)
+COMMANDS = (check_command, up_command, resume_command, status_command, logs_command, down_command,
+            plot_command)

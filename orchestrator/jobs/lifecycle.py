@@ -231,11 +231,11 @@ def launch(record: JobRecord, inv: Inventory, store: JobStore, forks: int = 64,
         JobError: a node failed to stage or start (names the node and the cause).
         KeyboardInterrupt: re-raised after cleanup when Ctrl-C arrived.
     """
-    record = record.with_status(JobStatus.LAUNCHING)
-    store.save(record)
     started = False
     own = conns is None
     try:
+        record = record.with_status(JobStatus.LAUNCHING)
+        store.save(record)
         pairs = job_nodes(record, inv)
         if conns is None:
             conns = Connections(inv, [node for _, node in pairs], forks)
@@ -264,39 +264,8 @@ def launch(record: JobRecord, inv: Inventory, store: JobStore, forks: int = 64,
         echo(f"staged {len(staged)} node(s): {sum(s.sent for s in staged.values())} file(s) "
              f"uploaded; {sum(s.reused for s in staged.values())} tree(s) already on the nodes "
              "(same sha256)")
-        by_name = {n.name: n for n in record.nodes}
         started = True
-
-        def start_one(t: Transport) -> dict[str, int]:
-            res = t.run(["bash", f"{by_name[t.node.name].job_dir}/launch.sh", "start"],
-                        check=False, timeout=120)
-            if res.exit_code != 0:
-                msg = (res.stderr.strip().splitlines() or [f"exit {res.exit_code}"])[-1]
-                if res.exit_code == 3:
-                    raise stage_mod.NodeBusyError(t.node.name, msg.split("job ", 1)[-1].split()[0])
-                raise JobError(f"[{t.node.name}] start failed: {msg}")
-            pids = {}
-            for line in res.stdout.splitlines():
-                parts = line.split()
-                if len(parts) == 3 and parts[0] == "pid":
-                    pids[parts[1]] = int(parts[2])
-            return pids
-
-        started_pids = fan_out(inv, plan_nodes, start_one, forks, conns)
-        failed = _failures(started_pids)
-        nodes = tuple(dataclasses.replace(n, pids=pids) if isinstance(
-            pids := started_pids.get(n.name), dict) else n for n in record.nodes)
-        record = record.replace(nodes=nodes)
-        if failed:
-            with _sigint_deferred():
-                _stop_everywhere(record, inv, forks, conns)
-            record = record.with_status(JobStatus.FAILED, f"start failed: {_describe(failed)}")
-            store.save(record)
-            raise JobError(f"start failed on {len(failed)} node(s), job {record.job_id} stopped "
-                           f"everywhere: {_describe(failed)}")
-        record = record.with_status(JobStatus.RUNNING, "")
-        store.save(record)
-        return record
+        return _start_all(record, inv, store, forks, conns, resume=False)
     except KeyboardInterrupt:
         with _sigint_deferred():
             echo("interrupted: stopping whatever was started ...")
@@ -313,6 +282,86 @@ def launch(record: JobRecord, inv: Inventory, store: JobStore, forks: int = 64,
     finally:
         if own and conns is not None:
             conns.close()
+
+
+def _start_all(record: JobRecord, inv: Inventory, store: JobStore, forks: int,
+               conns: Connections | None, resume: bool) -> JobRecord:
+    """`launch.sh start [resume]` on every node in parallel; any failure stops them all.
+
+    Raises:
+        JobError: a node failed to start (the job was stopped everywhere, recorded FAILED).
+    """
+    by_name = {n.name: n for n in record.nodes}
+
+    def start_one(t: Transport) -> dict[str, int]:
+        cmd = ["bash", f"{by_name[t.node.name].job_dir}/launch.sh", "start"]
+        res = t.run(cmd + (["resume"] if resume else []), check=False, timeout=120)
+        if res.exit_code != 0:
+            msg = (res.stderr.strip().splitlines() or [f"exit {res.exit_code}"])[-1]
+            if res.exit_code == 3:
+                raise stage_mod.NodeBusyError(t.node.name, msg.split("job ", 1)[-1].split()[0])
+            raise JobError(f"[{t.node.name}] start failed: {msg}")
+        pids = {}
+        for line in res.stdout.splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[0] == "pid":
+                pids[parts[1]] = int(parts[2])
+        return pids
+
+    started_pids = fan_out(inv, [node for _, node in job_nodes(record, inv)], start_one, forks,
+                           conns)
+    failed = _failures(started_pids)
+    nodes = tuple(dataclasses.replace(n, pids=pids) if isinstance(
+        pids := started_pids.get(n.name), dict) else n for n in record.nodes)
+    record = record.replace(nodes=nodes)
+    if failed:
+        with _sigint_deferred():
+            _stop_everywhere(record, inv, forks, conns)
+        record = record.with_status(JobStatus.FAILED, f"start failed: {_describe(failed)}")
+        store.save(record)
+        raise JobError(f"start failed on {len(failed)} node(s), job {record.job_id} stopped "
+                       f"everywhere: {_describe(failed)}")
+    record = record.with_status(JobStatus.RUNNING, "")
+    store.save(record)
+    return record
+
+
+def resume_job(record: JobRecord, inv: Inventory, store: JobStore, forks: int = 64,
+               conns: Connections | None = None) -> JobRecord:
+    """A new attempt of an ended job on the same nodes: every rank restarts with `--resume`
+    (the trainer continues from the newest checkpoint complete on every rank).
+
+    Raises:
+        JobError: the job succeeded, or still runs somewhere, or a node failed to start.
+    """
+    from orchestrator.jobs.nodes import query_job
+
+    if record.status is JobStatus.SUCCEEDED:
+        raise JobError(f"job {record.job_id} already SUCCEEDED; start a new job instead")
+    reports = query_job(record, inv, forks, conns)
+    unreachable = [n for n, r in reports.items() if isinstance(r, BaseException)]
+    if unreachable:
+        raise JobError(f"job {record.job_id}: cannot reach {', '.join(unreachable)}; "
+                       "nothing was restarted")
+    running = [f"{n}/{s.slot}" for n, r in reports.items() if not isinstance(r, BaseException)
+               for s in r.slots if s.state in ("running", "exiting")]
+    if running:
+        raise JobError(f"job {record.job_id} still runs ({', '.join(running[:8])}); stop it "
+                       f"with `orchestrate down {record.job_id}` first")
+    unstaged = [n for n, r in reports.items() if not isinstance(r, BaseException) and not r.staged]
+    if unstaged:
+        raise JobError(f"job {record.job_id} was never staged on {', '.join(unstaged)}; "
+                       "start a new job instead")
+    record = record.replace(attempts=record.attempts + 1, status=JobStatus.LAUNCHING,
+                            message="")
+    store.save(record)
+    try:
+        return _start_all(record, inv, store, forks, conns, resume=True)
+    except KeyboardInterrupt:
+        with _sigint_deferred():
+            _stop_everywhere(record, inv, forks, conns)
+            store.save(record.with_status(JobStatus.CANCELLED, "interrupted during resume"))
+        raise
 
 
 def _stop_everywhere(record: JobRecord, inv: Inventory, forks: int = 64,

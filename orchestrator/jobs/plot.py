@@ -3,7 +3,8 @@
     series = parse_series(text)       # [Attempt(steps, loss, tokens_per_s), ...]
     plot_job(record, inv, Path("loss.png"))
 
-An attempt ends where the step count goes backwards (a restart/resume). Loss is taken from
+An attempt starts at each marker line of the launch script (`orchestrate resume`) or where
+the step count goes backwards. Loss is taken from
 rank 0's lines (every data-parallel rank logs the same loss); tokens/s is summed over ranks.
 matplotlib is an optional extra: `pip install 'orchestrate[plot]'`.
 """
@@ -30,10 +31,14 @@ class Attempt:
 
 
 def parse_series(text: str) -> list[Attempt]:
-    """Split a rank's log into attempts (a step not above the previous one starts a new one)."""
+    """Split a rank's log into attempts: at each `== orchestrate attempt N ==` marker the
+    launch script writes, and where the step count goes backwards."""
     attempts: list[Attempt] = []
     last = None
     for line in text.splitlines():
+        if line.startswith("== orchestrate attempt "):
+            last = None  # the launch script marks where each attempt starts
+            continue
         m = parse_metrics(line)
         if "step" not in m or "loss" not in m:
             continue
@@ -56,7 +61,8 @@ def _read_logs(record: JobRecord, inv: Inventory) -> dict[str, str]:
         out = {}
         for r in n.ranks:
             log = shlex.quote(f"{n.job_dir}/ranks/{r}/stdout.log")
-            res = t.run(f"grep -a 'step=' {log} 2>/dev/null || true", check=True, timeout=120)
+            res = t.run(f"grep -a -e 'step=' -e '^== orchestrate attempt ' {log} 2>/dev/null "
+                        "|| true", check=True, timeout=120)
             out[str(r)] = res.stdout
         return out
 
@@ -96,7 +102,7 @@ def render_plot(job_id: str, logs: Mapping[str, str], output: Path) -> Path:
             xs = sorted(totals)
             ax_tps.plot(xs, [totals[x] for x in xs], label=f"attempt {i + 1}")
     ax_loss.set_ylabel("loss (rank 0)")
-    ax_tps.set_ylabel("tokens/s (all ranks)")
+    ax_tps.set_ylabel("tokens/s (summed over logging ranks)")
     ax_tps.set_xlabel("step")
     ax_loss.set_title(f"job {job_id}")
     ax_loss.legend()

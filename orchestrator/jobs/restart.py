@@ -10,10 +10,11 @@ One attempt = launch .. every rank ended (or a failure / stall). When an attempt
 2. one entry is appended to `record.history` (attempt, start, end, status, cause, exit code,
    resumed step);
 3. unless N restarts are used up, or the exit code is not one of `restart_on`, the nodes are
-   re-checked (`recheck()`: a failure text stops here), each node's attempt state is archived
-   (`launch.sh rearm N` -> `<job dir>/attempts/N/`), and the job is staged and started again;
-   ranks see ORCHESTRATE_RESUME=1 and the bundled trainer runs with `--resume`, which picks
-   the newest step complete (manifest + size + sha256) on every rank.
+   re-checked (`recheck()`: a failure text stops here) and a new attempt starts on the same
+   nodes (lifecycle.resume_job: `launch.sh start resume`); ranks see ORCHESTRATE_RESUME=1 and
+   the bundled trainer runs with `--resume`, which picks the newest step complete (manifest +
+   size + sha256) on every rank. Each rank's stdout.log keeps every attempt, each opened by
+   an `== orchestrate attempt N ==` line.
 
 Giving up leaves the job FAILED with "gave up after K attempt(s): <last cause>".
 """
@@ -21,6 +22,7 @@ Giving up leaves the job FAILED with "gave up after K attempt(s): <last cause>".
 from __future__ import annotations
 
 import re
+import shlex
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,7 +30,7 @@ from typing import Any
 
 from orchestrator.errors import JobError
 from orchestrator.inventory import Inventory
-from orchestrator.jobs.nodes import Connections, NodeReport, fan_out, job_nodes, launch_command
+from orchestrator.jobs.nodes import Connections, NodeReport, fan_out
 from orchestrator.jobs.progress import refresh, status_table
 from orchestrator.jobs.stall import find_stall, last_output
 from orchestrator.jobs.state import JobRecord, JobStatus, JobStore
@@ -68,36 +70,22 @@ def resumed_step(record: JobRecord, inv: Inventory, forks: int = 64,
     None: not a resumed attempt or nothing logged yet)."""
     if record.attempts < 2:
         return None
-    by_name = {n.name: n for n in record.nodes}
+    first = record.nodes[0]
 
     def one(t: Transport) -> str:
-        d = by_name[t.node.name].job_dir
-        res = t.run(f"cat {d}/ranks/*/stdout.log 2>/dev/null | grep -a -E "
-                    "'resumed from step|no checkpoint complete on every rank' | tail -n 1; true",
-                    check=False, timeout=60)
+        log = shlex.quote(f"{first.job_dir}/ranks/{first.rank_start}/stdout.log")
+        res = t.run("grep -a -E 'resumed from step [0-9]+|no checkpoint complete on every "
+                    f"rank|^== orchestrate attempt ' {log} "
+                    "2>/dev/null; true", check=False, timeout=60)
         return res.stdout
 
-    first = [node for _, node in job_nodes(record, inv)][:1]
-    for out in fan_out(inv, first, one, forks, conns).values():
-        if isinstance(out, str) and (m := _RESUMED.search(out)):
+    for out in fan_out(inv, [inv.node(first.name)], one, forks, conns).values():
+        if not isinstance(out, str):
+            continue
+        current = out.split("== orchestrate attempt ")[-1]  # this attempt's lines only
+        if m := _RESUMED.search(current):
             return int(m.group(1)) if m.group(1) else 0
     return None
-
-
-def rearm(record: JobRecord, inv: Inventory, forks: int = 64,
-          conns: Connections | None = None) -> dict[str, str | BaseException]:
-    """`launch.sh rearm <attempt>` on every node: archive the attempt, next start resumes."""
-    by_name = {n.name: n for n in record.nodes}
-
-    def one(t: Transport) -> str:
-        res = t.run(launch_command(by_name[t.node.name].job_dir, f"rearm {record.attempts}"),
-                    check=False, timeout=60)
-        if res.exit_code != 0 or "rearmed" not in res.stdout:
-            msg = (res.stderr.strip() or res.stdout.strip() or f"exit {res.exit_code}")
-            raise JobError(f"[{t.node.name}] rearm failed: {msg.splitlines()[-1]}")
-        return res.stdout.strip()
-
-    return fan_out(inv, [node for _, node in job_nodes(record, inv)], one, forks, conns)
 
 
 def _watch_attempt(record: JobRecord, inv: Inventory, store: JobStore, policy: RestartPolicy,
@@ -136,7 +124,7 @@ def supervise(record: JobRecord, inv: Inventory, store: JobStore, policy: Restar
     from rich.console import Console
     from rich.live import Live
 
-    from orchestrator.jobs.lifecycle import launch, teardown_failed
+    from orchestrator.jobs.lifecycle import resume_job, teardown_failed
 
     console = console or Console()
     started = time.time()
@@ -182,21 +170,14 @@ def supervise(record: JobRecord, inv: Inventory, store: JobStore, policy: Restar
                                         f"{cause}")
             store.save(record)
             return record
-        failed = {k: v for k, v in rearm(record, inv, forks, conns).items()
-                  if isinstance(v, BaseException)}
-        if failed:
-            why = "; ".join(str(e) for e in failed.values())
-            record = record.with_status(JobStatus.FAILED,
-                                        f"not restarted: {why}; last cause: {cause}")
-            store.save(record)
-            return record
-        record = record.replace(attempts=record.attempts + 1)
-        store.save(record)
         started = time.time()
         try:
-            record = launch(record, inv, store, forks=forks, echo=echo, conns=conns)
+            record = resume_job(record, inv, store, forks, conns)
         except JobError as e:
             record = store.load(record.job_id)
+            why = f"not restarted: {e}; last cause: {cause}"
+            if record.status is not JobStatus.FAILED:
+                record = record.with_status(JobStatus.FAILED, why)
             record = record.replace(history=(*record.history,
                                              _entry(record, started, str(e), None, None)))
             store.save(record)

@@ -225,9 +225,11 @@ def test_restart_relaunches_with_resume_and_records_attempts(testhosts: TestHost
     assert "attempt 1: FAILED" in up.stdout and "resumed from step 3" in up.stdout
     status = orch(state, "status", job["job_id"]).stdout
     assert "attempt 2: SUCCEEDED, resumed from step 3" in status
-    # The first attempt's rank logs are archived on the node, not overwritten.
-    res = testhosts.ssh("th0", f"cat {job['nodes'][0]['job_dir']}/attempts/1/ranks/1/stdout.log")
-    assert "step=3 loss=2.0" in res.stdout
+    # Every attempt's lines stay in the rank's log, each attempt opened by a marker.
+    res = testhosts.ssh("th0", f"cat {job['nodes'][0]['job_dir']}/ranks/1/stdout.log")
+    first_log, second_log = res.stdout.split("== orchestrate attempt 2 ==")
+    assert "== orchestrate attempt 1 ==" in first_log and "step=3 loss=2.0" in first_log
+    assert "step=6 loss=1.0" in second_log and "step=6" not in first_log
     assert_nothing_left(testhosts, job["job_id"])
     assert_record_matches_nodes(state, job["job_id"])
 

@@ -276,3 +276,24 @@ def test_ctrl_c_while_waiting_detaches_and_job_keeps_running(testhosts: TestHost
     assert all(r["state"] == "running" for n in status["nodes"] for r in n["ranks"])
     orch(state, "down", "--yes")
     assert_nothing_left(testhosts, job_id)
+
+
+def test_resume_starts_a_new_attempt_of_a_failed_job(testhosts: TestHosts, two_hosts: Path,
+                                                     state: Path) -> None:
+    # attempt 1: rank 3 fails; attempt 2 (ORCHESTRATE_RESUME=1, what --resume means for the
+    # bundled trainer): every rank succeeds
+    cmd = ('echo "step=1 loss=2 resume=${ORCHESTRATE_RESUME:-0}"; '
+           '[ -n "${ORCHESTRATE_RESUME:-}" ] || [ "${MS_NODE_ID:-}" != 3 ] || exit 4; true')
+    first = orch(state, "up", "-i", str(two_hosts), "-c", "tiny", "--no-check", "--wait",
+                 "--entrypoint", cmd, check=False)
+    job_id = record(state)["job_id"]
+    assert first.returncode == 1 and record(state, job_id)["status"] == "FAILED"
+    orch(state, "resume", job_id, "--wait")
+    status = json.loads(orch(state, "status", job_id, "--json").stdout)
+    assert status["status"] == "SUCCEEDED" and status["attempts"] == 2
+    log = orch(state, "logs", job_id, "--rank", "3").stdout.splitlines()
+    assert log == ["[th1/3] == orchestrate attempt 1 ==", "[th1/3] step=1 loss=2 resume=0",
+                   "[th1/3] == orchestrate attempt 2 ==", "[th1/3] step=1 loss=2 resume=1"]
+    again = orch(state, "resume", job_id, check=False)
+    assert again.returncode == 1 and "already SUCCEEDED" in again.stderr
+    assert_nothing_left(testhosts, job_id)

@@ -97,3 +97,6 @@ def test_plot_series_split_into_attempts() -> None:
     first, second = parse_series(text)
     assert first.steps == [1, 2] and first.loss == [3.0, 2.5]
     assert second.steps == [2, 3] and second.tokens_per_s[0] == 9
+    marked = ("== orchestrate attempt 1 ==\nstep=5 loss=1\n"
+              "== orchestrate attempt 2 ==\nstep=6 loss=1\n")
+    assert [a.steps for a in parse_series(marked)] == [[5], [6]]
