@@ -163,18 +163,25 @@ def gather_strategies(
     return {int(i.label.split()[1]): dest / i.rel for i in items}
 
 
+@dataclass(frozen=True)
+class Options:
+    """What to collect and how (the CLI flags)."""
+
+    step: int | None = None  # None: the newest step complete on every rank
+    preset: str | None = None  # name for the output; the load check prefers the manifests
+    keep_optimizer: bool = False
+    dst_strategy: Path | None = None  # None: one device
+    processes: int = 1  # destination ranks transformed at once (with dst_strategy)
+    check: bool = True  # load the result into BloomLMHeadModel
+    jobs: int = 8  # parallel download streams
+
+
 def collect(
     inv: Inventory,
     job_id: str,
     dest: Path,
+    opts: Options = Options(),
     *,
-    step: int | None = None,
-    preset: str | None = None,
-    keep_optimizer: bool = False,
-    dst_strategy: Path | None = None,
-    processes: int = 1,
-    check: bool = True,
-    jobs: int = 8,
     say: Say = print,
     progress: Callable[[int], Any] | None = None,
     targets: Sequence[Target] | None = None,
@@ -188,22 +195,7 @@ def collect(
     dest.mkdir(parents=True, exist_ok=True)
     targets = targets or targets_from_inventory(inv, job_id)
     with open_all(inv, [t.node for t in targets]) as conns:
-        return _collect(
-            conns,
-            targets,
-            job_id,
-            dest,
-            step,
-            preset,
-            keep_optimizer,
-            dst_strategy,
-            processes,
-            check,
-            jobs,
-            say,
-            progress,
-            t0,
-        )
+        return _collect(conns, targets, job_id, dest, opts, say, progress, t0)
 
 
 def _collect(
@@ -211,22 +203,16 @@ def _collect(
     targets: Sequence[Target],
     job_id: str,
     dest: Path,
-    step: int | None,
-    preset: str | None,
-    keep_optimizer: bool,
-    dst_strategy: Path | None,
-    processes: int,
-    check: bool,
-    jobs: int,
+    opts: Options,
     say: Say,
     progress: Callable[[int], Any] | None,
     t0: float,
 ) -> Collected:
     listings = list_nodes(conns, targets)
-    chosen = choose_verified_step(conns, listings, step, say)
+    chosen = choose_verified_step(conns, listings, opts.step, say)
     ckpts = ckpt.rank_ckpts(listings, chosen)
     layout, manifest_preset = ckpt.job_layout(ckpts)
-    preset = preset or manifest_preset
+    preset = opts.preset or manifest_preset
     model_json = ckpts[min(ckpts)].model
     seconds = {"list+verify": time.monotonic() - t0}
     say(f"step {chosen}: complete and verified on all {len(ckpts)} ranks; layout {layout}")
@@ -240,8 +226,8 @@ def _collect(
         strategy = ckpt_merge.merge_strategies(dest / "strategy", dest / "merged_strategy.ckpt")
     elif strategies:
         say(f"pure data parallel: {len(strategies)} strategy files gathered, not needed")
-    if strategy is not None or dst_strategy is not None:
-        needed, dst_ranks = ckpt_merge.needed_ranks(strategy, dst_strategy)
+    if strategy is not None or opts.dst_strategy is not None:
+        needed, dst_ranks = ckpt_merge.needed_ranks(strategy, opts.dst_strategy)
         needed = needed if strategy is not None else None
     plan = ckpt.plan_fetch(ckpts, needed)
     items = [
@@ -261,7 +247,7 @@ def _collect(
             f"({len(plan.skipped) + len(plan.copies)} replica file(s) skipped)"
         )
     on_bytes = progress(total) if progress is not None else (lambda _n: None)
-    outcomes = ckpt_fetch.fetch_all(dest, items, opener(conns), jobs=jobs, on_bytes=on_bytes)
+    outcomes = ckpt_fetch.fetch_all(dest, items, opener(conns), jobs=opts.jobs, on_bytes=on_bytes)
     for o in outcomes:
         if o.action != "fetched":
             say(f"{o.item.label}: {o.action}")
@@ -272,18 +258,27 @@ def _collect(
     local.update({r: local[src] for r, src in plan.copies.items()})
     name = f"bloom_{Path(preset).stem if preset else 'unknown'}_step{chosen}"
     job = ckpt_output.JobInfo(job_id, chosen, preset, model_json, layout)
-    if dst_strategy is None:
-        merged, peak = ckpt_output.to_one_device(dest, name, local, strategy, keep_optimizer)
+    if opts.dst_strategy is None:
+        merged, peak = ckpt_output.to_one_device(dest, name, local, strategy, opts.keep_optimizer)
     else:
         merged, peak = ckpt_output.to_strategy(
-            dest, name, local, strategy, dst_strategy, dst_ranks, keep_optimizer, processes
+            dest,
+            name,
+            local,
+            strategy,
+            opts.dst_strategy,
+            dst_ranks,
+            opts.keep_optimizer,
+            opts.processes,
         )
     seconds["merge"] = time.monotonic() - t2
-    if check and dst_strategy is None:
+    if opts.check and opts.dst_strategy is None:
         t3 = time.monotonic()
         ckpt_merge.check(merged, preset, model_json)
         seconds["check"] = time.monotonic() - t3
-    manifest = ckpt_output.write_manifest(merged, job, sorted(local), keep_optimizer, dst_strategy)
+    manifest = ckpt_output.write_manifest(
+        merged, job, sorted(local), opts.keep_optimizer, opts.dst_strategy
+    )
     return Collected(
         chosen,
         preset,

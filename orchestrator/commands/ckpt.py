@@ -109,7 +109,12 @@ def collect_ckpt_command(
         TransferSpeedColumn,
     )
 
-    from orchestrator.ckpt_collect import collect, targets_from_inventory, targets_from_record
+    from orchestrator.ckpt_collect import (
+        Options,
+        collect,
+        targets_from_inventory,
+        targets_from_record,
+    )
     from orchestrator.ckpt_output import record_collected
     from orchestrator.errors import JobError
     from orchestrator.inventory import load_inventory
@@ -153,13 +158,7 @@ def collect_ckpt_command(
             inv,
             job_id,
             dest if dest is not None else Path("ckpt") / job_id,
-            step=step,
-            preset=preset,
-            keep_optimizer=keep_optimizer,
-            dst_strategy=dst_strategy,
-            processes=processes,
-            check=not no_check,
-            jobs=jobs,
+            Options(step, preset, keep_optimizer, dst_strategy, processes, not no_check, jobs),
             say=console.print,
             progress=progress,
             targets=targets,

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator.ckpt_collect import collect
+from orchestrator.ckpt_collect import Options, collect
 from orchestrator.errors import CheckpointError
 from orchestrator.inventory import load_inventory
 
@@ -147,7 +147,9 @@ def test_dp_job_fetches_one_replica_merges_and_loads(hosts: Path, tmp_path: Path
     assert manifest["step"] == 20 and manifest["job_id"] == "dp1" and manifest["model"] == MODEL
     assert "check" in res.seconds  # loaded into BloomLMHeadModel
 
-    again = collect(load_inventory(hosts), "dp1", tmp_path / "d", check=False, say=said.append)
+    again = collect(
+        load_inventory(hosts), "dp1", tmp_path / "d", Options(check=False), say=said.append
+    )
     assert again.downloaded == 0 and "rank 0: verified earlier" in said
 
 
@@ -192,9 +194,11 @@ def test_corrupted_shard_on_a_node_is_named_and_skipped(hosts: Path, tmp_path: P
         match=r"step 20 is corrupt.*\n  rank 3 on th1: .*"
         r"bloom_rank_3-20.ckpt sha256",
     ):
-        collect(load_inventory(hosts), "bad", tmp_path / "d", step=20)
+        collect(load_inventory(hosts), "bad", tmp_path / "d", Options(step=20))
     said: list[str] = []
-    res = collect(load_inventory(hosts), "bad", tmp_path / "d", check=False, say=said.append)
+    res = collect(
+        load_inventory(hosts), "bad", tmp_path / "d", Options(check=False), say=said.append
+    )
     assert res.step == 10
     assert any("skipping step 20" in s and "rank 3 on th1" in s for s in said)
 
@@ -343,7 +347,9 @@ def test_dst_strategy_writes_every_destination_rank(
     synth_sharded(want, full, dp=2, mp=2, pp=1, n_layer=MODEL["n_layer"])
     dst = tmp_path / "dp2mp2.ckpt"
     merge_strategies(want / "strategy", dst)
-    res = collect(load_inventory(hosts), job, tmp_path / "d", dst_strategy=dst, processes=2)
+    res = collect(
+        load_inventory(hosts), job, tmp_path / "d", Options(dst_strategy=dst, processes=2)
+    )
     assert res.merged == tmp_path / "d" / "merged" / "bloom_unknown_step30_dp2mp2"
     manifest = json.loads(res.manifest.read_text())
     assert [f["path"] for f in manifest["files"]] == [

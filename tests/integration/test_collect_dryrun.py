@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
-from orchestrator.ckpt_collect import collect
+from orchestrator.ckpt_collect import Options, collect
 from orchestrator.inventory import load_inventory
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -132,7 +132,7 @@ def test_mp2_dry_run_shards_on_two_hosts_reassemble_exactly(hosts: Path, tmp_pat
     arch = tmp_path / "tiny-dry.yaml"  # the dry run's manifests carry no model section
     arch.write_text(yaml.safe_dump({"model": MODEL}))
 
-    res = collect(load_inventory(hosts), "dry", tmp_path / "d", preset=str(arch))
+    res = collect(load_inventory(hosts), "dry", tmp_path / "d", Options(preset=str(arch)))
     assert res.fetched_ranks == [0, 1] and "check" in res.seconds
     assert res.merged is not None and res.merged.name == "bloom_tiny-dry_step0.ckpt"
 
