@@ -145,14 +145,17 @@ def check_command(inventory_path: Path, preset: str | None, overrides: tuple[str
 @click.option("--stall-timeout", type=click.FloatRange(min=1), default=None, metavar="SECONDS",
               help="With --wait: no rank logging anything for this long is a failure "
                    "(STALLED; default 1800 s, first-step compile is long).")
+@click.option("--node-lost-timeout", type=click.FloatRange(min=0), default=60.0,
+              show_default=True, metavar="SECONDS",
+              help="With --wait: a node unreachable this long fails the job (then restarts).")
 @flags.state_dir_option()
 @flags.forks_option()
 def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mode: str | None,
                wait: bool, no_check: bool, dry_run: bool, sched_port: int | None,
                cluster_timeout: int,
                stop_grace: int, entrypoint: str | None, max_restarts: int,
-               restart_codes: str | None, stall_timeout: float | None, state_dir: Path,
-               forks: int) -> None:
+               restart_codes: str | None, stall_timeout: float | None,
+               node_lost_timeout: float, state_dir: Path, forks: int) -> None:
     """Plan, stage and start a training job on every node.
 
     check -> plan -> rank table -> render -> stage -> start -> record. Each node gets
@@ -222,7 +225,8 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
 
             policy = RestartPolicy(max_restarts=max_restarts,
                                    restart_on=_exit_codes(restart_codes),
-                                   stall_timeout=stall_timeout or DEFAULT_STALL_TIMEOUT)
+                                   stall_timeout=stall_timeout or DEFAULT_STALL_TIMEOUT,
+                                   node_lost_timeout=node_lost_timeout)
 
             def recheck() -> str | None:
                 if no_check:

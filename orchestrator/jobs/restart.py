@@ -47,6 +47,7 @@ class RestartPolicy:
     max_restarts: int = 0
     restart_on: frozenset[int] | None = None  # exit codes worth a restart; None: any failure
     stall_timeout: float | None = None  # seconds without output -> STALLED (None: never)
+    node_lost_timeout: float = 60.0  # a node unreachable this long fails the attempt
     interval: float = 2.0  # seconds between polls
 
 
@@ -91,9 +92,28 @@ def resumed_step(record: JobRecord, inv: Inventory, forks: int = 64,
 def _watch_attempt(record: JobRecord, inv: Inventory, store: JobStore, policy: RestartPolicy,
                    forks: int, conns: Connections | None, live: Any,
                    ) -> tuple[JobRecord, Mapping[str, NodeReport | BaseException]]:
-    """Poll until the attempt ends or stalls; the record is terminal or STALLED on return."""
+    """Poll until the attempt ends or stalls; the record is terminal or STALLED on return.
+
+    A node that stays unreachable for `policy.node_lost_timeout` s fails the attempt (its
+    ranks may be dead or cut off; either way the job cannot finish).
+    """
+    unreachable_since: dict[str, float] = {}
     while True:
         record, reports = refresh(record, inv, store, forks, conns)
+        now = time.time()
+        for name, rep in reports.items():
+            if not isinstance(rep, BaseException):
+                unreachable_since.pop(name, None)
+                continue
+            since = unreachable_since.setdefault(name, now)
+            if now - since >= policy.node_lost_timeout and not record.status.is_terminal():
+                text = str(rep).removeprefix(f"[{name}] ")
+                record = record.with_status(
+                    JobStatus.FAILED, f"node {name} unreachable for {now - since:.0f} s "
+                                      f"(--node-lost-timeout {policy.node_lost_timeout:g}): "
+                                      f"{text}")
+                store.save(record)
+                break
         if policy.stall_timeout is not None and record.status is JobStatus.RUNNING:
             cause = find_stall(record, reports, last_output(record, inv, forks, conns),
                                policy.stall_timeout)
@@ -176,8 +196,7 @@ def supervise(record: JobRecord, inv: Inventory, store: JobStore, policy: Restar
         except JobError as e:
             record = store.load(record.job_id)
             why = f"not restarted: {e}; last cause: {cause}"
-            if record.status is not JobStatus.FAILED:
-                record = record.with_status(JobStatus.FAILED, why)
+            record = record.with_status(JobStatus.FAILED, why)
             record = record.replace(history=(*record.history,
                                              _entry(record, started, str(e), None, None)))
             store.save(record)

@@ -198,6 +198,31 @@ def test_orchestrator_sigkilled_mid_up_then_down_cleans(testhosts: TestHosts, tw
     assert record(state)["status"] == "SUCCEEDED"
 
 
+def test_host_lost_mid_run_fails_wait_and_is_not_restarted_blindly(
+        testhosts: TestHosts, two_hosts: Path, state: Path) -> None:
+    """sshd (and with it the whole host: PID 1 of its namespace) dies mid-run."""
+    waiter = orch_bg(state, "up", "-i", str(two_hosts), *UP, "--wait", "--entrypoint", SLEEPER,
+                     "--node-lost-timeout", "3", "--max-restarts", "1")
+    try:
+        wait_for(lambda: latest_status(state) == "RUNNING")
+        job_id = record(state)["job_id"]
+        testhosts.stop("th1")
+        out, err = waiter.communicate(timeout=180)
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+    job = record(state, job_id)
+    assert waiter.returncode == 1, out + err
+    assert job["status"] == "FAILED" and job["attempts"] == 1
+    assert job["history"][0]["cause"].startswith("node th1 unreachable for "), job["history"]
+    assert "not restarted" in job["message"] and "th1" in job["message"], job["message"]
+    assert_nothing_left(testhosts, job_id, ("th0",))  # torn down where reachable
+    testhosts.start("th1")
+    assert_nothing_left(testhosts, job_id)
+    live = assert_record_matches_nodes(state, job_id)
+    assert {r["state"] for r in live["nodes"][1]["ranks"]} <= {"lost", "exited"}
+
+
 # --- automatic restart ------------------------------------------------------------------------
 
 # Attempt 1: rank 1 exits 3 after 3 steps; a resumed attempt (ORCHESTRATE_RESUME=1) finishes.
