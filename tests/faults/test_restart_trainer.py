@@ -129,3 +129,14 @@ def test_killed_rank_restarts_from_last_complete_checkpoint(
         assert testhosts.ssh(name, f"cat {d}/node_done").stdout.strip() == "ok"
     time.sleep(0.5)
     assert_nothing_left(testhosts, job["job_id"])
+
+    # 4. (d) A corrupted shard (same size, flipped bytes) of rank 0's newest step: collect-ckpt
+    # must take step 50, the newest step still complete on every rank, and say nothing of 60.
+    ckpt0 = f"{dirs['th0']}/output/checkpoint/rank_0/bloom_rank_0-60.ckpt"
+    flip = testhosts.ssh("th0", f"chmod u+w {ckpt0} && printf 'XXXXXXXX' | dd of={ckpt0} "
+                                "bs=1 seek=200 conv=notrunc status=none && echo flipped")
+    assert "flipped" in flip.stdout, flip.stderr
+    dest = state.parent / "collected"
+    res = orch(state, "collect-ckpt", "--job", job["job_id"], "--dest", str(dest), timeout=600)
+    merged = sorted(p.name for p in (dest / "merged").glob("*.ckpt"))
+    assert merged == ["bloom_tiny_step50.ckpt"], (merged, res.stdout, res.stderr)
