@@ -388,6 +388,13 @@ def status_command(job_id: str | None, as_json: bool, watch: bool, stall_timeout
     Console().print(status_table(record, reports))
     for line in _attempt_lines(record):
         click.echo(line)
+    if record.status.is_terminal():
+        alive = [f"{name}/{s.slot}" for name, r in reports.items()
+                 if not isinstance(r, BaseException) for s in r.slots if s.state == "running"]
+        if alive:
+            click.echo(f"warning: job {record.job_id} is {record.status.value} but "
+                       f"{', '.join(alive[:8])} still run; stop them with "
+                       f"`orchestrate down {record.job_id}`", err=True)
 
 
 @click.command("logs")
