@@ -336,18 +336,21 @@ def test_status_reports_stalled(testhosts: TestHosts, two_hosts: Path, state: Pa
 
 # --- hostile input ----------------------------------------------------------------------------
 
+@pytest.mark.parametrize("name", ["a;touch {marker}", "..", "."])
 def test_node_named_a_semicolon_touch_is_refused(two_hosts: Path, state: Path,
-                                                 tmp_path: Path) -> None:
+                                                 tmp_path: Path, name: str) -> None:
+    """Also `..` / `.`: a node name becomes a local folder (`logs --fetch DIR/<node>/`)."""
     marker = tmp_path / "pwned"
+    bad = name.format(marker=marker)
 
     def edit(doc: dict) -> None:  # type: ignore[type-arg]
-        doc["nodes"][0]["name"] = f"a;touch {marker}"
+        doc["nodes"][0]["name"] = bad
 
     res = orch(state, "up", "-i", str(_inventory(two_hosts, tmp_path, edit)), *UP,
                "--entrypoint", "true", check=False)
     no_traceback(res)
     assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1
-    assert "nodes[0].name" in res.stderr and f"a;touch {marker}" in res.stderr
+    assert "nodes[0].name" in res.stderr and repr(bad) in res.stderr
     assert not marker.exists() and not (state / "jobs").exists()
 
 
