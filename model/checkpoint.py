@@ -66,8 +66,11 @@ def save(write: Callable[[Path], None], output_dir: Path, rank: int, step: int,
         write(tmp)
         os.replace(tmp, final)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        # MindSpore writes `<name>.tmp` first (suffix replaced): a failed save (disk full)
+        # leaves that partial file behind unless removed here too.
+        for leftover in (tmp, tmp.with_suffix(".tmp")):
+            if leftover.exists():
+                leftover.unlink()
     manifest = {**meta, "step": step, "rank": rank, "file": final.name,
                 "size": final.stat().st_size, "sha256": sha256_of(final)}
     write_json_atomic(manifest_path(output_dir, rank, step), manifest)

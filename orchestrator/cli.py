@@ -43,6 +43,8 @@ def cli(verbose: int) -> None:
     """
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if verbose < 2:  # paramiko logs a traceback for a reset handshake; we report it per host
+        logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
 
 for _module in COMMAND_MODULES:

@@ -243,7 +243,8 @@ def _default(kv: tuple[str, Any], value: Any) -> tuple[str, Any]:
 def _reject_unknown(src: str, key: str, mapping: dict[Any, Any], allowed: set[str]) -> None:
     for k in mapping:
         if k not in allowed:
-            where = f"{key}.{k}" if key else str(k)
+            shown = k if isinstance(k, str) and k.isprintable() and k.strip() else repr(k)
+            where = f"{key}.{shown}" if key else shown
             hint = ", ".join(sorted(allowed))
             raise InventoryError(src, where, f"unknown key (allowed: {hint})")
 

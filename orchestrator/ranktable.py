@@ -686,7 +686,9 @@ def parse_table(text: str, source: str) -> RankTable:
         doc = None
     problems = validate_doc(doc) if doc is not None else validate_text(text)
     if problems:
-        raise RankTableError(f"{source}: {len(problems)} problem(s): " + "; ".join(problems))
+        text = "; ".join(problems)  # values from the file may hold newlines: escape them
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+        raise RankTableError(f"{source}: {len(problems)} problem(s): {text}")
     v12 = doc["version"] == VERSION_1_2
     pod_of: dict[str, str] = {}
     if v12:

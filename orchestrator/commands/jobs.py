@@ -136,12 +136,26 @@ def check_command(inventory_path: Path, preset: str | None, overrides: tuple[str
               help="Seconds between SIGTERM and SIGKILL when ranks are stopped.")
 @click.option("--entrypoint", default=None, hidden=True,
               help="Shell command each rank runs instead of the bundled trainer (tests, bench).")
+@click.option("--max-restarts", type=click.IntRange(0), default=0, show_default=True,
+              help="With --wait: when a rank fails or the job stalls, stop it everywhere, "
+                   "re-check the nodes and relaunch with --resume (newest checkpoint complete "
+                   "on every rank), at most N times.")
+@click.option("--restart-on-exit-codes", "restart_codes", default=None, metavar="CODES",
+              help="Only restart after these exit codes (comma-separated; default: any).")
+@click.option("--stall-timeout", type=click.FloatRange(min=1), default=None, metavar="SECONDS",
+              help="With --wait: no rank logging anything for this long is a failure "
+                   "(STALLED; default 1800 s, first-step compile is long).")
+@click.option("--node-lost-timeout", type=click.FloatRange(min=0), default=60.0,
+              show_default=True, metavar="SECONDS",
+              help="With --wait: a node unreachable this long fails the job (then restarts).")
 @flags.state_dir_option()
 @flags.forks_option()
 def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mode: str | None,
                wait: bool, no_check: bool, dry_run: bool, sched_port: int | None,
                cluster_timeout: int,
-               stop_grace: int, entrypoint: str | None, state_dir: Path, forks: int) -> None:
+               stop_grace: int, entrypoint: str | None, max_restarts: int,
+               restart_codes: str | None, stall_timeout: float | None,
+               node_lost_timeout: float, state_dir: Path, forks: int) -> None:
     """Plan, stage and start a training job on every node.
 
     check -> plan -> rank table -> render -> stage -> start -> record. Each node gets
@@ -207,7 +221,70 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
         click.echo(f"job {record.job_id} running. Follow it with `orchestrate status --watch "
                    f"{record.job_id}`, stop it with `orchestrate down {record.job_id}`.")
         if wait:
-            _wait(record, inv, store, forks, conns=conns)
+            from orchestrator.jobs.restart import RestartPolicy
+            from orchestrator.jobs.stall import DEFAULT_STALL_TIMEOUT
+
+            policy = RestartPolicy(max_restarts=max_restarts,
+                                   restart_on=_exit_codes(restart_codes),
+                                   stall_timeout=stall_timeout or DEFAULT_STALL_TIMEOUT,
+                                   node_lost_timeout=node_lost_timeout)
+
+            def recheck() -> str | None:
+                if no_check:
+                    return None
+                report = _run_check(inv, spec, mode, record.sched_port, forks, conns)
+                return None if report.ok else "; ".join(
+                    f"[{n}] {i.name}: {i.value}" for n, i in report.failures)
+
+            _wait_restarting(record, inv, store, forks, policy, recheck, conns)
+
+
+def _exit_codes(text: str | None) -> frozenset[int] | None:
+    if text is None:
+        return None
+    try:
+        return frozenset(int(c) for c in text.split(",") if c.strip())
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: comma-separated integers expected",
+                                 param_hint="--restart-on-exit-codes") from None
+
+
+def _wait_restarting(record: Any, inv: Any, store: Any, forks: int, policy: Any,
+                     recheck: Any, conns: Any) -> None:
+    """`up --wait`: watch with stall detection and restarts (jobs/restart.py)."""
+    from orchestrator.jobs.restart import supervise
+    from orchestrator.jobs.state import JobStatus
+
+    try:
+        record = supervise(record, inv, store, policy, recheck, forks, conns, echo=click.echo)
+    except KeyboardInterrupt:
+        now = store.load(record.job_id)
+        if now.status is JobStatus.CANCELLED:
+            click.echo(f"\njob {now.job_id} cancelled during a restart: nothing left running",
+                       err=True)
+        else:
+            click.echo(f"\ndetached; job {record.job_id} keeps running. Re-attach with "
+                       f"`orchestrate status --watch {record.job_id}`, stop it with "
+                       f"`orchestrate down {record.job_id}`.", err=True)
+        sys.exit(130)
+    if len(record.history) > 1:
+        for line in _attempt_lines(record):
+            click.echo(line)
+    click.echo(f"job {record.job_id} {record.status.value}"
+               + (f": {record.message}" if record.message else ""))
+    if record.status is not JobStatus.SUCCEEDED:
+        sys.exit(1)
+
+
+def _attempt_lines(record: Any) -> list[str]:
+    lines = []
+    for h in record.history:
+        resumed = h.get("resumed_step")
+        lines.append(f"attempt {h.get('attempt')}: {h.get('status')}"
+                     + (f", resumed from step {resumed}" if resumed is not None else "")
+                     + (f", {h.get('ended_at', 0) - h.get('started_at', 0):.0f} s")
+                     + (f" - {h['cause']}" if h.get("cause") else ""))
+    return lines
 
 
 def _failed() -> Any:
@@ -268,11 +345,14 @@ def resume_command(job_id: str | None, wait: bool, inventory_path: Path | None, 
 @job_argument
 @flags.json_option()
 @click.option("--watch", is_flag=True, help="Keep polling with live progress until the job ends.")
+@click.option("--stall-timeout", type=click.FloatRange(min=1), default=None, metavar="SECONDS",
+              help="Report STALLED when ranks are alive but none logged for this long "
+                   "(default 1800).")
 @_job_inventory_option()
 @flags.state_dir_option()
 @flags.forks_option()
-def status_command(job_id: str | None, as_json: bool, watch: bool, inventory_path: Path | None,
-                   state_dir: Path, forks: int) -> None:
+def status_command(job_id: str | None, as_json: bool, watch: bool, stall_timeout: float | None,
+                   inventory_path: Path | None, state_dir: Path, forks: int) -> None:
     """Show a job's state, asked from the nodes (the record alone is never trusted).
 
     Per node and rank: running / exited(code), last step, loss and tokens/s from the
@@ -289,12 +369,33 @@ def status_command(job_id: str | None, as_json: bool, watch: bool, inventory_pat
             _wait(record, inv, store, forks, teardown=False, conns=conns)
         return
     record, reports = refresh(record, inv, store, forks)
+    from orchestrator.jobs.state import JobStatus
+
+    if record.status is JobStatus.RUNNING:
+        from orchestrator.jobs.stall import DEFAULT_STALL_TIMEOUT, find_stall, last_output
+
+        cause = find_stall(record, reports, last_output(record, inv, forks),
+                           stall_timeout or DEFAULT_STALL_TIMEOUT)
+        if cause:
+            record = record.with_status(JobStatus.STALLED, cause)
+            store.save(record)
     if as_json:
-        click.echo(json.dumps(status_json(record, reports), indent=2))
+        doc = status_json(record, reports)
+        doc["history"] = [dict(h) for h in record.history]
+        click.echo(json.dumps(doc, indent=2))
         return
     from rich.console import Console
 
     Console().print(status_table(record, reports))
+    for line in _attempt_lines(record):
+        click.echo(line)
+    if record.status.is_terminal():
+        alive = [f"{name}/{s.slot}" for name, r in reports.items()
+                 if not isinstance(r, BaseException) for s in r.slots if s.state == "running"]
+        if alive:
+            click.echo(f"warning: job {record.job_id} is {record.status.value} but "
+                       f"{', '.join(alive[:8])} still run; stop them with "
+                       f"`orchestrate down {record.job_id}`", err=True)
 
 
 @click.command("logs")

@@ -42,6 +42,8 @@ class JobStatus(enum.Enum):
     """Staging files and starting ranks on the nodes."""
     RUNNING = "RUNNING"
     """Every node started its ranks; at least one is still running."""
+    STALLED = "STALLED"
+    """Ranks alive but no rank logged anything for --stall-timeout s (see jobs/stall.py)."""
     SUCCEEDED = "SUCCEEDED"
     """Every rank exited 0."""
     FAILED = "FAILED"
@@ -94,6 +96,9 @@ class JobRecord:
     entrypoint: str | None = None  # custom rank command (None: the bundled trainer)
     local_data: str | None = None  # local dataset folder staged to the nodes as data/<name>
     message: str = ""  # why it failed / what happened last
+    # One entry per finished attempt (jobs/restart.py): attempt, started_at, ended_at, status,
+    # cause, exit_code, resumed_step.
+    history: tuple[Mapping[str, Any], ...] = ()
 
     def with_status(self, status: JobStatus, message: str | None = None) -> JobRecord:
         """A copy with a new status (and message), `updated_at` now."""
@@ -116,6 +121,7 @@ class JobRecord:
         d["overrides"] = list(self.overrides)
         d["nodes"] = [dict(dataclasses.asdict(n), devices=list(n.devices), pids=dict(n.pids))
                       for n in self.nodes]
+        d["history"] = [dict(h) for h in self.history]
         d["version"] = RECORD_VERSION
         return d
 
@@ -132,7 +138,8 @@ class JobRecord:
                    world_size=d["world_size"], nodes=nodes, attempts=d.get("attempts", 1),
                    sched_host=d.get("sched_host"), sched_port=d.get("sched_port"),
                    entrypoint=d.get("entrypoint"), message=d.get("message", ""),
-                   local_data=d.get("local_data"))
+                   local_data=d.get("local_data"),
+                   history=tuple(dict(h) for h in d.get("history", ())))
 
 
 def new_job_id(preset: str, taken: set[str] | frozenset[str] = frozenset()) -> str:
@@ -234,7 +241,8 @@ class JobStore:
         records = self.all()
         if not records:
             raise JobError(f"no jobs in {self.jobs_dir}: start one with `orchestrate up`")
-        live = [r for r in records if r.status in (JobStatus.LAUNCHING, JobStatus.RUNNING)]
+        live = [r for r in records if r.status in (JobStatus.LAUNCHING, JobStatus.RUNNING,
+                                                   JobStatus.STALLED)]
         if prefer_live and live:
             return live[-1].job_id
         launched = [r for r in records if r.status is not JobStatus.PENDING]  # skip dry runs

@@ -37,8 +37,8 @@ def _record(job_id: str = "tiny-abcd", status: JobStatus = JobStatus.RUNNING,
 def test_terminal_states() -> None:
     assert TERMINAL == {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}
     assert not JobStatus.RUNNING.is_terminal() and JobStatus.CANCELLED.is_terminal()
-    assert [s.value for s in JobStatus] == ["PENDING", "LAUNCHING", "RUNNING", "SUCCEEDED",
-                                            "FAILED", "CANCELLED"]
+    assert [s.value for s in JobStatus] == ["PENDING", "LAUNCHING", "RUNNING", "STALLED",
+                                            "SUCCEEDED", "FAILED", "CANCELLED"]
 
 
 def test_record_round_trips_through_json() -> None:

@@ -1,0 +1,203 @@
+"""`orchestrate up --wait [--max-restarts N] [--stall-timeout S]`: watch, and on a failure
+tear down, re-check, and relaunch with --resume from the newest checkpoint complete on every rank.
+
+    policy = RestartPolicy(max_restarts=2, stall_timeout=1800)
+    record = supervise(record, inv, store, policy, recheck=lambda: None, conns=conns)
+
+One attempt = launch .. every rank ended (or a failure / stall). When an attempt fails:
+
+1. the job is stopped on every node (`launch.sh stop`) and recorded FAILED with the cause;
+2. one entry is appended to `record.history` (attempt, start, end, status, cause, exit code,
+   resumed step);
+3. unless N restarts are used up, or the exit code is not one of `restart_on`, the nodes are
+   re-checked (`recheck()`: a failure text stops here) and a new attempt starts on the same
+   nodes (lifecycle.resume_job: `launch.sh start resume`); ranks see ORCHESTRATE_RESUME=1 and
+   the bundled trainer runs with `--resume`, which picks the newest step complete (manifest +
+   size + sha256) on every rank. Each rank's stdout.log keeps every attempt, each opened by
+   an `== orchestrate attempt N ==` line.
+
+Giving up leaves the job FAILED with "gave up after K attempt(s): <last cause>".
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.errors import JobError
+from orchestrator.inventory import Inventory
+from orchestrator.jobs.nodes import Connections, NodeReport, fan_out
+from orchestrator.jobs.progress import refresh, status_table
+from orchestrator.jobs.stall import find_stall, last_output
+from orchestrator.jobs.state import JobRecord, JobStatus, JobStore
+from orchestrator.remote.transport import Transport
+
+Echo = Callable[[str], None]
+_RESUMED = re.compile(r"resumed from step (\d+)|no checkpoint complete on every rank")
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """When `supervise` relaunches a failed job."""
+
+    max_restarts: int = 0
+    restart_on: frozenset[int] | None = None  # exit codes worth a restart; None: any failure
+    stall_timeout: float | None = None  # seconds without output -> STALLED (None: never)
+    node_lost_timeout: float = 60.0  # a node unreachable this long fails the attempt
+    interval: float = 2.0  # seconds between polls
+
+
+def failure_code(reports: Mapping[str, NodeReport | BaseException]) -> int | None:
+    """Exit code of the job's first failure (supervisor record first), None if unknown."""
+    firsts = sorted(r.first_failure for r in reports.values()
+                    if isinstance(r, NodeReport) and r.first_failure is not None)
+    if firsts:
+        return min(firsts, key=lambda f: f[2])[1]
+    for r in reports.values():
+        if isinstance(r, NodeReport):
+            for s in r.slots:
+                if s.failed and s.exit_code is not None:
+                    return s.exit_code
+    return None
+
+
+def resumed_step(record: JobRecord, inv: Inventory, forks: int = 64,
+                 conns: Connections | None = None) -> int | None:
+    """The step the current attempt resumed from, read from the ranks' logs (0: from scratch,
+    None: not a resumed attempt or nothing logged yet)."""
+    if record.attempts < 2:
+        return None
+    first = record.nodes[0]
+
+    def one(t: Transport) -> str:
+        log = shlex.quote(f"{first.job_dir}/ranks/{first.rank_start}/stdout.log")
+        res = t.run("grep -a -E 'resumed from step [0-9]+|no checkpoint complete on every "
+                    f"rank|^== orchestrate attempt ' {log} "
+                    "2>/dev/null; true", check=False, timeout=60)
+        return res.stdout
+
+    for out in fan_out(inv, [inv.node(first.name)], one, forks, conns).values():
+        if not isinstance(out, str):
+            continue
+        current = out.split("== orchestrate attempt ")[-1]  # this attempt's lines only
+        if m := _RESUMED.search(current):
+            return int(m.group(1)) if m.group(1) else 0
+    return None
+
+
+def _watch_attempt(record: JobRecord, inv: Inventory, store: JobStore, policy: RestartPolicy,
+                   forks: int, conns: Connections | None, live: Any,
+                   ) -> tuple[JobRecord, Mapping[str, NodeReport | BaseException]]:
+    """Poll until the attempt ends or stalls; the record is terminal or STALLED on return.
+
+    A node that stays unreachable for `policy.node_lost_timeout` s fails the attempt (its
+    ranks may be dead or cut off; either way the job cannot finish).
+    """
+    unreachable_since: dict[str, float] = {}
+    while True:
+        record, reports = refresh(record, inv, store, forks, conns)
+        now = time.time()
+        for name, rep in reports.items():
+            if not isinstance(rep, BaseException):
+                unreachable_since.pop(name, None)
+                continue
+            since = unreachable_since.setdefault(name, now)
+            if now - since >= policy.node_lost_timeout and not record.status.is_terminal():
+                text = str(rep).removeprefix(f"[{name}] ")
+                record = record.with_status(
+                    JobStatus.FAILED, f"node {name} unreachable for {now - since:.0f} s "
+                                      f"(--node-lost-timeout {policy.node_lost_timeout:g}): "
+                                      f"{text}")
+                store.save(record)
+                break
+        if policy.stall_timeout is not None and record.status is JobStatus.RUNNING:
+            cause = find_stall(record, reports, last_output(record, inv, forks, conns),
+                               policy.stall_timeout)
+            if cause:
+                record = record.with_status(JobStatus.STALLED, cause)
+                store.save(record)
+        live.update(status_table(record, reports))
+        if record.status.is_terminal() or record.status is JobStatus.STALLED:
+            return record, reports
+        time.sleep(policy.interval)
+
+
+def _entry(record: JobRecord, started: float, cause: str, code: int | None,
+           resumed: int | None) -> dict[str, Any]:
+    return {"attempt": record.attempts, "started_at": started, "ended_at": time.time(),
+            "status": record.status.value, "cause": cause, "exit_code": code,
+            "resumed_step": resumed}
+
+
+def supervise(record: JobRecord, inv: Inventory, store: JobStore, policy: RestartPolicy,
+              recheck: Callable[[], str | None] = lambda: None, forks: int = 64,
+              conns: Connections | None = None, echo: Echo = print,
+              console: Any = None) -> JobRecord:
+    """Watch the running job until it ends, restarting it per `policy`; the final record.
+
+    KeyboardInterrupt propagates while watching (the job keeps running: detach).
+    """
+    from rich.console import Console
+    from rich.live import Live
+
+    from orchestrator.jobs.lifecycle import resume_job, teardown_failed
+
+    console = console or Console()
+    started = time.time()
+    while True:
+        with Live(status_table(record, {}), console=console, refresh_per_second=4,
+                  transient=False) as live:
+            record, reports = _watch_attempt(record, inv, store, policy, forks, conns, live)
+            resumed = resumed_step(record, inv, forks, conns)
+            code = failure_code(reports)
+            cause = record.message
+            if record.status in (JobStatus.FAILED, JobStatus.STALLED):
+                cause = record.message or "a rank failed"
+                record = teardown_failed(record, inv, store, cause, forks, conns)
+                record, reports = refresh(record, inv, store, forks, conns)
+                live.update(status_table(record, reports))
+        if not console.is_terminal:
+            console.line()
+        record = record.replace(history=(*record.history,
+                                         _entry(record, started, cause, code, resumed)))
+        store.save(record)
+        if record.status is not JobStatus.FAILED:
+            return record
+        restarts_used = record.attempts - 1
+        if restarts_used >= policy.max_restarts:
+            if policy.max_restarts > 0:
+                record = record.with_status(
+                    JobStatus.FAILED, f"gave up after {record.attempts} attempt(s): {cause}")
+                store.save(record)
+            return record
+        if policy.restart_on is not None and code not in policy.restart_on:
+            record = record.with_status(
+                JobStatus.FAILED, f"{cause} (exit code {code} not in --restart-on-exit-codes; "
+                                  "not restarted)")
+            store.save(record)
+            return record
+        echo(f"attempt {record.attempts} failed: {cause}; restarting "
+             f"({restarts_used + 1} of {policy.max_restarts}) from the newest complete "
+             "checkpoint")
+        problem = recheck()
+        if problem:
+            record = record.with_status(JobStatus.FAILED,
+                                        f"not restarted: check failed ({problem}); last cause: "
+                                        f"{cause}")
+            store.save(record)
+            return record
+        started = time.time()
+        try:
+            record = resume_job(record, inv, store, forks, conns)
+        except JobError as e:
+            record = store.load(record.job_id)
+            why = f"not restarted: {e}; last cause: {cause}"
+            record = record.with_status(JobStatus.FAILED, why)
+            record = record.replace(history=(*record.history,
+                                             _entry(record, started, str(e), None, None)))
+            store.save(record)
+            return record

@@ -1,0 +1,42 @@
+"""Fault-injection fixtures: the integration test hosts (session), plus helpers every case uses.
+
+The session fixture `testhosts` and the autouse `no_user_ssh_config` come from
+tests/integration/conftest.py (imported, so `python -m pytest tests/faults` works alone).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.faults.helpers import HOSTS, orch
+from tests.integration.conftest import (  # noqa: F401 - fixtures re-exported for this folder
+    TestHosts,
+    no_user_ssh_config,
+    testhosts,
+)
+
+
+@pytest.fixture(scope="module")
+def two_hosts(testhosts: TestHosts, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+    """An inventory of th0 and th1 with 2 CPU ranks each (from the test hosts' own)."""
+    doc = yaml.safe_load(testhosts.inventory.read_text())
+    doc["defaults"]["devices"] = 2
+    doc["nodes"] = [n for n in doc["nodes"] if n["name"] in HOSTS]
+    path = tmp_path_factory.mktemp("inv") / "two.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.fixture
+def state(tmp_path: Path, testhosts: TestHosts) -> Iterator[Path]:  # noqa: F811
+    """A state dir; every job recorded there is brought down after the test, hosts restarted."""
+    yield tmp_path / "state"
+    for name in HOSTS:
+        testhosts.start(name)  # idempotent: a test may have stopped one
+    for rec in (tmp_path / "state" / "jobs").glob("*.json"):
+        orch(tmp_path / "state", "down", rec.stem, "--yes", "-i",
+             str(testhosts.inventory), check=False)

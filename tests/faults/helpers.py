@@ -1,0 +1,128 @@
+"""Helpers of the fault-injection suite: run the CLI, read records, look for job processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tests.integration.conftest import TestHosts
+
+REPO = Path(__file__).resolve().parents[2]
+HOSTS = ("th0", "th1")
+T = TypeVar("T")
+
+# A trivial rank: prints a step line every 0.3 s for ~6 minutes; exits 143 on SIGTERM.
+SLEEPER = 'trap "exit 143" TERM; for i in $(seq 1200); do echo "step=$i loss=1.5"; sleep 0.3; done'
+
+
+def orch(state: Path, *args: str, check: bool = True, timeout: float = 600,
+         ) -> subprocess.CompletedProcess[str]:
+    """`python -m orchestrator ARGS --state-dir STATE` from the repo, as a user would."""
+    proc = subprocess.run([sys.executable, "-m", "orchestrator", *args, "--state-dir",
+                           str(state)], capture_output=True, text=True, env=cli_env(),
+                          timeout=timeout, cwd=REPO, stdin=subprocess.DEVNULL)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"orchestrate {' '.join(args)} exited {proc.returncode}:\n"
+                             f"{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def orch_bg(state: Path, *args: str) -> subprocess.Popen[str]:
+    """The CLI in the background (to signal it)."""
+    return subprocess.Popen([sys.executable, "-m", "orchestrator", *args, "--state-dir",
+                             str(state)], cwd=REPO, env=cli_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+
+
+def cli_env() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=str(REPO), COLUMNS="120")
+
+
+def records(state: Path) -> list[dict[str, Any]]:
+    folder = state / "jobs"
+    if not folder.is_dir():
+        return []
+    out = []
+    for p in folder.glob("*.json"):
+        try:
+            out.append(json.loads(p.read_text()))
+        except (OSError, ValueError):
+            continue
+    return sorted(out, key=lambda r: r["created_at"])
+
+
+def record(state: Path, job_id: str | None = None) -> dict[str, Any]:
+    """The job's record as stored (the latest job's when no id)."""
+    if job_id is None:
+        recs = records(state)
+        assert recs, f"no job record in {state}"
+        return recs[-1]
+    return json.loads((state / "jobs" / f"{job_id}.json").read_text())
+
+
+def latest_status(state: Path) -> str | None:
+    recs = records(state)
+    return recs[-1]["status"] if recs else None
+
+
+def status_json(state: Path, job_id: str, *extra: str) -> dict[str, Any]:
+    return json.loads(orch(state, "status", job_id, "--json", *extra).stdout)
+
+
+def job_processes(hosts: TestHosts, job_id: str, name: str) -> list[str]:
+    """PIDs in `name`'s PID namespace whose environment carries the job id."""
+    res = hosts.ssh(name, f"grep -lzxF ORCHESTRATE_JOB_ID={job_id} /proc/[0-9]*/environ "
+                          "2>/dev/null || true")
+    assert res.returncode == 0, res.stderr
+    return [line for line in res.stdout.split() if "/self/" not in line
+            and "/thread-self/" not in line]
+
+
+def assert_nothing_left(hosts: TestHosts, job_id: str, names: tuple[str, ...] = HOSTS,
+                        timeout: float = 30.0) -> None:
+    """(b): no process of the job in any host's PID namespace (within `timeout` s)."""
+    wait_for(lambda: all(not job_processes(hosts, job_id, n) for n in names), timeout,
+             what=f"job {job_id} processes gone from {names}")
+
+
+def wait_for(pred: Callable[[], T], timeout: float = 60.0, interval: float = 0.3,
+             what: str = "condition") -> T:
+    end = time.time() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.time() > end:
+            raise AssertionError(f"{what} not met within {timeout} s")
+        time.sleep(interval)
+
+
+def rank_pid(state: Path, slot: str) -> tuple[str, int]:
+    """(node, pid) of a slot ("0", "3", ...) of the latest job, from its record."""
+    for n in record(state)["nodes"]:
+        if slot in n["pids"]:
+            return n["name"], int(n["pids"][slot])
+    raise AssertionError(f"no slot {slot} in the record")
+
+
+def no_traceback(proc: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+
+
+def assert_record_matches_nodes(state: Path, job_id: str) -> dict[str, Any]:
+    """(c): the stored status equals what `status` derives from the nodes, and no rank runs
+    when the record says the job ended."""
+    live = status_json(state, job_id)
+    stored = record(state, job_id)
+    assert stored["status"] == live["status"], (stored["status"], live)
+    if live["status"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
+        running = [(n["name"], r["rank"]) for n in live["nodes"] for r in n["ranks"]
+                   if r["state"] == "running"]
+        assert not running, f"record says {live['status']} but ranks run: {running}"
+    return live
