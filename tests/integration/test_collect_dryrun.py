@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,11 +23,12 @@ import yaml
 
 from orchestrator.ckpt_collect import Options, collect
 from orchestrator.inventory import load_inventory
+from tests.integration.conftest import module_host_set
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-STATE = Path("/tmp/orchestrate-testhosts-collect")
+STATE = Path(tempfile.gettempdir()) / f"orchestrate-testhosts-collect-{os.getpid()}"
 MODEL = {
     "vocab_size": 1024,
     "hidden_size": 64,
@@ -37,29 +39,11 @@ MODEL = {
 }
 
 
-def _hosts(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["bash", str(REPO / "tests/testhosts.sh"), *args, "--state", str(STATE)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-
-
 @pytest.fixture(scope="module")
 def hosts() -> Iterator[Path]:
-    if os.geteuid() != 0 or not Path("/usr/sbin/sshd").exists():
-        pytest.skip("test hosts need root and /usr/sbin/sshd")
     if shutil.which("g++") is None:
         pytest.skip("the dry run's shim needs g++")
-    up = _hosts("up", "2", "--devices", "1")
-    if up.returncode != 0:
-        _hosts("down")
-        pytest.fail(f"testhosts up failed: {up.stderr}")
-    try:
-        yield STATE / "inventory.yaml"
-    finally:
-        _hosts("down")
+    yield from module_host_set(STATE, 2, devices=1)
 
 
 def _dry_run(folder: Path) -> Path:
