@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,12 +22,11 @@ import yaml
 
 from orchestrator.ckpt_collect import Options, collect
 from orchestrator.inventory import load_inventory
-from tests.integration.conftest import module_host_set
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-STATE = Path(tempfile.gettempdir()) / f"orchestrate-testhosts-collect-{os.getpid()}"
+STATE = Path("/tmp/orchestrate-testhosts-collect")
 MODEL = {
     "vocab_size": 1024,
     "hidden_size": 64,
@@ -39,11 +37,29 @@ MODEL = {
 }
 
 
+def _hosts(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(REPO / "tests/testhosts.sh"), *args, "--state", str(STATE)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
 @pytest.fixture(scope="module")
 def hosts() -> Iterator[Path]:
+    if os.geteuid() != 0 or not Path("/usr/sbin/sshd").exists():
+        pytest.skip("test hosts need root and /usr/sbin/sshd")
     if shutil.which("g++") is None:
         pytest.skip("the dry run's shim needs g++")
-    yield from module_host_set(STATE, 2, devices=1)
+    up = _hosts("up", "2", "--devices", "1")
+    if up.returncode != 0:
+        _hosts("down")
+        pytest.fail(f"testhosts up failed: {up.stderr}")
+    try:
+        yield STATE / "inventory.yaml"
+    finally:
+        _hosts("down")
 
 
 def _dry_run(folder: Path) -> Path:
