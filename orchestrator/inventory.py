@@ -192,12 +192,13 @@ def _node_entries(src: str, doc: dict[str, Any]) -> list[dict[str, Any]]:
         entries: list[Any] = [{"host": h} for h in hosts]
         key = "hosts"
     else:
-        entries = doc.get("nodes")
+        nodes = doc.get("nodes")
         key = "nodes"
-        if entries is None:
+        if nodes is None:
             raise InventoryError(src, "nodes", "missing: list the nodes (or use `hosts: [...]`)")
-        if not isinstance(entries, list):
-            raise InventoryError(src, "nodes", f"expected a list of mappings, got {_show(entries)}")
+        if not isinstance(nodes, list):
+            raise InventoryError(src, "nodes", f"expected a list of mappings, got {_show(nodes)}")
+        entries = nodes
     if not entries:
         raise InventoryError(src, key, "empty: an inventory needs at least one node")
     for i, e in enumerate(entries):

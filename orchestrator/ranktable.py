@@ -660,7 +660,7 @@ def _check_super_pods(doc: dict[str, Any], servers: list[_Seen], problems: list[
             else:
                 listed[sid] = f"super pod {pod}"
     sdid_at: dict[tuple[str, str], str] = {}  # (super pod, SDID) -> where; HCCL needs unique
-    raw = doc.get("server_list")
+    raw: list[Any] = doc.get("server_list") or []
     for s in servers:
         if s.server_id is not None and s.server_id not in listed:
             problems.append(f"{s.where}: not listed in any super pod of `super_pod_list`")

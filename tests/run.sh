@@ -17,4 +17,5 @@ if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/nu
     >/dev/null
 fi
 python3 -m ruff check .
+python3 -m mypy
 python3 -m pytest "$@"
