@@ -32,11 +32,10 @@ from orchestrator.inventory import parse_inventory  # noqa: E402
 from orchestrator.ranktable import (  # noqa: E402
     build_tables,
     merge_tables,
-    parse_table,
     per_server_filename,
-    validate_doc,
     write_text_atomic,
 )
+from orchestrator.ranktable_check import parse_table, validate_doc  # noqa: E402
 
 
 def make_inventory(nodes: int):

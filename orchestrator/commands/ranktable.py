@@ -131,7 +131,7 @@ def check_command(files: tuple[Path, ...]) -> None:
     IPv4 addresses, and for version 1.2 super_device_id and super_pod_list.
     """
     from orchestrator.errors import RankTableError
-    from orchestrator.ranktable import parse_table, validate_text
+    from orchestrator.ranktable_check import parse_table, validate_text
 
     bad = 0
     for path in files:
@@ -166,7 +166,8 @@ def merge_command(files: tuple[Path, ...], output: Path | None) -> None:
     order of FILES. Each input is checked first; nothing is written if any has a problem.
     """
     from orchestrator.errors import RankTableError
-    from orchestrator.ranktable import merge_tables, merged_filename, parse_table, write_text_atomic
+    from orchestrator.ranktable import merge_tables, merged_filename, write_text_atomic
+    from orchestrator.ranktable_check import parse_table
 
     tables = []
     for path in files:

@@ -20,18 +20,16 @@ from orchestrator.ranktable import (
     RankTable,
     build_tables,
     check_device_range,
-    is_valid_ipv4,
     merge_tables,
     merged_filename,
     node_rank_ranges,
-    parse_table,
     per_server_filename,
     per_server_table,
     resolve_device_ips,
-    validate_doc,
     write_tables,
     write_text_atomic,
 )
+from orchestrator.ranktable_check import is_valid_ipv4, parse_table, validate_doc
 from orchestrator.remote.probe import parse_hccn_conf
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "ranktable"

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from orchestrator.cli import cli
-from orchestrator.ranktable import validate_doc, validate_text
+from orchestrator.ranktable_check import validate_doc, validate_text
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "ranktable"
 
