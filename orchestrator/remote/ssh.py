@@ -38,8 +38,6 @@ second channel during the transfer) and renamed into place with the remote file'
 
 from __future__ import annotations
 
-import binascii
-import fcntl
 import logging
 import math
 import os
@@ -73,13 +71,19 @@ from orchestrator.errors import (
 )
 from orchestrator.inventory import HostKeyPolicy, Inventory, Node
 from orchestrator.remote import files
+from orchestrator.remote.hostkeys import (
+    AcceptNew,
+    RejectUnknown,
+    find_known_key,
+    fingerprint,
+    known_hosts_name,
+)
+from orchestrator.remote.shell import TIMEOUT_EXIT, TIMEOUT_GRACE, env_prefix, timeout_wrap
 from orchestrator.remote.transport import CommandResult
 
 log = logging.getLogger(__name__)
 
 SYSTEM_SSH_CONFIG = Path("/etc/ssh/ssh_config")
-_TIMEOUT_GRACE = 5.0  # seconds between `timeout`'s TERM and KILL on the node, and client slack
-_TIMEOUT_EXIT = 124  # coreutils `timeout` exit code when the command timed out
 
 
 def user_known_hosts() -> Path:
@@ -119,79 +123,6 @@ class SSHOptions:
     def accept_new_target(self) -> Path:
         """Where accept-new records keys: the first inventory file, else ~/.ssh/known_hosts."""
         return self.known_hosts[0] if self.known_hosts else user_known_hosts()
-
-
-def fingerprint(key: paramiko.PKey) -> str:
-    """OpenSSH-style SHA256 fingerprint of a key."""
-    return str(key.fingerprint)  # "SHA256:..." in paramiko >= 3.2
-
-
-def known_hosts_name(host: str, port: int) -> str:
-    """The name a key is filed under in known_hosts: `host`, or `[host]:port` off port 22."""
-    return host if port == 22 else f"[{host}]:{port}"
-
-
-def find_known_key(files_: Sequence[Path], name: str) -> tuple[Path, int, paramiko.PKey] | None:
-    """First (file, line number, key) that holds a key for `name` (hashed entries too)."""
-    for path in files_:
-        try:
-            lines = path.read_text(errors="replace").splitlines()
-        except OSError:
-            continue
-        for lineno, line in enumerate(lines, 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            try:
-                entry = paramiko.hostkeys.HostKeyEntry.from_line(line, lineno)
-            except (SSHException, ValueError, TypeError, binascii.Error):
-                continue
-            if entry is None or entry.key is None:
-                continue
-            for pattern in entry.hostnames:
-                if pattern == name or (pattern.startswith("|1|")
-                                       and paramiko.HostKeys.hash_host(name, pattern) == pattern):
-                    return path, lineno, entry.key
-    return None
-
-
-class _RejectUnknown(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]
-    def __init__(self, node: str, files_: Sequence[Path]) -> None:
-        self.node = node
-        self.files = files_
-
-    def missing_host_key(self, client: paramiko.SSHClient,  # noqa: ARG002 - paramiko's API
-                         hostname: str, key: paramiko.PKey) -> None:
-        where = ", ".join(str(p) for p in self.files)
-        raise HostKeyError(
-            self.node,
-            f"unknown host key for {hostname} ({key.get_name()} {fingerprint(key)}): not in "
-            f"{where}; verify it and add it to {self.files[0]} (or set host_key_policy: "
-            "accept-new in the inventory)")
-
-
-class _AcceptNew(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]
-    def __init__(self, node: str, target: Path) -> None:
-        self.node = node
-        self.target = target
-
-    def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
-                         key: paramiko.PKey) -> None:
-        line = f"{hostname} {key.get_name()} {key.get_base64()}\n"
-        try:
-            self.target.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                os.write(fd, line.encode())
-            finally:
-                os.close(fd)
-        except OSError as e:
-            raise HostKeyError(self.node, f"cannot add host key of {hostname} to {self.target}: "
-                                          f"{e.strerror}") from e
-        client.get_host_keys().add(hostname, key.get_name(), key)
-        log.warning("[%s] added host key %s %s to %s", self.node, key.get_name(),
-                    fingerprint(key), self.target)
 
 
 class _Retryable(Exception):
@@ -269,9 +200,9 @@ class SSHTransport:
                 except (OSError, SSHException) as e:
                     raise HostKeyError(n.name, f"cannot read known_hosts {path}: {e}") from e
         if o.host_key_policy is HostKeyPolicy.ACCEPT_NEW:
-            conn.client.set_missing_host_key_policy(_AcceptNew(n.name, o.accept_new_target()))
+            conn.client.set_missing_host_key_policy(AcceptNew(n.name, o.accept_new_target()))
         else:
-            conn.client.set_missing_host_key_policy(_RejectUnknown(n.name, files_))
+            conn.client.set_missing_host_key_policy(RejectUnknown(n.name, files_))
 
     def open(self) -> None:
         """Connect now (otherwise the first `run`/`put`/`get` does). Idempotent.
@@ -376,14 +307,14 @@ class SSHTransport:
         try:
             chan.exec_command(full)
             chan.shutdown_write()
-            deadline = None if timeout is None else start + timeout + _TIMEOUT_GRACE + 1.0
+            deadline = None if timeout is None else start + timeout + TIMEOUT_GRACE + 1.0
             out, err, code = _collect(chan, deadline)
         except SSHException as e:
             raise ConnectError(self.node.name, f"connection lost running `{line}`: {e}") from e
         finally:
             chan.close()
         seconds = time.monotonic() - start
-        if code is None or (timeout is not None and code == _TIMEOUT_EXIT
+        if code is None or (timeout is not None and code == TIMEOUT_EXIT
                             and seconds >= timeout):
             raise CommandTimeout(self.node.name, f"`{line}` did not finish in {timeout:g}s")
         result = CommandResult(self.node.name, line, code, out.decode("utf-8", "replace"),
@@ -539,26 +470,6 @@ def _ssh_quote(text: str) -> str:
     if '"' in text:
         raise ValueError(f"cannot pass {text!r} to OpenSSH")
     return f'"{text}"' if " " in text else text
-
-
-def env_prefix(env: Mapping[str, str] | None) -> str:
-    """`export K='v' ...; ` for the shell, every value quoted; names must be identifiers."""
-    if not env:
-        return ""
-    parts = []
-    for k, v in env.items():
-        if not k.isidentifier() or not k.isascii():
-            raise ValueError(f"bad environment variable name {k!r}")
-        parts.append(f"{k}={shlex.quote(str(v))}")
-    return "export " + " ".join(parts) + "; "
-
-
-def timeout_wrap(line: str, timeout: float) -> str:
-    """Run `line` under coreutils `timeout` with the login shell; TERM, then KILL after grace."""
-    if timeout <= 0:
-        raise ValueError(f"timeout must be > 0, got {timeout}")
-    return (f"timeout -k {_TIMEOUT_GRACE:g} {timeout:g} \"${{SHELL:-/bin/sh}}\" -c "
-            f"{shlex.quote(line)}")
 
 
 def _collect(chan: paramiko.Channel,

@@ -10,31 +10,31 @@ import pytest
 
 from orchestrator.errors import HostKeyError
 from orchestrator.inventory import HostKeyPolicy, parse_inventory
-from orchestrator.remote import ssh
+from orchestrator.remote import hostkeys, shell, ssh
 
 
 def test_env_prefix_quotes_values_and_checks_names() -> None:
-    line = ssh.env_prefix({"A": "x y", "B": "$(rm -rf /)'"}) + 'printf "%s|%s" "$A" "$B"'
+    line = shell.env_prefix({"A": "x y", "B": "$(rm -rf /)'"}) + 'printf "%s|%s" "$A" "$B"'
     out = subprocess.run(["bash", "-c", line], capture_output=True, text=True).stdout
     assert out == "x y|$(rm -rf /)'"
-    assert ssh.env_prefix(None) == "" and ssh.env_prefix({}) == ""
+    assert shell.env_prefix(None) == "" and shell.env_prefix({}) == ""
     with pytest.raises(ValueError, match="bad environment variable name"):
-        ssh.env_prefix({"A;B": "x"})
+        shell.env_prefix({"A;B": "x"})
 
 
 def test_timeout_wrap_runs_the_line_in_the_shell() -> None:
-    line = ssh.timeout_wrap("echo 'a b' | tr a-z A-Z", 5)
+    line = shell.timeout_wrap("echo 'a b' | tr a-z A-Z", 5)
     out = subprocess.run(["bash", "-c", line], capture_output=True, text=True)
     assert out.stdout == "A B\n"
-    slow = subprocess.run(["bash", "-c", ssh.timeout_wrap("sleep 5", 0.2)])
+    slow = subprocess.run(["bash", "-c", shell.timeout_wrap("sleep 5", 0.2)])
     assert slow.returncode == 124
     with pytest.raises(ValueError):
-        ssh.timeout_wrap("true", 0)
+        shell.timeout_wrap("true", 0)
 
 
 def test_known_hosts_name() -> None:
-    assert ssh.known_hosts_name("10.0.0.1", 22) == "10.0.0.1"
-    assert ssh.known_hosts_name("10.0.0.1", 2222) == "[10.0.0.1]:2222"
+    assert hostkeys.known_hosts_name("10.0.0.1", 22) == "10.0.0.1"
+    assert hostkeys.known_hosts_name("10.0.0.1", 2222) == "[10.0.0.1]:2222"
 
 
 def test_find_known_key_plain_and_hashed(tmp_path: Path) -> None:
@@ -43,28 +43,28 @@ def test_find_known_key_plain_and_hashed(tmp_path: Path) -> None:
     kh = tmp_path / "known_hosts"
     kh.write_text(f"# comment\n\nbroken line\n10.0.0.1 {key.get_name()} {key.get_base64()}\n"
                   f"{hashed} {key.get_name()} {key.get_base64()}\n")
-    found = ssh.find_known_key([tmp_path / "missing", kh], "10.0.0.1")
+    found = hostkeys.find_known_key([tmp_path / "missing", kh], "10.0.0.1")
     assert found is not None and found[0] == kh and found[1] == 4 and found[2] == key
-    hashed_found = ssh.find_known_key([kh], "10.0.0.9")
+    hashed_found = hostkeys.find_known_key([kh], "10.0.0.9")
     assert hashed_found is not None and hashed_found[1] == 5
-    assert ssh.find_known_key([kh], "10.0.0.2") is None
+    assert hostkeys.find_known_key([kh], "10.0.0.2") is None
 
 
 def test_reject_policy_names_host_and_files(tmp_path: Path) -> None:
     key = paramiko.ECDSAKey.generate()
-    policy = ssh._RejectUnknown("n0", [tmp_path / "kh", Path("/root/.ssh/known_hosts")])
+    policy = hostkeys.RejectUnknown("n0", [tmp_path / "kh", Path("/root/.ssh/known_hosts")])
     with pytest.raises(HostKeyError) as info:
         policy.missing_host_key(paramiko.SSHClient(), "10.0.0.1", key)
     msg = str(info.value)
     assert msg.startswith("[n0] unknown host key for 10.0.0.1") and str(tmp_path / "kh") in msg
-    assert ssh.fingerprint(key) in msg
+    assert hostkeys.fingerprint(key) in msg
 
 
 def test_accept_new_policy_appends(tmp_path: Path) -> None:
     key = paramiko.ECDSAKey.generate()
     target = tmp_path / "sub" / "kh"
     client = paramiko.SSHClient()
-    ssh._AcceptNew("n0", target).missing_host_key(client, "[10.0.0.1]:2222", key)
+    hostkeys.AcceptNew("n0", target).missing_host_key(client, "[10.0.0.1]:2222", key)
     assert target.read_text() == f"[10.0.0.1]:2222 {key.get_name()} {key.get_base64()}\n"
     assert client.get_host_keys().lookup("[10.0.0.1]:2222") is not None
 
