@@ -41,6 +41,39 @@ def build_shim(build_dir: Path) -> Path:
     return out
 
 
+def true_group_sizes(rank: int, world: int) -> None:
+    """Make collective primitives see their group's real size, as HCCL would report it.
+
+    Without init(), MindSpore's simulated collective manager answers the world size and the
+    global rank for every group, so an AllGather that the parallel passes insert into a
+    2-rank group of a 4-rank job infers a 4x output and a later Reshape fails (what made
+    MP=2 x PP=2 "not compile"). The passes name their groups `<size>-<hash of the ranks>`;
+    the size is read from that name. The rank within the group only feeds a `rank < size`
+    check at primitive construction: `rank % size` (exact for MindSpore's stage/DP/MP
+    groups, which are contiguous or evenly strided blocks of ranks).
+    """
+    import re
+
+    from mindspore.ops.operations import comm_ops
+
+    world_size, world_rank = comm_ops.get_group_size, comm_ops.get_rank
+
+    def group_size(group: str) -> int:
+        m = re.fullmatch(r"(\d+)-\d+", group)
+        if m is None:
+            return int(world_size(group))
+        size = int(m[1])
+        if not 0 < size <= world or world % size:
+            raise RuntimeError(f"group {group}: size {size} does not divide world {world}")
+        return size
+
+    def group_rank(group: str) -> int:
+        return rank % group_size(group) if re.fullmatch(r"\d+-\d+", group) else \
+            int(world_rank(group))
+
+    comm_ops.get_group_size, comm_ops.get_rank = group_size, group_rank
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.tools.dryrun")
     parser.add_argument("--job", type=Path, required=True)
@@ -58,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     from mindspore.communication import _comm_helper
 
     _comm_helper._HCCL_TEST_AVAILABLE = True
+    true_group_sizes(args.rank, args.world)
     from mindspore import Tensor
     from mindspore.common.api import _cell_graph_executor
 
