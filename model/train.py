@@ -273,29 +273,38 @@ def apply_shard_strategies(model: Any, layout: Layout) -> None:
     """Megatron-style strategies for the semi-auto parallel (Ascend) path.
 
     Column-parallel QKV and h->4h, row-parallel dense and 4h->h (set per Linear cell with
-    `Cell.shard`: input layout + parameter plan); blocks spread over pipeline stages in order,
-    the embeddings on the first and ln_f on the last. Operators not annotated here get
-    MindSpore's default strategy. The tied embedding / LM-head weight stays replicated
-    (data-parallel LM head): MindSpore needs one slicing for a parameter with several users,
-    and the embedding lookup (`ops.gather` inside model/layers.py) exposes no primitive to
-    shard, so a vocab-parallel embedding needs that layer to hold a shardable Gather first.
+    `Cell.shard`: input layout + parameter plan); a vocab-parallel embedding: the table
+    [vocab, hidden] is split on the vocab axis across MP, both where the lookup (the
+    Embedding's Gather) reads it and where the tied LM head (MatMul with the table) does, so
+    the one parameter has one slicing and the logits come out split on the vocab axis. Blocks
+    are spread over pipeline stages in order, the embeddings on the first stage and ln_f on
+    the last. Operators not annotated here get MindSpore's default strategy.
     """
+    from mindspore.parallel import Layout as DeviceLayout
+
     dp, mp = layout.data_parallel, layout.model_parallel
+    # Device matrix of a stage [dp, mp]: MP groups are adjacent ranks (one node's devices),
+    # as for the primitives below; plain tuples in Cell.shard would put MP on the outer axis.
+    dev = DeviceLayout((dp, mp), ("dp", "mp"))
     blocks = list(model.transformer.h)
     per_stage = math.ceil(len(blocks) / layout.pipeline_stage)
     for i, block in enumerate(blocks):
         block.pipeline_stage = min(i // per_stage, layout.pipeline_stage - 1)
         attn, mlp = block.self_attention, block.mlp
         for linear in (attn.query_key_value, mlp.dense_h_to_4h):  # column parallel
-            linear.shard(in_strategy=((dp, 1, 1),),
-                         parameter_plan={linear.weight.name: (mp, 1), linear.bias.name: (mp,)})
+            linear.shard(in_strategy=(dev("dp", "None", "None"),),
+                         parameter_plan={linear.weight.name: dev("mp", "None"),
+                                         linear.bias.name: dev("mp")})
         for linear in (attn.dense, mlp.dense_4h_to_h):  # row parallel
-            linear.shard(in_strategy=((dp, 1, mp),),
-                         parameter_plan={linear.weight.name: (1, mp), linear.bias.name: (1,)})
-    model.transformer.word_embeddings.pipeline_stage = 0
+            linear.shard(in_strategy=(dev("dp", "None", "mp"),),
+                         parameter_plan={linear.weight.name: dev("None", "mp"),
+                                         linear.bias.name: dev("None")})
+    embeddings = model.transformer.word_embeddings
+    embeddings.gather.shard(((mp, 1), (dp, 1)))  # table [vocab/mp, h], ids [batch/dp, seq]
+    model.lm_head.shard(((dp, 1), (mp, 1)))  # hidden [tokens/dp, h] x table [vocab/mp, h]^T
+    embeddings.pipeline_stage = 0
     model.transformer.word_embeddings_layernorm.pipeline_stage = 0
     model.transformer.ln_f.pipeline_stage = layout.pipeline_stage - 1
-    model.lm_head.shard(((dp, 1), (1, 1)))
 
 
 # --- resume --------------------------------------------------------------------------------------

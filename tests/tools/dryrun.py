@@ -9,6 +9,9 @@ RANK_SIZE set and no init(), `_cell_graph_executor.compile` runs the parallel pa
 of W. The rank's parameters become its slices: they are saved as the job's checkpoint layout
 (output/checkpoint/rank_R/bloom_rank_R-0.ckpt), and the strategy file lands where the trainer
 puts it (output/strategy/ckpt_strategy_rank_R.ckpt). Nothing is executed.
+
+Helpers for tests: `write_job` (a tiny Bloom job for a DP x MP x PP layout), `compile_ranks`
+(every rank in parallel), `check_reassembled` (full parameters vs the ranks' slices).
 """
 
 from __future__ import annotations
@@ -21,8 +24,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+TINY = {"vocab_size": 1024, "hidden_size": 64, "n_layer": 2, "n_head": 4, "seq_length": 32,
+        "compute_dtype": "float32"}  # the `tiny` preset's shape, Ascend-compilable dtypes
 
 
 def build_shim(build_dir: Path) -> Path:
@@ -39,6 +46,75 @@ def build_shim(build_dir: Path) -> Path:
                         "-lmindspore_core", f"-Wl,-rpath,{lib_dir}"], check=True)
         os.replace(tmp, out)
     return out
+
+
+def write_job(folder: Path, dp: int, mp: int, pp: int, job_id: str = "dry") -> Path:
+    """job.yaml of a tiny Bloom at DP x MP x PP (micro_batch_num = 2 with a pipeline)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "job.yaml"
+    path.write_text(yaml.safe_dump({
+        "job": {"id": job_id, "output_dir": str(folder / "output")},
+        "model": TINY,
+        "parallel": {"data_parallel": dp, "model_parallel": mp, "pipeline_stage": pp,
+                     "micro_batch_size": 2, "micro_batch_num": 2 if pp > 1 else 1,
+                     "optimizer_shard": False},
+        "train": {"device_target": "Ascend", "steps": 10},
+        "data": {"path": str(folder)}}))
+    return path
+
+
+def compile_ranks(job: Path, world: int, build_dir: Path, timeout: float = 900) -> Path:
+    """Compile every rank of `job` (one process each, all at once); returns the output folder.
+
+    Raises:
+        RuntimeError: a rank failed, with the end of its stderr.
+    """
+    build_shim(build_dir)  # once, before the ranks start
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MS_", "RANK_"))}
+    env.update(GLOG_v="3", PYTHONPATH=str(REPO))
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.tools.dryrun", "--job", str(job),
+                               "--rank", str(r), "--world", str(world), "--build-dir",
+                               str(build_dir)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+             for r in range(world)]
+    failed = []
+    for r, p in enumerate(procs):
+        out, err = p.communicate(timeout=timeout)
+        if p.returncode != 0 or f"compiled rank {r}/{world}" not in out:
+            failed.append(f"rank {r} (exit {p.returncode}): {err[-2000:]}")
+    if failed:
+        raise RuntimeError("dry run failed: " + "\n".join(failed))
+    return job.parent / "output"
+
+
+def check_reassembled(full: dict[str, np.ndarray], parts: dict[int, dict[str, np.ndarray]],
+                      dp: int, mp: int) -> dict[str, int]:
+    """Assert that `full` is exactly what the ranks' slices imply; returns {name: split axis}.
+
+    Rank r holds MP slice (r % (dp*mp)) % mp of the parameters of its stage (MindSpore's device
+    matrix [dp, mp] per stage, stages as contiguous blocks of ranks): a parameter it holds
+    whole must equal `full`; one split (on exactly one axis) must equal that block of `full`.
+    Every parameter of `full` must be held by some rank, and the MP slices of a split weight
+    must differ (a merge that repeated one slice would pass otherwise).
+    """
+    axes: dict[str, int] = {}
+    for name, whole in full.items():
+        holders = [r for r, params in parts.items() if name in params]
+        assert holders, f"{name}: no rank holds it"
+        for r in holders:
+            part = parts[r][name]
+            if part.shape == whole.shape:
+                np.testing.assert_array_equal(part, whole, err_msg=f"{name} rank {r}")
+                continue
+            (axis,) = [i for i, (a, b) in enumerate(zip(part.shape, whole.shape, strict=True))
+                       if a != b]
+            assert axes.setdefault(name, axis) == axis, f"{name}: split on two axes"
+            block = np.split(whole, mp, axis=axis)[r % (dp * mp) % mp]
+            np.testing.assert_array_equal(part, block, err_msg=f"{name} rank {r}")
+        if name in axes and whole.ndim > 1:  # weights are random; biases start at zero
+            blocks = np.split(whole, mp, axis=axes[name])
+            assert not np.array_equal(blocks[0], blocks[1]), f"{name}: MP slices are equal"
+    return axes
 
 
 def true_group_sizes(rank: int, world: int) -> None:
