@@ -25,7 +25,9 @@ Launch modes (read from the environment, nothing to pass):
 On CPU only data parallel exists: a job with model_parallel or pipeline_stage > 1 is refused.
 
 Output: one line per logged step on stdout (rank 0 only), e.g.
-`step=120 loss=2.3141 lr=1.0e-04 tokens_per_s=3120.5 elapsed_s=61.2`;
+`step=120 loss=2.3141 lr=1.0e-04 tokens_per_s=3120.5 elapsed_s=61.2`; on several ranks `loss`
+is the global mean (every rank's batch loss, all-reduced, over the ranks of the last pipeline
+stage; the loss whose averaged gradient was applied), not rank 0's own;
 checkpoints `output/checkpoint/rank_<r>/bloom_rank_<r>-<step>.ckpt` + `.json` manifest every
 train.save_steps and at the end (the last train.keep_checkpoints kept); on the semi-auto
 parallel path the strategy file `output/strategy/ckpt_strategy_rank_<r>.ckpt`. `--resume`
@@ -315,6 +317,15 @@ def agree_resume_step(output_dir: Path, dist: Dist, layout: Layout, steps: int) 
     own = [s for s in ck.complete_steps(output_dir, dist.rank, layout.manifest()) if s <= steps]
     if dist.world == 1:
         return max(own) if own else None
+    presence = np.zeros(steps + 1, dtype=np.float32)
+    presence[own] = 1.0
+    total = all_reduce_sum()(presence)
+    common = np.nonzero(total >= dist.world - 0.5)[0]
+    return int(common.max()) if common.size else None
+
+
+def all_reduce_sum() -> Any:
+    """A function summing a float32 numpy vector over every rank (one compiled cell: reuse)."""
     import mindspore as ms
     from mindspore import Tensor, nn, ops
 
@@ -326,11 +337,21 @@ def agree_resume_step(output_dir: Path, dist: Dist, layout: Layout, steps: int) 
         def construct(self, x: Tensor) -> Tensor:
             return self.reduce(x)
 
-    presence = np.zeros(steps + 1, dtype=np.float32)
-    presence[own] = 1.0
-    total = AllReduceSum()(Tensor(presence, ms.float32)).asnumpy()
-    common = np.nonzero(total >= dist.world - 0.5)[0]
-    return int(common.max()) if common.size else None
+    cell = AllReduceSum()
+    return lambda values: cell(Tensor(np.asarray(values, np.float32), ms.float32)).asnumpy()
+
+
+def global_loss(local: float, dist: Dist, layout: Layout, reduce: Any) -> float:
+    """The job's loss from this rank's: the mean over ranks that compute it (every rank must
+    call this at the same step). With pipeline stages only the last stage's ranks hold the
+    loss; MP ranks of a DP group hold the same value, so the mean is over DP replicas' batches.
+    """
+    if dist.world == 1:
+        return local
+    last_stage = dist.rank >= dist.world - dist.world // layout.pipeline_stage
+    weight = 1.0 if last_stage else 0.0
+    total, count = reduce([local * weight, weight])
+    return float(total / count)
 
 
 # --- the loop ------------------------------------------------------------------------------------
@@ -398,12 +419,13 @@ def train(job: Job, resume: bool, t0: float) -> int:
             "micro_batch_num": layout.micro_batch_num, "model": dict(job.model),
             "device_target": t["device_target"]}
     last_t, last_step = time.monotonic(), start
+    reduce = all_reduce_sum() if dist.world > 1 else None
     for step in range(start + 1, steps + 1):
         batch = next(batches)
         inputs = batch if use_mask else (batch[0], batch[0])
         loss = step_cell(*inputs)
         if step % int(t["log_steps"]) == 0 or step == steps:
-            value = float(loss.asnumpy())
+            value = global_loss(float(loss.asnumpy()), dist, layout, reduce)
             if not math.isfinite(value):
                 raise TrainError(f"loss is {value} at step {step}")
             now = time.monotonic()
