@@ -1,10 +1,10 @@
 """collect-ckpt on real strategy files + sharded checkpoints from the compile-only dry run.
 
 tests/tools/dryrun.py (trainer issue, section 3) compiles each rank of a tiny Bloom on a fake
-"Ascend" device; its parameters are its slices and it writes the real strategy files. The
-shards are placed on 2 test hosts as a job would leave them, then collect-ckpt must give full
-parameters of which each rank's slice is exactly the right block, and load them into
-BloomLMHeadModel:
+"Ascend" device and writes the real strategy files; its parameters are its slices, cut by
+MindSpore from a random single-device reference. The shards are placed on 2 test hosts as a
+job would leave them, then collect-ckpt must give back the reference exactly (each rank's slice
+the right block of it) and load it into BloomLMHeadModel:
 - MP=2: rank r on th<r> (1 device per node), through the library call;
 - MP=2 x PP=2 (world 4): ranks 0-1 on th0, 2-3 on th1 (2 devices per node), through
   `python -m orchestrator collect-ckpt`, the command a user runs.
@@ -27,7 +27,13 @@ import yaml
 from orchestrator.ckpt_collect import Options, collect
 from orchestrator.inventory import load_inventory
 from tests.integration.conftest import leftovers, why_no_testhosts
-from tests.tools.dryrun import TINY, check_reassembled, compile_ranks, write_job
+from tests.tools.dryrun import (
+    TINY,
+    check_reassembled,
+    compile_ranks,
+    write_job,
+    write_reference,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -87,15 +93,21 @@ def _arch(tmp_path: Path) -> Path:
     return arch
 
 
-def _expected_shapes() -> dict[str, tuple[int, ...]]:
-    from model.config import BloomConfig
+def _dry_run(tmp_path: Path, mp: int, pp: int) -> tuple[Path, dict[str, np.ndarray]]:
+    """Compile every rank on slices of a random reference: (output folder, reference)."""
+    reference = write_reference(tmp_path / "reference.ckpt")
+    job = write_job(tmp_path / "dry", 1, mp, pp)
+    return compile_ranks(job, mp * pp, tmp_path / "build", tmp_path / "reference.ckpt"), reference
 
-    shapes = BloomConfig.from_dict(dict(TINY), "tiny").parameter_shapes()
-    return {k: tuple(v) for k, v in shapes.items()}
+
+def _assert_equal(full: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> None:
+    assert sorted(full) == sorted(reference)  # every parameter of BloomLMHeadModel, no other
+    for name, want in reference.items():
+        np.testing.assert_array_equal(full[name], want, err_msg=name)
 
 
 def test_mp2_dry_run_shards_on_two_hosts_reassemble_exactly(hosts: Path, tmp_path: Path) -> None:
-    out = compile_ranks(write_job(tmp_path / "dry", 1, 2, 1), 2, tmp_path / "build")
+    out, reference = _dry_run(tmp_path, 2, 1)
     _clear(hosts)
     for rank in (0, 1):  # rank r on th<r>, as `up` would place a 2-rank job on 1-device nodes
         _place(out, hosts, rank, f"th{rank}")
@@ -110,7 +122,7 @@ def test_mp2_dry_run_shards_on_two_hosts_reassemble_exactly(hosts: Path, tmp_pat
     assert res.merged is not None and res.merged.name == "bloom_tiny-dry_step0.ckpt"
 
     full = _params(res.merged)
-    assert {k: v.shape for k, v in full.items()} == _expected_shapes()
+    _assert_equal(full, reference)
     parts = {r: _params(out / "checkpoint" / f"rank_{r}" / f"bloom_rank_{r}-0.ckpt")
              for r in (0, 1)}
     axes = check_reassembled(full, parts, dp=1, mp=2)
@@ -119,7 +131,7 @@ def test_mp2_dry_run_shards_on_two_hosts_reassemble_exactly(hosts: Path, tmp_pat
 
 def test_mp2pp2_dry_run_on_two_hosts_collect_ckpt_cli_reassembles_exactly(
         hosts: Path, tmp_path: Path) -> None:
-    out = compile_ranks(write_job(tmp_path / "dry", 1, 2, 2), 4, tmp_path / "build")
+    out, reference = _dry_run(tmp_path, 2, 2)
     _clear(hosts)
     for rank in range(4):  # as `up` places 4 ranks on two 2-device nodes
         _place(out, hosts, rank, f"th{rank // 2}")
@@ -135,7 +147,7 @@ def test_mp2pp2_dry_run_on_two_hosts_collect_ckpt_cli_reassembles_exactly(
     assert "ranks [0, 1, 2, 3] gathered" in " ".join(proc.stderr.split())  # rich wraps lines
 
     full = _params(merged)  # the command already loaded it into BloomLMHeadModel (its check)
-    assert {k: v.shape for k, v in full.items()} == _expected_shapes()
+    _assert_equal(full, reference)
     parts = {r: _params(out / "checkpoint" / f"rank_{r}" / f"bloom_rank_{r}-0.ckpt")
              for r in range(4)}
     assert {n.split(".")[2] for n in parts[2] if n.startswith("transformer.h.")} == {"1"}

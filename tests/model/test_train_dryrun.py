@@ -1,12 +1,13 @@
 """Compile-only dry run of the semi-auto parallel (Ascend) trainer graph on CPU (section 3).
 
 Every rank of a tiny Bloom is compiled by tests/tools/dryrun.py (fake "Ascend" device, no
-execution); its parameters are its slices and it writes the real strategy file. Layouts: MP=2,
-MP=2 x PP=2 and DP=2 x MP=2 (world 4), each compiled once per module. The strategy files are
-merged with model.ckpt_tools (what collect-ckpt runs) and transform_checkpoint_by_rank must
-reassemble full parameters, every parameter of BloomLMHeadModel, of which each rank's slice is
-exactly the right block: column-parallel QKV / h->4h split on the output axis, row-parallel
-dense / 4h->h on the input axis, the vocab-parallel embedding (tied LM head) on the vocab axis.
+execution) and writes its real strategy file; its parameters are its slices, cut by MindSpore
+from one random single-device reference checkpoint (--init). Layouts: MP=2, MP=2 x PP=2 and
+DP=2 x MP=2 (world 4), each compiled once. The strategy files are merged with model.ckpt_tools
+(what collect-ckpt runs) and transform_checkpoint_by_rank must give back the reference exactly,
+every parameter of BloomLMHeadModel, with each rank's slice the right block: column-parallel QKV
+/ h->4h split on the output axis, row-parallel dense / 4h->h on the input axis, the
+vocab-parallel embedding (tied LM head) on the vocab axis.
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ import pytest
 
 from model import checkpoint as ck
 from model import ckpt_tools
-from tests.tools.dryrun import TINY, check_reassembled, compile_ranks, write_job
+from tests.tools.dryrun import (
+    TINY,
+    check_reassembled,
+    compile_ranks,
+    write_job,
+    write_reference,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -39,9 +46,17 @@ def _params(path: Path) -> dict[str, np.ndarray]:
     return {k: v.asnumpy() for k, v in ms.load_checkpoint(str(path)).items()}
 
 
-def _dry_run(root: Path, dp: int, mp: int, pp: int) -> Path:
+def _dry_run(root: Path, dp: int, mp: int, pp: int) -> tuple[Path, dict[str, np.ndarray]]:
+    """Compile every rank with slices of a random reference: (output folder, reference)."""
+    reference = write_reference(root / "reference.ckpt")
     job = write_job(root / f"dp{dp}mp{mp}pp{pp}", dp, mp, pp)
-    return compile_ranks(job, dp * mp * pp, root / "build")
+    return compile_ranks(job, dp * mp * pp, root / "build", root / "reference.ckpt"), reference
+
+
+def _assert_equal(full: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> None:
+    assert sorted(full) == sorted(reference)  # every parameter of BloomLMHeadModel, no other
+    for name, want in reference.items():
+        np.testing.assert_array_equal(full[name], want, err_msg=name)
 
 
 def _reassemble(out: Path, world: int, work: Path) -> tuple[Path, dict[str, np.ndarray]]:
@@ -73,21 +88,22 @@ def _check_split_axes(axes: dict[str, int]) -> None:
 
 
 @pytest.fixture(scope="module")
-def mp2pp2(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """MP=2 x PP=2, world 4, compiled once: (output folder, work folder)."""
-    root = tmp_path_factory.mktemp("dry")
-    return _dry_run(root, 1, 2, 2), root
+def mp2pp2(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, np.ndarray]]:
+    """MP=2 x PP=2, world 4, compiled once: (output folder, reference parameters)."""
+    return _dry_run(tmp_path_factory.mktemp("dry"), 1, 2, 2)
 
 
 def test_mp2_compiles_and_strategy_reassembles_full_parameters(tmp_path: Path) -> None:
-    out = _dry_run(tmp_path, 1, 2, 1)
+    out, reference = _dry_run(tmp_path, 1, 2, 1)
     _, full = _reassemble(out, 2, tmp_path)
     assert {k: v.shape for k, v in full.items()} == _expected_shapes()
+    _assert_equal(full, reference)
     parts = {r: _params(ck.ckpt_path(out, r, 0)) for r in (0, 1)}
     _check_split_axes(check_reassembled(full, parts, dp=1, mp=2))
 
 
-def test_mp2pp2_each_rank_holds_its_stage_slices(mp2pp2: tuple[Path, Path]) -> None:
+def test_mp2pp2_each_rank_holds_its_stage_slices(
+        mp2pp2: tuple[Path, dict[str, np.ndarray]]) -> None:
     out, _ = mp2pp2
     names = [set(_params(ck.ckpt_path(out, r, 0))) for r in range(4)]
     layers = [{n.split(".")[2] for n in ns if n.startswith("transformer.h.")} for ns in names]
@@ -102,7 +118,7 @@ def test_mp2pp2_each_rank_holds_its_stage_slices(mp2pp2: tuple[Path, Path]) -> N
 
 
 def test_mp2pp2_merge_keeps_both_stages_where_mindspore_merge_loses_one(
-        mp2pp2: tuple[Path, Path], tmp_path: Path) -> None:
+        mp2pp2: tuple[Path, dict[str, np.ndarray]], tmp_path: Path) -> None:
     """ms.merge_pipeline_strategys labels a stage by its file's first operator, and default-
     strategy operators (LayerNorm) say stage 0 on stage 1 too: stage 1's layouts come out as
     stage 0's and the transform reads ranks 0-1 only. Ours takes the stage from the rank."""
@@ -128,11 +144,12 @@ def test_mp2pp2_merge_keeps_both_stages_where_mindspore_merge_loses_one(
     assert ckpt_tools.needed_ranks(ours, None)["ranks"] == [0, 1, 2, 3]
 
 
-def test_mp2pp2_transform_reassembles_every_parameter_exactly(mp2pp2: tuple[Path, Path],
-                                                             tmp_path: Path) -> None:
-    out, _ = mp2pp2
+def test_mp2pp2_transform_reassembles_every_parameter_exactly(
+        mp2pp2: tuple[Path, dict[str, np.ndarray]], tmp_path: Path) -> None:
+    out, reference = mp2pp2
     _, full = _reassemble(out, 4, tmp_path)
     assert {k: v.shape for k, v in full.items()} == _expected_shapes()
+    _assert_equal(full, reference)
     parts = {r: _params(ck.ckpt_path(out, r, 0)) for r in range(4)}
     _check_split_axes(check_reassembled(full, parts, dp=1, mp=2))
     res = ckpt_tools.check(tmp_path / "full.ckpt", _config())
@@ -140,9 +157,10 @@ def test_mp2pp2_transform_reassembles_every_parameter_exactly(mp2pp2: tuple[Path
 
 
 def test_dp2mp2_compiles_and_replicas_reassemble_exactly(tmp_path: Path) -> None:
-    out = _dry_run(tmp_path, 2, 2, 1)
+    out, reference = _dry_run(tmp_path, 2, 2, 1)
     _, full = _reassemble(out, 4, tmp_path)
     assert {k: v.shape for k, v in full.items()} == _expected_shapes()
+    _assert_equal(full, reference)
     parts = {r: _params(ck.ckpt_path(out, r, 0)) for r in range(4)}
     for name in parts[0]:  # DP replicas (ranks r and r + 2) hold the same slice
         np.testing.assert_array_equal(parts[0][name], parts[2][name], err_msg=name)

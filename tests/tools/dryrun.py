@@ -10,8 +10,13 @@ of W. The rank's parameters become its slices: they are saved as the job's check
 (output/checkpoint/rank_R/bloom_rank_R-0.ckpt), and the strategy file lands where the trainer
 puts it (output/strategy/ckpt_strategy_rank_R.ckpt). Nothing is executed.
 
-Helpers for tests: `write_job` (a tiny Bloom job for a DP x MP x PP layout), `compile_ranks`
-(every rank in parallel), `check_reassembled` (full parameters vs the ranks' slices).
+With `--init FULL.ckpt` each rank's slices are cut from that single-device checkpoint by
+MindSpore's own layout slicing instead of coming from the rank's random init, so a test can ask
+that collecting the shards gives FULL back exactly.
+
+Helpers for tests: `write_job` (a tiny Bloom job for a DP x MP x PP layout), `write_reference`
+(random full parameters), `compile_ranks` (every rank in parallel), `check_reassembled` (full
+parameters vs the ranks' slices).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -63,8 +69,26 @@ def write_job(folder: Path, dp: int, mp: int, pp: int, job_id: str = "dry") -> P
     return path
 
 
-def compile_ranks(job: Path, world: int, build_dir: Path, timeout: float = 900) -> Path:
+def write_reference(path: Path, seed: int = 0) -> dict[str, np.ndarray]:
+    """A single-device checkpoint of every BloomLMHeadModel parameter of TINY, all random
+    (biases and LayerNorms too, so a misplaced slice of any of them shows); returns it."""
+    import mindspore as ms
+
+    from model.config import BloomConfig
+
+    rng = np.random.default_rng(seed)
+    shapes = BloomConfig.from_dict(dict(TINY), "tiny").parameter_shapes()
+    full = {n: rng.standard_normal(tuple(s)).astype(np.float32) for n, s in shapes.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ms.save_checkpoint([{"name": n, "data": ms.Tensor(a)} for n, a in full.items()], str(path))
+    return full
+
+
+def compile_ranks(job: Path, world: int, build_dir: Path, init: Path | None = None,
+                  timeout: float = 900) -> Path:
     """Compile every rank of `job` (one process each, all at once); returns the output folder.
+
+    `init`: a single-device checkpoint the ranks save their slices of (see --init).
 
     Raises:
         RuntimeError: a rank failed, with the end of its stderr.
@@ -74,7 +98,8 @@ def compile_ranks(job: Path, world: int, build_dir: Path, timeout: float = 900) 
     env.update(GLOG_v="3", PYTHONPATH=str(REPO))
     procs = [subprocess.Popen([sys.executable, "-m", "tests.tools.dryrun", "--job", str(job),
                                "--rank", str(r), "--world", str(world), "--build-dir",
-                               str(build_dir)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                               str(build_dir), *(["--init", str(init)] if init else [])],
+                              cwd=REPO, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
              for r in range(world)]
     failed = []
@@ -117,6 +142,28 @@ def check_reassembled(full: dict[str, np.ndarray], parts: dict[int, dict[str, np
     return axes
 
 
+def load_slices(step_cell: Any, full: dict[str, Any], stage_rank: int) -> None:
+    """Set every model parameter of the compiled `step_cell` to its slice of `full`.
+
+    The slice is what MindSpore's own loader cuts for this rank from the parameter's layout
+    (private helper, test tooling only); `stage_rank` is the rank within its pipeline stage.
+    """
+    from mindspore import Tensor
+    from mindspore.parallel._tensor import _load_tensor_by_layout
+
+    layouts = step_cell.parameter_layout_dict
+    for param in step_cell.network.get_parameters():
+        if not param.name.startswith("transformer.") or not param.sliced:
+            continue  # not a model parameter, or another stage's (the compile slices its own)
+        whole = full[param.name]
+        part = (_load_tensor_by_layout(whole, layouts[param.name], stage_rank)
+                if param.name in layouts else whole.asnumpy())
+        if tuple(part.shape) != tuple(param.shape):
+            raise RuntimeError(f"{param.name}: slice {part.shape}, parameter {param.shape}")
+        param.set_data(Tensor(np.ascontiguousarray(part), param.dtype))
+        param.sliced = True  # set_data clears it; save_checkpoint skips unsliced parameters
+
+
 def true_group_sizes(rank: int, world: int) -> None:
     """Make collective primitives see their group's real size, as HCCL would report it.
 
@@ -157,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--world", type=int, required=True)
     parser.add_argument("--build-dir", type=Path, default=Path("/tmp/orchestrate-dryrun"))
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--init", type=Path, default=None,
+                        help="single-device checkpoint: each rank saves its slices of it")
     args = parser.parse_args(argv)
 
     os.environ.update(MS_SIMULATION_LEVEL="0", RANK_ID=str(args.rank),
@@ -189,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     step_cell.set_train(True)
     ids = Tensor(np.zeros((layout.global_batch, int(job.model["seq_length"]) + 1), np.int32))
     _cell_graph_executor.compile(step_cell, ids, ids)
+    if args.init is not None:
+        per_stage = args.world // layout.pipeline_stage
+        load_slices(step_cell, ms.load_checkpoint(str(args.init)), args.rank % per_stage)
     ck.save(lambda p: ms.save_checkpoint(step_cell.network, str(p)), job.output_dir, args.rank,
             0, {"layout": layout.manifest(), "dryrun": True})
     print(f"compiled rank {args.rank}/{args.world}: strategy {strategy} "
