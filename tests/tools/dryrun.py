@@ -35,7 +35,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 TINY = {"vocab_size": 1024, "hidden_size": 64, "n_layer": 2, "n_head": 4, "seq_length": 32,
-        "compute_dtype": "float32"}  # the `tiny` preset's shape, Ascend-compilable dtypes
+        "compute_dtype": "float32"}  # `tiny`, vocab 1024 (divisible by MP)
 
 
 def build_shim(build_dir: Path) -> Path:
