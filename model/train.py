@@ -311,46 +311,68 @@ def apply_shard_strategies(model: Any, layout: Layout) -> None:
 
 # --- resume --------------------------------------------------------------------------------------
 
-def agree_resume_step(output_dir: Path, dist: Dist, layout: Layout, steps: int) -> int | None:
+def agree_resume_step(output_dir: Path, dist: Dist, layout: Layout, steps: int,
+                      reduce: AllReduceSum | None) -> int | None:
     """Newest step complete on every rank: each rank checks its own files, then a SUM all-reduce
-    of a per-step presence vector finds the steps every rank has."""
+    of a per-step presence vector (`reduce`, compiled for steps + 1 values) finds the steps
+    every rank has."""
     own = [s for s in ck.complete_steps(output_dir, dist.rank, layout.manifest()) if s <= steps]
-    if dist.world == 1:
+    if reduce is None:
         return max(own) if own else None
     presence = np.zeros(steps + 1, dtype=np.float32)
     presence[own] = 1.0
-    total = all_reduce_sum()(presence)
+    total = reduce(presence)
     common = np.nonzero(total >= dist.world - 0.5)[0]
     return int(common.max()) if common.size else None
 
 
-def all_reduce_sum() -> Any:
-    """A function summing a float32 numpy vector over every rank (one compiled cell: reuse)."""
-    import mindspore as ms
-    from mindspore import Tensor, nn, ops
+class AllReduceSum:
+    """Sums a float32 vector over every rank, with graphs compiled up front.
 
-    class AllReduceSum(nn.Cell):
-        def __init__(self) -> None:
-            super().__init__()
-            self.reduce = ops.AllReduce()
-
-        def construct(self, x: Tensor) -> Tensor:
-            return self.reduce(x)
-
-    cell = AllReduceSum()
-    return lambda values: cell(Tensor(np.asarray(values, np.float32), ms.float32)).asnumpy()
-
-
-def global_loss(local: float, dist: Dist, layout: Layout, reduce: Any) -> float:
-    """The job's loss from this rank's: the mean over ranks that compute it (every rank must
-    call this at the same step). With pipeline stages only the last stage's ranks hold the
-    loss; MP ranks of a DP group hold the same value, so the mean is over DP replicas' batches.
+    A semi-auto parallel graph may not hold a communication operator ("the graph can not
+    contain communication op"), so the graphs for the vector sizes needed later are compiled
+    here, before build_cells sets the semi-auto context; later calls with those sizes reuse
+    them (MindSpore's compile cache) and compile nothing.
     """
-    if dist.world == 1:
+
+    def __init__(self, sizes: Sequence[int]) -> None:
+        import mindspore as ms
+        from mindspore import Tensor, nn, ops
+
+        class Reduce(nn.Cell):
+            def __init__(self) -> None:
+                super().__init__()
+                self.reduce = ops.AllReduce()
+
+            def construct(self, x: Tensor) -> Tensor:
+                return self.reduce(x)
+
+        self.cell = Reduce()
+        self.tensor = lambda values: Tensor(np.asarray(values, np.float32), ms.float32)
+        self.sizes = tuple(sizes)
+        for n in self.sizes:
+            self.cell.compile(self.tensor(np.zeros(n)))
+
+    def __call__(self, values: Sequence[float] | np.ndarray) -> np.ndarray:
+        if len(values) not in self.sizes:
+            raise ValueError(f"AllReduceSum compiled for sizes {self.sizes}, got {len(values)}")
+        return self.cell(self.tensor(values)).asnumpy()
+
+
+def global_loss(local: float, dist: Dist, layout: Layout, reduce: AllReduceSum | None) -> float:
+    """The job's loss from this rank's (every rank must call this at the same step).
+
+    The mean over the ranks that compute the loss: with pipeline stages only the last stage's
+    ranks do, and their output is the sum over micro-batches (nn.PipelineCell), divided here;
+    MP ranks of a DP group hold the same value, so the mean is over the data-parallel batches,
+    each rank's mean token loss, the loss whose averaged gradient the step applied.
+    """
+    if reduce is None:
         return local
     last_stage = dist.rank >= dist.world - dist.world // layout.pipeline_stage
-    weight = 1.0 if last_stage else 0.0
-    total, count = reduce([local * weight, weight])
+    if layout.pipeline_stage > 1:
+        local /= layout.micro_batch_num
+    total, count = reduce([local if last_stage else 0.0, 1.0 if last_stage else 0.0])
     return float(total / count)
 
 
@@ -381,11 +403,12 @@ def train(job: Job, resume: bool, t0: float) -> int:
     strategy_file = ck.strategy_path(out, dist.rank) if semi_auto else None
     if strategy_file is not None:
         strategy_file.parent.mkdir(parents=True, exist_ok=True)
+    reduce = AllReduceSum([2, steps + 1]) if dist.world > 1 else None  # before build_cells
+    found = agree_resume_step(out, dist, layout, steps, reduce) if resume else None
     model, step_cell = build_cells(job, layout, dist, use_mask, lrs, strategy_file)
 
     start = 0
     if resume:
-        found = agree_resume_step(out, dist, layout, steps)
         if found is None:
             note("--resume: no checkpoint complete on every rank; starting from step 0")
         else:
@@ -419,7 +442,6 @@ def train(job: Job, resume: bool, t0: float) -> int:
             "micro_batch_num": layout.micro_batch_num, "model": dict(job.model),
             "device_target": t["device_target"]}
     last_t, last_step = time.monotonic(), start
-    reduce = all_reduce_sum() if dist.world > 1 else None
     for step in range(start + 1, steps + 1):
         batch = next(batches)
         inputs = batch if use_mask else (batch[0], batch[0])

@@ -6,9 +6,10 @@ Test tooling only, built on private MindSpore 2.10 hooks that may change: a C++ 
 (tests/tools/fake_ascend.cc, built on first use) registers a no-op "Ascend" device, the
 communication helper is told HCCL is available, and with MS_SIMULATION_LEVEL=0, RANK_ID and
 RANK_SIZE set and no init(), `_cell_graph_executor.compile` runs the parallel passes for rank R
-of W. The rank's parameters become its slices: they are saved as the job's checkpoint layout
-(output/checkpoint/rank_R/bloom_rank_R-0.ckpt), and the strategy file lands where the trainer
-puts it (output/strategy/ckpt_strategy_rank_R.ckpt). Nothing is executed.
+of W (and of the trainer's loss all-reduce, compiled before the semi-auto context is set, then
+reused under it). The rank's parameters become its slices: they are saved as the job's
+checkpoint layout (output/checkpoint/rank_R/bloom_rank_R-0.ckpt), and the strategy file lands
+where the trainer puts it (output/strategy/ckpt_strategy_rank_R.ckpt). Nothing is executed.
 
 With `--init FULL.ckpt` each rank's slices are cut from that single-device checkpoint by
 MindSpore's own layout slicing instead of coming from the rank's random init, so a test can ask
@@ -223,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     from model import checkpoint as ck
     from model.job import load_job
     from model.schedule import lr_schedule
-    from model.train import Dist, build_cells, fit_layout
+    from model.train import AllReduceSum, Dist, build_cells, fit_layout
 
     job = load_job(args.job, args.overrides)
     ms.set_context(mode=ms.GRAPH_MODE, device_target="Ascend")
@@ -233,11 +234,15 @@ def main(argv: list[str] | None = None) -> int:
     strategy = ck.strategy_path(job.output_dir, args.rank)
     strategy.parent.mkdir(parents=True, exist_ok=True)
     lrs = lr_schedule(int(job.train["steps"]), 1e-4, 1e-5, 0)
+    reduce = AllReduceSum([2])  # the trainer's loss all-reduce, compiled where it does
     _, step_cell = build_cells(job, layout, Dist("dryrun", args.rank, args.world), False, lrs,
                                strategy)
     step_cell.set_train(True)
     ids = Tensor(np.zeros((layout.global_batch, int(job.model["seq_length"]) + 1), np.int32))
     _cell_graph_executor.compile(step_cell, ids, ids)
+    # Semi-auto parallel refuses graphs with communication operators: this passes only because
+    # the graph compiled above (stand-alone) is reused, as in the trainer's loop.
+    reduce.cell.compile(reduce.tensor(np.zeros(2)))
     if args.init is not None:
         per_stage = args.world // layout.pipeline_stage
         load_slices(step_cell, ms.load_checkpoint(str(args.init)), args.rank % per_stage)
