@@ -2,12 +2,13 @@
 
 Every rank of a tiny Bloom is compiled by tests/tools/dryrun.py (fake "Ascend" device, no
 execution) and writes its real strategy file; its parameters are its slices, cut by MindSpore
-from one random single-device reference checkpoint (--init). Layouts: MP=2, MP=2 x PP=2 and
-DP=2 x MP=2 (world 4), each compiled once. The strategy files are merged with model.ckpt_tools
-(what collect-ckpt runs) and transform_checkpoint_by_rank must give back the reference exactly,
-every parameter of BloomLMHeadModel, with each rank's slice the right block: column-parallel QKV
-/ h->4h split on the output axis, row-parallel dense / 4h->h on the input axis, the
-vocab-parallel embedding (tied LM head) on the vocab axis.
+from one random single-device reference checkpoint (--init). Layouts: MP=2, MP=2 x PP=2
+(world 4) and DP=2 x MP=2 x PP=2 with the parallel optimizer (world 8, the 65b preset's kind of
+layout at tiny size), each compiled once. The strategy files are merged with
+model.ckpt_tools (what collect-ckpt runs) and transform_checkpoint_by_rank must give back the
+reference exactly, every parameter of BloomLMHeadModel, with each rank's slice the right block:
+column-parallel QKV / h->4h split on the output axis, row-parallel dense / 4h->h on the input
+axis, the vocab-parallel embedding (tied LM head) on the vocab axis.
 """
 
 from __future__ import annotations
@@ -46,10 +47,11 @@ def _params(path: Path) -> dict[str, np.ndarray]:
     return {k: v.asnumpy() for k, v in ms.load_checkpoint(str(path)).items()}
 
 
-def _dry_run(root: Path, dp: int, mp: int, pp: int) -> tuple[Path, dict[str, np.ndarray]]:
+def _dry_run(root: Path, dp: int, mp: int, pp: int,
+             optimizer_shard: bool = False) -> tuple[Path, dict[str, np.ndarray]]:
     """Compile every rank with slices of a random reference: (output folder, reference)."""
     reference = write_reference(root / "reference.ckpt")
-    job = write_job(root / f"dp{dp}mp{mp}pp{pp}", dp, mp, pp)
+    job = write_job(root / f"dp{dp}mp{mp}pp{pp}", dp, mp, pp, optimizer_shard)
     return compile_ranks(job, dp * mp * pp, root / "build", root / "reference.ckpt"), reference
 
 
@@ -156,15 +158,16 @@ def test_mp2pp2_transform_reassembles_every_parameter_exactly(
     assert res["parameters"] == len(full)
 
 
-def test_dp2mp2_compiles_and_replicas_reassemble_exactly(tmp_path: Path) -> None:
-    out, reference = _dry_run(tmp_path, 2, 2, 1)
-    _, full = _reassemble(out, 4, tmp_path)
-    assert {k: v.shape for k, v in full.items()} == _expected_shapes()
+def test_dp2mp2pp2_with_optimizer_shard_reassembles_exactly(tmp_path: Path) -> None:
+    """World 8: each rank's slice is also split across its DP replica (parallel optimizer)."""
+    out, reference = _dry_run(tmp_path, 2, 2, 2, optimizer_shard=True)
+    merged, full = _reassemble(out, 8, tmp_path)
+    assert ckpt_tools.needed_ranks(merged, None)["ranks"] == list(range(8))  # no replica
     _assert_equal(full, reference)
-    parts = {r: _params(ck.ckpt_path(out, r, 0)) for r in range(4)}
-    for name in parts[0]:  # DP replicas (ranks r and r + 2) hold the same slice
-        np.testing.assert_array_equal(parts[0][name], parts[2][name], err_msg=name)
-    _check_split_axes(check_reassembled(full, parts, dp=2, mp=2))
+    shapes = [{k: v.shape for k, v in _params(ck.ckpt_path(out, r, 0)).items()} for r in (0, 4)]
+    assert shapes[0]["transformer.word_embeddings.weight"] == (1024 // 4, 64)  # MP x DP
+    assert shapes[1]["transformer.h.1.mlp.dense_h_to_4h.weight"] == (256 // 4, 64)
+    assert "transformer.h.0.mlp.dense_h_to_4h.weight" not in shapes[1]  # stage 1: block 1
 
 
 def _config() -> object:

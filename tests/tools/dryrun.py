@@ -55,7 +55,8 @@ def build_shim(build_dir: Path) -> Path:
     return out
 
 
-def write_job(folder: Path, dp: int, mp: int, pp: int, job_id: str = "dry") -> Path:
+def write_job(folder: Path, dp: int, mp: int, pp: int, optimizer_shard: bool = False,
+              job_id: str = "dry") -> Path:
     """job.yaml of a tiny Bloom at DP x MP x PP (micro_batch_num = 2 with a pipeline)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "job.yaml"
@@ -64,7 +65,7 @@ def write_job(folder: Path, dp: int, mp: int, pp: int, job_id: str = "dry") -> P
         "model": TINY,
         "parallel": {"data_parallel": dp, "model_parallel": mp, "pipeline_stage": pp,
                      "micro_batch_size": 2, "micro_batch_num": 2 if pp > 1 else 1,
-                     "optimizer_shard": False},
+                     "optimizer_shard": optimizer_shard},
         "train": {"device_target": "Ascend", "steps": 10},
         "data": {"path": str(folder)}}))
     return path
@@ -146,23 +147,50 @@ def check_reassembled(full: dict[str, np.ndarray], parts: dict[int, dict[str, np
 def load_slices(step_cell: Any, full: dict[str, Any], stage_rank: int) -> None:
     """Set every model parameter of the compiled `step_cell` to its slice of `full`.
 
-    The slice is what MindSpore's own loader cuts for this rank from the parameter's layout
-    (private helper, test tooling only); `stage_rank` is the rank within its pipeline stage.
+    The model-parallel slice is what MindSpore's own loader cuts for this rank from the
+    parameter's layout (private helper, test tooling only); `stage_rank` is the rank within its
+    pipeline stage. With the parallel optimizer the slice is split once more, on its first
+    axis, across the ranks that hold the same slice (opt_shard_group), in rank order.
     """
     from mindspore import Tensor
-    from mindspore.parallel._tensor import _load_tensor_by_layout
+    from mindspore.parallel._tensor import _load_tensor
 
     layouts = step_cell.parameter_layout_dict
     for param in step_cell.network.get_parameters():
         if not param.name.startswith("transformer.") or not param.sliced:
             continue  # not a model parameter, or another stage's (the compile slices its own)
         whole = full[param.name]
-        part = (_load_tensor_by_layout(whole, layouts[param.name], stage_rank)
-                if param.name in layouts else whole.asnumpy())
+        if param.name not in layouts:
+            part = whole.asnumpy()
+        else:
+            dev_mat, tensor_map, _, _, uniform, group, full_shape = layouts[param.name][:7]
+            if not uniform:
+                raise RuntimeError(f"{param.name}: non-uniform split, not supported here")
+            part = _load_tensor(whole, dev_mat, tensor_map, full_shape, stage_rank)
+            if group:
+                index, size = replica_index(dev_mat, tensor_map, stage_rank)
+                if not group.startswith(f"{size}-"):
+                    raise RuntimeError(f"{param.name}: optimizer shard group {group} is not "
+                                       f"the {size} replicas of the slice")
+                part = np.split(part, size)[index]
         if tuple(part.shape) != tuple(param.shape):
             raise RuntimeError(f"{param.name}: slice {part.shape}, parameter {param.shape}")
         param.set_data(Tensor(np.ascontiguousarray(part), param.dtype))
         param.sliced = True  # set_data clears it; save_checkpoint skips unsliced parameters
+
+
+def replica_index(dev_mat: list[int], tensor_map: list[int], rank: int) -> tuple[int, int]:
+    """(position of `rank` among the ranks holding its slice, how many hold it).
+
+    Ranks are coordinates in the device matrix (last axis fastest); tensor_map entries count
+    device axes from the right; ranks agreeing on every axis the tensor map uses hold the
+    same slice.
+    """
+    used = [len(dev_mat) - 1 - m for m in tensor_map if m >= 0]
+    mine = np.unravel_index(rank, dev_mat)
+    same = [r for r in range(int(np.prod(dev_mat)))
+            if all(np.unravel_index(r, dev_mat)[a] == mine[a] for a in used)]
+    return same.index(rank), len(same)
 
 
 def true_group_sizes(rank: int, world: int) -> None:
@@ -173,8 +201,8 @@ def true_group_sizes(rank: int, world: int) -> None:
     2-rank group of a 4-rank job infers a 4x output and a later Reshape fails (what made
     MP=2 x PP=2 "not compile"). The passes name their groups `<size>-<hash of the ranks>`;
     the size is read from that name. The rank within the group only feeds a `rank < size`
-    check at primitive construction: `rank % size` (exact for MindSpore's stage/DP/MP
-    groups, which are contiguous or evenly strided blocks of ranks).
+    check when the primitive is built, nothing the compile computes: `rank % size` passes it
+    (it is not the true position in a strided group such as DP replicas {0, 2}).
     """
     import re
 
