@@ -147,8 +147,14 @@ def test_mp2pp2_dry_run_on_two_hosts_collect_ckpt_cli_reassembles_exactly(
     assert f"merged checkpoint: {merged}" in proc.stdout
     assert "ranks [0, 1, 2, 3] gathered" in " ".join(proc.stderr.split())  # rich wraps lines
 
-    full = _params(merged)  # the command already loaded it into BloomLMHeadModel (its check)
+    assert "check " in " ".join(proc.stderr.split())  # the command loaded it into the model
+    full = _params(merged)
     _assert_equal(full, reference)
+    from model.ckpt_tools import check
+    from model.config import BloomConfig
+
+    loaded = check(merged, BloomConfig.from_dict(dict(TINY), "tiny"))  # and so does this test
+    assert loaded["parameters"] == len(reference)
     parts = {r: _params(out / "checkpoint" / f"rank_{r}" / f"bloom_rank_{r}-0.ckpt")
              for r in range(4)}
     assert {n.split(".")[2] for n in parts[2] if n.startswith("transformer.h.")} == {"1"}
