@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import resource
 import sys
 import tempfile
@@ -77,35 +79,87 @@ def _finish(tmp: Path, out: Path) -> None:
     os.replace(tmp, out)
 
 
-def merge_strategies(src_dir: Path, out: Path) -> dict[str, Any]:
-    """Merge every rank's strategy file in `src_dir` (pipeline stages) into `out`."""
-    import mindspore as ms
+def _read_strategy(path: Path) -> Any:
+    """Parse one protobuf strategy file (what the trainer's strategy_ckpt_config writes)."""
+    from google.protobuf.message import DecodeError
+    from mindspore.train import node_strategy_pb2 as pb
 
-    files = sorted(src_dir.glob("*.ckpt"))
+    smap = pb.ParallelStrategyMap()
+    try:
+        smap.ParseFromString(path.read_bytes())
+    except DecodeError as exc:
+        raise ToolError(f"{path}: not a protobuf strategy file ({exc})") from exc
+    if not smap.parallel_layout_item:
+        raise ToolError(f"{path}: no parameter layouts in this strategy file")
+    return smap
+
+
+def strategy_stage(path: Path, smap: Any) -> int:
+    """The pipeline stage whose parameters the strategy file `path` describes.
+
+    MindSpore's merge_pipeline_strategys takes the stage of the file's first operator, but
+    operators left to MindSpore's default strategy (e.g. a LayerNorm on stage 1) are recorded
+    with stage 0, so two stages' files can both look like stage 0 and one stage's parameters
+    are lost. Stages are contiguous blocks of ranks: a file named `..._rank_<r>.ckpt` is stage
+    r // (devices per stage, the product of a layout's device matrix); no operator of the file
+    may claim a later stage. Without a rank in the name: the latest stage an operator claims.
+    """
+    claimed = max((i.parallel_strategys.stage for i in smap.parallel_strategy_item), default=0)
+    m = re.search(r"rank_(\d+)", path.name)
+    if m is None:
+        return int(claimed)
+    per_stage = math.prod(smap.parallel_layout_item[0].parallel_layouts.dev_matrix[0].dim)
+    stage = int(m[1]) // max(1, per_stage)
+    if claimed > stage:
+        raise ToolError(f"{path}: operators of pipeline stage {claimed} in the strategy file of "
+                        f"rank {m[1]}, which is stage {stage} ({per_stage} devices per stage)")
+    return stage
+
+
+def merge_strategies(src_dir: Path, out: Path) -> dict[str, Any]:
+    """Merge every rank's strategy file in `src_dir` into `out`, one file per pipeline stage.
+
+    The merged file has MindSpore's merged format (layout names prefixed `<stage>-`,
+    current_stage 1), which transform_checkpoints and rank_list_for_transform read; each
+    file's stage comes from strategy_stage, so every stage's parameters are kept.
+    """
+    files = sorted(src_dir.glob("*.ckpt"), key=_rank_order)
     if not files:
         raise ToolError(f"{src_dir}: no strategy files (*.ckpt)")
-    tmp_dir = Path(tempfile.mkdtemp(prefix=".merge-", dir=out.parent))
-    tmp = tmp_dir / out.name
-    try:
-        ms.merge_pipeline_strategys(str(src_dir), str(tmp))
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-        tmp_dir.rmdir()
-    return {"strategy": str(out), "sources": len(files)}
+    from mindspore.train import node_strategy_pb2 as pb
+
+    merged = pb.ParallelStrategyMap()
+    stages: dict[int, Path] = {}
+    for path in files:
+        smap = _read_strategy(path)
+        stage = strategy_stage(path, smap)
+        if stage in stages:  # every rank of a stage describes the same layouts
+            continue
+        stages[stage] = path
+        for item in smap.parallel_layout_item:
+            item.param_name = f"{stage}-{item.param_name}"
+        merged.parallel_strategy_item.extend(smap.parallel_strategy_item)
+        merged.parallel_layout_item.extend(smap.parallel_layout_item)
+    missing = sorted(set(range(max(stages) + 1)) - set(stages))
+    if missing:
+        raise ToolError(f"{src_dir}: no strategy file for pipeline stage(s) {missing}")
+    merged.current_stage = 1
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(merged.SerializeToString())
+    os.replace(tmp, out)
+    return {"strategy": str(out), "sources": len(files), "stages": len(stages)}
+
+
+def _rank_order(path: Path) -> tuple[int, str]:
+    m = re.search(r"rank_(\d+)", path.name)
+    return (int(m[1]) if m else -1, path.name)
 
 
 def strategy_devices(strategy: Path) -> int:
     """Device count of a (merged) strategy file: devices per stage x pipeline stages."""
-    import numpy as np
-    from mindspore.train import node_strategy_pb2 as pb
-
-    smap = pb.ParallelStrategyMap()
-    smap.ParseFromString(strategy.read_bytes())
-    if not smap.parallel_layout_item:
-        raise ToolError(f"{strategy}: no parameter layouts in this strategy file")
-    per_stage = int(np.prod(smap.parallel_layout_item[0].parallel_layouts.dev_matrix[0].dim))
+    smap = _read_strategy(strategy)
+    per_stage = int(math.prod(smap.parallel_layout_item[0].parallel_layouts.dev_matrix[0].dim))
     stages = {
         int(i.param_name.split("-", 1)[0]) if "-" in i.param_name else 0
         for i in smap.parallel_layout_item

@@ -25,7 +25,9 @@ Launch modes (read from the environment, nothing to pass):
 On CPU only data parallel exists: a job with model_parallel or pipeline_stage > 1 is refused.
 
 Output: one line per logged step on stdout (rank 0 only), e.g.
-`step=120 loss=2.3141 lr=1.0e-04 tokens_per_s=3120.5 elapsed_s=61.2`;
+`step=120 loss=2.3141 lr=1.0e-04 tokens_per_s=3120.5 elapsed_s=61.2`; on several ranks `loss`
+is the global mean (every rank's batch loss, all-reduced, over the ranks of the last pipeline
+stage; the loss whose averaged gradient was applied), not rank 0's own;
 checkpoints `output/checkpoint/rank_<r>/bloom_rank_<r>-<step>.ckpt` + `.json` manifest every
 train.save_steps and at the end (the last train.keep_checkpoints kept); on the semi-auto
 parallel path the strategy file `output/strategy/ckpt_strategy_rank_<r>.ckpt`. `--resume`
@@ -273,55 +275,105 @@ def apply_shard_strategies(model: Any, layout: Layout) -> None:
     """Megatron-style strategies for the semi-auto parallel (Ascend) path.
 
     Column-parallel QKV and h->4h, row-parallel dense and 4h->h (set per Linear cell with
-    `Cell.shard`: input layout + parameter plan); blocks spread over pipeline stages in order,
-    the embeddings on the first and ln_f on the last. Operators not annotated here get
-    MindSpore's default strategy. The tied embedding / LM-head weight stays replicated
-    (data-parallel LM head): MindSpore needs one slicing for a parameter with several users,
-    and the embedding lookup (`ops.gather` inside model/layers.py) exposes no primitive to
-    shard, so a vocab-parallel embedding needs that layer to hold a shardable Gather first.
+    `Cell.shard`: input layout + parameter plan); a vocab-parallel embedding: the table
+    [vocab, hidden] is split on the vocab axis across MP, both where the lookup (the
+    Embedding's Gather) reads it and where the tied LM head (MatMul with the table) does, so
+    the one parameter has one slicing and the logits come out split on the vocab axis. Blocks
+    are spread over pipeline stages in order, the embeddings on the first stage and ln_f on
+    the last. Operators not annotated here get MindSpore's default strategy.
     """
+    from mindspore.parallel import Layout as DeviceLayout
+
     dp, mp = layout.data_parallel, layout.model_parallel
+    # Device matrix of a stage [dp, mp]: MP groups are adjacent ranks (one node's devices),
+    # as for the primitives below; plain tuples in Cell.shard would put MP on the outer axis.
+    dev = DeviceLayout((dp, mp), ("dp", "mp"))
     blocks = list(model.transformer.h)
     per_stage = math.ceil(len(blocks) / layout.pipeline_stage)
     for i, block in enumerate(blocks):
         block.pipeline_stage = min(i // per_stage, layout.pipeline_stage - 1)
         attn, mlp = block.self_attention, block.mlp
         for linear in (attn.query_key_value, mlp.dense_h_to_4h):  # column parallel
-            linear.shard(in_strategy=((dp, 1, 1),),
-                         parameter_plan={linear.weight.name: (mp, 1), linear.bias.name: (mp,)})
+            linear.shard(in_strategy=(dev("dp", "None", "None"),),
+                         parameter_plan={linear.weight.name: dev("mp", "None"),
+                                         linear.bias.name: dev("mp")})
         for linear in (attn.dense, mlp.dense_4h_to_h):  # row parallel
-            linear.shard(in_strategy=((dp, 1, mp),),
-                         parameter_plan={linear.weight.name: (1, mp), linear.bias.name: (1,)})
-    model.transformer.word_embeddings.pipeline_stage = 0
+            linear.shard(in_strategy=(dev("dp", "None", "mp"),),
+                         parameter_plan={linear.weight.name: dev("None", "mp"),
+                                         linear.bias.name: dev("None")})
+    embeddings = model.transformer.word_embeddings
+    embeddings.gather.shard(((mp, 1), (dp, 1)))  # table [vocab/mp, h], ids [batch/dp, seq]
+    model.lm_head.shard(((dp, 1), (mp, 1)))  # hidden [tokens/dp, h] x table [vocab/mp, h]^T
+    embeddings.pipeline_stage = 0
     model.transformer.word_embeddings_layernorm.pipeline_stage = 0
     model.transformer.ln_f.pipeline_stage = layout.pipeline_stage - 1
-    model.lm_head.shard(((dp, 1), (1, 1)))
 
 
 # --- resume --------------------------------------------------------------------------------------
 
-def agree_resume_step(output_dir: Path, dist: Dist, layout: Layout, steps: int) -> int | None:
+def agree_resume_step(output_dir: Path, dist: Dist, layout: Layout, steps: int,
+                      reduce: AllReduceSum | None) -> int | None:
     """Newest step complete on every rank: each rank checks its own files, then a SUM all-reduce
-    of a per-step presence vector finds the steps every rank has."""
+    of a per-step presence vector (`reduce`, compiled for steps + 1 values) finds the steps
+    every rank has."""
     own = [s for s in ck.complete_steps(output_dir, dist.rank, layout.manifest()) if s <= steps]
-    if dist.world == 1:
+    if reduce is None:
         return max(own) if own else None
-    import mindspore as ms
-    from mindspore import Tensor, nn, ops
-
-    class AllReduceSum(nn.Cell):
-        def __init__(self) -> None:
-            super().__init__()
-            self.reduce = ops.AllReduce()
-
-        def construct(self, x: Tensor) -> Tensor:
-            return self.reduce(x)
-
     presence = np.zeros(steps + 1, dtype=np.float32)
     presence[own] = 1.0
-    total = AllReduceSum()(Tensor(presence, ms.float32)).asnumpy()
+    total = reduce(presence)
     common = np.nonzero(total >= dist.world - 0.5)[0]
     return int(common.max()) if common.size else None
+
+
+class AllReduceSum:
+    """Sums a float32 vector over every rank, with graphs compiled up front.
+
+    A semi-auto parallel graph may not hold a communication operator ("the graph can not
+    contain communication op"), so the graphs for the vector sizes needed later are compiled
+    here, before build_cells sets the semi-auto context; later calls with those sizes reuse
+    them (MindSpore's compile cache) and compile nothing.
+    """
+
+    def __init__(self, sizes: Sequence[int]) -> None:
+        import mindspore as ms
+        from mindspore import Tensor, nn, ops
+
+        class Reduce(nn.Cell):
+            def __init__(self) -> None:
+                super().__init__()
+                self.reduce = ops.AllReduce()
+
+            def construct(self, x: Tensor) -> Tensor:
+                return self.reduce(x)
+
+        self.cell = Reduce()
+        self.tensor = lambda values: Tensor(np.asarray(values, np.float32), ms.float32)
+        self.sizes = tuple(sizes)
+        for n in self.sizes:
+            self.cell.compile(self.tensor(np.zeros(n)))
+
+    def __call__(self, values: Sequence[float] | np.ndarray) -> np.ndarray:
+        if len(values) not in self.sizes:
+            raise ValueError(f"AllReduceSum compiled for sizes {self.sizes}, got {len(values)}")
+        return self.cell(self.tensor(values)).asnumpy()
+
+
+def global_loss(local: float, dist: Dist, layout: Layout, reduce: AllReduceSum | None) -> float:
+    """The job's loss from this rank's (every rank must call this at the same step).
+
+    The mean over the ranks that compute the loss: with pipeline stages only the last stage's
+    ranks do, and their output is the sum over micro-batches (nn.PipelineCell), divided here;
+    MP ranks of a DP group hold the same value, so the mean is over the data-parallel batches,
+    each rank's mean token loss, the loss whose averaged gradient the step applied.
+    """
+    if reduce is None:
+        return local
+    last_stage = dist.rank >= dist.world - dist.world // layout.pipeline_stage
+    if layout.pipeline_stage > 1:
+        local /= layout.micro_batch_num
+    total, count = reduce([local if last_stage else 0.0, 1.0 if last_stage else 0.0])
+    return float(total / count)
 
 
 # --- the loop ------------------------------------------------------------------------------------
@@ -351,11 +403,12 @@ def train(job: Job, resume: bool, t0: float) -> int:
     strategy_file = ck.strategy_path(out, dist.rank) if semi_auto else None
     if strategy_file is not None:
         strategy_file.parent.mkdir(parents=True, exist_ok=True)
+    reduce = AllReduceSum([2, steps + 1]) if dist.world > 1 else None  # before build_cells
+    found = agree_resume_step(out, dist, layout, steps, reduce) if resume else None
     model, step_cell = build_cells(job, layout, dist, use_mask, lrs, strategy_file)
 
     start = 0
     if resume:
-        found = agree_resume_step(out, dist, layout, steps)
         if found is None:
             note("--resume: no checkpoint complete on every rank; starting from step 0")
         else:
@@ -394,7 +447,7 @@ def train(job: Job, resume: bool, t0: float) -> int:
         inputs = batch if use_mask else (batch[0], batch[0])
         loss = step_cell(*inputs)
         if step % int(t["log_steps"]) == 0 or step == steps:
-            value = float(loss.asnumpy())
+            value = global_loss(float(loss.asnumpy()), dist, layout, reduce)
             if not math.isfinite(value):
                 raise TrainError(f"loss is {value} at step {step}")
             now = time.monotonic()

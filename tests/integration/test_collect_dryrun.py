@@ -1,10 +1,13 @@
 """collect-ckpt on real strategy files + sharded checkpoints from the compile-only dry run.
 
-tests/tools/dryrun.py (trainer issue, section 3) compiles each rank of a tiny Bloom at MP=2 on
-a fake "Ascend" device; its parameters are its slices and it writes the real strategy files.
-Rank 0 goes to th0, rank 1 to th1, as a job would leave them; collect-ckpt must give full
-parameters of which each rank's slice is exactly the right block, and load them into
-BloomLMHeadModel. (The dry run does not compile DP>1 or PP>1 layouts yet; see the report.)
+tests/tools/dryrun.py (trainer issue, section 3) compiles each rank of a tiny Bloom on a fake
+"Ascend" device and writes the real strategy files; its parameters are its slices, cut by
+MindSpore from a random single-device reference. The shards are placed on 2 test hosts as a
+job would leave them, then collect-ckpt must give back the reference exactly (each rank's slice
+the right block of it) and load it into BloomLMHeadModel:
+- MP=2: rank r on th<r> (1 device per node), through the library call;
+- MP=2 x PP=2 (world 4): ranks 0-1 on th0, 2-3 on th1 (2 devices per node), through
+  `python -m orchestrator collect-ckpt`, the command a user runs.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,137 +26,140 @@ import yaml
 
 from orchestrator.ckpt_collect import Options, collect
 from orchestrator.inventory import load_inventory
+from tests.integration.conftest import leftovers, why_no_testhosts
+from tests.tools.dryrun import (
+    TINY,
+    check_reassembled,
+    compile_ranks,
+    write_job,
+    write_reference,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-STATE = Path("/tmp/orchestrate-testhosts-collect")
-MODEL = {
-    "vocab_size": 1024,
-    "hidden_size": 64,
-    "n_layer": 2,
-    "n_head": 4,
-    "seq_length": 32,
-    "compute_dtype": "float32",
-}
-
-
-def _hosts(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["bash", str(REPO / "tests/testhosts.sh"), *args, "--state", str(STATE)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
 
 
 @pytest.fixture(scope="module")
 def hosts() -> Iterator[Path]:
-    if os.geteuid() != 0 or not Path("/usr/sbin/sshd").exists():
-        pytest.skip("test hosts need root and /usr/sbin/sshd")
+    """2 test hosts with 2 devices each (own state dir); yields the set's state dir."""
+    reason = why_no_testhosts()
+    if reason is not None:
+        pytest.skip(reason)
     if shutil.which("g++") is None:
         pytest.skip("the dry run's shim needs g++")
-    up = _hosts("up", "2", "--devices", "1")
-    if up.returncode != 0:
-        _hosts("down")
-        pytest.fail(f"testhosts up failed: {up.stderr}")
+    state = Path(tempfile.mkdtemp(prefix="oth-dry-"))
+
+    def script(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["bash", str(REPO / "tests/testhosts.sh"), *args, "--state",
+                               str(state)], capture_output=True, text=True, check=False,
+                              timeout=300)
+
     try:
-        yield STATE / "inventory.yaml"
+        loopback = ["--loopback"] if os.environ.get("ORCHESTRATE_TESTHOSTS") == "loopback" else []
+        up = script("up", "2", "--devices", "2", "--python", sys.executable, *loopback)
+        if up.returncode != 0:
+            pytest.fail(f"testhosts up failed: {up.stderr}")
+        yield state
     finally:
-        _hosts("down")
+        script("down")
+        left = leftovers(state)
+        shutil.rmtree(state, ignore_errors=True)
+    assert not left, f"test hosts left behind after down: {left}"
 
 
-def _dry_run(folder: Path) -> Path:
-    """Compile ranks 0 and 1 of an MP=2 job; returns its output folder."""
-    folder.mkdir(parents=True)
-    job = folder / "job.yaml"
-    job.write_text(
-        yaml.safe_dump(
-            {
-                "job": {"id": "dry", "output_dir": str(folder / "output")},
-                "model": MODEL,
-                "parallel": {
-                    "data_parallel": 1,
-                    "model_parallel": 2,
-                    "pipeline_stage": 1,
-                    "micro_batch_size": 2,
-                    "micro_batch_num": 1,
-                    "optimizer_shard": False,
-                },
-                "train": {"device_target": "Ascend", "steps": 10},
-                "data": {"path": str(folder)},
-            }
-        )
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MS_", "RANK_"))}
-    env.update(GLOG_v="3", PYTHONPATH=str(REPO))
-    build = folder / "build"
-    from tests.tools.dryrun import build_shim
+def _place(out: Path, state: Path, rank: int, host: str) -> None:
+    """Rank `rank`'s checkpoint folder and strategy file onto `host`, where the job put them."""
+    job = state / "hosts" / host / "work" / "jobs" / "dry" / "output"
+    shutil.copytree(out / "checkpoint" / f"rank_{rank}", job / "checkpoint" / f"rank_{rank}")
+    (job / "strategy").mkdir(parents=True, exist_ok=True)
+    name = f"ckpt_strategy_rank_{rank}.ckpt"
+    shutil.copy(out / "strategy" / name, job / "strategy" / name)
 
-    build_shim(build)
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.tools.dryrun",
-                "--job",
-                str(job),
-                "--rank",
-                str(r),
-                "--world",
-                "2",
-                "--build-dir",
-                str(build),
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for r in (0, 1)
-    ]
-    for r, p in enumerate(procs):
-        _, err = p.communicate(timeout=600)
-        assert p.returncode == 0, f"dry run rank {r}: {err[-2000:]}"
-    return folder / "output"
+
+def _clear(state: Path) -> None:
+    for host in ("th0", "th1"):
+        shutil.rmtree(state / "hosts" / host / "work" / "jobs" / "dry", ignore_errors=True)
+
+
+def _params(path: Path) -> dict[str, np.ndarray]:
+    import mindspore as ms
+
+    return {k: v.asnumpy() for k, v in ms.load_checkpoint(str(path)).items()}
+
+
+def _arch(tmp_path: Path) -> Path:
+    arch = tmp_path / "tiny-dry.yaml"  # the dry run's manifests carry no model section
+    arch.write_text(yaml.safe_dump({"model": TINY}))
+    return arch
+
+
+def _dry_run(tmp_path: Path, mp: int, pp: int) -> tuple[Path, dict[str, np.ndarray]]:
+    """Compile every rank on slices of a random reference: (output folder, reference)."""
+    reference = write_reference(tmp_path / "reference.ckpt")
+    job = write_job(tmp_path / "dry", 1, mp, pp)
+    return compile_ranks(job, mp * pp, tmp_path / "build", tmp_path / "reference.ckpt"), reference
+
+
+def _assert_equal(full: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> None:
+    assert sorted(full) == sorted(reference)  # every parameter of BloomLMHeadModel, no other
+    for name, want in reference.items():
+        np.testing.assert_array_equal(full[name], want, err_msg=name)
 
 
 def test_mp2_dry_run_shards_on_two_hosts_reassemble_exactly(hosts: Path, tmp_path: Path) -> None:
-    import mindspore as ms
-
-    out = _dry_run(tmp_path / "dry")
+    out, reference = _dry_run(tmp_path, 2, 1)
+    _clear(hosts)
     for rank in (0, 1):  # rank r on th<r>, as `up` would place a 2-rank job on 1-device nodes
-        job = STATE / "hosts" / f"th{rank}" / "work" / "jobs" / "dry" / "output"
-        shutil.copytree(out / "checkpoint" / f"rank_{rank}", job / "checkpoint" / f"rank_{rank}")
-        (job / "strategy").mkdir(parents=True)
-        name = f"ckpt_strategy_rank_{rank}.ckpt"
-        shutil.copy(out / "strategy" / name, job / "strategy" / name)
-    arch = tmp_path / "tiny-dry.yaml"  # the dry run's manifests carry no model section
-    arch.write_text(yaml.safe_dump({"model": MODEL}))
+        _place(out, hosts, rank, f"th{rank}")
+    inv = yaml.safe_load((hosts / "inventory.yaml").read_text())
+    inv["defaults"]["devices"] = 1
+    one_device = tmp_path / "inventory-1dev.yaml"
+    one_device.write_text(yaml.safe_dump(inv))
 
-    res = collect(load_inventory(hosts), "dry", tmp_path / "d", Options(preset=str(arch)))
+    res = collect(load_inventory(one_device), "dry", tmp_path / "d",
+                  Options(preset=str(_arch(tmp_path))))
     assert res.fetched_ranks == [0, 1] and "check" in res.seconds
     assert res.merged is not None and res.merged.name == "bloom_tiny-dry_step0.ckpt"
 
-    full = {k: v.asnumpy() for k, v in ms.load_checkpoint(str(res.merged)).items()}
-    split = 0
-    for rank in (0, 1):
-        part = ms.load_checkpoint(
-            str(out / "checkpoint" / f"rank_{rank}" / f"bloom_rank_{rank}-0.ckpt")
-        )
-        for name, p in part.items():
-            if name not in full:  # optimizer state, stripped
-                assert name.startswith(("adam_", "global_step", "learning_rate")), name
-                continue
-            a, whole = p.asnumpy(), full[name]
-            if a.shape == whole.shape:
-                np.testing.assert_array_equal(a, whole, err_msg=name)
-                continue
-            (axis,) = [
-                i for i, (x, y) in enumerate(zip(a.shape, whole.shape, strict=True)) if x != y
-            ]
-            np.testing.assert_array_equal(a, np.split(whole, 2, axis=axis)[rank], name)
-            split += 1
-    assert split >= 8  # QKV, dense, h->4h, 4h->h (+ biases) of 2 layers, on both ranks
+    full = _params(res.merged)
+    _assert_equal(full, reference)
+    parts = {r: _params(out / "checkpoint" / f"rank_{r}" / f"bloom_rank_{r}-0.ckpt")
+             for r in (0, 1)}
+    axes = check_reassembled(full, parts, dp=1, mp=2)
+    assert len(axes) == 13  # QKV, dense, h->4h, 4h->h (+ column biases) x 2 layers, embedding
+
+
+def test_mp2pp2_dry_run_on_two_hosts_collect_ckpt_cli_reassembles_exactly(
+        hosts: Path, tmp_path: Path) -> None:
+    out, reference = _dry_run(tmp_path, 2, 2)
+    _clear(hosts)
+    for rank in range(4):  # as `up` places 4 ranks on two 2-device nodes
+        _place(out, hosts, rank, f"th{rank // 2}")
+    dest = tmp_path / "d"
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "collect-ckpt", "-i", str(hosts / "inventory.yaml"),
+         "--job", "dry", "--state-dir", str(tmp_path / "state"), "--dest", str(dest),
+         "--preset", str(_arch(tmp_path))],
+        cwd=REPO, capture_output=True, text=True, check=False, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    merged = dest / "merged" / "bloom_tiny-dry_step0.ckpt"
+    assert f"merged checkpoint: {merged}" in proc.stdout
+    assert "ranks [0, 1, 2, 3] gathered" in " ".join(proc.stderr.split())  # rich wraps lines
+
+    assert "check " in " ".join(proc.stderr.split())  # the command loaded it into the model
+    full = _params(merged)
+    _assert_equal(full, reference)
+    from model.ckpt_tools import check
+    from model.config import BloomConfig
+
+    loaded = check(merged, BloomConfig.from_dict(dict(TINY), "tiny"))  # and so does this test
+    assert loaded["parameters"] == len(reference)
+    parts = {r: _params(out / "checkpoint" / f"rank_{r}" / f"bloom_rank_{r}-0.ckpt")
+             for r in range(4)}
+    assert {n.split(".")[2] for n in parts[2] if n.startswith("transformer.h.")} == {"1"}
+    axes = check_reassembled(full, parts, dp=1, mp=2)
+    assert axes["transformer.h.1.self_attention.query_key_value.weight"] == 0  # stage 1, MP
+    assert axes["transformer.h.1.mlp.dense_4h_to_h.weight"] == 1
+    assert axes["transformer.word_embeddings.weight"] == 0  # vocab parallel
+    assert len(axes) == 13

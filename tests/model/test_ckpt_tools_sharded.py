@@ -71,3 +71,57 @@ def test_transform_to_another_layout_matches_that_layouts_shards(tmp_path: Path)
         assert set(got) - {"adam_m.synthetic"} == set(want) - {"adam_m.synthetic"}
         for name in set(want) - {"adam_m.synthetic"}:
             np.testing.assert_array_equal(got[name].asnumpy(), want[name].asnumpy(), name)
+
+
+def _relabel_first_operator_stage0(path: Path) -> None:
+    """What MindSpore writes for a later stage whose first recorded operator kept the default
+    strategy (e.g. a LayerNorm): that operator says stage 0."""
+    from mindspore.train import node_strategy_pb2 as pb
+
+    smap = pb.ParallelStrategyMap()
+    smap.ParseFromString(path.read_bytes())
+    item = pb.ParallelStrategyItem()
+    item.node_name = "LayerNorm_default_strategy"
+    item.parallel_strategys.stage = 0
+    items = [item, *smap.parallel_strategy_item]
+    del smap.parallel_strategy_item[:]
+    smap.parallel_strategy_item.extend(items)
+    path.write_bytes(smap.SerializeToString())
+
+
+def test_merge_takes_each_stage_from_the_rank_not_the_first_operator(tmp_path: Path) -> None:
+    full = full_params()
+    ckpt_tools.synth_sharded(tmp_path, full, dp=1, mp=2, pp=2, n_layer=4)
+    for r in (2, 3):
+        _relabel_first_operator_stage0(tmp_path / "strategy" / f"ckpt_strategy_rank_{r}.ckpt")
+    theirs = tmp_path / "theirs.ckpt"
+    ms.merge_pipeline_strategys(str(tmp_path / "strategy"), str(theirs))
+    assert ckpt_tools.needed_ranks(theirs, None)["ranks"] == [0, 1]  # stage 1 lost
+    merged = tmp_path / "merged.ckpt"
+    assert ckpt_tools.merge_strategies(tmp_path / "strategy", merged)["stages"] == 2
+    src = {r: tmp_path / "checkpoint" / f"rank_{r}" / "shard.ckpt" for r in range(4)}
+    ckpt_tools.transform(src, merged, tmp_path / "out.ckpt")
+    got = ms.load_checkpoint(str(tmp_path / "out.ckpt"))
+    assert set(got) - {"adam_m.synthetic"} == set(full)
+    for name, a in full.items():
+        np.testing.assert_array_equal(got[name].asnumpy(), a, err_msg=name)
+
+
+def test_merge_names_a_missing_stage_and_an_inconsistent_file(tmp_path: Path) -> None:
+    ckpt_tools.synth_sharded(tmp_path, full_params(), dp=1, mp=2, pp=2, n_layer=4)
+    strategy = tmp_path / "strategy"
+    one_stage = tmp_path / "stage1"
+    one_stage.mkdir()
+    for r in (2, 3):
+        (one_stage / f"ckpt_strategy_rank_{r}.ckpt").write_bytes(
+            (strategy / f"ckpt_strategy_rank_{r}.ckpt").read_bytes())
+    with pytest.raises(ckpt_tools.ToolError, match=r"no strategy file for pipeline stage.*\[0\]"):
+        ckpt_tools.merge_strategies(one_stage, tmp_path / "m.ckpt")
+    (strategy / "ckpt_strategy_rank_0.ckpt").write_bytes(
+        (strategy / "ckpt_strategy_rank_2.ckpt").read_bytes())  # stage 1's file as rank 0's
+    with pytest.raises(ckpt_tools.ToolError, match=r"rank_0\.ckpt: operators of pipeline stage 1"):
+        ckpt_tools.merge_strategies(strategy, tmp_path / "m.ckpt")
+    (strategy / "ckpt_strategy_rank_0.ckpt").write_bytes(b"\xffnot a strategy")
+    with pytest.raises(ckpt_tools.ToolError, match=r"rank_0\.ckpt: not a protobuf strategy file"):
+        ckpt_tools.merge_strategies(strategy, tmp_path / "m.ckpt")
+    assert not list(tmp_path.glob("*m.ckpt*"))  # nothing half-written

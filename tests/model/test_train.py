@@ -199,6 +199,8 @@ def test_two_worker_cluster_matches_single_process(tmp_path: Path, data_dir: Pat
     assert [r[0] for r in results] == [0, 0, 0], [r[2][-1500:] for r in results]
     assert sorted(losses(results[1][1])) == [4, 8, 12]  # rank 0 logs
     assert losses(results[2][1]) == {}  # rank 1 does not
+    for step, loss in losses(results[1][1]).items():  # the global mean, not rank 0's 4 samples
+        assert abs(loss - losses(single.stdout)[step]) < 2e-3, (step, loss)
 
     out = tmp_path / "dp" / "output"
     rank0, rank1 = (params_of(ck.ckpt_path(out, r, 12)) for r in (0, 1))

@@ -1,118 +1,176 @@
 """Compile-only dry run of the semi-auto parallel (Ascend) trainer graph on CPU (section 3).
 
-Missing: MP=2 x PP=2 (does not compile yet) and merging pipeline strategy files back.
-
-Each rank of a tiny Bloom at MP=2 is compiled by tests/tools/dryrun.py (fake "Ascend" device,
-no execution); its parameters are its slices. MindSpore's own transform_checkpoints, driven by
-the strategy files the compile wrote, must reassemble full parameters of which every rank's
-slice is the right block: column-parallel QKV / h->4h split on the output axis, row-parallel
-dense / 4h->h on the input axis.
+Every rank of a tiny Bloom is compiled by tests/tools/dryrun.py (fake "Ascend" device, no
+execution) and writes its real strategy file; its parameters are its slices, cut by MindSpore
+from one random single-device reference checkpoint (--init). Layouts: MP=2, MP=2 x PP=2
+(world 4) and DP=2 x MP=2 x PP=2 with the parallel optimizer (world 8, the 65b preset's kind of
+layout at tiny size), each compiled once. The strategy files are merged with
+model.ckpt_tools (what collect-ckpt runs) and transform_checkpoint_by_rank must give back the
+reference exactly, every parameter of BloomLMHeadModel, with each rank's slice the right block:
+column-parallel QKV / h->4h split on the output axis, row-parallel dense / 4h->h on the input
+axis, the vocab-parallel embedding (tied LM head) on the vocab axis.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from model import checkpoint as ck
-from tests.model.data_helpers import REPO
+from model import ckpt_tools
+from tests.tools.dryrun import (
+    TINY,
+    check_reassembled,
+    compile_ranks,
+    write_job,
+    write_reference,
+)
 
 pytestmark = pytest.mark.slow
 
-
-def _job(folder: Path, mp: int, pp: int, mbn: int) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "job.yaml"
-    path.write_text(yaml.safe_dump({
-        "job": {"id": folder.name, "output_dir": str(folder / "output")},
-        "model": {"vocab_size": 1024, "hidden_size": 64, "n_layer": 2, "n_head": 4,
-                  "seq_length": 32, "compute_dtype": "float32"},
-        "parallel": {"data_parallel": 1, "model_parallel": mp, "pipeline_stage": pp,
-                     "micro_batch_size": 2, "micro_batch_num": mbn, "optimizer_shard": False},
-        "train": {"device_target": "Ascend", "steps": 10},
-        "data": {"path": str(folder)}}))
-    return path
+SPLIT = {  # the axis Megatron-style MP splits, per parameter suffix
+    "self_attention.query_key_value.weight": 0,
+    "self_attention.query_key_value.bias": 0,
+    "mlp.dense_h_to_4h.weight": 0,
+    "mlp.dense_h_to_4h.bias": 0,
+    "self_attention.dense.weight": 1,
+    "mlp.dense_4h_to_h.weight": 1,
+    "word_embeddings.weight": 0,
+}
 
 
-def _compile_ranks(job: Path, world: int, build_dir: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MS_", "RANK_"))}
-    env.update(GLOG_v="3", PYTHONPATH=str(REPO))
-    procs = [subprocess.Popen([sys.executable, "-m", "tests.tools.dryrun", "--job", str(job),
-                               "--rank", str(r), "--world", str(world), "--build-dir",
-                               str(build_dir)], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-             for r in range(world)]
-    for r, p in enumerate(procs):
-        out, err = p.communicate(timeout=600)
-        assert p.returncode == 0, f"rank {r}: {err[-3000:]}"
-        assert f"compiled rank {r}/{world}" in out
+def _params(path: Path) -> dict[str, np.ndarray]:
+    import mindspore as ms
+
+    return {k: v.asnumpy() for k, v in ms.load_checkpoint(str(path)).items()}
+
+
+def _dry_run(root: Path, dp: int, mp: int, pp: int,
+             optimizer_shard: bool = False) -> tuple[Path, dict[str, np.ndarray]]:
+    """Compile every rank with slices of a random reference: (output folder, reference)."""
+    reference = write_reference(root / "reference.ckpt")
+    job = write_job(root / f"dp{dp}mp{mp}pp{pp}", dp, mp, pp, optimizer_shard)
+    return compile_ranks(job, dp * mp * pp, root / "build", root / "reference.ckpt"), reference
+
+
+def _assert_equal(full: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> None:
+    assert sorted(full) == sorted(reference)  # every parameter of BloomLMHeadModel, no other
+    for name, want in reference.items():
+        np.testing.assert_array_equal(full[name], want, err_msg=name)
+
+
+def _reassemble(out: Path, world: int, work: Path) -> tuple[Path, dict[str, np.ndarray]]:
+    """collect-ckpt's MindSpore steps: merge the strategies, transform to one device."""
+    merged = work / "merged_strategy.ckpt"
+    res = ckpt_tools.merge_strategies(out / "strategy", merged)
+    assert res["sources"] == world
+    src = {r: ck.ckpt_path(out, r, 0) for r in range(world)}
+    full = work / "full.ckpt"
+    ckpt_tools.transform(src, merged, full)
+    return merged, _params(full)
+
+
+def _expected_shapes() -> dict[str, tuple[int, ...]]:
+    from model.config import BloomConfig
+
+    return {k: tuple(v) for k, v in
+            BloomConfig.from_dict(dict(TINY), "tiny").parameter_shapes().items()}
+
+
+def _check_split_axes(axes: dict[str, int]) -> None:
+    for i in range(TINY["n_layer"]):
+        for suffix, axis in SPLIT.items():
+            name = (f"transformer.{suffix}" if suffix.startswith("word") else
+                    f"transformer.h.{i}.{suffix}")
+            assert axes.get(name) == axis, f"{name}: split on {axes.get(name)}, want {axis}"
+    unsplit = set(axes) - {n for n in axes if n.endswith(tuple(SPLIT))}
+    assert not unsplit, f"split but should be replicated: {sorted(unsplit)}"
+
+
+@pytest.fixture(scope="module")
+def mp2pp2(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, np.ndarray]]:
+    """MP=2 x PP=2, world 4, compiled once: (output folder, reference parameters)."""
+    return _dry_run(tmp_path_factory.mktemp("dry"), 1, 2, 2)
 
 
 def test_mp2_compiles_and_strategy_reassembles_full_parameters(tmp_path: Path) -> None:
+    out, reference = _dry_run(tmp_path, 1, 2, 1)
+    _, full = _reassemble(out, 2, tmp_path)
+    assert {k: v.shape for k, v in full.items()} == _expected_shapes()
+    _assert_equal(full, reference)
+    parts = {r: _params(ck.ckpt_path(out, r, 0)) for r in (0, 1)}
+    _check_split_axes(check_reassembled(full, parts, dp=1, mp=2))
+
+
+def test_mp2pp2_each_rank_holds_its_stage_slices(
+        mp2pp2: tuple[Path, dict[str, np.ndarray]]) -> None:
+    out, _ = mp2pp2
+    names = [set(_params(ck.ckpt_path(out, r, 0))) for r in range(4)]
+    layers = [{n.split(".")[2] for n in ns if n.startswith("transformer.h.")} for ns in names]
+    assert layers == [{"0"}, {"0"}, {"1"}, {"1"}]  # block 0 on stage 0 (ranks 0-1), 1 on 1
+    for r in (0, 1):
+        assert "transformer.word_embeddings.weight" in names[r]
+        assert "transformer.ln_f.weight" not in names[r]
+    for r in (2, 3):
+        assert "transformer.ln_f.weight" in names[r]
+        assert "transformer.word_embeddings.weight" not in names[r]
+    assert all(ck.strategy_path(out, r).stat().st_size > 0 for r in range(4))
+
+
+def test_mp2pp2_merge_keeps_both_stages_where_mindspore_merge_loses_one(
+        mp2pp2: tuple[Path, dict[str, np.ndarray]], tmp_path: Path) -> None:
+    """ms.merge_pipeline_strategys labels a stage by its file's first operator, and default-
+    strategy operators (LayerNorm) say stage 0 on stage 1 too: stage 1's layouts come out as
+    stage 0's and the transform reads ranks 0-1 only. Ours takes the stage from the rank."""
     import mindspore as ms
+    from mindspore.train import node_strategy_pb2 as pb
 
-    job = _job(tmp_path / "mp2", mp=2, pp=1, mbn=1)
-    out = tmp_path / "mp2" / "output"
-    build = tmp_path / "build"
-    from tests.tools.dryrun import build_shim
+    out, _ = mp2pp2
 
-    build_shim(build)  # once, before the ranks start
-    _compile_ranks(job, 2, build)
-    strategies = [ck.strategy_path(out, r) for r in (0, 1)]
-    assert all(s.is_file() and s.stat().st_size > 0 for s in strategies)
+    def layout_names(path: Path) -> set[str]:
+        smap = pb.ParallelStrategyMap()
+        smap.ParseFromString(path.read_bytes())
+        return {i.param_name for i in smap.parallel_layout_item}
 
-    merged_dir = tmp_path / "merged"
-    ms.transform_checkpoints(str(out / "checkpoint"), str(merged_dir), "full",
-                             src_strategy_file=str(strategies[0]), dst_strategy_file=None)
-    full = {k: v.asnumpy() for k, v in
-            ms.load_checkpoint(str(merged_dir / "rank_0" / "full0.ckpt")).items()}
-    ranks = [{k: v.asnumpy() for k, v in ms.load_checkpoint(str(ck.ckpt_path(out, r, 0))).items()}
-             for r in (0, 1)]
-    assert full["transformer.h.0.self_attention.query_key_value.weight"].shape == (192, 64)
-    split_axis = {}
-    for name, value in full.items():
-        for r, params in enumerate(ranks):
-            part = params[name]
-            if part.shape == value.shape:
-                np.testing.assert_array_equal(part, value, err_msg=name)
-                continue
-            (axis,) = [i for i, (a, b) in enumerate(zip(part.shape, value.shape, strict=True))
-                       if a != b]
-            split_axis[name] = axis
-            block = np.split(value, 2, axis=axis)[r]
-            np.testing.assert_array_equal(part, block, err_msg=f"{name} rank {r}")
-    for i in (0, 1):
-        prefix = f"transformer.h.{i}."
-        assert split_axis[prefix + "self_attention.query_key_value.weight"] == 0  # column
-        assert split_axis[prefix + "mlp.dense_h_to_4h.weight"] == 0
-        assert split_axis[prefix + "self_attention.dense.weight"] == 1  # row
-        assert split_axis[prefix + "mlp.dense_4h_to_h.weight"] == 1
-    assert "transformer.word_embeddings.weight" not in split_axis  # tied, kept replicated
+    theirs = tmp_path / "theirs.ckpt"
+    ms.merge_pipeline_strategys(str(out / "strategy"), str(theirs))
+    assert not any(n.startswith("1-") for n in layout_names(theirs))  # the bug, still there
+    ours = tmp_path / "ours.ckpt"
+    assert ckpt_tools.merge_strategies(out / "strategy", ours)["stages"] == 2
+    names = layout_names(ours)
+    assert "0-transformer.h.0.self_attention.query_key_value.weight" in names
+    assert "1-transformer.h.1.self_attention.query_key_value.weight" in names
+    assert "1-transformer.ln_f.weight" in names and "0-transformer.ln_f.weight" not in names
+    assert ckpt_tools.needed_ranks(ours, None)["ranks"] == [0, 1, 2, 3]
 
 
-def test_pp2_compiles_with_one_stage_per_rank(tmp_path: Path) -> None:
-    """PP=2 (MP=1): each rank compiles and holds only its stage's parameters.
+def test_mp2pp2_transform_reassembles_every_parameter_exactly(
+        mp2pp2: tuple[Path, dict[str, np.ndarray]], tmp_path: Path) -> None:
+    out, reference = mp2pp2
+    _, full = _reassemble(out, 4, tmp_path)
+    assert {k: v.shape for k, v in full.items()} == _expected_shapes()
+    _assert_equal(full, reference)
+    parts = {r: _params(ck.ckpt_path(out, r, 0)) for r in range(4)}
+    _check_split_axes(check_reassembled(full, parts, dp=1, mp=2))
+    res = ckpt_tools.check(tmp_path / "full.ckpt", _config())
+    assert res["parameters"] == len(full)
 
-    Not covered yet: merging these strategy files back (merge_pipeline_strategys keeps only
-    stage 0 here) and MP=2 x PP=2, which fails to compile (a Reshape in the attention).
-    """
-    import mindspore as ms
 
-    job = _job(tmp_path / "pp2", mp=1, pp=2, mbn=2)
-    out = tmp_path / "pp2" / "output"
-    from tests.tools.dryrun import build_shim
+def test_dp2mp2pp2_with_optimizer_shard_reassembles_exactly(tmp_path: Path) -> None:
+    """World 8: each rank's slice is also split across its DP replica (parallel optimizer)."""
+    out, reference = _dry_run(tmp_path, 2, 2, 2, optimizer_shard=True)
+    merged, full = _reassemble(out, 8, tmp_path)
+    assert ckpt_tools.needed_ranks(merged, None)["ranks"] == list(range(8))  # no replica
+    _assert_equal(full, reference)
+    shapes = [{k: v.shape for k, v in _params(ck.ckpt_path(out, r, 0)).items()} for r in (0, 4)]
+    assert shapes[0]["transformer.word_embeddings.weight"] == (1024 // 4, 64)  # MP x DP
+    assert shapes[1]["transformer.h.1.mlp.dense_h_to_4h.weight"] == (256 // 4, 64)
+    assert "transformer.h.0.mlp.dense_h_to_4h.weight" not in shapes[1]  # stage 1: block 1
 
-    build_shim(tmp_path / "build")
-    _compile_ranks(job, 2, tmp_path / "build")
-    assert all(ck.strategy_path(out, r).is_file() for r in (0, 1))
-    names = [set(ms.load_checkpoint(str(ck.ckpt_path(out, r, 0)))) for r in (0, 1)]
-    assert {n.split(".")[1] + "." + n.split(".")[2] for n in names[0] if ".h." in n} == {"h.0"}
-    assert {n.split(".")[1] + "." + n.split(".")[2] for n in names[1] if ".h." in n} == {"h.1"}
-    assert "transformer.word_embeddings.weight" in names[0]
-    assert "transformer.ln_f.weight" in names[1] and "transformer.ln_f.weight" not in names[0]
+
+def _config() -> object:
+    from model.config import BloomConfig
+
+    return BloomConfig.from_dict(dict(TINY), "tiny")
