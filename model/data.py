@@ -46,7 +46,7 @@ PROMPT_NO_INPUT = (
 FILE_STEM = "alpaca.mindrecord"
 SUMMARY_FILE = "summary.json"
 DEFAULT_TOKENIZER = Path(__file__).resolve().parent / "assets" / "tokenizer.json"
-ENCODE_CHUNK = 4096  # records tokenized and written per batch
+ENCODE_CHUNK = 1024  # records per batch: smaller batches tokenized slower, larger ones too
 TEMPLATE_PROBE = 64  # records encoded both whole and field-wise before trusting field-wise
 
 
