@@ -1,6 +1,7 @@
 """Benchmark `collect-ckpt`: gather throughput vs parallel scp, and merge+transform time.
 
     python bench/collect.py [--mib 256] [--hosts 4] [--transform-gib 1.0] [--skip-transform]
+        [--skip-gather]
 
 Part 1 brings up test hosts (tests/testhosts.sh, state /tmp/orchestrate-testhosts-collect),
 writes one random file of --mib MiB per host, then downloads the files into a tmpfs, in the
@@ -194,8 +195,10 @@ def main() -> None:
     p.add_argument("--hosts", type=int, default=4)
     p.add_argument("--transform-gib", type=float, default=1.0)
     p.add_argument("--skip-transform", action="store_true")
+    p.add_argument("--skip-gather", action="store_true", help="part 2 only (no test hosts)")
     a = p.parse_args()
-    gather(a.mib, a.hosts)
+    if not a.skip_gather:
+        gather(a.mib, a.hosts)
     if not a.skip_transform:
         transform(a.transform_gib)
 
