@@ -6,11 +6,11 @@
 
 A .ckpt is a sequence of protobuf `Checkpoint` messages, each holding one `Value` (field 1):
 `tag` (the name, field 1) and a `TensorProto` (field 2) with `dims` (1), `tensor_type` (2)
-and `tensor_content` (3); a parameter over 512 MiB is several Values with the same tag, split
-along axis 0; the file may end with `crc_num` + 10 bytes. `load_checkpoint` parses all of it
-into memory; here only the framing is parsed, and tensor bytes go straight from the file into
-their final place (`read_into`), so reassembling or filtering a checkpoint holds one
-parameter, not the whole file (or two copies of it).
+and `tensor_content` (3); a parameter over 512 MiB is several consecutive Values with the same
+tag and full dims, whose contents concatenate; the file may end with `crc_num` + 10 bytes.
+`load_checkpoint` parses all of it into memory; here only the framing is parsed, and tensor
+bytes go straight from the file into their final place (`read_into`), so reassembling or
+filtering a checkpoint holds one parameter, not the whole file (or two copies of it).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ ITEMSIZE = {
     "Int8": 1, "Int16": 2, "Int32": 4, "Int64": 8,
     "UInt8": 1, "UInt16": 2, "UInt32": 4, "UInt64": 8, "Bool": 1,
 }
-SLICE_BYTES = 512 * 1024 * 1024  # MindSpore splits a parameter's bytes over Values above this
+SLICE_BYTES = 512 * 1024 * 1024  # bytes per Value (MindSpore's SLICE_SIZE)
 _CRC_TAIL = 17  # b"crc_num" + 10 bytes
 COPY_BLOCK = 8 << 20
 
@@ -152,8 +152,8 @@ def scan(path: Path) -> dict[str, Entry]:
             entry = entries.get(name)
             if entry is None:
                 entry = entries[name] = Entry(name, dims, dtype)
-            elif entry.dims != dims or entry.dtype != dtype or entry.records[-1][1] + \
-                    entry.records[-1][0] != start:
+            elif (entry.dims != dims or entry.dtype != dtype
+                  or sum(entry.records[-1]) != start):  # chunks must be consecutive Values
                 raise UnsupportedCkpt(f"{path}: {name} appears twice")
             entry.chunks.append((offset, nbytes))
             entry.records.append((start, record_end - start))
@@ -223,16 +223,8 @@ class CkptWriter:
         if not data.flags.c_contiguous:
             raise ValueError(f"{name}: data must be C-contiguous")
         raw = memoryview(data).cast("B")
-        rows = dims[0] if dims else 1
-        slices = max(1, -(-raw.nbytes // SLICE_BYTES))
-        # split along axis 0 as MindSpore does (np.array_split sizes), each one Value
-        bounds = [len(part) for part in np.array_split(np.arange(rows), slices)] if dims \
-            else [1]
-        row_bytes = raw.nbytes // rows if rows else 0
-        pos = 0
-        for n in bounds:
-            self._value(name, dims, dtype, raw[pos:pos + n * row_bytes])
-            pos += n * row_bytes
+        for pos in range(0, max(raw.nbytes, 1), SLICE_BYTES):  # big tensors: several Values
+            self._value(name, dims, dtype, raw[pos:pos + SLICE_BYTES])
         self.names.append(name)
 
     def copy_records(self, src: BinaryIO, entry: Entry) -> None:

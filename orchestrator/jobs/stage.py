@@ -8,8 +8,9 @@ only the blobs it lacks, unpacked privately and renamed into place, so a blob na
 holds a whole file) and are assembled once into `<workdir>/trees/<tree key>/`; a job folder
 gets each tree as hard links (`cp -al`, one process). The node has the last word: blobs still
 missing after unpacking are sent again. Temp names are private to each stager, so two jobs
-staging onto one node at once (or nodes sharing a filesystem) do not undo each other's work. The rendered files (launch.sh,
-job.yaml, rank table) are written by the first command itself (bash `printf`, no upload).
+staging onto one node at once (or nodes sharing a filesystem) do not undo each other's work.
+The rendered files (launch.sh, job.yaml, rank table) are written by the first command itself
+(bash `printf`, no upload).
 Secrets (env.sh) never become blobs or command text: uploaded to the job folder, mode 0600.
 A node that already holds the code costs one round trip and a handful of processes.
 """
