@@ -183,7 +183,15 @@ def transform(gib: float) -> None:
         )
         print(
             f"  result: {got[0]} parameters expected, {got[1]} in merged file, "
-            f"{got[2]} differ from the unsharded bytes {' '.join(got[3:])}"
+            f"{got[2]} differ from the unsharded bytes {' '.join(got[3:])}; "
+            f"transform method: {res.get('method', '?')}"
+        )
+        t4 = time.monotonic()
+        checked = ckpt_merge.run_tool(["check", "--ckpt", str(out), "--model-json",
+                                       json.dumps(model)])
+        print(
+            f"  load check into BloomLMHeadModel: {time.monotonic() - t4:.1f} s, peak host "
+            f"memory {checked.get('peak_rss', 0) / 2**30:.2f} GiB (model + loaded checkpoint)"
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -377,21 +377,69 @@ def model_shapes(model: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     return BloomConfig.from_dict(dict(model), "model").parameter_shapes()
 
 
+NUMPY_TYPES = {
+    "Float16": "float16", "Float32": "float32", "Float64": "float64", "Int8": "int8",
+    "Int16": "int16", "Int32": "int32", "Int64": "int64", "UInt8": "uint8", "UInt16": "uint16",
+    "UInt32": "uint32", "UInt64": "uint64", "Bool": "bool",
+}
+
+
 def check(
     ckpt: Path, config: Any, model_factory: Callable[[Any], Any] = bloom_factory
 ) -> dict[str, Any]:
-    """Load `ckpt` into the model; fail naming missing/unexpected/mis-shaped parameters."""
+    """Load `ckpt` into the model; fail naming missing/unexpected/mis-shaped parameters.
+
+    Shapes come from the file's framing; values are then read one parameter at a time into
+    the model's parameters (strict: same type), so memory holds the model plus one
+    parameter, not the model plus the whole loaded checkpoint.
+    """
+    import numpy as np
+
+    from model import ckpt_stream
+
+    try:
+        entries = ckpt_stream.scan(ckpt)
+    except ckpt_stream.UnsupportedCkpt:
+        return _check_loaded(ckpt, config, model_factory)
+    if any(e.dtype not in NUMPY_TYPES for e in entries.values()):
+        return _check_loaded(ckpt, config, model_factory)
+    import mindspore as ms
+
+    net, expected = model_factory(config)
+    _raise_problems(ckpt, compare_params(expected, {n: e.dims for n, e in entries.items()}))
+    params = {p.name: p for p in net.get_parameters()}
+    with open(ckpt, "rb") as fh:
+        for name in expected:
+            entry, param = entries[name], params[name]
+            data = np.empty(entry.dims, dtype=NUMPY_TYPES[entry.dtype])
+            ckpt_stream.read_into(fh, entry, memoryview(data).cast("B"))
+            tensor = ms.Tensor.from_numpy(data)
+            if tensor.dtype != param.dtype:
+                raise ToolError(f"{ckpt} does not fit the model: wrong type for {name}: "
+                                f"checkpoint {entry.dtype}, model {param.dtype}")
+            param.set_data(tensor, param.sliced)
+            if hasattr(param, "init_param") and not param.init_param:
+                param.init_param = True
+            del data, tensor
+    return {"ckpt": str(ckpt), "parameters": len(expected), "peak_rss": peak_rss_bytes()}
+
+
+def _raise_problems(ckpt: Path, problems: Sequence[str]) -> None:
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise ToolError(f"{ckpt} does not fit the model: " + "; ".join(problems[:5]) + more)
+
+
+def _check_loaded(ckpt: Path, config: Any, model_factory: Callable[[Any], Any]) -> dict[str, Any]:
+    """`check` through load_checkpoint, for files ckpt_stream cannot read (e.g. bfloat16)."""
     import mindspore as ms
 
     net, expected = model_factory(config)
     params = ms.load_checkpoint(str(ckpt))
-    got = {n: tuple(p.shape) for n, p in params.items()}
-    problems = compare_params(expected, got)
-    if problems:
-        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-        raise ToolError(f"{ckpt} does not fit the model: " + "; ".join(problems[:5]) + more)
+    _raise_problems(ckpt, compare_params(expected, {n: tuple(p.shape)
+                                                    for n, p in params.items()}))
     ms.load_param_into_net(net, {n: params[n] for n in expected}, strict_load=True)
-    return {"ckpt": str(ckpt), "parameters": len(expected)}
+    return {"ckpt": str(ckpt), "parameters": len(expected), "peak_rss": peak_rss_bytes()}
 
 
 def synth_sharded(

@@ -179,3 +179,29 @@ def test_unsupported_layout_falls_back_to_mindspore(tmp_path: Path) -> None:
         ms.save_checkpoint([{"name": "w", "data": ms.Tensor(np.split(full, 2)[r])}], str(src[r]))
     assert ckpt_tools._stream_transform(src, strategy, tmp_path / "x.ckpt") == "layout of w"
     assert not (tmp_path / "x.ckpt").exists()
+
+
+def test_check_loads_parameter_by_parameter(tmp_path: Path) -> None:
+    from mindspore import nn
+
+    def factory(dtype: object) -> tuple[object, dict[str, tuple[int, ...]]]:
+        net = nn.Dense(4, 3, dtype=dtype)
+        return net, {p.name: tuple(p.shape) for p in net.get_parameters()}
+
+    rng = np.random.default_rng(4)
+    values = {"weight": rng.standard_normal((3, 4)).astype(np.float32),
+              "bias": rng.standard_normal((3,)).astype(np.float32)}
+    path = tmp_path / "d.ckpt"
+    ms.save_checkpoint([{"name": n, "data": ms.Tensor(a)} for n, a in values.items()], str(path))
+    loaded: list[object] = []
+
+    def keep(dtype: object) -> tuple[object, dict[str, tuple[int, ...]]]:
+        net, shapes = factory(dtype)
+        loaded.append(net)
+        return net, shapes
+
+    assert ckpt_tools.check(path, ms.float32, keep)["parameters"] == 2
+    for p in loaded[0].get_parameters():  # type: ignore[attr-defined]
+        np.testing.assert_array_equal(p.asnumpy(), values[p.name], err_msg=p.name)
+    with pytest.raises(ckpt_tools.ToolError, match=r"wrong type for weight: checkpoint Float32"):
+        ckpt_tools.check(path, ms.float16, factory)
