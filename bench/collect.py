@@ -9,8 +9,9 @@ same run, with collect-ckpt's fetcher (ssh + tail, sha256 while streaming, resum
 with parallel `scp -F ssh_config` (the reference), interleaved, best of 2 each. Prints both
 rates and the ratio (goal >= 0.9x). Part 2 writes a synthetic DP1 x MP2 x PP2 Bloom-shaped
 checkpoint of about --transform-gib GiB (fp32) with real strategy files, then times
-strip + merge-strategies + transform via `python -m model.ckpt_tools` and checks the result
-equals the unsharded parameters. Tears everything down at the end.
+strip + merge-strategies + transform via `python -m model.ckpt_tools`, checks the result
+equals the unsharded parameters, and times the load check into BloomLMHeadModel; each step's
+peak host memory is printed (`--skip-gather`: part 2 only). Tears everything down at the end.
 """
 
 from __future__ import annotations
@@ -191,7 +192,7 @@ def transform(gib: float) -> None:
                                        json.dumps(model)])
         print(
             f"  load check into BloomLMHeadModel: {time.monotonic() - t4:.1f} s, peak host "
-            f"memory {checked.get('peak_rss', 0) / 2**30:.2f} GiB (model + loaded checkpoint)"
+            f"memory {checked.get('peak_rss', 0) / 2**30:.2f} GiB (the model + one parameter)"
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
