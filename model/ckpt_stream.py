@@ -102,6 +102,8 @@ def _tensor_header(fh: BinaryIO, end: int) -> tuple[tuple[int, ...], str, int, i
         elif num == 3 and wire == 2:
             size = _read_varint(fh)
             content = (fh.tell(), size)
+            if content[0] + size > end:
+                raise UnsupportedCkpt("tensor bytes run past their value")
             fh.seek(size, io.SEEK_CUR)
         else:
             raise UnsupportedCkpt(f"unexpected field {num} (wire type {wire}) in a tensor")
@@ -144,6 +146,8 @@ def scan(path: Path) -> dict[str, Entry]:
                     tensor = _tensor_header(fh, fh.tell() + tlen)
                 else:
                     raise UnsupportedCkpt(f"{path}: field {num} in a value (map tensor?)")
+            if fh.tell() != record_end:
+                raise UnsupportedCkpt(f"{path}: value at byte {start} overruns its record")
             if name is None or tensor is None:
                 raise UnsupportedCkpt(f"{path}: value without name or tensor at byte {start}")
             dims, dtype, offset, nbytes = tensor
@@ -165,7 +169,7 @@ def scan(path: Path) -> dict[str, Entry]:
     return entries
 
 
-def read_into(fh: BinaryIO, entry: Entry, out: memoryview) -> None:
+def read_into(fh: io.BufferedReader, entry: Entry, out: memoryview) -> None:
     """Read `entry`'s bytes (all its chunks, in order) into `out` (exactly its size)."""
     if out.nbytes != entry.nbytes:
         raise ValueError(f"{entry.name}: {entry.nbytes} bytes into a {out.nbytes}-byte buffer")
@@ -182,10 +186,10 @@ def read_into(fh: BinaryIO, entry: Entry, out: memoryview) -> None:
         pos += size
 
 
-def read_array(fh: BinaryIO, entry: Entry) -> np.ndarray:
+def read_array(fh: io.BufferedReader, entry: Entry) -> np.ndarray:
     """`entry` as a new array of its shape (raw bytes typed by item size, e.g. uint16)."""
     out = np.empty(entry.dims, dtype=raw_dtype(entry.dtype))
-    read_into(fh, entry, memoryview(out).cast("B"))
+    read_into(fh, entry, out.data.cast("B"))
     return out
 
 
@@ -222,7 +226,7 @@ class CkptWriter:
         """Append parameter `name` with bytes `data` (C-contiguous, any numpy type)."""
         if not data.flags.c_contiguous:
             raise ValueError(f"{name}: data must be C-contiguous")
-        raw = memoryview(data).cast("B")
+        raw = data.data.cast("B")
         for pos in range(0, max(raw.nbytes, 1), SLICE_BYTES):  # big tensors: several Values
             self._value(name, dims, dtype, raw[pos:pos + SLICE_BYTES])
         self.names.append(name)

@@ -319,10 +319,10 @@ def _stream_transform(src_map: Mapping[int, Path], strategy: Path, out: Path) ->
                         region = array[tuple(slice(i * d, (i + 1) * d)
                                              for i, d in zip(idx, entry.dims, strict=True))]
                         if region.flags.c_contiguous:
-                            read_into(handles[rank], part, memoryview(region).cast("B"))
+                            read_into(handles[rank], part, region.data.cast("B"))
                         else:
                             piece = np.empty(entry.dims, dtype=array.dtype)
-                            read_into(handles[rank], part, memoryview(piece).cast("B"))
+                            read_into(handles[rank], part, piece.data.cast("B"))
                             region[...] = piece
                             del piece
                     writer.write(entry.name, full, entry.dtype, array)
@@ -412,7 +412,7 @@ def check(
         for name in expected:
             entry, param = entries[name], params[name]
             data = np.empty(entry.dims, dtype=NUMPY_TYPES[entry.dtype])
-            ckpt_stream.read_into(fh, entry, memoryview(data).cast("B"))
+            ckpt_stream.read_into(fh, entry, data.data.cast("B"))
             tensor = ms.Tensor.from_numpy(data)
             if tensor.dtype != param.dtype:
                 raise ToolError(f"{ckpt} does not fit the model: wrong type for {name}: "
