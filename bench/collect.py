@@ -1,6 +1,7 @@
 """Benchmark `collect-ckpt`: gather throughput vs parallel scp, and merge+transform time.
 
     python bench/collect.py [--mib 256] [--hosts 4] [--transform-gib 1.0] [--skip-transform]
+        [--skip-gather]
 
 Part 1 brings up test hosts (tests/testhosts.sh, state /tmp/orchestrate-testhosts-collect),
 writes one random file of --mib MiB per host, then downloads the files into a tmpfs, in the
@@ -8,8 +9,9 @@ same run, with collect-ckpt's fetcher (ssh + tail, sha256 while streaming, resum
 with parallel `scp -F ssh_config` (the reference), interleaved, best of 2 each. Prints both
 rates and the ratio (goal >= 0.9x). Part 2 writes a synthetic DP1 x MP2 x PP2 Bloom-shaped
 checkpoint of about --transform-gib GiB (fp32) with real strategy files, then times
-strip + merge-strategies + transform via `python -m model.ckpt_tools` and checks the result
-equals the unsharded parameters. Tears everything down at the end.
+strip + merge-strategies + transform via `python -m model.ckpt_tools`, checks the result
+equals the unsharded parameters, and times the load check into BloomLMHeadModel; each step's
+peak host memory is printed (`--skip-gather`: part 2 only). Tears everything down at the end.
 """
 
 from __future__ import annotations
@@ -182,7 +184,15 @@ def transform(gib: float) -> None:
         )
         print(
             f"  result: {got[0]} parameters expected, {got[1]} in merged file, "
-            f"{got[2]} differ from the unsharded bytes {' '.join(got[3:])}"
+            f"{got[2]} differ from the unsharded bytes {' '.join(got[3:])}; "
+            f"transform method: {res.get('method', '?')}"
+        )
+        t4 = time.monotonic()
+        checked = ckpt_merge.run_tool(["check", "--ckpt", str(out), "--model-json",
+                                       json.dumps(model)])
+        print(
+            f"  load check into BloomLMHeadModel: {time.monotonic() - t4:.1f} s, peak host "
+            f"memory {checked.get('peak_rss', 0) / 2**30:.2f} GiB (the model + one parameter)"
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -194,8 +204,10 @@ def main() -> None:
     p.add_argument("--hosts", type=int, default=4)
     p.add_argument("--transform-gib", type=float, default=1.0)
     p.add_argument("--skip-transform", action="store_true")
+    p.add_argument("--skip-gather", action="store_true", help="part 2 only (no test hosts)")
     a = p.parse_args()
-    gather(a.mib, a.hosts)
+    if not a.skip_gather:
+        gather(a.mib, a.hosts)
     if not a.skip_transform:
         transform(a.transform_gib)
 

@@ -190,7 +190,36 @@ def needed_ranks(
 
 
 def strip(src: Path, out: Path, keep_optimizer: bool = False) -> dict[str, Any]:
-    """Copy `src` to `out` without optimizer state, loading only the kept tensors."""
+    """Copy `src` to `out` without optimizer state, record by record (one block in memory)."""
+    from model import ckpt_stream
+
+    try:
+        entries = ckpt_stream.scan(src)
+    except ckpt_stream.UnsupportedCkpt:
+        return _strip_loaded(src, out, keep_optimizer)
+    kept = [e for e in ckpt_stream.iter_entries(entries)
+            if keep_optimizer or not is_training_state(e.name)]
+    if not kept:
+        raise ToolError(f"{src}: no parameters left after stripping optimizer state")
+    tmp = _atomic_target(out)
+    try:
+        with open(src, "rb") as fh, ckpt_stream.CkptWriter(tmp) as writer:
+            for entry in kept:
+                writer.copy_records(fh, entry)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _finish(tmp, out)
+    return {
+        "out": str(out),
+        "kept": len(kept),
+        "dropped": len(entries) - len(kept),
+        "peak_rss": peak_rss_bytes(),
+    }
+
+
+def _strip_loaded(src: Path, out: Path, keep_optimizer: bool) -> dict[str, Any]:
+    """`strip` through load_checkpoint/save_checkpoint, for files ckpt_stream cannot read."""
     import mindspore as ms
 
     dropped: list[str] = []
@@ -236,15 +265,127 @@ def transform(
     if missing:
         raise ToolError(f"transform needs the checkpoints of ranks {missing}, not given")
     tmp = _atomic_target(out)
-    ms.transform_checkpoint_by_rank(
-        rank,
-        {r: str(src_map[r]) for r in needed},
-        str(tmp),
-        str(strategy) if strategy is not None else None,
-        str(dst_strategy) if dst_strategy is not None else None,
-    )
+    how = "mindspore"
+    if strategy is not None and dst_strategy is None:
+        try:
+            streamed = _stream_transform({r: src_map[r] for r in needed}, strategy, tmp)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        how = "streamed" if streamed is None else f"mindspore ({streamed})"
+    if how != "streamed":
+        tmp.unlink(missing_ok=True)
+        ms.transform_checkpoint_by_rank(
+            rank,
+            {r: str(src_map[r]) for r in needed},
+            str(tmp),
+            str(strategy) if strategy is not None else None,
+            str(dst_strategy) if dst_strategy is not None else None,
+        )
     _finish(tmp, out)
-    return {"out": str(out), "ranks": needed, "peak_rss": peak_rss_bytes()}
+    return {"out": str(out), "ranks": needed, "method": how, "peak_rss": peak_rss_bytes()}
+
+
+def _layouts(strategy: Path) -> dict[str, tuple[int, tuple[int, ...], tuple[int, ...]]]:
+    """Parameter name -> (pipeline stage, device matrix, tensor map) of a strategy file.
+
+    Raises:
+        UnsupportedCkpt: a layout `_stream_transform` does not handle (uneven or field splits,
+            optimizer-sharded weights, several device matrices).
+    """
+    import re
+
+    from mindspore.train import node_strategy_pb2 as pb
+
+    from model.ckpt_stream import UnsupportedCkpt
+
+    smap = pb.ParallelStrategyMap()
+    smap.ParseFromString(strategy.read_bytes())
+    out = {}
+    for item in smap.parallel_layout_item:
+        m = re.fullmatch(r"(\d+)-(.+)", item.param_name)  # merged files: "<stage>-<name>"
+        stage, name = (int(m[1]), m[2]) if m else (smap.current_stage, item.param_name)
+        pl = item.parallel_layouts
+        if (len(pl.dev_matrix) != 1 or len(pl.tensor_map) != 1 or pl.field
+                or pl.opt_weight_shard_size > 1 or any(d.dim for d in pl.param_split_shape)
+                or any(d.dim for d in pl.indices_offset)):
+            raise UnsupportedCkpt(f"layout of {name}")
+        out[name] = (stage, tuple(pl.dev_matrix[0].dim), tuple(pl.tensor_map[0].dim))
+    return out
+
+
+def _stream_transform(src_map: Mapping[int, Path], strategy: Path, out: Path) -> str | None:
+    """Write the single-device checkpoint to `out`, one parameter at a time; None when done.
+
+    Each parameter is assembled from its slices (read from the files straight into a
+    preallocated array) and written before the next is read: host memory holds one
+    parameter (plus one slice when the split is not along axis 0), never the checkpoint.
+    Returns why it cannot (unsupported layout or file) without writing anything useful then.
+    """
+    import numpy as np
+
+    from model.ckpt_stream import (
+        CkptWriter,
+        UnsupportedCkpt,
+        iter_entries,
+        raw_dtype,
+        read_into,
+        scan,
+    )
+
+    try:
+        layouts = _layouts(strategy)
+        scans = {r: scan(src_map[r]) for r in sorted(src_map)}
+    except UnsupportedCkpt as exc:
+        return str(exc)
+    handles = {r: open(src_map[r], "rb") for r in scans}  # noqa: SIM115 - closed below
+    try:
+        with CkptWriter(out) as writer:
+            done: set[str] = set()
+            for r, entries in scans.items():
+                for entry in iter_entries(entries):
+                    if entry.name in done:
+                        continue
+                    done.add(entry.name)
+                    if entry.name not in layouts:  # not sharded: one copy, as it is
+                        writer.copy_records(handles[r], entry)
+                        continue
+                    stage, dev, tmap = layouts[entry.name]
+                    if len(tmap) != len(entry.dims):
+                        return f"layout of {entry.name} does not match its shape"
+                    per_stage = int(np.prod(dev))
+                    split = [dev[len(dev) - 1 - k] if k >= 0 else 1 for k in tmap]
+                    full = tuple(d * n for d, n in zip(entry.dims, split, strict=True))
+                    holder: dict[tuple[int, ...], int] = {}
+                    for local in range(per_stage):  # device coordinates, last axis fastest
+                        coord = np.unravel_index(local, dev)
+                        idx = tuple(int(coord[len(dev) - 1 - k]) if k >= 0 else 0 for k in tmap)
+                        rank = stage * per_stage + local
+                        if rank in scans and idx not in holder:
+                            holder[idx] = rank
+                    if len(holder) != int(np.prod(split)):
+                        return f"the given ranks do not hold every slice of {entry.name}"
+                    array = np.empty(full, dtype=raw_dtype(entry.dtype))
+                    for idx, rank in holder.items():
+                        part = scans[rank].get(entry.name)
+                        if part is None or part.dims != entry.dims or part.dtype != entry.dtype:
+                            return f"rank {rank} lacks {entry.name} or holds another shape"
+                        region = array[tuple(slice(i * d, (i + 1) * d)
+                                             for i, d in zip(idx, entry.dims, strict=True))]
+                        if region.flags.c_contiguous:
+                            read_into(handles[rank], part, region.data.cast("B"))
+                        else:
+                            piece = np.empty(entry.dims, dtype=array.dtype)
+                            read_into(handles[rank], part, piece.data.cast("B"))
+                            region[...] = piece
+                            del piece
+                    writer.write(entry.name, full, entry.dtype, array)
+                    del array
+    finally:
+        for fh in handles.values():
+            fh.close()
+    return None
+
 
 
 def compare_params(
@@ -290,21 +431,69 @@ def model_shapes(model: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     return BloomConfig.from_dict(dict(model), "model").parameter_shapes()
 
 
+NUMPY_TYPES = {
+    "Float16": "float16", "Float32": "float32", "Float64": "float64", "Int8": "int8",
+    "Int16": "int16", "Int32": "int32", "Int64": "int64", "UInt8": "uint8", "UInt16": "uint16",
+    "UInt32": "uint32", "UInt64": "uint64", "Bool": "bool",
+}
+
+
 def check(
     ckpt: Path, config: Any, model_factory: Callable[[Any], Any] = bloom_factory
 ) -> dict[str, Any]:
-    """Load `ckpt` into the model; fail naming missing/unexpected/mis-shaped parameters."""
+    """Load `ckpt` into the model; fail naming missing/unexpected/mis-shaped parameters.
+
+    Shapes come from the file's framing; values are then read one parameter at a time into
+    the model's parameters (strict: same type), so memory holds the model plus one
+    parameter, not the model plus the whole loaded checkpoint.
+    """
+    import numpy as np
+
+    from model import ckpt_stream
+
+    try:
+        entries = ckpt_stream.scan(ckpt)
+    except ckpt_stream.UnsupportedCkpt:
+        return _check_loaded(ckpt, config, model_factory)
+    if any(e.dtype not in NUMPY_TYPES for e in entries.values()):
+        return _check_loaded(ckpt, config, model_factory)
+    import mindspore as ms
+
+    net, expected = model_factory(config)
+    _raise_problems(ckpt, compare_params(expected, {n: e.dims for n, e in entries.items()}))
+    params = {p.name: p for p in net.get_parameters()}
+    with open(ckpt, "rb") as fh:
+        for name in expected:
+            entry, param = entries[name], params[name]
+            data = np.empty(entry.dims, dtype=NUMPY_TYPES[entry.dtype])
+            ckpt_stream.read_into(fh, entry, data.data.cast("B"))
+            tensor = ms.Tensor.from_numpy(data)
+            if tensor.dtype != param.dtype:
+                raise ToolError(f"{ckpt} does not fit the model: wrong type for {name}: "
+                                f"checkpoint {entry.dtype}, model {param.dtype}")
+            param.set_data(tensor, param.sliced)
+            if hasattr(param, "init_param") and not param.init_param:
+                param.init_param = True
+            del data, tensor
+    return {"ckpt": str(ckpt), "parameters": len(expected), "peak_rss": peak_rss_bytes()}
+
+
+def _raise_problems(ckpt: Path, problems: Sequence[str]) -> None:
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise ToolError(f"{ckpt} does not fit the model: " + "; ".join(problems[:5]) + more)
+
+
+def _check_loaded(ckpt: Path, config: Any, model_factory: Callable[[Any], Any]) -> dict[str, Any]:
+    """`check` through load_checkpoint, for files ckpt_stream cannot read (e.g. bfloat16)."""
     import mindspore as ms
 
     net, expected = model_factory(config)
     params = ms.load_checkpoint(str(ckpt))
-    got = {n: tuple(p.shape) for n, p in params.items()}
-    problems = compare_params(expected, got)
-    if problems:
-        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-        raise ToolError(f"{ckpt} does not fit the model: " + "; ".join(problems[:5]) + more)
+    _raise_problems(ckpt, compare_params(expected, {n: tuple(p.shape)
+                                                    for n, p in params.items()}))
     ms.load_param_into_net(net, {n: params[n] for n in expected}, strict_load=True)
-    return {"ckpt": str(ckpt), "parameters": len(expected)}
+    return {"ckpt": str(ckpt), "parameters": len(expected), "peak_rss": peak_rss_bytes()}
 
 
 def synth_sharded(

@@ -4,9 +4,13 @@
     stage_node(transport, job_id, workdir, [code], rendered, secrets, tmp)  -> Staged
 
 Large files travel as blobs named by sha256 into `<workdir>/blobs/` (one tar per node with
-only the blobs it lacks) and are assembled once into `<workdir>/trees/<tree key>/`; a job
-folder gets each tree as hard links (`cp -al`, one process). The rendered files (launch.sh,
-job.yaml, rank table) are written by the first command itself (bash `printf`, no upload).
+only the blobs it lacks, unpacked privately and renamed into place, so a blob name only ever
+holds a whole file) and are assembled once into `<workdir>/trees/<tree key>/`; a job folder
+gets each tree as hard links (`cp -al`, one process). The node has the last word: blobs still
+missing after unpacking are sent again. Temp names are private to each stager, so two jobs
+staging onto one node at once (or nodes sharing a filesystem) do not undo each other's work.
+The rendered files (launch.sh, job.yaml, rank table) are written by the first command itself
+(bash `printf`, no upload).
 Secrets (env.sh) never become blobs or command text: uploaded to the job folder, mode 0600.
 A node that already holds the code costs one round trip and a handful of processes.
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import shlex
 import tarfile
 import tempfile
@@ -22,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from orchestrator.errors import JobError, RemoteError
+from orchestrator.errors import JobError, RemoteCommandError, RemoteError
 from orchestrator.remote.transport import Transport
 from orchestrator.render import RenderedFile, shell_path
 
@@ -171,18 +176,34 @@ def missing_blob_commands(workdir_abs: str, files: Sequence[StageFile]) -> list[
                              for b in body])
 
 
-def build_tree_commands(workdir_abs: str, job_dir_abs: str, tree: Tree,
-                        tar_name: str | None) -> list[str]:
-    """Unpack uploaded blobs, assemble the tree in the cache from blobs, link it to the job."""
+def place_blobs_command(workdir_abs: str, tree: Tree, tar_name: str | None, token: str) -> str:
+    """Move uploaded blobs into the store, then print `missing SHA` for any the tree still lacks.
+
+    The tar is unpacked into a private folder and each blob renamed into `blobs/`: a blob name
+    only ever holds a complete file, and a blob another stager (a second job, or a node sharing
+    this filesystem) is reading never disappears for a moment, as it does while tar replaces
+    an existing file. Exits 3 when blobs are missing (the caller sends them), 0 otherwise.
+    """
     b = shlex.quote(workdir_abs + "/blobs")
-    tmp = shlex.quote(f"{workdir_abs}/trees/.{tree.key}.partial")
-    final = shlex.quote(f"{workdir_abs}/trees/{tree.key}")
-    header = ["set -eu", f"B={b}", f"P={tmp}"]
-    body: list[str] = []
+    lines = ["set -eu", f"B={b}"]
     if tar_name:
         tar = shlex.quote(f"{workdir_abs}/blobs/{tar_name}")
-        body += [f'tar -xf {tar} -C "$B"', f"rm -f {tar}"]
-    body.append('rm -rf "$P"; mkdir -p "$P"')
+        x = shlex.quote(f"{workdir_abs}/blobs/.unpack-{token}")
+        lines += [f"rm -rf {x}; mkdir -p {x}", f"tar -xf {tar} -C {x}",
+                  f'mv -f -t "$B" -- {x}/*', f"rmdir {x}", f"rm -f {tar}"]
+    shas = sorted({f.sha256 for f in tree.files})
+    body = [f'for s in {" ".join(shas[i:i + 200])}; do [ -f "$B/$s" ] || {{ echo "missing $s"; '
+            "m=1; }; done" for i in range(0, len(shas), 200)]
+    return "\n".join([*lines, "m=0", *body, '[ "$m" = 0 ] || exit 3'])
+
+
+def link_tree_commands(workdir_abs: str, job_dir_abs: str, tree: Tree, token: str) -> list[str]:
+    """Assemble the tree in the cache from blobs (a private partial folder), link it to the job."""
+    b = shlex.quote(workdir_abs + "/blobs")
+    tmp = shlex.quote(f"{workdir_abs}/trees/.{tree.key}.partial-{token}")
+    final = shlex.quote(f"{workdir_abs}/trees/{tree.key}")
+    header = ["set -eu", f"B={b}", f"P={tmp}"]
+    body: list[str] = ['rm -rf "$P"; mkdir -p "$P"']
     dirs = sorted({str(PurePosixPath(f.rel).parent) for f in tree.files} - {"."})
     body += [f'mkdir -p "$P"/{shlex.quote(d)}' for d in dirs]
     body += [f'ln -f "$B/{f.sha256}" "$P"/{shlex.quote(f.rel)} 2>/dev/null || '
@@ -192,10 +213,51 @@ def build_tree_commands(workdir_abs: str, job_dir_abs: str, tree: Tree,
     dest = shlex.quote(f"{job_dir_abs}/{tree.dest}")
     commands.append("\n".join([
         "set -eu",
-        f"mv -T {tmp} {final} 2>/dev/null || rm -rf {tmp}",  # another job may have won
+        f"mv -T {tmp} {final} 2>/dev/null || rm -rf {tmp}",  # another stager may have won
         f"[ ! -e {dest} ] || rm -rf {dest}", f"mkdir -p {j}", f"cp -al {final} {dest}",
     ]))
     return commands
+
+
+def _send_tree(t: Transport, workdir_abs: str, job_dir_abs: str, job_id: str, tree: Tree,
+               missing: set[str], tmp_dir: Path) -> int:
+    """Upload the tree's `missing` blobs, re-send any the node still lacks, link the tree.
+
+    The node has the last word: blobs it reports missing after unpacking are sent once more.
+    Returns the number of blobs uploaded.
+
+    Raises:
+        RemoteError: blobs still missing after the second upload.
+    """
+    name = t.node.name
+    token = secrets.token_hex(4)  # private names: concurrent stagers may share this store
+    sent = 0
+    for attempt in range(2):
+        todo = [f for f in tree.files if f.sha256 in missing]
+        tar_name = None
+        if todo:
+            tar_name = f".incoming-{job_id}-{tree.key[:12]}-{token}-{attempt}.tar"
+            local_tar = tmp_dir / f"{name}-{tree.key[:12]}-{token}.tar"
+            _write_tar(local_tar, todo)
+            try:
+                t.put(local_tar, PurePosixPath(workdir_abs) / "blobs" / tar_name)
+            finally:
+                local_tar.unlink(missing_ok=True)
+            sent += len({f.sha256 for f in todo})
+        res = t.run(place_blobs_command(workdir_abs, tree, tar_name, token), check=False,
+                    timeout=300)
+        missing = {ln.split()[1] for ln in res.stdout.splitlines() if ln.startswith("missing ")}
+        if res.ok:
+            break
+        if res.exit_code != 3 or not missing:
+            raise RemoteCommandError(res)
+    else:
+        raise RemoteError(name, f"blobs still missing under {workdir_abs}/blobs after sending "
+                                f"them twice: {', '.join(sorted(missing)[:3])}"
+                                + (" ..." if len(missing) > 3 else ""))
+    for command in link_tree_commands(workdir_abs, job_dir_abs, tree, token):
+        t.run(command, check=True, timeout=300)
+    return sent
 
 
 def _write_tar(path: Path, files: Sequence[StageFile]) -> None:
@@ -255,17 +317,7 @@ def stage_node(t: Transport, job_id: str, workdir: str, trees: Sequence[Tree],
         for command in missing_blob_commands(info["workdir"], tree.files):
             out = t.run(command, check=True, timeout=300).stdout
             missing |= {ln.split()[1] for ln in out.splitlines() if ln.startswith("missing ")}
-        tar_name = None
-        todo = [f for f in tree.files if f.sha256 in missing]
-        if todo:
-            tar_name = f".incoming-{job_id}-{tree.key[:12]}.tar"
-            local_tar = tmp_dir / f"{name}-{tree.key[:12]}.tar"
-            _write_tar(local_tar, todo)
-            t.put(local_tar, PurePosixPath(info["workdir"]) / "blobs" / tar_name)
-            local_tar.unlink(missing_ok=True)
-            sent += len({f.sha256 for f in todo})
-        for command in build_tree_commands(info["workdir"], info["jobdir"], tree, tar_name):
-            t.run(command, check=True, timeout=300)
+        sent += _send_tree(t, info["workdir"], info["jobdir"], job_id, tree, missing, tmp_dir)
     for fname, (data, mode) in uploads.items():  # secrets (0600) and large rendered files
         with tempfile.NamedTemporaryFile(dir=tmp_dir, delete=False) as fh:
             fh.write(data)

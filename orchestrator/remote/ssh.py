@@ -84,6 +84,7 @@ from orchestrator.remote.transport import CommandResult
 log = logging.getLogger(__name__)
 
 SYSTEM_SSH_CONFIG = Path("/etc/ssh/ssh_config")
+_EOF_GRACE = 5.0  # seconds to wait for the end of output after the exit status arrives
 
 
 def user_known_hosts() -> Path:
@@ -474,16 +475,26 @@ def _ssh_quote(text: str) -> str:
 
 def _collect(chan: paramiko.Channel,
              deadline: float | None) -> tuple[bytes, bytes, int | None]:
-    """Read stdout/stderr until the exit status arrives; exit None if `deadline` passes."""
+    """Read stdout/stderr until the exit status and the end of output; exit None on `deadline`.
+
+    sshd sends the exit status when the command exits, which can be before the last of its
+    output (still in sshd's pipe) is sent: the output is complete only at EOF. A background
+    process that keeps the output open gets `_EOF_GRACE` seconds after the exit status, then
+    what arrived is returned (`ssh` itself would wait for it).
+    """
     out, err = bytearray(), bytearray()
     fd = chan.fileno()  # readable when either stream has data or the channel closes
+    exited_at: float | None = None
     while True:
         while chan.recv_ready():
             out += chan.recv(1 << 16)
         while chan.recv_stderr_ready():
             err += chan.recv_stderr(1 << 16)
         if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
-            return bytes(out), bytes(err), chan.recv_exit_status()
+            exited_at = time.monotonic() if exited_at is None else exited_at
+            if (chan.eof_received or chan.closed
+                    or time.monotonic() - exited_at >= _EOF_GRACE):
+                return bytes(out), bytes(err), chan.recv_exit_status()
         if chan.closed and not chan.exit_status_ready():
             raise SSHException("channel closed without an exit status")
         wait = 0.2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from click.testing import CliRunner
 from model.data import (
     FILE_STEM,
     DataError,
+    _prompt_plan,
     create_dataset,
     encode_records,
     eos_id_of,
@@ -19,6 +21,7 @@ from model.data import (
     load_tokenizer_file,
     prepare,
     prompt_of,
+    template_ids,
 )
 from tests.model.data_helpers import seed_records, tokenizer_file
 
@@ -160,3 +163,76 @@ def test_cli_prepare_data(tmp_path: Path, tok_path: Path, seed_file: Path) -> No
     assert fail.output.strip().splitlines() == [
         f"Error: prepare-data: {bad}: record 0: 'output' must be a string, got list [\"y\"]"]
     assert not (tmp_path / "o2").exists() or not any((tmp_path / "o2").iterdir())
+
+
+# --- field-wise prompt encoding must give the ids of the straightforward encoding -------------
+
+EDGE_RECORDS = [
+    {"instruction": "Plain.", "input": "", "output": "ok"},
+    {"instruction": "Sum these.", "input": "1 2 3", "output": "6"},
+    {"instruction": " leading space", "input": "", "output": "x"},
+    {"instruction": "trailing space ", "input": "in", "output": "x"},
+    {"instruction": "\nleading newline", "input": "trailing newline\n", "output": "x"},
+    {"instruction": "tab\t", "input": "\tx", "output": "x"},
+    {"instruction": "", "input": "", "output": "empty instruction"},
+    {"instruction": "", "input": "only input", "output": "x"},
+    {"instruction": "nbsp\u00a0", "input": "\u3000ideographic space", "output": "x"},
+    {"instruction": "it's", "input": "'s", "output": "x"},
+    {"instruction": "</s>special", "input": "tail</s>", "output": "</s>"},
+    {"instruction": "CJK 你好", "input": "émoji 🙂", "output": "🙂"},
+    {"instruction": "12345", "input": "   ", "output": " "},
+    {"instruction": "crlf\r\n", "input": "\r\nx", "output": "x\r\n"},
+    {"instruction": "zero\u200bwidth", "input": "\u200b", "output": "x"},
+]
+
+
+def _straightforward(tok: Any, records: list[dict[str, str]], seq_length: int,
+                     eos: int) -> np.ndarray:
+    """What make_mindrecord.py does: encode each prompt and answer whole, join, cut, pad."""
+    rows = []
+    for r in records:
+        ids = (tok.encode(prompt_of(r), add_special_tokens=False).ids
+               + tok.encode(r["output"], add_special_tokens=False).ids)[:seq_length + 1]
+        rows.append(ids + [eos] * (seq_length + 1 - len(ids)))
+    return np.array(rows, dtype=np.int32)
+
+
+def test_field_wise_encoding_equals_whole_prompt(tok_path: Path) -> None:
+    tok = load_tokenizer_file(tok_path)
+    eos = eos_id_of(tok)
+    records = seed_records() + EDGE_RECORDS
+    tids = template_ids(tok, records[:8])
+    assert tids is not None  # the shipped tokenizer qualifies, so the fast path is exercised
+    kinds = {kind for kind, _ in _prompt_plan(records, tids)[1]}
+    assert kinds == {0, 1, 2}  # whole-prompt fallback, with input, without input
+    for seq_length in (512, 40):  # untruncated, and truncated inside the prompt
+        ids, mask, truncated, tokens = encode_records(tok, records, seq_length, eos, tids)
+        expected = _straightforward(tok, records, seq_length, eos)
+        np.testing.assert_array_equal(ids, expected)
+        slow_ids, slow_mask, slow_truncated, slow_tokens = encode_records(
+            tok, records, seq_length, eos, None)
+        np.testing.assert_array_equal(slow_ids, expected)
+        np.testing.assert_array_equal(mask, slow_mask)
+        assert (truncated, tokens) == (slow_truncated, slow_tokens)
+
+
+def test_field_wise_encoding_refused_when_not_provably_exact(tok_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    from tokenizers import Tokenizer, pre_tokenizers
+
+    tok = load_tokenizer_file(tok_path)
+    spaced = Tokenizer.from_str(tok.to_str())
+    spaced.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)  # " " before fields
+    split = Tokenizer.from_str(tok.to_str())  # a Bloom-style Split + ByteLevel(no regex)
+    split.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(" ?[^\\s.,!?]+", behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    for other in (spaced, split):
+        assert template_ids(other, EDGE_RECORDS) is None
+        ids = encode_records(other, EDGE_RECORDS, 64, 2)[0]
+        np.testing.assert_array_equal(ids, _straightforward(other, EDGE_RECORDS, 64, 2))
+    # the probe alone catches a tokenizer that passes the configuration check but splits wrongly
+    monkeypatch.setattr("model.data._splits_at_field_edges", lambda _tokenizer: True)
+    assert template_ids(spaced, EDGE_RECORDS[:2]) is None
+    assert template_ids(tok, EDGE_RECORDS[:2]) is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from orchestrator.jobs.stage import (
     INLINE_MAX,
     NodeBusyError,
     Tree,
+    _send_tree,
     code_tree,
     data_tree,
     first_command,
@@ -100,3 +102,50 @@ def test_large_rendered_file_is_uploaded(tmp_path: Path) -> None:
                         {"rank_table.json": RenderedFile(table, 0o644)}, {}, tmp_path)
     path = Path(staged.job_dir) / "rank_table.json"
     assert path.read_text() == table and path.stat().st_mode & 0o777 == 0o644
+
+
+def _pkg(root: Path, n: int = 30) -> Tree:
+    root.mkdir()
+    for i in range(n):
+        (root / f"m{i}.py").write_text(f"x = {i}\n" * 2000)
+    (root / "same_a.txt").write_text("same\n")  # two files, one blob
+    (root / "same_b.txt").write_text("same\n")
+    return Tree.of(tree_manifest(root, "pkg"), "code")
+
+
+def test_blob_reported_present_but_absent_is_sent_again(tmp_path: Path) -> None:
+    # the node's `missing` list came back short (as when ssh lost the tail of the output):
+    # the blobs it omitted are absent, and the node's own check after unpacking catches it
+    work = tmp_path / "work"
+    tree = _pkg(tmp_path / "pkg")
+    t = _transport(work)
+    first = first_command(str(work), "j-1", [tree], {})
+    res = t.run(first, check=True)
+    info = dict(ln.split(" ", 1) for ln in res.stdout.splitlines())
+    shas = sorted({f.sha256 for f in tree.files})
+    told = set(shas[: len(shas) // 2])  # half of the truly missing blobs reported
+    sent = _send_tree(t, info["workdir"], info["jobdir"], "j-1", tree, told, tmp_path)
+    assert sent == len(shas)  # the rest went in the second round
+    for f in tree.files:
+        assert (Path(info["jobdir"]) / "code" / f.rel).read_bytes() == f.source.read_bytes()
+    blobs = work / "blobs"
+    assert sorted(p.name for p in blobs.iterdir()) == shas  # no tar or unpack folder left
+    assert not [p for p in (work / "trees").iterdir() if p.name.startswith(".")]
+
+
+def test_concurrent_stagers_on_one_store(tmp_path: Path) -> None:
+    # two jobs staging the same new tree onto one node at once (or two nodes sharing a
+    # filesystem): each must end with a complete tree, and the cache must hold a whole one
+    for round_ in range(3):
+        work = tmp_path / f"work{round_}"
+        tree = _pkg(tmp_path / f"pkg{round_}", n=60)
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            futures = [pool.submit(stage_node, _transport(work), f"j-{i}", str(work), [tree],
+                                   {}, {}, tmp_path) for i in range(3)]
+            staged = [f.result() for f in futures]
+        for s in staged:
+            for f in tree.files:
+                assert (Path(s.job_dir) / "code" / f.rel).read_bytes() == f.source.read_bytes()
+        cached = work / "trees" / tree.key
+        assert sorted(p.relative_to(cached).as_posix() for p in cached.rglob("*.*")) == sorted(
+            f.rel for f in tree.files)
