@@ -84,10 +84,12 @@ def why_no_testhosts() -> str | None:
     return None
 
 
-def bring_up(state: Path, n: int, variant: str) -> TestHosts:
+def bring_up(state: Path, n: int, variant: str, devices: int | None = None) -> TestHosts:
     args = ["bash", str(SCRIPT), "up", str(n), "--state", str(state), "--python", sys.executable]
     if variant == "loopback":
         args.append("--loopback")
+    if devices is not None:
+        args += ["--devices", str(devices)]
     proc = subprocess.run(args, capture_output=True, text=True, check=False, timeout=300)
     if proc.returncode != 0:
         raise RuntimeError(f"tests/testhosts.sh up failed: {proc.stderr.strip()}")
@@ -128,6 +130,25 @@ def leftovers(state: Path) -> list[str]:
         if str(state) in cmdline and not zombie:
             found.append(f"process {proc.name}: {cmdline.strip()}")
     return found
+
+
+def module_host_set(state: Path, n: int, devices: int) -> Iterator[Path]:
+    """Body of a module-scoped fixture: `n` netns hosts with `devices` each at `state`.
+
+    Yields the set's inventory; always tears the set down and checks nothing is left.
+    Usage: `yield from module_host_set(STATE, 2, devices=2)`.
+    """
+    reason = why_no_testhosts()
+    if reason:
+        pytest.skip(reason)
+    try:
+        bring_up(state, n, "netns", devices)
+        yield state / "inventory.yaml"
+    finally:
+        tear_down(state)
+        left = leftovers(state)
+        shutil.rmtree(state, ignore_errors=True)
+    assert not left, f"test hosts left behind after down: {left}"
 
 
 _RAN: list[str] = []  # what the session fixture did, for the terminal summary

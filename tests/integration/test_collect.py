@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,11 +22,12 @@ import pytest
 from orchestrator.ckpt_collect import Options, collect
 from orchestrator.errors import CheckpointError
 from orchestrator.inventory import load_inventory
+from tests.integration.conftest import module_host_set
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-STATE = Path("/tmp/orchestrate-testhosts-collect")
+STATE = Path(tempfile.gettempdir()) / f"orchestrate-testhosts-collect-{os.getpid()}"
 MODEL = {"vocab_size": 64, "hidden_size": 16, "n_layer": 4, "n_head": 2, "seq_length": 8}
 
 
@@ -40,16 +42,7 @@ def _hosts(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def hosts() -> Iterator[Path]:
-    if os.geteuid() != 0 or not Path("/usr/sbin/sshd").exists():
-        pytest.skip("test hosts need root and /usr/sbin/sshd")
-    up = _hosts("up", "2", "--devices", "2")
-    if up.returncode != 0:
-        _hosts("down")
-        pytest.fail(f"testhosts up failed: {up.stderr}")
-    try:
-        yield STATE / "inventory.yaml"
-    finally:
-        _hosts("down")
+    yield from module_host_set(STATE, 2, devices=2)
 
 
 def _workdir(host: int) -> Path:

@@ -10,39 +10,24 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.integration.conftest import module_host_set
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-STATE = Path("/tmp/orchestrate-testhosts-collect")
+STATE = Path(tempfile.gettempdir()) / f"orchestrate-testhosts-collect-{os.getpid()}"
 SEED = Path(__file__).resolve().parents[2] / "model" / "assets" / "alpaca_seed_tasks.json"
-
-
-def _hosts(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["bash", str(REPO / "tests/testhosts.sh"), *args, "--state", str(STATE)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
 
 
 @pytest.fixture(scope="module")
 def hosts() -> Iterator[Path]:
-    if os.geteuid() != 0 or not Path("/usr/sbin/sshd").exists():
-        pytest.skip("test hosts need root and /usr/sbin/sshd")
-    up = _hosts("up", "2", "--devices", "2")
-    if up.returncode != 0:
-        _hosts("down")
-        pytest.fail(f"testhosts up failed: {up.stderr}")
-    try:
-        yield STATE / "inventory.yaml"
-    finally:
-        _hosts("down")
+    yield from module_host_set(STATE, 2, devices=2)
 
 
 def _cli(cwd: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
