@@ -23,6 +23,7 @@ import json
 import os
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,18 +109,38 @@ def select_tokens(logits: np.ndarray, gen: GenerateConfig, rng: np.random.Genera
 
 
 class Generator:
-    """Batch generation with the compiled prefill and decode graphs of one model."""
+    """Batch generation with the compiled prefill and decode graphs of one model.
+
+    Graphs and caches are kept per (batch size, cache length), the `max_graphs` most recently
+    used ones (each holds 2 * n_layer caches of batch * cache_len * hidden floats).
+    """
 
     def __init__(self, model: BloomLMHeadModel, bucket: int = BUCKET,
-                 cache_bucket: int = CACHE_BUCKET) -> None:
-        from model.bloom import BloomDecodeStep, BloomPrefill
+                 cache_bucket: int = CACHE_BUCKET, max_graphs: int = 4) -> None:
+        from model.layers import alibi_slopes
 
         self.model = model
         self.config = model.config
         self.bucket = bucket
         self.cache_bucket = cache_bucket
-        self.prefill = BloomPrefill(model)
-        self.decode = BloomDecodeStep(model)
+        self.max_graphs = max_graphs
+        self.slopes = alibi_slopes(self.config.n_head)  # float32 [n_head]
+        self.graphs: OrderedDict[tuple[int, int], tuple[Any, Any]] = OrderedDict()
+
+    def graphs_for(self, batch: int, cache_len: int) -> tuple[Any, Any]:
+        """(BloomPrefill, BloomDecodeStep) sharing one KVCache of this shape (made on first
+        use; each compiles on its first call)."""
+        from model.bloom import BloomDecodeStep, BloomPrefill, KVCache
+
+        key = (batch, cache_len)
+        if key in self.graphs:
+            self.graphs.move_to_end(key)
+        else:
+            cache = KVCache(self.config, batch, cache_len)
+            self.graphs[key] = (BloomPrefill(self.model, cache), BloomDecodeStep(self.model, cache))
+            while len(self.graphs) > self.max_graphs:
+                self.graphs.popitem(last=False)
+        return self.graphs[key]
 
     def generate(self, prompts: Sequence[Sequence[int]], gen: GenerateConfig,
                  on_tokens: Callable[[np.ndarray], None] | None = None) -> list[list[int]]:
@@ -138,17 +159,24 @@ class Generator:
         if not prompts or any(len(p) == 0 for p in prompts):
             raise InferError("every prompt needs at least one token")
         c = self.config
+        batch = len(prompts)
         prompt_len = round_up(max(len(p) for p in prompts), self.bucket)
         cache_len = round_up(prompt_len + gen.max_new_tokens, self.cache_bucket)
+        prefill, decode = self.graphs_for(batch, cache_len)
         ids, mask = left_pad(prompts, prompt_len, c.pad_token_id)
         rng = np.random.default_rng(gen.seed)
-        logits, k_cache, v_cache = self.prefill(Tensor(ids), Tensor(mask), cache_len)
-        key_mask = np.zeros((len(prompts), cache_len), np.float32)
+        logits, greedy = prefill(Tensor(ids), Tensor(mask))
+        key_mask = np.zeros((batch, cache_len), np.float32)
         key_mask[:, :prompt_len] = mask
-        finished = np.zeros(len(prompts), bool)
+        bias = decode_bias(key_mask, c.n_head)  # [batch, n_head, 1, cache_len]
+        positions = mask.sum(1).astype(np.float32)  # ALiBi position of each row's next token
+        finished = np.zeros(batch, bool)
         out: list[list[int]] = [[] for _ in prompts]
         for step in range(gen.max_new_tokens):
-            tokens = select_tokens(logits.asnumpy(), gen, rng)
+            if gen.do_sample:
+                tokens = select_tokens(logits.asnumpy(), gen, rng)
+            else:
+                tokens = greedy.asnumpy()
             tokens = np.where(finished, c.pad_token_id, tokens).astype(np.int32)
             for row in np.flatnonzero(~finished):
                 out[row].append(int(tokens[row]))
@@ -158,13 +186,12 @@ class Generator:
             if finished.all() or step == gen.max_new_tokens - 1:
                 break
             slot = prompt_len + step
-            key_mask[:, slot] = 1.0
-            write = np.zeros((1, 1, cache_len, 1), np.bool_)
-            write[0, 0, slot, 0] = True
-            bias = decode_bias(key_mask, c.n_head)
-            logits, k_cache, v_cache = self.decode(Tensor(tokens[:, None]), Tensor(bias),
-                                                   ms.mutable(k_cache), ms.mutable(v_cache),
-                                                   Tensor(write))
+            # The new token becomes visible: its slot gets ALiBi instead of MASK_FILL (the
+            # same float32 values decode_bias gives; the graph has finished with `bias`).
+            bias[:, :, 0, slot] = self.slopes[None, :] * positions[:, None]
+            positions += 1.0
+            logits, greedy = decode(Tensor(tokens[:, None]), Tensor(bias),
+                                    Tensor([slot], ms.int32))
         return out
 
 

@@ -173,9 +173,10 @@ class BloomAttention(nn.Cell):
             x: [batch, q_len, hidden] (already layer-normed).
             bias: float32 [batch, n_head, q_len, keys]: ALiBi where a query may attend a key,
                 MASK_FILL where it may not (see attention_bias).
-            k_cache, v_cache: [batch, n_head, keys, head_dim] fixed-size caches (decode only,
-                q_len == 1); the new key/value is written where `write` is True.
-            write: bool [1, 1, keys, 1], True at the cache slot of the new token (decode only).
+            k_cache, v_cache: decode only (q_len == 1): fixed-size caches as Parameters
+                [batch * n_head * keys, head_dim] (flat row (b * n_head + h) * keys + slot);
+                the new key/value is written into them in place.
+            write: int32 [batch * n_head], the flat cache row of the new token (decode only).
 
         Returns:
             (output [batch, q_len, hidden], keys, values [batch, n_head, keys, head_dim]).
@@ -193,9 +194,12 @@ class BloomAttention(nn.Cell):
             q = fused[:, :, :, 0]  # [batch, n_head, q_len, head_dim]
             k = fused[:, :, :, 1]
             v = fused[:, :, :, 2]
-        if k_cache is not None:
-            k = ops.where(write, k, k_cache)  # [batch, n_head, keys, head_dim]
-            v = ops.where(write, v, v_cache)
+        if k_cache is not None:  # one slot written in place, not a copy of the whole cache
+            rows = (batch * self.n_head, self.head_dim)  # [batch * n_head, head_dim]
+            k = ops.scatter_update(k_cache, write, k.reshape(rows))
+            v = ops.scatter_update(v_cache, write, v.reshape(rows))
+            k = k.reshape(batch, self.n_head, -1, self.head_dim)  # [batch, n_head, keys, hd]
+            v = v.reshape(batch, self.n_head, -1, self.head_dim)
         scores = self.scores_matmul(q, k)  # [batch, n_head, q_len, keys]
         if not self.is_float32:
             scores = ops.cast(scores, ms.float32)
