@@ -102,11 +102,11 @@ class BloomModel(nn.Cell):
 
         Args:
             input_ids: int [batch, 1].
-            bias: float32 [batch, n_head, 1, cache_len], `decode_bias(key_mask, n_head)`: ALiBi
-                for every real token up to and including the new one, MASK_FILL elsewhere.
-                Built on the host: a dozen tiny kernels fewer per step.
+            bias: float32 [batch * n_head, 1, cache_len], `decode_bias(key_mask, n_head)`
+                reshaped: ALiBi for every real token up to and including the new one, MASK_FILL
+                elsewhere. Built on the host: a dozen tiny kernels fewer per step.
             k_caches, v_caches: per-layer Parameters of a KVCache, updated in place.
-            write: int32 [batch * n_head], the flat cache row of the new token (KVCache.rows).
+            write: int32 [batch * n_head], the cache rows of the new keys (KVCache.rows).
 
         Returns:
             hidden [batch, 1, hidden].
@@ -170,8 +170,10 @@ class KVCache(nn.Cell):
     the prefill and decode graphs update in place (a decode step writes one slot per row and
     head instead of copying the caches in and out of the graph).
 
-    Each cache is flat [batch * n_head * cache_len, head_dim]: the key of row b, head h, slot s
-    is row (b * n_head + h) * cache_len + s; reshaped it is [batch, n_head, cache_len, head_dim].
+    Each cache is flat [batch * n_head * cache_len, head_dim]: row b, head h, slot s at
+    (b * n_head + h) * cache_len + s, so that ops.scatter_update (in place; scatter_nd_update
+    copies the whole cache on CPU) writes a slot, and the decode graph reads it as
+    [batch * n_head, cache_len, head_dim].
     """
 
     def __init__(self, config: BloomConfig, batch: int, cache_len: int) -> None:
@@ -190,10 +192,10 @@ class KVCache(nn.Cell):
         self.keys = caches("key")
         self.values = caches("value")
         first = np.arange(batch * config.n_head, dtype=np.int32) * cache_len
-        self.first_rows = Tensor(first)  # [batch * n_head], the flat row of slot 0
+        self.first_rows = Tensor(first)  # [batch * n_head], the cache row of slot 0
 
     def rows(self, slot: Tensor) -> Tensor:
-        """int32 [batch * n_head]: the flat cache row of `slot` (int32 [1]) per row and head."""
+        """int32 [batch * n_head]: the cache row of `slot` (int32 [1]) per row and head."""
         return self.first_rows + slot
 
 
@@ -219,10 +221,10 @@ class BloomPrefill(nn.Cell):
         c = self.model.config
         pad = ops.zeros((batch, c.n_head, self.cache.cache_len - prompt_len, c.head_dim),
                         keys[0].dtype)
-        for i in range(len(keys)):  # [batch, n_head, cache_len, head_dim] -> flat rows
-            ops.assign(self.cache.keys[i], ops.concat((keys[i], pad), 2).reshape(-1, c.head_dim))
-            ops.assign(self.cache.values[i],
-                       ops.concat((values[i], pad), 2).reshape(-1, c.head_dim))
+        shape = (-1, c.head_dim)
+        for i in range(len(keys)):  # [batch, n_head, cache_len, head_dim] -> cache rows
+            ops.assign(self.cache.keys[i], ops.concat((keys[i], pad), 2).reshape(shape))
+            ops.assign(self.cache.values[i], ops.concat((values[i], pad), 2).reshape(shape))
         logits = self.model.logits(hidden[:, -1, :])
         return logits, self.argmax(logits)
 
@@ -244,7 +246,7 @@ class BloomDecodeStep(nn.Cell):
 
         Args:
             input_ids: int32 [batch, 1], the tokens chosen last.
-            bias: float32 [batch, n_head, 1, cache_len] (see BloomModel.decode).
+            bias: float32 [batch * n_head, 1, cache_len] (see BloomModel.decode).
             slot: int32 [1], the cache slot of these tokens.
         """
         hidden = self.model.transformer.decode(input_ids, bias, self.cache.keys,

@@ -190,7 +190,8 @@ class Generator:
             # same float32 values decode_bias gives; the graph has finished with `bias`).
             bias[:, :, 0, slot] = self.slopes[None, :] * positions[:, None]
             positions += 1.0
-            logits, greedy = decode(Tensor(tokens[:, None]), Tensor(bias),
+            logits, greedy = decode(Tensor(tokens[:, None]),
+                                    Tensor(bias.reshape(batch * c.n_head, 1, cache_len)),
                                     Tensor([slot], ms.int32))
         return out
 

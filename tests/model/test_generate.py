@@ -107,15 +107,16 @@ def test_cache_logits_match_full_forward(tiny) -> None:
     for slot in range(6, 10):
         token = slot * 7 % 99
         key_mask[0, slot] = 1
-        logits, greedy = decode(Tensor([[token]], ms.int32), Tensor(decode_bias(key_mask, 6)),
+        bias = decode_bias(key_mask, 6).reshape(6, 1, 16)  # [batch * n_head, 1, cache_len]
+        logits, greedy = decode(Tensor([[token]], ms.int32), Tensor(bias),
                                 Tensor([slot], ms.int32))
         ids[0, slot], mask[0, slot] = token, 1
         full = model(Tensor(ids), Tensor(mask)).asnumpy()[:, slot]  # later slots are masked
         np.testing.assert_allclose(logits.asnumpy(), full, atol=1e-4)
         assert greedy.asnumpy().tolist() == full.argmax(-1).tolist()
     # The caches were written in place: slot 9 of every head holds the last token's key.
-    keys = cache.keys[0].asnumpy().reshape(1, CONFIG.n_head, 16, CONFIG.head_dim)
-    assert np.abs(keys[0, :, 9]).min() > 0 and not keys[0, :, 10:].any()
+    keys = cache.keys[0].asnumpy().reshape(CONFIG.n_head, 16, -1)  # [n_head, slots, hd]
+    assert np.abs(keys[:, 9]).min() > 0 and not keys[:, 10:].any()
 
 
 def test_sampling_is_seeded_and_top_k_1_is_greedy(tiny) -> None:
