@@ -283,7 +283,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, help="Sampling seed.")
     p.add_argument("--input", help="File with one prompt per line (added after PROMPTs).")
     p.add_argument("--json", action="store_true", help="Print one JSON object.")
-    p.add_argument("--chat", action="store_true", help="Interactive loop on stdin.")
+    p.add_argument("--chat", action="store_true",
+                   help="Interactive loop on stdin; each prompt sees the previous turns.")
     p.add_argument("--device", default="CPU", choices=["CPU", "Ascend", "GPU"],
                    help="MindSpore device.")
     args = p.parse_args(argv)
@@ -323,16 +324,26 @@ class Session:
         set_graph_mode(args.device)
         self.generator = Generator(load_model(args.ckpt, self.config))
 
+    @property
+    def room(self) -> int:
+        """Most prompt tokens that leave room for max_new_tokens in seq_length."""
+        return max(1, self.config.seq_length - self.gen.max_new_tokens)
+
     def encode(self, text: str) -> list[int]:
         """Prompt ids, left-truncated so prompt + new tokens fit in seq_length."""
-        ids = self.tokenizer.encode(text)
-        room = max(1, self.config.seq_length - self.gen.max_new_tokens)
-        return ids[-room:]
+        return self.tokenizer.encode(text)[-self.room:]
 
-    def complete(self, texts: list[str], stream: Callable[[str], None] | None = None
-                 ) -> list[dict[str, Any]]:
-        """Completions of `texts` as dicts; `stream` receives text pieces of a single prompt."""
-        prompts = [self.encode(t) for t in texts]
+    def complete(self, texts: list[str], stream: Callable[[str], None] | None = None,
+                 prompts: list[list[int]] | None = None) -> list[dict[str, Any]]:
+        """Completions of `texts` as dicts; `stream` receives text pieces of a single prompt.
+
+        Args:
+            texts: the prompts (reported back in the results).
+            stream: called with each new piece of text (single prompt only).
+            prompts: the token ids to generate from instead of encoding `texts` (chat history).
+        """
+        if prompts is None:
+            prompts = [self.encode(t) for t in texts]
         streamed: list[int] = []
         shown = ""
 
@@ -377,9 +388,53 @@ def run_prompts(session: Session, prompts: list[str], as_json: bool) -> None:
         print()
 
 
+def chat_prompt(turns: Sequence[Sequence[int]], new: Sequence[int], room: int) -> list[int]:
+    """The ids a chat turn generates from: the latest previous turns that fit, then `new`.
+
+    Args:
+        turns: ids of each previous turn (its prompt and its reply), oldest first.
+        new: ids of the new prompt.
+        room: most ids the result may have (seq_length - max_new_tokens).
+
+    Returns:
+        Whole turns, oldest dropped first until the rest fits, followed by `new`; `new` alone,
+        left-truncated to `room`, when it does not fit with any turn.
+    """
+    if len(new) >= room:
+        return list(new[len(new) - room:])
+    kept: list[Sequence[int]] = []
+    total = len(new)
+    for turn in reversed(turns):
+        if total + len(turn) > room:
+            break
+        kept.insert(0, turn)
+        total += len(turn)
+    return [token for turn in kept for token in turn] + list(new)
+
+
+class Chat:
+    """A conversation: each prompt is generated from after the previous turns (the seed's chat
+    loop). Turns are kept as token ids (prompt + reply, the reply's eos included), a newline
+    starts every prompt after the first, and the oldest turns are dropped to fit seq_length."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.turns: list[list[int]] = []
+
+    def say(self, line: str, stream: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """Generate the reply to `line` after the history; returns the `complete` result."""
+        ids = self.session.tokenizer.encode(line if not self.turns else "\n" + line)
+        prompt = chat_prompt(self.turns, ids, self.session.room)
+        result = self.session.complete([line], stream, [prompt])[0]
+        self.turns.append(ids + list(result["new_tokens"]))
+        return result
+
+
 def run_chat(session: Session) -> None:
-    """The interactive loop: one prompt per line, streamed answers; 'exit' or EOF ends it."""
+    """The interactive loop: one prompt per line, streamed answers that see the previous turns;
+    'exit' or EOF ends it."""
     print("Bloom chat: type a prompt and press Enter; 'exit' or Ctrl-D to quit.", flush=True)
+    chat = Chat(session)
     while True:
         try:
             line = input("> ")
@@ -390,7 +445,7 @@ def run_chat(session: Session) -> None:
             return
         if not line.strip():
             continue
-        session.complete([line], lambda piece: print(piece, end="", flush=True))
+        chat.say(line, lambda piece: print(piece, end="", flush=True))
         print(flush=True)
 
 
