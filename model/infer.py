@@ -6,13 +6,14 @@
     python -m model.infer --ckpt bloom.ckpt --config tiny --input prompts.txt --json
     python -m model.infer --ckpt bloom.ckpt --config tiny --chat
 
-Two compiled graphs serve a whole generation: `prefill` (the left-padded prompt batch, length
-rounded up to a multiple of BUCKET) and `decode_step` (one token per row against caches of a
-fixed length, rounded up to a multiple of CACHE_BUCKET), so nothing recompiles per step, and
-later prompts of similar length reuse both graphs (graphs are per batch size and bucket). Each
-step rewrites the caches (cost grows with cache length; fine for the CPU sizes we serve).
-Greedy or sampling (temperature, then top-k, then top-p, as HF applies them); rows that emit
-eos are finished and padded.
+Two compiled graphs serve a whole generation: `BloomPrefill` (the left-padded prompt batch,
+length rounded up to a multiple of BUCKET) and `BloomDecodeStep` (one token per row), sharing a
+KVCache of a fixed length (rounded up to a multiple of CACHE_BUCKET) whose Parameters both
+update in place: a step writes one slot, nothing recompiles per step, and later prompts of
+similar length reuse both graphs (kept per batch size and cache length). Greedy tokens are
+picked in the graph; only they (or, when sampling, the logits) come back to the host.
+Sampling: temperature, then top-k, then top-p, as HF applies them. Rows that emit eos are
+finished and padded. `--chat` sends the previous turns with each prompt (see `Chat`).
 """
 
 from __future__ import annotations
