@@ -189,9 +189,10 @@ class BloomAttention(nn.Cell):
         fused = self.query_key_value(x)  # [batch, q_len, 3*hidden]
         if k_cache is not None:  # decode: heads folded into the batch, no copy of the caches
             fused = fused.reshape(batch * self.n_head, 3, self.head_dim)
-            q = fused[:, 0:1]  # [batch * n_head, 1, head_dim]
-            k = ops.scatter_update(k_cache, write, fused[:, 1])  # in place, [b*nh*keys, hd]
-            v = ops.scatter_update(v_cache, write, fused[:, 2])
+            q, k, v = ops.split(fused, 1, axis=1)  # each [batch * n_head, 1, head_dim]
+            rows = (batch * self.n_head, self.head_dim)
+            k = ops.scatter_update(k_cache, write, k.reshape(rows))  # in place, [b*nh*keys, hd]
+            v = ops.scatter_update(v_cache, write, v.reshape(rows))
             k = k.reshape(batch * self.n_head, -1, self.head_dim)  # [batch*n_head, keys, hd]
             v = v.reshape(batch * self.n_head, -1, self.head_dim)
         elif q_len == 1:  # no transpose needed, [batch, n_head, 3, head_dim]
