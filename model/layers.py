@@ -187,7 +187,7 @@ class BloomAttention(nn.Cell):
         """
         batch, q_len, _ = x.shape
         fused = self.query_key_value(x)  # [batch, q_len, 3*hidden]
-        if k_cache is not None:  # decode: heads folded into the batch, no copy of the caches
+        if k_cache is not None:  # decode: heads folded into the batch, one slot written
             fused = fused.reshape(batch * self.n_head, 3, self.head_dim)
             q, k, v = ops.split(fused, 1, axis=1)  # each [batch * n_head, 1, head_dim]
             rows = (batch * self.n_head, self.head_dim)
