@@ -251,7 +251,8 @@ class BloomDecodeStep(nn.Cell):
         """
         hidden = self.model.transformer.decode(input_ids, bias, self.cache.keys,
                                                self.cache.values, self.cache.rows(slot))
-        logits = self.model.logits(hidden[:, 0, :])
+        logits = self.model.logits(hidden)  # [batch, 1, vocab]
+        logits = logits.reshape(logits.shape[0], -1)  # [batch, vocab] (no slice kernel)
         return logits, self.argmax(logits)
 
 
