@@ -25,15 +25,16 @@ h = hidden_size, V = vocab_size, i = 0..n_layer-1, weights stored [out, in] like
 The LM head has no parameter of its own (tied, no bias). A training wrapper cell renames these
 unless it is built with `auto_prefix=False` (e.g. `net.transformer...`); checkpoints loaded by
 model.convert.load_checkpoint_arrays may carry such a prefix and optimizer state.
-Generation with a fixed-size KV cache uses `prefill` and `decode_step` (see model/infer.py),
-which share these parameters.
+Generation with a fixed-size KV cache (see model/infer.py) runs two graphs, BloomPrefill and
+BloomDecodeStep, which share these parameters and a KVCache (Parameters updated in place).
 """
 
 from __future__ import annotations
 
 import mindspore as ms
 import numpy as np
-from mindspore import Tensor, nn, ops
+from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
+from mindspore.common.initializer import Zero, initializer
 
 from model.config import BloomConfig
 from model.layers import (
@@ -96,28 +97,24 @@ class BloomModel(nn.Cell):
         return self.ln_f(x), keys, values
 
     def decode(self, input_ids: Tensor, bias: Tensor, k_caches: tuple, v_caches: tuple,
-               write: Tensor) -> tuple[Tensor, tuple, tuple]:
+               write: Tensor) -> Tensor:
         """One new token per row against fixed-size caches (the new token's slot included).
 
         Args:
             input_ids: int [batch, 1].
-            bias: float32 [batch, n_head, 1, cache_len], `decode_bias(key_mask, n_head)`: ALiBi
-                for every real token up to and including the new one, MASK_FILL elsewhere.
-                Built on the host: a dozen tiny kernels fewer per step.
-            k_caches, v_caches: per-layer [batch, n_head, cache_len, head_dim].
-            write: bool [1, 1, cache_len, 1], True at the new token's slot.
+            bias: float32 [batch * n_head, 1, cache_len], `decode_bias(key_mask, n_head)`
+                reshaped: ALiBi for every real token up to and including the new one, MASK_FILL
+                elsewhere. Built on the host: a dozen tiny kernels fewer per step.
+            k_caches, v_caches: per-layer Parameters of a KVCache, updated in place.
+            write: int32 [batch * n_head], the cache rows of the new keys (KVCache.rows).
 
         Returns:
-            (hidden [batch, 1, hidden], new k caches, new v caches).
+            hidden [batch, 1, hidden].
         """
         x = self.embed(input_ids)
-        keys = ()  # type: tuple[Tensor, ...]
-        values = ()  # type: tuple[Tensor, ...]
         for i, block in enumerate(self.h):
-            x, k, v = block(x, bias, k_caches[i], v_caches[i], write)
-            keys += (k,)
-            values += (v,)
-        return self.ln_f(x), keys, values
+            x, _, _ = block(x, bias, k_caches[i], v_caches[i], write)
+        return self.ln_f(x)
 
 
 def decode_bias(key_mask: np.ndarray, n_head: int) -> np.ndarray:
@@ -166,60 +163,97 @@ class BloomLMHeadModel(nn.Cell):
         hidden, _, _ = self.transformer(input_ids, attention_mask)
         return self.logits(hidden)
 
-    def prefill(self, input_ids: Tensor, attention_mask: Tensor,
-                cache_len: int) -> tuple[Tensor, tuple, tuple]:
-        """Run a (left-padded) prompt batch and start the caches.
 
-        Args:
-            input_ids: int [batch, prompt_len].
-            attention_mask: [batch, prompt_len], 0 on left padding.
-            cache_len: static cache size (>= prompt_len); slots after the prompt are zero.
+class KVCache(nn.Cell):
+    """Key and value caches of `batch` rows x `cache_len` slots per layer, as Parameters that
+    the prefill and decode graphs update in place (a decode step writes one slot per row and
+    head instead of copying the caches in and out of the graph).
 
-        Returns:
-            (last-position logits float32 [batch, vocab], k caches, v caches), the caches
-            per-layer [batch, n_head, cache_len, head_dim].
-        """
-        hidden, keys, values = self.transformer(input_ids, attention_mask)
-        batch, prompt_len = input_ids.shape
-        c = self.config
-        pad = ops.zeros((batch, c.n_head, cache_len - prompt_len, c.head_dim), self.compute_dtype)
-        k_caches = ()  # type: tuple[Tensor, ...]
-        v_caches = ()  # type: tuple[Tensor, ...]
-        for i in range(len(keys)):
-            k_caches += (ops.concat((keys[i], pad), 2),)  # [batch, n_head, cache_len, head_dim]
-            v_caches += (ops.concat((values[i], pad), 2),)
-        return self.logits(hidden[:, -1, :]), k_caches, v_caches
+    Each cache is flat [batch * n_head * cache_len, head_dim]: row b, head h, slot s at
+    (b * n_head + h) * cache_len + s, so that ops.scatter_update writes a slot in place, and the
+    decode graph reads it reshaped to [batch * n_head, cache_len, head_dim]. Measured on CPU:
+    scatter_nd_update on a 3-D cache copies the whole cache every call, and this reshape costs
+    less than that copy.
+    """
 
-    def decode_step(self, input_ids: Tensor, bias: Tensor, k_caches: tuple, v_caches: tuple,
-                    write: Tensor) -> tuple[Tensor, tuple, tuple]:
-        """One token per row (see BloomModel.decode); returns (logits [batch, vocab], caches)."""
-        hidden, keys, values = self.transformer.decode(input_ids, bias, k_caches, v_caches,
-                                                       write)
-        return self.logits(hidden[:, 0, :]), keys, values
+    def __init__(self, config: BloomConfig, batch: int, cache_len: int) -> None:
+        super().__init__(auto_prefix=False)
+        self.batch = batch
+        self.cache_len = cache_len
+        shape = (batch * config.n_head * cache_len, config.head_dim)
+        dtype = MS_DTYPES[config.compute_dtype]
+        tag = f"kv_cache.b{batch}_l{cache_len}"  # unique per shape: one graph may hold several
+
+        def caches(kind: str) -> ParameterTuple:
+            return ParameterTuple(Parameter(initializer(Zero(), shape, dtype),
+                                            name=f"{tag}.{kind}.{i}", requires_grad=False)
+                                  for i in range(config.n_layer))
+
+        self.keys = caches("key")
+        self.values = caches("value")
+        first = np.arange(batch * config.n_head, dtype=np.int32) * cache_len
+        self.first_rows = Tensor(first)  # [batch * n_head], the cache row of slot 0
+
+    def rows(self, slot: Tensor) -> Tensor:
+        """int32 [batch * n_head]: the cache row of `slot` (int32 [1]) per row and head."""
+        return self.first_rows + slot
 
 
 class BloomPrefill(nn.Cell):
-    """Graph entry for `BloomLMHeadModel.prefill` (shares the model's parameters)."""
+    """Graph: run a left-padded prompt batch, fill `cache` with its keys and values (zeros
+    after the prompt), return the last position's logits and greedy tokens."""
 
-    def __init__(self, model: BloomLMHeadModel) -> None:
+    def __init__(self, model: BloomLMHeadModel, cache: KVCache) -> None:
         super().__init__(auto_prefix=False)
         self.model = model
+        self.cache = cache
+        self.argmax = ops.Argmax(axis=-1, output_type=ms.int32)
 
-    def construct(self, input_ids: Tensor, attention_mask: Tensor,
-                  cache_len: int) -> tuple[Tensor, tuple, tuple]:
-        return self.model.prefill(input_ids, attention_mask, cache_len)
+    def construct(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """(logits float32 [batch, vocab], argmax int32 [batch]) after the prompts.
+
+        Args:
+            input_ids: int [batch, prompt_len] with prompt_len <= cache.cache_len.
+            attention_mask: [batch, prompt_len], 0 on left padding.
+        """
+        hidden, keys, values = self.model.transformer(input_ids, attention_mask)
+        batch, prompt_len = input_ids.shape
+        c = self.model.config
+        pad = ops.zeros((batch, c.n_head, self.cache.cache_len - prompt_len, c.head_dim),
+                        keys[0].dtype)
+        shape = (-1, c.head_dim)
+        for i in range(len(keys)):  # [batch, n_head, cache_len, head_dim] -> cache rows
+            ops.assign(self.cache.keys[i], ops.concat((keys[i], pad), 2).reshape(shape))
+            ops.assign(self.cache.values[i], ops.concat((values[i], pad), 2).reshape(shape))
+        logits = self.model.logits(hidden[:, -1, :])
+        return logits, self.argmax(logits)
 
 
 class BloomDecodeStep(nn.Cell):
-    """Graph entry for `BloomLMHeadModel.decode_step` (shares the model's parameters)."""
+    """Graph: one token per row against `cache` (written in place at `slot`); returns the
+    logits and greedy tokens. Its input shapes never change, so it uses MindSpore's predict
+    fast path (phase "increment": no argument checks or recompile lookup per call)."""
 
-    def __init__(self, model: BloomLMHeadModel) -> None:
+    def __init__(self, model: BloomLMHeadModel, cache: KVCache) -> None:
         super().__init__(auto_prefix=False)
         self.model = model
+        self.cache = cache
+        self.argmax = ops.Argmax(axis=-1, output_type=ms.int32)
+        self.phase = "increment"
 
-    def construct(self, input_ids: Tensor, bias: Tensor, k_caches: tuple, v_caches: tuple,
-                  write: Tensor) -> tuple[Tensor, tuple, tuple]:
-        return self.model.decode_step(input_ids, bias, k_caches, v_caches, write)
+    def construct(self, input_ids: Tensor, bias: Tensor, slot: Tensor) -> tuple[Tensor, Tensor]:
+        """(logits float32 [batch, vocab], argmax int32 [batch]) of the next position.
+
+        Args:
+            input_ids: int32 [batch, 1], the tokens chosen last.
+            bias: float32 [batch * n_head, 1, cache_len] (see BloomModel.decode).
+            slot: int32 [1], the cache slot of these tokens.
+        """
+        hidden = self.model.transformer.decode(input_ids, bias, self.cache.keys,
+                                               self.cache.values, self.cache.rows(slot))
+        logits = self.model.logits(hidden)  # [batch, 1, vocab]
+        logits = logits.reshape(logits.shape[0], -1)  # [batch, vocab] (no slice kernel)
+        return logits, self.argmax(logits)
 
 
 def load_parameters(model: BloomLMHeadModel, arrays: dict[str, np.ndarray]) -> None:

@@ -6,13 +6,14 @@
     python -m model.infer --ckpt bloom.ckpt --config tiny --input prompts.txt --json
     python -m model.infer --ckpt bloom.ckpt --config tiny --chat
 
-Two compiled graphs serve a whole generation: `prefill` (the left-padded prompt batch, length
-rounded up to a multiple of BUCKET) and `decode_step` (one token per row against caches of a
-fixed length, rounded up to a multiple of CACHE_BUCKET), so nothing recompiles per step, and
-later prompts of similar length reuse both graphs (graphs are per batch size and bucket). Each
-step rewrites the caches (cost grows with cache length; fine for the CPU sizes we serve).
-Greedy or sampling (temperature, then top-k, then top-p, as HF applies them); rows that emit
-eos are finished and padded.
+Two compiled graphs serve a whole generation: `BloomPrefill` (the left-padded prompt batch,
+length rounded up to a multiple of BUCKET) and `BloomDecodeStep` (one token per row), sharing a
+KVCache of a fixed length (rounded up to a multiple of CACHE_BUCKET) whose Parameters both
+update in place: a step writes one slot, nothing recompiles per step, and later prompts of
+similar length reuse both graphs (kept per batch size and cache length). Greedy tokens are
+picked in the graph; only they (or, when sampling, the logits) come back to the host.
+Sampling: temperature, then top-k, then top-p, as HF applies them. Rows that emit eos are
+finished and padded. `--chat` sends the previous turns with each prompt (see `Chat`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import json
 import os
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,18 +110,38 @@ def select_tokens(logits: np.ndarray, gen: GenerateConfig, rng: np.random.Genera
 
 
 class Generator:
-    """Batch generation with the compiled prefill and decode graphs of one model."""
+    """Batch generation with the compiled prefill and decode graphs of one model.
+
+    Graphs and caches are kept per (batch size, cache length), the `max_graphs` most recently
+    used ones (each holds 2 * n_layer caches of batch * cache_len * hidden floats).
+    """
 
     def __init__(self, model: BloomLMHeadModel, bucket: int = BUCKET,
-                 cache_bucket: int = CACHE_BUCKET) -> None:
-        from model.bloom import BloomDecodeStep, BloomPrefill
+                 cache_bucket: int = CACHE_BUCKET, max_graphs: int = 4) -> None:
+        from model.layers import alibi_slopes
 
         self.model = model
         self.config = model.config
         self.bucket = bucket
         self.cache_bucket = cache_bucket
-        self.prefill = BloomPrefill(model)
-        self.decode = BloomDecodeStep(model)
+        self.max_graphs = max_graphs
+        self.slopes = alibi_slopes(self.config.n_head)  # float32 [n_head]
+        self.graphs: OrderedDict[tuple[int, int], tuple[Any, Any]] = OrderedDict()
+
+    def graphs_for(self, batch: int, cache_len: int) -> tuple[Any, Any]:
+        """(BloomPrefill, BloomDecodeStep) sharing one KVCache of this shape (made on first
+        use; each compiles on its first call)."""
+        from model.bloom import BloomDecodeStep, BloomPrefill, KVCache
+
+        key = (batch, cache_len)
+        if key in self.graphs:
+            self.graphs.move_to_end(key)
+        else:
+            cache = KVCache(self.config, batch, cache_len)
+            self.graphs[key] = (BloomPrefill(self.model, cache), BloomDecodeStep(self.model, cache))
+            while len(self.graphs) > self.max_graphs:
+                self.graphs.popitem(last=False)
+        return self.graphs[key]
 
     def generate(self, prompts: Sequence[Sequence[int]], gen: GenerateConfig,
                  on_tokens: Callable[[np.ndarray], None] | None = None) -> list[list[int]]:
@@ -138,17 +160,24 @@ class Generator:
         if not prompts or any(len(p) == 0 for p in prompts):
             raise InferError("every prompt needs at least one token")
         c = self.config
+        batch = len(prompts)
         prompt_len = round_up(max(len(p) for p in prompts), self.bucket)
         cache_len = round_up(prompt_len + gen.max_new_tokens, self.cache_bucket)
+        prefill, decode = self.graphs_for(batch, cache_len)
         ids, mask = left_pad(prompts, prompt_len, c.pad_token_id)
         rng = np.random.default_rng(gen.seed)
-        logits, k_cache, v_cache = self.prefill(Tensor(ids), Tensor(mask), cache_len)
-        key_mask = np.zeros((len(prompts), cache_len), np.float32)
+        logits, greedy = prefill(Tensor(ids), Tensor(mask))
+        key_mask = np.zeros((batch, cache_len), np.float32)
         key_mask[:, :prompt_len] = mask
-        finished = np.zeros(len(prompts), bool)
+        bias = decode_bias(key_mask, c.n_head)  # [batch, n_head, 1, cache_len]
+        positions = mask.sum(1).astype(np.float32)  # ALiBi position of each row's next token
+        finished = np.zeros(batch, bool)
         out: list[list[int]] = [[] for _ in prompts]
         for step in range(gen.max_new_tokens):
-            tokens = select_tokens(logits.asnumpy(), gen, rng)
+            if gen.do_sample:
+                tokens = select_tokens(logits.asnumpy(), gen, rng)
+            else:
+                tokens = greedy.asnumpy()
             tokens = np.where(finished, c.pad_token_id, tokens).astype(np.int32)
             for row in np.flatnonzero(~finished):
                 out[row].append(int(tokens[row]))
@@ -158,13 +187,13 @@ class Generator:
             if finished.all() or step == gen.max_new_tokens - 1:
                 break
             slot = prompt_len + step
-            key_mask[:, slot] = 1.0
-            write = np.zeros((1, 1, cache_len, 1), np.bool_)
-            write[0, 0, slot, 0] = True
-            bias = decode_bias(key_mask, c.n_head)
-            logits, k_cache, v_cache = self.decode(Tensor(tokens[:, None]), Tensor(bias),
-                                                   ms.mutable(k_cache), ms.mutable(v_cache),
-                                                   Tensor(write))
+            # The new token becomes visible: its slot gets ALiBi instead of MASK_FILL (the
+            # same float32 values decode_bias gives; the graph has finished with `bias`).
+            bias[:, :, 0, slot] = self.slopes[None, :] * positions[:, None]
+            positions += 1.0
+            logits, greedy = decode(Tensor(tokens[:, None]),
+                                    Tensor(bias.reshape(batch * c.n_head, 1, cache_len)),
+                                    Tensor([slot], ms.int32))
         return out
 
 
@@ -255,7 +284,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, help="Sampling seed.")
     p.add_argument("--input", help="File with one prompt per line (added after PROMPTs).")
     p.add_argument("--json", action="store_true", help="Print one JSON object.")
-    p.add_argument("--chat", action="store_true", help="Interactive loop on stdin.")
+    p.add_argument("--chat", action="store_true",
+                   help="Interactive loop on stdin; each prompt sees the previous turns.")
     p.add_argument("--device", default="CPU", choices=["CPU", "Ascend", "GPU"],
                    help="MindSpore device.")
     args = p.parse_args(argv)
@@ -295,16 +325,26 @@ class Session:
         set_graph_mode(args.device)
         self.generator = Generator(load_model(args.ckpt, self.config))
 
+    @property
+    def room(self) -> int:
+        """Most prompt tokens that leave room for max_new_tokens in seq_length."""
+        return max(1, self.config.seq_length - self.gen.max_new_tokens)
+
     def encode(self, text: str) -> list[int]:
         """Prompt ids, left-truncated so prompt + new tokens fit in seq_length."""
-        ids = self.tokenizer.encode(text)
-        room = max(1, self.config.seq_length - self.gen.max_new_tokens)
-        return ids[-room:]
+        return self.tokenizer.encode(text)[-self.room:]
 
-    def complete(self, texts: list[str], stream: Callable[[str], None] | None = None
-                 ) -> list[dict[str, Any]]:
-        """Completions of `texts` as dicts; `stream` receives text pieces of a single prompt."""
-        prompts = [self.encode(t) for t in texts]
+    def complete(self, texts: list[str], stream: Callable[[str], None] | None = None,
+                 prompts: list[list[int]] | None = None) -> list[dict[str, Any]]:
+        """Completions of `texts` as dicts; `stream` receives text pieces of a single prompt.
+
+        Args:
+            texts: the prompts (reported back in the results).
+            stream: called with each new piece of text (single prompt only).
+            prompts: the token ids to generate from instead of encoding `texts` (chat history).
+        """
+        if prompts is None:
+            prompts = [self.encode(t) for t in texts]
         streamed: list[int] = []
         shown = ""
 
@@ -349,9 +389,53 @@ def run_prompts(session: Session, prompts: list[str], as_json: bool) -> None:
         print()
 
 
+def chat_prompt(turns: Sequence[Sequence[int]], new: Sequence[int], room: int) -> list[int]:
+    """The ids a chat turn generates from: the latest previous turns that fit, then `new`.
+
+    Args:
+        turns: ids of each previous turn (its prompt and its reply), oldest first.
+        new: ids of the new prompt.
+        room: most ids the result may have (seq_length - max_new_tokens).
+
+    Returns:
+        Whole turns, oldest dropped first until the rest fits, followed by `new`; `new` alone,
+        left-truncated to `room`, when it does not fit with any turn.
+    """
+    if len(new) >= room:
+        return list(new[len(new) - room:])
+    kept: list[Sequence[int]] = []
+    total = len(new)
+    for turn in reversed(turns):
+        if total + len(turn) > room:
+            break
+        kept.insert(0, turn)
+        total += len(turn)
+    return [token for turn in kept for token in turn] + list(new)
+
+
+class Chat:
+    """A conversation: each prompt is generated from after the previous turns (the seed's chat
+    loop). Turns are kept as token ids (prompt + reply, the reply's eos included), a newline
+    starts every prompt after the first, and the oldest turns are dropped to fit seq_length."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.turns: list[list[int]] = []
+
+    def say(self, line: str, stream: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """Generate the reply to `line` after the history; returns the `complete` result."""
+        ids = self.session.tokenizer.encode(line if not self.turns else "\n" + line)
+        prompt = chat_prompt(self.turns, ids, self.session.room)
+        result = self.session.complete([line], stream, [prompt])[0]
+        self.turns.append(ids + list(result["new_tokens"]))
+        return result
+
+
 def run_chat(session: Session) -> None:
-    """The interactive loop: one prompt per line, streamed answers; 'exit' or EOF ends it."""
+    """The interactive loop: one prompt per line, streamed answers that see the previous turns;
+    'exit' or EOF ends it."""
     print("Bloom chat: type a prompt and press Enter; 'exit' or Ctrl-D to quit.", flush=True)
+    chat = Chat(session)
     while True:
         try:
             line = input("> ")
@@ -362,7 +446,7 @@ def run_chat(session: Session) -> None:
             return
         if not line.strip():
             continue
-        session.complete([line], lambda piece: print(piece, end="", flush=True))
+        chat.say(line, lambda piece: print(piece, end="", flush=True))
         print(flush=True)
 
 

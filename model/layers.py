@@ -172,17 +172,30 @@ class BloomAttention(nn.Cell):
         Args:
             x: [batch, q_len, hidden] (already layer-normed).
             bias: float32 [batch, n_head, q_len, keys]: ALiBi where a query may attend a key,
-                MASK_FILL where it may not (see attention_bias).
-            k_cache, v_cache: [batch, n_head, keys, head_dim] fixed-size caches (decode only,
-                q_len == 1); the new key/value is written where `write` is True.
-            write: bool [1, 1, keys, 1], True at the cache slot of the new token (decode only).
+                MASK_FILL where it may not (see attention_bias); [batch * n_head, 1, keys] when
+                decoding with a cache.
+            k_cache, v_cache: decode only (q_len == 1): fixed-size caches as Parameters
+                [batch * n_head * keys, head_dim] (row, head, slot at
+                (row * n_head + head) * keys + slot); the new key/value is written into them in
+                place (one slot, not a copy of the cache).
+            write: int32 [batch * n_head], the cache row of the new key/value per row and head
+                (decode only).
 
         Returns:
-            (output [batch, q_len, hidden], keys, values [batch, n_head, keys, head_dim]).
+            (output [batch, q_len, hidden], keys, values [batch, n_head, keys, head_dim]; the
+            caches [batch * n_head, keys, head_dim] when decoding with them).
         """
         batch, q_len, _ = x.shape
         fused = self.query_key_value(x)  # [batch, q_len, 3*hidden]
-        if q_len == 1:  # decode: no transpose needed, [batch, n_head, 3, head_dim]
+        if k_cache is not None:  # decode: heads folded into the batch, one slot written
+            fused = fused.reshape(batch * self.n_head, 3, self.head_dim)
+            q, k, v = ops.split(fused, 1, axis=1)  # each [batch * n_head, 1, head_dim]
+            rows = (batch * self.n_head, self.head_dim)
+            k = ops.scatter_update(k_cache, write, k.reshape(rows))  # in place, [b*nh*keys, hd]
+            v = ops.scatter_update(v_cache, write, v.reshape(rows))
+            k = k.reshape(batch * self.n_head, -1, self.head_dim)  # [batch*n_head, keys, hd]
+            v = v.reshape(batch * self.n_head, -1, self.head_dim)
+        elif q_len == 1:  # no transpose needed, [batch, n_head, 3, head_dim]
             fused = fused.reshape(batch, self.n_head, 3, self.head_dim)
             q = fused[:, :, 0:1]  # [batch, n_head, 1, head_dim]
             k = fused[:, :, 1:2]
@@ -193,10 +206,7 @@ class BloomAttention(nn.Cell):
             q = fused[:, :, :, 0]  # [batch, n_head, q_len, head_dim]
             k = fused[:, :, :, 1]
             v = fused[:, :, :, 2]
-        if k_cache is not None:
-            k = ops.where(write, k, k_cache)  # [batch, n_head, keys, head_dim]
-            v = ops.where(write, v, v_cache)
-        scores = self.scores_matmul(q, k)  # [batch, n_head, q_len, keys]
+        scores = self.scores_matmul(q, k)  # [batch, n_head, q_len, keys] (or [b*nh, 1, keys])
         if not self.is_float32:
             scores = ops.cast(scores, ms.float32)
         probs = ops.softmax(scores * self.inv_norm_factor + bias, -1)  # float32
@@ -204,7 +214,7 @@ class BloomAttention(nn.Cell):
             probs = ops.cast(probs, self.compute_dtype)
         if self.attention_dropout is not None:
             probs = self.attention_dropout(probs)
-        context = self.context_matmul(probs, v)  # [batch, n_head, q_len, head_dim]
+        context = self.context_matmul(probs, v)  # [batch, n_head, q_len, hd] (or [b*nh, 1, hd])
         if q_len != 1:
             context = context.transpose(0, 2, 1, 3)  # [batch, q_len, n_head, head_dim]
         context = context.reshape(batch, q_len, self.hidden_size)

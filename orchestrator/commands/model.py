@@ -128,7 +128,9 @@ def convert_weights(hf_dir: Path | None, out: Path, to_hf: bool, ckpt: Path | No
 @click.option("--input", "input_file", type=click.Path(path_type=Path),
               help="File with one prompt per line.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@click.option("--chat", is_flag=True, help="Interactive loop: one prompt per line on stdin.")
+@click.option("--chat", is_flag=True,
+              help="Interactive loop: one prompt per line on stdin; each reply sees the previous "
+                   "turns (the oldest dropped to fit the model's seq_length).")
 @click.option("--device", type=click.Choice(["CPU", "Ascend", "GPU"]), default="CPU",
               show_default=True, help="MindSpore device to run on.")
 def infer(prompts: tuple[str, ...], ckpt: Path | None, job_id: str | None, state_dir: Path,

@@ -91,24 +91,32 @@ def test_cache_logits_match_full_forward(tiny) -> None:
     import mindspore as ms
     from mindspore import Tensor
 
-    from model.bloom import BloomDecodeStep, BloomPrefill, decode_bias
+    from model.bloom import BloomDecodeStep, BloomPrefill, KVCache, decode_bias
 
     model, _ = tiny
     ids = np.array([[3, 3, 1, 4, 5, 6, 0, 0, 0, 0]], np.int32)  # 4 slots for decoded tokens
     mask = np.array([[0, 0, 1, 1, 1, 1, 0, 0, 0, 0]], np.int32)
-    logits, k, v = BloomPrefill(model)(Tensor(ids[:, :6]), Tensor(mask[:, :6]), 16)
+    cache = KVCache(CONFIG, 1, 16)
+    logits, greedy = BloomPrefill(model, cache)(Tensor(ids[:, :6]), Tensor(mask[:, :6]))
+    full = model(Tensor(ids[:, :6]), Tensor(mask[:, :6])).asnumpy()[:, -1]
+    np.testing.assert_allclose(logits.asnumpy(), full, atol=1e-4)
+    assert greedy.asnumpy().tolist() == full.argmax(-1).tolist()
     key_mask = np.zeros((1, 16), np.float32)
     key_mask[:, :6] = mask[:, :6]
-    decode = BloomDecodeStep(model)
+    decode = BloomDecodeStep(model, cache)
     for slot in range(6, 10):
         token = slot * 7 % 99
         key_mask[0, slot] = 1
-        write = np.eye(16, dtype=np.bool_)[slot].reshape(1, 1, 16, 1)
-        logits, k, v = decode(Tensor([[token]], ms.int32), Tensor(decode_bias(key_mask, 6)),
-                              ms.mutable(k), ms.mutable(v), Tensor(write))
+        bias = decode_bias(key_mask, 6).reshape(6, 1, 16)  # [batch * n_head, 1, cache_len]
+        logits, greedy = decode(Tensor([[token]], ms.int32), Tensor(bias),
+                                Tensor([slot], ms.int32))
         ids[0, slot], mask[0, slot] = token, 1
         full = model(Tensor(ids), Tensor(mask)).asnumpy()[:, slot]  # later slots are masked
         np.testing.assert_allclose(logits.asnumpy(), full, atol=1e-4)
+        assert greedy.asnumpy().tolist() == full.argmax(-1).tolist()
+    # The caches were written in place: slot 9 of every head holds the last token's key.
+    keys = cache.keys[0].asnumpy().reshape(CONFIG.n_head, 16, -1)  # [n_head, slots, hd]
+    assert np.abs(keys[:, 9]).min() > 0 and not keys[:, 10:].any()
 
 
 def test_sampling_is_seeded_and_top_k_1_is_greedy(tiny) -> None:

@@ -36,7 +36,17 @@ def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_checkpoint_arrays(arrays, tmp_path_factory.mktemp("ckpt") / "tiny.ckpt")
 
 
-def test_infer_prints_prompt_and_greedy_completion(tiny_ckpt: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def tiny_generator(tiny_ckpt: Path):
+    """A Generator in this process on the same checkpoint (the expected outputs)."""
+    from model.infer import Generator, load_model, set_graph_mode
+
+    set_graph_mode("CPU")
+    return Generator(load_model(tiny_ckpt, load_preset("tiny")))
+
+
+def test_infer_prints_prompt_and_greedy_completion(tiny_ckpt: Path, tiny_generator,
+                                                   tmp_path: Path) -> None:
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("Name a color.\n\nWrite a haiku about rain.\n")
     result = orchestrate("infer", "--ckpt", str(tiny_ckpt), "--config", "tiny",
@@ -45,13 +55,12 @@ def test_infer_prints_prompt_and_greedy_completion(tiny_ckpt: Path, tmp_path: Pa
     results = json.loads(result.stdout)["results"]
     assert [r["prompt"] for r in results] == [PROMPT, "Name a color.", "Write a haiku about rain."]
 
-    from model.infer import GenerateConfig, Generator, load_model, set_graph_mode
+    from model.infer import GenerateConfig
     from model.tokenizer import load_tokenizer
 
-    set_graph_mode("CPU")
     tok = load_tokenizer()
-    expected = Generator(load_model(tiny_ckpt, load_preset("tiny"))).generate(
-        [tok.encode(r["prompt"]) for r in results], GenerateConfig(max_new_tokens=8))
+    expected = tiny_generator.generate([tok.encode(r["prompt"]) for r in results],
+                                       GenerateConfig(max_new_tokens=8))
     assert [r["new_tokens"] for r in results] == expected
     assert [r["completion"] for r in results] == [tok.decode(e) for e in expected]
 
@@ -86,13 +95,53 @@ def streamed_on_a_terminal(ckpt: Path) -> str:
     return b"".join(chunks).decode()
 
 
-def test_chat_loop_reads_stdin(tiny_ckpt: Path) -> None:
+def test_chat_prompt_keeps_the_latest_whole_turns_that_fit() -> None:
+    from model.infer import chat_prompt
+
+    turns = [[1, 2, 3], [4, 5], [6, 7, 8, 9]]
+    assert chat_prompt(turns, [10, 11], 20) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+    assert chat_prompt(turns, [10, 11], 11) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+    assert chat_prompt(turns, [10, 11], 10) == [4, 5, 6, 7, 8, 9, 10, 11]  # oldest dropped
+    assert chat_prompt(turns, [10, 11], 7) == [6, 7, 8, 9, 10, 11]
+    assert chat_prompt(turns, [10, 11], 5) == [10, 11]  # no whole turn fits
+    assert chat_prompt([], [10, 11, 12], 2) == [11, 12]  # the prompt alone, left-truncated
+    assert chat_prompt([[1], [2, 3, 4, 5, 6], [7]], [8], 4) == [7, 8]  # history stays contiguous
+
+
+def test_chat_loop_keeps_the_history_in_the_prompt(tiny_ckpt: Path, tiny_generator) -> None:
+    """Drive `infer --chat` through stdin; each reply must be the greedy continuation of the
+    previous turns (oldest dropped to fit seq_length 64) plus the new line."""
+    from model.infer import GenerateConfig, chat_prompt
+    from model.tokenizer import load_tokenizer
+
+    lines = ["Hello there", "", "How are you?", "Give three tips for staying healthy.",
+             "Write a haiku about rain in the mountains at night."]
     result = orchestrate("infer", "--ckpt", str(tiny_ckpt), "--config", "tiny", "--chat",
-                         "--max-new-tokens", "4", "--do-sample", "--seed", "1",
-                         stdin="Hello there\n\nexit\n")
+                         "--max-new-tokens", "8", stdin="\n".join(lines) + "\nexit\n")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("Bloom chat:")
-    assert result.stdout.count("> ") == 3  # two prompts read, then "exit"
+
+    tok = load_tokenizer()
+    gen = GenerateConfig(max_new_tokens=8)
+    room = load_preset("tiny").seq_length - 8
+    expected = "Bloom chat: type a prompt and press Enter; 'exit' or Ctrl-D to quit.\n"
+    turns: list[list[int]] = []
+    prompts, replies, alone = [], [], []
+    for line in lines:
+        if line:
+            ids = tok.encode(line if not turns else "\n" + line)
+            prompts.append(chat_prompt(turns, ids, room))
+            replies.append(tiny_generator.generate([prompts[-1]], gen)[0])
+            alone.append(tiny_generator.generate([tok.encode(line)], gen)[0])
+            turns.append(ids + replies[-1])
+            expected += "> " + tok.decode(replies[-1]) + "\n"
+        else:
+            expected += "> "  # an empty line is skipped
+    assert result.stdout == expected + "> "
+    assert prompts[1] == turns[0] + tok.encode("\nHow are you?")  # the history is sent
+    assert prompts[-1][:len(turns[0])] != turns[0]  # the oldest turn no longer fits
+    last = tok.encode("\n" + lines[-1])
+    assert len(prompts[-1]) <= room and prompts[-1][-len(last):] == last
+    assert replies[1:] != alone[1:]  # the history changes the replies: the check can fail
 
 
 @pytest.mark.parametrize("args, message", [
