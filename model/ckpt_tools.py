@@ -307,7 +307,8 @@ def _layouts(strategy: Path) -> dict[str, tuple[int, tuple[int, ...], tuple[int,
         stage, name = (int(m[1]), m[2]) if m else (smap.current_stage, item.param_name)
         pl = item.parallel_layouts
         if (len(pl.dev_matrix) != 1 or len(pl.tensor_map) != 1 or pl.field
-                or pl.opt_weight_shard_size > 1 or any(d.dim for d in pl.param_split_shape)
+                or pl.opt_weight_shard_size not in (0, 1)  # -1: the whole DP group
+                or any(d.dim for d in pl.param_split_shape)
                 or any(d.dim for d in pl.indices_offset)):
             raise UnsupportedCkpt(f"layout of {name}")
         out[name] = (stage, tuple(pl.dev_matrix[0].dim), tuple(pl.tensor_map[0].dim))
