@@ -3,9 +3,10 @@
     python bench/collect.py [--mib 256] [--hosts 4] [--transform-gib 1.0] [--skip-transform]
         [--skip-gather]
 
-Part 1 brings up test hosts (tests/testhosts.sh, state /tmp/orchestrate-testhosts-collect),
-writes one random file of --mib MiB per host, then downloads the files into a tmpfs, in the
-same run, with collect-ckpt's fetcher (ssh + tail, sha256 while streaming, resumable) and
+Part 1 brings up test hosts (tests/testhosts.sh, a fresh unique state dir /tmp/oth-bench-*,
+so it never clashes with test sessions or another run), writes one random file of --mib MiB
+per host, then downloads the files into a tmpfs, in the same run, with collect-ckpt's
+fetcher (ssh + tail, sha256 while streaming, resumable) and
 with parallel `scp -F ssh_config` (the reference), interleaved, best of 2 each. Prints both
 rates and the ratio (goal >= 0.9x). Part 2 writes a synthetic DP1 x MP2 x PP2 Bloom-shaped
 checkpoint of about --transform-gib GiB (fp32) with real strategy files, then times
@@ -35,28 +36,38 @@ from orchestrator.ckpt_collect import opener  # noqa: E402
 from orchestrator.inventory import load_inventory  # noqa: E402
 from orchestrator.remote.connect import open_all  # noqa: E402
 
-STATE = Path("/tmp/orchestrate-testhosts-collect")
 
-
-def hosts(*args: str) -> None:
+def hosts(state: Path, *args: str) -> None:
     subprocess.run(
-        ["bash", str(REPO / "tests/testhosts.sh"), *args, "--state", str(STATE)],
+        ["bash", str(REPO / "tests/testhosts.sh"), *args, "--state", str(state)],
         check=True,
         capture_output=True,
         text=True,
     )
 
 
+def leftovers(state: Path) -> list[str]:
+    """Namespaces and links of the set at `state` still present (names from testhosts.sh)."""
+    tag = hashlib.sha256(str(state.resolve()).encode()).hexdigest()[:6]
+    ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    found = [f"netns {ln.split()[0]}" for ln in ns.splitlines() if ln.startswith(f"oth-{tag}-")]
+    found += [f"link {ln.split(': ')[1]}" for ln in links.splitlines()
+              if ": " in ln and ln.split(": ")[1].startswith((f"oth{tag}", f"othb{tag}"))]
+    return found
+
+
 def gather(mib: int, n: int) -> None:
-    hosts("up", str(n), "--devices", "1")
+    state = Path(tempfile.mkdtemp(prefix="oth-bench-collect-"))
     shm = Path(tempfile.mkdtemp(prefix="collect-bench-", dir="/dev/shm"))
     try:
-        inv = load_inventory(STATE / "inventory.yaml")
+        hosts(state, "up", str(n), "--devices", "1", "--python", sys.executable)
+        inv = load_inventory(state / "inventory.yaml")
         items = []
         for i, node in enumerate(inv.in_rank_order()):
             name = node.name
             rel = PurePosixPath(f"jobs/bench/output/checkpoint/rank_{i}/bloom_rank_{i}-1.ckpt")
-            local = STATE / "hosts" / name / "work" / rel
+            local = state / "hosts" / name / "work" / rel
             local.parent.mkdir(parents=True, exist_ok=True)
             data = os.urandom(mib << 20)
             local.write_bytes(data)
@@ -81,7 +92,7 @@ def gather(mib: int, n: int) -> None:
                         "scp",
                         "-q",
                         "-F",
-                        str(STATE / "ssh_config"),
+                        str(state / "ssh_config"),
                         f"{it.node}:{it.remote}",
                         str(ref_dir / f"{it.node}.ckpt"),
                     ]
@@ -106,7 +117,12 @@ def gather(mib: int, n: int) -> None:
         print(f"  ratio collect/scp throughput: {scp_s / ours_s:.2f}x (goal >= 0.9x)")
     finally:
         shutil.rmtree(shm, ignore_errors=True)
-        hosts("down")
+        hosts(state, "down")
+        left = leftovers(state)
+        shutil.rmtree(state, ignore_errors=True)
+        if left:
+            raise SystemExit(f"test hosts left behind after down: {left}")
+        print(f"  test hosts at {state} torn down, nothing left")
 
 
 def transform(gib: float) -> None:
