@@ -48,7 +48,8 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -402,6 +403,39 @@ class SSHTransport:
             self._sftp = self._conn.client.open_sftp()
         return self._sftp
 
+    @contextmanager
+    def sftp_reader(self, remote: PurePosixPath, offset: int = 0) -> Iterator[_SFTPStream]:
+        """The remote file from byte `offset` on, over paramiko SFTP with read-ahead.
+
+        For bulk reads when `openssh_command()` is None (no `ssh` installed, use_openssh off,
+        or a ProxyJump/ProxyCommand node, which paramiko reaches through Fabric's gateway with
+        every hop's host key checked). Each reader has its own SFTP channel, so streams of one
+        node may run in parallel threads on an open connection.
+
+        Raises:
+            TransferError: the file cannot be opened or read (names the node and path).
+        """
+        self.open()
+        assert self._conn is not None
+        where = f"reading {remote} over SFTP"
+        try:
+            sftp = self._conn.client.open_sftp()
+        except (OSError, SSHException) as e:
+            raise TransferError(self.node.name, f"{where}: cannot open SFTP: {e}") from e
+        try:
+            try:
+                f = sftp.open(files.sftp_path(remote), "rb")
+                size = f.stat().st_size or 0
+                f.seek(offset)
+                if offset < size:
+                    f.prefetch(size)
+            except (OSError, SSHException) as e:
+                raise TransferError(self.node.name, f"{where}: {e}") from e
+            with f:
+                yield _SFTPStream(f, self.node.name, where)
+        finally:
+            sftp.close()
+
     def openssh_command(self) -> list[str] | None:
         """`ssh ... user@host` equivalent to our connection, or None when it cannot be used.
 
@@ -464,6 +498,19 @@ class SSHTransport:
                 stdout.truncate()
             return False
         raise OSError(msg)
+
+
+class _SFTPStream:
+    """`read(n)` of an SFTP file, errors turned into TransferError naming node and path."""
+
+    def __init__(self, f: paramiko.SFTPFile, node: str, where: str) -> None:
+        self._f, self._node, self._where = f, node, where
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self._f.read(n if n >= 0 else None)
+        except (OSError, SSHException) as e:
+            raise TransferError(self._node, f"{self._where}: {e}") from e
 
 
 def _ssh_quote(text: str) -> str:
