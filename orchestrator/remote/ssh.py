@@ -34,6 +34,10 @@ the same identity and ssh_config, curve25519 kex and AES-GCM; else paramiko SFTP
 path is shell-quoted by us (scp's remote quoting differs between its SCP and SFTP modes). Either
 way the copy lands under a temp name, is verified (size + sha256; the remote hash runs on a
 second channel during the transfer) and renamed into place with the remote file's mode.
+A node behind a ProxyJump/ProxyCommand never takes the OpenSSH path (`openssh_command()` is
+None): paramiko reaches it through Fabric's gateway, every hop's host key checked.
+`sftp_reader(path, offset)` streams a file over SFTP with read-ahead, from an offset, for
+callers that hash while reading (collect-ckpt's gather without OpenSSH).
 """
 
 from __future__ import annotations
@@ -508,7 +512,8 @@ class _SFTPStream:
 
     def read(self, n: int = -1) -> bytes:
         try:
-            return self._f.read(n if n >= 0 else None)
+            data: bytes = self._f.read(n if n >= 0 else None)
+            return data
         except (OSError, SSHException) as e:
             raise TransferError(self._node, f"{self._where}: {e}") from e
 
