@@ -6,9 +6,10 @@
 Part 1 brings up test hosts (tests/testhosts.sh, a fresh unique state dir /tmp/oth-bench-*,
 so it never clashes with test sessions or another run), writes one random file of --mib MiB
 per host, then downloads the files into a tmpfs, in the same run, with collect-ckpt's
-fetcher (ssh + tail, sha256 while streaming, resumable) and
+fetcher (ssh + cat, sha256 while streaming, resumable) and
 with parallel `scp -F ssh_config` (the reference), interleaved, best of 2 each. Prints both
-rates and the ratio (goal >= 0.9x). Part 2 writes a synthetic DP1 x MP2 x PP2 Bloom-shaped
+rates and the ratio (goal >= 0.9x), then one run of the paramiko SFTP fallback (no OpenSSH
+client, or a ProxyJump node). Part 2 writes a synthetic DP1 x MP2 x PP2 Bloom-shaped
 checkpoint of about --transform-gib GiB (fp32) with real strategy files, then times
 strip + merge-strategies + transform via `python -m model.ckpt_tools`, checks the result
 equals the unsharded parameters, and times the load check into BloomLMHeadModel; each step's
@@ -114,6 +115,14 @@ def gather(mib: int, n: int) -> None:
             if done - t_open < ours_s:
                 ours_s, conn_s = done - t_open, t_open - t
             shutil.rmtree(shm / "collect")
+        # the fallback without OpenSSH (or behind a ProxyJump): paramiko SFTP, one run
+        with open_all(inv, use_openssh=False) as conns:
+            for conn in conns.values():
+                conn.open()
+            t = time.monotonic()
+            ckpt_fetch.fetch_all(shm / "collect", items, opener(conns), jobs=n)
+            sftp_s = time.monotonic() - t
+        shutil.rmtree(shm / "collect")
         mb = total / 1e6
         print(f"gather {n} x {mib} MiB from {n} test hosts into tmpfs (best of 2, interleaved)")
         print(f"  {n} parallel scp (reference): {scp_s:6.2f} s  {mb / scp_s:7.1f} MB/s")
@@ -125,6 +134,10 @@ def gather(mib: int, n: int) -> None:
         print(
             f"  with the listing step's connect ({conn_s:.2f} s) counted: "
             f"{scp_s / (ours_s + conn_s):.2f}x"
+        )
+        print(
+            f"  fallback without OpenSSH (paramiko SFTP, one run): {sftp_s:6.2f} s  "
+            f"{mb / sftp_s:7.1f} MB/s, {scp_s / sftp_s:.2f}x scp"
         )
     finally:
         shutil.rmtree(shm, ignore_errors=True)
