@@ -5,9 +5,10 @@ Listing runs a small stdlib-only Python program on the node through the node's T
 (symlinks and other kinds are reported as such, never followed), the manifests' text and the
 strategy files. Streaming runs `cat` (or `tail -c +OFFSET+1` to resume at an offset) through
 the OpenSSH client with the transport's own settings (`SSHTransport.openssh_command()`):
-scp's throughput. Without the OpenSSH client, or for a node behind a ProxyJump, it reads over
-paramiko SFTP on the transport's connection (`SSHTransport.sftp_reader()`, ~2.5x slower
-here, see NOTES.md), also from an offset.
+scp's throughput (a node behind one ProxyJump hop too, through a ProxyCommand). Without the
+OpenSSH client, or behind several hops or an ssh_config ProxyCommand, it reads over paramiko
+SFTP on the transport's connection (`SSHTransport.sftp_reader()`, ~3x slower here, see
+bench/collect.py), also from an offset.
 A `connection: local` node's files are read directly.
 """
 
@@ -112,8 +113,8 @@ def open_stream(t: Transport, path: PurePosixPath, offset: int) -> Iterator[IO[b
         return
     base = getattr(t, "openssh_command", lambda: None)()
     if base is None:
-        # no `ssh` client, or a ProxyJump node: paramiko SFTP through the transport's own
-        # connection (gateway hops included), slower but the same bytes
+        # no `ssh` client, or a gateway OpenSSH is not given: paramiko SFTP through the
+        # transport's own connection (gateway hops included), slower but the same bytes
         reader = getattr(t, "sftp_reader", None)
         if reader is None:
             raise CheckpointError(

@@ -34,8 +34,10 @@ the same identity and ssh_config, curve25519 kex and AES-GCM; else paramiko SFTP
 path is shell-quoted by us (scp's remote quoting differs between its SCP and SFTP modes). Either
 way the copy lands under a temp name, is verified (size + sha256; the remote hash runs on a
 second channel during the transfer) and renamed into place with the remote file's mode.
-A node behind a ProxyJump/ProxyCommand never takes the OpenSSH path (`openssh_command()` is
-None): paramiko reaches it through Fabric's gateway, every hop's host key checked.
+A node behind one ProxyJump hop takes the OpenSSH path with a ProxyCommand running the same
+strict `ssh -W` through the hop; with more hops or an ssh_config ProxyCommand,
+`openssh_command()` is None and paramiko goes through Fabric's gateway, every hop's host key
+checked.
 `sftp_reader(path, offset)` streams a file over SFTP with read-ahead, from an offset, for
 callers that hash while reading (collect-ckpt's gather without OpenSSH).
 """
@@ -444,23 +446,38 @@ class SSHTransport:
         """`ssh ... user@host` equivalent to our connection, or None when it cannot be used.
 
         Same known_hosts files with StrictHostKeyChecking=yes (our own connection has already
-        checked, or accept-new recorded, the key), same identity, ssh_config and timeout.
+        checked, or accept-new recorded, the key), same identity, ssh_config and timeout. A
+        node behind one ProxyJump hop gets a ProxyCommand running the same strict `ssh -W`
+        through that hop (its alias resolved by the same ssh_config); more hops or an
+        ssh_config ProxyCommand: None (paramiko goes through Fabric's gateway instead).
         """
         if not self.options.use_openssh or shutil.which("ssh") is None:
             return None
         self.open()
         assert self._conn is not None
-        c, o = self._conn, self.options
-        if c.gateway is not None:
-            return None  # ProxyJump/ProxyCommand: leave it to paramiko
+        c = self._conn
+        keys = [str(k) for k in c.connect_kwargs.get("key_filename") or []]
+        cmd = self._openssh_options(c.port, c.user, c.host, keys)
+        gw = c.gateway
+        if gw is not None:
+            if not isinstance(gw, Connection) or gw.gateway is not None:
+                return None  # ProxyCommand or several hops: leave it to paramiko
+            hop = [*self._openssh_options(gw.port, gw.user, gw.host, []), "-W",
+                   f"{c.host}:{c.port}", "--", gw.original_host]
+            # ssh runs ProxyCommand with /bin/sh after expanding %-tokens: quote, escape %
+            cmd += ["-o", "ProxyCommand=" + shlex.join(hop).replace("%", "%%")]
+        return [*cmd, "--", c.host]
+
+    def _openssh_options(self, port: int, user: str, host: str, keys: list[str]) -> list[str]:
+        o = self.options
         kh = " ".join(_ssh_quote(str(p)) for p in o.known_hosts_files())
         cfg = o.ssh_config if o.ssh_config is not None else user_ssh_config()
         cmd = [
             "ssh", "-T", "-x", "-a",
             "-F", str(cfg) if cfg.is_file() else "/dev/null",
-            "-p", str(c.port),
-            "-l", c.user,
-            "-o", f"HostName={c.host}",
+            "-p", str(port),
+            "-l", user,
+            "-o", f"HostName={host}",
             "-o", f"UserKnownHostsFile={kh}",
             "-o", "GlobalKnownHostsFile=/dev/null",
             "-o", "StrictHostKeyChecking=yes",
@@ -472,9 +489,9 @@ class SSHTransport:
             "-o", "LogLevel=ERROR",
             "-o", "ClearAllForwardings=yes",
         ]
-        for key in c.connect_kwargs.get("key_filename") or []:
-            cmd += ["-i", str(key), "-o", "IdentitiesOnly=yes"]
-        return [*cmd, "--", c.host]
+        for key in keys:
+            cmd += ["-i", key, "-o", "IdentitiesOnly=yes"]
+        return cmd
 
     def _openssh(self, remote_cmd: str, *, stdin: IO[bytes] | None = None,
                  stdout: IO[bytes] | None = None) -> bool:

@@ -3,8 +3,9 @@
 th1 is made unreachable from this machine (inside th1's namespace, a `prohibit` route to the
 bridge address this machine connects from; th0 on the same bridge still reaches it), and is
 named in ssh_config with `ProxyJump` via th0. The gather streams (orchestrator/ckpt_nodes.py)
-must work with and without the OpenSSH client path: OpenSSH is not used for a gateway node, the
-transport's own paramiko connection through the jump host is (SFTP, from an offset too).
+must work with and without the OpenSSH client path: OpenSSH through a ProxyCommand running the
+same strict `ssh -W` via th0, and the transport's own paramiko connection through the jump host
+(SFTP, from an offset too).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pytest
 from orchestrator import ckpt_fetch
 from orchestrator.ckpt_collect import opener
 from orchestrator.ckpt_nodes import open_stream
-from orchestrator.errors import TransferError
+from orchestrator.errors import RemoteError
 from orchestrator.inventory import load_inventory
 from orchestrator.remote.connect import open_all
 from orchestrator.remote.ssh import SSHTransport
@@ -88,12 +89,19 @@ def test_gather_through_proxyjump(jump_inventory: Path, tmp_path: Path,
         th0, th1 = conns["th0"], conns["th1"]
         assert isinstance(th0, SSHTransport) and isinstance(th1, SSHTransport)
         assert th1.run("hostname").stdout == "th1\n"  # through the jump host
-        assert th1.openssh_command() is None  # a gateway node never takes the OpenSSH path
+        cmd = th1.openssh_command()
+        assert (cmd is not None) is use_openssh
         assert (th0.openssh_command() is not None) is use_openssh
+        if cmd is not None:  # OpenSSH reaches th1 only through the hop
+            assert any(a.startswith("ProxyCommand=") for a in cmd)
+            out = subprocess.run([*cmd, "hostname"], capture_output=True, text=True, check=False,
+                                 stdin=subprocess.DEVNULL, timeout=30)
+            assert (out.returncode, out.stdout) == (0, "th1\n"), out.stderr
         outcomes = ckpt_fetch.fetch_all(dest, items, opener(conns), jobs=2)
-        with pytest.raises(TransferError, match=r"\[th1\] reading .*/nope\.ckpt over SFTP: "):
-            with open_stream(th1, PurePosixPath(STATE / "work/jobs/pj/nope.ckpt"), 0):
-                pass
+        missing = PurePosixPath(STATE / "work/jobs/pj/nope.ckpt")
+        with pytest.raises(RemoteError, match=r"\[th1\] reading .*/nope\.ckpt"):
+            with open_stream(th1, missing, 0) as stream:
+                stream.read(1)
     got = {o.item.node: (o.action, o.fetched) for o in outcomes}
     assert got == {"th0": ("fetched", size), "th1": ("resumed", size - (1 << 20))}
     for it in items:
