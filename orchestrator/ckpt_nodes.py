@@ -3,9 +3,12 @@
 Listing runs a small stdlib-only Python program on the node through the node's Transport
 (orchestrator/remote/, strict host keys): it prints JSON with each rank folder's entries
 (symlinks and other kinds are reported as such, never followed), the manifests' text and the
-strategy files. Streaming runs `tail -c +OFFSET+1` through the OpenSSH client with the
-transport's own settings (`SSHTransport.openssh_command()`): scp's throughput (paramiko's
-SFTP is ~2.5x slower here, see NOTES.md) and an interrupted download resumes at an offset.
+strategy files. Streaming runs `cat` (or `tail -c +OFFSET+1` to resume at an offset) through
+the OpenSSH client with the transport's own settings (`SSHTransport.openssh_command()`):
+scp's throughput (a node behind one ProxyJump hop too, through a ProxyCommand). Without the
+OpenSSH client, or behind several hops or an ssh_config ProxyCommand, it reads over paramiko
+SFTP on the transport's connection (`SSHTransport.sftp_reader()`, ~3x slower here, see
+bench/collect.py), also from an offset.
 A `connection: local` node's files are read directly.
 """
 
@@ -110,11 +113,21 @@ def open_stream(t: Transport, path: PurePosixPath, offset: int) -> Iterator[IO[b
         return
     base = getattr(t, "openssh_command", lambda: None)()
     if base is None:
-        raise CheckpointError(
-            f"[{node.name}] collect-ckpt streams through the OpenSSH client (`ssh` on PATH, "
-            "no ProxyJump); it is not available for this node"
-        )
-    argv = [*base, shlex.join(["tail", "-c", f"+{offset + 1}", str(path)])]
+        # no `ssh` client, or a gateway OpenSSH is not given: paramiko SFTP through the
+        # transport's own connection (gateway hops included), slower but the same bytes
+        reader = getattr(t, "sftp_reader", None)
+        if reader is None:
+            raise CheckpointError(
+                f"[{node.name}] cannot stream {path}: this node's transport has neither the "
+                "OpenSSH client nor SFTP"
+            )
+        with reader(path, offset) as stream:
+            yield stream
+        return
+    # `cat` reads 128 KiB blocks; `tail -c +N` only 8 KiB ones (4x the CPU on the node), so
+    # tail only to resume at an offset
+    read = ["cat", "--", str(path)] if offset == 0 else ["tail", "-c", f"+{offset + 1}", str(path)]
+    argv = [*base, shlex.join(read)]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     ok = False

@@ -12,6 +12,11 @@ staging onto one node at once (or nodes sharing a filesystem) do not undo each o
 The rendered files (launch.sh, job.yaml, rank table) are written by the first command itself
 (bash `printf`, no upload).
 Secrets (env.sh) never become blobs or command text: uploaded to the job folder, mode 0600.
+An interrupted stage leaves its private temp names behind (`blobs/.unpack-*`,
+`blobs/.incoming-*.tar`, upload temp files `blobs/.*.orchestrate-tmp-*`,
+`trees/.*.partial-*`); the next stage on the node removes those in which nothing (the entry
+itself or anything under it) was modified for LEFTOVER_AGE_MIN minutes, so a concurrent
+stager's live temp names are never touched.
 A node that already holds the code costs one round trip and a handful of processes.
 """
 
@@ -36,6 +41,11 @@ _SKIP_DIRS = {"__pycache__", ".pytest_cache", ".mypy_cache"}
 _SKIP_SUFFIXES = {".pyc", ".pyo"}
 COMMAND_MAX = 96 * 1024  # a command is one argv string on the node: Linux caps those at 128 KiB
 INLINE_MAX = 32 * 1024  # rendered files up to this size are written by the command itself
+LEFTOVER_AGE_MIN = 60  # a stager's temp name untouched this long is an interrupted stage's
+# Private temp names of stagers (see place_blobs_command, link_tree_commands, files.temp_name),
+# as bash globs relative to the workdir's $B (blobs) and $T (trees)
+LEFTOVER_GLOBS = ('"$B"/.unpack-*', '"$B"/.incoming-*.tar', '"$B"/.*.orchestrate-tmp-*',
+                  '"$T"/.*.partial-*')
 
 
 @dataclass(frozen=True)
@@ -139,12 +149,30 @@ def _chunked(header: Sequence[str], body: Sequence[str]) -> list[str]:
     return commands
 
 
+def cleanup_leftovers_lines(age_min: int = LEFTOVER_AGE_MIN) -> list[str]:
+    """Shell lines removing interrupted stages' temp names under "$B" and "$T".
+
+    An entry goes only when neither it nor anything under it was modified in the last
+    `age_min` minutes (a directory's own mtime changes whenever an entry is added, a file's
+    while it is written); prints `leftover NAME` for each one removed.
+    """
+    return [
+        f"for x in {' '.join(LEFTOVER_GLOBS)}; do",
+        '  [ -e "$x" ] || [ -L "$x" ] || continue',
+        f'  if [ -z "$(find "$x" -mmin -{int(age_min)} -print -quit 2>/dev/null)" ]; then',
+        '    rm -rf -- "$x" 2>/dev/null && echo "leftover ${x##*/}" || true',
+        "  fi",
+        "done",
+    ]
+
+
 def first_command(workdir: str, job_id: str, trees: Sequence[Tree],
                   rendered: Mapping[str, RenderedFile]) -> str:
     """Prepare the folders, refuse a busy node, write the rendered files, link cached trees.
 
-    Prints `workdir P`, `jobdir P`, then `busy JOB` (and stops) or `tree KEY` per tree the
-    node does not hold yet.
+    Prints `workdir P`, `jobdir P`, then `busy JOB` (and stops) or `leftover NAME` per stale
+    temp name of an interrupted stage it removed and `tree KEY` per tree the node does not
+    hold yet.
     """
     wd = shell_path(workdir)
     jid = shlex.quote(job_id)
@@ -158,6 +186,7 @@ def first_command(workdir: str, job_id: str, trees: Sequence[Tree],
         f'  if [ "$o" != {jid} ] && [ -n "$p" ] && [ -n "$s" ] && [ "$(st_of "$p")" = "$s" ]; then '
         'echo "busy $o"; exit 0; fi',
         "fi",
+        *cleanup_leftovers_lines(),
         _TREE_FN,
     ]
     for name, f in rendered.items():
@@ -283,6 +312,7 @@ class Staged:
     job_dir: str  # absolute job folder on the node
     sent: int  # blobs uploaded
     reused: int  # trees the node already held
+    leftovers: tuple[str, ...] = ()  # stale temp names of interrupted stages removed
 
 
 def stage_node(t: Transport, job_id: str, workdir: str, trees: Sequence[Tree],
@@ -301,10 +331,13 @@ def stage_node(t: Transport, job_id: str, workdir: str, trees: Sequence[Tree],
     res = t.run(first_command(workdir, job_id, trees, inline), check=True, timeout=300)
     info: dict[str, str] = {}
     need: set[str] = set()
+    removed: list[str] = []
     for line in res.stdout.splitlines():
         key, _, value = line.partition(" ")
         if key == "tree":
             need.add(value.strip())
+        elif key == "leftover":
+            removed.append(value.strip())
         elif key in ("workdir", "jobdir", "busy"):
             info[key] = value.strip()
     if "busy" in info:
@@ -327,4 +360,4 @@ def stage_node(t: Transport, job_id: str, workdir: str, trees: Sequence[Tree],
         finally:
             Path(fh.name).unlink(missing_ok=True)
     return Staged(workdir=info["workdir"], job_dir=info["jobdir"], sent=sent,
-                  reused=len(trees) - len(need))
+                  reused=len(trees) - len(need), leftovers=tuple(removed))

@@ -34,6 +34,12 @@ the same identity and ssh_config, curve25519 kex and AES-GCM; else paramiko SFTP
 path is shell-quoted by us (scp's remote quoting differs between its SCP and SFTP modes). Either
 way the copy lands under a temp name, is verified (size + sha256; the remote hash runs on a
 second channel during the transfer) and renamed into place with the remote file's mode.
+A node behind one ProxyJump hop takes the OpenSSH path with a ProxyCommand running the same
+strict `ssh -W` through the hop; with more hops or an ssh_config ProxyCommand,
+`openssh_command()` is None and paramiko goes through Fabric's gateway, every hop's host key
+checked.
+`sftp_reader(path, offset)` streams a file over SFTP with read-ahead, from an offset, for
+callers that hash while reading (collect-ckpt's gather without OpenSSH).
 """
 
 from __future__ import annotations
@@ -48,7 +54,8 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -402,27 +409,75 @@ class SSHTransport:
             self._sftp = self._conn.client.open_sftp()
         return self._sftp
 
+    @contextmanager
+    def sftp_reader(self, remote: PurePosixPath, offset: int = 0) -> Iterator[_SFTPStream]:
+        """The remote file from byte `offset` on, over paramiko SFTP with read-ahead.
+
+        For bulk reads when `openssh_command()` is None (no `ssh` installed, use_openssh off,
+        or a ProxyJump/ProxyCommand node, which paramiko reaches through Fabric's gateway with
+        every hop's host key checked). Each reader has its own SFTP channel, so streams of one
+        node may run in parallel threads on an open connection.
+
+        Raises:
+            TransferError: the file cannot be opened or read (names the node and path).
+        """
+        self.open()
+        assert self._conn is not None
+        where = f"reading {remote} over SFTP"
+        try:
+            sftp = self._conn.client.open_sftp()
+        except (OSError, SSHException) as e:
+            raise TransferError(self.node.name, f"{where}: cannot open SFTP: {e}") from e
+        try:
+            try:
+                f = sftp.open(files.sftp_path(remote), "rb")
+                size = f.stat().st_size or 0
+                f.seek(offset)
+                if offset < size:
+                    f.prefetch(size)
+            except (OSError, SSHException) as e:
+                raise TransferError(self.node.name, f"{where}: {e}") from e
+            with f:
+                yield _SFTPStream(f, self.node.name, where)
+        finally:
+            sftp.close()
+
     def openssh_command(self) -> list[str] | None:
         """`ssh ... user@host` equivalent to our connection, or None when it cannot be used.
 
         Same known_hosts files with StrictHostKeyChecking=yes (our own connection has already
-        checked, or accept-new recorded, the key), same identity, ssh_config and timeout.
+        checked, or accept-new recorded, the key), same identity, ssh_config and timeout. A
+        node behind one ProxyJump hop gets a ProxyCommand running the same strict `ssh -W`
+        through that hop (its alias resolved by the same ssh_config); more hops or an
+        ssh_config ProxyCommand: None (paramiko goes through Fabric's gateway instead).
         """
         if not self.options.use_openssh or shutil.which("ssh") is None:
             return None
         self.open()
         assert self._conn is not None
-        c, o = self._conn, self.options
-        if c.gateway is not None:
-            return None  # ProxyJump/ProxyCommand: leave it to paramiko
+        c = self._conn
+        keys = [str(k) for k in c.connect_kwargs.get("key_filename") or []]
+        cmd = self._openssh_options(c.port, c.user, c.host, keys)
+        gw = c.gateway
+        if gw is not None:
+            if not isinstance(gw, Connection) or gw.gateway is not None:
+                return None  # ProxyCommand or several hops: leave it to paramiko
+            hop = [*self._openssh_options(gw.port, gw.user, gw.host, []), "-W",
+                   f"{c.host}:{c.port}", "--", gw.original_host]
+            # ssh runs ProxyCommand with /bin/sh after expanding %-tokens: quote, escape %
+            cmd += ["-o", "ProxyCommand=" + shlex.join(hop).replace("%", "%%")]
+        return [*cmd, "--", c.host]
+
+    def _openssh_options(self, port: int, user: str, host: str, keys: list[str]) -> list[str]:
+        o = self.options
         kh = " ".join(_ssh_quote(str(p)) for p in o.known_hosts_files())
         cfg = o.ssh_config if o.ssh_config is not None else user_ssh_config()
         cmd = [
             "ssh", "-T", "-x", "-a",
             "-F", str(cfg) if cfg.is_file() else "/dev/null",
-            "-p", str(c.port),
-            "-l", c.user,
-            "-o", f"HostName={c.host}",
+            "-p", str(port),
+            "-l", user,
+            "-o", f"HostName={host}",
             "-o", f"UserKnownHostsFile={kh}",
             "-o", "GlobalKnownHostsFile=/dev/null",
             "-o", "StrictHostKeyChecking=yes",
@@ -434,9 +489,9 @@ class SSHTransport:
             "-o", "LogLevel=ERROR",
             "-o", "ClearAllForwardings=yes",
         ]
-        for key in c.connect_kwargs.get("key_filename") or []:
-            cmd += ["-i", str(key), "-o", "IdentitiesOnly=yes"]
-        return [*cmd, "--", c.host]
+        for key in keys:
+            cmd += ["-i", key, "-o", "IdentitiesOnly=yes"]
+        return cmd
 
     def _openssh(self, remote_cmd: str, *, stdin: IO[bytes] | None = None,
                  stdout: IO[bytes] | None = None) -> bool:
@@ -464,6 +519,20 @@ class SSHTransport:
                 stdout.truncate()
             return False
         raise OSError(msg)
+
+
+class _SFTPStream:
+    """`read(n)` of an SFTP file, errors turned into TransferError naming node and path."""
+
+    def __init__(self, f: paramiko.SFTPFile, node: str, where: str) -> None:
+        self._f, self._node, self._where = f, node, where
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            data: bytes = self._f.read(n if n >= 0 else None)
+            return data
+        except (OSError, SSHException) as e:
+            raise TransferError(self._node, f"{self._where}: {e}") from e
 
 
 def _ssh_quote(text: str) -> str:

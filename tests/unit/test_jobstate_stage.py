@@ -149,3 +149,26 @@ def test_concurrent_stagers_on_one_store(tmp_path: Path) -> None:
         cached = work / "trees" / tree.key
         assert sorted(p.relative_to(cached).as_posix() for p in cached.rglob("*.*")) == sorted(
             f.rel for f in tree.files)
+
+
+def test_stale_leftovers_of_interrupted_stages_are_removed(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    old = 3 * 3600
+    stale = [work / "blobs/.unpack-aaaa", work / "blobs/.incoming-j-0-aaaa-0.tar",
+             work / "blobs/..incoming-j-0-bbbb-0.tar.orchestrate-tmp-bbbb",
+             work / "trees/.k.partial-aaaa"]
+    live = [work / "blobs/.unpack-cccc", work / "trees/.k.partial-cccc"]
+    for p in stale + live:
+        if p.suffix == ".tar" or "orchestrate-tmp" in p.name:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(b"x")
+        else:
+            (p / "sub").mkdir(parents=True)
+            (p / "sub" / "f").write_bytes(b"x")
+    for p in stale:
+        for q in [*p.rglob("*"), p] if p.is_dir() else [p]:
+            os.utime(q, (q.stat().st_atime, q.stat().st_mtime - old))
+    os.utime(live[0], (0, live[0].stat().st_mtime - old))  # old folder, fresh file inside
+    staged = stage_node(_transport(work), "j-1", str(work), [], _rendered(), {}, tmp_path)
+    assert sorted(staged.leftovers) == sorted(p.name for p in stale)
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in live)
