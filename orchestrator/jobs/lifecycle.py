@@ -27,8 +27,11 @@ from pathlib import Path
 from orchestrator.errors import JobError
 from orchestrator.inventory import Connection, Inventory
 from orchestrator.jobs import stage as stage_mod
-from orchestrator.jobs.nodes import Connections, fan_out, job_nodes, launch_command
+from orchestrator.jobs.nodes import Connections, fan_out, job_nodes
 from orchestrator.jobs.state import JobRecord, JobStatus, JobStore, NodeRecord, new_job_id
+from orchestrator.jobs.teardown import failures, stop_everywhere
+from orchestrator.jobs.teardown import stop_job as stop_job  # re-exported: `down`
+from orchestrator.jobs.teardown import teardown_failed as teardown_failed  # re-exported
 from orchestrator.plan import Plan, build_plan
 from orchestrator.presets import JobSpec
 from orchestrator.remote.transport import Transport
@@ -219,10 +222,6 @@ def _sigint_deferred() -> Iterator[None]:
         signal.signal(signal.SIGINT, old)
 
 
-def _failures(results: Mapping[str, object]) -> dict[str, BaseException]:
-    return {k: v for k, v in results.items() if isinstance(v, BaseException)}
-
-
 def _describe(failed: Mapping[str, BaseException]) -> str:
     """`[th0, th1] node busy: ...; [th2] connection refused`: nodes with the same cause merged."""
     by_cause: dict[str, list[str]] = {}
@@ -264,7 +263,7 @@ def launch(record: JobRecord, inv: Inventory, store: JobStore, forks: int = 64,
                                             secrets, Path(tmp))
 
             results = fan_out(inv, plan_nodes, stage_one, forks, conns)
-        failed = _failures(results)
+        failed = failures(results)
         staged = {k: v for k, v in results.items() if isinstance(v, stage_mod.Staged)}
         nodes = tuple(dataclasses.replace(n, job_dir=staged[n.name].job_dir)
                       if n.name in staged else n for n in record.nodes)
@@ -280,15 +279,18 @@ def launch(record: JobRecord, inv: Inventory, store: JobStore, forks: int = 64,
     except KeyboardInterrupt:
         with _sigint_deferred():
             echo("interrupted: stopping whatever was started ...")
-            _stop_everywhere(record, inv, forks, conns)
-            store.save(record.with_status(JobStatus.CANCELLED, "interrupted during up"))
+            left = failures(stop_everywhere(record, inv, forks, conns))
+            store.save(record.with_status(JobStatus.CANCELLED, "interrupted during up")
+                       .replace(cleaned=not left))
         raise
     except Exception as e:
         if not isinstance(e, JobError) or not started:
+            left: dict[str, BaseException] = {}
             if started:  # an unexpected error after ranks may have started: leave none behind
                 with _sigint_deferred():
-                    _stop_everywhere(record, inv, forks, conns)
-            store.save(record.with_status(JobStatus.FAILED, str(e) or type(e).__name__))
+                    left = failures(stop_everywhere(record, inv, forks, conns))
+            store.save(record.with_status(JobStatus.FAILED, str(e) or type(e).__name__)
+                       .replace(cleaned=not left))
         raise
     finally:
         if own and conns is not None:
@@ -321,14 +323,15 @@ def _start_all(record: JobRecord, inv: Inventory, store: JobStore, forks: int,
 
     started_pids = fan_out(inv, [node for _, node in job_nodes(record, inv)], start_one, forks,
                            conns)
-    failed = _failures(started_pids)
+    failed = failures(started_pids)
     nodes = tuple(dataclasses.replace(n, pids=pids) if isinstance(
         pids := started_pids.get(n.name), dict) else n for n in record.nodes)
     record = record.replace(nodes=nodes)
     if failed:
         with _sigint_deferred():
-            _stop_everywhere(record, inv, forks, conns)
+            left = failures(stop_everywhere(record, inv, forks, conns))
         record = record.with_status(JobStatus.FAILED, f"start failed: {_describe(failed)}")
+        record = record.replace(cleaned=not left)
         store.save(record)
         raise JobError(f"start failed on {len(failed)} node(s), job {record.job_id} stopped "
                        f"everywhere: {_describe(failed)}")
@@ -338,7 +341,7 @@ def _start_all(record: JobRecord, inv: Inventory, store: JobStore, forks: int,
 
 
 def resume_job(record: JobRecord, inv: Inventory, store: JobStore, forks: int = 64,
-               conns: Connections | None = None) -> JobRecord:
+               conns: Connections | None = None, poll_timeout: float = 60.0) -> JobRecord:
     """A new attempt of an ended job on the same nodes: every rank restarts with `--resume`
     (the trainer continues from the newest checkpoint complete on every rank).
 
@@ -349,7 +352,7 @@ def resume_job(record: JobRecord, inv: Inventory, store: JobStore, forks: int = 
 
     if record.status is JobStatus.SUCCEEDED:
         raise JobError(f"job {record.job_id} already SUCCEEDED; start a new job instead")
-    reports = query_job(record, inv, forks, conns)
+    reports = query_job(record, inv, forks, conns, poll_timeout)
     unreachable = [n for n, r in reports.items() if isinstance(r, BaseException)]
     if unreachable:
         raise JobError(f"job {record.job_id}: cannot reach {', '.join(unreachable)}; "
@@ -364,61 +367,16 @@ def resume_job(record: JobRecord, inv: Inventory, store: JobStore, forks: int = 
         raise JobError(f"job {record.job_id} was never staged on {', '.join(unstaged)}; "
                        "start a new job instead")
     record = record.replace(attempts=record.attempts + 1, status=JobStatus.LAUNCHING,
-                            message="")
+                            message="", cleaned=False)
     store.save(record)
     try:
         return _start_all(record, inv, store, forks, conns, resume=True)
     except KeyboardInterrupt:
         with _sigint_deferred():
-            _stop_everywhere(record, inv, forks, conns)
-            store.save(record.with_status(JobStatus.CANCELLED, "interrupted during resume"))
+            left = failures(stop_everywhere(record, inv, forks, conns))
+            store.save(record.with_status(JobStatus.CANCELLED, "interrupted during resume")
+                       .replace(cleaned=not left))
         raise
-
-
-def _stop_everywhere(record: JobRecord, inv: Inventory, forks: int = 64,
-                     conns: Connections | None = None) -> dict[str, str | BaseException]:
-    """Run `launch.sh stop` on every node of the job; node -> output or exception."""
-    by_name = {n.name: n for n in record.nodes}
-
-    def one(t: Transport) -> str:
-        res = t.run(launch_command(by_name[t.node.name].job_dir, "stop"), check=False,
-                    timeout=180)
-        out = res.stdout.strip()
-        if res.exit_code != 0:
-            raise JobError(f"[{t.node.name}] stop did not finish: {out or res.stderr.strip()}")
-        return "nothing started" if out == "nojob" else out
-
-    return fan_out(inv, [node for _, node in job_nodes(record, inv)], one, forks, conns)
-
-
-def stop_job(record: JobRecord, inv: Inventory, store: JobStore,
-             forks: int = 64) -> tuple[JobRecord, dict[str, BaseException]]:
-    """`down`: stop every rank on every reachable node; CANCELLED unless it had already ended.
-
-    Returns:
-        The updated record and the nodes that could not be cleaned (name -> cause).
-    """
-    results = _stop_everywhere(record, inv, forks)
-    failed = _failures(results)
-    status = record.status if record.status in (JobStatus.SUCCEEDED, JobStatus.FAILED) \
-        else JobStatus.CANCELLED
-    message = record.message
-    if failed:
-        message = f"down could not reach: {', '.join(sorted(failed))}"
-    elif status is JobStatus.CANCELLED:
-        message = "stopped by down"
-    record = record.with_status(status, message)
-    store.save(record)
-    return record, failed
-
-
-def teardown_failed(record: JobRecord, inv: Inventory, store: JobStore, reason: str,
-                    forks: int = 64, conns: Connections | None = None) -> JobRecord:
-    """A rank failed: stop the job on every node, record FAILED with the reason."""
-    _stop_everywhere(record, inv, forks, conns)
-    record = record.with_status(JobStatus.FAILED, reason)
-    store.save(record)
-    return record
 
 
 def dry_run_summary(record: JobRecord, store: JobStore) -> list[str]:

@@ -180,14 +180,22 @@ def launch_command(job_dir: str, sub: str) -> str:
     return f"if [ -f {script} ]; then bash {script} {sub}; else echo nojob; fi"
 
 
+POLL_TIMEOUT = 60.0  # seconds one `launch.sh status` may take before the node is unreachable
+
+
 def query_job(record: JobRecord, inv: Inventory, forks: int = 64,
-              conns: Connections | None = None) -> dict[str, NodeReport | BaseException]:
-    """Ask every node of the job for its ranks' state (never trusts the record)."""
+              conns: Connections | None = None, timeout: float = POLL_TIMEOUT,
+              ) -> dict[str, NodeReport | BaseException]:
+    """Ask every node of the job for its ranks' state (never trusts the record).
+
+    A node that does not answer within `timeout` s (a network partition leaves the SSH
+    connection open but silent) is reported as an exception.
+    """
     by_name = {n.name: n for n in record.nodes}
 
     def one(t: Transport) -> NodeReport:
         res = t.run(launch_command(by_name[t.node.name].job_dir, "status"), check=True,
-                    timeout=60)
+                    timeout=timeout)
         return parse_status(t.node.name, res.stdout)
 
     return fan_out(inv, [node for _, node in job_nodes(record, inv)], one, forks, conns)

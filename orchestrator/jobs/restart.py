@@ -30,9 +30,8 @@ from typing import Any
 
 from orchestrator.errors import JobError
 from orchestrator.inventory import Inventory
-from orchestrator.jobs.nodes import Connections, NodeReport, fan_out
+from orchestrator.jobs.nodes import POLL_TIMEOUT, Connections, NodeReport, fan_out
 from orchestrator.jobs.progress import refresh, status_table
-from orchestrator.jobs.stall import find_stall, last_output
 from orchestrator.jobs.state import JobRecord, JobStatus, JobStore
 from orchestrator.remote.transport import Transport
 
@@ -49,6 +48,13 @@ class RestartPolicy:
     stall_timeout: float | None = None  # seconds without output -> STALLED (None: never)
     node_lost_timeout: float = 60.0  # a node unreachable this long fails the attempt
     interval: float = 2.0  # seconds between polls
+
+    @property
+    def poll_timeout(self) -> float:
+        """Seconds a node may take to answer one poll: a partitioned node (SSH connection
+        open, nothing comes back) is noticed within about the node-lost timeout, never less
+        than 10 s (a loaded node answers slowly), never more than the usual 60 s."""
+        return min(POLL_TIMEOUT, max(10.0, self.node_lost_timeout))
 
 
 def failure_code(reports: Mapping[str, NodeReport | BaseException]) -> int | None:
@@ -99,13 +105,15 @@ def _watch_attempt(record: JobRecord, inv: Inventory, store: JobStore, policy: R
     """
     unreachable_since: dict[str, float] = {}
     while True:
-        record, reports = refresh(record, inv, store, forks, conns)
+        asked = time.time()
+        record, reports = refresh(record, inv, store, forks, conns, policy.stall_timeout,
+                                  policy.poll_timeout)
         now = time.time()
         for name, rep in reports.items():
             if not isinstance(rep, BaseException):
                 unreachable_since.pop(name, None)
                 continue
-            since = unreachable_since.setdefault(name, now)
+            since = unreachable_since.setdefault(name, asked)  # last seen before
             if now - since >= policy.node_lost_timeout and not record.status.is_terminal():
                 text = str(rep).removeprefix(f"[{name}] ")
                 record = record.with_status(
@@ -114,12 +122,6 @@ def _watch_attempt(record: JobRecord, inv: Inventory, store: JobStore, policy: R
                                       f"{text}")
                 store.save(record)
                 break
-        if policy.stall_timeout is not None and record.status is JobStatus.RUNNING:
-            cause = find_stall(record, reports, last_output(record, inv, forks, conns),
-                               policy.stall_timeout)
-            if cause:
-                record = record.with_status(JobStatus.STALLED, cause)
-                store.save(record)
         live.update(status_table(record, reports))
         if record.status.is_terminal() or record.status is JobStatus.STALLED:
             return record, reports
@@ -144,7 +146,8 @@ def supervise(record: JobRecord, inv: Inventory, store: JobStore, policy: Restar
     from rich.console import Console
     from rich.live import Live
 
-    from orchestrator.jobs.lifecycle import resume_job, teardown_failed
+    from orchestrator.jobs.lifecycle import resume_job
+    from orchestrator.jobs.teardown import teardown_failed
 
     console = console or Console()
     started = time.time()
@@ -157,8 +160,12 @@ def supervise(record: JobRecord, inv: Inventory, store: JobStore, policy: Restar
             cause = record.message
             if record.status in (JobStatus.FAILED, JobStatus.STALLED):
                 cause = record.message or "a rank failed"
-                record = teardown_failed(record, inv, store, cause, forks, conns)
-                record, reports = refresh(record, inv, store, forks, conns)
+                # A node that did not answer is left for later: a stop would only hang there.
+                reachable = [n for n, r in reports.items() if isinstance(r, NodeReport)]
+                record = teardown_failed(record, inv, store, cause, forks, conns,
+                                         only=reachable)
+                record, reports = refresh(record, inv, store, forks, conns,
+                                          poll_timeout=policy.poll_timeout)
                 live.update(status_table(record, reports))
         if not console.is_terminal:
             console.line()
@@ -190,9 +197,12 @@ def supervise(record: JobRecord, inv: Inventory, store: JobStore, policy: Restar
                                         f"{cause}")
             store.save(record)
             return record
+        if not record.cleaned:  # a node unreachable at teardown: stop what is left there now
+            record = teardown_failed(record, inv, store, cause, forks, conns,
+                                     timeout=max(30.0, policy.poll_timeout))
         started = time.time()
         try:
-            record = resume_job(record, inv, store, forks, conns)
+            record = resume_job(record, inv, store, forks, conns, policy.poll_timeout)
         except JobError as e:
             record = store.load(record.job_id)
             why = f"not restarted: {e}; last cause: {cause}"

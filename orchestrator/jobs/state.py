@@ -96,6 +96,9 @@ class JobRecord:
     entrypoint: str | None = None  # custom rank command (None: the bundled trainer)
     local_data: str | None = None  # local dataset folder staged to the nodes as data/<name>
     message: str = ""  # why it failed / what happened last
+    # Every node confirmed that nothing of the job is left (`launch.sh stop` succeeded
+    # everywhere, or every rank ended by itself). `down --all` targets ended jobs without it.
+    cleaned: bool = False
     # One entry per finished attempt (jobs/restart.py): attempt, started_at, ended_at, status,
     # cause, exit_code, resumed_step.
     history: tuple[Mapping[str, Any], ...] = ()
@@ -139,7 +142,25 @@ class JobRecord:
                    sched_host=d.get("sched_host"), sched_port=d.get("sched_port"),
                    entrypoint=d.get("entrypoint"), message=d.get("message", ""),
                    local_data=d.get("local_data"),
+                   cleaned=bool(d.get("cleaned", _cleaned_before_v2(d))),
                    history=tuple(dict(h) for h in d.get("history", ())))
+
+
+def _cleaned_before_v2(d: Mapping[str, Any]) -> bool:
+    """Records written before `cleaned` existed: SUCCEEDED, and CANCELLED by a `down` that
+    reached every node, were clean; a FAILED job may still have ranks running elsewhere."""
+    if d.get("status") == "SUCCEEDED":
+        return True
+    return d.get("status") == "CANCELLED" and not str(d.get("message", "")).startswith(
+        "down could not reach")
+
+
+def needs_stop(record: JobRecord) -> bool:
+    """Whether `down --all` should stop the job: it has not ended, or it ended (FAILED, or a
+    `down` that missed a node) without every node confirming that nothing of it is left."""
+    if not record.status.is_terminal():
+        return True
+    return record.status is not JobStatus.SUCCEEDED and not record.cleaned
 
 
 def new_job_id(preset: str, taken: set[str] | frozenset[str] = frozenset()) -> str:
