@@ -53,7 +53,8 @@ def refresh(record: JobRecord, inv: Inventory, store: JobStore, forks: int = 64,
     """Ask the nodes, derive the status, write it back when it changed.
 
     With `stall_timeout`, a running job whose ranks all stayed silent that long is STALLED
-    (jobs/stall.py; one more round trip per node), and RUNNING again once a rank logs.
+    (jobs/stall.py; one more round trip per node), and RUNNING again once a rank logs;
+    without, a STALLED record stays STALLED while its ranks run.
     A job whose every rank exited 0 is SUCCEEDED and `cleaned` (nothing of it is left).
     """
     reports = query_job(record, inv, forks, conns, poll_timeout)
@@ -71,6 +72,9 @@ def refresh(record: JobRecord, inv: Inventory, store: JobStore, forks: int = 64,
             status, message = JobStatus.STALLED, cause
         elif record.status is JobStatus.STALLED:
             message = ""
+    elif stall_timeout is None and status is JobStatus.RUNNING \
+            and record.status is JobStatus.STALLED:
+        status = JobStatus.STALLED  # not judged here (the guard): keep what a watcher found
     if status is not record.status or message != record.message:
         record = record.with_status(status, message)
         if status is JobStatus.SUCCEEDED:
