@@ -93,8 +93,16 @@ def watch_job(record: Any, inv: Any, store: Any, forks: int, conns: Any = None,
         sys.exit(130)
     click.echo(f"job {record.job_id} {record.status.value}"
                + (f": {record.message}" if record.message else ""))
-    if record.status is JobStatus.FAILED and not record.cleaned:
-        click.echo(f"warning: not every node confirmed the stop; run `orchestrate down "
-                   f"{record.job_id}` when they answer", err=True)
+    warn_not_cleaned(record)
     if record.status is not JobStatus.SUCCEEDED:
         sys.exit(1)
+
+
+def warn_not_cleaned(record: Any) -> None:
+    """A FAILED job some node of which did not confirm the stop: say how to finish it."""
+    from orchestrator.jobs.state import JobStatus
+
+    if record.status is JobStatus.FAILED and not record.cleaned:
+        click.echo(f"warning: not every node of job {record.job_id} confirmed the stop; run "
+                   f"`orchestrate down {record.job_id}` (or `status`) when they answer",
+                   err=True)

@@ -26,6 +26,7 @@ from orchestrator.commands.job_common import (
     record_and_inventory,
     start_guard,
     store_for,
+    warn_not_cleaned,
     watch_job,
 )
 from orchestrator.commands.job_down import down_command
@@ -259,6 +260,7 @@ def _wait_restarting(record: Any, inv: Any, store: Any, forks: int, policy: Any,
             click.echo(line)
     click.echo(f"job {record.job_id} {record.status.value}"
                + (f": {record.message}" if record.message else ""))
+    warn_not_cleaned(record)
     if record.status is not JobStatus.SUCCEEDED:
         sys.exit(1)
 

@@ -15,6 +15,7 @@ import yaml
 from tests.faults.helpers import HOSTS, heal, orch
 from tests.integration.conftest import (  # noqa: F401 - fixtures re-exported for this folder
     TestHosts,
+    netns_hosts,
     no_user_ssh_config,
     testhosts,
 )
