@@ -108,7 +108,7 @@ def logs_command(job_id: str | None, rank: int | None, node: str | None, tail: i
     _, record, inv = record_and_inventory(state_dir, job_id, inventory_path)
     sel = Selection(rank=rank, node=node)
     if fetch is not None:
-        results = fetch_logs(record, inv, fetch, sel)
+        results = fetch_logs(record, inv, fetch, sel, warn=lambda m: click.echo(m, err=True))
         failed = []
         for name, r in results.items():
             if isinstance(r, BaseException):
