@@ -274,17 +274,30 @@ def _failed() -> Any:
 @click.command("resume")
 @job_argument
 @click.option("--wait", is_flag=True, help="Show live progress until the job ends (as `up`).")
+@click.option("--exclude-node", "exclude", multiple=True, metavar="NODE",
+              help="Relaunch without this node (name or host; repeatable), e.g. one that keeps "
+                   "failing. Data-parallel jobs only: DP is recomputed, the newest checkpoint "
+                   "complete on every remaining rank is copied to the renumbered ranks.")
+@click.option("--global-batch", type=click.Choice(["keep", "scale"]), default="keep",
+              show_default=True,
+              help="With --exclude-node: keep samples per step (raise micro_batch_num or "
+                   "micro_batch_size; refused when it does not divide) or scale it with DP.")
 @job_inventory_option()
 @no_guard_option
 @flags.state_dir_option()
 @flags.forks_option()
-def resume_command(job_id: str | None, wait: bool, inventory_path: Path | None, no_guard: bool,
-                   state_dir: Path, forks: int) -> None:
-    """Start a new attempt of a FAILED or CANCELLED job on the same nodes.
+def resume_command(job_id: str | None, wait: bool, exclude: tuple[str, ...], global_batch: str,
+                   inventory_path: Path | None, no_guard: bool, state_dir: Path,
+                   forks: int) -> None:
+    """Start a new attempt of a FAILED or CANCELLED job on the same nodes (or without some).
 
     Every rank restarts with the trainer's --resume (it continues from the newest checkpoint
     complete on every rank); the logs of all attempts stay in each rank's stdout.log and
     `status --json` counts the attempts. Refused while any rank of the job still runs.
+
+    \b
+    With --exclude-node NODE (data-parallel jobs): the job is re-planned on the other nodes,
+    DP recomputed, ranks renumbered, the output says what happens to the global batch.
     """
     from orchestrator.jobs.lifecycle import resume_job
     from orchestrator.jobs.nodes import Connections
@@ -292,12 +305,21 @@ def resume_command(job_id: str | None, wait: bool, inventory_path: Path | None, 
     store, record, inv = record_and_inventory(state_dir, job_id, inventory_path)
     with Connections(inv, [inv.node(n.name) for n in record.nodes], forks) as conns:
         try:
-            record = resume_job(record, inv, store, forks, conns)
+            if exclude:
+                from orchestrator.jobs.exclude import plan_exclusion, relaunch_without
+                from orchestrator.presets import load_job_spec
+
+                excl = plan_exclusion(record, load_job_spec(record.preset, record.overrides),
+                                      exclude, keep_global_batch=global_batch == "keep")
+                record = relaunch_without(record, inv, store, excl, forks, conns, click.echo)
+            else:
+                record = resume_job(record, inv, store, forks, conns)
         except KeyboardInterrupt:
             click.echo(f"job {record.job_id} cancelled: nothing left running", err=True)
             sys.exit(130)
-        click.echo(f"job {record.job_id} attempt {record.attempts} running. Follow it with "
-                   f"`orchestrate status --watch {record.job_id}`.")
+        click.echo(f"job {record.job_id} attempt {record.attempts} running on "
+                   f"{len(record.nodes)} node(s). Follow it with `orchestrate status --watch "
+                   f"{record.job_id}`.")
         if wait:
             watch_job(record, inv, store, forks, conns, guard_on_detach=not no_guard)
         elif not no_guard:

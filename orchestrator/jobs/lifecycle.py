@@ -77,7 +77,7 @@ def sched_port_for(job_id: str) -> int:
     return 20000 + int(hashlib.sha256(job_id.encode()).hexdigest()[:8], 16) % 10000
 
 
-def _rank_table(inv: Inventory, discover: bool, forks: int = 64) -> str | None:
+def rank_table_for(inv: Inventory, forks: int = 64, discover: bool = True) -> str | None:
     """The merged HCCL rank table: device IPs from the inventory, else discovered over SSH.
 
     Returns None when IPs are missing and `discover` is off (dry run: no node is touched).
@@ -144,7 +144,7 @@ def _local_dataset(spec: JobSpec, plan: Plan, job_dir: Path) -> Path | None:
     return local
 
 
-def _data_paths(plan: Plan, local: Path | None) -> dict[str, str | None]:
+def data_paths_for(plan: Plan, local: Path | None) -> dict[str, str | None]:
     """data.path for each node's job.yaml: its `data_dir`, else the staged copy, else as is."""
     out: dict[str, str | None] = {}
     for n in plan.nodes:
@@ -176,17 +176,11 @@ def create_job(inv: Inventory, spec: JobSpec, store: JobStore, opts: UpOptions,
                         sched_host=first.host, sched_port=port,
                         cluster_timeout=opts.cluster_timeout, entrypoint=opts.entrypoint,
                         stop_grace=opts.stop_grace)
-    table = _rank_table(inv, discover, opts.forks) if mode == "ranktable" else None
+    table = rank_table_for(inv, opts.forks, discover) if mode == "ranktable" else None
     local_data = _local_dataset(spec, plan, store.job_dir(job_id))
-    data_paths = _data_paths(plan, local_data)
-    files = render_job(launch, plan, data_paths, table, require_table=discover)
-    local = store.job_dir(job_id)
-    for node_name, node_files in files.items():
-        for fname, f in node_files.items():
-            text = f.text
-            if fname == "job.yaml":
-                text = text + f"job:\n  id: {job_id}\n"
-            _write_atomic(local / "nodes" / node_name / fname, text, f.mode)
+    data_paths = data_paths_for(plan, local_data)
+    write_rendered(store, job_id, render_job(launch, plan, data_paths, table,
+                                             require_table=discover))
     now = time.time()
     nodes = tuple(
         NodeRecord(name=n.ranks.node.name, host=n.ranks.node.host, rank_start=n.ranks.rank_start,
@@ -200,9 +194,22 @@ def create_job(inv: Inventory, spec: JobSpec, store: JobStore, opts: UpOptions,
                        sched_host=first.host if mode == "msrun" else None,
                        sched_port=port if mode == "msrun" else None,
                        entrypoint=opts.entrypoint,
-                       local_data=str(local_data.resolve()) if local_data else None)
+                       local_data=str(local_data.resolve()) if local_data else None,
+                       cluster_timeout=opts.cluster_timeout, stop_grace=opts.stop_grace)
     store.save(record)
     return record
+
+
+def write_rendered(store: JobStore, job_id: str,
+                   files: Mapping[str, Mapping[str, RenderedFile]]) -> None:
+    """Keep every node's rendered files under `<state>/jobs/<id>/nodes/<node>/` (atomic)."""
+    local = store.job_dir(job_id)
+    for node_name, node_files in files.items():
+        for fname, f in node_files.items():
+            text = f.text
+            if fname == "job.yaml":
+                text = text + f"job:\n  id: {job_id}\n"
+            _write_atomic(local / "nodes" / node_name / fname, text, f.mode)
 
 
 def rendered_files(store: JobStore, record: JobRecord, node: str) -> dict[str, RenderedFile]:
@@ -246,34 +253,9 @@ def launch(record: JobRecord, inv: Inventory, store: JobStore, forks: int = 64,
     try:
         record = record.with_status(JobStatus.LAUNCHING)
         store.save(record)
-        pairs = job_nodes(record, inv)
         if conns is None:
-            conns = Connections(inv, [node for _, node in pairs], forks)
-        plan_nodes = [node for _, node in pairs]
-        code = stage_mod.code_tree()
-        data = stage_mod.data_tree(Path(record.local_data)) if record.local_data else None
-        with tempfile.TemporaryDirectory(prefix="orchestrate-stage-") as tmp:
-            def stage_one(t: Transport) -> stage_mod.Staged:
-                node = t.node
-                rendered = rendered_files(store, record, node.name)
-                secrets = {k: v.text.encode() for k, v in rendered.items() if v.mode & 0o077 == 0}
-                public = {k: v for k, v in rendered.items() if k not in secrets}
-                trees = [code] + ([data] if data is not None and not node.data_dir else [])
-                return stage_mod.stage_node(t, record.job_id, str(node.workdir), trees, public,
-                                            secrets, Path(tmp))
-
-            results = fan_out(inv, plan_nodes, stage_one, forks, conns)
-        failed = failures(results)
-        staged = {k: v for k, v in results.items() if isinstance(v, stage_mod.Staged)}
-        nodes = tuple(dataclasses.replace(n, job_dir=staged[n.name].job_dir)
-                      if n.name in staged else n for n in record.nodes)
-        record = record.replace(nodes=nodes)
-        store.save(record)
-        if failed:
-            raise JobError(f"staging failed, nothing started: {_describe(failed)}")
-        echo(f"staged {len(staged)} node(s): {sum(s.sent for s in staged.values())} file(s) "
-             f"uploaded; {sum(s.reused for s in staged.values())} tree(s) already on the nodes "
-             "(same sha256)")
+            conns = Connections(inv, [node for _, node in job_nodes(record, inv)], forks)
+        record = stage_all(record, inv, store, forks, conns, echo)
         started = True
         return _start_all(record, inv, store, forks, conns, resume=False)
     except KeyboardInterrupt:
@@ -284,6 +266,8 @@ def launch(record: JobRecord, inv: Inventory, store: JobStore, forks: int = 64,
                        .replace(cleaned=not left))
         raise
     except Exception as e:
+        if not started:  # stage_all saved the node folders it learned before raising
+            record = store.load(record.job_id)
         if not isinstance(e, JobError) or not started:
             left: dict[str, BaseException] = {}
             if started:  # an unexpected error after ranks may have started: leave none behind
@@ -295,6 +279,43 @@ def launch(record: JobRecord, inv: Inventory, store: JobStore, forks: int = 64,
     finally:
         if own and conns is not None:
             conns.close()
+
+
+def stage_all(record: JobRecord, inv: Inventory, store: JobStore, forks: int,
+              conns: Connections | None, echo: Echo = print) -> JobRecord:
+    """Stage the job's rendered files, the code and the dataset on every node (parallel,
+    sha256-skip); the record with each node's absolute job folder.
+
+    Raises:
+        JobError: a node failed to stage (names it and the cause); nothing was started.
+    """
+    pairs = job_nodes(record, inv)
+    plan_nodes = [node for _, node in pairs]
+    code = stage_mod.code_tree()
+    data = stage_mod.data_tree(Path(record.local_data)) if record.local_data else None
+    with tempfile.TemporaryDirectory(prefix="orchestrate-stage-") as tmp:
+        def stage_one(t: Transport) -> stage_mod.Staged:
+            node = t.node
+            rendered = rendered_files(store, record, node.name)
+            secrets = {k: v.text.encode() for k, v in rendered.items() if v.mode & 0o077 == 0}
+            public = {k: v for k, v in rendered.items() if k not in secrets}
+            trees = [code] + ([data] if data is not None and not node.data_dir else [])
+            return stage_mod.stage_node(t, record.job_id, str(node.workdir), trees, public,
+                                        secrets, Path(tmp))
+
+        results = fan_out(inv, plan_nodes, stage_one, forks, conns)
+    failed = failures(results)
+    staged = {k: v for k, v in results.items() if isinstance(v, stage_mod.Staged)}
+    nodes = tuple(dataclasses.replace(n, job_dir=staged[n.name].job_dir)
+                  if n.name in staged else n for n in record.nodes)
+    record = record.replace(nodes=nodes)
+    store.save(record)
+    if failed:
+        raise JobError(f"staging failed, nothing started: {_describe(failed)}")
+    echo(f"staged {len(staged)} node(s): {sum(s.sent for s in staged.values())} file(s) "
+         f"uploaded; {sum(s.reused for s in staged.values())} tree(s) already on the nodes "
+         "(same sha256)")
+    return record
 
 
 def _start_all(record: JobRecord, inv: Inventory, store: JobStore, forks: int,

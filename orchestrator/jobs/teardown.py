@@ -47,6 +47,9 @@ def stop_everywhere(record: JobRecord, inv: Inventory, forks: int = 64,
         return "nothing started" if out == "nojob" else out
 
     nodes = [node for n, node in job_nodes(record, inv) if only is None or n.name in only]
+    if only is None:  # nodes the job was relaunched without that never confirmed a stop
+        by_name.update({n.name: n for n in record.stray})
+        nodes += [inv.node(n.name) for n in record.stray]
     return fan_out(inv, nodes, one, forks, conns)
 
 
@@ -58,6 +61,8 @@ def stop_job(record: JobRecord, inv: Inventory, store: JobStore, forks: int = 64
         The updated record and the nodes that could not be cleaned (name -> cause).
     """
     failed = failures(stop_everywhere(record, inv, forks, conns))
+    if record.stray:
+        record = record.replace(stray=tuple(n for n in record.stray if n.name in failed))
     status = record.status if record.status in (JobStatus.SUCCEEDED, JobStatus.FAILED) \
         else JobStatus.CANCELLED
     message = record.message
