@@ -146,8 +146,11 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
     `<workdir>/jobs/<job id>/` with launch.sh, job.yaml, the rank table, the `model`
     package as code/ (files whose sha256 the node already has are not sent) and env.sh
     (inventory `env:`, mode 0600). Every rank runs detached in its own process group; a
-    per-node supervisor stops the node's other ranks when one exits non-zero. If a node
-    fails to stage or start, or Ctrl-C arrives first, the job is stopped everywhere.
+    per-node supervisor stops the node's other ranks when one exits non-zero. A failed rank
+    ends the job on every node: with --wait the watch loop stops it; without (or after
+    Ctrl-C detaches) a background guard on this machine does (pid and log under the state
+    dir; --no-guard to skip; `status` and `down --all` also clean up). If a node fails to
+    stage or start, or Ctrl-C arrives first, the job is stopped everywhere.
 
     \b
     Data: --set data.path=PATH where PATH is

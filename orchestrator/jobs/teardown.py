@@ -48,8 +48,9 @@ def stop_everywhere(record: JobRecord, inv: Inventory, forks: int = 64,
 
     nodes = [node for n, node in job_nodes(record, inv) if only is None or n.name in only]
     if only is None:  # nodes the job was relaunched without that never confirmed a stop
+        known = {n.name for n in inv.nodes}
         by_name.update({n.name: n for n in record.stray})
-        nodes += [inv.node(n.name) for n in record.stray]
+        nodes += [inv.node(n.name) for n in record.stray if n.name in known]
     return fan_out(inv, nodes, one, forks, conns)
 
 
