@@ -261,9 +261,9 @@ def launch(record: JobRecord, inv: Inventory, store: JobStore, forks: int = 64,
     except KeyboardInterrupt:
         with _sigint_deferred():
             echo("interrupted: stopping whatever was started ...")
-            left = failures(stop_everywhere(record, inv, forks, conns))
+            missed = failures(stop_everywhere(record, inv, forks, conns))
             store.save(record.with_status(JobStatus.CANCELLED, "interrupted during up")
-                       .replace(cleaned=not left))
+                       .replace(cleaned=not missed))
         raise
     except Exception as e:
         if not started:  # stage_all saved the node folders it learned before raising
