@@ -123,6 +123,12 @@ def check_command(inventory_path: Path, preset: str | None, overrides: tuple[str
               help="With --wait: when a rank fails or the job stalls, stop it everywhere, "
                    "re-check the nodes and relaunch with --resume (newest checkpoint complete "
                    "on every rank), at most N times.")
+@click.option("--exclude-after", type=click.IntRange(0), default=0, show_default=True,
+              metavar="K",
+              help="With --max-restarts: leave out a node on which K attempts in a row failed "
+                   "(data-parallel jobs: DP recomputed, global batch kept, as `resume "
+                   "--exclude-node`); stop with the reason when the job cannot run without "
+                   "it. 0: never.")
 @click.option("--restart-on-exit-codes", "restart_codes", default=None, metavar="CODES",
               help="Only restart after these exit codes (comma-separated; default: any).")
 @click.option("--stall-timeout", type=click.FloatRange(min=1), default=None, metavar="SECONDS",
@@ -138,7 +144,7 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
                wait: bool, no_check: bool, dry_run: bool, sched_port: int | None,
                cluster_timeout: int,
                stop_grace: int, entrypoint: str | None, max_restarts: int,
-               restart_codes: str | None, stall_timeout: float | None,
+               exclude_after: int, restart_codes: str | None, stall_timeout: float | None,
                node_lost_timeout: float, no_guard: bool, state_dir: Path, forks: int) -> None:
     """Plan, stage and start a training job on every node.
 
@@ -216,7 +222,8 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
             policy = RestartPolicy(max_restarts=max_restarts,
                                    restart_on=_exit_codes(restart_codes),
                                    stall_timeout=stall_timeout or DEFAULT_STALL_TIMEOUT,
-                                   node_lost_timeout=node_lost_timeout)
+                                   node_lost_timeout=node_lost_timeout,
+                                   exclude_after=exclude_after)
 
             def recheck() -> str | None:
                 if no_check:

@@ -1,8 +1,9 @@
 """`resume --exclude-node`: relaunch a data-parallel job without a node that keeps failing
 (issue #9, gap 4), on th0 + th1.
 
-1. trivial ranks (fast): th1's ranks always fail; the relaunch runs on th0 alone with DP and
-   the global batch stated, ranks renumbered, and nothing of the job left on either host;
+1. trivial ranks (fast): th1's ranks always fail; the relaunch (by hand, or by the restart
+   loop with --exclude-after 2) runs on th0 alone with DP and the global batch stated, ranks
+   renumbered, and nothing of the job left on either host;
 2. the real trainer (slow): th1's rank killed at step ~25 of 40; the job resumes on th0 alone
    from the newest checkpoint complete on every remaining rank (20 or 30) with the global
    batch kept, and finishes; its final loss is printed next to an uninterrupted run's (-s).
@@ -76,6 +77,23 @@ def test_exclude_failing_node_relaunches_on_the_rest(testhosts: TestHosts, two_h
     # `down` still knows the job; the excluded node has nothing of it.
     orch(state, "down", job_id, "--yes")
     assert_nothing_left(testhosts, job_id)
+
+
+def test_restart_loop_leaves_out_a_node_that_failed_twice(testhosts: TestHosts,
+                                                          two_hosts: Path, state: Path) -> None:
+    up = orch(state, "up", "-i", str(two_hosts), *UP, "--wait", "--max-restarts", "3",
+              "--exclude-after", "2", "--entrypoint", TH1_FAILS, check=False)
+    no_traceback(up)
+    job = record(state)
+    assert up.returncode == 0 and job["status"] == "SUCCEEDED", up.stdout + up.stderr
+    assert [(h["status"], h["node"]) for h in job["history"]] == [
+        ("FAILED", "th1"), ("FAILED", "th1"), ("SUCCEEDED", None)]
+    assert "th1 failed 2 attempt(s) in a row: leaving it out" in up.stdout
+    assert "without th1: 4 -> 2 ranks on th0" in up.stdout
+    assert job["excluded"] == ["th1"] and job["world_size"] == 2 and job["attempts"] == 3
+    assert "[th0/1] step=1 loss=1.0 rank=1 world=2" in orch(state, "logs", job["job_id"]).stdout
+    assert_nothing_left(testhosts, job["job_id"])
+    assert_record_matches_nodes(state, job["job_id"])
 
 
 def test_exclude_refuses_what_cannot_fit(testhosts: TestHosts, two_hosts: Path,
