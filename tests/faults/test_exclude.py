@@ -6,7 +6,7 @@
    renumbered, and nothing of the job left on either host;
 2. the real trainer (slow): th1's rank killed at step ~25 of 40; the job resumes on th0 alone
    from the newest checkpoint complete on every remaining rank (20 or 30) with the global
-   batch kept, and finishes; its final loss is printed next to an uninterrupted run's (-s).
+   batch kept, and continues from there to step 40 (the numbers are printed with -s).
 
     python -m pytest tests/faults/test_exclude.py -s
 """
@@ -138,11 +138,9 @@ def test_real_trainer_resumes_without_the_failed_node(testhosts: TestHosts, one_
     data.write_text(json.dumps(seed_records()))
     common = ("-i", str(one_rank_each), "-c", "tiny", "--no-check", "--stop-grace", "2", *SETS,
               "--set", f"data.path={data}")
-    orch(state, "up", *common, "--wait")  # reference: uninterrupted, 2 ranks
-    ref = status_json(state, record(state)["job_id"])["nodes"][0]["ranks"][0]
     waiter = orch_bg(state, "up", *common, "--wait")
     try:
-        wait_for(lambda: len(records(state)) == 2 and latest_status(state) == "RUNNING",
+        wait_for(lambda: len(records(state)) == 1 and latest_status(state) == "RUNNING",
                  timeout=120)
         job_id = record(state)["job_id"]
         wait_for(lambda: (status_json(state, job_id)["nodes"][0]["ranks"][0]["step"] or 0) >= 25,
@@ -170,8 +168,8 @@ def test_real_trainer_resumes_without_the_failed_node(testhosts: TestHosts, one_
     final = status_json(state, job_id)["nodes"][0]["ranks"][0]
     assert final["step"] == 40
     print(f"\nexclude-node: attempt 2 on th0 alone resumed from step {step}, "
-          f"{time.monotonic() - t0:.0f} s; final loss {final['loss']:.4f} vs uninterrupted "
-          f"2-rank run {ref['loss']:.4f}")
-    assert abs(final["loss"] - ref["loss"]) < 0.5  # same data size per step, similar loss
+          f"{time.monotonic() - t0:.0f} s; final loss {final['loss']:.4f}")
+    steps = [int(x) for x in re.findall(r"^\[th0/0\] step=(\d+) ", current, re.M)]
+    assert steps and steps[0] == step + 1 and steps[-1] == 40  # continued, not restarted
     assert_nothing_left(testhosts, job_id)
     assert_record_matches_nodes(state, job_id)
