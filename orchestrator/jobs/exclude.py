@@ -232,6 +232,7 @@ def relaunch_without(record: JobRecord, inv: Inventory, store: JobStore, excl: E
             staging / starting failed.
     """
     from orchestrator.jobs import lifecycle
+    from orchestrator.jobs.dataset import data_paths_for
     from orchestrator.jobs.teardown import failures, stop_everywhere
     from orchestrator.plan import build_plan
     from orchestrator.presets import load_job_spec
@@ -277,7 +278,7 @@ def relaunch_without(record: JobRecord, inv: Inventory, store: JobStore, excl: E
     table = lifecycle.rank_table_for(sub, forks) if record.mode == "ranktable" else None
     local = Path(record.local_data) if record.local_data else None
     lifecycle.write_rendered(store, record.job_id, render_job(
-        launch, plan, lifecycle.data_paths_for(plan, local), table))
+        launch, plan, data_paths_for(plan, local), table))
     record = record.replace(
         nodes=new_nodes, world_size=plan.world_size, overrides=spec.overrides,
         sched_host=first.host if record.mode == "msrun" else None,

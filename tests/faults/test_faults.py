@@ -38,7 +38,9 @@ from tests.integration.conftest import TestHosts
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
-UP = ("-c", "tiny", "--no-check", "--stop-grace", "1")
+# Trivial rank commands need no dataset: without `data.path=` every `up` would first prepare
+# tiny's shipped Alpaca file to MindRecord (a MindSpore subprocess, seconds each time).
+UP = ("-c", "tiny", "--no-check", "--stop-grace", "1", "--set", "data.path=")
 
 
 def _inventory(two_hosts: Path, tmp_path: Path, edit) -> Path:  # type: ignore[no-untyped-def]

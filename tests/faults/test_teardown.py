@@ -27,11 +27,11 @@ from tests.faults.helpers import (
     record,
     wait_for,
 )
+from tests.faults.test_faults import UP
 from tests.integration.conftest import TestHosts
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
-UP = ("-c", "tiny", "--no-check", "--stop-grace", "1")
 
 
 def test_guard_stops_every_node_when_a_rank_fails_and_nobody_waits(
