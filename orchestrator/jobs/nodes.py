@@ -13,6 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
+from orchestrator.errors import CommandTimeout, ConnectError
 from orchestrator.inventory import Inventory, Node
 from orchestrator.jobs.state import JobRecord, JobStatus, NodeRecord
 from orchestrator.remote.transport import Transport
@@ -53,6 +54,17 @@ class Connections:
             future.result()
         return self._transports[name]
 
+    def drop(self, name: str) -> None:
+        """Close the node's connection after a timeout: the next use connects afresh.
+
+        A network partition leaves the TCP connection open with unsent data whose
+        retransmissions back off to a minute; a new connection works as soon as the link does.
+        """
+        try:
+            self._transports[name].close()
+        except Exception:  # noqa: BLE001 - closing is best effort
+            pass
+
     def close(self) -> None:
         for future in self._pending.values():
             future.cancel()
@@ -86,6 +98,9 @@ def fan_out(inv: Inventory, nodes: Sequence[Node], fn: Callable[[Transport], T],
             with open_transport(inv, node) as t:
                 return fn(t)
         except Exception as e:  # noqa: BLE001 - recorded per node, reported by the caller
+            if conns is not None and node.name in conns and isinstance(
+                    e, (CommandTimeout, ConnectError)):
+                conns.drop(node.name)
             return e
 
     if not nodes:

@@ -34,7 +34,13 @@ from typing import Any
 
 from orchestrator.errors import JobError
 from orchestrator.inventory import Inventory
-from orchestrator.jobs.nodes import POLL_TIMEOUT, Connections, NodeReport, fan_out
+from orchestrator.jobs.nodes import (
+    POLL_TIMEOUT,
+    Connections,
+    NodeReport,
+    fan_out,
+    query_job,
+)
 from orchestrator.jobs.progress import refresh, status_table
 from orchestrator.jobs.state import JobRecord, JobStatus, JobStore
 from orchestrator.remote.transport import Transport
@@ -203,7 +209,9 @@ def supervise(record: JobRecord, inv: Inventory, store: JobStore, policy: Restar
         with Live(status_table(record, {}), console=console, refresh_per_second=4,
                   transient=False) as live:
             record, reports = _watch_attempt(record, inv, store, policy, forks, conns, live)
-            resumed = resumed_step(record, inv, forks, conns)
+            answered = {n for n, r in reports.items() if isinstance(r, NodeReport)}
+            resumed = resumed_step(record, inv, forks, conns) \
+                if record.nodes[0].name in answered else None
             code = failure_code(reports)
             cause = record.message
             blamed = failure_node(reports, cause) if record.status is JobStatus.FAILED else None
@@ -213,8 +221,10 @@ def supervise(record: JobRecord, inv: Inventory, store: JobStore, policy: Restar
                 reachable = [n for n, r in reports.items() if isinstance(r, NodeReport)]
                 record = teardown_failed(record, inv, store, cause, forks, conns,
                                          only=reachable)
-                record, reports = refresh(record, inv, store, forks, conns,
-                                          poll_timeout=policy.poll_timeout)
+                # Show the stop; a node that did not answer is not asked again (it would
+                # only cost another timeout).
+                asked = record.replace(nodes=tuple(n for n in record.nodes if n.name in answered))
+                reports = {**reports, **query_job(asked, inv, forks, conns, policy.poll_timeout)}
                 live.update(status_table(record, reports))
         if not console.is_terminal:
             console.line()
