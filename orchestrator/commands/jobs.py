@@ -1,19 +1,15 @@
-"""Job lifecycle commands: check, up, status, logs, down, plot (issue #7).
+"""Job lifecycle commands that start work: check, up, resume (issue #7, #9). The module
+registers every job command; status / logs / plot live in job_view.py, down in job_down.py.
 
     orchestrate check  --inventory inventories/12node.yaml --config 65b
     orchestrate up     --inventory inventories/local.yaml --config tiny --wait
     orchestrate resume [JOB] [--wait]
-    orchestrate status [JOB] [--json] [--watch]
-    orchestrate logs   [JOB] [--rank R | --node N] [--tail K] [--follow] [--fetch DIR]
-    orchestrate down   [JOB] [--all] [--yes]
-    orchestrate plot   [JOB] -o loss.png
 
 JOB defaults to the latest job in the state dir.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,33 +17,20 @@ from typing import Any
 import click
 
 from orchestrator import flags
-
-job_argument = click.argument("job_id", required=False, metavar="[JOB]")
-
-
-def _store(state_dir: Path) -> Any:
-    from orchestrator.jobs.state import JobStore
-
-    return JobStore(state_dir)
-
-
-def _record_and_inventory(state_dir: Path, job_id: str | None,
-                          inventory_path: Path | None) -> tuple[Any, Any, Any]:
-    from orchestrator.inventory import load_inventory
-
-    store = _store(state_dir)
-    record = store.load(store.resolve(job_id))
-    inv = load_inventory(inventory_path or record.inventory_path)
-    if inv.digest != record.inventory_digest:
-        click.echo(f"warning: {inv.path} changed since job {record.job_id} started; "
-                   "using its current entries for the job's nodes", err=True)
-    return store, record, inv
-
-
-def _job_inventory_option() -> Any:
-    return click.option("--inventory", "-i", "inventory_path", type=click.Path(path_type=Path),
-                        default=None,
-                        help="Inventory to reach the nodes with (default: the job's own).")
+from orchestrator.commands.job_common import (
+    attempt_lines,
+    detached_message,
+    job_argument,
+    job_inventory_option,
+    no_guard_option,
+    record_and_inventory,
+    start_guard,
+    store_for,
+    warn_not_cleaned,
+    watch_job,
+)
+from orchestrator.commands.job_down import down_command
+from orchestrator.commands.job_view import logs_command, plot_command, status_command
 
 
 def _print_check(report: Any) -> None:
@@ -140,6 +123,12 @@ def check_command(inventory_path: Path, preset: str | None, overrides: tuple[str
               help="With --wait: when a rank fails or the job stalls, stop it everywhere, "
                    "re-check the nodes and relaunch with --resume (newest checkpoint complete "
                    "on every rank), at most N times.")
+@click.option("--exclude-after", type=click.IntRange(0), default=0, show_default=True,
+              metavar="K",
+              help="With --max-restarts: leave out a node on which K attempts in a row failed "
+                   "(data-parallel jobs: DP recomputed, global batch kept, as `resume "
+                   "--exclude-node`); stop with the reason when the job cannot run without "
+                   "it. 0: never.")
 @click.option("--restart-on-exit-codes", "restart_codes", default=None, metavar="CODES",
               help="Only restart after these exit codes (comma-separated; default: any).")
 @click.option("--stall-timeout", type=click.FloatRange(min=1), default=None, metavar="SECONDS",
@@ -148,22 +137,26 @@ def check_command(inventory_path: Path, preset: str | None, overrides: tuple[str
 @click.option("--node-lost-timeout", type=click.FloatRange(min=0), default=60.0,
               show_default=True, metavar="SECONDS",
               help="With --wait: a node unreachable this long fails the job (then restarts).")
+@no_guard_option
 @flags.state_dir_option()
 @flags.forks_option()
 def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mode: str | None,
                wait: bool, no_check: bool, dry_run: bool, sched_port: int | None,
                cluster_timeout: int,
                stop_grace: int, entrypoint: str | None, max_restarts: int,
-               restart_codes: str | None, stall_timeout: float | None,
-               node_lost_timeout: float, state_dir: Path, forks: int) -> None:
+               exclude_after: int, restart_codes: str | None, stall_timeout: float | None,
+               node_lost_timeout: float, no_guard: bool, state_dir: Path, forks: int) -> None:
     """Plan, stage and start a training job on every node.
 
     check -> plan -> rank table -> render -> stage -> start -> record. Each node gets
     `<workdir>/jobs/<job id>/` with launch.sh, job.yaml, the rank table, the `model`
     package as code/ (files whose sha256 the node already has are not sent) and env.sh
     (inventory `env:`, mode 0600). Every rank runs detached in its own process group; a
-    per-node supervisor stops the node's other ranks when one exits non-zero. If a node
-    fails to stage or start, or Ctrl-C arrives first, the job is stopped everywhere.
+    per-node supervisor stops the node's other ranks when one exits non-zero. A failed rank
+    ends the job on every node: with --wait the watch loop stops it; without (or after
+    Ctrl-C detaches) a background guard on this machine does (pid and log under the state
+    dir; --no-guard to skip; `status` and `down --all` also clean up). If a node fails to
+    stage or start, or Ctrl-C arrives first, the job is stopped everywhere.
 
     \b
     Data: --set data.path=PATH where PATH is
@@ -190,7 +183,7 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
                        "Pass --set data.path=alpaca.json (prepared to MindRecord here and "
                        "staged) or a MindRecord folder (`orchestrate prepare-data`; a local "
                        "folder is staged, a path that exists only on the nodes is used as is)")
-    store = _store(state_dir)
+    store = store_for(state_dir)
     mode = mode or default_mode(str(spec.value("train.device_target")))
     opts = UpOptions(mode=mode, sched_port=sched_port, cluster_timeout=cluster_timeout,
                      entrypoint=entrypoint, stop_grace=stop_grace, forks=forks)
@@ -208,7 +201,7 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
             report = _run_check(inv, spec, mode, record.sched_port, forks, conns)
             if not report.ok:
                 _print_check(report)
-                store.save(record.with_status(_failed(), "check failed"))
+                store.save(record.with_status(_failed(), "check failed").replace(cleaned=True))
                 raise JobError(f"check failed on {len({n for n, _ in report.failures})} "
                                "node(s); nothing was started (fix, or skip with --no-check)")
         click.echo(f"job {record.job_id}: {record.world_size} ranks on {len(record.nodes)} "
@@ -220,6 +213,8 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
             sys.exit(130)
         click.echo(f"job {record.job_id} running. Follow it with `orchestrate status --watch "
                    f"{record.job_id}`, stop it with `orchestrate down {record.job_id}`.")
+        if not wait and not no_guard:
+            start_guard(store, record)
         if wait:
             from orchestrator.jobs.restart import RestartPolicy
             from orchestrator.jobs.stall import DEFAULT_STALL_TIMEOUT
@@ -227,7 +222,8 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
             policy = RestartPolicy(max_restarts=max_restarts,
                                    restart_on=_exit_codes(restart_codes),
                                    stall_timeout=stall_timeout or DEFAULT_STALL_TIMEOUT,
-                                   node_lost_timeout=node_lost_timeout)
+                                   node_lost_timeout=node_lost_timeout,
+                                   exclude_after=exclude_after)
 
             def recheck() -> str | None:
                 if no_check:
@@ -236,7 +232,8 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
                 return None if report.ok else "; ".join(
                     f"[{n}] {i.name}: {i.value}" for n, i in report.failures)
 
-            _wait_restarting(record, inv, store, forks, policy, recheck, conns)
+            _wait_restarting(record, inv, store, forks, policy, recheck, conns,
+                             guard_on_detach=not no_guard)
 
 
 def _exit_codes(text: str | None) -> frozenset[int] | None:
@@ -250,8 +247,9 @@ def _exit_codes(text: str | None) -> frozenset[int] | None:
 
 
 def _wait_restarting(record: Any, inv: Any, store: Any, forks: int, policy: Any,
-                     recheck: Any, conns: Any) -> None:
-    """`up --wait`: watch with stall detection and restarts (jobs/restart.py)."""
+                     recheck: Any, conns: Any, guard_on_detach: bool) -> None:
+    """`up --wait`: watch with stall detection and restarts (jobs/restart.py). Ctrl-C
+    detaches and leaves the job's background guard."""
     from orchestrator.jobs.restart import supervise
     from orchestrator.jobs.state import JobStatus
 
@@ -263,28 +261,18 @@ def _wait_restarting(record: Any, inv: Any, store: Any, forks: int, policy: Any,
             click.echo(f"\njob {now.job_id} cancelled during a restart: nothing left running",
                        err=True)
         else:
-            click.echo(f"\ndetached; job {record.job_id} keeps running. Re-attach with "
-                       f"`orchestrate status --watch {record.job_id}`, stop it with "
-                       f"`orchestrate down {record.job_id}`.", err=True)
+            click.echo(detached_message(record.job_id), err=True)
+            if guard_on_detach:
+                start_guard(store, now)
         sys.exit(130)
     if len(record.history) > 1:
-        for line in _attempt_lines(record):
+        for line in attempt_lines(record):
             click.echo(line)
     click.echo(f"job {record.job_id} {record.status.value}"
                + (f": {record.message}" if record.message else ""))
+    warn_not_cleaned(record)
     if record.status is not JobStatus.SUCCEEDED:
         sys.exit(1)
-
-
-def _attempt_lines(record: Any) -> list[str]:
-    lines = []
-    for h in record.history:
-        resumed = h.get("resumed_step")
-        lines.append(f"attempt {h.get('attempt')}: {h.get('status')}"
-                     + (f", resumed from step {resumed}" if resumed is not None else "")
-                     + (f", {h.get('ended_at', 0) - h.get('started_at', 0):.0f} s")
-                     + (f" - {h['cause']}" if h.get("cause") else ""))
-    return lines
 
 
 def _failed() -> Any:
@@ -293,216 +281,59 @@ def _failed() -> Any:
     return JobStatus.FAILED
 
 
-def _wait(record: Any, inv: Any, store: Any, forks: int, teardown: bool = True,
-          conns: Any = None) -> None:
-    from orchestrator.jobs.progress import watch
-    from orchestrator.jobs.state import JobStatus
-
-    try:
-        record = watch(record, inv, store, teardown=teardown, forks=forks, conns=conns)
-    except KeyboardInterrupt:
-        click.echo(f"\ndetached; job {record.job_id} keeps running. Re-attach with "
-                   f"`orchestrate status --watch {record.job_id}`, stop it with "
-                   f"`orchestrate down {record.job_id}`.", err=True)
-        sys.exit(130)
-    click.echo(f"job {record.job_id} {record.status.value}"
-               + (f": {record.message}" if record.message else ""))
-    if record.status is not JobStatus.SUCCEEDED:
-        sys.exit(1)
-
-
 @click.command("resume")
 @job_argument
 @click.option("--wait", is_flag=True, help="Show live progress until the job ends (as `up`).")
-@_job_inventory_option()
+@click.option("--exclude-node", "exclude", multiple=True, metavar="NODE",
+              help="Relaunch without this node (name or host; repeatable), e.g. one that keeps "
+                   "failing. Data-parallel jobs only: DP is recomputed, the newest checkpoint "
+                   "complete on every remaining rank is copied to the renumbered ranks.")
+@click.option("--global-batch", type=click.Choice(["keep", "scale"]), default="keep",
+              show_default=True,
+              help="With --exclude-node: keep samples per step (raise micro_batch_num or "
+                   "micro_batch_size; refused when it does not divide) or scale it with DP.")
+@job_inventory_option()
+@no_guard_option
 @flags.state_dir_option()
 @flags.forks_option()
-def resume_command(job_id: str | None, wait: bool, inventory_path: Path | None, state_dir: Path,
+def resume_command(job_id: str | None, wait: bool, exclude: tuple[str, ...], global_batch: str,
+                   inventory_path: Path | None, no_guard: bool, state_dir: Path,
                    forks: int) -> None:
-    """Start a new attempt of a FAILED or CANCELLED job on the same nodes.
+    """Start a new attempt of a FAILED or CANCELLED job on the same nodes (or without some).
 
     Every rank restarts with the trainer's --resume (it continues from the newest checkpoint
     complete on every rank); the logs of all attempts stay in each rank's stdout.log and
     `status --json` counts the attempts. Refused while any rank of the job still runs.
+
+    \b
+    With --exclude-node NODE (data-parallel jobs): the job is re-planned on the other nodes,
+    DP recomputed, ranks renumbered, the output says what happens to the global batch.
     """
     from orchestrator.jobs.lifecycle import resume_job
     from orchestrator.jobs.nodes import Connections
 
-    store, record, inv = _record_and_inventory(state_dir, job_id, inventory_path)
+    store, record, inv = record_and_inventory(state_dir, job_id, inventory_path)
     with Connections(inv, [inv.node(n.name) for n in record.nodes], forks) as conns:
         try:
-            record = resume_job(record, inv, store, forks, conns)
+            if exclude:
+                from orchestrator.jobs.exclude import plan_exclusion, relaunch_without
+                from orchestrator.presets import load_job_spec
+
+                excl = plan_exclusion(record, load_job_spec(record.preset, record.overrides),
+                                      exclude, keep_global_batch=global_batch == "keep")
+                record = relaunch_without(record, inv, store, excl, forks, conns, click.echo)
+            else:
+                record = resume_job(record, inv, store, forks, conns)
         except KeyboardInterrupt:
             click.echo(f"job {record.job_id} cancelled: nothing left running", err=True)
             sys.exit(130)
-        click.echo(f"job {record.job_id} attempt {record.attempts} running. Follow it with "
-                   f"`orchestrate status --watch {record.job_id}`.")
+        click.echo(f"job {record.job_id} attempt {record.attempts} running on "
+                   f"{len(record.nodes)} node(s). Follow it with `orchestrate status --watch "
+                   f"{record.job_id}`.")
         if wait:
-            _wait(record, inv, store, forks, conns=conns)
-
-
-@click.command("status")
-@job_argument
-@flags.json_option()
-@click.option("--watch", is_flag=True, help="Keep polling with live progress until the job ends.")
-@click.option("--stall-timeout", type=click.FloatRange(min=1), default=None, metavar="SECONDS",
-              help="Report STALLED when ranks are alive but none logged for this long "
-                   "(default 1800).")
-@_job_inventory_option()
-@flags.state_dir_option()
-@flags.forks_option()
-def status_command(job_id: str | None, as_json: bool, watch: bool, stall_timeout: float | None,
-                   inventory_path: Path | None, state_dir: Path, forks: int) -> None:
-    """Show a job's state, asked from the nodes (the record alone is never trusted).
-
-    Per node and rank: running / exited(code), last step, loss and tokens/s from the
-    trainer's log lines. The overall status is derived and written back to the record.
-    JSON: job_id, status, attempts, and per node and rank state, exit_code, step, loss.
-    """
-    from orchestrator.jobs.progress import refresh, status_json, status_table
-
-    store, record, inv = _record_and_inventory(state_dir, job_id, inventory_path)
-    if watch and not as_json:
-        from orchestrator.jobs.nodes import Connections
-
-        with Connections(inv, [inv.node(n.name) for n in record.nodes], forks) as conns:
-            _wait(record, inv, store, forks, teardown=False, conns=conns)
-        return
-    record, reports = refresh(record, inv, store, forks)
-    from orchestrator.jobs.state import JobStatus
-
-    if record.status is JobStatus.RUNNING:
-        from orchestrator.jobs.stall import DEFAULT_STALL_TIMEOUT, find_stall, last_output
-
-        cause = find_stall(record, reports, last_output(record, inv, forks),
-                           stall_timeout or DEFAULT_STALL_TIMEOUT)
-        if cause:
-            record = record.with_status(JobStatus.STALLED, cause)
-            store.save(record)
-    if as_json:
-        doc = status_json(record, reports)
-        doc["history"] = [dict(h) for h in record.history]
-        click.echo(json.dumps(doc, indent=2))
-        return
-    from rich.console import Console
-
-    Console().print(status_table(record, reports))
-    for line in _attempt_lines(record):
-        click.echo(line)
-    if record.status.is_terminal():
-        alive = [f"{name}/{s.slot}" for name, r in reports.items()
-                 if not isinstance(r, BaseException) for s in r.slots if s.state == "running"]
-        if alive:
-            click.echo(f"warning: job {record.job_id} is {record.status.value} but "
-                       f"{', '.join(alive[:8])} still run; stop them with "
-                       f"`orchestrate down {record.job_id}`", err=True)
-
-
-@click.command("logs")
-@job_argument
-@click.option("--rank", "-r", type=int, default=None, help="Only this global rank.")
-@click.option("--node", "-n", default=None, help="Only this node (name or host).")
-@click.option("--tail", "-t", "tail", type=click.IntRange(0), default=20, show_default=True,
-              help="Lines per rank to show first.")
-@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines (Ctrl-C to stop).")
-@click.option("--fetch", type=click.Path(path_type=Path), default=None, metavar="DIR",
-              help="Download every rank's log (and plog folders) into DIR/<node>/ instead.")
-@_job_inventory_option()
-@flags.state_dir_option()
-def logs_command(job_id: str | None, rank: int | None, node: str | None, tail: int,
-                 follow: bool, fetch: Path | None, inventory_path: Path | None,
-                 state_dir: Path) -> None:
-    """Show or fetch the ranks' logs of a job; lines are prefixed `[node/rank]`."""
-    from orchestrator.errors import JobError
-    from orchestrator.jobs.logs import Selection, fetch_logs, tail_logs
-
-    if rank is not None and node is not None:
-        raise click.UsageError("give --rank or --node, not both")
-    _, record, inv = _record_and_inventory(state_dir, job_id, inventory_path)
-    sel = Selection(rank=rank, node=node)
-    if fetch is not None:
-        results = fetch_logs(record, inv, fetch, sel)
-        failed = []
-        for name, r in results.items():
-            if isinstance(r, BaseException):
-                failed.append(name)
-                click.echo(f"[{name}] {r}", err=True)
-            else:
-                click.echo(f"[{name}] {len(r)} file(s) -> {fetch / name}")
-        if failed:
-            raise JobError(f"could not fetch logs from {', '.join(failed)}")
-        return
-    try:
-        for line in tail_logs(record, inv, sel, tail=tail, follow=follow,
-                              on_error=lambda m: click.echo(m, err=True)):
-            click.echo(line)
-    except KeyboardInterrupt:
-        sys.exit(130)
-
-
-@click.command("down")
-@job_argument
-@click.option("--all", "all_jobs", is_flag=True, help="Every job in the state dir not yet ended.")
-@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-@_job_inventory_option()
-@flags.state_dir_option()
-@flags.forks_option()
-def down_command(job_id: str | None, all_jobs: bool, yes: bool, inventory_path: Path | None,
-                 state_dir: Path, forks: int) -> None:
-    """Stop a job on every node and verify nothing of it is left; mark it CANCELLED.
-
-    JOB defaults to the latest job still running (else the latest job).
-
-    SIGTERM each rank's process group, wait, SIGKILL what is left, then kill anything
-    still carrying the job's id. Idempotent. Unreachable nodes are named (exit 1);
-    run `down` again once they are back.
-    """
-    from orchestrator.errors import JobError
-    from orchestrator.inventory import load_inventory
-    from orchestrator.jobs.lifecycle import stop_job
-
-    store = _store(state_dir)
-    if all_jobs:
-        if job_id:
-            raise click.UsageError("give JOB or --all, not both")
-        targets = [r for r in store.all() if not r.status.is_terminal()]
-        if not targets:
-            click.echo("no running jobs")
-            return
-    else:
-        targets = [store.load(store.resolve(job_id, prefer_live=True))]
-    names = ", ".join(r.job_id for r in targets)
-    if not yes and not click.confirm(f"stop {names}?", default=False):
-        raise click.Abort()
-    unreachable = []
-    for record in targets:
-        inv = load_inventory(inventory_path or record.inventory_path)
-        record, failed = stop_job(record, inv, store, forks)
-        for name, exc in failed.items():
-            click.echo(f"[{name}] not cleaned: {exc}", err=True)
-            unreachable.append(f"{record.job_id}@{name}")
-        click.echo(f"job {record.job_id} {record.status.value}"
-                   + (f" ({len(record.nodes) - len(failed)} of {len(record.nodes)} node(s) "
-                      "cleaned)" if failed else ""))
-    if unreachable:
-        raise JobError(f"could not stop on: {', '.join(unreachable)} (run `orchestrate down` "
-                       "again when reachable)")
-
-
-@click.command("plot")
-@job_argument
-@click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("loss.png"),
-              show_default=True, help="Image file to write (png, svg, pdf).")
-@_job_inventory_option()
-@flags.state_dir_option()
-def plot_command(job_id: str | None, output: Path, inventory_path: Path | None,
-                 state_dir: Path) -> None:
-    """Plot loss (and tokens/s) against step from the ranks' log lines."""
-    from orchestrator.jobs.plot import plot_job
-
-    _, record, inv = _record_and_inventory(state_dir, job_id, inventory_path)
-    path = plot_job(record, inv, output)
-    click.echo(f"wrote {path}")
+            watch_job(record, inv, store, forks, conns, guard_on_detach=not no_guard)
+        elif not no_guard:
+            start_guard(store, record)
 
 
 COMMANDS = (check_command, up_command, resume_command, status_command, logs_command, down_command,

@@ -15,8 +15,6 @@ import hashlib
 import os
 import shlex
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -27,9 +25,13 @@ from pathlib import Path
 from orchestrator.errors import JobError
 from orchestrator.inventory import Connection, Inventory
 from orchestrator.jobs import stage as stage_mod
-from orchestrator.jobs.nodes import Connections, fan_out, job_nodes, launch_command
+from orchestrator.jobs.dataset import data_paths_for, local_dataset
+from orchestrator.jobs.nodes import Connections, fan_out, job_nodes
 from orchestrator.jobs.state import JobRecord, JobStatus, JobStore, NodeRecord, new_job_id
-from orchestrator.plan import Plan, build_plan
+from orchestrator.jobs.teardown import failures, stop_everywhere
+from orchestrator.jobs.teardown import stop_job as stop_job  # re-exported: `down`
+from orchestrator.jobs.teardown import teardown_failed as teardown_failed  # re-exported
+from orchestrator.plan import build_plan
 from orchestrator.presets import JobSpec
 from orchestrator.remote.transport import Transport
 from orchestrator.render import (
@@ -74,7 +76,7 @@ def sched_port_for(job_id: str) -> int:
     return 20000 + int(hashlib.sha256(job_id.encode()).hexdigest()[:8], 16) % 10000
 
 
-def _rank_table(inv: Inventory, discover: bool, forks: int = 64) -> str | None:
+def rank_table_for(inv: Inventory, forks: int = 64, discover: bool = True) -> str | None:
     """The merged HCCL rank table: device IPs from the inventory, else discovered over SSH.
 
     Returns None when IPs are missing and `discover` is off (dry run: no node is touched).
@@ -96,65 +98,6 @@ def _rank_table(inv: Inventory, discover: bool, forks: int = 64) -> str | None:
     return merged.dumps()
 
 
-REPO_ROOT = Path(__file__).resolve().parent.parent.parent
-
-
-def prepare_alpaca(src: Path, dest: Path, seq_length: int, tokenizer: str = "") -> Path:
-    """Alpaca JSON -> MindRecord folder `dest` (`python -m model.data` in a subprocess)."""
-    cmd = [sys.executable, "-m", "model.data", "--input", str(src.resolve()), "--output",
-           str(dest.resolve()), "--seq-length", str(seq_length)]
-    if tokenizer:
-        cmd += ["--tokenizer", str(Path(tokenizer).resolve())]
-    env = dict(os.environ, GLOG_v="3")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                          timeout=3600)
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
-        raise JobError(f"data.path {src}: preparing MindRecord failed: {last}")
-    return dest
-
-
-def resolve_local_data(path: str) -> Path | None:
-    """A local data.path: as given (relative to the current directory), else relative to the
-    checkout (presets name shipped files such as model/assets/alpaca_seed_tasks.json); None
-    when neither exists (then the path is taken to exist on the nodes)."""
-    given = Path(path).expanduser()
-    if given.exists():
-        return given
-    shipped = REPO_ROOT / path
-    return shipped if not given.is_absolute() and shipped.exists() else None
-
-
-def _local_dataset(spec: JobSpec, plan: Plan, job_dir: Path) -> Path | None:
-    """The local dataset to stage, or None (data.path empty, only on the nodes, or every
-    node has `data_dir`). An Alpaca `.json` file is first turned into MindRecord here."""
-    path = str(spec.value("data.path") or "")
-    local = resolve_local_data(path) if path else None
-    if local is None:
-        return None
-    if all(n.ranks.node.data_dir is not None for n in plan.nodes):
-        return None
-    if local.is_file() and local.suffix == ".json":
-        return prepare_alpaca(local, job_dir / "data" / local.stem, spec.model.seq_length,
-                              str(spec.value("data.tokenizer") or ""))
-    return local
-
-
-def _data_paths(plan: Plan, local: Path | None) -> dict[str, str | None]:
-    """data.path for each node's job.yaml: its `data_dir`, else the staged copy, else as is."""
-    out: dict[str, str | None] = {}
-    for n in plan.nodes:
-        node = n.ranks.node
-        if node.data_dir is not None:
-            out[node.name] = str(node.data_dir)
-        elif local is not None:
-            out[node.name] = f"data/{local.name}"
-        else:
-            out[node.name] = None
-    return out
-
-
 def create_job(inv: Inventory, spec: JobSpec, store: JobStore, opts: UpOptions,
                discover: bool = True) -> JobRecord:
     """Plan and render the job locally; record it PENDING.
@@ -173,17 +116,11 @@ def create_job(inv: Inventory, spec: JobSpec, store: JobStore, opts: UpOptions,
                         sched_host=first.host, sched_port=port,
                         cluster_timeout=opts.cluster_timeout, entrypoint=opts.entrypoint,
                         stop_grace=opts.stop_grace)
-    table = _rank_table(inv, discover, opts.forks) if mode == "ranktable" else None
-    local_data = _local_dataset(spec, plan, store.job_dir(job_id))
-    data_paths = _data_paths(plan, local_data)
-    files = render_job(launch, plan, data_paths, table, require_table=discover)
-    local = store.job_dir(job_id)
-    for node_name, node_files in files.items():
-        for fname, f in node_files.items():
-            text = f.text
-            if fname == "job.yaml":
-                text = text + f"job:\n  id: {job_id}\n"
-            _write_atomic(local / "nodes" / node_name / fname, text, f.mode)
+    table = rank_table_for(inv, opts.forks, discover) if mode == "ranktable" else None
+    local_data = local_dataset(spec, plan, store.job_dir(job_id))
+    data_paths = data_paths_for(plan, local_data)
+    write_rendered(store, job_id, render_job(launch, plan, data_paths, table,
+                                             require_table=discover))
     now = time.time()
     nodes = tuple(
         NodeRecord(name=n.ranks.node.name, host=n.ranks.node.host, rank_start=n.ranks.rank_start,
@@ -197,9 +134,22 @@ def create_job(inv: Inventory, spec: JobSpec, store: JobStore, opts: UpOptions,
                        sched_host=first.host if mode == "msrun" else None,
                        sched_port=port if mode == "msrun" else None,
                        entrypoint=opts.entrypoint,
-                       local_data=str(local_data.resolve()) if local_data else None)
+                       local_data=str(local_data.resolve()) if local_data else None,
+                       cluster_timeout=opts.cluster_timeout, stop_grace=opts.stop_grace)
     store.save(record)
     return record
+
+
+def write_rendered(store: JobStore, job_id: str,
+                   files: Mapping[str, Mapping[str, RenderedFile]]) -> None:
+    """Keep every node's rendered files under `<state>/jobs/<id>/nodes/<node>/` (atomic)."""
+    local = store.job_dir(job_id)
+    for node_name, node_files in files.items():
+        for fname, f in node_files.items():
+            text = f.text
+            if fname == "job.yaml":
+                text = text + f"job:\n  id: {job_id}\n"
+            _write_atomic(local / "nodes" / node_name / fname, text, f.mode)
 
 
 def rendered_files(store: JobStore, record: JobRecord, node: str) -> dict[str, RenderedFile]:
@@ -217,10 +167,6 @@ def _sigint_deferred() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, old)
-
-
-def _failures(results: Mapping[str, object]) -> dict[str, BaseException]:
-    return {k: v for k, v in results.items() if isinstance(v, BaseException)}
 
 
 def _describe(failed: Mapping[str, BaseException]) -> str:
@@ -247,52 +193,69 @@ def launch(record: JobRecord, inv: Inventory, store: JobStore, forks: int = 64,
     try:
         record = record.with_status(JobStatus.LAUNCHING)
         store.save(record)
-        pairs = job_nodes(record, inv)
         if conns is None:
-            conns = Connections(inv, [node for _, node in pairs], forks)
-        plan_nodes = [node for _, node in pairs]
-        code = stage_mod.code_tree()
-        data = stage_mod.data_tree(Path(record.local_data)) if record.local_data else None
-        with tempfile.TemporaryDirectory(prefix="orchestrate-stage-") as tmp:
-            def stage_one(t: Transport) -> stage_mod.Staged:
-                node = t.node
-                rendered = rendered_files(store, record, node.name)
-                secrets = {k: v.text.encode() for k, v in rendered.items() if v.mode & 0o077 == 0}
-                public = {k: v for k, v in rendered.items() if k not in secrets}
-                trees = [code] + ([data] if data is not None and not node.data_dir else [])
-                return stage_mod.stage_node(t, record.job_id, str(node.workdir), trees, public,
-                                            secrets, Path(tmp))
-
-            results = fan_out(inv, plan_nodes, stage_one, forks, conns)
-        failed = _failures(results)
-        staged = {k: v for k, v in results.items() if isinstance(v, stage_mod.Staged)}
-        nodes = tuple(dataclasses.replace(n, job_dir=staged[n.name].job_dir)
-                      if n.name in staged else n for n in record.nodes)
-        record = record.replace(nodes=nodes)
-        store.save(record)
-        if failed:
-            raise JobError(f"staging failed, nothing started: {_describe(failed)}")
-        echo(f"staged {len(staged)} node(s): {sum(s.sent for s in staged.values())} file(s) "
-             f"uploaded; {sum(s.reused for s in staged.values())} tree(s) already on the nodes "
-             "(same sha256)")
+            conns = Connections(inv, [node for _, node in job_nodes(record, inv)], forks)
+        record = stage_all(record, inv, store, forks, conns, echo)
         started = True
         return _start_all(record, inv, store, forks, conns, resume=False)
     except KeyboardInterrupt:
         with _sigint_deferred():
             echo("interrupted: stopping whatever was started ...")
-            _stop_everywhere(record, inv, forks, conns)
-            store.save(record.with_status(JobStatus.CANCELLED, "interrupted during up"))
+            missed = failures(stop_everywhere(record, inv, forks, conns))
+            store.save(record.with_status(JobStatus.CANCELLED, "interrupted during up")
+                       .replace(cleaned=not missed))
         raise
     except Exception as e:
+        if not started:  # stage_all saved the node folders it learned before raising
+            record = store.load(record.job_id)
         if not isinstance(e, JobError) or not started:
+            left: dict[str, BaseException] = {}
             if started:  # an unexpected error after ranks may have started: leave none behind
                 with _sigint_deferred():
-                    _stop_everywhere(record, inv, forks, conns)
-            store.save(record.with_status(JobStatus.FAILED, str(e) or type(e).__name__))
+                    left = failures(stop_everywhere(record, inv, forks, conns))
+            store.save(record.with_status(JobStatus.FAILED, str(e) or type(e).__name__)
+                       .replace(cleaned=not left))
         raise
     finally:
         if own and conns is not None:
             conns.close()
+
+
+def stage_all(record: JobRecord, inv: Inventory, store: JobStore, forks: int,
+              conns: Connections | None, echo: Echo = print) -> JobRecord:
+    """Stage the job's rendered files, the code and the dataset on every node (parallel,
+    sha256-skip); the record with each node's absolute job folder.
+
+    Raises:
+        JobError: a node failed to stage (names it and the cause); nothing was started.
+    """
+    pairs = job_nodes(record, inv)
+    plan_nodes = [node for _, node in pairs]
+    code = stage_mod.code_tree()
+    data = stage_mod.data_tree(Path(record.local_data)) if record.local_data else None
+    with tempfile.TemporaryDirectory(prefix="orchestrate-stage-") as tmp:
+        def stage_one(t: Transport) -> stage_mod.Staged:
+            node = t.node
+            rendered = rendered_files(store, record, node.name)
+            secrets = {k: v.text.encode() for k, v in rendered.items() if v.mode & 0o077 == 0}
+            public = {k: v for k, v in rendered.items() if k not in secrets}
+            trees = [code] + ([data] if data is not None and not node.data_dir else [])
+            return stage_mod.stage_node(t, record.job_id, str(node.workdir), trees, public,
+                                        secrets, Path(tmp))
+
+        results = fan_out(inv, plan_nodes, stage_one, forks, conns)
+    failed = failures(results)
+    staged = {k: v for k, v in results.items() if isinstance(v, stage_mod.Staged)}
+    nodes = tuple(dataclasses.replace(n, job_dir=staged[n.name].job_dir)
+                  if n.name in staged else n for n in record.nodes)
+    record = record.replace(nodes=nodes)
+    store.save(record)
+    if failed:
+        raise JobError(f"staging failed, nothing started: {_describe(failed)}")
+    echo(f"staged {len(staged)} node(s): {sum(s.sent for s in staged.values())} file(s) "
+         f"uploaded; {sum(s.reused for s in staged.values())} tree(s) already on the nodes "
+         "(same sha256)")
+    return record
 
 
 def _start_all(record: JobRecord, inv: Inventory, store: JobStore, forks: int,
@@ -321,14 +284,15 @@ def _start_all(record: JobRecord, inv: Inventory, store: JobStore, forks: int,
 
     started_pids = fan_out(inv, [node for _, node in job_nodes(record, inv)], start_one, forks,
                            conns)
-    failed = _failures(started_pids)
+    failed = failures(started_pids)
     nodes = tuple(dataclasses.replace(n, pids=pids) if isinstance(
         pids := started_pids.get(n.name), dict) else n for n in record.nodes)
     record = record.replace(nodes=nodes)
     if failed:
         with _sigint_deferred():
-            _stop_everywhere(record, inv, forks, conns)
+            left = failures(stop_everywhere(record, inv, forks, conns))
         record = record.with_status(JobStatus.FAILED, f"start failed: {_describe(failed)}")
+        record = record.replace(cleaned=not left)
         store.save(record)
         raise JobError(f"start failed on {len(failed)} node(s), job {record.job_id} stopped "
                        f"everywhere: {_describe(failed)}")
@@ -338,7 +302,7 @@ def _start_all(record: JobRecord, inv: Inventory, store: JobStore, forks: int,
 
 
 def resume_job(record: JobRecord, inv: Inventory, store: JobStore, forks: int = 64,
-               conns: Connections | None = None) -> JobRecord:
+               conns: Connections | None = None, poll_timeout: float = 60.0) -> JobRecord:
     """A new attempt of an ended job on the same nodes: every rank restarts with `--resume`
     (the trainer continues from the newest checkpoint complete on every rank).
 
@@ -349,7 +313,7 @@ def resume_job(record: JobRecord, inv: Inventory, store: JobStore, forks: int = 
 
     if record.status is JobStatus.SUCCEEDED:
         raise JobError(f"job {record.job_id} already SUCCEEDED; start a new job instead")
-    reports = query_job(record, inv, forks, conns)
+    reports = query_job(record, inv, forks, conns, poll_timeout)
     unreachable = [n for n, r in reports.items() if isinstance(r, BaseException)]
     if unreachable:
         raise JobError(f"job {record.job_id}: cannot reach {', '.join(unreachable)}; "
@@ -364,61 +328,16 @@ def resume_job(record: JobRecord, inv: Inventory, store: JobStore, forks: int = 
         raise JobError(f"job {record.job_id} was never staged on {', '.join(unstaged)}; "
                        "start a new job instead")
     record = record.replace(attempts=record.attempts + 1, status=JobStatus.LAUNCHING,
-                            message="")
+                            message="", cleaned=False)
     store.save(record)
     try:
         return _start_all(record, inv, store, forks, conns, resume=True)
     except KeyboardInterrupt:
         with _sigint_deferred():
-            _stop_everywhere(record, inv, forks, conns)
-            store.save(record.with_status(JobStatus.CANCELLED, "interrupted during resume"))
+            left = failures(stop_everywhere(record, inv, forks, conns))
+            store.save(record.with_status(JobStatus.CANCELLED, "interrupted during resume")
+                       .replace(cleaned=not left))
         raise
-
-
-def _stop_everywhere(record: JobRecord, inv: Inventory, forks: int = 64,
-                     conns: Connections | None = None) -> dict[str, str | BaseException]:
-    """Run `launch.sh stop` on every node of the job; node -> output or exception."""
-    by_name = {n.name: n for n in record.nodes}
-
-    def one(t: Transport) -> str:
-        res = t.run(launch_command(by_name[t.node.name].job_dir, "stop"), check=False,
-                    timeout=180)
-        out = res.stdout.strip()
-        if res.exit_code != 0:
-            raise JobError(f"[{t.node.name}] stop did not finish: {out or res.stderr.strip()}")
-        return "nothing started" if out == "nojob" else out
-
-    return fan_out(inv, [node for _, node in job_nodes(record, inv)], one, forks, conns)
-
-
-def stop_job(record: JobRecord, inv: Inventory, store: JobStore,
-             forks: int = 64) -> tuple[JobRecord, dict[str, BaseException]]:
-    """`down`: stop every rank on every reachable node; CANCELLED unless it had already ended.
-
-    Returns:
-        The updated record and the nodes that could not be cleaned (name -> cause).
-    """
-    results = _stop_everywhere(record, inv, forks)
-    failed = _failures(results)
-    status = record.status if record.status in (JobStatus.SUCCEEDED, JobStatus.FAILED) \
-        else JobStatus.CANCELLED
-    message = record.message
-    if failed:
-        message = f"down could not reach: {', '.join(sorted(failed))}"
-    elif status is JobStatus.CANCELLED:
-        message = "stopped by down"
-    record = record.with_status(status, message)
-    store.save(record)
-    return record, failed
-
-
-def teardown_failed(record: JobRecord, inv: Inventory, store: JobStore, reason: str,
-                    forks: int = 64, conns: Connections | None = None) -> JobRecord:
-    """A rank failed: stop the job on every node, record FAILED with the reason."""
-    _stop_everywhere(record, inv, forks, conns)
-    record = record.with_status(JobStatus.FAILED, reason)
-    store.save(record)
-    return record
 
 
 def dry_run_summary(record: JobRecord, store: JobStore) -> list[str]:

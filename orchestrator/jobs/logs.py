@@ -136,11 +136,14 @@ def tail_logs(record: JobRecord, inv: Inventory, sel: Selection, tail: int = 20,
 
 
 def fetch_logs(record: JobRecord, inv: Inventory, dest: Path,
-               sel: Selection = Selection()) -> dict[str, list[Path] | BaseException]:
+               sel: Selection = Selection(), warn: Callable[[str], None] = lambda _m: None,
+               ) -> dict[str, list[Path] | BaseException]:
     """Download every selected rank's log into `dest/<node>/rank_<r>.log`, plus plog folders.
 
     MindSpore/Ascend plog folders (`~/ascend/log`) are packed on the node and saved as
-    `dest/<node>/plog.tar.gz` when present. Nothing is written outside `dest/<node>/`.
+    `dest/<node>/plog.tar.gz` when present. Nothing is written outside `dest/<node>/`: the
+    local names are fixed, and a rank log that is a symlink on the node is not followed
+    (skipped, `warn` names it).
     """
     chosen = dict((n.name, (n, slots)) for n, slots in _selected(record, sel))
     for i, n in enumerate(record.nodes):
@@ -154,9 +157,13 @@ def fetch_logs(record: JobRecord, inv: Inventory, dest: Path,
         folder.mkdir(parents=True, exist_ok=True)
         got = []
         listing = t.run(" ; ".join(
-            f"[ -f {shlex.quote(f'{n.job_dir}/ranks/{s}/stdout.log')} ] && echo {s}"
+            f"if [ -L {(q := shlex.quote(f'{n.job_dir}/ranks/{s}/stdout.log'))} ]; then "
+            f"echo link:{s}; elif [ -f {q} ]; then echo {s}; fi"
             for s in slots) + " ; true", check=True).stdout.split()
         for s in slots:
+            if f"link:{s}" in listing:
+                warn(f"[{n.name}] skipped {'scheduler' if s == 'sched' else 'rank ' + s}: "
+                     f"{n.job_dir}/ranks/{s}/stdout.log is a symlink on the node (not followed)")
             if s not in listing:
                 continue
             local = folder / f"rank_{s}.log"

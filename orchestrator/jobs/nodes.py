@@ -13,6 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
+from orchestrator.errors import CommandTimeout, ConnectError
 from orchestrator.inventory import Inventory, Node
 from orchestrator.jobs.state import JobRecord, JobStatus, NodeRecord
 from orchestrator.remote.transport import Transport
@@ -53,6 +54,17 @@ class Connections:
             future.result()
         return self._transports[name]
 
+    def drop(self, name: str) -> None:
+        """Close the node's connection after a timeout: the next use connects afresh.
+
+        A network partition leaves the TCP connection open with unsent data whose
+        retransmissions back off to a minute; a new connection works as soon as the link does.
+        """
+        try:
+            self._transports[name].close()
+        except Exception:  # noqa: BLE001 - closing is best effort
+            pass
+
     def close(self) -> None:
         for future in self._pending.values():
             future.cancel()
@@ -86,6 +98,9 @@ def fan_out(inv: Inventory, nodes: Sequence[Node], fn: Callable[[Transport], T],
             with open_transport(inv, node) as t:
                 return fn(t)
         except Exception as e:  # noqa: BLE001 - recorded per node, reported by the caller
+            if conns is not None and node.name in conns and isinstance(
+                    e, (CommandTimeout, ConnectError)):
+                conns.drop(node.name)
             return e
 
     if not nodes:
@@ -180,14 +195,22 @@ def launch_command(job_dir: str, sub: str) -> str:
     return f"if [ -f {script} ]; then bash {script} {sub}; else echo nojob; fi"
 
 
+POLL_TIMEOUT = 60.0  # seconds one `launch.sh status` may take before the node is unreachable
+
+
 def query_job(record: JobRecord, inv: Inventory, forks: int = 64,
-              conns: Connections | None = None) -> dict[str, NodeReport | BaseException]:
-    """Ask every node of the job for its ranks' state (never trusts the record)."""
+              conns: Connections | None = None, timeout: float = POLL_TIMEOUT,
+              ) -> dict[str, NodeReport | BaseException]:
+    """Ask every node of the job for its ranks' state (never trusts the record).
+
+    A node that does not answer within `timeout` s (a network partition leaves the SSH
+    connection open but silent) is reported as an exception.
+    """
     by_name = {n.name: n for n in record.nodes}
 
     def one(t: Transport) -> NodeReport:
         res = t.run(launch_command(by_name[t.node.name].job_dir, "status"), check=True,
-                    timeout=60)
+                    timeout=timeout)
         return parse_status(t.node.name, res.stdout)
 
     return fan_out(inv, [node for _, node in job_nodes(record, inv)], one, forks, conns)

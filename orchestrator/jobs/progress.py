@@ -1,5 +1,6 @@
 """Job progress: status as JSON or a rich table, and the live watch loop of `up --wait`.
 
+    record, reports = refresh(record, inv, store, stall_timeout=1800)   # one poll
     record = watch(record, inv, store)     # polls the nodes until the job ends
 """
 
@@ -11,6 +12,7 @@ from typing import Any
 
 from orchestrator.inventory import Inventory
 from orchestrator.jobs.nodes import (
+    POLL_TIMEOUT,
     Connections,
     NodeReport,
     SlotReport,
@@ -46,13 +48,37 @@ def failure_reason(reports: Reports) -> str:
 
 
 def refresh(record: JobRecord, inv: Inventory, store: JobStore, forks: int = 64,
-            conns: Connections | None = None) -> tuple[JobRecord, Reports]:
-    """Ask the nodes, derive the status, write it back when it changed."""
-    reports = query_job(record, inv, forks, conns)
+            conns: Connections | None = None, stall_timeout: float | None = None,
+            poll_timeout: float = POLL_TIMEOUT) -> tuple[JobRecord, Reports]:
+    """Ask the nodes, derive the status, write it back when it changed.
+
+    With `stall_timeout`, a running job whose ranks all stayed silent that long is STALLED
+    (jobs/stall.py; one more round trip per node), and RUNNING again once a rank logs;
+    without, a STALLED record stays STALLED while its ranks run.
+    A job whose every rank exited 0 is SUCCEEDED and `cleaned` (nothing of it is left).
+    """
+    reports = query_job(record, inv, forks, conns, poll_timeout)
     status = derive_status(record, reports)
+    message = record.message
     if status is not record.status:
-        msg = failure_reason(reports) if status is JobStatus.FAILED else ""
-        record = record.with_status(status, msg)
+        message = failure_reason(reports) if status is JobStatus.FAILED else ""
+    everyone = all(isinstance(r, NodeReport) for r in reports.values())
+    if stall_timeout is not None and status is JobStatus.RUNNING and everyone:
+        from orchestrator.jobs.stall import find_stall, last_output
+
+        cause = find_stall(record, reports, last_output(record, inv, forks, conns),
+                           stall_timeout)
+        if cause:
+            status, message = JobStatus.STALLED, cause
+        elif record.status is JobStatus.STALLED:
+            message = ""
+    elif stall_timeout is None and status is JobStatus.RUNNING \
+            and record.status is JobStatus.STALLED:
+        status = JobStatus.STALLED  # not judged here (the guard): keep what a watcher found
+    if status is not record.status or message != record.message:
+        record = record.with_status(status, message)
+        if status is JobStatus.SUCCEEDED:
+            record = record.replace(cleaned=True)
         store.save(record)
     return record, reports
 
@@ -124,29 +150,31 @@ def status_table(record: JobRecord, reports: Reports) -> Any:
 
 
 def watch(record: JobRecord, inv: Inventory, store: JobStore, interval: float = 2.0,
-          teardown: bool = True, forks: int = 64, console: Any = None,
-          conns: Connections | None = None) -> JobRecord:
-    """Poll the nodes and show live progress until the job ends.
+          forks: int = 64, console: Any = None, conns: Connections | None = None,
+          stall_timeout: float | None = None) -> JobRecord:
+    """Poll the nodes and show live progress until the job ends (`status --watch`,
+    `resume --wait`).
 
-    When a rank fails and `teardown` is set, the job is stopped on every node at once.
-    KeyboardInterrupt propagates (the caller prints how to re-attach).
+    STALLED is shown when every rank stayed silent for `stall_timeout` s (the job may recover,
+    so the watch goes on). When a rank fails, the job is stopped on every node at once
+    (teardown.stop_failed_job). KeyboardInterrupt propagates (the caller prints how to
+    re-attach).
     """
     from rich.console import Console
     from rich.live import Live
 
-    from orchestrator.jobs.lifecycle import teardown_failed
+    from orchestrator.jobs.teardown import stop_failed_job
 
     console = console or Console()
-    record, reports = refresh(record, inv, store, forks, conns)
+    record, reports = refresh(record, inv, store, forks, conns, stall_timeout)
     with Live(status_table(record, reports), console=console, refresh_per_second=4,
               transient=False) as live:
         while not record.status.is_terminal():
             time.sleep(interval)
-            record, reports = refresh(record, inv, store, forks, conns)
+            record, reports = refresh(record, inv, store, forks, conns, stall_timeout)
             live.update(status_table(record, reports))
-        if record.status is JobStatus.FAILED and teardown:
-            record = teardown_failed(record, inv, store, record.message or "a rank failed", forks,
-                                     conns)
+        if record.status is JobStatus.FAILED and not record.cleaned:
+            record = stop_failed_job(record, inv, store, reports, forks, conns)
             _, reports = refresh(record, inv, store, forks, conns)
             live.update(status_table(record, reports))
     if not console.is_terminal:

@@ -16,6 +16,10 @@ One attempt = launch .. every rank ended (or a failure / stall). When an attempt
    size + sha256) on every rank. Each rank's stdout.log keeps every attempt, each opened by
    an `== orchestrate attempt N ==` line.
 
+With `exclude_after` K, a node on which K attempts in a row failed is left out of the next
+attempt (data-parallel jobs, jobs/exclude.py: DP recomputed, global batch kept); when the job
+cannot run without it, it stops with that reason.
+
 Giving up leaves the job FAILED with "gave up after K attempt(s): <last cause>".
 """
 
@@ -24,19 +28,25 @@ from __future__ import annotations
 import re
 import shlex
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.errors import JobError
 from orchestrator.inventory import Inventory
-from orchestrator.jobs.nodes import Connections, NodeReport, fan_out
+from orchestrator.jobs.nodes import (
+    POLL_TIMEOUT,
+    Connections,
+    NodeReport,
+    fan_out,
+    query_job,
+)
 from orchestrator.jobs.progress import refresh, status_table
-from orchestrator.jobs.stall import find_stall, last_output
 from orchestrator.jobs.state import JobRecord, JobStatus, JobStore
 from orchestrator.remote.transport import Transport
 
 Echo = Callable[[str], None]
+_LOST = re.compile(r"^node (\S+) unreachable")
 _RESUMED = re.compile(r"resumed from step (\d+)|no checkpoint complete on every rank")
 
 
@@ -49,6 +59,14 @@ class RestartPolicy:
     stall_timeout: float | None = None  # seconds without output -> STALLED (None: never)
     node_lost_timeout: float = 60.0  # a node unreachable this long fails the attempt
     interval: float = 2.0  # seconds between polls
+    exclude_after: int = 0  # a node on which this many attempts in a row failed is left out
+
+    @property
+    def poll_timeout(self) -> float:
+        """Seconds a node may take to answer one poll: a partitioned node (SSH connection
+        open, nothing comes back) is noticed within about the node-lost timeout, never less
+        than 10 s (a loaded node answers slowly), never more than the usual 60 s."""
+        return min(POLL_TIMEOUT, max(10.0, self.node_lost_timeout))
 
 
 def failure_code(reports: Mapping[str, NodeReport | BaseException]) -> int | None:
@@ -62,6 +80,32 @@ def failure_code(reports: Mapping[str, NodeReport | BaseException]) -> int | Non
             for s in r.slots:
                 if s.failed and s.exit_code is not None:
                     return s.exit_code
+    return None
+
+
+def failure_node(reports: Mapping[str, NodeReport | BaseException], cause: str) -> str | None:
+    """The node an attempt failed on: the one lost, else the one whose supervisor recorded
+    the earliest failure, else one with a failed slot (None: a stall, or unknown)."""
+    if m := _LOST.match(cause):
+        return m.group(1)
+    firsts = sorted((r.first_failure[2], name) for name, r in reports.items()
+                    if isinstance(r, NodeReport) and r.first_failure is not None)
+    if firsts:
+        return firsts[0][1]
+    for name, r in reports.items():
+        if isinstance(r, NodeReport) and any(s.failed for s in r.slots):
+            return name
+    return None
+
+
+def node_to_exclude(history: Sequence[Mapping[str, Any]], after: int) -> str | None:
+    """The node on which each of the last `after` attempts failed (None: none, or off)."""
+    if after < 1 or len(history) < after:
+        return None
+    last = history[-after:]
+    node = last[0].get("node")
+    if node and all(h.get("node") == node and h.get("status") == "FAILED" for h in last):
+        return str(node)
     return None
 
 
@@ -99,13 +143,15 @@ def _watch_attempt(record: JobRecord, inv: Inventory, store: JobStore, policy: R
     """
     unreachable_since: dict[str, float] = {}
     while True:
-        record, reports = refresh(record, inv, store, forks, conns)
+        asked = time.time()
+        record, reports = refresh(record, inv, store, forks, conns, policy.stall_timeout,
+                                  policy.poll_timeout)
         now = time.time()
         for name, rep in reports.items():
             if not isinstance(rep, BaseException):
                 unreachable_since.pop(name, None)
                 continue
-            since = unreachable_since.setdefault(name, now)
+            since = unreachable_since.setdefault(name, asked)  # last seen before
             if now - since >= policy.node_lost_timeout and not record.status.is_terminal():
                 text = str(rep).removeprefix(f"[{name}] ")
                 record = record.with_status(
@@ -114,12 +160,6 @@ def _watch_attempt(record: JobRecord, inv: Inventory, store: JobStore, policy: R
                                       f"{text}")
                 store.save(record)
                 break
-        if policy.stall_timeout is not None and record.status is JobStatus.RUNNING:
-            cause = find_stall(record, reports, last_output(record, inv, forks, conns),
-                               policy.stall_timeout)
-            if cause:
-                record = record.with_status(JobStatus.STALLED, cause)
-                store.save(record)
         live.update(status_table(record, reports))
         if record.status.is_terminal() or record.status is JobStatus.STALLED:
             return record, reports
@@ -127,10 +167,26 @@ def _watch_attempt(record: JobRecord, inv: Inventory, store: JobStore, policy: R
 
 
 def _entry(record: JobRecord, started: float, cause: str, code: int | None,
-           resumed: int | None) -> dict[str, Any]:
+           resumed: int | None, node: str | None = None) -> dict[str, Any]:
     return {"attempt": record.attempts, "started_at": started, "ended_at": time.time(),
             "status": record.status.value, "cause": cause, "exit_code": code,
-            "resumed_step": resumed}
+            "resumed_step": resumed, "node": node}
+
+
+def _relaunch_without(record: JobRecord, inv: Inventory, store: JobStore, node: str,
+                      policy: RestartPolicy, forks: int, conns: Connections | None,
+                      echo: Echo) -> JobRecord:
+    """The next attempt without `node` (jobs/exclude.py); JobError when the layout won't fit."""
+    from orchestrator.jobs.exclude import plan_exclusion, relaunch_without
+    from orchestrator.presets import load_job_spec
+
+    try:
+        excl = plan_exclusion(record, load_job_spec(record.preset, record.overrides), [node])
+    except JobError as e:
+        raise JobError(f"{node} failed {policy.exclude_after} attempt(s) in a row and the job "
+                       f"cannot run without it: {e}") from e
+    echo(f"{node} failed {policy.exclude_after} attempt(s) in a row: leaving it out")
+    return relaunch_without(record, inv, store, excl, forks, conns, echo)
 
 
 def supervise(record: JobRecord, inv: Inventory, store: JobStore, policy: RestartPolicy,
@@ -144,7 +200,8 @@ def supervise(record: JobRecord, inv: Inventory, store: JobStore, policy: Restar
     from rich.console import Console
     from rich.live import Live
 
-    from orchestrator.jobs.lifecycle import resume_job, teardown_failed
+    from orchestrator.jobs.lifecycle import resume_job
+    from orchestrator.jobs.teardown import teardown_failed
 
     console = console or Console()
     started = time.time()
@@ -152,18 +209,28 @@ def supervise(record: JobRecord, inv: Inventory, store: JobStore, policy: Restar
         with Live(status_table(record, {}), console=console, refresh_per_second=4,
                   transient=False) as live:
             record, reports = _watch_attempt(record, inv, store, policy, forks, conns, live)
-            resumed = resumed_step(record, inv, forks, conns)
+            answered = {n for n, r in reports.items() if isinstance(r, NodeReport)}
+            resumed = resumed_step(record, inv, forks, conns) \
+                if record.nodes[0].name in answered else None
             code = failure_code(reports)
             cause = record.message
+            blamed = failure_node(reports, cause) if record.status is JobStatus.FAILED else None
             if record.status in (JobStatus.FAILED, JobStatus.STALLED):
                 cause = record.message or "a rank failed"
-                record = teardown_failed(record, inv, store, cause, forks, conns)
-                record, reports = refresh(record, inv, store, forks, conns)
+                # A node that did not answer is left for later: a stop would only hang there.
+                reachable = [n for n, r in reports.items() if isinstance(r, NodeReport)]
+                record = teardown_failed(record, inv, store, cause, forks, conns,
+                                         only=reachable)
+                # Show the stop; a node that did not answer is not asked again (it would
+                # only cost another timeout).
+                asked = record.replace(nodes=tuple(n for n in record.nodes if n.name in answered))
+                reports = {**reports, **query_job(asked, inv, forks, conns, policy.poll_timeout)}
                 live.update(status_table(record, reports))
         if not console.is_terminal:
             console.line()
         record = record.replace(history=(*record.history,
-                                         _entry(record, started, cause, code, resumed)))
+                                         _entry(record, started, cause, code, resumed,
+                                                blamed)))
         store.save(record)
         if record.status is not JobStatus.FAILED:
             return record
@@ -183,16 +250,25 @@ def supervise(record: JobRecord, inv: Inventory, store: JobStore, policy: Restar
         echo(f"attempt {record.attempts} failed: {cause}; restarting "
              f"({restarts_used + 1} of {policy.max_restarts}) from the newest complete "
              "checkpoint")
+        bad = node_to_exclude(record.history, policy.exclude_after)
         problem = recheck()
+        if problem and bad is not None:  # the node being left out need not pass the check
+            problem = "; ".join(p for p in problem.split("; ") if not p.startswith(f"[{bad}]"))
         if problem:
             record = record.with_status(JobStatus.FAILED,
                                         f"not restarted: check failed ({problem}); last cause: "
                                         f"{cause}")
             store.save(record)
             return record
+        if not record.cleaned and bad is None:  # a node unreachable at teardown: stop there
+            record = teardown_failed(record, inv, store, cause, forks, conns,
+                                     timeout=max(30.0, policy.poll_timeout))
         started = time.time()
         try:
-            record = resume_job(record, inv, store, forks, conns)
+            if bad is not None and any(n.name == bad for n in record.nodes):
+                record = _relaunch_without(record, inv, store, bad, policy, forks, conns, echo)
+            else:
+                record = resume_job(record, inv, store, forks, conns, policy.poll_timeout)
         except JobError as e:
             record = store.load(record.job_id)
             why = f"not restarted: {e}; last cause: {cause}"

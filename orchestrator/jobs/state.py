@@ -96,6 +96,14 @@ class JobRecord:
     entrypoint: str | None = None  # custom rank command (None: the bundled trainer)
     local_data: str | None = None  # local dataset folder staged to the nodes as data/<name>
     message: str = ""  # why it failed / what happened last
+    # Every node confirmed that nothing of the job is left (`launch.sh stop` succeeded
+    # everywhere, or every rank ended by itself). `down --all` targets ended jobs without it.
+    cleaned: bool = False
+    excluded: tuple[str, ...] = ()  # nodes the job was relaunched without (jobs/exclude.py)
+    # Excluded nodes that did not answer the stop at that relaunch: `down` still stops there.
+    stray: tuple[NodeRecord, ...] = ()
+    cluster_timeout: int = 7200  # msrun: MS_TOPO_TIMEOUT rendered into launch.sh
+    stop_grace: int = 10  # seconds between SIGTERM and SIGKILL, rendered into launch.sh
     # One entry per finished attempt (jobs/restart.py): attempt, started_at, ended_at, status,
     # cause, exit_code, resumed_step.
     history: tuple[Mapping[str, Any], ...] = ()
@@ -122,15 +130,15 @@ class JobRecord:
         d["nodes"] = [dict(dataclasses.asdict(n), devices=list(n.devices), pids=dict(n.pids))
                       for n in self.nodes]
         d["history"] = [dict(h) for h in self.history]
+        d["excluded"] = list(self.excluded)
+        d["stray"] = [dict(dataclasses.asdict(n), devices=list(n.devices), pids=dict(n.pids))
+                      for n in self.stray]
         d["version"] = RECORD_VERSION
         return d
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> JobRecord:
-        nodes = tuple(NodeRecord(name=n["name"], host=n["host"], rank_start=n["rank_start"],
-                                 rank_end=n["rank_end"], devices=tuple(n["devices"]),
-                                 job_dir=n["job_dir"], pids=dict(n.get("pids", {})))
-                      for n in d["nodes"])
+        nodes = tuple(_node_from_json(n) for n in d["nodes"])
         return cls(job_id=d["job_id"], status=JobStatus(d["status"]),
                    created_at=d["created_at"], updated_at=d["updated_at"],
                    inventory_path=d["inventory_path"], inventory_digest=d["inventory_digest"],
@@ -139,7 +147,35 @@ class JobRecord:
                    sched_host=d.get("sched_host"), sched_port=d.get("sched_port"),
                    entrypoint=d.get("entrypoint"), message=d.get("message", ""),
                    local_data=d.get("local_data"),
+                   cleaned=bool(d.get("cleaned", _cleaned_before_v2(d))),
+                   excluded=tuple(str(x) for x in d.get("excluded", ())),
+                   stray=tuple(_node_from_json(n) for n in d.get("stray", ())),
+                   cluster_timeout=d.get("cluster_timeout", 7200),
+                   stop_grace=d.get("stop_grace", 10),
                    history=tuple(dict(h) for h in d.get("history", ())))
+
+
+def _node_from_json(n: Mapping[str, Any]) -> NodeRecord:
+    return NodeRecord(name=n["name"], host=n["host"], rank_start=n["rank_start"],
+                      rank_end=n["rank_end"], devices=tuple(n["devices"]), job_dir=n["job_dir"],
+                      pids=dict(n.get("pids", {})))
+
+
+def _cleaned_before_v2(d: Mapping[str, Any]) -> bool:
+    """Records written before `cleaned` existed: SUCCEEDED, and CANCELLED by a `down` that
+    reached every node, were clean; a FAILED job may still have ranks running elsewhere."""
+    if d.get("status") == "SUCCEEDED":
+        return True
+    return d.get("status") == "CANCELLED" and not str(d.get("message", "")).startswith(
+        "down could not reach")
+
+
+def needs_stop(record: JobRecord) -> bool:
+    """Whether `down --all` should stop the job: it has not ended, or it ended (FAILED, or a
+    `down` that missed a node) without every node confirming that nothing of it is left."""
+    if not record.status.is_terminal():
+        return True
+    return record.status is not JobStatus.SUCCEEDED and not record.cleaned
 
 
 def new_job_id(preset: str, taken: set[str] | frozenset[str] = frozenset()) -> str:

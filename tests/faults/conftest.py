@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.faults.helpers import HOSTS, orch
+from tests.faults.helpers import HOSTS, heal, orch
 from tests.integration.conftest import (  # noqa: F401 - fixtures re-exported for this folder
     TestHosts,
+    netns_hosts,
     no_user_ssh_config,
     testhosts,
 )
@@ -36,6 +37,8 @@ def state(tmp_path: Path, testhosts: TestHosts) -> Iterator[Path]:  # noqa: F811
     """A state dir; every job recorded there is brought down after the test, hosts restarted."""
     yield tmp_path / "state"
     for name in HOSTS:
+        if testhosts.variant == "netns":
+            heal(testhosts, name)  # idempotent: a test may have cut one off
         testhosts.start(name)  # idempotent: a test may have stopped one
     for rec in (tmp_path / "state" / "jobs").glob("*.json"):
         orch(tmp_path / "state", "down", rec.stem, "--yes", "-i",

@@ -126,3 +126,45 @@ def assert_record_matches_nodes(state: Path, job_id: str) -> dict[str, Any]:
                    if r["state"] == "running"]
         assert not running, f"record says {live['status']} but ranks run: {running}"
     return live
+
+
+def veth(hosts: TestHosts, name: str) -> str:
+    """The bridge-side veth of a netns test host (tests/testhosts.sh: oth<tag><index>)."""
+    from tests.integration.conftest import set_tag
+
+    assert hosts.variant == "netns", "a network partition needs the netns test hosts"
+    return f"oth{set_tag(hosts.state)}{int(name.removeprefix('th'))}"
+
+
+def partition(hosts: TestHosts, name: str) -> None:
+    """Cut the host off the network (its veth down); its processes keep running."""
+    subprocess.run(["ip", "link", "set", veth(hosts, name), "down"], check=True, timeout=30)
+
+
+def heal(hosts: TestHosts, name: str) -> None:
+    """Bring the host's veth back up (idempotent)."""
+    subprocess.run(["ip", "link", "set", veth(hosts, name), "up"], check=True, timeout=30)
+
+
+def guard_alive(state: Path, job_id: str) -> bool:
+    """Whether the job's background guard (jobs/guard.py) still runs."""
+    from orchestrator.jobs.guard import guard_pid
+    from orchestrator.jobs.state import JobStore
+
+    return guard_pid(JobStore(state), job_id) is not None
+
+
+def pids_seen_from_here(job_id: str) -> list[int]:
+    """Processes of the job in any test host, seen from this machine's /proc (every host's PID
+    namespace is a child of ours): works while a host is cut off the network."""
+    needle = f"ORCHESTRATE_JOB_ID={job_id}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if needle in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found

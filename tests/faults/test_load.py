@@ -64,6 +64,7 @@ def test_32_hosts_x_2_ranks_up_status_down(tmp_path: Path) -> None:
         state = tmp_path / "state"
         t0 = time.monotonic()
         orch(state, "up", "-i", str(inv), "-c", "tiny", "--no-check", "--stop-grace", "1",
+             "--set", "data.path=",
              "--entrypoint", SLEEPER, timeout=300)
         t_up = time.monotonic() - t0
         job_id = record(state)["job_id"]
@@ -101,14 +102,15 @@ def _fds() -> int:
 
 def test_20_up_down_cycles_on_8_hosts_leak_nothing(tmp_path: Path) -> None:
     from orchestrator.inventory import load_inventory
-    from orchestrator.jobs.lifecycle import UpOptions, create_job, launch, stop_job
+    from orchestrator.jobs.lifecycle import UpOptions, create_job, launch
     from orchestrator.jobs.nodes import Connections
     from orchestrator.jobs.state import JobStatus, JobStore
+    from orchestrator.jobs.teardown import stop_job
     from orchestrator.presets import load_job_spec
 
     for hosts in _hosts(8):
         inv = load_inventory(_inventory(hosts, tmp_path, 2))
-        spec = load_job_spec("tiny", ())
+        spec = load_job_spec("tiny", ("data.path=",))  # trivial ranks: nothing to prepare
         store = JobStore(tmp_path / "state")
         opts = UpOptions(entrypoint=SLEEPER, stop_grace=1)
         sshd_before = {n: hosts.ssh(n, "pgrep -c sshd").stdout.strip() for n in hosts.names}

@@ -278,11 +278,21 @@ def test_ctrl_c_while_waiting_detaches_and_job_keeps_running(testhosts: TestHost
     job_id = record(state)["job_id"]
     assert proc.returncode == 130, out + err
     assert f"orchestrate status --watch {job_id}" in err and f"orchestrate down {job_id}" in err
+    # Nobody waits any more: a background guard took over (it stops the job if a rank fails).
+    assert "guard: pid" in out and _guard_alive(state, job_id), out
     status = json.loads(orch(state, "status", "--json").stdout)
     assert status["status"] == "RUNNING"
     assert all(r["state"] == "running" for n in status["nodes"] for r in n["ranks"])
     orch(state, "down", "--yes")
+    assert not _guard_alive(state, job_id)
     assert_nothing_left(testhosts, job_id)
+
+
+def _guard_alive(state: Path, job_id: str) -> bool:
+    from orchestrator.jobs.guard import guard_pid
+    from orchestrator.jobs.state import JobStore
+
+    return guard_pid(JobStore(state), job_id) is not None
 
 
 def test_resume_starts_a_new_attempt_of_a_failed_job(testhosts: TestHosts, two_hosts: Path,
