@@ -32,6 +32,10 @@ _PRETOKEN = re.compile(
 _CUT = re.compile(r" [A-Za-z0-9]")
 _ALNUM = frozenset(string.ascii_letters + string.digits)
 MAX_ENTRIES = 1 << 21  # forget everything past this many cached pre-tokens (bounded memory)
+# Looking up a pre-token the cache has not seen costs more than the tokenizer saves on it: past
+# JUDGE_AFTER keys, a cache that missed on more than MAX_MISS_RATE of them turns itself off.
+JUDGE_AFTER = 150_000
+MAX_MISS_RATE = 0.15
 
 
 def is_plain_byte_level(tokenizer: Any) -> bool:
@@ -93,7 +97,8 @@ class PretokenCache:
 
     A key is a text whose ids are those of encoding it alone (a pre-token, or a piece of text
     the tokenizer gets whole) or a registered constant. Keys are cached: the tokenizer sees each
-    distinct text once (per `MAX_ENTRIES`).
+    distinct text once (per `MAX_ENTRIES`). On text whose words rarely repeat the cache turns
+    itself off (see `MAX_MISS_RATE`); the ids are the same either way.
 
     Args:
         tokenizer: a `tokenizers.Tokenizer`.
@@ -107,6 +112,7 @@ class PretokenCache:
         added = [t.content for t in tokenizer.get_added_tokens_decoder().values() if t.content]
         self._unsafe = re.compile("|".join([r"[^\t\n\r\x20-\x7e]", *map(re.escape, added)]))
         self._constants: dict[Key, list[int]] = {}
+        self.seen = self.missed = 0  # keys looked up / not found, while enabled
         self._reset()
 
     def _reset(self) -> None:
@@ -160,6 +166,10 @@ class PretokenCache:
         if len(self._codes) > MAX_ENTRIES:
             self._reset()
         codes = np.fromiter(map(self._codes.__getitem__, keys), dtype=np.int64, count=len(keys))
+        if self.enabled:
+            self.seen, self.missed = self.seen + len(keys), self.missed + len(self._codes.new)
+            if self.seen >= JUDGE_AFTER and self.missed > MAX_MISS_RATE * self.seen:
+                self.enabled = False  # mostly distinct words: the tokenizer alone is faster
         self._flush()
         lens = self._lens[codes]
         ends = np.cumsum(lens)

@@ -293,6 +293,26 @@ def test_pretoken_cache_equals_whole_encoding(tok_path: Path, monkeypatch: pytes
     assert lens.sum() == len(ids)
 
 
+def test_pretoken_cache_turns_off_on_distinct_words(tok_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    tok = load_tokenizer_file(tok_path)
+    monkeypatch.setattr("model.pretokens.JUDGE_AFTER", 50)
+    cache = PretokenCache(tok, enabled=True)
+    common = ["the cat sat on the mat. " * 20] * 3
+    assert _cache_ids(cache, common) == [tok.encode(common[0], add_special_tokens=False).ids] * 3
+    assert cache.enabled  # repeated words: mostly hits
+    def word(n: int) -> str:  # distinct letters-only words (digits would be pre-tokens apart)
+        return "".join("abcdefghijklmnopqrstuvwxyz"[n // 26 ** k % 26] for k in range(3))
+
+    distinct = [" ".join(word(40 * i + j) for j in range(40)) for i in range(5)]
+    assert _cache_ids(cache, distinct) == [tok.encode(t, add_special_tokens=False).ids
+                                           for t in distinct]
+    assert not cache.enabled  # 200 new words in 200 keys
+    assert cache.keys(distinct[0]) == [distinct[0]]  # from now on whole texts
+    assert _cache_ids(cache, distinct) == [tok.encode(t, add_special_tokens=False).ids
+                                           for t in distinct]
+
+
 PIECES = [" ", "  ", "\t", "\n", "\r", "\n ", "a", "Z", "word", " the", "9", "12", "'s", "'t",
           "'re", "'", ".", ",!", "-", "é", "’", "\u00a0", "\u3000", "🙂", "</s>", "<s>",
           "\x00", "x²"]
