@@ -343,10 +343,11 @@ def encode_records(tokenizer: Any, records: Sequence[dict[str, str]], seq_length
     keys, n_prompt, n_keys = _record_keys(cache, records, tids)
     tokens, lens = cache.ids(keys)  # all records' ids back to back
     at = np.concatenate([[0], np.cumsum(lens)])  # token offset of each key
-    first = np.cumsum(n_keys) - np.asarray(n_keys, dtype=np.int64)  # each record's first key
+    counts = np.asarray(n_keys, dtype=np.int64)
+    first = np.cumsum(counts) - counts  # each record's first key
     start = at[first]
     p_len = at[first + np.asarray(n_prompt, dtype=np.int64)] - start
-    r_len = at[first + np.asarray(n_keys, dtype=np.int64)] - start  # prompt + answer
+    r_len = at[first + counts] - start  # prompt + answer
     total = r_len + 1  # + eos, before truncation
     # scatter each record's first min(r_len, width) ids into its row; eos is the padding value
     cols = np.arange(width)
