@@ -48,7 +48,8 @@ PROMPT_NO_INPUT = (
 FILE_STEM = "alpaca.mindrecord"
 SUMMARY_FILE = "summary.json"
 DEFAULT_TOKENIZER = Path(__file__).resolve().parent / "assets" / "tokenizer.json"
-ENCODE_CHUNK = 1024  # records per batch: smaller batches tokenized slower, larger ones too
+ENCODE_CHUNK = 4096  # records per batch: fewer, larger writes (with the pre-token cache the
+# tokenizer no longer prefers 1024; measured 5.2-5.3 s CPU vs 5.6-5.8 s for 52,002 records)
 TEMPLATE_PROBE = 64  # records encoded both whole and field-wise before trusting field-wise
 
 
