@@ -1,6 +1,6 @@
 """Benchmark prepare-data: ours (batched encode + batched writes) vs a per-record loop.
 
-    python bench/prepare_data.py [--records 52002] [--seq-length 512]
+    python bench/prepare_data.py [--records 52002] [--seq-length 512] [--scramble]
 
 Generates an Alpaca-format file of `--records` records from the seed tasks (varied by index),
 then in one run times `model.data.prepare` and the per-record loop of MindFormers'
@@ -8,6 +8,10 @@ make_mindrecord.py (encode one record at a time, write one sample at a time), ch
 the same token ids, and prints the ratio. Goal: >= 5x. MindSpore's mindrecord module is imported
 before either is timed (both need it; the first import costs ~1.5 s). The machine may be shared:
 the load average and each side's CPU seconds are printed next to the wall times.
+
+The generated file repeats each seed text ~300 times, so its words repeat more than real text
+does, which flatters the pre-token cache of `model.pretokens`. `--scramble` replaces every ASCII
+word with a random one of the same length (nearly every word distinct): the cache's worst case.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
+import re
+import string
 import sys
 import tempfile
 import time
@@ -34,13 +41,20 @@ from model.data import (  # noqa: E402
 from tests.model.data_helpers import seed_records, tokenizer_file  # noqa: E402
 
 
-def generate(path: Path, n: int) -> None:
+def generate(path: Path, n: int, scramble: bool = False) -> None:
     seeds = seed_records()
     recs = []
     for i in range(n):
         s = seeds[i % len(seeds)]
         recs.append({"instruction": f"{s['instruction']} (variant {i})", "input": s["input"],
                      "output": f"{s['output']} [{i}]"})
+    if scramble:
+        rnd = random.Random(0)
+
+        def word(m: re.Match[str]) -> str:
+            return "".join(rnd.choice(string.ascii_lowercase) for _ in m.group())
+
+        recs = [{k: re.sub(r"[A-Za-z]+", word, v) for k, v in r.items()} for r in recs]
     path.write_text(json.dumps(recs))
 
 
@@ -78,14 +92,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--records", type=int, default=52002)
     parser.add_argument("--seq-length", type=int, default=512)
+    parser.add_argument("--scramble", action="store_true",
+                        help="Random words instead of the seed texts' (worst case for the cache).")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         tok = tokenizer_file(root)
         src = root / "alpaca_data.json"
-        generate(src, args.records)
-        print(f"input: {args.records} records, {src.stat().st_size / 1e6:.1f} MB, "
-              f"seq_length {args.seq_length}, tokenizer {tok}")
+        generate(src, args.records, args.scramble)
+        print(f"input: {args.records} records{' (scrambled words)' if args.scramble else ''}, "
+              f"{src.stat().st_size / 1e6:.1f} MB, seq_length {args.seq_length}, tokenizer {tok}")
 
         from mindspore.mindrecord import FileWriter  # noqa: F401 - warm import, see docstring
 

@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from model.data import (
     FILE_STEM,
@@ -21,8 +23,10 @@ from model.data import (
     load_tokenizer_file,
     prepare,
     prompt_of,
+    record_encoder,
     template_ids,
 )
+from model.pretokens import PretokenCache, is_plain_byte_level
 from tests.model.data_helpers import seed_records, tokenizer_file
 
 
@@ -236,3 +240,131 @@ def test_field_wise_encoding_refused_when_not_provably_exact(tok_path: Path,
     monkeypatch.setattr("model.data._splits_at_field_edges", lambda _tokenizer: True)
     assert template_ids(spaced, EDGE_RECORDS[:2]) is None
     assert template_ids(tok, EDGE_RECORDS[:2]) is not None
+
+
+# --- the pre-token cache must give the ids of encoding each text whole --------------------------
+
+ODD_TEXTS = [
+    "", " ", "é", "é é é", "aé b", " é", "é ", "don’t stop", "’s and ’t", "x</s> y</s>z",
+    "</s>", " </s> a", "a  b\n\n c\t\td", "naïve café 12 34", "🙂 a 🙂b", "\u3000x y",
+    "a\u00a0 b", "tail ’", "’ head", "1 2 é 3 4", "end with space é ", "x\r\n\r\n y", "\x00a b",
+    "é\n  b", "é \n b", "é  x", "é\t y", "é\n\n\nz", "é  , x", "a\n  é",
+]
+
+
+def _cache_ids(cache: PretokenCache, texts: list[str]) -> list[list[int]]:
+    keys = [cache.keys(t) for t in texts]
+    ids, lens = cache.ids([k for ks in keys for k in ks])
+    out, at, k = [], 0, 0
+    for ks in keys:
+        n = int(lens[k:k + len(ks)].sum())
+        out.append(ids[at:at + n].tolist())
+        at, k = at + n, k + len(ks)
+    return out
+
+
+def _same_pretokens(tok: Any, cache: PretokenCache, texts: list[str]) -> bool:
+    """Each text's keys pre-tokenize, one by one, into exactly the text's own pre-tokens.
+
+    Stricter than equal ids (a small vocabulary may hide a wrong split): it checks the split.
+    """
+    def pre(text: str) -> list[str]:
+        return [p for p, _ in tok.pre_tokenizer.pre_tokenize_str(text)]
+
+    return all([p for k in cache.keys(t) for p in pre(str(k))] == pre(t) for t in texts)
+
+
+def test_pretoken_cache_equals_whole_encoding(tok_path: Path, monkeypatch: pytest.MonkeyPatch
+                                              ) -> None:
+    tok = load_tokenizer_file(tok_path)
+    assert is_plain_byte_level(tok)  # the shipped tokenizer qualifies: the cache is exercised
+    cache = PretokenCache(tok, enabled=True)
+    texts = ([prompt_of(r) + r["output"] for r in seed_records()] + ODD_TEXTS
+             + [r[f] for r in EDGE_RECORDS for f in ("instruction", "input", "output")])
+    expected = [tok.encode(t, add_special_tokens=False).ids for t in texts]
+    assert _cache_ids(cache, texts) == expected
+    assert _same_pretokens(tok, cache, [t for t in texts if "</s>" not in t and "<s>" not in t])
+    assert _cache_ids(cache, texts[::-1]) == expected[::-1]  # now mostly from the cache
+    # past MAX_ENTRIES the cache starts over; constants registered before survive that
+    key = cache.register("const", [7, 8, 9])
+    monkeypatch.setattr("model.pretokens.MAX_ENTRIES", 10)
+    ids, lens = cache.ids([key, *cache.keys("a b"), key])
+    assert ids.tolist() == [7, 8, 9, *tok.encode("a b", add_special_tokens=False).ids, 7, 8, 9]
+    assert lens.sum() == len(ids)
+
+
+def test_pretoken_cache_turns_off_on_distinct_words(tok_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    tok = load_tokenizer_file(tok_path)
+    monkeypatch.setattr("model.pretokens.JUDGE_AFTER", 50)
+    cache = PretokenCache(tok, enabled=True)
+    common = ["the cat sat on the mat. " * 20] * 3
+    assert _cache_ids(cache, common) == [tok.encode(common[0], add_special_tokens=False).ids] * 3
+    assert cache.enabled  # repeated words: mostly hits
+    def word(n: int) -> str:  # distinct letters-only words (digits would be pre-tokens apart)
+        return "".join("abcdefghijklmnopqrstuvwxyz"[n // 26 ** k % 26] for k in range(3))
+
+    distinct = [" ".join(word(40 * i + j) for j in range(40)) for i in range(5)]
+    assert _cache_ids(cache, distinct) == [tok.encode(t, add_special_tokens=False).ids
+                                           for t in distinct]
+    assert not cache.enabled  # 200 new words in 200 keys
+    assert cache.keys(distinct[0]) == [distinct[0]]  # from now on whole texts
+    assert _cache_ids(cache, distinct) == [tok.encode(t, add_special_tokens=False).ids
+                                           for t in distinct]
+
+
+PIECES = [" ", "  ", "\t", "\n", "\r", "\n ", "a", "Z", "word", " the", "9", "12", "'s", "'t",
+          "'re", "'", ".", ",!", "-", "é", "’", "\u00a0", "\u3000", "🙂", "</s>", "<s>",
+          "\x00", "x²"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(PIECES), max_size=12).map("".join), max_size=6))
+def test_pretoken_cache_equals_whole_encoding_on_generated_text(tok_path: Path,
+                                                                texts: list[str]) -> None:
+    tok = load_tokenizer_file(tok_path)
+    cache = PretokenCache(tok, enabled=True)
+    assert _cache_ids(cache, texts) == [tok.encode(t, add_special_tokens=False).ids
+                                        for t in texts]
+    assert _same_pretokens(tok, cache, [t for t in texts if "<" not in t])
+
+
+def test_pretoken_cache_refused_when_not_provably_exact(tok_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from tokenizers import AddedToken, Tokenizer, pre_tokenizers
+
+    tok = load_tokenizer_file(tok_path)
+    split = Tokenizer.from_str(tok.to_str())  # a Bloom-style Split + ByteLevel(no regex)
+    split.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(" ?[^\\s.,!?]+", behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    spaced_token = Tokenizer.from_str(tok.to_str())
+    spaced_token.add_special_tokens([AddedToken("a b", special=True)])
+    assert not is_plain_byte_level(split) and not is_plain_byte_level(spaced_token)
+    records = seed_records()[:8] + EDGE_RECORDS
+    assert not record_encoder(split, records)[1].enabled
+    # the probe alone catches a tokenizer that passes the configuration check but is not exact
+    # (a prefix space before every text: the cache would put one before every pre-token)
+    spaced = Tokenizer.from_str(tok.to_str())
+    spaced.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    monkeypatch.setattr("model.data.is_plain_byte_level", lambda _tokenizer: True)
+    _, cache = record_encoder(spaced, records)
+    assert not cache.enabled
+    np.testing.assert_array_equal(encode_records(spaced, records, 64, 2, None, cache)[0],
+                                  _straightforward(spaced, records, 64, 2))
+    assert record_encoder(tok, records)[1].enabled
+
+
+def test_encode_records_with_cache_equals_straightforward(tok_path: Path) -> None:
+    tok = load_tokenizer_file(tok_path)
+    eos = eos_id_of(tok)
+    records = seed_records() + EDGE_RECORDS + [
+        {"instruction": t, "input": t[::-1], "output": t} for t in ODD_TEXTS]
+    tids, cache = record_encoder(tok, records[:64])
+    assert tids is not None and cache.enabled
+    for seq_length in (512, 40, 1):
+        got = encode_records(tok, records, seq_length, eos, tids, cache)
+        plain = encode_records(tok, records, seq_length, eos)
+        np.testing.assert_array_equal(got[0], _straightforward(tok, records, seq_length, eos))
+        np.testing.assert_array_equal(got[1], plain[1])
+        assert got[2:] == plain[2:]
