@@ -273,6 +273,9 @@ class SSHTransport:
             )) from e
         except SSHException as e:
             raise _Retryable(ConnectError(name, f"SSH handshake with {where} failed: {e}")) from e
+        except EOFError as e:  # paramiko re-raises its reader thread's EOF as is
+            raise _Retryable(ConnectError(
+                name, f"connection closed by {where} during the SSH handshake")) from e
         except OSError as e:
             raise _Retryable(ConnectError(name, f"cannot connect to {where}: "
                                                 f"{e.strerror or e}")) from e
@@ -317,8 +320,9 @@ class SSHTransport:
             chan.shutdown_write()
             deadline = None if timeout is None else start + timeout + TIMEOUT_GRACE + 1.0
             out, err, code = _collect(chan, deadline)
-        except SSHException as e:
-            raise ConnectError(self.node.name, f"connection lost running `{line}`: {e}") from e
+        except (SSHException, EOFError) as e:
+            raise ConnectError(self.node.name, f"connection lost running `{line}`: "
+                                               f"{e or type(e).__name__}") from e
         finally:
             chan.close()
         seconds = time.monotonic() - start
@@ -335,8 +339,9 @@ class SSHTransport:
         transport = self._transport()
         try:
             return transport.open_session(timeout=self.options.connect_timeout)
-        except SSHException as e:
-            raise ConnectError(self.node.name, f"cannot open a session: {e}") from e
+        except (SSHException, EOFError) as e:
+            raise ConnectError(self.node.name,
+                               f"cannot open a session: {e or type(e).__name__}") from e
 
     # ---- files --------------------------------------------------------------------------
 

@@ -78,3 +78,37 @@ def test_options_from_inventory(tmp_path: Path) -> None:
     assert opts.accept_new_target() == tmp_path / "a"
     assert opts.known_hosts_files()[-1] == ssh.user_known_hosts()
     assert opts.ssh_config == tmp_path / "cfg"
+
+
+@pytest.mark.parametrize("after_banner", [b"", b"\x00\x00\x00\x0c\x0a\x14"])
+def test_peer_closing_mid_handshake_is_a_named_connect_error(tmp_path: Path,
+                                                             after_banner: bytes) -> None:
+    """A server that sends its banner (and maybe a cut-off packet) then hangs up: sshd dying
+    under us. paramiko lets its reader's EOFError out of `start_client`; the node is named."""
+    import socket
+    import threading
+
+    from orchestrator.errors import ConnectError
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def serve() -> None:
+        for _ in range(2):  # one per connect attempt
+            conn, _addr = server.accept()
+            with conn:
+                conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n" + after_banner)
+                conn.recv(4096)  # the client's banner
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    inv = parse_inventory(f"hosts: [127.0.0.1]\ndefaults: {{port: {port}}}\n",
+                          tmp_path / "inv.yaml")
+    opts = ssh.SSHOptions.from_inventory(inv, connect_timeout=3, connect_attempts=2,
+                                         backoff=0.01)
+    try:
+        with pytest.raises(ConnectError, match=r"^\[127\.0\.0\.1\] .*127\.0\.0\.1:"):
+            with ssh.SSHTransport(inv.nodes[0], opts) as t:
+                t.run(["true"])
+    finally:
+        server.close()
+        thread.join(timeout=5)
