@@ -22,7 +22,7 @@ import pytest
 from orchestrator.ckpt_collect import Options, collect
 from orchestrator.errors import CheckpointError
 from orchestrator.inventory import load_inventory
-from tests.integration.conftest import module_host_set
+from tests.integration.conftest import module_host_set, set_tag
 
 pytestmark = pytest.mark.integration
 
@@ -298,16 +298,25 @@ def test_interrupted_gather_resumes_without_refetching(hosts: Path, tmp_path: Pa
         "--state-dir",
         str(tmp_path / "state"),
     ]
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    part = dest / "rank_1" / "bloom_rank_1-1.ckpt.part"
-    deadline = time.monotonic() + 120
-    while not (part.exists() and part.stat().st_size > 0) and time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    # th0 sends at 100 Mbit/s (~5 s per 64 MiB rank): the SIGINT lands while rank 1 streams
+    # (unthrottled, a 64 MiB file can finish between seeing its .part and the signal)
+    tc = ["ip", "netns", "exec", f"oth-{set_tag(STATE)}-0", "tc", "qdisc"]
+    subprocess.run([*tc, "replace", "dev", "eth0", "root", "tbf", "rate", "100mbit",
+                    "burst", "256kb", "latency", "400ms"], check=True, timeout=30)
+    try:
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        part = dest / "rank_1" / "bloom_rank_1-1.ckpt.part"
+        deadline = time.monotonic() + 120
+        while not (part.exists() and part.stat().st_size > 0) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        subprocess.run([*tc, "del", "dev", "eth0", "root"], check=False, timeout=30,
+                       capture_output=True)
     assert proc.returncode != 0, err
     assert (dest / "rank_0" / "bloom_rank_0-1.ckpt").is_file()
     assert part.is_file() and 0 < part.stat().st_size
