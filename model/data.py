@@ -181,30 +181,17 @@ def _literals(template: str) -> list[str]:
 def _splits_at_field_edges(tokenizer: Any) -> bool:
     """Whether this tokenizer provably pre-tokenizes a template the same in pieces as whole.
 
-    True only for the configuration we can reason about: no normalizer, no truncation or
-    padding, a single ByteLevel pre-tokenizer with the GPT-2 regex and no prefix space, no BPE
-    dropout, and added tokens that contain no whitespace and strip nothing. That regex never
+    True only for the configuration we can reason about (`pretokens.is_plain_byte_level`: no
+    normalizer, no truncation or padding, a single ByteLevel pre-tokenizer with the GPT-2 regex
+    and no prefix space, no BPE dropout, added tokens without whitespace that strip nothing)
+    and template pieces that end/start as described next. That regex never
     joins whitespace with a following or preceding non-whitespace character except a plain
     space before a word, and has no look-behind, so a boundary between a template piece ending
     in one non-space whitespace character (or starting with whitespace) and a field that starts
     and ends with a non-whitespace character is a pre-token boundary in the whole prompt too.
     """
-    try:
-        cfg = json.loads(tokenizer.to_str())
-    except Exception:  # noqa: BLE001 - unknown tokenizer object: take the straightforward path
+    if not is_plain_byte_level(tokenizer):
         return False
-    pre = cfg.get("pre_tokenizer") or {}
-    model = cfg.get("model") or {}
-    if (cfg.get("normalizer") is not None or cfg.get("truncation") is not None
-            or cfg.get("padding") is not None or pre.get("type") != "ByteLevel"
-            or not pre.get("use_regex", True) or pre.get("add_prefix_space", False)
-            or model.get("dropout") not in (None, 0, 0.0)):
-        return False
-    for added in cfg.get("added_tokens") or []:
-        content = str(added.get("content", ""))
-        if (added.get("lstrip") or added.get("rstrip") or not content
-                or any(ch.isspace() for ch in content)):
-            return False
     heads = [_literals(PROMPT_WITH_INPUT)[:-1], _literals(PROMPT_NO_INPUT)[:-1]]
     tails = [_literals(PROMPT_WITH_INPUT)[1:], _literals(PROMPT_NO_INPUT)[1:]]
     for piece in (p for ps in heads for p in ps):  # pieces followed by a field

@@ -21,15 +21,28 @@ from tests.integration.conftest import (  # noqa: F401 - fixtures re-exported fo
 )
 
 
+def _th0_th1_inventory(testhosts: TestHosts, factory: pytest.TempPathFactory,  # noqa: F811
+                       devices: int, name: str) -> Path:
+    """th0 and th1 from the test hosts' own inventory, `devices` CPU ranks each."""
+    doc = yaml.safe_load(testhosts.inventory.read_text())
+    doc["defaults"]["devices"] = devices
+    doc["nodes"] = [n for n in doc["nodes"] if n["name"] in HOSTS]
+    path = factory.mktemp("inv") / name
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
 @pytest.fixture(scope="module")
 def two_hosts(testhosts: TestHosts, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
     """An inventory of th0 and th1 with 2 CPU ranks each (from the test hosts' own)."""
-    doc = yaml.safe_load(testhosts.inventory.read_text())
-    doc["defaults"]["devices"] = 2
-    doc["nodes"] = [n for n in doc["nodes"] if n["name"] in HOSTS]
-    path = tmp_path_factory.mktemp("inv") / "two.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
+    return _th0_th1_inventory(testhosts, tmp_path_factory, 2, "two.yaml")
+
+
+@pytest.fixture(scope="module")
+def one_rank_each(testhosts: TestHosts,  # noqa: F811
+                  tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An inventory of th0 and th1 with 1 CPU rank each (the real-trainer cases)."""
+    return _th0_th1_inventory(testhosts, tmp_path_factory, 1, "one_each.yaml")
 
 
 @pytest.fixture

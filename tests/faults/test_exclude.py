@@ -120,16 +120,6 @@ def test_exclude_refuses_what_cannot_fit(testhosts: TestHosts, two_hosts: Path,
 SETS = ("--set", "train.steps=100", "--set", "train.save_steps=10", "--set", "train.log_steps=1")
 
 
-@pytest.fixture(scope="module")
-def one_rank_each(testhosts: TestHosts, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    doc = yaml.safe_load(testhosts.inventory.read_text())
-    doc["defaults"]["devices"] = 1
-    doc["nodes"] = [n for n in doc["nodes"] if n["name"] in ("th0", "th1")]
-    path = tmp_path_factory.mktemp("inv") / "one_each.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
-
-
 @pytest.mark.slow
 def test_real_trainer_resumes_without_the_failed_node(testhosts: TestHosts, one_rank_each: Path,
                                                       state: Path, tmp_path: Path) -> None:

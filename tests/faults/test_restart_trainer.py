@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.faults.helpers import (
     assert_nothing_left,
@@ -35,16 +34,6 @@ from tests.integration.conftest import TestHosts
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]
 SETS = ("--set", "train.steps=60", "--set", "train.save_steps=10", "--set", "train.log_steps=1")
-
-
-@pytest.fixture(scope="module")
-def one_rank_each(testhosts: TestHosts, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    doc = yaml.safe_load(testhosts.inventory.read_text())
-    doc["defaults"]["devices"] = 1
-    doc["nodes"] = [n for n in doc["nodes"] if n["name"] in ("th0", "th1")]
-    path = tmp_path_factory.mktemp("inv") / "one_each.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
 
 
 @pytest.fixture(scope="module")
