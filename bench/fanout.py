@@ -33,7 +33,7 @@ from pathlib import Path, PurePosixPath
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from orchestrator.inventory import Inventory, load_inventory  # noqa: E402
+from orchestrator.config.inventory import Inventory, load_inventory  # noqa: E402
 from orchestrator.remote.connect import open_all  # noqa: E402
 from orchestrator.remote.fanout import run_all  # noqa: E402
 

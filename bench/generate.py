@@ -49,13 +49,12 @@ def peak_rss_gib() -> float:
 def build_pair(threads: int, ms_threads: int | None):
     """(HF model, our Generator) with identical random weights."""
     import torch
+    from orchestrate_bloom.bloom import BloomLMHeadModel, load_parameters
+    from orchestrate_bloom.config import BloomConfig
+    from orchestrate_bloom.convert import hf_to_ours
+    from orchestrate_bloom.infer import Generator, set_graph_mode
     from transformers import BloomConfig as HFConfig
     from transformers import BloomForCausalLM
-
-    from model.bloom import BloomLMHeadModel, load_parameters
-    from model.config import BloomConfig
-    from model.convert import hf_to_ours
-    from model.infer import Generator, set_graph_mode
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -92,8 +91,7 @@ def time_interleaved(fns: dict, repeats: int) -> dict:
 
 def bench_generate(batch: int, repeats: int, hf, generator) -> dict:
     import torch
-
-    from model.infer import GenerateConfig
+    from orchestrate_bloom.infer import GenerateConfig
 
     rng = np.random.default_rng(batch)
     prompts = rng.integers(4, SMALL["vocab_size"], (batch, PROMPT_LEN))
@@ -128,10 +126,9 @@ def forward_560m(side: str) -> dict:
     """One batch-1, seq-64 forward of the 560m preset (random weights) in this process."""
     if side == "ours":
         from mindspore import Tensor
-
-        from model.bloom import BloomLMHeadModel
-        from model.config import load_preset
-        from model.infer import set_graph_mode
+        from orchestrate_bloom.bloom import BloomLMHeadModel
+        from orchestrate_bloom.config import load_preset
+        from orchestrate_bloom.infer import set_graph_mode
 
         set_graph_mode("CPU")
         config = load_preset("560m", compute_dtype="float32")

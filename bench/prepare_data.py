@@ -31,13 +31,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from model.data import (  # noqa: E402
+from orchestrate_bloom.data import (  # noqa: E402
     eos_id_of,
     load_records,
     load_tokenizer_file,
     prepare,
     prompt_of,
 )
+
 from tests.model.data_helpers import seed_records, tokenizer_file  # noqa: E402
 
 

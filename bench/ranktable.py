@@ -28,14 +28,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from orchestrator.inventory import parse_inventory  # noqa: E402
-from orchestrator.ranktable import (  # noqa: E402
+from orchestrator.config.inventory import parse_inventory  # noqa: E402
+from orchestrator.hccl.check import parse_table, validate_doc  # noqa: E402
+from orchestrator.hccl.ranktable import (  # noqa: E402
     build_tables,
     merge_tables,
     per_server_filename,
     write_text_atomic,
 )
-from orchestrator.ranktable_check import parse_table, validate_doc  # noqa: E402
 
 
 def make_inventory(nodes: int):

@@ -37,10 +37,9 @@ def ours(cfg: dict[str, int], steps: int) -> Callable[[], None]:
     import mindspore as ms
     import yaml
     from mindspore import Tensor
-
-    from model.job import load_job
-    from model.schedule import lr_schedule
-    from model.train import Dist, build_cells, fit_layout
+    from orchestrate_bloom.job import load_job
+    from orchestrate_bloom.schedule import lr_schedule
+    from orchestrate_bloom.train import Dist, build_cells, fit_layout
 
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,8 +1,8 @@
 """The Bloom language model in MindSpore: embeddings, blocks, final LayerNorm, tied LM head.
 
     import mindspore as ms
-    from model.bloom import BloomLMHeadModel
-    from model.config import load_preset
+    from .bloom import BloomLMHeadModel
+    from .config import load_preset
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
     model = BloomLMHeadModel(load_preset("tiny"))
     model.set_train(False)
@@ -36,8 +36,8 @@ import numpy as np
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 from mindspore.common.initializer import Zero, initializer
 
-from model.config import BloomConfig
-from model.layers import (
+from .config import BloomConfig
+from .layers import (
     MASK_FILL,
     MS_DTYPES,
     BloomBlock,

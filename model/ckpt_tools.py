@@ -2,13 +2,14 @@
 
 The control plane (orchestrator/) never imports mindspore; it runs these instead:
 
-    python -m model.ckpt_tools merge-strategies --src DIR --out FILE
-    python -m model.ckpt_tools needed-ranks --strategy FILE [--dst-strategy FILE [--all-dst]]
-    python -m model.ckpt_tools strip --src IN.ckpt --out OUT.ckpt [--src ... --out ...]
+    python -m orchestrate_bloom.ckpt_tools merge-strategies --src DIR --out FILE
+    python -m orchestrate_bloom.ckpt_tools needed-ranks --strategy FILE \
+        [--dst-strategy FILE [--all-dst]]
+    python -m orchestrate_bloom.ckpt_tools strip --src IN.ckpt --out OUT.ckpt [--src ... --out ...]
         [--keep-optimizer]
-    python -m model.ckpt_tools transform --src-map JSON --strategy FILE --out OUT.ckpt
+    python -m orchestrate_bloom.ckpt_tools transform --src-map JSON --strategy FILE --out OUT.ckpt
         [--dst-strategy FILE] [--rank 0]
-    python -m model.ckpt_tools check --ckpt FILE (--preset NAME | --model-json JSON)
+    python -m orchestrate_bloom.ckpt_tools check --ckpt FILE (--preset NAME | --model-json JSON)
 
 Every subcommand prints one JSON object on stdout (the control plane parses it) and exits 0,
 or prints one line `error: ...` on stderr and exits 1. Output files are written to a temp
@@ -191,7 +192,7 @@ def needed_ranks(
 
 def strip(src: Path, out: Path, keep_optimizer: bool = False) -> dict[str, Any]:
     """Copy `src` to `out` without optimizer state, record by record (one block in memory)."""
-    from model import ckpt_stream
+    from . import ckpt_stream
 
     try:
         entries = ckpt_stream.scan(src)
@@ -297,7 +298,7 @@ def _layouts(strategy: Path) -> dict[str, tuple[int, tuple[int, ...], tuple[int,
 
     from mindspore.train import node_strategy_pb2 as pb
 
-    from model.ckpt_stream import UnsupportedCkpt
+    from .ckpt_stream import UnsupportedCkpt
 
     smap = pb.ParallelStrategyMap()
     smap.ParseFromString(strategy.read_bytes())
@@ -325,7 +326,7 @@ def _stream_transform(src_map: Mapping[int, Path], strategy: Path, out: Path) ->
     """
     import numpy as np
 
-    from model.ckpt_stream import (
+    from .ckpt_stream import (
         CkptWriter,
         UnsupportedCkpt,
         iter_entries,
@@ -408,7 +409,7 @@ def compare_params(
 
 
 def _config(preset: str | None, model_json: str | None) -> Any:
-    from model.config import BloomConfig, load_preset
+    from .config import BloomConfig, load_preset
 
     if model_json:
         return BloomConfig.from_dict(json.loads(model_json), "the manifests' model section")
@@ -419,7 +420,7 @@ def _config(preset: str | None, model_json: str | None) -> Any:
 
 def bloom_factory(config: Any) -> tuple[Any, dict[str, tuple[int, ...]]]:
     """BloomLMHeadModel(config) and its parameter shapes by name."""
-    from model.bloom import BloomLMHeadModel
+    from .bloom import BloomLMHeadModel
 
     net = BloomLMHeadModel(config)
     return net, {p.name: tuple(p.shape) for p in net.get_parameters()}
@@ -427,7 +428,7 @@ def bloom_factory(config: Any) -> tuple[Any, dict[str, tuple[int, ...]]]:
 
 def model_shapes(model: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     """Parameter names and shapes of BloomLMHeadModel for a model section."""
-    from model.config import BloomConfig
+    from .config import BloomConfig
 
     return BloomConfig.from_dict(dict(model), "model").parameter_shapes()
 
@@ -450,7 +451,7 @@ def check(
     """
     import numpy as np
 
-    from model import ckpt_stream
+    from . import ckpt_stream
 
     try:
         entries = ckpt_stream.scan(ckpt)
@@ -553,7 +554,7 @@ def synth_sharded(
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m model.ckpt_tools", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m orchestrate_bloom.ckpt_tools", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("merge-strategies", help="merge per-rank strategy files")
     m.add_argument("--src", type=Path, required=True, help="folder of ckpt_strategy_rank_*.ckpt")

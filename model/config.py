@@ -1,6 +1,6 @@
 """Bloom architecture config: one frozen dataclass with HF's field names, plus preset loading.
 
-    from model.config import BloomConfig, load_preset
+    from .config import BloomConfig, load_preset
     cfg = load_preset("tiny")                      # model/configs/defaults.yaml + tiny.yaml
     cfg = BloomConfig.from_hf("bloom-560m/config.json")
     cfg = dataclasses.replace(cfg, seq_length=512)  # configs are frozen; derive new ones

@@ -1,8 +1,8 @@
 """Convert Bloom weights between HF transformers and our MindSpore checkpoint, both ways.
 
-    python -m model.convert --hf DIR --out bloom.ckpt
-    python -m model.convert --to-hf --ckpt bloom.ckpt --config tiny --out DIR
-    python -m model.convert --to-hf --ckpt bloom.ckpt --hf-config config.json --out DIR
+    python -m orchestrate_bloom.convert --hf DIR --out bloom.ckpt
+    python -m orchestrate_bloom.convert --to-hf --ckpt bloom.ckpt --config tiny --out DIR
+    python -m orchestrate_bloom.convert --to-hf --ckpt bloom.ckpt --hf-config config.json --out DIR
 
 DIR holds `config.json` and `model.safetensors` (or a sharded `model.safetensors.index.json`, or
 `pytorch_model.bin`). HF names may carry the `transformer.` prefix or not; `lm_head.weight` is
@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from model.config import BloomConfig, ConfigError, load_preset
+from .config import BloomConfig, ConfigError, load_preset
 
 log = logging.getLogger(__name__)
 
@@ -361,7 +361,8 @@ def convert_ckpt_to_hf(ckpt: str | Path, config: BloomConfig, out_dir: str | Pat
 # ---------------------------------------------------------------------------- command line
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m model.convert", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m orchestrate_bloom.convert",
+                                     description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hf", type=Path, help="HF model folder to read (default direction).")
     parser.add_argument("--out", type=Path, required=True,

@@ -2,8 +2,9 @@
 
 Prepare (what `orchestrate prepare-data` runs in a subprocess):
 
-    python -m model.data --input alpaca_data.json --output data/alpaca --seq-length 2048 \
-        [--tokenizer tokenizer.json] [--n 10240] [--shards 1] [--mask-prompt] [--progress]
+    python -m orchestrate_bloom.data --input alpaca_data.json --output data/alpaca \
+        --seq-length 2048 [--tokenizer tokenizer.json] [--n 10240] [--shards 1] [--mask-prompt] \
+        [--progress]
 
 Each record becomes the Alpaca prompt (the with-input variant only when `input` is non-empty)
 followed by the response and eos, tokenized, truncated to seq_length + 1 tokens and padded with
@@ -33,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from model.pretokens import Key, PretokenCache, is_plain_byte_level
+from .pretokens import Key, PretokenCache, is_plain_byte_level
 
 PROMPT_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further "
@@ -494,8 +495,8 @@ def has_column(path: Path, column: str) -> bool:
 # --- command line -----------------------------------------------------------------------------
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m model.data ...` (see module docstring)."""
-    parser = argparse.ArgumentParser(prog="python -m model.data",
+    """`python -m orchestrate_bloom.data ...` (see module docstring)."""
+    parser = argparse.ArgumentParser(prog="python -m orchestrate_bloom.data",
                                      description="Alpaca JSON -> MindRecord shards.")
     parser.add_argument("--input", type=Path, required=True, help="Alpaca JSON file (a list).")
     parser.add_argument("--output", type=Path, required=True, help="Directory for the shards.")

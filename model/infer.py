@@ -1,10 +1,10 @@
 """Text generation with a fixed-size KV cache in MindSpore graph mode, and its command line.
 
-    python -m model.infer --ckpt bloom.ckpt --config tiny "Give three tips for staying healthy."
-    python -m model.infer --ckpt bloom.ckpt --hf-config bloom/config.json --tokenizer \
+    python -m orchestrate_bloom.infer --ckpt bloom.ckpt --config tiny "Give three tips."
+    python -m orchestrate_bloom.infer --ckpt bloom.ckpt --hf-config bloom/config.json --tokenizer \
         bloom/tokenizer.json --max-new-tokens 64 --do-sample --top-p 0.9 --seed 1 "Hello"
-    python -m model.infer --ckpt bloom.ckpt --config tiny --input prompts.txt --json
-    python -m model.infer --ckpt bloom.ckpt --config tiny --chat
+    python -m orchestrate_bloom.infer --ckpt bloom.ckpt --config tiny --input prompts.txt --json
+    python -m orchestrate_bloom.infer --ckpt bloom.ckpt --config tiny --chat
 
 Two compiled graphs serve a whole generation: `BloomPrefill` (the left-padded prompt batch,
 length rounded up to a multiple of BUCKET) and `BloomDecodeStep` (one token per row), sharing a
@@ -32,12 +32,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from model.config import BloomConfig, ConfigError, load_preset
-from model.convert import ConvertError, load_checkpoint_arrays
-from model.tokenizer import TokenizerError, load_tokenizer
+from .config import BloomConfig, ConfigError, load_preset
+from .convert import ConvertError, load_checkpoint_arrays
+from .tokenizer import TokenizerError, load_tokenizer
 
 if TYPE_CHECKING:
-    from model.bloom import BloomLMHeadModel
+    from .bloom import BloomLMHeadModel
 
 BUCKET = 16  # prompt lengths are rounded up to a multiple of this (fewer compiles)
 CACHE_BUCKET = 16  # cache lengths too (larger: fewer compiles, but every step costs more)
@@ -118,7 +118,7 @@ class Generator:
 
     def __init__(self, model: BloomLMHeadModel, bucket: int = BUCKET,
                  cache_bucket: int = CACHE_BUCKET, max_graphs: int = 4) -> None:
-        from model.layers import alibi_slopes
+        from .layers import alibi_slopes
 
         self.model = model
         self.config = model.config
@@ -131,7 +131,7 @@ class Generator:
     def graphs_for(self, batch: int, cache_len: int) -> tuple[Any, Any]:
         """(BloomPrefill, BloomDecodeStep) sharing one KVCache of this shape (made on first
         use; each compiles on its first call)."""
-        from model.bloom import BloomDecodeStep, BloomPrefill, KVCache
+        from .bloom import BloomDecodeStep, BloomPrefill, KVCache
 
         key = (batch, cache_len)
         if key in self.graphs:
@@ -155,7 +155,7 @@ class Generator:
         import mindspore as ms
         from mindspore import Tensor
 
-        from model.bloom import decode_bias
+        from .bloom import decode_bias
 
         if not prompts or any(len(p) == 0 for p in prompts):
             raise InferError("every prompt needs at least one token")
@@ -249,7 +249,7 @@ def set_graph_mode(device: str = "CPU", cpu_threads: int | None = None) -> None:
 
 def load_model(ckpt: str | Path, config: BloomConfig) -> BloomLMHeadModel:
     """BloomLMHeadModel in eval mode with the checkpoint's parameters (checked against config)."""
-    from model.bloom import BloomLMHeadModel, load_parameters
+    from .bloom import BloomLMHeadModel, load_parameters
 
     arrays = load_checkpoint_arrays(ckpt, config)
     model = BloomLMHeadModel(config, random_init=False)
@@ -269,7 +269,7 @@ def resolve_config(preset: str | None, hf_config: str | None, device: str) -> Bl
 # ---------------------------------------------------------------------------- command line
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m model.infer", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m orchestrate_bloom.infer", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("prompts", nargs="*", help="Prompt texts (one generation each).")
     p.add_argument("--ckpt", required=True, help="Single-device checkpoint (.ckpt).")

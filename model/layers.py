@@ -15,7 +15,7 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, One, Zero, initializer
 
-from model.config import BloomConfig
+from .config import BloomConfig
 
 MS_DTYPES = {"float32": ms.float32, "float16": ms.float16, "bfloat16": ms.bfloat16}
 MASK_FILL = float(np.finfo(np.float32).min)  # score of a masked key (exp() underflows to 0)

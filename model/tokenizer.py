@@ -1,6 +1,6 @@
 """Tokenizer: a `tokenizers` tokenizer.json with Bloom's special ids (unk 0, bos 1, eos 2, pad 3).
 
-    from model.tokenizer import load_tokenizer
+    from .tokenizer import load_tokenizer
     tok = load_tokenizer()                    # the shipped small BPE (model/assets/tokenizer.json)
     tok = load_tokenizer("bloom/tokenizer.json")   # the real Bloom tokenizer works as-is
     ids = tok.encode("Hello world")           # list[int]; no BOS/EOS added

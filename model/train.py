@@ -1,11 +1,11 @@
 """The trainer every rank runs: Bloom causal-LM training from a job file.
 
-    python -m model.train --job JOB.yaml [--resume] [--set section.key=value ...]
+    python -m orchestrate_bloom.train --job JOB.yaml [--resume] [--set section.key=value ...]
 
 e.g. on one CPU machine, by hand (single process, no distributed environment):
 
     python -m orchestrator prepare-data --input alpaca.json --seq-length 64 --output data/mr
-    python -m model.train --job job.yaml --set data.path=data/mr --set train.steps=50
+    python -m orchestrate_bloom.train --job job.yaml --set data.path=data/mr --set train.steps=50
 
 JOB.yaml has the sections of model/configs/defaults.yaml (model, parallel, train, data), as
 rendered by the orchestrator, and optionally `job: {id: ..., output_dir: ...}`; the output
@@ -49,10 +49,10 @@ from typing import Any
 
 import numpy as np
 
-from model import checkpoint as ck
-from model.data import DataError, create_dataset, has_column, sample_length
-from model.job import Job, JobFileError, load_job
-from model.schedule import lr_at, lr_schedule
+from . import checkpoint as ck
+from .data import DataError, create_dataset, has_column, sample_length
+from .job import Job, JobFileError, load_job
+from .schedule import lr_at, lr_schedule
 
 
 class TrainError(RuntimeError):
@@ -180,8 +180,8 @@ def build_cells(job: Job, layout: Layout, dist: Dist, use_mask: bool, start_lrs:
     import mindspore as ms
     from mindspore import Tensor, nn, ops
 
-    from model.bloom import BloomLMHeadModel
-    from model.config import BloomConfig
+    from .bloom import BloomLMHeadModel
+    from .config import BloomConfig
 
     values = dict(job.model)
     if job.train["device_target"] == "CPU":
@@ -483,9 +483,9 @@ def load_pretrained(model: Any, path: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m model.train` (see module docstring)."""
+    """`python -m orchestrate_bloom.train` (see module docstring)."""
     t0 = time.monotonic()
-    parser = argparse.ArgumentParser(prog="python -m model.train",
+    parser = argparse.ArgumentParser(prog="python -m orchestrate_bloom.train",
                                      description="Train Bloom from a job file.")
     parser.add_argument("--job", type=Path, required=True, help="job.yaml (see module docstring)")
     parser.add_argument("--resume", action="store_true",

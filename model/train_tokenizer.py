@@ -1,7 +1,7 @@
 """Train the small byte-level BPE tokenizer shipped as model/assets/tokenizer.json.
 
-    python -m model.train_tokenizer                                   # rebuild the shipped file
-    python -m model.train_tokenizer --data alpaca.json --vocab-size 1000 --out tok.json
+    python -m orchestrate_bloom.train_tokenizer        # rebuild the shipped file
+    python -m orchestrate_bloom.train_tokenizer --data alpaca.json --vocab-size 1000 --out tok.json
 
 The text is every instruction, input and output of an Alpaca-format JSON list (default: the
 175 Alpaca seed tasks, CC BY-NC 4.0, which we may ship). Special tokens take Bloom's ids:
@@ -54,7 +54,8 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> Tokenizer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m model.train_tokenizer", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m orchestrate_bloom.train_tokenizer",
+                                     description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Alpaca-format JSON.")
     parser.add_argument("--vocab-size", type=int, default=1000, help="Vocabulary size.")

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from orchestrator.inventory import Connection, Inventory, Node
+from orchestrator.config.inventory import Connection, Inventory, Node
 from orchestrator.remote.transport import Transport
 
 

@@ -21,8 +21,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
+from orchestrator.config.inventory import Node
 from orchestrator.errors import CommandTimeout, RemoteCommandError, TransferError
-from orchestrator.inventory import Node
 from orchestrator.remote import files
 from orchestrator.remote.transport import CommandResult
 

@@ -69,6 +69,7 @@ from paramiko.ssh_exception import (
     SSHException,
 )
 
+from orchestrator.config.inventory import HostKeyPolicy, Inventory, Node
 from orchestrator.errors import (
     CommandTimeout,
     ConnectError,
@@ -76,7 +77,6 @@ from orchestrator.errors import (
     RemoteCommandError,
     TransferError,
 )
-from orchestrator.inventory import HostKeyPolicy, Inventory, Node
 from orchestrator.remote import files
 from orchestrator.remote.hostkeys import (
     AcceptNew,

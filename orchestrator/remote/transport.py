@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
-from orchestrator.inventory import Node
+from orchestrator.config.inventory import Node
 
 
 @dataclass(frozen=True)

@@ -147,9 +147,9 @@ def heal(hosts: TestHosts, name: str) -> None:
 
 
 def guard_alive(state: Path, job_id: str) -> bool:
-    """Whether the job's background guard (jobs/guard.py) still runs."""
-    from orchestrator.jobs.guard import guard_pid
-    from orchestrator.jobs.state import JobStore
+    """Whether the job's background guard (job/guard.py) still runs."""
+    from orchestrator.job.guard import guard_pid
+    from orchestrator.job.state import JobStore
 
     return guard_pid(JobStore(state), job_id) is not None
 

@@ -101,12 +101,12 @@ def _fds() -> int:
 
 
 def test_20_up_down_cycles_on_8_hosts_leak_nothing(tmp_path: Path) -> None:
-    from orchestrator.inventory import load_inventory
-    from orchestrator.jobs.lifecycle import UpOptions, create_job, launch
-    from orchestrator.jobs.nodes import Connections
-    from orchestrator.jobs.state import JobStatus, JobStore
-    from orchestrator.jobs.teardown import stop_job
-    from orchestrator.presets import load_job_spec
+    from orchestrator.config.inventory import load_inventory
+    from orchestrator.config.presets import load_job_spec
+    from orchestrator.job.lifecycle import UpOptions, create_job, launch
+    from orchestrator.job.nodes import Connections
+    from orchestrator.job.state import JobStatus, JobStore
+    from orchestrator.job.teardown import stop_job
 
     for hosts in _hosts(8):
         inv = load_inventory(_inventory(hosts, tmp_path, 2))

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator.ckpt_collect import Options, collect
+from orchestrator.ckpt.collect import Options, collect
+from orchestrator.config.inventory import load_inventory
 from orchestrator.errors import CheckpointError
-from orchestrator.inventory import load_inventory
 from tests.integration.conftest import module_host_set, set_tag
 
 pytestmark = pytest.mark.integration
@@ -50,7 +50,7 @@ def _workdir(host: int) -> Path:
 
 
 def _full() -> dict[str, np.ndarray]:
-    from model.ckpt_tools import model_shapes
+    from orchestrate_bloom.ckpt_tools import model_shapes
 
     rng = np.random.default_rng(7)
     shapes = model_shapes(MODEL)
@@ -95,7 +95,7 @@ def _place_sharded(
     job: str, step: int = 30, drop_strategy: int | None = None, dp: int = 1, pp: int = 2
 ) -> dict:
     """A DP x MP2 x PP job from model.ckpt_tools.synth_sharded, laid out as a job leaves it."""
-    from model.ckpt_tools import synth_sharded
+    from orchestrate_bloom.ckpt_tools import synth_sharded
 
     full = _full()
     tmp = STATE / f"synth-{job}"
@@ -247,7 +247,7 @@ def test_interrupted_gather_resumes_without_refetching(hosts: Path, tmp_path: Pa
     import signal
     import time
 
-    from model.ckpt_tools import synth_sharded
+    from orchestrate_bloom.ckpt_tools import synth_sharded
 
     rng = np.random.default_rng(1)
     full = _full()
@@ -337,8 +337,7 @@ def test_dst_strategy_writes_every_destination_rank(
 ) -> None:
     """To a DP2 x MP2 layout, 2 processes: each rank equals that layout's own shard."""
     import mindspore as ms
-
-    from model.ckpt_tools import merge_strategies, synth_sharded
+    from orchestrate_bloom.ckpt_tools import merge_strategies, synth_sharded
 
     job = f"dst{source}"
     if source == "mp2pp2":

@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 import yaml
 
-from orchestrator.ckpt_collect import Options, collect
-from orchestrator.inventory import load_inventory
+from orchestrator.ckpt.collect import Options, collect
+from orchestrator.config.inventory import load_inventory
 from tests.integration.conftest import leftovers, why_no_testhosts
 from tests.tools.dryrun import (
     TINY,
@@ -150,8 +150,8 @@ def test_mp2pp2_dry_run_on_two_hosts_collect_ckpt_cli_reassembles_exactly(
     assert "check " in " ".join(proc.stderr.split())  # the command loaded it into the model
     full = _params(merged)
     _assert_equal(full, reference)
-    from model.ckpt_tools import check
-    from model.config import BloomConfig
+    from orchestrate_bloom.ckpt_tools import check
+    from orchestrate_bloom.config import BloomConfig
 
     loaded = check(merged, BloomConfig.from_dict(dict(TINY), "tiny"))  # and so does this test
     assert loaded["parameters"] == len(reference)

@@ -2,7 +2,7 @@
 
 th1 is made unreachable from this machine (inside th1's namespace, a `prohibit` route to the
 bridge address this machine connects from; th0 on the same bridge still reaches it), and is
-named in ssh_config with `ProxyJump` via th0. The gather streams (orchestrator/ckpt_nodes.py)
+named in ssh_config with `ProxyJump` via th0. The gather streams (orchestrator/ckpt/nodes.py)
 must work with and without the OpenSSH client path: OpenSSH through a ProxyCommand running the
 same strict `ssh -W` via th0, and the transport's own paramiko connection through the jump host
 (SFTP, from an offset too).
@@ -19,11 +19,11 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from orchestrator import ckpt_fetch
-from orchestrator.ckpt_collect import opener
-from orchestrator.ckpt_nodes import open_stream
+from orchestrator.ckpt import fetch as ckpt_fetch
+from orchestrator.ckpt.collect import opener
+from orchestrator.ckpt.nodes import open_stream
+from orchestrator.config.inventory import load_inventory
 from orchestrator.errors import RemoteError
-from orchestrator.inventory import load_inventory
 from orchestrator.remote.connect import open_all
 from orchestrator.remote.ssh import SSHTransport
 from tests.integration.conftest import module_host_set, set_tag

@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from orchestrator.cli import cli
+from orchestrator.cli.main import cli
 from tests.integration.conftest import TestHosts
 
 pytestmark = pytest.mark.integration

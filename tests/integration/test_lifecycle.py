@@ -289,8 +289,8 @@ def test_ctrl_c_while_waiting_detaches_and_job_keeps_running(testhosts: TestHost
 
 
 def _guard_alive(state: Path, job_id: str) -> bool:
-    from orchestrator.jobs.guard import guard_pid
-    from orchestrator.jobs.state import JobStore
+    from orchestrator.job.guard import guard_pid
+    from orchestrator.job.state import JobStore
 
     return guard_pid(JobStore(state), job_id) is not None
 

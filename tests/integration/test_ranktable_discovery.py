@@ -14,12 +14,12 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from orchestrator.cli import cli
+from orchestrator.cli.main import cli
+from orchestrator.config.inventory import load_inventory
 from orchestrator.errors import RankTableError
-from orchestrator.inventory import load_inventory
-from orchestrator.ranktable import build_tables, per_server_filename
+from orchestrator.hccl.discover import discover, parse_hccn_conf
+from orchestrator.hccl.ranktable import build_tables, per_server_filename
 from orchestrator.remote.connect import open_all
-from orchestrator.remote.probe import discover, parse_hccn_conf
 
 pytestmark = pytest.mark.integration
 

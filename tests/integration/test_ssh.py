@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.config.inventory import Inventory, load_inventory
 from orchestrator.errors import (
     CommandTimeout,
     ConnectError,
@@ -15,7 +16,6 @@ from orchestrator.errors import (
     HostKeyError,
     RemoteCommandError,
 )
-from orchestrator.inventory import Inventory, load_inventory
 from orchestrator.remote.connect import open_all, transport_for
 from orchestrator.remote.fanout import run_all
 from orchestrator.remote.ssh import SSHTransport, known_hosts_name

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.inventory import load_inventory
+from orchestrator.config.inventory import load_inventory
 from orchestrator.remote.connect import transport_for
 from tests.integration.conftest import TestHosts
 

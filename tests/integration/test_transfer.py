@@ -8,8 +8,8 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
+from orchestrator.config.inventory import load_inventory
 from orchestrator.errors import TransferError
-from orchestrator.inventory import load_inventory
 from orchestrator.remote import files
 from orchestrator.remote.connect import transport_for
 from orchestrator.remote.ssh import SSHTransport

@@ -23,9 +23,8 @@ def tokenizer_file(directory: Path) -> Path:
     """The shipped tokenizer when it exists, else a byte-level BPE (vocab 1000) trained here."""
     if SHIPPED_TOKENIZER.is_file():
         return SHIPPED_TOKENIZER
+    from orchestrate_bloom.data import prompt_of
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    from model.data import prompt_of
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

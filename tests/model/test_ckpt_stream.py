@@ -14,7 +14,7 @@ import pytest
 
 ms = pytest.importorskip("mindspore")
 
-from model import ckpt_stream, ckpt_tools  # noqa: E402
+from orchestrate_bloom import ckpt_stream, ckpt_tools  # noqa: E402
 
 
 def _arrays() -> dict[str, np.ndarray]:

@@ -14,10 +14,11 @@ import pytest
 
 ms = pytest.importorskip("mindspore")
 
-from model.ckpt_tools import model_shapes  # noqa: E402
-from orchestrator.ckpt_collect import collect  # noqa: E402
+from orchestrate_bloom.ckpt_tools import model_shapes  # noqa: E402
+
+from orchestrator.ckpt.collect import collect  # noqa: E402
+from orchestrator.config.inventory import load_inventory  # noqa: E402
 from orchestrator.errors import CheckpointError  # noqa: E402
-from orchestrator.inventory import load_inventory  # noqa: E402
 
 MODEL = {"vocab_size": 64, "hidden_size": 16, "n_layer": 2, "n_head": 2, "seq_length": 8}
 

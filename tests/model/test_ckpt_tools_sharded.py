@@ -9,7 +9,7 @@ import pytest
 
 ms = pytest.importorskip("mindspore")
 
-from model import ckpt_tools  # noqa: E402
+from orchestrate_bloom import ckpt_tools  # noqa: E402
 
 
 def full_params(n_layer: int = 4) -> dict[str, np.ndarray]:

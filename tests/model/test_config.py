@@ -6,8 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-
-from model.config import BloomConfig, ConfigError, load_preset
+from orchestrate_bloom.config import BloomConfig, ConfigError, load_preset
 
 
 def test_tiny_preset_reads_defaults_then_preset() -> None:

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from model.config import BloomConfig
-from model.convert import (
+from orchestrate_bloom.config import BloomConfig
+from orchestrate_bloom.convert import (
     ConvertError,
     hf_to_ours,
     load_checkpoint_arrays,

@@ -11,8 +11,7 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from model.data import (
+from orchestrate_bloom.data import (
     FILE_STEM,
     DataError,
     _prompt_plan,
@@ -26,7 +25,8 @@ from model.data import (
     record_encoder,
     template_ids,
 )
-from model.pretokens import PretokenCache, is_plain_byte_level
+from orchestrate_bloom.pretokens import PretokenCache, is_plain_byte_level
+
 from tests.model.data_helpers import seed_records, tokenizer_file
 
 
@@ -150,7 +150,7 @@ def test_malformed_input_writes_nothing(tmp_path: Path, tok_path: Path) -> None:
 
 
 def test_cli_prepare_data(tmp_path: Path, tok_path: Path, seed_file: Path) -> None:
-    from orchestrator.cli import cli
+    from orchestrator.cli.main import cli
 
     runner = CliRunner()
     out = tmp_path / "mr"

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from model.config import BloomConfig
-from model.infer import GenerateConfig, InferError, select_tokens
+from orchestrate_bloom.config import BloomConfig
+from orchestrate_bloom.infer import GenerateConfig, InferError, select_tokens
 
 CONFIG = BloomConfig(vocab_size=99, hidden_size=48, n_layer=2, n_head=6, seq_length=64)
 PROMPTS = [[1, 5, 9, 33, 70, 12, 8, 40, 41, 42, 43, 44, 45, 46, 47],
@@ -16,8 +15,8 @@ PROMPTS = [[1, 5, 9, 33, 70, 12, 8, 40, 41, 42, 43, 44, 45, 46, 47],
 @pytest.fixture(scope="module")
 def tiny():
     """(model, generator) with large random weights, so greedy choices are well separated."""
-    from model.bloom import BloomLMHeadModel, load_parameters
-    from model.infer import Generator, set_graph_mode
+    from orchestrate_bloom.bloom import BloomLMHeadModel, load_parameters
+    from orchestrate_bloom.infer import Generator, set_graph_mode
 
     set_graph_mode("CPU")
     model = BloomLMHeadModel(CONFIG)
@@ -38,7 +37,7 @@ def tiny():
 
 
 def test_alibi_slopes_by_hand() -> None:
-    from model.layers import alibi_slopes
+    from orchestrate_bloom.layers import alibi_slopes
 
     np.testing.assert_array_equal(alibi_slopes(4), [2**-2, 2**-4, 2**-6, 2**-8])
     np.testing.assert_array_equal(alibi_slopes(8), [2.0**-k for k in range(1, 9)])
@@ -71,7 +70,7 @@ def test_forward_shapes_and_left_padding_invariance(tiny) -> None:
 
 
 def test_cached_generation_equals_no_cache(tiny) -> None:
-    from model.infer import greedy_without_cache
+    from orchestrate_bloom.infer import greedy_without_cache
 
     model, generator = tiny
     cached = generator.generate(PROMPTS, GenerateConfig(max_new_tokens=12))
@@ -90,8 +89,7 @@ def test_left_padded_batch_equals_each_prompt_alone(tiny) -> None:
 def test_cache_logits_match_full_forward(tiny) -> None:
     import mindspore as ms
     from mindspore import Tensor
-
-    from model.bloom import BloomDecodeStep, BloomPrefill, KVCache, decode_bias
+    from orchestrate_bloom.bloom import BloomDecodeStep, BloomPrefill, KVCache, decode_bias
 
     model, _ = tiny
     ids = np.array([[3, 3, 1, 4, 5, 6, 0, 0, 0, 0]], np.int32)  # 4 slots for decoded tokens
@@ -161,9 +159,8 @@ def test_generate_config_validation(kwargs: dict, message: str) -> None:
 
 def test_host_decode_bias_equals_graph_bias() -> None:
     from mindspore import Tensor
-
-    from model.bloom import decode_bias
-    from model.layers import alibi_slopes, attention_bias, build_alibi
+    from orchestrate_bloom.bloom import decode_bias
+    from orchestrate_bloom.layers import alibi_slopes, attention_bias, build_alibi
 
     key_mask = np.array([[0, 0, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1, 0]], np.float32)
     mask = Tensor(key_mask)

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from model.config import BloomConfig
-from model.convert import read_hf_weights, read_safetensors
+from orchestrate_bloom.config import BloomConfig
+from orchestrate_bloom.convert import read_hf_weights, read_safetensors
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "bloom_ref"
@@ -45,7 +44,7 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def models(converted: dict[str, Path]) -> dict[str, object]:
     """Our model per case, loaded from the converted checkpoint (graph mode, CPU)."""
-    from model.infer import Generator, load_model, set_graph_mode
+    from orchestrate_bloom.infer import Generator, load_model, set_graph_mode
 
     set_graph_mode("CPU")
     loaded = {}
@@ -75,7 +74,7 @@ def test_logits_match_hf(case: str, models: dict) -> None:
 
 @pytest.mark.parametrize("case", CASES)
 def test_greedy_tokens_match_hf_generate(case: str, models: dict) -> None:
-    from model.infer import GenerateConfig
+    from orchestrate_bloom.infer import GenerateConfig
 
     _, generator = models[case]
     ref = reference(case)

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from model.config import load_preset
-from model.convert import save_checkpoint_arrays
+from orchestrate_bloom.config import load_preset
+from orchestrate_bloom.convert import save_checkpoint_arrays
 
 REPO = Path(__file__).resolve().parents[2]
 PROMPT = "Give three tips for staying healthy."
@@ -39,7 +38,7 @@ def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_generator(tiny_ckpt: Path):
     """A Generator in this process on the same checkpoint (the expected outputs)."""
-    from model.infer import Generator, load_model, set_graph_mode
+    from orchestrate_bloom.infer import Generator, load_model, set_graph_mode
 
     set_graph_mode("CPU")
     return Generator(load_model(tiny_ckpt, load_preset("tiny")))
@@ -55,8 +54,8 @@ def test_infer_prints_prompt_and_greedy_completion(tiny_ckpt: Path, tiny_generat
     results = json.loads(result.stdout)["results"]
     assert [r["prompt"] for r in results] == [PROMPT, "Name a color.", "Write a haiku about rain."]
 
-    from model.infer import GenerateConfig
-    from model.tokenizer import load_tokenizer
+    from orchestrate_bloom.infer import GenerateConfig
+    from orchestrate_bloom.tokenizer import load_tokenizer
 
     tok = load_tokenizer()
     expected = tiny_generator.generate([tok.encode(r["prompt"]) for r in results],
@@ -96,7 +95,7 @@ def streamed_on_a_terminal(ckpt: Path) -> str:
 
 
 def test_chat_prompt_keeps_the_latest_whole_turns_that_fit() -> None:
-    from model.infer import chat_prompt
+    from orchestrate_bloom.infer import chat_prompt
 
     turns = [[1, 2, 3], [4, 5], [6, 7, 8, 9]]
     assert chat_prompt(turns, [10, 11], 20) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
@@ -111,8 +110,8 @@ def test_chat_prompt_keeps_the_latest_whole_turns_that_fit() -> None:
 def test_chat_loop_keeps_the_history_in_the_prompt(tiny_ckpt: Path, tiny_generator) -> None:
     """Drive `infer --chat` through stdin; each reply must be the greedy continuation of the
     previous turns (oldest dropped to fit seq_length 64) plus the new line."""
-    from model.infer import GenerateConfig, chat_prompt
-    from model.tokenizer import load_tokenizer
+    from orchestrate_bloom.infer import GenerateConfig, chat_prompt
+    from orchestrate_bloom.tokenizer import load_tokenizer
 
     lines = ["Hello there", "", "How are you?", "Give three tips for staying healthy.",
              "Write a haiku about rain in the mountains at night."]

@@ -1,4 +1,4 @@
-"""`python -m model.train` on CPU: real MindSpore processes, tiny Bloom, the seed tasks.
+"""`python -m orchestrate_bloom.train` on CPU: real MindSpore processes, tiny Bloom, the seed tasks.
 
 Single process (loss drops), refusal of MP/PP on CPU, resume after a kill with a truncated
 newest checkpoint, and a 2-worker dynamic cluster (scheduler + workers on 127.0.0.1) against a
@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from orchestrate_bloom import checkpoint as ck
+from orchestrate_bloom.data import prepare
 
-from model import checkpoint as ck
-from model.data import prepare
 from tests.model.data_helpers import REPO, seed_records, tokenizer_file
 
 LINE = re.compile(r"^step=(\d+) loss=(\d+\.\d{4}) lr=(\d\.\de[-+]\d\d) "
@@ -65,7 +65,8 @@ def env(**extra: str) -> dict[str, str]:
 
 
 def run(job: Path, *args: str, timeout: float = 300, **extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "model.train", "--job", str(job), *args],
+    return subprocess.run([sys.executable, "-m", "orchestrate_bloom.train", "--job", str(job),
+                           *args],
                           cwd=REPO, env=env(**extra), capture_output=True, text=True,
                           timeout=timeout)
 
@@ -128,7 +129,8 @@ def test_resume_after_kill_skips_truncated_checkpoint(tmp_path: Path, data_dir: 
              "keep_checkpoints": 5}
     job = write_job(tmp_path / "job", data_dir, steps=1_000_000, **const)
     out = tmp_path / "job" / "output"
-    proc = subprocess.Popen([sys.executable, "-m", "model.train", "--job", str(job)], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrate_bloom.train", "--job", str(job)],
+                            cwd=REPO,
                             env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 240
@@ -171,7 +173,7 @@ def run_cluster(job: Path, *args: str) -> list[tuple[int, str, str]]:
     cluster = {"MS_SCHED_HOST": "127.0.0.1", "MS_SCHED_PORT": str(free_port()),
                "MS_WORKER_NUM": "2",
                "PYTHONFAULTHANDLER": "1"}  # a crash prints the Python stack of every thread
-    cmd = [sys.executable, "-m", "model.train", "--job", str(job), *args]
+    cmd = [sys.executable, "-m", "orchestrate_bloom.train", "--job", str(job), *args]
     roles = [{"MS_ROLE": "MS_SCHED"}] + [{"MS_ROLE": "MS_WORKER", "MS_NODE_ID": str(n)}
                                          for n in (0, 1)]
     procs = [subprocess.Popen(cmd, cwd=REPO, env=env(**role, **cluster), stdout=subprocess.PIPE,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from model import checkpoint as ck
+from orchestrate_bloom import checkpoint as ck
 
 LAYOUT = {"data_parallel": 2, "model_parallel": 1, "pipeline_stage": 1}
 

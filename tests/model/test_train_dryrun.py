@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from orchestrate_bloom import checkpoint as ck
+from orchestrate_bloom import ckpt_tools
 
-from model import checkpoint as ck
-from model import ckpt_tools
 from tests.tools.dryrun import (
     TINY,
     check_reassembled,
@@ -73,7 +73,7 @@ def _reassemble(out: Path, world: int, work: Path) -> tuple[Path, dict[str, np.n
 
 
 def _expected_shapes() -> dict[str, tuple[int, ...]]:
-    from model.config import BloomConfig
+    from orchestrate_bloom.config import BloomConfig
 
     return {k: tuple(v) for k, v in
             BloomConfig.from_dict(dict(TINY), "tiny").parameter_shapes().items()}
@@ -171,6 +171,6 @@ def test_dp2mp2pp2_with_optimizer_shard_reassembles_exactly(tmp_path: Path) -> N
 
 
 def _config() -> object:
-    from model.config import BloomConfig
+    from orchestrate_bloom.config import BloomConfig
 
     return BloomConfig.from_dict(dict(TINY), "tiny")

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from model.job import JobFileError, load_job
+from orchestrate_bloom.job import JobFileError, load_job
 
 
 def _write(tmp_path: Path, text: str) -> Path:

@@ -75,8 +75,7 @@ def write_reference(path: Path, seed: int = 0) -> dict[str, np.ndarray]:
     """A single-device checkpoint of every BloomLMHeadModel parameter of TINY, all random
     (biases and LayerNorms too, so a misplaced slice of any of them shows); returns it."""
     import mindspore as ms
-
-    from model.config import BloomConfig
+    from orchestrate_bloom.config import BloomConfig
 
     rng = np.random.default_rng(seed)
     shapes = BloomConfig.from_dict(dict(TINY), "tiny").parameter_shapes()
@@ -248,11 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     true_group_sizes(args.rank, args.world)
     from mindspore import Tensor
     from mindspore.common.api import _cell_graph_executor
-
-    from model import checkpoint as ck
-    from model.job import load_job
-    from model.schedule import lr_schedule
-    from model.train import AllReduceSum, Dist, build_cells, fit_layout
+    from orchestrate_bloom import checkpoint as ck
+    from orchestrate_bloom.job import load_job
+    from orchestrate_bloom.schedule import lr_schedule
+    from orchestrate_bloom.train import AllReduceSum, Dist, build_cells, fit_layout
 
     job = load_job(args.job, args.overrides)
     ms.set_context(mode=ms.GRAPH_MODE, device_target="Ascend")

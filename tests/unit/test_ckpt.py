@@ -8,7 +8,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from orchestrator import ckpt
+from orchestrator.ckpt import select as ckpt
 from orchestrator.errors import CheckpointError
 
 JOB = "/w/jobs/j1"

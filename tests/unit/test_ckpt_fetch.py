@@ -1,4 +1,4 @@
-"""Verified, resumable fetch (orchestrator/ckpt_fetch.py) from local files, no network."""
+"""Verified, resumable fetch (orchestrator/ckpt/fetch.py) from local files, no network."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from orchestrator import ckpt_fetch
+from orchestrator.ckpt import fetch as ckpt_fetch
 from orchestrator.errors import CheckpointError
 
 

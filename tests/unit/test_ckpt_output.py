@@ -1,4 +1,4 @@
-"""The pointer `infer --job` reads (orchestrator/ckpt_output.py), pure filesystem."""
+"""The pointer `infer --job` reads (orchestrator/ckpt/output.py), pure filesystem."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.ckpt_output import collected_for_job, record_collected
+from orchestrator.ckpt.output import collected_for_job, record_collected
 from orchestrator.errors import CheckpointError
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from orchestrator.config.presets import load_job_spec
 from orchestrator.errors import JobError
-from orchestrator.jobs.exclude import plan_exclusion
-from orchestrator.jobs.state import JobRecord, JobStatus, NodeRecord
-from orchestrator.presets import load_job_spec
+from orchestrator.job.exclude import plan_exclusion
+from orchestrator.job.state import JobRecord, JobStatus, NodeRecord
 
 
 def _record(ranks_per_node: tuple[int, ...], overrides: tuple[str, ...] = ()) -> JobRecord:
@@ -70,8 +70,8 @@ def test_excluded_and_stray_nodes_round_trip_through_json() -> None:
 
 
 def test_restart_loop_blames_a_node_and_excludes_after_k_in_a_row() -> None:
-    from orchestrator.jobs.nodes import parse_status
-    from orchestrator.jobs.restart import failure_node, node_to_exclude
+    from orchestrator.job.nodes import parse_status
+    from orchestrator.job.restart import failure_node, node_to_exclude
 
     reports = {"a": parse_status("a", "supervisor exited\nfirst_failure 1 3 20.5\n"),
                "b": parse_status("b", "supervisor exited\nfirst_failure 2 137 10.0\n")}

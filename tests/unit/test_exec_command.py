@@ -7,8 +7,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from orchestrator.cli import cli
-from orchestrator.commands.exec_ import NodeOutcome, grouped, prefixed, summary_table
+from orchestrator.cli.exec_ import NodeOutcome, grouped, prefixed, summary_table
+from orchestrator.cli.main import cli
 
 
 def test_prefixed() -> None:

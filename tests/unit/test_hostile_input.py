@@ -6,9 +6,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from orchestrator.config.inventory import parse_inventory
+from orchestrator.config.presets import load_job_spec
 from orchestrator.errors import InventoryError, PresetError
-from orchestrator.inventory import parse_inventory
-from orchestrator.presets import load_job_spec
 
 scalars = st.one_of(
     st.none(),

@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from orchestrator.errors import JobError, RankTableError
-from orchestrator.jobs.state import JobStore
-from orchestrator.ranktable import merge_tables
-from orchestrator.ranktable_check import parse_table
+from orchestrator.hccl.check import parse_table
+from orchestrator.hccl.ranktable import merge_tables
+from orchestrator.job.state import JobStore
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**40),
                     st.floats(allow_nan=False), st.text(max_size=12))

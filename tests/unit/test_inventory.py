@@ -6,8 +6,8 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
+from orchestrator.config.inventory import Connection, HostKeyPolicy, load_inventory, parse_inventory
 from orchestrator.errors import InventoryError
-from orchestrator.inventory import Connection, HostKeyPolicy, load_inventory, parse_inventory
 
 REPO = Path(__file__).resolve().parents[2]
 

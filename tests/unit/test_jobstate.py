@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import JobError
-from orchestrator.jobs.state import (
+from orchestrator.job.state import (
     TERMINAL,
     JobRecord,
     JobStatus,

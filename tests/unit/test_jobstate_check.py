@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from orchestrator.inventory import parse_inventory
-from orchestrator.jobs.check import _evaluate, check_nodes
+from orchestrator.config.inventory import parse_inventory
+from orchestrator.job.check import _evaluate, check_nodes
 
 INV = """
 defaults: {devices: 8, workdir: /w, python: /opt/py}

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 
 from orchestrator.errors import ConnectError
-from orchestrator.jobs.nodes import derive_status, parse_metrics, parse_status
-from orchestrator.jobs.progress import failure_reason, status_json
-from orchestrator.jobs.state import JobRecord, JobStatus, NodeRecord
+from orchestrator.job.nodes import derive_status, parse_metrics, parse_status
+from orchestrator.job.progress import failure_reason, status_json
+from orchestrator.job.state import JobRecord, JobStatus, NodeRecord
 
 RUNNING_A = """supervisor running
 slot sched running - 101
@@ -90,7 +90,7 @@ def test_status_json_shape() -> None:
 
 
 def test_plot_series_split_into_attempts() -> None:
-    from orchestrator.jobs.plot import parse_series
+    from orchestrator.job.plot import parse_series
 
     text = ("step=1 loss=3.0 tokens_per_s=10\nnoise\nstep=2 loss=2.5 tokens_per_s=11\n"
             "step=2 loss=2.6 tokens_per_s=9\nstep=3 loss=2.4\n")

@@ -9,8 +9,8 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
+from orchestrator.config.inventory import Connection, Node
 from orchestrator.errors import CommandTimeout, FanoutError, RemoteCommandError, TransferError
-from orchestrator.inventory import Connection, Node
 from orchestrator.remote import files
 from orchestrator.remote.fanout import map_nodes, run_all
 from orchestrator.remote.local import LocalTransport

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from orchestrator.cli import cli
+from orchestrator.cli.main import cli
 
 REPO = Path(__file__).resolve().parents[2]
 INV12 = str(REPO / "inventories/12node.yaml")
@@ -116,7 +116,7 @@ def test_plan_bad_inventory_is_one_line(tmp_path: Path) -> None:
 
 def test_console_script_help_does_not_import_mindspore() -> None:
     code = (
-        "import sys; from orchestrator.cli import cli; "
+        "import sys; from orchestrator.cli.main import cli; "
         "assert 'mindspore' not in sys.modules; assert 'paramiko' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.errors import PresetError
-from orchestrator.presets import (
+from orchestrator.config.presets import (
     available_presets,
     fit_to_world,
     layers_per_stage,
     load_job_spec,
     memory_per_device_bytes,
 )
+from orchestrator.errors import PresetError
 
 SEED_TABLE = {
     # preset: hidden, layers, heads, vocab, seq, DP, MP, PP, mbs, micro-batches, devices

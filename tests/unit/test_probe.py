@@ -10,9 +10,9 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
+from orchestrator.config.inventory import Node
 from orchestrator.errors import ConnectError, RankTableError
-from orchestrator.inventory import Node
-from orchestrator.remote.probe import (
+from orchestrator.hccl.discover import (
     SpodInfo,
     discover,
     parse_hccn_conf,

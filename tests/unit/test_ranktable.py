@@ -12,9 +12,11 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
+from orchestrator.config.inventory import load_inventory, parse_inventory
 from orchestrator.errors import RankTableError
-from orchestrator.inventory import load_inventory, parse_inventory
-from orchestrator.ranktable import (
+from orchestrator.hccl.check import is_valid_ipv4, parse_table, validate_doc
+from orchestrator.hccl.discover import parse_hccn_conf
+from orchestrator.hccl.ranktable import (
     RankDevice,
     RankServer,
     RankTable,
@@ -29,8 +31,6 @@ from orchestrator.ranktable import (
     write_tables,
     write_text_atomic,
 )
-from orchestrator.ranktable_check import is_valid_ipv4, parse_table, validate_doc
-from orchestrator.remote.probe import parse_hccn_conf
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "ranktable"
 VARIANTS = {"8dev": ("[0, 1, 2, 3, 4, 5, 6, 7]", 8), "lo4": ("4", 8), "hi4": ("[4, 5, 6, 7]", 8),
@@ -92,7 +92,7 @@ def test_merged_order_is_dictionary_order_of_server_id() -> None:
 def test_plan_json_agrees_with_merged_table_on_12node(repo: Path) -> None:
     from click.testing import CliRunner
 
-    from orchestrator.cli import cli
+    from orchestrator.cli.main import cli
 
     inv_path = repo / "inventories" / "12node.yaml"
     res = CliRunner().invoke(cli, ["plan", "--inventory", str(inv_path), "--config", "65b",

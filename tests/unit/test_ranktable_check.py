@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from orchestrator.cli import cli
-from orchestrator.ranktable_check import validate_doc, validate_text
+from orchestrator.cli.main import cli
+from orchestrator.hccl.check import validate_doc, validate_text
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "ranktable"
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from orchestrator.cli import cli
+from orchestrator.cli.main import cli
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "ranktable"
 
@@ -18,7 +18,7 @@ FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "ranktable"
 def inventory_with_ips(tmp_path: Path, servers: str = "s3", machine: int = 8,
                        devices: str = "8", extra: str = "") -> Path:
     """An inventory whose nodes carry `device_ips` taken from the hccn fixture."""
-    from orchestrator.remote.probe import parse_hccn_conf
+    from orchestrator.hccl.discover import parse_hccn_conf
 
     confs = yaml.safe_load((FIXTURES / "hccn" / f"{servers}_{machine}dev.yaml").read_text())
     nodes = [{"host": h, "device_ips": parse_hccn_conf(t)} for h, t in confs.items()]

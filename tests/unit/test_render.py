@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.config.inventory import load_inventory, parse_inventory
+from orchestrator.config.plan import build_plan
+from orchestrator.config.presets import load_job_spec
 from orchestrator.errors import JobError
-from orchestrator.inventory import load_inventory, parse_inventory
-from orchestrator.plan import build_plan
-from orchestrator.presets import load_job_spec
-from orchestrator.render import LaunchSpec, default_mode, render_env, render_job, shell_path
+from orchestrator.job.render import LaunchSpec, default_mode, render_env, render_job, shell_path
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "tests" / "fixtures" / "render"
@@ -80,7 +80,8 @@ def test_msrun_scheduler_only_on_first_node_in_rank_order() -> None:
     for text in (first, second):
         assert "export MS_SCHED_HOST=10.0.0.1 MS_SCHED_PORT=23456" in text
         assert "export MS_WORKER_NUM=4 MS_TOPO_TIMEOUT=600" in text
-        assert "exec /opt/py/bin/python3 -m model.train --job \"$JOB_DIR/job.yaml\"" in text
+        assert ("exec /opt/py/bin/python3 -m orchestrate_bloom.train --job \"$JOB_DIR/job.yaml\""
+                in text)
 
 
 def test_job_yaml_has_fitted_layout() -> None:
@@ -159,7 +160,7 @@ def test_hostile_inventory_values_arrive_quoted(tmp_path: Path) -> None:
     # Without an entrypoint the interpreter is one quoted word on the exec line.
     plain = render_job(LaunchSpec(job_id="tiny-hstl", mode="msrun", world_size=1,
                                   sched_host="10.0.0.1"), plan)[node.name]["launch.sh"].text
-    assert f"exec {shlex.quote(node.python)} -m model.train" in plain
+    assert f"exec {shlex.quote(node.python)} -m orchestrate_bloom.train" in plain
 
 
 def test_shell_path_expands_home_only() -> None:

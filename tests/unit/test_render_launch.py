@@ -11,11 +11,11 @@ import subprocess
 import time
 from pathlib import Path
 
-from orchestrator.inventory import parse_inventory
-from orchestrator.jobs.nodes import parse_status
-from orchestrator.plan import build_plan
-from orchestrator.presets import load_job_spec
-from orchestrator.render import LaunchSpec, render_job
+from orchestrator.config.inventory import parse_inventory
+from orchestrator.config.plan import build_plan
+from orchestrator.config.presets import load_job_spec
+from orchestrator.job.nodes import parse_status
+from orchestrator.job.render import LaunchSpec, render_job
 
 INV = "defaults: {devices: 2, connection: local, workdir: w}\nnodes: [{host: 127.0.0.1, name: n}]\n"
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import paramiko
 import pytest
 
+from orchestrator.config.inventory import HostKeyPolicy, parse_inventory
 from orchestrator.errors import HostKeyError
-from orchestrator.inventory import HostKeyPolicy, parse_inventory
 from orchestrator.remote import hostkeys, shell, ssh
 
 

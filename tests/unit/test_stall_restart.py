@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from orchestrator.jobs.nodes import parse_status
-from orchestrator.jobs.restart import failure_code
-from orchestrator.jobs.stall import LastOutput, find_stall, parse_probe
-from orchestrator.jobs.state import JobRecord, JobStatus, NodeRecord
+from orchestrator.job.nodes import parse_status
+from orchestrator.job.restart import failure_code
+from orchestrator.job.stall import LastOutput, find_stall, parse_probe
+from orchestrator.job.state import JobRecord, JobStatus, NodeRecord
 
 
 def _record() -> JobRecord:

@@ -1,0 +1,66 @@
+"""Where the bundled parts live, installed or in a checkout: the model package, presets, templates.
+
+The MindSpore Bloom lives in the checkout's `model/` folder and is installed under the import
+name `orchestrate_bloom` (never the generic `model`, which users' own `model.py` would shadow).
+Everything that needs its folder, its presets, the launch templates, or runs one of its entry
+points as a child (`python -m orchestrate_bloom.train ...`) asks this module.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from functools import cache
+from pathlib import Path, PurePosixPath
+
+MODEL_PACKAGE = "orchestrate_bloom"
+"""Import name of the bundled model package (the checkout's `model/` folder)."""
+_CHECKOUT_PREFIX = "model/"  # presets name shipped files as in the checkout: model/assets/...
+
+
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"package {name} is not installed (pip install orchestrate)")
+    return Path(next(iter(spec.submodule_search_locations))).resolve()
+
+
+@cache
+def model_dir() -> Path:
+    """The folder of the model package (what `stage` ships to nodes as code/orchestrate_bloom/)."""
+    return _package_dir(MODEL_PACKAGE)
+
+
+def presets_dir() -> Path:
+    """The shipped presets: tiny.yaml, 560m.yaml, ..., defaults.yaml."""
+    return model_dir() / "configs"
+
+
+@cache
+def templates_dir() -> Path:
+    """The Jinja2 launch templates (the checkout's `templates/`, package data when installed)."""
+    return _package_dir("orchestrator.templates")
+
+
+def shipped_file(path: str) -> Path | None:
+    """A path a preset names relative to the checkout (`model/assets/x.json`), as installed."""
+    if not path.startswith(_CHECKOUT_PREFIX):
+        return None
+    return model_dir().joinpath(*PurePosixPath(path[len(_CHECKOUT_PREFIX):]).parts)
+
+
+def model_command(module: str, args: Sequence[str], python: str = sys.executable) -> list[str]:
+    """The argv that runs `python -m orchestrate_bloom.<module> ARGS`."""
+    return [python, "-m", f"{MODEL_PACKAGE}.{module}", *args]
+
+
+def child_env(extra: Mapping[str, str] | None = None,
+              quiet_mindspore: bool = True) -> dict[str, str]:
+    """Environment for a local child running model code: ours, MindSpore errors-only by default."""
+    env = dict(os.environ)
+    if quiet_mindspore:
+        env.setdefault("GLOG_v", "3")
+    env.update(extra or {})
+    return env

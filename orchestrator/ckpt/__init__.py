@@ -1,0 +1,1 @@
+"""collect-ckpt: choose the step, fetch, merge, write the outputs."""

@@ -1,0 +1,108 @@
+"""Helpers shared by the job commands (jobs.py, job_view.py, job_down.py): options, record
+lookup, the live watch of `status --watch` / `resume --wait`, and the background guard.
+
+    orchestrate status --watch [JOB]
+    orchestrate resume [JOB] [--wait]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+job_argument = click.argument("job_id", required=False, metavar="[JOB]")
+
+no_guard_option = click.option(
+    "--no-guard", is_flag=True,
+    help="Without --wait: do not leave the background guard that stops the job on every node "
+         "when a rank fails (then `status` or `down` does it).")
+
+
+def store_for(state_dir: Path) -> Any:
+    from orchestrator.job.state import JobStore
+
+    return JobStore(state_dir)
+
+
+def record_and_inventory(state_dir: Path, job_id: str | None,
+                         inventory_path: Path | None) -> tuple[Any, Any, Any]:
+    """The store, the job's record (latest when no id) and the inventory to reach it with."""
+    from orchestrator.config.inventory import load_inventory
+
+    store = store_for(state_dir)
+    record = store.load(store.resolve(job_id))
+    inv = load_inventory(inventory_path or record.inventory_path)
+    if inv.digest != record.inventory_digest:
+        click.echo(f"warning: {inv.path} changed since job {record.job_id} started; "
+                   "using its current entries for the job's nodes", err=True)
+    return store, record, inv
+
+
+def job_inventory_option() -> Any:
+    return click.option("--inventory", "-i", "inventory_path", type=click.Path(path_type=Path),
+                        default=None,
+                        help="Inventory to reach the nodes with (default: the job's own).")
+
+
+def attempt_lines(record: Any) -> list[str]:
+    """One line per finished attempt: status, resumed step, duration, cause."""
+    lines = []
+    for h in record.history:
+        resumed = h.get("resumed_step")
+        lines.append(f"attempt {h.get('attempt')}: {h.get('status')}"
+                     + (f", resumed from step {resumed}" if resumed is not None else "")
+                     + (f", {h.get('ended_at', 0) - h.get('started_at', 0):.0f} s")
+                     + (f" - {h['cause']}" if h.get("cause") else ""))
+    return lines
+
+
+def start_guard(store: Any, record: Any) -> None:
+    """Leave the job's background guard (job/guard.py) and say so."""
+    from orchestrator.job.guard import spawn_guard
+
+    pid = spawn_guard(store, record.job_id)
+    click.echo(f"guard: pid {pid} stops job {record.job_id} on every node if a rank fails "
+               f"(log {store.job_dir(record.job_id) / 'guard.log'})")
+
+
+def detached_message(job_id: str) -> str:
+    return (f"\ndetached; job {job_id} keeps running. Re-attach with "
+            f"`orchestrate status --watch {job_id}`, stop it with `orchestrate down {job_id}`.")
+
+
+def watch_job(record: Any, inv: Any, store: Any, forks: int, conns: Any = None,
+              stall_timeout: float | None = None, guard_on_detach: bool = False) -> None:
+    """Live progress until the job ends; exit 1 unless it SUCCEEDED, 130 on Ctrl-C.
+
+    A rank failure stops the job on every node; STALLED is shown (the job may recover).
+    """
+    from orchestrator.job.progress import watch
+    from orchestrator.job.stall import DEFAULT_STALL_TIMEOUT
+    from orchestrator.job.state import JobStatus
+
+    try:
+        record = watch(record, inv, store, forks=forks, conns=conns,
+                       stall_timeout=stall_timeout or DEFAULT_STALL_TIMEOUT)
+    except KeyboardInterrupt:
+        click.echo(detached_message(record.job_id), err=True)
+        if guard_on_detach:
+            start_guard(store, record)
+        sys.exit(130)
+    click.echo(f"job {record.job_id} {record.status.value}"
+               + (f": {record.message}" if record.message else ""))
+    warn_not_cleaned(record)
+    if record.status is not JobStatus.SUCCEEDED:
+        sys.exit(1)
+
+
+def warn_not_cleaned(record: Any) -> None:
+    """A FAILED job some node of which did not confirm the stop: say how to finish it."""
+    from orchestrator.job.state import JobStatus
+
+    if record.status is JobStatus.FAILED and not record.cleaned:
+        click.echo(f"warning: not every node of job {record.job_id} confirmed the stop; run "
+                   f"`orchestrate down {record.job_id}` (or `status`) when they answer",
+                   err=True)

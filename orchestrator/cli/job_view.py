@@ -1,0 +1,146 @@
+"""Job commands that look at a running or ended job: status, logs, plot (issue #7, #9).
+
+    orchestrate status [JOB] [--json] [--watch] [--stall-timeout S]
+    orchestrate logs   [JOB] [--rank R | --node N] [--tail K] [--follow] [--fetch DIR]
+    orchestrate plot   [JOB] -o loss.png
+
+JOB defaults to the latest job in the state dir.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from orchestrator.cli import options as flags
+from orchestrator.cli.job_common import (
+    attempt_lines,
+    job_argument,
+    job_inventory_option,
+    record_and_inventory,
+    watch_job,
+)
+
+
+@click.command("status")
+@job_argument
+@flags.json_option()
+@click.option("--watch", is_flag=True, help="Keep polling with live progress until the job ends.")
+@click.option("--stall-timeout", type=click.FloatRange(min=1), default=None, metavar="SECONDS",
+              help="Report STALLED when ranks are alive but none logged for this long "
+                   "(default 1800).")
+@job_inventory_option()
+@flags.state_dir_option()
+@flags.forks_option()
+def status_command(job_id: str | None, as_json: bool, watch: bool, stall_timeout: float | None,
+                   inventory_path: Path | None, state_dir: Path, forks: int) -> None:
+    """Show a job's state, asked from the nodes (the record alone is never trusted).
+
+    Per node and rank: running / exited(code), last step, loss and tokens/s from the
+    trainer's log lines. The overall status is derived and written back to the record:
+    STALLED when every rank is alive but silent for --stall-timeout s (with --watch too).
+    A FAILED job whose other ranks still run is stopped on every node that answers (a failed
+    rank ends the job, as with torchrun). JSON: job_id, status, attempts, history, and per
+    node and rank state, exit_code, step, loss.
+    """
+    from orchestrator.job.progress import refresh, status_json, status_table
+    from orchestrator.job.stall import DEFAULT_STALL_TIMEOUT
+    from orchestrator.job.state import JobStatus
+    from orchestrator.job.teardown import running_slots, stop_failed_job
+
+    store, record, inv = record_and_inventory(state_dir, job_id, inventory_path)
+    timeout = stall_timeout or DEFAULT_STALL_TIMEOUT
+    if watch and not as_json:
+        from orchestrator.job.nodes import Connections
+
+        with Connections(inv, [inv.node(n.name) for n in record.nodes], forks) as conns:
+            watch_job(record, inv, store, forks, conns, timeout)
+        return
+    record, reports = refresh(record, inv, store, forks, stall_timeout=timeout)
+    if record.status is JobStatus.FAILED and not record.cleaned:
+        alive = running_slots(reports)
+        record = stop_failed_job(record, inv, store, reports, forks)
+        if alive:
+            click.echo(f"job {record.job_id} FAILED ({record.message}): stopped "
+                       f"{', '.join(alive[:8])}{' ...' if len(alive) > 8 else ''}", err=True)
+            record, reports = refresh(record, inv, store, forks)
+    if as_json:
+        doc = status_json(record, reports)
+        doc["history"] = [dict(h) for h in record.history]
+        doc["cleaned"] = record.cleaned
+        click.echo(json.dumps(doc, indent=2))
+        return
+    from rich.console import Console
+
+    Console().print(status_table(record, reports))
+    for line in attempt_lines(record):
+        click.echo(line)
+    alive = running_slots(reports)
+    if record.status.is_terminal() and alive:
+        click.echo(f"warning: job {record.job_id} is {record.status.value} but "
+                   f"{', '.join(alive[:8])} still run; stop them with "
+                   f"`orchestrate down {record.job_id}`", err=True)
+
+
+@click.command("logs")
+@job_argument
+@click.option("--rank", "-r", type=int, default=None, help="Only this global rank.")
+@click.option("--node", "-n", default=None, help="Only this node (name or host).")
+@click.option("--tail", "-t", "tail", type=click.IntRange(0), default=20, show_default=True,
+              help="Lines per rank to show first.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines (Ctrl-C to stop).")
+@click.option("--fetch", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Download every rank's log (and plog folders) into DIR/<node>/ instead.")
+@job_inventory_option()
+@flags.state_dir_option()
+def logs_command(job_id: str | None, rank: int | None, node: str | None, tail: int,
+                 follow: bool, fetch: Path | None, inventory_path: Path | None,
+                 state_dir: Path) -> None:
+    """Show or fetch the ranks' logs of a job; lines are prefixed `[node/rank]`."""
+    from orchestrator.errors import JobError
+    from orchestrator.job.logs import Selection, fetch_logs, tail_logs
+
+    if rank is not None and node is not None:
+        raise click.UsageError("give --rank or --node, not both")
+    _, record, inv = record_and_inventory(state_dir, job_id, inventory_path)
+    sel = Selection(rank=rank, node=node)
+    if fetch is not None:
+        results = fetch_logs(record, inv, fetch, sel, warn=lambda m: click.echo(m, err=True))
+        failed = []
+        for name, r in results.items():
+            if isinstance(r, BaseException):
+                failed.append(name)
+                click.echo(f"[{name}] {r}", err=True)
+            else:
+                click.echo(f"[{name}] {len(r)} file(s) -> {fetch / name}")
+        if failed:
+            raise JobError(f"could not fetch logs from {', '.join(failed)}")
+        return
+    try:
+        for line in tail_logs(record, inv, sel, tail=tail, follow=follow,
+                              on_error=lambda m: click.echo(m, err=True)):
+            click.echo(line)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+@click.command("plot")
+@job_argument
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("loss.png"),
+              show_default=True, help="Image file to write (png, svg, pdf).")
+@job_inventory_option()
+@flags.state_dir_option()
+def plot_command(job_id: str | None, output: Path, inventory_path: Path | None,
+                 state_dir: Path) -> None:
+    """Plot loss (and tokens/s) against step from the ranks' log lines."""
+    from orchestrator.job.plot import plot_job
+
+    _, record, inv = record_and_inventory(state_dir, job_id, inventory_path)
+    path = plot_job(record, inv, output)
+    click.echo(f"wrote {path}")
+
+
+COMMANDS = (status_command, logs_command, plot_command)

@@ -1,0 +1,340 @@
+"""Job lifecycle commands that start work: check, up, resume (issue #7, #9). The module
+registers every job command; status / logs / plot live in job_view.py, down in job_down.py.
+
+    orchestrate check  --inventory inventories/12node.yaml --config 65b
+    orchestrate up     --inventory inventories/local.yaml --config tiny --wait
+    orchestrate resume [JOB] [--wait]
+
+JOB defaults to the latest job in the state dir.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from orchestrator.cli import options as flags
+from orchestrator.cli.job_common import (
+    attempt_lines,
+    detached_message,
+    job_argument,
+    job_inventory_option,
+    no_guard_option,
+    record_and_inventory,
+    start_guard,
+    store_for,
+    warn_not_cleaned,
+    watch_job,
+)
+from orchestrator.cli.job_down import down_command
+from orchestrator.cli.job_view import logs_command, plot_command, status_command
+
+
+def _print_check(report: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="orchestrate check", title_justify="left")
+    table.add_column("node")
+    for c in report.columns:
+        table.add_column(c)
+    for n in report.nodes:
+        items = {i.name: i for i in n.items}
+        cells = []
+        for c in report.columns:
+            i = items.get(c)
+            color = "green" if i is not None and i.ok else "red"
+            cells.append("" if i is None else f"[{color}]{i.value}[/]")
+        table.add_row(n.node, *cells)
+    Console().print(table)
+    for node, item in report.failures:
+        click.echo(f"[{node}] {item.name}: {item.value} -> {item.fix}", err=True)
+
+
+def _run_check(inv: Any, spec: Any, mode: str, sched_port: int | None, forks: int,
+               conns: Any = None) -> Any:
+    from orchestrator.job.check import check_nodes
+
+    target = str(spec.value("train.device_target")) if spec is not None else "CPU"
+    return check_nodes(inv, device_target=target, mode=mode, sched_port=sched_port, forks=forks,
+                       conns=conns)
+
+
+mode_option = click.option("--mode", type=click.Choice(["ranktable", "msrun"]), default=None,
+                           help="Launch mode (default: ranktable for Ascend, msrun otherwise).")
+sched_port_option = click.option("--sched-port", type=click.IntRange(1, 65535), default=None,
+                                 help="msrun: scheduler port on the first node in rank order "
+                                      "(default for up: 20000-29999, derived from the job id; "
+                                      "check: skip the port check unless given).")
+
+
+@click.command("check")
+@flags.inventory_option()
+@click.option("--config", "-c", "preset", default=None,
+              help="Preset to check for (device target, launch mode); default: CPU checks only.")
+@flags.set_option()
+@mode_option
+@sched_port_option
+@flags.forks_option()
+def check_command(inventory_path: Path, preset: str | None, overrides: tuple[str, ...],
+                  mode: str | None, sched_port: int | None, forks: int) -> None:
+    """Check nodes are ready: SSH, python, mindspore, devices, disk, clock, scheduler port.
+
+    Every node is probed in parallel; one table, then one line per failed check naming the
+    fix. Exit 1 if any check failed.
+    """
+    from orchestrator.config.inventory import load_inventory
+    from orchestrator.config.presets import load_job_spec
+    from orchestrator.errors import JobError
+    from orchestrator.job.render import default_mode
+
+    inv = load_inventory(inventory_path)
+    spec = load_job_spec(preset, overrides) if preset else None
+    mode = mode or default_mode(str(spec.value("train.device_target")) if spec else "CPU")
+    report = _run_check(inv, spec, mode, sched_port, forks)
+    _print_check(report)
+    if not report.ok:
+        raise JobError(f"{len(report.failures)} check(s) failed")
+
+
+@click.command("up")
+@flags.inventory_option()
+@flags.config_option()
+@flags.set_option()
+@mode_option
+@click.option("--wait", is_flag=True,
+              help="Show live progress until the job ends; exit with its result. A failed rank "
+                   "stops the job on every node. Ctrl-C detaches.")
+@click.option("--no-check", is_flag=True, help="Skip `orchestrate check` before launching.")
+@click.option("--dry-run", is_flag=True,
+              help="Render every node's files locally, print where and what would run; "
+                   "touch no node.")
+@sched_port_option
+@click.option("--cluster-timeout", type=click.IntRange(1), default=7200, show_default=True,
+              help="msrun: seconds the dynamic cluster waits for all ranks (MS_TOPO_TIMEOUT).")
+@click.option("--stop-grace", type=click.IntRange(0), default=10, show_default=True,
+              help="Seconds between SIGTERM and SIGKILL when ranks are stopped.")
+@click.option("--entrypoint", default=None, hidden=True,
+              help="Shell command each rank runs instead of the bundled trainer (tests, bench).")
+@click.option("--max-restarts", type=click.IntRange(0), default=0, show_default=True,
+              help="With --wait: when a rank fails or the job stalls, stop it everywhere, "
+                   "re-check the nodes and relaunch with --resume (newest checkpoint complete "
+                   "on every rank), at most N times.")
+@click.option("--exclude-after", type=click.IntRange(0), default=0, show_default=True,
+              metavar="K",
+              help="With --max-restarts: leave out a node on which K attempts in a row failed "
+                   "(data-parallel jobs: DP recomputed, global batch kept, as `resume "
+                   "--exclude-node`); stop with the reason when the job cannot run without "
+                   "it. 0: never.")
+@click.option("--restart-on-exit-codes", "restart_codes", default=None, metavar="CODES",
+              help="Only restart after these exit codes (comma-separated; default: any).")
+@click.option("--stall-timeout", type=click.FloatRange(min=1), default=None, metavar="SECONDS",
+              help="With --wait: no rank logging anything for this long is a failure "
+                   "(STALLED; default 1800 s, first-step compile is long).")
+@click.option("--node-lost-timeout", type=click.FloatRange(min=0), default=60.0,
+              show_default=True, metavar="SECONDS",
+              help="With --wait: a node unreachable this long fails the job (then restarts).")
+@no_guard_option
+@flags.state_dir_option()
+@flags.forks_option()
+def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mode: str | None,
+               wait: bool, no_check: bool, dry_run: bool, sched_port: int | None,
+               cluster_timeout: int,
+               stop_grace: int, entrypoint: str | None, max_restarts: int,
+               exclude_after: int, restart_codes: str | None, stall_timeout: float | None,
+               node_lost_timeout: float, no_guard: bool, state_dir: Path, forks: int) -> None:
+    """Plan, stage and start a training job on every node.
+
+    check -> plan -> rank table -> render -> stage -> start -> record. Each node gets
+    `<workdir>/jobs/<job id>/` with launch.sh, job.yaml, the rank table, the `model`
+    package as code/ (files whose sha256 the node already has are not sent) and env.sh
+    (inventory `env:`, mode 0600). Every rank runs detached in its own process group; a
+    per-node supervisor stops the node's other ranks when one exits non-zero. A failed rank
+    ends the job on every node: with --wait the watch loop stops it; without (or after
+    Ctrl-C detaches) a background guard on this machine does (pid and log under the state
+    dir; --no-guard to skip; `status` and `down --all` also clean up). If a node fails to
+    stage or start, or Ctrl-C arrives first, the job is stopped everywhere.
+
+    \b
+    Data: --set data.path=PATH where PATH is
+      an Alpaca JSON file   prepared to MindRecord here, then staged as data/<name>
+      a local folder        (MindRecord, from `orchestrate prepare-data`) staged as is
+      a path on the nodes   used as is; or give `data_dir:` per node in the inventory
+
+    \b
+    Example (this machine, 2 CPU ranks, the tiny preset, which trains on the shipped
+    model/assets/alpaca_seed_tasks.json unless data.path is set):
+      orchestrate up -i inventories/local.yaml -c tiny --wait
+    """
+    from orchestrator.config.inventory import load_inventory
+    from orchestrator.config.presets import load_job_spec
+    from orchestrator.errors import JobError
+    from orchestrator.job.lifecycle import UpOptions, create_job, dry_run_summary, launch
+    from orchestrator.job.render import default_mode
+
+    inv = load_inventory(inventory_path)
+    spec = load_job_spec(preset, overrides)
+    if entrypoint is None and not spec.value("data.path") and any(
+            n.data_dir is None for n in inv.nodes):
+        raise JobError(f"data.path is empty in preset {preset}: the trainer needs a dataset. "
+                       "Pass --set data.path=alpaca.json (prepared to MindRecord here and "
+                       "staged) or a MindRecord folder (`orchestrate prepare-data`; a local "
+                       "folder is staged, a path that exists only on the nodes is used as is)")
+    store = store_for(state_dir)
+    mode = mode or default_mode(str(spec.value("train.device_target")))
+    opts = UpOptions(mode=mode, sched_port=sched_port, cluster_timeout=cluster_timeout,
+                     entrypoint=entrypoint, stop_grace=stop_grace, forks=forks)
+    if dry_run:
+        record = create_job(inv, spec, store, opts, discover=False)
+        for line in dry_run_summary(record, store):
+            click.echo(line)
+        return
+    from orchestrator.job.nodes import Connections
+
+    # SSH handshakes run in the background while the job is planned and rendered.
+    with Connections(inv, inv.in_rank_order(), forks) as conns:
+        record = create_job(inv, spec, store, opts)
+        if not no_check:
+            report = _run_check(inv, spec, mode, record.sched_port, forks, conns)
+            if not report.ok:
+                _print_check(report)
+                store.save(record.with_status(_failed(), "check failed").replace(cleaned=True))
+                raise JobError(f"check failed on {len({n for n, _ in report.failures})} "
+                               "node(s); nothing was started (fix, or skip with --no-check)")
+        click.echo(f"job {record.job_id}: {record.world_size} ranks on {len(record.nodes)} "
+                   f"node(s), {record.mode} mode")
+        try:
+            record = launch(record, inv, store, forks=forks, echo=click.echo, conns=conns)
+        except KeyboardInterrupt:
+            click.echo(f"job {record.job_id} cancelled: nothing left running", err=True)
+            sys.exit(130)
+        click.echo(f"job {record.job_id} running. Follow it with `orchestrate status --watch "
+                   f"{record.job_id}`, stop it with `orchestrate down {record.job_id}`.")
+        if not wait and not no_guard:
+            start_guard(store, record)
+        if wait:
+            from orchestrator.job.restart import RestartPolicy
+            from orchestrator.job.stall import DEFAULT_STALL_TIMEOUT
+
+            policy = RestartPolicy(max_restarts=max_restarts,
+                                   restart_on=_exit_codes(restart_codes),
+                                   stall_timeout=stall_timeout or DEFAULT_STALL_TIMEOUT,
+                                   node_lost_timeout=node_lost_timeout,
+                                   exclude_after=exclude_after)
+
+            def recheck() -> str | None:
+                if no_check:
+                    return None
+                report = _run_check(inv, spec, mode, record.sched_port, forks, conns)
+                return None if report.ok else "; ".join(
+                    f"[{n}] {i.name}: {i.value}" for n, i in report.failures)
+
+            _wait_restarting(record, inv, store, forks, policy, recheck, conns,
+                             guard_on_detach=not no_guard)
+
+
+def _exit_codes(text: str | None) -> frozenset[int] | None:
+    if text is None:
+        return None
+    try:
+        return frozenset(int(c) for c in text.split(",") if c.strip())
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: comma-separated integers expected",
+                                 param_hint="--restart-on-exit-codes") from None
+
+
+def _wait_restarting(record: Any, inv: Any, store: Any, forks: int, policy: Any,
+                     recheck: Any, conns: Any, guard_on_detach: bool) -> None:
+    """`up --wait`: watch with stall detection and restarts (jobs/restart.py). Ctrl-C
+    detaches and leaves the job's background guard."""
+    from orchestrator.job.restart import supervise
+    from orchestrator.job.state import JobStatus
+
+    try:
+        record = supervise(record, inv, store, policy, recheck, forks, conns, echo=click.echo)
+    except KeyboardInterrupt:
+        now = store.load(record.job_id)
+        if now.status is JobStatus.CANCELLED:
+            click.echo(f"\njob {now.job_id} cancelled during a restart: nothing left running",
+                       err=True)
+        else:
+            click.echo(detached_message(record.job_id), err=True)
+            if guard_on_detach:
+                start_guard(store, now)
+        sys.exit(130)
+    if len(record.history) > 1:
+        for line in attempt_lines(record):
+            click.echo(line)
+    click.echo(f"job {record.job_id} {record.status.value}"
+               + (f": {record.message}" if record.message else ""))
+    warn_not_cleaned(record)
+    if record.status is not JobStatus.SUCCEEDED:
+        sys.exit(1)
+
+
+def _failed() -> Any:
+    from orchestrator.job.state import JobStatus
+
+    return JobStatus.FAILED
+
+
+@click.command("resume")
+@job_argument
+@click.option("--wait", is_flag=True, help="Show live progress until the job ends (as `up`).")
+@click.option("--exclude-node", "exclude", multiple=True, metavar="NODE",
+              help="Relaunch without this node (name or host; repeatable), e.g. one that keeps "
+                   "failing. Data-parallel jobs only: DP is recomputed, the newest checkpoint "
+                   "complete on every remaining rank is copied to the renumbered ranks.")
+@click.option("--global-batch", type=click.Choice(["keep", "scale"]), default="keep",
+              show_default=True,
+              help="With --exclude-node: keep samples per step (raise micro_batch_num or "
+                   "micro_batch_size; refused when it does not divide) or scale it with DP.")
+@job_inventory_option()
+@no_guard_option
+@flags.state_dir_option()
+@flags.forks_option()
+def resume_command(job_id: str | None, wait: bool, exclude: tuple[str, ...], global_batch: str,
+                   inventory_path: Path | None, no_guard: bool, state_dir: Path,
+                   forks: int) -> None:
+    """Start a new attempt of a FAILED or CANCELLED job on the same nodes (or without some).
+
+    Every rank restarts with the trainer's --resume (it continues from the newest checkpoint
+    complete on every rank); the logs of all attempts stay in each rank's stdout.log and
+    `status --json` counts the attempts. Refused while any rank of the job still runs.
+
+    \b
+    With --exclude-node NODE (data-parallel jobs): the job is re-planned on the other nodes,
+    DP recomputed, ranks renumbered, the output says what happens to the global batch.
+    """
+    from orchestrator.job.lifecycle import resume_job
+    from orchestrator.job.nodes import Connections
+
+    store, record, inv = record_and_inventory(state_dir, job_id, inventory_path)
+    with Connections(inv, [inv.node(n.name) for n in record.nodes], forks) as conns:
+        try:
+            if exclude:
+                from orchestrator.config.presets import load_job_spec
+                from orchestrator.job.exclude import plan_exclusion, relaunch_without
+
+                excl = plan_exclusion(record, load_job_spec(record.preset, record.overrides),
+                                      exclude, keep_global_batch=global_batch == "keep")
+                record = relaunch_without(record, inv, store, excl, forks, conns, click.echo)
+            else:
+                record = resume_job(record, inv, store, forks, conns)
+        except KeyboardInterrupt:
+            click.echo(f"job {record.job_id} cancelled: nothing left running", err=True)
+            sys.exit(130)
+        click.echo(f"job {record.job_id} attempt {record.attempts} running on "
+                   f"{len(record.nodes)} node(s). Follow it with `orchestrate status --watch "
+                   f"{record.job_id}`.")
+        if wait:
+            watch_job(record, inv, store, forks, conns, guard_on_detach=not no_guard)
+        elif not no_guard:
+            start_guard(store, record)
+
+
+COMMANDS = (check_command, up_command, resume_command, status_command, logs_command, down_command,
+            plot_command)

@@ -1,0 +1,1 @@
+"""What a job is: inventory, presets and `--set`, the plan."""

@@ -1,0 +1,342 @@
+"""Model + parallel presets: load model/configs/*.yaml, apply `--set` overrides, check the layout.
+
+spec = load_job_spec("65b", ["parallel.micro_batch_num=80", "train.seq_length=512"])
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+from orchestrator import bundle
+from orchestrator.errors import PresetError
+
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+# Aliases accepted by --set for keys users know from the issues and MindFormers.
+KEY_ALIASES = {
+    "train.seq_length": "model.seq_length",
+    "parallel.batch_size": "parallel.micro_batch_size",
+}
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """Architecture numbers the control plane needs (the full config: model/config.py)."""
+
+    vocab_size: int
+    hidden_size: int
+    n_layer: int
+    n_head: int
+    seq_length: int
+    param_dtype: str
+    compute_dtype: str
+
+    @property
+    def parameters(self) -> int:
+        """Exact Bloom parameter count (LM head tied to the embeddings)."""
+        h = self.hidden_size
+        embed = self.vocab_size * h + 2 * h  # word_embeddings + word_embeddings_layernorm
+        per_layer = 12 * h * h + 13 * h  # qkv 3h²+3h, dense h²+h, mlp 8h²+5h, two LNs 4h
+        return embed + self.n_layer * per_layer + 2 * h  # + ln_f
+
+
+@dataclass(frozen=True)
+class ParallelLayout:
+    """DP × MP × PP and micro-batching."""
+
+    data_parallel: int
+    model_parallel: int
+    pipeline_stage: int
+    micro_batch_size: int  # samples per micro-batch per data-parallel replica
+    micro_batch_num: int
+    optimizer_shard: bool
+    recompute: bool
+
+    @property
+    def devices(self) -> int:
+        return self.data_parallel * self.model_parallel * self.pipeline_stage
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.micro_batch_num * self.micro_batch_size * self.data_parallel
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A preset with overrides applied: what `plan` and `up` work from."""
+
+    preset: str  # name (e.g. "65b") or the path of a custom preset file
+    model: ModelShape
+    parallel: ParallelLayout
+    overrides: tuple[str, ...]  # the --set strings, as given
+    sections: Mapping[str, Mapping[str, Any]] = field(hash=False)  # full merged config
+
+    def value(self, dotted: str) -> Any:
+        section, key = dotted.split(".", 1)
+        return self.sections[section][key]
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """The merged config as plain dicts (what gets rendered into job.yaml)."""
+        return {s: dict(v) for s, v in self.sections.items()}
+
+
+def available_presets() -> list[str]:
+    """Names of the shipped presets (model/configs/*.yaml except defaults)."""
+    return sorted(p.stem for p in bundle.presets_dir().glob("*.yaml") if p.stem != "defaults")
+
+
+def load_job_spec(preset: str, overrides: Sequence[str] = ()) -> JobSpec:
+    """Load a preset by name (or path to a YAML file), apply `section.key=value` overrides.
+
+    Raises:
+        PresetError: unknown preset or key, a value of the wrong type, an inconsistent layout.
+    """
+    defaults = _read_yaml(bundle.presets_dir() / "defaults.yaml")
+    preset_file = _preset_file(preset)
+    merged = _merge(defaults, _read_yaml(preset_file), str(preset_file))
+    for item in overrides:
+        _apply_override(merged, item)
+    spec = _build_spec(preset, merged, tuple(overrides))
+    validate_shape(spec)
+    return spec
+
+
+def _preset_file(preset: str) -> Path:
+    candidate = Path(preset)
+    if candidate.suffix in (".yaml", ".yml"):
+        if not candidate.is_file():
+            raise PresetError(f"{preset}: preset file does not exist")
+        return candidate
+    path = bundle.presets_dir() / f"{preset}.yaml"
+    if preset == "defaults" or not path.is_file():
+        raise PresetError(
+            f"unknown preset {preset!r} (known: {', '.join(available_presets())}; "
+            "or give a path to a .yaml file)"
+        )
+    return path
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise PresetError(f"{path}: YAML syntax error: {e}") from None
+    if not isinstance(doc, dict):
+        raise PresetError(f"{path}: expected a mapping of sections at top level")
+    return doc
+
+
+def _merge(defaults: dict[str, Any], preset: dict[str, Any], src: str) -> dict[str, dict[str, Any]]:
+    merged = {section: dict(values) for section, values in defaults.items()}
+    for section, values in preset.items():
+        if section not in merged:
+            raise PresetError(f"{src}: unknown section {section!r} (sections: {', '.join(merged)})")
+        if not isinstance(values, dict):
+            raise PresetError(f"{src}: {section}: expected a mapping")
+        for key, value in values.items():
+            dotted = f"{section}.{key}"
+            if key not in merged[section]:
+                raise PresetError(f"{src}: {dotted}: unknown key{_suggest(dotted, merged)}")
+            merged[section][key] = _coerce(dotted, merged[section][key], value, src)
+    return merged
+
+
+def _apply_override(merged: dict[str, dict[str, Any]], item: str) -> None:
+    if "=" not in item:
+        raise PresetError(f"--set {item!r}: expected section.key=value")
+    dotted, raw = item.split("=", 1)
+    dotted = KEY_ALIASES.get(dotted.strip(), dotted.strip())
+    section, _, key = dotted.partition(".")
+    if section not in merged or key not in merged[section]:
+        raise PresetError(f"--set {item!r}: unknown key {dotted!r}{_suggest(dotted, merged)}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    merged[section][key] = _coerce(dotted, merged[section][key], value, f"--set {item!r}")
+
+
+def _coerce(dotted: str, default: Any, value: Any, src: str) -> Any:
+    """Check `value` against the type of the default; ints are accepted where floats are."""
+    kind = type(default)
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, str)
+        if not ok and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value, ok = str(value), True
+    if not ok:
+        raise PresetError(f"{src}: {dotted}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def _suggest(dotted: str, merged: Mapping[str, Mapping[str, Any]]) -> str:
+    keys = [f"{s}.{k}" for s, values in merged.items() for k in values]
+    close = difflib.get_close_matches(dotted, keys, n=3, cutoff=0.6)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
+def _build_spec(
+    preset: str, merged: dict[str, dict[str, Any]], overrides: tuple[str, ...]
+) -> JobSpec:
+    m, p = merged["model"], merged["parallel"]
+    for dotted in ("model.param_dtype", "model.compute_dtype"):
+        section, key = dotted.split(".")
+        if merged[section][key] not in DTYPE_BYTES:
+            raise PresetError(
+                f"{preset}: {dotted}: expected one of {', '.join(DTYPE_BYTES)}, "
+                f"got {merged[section][key]!r}"
+            )
+    positive = [
+        "model.vocab_size",
+        "model.hidden_size",
+        "model.n_layer",
+        "model.n_head",
+        "model.seq_length",
+        "parallel.data_parallel",
+        "parallel.model_parallel",
+        "parallel.pipeline_stage",
+        "parallel.micro_batch_size",
+        "parallel.micro_batch_num",
+        "train.steps",
+        "train.log_steps",
+        "train.save_steps",
+    ]
+    for dotted in positive:
+        section, key = dotted.split(".")
+        if merged[section][key] < 1:
+            raise PresetError(f"{preset}: {dotted} must be >= 1, got {merged[section][key]}")
+    shape = ModelShape(
+        vocab_size=m["vocab_size"],
+        hidden_size=m["hidden_size"],
+        n_layer=m["n_layer"],
+        n_head=m["n_head"],
+        seq_length=m["seq_length"],
+        param_dtype=m["param_dtype"],
+        compute_dtype=m["compute_dtype"],
+    )
+    layout = ParallelLayout(
+        data_parallel=p["data_parallel"],
+        model_parallel=p["model_parallel"],
+        pipeline_stage=p["pipeline_stage"],
+        micro_batch_size=p["micro_batch_size"],
+        micro_batch_num=p["micro_batch_num"],
+        optimizer_shard=p["optimizer_shard"],
+        recompute=p["recompute"],
+    )
+    frozen = MappingProxyType({s: MappingProxyType(dict(v)) for s, v in merged.items()})
+    return JobSpec(
+        preset=preset, model=shape, parallel=layout, overrides=overrides, sections=frozen
+    )
+
+
+def validate_shape(spec: JobSpec) -> None:
+    """Architecture vs parallel layout checks that do not depend on the inventory."""
+    m, p = spec.model, spec.parallel
+    if m.hidden_size % m.n_head:
+        raise PresetError(
+            f"{spec.preset}: hidden_size={m.hidden_size} is not divisible by n_head={m.n_head}"
+        )
+    if m.n_head % p.model_parallel:
+        raise PresetError(
+            f"{spec.preset}: n_head={m.n_head} is not divisible by "
+            f"model_parallel={p.model_parallel}"
+        )
+    if m.vocab_size % p.model_parallel:
+        raise PresetError(
+            f"{spec.preset}: vocab_size={m.vocab_size} is not divisible by "
+            f"model_parallel={p.model_parallel}"
+        )
+    if p.pipeline_stage > m.n_layer:
+        raise PresetError(
+            f"{spec.preset}: pipeline_stage={p.pipeline_stage} exceeds n_layer={m.n_layer}"
+        )
+    if p.pipeline_stage > 1 and p.micro_batch_num < p.pipeline_stage:
+        raise PresetError(
+            f"{spec.preset}: micro_batch_num={p.micro_batch_num} must be >= "
+            f"pipeline_stage={p.pipeline_stage} to fill the pipeline"
+        )
+
+
+def layers_per_stage(n_layer: int, stages: int) -> list[int]:
+    """Split layers over pipeline stages: the first `n_layer % stages` stages take one more.
+
+    >>> layers_per_stage(80, 12)
+    [7, 7, 7, 7, 7, 7, 7, 7, 6, 6, 6, 6]
+    """
+    base, extra = divmod(n_layer, stages)
+    return [base + (1 if s < extra else 0) for s in range(stages)]
+
+
+def fit_to_world(spec: JobSpec, world_size: int) -> tuple[ParallelLayout, str | None]:
+    """The layout for `world_size` devices: DP recomputed when MP×PP divides the world.
+
+    Returns:
+        The layout and a note saying what changed (None if nothing did).
+
+    Raises:
+        PresetError: world_size is not a multiple of MP×PP (names both numbers).
+    """
+    p = spec.parallel
+    if p.devices == world_size:
+        return p, None
+    mp_pp = p.model_parallel * p.pipeline_stage
+    if world_size % mp_pp:
+        raise PresetError(
+            f"preset {spec.preset} needs DP×MP×PP = {p.data_parallel}×{p.model_parallel}×"
+            f"{p.pipeline_stage} = {p.devices} devices, the inventory has {world_size}, and "
+            f"{world_size} is not a multiple of MP×PP = {mp_pp}"
+        )
+    dp = world_size // mp_pp
+    fitted = ParallelLayout(
+        data_parallel=dp,
+        model_parallel=p.model_parallel,
+        pipeline_stage=p.pipeline_stage,
+        micro_batch_size=p.micro_batch_size,
+        micro_batch_num=p.micro_batch_num,
+        optimizer_shard=p.optimizer_shard,
+        recompute=p.recompute,
+    )
+    note = (
+        f"data_parallel recomputed {p.data_parallel} -> {dp}: the preset is laid out for "
+        f"{p.devices} devices, the inventory has {world_size} (= {dp} × MP {p.model_parallel}"
+        f" × PP {p.pipeline_stage}); global batch {p.global_batch_size} -> "
+        f"{fitted.global_batch_size}"
+    )
+    return fitted, note
+
+
+def memory_per_device_bytes(shape: ModelShape, layout: ParallelLayout) -> dict[str, float]:
+    """Static memory per device, activations excluded.
+
+    params    = P × bytes(param_dtype) / (MP×PP)
+    gradients = P × bytes(param_dtype) / (MP×PP)
+    optimizer = P × 8 (Adam m and v, fp32) / (MP×PP) / (DP if optimizer_shard else 1)
+    """
+    shard = shape.parameters / (layout.model_parallel * layout.pipeline_stage)
+    pbytes = DTYPE_BYTES[shape.param_dtype]
+    opt_div = layout.data_parallel if layout.optimizer_shard else 1
+    parts = {
+        "parameters": shard * pbytes,
+        "gradients": shard * pbytes,
+        "optimizer": shard * 8 / opt_div,
+    }
+    parts["total"] = math.fsum(parts.values())
+    return parts

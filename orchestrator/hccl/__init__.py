@@ -1,0 +1,1 @@
+"""HCCL rank tables: build, validate, discover device IPs."""

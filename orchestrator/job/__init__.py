@@ -1,0 +1,1 @@
+"""A job's life: record, render, stage, launch, watch, stop, logs."""

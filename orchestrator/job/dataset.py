@@ -1,0 +1,70 @@
+"""The dataset a job trains on: a local Alpaca file prepared to MindRecord here, a local
+MindRecord folder staged as is, or a path on the nodes (issue #7).
+
+    local = local_dataset(spec, plan, job_dir)      # what `up` stages as data/<name>, or None
+    paths = data_paths_for(plan, local)             # data.path for each node's job.yaml
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from orchestrator import bundle
+from orchestrator.config.plan import Plan
+from orchestrator.config.presets import JobSpec
+from orchestrator.errors import JobError
+
+
+def prepare_alpaca(src: Path, dest: Path, seq_length: int, tokenizer: str = "") -> Path:
+    """Alpaca JSON -> MindRecord folder `dest` (`python -m orchestrate_bloom.data`, a child)."""
+    cmd = bundle.model_command("data", ["--input", str(src.resolve()), "--output",
+                                        str(dest.resolve()), "--seq-length", str(seq_length)])
+    if tokenizer:
+        cmd += ["--tokenizer", str(Path(tokenizer).resolve())]
+    proc = subprocess.run(cmd, env=bundle.child_env({"GLOG_v": "3"}), capture_output=True,
+                          text=True, timeout=3600)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+        raise JobError(f"data.path {src}: preparing MindRecord failed: {last}")
+    return dest
+
+
+def resolve_local_data(path: str) -> Path | None:
+    """A local data.path: as given (relative to the current directory), else relative to the
+    checkout (presets name shipped files such as model/assets/alpaca_seed_tasks.json); None
+    when neither exists (then the path is taken to exist on the nodes)."""
+    given = Path(path).expanduser()
+    if given.exists():
+        return given
+    shipped = bundle.shipped_file(path)
+    return shipped if shipped is not None and shipped.exists() else None
+
+
+def local_dataset(spec: JobSpec, plan: Plan, job_dir: Path) -> Path | None:
+    """The local dataset to stage, or None (data.path empty, only on the nodes, or every
+    node has `data_dir`). An Alpaca `.json` file is first turned into MindRecord here."""
+    path = str(spec.value("data.path") or "")
+    local = resolve_local_data(path) if path else None
+    if local is None:
+        return None
+    if all(n.ranks.node.data_dir is not None for n in plan.nodes):
+        return None
+    if local.is_file() and local.suffix == ".json":
+        return prepare_alpaca(local, job_dir / "data" / local.stem, spec.model.seq_length,
+                              str(spec.value("data.tokenizer") or ""))
+    return local
+
+
+def data_paths_for(plan: Plan, local: Path | None) -> dict[str, str | None]:
+    """data.path for each node's job.yaml: its `data_dir`, else the staged copy, else as is."""
+    out: dict[str, str | None] = {}
+    for n in plan.nodes:
+        node = n.ranks.node
+        if node.data_dir is not None:
+            out[node.name] = str(node.data_dir)
+        elif local is not None:
+            out[node.name] = f"data/{local.name}"
+        else:
+            out[node.name] = None
+    return out

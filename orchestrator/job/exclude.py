@@ -1,0 +1,290 @@
+"""Relaunch a job without nodes that keep failing (issue #9): `resume --exclude-node HOST`.
+
+    orchestrate resume tiny-k3f9 --exclude-node th1 [--global-batch keep|scale] [--wait]
+
+    excl = plan_exclusion(record, spec, ["th1"])          # pure: layout, batch, what to say
+    record = relaunch_without(record, inv, store, excl)   # convert ckpts, render, stage, start
+
+Only data-parallel jobs (model_parallel = pipeline_stage = 1) can shrink: there every rank's
+checkpoint is a full replica (weights + optimizer state), so the newest step complete on every
+remaining rank is copied to the renumbered ranks with a manifest for the new layout (same
+bytes, same sha256; `converted_from` names the source rank and layout). A model- or
+pipeline-parallel checkpoint is sharded by its layout: that relaunch is refused (transform it
+with `collect-ckpt --dst-strategy` and start a new job).
+
+Global batch: `keep` (default) keeps samples per optimizer step by raising
+parallel.micro_batch_num (else micro_batch_size) on the remaining ranks; the bundled trainer
+runs a rank's micro-batches as one batch when there is no pipeline, so each rank's activation
+memory grows by the same factor. When the old global batch is not a multiple of what one rank
+step can take, `keep` is refused; `scale` keeps the per-rank batch and says how the global
+batch shrinks (the LR schedule is unchanged; the data order differs after the resume).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.config.inventory import Inventory
+from orchestrator.config.presets import JobSpec
+from orchestrator.errors import JobError
+from orchestrator.job.nodes import Connections, NodeReport, fan_out, query_job
+from orchestrator.job.state import JobRecord, JobStore, NodeRecord
+from orchestrator.remote.transport import Transport
+
+Echo = Callable[[str], None]
+_BATCH_KEYS = ("parallel.data_parallel", "parallel.micro_batch_num", "parallel.micro_batch_size")
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """What relaunching a job without some nodes changes."""
+
+    excluded: tuple[str, ...]  # node names
+    remaining: tuple[str, ...]
+    world: tuple[int, int]  # ranks before, after
+    data_parallel: tuple[int, int]
+    global_batch: tuple[int, int]  # samples per optimizer step before, after
+    overrides: tuple[str, ...]  # the job's --set overrides for the new layout
+    notes: tuple[str, ...]  # what the user is told
+
+
+def plan_exclusion(record: JobRecord, spec: JobSpec, exclude: Sequence[str],
+                   keep_global_batch: bool = True) -> Exclusion:
+    """The new layout of `record` without the nodes in `exclude` (names or hosts).
+
+    Raises:
+        JobError: unknown node, nothing left, a model/pipeline-parallel job, or a global batch
+            that cannot be kept (names the numbers).
+    """
+    gone = tuple(dict.fromkeys(record.node(x).name for x in exclude))
+    left = [n for n in record.nodes if n.name not in gone]
+    if not left:
+        raise JobError(f"job {record.job_id}: excluding {', '.join(gone)} leaves no node")
+    p = spec.parallel
+    if p.model_parallel * p.pipeline_stage > 1:
+        raise JobError(
+            f"job {record.job_id} is model/pipeline parallel (model_parallel="
+            f"{p.model_parallel}, pipeline_stage={p.pipeline_stage}): its checkpoint shards "
+            f"belong to that layout, so it cannot relaunch without {', '.join(gone)} "
+            "automatically; transform the checkpoint (collect-ckpt --dst-strategy) and start "
+            "a new job")
+    world_after = sum(n.rank_end - n.rank_start for n in left)
+    dp_before, dp_after = record.world_size, world_after
+    mbs, mbn = p.micro_batch_size, p.micro_batch_num
+    gbs_before = mbs * mbn * dp_before
+    notes = [f"relaunching job {record.job_id} without {', '.join(gone)}: {record.world_size} "
+             f"-> {world_after} ranks on {', '.join(n.name for n in left)}; data_parallel "
+             f"{dp_before} -> {dp_after}"]
+    new = {"parallel.data_parallel": dp_after}
+    if not keep_global_batch:
+        gbs_after = mbs * mbn * dp_after
+        notes.append(f"global batch {gbs_before} -> {gbs_after} samples per step "
+                     f"(--global-batch scale: {mbs * mbn} per rank as before)")
+    elif gbs_before % (mbs * dp_after) == 0:
+        new["parallel.micro_batch_num"] = gbs_before // (mbs * dp_after)
+        gbs_after = gbs_before
+        notes.append(_kept(gbs_before, "micro_batch_num", mbn, new["parallel.micro_batch_num"]))
+    elif gbs_before % (mbn * dp_after) == 0:
+        new["parallel.micro_batch_size"] = gbs_before // (mbn * dp_after)
+        gbs_after = gbs_before
+        notes.append(_kept(gbs_before, "micro_batch_size", mbs,
+                           new["parallel.micro_batch_size"]))
+    else:
+        raise JobError(
+            f"job {record.job_id}: the global batch of {gbs_before} samples "
+            f"({mbs} x {mbn} x {dp_before} ranks) is not a multiple of {dp_after} ranks x "
+            f"micro_batch_size {mbs} or x micro_batch_num {mbn}, so it cannot be kept without "
+            f"{', '.join(gone)}; pass --global-batch scale to run with "
+            f"{mbs * mbn * dp_after} samples per step")
+    overrides = tuple(o for o in record.overrides if o.split("=", 1)[0] not in new)
+    overrides += tuple(f"{k}={v}" for k, v in new.items())
+    return Exclusion(gone, tuple(n.name for n in left), (record.world_size, world_after),
+                     (dp_before, dp_after), (gbs_before, gbs_after), overrides, tuple(notes))
+
+
+def _kept(gbs: int, key: str, before: int, after: int) -> str:
+    return (f"global batch kept at {gbs} samples per step: parallel.{key} {before} -> {after} "
+            f"(a rank runs its micro-batches as one batch without a pipeline: activation "
+            f"memory per rank x{after / before:g})")
+
+
+# Runs on the node (inventory python, standard library only).
+# argv: job_dir steps '{"ranks": [...], "layout": {...}}'  -> {"<rank>": [complete steps]}
+#       job_dir convert '{"step": S, "layout": {...}, "old": {...}, "pairs": [[new, src]...]}'
+_NODE_SCRIPT = r"""
+import hashlib, json, os, re, shutil, sys
+job_dir, mode, args = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+out = os.path.join(job_dir, "output", "checkpoint")
+def path(r, s, ext): return os.path.join(out, "rank_%d" % r, "bloom_rank_%d-%d.%s" % (r, s, ext))
+def sha(p):
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for b in iter(lambda: f.read(1 << 20), b""): h.update(b)
+    return h.hexdigest()
+def complete(r, s, layout):
+    try:
+        with open(path(r, s, "json")) as f: doc = json.load(f)
+    except (OSError, ValueError): return False
+    c = path(r, s, "ckpt")
+    if doc.get("step") != s or doc.get("rank") != r or doc.get("layout") != layout: return False
+    if os.path.islink(c) or not os.path.isfile(c) or os.path.getsize(c) != doc.get("size"):
+        return False
+    return sha(c) == doc.get("sha256")
+def write(p, text):
+    with open(p + ".tmp", "w") as f: f.write(text)
+    os.replace(p + ".tmp", p)
+if mode == "steps":
+    res = {}
+    for r in args["ranks"]:
+        d = os.path.join(out, "rank_%d" % r)
+        names = os.listdir(d) if os.path.isdir(d) and not os.path.islink(d) else []
+        steps = sorted(int(m.group(2)) for m in (re.match(r"bloom_rank_(\d+)-(\d+)\.json$", n)
+                       for n in names) if m and int(m.group(1)) == r)
+        res[str(r)] = [s for s in steps if complete(r, s, args["layout"])]
+    print(json.dumps(res))
+else:
+    s = args["step"]
+    for new, src in args["pairs"]:
+        with open(path(src, s, "json")) as f: doc = json.load(f)
+        dst = path(new, s, "ckpt")
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        if new != src:
+            shutil.copyfile(path(src, s, "ckpt"), dst + ".tmp")
+            os.chmod(dst + ".tmp", 0o400)
+            os.replace(dst + ".tmp", dst)
+        doc.update(rank=new, file=os.path.basename(dst), layout=args["layout"],
+                   converted_from={"rank": src, "layout": args["old"]})
+        write(path(new, s, "json"), json.dumps(doc))
+    print("ok")
+"""
+
+
+def _layout(dp: int) -> dict[str, int]:
+    return {"data_parallel": dp, "model_parallel": 1, "pipeline_stage": 1}
+
+
+def _node_script(t: Transport, job_dir: str, mode: str, args: object) -> str:
+    cmd = shlex.join([t.node.python, "-c", _NODE_SCRIPT, job_dir, mode, json.dumps(args)])
+    res = t.run(cmd, check=False, timeout=1800)
+    if res.exit_code != 0:
+        last = (res.stderr.strip().splitlines() or [f"exit {res.exit_code}"])[-1]
+        raise JobError(f"[{t.node.name}] checkpoint {mode}: {last}")
+    return res.stdout
+
+
+def convert_checkpoints(record: JobRecord, new_nodes: Sequence[NodeRecord], excl: Exclusion,
+                        inv: Inventory, forks: int = 64, conns: Connections | None = None,
+                        ) -> int | None:
+    """Give every renumbered rank the newest step complete on every remaining rank, with a
+    manifest for the new layout; that step, or None when there is none (starts from 0).
+
+    Raises:
+        JobError: a node could not be read or written (names it).
+    """
+    old = {n.name: n for n in record.nodes}
+    nodes = [inv.node(n.name) for n in new_nodes]
+    layout = _layout(excl.data_parallel[0])
+
+    def steps(t: Transport) -> dict[str, list[int]]:
+        n = old[t.node.name]
+        doc: dict[str, list[int]] = json.loads(
+            _node_script(t, n.job_dir, "steps", {"ranks": list(n.ranks), "layout": layout}))
+        return doc
+
+    found = fan_out(inv, nodes, steps, forks, conns)
+    bad = {k: v for k, v in found.items() if isinstance(v, BaseException)}
+    if bad:
+        raise JobError("; ".join(str(e) for e in bad.values()))
+    per_rank = [set(s) for doc in found.values() if isinstance(doc, dict) for s in doc.values()]
+    common = set.intersection(*per_rank) if per_rank else set()
+    if not common:
+        return None
+    step = max(common)
+    by_name = {n.name: n for n in new_nodes}
+
+    def convert(t: Transport) -> str:
+        was, now = old[t.node.name], by_name[t.node.name]
+        pairs = [[r, r if r in was.ranks else was.rank_start] for r in now.ranks]
+        return _node_script(t, now.job_dir, "convert", {
+            "step": step, "layout": _layout(excl.data_parallel[1]), "old": layout,
+            "pairs": pairs})
+
+    done = fan_out(inv, nodes, convert, forks, conns)
+    bad = {k: v for k, v in done.items() if isinstance(v, BaseException)}
+    if bad:
+        raise JobError("; ".join(str(e) for e in bad.values()))
+    return step
+
+
+def relaunch_without(record: JobRecord, inv: Inventory, store: JobStore, excl: Exclusion,
+                     forks: int = 64, conns: Connections | None = None,
+                     echo: Echo = print) -> JobRecord:
+    """Stop what is left on the excluded nodes (when they answer), convert the checkpoints,
+    re-render and re-stage the job for the remaining nodes, start a new attempt (--resume).
+
+    Raises:
+        JobError: the job still runs on a remaining node, a node cannot be reached, or
+            staging / starting failed.
+    """
+    from orchestrator.config.plan import build_plan
+    from orchestrator.config.presets import load_job_spec
+    from orchestrator.job import lifecycle
+    from orchestrator.job.dataset import data_paths_for
+    from orchestrator.job.render import LaunchSpec, render_job
+    from orchestrator.job.teardown import failures, stop_everywhere
+
+    remaining = record.replace(nodes=tuple(n for n in record.nodes if n.name in excl.remaining))
+    reports = query_job(remaining, inv, forks, conns)
+    down = [n for n, r in reports.items() if not isinstance(r, NodeReport)]
+    if down:
+        raise JobError(f"job {record.job_id}: cannot reach {', '.join(down)}; nothing changed")
+    running = [f"{n}/{s.slot}" for n, r in reports.items() if isinstance(r, NodeReport)
+               for s in r.slots if s.state in ("running", "exiting")]
+    if running:
+        raise JobError(f"job {record.job_id} still runs ({', '.join(running[:8])}); stop it "
+                       f"with `orchestrate down {record.job_id}` first")
+    gone = [n for n in record.nodes if n.name in excl.excluded]
+    left_over = failures(stop_everywhere(record.replace(nodes=tuple(gone)), inv, forks, conns,
+                                         timeout=60))
+    for name in left_over:
+        echo(f"warning: {name} did not answer; any process of the job there is stopped by "
+             f"`orchestrate down {record.job_id}` once it does")
+    for line in excl.notes:
+        echo(line)
+    spec = load_job_spec(record.preset, excl.overrides)
+    sub = dataclasses.replace(inv, nodes=tuple(n for n in inv.nodes if n.name in excl.remaining))
+    plan = build_plan(sub, spec)
+    job_dirs = {n.name: n.job_dir for n in record.nodes}
+    new_nodes = tuple(
+        NodeRecord(name=n.ranks.node.name, host=n.ranks.node.host, rank_start=n.ranks.rank_start,
+                   rank_end=n.ranks.rank_end, devices=n.ranks.node.devices,
+                   job_dir=job_dirs[n.ranks.node.name]) for n in plan.nodes)
+    step = convert_checkpoints(record, new_nodes, excl, inv, forks, conns)
+    echo(f"checkpoint: step {step} (complete on every remaining rank) copied to the "
+         f"{plan.world_size} renumbered rank(s) for data_parallel={excl.data_parallel[1]}"
+         if step is not None else
+         "checkpoint: none complete on every remaining rank; the relaunch starts from step 0")
+    first = new_nodes[0]
+    launch = LaunchSpec(job_id=record.job_id, mode=record.mode, world_size=plan.world_size,
+                        sched_host=first.host,
+                        sched_port=record.sched_port or lifecycle.sched_port_for(record.job_id),
+                        cluster_timeout=record.cluster_timeout, entrypoint=record.entrypoint,
+                        stop_grace=record.stop_grace)
+    table = lifecycle.rank_table_for(sub, forks) if record.mode == "ranktable" else None
+    local = Path(record.local_data) if record.local_data else None
+    lifecycle.write_rendered(store, record.job_id, render_job(
+        launch, plan, data_paths_for(plan, local), table))
+    record = record.replace(
+        nodes=new_nodes, world_size=plan.world_size, overrides=spec.overrides,
+        sched_host=first.host if record.mode == "msrun" else None,
+        excluded=(*record.excluded, *excl.excluded),
+        stray=(*record.stray, *(n for n in gone if n.name in left_over)),
+        message=f"relaunched without {', '.join(excl.excluded)}")
+    store.save(record)
+    record = lifecycle.stage_all(record, inv, store, forks, conns, echo)
+    return lifecycle.resume_job(record, inv, store, forks, conns)

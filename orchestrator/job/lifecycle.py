@@ -1,0 +1,366 @@
+"""The job lifecycle behind `orchestrate up / down`: render, stage, start, stop.
+
+    record = create_job(inv, spec, store, UpOptions())       # renders locally, PENDING
+    record = launch(record, inv, store)                       # stage + start, RUNNING
+    record = stop_job(record, inv, store)                     # down: CANCELLED
+
+If any node fails to stage or start, or Ctrl-C arrives before every rank runs, everything
+already started is stopped on every node and the job is recorded FAILED / CANCELLED.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import shlex
+import signal
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.config.inventory import Connection, Inventory
+from orchestrator.config.plan import build_plan
+from orchestrator.config.presets import JobSpec
+from orchestrator.errors import JobError
+from orchestrator.job import stage as stage_mod
+from orchestrator.job.dataset import data_paths_for, local_dataset
+from orchestrator.job.nodes import Connections, fan_out, job_nodes
+from orchestrator.job.render import (
+    DEFAULT_CLUSTER_TIMEOUT,
+    DEFAULT_STOP_GRACE,
+    LaunchSpec,
+    RenderedFile,
+    default_mode,
+    render_job,
+)
+from orchestrator.job.state import JobRecord, JobStatus, JobStore, NodeRecord, new_job_id
+from orchestrator.job.teardown import failures, stop_everywhere
+from orchestrator.job.teardown import stop_job as stop_job  # re-exported: `down`
+from orchestrator.job.teardown import teardown_failed as teardown_failed  # re-exported
+from orchestrator.remote.transport import Transport
+
+Echo = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    """Choices of `orchestrate up` beyond preset and inventory."""
+
+    mode: str | None = None  # None: ranktable for Ascend, msrun otherwise
+    sched_port: int | None = None  # None: derived from the job id (see sched_port_for)
+    cluster_timeout: int = DEFAULT_CLUSTER_TIMEOUT
+    entrypoint: str | None = None  # rank command instead of the bundled trainer
+    stop_grace: int = DEFAULT_STOP_GRACE
+    forks: int = 64
+
+
+def _write_atomic(path: Path, text: str, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def sched_port_for(job_id: str) -> int:
+    """A scheduler port in 20000-29999 derived from the job id: two jobs rarely collide."""
+    return 20000 + int(hashlib.sha256(job_id.encode()).hexdigest()[:8], 16) % 10000
+
+
+def rank_table_for(inv: Inventory, forks: int = 64, discover: bool = True) -> str | None:
+    """The merged HCCL rank table: device IPs from the inventory, else discovered over SSH.
+
+    Returns None when IPs are missing and `discover` is off (dry run: no node is touched).
+    """
+    from orchestrator.hccl.ranktable import (
+        build_tables,
+        nodes_needing_discovery,
+        resolve_device_ips,
+    )
+
+    need = nodes_needing_discovery(inv)
+    discovered = None
+    if need:
+        if not discover:
+            return None
+        from orchestrator.hccl.discover import discover as probe_all
+        from orchestrator.remote.connect import open_all
+
+        with open_all(inv, need) as transports:
+            probes = probe_all(list(transports.values()), forks=forks)
+        discovered = {name: p.device_ips for name, p in probes.items()}
+    merged, _ = build_tables(inv, resolve_device_ips(inv, discovered))
+    return merged.dumps()
+
+
+def create_job(inv: Inventory, spec: JobSpec, store: JobStore, opts: UpOptions,
+               discover: bool = True) -> JobRecord:
+    """Plan and render the job locally; record it PENDING.
+
+    No node is touched, except in ranktable mode to discover device IPs the inventory lacks
+    (only when `discover`; a dry run renders everything but the rank table then).
+    """
+    plan = build_plan(inv, spec)
+    mode = opts.mode or default_mode(str(spec.value("train.device_target")))
+    with store.locked():
+        job_id = new_job_id(spec.preset, set(store.ids()))
+        store.job_dir(job_id).mkdir(parents=True, exist_ok=True)
+    first = plan.nodes[0].ranks.node
+    port = opts.sched_port or sched_port_for(job_id)
+    launch = LaunchSpec(job_id=job_id, mode=mode, world_size=plan.world_size,
+                        sched_host=first.host, sched_port=port,
+                        cluster_timeout=opts.cluster_timeout, entrypoint=opts.entrypoint,
+                        stop_grace=opts.stop_grace)
+    table = rank_table_for(inv, opts.forks, discover) if mode == "ranktable" else None
+    local_data = local_dataset(spec, plan, store.job_dir(job_id))
+    data_paths = data_paths_for(plan, local_data)
+    write_rendered(store, job_id, render_job(launch, plan, data_paths, table,
+                                             require_table=discover))
+    now = time.time()
+    nodes = tuple(
+        NodeRecord(name=n.ranks.node.name, host=n.ranks.node.host, rank_start=n.ranks.rank_start,
+                   rank_end=n.ranks.rank_end, devices=n.ranks.node.devices,
+                   job_dir=f"{n.ranks.node.workdir}/jobs/{job_id}")
+        for n in plan.nodes)
+    record = JobRecord(job_id=job_id, status=JobStatus.PENDING, created_at=now, updated_at=now,
+                       inventory_path=str(inv.path.resolve()), inventory_digest=inv.digest,
+                       preset=spec.preset, overrides=spec.overrides, mode=mode,
+                       world_size=plan.world_size, nodes=nodes,
+                       sched_host=first.host if mode == "msrun" else None,
+                       sched_port=port if mode == "msrun" else None,
+                       entrypoint=opts.entrypoint,
+                       local_data=str(local_data.resolve()) if local_data else None,
+                       cluster_timeout=opts.cluster_timeout, stop_grace=opts.stop_grace)
+    store.save(record)
+    return record
+
+
+def write_rendered(store: JobStore, job_id: str,
+                   files: Mapping[str, Mapping[str, RenderedFile]]) -> None:
+    """Keep every node's rendered files under `<state>/jobs/<id>/nodes/<node>/` (atomic)."""
+    local = store.job_dir(job_id)
+    for node_name, node_files in files.items():
+        for fname, f in node_files.items():
+            text = f.text
+            if fname == "job.yaml":
+                text = text + f"job:\n  id: {job_id}\n"
+            _write_atomic(local / "nodes" / node_name / fname, text, f.mode)
+
+
+def rendered_files(store: JobStore, record: JobRecord, node: str) -> dict[str, RenderedFile]:
+    """The node's rendered files as written by create_job."""
+    folder = store.job_dir(record.job_id) / "nodes" / node
+    return {p.name: RenderedFile(p.read_text(), p.stat().st_mode & 0o777)
+            for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Ignore Ctrl-C while cleaning up, so cleanup itself is not interrupted."""
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def _describe(failed: Mapping[str, BaseException]) -> str:
+    """`[th0, th1] node busy: ...; [th2] connection refused`: nodes with the same cause merged."""
+    by_cause: dict[str, list[str]] = {}
+    for name, exc in failed.items():
+        text = str(exc) or type(exc).__name__
+        if text.startswith(f"[{name}] "):
+            text = text[len(name) + 3:]
+        by_cause.setdefault(text, []).append(name)
+    return "; ".join(f"[{', '.join(names)}] {cause}" for cause, names in by_cause.items())
+
+
+def launch(record: JobRecord, inv: Inventory, store: JobStore, forks: int = 64,
+           echo: Echo = print, conns: Connections | None = None) -> JobRecord:
+    """Stage and start the job on every node; on failure or Ctrl-C stop it everywhere.
+
+    Raises:
+        JobError: a node failed to stage or start (names the node and the cause).
+        KeyboardInterrupt: re-raised after cleanup when Ctrl-C arrived.
+    """
+    started = False
+    own = conns is None
+    try:
+        record = record.with_status(JobStatus.LAUNCHING)
+        store.save(record)
+        if conns is None:
+            conns = Connections(inv, [node for _, node in job_nodes(record, inv)], forks)
+        record = stage_all(record, inv, store, forks, conns, echo)
+        started = True
+        return _start_all(record, inv, store, forks, conns, resume=False)
+    except KeyboardInterrupt:
+        with _sigint_deferred():
+            echo("interrupted: stopping whatever was started ...")
+            missed = failures(stop_everywhere(record, inv, forks, conns))
+            store.save(record.with_status(JobStatus.CANCELLED, "interrupted during up")
+                       .replace(cleaned=not missed))
+        raise
+    except Exception as e:
+        if not started:  # stage_all saved the node folders it learned before raising
+            record = store.load(record.job_id)
+        if not isinstance(e, JobError) or not started:
+            left: dict[str, BaseException] = {}
+            if started:  # an unexpected error after ranks may have started: leave none behind
+                with _sigint_deferred():
+                    left = failures(stop_everywhere(record, inv, forks, conns))
+            store.save(record.with_status(JobStatus.FAILED, str(e) or type(e).__name__)
+                       .replace(cleaned=not left))
+        raise
+    finally:
+        if own and conns is not None:
+            conns.close()
+
+
+def stage_all(record: JobRecord, inv: Inventory, store: JobStore, forks: int,
+              conns: Connections | None, echo: Echo = print) -> JobRecord:
+    """Stage the job's rendered files, the code and the dataset on every node (parallel,
+    sha256-skip); the record with each node's absolute job folder.
+
+    Raises:
+        JobError: a node failed to stage (names it and the cause); nothing was started.
+    """
+    pairs = job_nodes(record, inv)
+    plan_nodes = [node for _, node in pairs]
+    code = stage_mod.code_tree()
+    data = stage_mod.data_tree(Path(record.local_data)) if record.local_data else None
+    with tempfile.TemporaryDirectory(prefix="orchestrate-stage-") as tmp:
+        def stage_one(t: Transport) -> stage_mod.Staged:
+            node = t.node
+            rendered = rendered_files(store, record, node.name)
+            secrets = {k: v.text.encode() for k, v in rendered.items() if v.mode & 0o077 == 0}
+            public = {k: v for k, v in rendered.items() if k not in secrets}
+            trees = [code] + ([data] if data is not None and not node.data_dir else [])
+            return stage_mod.stage_node(t, record.job_id, str(node.workdir), trees, public,
+                                        secrets, Path(tmp))
+
+        results = fan_out(inv, plan_nodes, stage_one, forks, conns)
+    failed = failures(results)
+    staged = {k: v for k, v in results.items() if isinstance(v, stage_mod.Staged)}
+    nodes = tuple(dataclasses.replace(n, job_dir=staged[n.name].job_dir)
+                  if n.name in staged else n for n in record.nodes)
+    record = record.replace(nodes=nodes)
+    store.save(record)
+    if failed:
+        raise JobError(f"staging failed, nothing started: {_describe(failed)}")
+    echo(f"staged {len(staged)} node(s): {sum(s.sent for s in staged.values())} file(s) "
+         f"uploaded; {sum(s.reused for s in staged.values())} tree(s) already on the nodes "
+         "(same sha256)")
+    return record
+
+
+def _start_all(record: JobRecord, inv: Inventory, store: JobStore, forks: int,
+               conns: Connections | None, resume: bool) -> JobRecord:
+    """`launch.sh start [resume]` on every node in parallel; any failure stops them all.
+
+    Raises:
+        JobError: a node failed to start (the job was stopped everywhere, recorded FAILED).
+    """
+    by_name = {n.name: n for n in record.nodes}
+
+    def start_one(t: Transport) -> dict[str, int]:
+        cmd = ["bash", f"{by_name[t.node.name].job_dir}/launch.sh", "start"]
+        res = t.run(cmd + (["resume"] if resume else []), check=False, timeout=120)
+        if res.exit_code != 0:
+            msg = (res.stderr.strip().splitlines() or [f"exit {res.exit_code}"])[-1]
+            if res.exit_code == 3:
+                raise stage_mod.NodeBusyError(t.node.name, msg.split("job ", 1)[-1].split()[0])
+            raise JobError(f"[{t.node.name}] start failed: {msg}")
+        pids = {}
+        for line in res.stdout.splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[0] == "pid":
+                pids[parts[1]] = int(parts[2])
+        return pids
+
+    started_pids = fan_out(inv, [node for _, node in job_nodes(record, inv)], start_one, forks,
+                           conns)
+    failed = failures(started_pids)
+    nodes = tuple(dataclasses.replace(n, pids=pids) if isinstance(
+        pids := started_pids.get(n.name), dict) else n for n in record.nodes)
+    record = record.replace(nodes=nodes)
+    if failed:
+        with _sigint_deferred():
+            left = failures(stop_everywhere(record, inv, forks, conns))
+        record = record.with_status(JobStatus.FAILED, f"start failed: {_describe(failed)}")
+        record = record.replace(cleaned=not left)
+        store.save(record)
+        raise JobError(f"start failed on {len(failed)} node(s), job {record.job_id} stopped "
+                       f"everywhere: {_describe(failed)}")
+    record = record.with_status(JobStatus.RUNNING, "")
+    store.save(record)
+    return record
+
+
+def resume_job(record: JobRecord, inv: Inventory, store: JobStore, forks: int = 64,
+               conns: Connections | None = None, poll_timeout: float = 60.0) -> JobRecord:
+    """A new attempt of an ended job on the same nodes: every rank restarts with `--resume`
+    (the trainer continues from the newest checkpoint complete on every rank).
+
+    Raises:
+        JobError: the job succeeded, or still runs somewhere, or a node failed to start.
+    """
+    from orchestrator.job.nodes import query_job
+
+    if record.status is JobStatus.SUCCEEDED:
+        raise JobError(f"job {record.job_id} already SUCCEEDED; start a new job instead")
+    reports = query_job(record, inv, forks, conns, poll_timeout)
+    unreachable = [n for n, r in reports.items() if isinstance(r, BaseException)]
+    if unreachable:
+        raise JobError(f"job {record.job_id}: cannot reach {', '.join(unreachable)}; "
+                       "nothing was restarted")
+    running = [f"{n}/{s.slot}" for n, r in reports.items() if not isinstance(r, BaseException)
+               for s in r.slots if s.state in ("running", "exiting")]
+    if running:
+        raise JobError(f"job {record.job_id} still runs ({', '.join(running[:8])}); stop it "
+                       f"with `orchestrate down {record.job_id}` first")
+    unstaged = [n for n, r in reports.items() if not isinstance(r, BaseException) and not r.staged]
+    if unstaged:
+        raise JobError(f"job {record.job_id} was never staged on {', '.join(unstaged)}; "
+                       "start a new job instead")
+    record = record.replace(attempts=record.attempts + 1, status=JobStatus.LAUNCHING,
+                            message="", cleaned=False)
+    store.save(record)
+    try:
+        return _start_all(record, inv, store, forks, conns, resume=True)
+    except KeyboardInterrupt:
+        with _sigint_deferred():
+            left = failures(stop_everywhere(record, inv, forks, conns))
+            store.save(record.with_status(JobStatus.CANCELLED, "interrupted during resume")
+                       .replace(cleaned=not left))
+        raise
+
+
+def dry_run_summary(record: JobRecord, store: JobStore) -> list[str]:
+    """What `up --dry-run` prints: where the rendered files are and what would run."""
+    local = store.job_dir(record.job_id)
+    lines = [f"job {record.job_id} ({record.mode} mode, {record.world_size} ranks) rendered "
+             f"into {local}/nodes/<node>/ — nothing was sent to any node.",
+             "would stage code/ (the model package), job.yaml, launch.sh"
+             + (", rank_table.json" if record.mode == "ranktable" else "")
+             + (" (the rank table is built at launch: device IPs are discovered over SSH)"
+                if record.mode == "ranktable" and not any(
+                    (local / "nodes" / n.name / "rank_table.json").exists() for n in record.nodes)
+                else "")
+             + " into <workdir>/jobs/<job id>/ on every node, then run:"]
+    for n in record.nodes:
+        lines.append(f"  [{n.name}] ranks {n.rank_start}-{n.rank_end - 1}: "
+                     f"bash {shlex.quote(n.job_dir + '/launch.sh')} start")
+    return lines
+
+
+def is_local(inv: Inventory) -> bool:
+    return all(n.connection is Connection.LOCAL for n in inv.nodes)

@@ -1,0 +1,234 @@
+"""Talk to a job's nodes: open transports, fan out in parallel, parse `launch.sh status`.
+
+    reports = query_job(record, inv)        # node name -> NodeReport | exception
+    JobStatus derived by derive_status(record, reports)
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
+
+from orchestrator.config.inventory import Inventory, Node
+from orchestrator.errors import CommandTimeout, ConnectError
+from orchestrator.job.state import JobRecord, JobStatus, NodeRecord
+from orchestrator.remote.transport import Transport
+
+T = TypeVar("T")
+_FIELD = re.compile(r"\b(step|loss|lr|tokens_per_s|elapsed_s)=([-+0-9.eEinfa]+)")
+
+
+def open_transport(inv: Inventory, node: Node) -> Transport:
+    """The node's transport (SSH, or local for `connection: local`); connects lazily."""
+    from orchestrator.remote.connect import transport_for
+
+    return transport_for(node, inv)
+
+
+class Connections:
+    """Transports to a set of nodes, connecting in the background from the moment it is made.
+
+    `up` makes one before rendering, so the SSH handshakes overlap local work, and keeps it
+    for check, stage, start and the `--wait` loop. A node that failed to connect reports its
+    error once; the next use connects again (the transport reconnects lazily).
+    """
+
+    def __init__(self, inv: Inventory, nodes: Sequence[Node], forks: int = 64) -> None:
+        self._transports = {n.name: open_transport(inv, n) for n in nodes}
+        self._pool = ThreadPoolExecutor(max_workers=max(1, min(forks, len(nodes) or 1)))
+        self._pending: dict[str, Future[None]] = {
+            name: self._pool.submit(t.open) for name, t in self._transports.items()
+            if callable(getattr(t, "open", None))}
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._transports
+
+    def get(self, name: str) -> Transport:
+        """The node's transport, once its background connect finished (its error, once)."""
+        future = self._pending.pop(name, None)
+        if future is not None:
+            future.result()
+        return self._transports[name]
+
+    def drop(self, name: str) -> None:
+        """Close the node's connection after a timeout: the next use connects afresh.
+
+        A network partition leaves the TCP connection open with unsent data whose
+        retransmissions back off to a minute; a new connection works as soon as the link does.
+        """
+        try:
+            self._transports[name].close()
+        except Exception:  # noqa: BLE001 - closing is best effort
+            pass
+
+    def close(self) -> None:
+        for future in self._pending.values():
+            future.cancel()
+        self._pool.shutdown(wait=True)
+        for t in self._transports.values():
+            try:
+                t.close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+
+    def __enter__(self) -> Connections:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def fan_out(inv: Inventory, nodes: Sequence[Node], fn: Callable[[Transport], T],
+            forks: int = 64, conns: Connections | None = None,
+            ) -> dict[str, T | BaseException]:
+    """Run `fn(transport)` for every node in parallel; each node's result or exception.
+
+    With `conns`, its transports are used and left open; otherwise each node gets a fresh
+    transport, closed afterwards.
+    """
+
+    def one(node: Node) -> T | BaseException:
+        try:
+            if conns is not None and node.name in conns:
+                return fn(conns.get(node.name))
+            with open_transport(inv, node) as t:
+                return fn(t)
+        except Exception as e:  # noqa: BLE001 - recorded per node, reported by the caller
+            if conns is not None and node.name in conns and isinstance(
+                    e, (CommandTimeout, ConnectError)):
+                conns.drop(node.name)
+            return e
+
+    if not nodes:
+        return {}
+    with ThreadPoolExecutor(max_workers=max(1, min(forks, len(nodes)))) as pool:
+        results = list(pool.map(one, nodes))
+    return {n.name: r for n, r in zip(nodes, results, strict=True)}
+
+
+def job_nodes(record: JobRecord, inv: Inventory) -> list[tuple[NodeRecord, Node]]:
+    """The job's nodes paired with their inventory entries (by name)."""
+    return [(n, inv.node(n.name)) for n in record.nodes]
+
+
+@dataclass(frozen=True)
+class SlotReport:
+    """One rank (or the scheduler) as the node sees it now."""
+
+    slot: str  # global rank as text, or "sched"
+    state: str  # pending | running | exiting (dead, code not yet recorded) | exited | lost
+    exit_code: int | None
+    pid: int | None
+    metrics: Mapping[str, float]  # last trainer log line: step, loss, lr, tokens_per_s, ...
+
+    @property
+    def failed(self) -> bool:
+        return self.state == "lost" or (self.state == "exited" and self.exit_code != 0)
+
+
+@dataclass(frozen=True)
+class NodeReport:
+    node: str
+    staged: bool  # launch.sh exists on the node
+    supervisor: str  # running | exited | none
+    slots: tuple[SlotReport, ...]
+    # (slot, exit code, unix time) of the node's first failure not caused by a stop
+    first_failure: tuple[str, int, float] | None = None
+
+
+def parse_metrics(line: str) -> dict[str, float]:
+    """`step=120 loss=2.3141 lr=1.0e-04 tokens_per_s=3120.5` -> floats (unparsable: skipped)."""
+    out: dict[str, float] = {}
+    for key, value in _FIELD.findall(line):
+        try:
+            out[key] = float(value)
+        except ValueError:
+            continue
+    return out
+
+
+def parse_status(node: str, text: str) -> NodeReport:
+    """Parse the output of `launch.sh status` (or `nojob`)."""
+    supervisor = "none"
+    first_failure: tuple[str, int, float] | None = None
+    slots: dict[str, dict[str, object]] = {}
+    order: list[str] = []
+    staged = True
+    for line in text.splitlines():
+        parts = line.split(" ", 2)
+        if parts[0] == "nojob":
+            staged = False
+        elif parts[0] == "supervisor" and len(parts) > 1:
+            supervisor = parts[1]
+        elif parts[0] == "first_failure" and len(parts) == 3:
+            code, _, when = parts[2].partition(" ")
+            if code.lstrip("-").isdigit():
+                try:
+                    at = float(when)
+                except ValueError:
+                    at = 0.0
+                first_failure = (parts[1], int(code), at)
+        elif parts[0] == "slot":
+            fields = line.split()
+            if len(fields) == 5:
+                slot, state, code, pid = fields[1:5]
+                slots[slot] = {"state": state,
+                               "exit_code": int(code) if code.lstrip("-").isdigit() else None,
+                               "pid": int(pid) if pid.isdigit() else None, "metrics": {}}
+                order.append(slot)
+        elif parts[0] == "last" and len(parts) == 3 and parts[1] in slots:
+            slots[parts[1]]["metrics"] = parse_metrics(parts[2])
+    return NodeReport(node=node, staged=staged, supervisor=supervisor,
+                      first_failure=first_failure, slots=tuple(
+        SlotReport(slot=s, state=str(slots[s]["state"]), exit_code=slots[s]["exit_code"],  # type: ignore[arg-type]
+                   pid=slots[s]["pid"], metrics=slots[s]["metrics"])  # type: ignore[arg-type]
+        for s in order))
+
+
+def launch_command(job_dir: str, sub: str) -> str:
+    """`bash <job dir>/launch.sh SUB`, or `echo nojob` when the node was never staged."""
+    script = shlex.quote(f"{job_dir}/launch.sh")
+    return f"if [ -f {script} ]; then bash {script} {sub}; else echo nojob; fi"
+
+
+POLL_TIMEOUT = 60.0  # seconds one `launch.sh status` may take before the node is unreachable
+
+
+def query_job(record: JobRecord, inv: Inventory, forks: int = 64,
+              conns: Connections | None = None, timeout: float = POLL_TIMEOUT,
+              ) -> dict[str, NodeReport | BaseException]:
+    """Ask every node of the job for its ranks' state (never trusts the record).
+
+    A node that does not answer within `timeout` s (a network partition leaves the SSH
+    connection open but silent) is reported as an exception.
+    """
+    by_name = {n.name: n for n in record.nodes}
+
+    def one(t: Transport) -> NodeReport:
+        res = t.run(launch_command(by_name[t.node.name].job_dir, "status"), check=True,
+                    timeout=timeout)
+        return parse_status(t.node.name, res.stdout)
+
+    return fan_out(inv, [node for _, node in job_nodes(record, inv)], one, forks, conns)
+
+
+def derive_status(record: JobRecord, reports: Mapping[str, NodeReport | BaseException]
+                  ) -> JobStatus:
+    """The job's status from what the nodes say now (CANCELLED and FAILED are sticky)."""
+    if record.status in (JobStatus.CANCELLED, JobStatus.FAILED):
+        return record.status
+    ok = [r for r in reports.values() if isinstance(r, NodeReport)]
+    slots = [s for r in ok for s in r.slots]
+    if any(s.failed for s in slots):
+        return JobStatus.FAILED
+    if any(s.state in ("running", "exiting") for s in slots):
+        return JobStatus.RUNNING
+    expected = sum(n.rank_end - n.rank_start for n in record.nodes)
+    ranks_done = [s for s in slots if s.slot != "sched" and s.state == "exited"]
+    if len(ok) == len(record.nodes) and len(ranks_done) == expected and expected > 0:
+        return JobStatus.SUCCEEDED
+    return record.status

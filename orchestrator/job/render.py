@@ -1,0 +1,181 @@
+"""Render a job's files locally: per-node launch scripts, env files and job.yaml.
+
+    files = render_job(launch, plan)            # {node name: {file name: RenderedFile}}
+
+Jinja2 with StrictUndefined and a `quote` filter (shlex.quote): every value that reaches a
+shell is quoted; templates only substitute, loop and branch. Nothing here touches a node.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+
+from orchestrator import bundle
+from orchestrator.config.plan import Plan
+from orchestrator.errors import JobError
+from orchestrator.hccl.ranktable import NodeRanks
+
+MODES = ("ranktable", "msrun")
+SCHED_SLOT = "sched"
+DEFAULT_SCHED_PORT = 8118
+DEFAULT_CLUSTER_TIMEOUT = 7200  # s; MindFormers' msrun wrapper default (7.1B compiles ~1.5 h)
+DEFAULT_STOP_GRACE = 10  # s between SIGTERM and SIGKILL
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Job-wide launch choices (the same for every node)."""
+
+    job_id: str
+    mode: str  # "ranktable" | "msrun"
+    world_size: int
+    sched_host: str  # msrun: address of the first node in rank order
+    sched_port: int = DEFAULT_SCHED_PORT
+    cluster_timeout: int = DEFAULT_CLUSTER_TIMEOUT
+    entrypoint: str | None = None  # shell command run per rank instead of the bundled trainer
+    stop_grace: int = DEFAULT_STOP_GRACE
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One process the node's supervisor starts: a rank, or the msrun scheduler."""
+
+    name: str  # global rank id as text, or "sched"
+    rank: int | None  # global rank (None for the scheduler)
+    device: int | None  # local device id (None for the scheduler)
+
+
+@dataclass(frozen=True)
+class RenderedFile:
+    text: str
+    mode: int  # file mode on disk, locally and on the node
+
+
+def default_mode(device_target: str) -> str:
+    """`ranktable` for Ascend, `msrun` (dynamic cluster) for CPU and GPU."""
+    return "ranktable" if device_target == "Ascend" else "msrun"
+
+
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(bundle.templates_dir())),
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                             autoescape=False,
+                             # bash uses `${#array[@]}`: Jinja comments are `{## ... ##}` here
+                             comment_start_string="{##", comment_end_string="##}")
+    env.filters["quote"] = lambda v: shlex.quote(str(v))
+    return env
+
+
+def node_slots(launch: LaunchSpec, ranks: NodeRanks, first: bool) -> tuple[Slot, ...]:
+    """The node's slots in start order: the scheduler first (msrun, first node), then ranks."""
+    slots = [Slot(name=str(r), rank=r, device=d)
+             for r, d in zip(ranks.ranks, ranks.node.devices, strict=True)]
+    if launch.mode == "msrun" and first:
+        slots.insert(0, Slot(name=SCHED_SLOT, rank=None, device=None))
+    return tuple(slots)
+
+
+def render_launch(launch: LaunchSpec, ranks: NodeRanks, first: bool,
+                  env: jinja2.Environment | None = None) -> str:
+    """The node's launch.sh text."""
+    if launch.mode not in MODES:
+        raise JobError(f"unknown launch mode {launch.mode!r} (modes: {', '.join(MODES)})")
+    env = env or environment()
+    node = ranks.node
+    slots = node_slots(launch, ranks, first)
+    ctx: dict[str, Any] = {
+        "job_id": launch.job_id,
+        "node_name": node.name,
+        "mode": launch.mode,
+        "slots": slots,
+        "has_sched": any(s.name == SCHED_SLOT for s in slots),
+        "world_size": launch.world_size,
+        "rank_start": ranks.rank_start,
+        "rank_end": ranks.rank_end,
+        "python": node.python,
+        "entrypoint": launch.entrypoint,
+        "stop_grace": launch.stop_grace,
+        "sched_host": launch.sched_host,
+        "sched_port": launch.sched_port,
+        "cluster_timeout": launch.cluster_timeout,
+    }
+    return env.get_template(f"launch_{launch.mode}.sh.j2").render(ctx)
+
+
+def render_env(job_id: str, values: Mapping[str, str],
+               env: jinja2.Environment | None = None) -> str:
+    """env.sh: `export NAME=value` lines, values quoted (names are validated identifiers)."""
+    env = env or environment()
+    return env.get_template("env.sh.j2").render(job_id=job_id, env=sorted(values.items()))
+
+
+def job_config(plan: Plan, data_path: str | None = None) -> dict[str, dict[str, Any]]:
+    """The merged preset with the layout fitted to the inventory (what job.yaml holds)."""
+    cfg = plan.spec.to_dict()
+    p = plan.layout
+    cfg["parallel"].update(data_parallel=p.data_parallel, model_parallel=p.model_parallel,
+                           pipeline_stage=p.pipeline_stage)
+    if data_path is not None:
+        cfg["data"]["path"] = data_path
+    return cfg
+
+
+def render_job_yaml(plan: Plan, data_path: str | None = None) -> str:
+    header = (f"# Job config rendered by orchestrate: preset {plan.spec.preset}"
+              f"{' with ' + ' '.join(plan.spec.overrides) if plan.spec.overrides else ''}.\n")
+    return header + yaml.safe_dump(job_config(plan, data_path), sort_keys=False)
+
+
+def render_job(launch: LaunchSpec, plan: Plan,
+               data_paths: Mapping[str, str | None] | None = None,
+               rank_table: str | None = None,
+               require_table: bool = True) -> dict[str, dict[str, RenderedFile]]:
+    """Every node's files: launch.sh, job.yaml, env.sh (if the node has `env:`), rank table.
+
+    Args:
+        launch: job-wide launch choices.
+        plan: the layout (nodes in rank order).
+        data_paths: node name -> data.path for its job.yaml (None: keep the preset's).
+        rank_table: merged rank table JSON text (ranktable mode).
+        require_table: refuse ranktable mode without a table (off for dry runs).
+
+    Returns:
+        node name -> file name -> RenderedFile, in rank order.
+    """
+    if launch.mode == "ranktable" and rank_table is None and require_table:
+        raise JobError("ranktable mode needs the merged rank table")
+    env = environment()
+    out: dict[str, dict[str, RenderedFile]] = {}
+    job_yamls: dict[str | None, RenderedFile] = {}  # nodes with the same data path share one
+    for i, node_plan in enumerate(plan.nodes):
+        node = node_plan.ranks.node
+        data_path = (data_paths or {}).get(node.name)
+        if data_path not in job_yamls:
+            job_yamls[data_path] = RenderedFile(render_job_yaml(plan, data_path), 0o644)
+        files = {
+            "launch.sh": RenderedFile(render_launch(launch, node_plan.ranks, i == 0, env), 0o755),
+            "job.yaml": job_yamls[data_path],
+        }
+        if node.env:
+            files["env.sh"] = RenderedFile(render_env(launch.job_id, node.env, env), 0o600)
+        if rank_table is not None:
+            files["rank_table.json"] = RenderedFile(rank_table, 0o644)
+        out[node.name] = files
+    return out
+
+
+def shell_path(path: str | Path, *parts: str) -> str:
+    """A node path for a shell command: `~` expanded by the node's shell, the rest quoted."""
+    text = str(path)
+    tail: Sequence[str] = [p for p in parts if p]
+    if text == "~" or text.startswith("~/"):
+        rest = "/".join([text[2:], *tail]).strip("/")
+        return '"$HOME"' + (("/" + shlex.quote(rest)) if rest else "")
+    return shlex.quote("/".join([text.rstrip("/") or "/", *tail]) if tail else text)

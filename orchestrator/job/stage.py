@@ -1,0 +1,363 @@
+"""Stage a job's files onto a node: content-addressed, so unchanged files are never re-sent.
+
+    code = Tree.of(code_manifest(), "code")                # the `model` package
+    stage_node(transport, job_id, workdir, [code], rendered, secrets, tmp)  -> Staged
+
+Large files travel as blobs named by sha256 into `<workdir>/blobs/` (one tar per node with
+only the blobs it lacks, unpacked privately and renamed into place, so a blob name only ever
+holds a whole file) and are assembled once into `<workdir>/trees/<tree key>/`; a job folder
+gets each tree as hard links (`cp -al`, one process). The node has the last word: blobs still
+missing after unpacking are sent again. Temp names are private to each stager, so two jobs
+staging onto one node at once (or nodes sharing a filesystem) do not undo each other's work.
+The rendered files (launch.sh, job.yaml, rank table) are written by the first command itself
+(bash `printf`, no upload).
+Secrets (env.sh) never become blobs or command text: uploaded to the job folder, mode 0600.
+An interrupted stage leaves its private temp names behind (`blobs/.unpack-*`,
+`blobs/.incoming-*.tar`, upload temp files `blobs/.*.orchestrate-tmp-*`,
+`trees/.*.partial-*`); the next stage on the node removes those in which nothing (the entry
+itself or anything under it) was modified for LEFTOVER_AGE_MIN minutes, so a concurrent
+stager's live temp names are never touched.
+A node that already holds the code costs one round trip and a handful of processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shlex
+import tarfile
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from orchestrator import bundle
+from orchestrator.errors import JobError, RemoteCommandError, RemoteError
+from orchestrator.job.render import RenderedFile, shell_path
+from orchestrator.remote.transport import Transport
+
+_SKIP_DIRS = {"__pycache__", ".pytest_cache", ".mypy_cache"}
+_SKIP_SUFFIXES = {".pyc", ".pyo"}
+COMMAND_MAX = 96 * 1024  # a command is one argv string on the node: Linux caps those at 128 KiB
+INLINE_MAX = 32 * 1024  # rendered files up to this size are written by the command itself
+LEFTOVER_AGE_MIN = 60  # a stager's temp name untouched this long is an interrupted stage's
+# Private temp names of stagers (see place_blobs_command, link_tree_commands, files.temp_name),
+# as bash globs relative to the workdir's $B (blobs) and $T (trees)
+LEFTOVER_GLOBS = ('"$B"/.unpack-*', '"$B"/.incoming-*.tar', '"$B"/.*.orchestrate-tmp-*',
+                  '"$T"/.*.partial-*')
+
+
+@dataclass(frozen=True)
+class StageFile:
+    """One file of a tree: `rel` is its path under the tree's destination."""
+
+    rel: str  # POSIX path, e.g. "model/train.py"
+    sha256: str
+    mode: int
+    source: Path  # the local file
+
+
+@dataclass(frozen=True)
+class Tree:
+    """A folder staged as a unit, e.g. `code/` (the model package) or `data/`."""
+
+    dest: str  # folder under the job folder: "code", "data"
+    files: tuple[StageFile, ...]
+    key: str  # sha256 over (rel, sha256, mode) of every file: the node-side cache name
+
+    @classmethod
+    def of(cls, files: Sequence[StageFile], dest: str) -> Tree:
+        h = hashlib.sha256()
+        for f in sorted(files, key=lambda f: f.rel):
+            h.update(f"{f.rel}\0{f.sha256}\0{f.mode:o}\n".encode())
+        return cls(dest=dest, files=tuple(files), key=h.hexdigest())
+
+
+class NodeBusyError(JobError):
+    """The node already runs another live job (the remote lock)."""
+
+    def __init__(self, node: str, other: str) -> None:
+        self.node = node
+        self.other = other
+        super().__init__(f"[{node}] node busy: job {other} is running there "
+                         f"(stop it with: orchestrate down {other})")
+
+
+def _sha_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tree_manifest(root: Path, prefix: str = "") -> list[StageFile]:
+    """Every regular file under `root` as `<prefix>/<relative path>` (caches skipped)."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            if path.suffix in _SKIP_SUFFIXES or not path.is_file():
+                continue
+            rel = path.relative_to(root).as_posix()
+            out.append(StageFile(rel=f"{prefix}/{rel}" if prefix else rel,
+                                 sha256=_sha_file(path),
+                                 mode=0o644 | (path.stat().st_mode & 0o111), source=path))
+    return out
+
+
+def code_tree(model_dir: Path | None = None) -> Tree:
+    """The model package as `code/orchestrate_bloom/...` (nodes get PYTHONPATH=code)."""
+    return Tree.of(tree_manifest(model_dir or bundle.model_dir(), bundle.MODEL_PACKAGE), "code")
+
+
+def data_tree(path: Path) -> Tree:
+    """A local dataset (folder or file) as `data/<name>[/...]`."""
+    if path.is_dir():
+        return Tree.of(tree_manifest(path, path.name), "data")
+    return Tree.of([StageFile(rel=path.name, sha256=_sha_file(path), mode=0o644, source=path)],
+                   "data")
+
+
+_START_TIME_FN = (
+    'st_of() { local s; s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1; s=${s##*) }; '
+    'set -- $s; echo "${20}"; }'
+)
+# Hard-link cached tree $1 to job folder $2, or report it missing.
+_TREE_FN = ('t() { if [ -d "$T/$1" ]; then [ ! -e "$J/$2" ] || rm -rf "${J:?}/$2"; '
+            'cp -al "$T/$1" "$J/$2"; else echo "tree $1"; fi; }')
+
+
+def _vars(wd: str, jid: str) -> str:
+    return (f'cd {wd}; B="$(pwd -P)/blobs"; T="$(pwd -P)/trees"; '
+            f'J="$(cd jobs/{jid} && pwd -P)"')
+
+
+def _chunked(header: Sequence[str], body: Sequence[str]) -> list[str]:
+    """Split `body` over as few commands as fit COMMAND_MAX, each starting with `header`."""
+    base = sum(len(h) + 1 for h in header)
+    commands, current, size = [], list(header), base
+    for line in body:
+        if size + len(line) + 1 > COMMAND_MAX and len(current) > len(header):
+            commands.append("\n".join(current))
+            current, size = list(header), base
+        current.append(line)
+        size += len(line) + 1
+    commands.append("\n".join(current))
+    return commands
+
+
+def cleanup_leftovers_lines(age_min: int = LEFTOVER_AGE_MIN) -> list[str]:
+    """Shell lines removing interrupted stages' temp names under "$B" and "$T".
+
+    An entry goes only when neither it nor anything under it was modified in the last
+    `age_min` minutes (a directory's own mtime changes whenever an entry is added, a file's
+    while it is written); prints `leftover NAME` for each one removed.
+    """
+    return [
+        f"for x in {' '.join(LEFTOVER_GLOBS)}; do",
+        '  [ -e "$x" ] || [ -L "$x" ] || continue',
+        f'  if [ -z "$(find "$x" -mmin -{int(age_min)} -print -quit 2>/dev/null)" ]; then',
+        '    rm -rf -- "$x" 2>/dev/null && echo "leftover ${x##*/}" || true',
+        "  fi",
+        "done",
+    ]
+
+
+def first_command(workdir: str, job_id: str, trees: Sequence[Tree],
+                  rendered: Mapping[str, RenderedFile]) -> str:
+    """Prepare the folders, refuse a busy node, write the rendered files, link cached trees.
+
+    Prints `workdir P`, `jobdir P`, then `busy JOB` (and stops) or `leftover NAME` per stale
+    temp name of an interrupted stage it removed and `tree KEY` per tree the node does not
+    hold yet.
+    """
+    wd = shell_path(workdir)
+    jid = shlex.quote(job_id)
+    lines = [
+        "set -eu", "umask 022", _START_TIME_FN,
+        f"mkdir -p {wd}/jobs/{jid} {wd}/blobs {wd}/trees",
+        _vars(wd, jid),
+        'echo "workdir $(pwd -P)"; echo "jobdir $J"',
+        "if [ -f jobs/ACTIVE ]; then",
+        "  o=; p=; s=; read -r o p s < jobs/ACTIVE || true",
+        f'  if [ "$o" != {jid} ] && [ -n "$p" ] && [ -n "$s" ] && [ "$(st_of "$p")" = "$s" ]; then '
+        'echo "busy $o"; exit 0; fi',
+        "fi",
+        *cleanup_leftovers_lines(),
+        _TREE_FN,
+    ]
+    for name, f in rendered.items():
+        # bash's printf is a builtin: no process, no upload; the text is one quoted word
+        lines.append(f'printf %s {shlex.quote(f.text)} >"$J"/{shlex.quote(name)}')
+    lines += [f"t {tree.key} {shlex.quote(tree.dest)}" for tree in trees]
+    return "\n".join(lines)
+
+
+def missing_blob_commands(workdir_abs: str, files: Sequence[StageFile]) -> list[str]:
+    """Print `missing SHA` for every blob the node lacks (bash builtins only)."""
+    header = ["set -eu", f"B={shlex.quote(workdir_abs + '/blobs')}"]
+    shas = sorted({f.sha256 for f in files})
+    body = [" ".join(shas[i:i + 200]) for i in range(0, len(shas), 200)]
+    return _chunked(header, [f'for s in {b}; do [ -f "$B/$s" ] || echo "missing $s"; done'
+                             for b in body])
+
+
+def place_blobs_command(workdir_abs: str, tree: Tree, tar_name: str | None, token: str) -> str:
+    """Move uploaded blobs into the store, then print `missing SHA` for any the tree still lacks.
+
+    The tar is unpacked into a private folder and each blob renamed into `blobs/`: a blob name
+    only ever holds a complete file, and a blob another stager (a second job, or a node sharing
+    this filesystem) is reading never disappears for a moment, as it does while tar replaces
+    an existing file. Exits 3 when blobs are missing (the caller sends them), 0 otherwise.
+    """
+    b = shlex.quote(workdir_abs + "/blobs")
+    lines = ["set -eu", f"B={b}"]
+    if tar_name:
+        tar = shlex.quote(f"{workdir_abs}/blobs/{tar_name}")
+        x = shlex.quote(f"{workdir_abs}/blobs/.unpack-{token}")
+        lines += [f"rm -rf {x}; mkdir -p {x}", f"tar -xf {tar} -C {x}",
+                  f'mv -f -t "$B" -- {x}/*', f"rmdir {x}", f"rm -f {tar}"]
+    shas = sorted({f.sha256 for f in tree.files})
+    body = [f'for s in {" ".join(shas[i:i + 200])}; do [ -f "$B/$s" ] || {{ echo "missing $s"; '
+            "m=1; }; done" for i in range(0, len(shas), 200)]
+    return "\n".join([*lines, "m=0", *body, '[ "$m" = 0 ] || exit 3'])
+
+
+def link_tree_commands(workdir_abs: str, job_dir_abs: str, tree: Tree, token: str) -> list[str]:
+    """Assemble the tree in the cache from blobs (a private partial folder), link it to the job."""
+    b = shlex.quote(workdir_abs + "/blobs")
+    tmp = shlex.quote(f"{workdir_abs}/trees/.{tree.key}.partial-{token}")
+    final = shlex.quote(f"{workdir_abs}/trees/{tree.key}")
+    header = ["set -eu", f"B={b}", f"P={tmp}"]
+    body: list[str] = ['rm -rf "$P"; mkdir -p "$P"']
+    dirs = sorted({str(PurePosixPath(f.rel).parent) for f in tree.files} - {"."})
+    body += [f'mkdir -p "$P"/{shlex.quote(d)}' for d in dirs]
+    body += [f'ln -f "$B/{f.sha256}" "$P"/{shlex.quote(f.rel)} 2>/dev/null || '
+             f'cp -f "$B/{f.sha256}" "$P"/{shlex.quote(f.rel)}' for f in tree.files]
+    commands = _chunked(header, body)
+    j = shlex.quote(job_dir_abs)
+    dest = shlex.quote(f"{job_dir_abs}/{tree.dest}")
+    commands.append("\n".join([
+        "set -eu",
+        f"mv -T {tmp} {final} 2>/dev/null || rm -rf {tmp}",  # another stager may have won
+        f"[ ! -e {dest} ] || rm -rf {dest}", f"mkdir -p {j}", f"cp -al {final} {dest}",
+    ]))
+    return commands
+
+
+def _send_tree(t: Transport, workdir_abs: str, job_dir_abs: str, job_id: str, tree: Tree,
+               missing: set[str], tmp_dir: Path) -> int:
+    """Upload the tree's `missing` blobs, re-send any the node still lacks, link the tree.
+
+    The node has the last word: blobs it reports missing after unpacking are sent once more.
+    Returns the number of blobs uploaded.
+
+    Raises:
+        RemoteError: blobs still missing after the second upload.
+    """
+    name = t.node.name
+    token = secrets.token_hex(4)  # private names: concurrent stagers may share this store
+    sent = 0
+    for attempt in range(2):
+        todo = [f for f in tree.files if f.sha256 in missing]
+        tar_name = None
+        if todo:
+            tar_name = f".incoming-{job_id}-{tree.key[:12]}-{token}-{attempt}.tar"
+            local_tar = tmp_dir / f"{name}-{tree.key[:12]}-{token}.tar"
+            _write_tar(local_tar, todo)
+            try:
+                t.put(local_tar, PurePosixPath(workdir_abs) / "blobs" / tar_name)
+            finally:
+                local_tar.unlink(missing_ok=True)
+            sent += len({f.sha256 for f in todo})
+        res = t.run(place_blobs_command(workdir_abs, tree, tar_name, token), check=False,
+                    timeout=300)
+        missing = {ln.split()[1] for ln in res.stdout.splitlines() if ln.startswith("missing ")}
+        if res.ok:
+            break
+        if res.exit_code != 3 or not missing:
+            raise RemoteCommandError(res)
+    else:
+        raise RemoteError(name, f"blobs still missing under {workdir_abs}/blobs after sending "
+                                f"them twice: {', '.join(sorted(missing)[:3])}"
+                                + (" ..." if len(missing) > 3 else ""))
+    for command in link_tree_commands(workdir_abs, job_dir_abs, tree, token):
+        t.run(command, check=True, timeout=300)
+    return sent
+
+
+def _write_tar(path: Path, files: Sequence[StageFile]) -> None:
+    with tarfile.open(path, "w") as tar:
+        seen = set()
+        for f in files:
+            if f.sha256 in seen:
+                continue
+            seen.add(f.sha256)
+            info = tar.gettarinfo(str(f.source), arcname=f.sha256)
+            info.mode = f.mode
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            with open(f.source, "rb") as fh:
+                tar.addfile(info, fh)
+
+
+@dataclass(frozen=True)
+class Staged:
+    """What staging one node produced."""
+
+    workdir: str  # absolute workdir on the node
+    job_dir: str  # absolute job folder on the node
+    sent: int  # blobs uploaded
+    reused: int  # trees the node already held
+    leftovers: tuple[str, ...] = ()  # stale temp names of interrupted stages removed
+
+
+def stage_node(t: Transport, job_id: str, workdir: str, trees: Sequence[Tree],
+               rendered: Mapping[str, RenderedFile], secret_files: Mapping[str, bytes],
+               tmp_dir: Path) -> Staged:
+    """Stage trees, rendered files and secrets into `<workdir>/jobs/<job_id>/` on one node.
+
+    Raises:
+        NodeBusyError: another live job holds the node.
+        RemoteError: a command or transfer failed.
+    """
+    name = t.node.name
+    inline = {k: f for k, f in rendered.items() if len(f.text.encode()) <= INLINE_MAX}
+    uploads = {k: (f.text.encode(), f.mode) for k, f in rendered.items() if k not in inline}
+    uploads.update({k: (data, 0o600) for k, data in secret_files.items()})
+    res = t.run(first_command(workdir, job_id, trees, inline), check=True, timeout=300)
+    info: dict[str, str] = {}
+    need: set[str] = set()
+    removed: list[str] = []
+    for line in res.stdout.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "tree":
+            need.add(value.strip())
+        elif key == "leftover":
+            removed.append(value.strip())
+        elif key in ("workdir", "jobdir", "busy"):
+            info[key] = value.strip()
+    if "busy" in info:
+        raise NodeBusyError(name, info["busy"])
+    if "workdir" not in info or "jobdir" not in info:
+        raise RemoteError(name, f"could not create the job folder under {workdir}")
+    sent = 0
+    for tree in [tr for tr in trees if tr.key in need]:
+        missing: set[str] = set()
+        for command in missing_blob_commands(info["workdir"], tree.files):
+            out = t.run(command, check=True, timeout=300).stdout
+            missing |= {ln.split()[1] for ln in out.splitlines() if ln.startswith("missing ")}
+        sent += _send_tree(t, info["workdir"], info["jobdir"], job_id, tree, missing, tmp_dir)
+    for fname, (data, mode) in uploads.items():  # secrets (0600) and large rendered files
+        with tempfile.NamedTemporaryFile(dir=tmp_dir, delete=False) as fh:
+            fh.write(data)
+        os.chmod(fh.name, mode)
+        try:
+            t.put(Path(fh.name), PurePosixPath(info["jobdir"]) / fname, mode=mode)
+        finally:
+            Path(fh.name).unlink(missing_ok=True)
+    return Staged(workdir=info["workdir"], job_dir=info["jobdir"], sent=sent,
+                  reused=len(trees) - len(need), leftovers=tuple(removed))

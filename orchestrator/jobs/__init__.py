@@ -1,1 +1,0 @@
-"""Job records and the job lifecycle (up / status / logs / down)."""
