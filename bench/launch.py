@@ -80,7 +80,8 @@ def bench(n: int, devices: int) -> tuple[float, float]:
             sh(["ssh", "-F", cfg, name, f"mkdir -p {shlex.quote(job_dir)}/code"])
             sh(["scp", "-q", "-F", cfg, "-r", *map(str, (local / name).iterdir()),
                 f"{name}:{job_dir}/"])
-            sh(["scp", "-q", "-F", cfg, "-r", str(REPO / "model"), f"{name}:{job_dir}/code/orchestrate_bloom"])
+            sh(["scp", "-q", "-F", cfg, "-r", str(REPO / "model"),
+                f"{name}:{job_dir}/code/orchestrate_bloom"])
             sh(["ssh", "-F", cfg, name, f"bash {shlex.quote(job_dir)}/launch.sh start"])
         loop_s = time.perf_counter() - t0
         for node in rendered["nodes"]:

@@ -98,6 +98,8 @@ def _set(merged: dict[str, dict[str, Any]], dotted: str, value: Any, src: str) -
     kind = type(default)
     if kind is bool:
         ok = isinstance(value, bool)
+    elif kind is list:
+        ok = isinstance(value, list)
     elif kind is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif kind is float:

@@ -53,6 +53,7 @@ from . import checkpoint as ck
 from .data import DataError, create_dataset, has_column, sample_length
 from .job import Job, JobFileError, load_job
 from .schedule import lr_at, lr_schedule
+from .stages import SplitError, resolve_split, stage_of_layers
 
 
 class TrainError(RuntimeError):
@@ -81,6 +82,7 @@ class Layout:
     pipeline_stage: int
     micro_batch_size: int
     micro_batch_num: int
+    layers_per_stage: tuple[int, ...]  # blocks of each pipeline stage (job.yaml's, as planned)
 
     def manifest(self) -> dict[str, int]:
         """What must match for a checkpoint to be resumable."""
@@ -135,13 +137,23 @@ def fit_layout(job: Job, world: int) -> tuple[Layout, str | None]:
         raise TrainError(f"world size {world} is not a multiple of model_parallel × "
                          f"pipeline_stage = {mp_pp}")
     dp = world // mp_pp
+    try:  # plan wrote the split into job.yaml; a hand-written job without one: the same rule
+        split = resolve_split(p["layers_per_stage"], int(job.model["n_layer"]),
+                              p["pipeline_stage"])
+    except SplitError as e:
+        raise TrainError(f"{job.path}: {e}") from None
     note = None
     if dp != p["data_parallel"]:
         note = (f"parallel.data_parallel={p['data_parallel']} does not match {world} ranks; "
                 f"using data_parallel={dp}")
     return Layout(data_parallel=dp, model_parallel=p["model_parallel"],
                   pipeline_stage=p["pipeline_stage"], micro_batch_size=p["micro_batch_size"],
-                  micro_batch_num=p["micro_batch_num"]), note
+                  micro_batch_num=p["micro_batch_num"], layers_per_stage=tuple(split)), note
+
+
+def block_stages(layout: Layout) -> list[int]:
+    """Pipeline stage of every transformer block, in block order (job.yaml's split)."""
+    return stage_of_layers(layout.layers_per_stage)
 
 
 def log_line(step: int, loss: float, lr: float, tokens_per_s: float, elapsed_s: float) -> str:
@@ -279,8 +291,9 @@ def apply_shard_strategies(model: Any, layout: Layout) -> None:
     [vocab, hidden] is split on the vocab axis across MP, both where the lookup (the
     Embedding's Gather) reads it and where the tied LM head (MatMul with the table) does, so
     the one parameter has one slicing and the logits come out split on the vocab axis. Blocks
-    are spread over pipeline stages in order, the embeddings on the first stage and ln_f on
-    the last. Operators not annotated here get MindSpore's default strategy.
+    go to pipeline stages by job.yaml's parallel.layers_per_stage (block_stages), the
+    embeddings to the first stage and ln_f to the last. Operators not annotated here get
+    MindSpore's default strategy.
     """
     from mindspore.parallel import Layout as DeviceLayout
 
@@ -289,9 +302,8 @@ def apply_shard_strategies(model: Any, layout: Layout) -> None:
     # as for the primitives below; plain tuples in Cell.shard would put MP on the outer axis.
     dev = DeviceLayout((dp, mp), ("dp", "mp"))
     blocks = list(model.transformer.h)
-    per_stage = math.ceil(len(blocks) / layout.pipeline_stage)
-    for i, block in enumerate(blocks):
-        block.pipeline_stage = min(i // per_stage, layout.pipeline_stage - 1)
+    for block, stage in zip(blocks, block_stages(layout), strict=True):
+        block.pipeline_stage = stage
         attn, mlp = block.self_attention, block.mlp
         for linear in (attn.query_key_value, mlp.dense_h_to_4h):  # column parallel
             linear.shard(in_strategy=(dev("dp", "None", "None"),),

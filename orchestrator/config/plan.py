@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrate_bloom.stages import resolve_split
+
 from orchestrator.config.inventory import Inventory
 from orchestrator.config.presets import (
     JobSpec,
     ParallelLayout,
     fit_to_world,
-    layers_per_stage,
     memory_per_device_bytes,
 )
 from orchestrator.hccl.ranktable import NodeRanks, node_rank_ranges
@@ -97,11 +98,12 @@ def build_plan(inv: Inventory, spec: JobSpec) -> Plan:
         for r in node_rank_ranges(inv)
     )
     notes = [note] if note else []
-    stage_layers = layers_per_stage(spec.model.n_layer, layout.pipeline_stage)
-    if spec.model.n_layer % layout.pipeline_stage:
+    stage_layers = resolve_split(spec.value("parallel.layers_per_stage"), spec.model.n_layer,
+                                 layout.pipeline_stage)
+    if len(set(stage_layers)) > 1:
         notes.append(
-            f"{spec.model.n_layer} layers do not divide into {layout.pipeline_stage} "
-            f"stages: stages take {stage_layers[0]} or {stage_layers[-1]} layers"
+            f"{spec.model.n_layer} layers over {layout.pipeline_stage} stages: stages take "
+            f"{min(stage_layers)} to {max(stage_layers)} layers"
         )
     return Plan(
         spec=spec,
@@ -109,5 +111,5 @@ def build_plan(inv: Inventory, spec: JobSpec) -> Plan:
         notes=tuple(notes),
         nodes=nodes,
         stage_layers=tuple(stage_layers),
-        memory=memory_per_device_bytes(spec.model, layout),
+        memory=memory_per_device_bytes(spec.model, layout, stage_layers),
     )

@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 import yaml
+from orchestrate_bloom.stages import SplitError, resolve_split
 
 from orchestrator import bundle
 from orchestrator.errors import PresetError
@@ -168,6 +169,8 @@ def _coerce(dotted: str, default: Any, value: Any, src: str) -> Any:
     kind = type(default)
     if kind is bool:
         ok = isinstance(value, bool)
+    elif kind is list:
+        ok = isinstance(value, list)
     elif kind is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif kind is float:
@@ -264,25 +267,15 @@ def validate_shape(spec: JobSpec) -> None:
             f"{spec.preset}: vocab_size={m.vocab_size} is not divisible by "
             f"model_parallel={p.model_parallel}"
         )
-    if p.pipeline_stage > m.n_layer:
-        raise PresetError(
-            f"{spec.preset}: pipeline_stage={p.pipeline_stage} exceeds n_layer={m.n_layer}"
-        )
+    try:
+        resolve_split(spec.value("parallel.layers_per_stage"), m.n_layer, p.pipeline_stage)
+    except SplitError as e:
+        raise PresetError(f"{spec.preset}: {e}") from None
     if p.pipeline_stage > 1 and p.micro_batch_num < p.pipeline_stage:
         raise PresetError(
             f"{spec.preset}: micro_batch_num={p.micro_batch_num} must be >= "
             f"pipeline_stage={p.pipeline_stage} to fill the pipeline"
         )
-
-
-def layers_per_stage(n_layer: int, stages: int) -> list[int]:
-    """Split layers over pipeline stages: the first `n_layer % stages` stages take one more.
-
-    >>> layers_per_stage(80, 12)
-    [7, 7, 7, 7, 7, 7, 7, 7, 6, 6, 6, 6]
-    """
-    base, extra = divmod(n_layer, stages)
-    return [base + (1 if s < extra else 0) for s in range(stages)]
 
 
 def fit_to_world(spec: JobSpec, world_size: int) -> tuple[ParallelLayout, str | None]:
@@ -323,14 +316,28 @@ def fit_to_world(spec: JobSpec, world_size: int) -> tuple[ParallelLayout, str | 
     return fitted, note
 
 
-def memory_per_device_bytes(shape: ModelShape, layout: ParallelLayout) -> dict[str, float]:
-    """Static memory per device, activations excluded.
+def stage_parameters(shape: ModelShape, split: Sequence[int]) -> list[int]:
+    """Parameters each pipeline stage holds under `split` (stages.layers_per_stage): its
+    blocks, plus the embeddings (and their LayerNorm) on the first stage and ln_f on the last
+    (the trainer's placement; the LM head is tied to the embeddings)."""
+    h = shape.hidden_size
+    per_layer = 12 * h * h + 13 * h
+    counts = [n * per_layer for n in split]
+    counts[0] += shape.vocab_size * h + 2 * h
+    counts[-1] += 2 * h
+    return counts
 
-    params    = P × bytes(param_dtype) / (MP×PP)
-    gradients = P × bytes(param_dtype) / (MP×PP)
-    optimizer = P × 8 (Adam m and v, fp32) / (MP×PP) / (DP if optimizer_shard else 1)
+
+def memory_per_device_bytes(shape: ModelShape, layout: ParallelLayout,
+                            split: Sequence[int]) -> dict[str, float]:
+    """Static memory per device of the heaviest pipeline stage, activations excluded.
+
+    With S = the parameters of the stage holding the most (stage_parameters over `split`):
+    params    = S × bytes(param_dtype) / MP
+    gradients = S × bytes(param_dtype) / MP
+    optimizer = S × 8 (Adam m and v, fp32) / MP / (DP if optimizer_shard else 1)
     """
-    shard = shape.parameters / (layout.model_parallel * layout.pipeline_stage)
+    shard = max(stage_parameters(shape, split)) / layout.model_parallel
     pbytes = DTYPE_BYTES[shape.param_dtype]
     opt_div = layout.data_parallel if layout.optimizer_shard else 1
     parts = {

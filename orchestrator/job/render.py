@@ -121,7 +121,8 @@ def job_config(plan: Plan, data_path: str | None = None) -> dict[str, dict[str, 
     cfg = plan.spec.to_dict()
     p = plan.layout
     cfg["parallel"].update(data_parallel=p.data_parallel, model_parallel=p.model_parallel,
-                           pipeline_stage=p.pipeline_stage)
+                           pipeline_stage=p.pipeline_stage,
+                           layers_per_stage=list(plan.stage_layers))
     if data_path is not None:
         cfg["data"]["path"] = data_path
     return cfg

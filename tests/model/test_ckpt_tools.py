@@ -122,7 +122,7 @@ def test_trainer_checkpoint_strips_and_loads_into_bloom(tmp_path: Path) -> None:
     job = load_job(job_file)
     _, step_cell = train.build_cells(
         job,
-        train.Layout(1, 1, 1, 2, 1),
+        train.fit_layout(job, 1)[0],
         train.Dist("single", 0, 1),
         False,
         np.full(10, 1e-3, np.float32),

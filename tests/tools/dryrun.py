@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import yaml
+from orchestrate_bloom.stages import layers_per_stage
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -65,7 +66,8 @@ def write_job(folder: Path, dp: int, mp: int, pp: int, optimizer_shard: bool = F
         "model": TINY,
         "parallel": {"data_parallel": dp, "model_parallel": mp, "pipeline_stage": pp,
                      "micro_batch_size": 2, "micro_batch_num": 2 if pp > 1 else 1,
-                     "optimizer_shard": optimizer_shard},
+                     "optimizer_shard": optimizer_shard,
+                     "layers_per_stage": layers_per_stage(TINY["n_layer"], pp)},
         "train": {"device_target": "Ascend", "steps": 10},
         "data": {"path": str(folder)}}))
     return path

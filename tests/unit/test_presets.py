@@ -7,7 +7,6 @@ import pytest
 from orchestrator.config.presets import (
     available_presets,
     fit_to_world,
-    layers_per_stage,
     load_job_spec,
     memory_per_device_bytes,
 )
@@ -138,12 +137,6 @@ def test_custom_preset_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
         load_job_spec(str(f))
 
 
-def test_layers_per_stage_uneven_split() -> None:
-    assert layers_per_stage(80, 12) == [7] * 8 + [6] * 4
-    assert layers_per_stage(70, 16) == [5] * 6 + [4] * 10
-    assert sum(layers_per_stage(30, 2)) == 30
-
-
 def test_fit_recomputes_dp_or_fails_with_both_numbers() -> None:
     spec = load_job_spec("7.1b")
     layout, note = fit_to_world(spec, 96)
@@ -155,9 +148,16 @@ def test_fit_recomputes_dp_or_fails_with_both_numbers() -> None:
 
 
 def test_memory_formula() -> None:
+    """65b: the heaviest stage is stage 0 (7 of the 80 blocks plus the embeddings), over MP=4."""
     spec = load_job_spec("65b")
-    mem = memory_per_device_bytes(spec.model, spec.parallel)
-    shard = spec.model.parameters / (4 * 12)
+    h, v = 8192, 250880
+    stage0 = 7 * (12 * h * h + 13 * h) + v * h + 2 * h
+    mem = memory_per_device_bytes(spec.model, spec.parallel, [7] * 8 + [6] * 4)
+    shard = stage0 / 4
     assert mem["parameters"] == pytest.approx(shard * 4)
     assert mem["optimizer"] == pytest.approx(shard * 8 / 2)  # optimizer sharded over DP=2
     assert mem["total"] == pytest.approx(shard * (4 + 4 + 4))
+    one_stage = memory_per_device_bytes(spec.model, spec.parallel, [80])
+    assert one_stage["parameters"] == pytest.approx(spec.model.parameters / 4 * 4)
+
+
