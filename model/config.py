@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+from . import presets
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DTYPES = ("float32", "float16", "bfloat16")
 # HF config.json keys that mean one of our fields (HF's BloomConfig.attribute_map and n_embed).
 HF_ALIASES = {"n_embed": "hidden_size", "num_hidden_layers": "n_layer",
@@ -170,29 +169,13 @@ class BloomConfig:
         }
 
 
-def _read_model_section(path: Path) -> dict[str, Any]:
-    """The `model:` mapping of a preset YAML ({} when the file has none)."""
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError as e:
-        raise ConfigError(f"{path}: no such file") from e
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: cannot read preset: {e}") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at top level")
-    section = data.get("model") or {}
-    if not isinstance(section, dict):
-        raise ConfigError(f"{path}: model: expected a mapping, got {section!r}")
-    return section
-
-
 def preset_names() -> list[str]:
     """Names of the shipped presets (files in model/configs other than defaults.yaml)."""
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if p.stem != "defaults")
+    return presets.preset_names()
 
 
 def load_preset(name_or_path: str | Path, **overrides: Any) -> BloomConfig:
-    """BloomConfig of a preset: defaults.yaml's `model:` updated by the preset's `model:`.
+    """BloomConfig of a preset: its `model:` section as presets.load_preset_sections reads it.
 
     Args:
         name_or_path: a shipped preset name ("tiny", "560m", …) or a path to a preset YAML.
@@ -201,15 +184,10 @@ def load_preset(name_or_path: str | Path, **overrides: Any) -> BloomConfig:
     Raises:
         ConfigError: unknown preset, unreadable file, unknown key or invalid value.
     """
-    candidate = Path(name_or_path)
-    if candidate.suffix in (".yaml", ".yml") or candidate.is_file():
-        path = candidate
-    else:
-        path = CONFIG_DIR / f"{name_or_path}.yaml"
-        if not path.is_file() or path.stem == "defaults":
-            raise ConfigError(f"unknown preset {str(name_or_path)!r}; "
-                              f"known: {', '.join(preset_names())} or a path to a YAML file")
-    values = _read_model_section(CONFIG_DIR / "defaults.yaml")
-    values.update(_read_model_section(path))
+    try:
+        path = presets.preset_file(name_or_path)
+        values = presets.load_preset_sections(path)["model"]
+    except presets.SettingsError as e:
+        raise ConfigError(str(e)) from None
     values.update(overrides)
     return BloomConfig.from_dict(values, str(path))

@@ -17,15 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-DEFAULTS_FILE = Path(__file__).resolve().parent / "configs" / "defaults.yaml"
-SECTIONS = ("model", "parallel", "train", "data")
-KEY_ALIASES = {"train.seq_length": "model.seq_length"}
-
-
-class JobFileError(ValueError):
-    """The job file or an override is malformed; the message names the file/flag and key."""
+from .presets import SECTIONS, SettingsError, apply_override, defaults, merge_file, read_yaml
 
 
 @dataclass(frozen=True)
@@ -49,66 +41,20 @@ class Job:
 def load_job(path: Path, overrides: Sequence[str] = ()) -> Job:
     """Read `path`, merge it over the defaults, apply `section.key=value` overrides.
 
+    The file and the overrides go through presets.py, the loader `orchestrate` uses, so the
+    trainer accepts exactly the keys, aliases and values the CLI accepts.
+
     Raises:
-        JobFileError: unreadable file, unknown section or key, value of the wrong type.
+        SettingsError: unreadable file, unknown section or key, value of the wrong type.
     """
-    defaults = yaml.safe_load(DEFAULTS_FILE.read_text())
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise JobFileError(f"{path}: cannot read: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise JobFileError(f"{path}: YAML syntax error: {e}") from None
-    if not isinstance(doc, dict):
-        raise JobFileError(f"{path}: expected a mapping of sections at top level")
-    merged = {s: dict(defaults[s]) for s in SECTIONS}
+    doc = read_yaml(path)
+    merged = defaults()
     meta = doc.get("job") or {}
     if not isinstance(meta, dict):
-        raise JobFileError(f"{path}: job: expected a mapping (id, output_dir, ...)")
-    for section, values in doc.items():
-        if section == "job":
-            continue
-        if section not in merged:
-            raise JobFileError(f"{path}: unknown section {section!r} (sections: "
-                               f"{', '.join(('job', *SECTIONS))})")
-        if not isinstance(values, dict):
-            raise JobFileError(f"{path}: {section}: expected a mapping")
-        for key, value in values.items():
-            _set(merged, f"{section}.{key}", value, str(path))
+        raise SettingsError(f"{path}: job: expected a mapping (id, output_dir, ...)")
+    merge_file(merged, doc, str(path), skip=("job",))
     for item in overrides:
-        if "=" not in item:
-            raise JobFileError(f"--set {item!r}: expected section.key=value")
-        dotted, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
-        _set(merged, dotted.strip(), value, f"--set {item!r}")
+        apply_override(merged, item)
     output = Path(meta["output_dir"]) if meta.get("output_dir") else path.parent / "output"
     return Job(path=path, job_id=str(meta.get("id") or path.parent.name), output_dir=output,
                meta=dict(meta), **{s: merged[s] for s in SECTIONS})
-
-
-def _set(merged: dict[str, dict[str, Any]], dotted: str, value: Any, src: str) -> None:
-    dotted = KEY_ALIASES.get(dotted, dotted)
-    section, _, key = dotted.partition(".")
-    if section not in merged or key not in merged[section]:
-        raise JobFileError(f"{src}: unknown key {dotted!r}")
-    default = merged[section][key]
-    kind = type(default)
-    if kind is bool:
-        ok = isinstance(value, bool)
-    elif kind is list:
-        ok = isinstance(value, list)
-    elif kind is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif kind is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    else:
-        ok = isinstance(value, str)
-        if not ok and isinstance(value, (int, float)) and not isinstance(value, bool):
-            value, ok = str(value), True
-    if not ok:
-        raise JobFileError(f"{src}: {dotted}: expected {kind.__name__}, got {value!r}")
-    merged[section][key] = value

@@ -51,7 +51,8 @@ import numpy as np
 
 from . import checkpoint as ck
 from .data import DataError, create_dataset, has_column, sample_length
-from .job import Job, JobFileError, load_job
+from .job import Job, load_job
+from .presets import SettingsError
 from .schedule import lr_at, lr_schedule
 from .stages import SplitError, resolve_split, stage_of_layers
 
@@ -519,7 +520,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             init()  # serves the cluster; returns (or exits) once the workers have finished
             return 0
         return train(job, args.resume, t0)
-    except (JobFileError, TrainError, DataError, ValueError, OSError, RuntimeError) as e:
+    except (SettingsError, TrainError, DataError, ValueError, OSError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 1
 

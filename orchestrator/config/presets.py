@@ -1,30 +1,22 @@
-"""Model + parallel presets: load model/configs/*.yaml, apply `--set` overrides, check the layout.
+"""Model + parallel presets as the control plane sees them: typed JobSpec, layout checks, fitting.
 
 spec = load_job_spec("65b", ["parallel.micro_batch_num=80", "train.seq_length=512"])
 """
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import yaml
+from orchestrate_bloom import presets as settings
 from orchestrate_bloom.stages import SplitError, resolve_split
 
-from orchestrator import bundle
 from orchestrator.errors import PresetError
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-# Aliases accepted by --set for keys users know from the issues and MindFormers.
-KEY_ALIASES = {
-    "train.seq_length": "model.seq_length",
-    "parallel.batch_size": "parallel.micro_batch_size",
-}
 
 
 @dataclass(frozen=True)
@@ -90,110 +82,25 @@ class JobSpec:
 
 def available_presets() -> list[str]:
     """Names of the shipped presets (model/configs/*.yaml except defaults)."""
-    return sorted(p.stem for p in bundle.presets_dir().glob("*.yaml") if p.stem != "defaults")
+    return settings.preset_names()
 
 
 def load_job_spec(preset: str, overrides: Sequence[str] = ()) -> JobSpec:
     """Load a preset by name (or path to a YAML file), apply `section.key=value` overrides.
 
+    The files and overrides are read by orchestrate_bloom.presets, the loader the trainer
+    uses too (one type rule, one alias table).
+
     Raises:
         PresetError: unknown preset or key, a value of the wrong type, an inconsistent layout.
     """
-    defaults = _read_yaml(bundle.presets_dir() / "defaults.yaml")
-    preset_file = _preset_file(preset)
-    merged = _merge(defaults, _read_yaml(preset_file), str(preset_file))
-    for item in overrides:
-        _apply_override(merged, item)
+    try:
+        merged = settings.load_preset_sections(preset, overrides)
+    except settings.SettingsError as e:
+        raise PresetError(str(e)) from None
     spec = _build_spec(preset, merged, tuple(overrides))
     validate_shape(spec)
     return spec
-
-
-def _preset_file(preset: str) -> Path:
-    candidate = Path(preset)
-    if candidate.suffix in (".yaml", ".yml"):
-        if not candidate.is_file():
-            raise PresetError(f"{preset}: preset file does not exist")
-        return candidate
-    path = bundle.presets_dir() / f"{preset}.yaml"
-    if preset == "defaults" or not path.is_file():
-        raise PresetError(
-            f"unknown preset {preset!r} (known: {', '.join(available_presets())}; "
-            "or give a path to a .yaml file)"
-        )
-    return path
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise PresetError(f"{path}: YAML syntax error: {e}") from None
-    if not isinstance(doc, dict):
-        raise PresetError(f"{path}: expected a mapping of sections at top level")
-    return doc
-
-
-def _merge(defaults: dict[str, Any], preset: dict[str, Any], src: str) -> dict[str, dict[str, Any]]:
-    merged = {section: dict(values) for section, values in defaults.items()}
-    for section, values in preset.items():
-        if section not in merged:
-            raise PresetError(f"{src}: unknown section {section!r} (sections: {', '.join(merged)})")
-        if not isinstance(values, dict):
-            raise PresetError(f"{src}: {section}: expected a mapping")
-        for key, value in values.items():
-            dotted = f"{section}.{key}"
-            if key not in merged[section]:
-                raise PresetError(f"{src}: {dotted}: unknown key{_suggest(dotted, merged)}")
-            merged[section][key] = _coerce(dotted, merged[section][key], value, src)
-    return merged
-
-
-def _apply_override(merged: dict[str, dict[str, Any]], item: str) -> None:
-    if "=" not in item:
-        raise PresetError(f"--set {item!r}: expected section.key=value")
-    dotted, raw = item.split("=", 1)
-    dotted = KEY_ALIASES.get(dotted.strip(), dotted.strip())
-    section, _, key = dotted.partition(".")
-    if section not in merged or key not in merged[section]:
-        raise PresetError(f"--set {item!r}: unknown key {dotted!r}{_suggest(dotted, merged)}")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    merged[section][key] = _coerce(dotted, merged[section][key], value, f"--set {item!r}")
-
-
-def _coerce(dotted: str, default: Any, value: Any, src: str) -> Any:
-    """Check `value` against the type of the default; ints are accepted where floats are."""
-    kind = type(default)
-    if kind is bool:
-        ok = isinstance(value, bool)
-    elif kind is list:
-        ok = isinstance(value, list)
-    elif kind is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif kind is float:
-        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    else:
-        ok = isinstance(value, str)
-        if not ok and isinstance(value, (int, float)) and not isinstance(value, bool):
-            value, ok = str(value), True
-    if not ok:
-        raise PresetError(f"{src}: {dotted}: expected {kind.__name__}, got {value!r}")
-    return value
-
-
-def _suggest(dotted: str, merged: Mapping[str, Mapping[str, Any]]) -> str:
-    keys = [f"{s}.{k}" for s, values in merged.items() for k in values]
-    close = difflib.get_close_matches(dotted, keys, n=3, cutoff=0.6)
-    return f" (did you mean {', '.join(close)}?)" if close else ""
 
 
 def _build_spec(

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from orchestrate_bloom.job import JobFileError, load_job
+from orchestrate_bloom.job import load_job
+from orchestrate_bloom.presets import SettingsError
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -44,11 +45,11 @@ def test_output_dir_from_job_section(tmp_path: Path) -> None:
 ])
 def test_errors_name_file_and_key(tmp_path: Path, text: str, overrides: list[str],
                                   message: str) -> None:
-    with pytest.raises(JobFileError) as err:
+    with pytest.raises(SettingsError) as err:
         load_job(_write(tmp_path, text), overrides)
     assert message in str(err.value)
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(JobFileError, match="cannot read"):
+    with pytest.raises(SettingsError, match="cannot read"):
         load_job(tmp_path / "nope.yaml")

@@ -133,7 +133,7 @@ def test_custom_preset_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
         2,
     )
     f.write_text("model: {hiden_size: 128}\n")
-    with pytest.raises(PresetError, match="model.hiden_size: unknown key"):
+    with pytest.raises(PresetError, match="mine.yaml: unknown key 'model.hiden_size'"):
         load_job_spec(str(f))
 
 
