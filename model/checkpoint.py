@@ -1,24 +1,42 @@
-"""Per-rank checkpoints: atomic save, a JSON manifest per step, keep-last-K, resume selection.
+"""The checkpoint layout on disk, the one definition: names, "complete step", newest common step.
 
     output/checkpoint/rank_<r>/bloom_rank_<r>-<step>.ckpt   (written to a temp name, then renamed)
     output/checkpoint/rank_<r>/bloom_rank_<r>-<step>.json   (manifest, written after the ckpt)
+    output/strategy/ckpt_strategy_rank_<r>.ckpt             (semi-auto parallel layouts)
 
 A step is *complete* on a rank when its manifest exists, parses, matches the parallel layout and
-the checkpoint file has the recorded size and sha256. `--resume` takes the newest step complete
-on every rank, so a crash mid-save (no manifest, or a truncated file) is skipped.
+the checkpoint file (a regular file, not a link) has the recorded size and sha256. `--resume`
+takes the newest step complete on every rank (newest_common), so a crash mid-save (no manifest,
+or a truncated file) is skipped. The trainer, `collect-ckpt` (orchestrator/ckpt/select.py) and
+`resume --exclude-node` use these names and rules; on a node the last runs, from the staged
+code (standard library only):
+
+    python -m orchestrate_bloom.checkpoint steps --job-dir DIR --layout JSON --rank R ...
+    python -m orchestrate_bloom.checkpoint adopt --job-dir DIR --step S --layout JSON \
+        --old-layout JSON --pair NEW:SRC ...
+
+`steps` prints {"<rank>": [complete steps]}; `adopt` gives rank NEW a copy of rank SRC's
+checkpoint of step S (read-only, same bytes) with a manifest for the new layout
+(`converted_from` names the source) and prints {"adopted": N}. Errors: `error: ...`, exit 1.
 """
 
 from __future__ import annotations
 
-import hashlib
+import argparse
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+import shutil
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-NAME = re.compile(r"^bloom_rank_(\d+)-(\d+)\.json$")
+from .fileio import atomic_target, sha256_file, write_atomic
+
+CKPT_RE = re.compile(r"^bloom_rank_(\d+)-(\d+)\.ckpt$")
+MANIFEST_RE = re.compile(r"^bloom_rank_(\d+)-(\d+)\.json$")
+STRATEGY_RE = re.compile(r"^ckpt_strategy_rank_(\d+)\.ckpt$")
 
 
 def rank_dir(output_dir: Path, rank: int) -> Path:
@@ -37,18 +55,8 @@ def strategy_path(output_dir: Path, rank: int) -> Path:
     return output_dir / "strategy" / f"ckpt_strategy_rank_{rank}.ckpt"
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_json_atomic(path: Path, doc: Mapping[str, Any]) -> None:
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(doc, indent=2, sort_keys=True) + "\n", fsync=False)
 
 
 def save(write: Callable[[Path], None], output_dir: Path, rank: int, step: int,
@@ -72,7 +80,7 @@ def save(write: Callable[[Path], None], output_dir: Path, rank: int, step: int,
             if leftover.exists():
                 leftover.unlink()
     manifest = {**meta, "step": step, "rank": rank, "file": final.name,
-                "size": final.stat().st_size, "sha256": sha256_of(final)}
+                "size": final.stat().st_size, "sha256": sha256_file(final)}
     write_json_atomic(manifest_path(output_dir, rank, step), manifest)
     return final
 
@@ -93,22 +101,19 @@ def is_complete(output_dir: Path, rank: int, step: int, layout: Mapping[str, Any
     if manifest.get("layout") != dict(layout):
         return False
     path = ckpt_path(output_dir, rank, step)
-    try:
-        if path.stat().st_size != manifest.get("size"):
-            return False
-    except OSError:
+    if path.is_symlink() or not path.is_file() or path.stat().st_size != manifest.get("size"):
         return False
-    return sha256_of(path) == manifest.get("sha256")
+    return sha256_file(path) == manifest.get("sha256")
 
 
 def listed_steps(output_dir: Path, rank: int) -> list[int]:
     """Steps that have a manifest in this rank's folder (complete or not), ascending."""
     folder = rank_dir(output_dir, rank)
-    if not folder.is_dir():
+    if folder.is_symlink() or not folder.is_dir():
         return []
     steps = []
     for p in folder.iterdir():
-        m = NAME.match(p.name)
+        m = MANIFEST_RE.match(p.name)
         if m and int(m.group(1)) == rank:
             steps.append(int(m.group(2)))
     return sorted(steps)
@@ -120,7 +125,8 @@ def complete_steps(output_dir: Path, rank: int, layout: Mapping[str, Any]) -> li
 
 
 def newest_common(per_rank: Iterable[Iterable[int]]) -> int | None:
-    """The newest step present in every rank's list (None if there is none)."""
+    """The newest step present in every rank's list (None if there is none): the step a
+    resume starts from and `collect-ckpt` collects by default."""
     common: set[int] | None = None
     for steps in per_rank:
         common = set(steps) if common is None else common & set(steps)
@@ -135,3 +141,63 @@ def prune(output_dir: Path, rank: int, keep: int) -> list[int]:
         manifest_path(output_dir, rank, step).unlink(missing_ok=True)  # manifest first
         ckpt_path(output_dir, rank, step).unlink(missing_ok=True)
     return doomed
+
+
+def adopt(output_dir: Path, step: int, layout: Mapping[str, Any], old_layout: Mapping[str, Any],
+          pairs: Sequence[tuple[int, int]]) -> int:
+    """Give each rank `new` of `pairs` rank `src`'s checkpoint of `step`, under the new layout.
+
+    A data-parallel checkpoint is a full replica, so the bytes are copied unchanged (0400, as
+    MindSpore saves them); the manifest is src's with rank, file and layout replaced and
+    `converted_from` added. Returns how many ranks were written.
+    """
+    for new, src in pairs:
+        doc = read_manifest(output_dir, src, step)
+        if doc is None:
+            raise ValueError(f"rank {src}: no readable manifest for step {step}")
+        dst = ckpt_path(output_dir, new, step)
+        if new != src:
+            with atomic_target(dst, mode=0o400) as tmp:
+                shutil.copyfile(ckpt_path(output_dir, src, step), tmp)
+        doc.update(rank=new, file=dst.name, layout=dict(layout),
+                   converted_from={"rank": src, "layout": dict(old_layout)})
+        write_json_atomic(manifest_path(output_dir, new, step), doc)
+    return len(pairs)
+
+
+def _pair(text: str) -> tuple[int, int]:
+    new, _, src = text.partition(":")
+    return int(new), int(src)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m orchestrate_bloom.checkpoint` (see module docstring)."""
+    parser = argparse.ArgumentParser(prog="python -m orchestrate_bloom.checkpoint",
+                                     description="A job's checkpoints on this node.")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    st = sub.add_parser("steps", help="complete steps of the given ranks")
+    ad = sub.add_parser("adopt", help="copy a step's checkpoint to renumbered ranks")
+    for p in (st, ad):
+        p.add_argument("--job-dir", type=Path, required=True, help="the job folder")
+        p.add_argument("--layout", type=json.loads, required=True, help="JSON parallel layout")
+    st.add_argument("--rank", type=int, action="append", default=[], help="repeatable")
+    ad.add_argument("--step", type=int, required=True)
+    ad.add_argument("--old-layout", type=json.loads, required=True)
+    ad.add_argument("--pair", type=_pair, action="append", default=[], metavar="NEW:SRC")
+    args = parser.parse_args(argv)
+    out = args.job_dir.expanduser() / "output"
+    try:
+        if args.cmd == "steps":
+            result: dict[str, Any] = {str(r): complete_steps(out, r, args.layout)
+                                      for r in args.rank}
+        else:
+            result = {"adopted": adopt(out, args.step, args.layout, args.old_layout, args.pair)}
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

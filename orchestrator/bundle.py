@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from functools import cache
@@ -54,6 +55,15 @@ def shipped_file(path: str) -> Path | None:
 def model_command(module: str, args: Sequence[str], python: str = sys.executable) -> list[str]:
     """The argv that runs `python -m orchestrate_bloom.<module> ARGS`."""
     return [python, "-m", f"{MODEL_PACKAGE}.{module}", *args]
+
+
+def node_model_line(python: str, code_dir: str, module: str, args: Sequence[str]) -> str:
+    """The shell line that runs `python -m orchestrate_bloom.<module> ARGS` on a node from the
+    job's staged code (`code_dir`: the node's job_dir/code as a shell word, e.g. from
+    job.render.shell_path). It runs in code_dir, so the staged package is the one imported
+    whatever the login directory holds; every argument is quoted."""
+    argv = shlex.join([python, "-m", f"{MODEL_PACKAGE}.{module}", *args])
+    return f"cd {code_dir} && exec {argv}"
 
 
 def child_env(extra: Mapping[str, str] | None = None,

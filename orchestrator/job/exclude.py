@@ -24,20 +24,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrate_bloom import checkpoint as ck
+
+from orchestrator import bundle
 from orchestrator.config.inventory import Inventory
 from orchestrator.config.presets import JobSpec
 from orchestrator.errors import JobError
 from orchestrator.job.nodes import Connections, NodeReport, fan_out, query_job
+from orchestrator.job.render import shell_path
 from orchestrator.job.state import JobRecord, JobStore, NodeRecord
 from orchestrator.remote.transport import Transport
 
 Echo = Callable[[str], None]
-_BATCH_KEYS = ("parallel.data_parallel", "parallel.micro_batch_num", "parallel.micro_batch_size")
 
 
 @dataclass(frozen=True)
@@ -113,64 +115,15 @@ def _kept(gbs: int, key: str, before: int, after: int) -> str:
             f"memory per rank x{after / before:g})")
 
 
-# Runs on the node (inventory python, standard library only).
-# argv: job_dir steps '{"ranks": [...], "layout": {...}}'  -> {"<rank>": [complete steps]}
-#       job_dir convert '{"step": S, "layout": {...}, "old": {...}, "pairs": [[new, src]...]}'
-_NODE_SCRIPT = r"""
-import hashlib, json, os, re, shutil, sys
-job_dir, mode, args = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-out = os.path.join(job_dir, "output", "checkpoint")
-def path(r, s, ext): return os.path.join(out, "rank_%d" % r, "bloom_rank_%d-%d.%s" % (r, s, ext))
-def sha(p):
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for b in iter(lambda: f.read(1 << 20), b""): h.update(b)
-    return h.hexdigest()
-def complete(r, s, layout):
-    try:
-        with open(path(r, s, "json")) as f: doc = json.load(f)
-    except (OSError, ValueError): return False
-    c = path(r, s, "ckpt")
-    if doc.get("step") != s or doc.get("rank") != r or doc.get("layout") != layout: return False
-    if os.path.islink(c) or not os.path.isfile(c) or os.path.getsize(c) != doc.get("size"):
-        return False
-    return sha(c) == doc.get("sha256")
-def write(p, text):
-    with open(p + ".tmp", "w") as f: f.write(text)
-    os.replace(p + ".tmp", p)
-if mode == "steps":
-    res = {}
-    for r in args["ranks"]:
-        d = os.path.join(out, "rank_%d" % r)
-        names = os.listdir(d) if os.path.isdir(d) and not os.path.islink(d) else []
-        steps = sorted(int(m.group(2)) for m in (re.match(r"bloom_rank_(\d+)-(\d+)\.json$", n)
-                       for n in names) if m and int(m.group(1)) == r)
-        res[str(r)] = [s for s in steps if complete(r, s, args["layout"])]
-    print(json.dumps(res))
-else:
-    s = args["step"]
-    for new, src in args["pairs"]:
-        with open(path(src, s, "json")) as f: doc = json.load(f)
-        dst = path(new, s, "ckpt")
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        if new != src:
-            shutil.copyfile(path(src, s, "ckpt"), dst + ".tmp")
-            os.chmod(dst + ".tmp", 0o400)
-            os.replace(dst + ".tmp", dst)
-        doc.update(rank=new, file=os.path.basename(dst), layout=args["layout"],
-                   converted_from={"rank": src, "layout": args["old"]})
-        write(path(new, s, "json"), json.dumps(doc))
-    print("ok")
-"""
-
-
 def _layout(dp: int) -> dict[str, int]:
     return {"data_parallel": dp, "model_parallel": 1, "pipeline_stage": 1}
 
 
-def _node_script(t: Transport, job_dir: str, mode: str, args: object) -> str:
-    cmd = shlex.join([t.node.python, "-c", _NODE_SCRIPT, job_dir, mode, json.dumps(args)])
-    res = t.run(cmd, check=False, timeout=1800)
+def _on_node(t: Transport, job_dir: str, mode: str, args: Sequence[str]) -> str:
+    """`python -m orchestrate_bloom.checkpoint MODE --job-dir JOB_DIR ARGS` on the node."""
+    line = bundle.node_model_line(t.node.python, shell_path(job_dir, "code"), "checkpoint",
+                                  [mode, "--job-dir", job_dir, *args])
+    res = t.run(line, check=False, timeout=1800)
     if res.exit_code != 0:
         last = (res.stderr.strip().splitlines() or [f"exit {res.exit_code}"])[-1]
         raise JobError(f"[{t.node.name}] checkpoint {mode}: {last}")
@@ -192,27 +145,27 @@ def convert_checkpoints(record: JobRecord, new_nodes: Sequence[NodeRecord], excl
 
     def steps(t: Transport) -> dict[str, list[int]]:
         n = old[t.node.name]
+        ranks = [a for r in n.ranks for a in ("--rank", str(r))]
         doc: dict[str, list[int]] = json.loads(
-            _node_script(t, n.job_dir, "steps", {"ranks": list(n.ranks), "layout": layout}))
+            _on_node(t, n.job_dir, "steps", ["--layout", json.dumps(layout), *ranks]))
         return doc
 
     found = fan_out(inv, nodes, steps, forks, conns)
     bad = {k: v for k, v in found.items() if isinstance(v, BaseException)}
     if bad:
         raise JobError("; ".join(str(e) for e in bad.values()))
-    per_rank = [set(s) for doc in found.values() if isinstance(doc, dict) for s in doc.values()]
-    common = set.intersection(*per_rank) if per_rank else set()
-    if not common:
+    step = ck.newest_common(s for doc in found.values() if isinstance(doc, dict)
+                            for s in doc.values())
+    if step is None:
         return None
-    step = max(common)
     by_name = {n.name: n for n in new_nodes}
 
     def convert(t: Transport) -> str:
         was, now = old[t.node.name], by_name[t.node.name]
-        pairs = [[r, r if r in was.ranks else was.rank_start] for r in now.ranks]
-        return _node_script(t, now.job_dir, "convert", {
-            "step": step, "layout": _layout(excl.data_parallel[1]), "old": layout,
-            "pairs": pairs})
+        pairs = [f"{r}:{r if r in was.ranks else was.rank_start}" for r in now.ranks]
+        return _on_node(t, now.job_dir, "adopt", [
+            "--step", str(step), "--layout", json.dumps(_layout(excl.data_parallel[1])),
+            "--old-layout", json.dumps(layout), *(a for p in pairs for a in ("--pair", p))])
 
     done = fan_out(inv, nodes, convert, forks, conns)
     bad = {k: v for k, v in done.items() if isinstance(v, BaseException)}
