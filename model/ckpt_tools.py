@@ -21,14 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
 import resource
 import sys
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from .fileio import atomic_target, write_atomic
 
 OPTIMIZER_PREFIXES = (
     "adam_m.",
@@ -65,19 +65,6 @@ def is_training_state(name: str) -> bool:
 def peak_rss_bytes() -> int:
     """Peak resident memory of this process (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _atomic_target(out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".ckpt", dir=out.parent)
-    os.close(fd)
-    os.unlink(tmp)  # save_checkpoint refuses to overwrite read-only files; let it create
-    return Path(tmp)
-
-
-def _finish(tmp: Path, out: Path) -> None:
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out)
 
 
 def _read_strategy(path: Path) -> Any:
@@ -145,10 +132,7 @@ def merge_strategies(src_dir: Path, out: Path) -> dict[str, Any]:
     if missing:
         raise ToolError(f"{src_dir}: no strategy file for pipeline stage(s) {missing}")
     merged.current_stage = 1
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(merged.SerializeToString())
-    os.replace(tmp, out)
+    write_atomic(out, merged.SerializeToString(), fsync=False)
     return {"strategy": str(out), "sources": len(files), "stages": len(stages)}
 
 
@@ -202,15 +186,10 @@ def strip(src: Path, out: Path, keep_optimizer: bool = False) -> dict[str, Any]:
             if keep_optimizer or not is_training_state(e.name)]
     if not kept:
         raise ToolError(f"{src}: no parameters left after stripping optimizer state")
-    tmp = _atomic_target(out)
-    try:
-        with open(src, "rb") as fh, ckpt_stream.CkptWriter(tmp) as writer:
-            for entry in kept:
-                writer.copy_records(fh, entry)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _finish(tmp, out)
+    with (atomic_target(out, mode=0o644) as tmp, open(src, "rb") as fh,
+          ckpt_stream.CkptWriter(tmp) as writer):
+        for entry in kept:
+            writer.copy_records(fh, entry)
     return {
         "out": str(out),
         "kept": len(kept),
@@ -234,9 +213,8 @@ def _strip_loaded(src: Path, out: Path, keep_optimizer: bool) -> dict[str, Any]:
     params = ms.load_checkpoint(str(src), choice_func=keep)
     if not params:
         raise ToolError(f"{src}: no parameters left after stripping optimizer state")
-    tmp = _atomic_target(out)
-    ms.save_checkpoint([{"name": k, "data": v} for k, v in params.items()], str(tmp))
-    _finish(tmp, out)
+    with atomic_target(out, mode=0o644) as tmp:
+        ms.save_checkpoint([{"name": k, "data": v} for k, v in params.items()], str(tmp))
     return {
         "out": str(out),
         "kept": len(params),
@@ -265,25 +243,20 @@ def transform(
     missing = [r for r in needed if r not in src_map]
     if missing:
         raise ToolError(f"transform needs the checkpoints of ranks {missing}, not given")
-    tmp = _atomic_target(out)
     how = "mindspore"
-    if strategy is not None and dst_strategy is None:
-        try:
+    with atomic_target(out, mode=0o644) as tmp:
+        if strategy is not None and dst_strategy is None:
             streamed = _stream_transform({r: src_map[r] for r in needed}, strategy, tmp)
-        except BaseException:
+            how = "streamed" if streamed is None else f"mindspore ({streamed})"
+        if how != "streamed":
             tmp.unlink(missing_ok=True)
-            raise
-        how = "streamed" if streamed is None else f"mindspore ({streamed})"
-    if how != "streamed":
-        tmp.unlink(missing_ok=True)
-        ms.transform_checkpoint_by_rank(
-            rank,
-            {r: str(src_map[r]) for r in needed},
-            str(tmp),
-            str(strategy) if strategy is not None else None,
-            str(dst_strategy) if dst_strategy is not None else None,
-        )
-    _finish(tmp, out)
+            ms.transform_checkpoint_by_rank(
+                rank,
+                {r: str(src_map[r]) for r in needed},
+                str(tmp),
+                str(strategy) if strategy is not None else None,
+                str(dst_strategy) if dst_strategy is not None else None,
+            )
     return {"out": str(out), "ranks": needed, "method": how, "peak_rss": peak_rss_bytes()}
 
 

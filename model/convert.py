@@ -22,7 +22,6 @@ import os
 import pickle
 import struct
 import sys
-import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .config import BloomConfig, ConfigError, load_preset
+from .fileio import atomic_target
 
 log = logging.getLogger(__name__)
 
@@ -299,21 +299,10 @@ def load_checkpoint_arrays(path: str | Path, config: BloomConfig) -> dict[str, n
     return arrays
 
 
-def _atomic_write(target: Path, write: Callable[[str], None], suffix: str,
-                  mode: int | None = 0o644) -> None:
+def _atomic_write(target: Path, write: Callable[[str], None], mode: int | None = 0o644) -> None:
     """Call write(tmp_path) then move the temp file over `target`; no partial file is left."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        if mode is not None:
-            os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_target(target, mode, create=True) as tmp:
+        write(str(tmp))
 
 
 def save_checkpoint_arrays(arrays: dict[str, np.ndarray], path: str | Path) -> Path:
@@ -322,7 +311,7 @@ def save_checkpoint_arrays(arrays: dict[str, np.ndarray], path: str | Path) -> P
 
     path = Path(path)
     entries = [{"name": name, "data": ms.Tensor(array)} for name, array in arrays.items()]
-    _atomic_write(path, lambda tmp: ms.save_checkpoint(entries, tmp), ".ckpt",
+    _atomic_write(path, lambda tmp: ms.save_checkpoint(entries, tmp),
                   mode=None)  # MindSpore makes checkpoints read-only itself
     return path
 
@@ -348,13 +337,13 @@ def convert_ckpt_to_hf(ckpt: str | Path, config: BloomConfig, out_dir: str | Pat
     tensors = {k: np.ascontiguousarray(v.astype(cast, copy=False))
                for k, v in ours_to_hf(arrays, config).items()}
     _atomic_write(out / "model.safetensors",
-                  lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}), ".safetensors")
+                  lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     text = json.dumps(config.to_hf(), indent=2, sort_keys=True) + "\n"
 
     def write_config(tmp: str) -> None:
         Path(tmp).write_text(text)
 
-    _atomic_write(out / "config.json", write_config, ".json")
+    _atomic_write(out / "config.json", write_config)
     return out
 
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from .fileio import atomic_target
 
 DEFAULT_DATA = Path(__file__).resolve().parent / "assets" / "alpaca_seed_tasks.json"
 DEFAULT_OUT = Path(__file__).resolve().parent / "assets" / "tokenizer.json"
@@ -66,12 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tokenizer.", suffix=".json", dir=args.out.parent)
-    os.close(fd)
-    tokenizer.save(tmp, pretty=True)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, args.out)
+    with atomic_target(args.out, mode=0o644, create=True) as tmp:
+        tokenizer.save(str(tmp), pretty=True)
     print(f"wrote {args.out} (vocab {tokenizer.get_vocab_size()})")
     return 0
 

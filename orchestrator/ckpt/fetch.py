@@ -19,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from orchestrate_bloom.fileio import sha256_file, sha256_update, write_atomic
+
 from orchestrator.ckpt.select import safe_local_path
 from orchestrator.errors import CheckpointError
 
@@ -51,21 +53,6 @@ class Outcome:
     action: str  # "verified earlier", "fetched", "resumed", "refetched"
 
 
-def sha256_file(path: Path, limit: int | None = None) -> hashlib._Hash:
-    """Hash the first `limit` bytes (all if None) of `path`."""
-    h = hashlib.sha256()
-    left = limit
-    with open(path, "rb") as f:
-        while left is None or left > 0:
-            chunk = f.read(CHUNK if left is None else min(CHUNK, left))
-            if not chunk:
-                break
-            h.update(chunk)
-            if left is not None:
-                left -= len(chunk)
-    return h
-
-
 class VerifiedState:
     """DEST/.verified.json: rel -> {sha256, size, mtime_ns}; written atomically."""
 
@@ -89,9 +76,8 @@ class VerifiedState:
         st = path.stat()
         with self.lock:
             self.data[str(rel)] = {"sha256": sha, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True))
-            os.replace(tmp, self.path)
+            write_atomic(self.path, json.dumps(self.data, indent=1, sort_keys=True),
+                         fsync=False)
 
     def sha(self, rel: PurePosixPath) -> str | None:
         e = self.data.get(str(rel))
@@ -178,7 +164,7 @@ def _fetch_one(
         return Outcome(it, state.sha(it.rel) or "", 0, "verified earlier")
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_file():  # present but not recorded: hash it, never trust it
-        digest = sha256_file(path).hexdigest()
+        digest = sha256_file(path)
         if path.stat().st_size == it.size and (it.sha256 is None or digest == it.sha256):
             state.record(path, it.rel, digest)
             on_bytes(it.size)
@@ -192,7 +178,7 @@ def _fetch_one(
         if have > it.size:
             part.unlink()
             have = 0
-        h = sha256_file(part) if have else hashlib.sha256()
+        h = sha256_update(hashlib.sha256(), part) if have else hashlib.sha256()
         if have:
             action = "resumed"
             on_bytes(have)

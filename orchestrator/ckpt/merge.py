@@ -6,14 +6,14 @@ process that prints one JSON object, or one `error: ...` line and exit 1.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from orchestrate_bloom.fileio import write_atomic
 
 from orchestrator import bundle
 from orchestrator.errors import CheckpointError
@@ -104,16 +104,6 @@ def check(ckpt: Path, preset: str | None, model_json: str | None) -> dict[str, A
     return run_tool([*args, "--preset", preset])
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_manifest(path: Path, doc: Mapping[str, Any]) -> None:
     """Atomic JSON write."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(doc, indent=2, sort_keys=True) + "\n", fsync=False)

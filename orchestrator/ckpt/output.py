@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from orchestrate_bloom.fileio import sha256_file
 
 from orchestrator.ckpt import merge as ckpt_merge
 from orchestrator.ckpt.select import Layout
@@ -132,7 +133,7 @@ def write_manifest(
             "files": [
                 {
                     "path": str(f.relative_to(base)),
-                    "sha256": ckpt_merge.sha256_of(f),
+                    "sha256": sha256_file(f),
                     "size": f.stat().st_size,
                 }
                 for f in files

@@ -29,12 +29,12 @@ order is computed; `plan`, `up` and `build_tables` (which numbers the merged tab
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from orchestrate_bloom.fileio import write_atomic
 
 from orchestrator.config.inventory import Inventory, Node
 from orchestrator.errors import RankTableError
@@ -423,23 +423,9 @@ def write_text_atomic(path: Path, text: str) -> None:
     """
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        write_atomic(path, text)
     except OSError as e:
         raise RankTableError(f"{path}: cannot write: {e.strerror}") from e
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise RankTableError(f"{path}: cannot write: {e.strerror}") from e
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_tables(merged: RankTable, merged_path: Path, per_server: Iterable[RankTable] = (),

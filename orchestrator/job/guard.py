@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from orchestrate_bloom.fileio import write_atomic
+
 from orchestrator.errors import OrchestrateError
 from orchestrator.job.state import JobStatus, JobStore
 
@@ -73,9 +75,7 @@ def spawn_guard(store: JobStore, job_id: str, interval: float = GUARD_INTERVAL) 
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=folder,
             start_new_session=True, close_fds=True)
     start = _start_time(proc.pid) or "gone"
-    tmp = folder / "guard.pid.tmp"
-    tmp.write_text(f"{proc.pid} {start}\n")
-    os.replace(tmp, pid_file(store, job_id))
+    write_atomic(pid_file(store, job_id), f"{proc.pid} {start}\n", fsync=False)
     return proc.pid
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 import shlex
 import signal
 import tempfile
@@ -21,6 +20,8 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from orchestrate_bloom.fileio import write_atomic
 
 from orchestrator.config.inventory import Connection, Inventory
 from orchestrator.config.plan import build_plan
@@ -57,18 +58,6 @@ class UpOptions:
     stop_grace: int = DEFAULT_STOP_GRACE
     forks: int = 64
 
-
-def _write_atomic(path: Path, text: str, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def sched_port_for(job_id: str) -> int:
@@ -153,7 +142,7 @@ def write_rendered(store: JobStore, job_id: str,
             text = f.text
             if fname == "job.yaml":
                 text = text + f"job:\n  id: {job_id}\n"
-            _write_atomic(local / "nodes" / node_name / fname, text, f.mode)
+            write_atomic(local / "nodes" / node_name / fname, text, f.mode, fsync=False)
 
 
 def rendered_files(store: JobStore, record: JobRecord, node: str) -> dict[str, RenderedFile]:

@@ -32,6 +32,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from orchestrate_bloom.fileio import sha256_file
+
 from orchestrator import bundle
 from orchestrator.errors import JobError, RemoteCommandError, RemoteError
 from orchestrator.job.render import RenderedFile, shell_path
@@ -84,14 +86,6 @@ class NodeBusyError(JobError):
                          f"(stop it with: orchestrate down {other})")
 
 
-def _sha_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def tree_manifest(root: Path, prefix: str = "") -> list[StageFile]:
     """Every regular file under `root` as `<prefix>/<relative path>` (caches skipped)."""
     out = []
@@ -103,7 +97,7 @@ def tree_manifest(root: Path, prefix: str = "") -> list[StageFile]:
                 continue
             rel = path.relative_to(root).as_posix()
             out.append(StageFile(rel=f"{prefix}/{rel}" if prefix else rel,
-                                 sha256=_sha_file(path),
+                                 sha256=sha256_file(path),
                                  mode=0o644 | (path.stat().st_mode & 0o111), source=path))
     return out
 
@@ -117,7 +111,7 @@ def data_tree(path: Path) -> Tree:
     """A local dataset (folder or file) as `data/<name>[/...]`."""
     if path.is_dir():
         return Tree.of(tree_manifest(path, path.name), "data")
-    return Tree.of([StageFile(rel=path.name, sha256=_sha_file(path), mode=0o644, source=path)],
+    return Tree.of([StageFile(rel=path.name, sha256=sha256_file(path), mode=0o644, source=path)],
                    "data")
 
 

@@ -15,16 +15,16 @@ import dataclasses
 import enum
 import fcntl
 import json
-import os
 import re
 import secrets
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from orchestrate_bloom.fileio import write_atomic
 
 from orchestrator.errors import JobError
 
@@ -229,17 +229,7 @@ class JobStore:
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         text = json.dumps(record.to_json(), indent=2, sort_keys=True) + "\n"
         with self.locked():
-            fd, tmp = tempfile.mkstemp(dir=self.jobs_dir, prefix=f".{record.job_id}.",
-                                       suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w") as fh:
-                    fh.write(text)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, self.path(record.job_id))
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            write_atomic(self.path(record.job_id), text, mode=0o600)
 
     def load(self, job_id: str) -> JobRecord:
         if not valid_job_id(job_id):

@@ -24,7 +24,6 @@ Over any Transport (SSH or local):
 
 from __future__ import annotations
 
-import hashlib
 import os
 import secrets
 import shlex
@@ -32,6 +31,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
+
+from orchestrate_bloom.fileio import sha256_file
 
 from orchestrator.errors import TransferError
 
@@ -49,15 +50,6 @@ class RemoteFile:
     size: int
     mode: int  # permission bits only (0o7777)
     sha256: str
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a local file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def temp_name(path: PurePosixPath | Path) -> str:
