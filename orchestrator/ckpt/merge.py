@@ -7,7 +7,6 @@ process that prints one JSON object, or one `error: ...` line and exit 1.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,12 +24,10 @@ def run_tool(args: Sequence[str], python: str = sys.executable) -> dict[str, Any
     Raises:
         CheckpointError: the tool failed; its `error:` line is the message.
     """
-    proc = subprocess.run(bundle.model_command("ckpt_tools", args, python), capture_output=True,
-                          text=True, env=bundle.child_env(), check=False)
+    proc = bundle.run_model("ckpt_tools", args, python=python)
     if proc.returncode != 0:
-        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.startswith("error: ")]
-        last = lines[-1][7:] if lines else (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise CheckpointError(f"ckpt_tools {args[0]} failed: {last}")
+        reason = bundle.failure_reason(proc.stderr, proc.returncode)
+        raise CheckpointError(f"ckpt_tools {args[0]} failed: {reason}")
     try:
         result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError) as exc:

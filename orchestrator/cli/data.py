@@ -89,12 +89,7 @@ def _run(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
         stderr = proc.stderr.read()
     if proc.returncode == 0 and summary is not None:
         return summary
-    errors = [ln[len("error: "):] for ln in stderr.splitlines() if ln.startswith("error: ")]
-    tail = [ln for ln in stderr.splitlines() if ln.strip()][-1:]
-    detail = (errors[-1] if errors else
-              f"`python -m orchestrate_bloom.data` exited {proc.returncode}"
-              + (f": {tail[0]}" if tail else ""))
-    raise ModelError(f"prepare-data: {detail}")
+    raise ModelError(f"prepare-data: {bundle.failure_reason(stderr, proc.returncode)}")
 
 
 COMMANDS = (prepare_data_command,)

@@ -13,7 +13,6 @@ its last `error:` line becomes our one-line error (exit 1).
 from __future__ import annotations
 
 import logging
-import subprocess
 from pathlib import Path
 
 import click
@@ -31,24 +30,18 @@ def run_model_module(module: str, args: list[str]) -> None:
         ModelError: the child exited non-zero; the message is its last error line.
     """
     verbose = log.isEnabledFor(logging.INFO)
-    env = bundle.child_env(quiet_mindspore=not verbose)
-    cmd = bundle.model_command(module, args)
-    log.info("running %s", " ".join(cmd))
-    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace")
+    log.info("running %s", " ".join(bundle.model_command(module, args)))
     try:
-        _, stderr = proc.communicate()
-    except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait()
+        proc = bundle.run_model(module, args, quiet_mindspore=not verbose, capture_stdout=False)
+    except KeyboardInterrupt:  # run_model has killed the child
         raise SystemExit(130) from None
+    stderr = proc.stderr
     if verbose and stderr:
         click.echo(stderr, err=True, nl=False)
     if proc.returncode != 0:
-        lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-        errors = [line.removeprefix("error:").strip() for line in lines
-                  if line.startswith("error:")]
-        reason = errors[-1] if errors else (lines[-1] if lines else "no output")
-        raise ModelError(f"{module}: {reason}" + ("" if errors or verbose else
+        has_error_line = any(line.startswith("error:") for line in stderr.splitlines())
+        reason = bundle.failure_reason(stderr, proc.returncode)
+        raise ModelError(f"{module}: {reason}" + ("" if has_error_line or verbose else
                                                    " (run with -v for the full output)"))
 
 

@@ -7,7 +7,6 @@ MindRecord folder staged as is, or a path on the nodes (issue #7).
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 from orchestrator import bundle
@@ -18,14 +17,13 @@ from orchestrator.errors import JobError
 
 def prepare_alpaca(src: Path, dest: Path, seq_length: int, tokenizer: str = "") -> Path:
     """Alpaca JSON -> MindRecord folder `dest` (`python -m orchestrate_bloom.data`, a child)."""
-    cmd = bundle.model_command("data", ["--input", str(src.resolve()), "--output",
-                                        str(dest.resolve()), "--seq-length", str(seq_length)])
+    args = ["--input", str(src.resolve()), "--output", str(dest.resolve()), "--seq-length",
+            str(seq_length)]
     if tokenizer:
-        cmd += ["--tokenizer", str(Path(tokenizer).resolve())]
-    proc = subprocess.run(cmd, env=bundle.child_env({"GLOG_v": "3"}), capture_output=True,
-                          text=True, timeout=3600)
+        args += ["--tokenizer", str(Path(tokenizer).resolve())]
+    proc = bundle.run_model("data", args, env={"GLOG_v": "3"}, timeout=3600)
     if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+        last = bundle.failure_reason(proc.stderr, proc.returncode)
         raise JobError(f"data.path {src}: preparing MindRecord failed: {last}")
     return dest
 

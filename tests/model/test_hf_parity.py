@@ -123,6 +123,6 @@ def test_bad_hf_folder_is_a_one_line_error(tmp_path: Path) -> None:
                          str(tmp_path / "x.ckpt"))
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        f"Error: model.convert: {tmp_path}: no model.safetensors, "
+        f"Error: convert: {tmp_path}: no model.safetensors, "
         "model.safetensors.index.json or pytorch_model.bin"]
     assert not list(tmp_path.glob("*.ckpt")) and not list(tmp_path.glob(".*"))

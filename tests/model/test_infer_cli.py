@@ -145,18 +145,18 @@ def test_chat_loop_keeps_the_history_in_the_prompt(tiny_ckpt: Path, tiny_generat
 
 @pytest.mark.parametrize("args, message", [
     (["--ckpt", "{tmp}/none.ckpt", "--config", "tiny", "Hi"],
-     "Error: model.infer: {tmp}/none.ckpt: checkpoint not found"),
+     "Error: infer: {tmp}/none.ckpt: checkpoint not found"),
     (["--ckpt", "{tmp}/corrupt.ckpt", "--config", "tiny", "Hi"],
-     "Error: model.infer: {tmp}/corrupt.ckpt: cannot read checkpoint"),
+     "Error: infer: {tmp}/corrupt.ckpt: cannot read checkpoint"),
     (["--ckpt", "{ckpt}", "--hf-config", "{tmp}/config.json", "Hi"],
-     "Error: model.infer: {ckpt}: transformer.word_embeddings.weight has shape (1000, 64), "
+     "Error: infer: {ckpt}: transformer.word_embeddings.weight has shape (1000, 64), "
      "config expects (1000, 32)"),
     (["--ckpt", "{ckpt}", "--config", "tiny", "--input", "{tmp}/none.txt"],
-     "Error: model.infer: {tmp}/none.txt: cannot read prompts"),
+     "Error: infer: {tmp}/none.txt: cannot read prompts"),
     (["--ckpt", "{ckpt}", "--config", "nope", "Hi"],
-     "Error: model.infer: unknown preset 'nope'"),
+     "Error: infer: unknown preset 'nope'"),
     (["--ckpt", "{ckpt}", "--config", "tiny", "--tokenizer", "{tmp}/config.json", "Hi"],
-     "Error: model.infer: {tmp}/config.json: not a tokenizer.json"),
+     "Error: infer: {tmp}/config.json: not a tokenizer.json"),
 ])
 def test_bad_inputs_are_one_line_errors(tiny_ckpt: Path, tmp_path: Path, args: list[str],
                                         message: str) -> None:
