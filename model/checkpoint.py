@@ -29,8 +29,8 @@ import re
 import shutil
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePath
+from typing import Any, TypeVar
 
 from .fileio import atomic_target, sha256_file, write_atomic
 
@@ -39,20 +39,36 @@ MANIFEST_RE = re.compile(r"^bloom_rank_(\d+)-(\d+)\.json$")
 STRATEGY_RE = re.compile(r"^ckpt_strategy_rank_(\d+)\.ckpt$")
 
 
-def rank_dir(output_dir: Path, rank: int) -> Path:
+P = TypeVar("P", bound=PurePath)  # local Path, or a node's PurePosixPath (collect-ckpt)
+
+
+def rank_dir(output_dir: P, rank: int) -> P:
+    """`output/checkpoint/rank_<r>`: one rank's checkpoints and manifests."""
     return output_dir / "checkpoint" / f"rank_{rank}"
 
 
-def ckpt_path(output_dir: Path, rank: int, step: int) -> Path:
-    return rank_dir(output_dir, rank) / f"bloom_rank_{rank}-{step}.ckpt"
+def ckpt_name(rank: int, step: int) -> str:
+    return f"bloom_rank_{rank}-{step}.ckpt"
 
 
-def manifest_path(output_dir: Path, rank: int, step: int) -> Path:
-    return rank_dir(output_dir, rank) / f"bloom_rank_{rank}-{step}.json"
+def manifest_name(rank: int, step: int) -> str:
+    return f"bloom_rank_{rank}-{step}.json"
 
 
-def strategy_path(output_dir: Path, rank: int) -> Path:
-    return output_dir / "strategy" / f"ckpt_strategy_rank_{rank}.ckpt"
+def ckpt_path(output_dir: P, rank: int, step: int) -> P:
+    return rank_dir(output_dir, rank) / ckpt_name(rank, step)
+
+
+def manifest_path(output_dir: P, rank: int, step: int) -> P:
+    return rank_dir(output_dir, rank) / manifest_name(rank, step)
+
+
+def strategy_dir(output_dir: P) -> P:
+    return output_dir / "strategy"
+
+
+def strategy_path(output_dir: P, rank: int) -> P:
+    return strategy_dir(output_dir) / f"ckpt_strategy_rank_{rank}.ckpt"
 
 
 def write_json_atomic(path: Path, doc: Mapping[str, Any]) -> None:

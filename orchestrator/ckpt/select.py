@@ -22,11 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from orchestrate_bloom import checkpoint as ck
+
 from orchestrator.errors import CheckpointError
 
-CKPT_RE = re.compile(r"^bloom_rank_(\d+)-(\d+)\.ckpt$")
-MANIFEST_RE = re.compile(r"^bloom_rank_(\d+)-(\d+)\.json$")
-STRATEGY_RE = re.compile(r"^ckpt_strategy_rank_(\d+)\.ckpt$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -153,10 +152,10 @@ def parse_listing(node: str, raw: Mapping[str, Any], ranks: Iterable[int]) -> No
             problems[rank] = tuple(bad)
     strategies = {}
     for name, e in sorted(raw.get("strategy", {}).items()):
-        m = STRATEGY_RE.match(name)
+        m = ck.STRATEGY_RE.match(name)
         if m and e.get("kind") == "file":
             r = int(m.group(1))
-            path = job_dir / "output" / "strategy" / name
+            path = ck.strategy_dir(job_dir / "output") / name
             strategies[r] = Strategy(node, r, path, int(e.get("size", 0)))
     return NodeListing(node, job_dir, ckpts, problems, strategies)
 
@@ -164,16 +163,16 @@ def parse_listing(node: str, raw: Mapping[str, Any], ranks: Iterable[int]) -> No
 def _rank_ckpts(
     node: str, job_dir: PurePosixPath, rank: int, entry: Mapping[str, Any]
 ) -> tuple[dict[int, RankCkpt], list[str]]:
-    folder = job_dir / "output" / "checkpoint" / f"rank_{rank}"
+    folder = ck.rank_dir(job_dir / "output", rank)
     if entry.get("kind") != "dir":
         return {}, [f"{folder} is {entry.get('kind', 'missing')}"]
     files: Mapping[str, Any] = entry.get("files", {})
     found: dict[int, RankCkpt] = {}
     bad: list[str] = []
     for name, e in files.items():
-        m = CKPT_RE.match(name)
+        m = ck.CKPT_RE.match(name)
         if not m:
-            if not MANIFEST_RE.match(name) and not name.startswith("."):
+            if not ck.MANIFEST_RE.match(name) and not name.startswith("."):
                 bad.append(f"ignored unexpected name {name!r}")
             continue
         r, step = int(m.group(1)), int(m.group(2))
@@ -183,7 +182,7 @@ def _rank_ckpts(
         if e.get("kind") != "file":
             bad.append(f"step {step}: {name} is a {e.get('kind')}, refused")
             continue
-        mname = f"bloom_rank_{rank}-{step}.json"
+        mname = ck.manifest_name(rank, step)
         man = files.get(mname)
         if man is None or "text" not in man or man.get("kind") != "file":
             bad.append(f"step {step}: manifest {mname} missing")
@@ -239,8 +238,9 @@ def choose_step(listings: Sequence[NodeListing], step: int | None = None) -> int
             + missing_report(listings, [step])
             + (f"\ncomplete steps: {sorted(common)}" if common else "")
         )
-    if common:
-        return max(common)
+    newest = ck.newest_common(s for lst in listings for s in lst.ckpts.values())
+    if newest is not None:
+        return newest
     raise CheckpointError(
         "no step is complete on every rank:\n  " + missing_report(listings, every or [])
     )
