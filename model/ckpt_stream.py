@@ -186,13 +186,6 @@ def read_into(fh: io.BufferedReader, entry: Entry, out: memoryview) -> None:
         pos += size
 
 
-def read_array(fh: io.BufferedReader, entry: Entry) -> np.ndarray:
-    """`entry` as a new array of its shape (raw bytes typed by item size, e.g. uint16)."""
-    out = np.empty(entry.dims, dtype=raw_dtype(entry.dtype))
-    read_into(fh, entry, out.data.cast("B"))
-    return out
-
-
 def raw_dtype(dtype: str) -> np.dtype[Any]:
     """A numpy type of the same item size (bytes are moved, never interpreted)."""
     return np.dtype(f"u{ITEMSIZE[dtype]}")

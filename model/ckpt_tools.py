@@ -471,61 +471,6 @@ def _check_loaded(ckpt: Path, config: Any, model_factory: Callable[[Any], Any]) 
     return {"ckpt": str(ckpt), "parameters": len(expected), "peak_rss": peak_rss_bytes()}
 
 
-def synth_sharded(
-    out_dir: Path, full: Mapping[str, Any], dp: int, mp: int, pp: int, n_layer: int
-) -> dict[str, Any]:
-    """Write what a DP x MP x PP semi-auto job leaves, from full numpy arrays (tests, bench).
-
-    Rank r = stage * dp * mp + dp_index * mp + mp_index (MindSpore's device matrix [dp, mp]
-    per stage). 2-D+ weights and biases of `...h.<i>...` layers and embeddings are split along
-    axis 0 across MP, layer norms are replicated; layer i lives on stage i * pp // n_layer,
-    embeddings on stage 0, `ln_f` on the last. Writes `checkpoint/rank_<r>/shard.ckpt` (with a
-    fake Adam moment) and `strategy/ckpt_strategy_rank_<r>.ckpt` under `out_dir`.
-    """
-    import mindspore as ms
-    import numpy as np
-    from mindspore.train import node_strategy_pb2 as pb
-
-    def stage_of(name: str) -> int:
-        if ".h." in name:
-            return int(name.split(".h.")[1].split(".")[0]) * pp // n_layer
-        return pp - 1 if "ln_f" in name else 0
-
-    def split(name: str, a: Any) -> bool:
-        return "layernorm" not in name and "ln_f" not in name and a.shape[0] % mp == 0
-
-    for r in range(dp * mp * pp):
-        stage, local = divmod(r, dp * mp)
-        smap = pb.ParallelStrategyMap()
-        smap.current_stage = stage
-        item = smap.parallel_strategy_item.add()
-        item.node_name = "synthetic"
-        item.parallel_strategys.stage = stage
-        tensors = []
-        for name, a in full.items():
-            if stage_of(name) != stage:
-                continue
-            cut = split(name, a)
-            part = np.split(a, mp, axis=0)[local % mp] if cut else a
-            tensors.append({"name": name, "data": ms.Tensor(np.ascontiguousarray(part))})
-            lay = smap.parallel_layout_item.add()
-            lay.param_name = name
-            pl = lay.parallel_layouts
-            pl.dev_matrix.add().dim.extend([dp, mp])
-            pl.tensor_map.add().dim.extend([0 if cut else -1] + [-1] * (a.ndim - 1))
-            pl.param_split_shape.add()
-            pl.indices_offset.add()
-            pl.field, pl.opt_weight_shard_step, pl.opt_weight_shard_size = 0, 0, 0
-        tensors.append({"name": "adam_m.synthetic", "data": ms.Tensor(np.zeros(4, np.float32))})
-        ck = out_dir / "checkpoint" / f"rank_{r}"
-        ck.mkdir(parents=True, exist_ok=True)
-        ms.save_checkpoint(tensors, str(ck / "shard.ckpt"))
-        st = out_dir / "strategy"
-        st.mkdir(parents=True, exist_ok=True)
-        (st / f"ckpt_strategy_rank_{r}.ckpt").write_bytes(smap.SerializeToString())
-    return {"ranks": dp * mp * pp}
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m orchestrate_bloom.ckpt_tools", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)

@@ -197,38 +197,6 @@ class Generator:
         return out
 
 
-def greedy_without_cache(model: BloomLMHeadModel, prompts: Sequence[Sequence[int]],
-                         max_new_tokens: int) -> list[list[int]]:
-    """Reference greedy decoding: a full forward per token, no cache (for tests).
-
-    Tokens are appended into one fixed-width buffer (left-padded prompts, masked slots on the
-    right), so the forward graph compiles once; causal masking hides the unused slots.
-    """
-    from mindspore import Tensor
-
-    c = model.config
-    prompt_len = max(len(p) for p in prompts)
-    ids, mask = left_pad(prompts, prompt_len, c.pad_token_id)
-    width = prompt_len + max_new_tokens
-    ids = np.concatenate([ids, np.full((len(prompts), max_new_tokens), c.pad_token_id,
-                                       np.int32)], 1)
-    mask = np.concatenate([mask, np.zeros((len(prompts), max_new_tokens), np.int32)], 1)
-    finished = np.zeros(len(prompts), bool)
-    out: list[list[int]] = [[] for _ in prompts]
-    for step in range(max_new_tokens):
-        pos = prompt_len + step - 1
-        logits = model(Tensor(ids), Tensor(mask)).asnumpy()[:, pos]  # [batch, vocab]
-        tokens = np.where(finished, c.pad_token_id, logits.argmax(-1)).astype(np.int32)
-        for row in np.flatnonzero(~finished):
-            out[row].append(int(tokens[row]))
-        finished |= tokens == c.eos_token_id
-        if finished.all() or pos + 1 >= width:
-            break
-        ids[:, pos + 1] = tokens
-        mask[:, pos + 1] = 1
-    return out
-
-
 # ---------------------------------------------------------------------------- loading
 
 def set_graph_mode(device: str = "CPU", cpu_threads: int | None = None) -> None:

@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from . import checkpoint as ck
+from . import shard_plan
 from .data import DataError, create_dataset, has_column, sample_length
 from .job import Job, load_job
 from .presets import SettingsError
@@ -287,7 +288,8 @@ def build_cells(job: Job, layout: Layout, dist: Dist, use_mask: bool, start_lrs:
 def apply_shard_strategies(model: Any, layout: Layout) -> None:
     """Megatron-style strategies for the semi-auto parallel (Ascend) path.
 
-    Column-parallel QKV and h->4h, row-parallel dense and 4h->h (set per Linear cell with
+    The plan is shard_plan's table: column-parallel QKV and h->4h, row-parallel dense and
+    4h->h (set per Linear cell with
     `Cell.shard`: input layout + parameter plan); a vocab-parallel embedding: the table
     [vocab, hidden] is split on the vocab axis across MP, both where the lookup (the
     Embedding's Gather) reads it and where the tied LM head (MatMul with the table) does, so
@@ -305,12 +307,11 @@ def apply_shard_strategies(model: Any, layout: Layout) -> None:
     blocks = list(model.transformer.h)
     for block, stage in zip(blocks, block_stages(layout), strict=True):
         block.pipeline_stage = stage
-        attn, mlp = block.self_attention, block.mlp
-        for linear in (attn.query_key_value, mlp.dense_h_to_4h):  # column parallel
+        for linear in (_cell(block, path) for path in shard_plan.COLUMN_PARALLEL):
             linear.shard(in_strategy=(dev("dp", "None", "None"),),
                          parameter_plan={linear.weight.name: dev("mp", "None"),
                                          linear.bias.name: dev("mp")})
-        for linear in (attn.dense, mlp.dense_4h_to_h):  # row parallel
+        for linear in (_cell(block, path) for path in shard_plan.ROW_PARALLEL):
             linear.shard(in_strategy=(dev("dp", "None", "mp"),),
                          parameter_plan={linear.weight.name: dev("None", "mp"),
                                          linear.bias.name: dev("None")})
@@ -320,6 +321,13 @@ def apply_shard_strategies(model: Any, layout: Layout) -> None:
     embeddings.pipeline_stage = 0
     model.transformer.word_embeddings_layernorm.pipeline_stage = 0
     model.transformer.ln_f.pipeline_stage = layout.pipeline_stage - 1
+
+
+def _cell(block: Any, path: str) -> Any:
+    """block.<path> for a dotted path such as "self_attention.dense"."""
+    for part in path.split("."):
+        block = getattr(block, part)
+    return block
 
 
 # --- resume --------------------------------------------------------------------------------------

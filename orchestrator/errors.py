@@ -24,10 +24,6 @@ class PresetError(OrchestrateError):
     """A preset or a `--set` override is unknown, mistyped or inconsistent."""
 
 
-class PlanError(OrchestrateError):
-    """The preset's parallel layout does not fit the inventory."""
-
-
 class RankTableError(OrchestrateError):
     """A rank table cannot be built, merged or validated."""
 
@@ -91,6 +87,3 @@ class CheckpointError(OrchestrateError):
 class ModelError(OrchestrateError):
     """Model-side work (data, conversion, inference) failed with a clear cause."""
 
-
-class NotImplementedYet(OrchestrateError):
-    """The command is planned but not built yet."""

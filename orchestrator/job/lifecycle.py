@@ -23,7 +23,7 @@ from pathlib import Path
 
 from orchestrate_bloom.fileio import write_atomic
 
-from orchestrator.config.inventory import Connection, Inventory
+from orchestrator.config.inventory import Inventory
 from orchestrator.config.plan import build_plan
 from orchestrator.config.presets import JobSpec
 from orchestrator.errors import JobError
@@ -350,6 +350,3 @@ def dry_run_summary(record: JobRecord, store: JobStore) -> list[str]:
                      f"bash {shlex.quote(n.job_dir + '/launch.sh')} start")
     return lines
 
-
-def is_local(inv: Inventory) -> bool:
-    return all(n.connection is Connection.LOCAL for n in inv.nodes)

@@ -1,8 +1,8 @@
-"""File-transfer helpers shared by every transport: atomic writes, sha256, safe paths, trees.
+"""File-transfer helpers shared by every transport: atomic writes, sha256, safe paths.
 
 Pure helpers (no network):
 
-    sha256_file(path) -> str                      hex digest, streamed
+    sha256_file(path) -> str                      hex digest (orchestrate_bloom.fileio's)
     safe_join(dest, relpath) -> Path               refuses '..', absolute paths, NUL/newlines, and
                                                    any existing symlink on the way (TransferError)
     remote_arg(path) -> str                        shell-quoted remote path; a leading `~/` stays
@@ -16,10 +16,6 @@ Over any Transport (SSH or local):
     remote_stat(t, path) -> RemoteFile             size, mode, sha256 of one remote file
     verify_put_command(tmp, final, mode, size, sha) the one remote command that checks an upload
                                                    and renames it into place
-    get_tree(t, remote_dir, local_dir) -> list[Path]
-        copies every regular file under remote_dir into local_dir, keeping the relative layout;
-        the remote listing is hostile input: symlinks, special files and names that would leave
-        local_dir are refused with TransferError before anything is written.
 """
 
 from __future__ import annotations
@@ -27,7 +23,7 @@ from __future__ import annotations
 import os
 import secrets
 import shlex
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
@@ -182,74 +178,3 @@ def finish_get(node: str, tmp: Path, local: Path, want: RemoteFile) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-# find prints: type, size, octal mode, relative path, NUL-terminated (names may hold newlines).
-_LIST_SCRIPT = "cd {d} && find . -mindepth 1 -printf '%y %s %m %P\\0'"
-
-
-@dataclass(frozen=True)
-class TreeEntry:
-    """One entry of a remote directory listing."""
-
-    kind: str  # find's %y: f file, d dir, l symlink, ...
-    size: int
-    mode: int
-    relpath: str
-
-
-def parse_tree_listing(node: str, data: str) -> list[TreeEntry]:
-    """Parse `find -printf '%y %s %m %P\\0'` output (pure; the remote output is untrusted)."""
-    out = []
-    for rec in data.split("\0"):
-        if not rec:
-            continue
-        fields = rec.split(" ", 3)
-        if len(fields) != 4 or not fields[1].isdigit():
-            raise TransferError(node, f"unexpected listing entry {rec[:100]!r}")
-        try:
-            mode = int(fields[2], 8) & 0o7777
-        except ValueError:
-            raise TransferError(node, f"unexpected listing entry {rec[:100]!r}") from None
-        out.append(TreeEntry(fields[0], int(fields[1]), mode, fields[3]))
-    return out
-
-
-def plan_tree(node: str, dest: Path, entries: Sequence[TreeEntry]) -> list[tuple[TreeEntry, Path]]:
-    """Check a whole listing before any write: only dirs and regular files, all inside `dest`."""
-    planned = []
-    for e in entries:
-        if e.kind not in ("f", "d"):
-            what = {"l": "symlink"}.get(e.kind, f"special file (type {e.kind})")
-            raise TransferError(node, f"refusing remote {what} {e.relpath!r}")
-        try:
-            target = safe_join(dest, e.relpath)
-        except TransferError as err:
-            raise TransferError(node, str(err).removeprefix("[-] ")) from None
-        planned.append((e, target))
-    return planned
-
-
-def get_tree(t: Transport, remote_dir: PurePosixPath, local_dir: Path) -> list[Path]:
-    """Copy every regular file under `remote_dir` into `local_dir` (verified, atomic per file).
-
-    Returns the local files written, in listing order. Refuses (TransferError, nothing written)
-    a listing with symlinks, devices, fifos or names that would land outside `local_dir`.
-    """
-    res = t.run(_LIST_SCRIPT.format(d=remote_arg(remote_dir)), check=False)
-    if not res.ok:
-        why = res.stderr.strip().splitlines()[-1:] or [f"exit {res.exit_code}"]
-        raise TransferError(t.node.name, f"cannot list {remote_dir}: {why[0]}")
-    local_dir.mkdir(parents=True, exist_ok=True)
-    planned = plan_tree(t.node.name, local_dir, parse_tree_listing(t.node.name, res.stdout))
-    written = []
-    for entry, target in planned:
-        if entry.kind == "d":
-            target.mkdir(parents=True, exist_ok=True)
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # re-check right before writing: a directory created above may not be a symlink
-        safe_join(local_dir, entry.relpath)
-        t.get(remote_dir / entry.relpath, target)
-        written.append(target)
-    return written

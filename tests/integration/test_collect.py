@@ -94,12 +94,12 @@ def _place_dp(job: str, steps: tuple[int, ...] = (10, 20)) -> dict[str, np.ndarr
 def _place_sharded(
     job: str, step: int = 30, drop_strategy: int | None = None, dp: int = 1, pp: int = 2
 ) -> dict:
-    """A DP x MP2 x PP job from model.ckpt_tools.synth_sharded, laid out as a job leaves it."""
-    from orchestrate_bloom.ckpt_tools import synth_sharded
+    """A DP x MP2 x PP job from tests/tools/shards.py, laid out as a job leaves it."""
+    from tests.tools.shards import write_sharded
 
     full = _full()
     tmp = STATE / f"synth-{job}"
-    synth_sharded(tmp, full, dp=dp, mp=2, pp=pp, n_layer=MODEL["n_layer"])
+    write_sharded(tmp, full, dp=dp, mp=2, pp=pp, n_layer=MODEL["n_layer"])
     layout = {"data_parallel": dp, "model_parallel": 2, "pipeline_stage": pp}
     for rank in range(4):
         out = _workdir(rank // 2) / "jobs" / job / "output"
@@ -247,7 +247,7 @@ def test_interrupted_gather_resumes_without_refetching(hosts: Path, tmp_path: Pa
     import signal
     import time
 
-    from orchestrate_bloom.ckpt_tools import synth_sharded
+    from tests.tools.shards import write_sharded
 
     rng = np.random.default_rng(1)
     full = _full()
@@ -255,7 +255,7 @@ def test_interrupted_gather_resumes_without_refetching(hosts: Path, tmp_path: Pa
         (1 << 21, MODEL["hidden_size"])
     ).astype(np.float32)  # 128 MiB: 64 MiB on ranks 0, 1
     synth = STATE / "synth-int"
-    synth_sharded(synth, full, dp=1, mp=2, pp=2, n_layer=MODEL["n_layer"])
+    write_sharded(synth, full, dp=1, mp=2, pp=2, n_layer=MODEL["n_layer"])
     layout = {"data_parallel": 1, "model_parallel": 2, "pipeline_stage": 2}
     model = {**MODEL, "vocab_size": 1 << 21}
     for rank in range(4):
@@ -337,7 +337,9 @@ def test_dst_strategy_writes_every_destination_rank(
 ) -> None:
     """To a DP2 x MP2 layout, 2 processes: each rank equals that layout's own shard."""
     import mindspore as ms
-    from orchestrate_bloom.ckpt_tools import merge_strategies, synth_sharded
+    from orchestrate_bloom.ckpt_tools import merge_strategies
+
+    from tests.tools.shards import write_sharded
 
     job = f"dst{source}"
     if source == "mp2pp2":
@@ -345,7 +347,7 @@ def test_dst_strategy_writes_every_destination_rank(
     else:
         full = _place_dp(job, steps=(30,))
     want = tmp_path / "want"
-    synth_sharded(want, full, dp=2, mp=2, pp=1, n_layer=MODEL["n_layer"])
+    write_sharded(want, full, dp=2, mp=2, pp=1, n_layer=MODEL["n_layer"])
     dst = tmp_path / "dp2mp2.ckpt"
     merge_strategies(want / "strategy", dst)
     res = collect(

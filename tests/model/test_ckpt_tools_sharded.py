@@ -1,4 +1,8 @@
-"""merge-strategies + needed-ranks + transform on a synthetic DP2 x MP2 x PP2 job (exact)."""
+"""merge-strategies + needed-ranks + transform on a synthetic DP2 x MP2 x PP2 job (exact).
+
+The shards are cut by the trainer's shard plan (tests/tools/shards.py): row-parallel weights
+on axis 1, so the streamed transform's non-contiguous path is exercised too.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ ms = pytest.importorskip("mindspore")
 
 from orchestrate_bloom import ckpt_tools  # noqa: E402
 
+from tests.tools.shards import write_sharded  # noqa: E402
+
 
 def full_params(n_layer: int = 4) -> dict[str, np.ndarray]:
     model = {"vocab_size": 64, "hidden_size": 16, "n_layer": n_layer, "n_head": 2, "seq_length": 8}
@@ -21,7 +27,7 @@ def full_params(n_layer: int = 4) -> dict[str, np.ndarray]:
 
 def test_transform_reassembles_mp2_pp2_exactly_from_needed_ranks(tmp_path: Path) -> None:
     full = full_params()
-    ckpt_tools.synth_sharded(tmp_path, full, dp=2, mp=2, pp=2, n_layer=4)
+    write_sharded(tmp_path, full, dp=2, mp=2, pp=2, n_layer=4)
     merged = tmp_path / "merged_strategy.ckpt"
     ckpt_tools.merge_strategies(tmp_path / "strategy", merged)
     needed = ckpt_tools.needed_ranks(merged, None)["ranks"]
@@ -41,7 +47,7 @@ def test_transform_reassembles_mp2_pp2_exactly_from_needed_ranks(tmp_path: Path)
 
 
 def test_transform_names_missing_source_ranks(tmp_path: Path) -> None:
-    ckpt_tools.synth_sharded(tmp_path, full_params(), dp=1, mp=2, pp=2, n_layer=4)
+    write_sharded(tmp_path, full_params(), dp=1, mp=2, pp=2, n_layer=4)
     merged = tmp_path / "m.ckpt"
     ckpt_tools.merge_strategies(tmp_path / "strategy", merged)
     src = {r: tmp_path / "checkpoint" / f"rank_{r}" / "shard.ckpt" for r in (0, 1, 2)}
@@ -54,8 +60,8 @@ def test_transform_to_another_layout_matches_that_layouts_shards(tmp_path: Path)
     """MP2 x PP2 -> DP2 x MP2: every destination rank equals a DP2 x MP2 job's own shard."""
     full = full_params()
     src, dst = tmp_path / "src", tmp_path / "dst"
-    ckpt_tools.synth_sharded(src, full, dp=1, mp=2, pp=2, n_layer=4)
-    ckpt_tools.synth_sharded(dst, full, dp=2, mp=2, pp=1, n_layer=4)
+    write_sharded(src, full, dp=1, mp=2, pp=2, n_layer=4)
+    write_sharded(dst, full, dp=2, mp=2, pp=1, n_layer=4)
     src_strategy = ckpt_tools.merge_strategies(src / "strategy", tmp_path / "s.ckpt")["strategy"]
     ckpt_tools.merge_strategies(dst / "strategy", tmp_path / "d.ckpt")
     assert ckpt_tools.strategy_devices(tmp_path / "d.ckpt") == 4
@@ -91,7 +97,7 @@ def _relabel_first_operator_stage0(path: Path) -> None:
 
 def test_merge_takes_each_stage_from_the_rank_not_the_first_operator(tmp_path: Path) -> None:
     full = full_params()
-    ckpt_tools.synth_sharded(tmp_path, full, dp=1, mp=2, pp=2, n_layer=4)
+    write_sharded(tmp_path, full, dp=1, mp=2, pp=2, n_layer=4)
     for r in (2, 3):
         _relabel_first_operator_stage0(tmp_path / "strategy" / f"ckpt_strategy_rank_{r}.ckpt")
     theirs = tmp_path / "theirs.ckpt"
@@ -108,7 +114,7 @@ def test_merge_takes_each_stage_from_the_rank_not_the_first_operator(tmp_path: P
 
 
 def test_merge_names_a_missing_stage_and_an_inconsistent_file(tmp_path: Path) -> None:
-    ckpt_tools.synth_sharded(tmp_path, full_params(), dp=1, mp=2, pp=2, n_layer=4)
+    write_sharded(tmp_path, full_params(), dp=1, mp=2, pp=2, n_layer=4)
     strategy = tmp_path / "strategy"
     one_stage = tmp_path / "stage1"
     one_stage.mkdir()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 import pytest
 from orchestrate_bloom.config import BloomConfig
-from orchestrate_bloom.infer import GenerateConfig, InferError, select_tokens
+from orchestrate_bloom.infer import GenerateConfig, InferError, left_pad, select_tokens
 
 CONFIG = BloomConfig(vocab_size=99, hidden_size=48, n_layer=2, n_head=6, seq_length=64)
 PROMPTS = [[1, 5, 9, 33, 70, 12, 8, 40, 41, 42, 43, 44, 45, 46, 47],
@@ -69,9 +72,39 @@ def test_forward_shapes_and_left_padding_invariance(tiny) -> None:
     np.testing.assert_allclose(logits[1], no_mask[0], atol=1e-6)
 
 
-def test_cached_generation_equals_no_cache(tiny) -> None:
-    from orchestrate_bloom.infer import greedy_without_cache
+def greedy_without_cache(model: Any, prompts: Sequence[Sequence[int]],
+                         max_new_tokens: int) -> list[list[int]]:
+    """Reference greedy decoding: a full forward per token, no cache (the generator's oracle).
 
+    Tokens are appended into one fixed-width buffer (left-padded prompts, masked slots on the
+    right), so the forward graph compiles once; causal masking hides the unused slots.
+    """
+    from mindspore import Tensor
+
+    c = model.config
+    prompt_len = max(len(p) for p in prompts)
+    ids, mask = left_pad(prompts, prompt_len, c.pad_token_id)
+    width = prompt_len + max_new_tokens
+    ids = np.concatenate([ids, np.full((len(prompts), max_new_tokens), c.pad_token_id,
+                                       np.int32)], 1)
+    mask = np.concatenate([mask, np.zeros((len(prompts), max_new_tokens), np.int32)], 1)
+    finished = np.zeros(len(prompts), bool)
+    out: list[list[int]] = [[] for _ in prompts]
+    for step in range(max_new_tokens):
+        pos = prompt_len + step - 1
+        logits = model(Tensor(ids), Tensor(mask)).asnumpy()[:, pos]  # [batch, vocab]
+        tokens = np.where(finished, c.pad_token_id, logits.argmax(-1)).astype(np.int32)
+        for row in np.flatnonzero(~finished):
+            out[row].append(int(tokens[row]))
+        finished |= tokens == c.eos_token_id
+        if finished.all() or pos + 1 >= width:
+            break
+        ids[:, pos + 1] = tokens
+        mask[:, pos + 1] = 1
+    return out
+
+
+def test_cached_generation_equals_no_cache(tiny) -> None:
     model, generator = tiny
     cached = generator.generate(PROMPTS, GenerateConfig(max_new_tokens=12))
     assert cached == greedy_without_cache(model, PROMPTS, 12)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from orchestrate_bloom import checkpoint as ck
-from orchestrate_bloom import ckpt_tools
+from orchestrate_bloom import ckpt_tools, shard_plan
 
 from tests.tools.dryrun import (
     TINY,
@@ -87,6 +87,9 @@ def _check_split_axes(axes: dict[str, int]) -> None:
             assert axes.get(name) == axis, f"{name}: split on {axes.get(name)}, want {axis}"
     unsplit = set(axes) - {n for n in axes if n.endswith(tuple(SPLIT))}
     assert not unsplit, f"split but should be replicated: {sorted(unsplit)}"
+    # the table the trainer shards by and the synthetic fixtures cut by says the same
+    for name in _expected_shapes():
+        assert axes.get(name) == shard_plan.mp_split_axis(name), name
 
 
 @pytest.fixture(scope="module")

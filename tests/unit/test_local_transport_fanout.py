@@ -57,20 +57,6 @@ def test_put_get_atomic_and_mode(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["back", "out", "src"]
 
 
-def test_get_tree_local(tmp_path: Path) -> None:
-    t = local("l0")
-    src = tmp_path / "src"
-    (src / "a").mkdir(parents=True)
-    (src / "a" / "f 1").write_text("x")
-    (src / "g").write_text("y")
-    written = files.get_tree(t, PurePosixPath(str(src)), tmp_path / "dst")
-    assert sorted(p.relative_to(tmp_path / "dst").as_posix() for p in written) == ["a/f 1", "g"]
-    (src / "evil").symlink_to("/etc/passwd")
-    with pytest.raises(TransferError, match="refusing remote symlink 'evil'"):
-        files.get_tree(t, PurePosixPath(str(src)), tmp_path / "dst2")
-    assert not (tmp_path / "dst2" / "g").exists()
-
-
 def test_fanout_runs_all_and_collects_failures() -> None:
     nodes = [local(f"l{i}") for i in range(5)]
     res = run_all(nodes, 'test "$N" != 2', env={"N": "2"}, forks=2)

@@ -30,26 +30,6 @@ def test_safe_join_refuses_local_symlink(tmp_path: Path) -> None:
         files.safe_join(tmp_path, "link/x")
 
 
-def test_parse_tree_listing_and_plan() -> None:
-    data = "d 4096 755 sub\0f 3 644 sub/a b\0f 0 600 x\ny\0l 9 777 ln\0"
-    entries = files.parse_tree_listing("n0", data)
-    assert [(e.kind, e.size, e.mode, e.relpath) for e in entries] == [
-        ("d", 4096, 0o755, "sub"), ("f", 3, 0o644, "sub/a b"), ("f", 0, 0o600, "x\ny"),
-        ("l", 9, 0o777, "ln")]
-    with pytest.raises(TransferError, match=r"\[n0\] refusing remote symlink 'ln'"):
-        files.plan_tree("n0", Path("/nonexistent-dest"), [entries[3]])
-    with pytest.raises(TransferError, match=r"\[n0\].*control chars"):
-        files.plan_tree("n0", Path("/nonexistent-dest"), [entries[2]])
-    planned = files.plan_tree("n0", Path("/d"), entries[:2])
-    assert [p for _, p in planned] == [Path("/d/sub"), Path("/d/sub/a b")]
-
-
-@pytest.mark.parametrize("bad", ["f x 644 a", "garbage", "f 1 9z9 a"])
-def test_parse_tree_listing_rejects_garbage(bad: str) -> None:
-    with pytest.raises(TransferError, match="unexpected listing entry"):
-        files.parse_tree_listing("n0", bad + "\0")
-
-
 def test_parse_stat_line() -> None:
     h = "ab" * 32
     got = files.parse_stat_line("n0", "/p", f"12 640 {h}\n")
