@@ -39,7 +39,8 @@ def ours(cfg: dict[str, int], steps: int) -> Callable[[], None]:
     from mindspore import Tensor
     from orchestrate_bloom.job import load_job
     from orchestrate_bloom.schedule import lr_schedule
-    from orchestrate_bloom.train import Dist, build_cells, fit_layout
+    from orchestrate_bloom.train import Dist, fit_layout
+    from orchestrate_bloom.train_cells import build_cells
 
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
     with tempfile.TemporaryDirectory() as tmp:

@@ -45,17 +45,19 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import checkpoint as ck
-from . import shard_plan
 from .data import DataError, create_dataset, has_column, sample_length
 from .job import Job, load_job
 from .presets import SettingsError
 from .schedule import lr_at, lr_schedule
 from .stages import SplitError, resolve_split, stage_of_layers
+
+if TYPE_CHECKING:
+    from .train_cells import AllReduceSum
 
 
 class TrainError(RuntimeError):
@@ -186,150 +188,6 @@ def init_distributed(device_target: str) -> Dist:
     return Dist("single", 0, 1)
 
 
-# --- the training cells --------------------------------------------------------------------------
-
-def build_cells(job: Job, layout: Layout, dist: Dist, use_mask: bool, start_lrs: np.ndarray,
-                strategy_file: Path | None) -> tuple[Any, Any]:
-    """The model and its train-step cell (loss, grads, DP reduce, clip, AdamWeightDecay)."""
-    import mindspore as ms
-    from mindspore import Tensor, nn, ops
-
-    from .bloom import BloomLMHeadModel
-    from .config import BloomConfig
-
-    values = dict(job.model)
-    if job.train["device_target"] == "CPU":
-        values.update(param_dtype="float32", compute_dtype="float32")
-    config = BloomConfig.from_dict(values, f"{job.path}: model")
-    semi_auto = layout.model_parallel * layout.pipeline_stage > 1
-    if semi_auto:
-        ms.set_auto_parallel_context(
-            parallel_mode=ms.ParallelMode.SEMI_AUTO_PARALLEL, device_num=dist.world,
-            full_batch=True, pipeline_stages=layout.pipeline_stage,
-            enable_parallel_optimizer=bool(job.parallel["optimizer_shard"]),
-            strategy_ckpt_config={"save_file": str(strategy_file), "only_trainable_params": False})
-    elif dist.world > 1:
-        ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL,
-                                     gradients_mean=True, device_num=dist.world)
-    model = BloomLMHeadModel(config)
-    if semi_auto:
-        apply_shard_strategies(model, layout)
-
-    class CausalLMLoss(nn.Cell):
-        """Mean next-token cross-entropy; with a loss_mask only where the mask is 1."""
-
-        def __init__(self, net: nn.Cell, masked: bool) -> None:
-            super().__init__(auto_prefix=False)  # keep the model's parameter names
-            self.net = net
-            self.masked = masked
-            self.vocab = config.vocab_size
-
-        def construct(self, input_ids: Tensor, loss_mask: Tensor) -> Tensor:
-            tokens = input_ids[:, :-1]  # [b, s]
-            labels = input_ids[:, 1:].reshape(-1)  # [b*s]
-            logits = self.net(tokens).reshape(-1, self.vocab)  # [b*s, V] float32
-            logp = ops.log_softmax(logits, -1)
-            nll = -ops.gather_elements(logp, 1, labels.reshape(-1, 1)).reshape(-1)  # [b*s]
-            if self.masked:
-                m = ops.cast(loss_mask[:, 1:].reshape(-1), ms.float32)
-                return (nll * m).sum() / ops.maximum(m.sum(), 1.0)
-            return nll.mean()
-
-    square_sum = ops.MultitypeFuncGraph("square_sum")
-    scale_by = ops.MultitypeFuncGraph("scale_by")
-
-    @square_sum.register("Tensor")
-    def _square_sum(grad: Tensor) -> Tensor:
-        return ops.reduce_sum(ops.square(ops.cast(grad, ms.float32)))
-
-    @scale_by.register("Tensor", "Tensor")
-    def _scale_by(factor: Tensor, grad: Tensor) -> Tensor:
-        return grad * ops.cast(factor, grad.dtype)
-
-    class TrainStep(nn.TrainOneStepCell):
-        """TrainOneStepCell with global-norm gradient clipping after the DP reduction.
-
-        The clipping is written out (sum of squares, one scale) rather than
-        ops.clip_by_global_norm, which measured ~2x slower per step on CPU.
-        """
-
-        def __init__(self, network: nn.Cell, optimizer: nn.Optimizer, clip: float) -> None:
-            super().__init__(network, optimizer)
-            self.clip = clip
-            self.hyper_map = ops.HyperMap()
-            if layout.pipeline_stage > 1:  # accumulates micro-batch grads, reduces across stages
-                self.grad_reducer = nn.PipelineGradReducer(optimizer.parameters)
-
-        def construct(self, *inputs: Tensor) -> Tensor:
-            loss = self.network(*inputs)
-            sens = ops.ones_like(loss) * self.sens
-            grads = self.grad(self.network, self.weights)(*inputs, sens)
-            grads = self.grad_reducer(grads)
-            if self.clip > 0:
-                norm = ops.sqrt(ops.addn(self.hyper_map(square_sum, grads)))
-                factor = self.clip / ops.maximum(norm, self.clip)
-                grads = self.hyper_map(ops.partial(scale_by, factor), grads)
-            return ops.depend(loss, self.optimizer(grads))
-
-    net = CausalLMLoss(model, use_mask)
-    if layout.pipeline_stage > 1:
-        net = nn.PipelineCell(net, layout.micro_batch_num)
-    params = net.trainable_params()
-    decay = [p for p in params if p.name.endswith(".weight") and "layernorm" not in p.name
-             and "ln_f" not in p.name]
-    decay_ids = {id(p) for p in decay}
-    rest = [p for p in params if id(p) not in decay_ids]
-    groups = [{"params": decay, "weight_decay": float(job.train["weight_decay"])},
-              {"params": rest, "weight_decay": 0.0}, {"order_params": params}]
-    optimizer = nn.AdamWeightDecay(groups, learning_rate=Tensor(start_lrs), eps=1e-8)
-    return model, TrainStep(net, optimizer, float(job.train["grad_clip"]))
-
-
-def apply_shard_strategies(model: Any, layout: Layout) -> None:
-    """Megatron-style strategies for the semi-auto parallel (Ascend) path.
-
-    The plan is shard_plan's table: column-parallel QKV and h->4h, row-parallel dense and
-    4h->h (set per Linear cell with
-    `Cell.shard`: input layout + parameter plan); a vocab-parallel embedding: the table
-    [vocab, hidden] is split on the vocab axis across MP, both where the lookup (the
-    Embedding's Gather) reads it and where the tied LM head (MatMul with the table) does, so
-    the one parameter has one slicing and the logits come out split on the vocab axis. Blocks
-    go to pipeline stages by job.yaml's parallel.layers_per_stage (block_stages), the
-    embeddings to the first stage and ln_f to the last. Operators not annotated here get
-    MindSpore's default strategy.
-    """
-    from mindspore.parallel import Layout as DeviceLayout
-
-    dp, mp = layout.data_parallel, layout.model_parallel
-    # Device matrix of a stage [dp, mp]: MP groups are adjacent ranks (one node's devices),
-    # as for the primitives below; plain tuples in Cell.shard would put MP on the outer axis.
-    dev = DeviceLayout((dp, mp), ("dp", "mp"))
-    blocks = list(model.transformer.h)
-    for block, stage in zip(blocks, block_stages(layout), strict=True):
-        block.pipeline_stage = stage
-        for linear in (_cell(block, path) for path in shard_plan.COLUMN_PARALLEL):
-            linear.shard(in_strategy=(dev("dp", "None", "None"),),
-                         parameter_plan={linear.weight.name: dev("mp", "None"),
-                                         linear.bias.name: dev("mp")})
-        for linear in (_cell(block, path) for path in shard_plan.ROW_PARALLEL):
-            linear.shard(in_strategy=(dev("dp", "None", "mp"),),
-                         parameter_plan={linear.weight.name: dev("None", "mp"),
-                                         linear.bias.name: dev("None")})
-    embeddings = model.transformer.word_embeddings
-    embeddings.gather.shard(((mp, 1), (dp, 1)))  # table [vocab/mp, h], ids [batch/dp, seq]
-    model.lm_head.shard(((dp, 1), (mp, 1)))  # hidden [tokens/dp, h] x table [vocab/mp, h]^T
-    embeddings.pipeline_stage = 0
-    model.transformer.word_embeddings_layernorm.pipeline_stage = 0
-    model.transformer.ln_f.pipeline_stage = layout.pipeline_stage - 1
-
-
-def _cell(block: Any, path: str) -> Any:
-    """block.<path> for a dotted path such as "self_attention.dense"."""
-    for part in path.split("."):
-        block = getattr(block, part)
-    return block
-
-
 # --- resume --------------------------------------------------------------------------------------
 
 def agree_resume_step(output_dir: Path, dist: Dist, layout: Layout, steps: int,
@@ -345,39 +203,6 @@ def agree_resume_step(output_dir: Path, dist: Dist, layout: Layout, steps: int,
     total = reduce(presence)
     common = np.nonzero(total >= dist.world - 0.5)[0]
     return int(common.max()) if common.size else None
-
-
-class AllReduceSum:
-    """Sums a float32 vector over every rank, with graphs compiled up front.
-
-    A semi-auto parallel graph may not hold a communication operator ("the graph can not
-    contain communication op"), so the graphs for the vector sizes needed later are compiled
-    here, before build_cells sets the semi-auto context; later calls with those sizes reuse
-    them (MindSpore's compile cache) and compile nothing.
-    """
-
-    def __init__(self, sizes: Sequence[int]) -> None:
-        import mindspore as ms
-        from mindspore import Tensor, nn, ops
-
-        class Reduce(nn.Cell):
-            def __init__(self) -> None:
-                super().__init__()
-                self.reduce = ops.AllReduce()
-
-            def construct(self, x: Tensor) -> Tensor:
-                return self.reduce(x)
-
-        self.cell = Reduce()
-        self.tensor = lambda values: Tensor(np.asarray(values, np.float32), ms.float32)
-        self.sizes = tuple(sizes)
-        for n in self.sizes:
-            self.cell.compile(self.tensor(np.zeros(n)))
-
-    def __call__(self, values: Sequence[float] | np.ndarray) -> np.ndarray:
-        if len(values) not in self.sizes:
-            raise ValueError(f"AllReduceSum compiled for sizes {self.sizes}, got {len(values)}")
-        return self.cell(self.tensor(values)).asnumpy()
 
 
 def global_loss(local: float, dist: Dist, layout: Layout, reduce: AllReduceSum | None) -> float:
@@ -403,22 +228,16 @@ def train(job: Job, resume: bool, t0: float) -> int:
     """Run the job in this (already role-checked) worker process; 0 when finished."""
     import mindspore as ms
 
+    from .train_cells import AllReduceSum, build_cells
+
     t = job.train
     dist = init_distributed(t["device_target"])
     layout, fitted = fit_layout(job, dist.world)
     if fitted and dist.is_rank0:
         note(fitted)
     ms.set_seed(int(t["seed"]))
-    out = job.output_dir
-    data_path = Path(job.data["path"])
-    use_mask = has_column(data_path, "loss_mask")
-    width = sample_length(data_path)
-    if width != int(job.model["seq_length"]) + 1:
-        raise TrainError(f"data.path={str(data_path)!r} holds samples of {width} token ids, "
-                         f"model.seq_length={job.model['seq_length']} needs "
-                         f"{int(job.model['seq_length']) + 1} (prepare-data --seq-length "
-                         f"{job.model['seq_length']}, or --set model.seq_length={width - 1})")
-    steps = int(t["steps"])
+    out, data_path, steps = job.output_dir, Path(job.data["path"]), int(t["steps"])
+    use_mask = _check_data(job, data_path)
     lrs = lr_schedule(steps, float(t["lr"]), float(t["min_lr"]), int(t["warmup_steps"]))
     semi_auto = layout.model_parallel * layout.pipeline_stage > 1
     strategy_file = ck.strategy_path(out, dist.rank) if semi_auto else None
@@ -427,46 +246,18 @@ def train(job: Job, resume: bool, t0: float) -> int:
     reduce = AllReduceSum([2, steps + 1]) if dist.world > 1 else None  # before build_cells
     found = agree_resume_step(out, dist, layout, steps, reduce) if resume else None
     model, step_cell = build_cells(job, layout, dist, use_mask, lrs, strategy_file)
-
-    start = 0
-    if resume:
-        if found is None:
-            note("--resume: no checkpoint complete on every rank; starting from step 0")
-        else:
-            params = ms.load_checkpoint(str(ck.ckpt_path(out, dist.rank, found)))
-            params.pop("learning_rate", None)  # the schedule comes from this run's job file
-            ms.load_param_into_net(step_cell, params)
-            start = found
-            note(f"resumed from step {found} ({ck.ckpt_path(out, dist.rank, found)})")
-    elif t["mode"] == "finetune":
-        if t["load_checkpoint"]:
-            load_pretrained(model, Path(t["load_checkpoint"]))
-        else:
-            note("train.mode=finetune with train.load_checkpoint empty: starting from init")
+    start = _start_from(job, dist, resume, found, model, step_cell)
     if start >= steps:
         note(f"already at step {start} of {steps}: nothing to train")
         return 0
-
-    if semi_auto:  # every rank reads the whole global batch; MindSpore slices it
-        dataset = create_dataset(data_path, layout.global_batch, skip_samples=start *
-                                 layout.global_batch, columns=_columns(use_mask))
-    else:
-        dataset = create_dataset(data_path, layout.rank_batch, num_shards=layout.data_parallel,
-                                 shard_id=dist.rank, skip_samples=start * layout.rank_batch,
-                                 columns=_columns(use_mask))
-    batches = dataset.create_tuple_iterator()
+    batches = _batches(data_path, layout, dist, start, use_mask, semi_auto)
     step_cell.set_train(True)
     tokens_per_step = layout.global_batch * int(job.model["seq_length"])
-    meta = {"job_id": job.job_id, "job": job.to_dict()["job"], "train": dict(job.train),
-            "layout": layout.manifest(), "world_size": dist.world,
-            "micro_batch_size": layout.micro_batch_size,
-            "micro_batch_num": layout.micro_batch_num, "model": dict(job.model),
-            "device_target": t["device_target"]}
+    meta = _manifest_meta(job, layout, dist)
     last_t, last_step = time.monotonic(), start
     for step in range(start + 1, steps + 1):
         batch = next(batches)
-        inputs = batch if use_mask else (batch[0], batch[0])
-        loss = step_cell(*inputs)
+        loss = step_cell(*(batch if use_mask else (batch[0], batch[0])))
         if step % int(t["log_steps"]) == 0 or step == steps:
             value = global_loss(float(loss.asnumpy()), dist, layout, reduce)
             if not math.isfinite(value):
@@ -483,6 +274,63 @@ def train(job: Job, resume: bool, t0: float) -> int:
                     {**meta, "samples_per_rank": step * layout.rank_batch})
             ck.prune(out, dist.rank, int(t["keep_checkpoints"]))
     return 0
+
+
+def _check_data(job: Job, data_path: Path) -> bool:
+    """Refuse data whose samples do not fit model.seq_length; True when it has a loss_mask."""
+    width = sample_length(data_path)
+    if width != int(job.model["seq_length"]) + 1:
+        raise TrainError(f"data.path={str(data_path)!r} holds samples of {width} token ids, "
+                         f"model.seq_length={job.model['seq_length']} needs "
+                         f"{int(job.model['seq_length']) + 1} (prepare-data --seq-length "
+                         f"{job.model['seq_length']}, or --set model.seq_length={width - 1})")
+    return has_column(data_path, "loss_mask")
+
+
+def _start_from(job: Job, dist: Dist, resume: bool, found: int | None, model: Any,
+                step_cell: Any) -> int:
+    """The step training starts after: the resumed checkpoint's (loaded), else 0 (a finetune
+    loads train.load_checkpoint first)."""
+    import mindspore as ms
+
+    t, out = job.train, job.output_dir
+    if resume:
+        if found is None:
+            note("--resume: no checkpoint complete on every rank; starting from step 0")
+            return 0
+        params = ms.load_checkpoint(str(ck.ckpt_path(out, dist.rank, found)))
+        params.pop("learning_rate", None)  # the schedule comes from this run's job file
+        ms.load_param_into_net(step_cell, params)
+        note(f"resumed from step {found} ({ck.ckpt_path(out, dist.rank, found)})")
+        return found
+    if t["mode"] == "finetune":
+        if t["load_checkpoint"]:
+            load_pretrained(model, Path(t["load_checkpoint"]))
+        else:
+            note("train.mode=finetune with train.load_checkpoint empty: starting from init")
+    return 0
+
+
+def _batches(data_path: Path, layout: Layout, dist: Dist, start: int, use_mask: bool,
+             semi_auto: bool) -> Any:
+    """This rank's batch iterator, from the data position after `start` steps."""
+    if semi_auto:  # every rank reads the whole global batch; MindSpore slices it
+        dataset = create_dataset(data_path, layout.global_batch, skip_samples=start *
+                                 layout.global_batch, columns=_columns(use_mask))
+    else:
+        dataset = create_dataset(data_path, layout.rank_batch, num_shards=layout.data_parallel,
+                                 shard_id=dist.rank, skip_samples=start * layout.rank_batch,
+                                 columns=_columns(use_mask))
+    return dataset.create_tuple_iterator()
+
+
+def _manifest_meta(job: Job, layout: Layout, dist: Dist) -> dict[str, Any]:
+    """What every checkpoint manifest of this run records besides step, rank, size, sha256."""
+    return {"job_id": job.job_id, "job": job.to_dict()["job"], "train": dict(job.train),
+            "layout": layout.manifest(), "world_size": dist.world,
+            "micro_batch_size": layout.micro_batch_size,
+            "micro_batch_num": layout.micro_batch_num, "model": dict(job.model),
+            "device_target": job.train["device_target"]}
 
 
 def _columns(use_mask: bool) -> tuple[str, ...]:

@@ -120,7 +120,9 @@ def test_trainer_checkpoint_strips_and_loads_into_bloom(tmp_path: Path) -> None:
         json.dumps({"model": model_cfg, "train": {"device_target": "CPU"}, "job": {"id": "j"}})
     )
     job = load_job(job_file)
-    _, step_cell = train.build_cells(
+    from orchestrate_bloom.train_cells import build_cells
+
+    _, step_cell = build_cells(
         job,
         train.fit_layout(job, 1)[0],
         train.Dist("single", 0, 1),

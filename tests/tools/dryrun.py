@@ -252,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrate_bloom import checkpoint as ck
     from orchestrate_bloom.job import load_job
     from orchestrate_bloom.schedule import lr_schedule
-    from orchestrate_bloom.train import AllReduceSum, Dist, build_cells, fit_layout
+    from orchestrate_bloom.train import Dist, fit_layout
+    from orchestrate_bloom.train_cells import AllReduceSum, build_cells
 
     job = load_job(args.job, args.overrides)
     ms.set_context(mode=ms.GRAPH_MODE, device_target="Ascend")
