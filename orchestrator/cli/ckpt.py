@@ -5,7 +5,10 @@ orchestrate collect-ckpt -i inventories/local.yaml --job JOB_ID --dest ckpt/
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -112,12 +115,7 @@ def collect_ckpt_command(
         TransferSpeedColumn,
     )
 
-    from orchestrator.ckpt.collect import (
-        Options,
-        collect,
-        targets_from_inventory,
-        targets_from_record,
-    )
+    from orchestrator.ckpt.collect import Options, collect, targets_from_inventory
     from orchestrator.ckpt.output import record_collected
     from orchestrator.config.inventory import load_inventory
     from orchestrator.errors import JobError
@@ -133,7 +131,7 @@ def collect_ckpt_command(
     if record is not None:
         job_id = record.job_id
         inv = load_inventory(inventory_path or Path(record.inventory_path))
-        targets = targets_from_record(inv, record)
+        targets = list(record.nodes)
         preset = preset or record.preset
     else:
         assert job_id is not None and inventory_path is not None
@@ -156,9 +154,11 @@ def collect_ckpt_command(
         bar.start()
         return lambda n: bar.advance(task, n)
 
-    try:
+    from orchestrator.remote.group import NodeGroup
+
+    with NodeGroup(inv, [inv.node(t.name) for t in targets]) as group, _stopping(bar):
         res = collect(
-            inv,
+            group,
             job_id,
             dest if dest is not None else Path("ckpt") / job_id,
             Options(step, preset, keep_optimizer, dst_strategy, processes, not no_check, jobs),
@@ -166,8 +166,6 @@ def collect_ckpt_command(
             progress=progress,
             targets=targets,
         )
-    finally:
-        bar.stop()
     times = ", ".join(f"{k} {v:.1f} s" for k, v in res.seconds.items())
     console.print(
         f"step {res.step}, preset {res.preset}: ranks {res.fetched_ranks} gathered "
@@ -177,6 +175,14 @@ def collect_ckpt_command(
     if dst_strategy is None and res.merged is not None:
         record_collected(state_dir, job_id, res.step, res.merged)
     click.echo(f"merged checkpoint: {res.merged}")
+
+
+@contextmanager
+def _stopping(bar: Any) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        bar.stop()
 
 
 COMMANDS = (collect_ckpt_command,)

@@ -115,9 +115,10 @@ def _discover(inv: Inventory, nodes: tuple[Node, ...], super_devices: bool,
 
     if not nodes:
         return {}
-    from orchestrator.remote.connect import open_all
-    with open_all(inv, nodes) as transports:
-        return discover(list(transports.values()), super_devices=super_devices, forks=forks)
+    from orchestrator.remote.group import NodeGroup
+
+    with NodeGroup(inv, nodes, forks=forks) as group:
+        return discover(group, nodes, super_devices=super_devices)
 
 
 @ranktable_group.command("check")
