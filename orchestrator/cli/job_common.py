@@ -42,9 +42,9 @@ def record_and_inventory(state_dir: Path, job_id: str | None,
 
 
 def job_inventory_option() -> Any:
-    return click.option("--inventory", "-i", "inventory_path", type=click.Path(path_type=Path),
-                        default=None,
-                        help="Inventory to reach the nodes with (default: the job's own).")
+    from orchestrator.cli.options import inventory_option
+
+    return inventory_option(job=True)
 
 
 def attempt_lines(record: Any) -> list[str]:

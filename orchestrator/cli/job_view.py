@@ -2,6 +2,8 @@
 
     orchestrate status [JOB] [--json] [--watch] [--stall-timeout S]
     orchestrate logs   [JOB] [--rank R | --node N] [--tail K] [--follow] [--fetch DIR]
+    orchestrate status [JOB] --watch --json      # one JSON object per poll, one per line
+    orchestrate status [JOB] --clean             # also stop what is left of a FAILED job
     orchestrate plot   [JOB] -o loss.png
 
 JOB defaults to the latest job in the state dir.
@@ -134,19 +136,20 @@ def _watch_status(record: Any, group: Any, store: Any, stall_timeout: float, int
         sys.exit(1)
 
 
-@click.command("logs")
+@click.command("logs", cls=flags.RenamedOptions, renamed={"-f": "--follow"})
 @job_argument
 @click.option("--rank", "-r", type=int, default=None, help="Only this global rank.")
 @click.option("--node", "-n", default=None, help="Only this node (name or host).")
 @click.option("--tail", "-t", "tail", type=click.IntRange(0), default=20, show_default=True,
               help="Lines per rank to show first.")
-@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines (Ctrl-C to stop).")
+@click.option("--follow", is_flag=True, help="Keep printing new lines (Ctrl-C to stop).")
 @click.option("--fetch", type=click.Path(path_type=Path), default=None, metavar="DIR",
               help="Download every rank's log (and plog folders) into DIR/<node>/ instead.")
+@flags.forks_option()
 @job_inventory_option()
 @flags.state_dir_option()
 def logs_command(job_id: str | None, rank: int | None, node: str | None, tail: int,
-                 follow: bool, fetch: Path | None, inventory_path: Path | None,
+                 follow: bool, fetch: Path | None, forks: int, inventory_path: Path | None,
                  state_dir: Path) -> None:
     """Show or fetch the ranks' logs of a job; lines are prefixed `[node/rank]`."""
     from orchestrator.job.logs import Selection
@@ -157,7 +160,7 @@ def logs_command(job_id: str | None, rank: int | None, node: str | None, tail: i
 
     _, record, inv = record_and_inventory(state_dir, job_id, inventory_path)
     sel = Selection(rank=rank, node=node)
-    with NodeGroup(inv, [inv.node(n.name) for n in record.nodes]) as group:
+    with NodeGroup(inv, [inv.node(n.name) for n in record.nodes], forks=forks) as group:
         _logs(record, group, sel, tail, follow, fetch)
 
 

@@ -182,6 +182,9 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
                        "Pass --set data.path=alpaca.json (prepared to MindRecord here and "
                        "staged) or a MindRecord folder (`orchestrate prepare-data`; a local "
                        "folder is staged, a path that exists only on the nodes is used as is)")
+    from orchestrator.job.dataset import check_data_path
+
+    check_data_path(spec, all(n.data_dir is not None for n in inv.nodes))
     store = store_for(state_dir)
     mode = mode or default_mode(str(spec.value("train.device_target")))
     opts = UpOptions(mode=mode, sched_port=sched_port, cluster_timeout=cluster_timeout,
@@ -206,6 +209,7 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
             report = _run_check(group, spec, mode, port if mode == "msrun" else None)
             if not report.ok:
                 _print_check(report)
+                store.job_dir(job_id).rmdir()  # reserved, empty: no job was made
                 raise JobError(f"check failed on {len({n for n, _ in report.failures})} "
                                "node(s); nothing was started (fix, or skip with --no-check)")
         record = create_job(inv, spec, store, replace(opts, sched_port=port), group, job_id)
