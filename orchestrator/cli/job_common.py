@@ -130,6 +130,8 @@ def watch_job(record: Any, group: Any, store: Any, policy: Any, recheck: Any = d
     from orchestrator.job.watch import watch
 
     try:
+        click.echo(f"watching job {record.job_id} (Ctrl-C detaches; the job keeps running)",
+                   err=True)
         record = watch(record, group, store, policy, recheck, echo=click.echo)
     except KeyboardInterrupt:
         now = store.load(record.job_id)

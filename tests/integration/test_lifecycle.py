@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration.conftest import TestHosts
+from tests.integration.conftest import StderrTail, TestHosts, default_sigint
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -218,7 +218,8 @@ def test_sigint_during_staging_leaves_nothing_running(testhosts: TestHosts, two_
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "up", "-i", str(two_hosts),
                              "-c", "tiny", "--no-check", "--entrypoint", SLEEPER, "--set",
                              f"data.path={big}", "--state-dir", str(state)], cwd=state.parent,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
     try:
         wait_for(lambda: (state / "jobs").is_dir() and any((state / "jobs").glob("*.json"))
                  and record(state)["status"] == "LAUNCHING", interval=0.05)
@@ -265,12 +266,14 @@ def test_ctrl_c_while_waiting_detaches_and_job_keeps_running(testhosts: TestHost
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "up", "-i", str(two_hosts),
                              "-c", "tiny", "--no-check", "--wait", "--entrypoint", SLEEPER,
                              "--state-dir", str(state)], cwd=state.parent, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
+    tail = StderrTail(proc)
     try:
-        wait_for(lambda: latest_status(state) == "RUNNING")
-        time.sleep(1.0)  # inside the watch loop
+        wait_for(lambda: f"watching job {record(state)['job_id']}" in tail.text()
+                 if latest_status(state) == "RUNNING" else False, interval=0.1)
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        out, err = tail.finish(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -31,13 +31,24 @@ def test_run_env_and_exit_codes() -> None:
 
 def test_run_timeout_kills_process_group(tmp_path: Path) -> None:
     t = local("l0")
-    marker = tmp_path / "late"
-    t0 = time.monotonic()
+    marker, pidfile = tmp_path / "late", tmp_path / "child.pid"
     with pytest.raises(CommandTimeout, match=r"\[l0\] .* did not finish in 0.3s"):
-        t.run(f"(sleep 1; touch {marker}) & sleep 5", timeout=0.3)
-    assert time.monotonic() - t0 < 3
-    time.sleep(1.2)
-    assert not marker.exists()  # the background child died with the group
+        t.run(f"(echo $BASHPID > {pidfile}; sleep 1; touch {marker}) & sleep 5", timeout=0.3)
+    pid = int(pidfile.read_text())
+    deadline = time.monotonic() + 30
+    while _alive(pid):  # the background child dies with the group (poll, never sleep-then-look)
+        assert time.monotonic() < deadline, f"child {pid} outlived the timeout kill"
+        time.sleep(0.02)
+    assert not marker.exists()  # dead before it could touch it: it can never appear now
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie is dead too
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_put_get_atomic_and_mode(tmp_path: Path) -> None:
