@@ -106,7 +106,7 @@ class JobRecord:
     stray: tuple[NodeRecord, ...] = ()
     cluster_timeout: int = 7200  # msrun: MS_TOPO_TIMEOUT rendered into launch.sh
     stop_grace: int = 10  # seconds between SIGTERM and SIGKILL, rendered into launch.sh
-    # One entry per finished attempt (jobs/restart.py): attempt, started_at, ended_at, status,
+    # One entry per finished attempt (job/watch.py): attempt, started_at, ended_at, status,
     # cause, exit_code, resumed_step.
     history: tuple[Mapping[str, Any], ...] = ()
     # The current attempt's failure as data (job/failure.py); None unless FAILED by a rank,

@@ -250,10 +250,10 @@ def test_user_ssh_config_alias_and_proxyjump(netns_hosts: TestHosts, tmp_path: P
                 src = tmp_path / "payload"
                 src.write_bytes(b"x" * 100_000)
                 remote = base.nodes[1].workdir / "via-alias.bin"
-                nodes["a"].put(src, remote)  # bulk path: OpenSSH with the same config
-                nodes["j"].get(remote, tmp_path / "back")  # through the jump: paramiko
+                nodes.transport("a").put(src, remote)  # bulk path: OpenSSH with the same config
+                nodes.transport("j").get(remote, tmp_path / "back")  # through the jump: paramiko
                 assert (tmp_path / "back").read_bytes() == src.read_bytes()
-                nodes["a"].run(["rm", "-f", str(remote)])
+                nodes.transport("a").run(["rm", "-f", str(remote)])
             else:
                 assert "a" in res.succeeded  # th1's own key is known
                 err = res.failed["j"]  # the jump host's key is not: refused
