@@ -75,7 +75,7 @@ def test_wheel_installs_and_runs_up_collect_infer_outside_the_checkout(tmp_path:
             cwd=user, env=env)
     assert "SUCCEEDED" in up.stdout, up.stdout
     got = sh(orchestrate, "collect-ckpt", cwd=user, env=env)
-    merged = Path(got.stdout.strip().splitlines()[-1].removeprefix("merged checkpoint: "))
+    merged = user / got.stdout.strip().splitlines()[-1].removeprefix("merged checkpoint: ")
     assert merged.is_file() and merged.is_relative_to(user), got.stdout
     out = sh(orchestrate, "infer", "--job", "latest", "--max-new-tokens", "4", "--json",
              "Give three tips.", cwd=user, env=env)
