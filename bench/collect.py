@@ -36,7 +36,7 @@ from orchestrator.ckpt import fetch as ckpt_fetch  # noqa: E402
 from orchestrator.ckpt import merge as ckpt_merge  # noqa: E402
 from orchestrator.ckpt.collect import opener  # noqa: E402
 from orchestrator.config.inventory import load_inventory  # noqa: E402
-from orchestrator.remote.connect import open_all  # noqa: E402
+from orchestrator.remote.group import NodeGroup  # noqa: E402
 
 
 def hosts(state: Path, *args: str) -> None:
@@ -107,8 +107,8 @@ def gather(mib: int, n: int) -> None:
             # collect-ckpt gathers on the connections its listing step opened: time that
             # connect apart (printed, and in the second ratio), then the gather itself
             t = time.monotonic()
-            with open_all(inv) as conns:
-                for conn in conns.values():
+            with NodeGroup(inv) as conns:
+                for conn in map(conns.transport, [n.name for n in inv.nodes]):
                     conn.open()
                 t_open = time.monotonic()
                 ckpt_fetch.fetch_all(shm / "collect", items, opener(conns), jobs=n)
@@ -117,8 +117,8 @@ def gather(mib: int, n: int) -> None:
                 ours_s, conn_s = done - t_open, t_open - t
             shutil.rmtree(shm / "collect")
         # the fallback without OpenSSH (or behind a ProxyJump): paramiko SFTP, one run
-        with open_all(inv, use_openssh=False) as conns:
-            for conn in conns.values():
+        with NodeGroup(inv, use_openssh=False) as conns:
+            for conn in map(conns.transport, [n.name for n in inv.nodes]):
                 conn.open()
             t = time.monotonic()
             ckpt_fetch.fetch_all(shm / "collect", items, opener(conns), jobs=n)

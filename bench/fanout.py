@@ -7,7 +7,7 @@ Needs root (network-namespace test hosts, tests/testhosts.sh). Everything is mea
 run and printed as ratios against the OpenSSH reference measured right beside it:
 
 - cold, N = 8 and 32: connect + `hostname` + close on all N hosts. orchestrate's fan-out
-  (run_all over open_all) vs N parallel `ssh` processes vs a sequential `ssh` loop.
+  (NodeGroup.run) vs N parallel `ssh` processes vs a sequential `ssh` loop.
 - warm: 10 more rounds of `hostname` on open connections. orchestrate (same transports) vs
   N parallel `ssh` through ControlMaster multiplexing vs a sequential multiplexed loop.
 - bulk: `get` of a 512 MiB file (verified: size + sha256, atomic) vs plain `scp`, and the
@@ -34,8 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from orchestrator.config.inventory import Inventory, load_inventory  # noqa: E402
-from orchestrator.remote.connect import open_all  # noqa: E402
-from orchestrator.remote.fanout import run_all  # noqa: E402
+from orchestrator.remote.group import NodeGroup  # noqa: E402
 
 SCRIPT = REPO / "tests" / "testhosts.sh"
 WARM_ROUNDS = 10
@@ -68,8 +67,8 @@ def sequential_ssh(state: Path, names: list[str], extra: list[str]) -> None:
 
 
 def orchestrate_cold(inv: Inventory, n: int) -> None:
-    with open_all(inv, inv.nodes[:n]) as nodes:
-        run_all(nodes, "hostname").raise_on_failure()
+    with NodeGroup(inv, inv.nodes[:n]) as nodes:
+        nodes.run("hostname").raise_on_failure()
 
 
 def bench_fanout(inv: Inventory, state: Path, n: int, repeats: int) -> dict[str, float]:
@@ -79,9 +78,9 @@ def bench_fanout(inv: Inventory, state: Path, n: int, repeats: int) -> dict[str,
     out["cold_par"] = median_time(lambda: parallel_ssh(state, names, []), repeats)
     out["cold_seq"] = median_time(lambda: sequential_ssh(state, names, []), max(1, repeats // 2))
 
-    with open_all(inv, inv.nodes[:n]) as nodes:
-        run_all(nodes, "hostname").raise_on_failure()  # connect
-        rounds = [median_time(lambda: run_all(nodes, "hostname").raise_on_failure(), 1)
+    with NodeGroup(inv, inv.nodes[:n]) as nodes:
+        nodes.run("hostname").raise_on_failure()  # connect
+        rounds = [median_time(lambda: nodes.run("hostname").raise_on_failure(), 1)
                   for _ in range(WARM_ROUNDS)]
     out["warm_orch"] = statistics.median(rounds)
 
@@ -107,8 +106,8 @@ def bench_bulk(inv: Inventory, state: Path, mib: int,
     node = inv.nodes[0]
     remote = PurePosixPath(str(node.workdir)) / "bulk.bin"
     dest = Path(tempfile.mkdtemp(prefix="bulk-", dir="/tmp"))
-    with open_all(inv, [node]) as nodes:
-        t = nodes[node.name]
+    with NodeGroup(inv, [node]) as nodes:
+        t = nodes.transport(node.name)
         t.run(f"head -c {mib}M /dev/urandom > {remote}")
         try:
             def ours() -> None:
@@ -124,9 +123,9 @@ def bench_bulk(inv: Inventory, state: Path, mib: int,
             for _ in range(repeats):
                 t_ours.append(median_time(ours, 1))
                 t_scp.append(median_time(scp, 1))
-            with open_all(inv, [node], use_openssh=False) as only_paramiko:
+            with NodeGroup(inv, [node], use_openssh=False) as only_paramiko:
                 fallback = median_time(
-                    lambda: only_paramiko[node.name].get(remote, dest / "sftp.bin"), 1)
+                    lambda: only_paramiko.transport(node.name).get(remote, dest / "sftp.bin"), 1)
         finally:
             t.run(f"rm -f {remote}", check=False)
             shutil.rmtree(dest, ignore_errors=True)

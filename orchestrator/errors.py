@@ -33,6 +33,7 @@ class RemoteError(OrchestrateError):
 
     def __init__(self, node: str, message: str) -> None:
         self.node = node
+        self.detail = message  # the cause alone, without the node
         super().__init__(f"[{node}] {message}")
 
 
@@ -62,6 +63,10 @@ class CommandTimeout(RemoteError):
 
 class TransferError(RemoteError):
     """A put/get failed, or its size/sha256 did not verify, or a path would escape."""
+
+
+class DeviceDiscoveryError(RemoteError, RankTableError):
+    """A node's device IPs (or super device ids) could not be discovered."""
 
 
 class FanoutError(OrchestrateError):

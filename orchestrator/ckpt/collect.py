@@ -1,6 +1,6 @@
 """`orchestrate collect-ckpt`: list, choose the step, gather, merge, check — one function.
 
-    orchestrate collect-ckpt -i INVENTORY --job JOB_ID [--dest DIR] [--step N]
+    orchestrate collect-ckpt [JOB] [-i INVENTORY] [-o DIR] [--step N] [--forks 8]
 
 `collect()` lists every node in parallel, chooses the step (orchestrator/ckpt.py), verifies
 the chosen step's sha256 on the nodes, gathers strategy files and then one replica of every
@@ -11,8 +11,7 @@ needed shard (orchestrator/ckpt/fetch.py), strips optimizer state, transforms to
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -22,10 +21,11 @@ from orchestrator.ckpt import merge as ckpt_merge
 from orchestrator.ckpt import nodes as ckpt_nodes
 from orchestrator.ckpt import output as ckpt_output
 from orchestrator.ckpt import select as ckpt
-from orchestrator.config.inventory import Inventory, Node
-from orchestrator.errors import CheckpointError, RemoteError
+from orchestrator.config.inventory import Inventory
+from orchestrator.errors import CheckpointError
 from orchestrator.hccl.ranktable import node_rank_ranges
-from orchestrator.remote.connect import open_all
+from orchestrator.job.state import NodeRecord
+from orchestrator.remote.group import NodeGroup
 from orchestrator.remote.transport import Transport
 
 Say = Callable[[str], None]
@@ -47,59 +47,42 @@ class Collected:
     peak_rss: int = 0  # peak host memory of the MindSpore steps
 
 
-@dataclass(frozen=True)
-class Target:
-    """One node's share of the job: where its job folder is and which ranks it holds."""
-
-    node: Node
-    job_dir: PurePosixPath
-    ranks: range
-
-
-def targets_from_inventory(inv: Inventory, job_id: str) -> list[Target]:
-    """Rank ranges as `up` assigns them, job folders at <workdir>/jobs/<job_id>."""
-    return [
-        Target(nr.node, nr.node.workdir / "jobs" / job_id, nr.ranks) for nr in node_rank_ranges(inv)
-    ]
+def targets_from_inventory(inv: Inventory, job_id: str) -> list[NodeRecord]:
+    """A job without a record: rank ranges as `up` assigns them, job folders at
+    <workdir>/jobs/<job_id> (a job's nodes are always job/state.NodeRecord)."""
+    return [NodeRecord(name=nr.node.name, host=nr.node.host, rank_start=nr.ranks.start,
+                       rank_end=nr.ranks.stop, devices=nr.node.devices,
+                       job_dir=str(nr.node.workdir / "jobs" / job_id))
+            for nr in node_rank_ranges(inv)]
 
 
-def targets_from_record(inv: Inventory, record: Any) -> list[Target]:
-    """Rank ranges and job folders from a job record (orchestrator/job/state.JobRecord)."""
-    return [
-        Target(inv.node(n.name), PurePosixPath(n.job_dir), range(n.rank_start, n.rank_end))
-        for n in record.nodes
-    ]
-
-
-def list_nodes(conns: Mapping[str, Transport], targets: Sequence[Target]) -> list[ckpt.NodeListing]:
+def list_nodes(group: NodeGroup, targets: Sequence[NodeRecord]) -> list[ckpt.NodeListing]:
     """List every node in parallel; one error naming each unreachable node and its ranks."""
+    by_name = {t.name: t for t in targets}
 
-    def one(t: Target) -> ckpt.NodeListing:
-        raw = ckpt_nodes.list_job(conns[t.node.name], t.job_dir, list(t.ranks))
-        return ckpt.parse_listing(t.node.name, raw, t.ranks)
+    def one(tr: Transport) -> ckpt.NodeListing:
+        t = by_name[tr.node.name]
+        raw = ckpt_nodes.list_job(tr, PurePosixPath(t.job_dir), list(t.ranks))
+        return ckpt.parse_listing(t.name, raw, t.ranks)
 
-    out: list[ckpt.NodeListing] = []
-    errors: list[str] = []
-    with ThreadPoolExecutor(max_workers=min(64, len(targets)) or 1) as pool:
-        for t, fut in [(t, pool.submit(one, t)) for t in targets]:
-            try:
-                out.append(fut.result())
-            except (RemoteError, CheckpointError) as exc:
-                errors.append(f"{exc} (holds ranks {t.ranks.start}-{t.ranks.stop - 1})")
+    res = group.map(one, list(by_name))
+    errors = [f"{exc} (holds ranks {by_name[name].rank_start}-{by_name[name].rank_end - 1})"
+              for name, exc in res.failed.items()]
     if errors:
         raise CheckpointError("cannot list checkpoints:\n  " + "\n  ".join(errors))
-    return out
+    return list(res.succeeded.values())
 
 
-def verify_on_nodes(
-    conns: Mapping[str, Transport], listings: Sequence[ckpt.NodeListing], step: int
-) -> list[str]:
+def verify_on_nodes(group: NodeGroup, listings: Sequence[ckpt.NodeListing], step: int
+                    ) -> list[str]:
     """Hash the step's checkpoints on their nodes (in parallel); problems, one per bad rank."""
+    by_node = {lst.node: lst for lst in listings}
 
-    def one(lst: ckpt.NodeListing) -> list[str]:
+    def one(t: Transport) -> list[str]:
+        lst = by_node[t.node.name]
         mine = {r: have[step] for r, have in lst.ckpts.items() if step in have}
         rels = {str(c.remote.relative_to(lst.job_dir)): c for c in mine.values()}
-        sums = ckpt_nodes.hash_files(conns[lst.node], lst.job_dir, sorted(rels))
+        sums = ckpt_nodes.hash_files(t, lst.job_dir, sorted(rels))
         return [
             f"rank {c.rank} on {lst.node}: {c.remote} sha256 {sums.get(rel, '?')[:12]}… "
             f"does not match its manifest ({c.sha256[:12]}…)"
@@ -107,17 +90,19 @@ def verify_on_nodes(
             if sums.get(rel) != c.sha256
         ]
 
-    with ThreadPoolExecutor(max_workers=min(64, len(listings)) or 1) as pool:
-        return [p for ps in pool.map(one, listings) for p in ps]
+    res = group.map(one, list(by_node))
+    for exc in res.failed.values():
+        raise exc  # could not hash there: not a corrupt step, an error naming the node
+    return [p for ps in res.succeeded.values() for p in ps]
 
 
 def choose_verified_step(
-    conns: Mapping[str, Transport], listings: list[ckpt.NodeListing], step: int | None, say: Say
+    group: NodeGroup, listings: list[ckpt.NodeListing], step: int | None, say: Say
 ) -> int:
     """choose_step, then hash on the nodes; a corrupt newest step falls back to an older one."""
     while True:
         chosen = ckpt.choose_step(listings, step)
-        bad = verify_on_nodes(conns, listings, chosen)
+        bad = verify_on_nodes(group, listings, chosen)
         if not bad:
             return chosen
         if step is not None:
@@ -132,17 +117,17 @@ def _drop_step(lst: ckpt.NodeListing, step: int) -> ckpt.NodeListing:
     return ckpt.NodeListing(lst.node, lst.job_dir, ckpts, lst.problems, lst.strategies)
 
 
-def opener(conns: Mapping[str, Transport]) -> ckpt_fetch.Opener:
-    """(node, path, offset) -> stream, for ckpt_fetch."""
+def opener(group: NodeGroup) -> ckpt_fetch.Opener:
+    """(node, path, offset) -> stream over the group's connection, for ckpt_fetch."""
 
     def open_(node: str, path: PurePosixPath, offset: int) -> Any:
-        return ckpt_nodes.open_stream(conns[node], path, offset)
+        return ckpt_nodes.open_stream(group.transport(node), path, offset)
 
     return open_
 
 
 def gather_strategies(
-    conns: Mapping[str, Transport], listings: Sequence[ckpt.NodeListing], dest: Path, required: bool
+    group: NodeGroup, listings: Sequence[ckpt.NodeListing], dest: Path, required: bool
 ) -> dict[int, Path]:
     """Fetch every rank's strategy file into DEST/strategy/; name ranks lacking one."""
     found = {r: s for lst in listings for r, s in lst.strategies.items()}
@@ -163,7 +148,7 @@ def gather_strategies(
         for r, s in sorted(found.items())
         if r in ranks
     ]
-    ckpt_fetch.fetch_all(dest, items, opener(conns))
+    ckpt_fetch.fetch_all(dest, items, opener(group))
     return {int(i.label.split()[1]): dest / i.rel for i in items}
 
 
@@ -177,34 +162,33 @@ class Options:
     dst_strategy: Path | None = None  # None: one device
     processes: int = 1  # destination ranks transformed at once (with dst_strategy)
     check: bool = True  # load the result into BloomLMHeadModel
-    jobs: int = 8  # parallel download streams
+    forks: int = 8  # parallel download streams
 
 
 def collect(
-    inv: Inventory,
+    group: NodeGroup,
     job_id: str,
     dest: Path,
     opts: Options = Options(),
     *,
     say: Say = print,
     progress: Callable[[int], Any] | None = None,
-    targets: Sequence[Target] | None = None,
+    targets: Sequence[NodeRecord] | None = None,
 ) -> Collected:
-    """Gather and merge one step of job `job_id`; see the module docstring.
+    """Gather and merge one step of job `job_id` over `group`; see the module docstring.
 
     `progress(total_bytes)` returns a callable taking byte increments (the CLI's rich bar).
-    `targets` (from the job record) default to the inventory's rank order.
+    `targets` (the job record's nodes) default to the inventory's rank order.
     """
     t0 = time.monotonic()
     dest.mkdir(parents=True, exist_ok=True)
-    targets = targets or targets_from_inventory(inv, job_id)
-    with open_all(inv, [t.node for t in targets]) as conns:
-        return _collect(conns, targets, job_id, dest, opts, say, progress, t0)
+    targets = targets or targets_from_inventory(group.inventory, job_id)
+    return _collect(group, targets, job_id, dest, opts, say, progress, t0)
 
 
 def _collect(
-    conns: Mapping[str, Transport],
-    targets: Sequence[Target],
+    group: NodeGroup,
+    targets: Sequence[NodeRecord],
     job_id: str,
     dest: Path,
     opts: Options,
@@ -212,8 +196,8 @@ def _collect(
     progress: Callable[[int], Any] | None,
     t0: float,
 ) -> Collected:
-    listings = list_nodes(conns, targets)
-    chosen = choose_verified_step(conns, listings, opts.step, say)
+    listings = list_nodes(group, targets)
+    chosen = choose_verified_step(group, listings, opts.step, say)
     ckpts = ckpt.rank_ckpts(listings, chosen)
     layout, manifest_preset = ckpt.job_layout(ckpts)
     preset = opts.preset or manifest_preset
@@ -224,7 +208,7 @@ def _collect(
     t1 = time.monotonic()
     strategy: Path | None = None
     needed: list[int] | None = None
-    strategies = gather_strategies(conns, listings, dest, required=not layout.pure_dp)
+    strategies = gather_strategies(group, listings, dest, required=not layout.pure_dp)
     dst_ranks = [0]
     if not layout.pure_dp:
         strategy = ckpt_merge.merge_strategies(dest / "strategy", dest / "merged_strategy.ckpt")
@@ -251,7 +235,7 @@ def _collect(
             f"({len(plan.skipped) + len(plan.copies)} replica file(s) skipped)"
         )
     on_bytes = progress(total) if progress is not None else (lambda _n: None)
-    outcomes = ckpt_fetch.fetch_all(dest, items, opener(conns), jobs=opts.jobs, on_bytes=on_bytes)
+    outcomes = ckpt_fetch.fetch_all(dest, items, opener(group), jobs=opts.forks, on_bytes=on_bytes)
     for o in outcomes:
         if o.action != "fetched":
             say(f"{o.item.label}: {o.action}")

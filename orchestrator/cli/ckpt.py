@@ -1,38 +1,37 @@
 """`orchestrate collect-ckpt` (issue #8).
 
-orchestrate collect-ckpt -i inventories/local.yaml --job JOB_ID --dest ckpt/
+orchestrate collect-ckpt [JOB] [-i inventories/local.yaml] [-o ckpt/] [-f 8]
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import click
 
 from orchestrator.cli import options as flags
 
 
-@click.command("collect-ckpt")
-@click.option(
-    "--inventory",
-    "-i",
-    "inventory_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Inventory to reach the nodes with (default: the job's own). With a job id that has "
-    "no record, ranks are taken in the inventory's rank order from <workdir>/jobs/<id>.",
+@click.command(
+    "collect-ckpt",
+    cls=flags.RenamedOptions,
+    renamed={"--job": flags.JOB, "--dest": "--output", "--jobs": "--forks",
+             "--no-check": "--no-load-check", "--preset": "--config"},
 )
-@click.option("--job", "job_id", default=None, help="Job id (default: the latest job).")
+@click.argument("job_id", required=False, metavar="[JOB]")
+@flags.inventory_option(job=True)
 @flags.state_dir_option()
-@click.option(
-    "--dest",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=None,
+@flags.output_option(
     help="Local folder for rank_<r>/, strategy/ and merged/ [default: ckpt/<job>].",
 )
 @click.option("--step", type=click.IntRange(0), default=None, help="Collect this step.")
 @click.option(
-    "--preset",
+    "--config",
+    "-c",
+    "preset",
     default=None,
     help="Preset name for the output file name (default: the job's; the load check uses "
     "the model section of the manifests).",
@@ -45,48 +44,46 @@ from orchestrator.cli import options as flags
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
     default=None,
     help="Transform to every rank of this (merged) strategy instead of one device, e.g. to "
-    "restart on another layout: DEST/merged/<name>_<strategy>/rank_<r>/.",
+    "restart on another layout: OUTPUT/merged/<name>_<strategy>/rank_<r>/.",
 )
 @click.option(
     "--processes",
     type=click.IntRange(1, 64),
     default=1,
     show_default=True,
-    help="With --dst-strategy: destination ranks transformed at once (MindFormers' "
-    "transform_process_num); host memory grows with it.",
+    help="With --dst-strategy: destination ranks transformed at once on this machine "
+    "(MindFormers' transform_process_num); host memory grows with it.",
 )
-@click.option("--no-check", is_flag=True, help="Skip loading the result into the model.")
-@click.option(
-    "--jobs",
-    type=click.IntRange(1, 64),
-    default=8,
-    show_default=True,
-    help="Parallel download streams.",
-)
+@click.option("--no-load-check", "no_check", is_flag=True,
+              help="Skip loading the result into the model.")
+@flags.forks_option(default=8, help="Parallel download streams (files fetched at once).")
 def collect_ckpt_command(
-    inventory_path: Path | None,
     job_id: str | None,
+    inventory_path: Path | None,
     state_dir: Path,
-    dest: Path | None,
+    output: Path | None,
     step: int | None,
     preset: str | None,
     keep_optimizer: bool,
     dst_strategy: Path | None,
     processes: int,
     no_check: bool,
-    jobs: int,
+    forks: int,
 ) -> None:
     """Gather a job's rank checkpoints and strategy files, merge them into one checkpoint.
+
+    JOB defaults to the latest job; a JOB without a record (with -i) is looked for in the
+    inventory's rank order under <workdir>/jobs/JOB.
 
     \b
     1. lists every node's checkpoints in parallel and picks the newest step complete
        (manifest present, sha256 matching on the node) on every rank, or --step N;
     2. downloads the strategy files and one replica of every needed shard into
-       DEST/strategy/ and DEST/rank_<r>/ (data-parallel replicas are fetched once),
+       OUTPUT/strategy/ and OUTPUT/rank_<r>/ (data-parallel replicas are fetched once),
        sha256-verified against the manifests; a rerun skips verified files and
        resumes partial ones; free disk is checked first;
     3. strips optimizer state, merges pipeline strategies and transforms to one
-       device: DEST/merged/bloom_<preset>_step<N>.ckpt plus a JSON manifest;
+       device: OUTPUT/merged/bloom_<preset>_step<N>.ckpt plus a JSON manifest;
     4. loads it into the preset's BloomLMHeadModel and names any missing,
        unexpected or mis-shaped parameter.
 
@@ -112,12 +109,7 @@ def collect_ckpt_command(
         TransferSpeedColumn,
     )
 
-    from orchestrator.ckpt.collect import (
-        Options,
-        collect,
-        targets_from_inventory,
-        targets_from_record,
-    )
+    from orchestrator.ckpt.collect import Options, collect, targets_from_inventory
     from orchestrator.ckpt.output import record_collected
     from orchestrator.config.inventory import load_inventory
     from orchestrator.errors import JobError
@@ -133,7 +125,7 @@ def collect_ckpt_command(
     if record is not None:
         job_id = record.job_id
         inv = load_inventory(inventory_path or Path(record.inventory_path))
-        targets = targets_from_record(inv, record)
+        targets = list(record.nodes)
         preset = preset or record.preset
     else:
         assert job_id is not None and inventory_path is not None
@@ -156,18 +148,18 @@ def collect_ckpt_command(
         bar.start()
         return lambda n: bar.advance(task, n)
 
-    try:
+    from orchestrator.remote.group import NodeGroup
+
+    with NodeGroup(inv, [inv.node(t.name) for t in targets]) as group, _stopping(bar):
         res = collect(
-            inv,
+            group,
             job_id,
-            dest if dest is not None else Path("ckpt") / job_id,
-            Options(step, preset, keep_optimizer, dst_strategy, processes, not no_check, jobs),
+            output if output is not None else Path("ckpt") / job_id,
+            Options(step, preset, keep_optimizer, dst_strategy, processes, not no_check, forks),
             say=console.print,
             progress=progress,
             targets=targets,
         )
-    finally:
-        bar.stop()
     times = ", ".join(f"{k} {v:.1f} s" for k, v in res.seconds.items())
     console.print(
         f"step {res.step}, preset {res.preset}: ranks {res.fetched_ranks} gathered "
@@ -177,6 +169,14 @@ def collect_ckpt_command(
     if dst_strategy is None and res.merged is not None:
         record_collected(state_dir, job_id, res.step, res.merged)
     click.echo(f"merged checkpoint: {res.merged}")
+
+
+@contextmanager
+def _stopping(bar: Any) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        bar.stop()
 
 
 COMMANDS = (collect_ckpt_command,)

@@ -18,18 +18,19 @@ from typing import Any
 import click
 
 from orchestrator import bundle
+from orchestrator.cli import options as flags
 
 
-@click.command("prepare-data")
+@click.command("prepare-data", cls=flags.RenamedOptions, renamed={"--n": "--limit"})
 @click.option("--input", "input_path", type=click.Path(path_type=Path), required=True,
               help="Alpaca-format JSON: a list of {instruction, input, output} records.")
-@click.option("--output", "output_dir", type=click.Path(path_type=Path), required=True,
+@click.option("--output", "-o", "output_dir", type=click.Path(path_type=Path), required=True,
               help="Directory for alpaca.mindrecord* and summary.json (created if missing).")
 @click.option("--seq-length", type=click.IntRange(min=1), default=2048, show_default=True,
               help="Sequence length; each sample holds seq_length + 1 token ids.")
 @click.option("--tokenizer", "tokenizer_path", type=click.Path(path_type=Path), default=None,
               help="tokenizers JSON file (default: the small tokenizer shipped for `tiny`).")
-@click.option("--n", "limit", type=click.IntRange(min=-1), default=-1, show_default=True,
+@click.option("--limit", "limit", type=click.IntRange(min=-1), default=-1, show_default=True,
               help="Use only the first N records (-1: all).")
 @click.option("--shards", type=click.IntRange(1, 1000), default=1, show_default=True,
               help="Number of MindRecord files to write.")

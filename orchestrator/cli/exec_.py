@@ -8,8 +8,9 @@
 The words after `--` are joined with spaces and run by each node's login shell, exactly as
 `ssh host CMD...` does. Output is printed as each node finishes, every line prefixed `[name]`
 (stderr lines go to stderr), or with `--group` once at the end, nodes with identical output
-together. A summary table (node, exit code, seconds) follows. Exit code 1 if any node failed
-(non-zero exit, timeout, or could not connect).
+together. A summary table (node, exit code, seconds) follows on stderr, so stdout holds only
+the nodes' output. Exit code 1 if any node failed (non-zero exit, timeout, or could not
+connect).
 """
 
 from __future__ import annotations
@@ -105,8 +106,10 @@ def to_outcome(name: str, host: str, value: object, seconds: float) -> NodeOutco
         return NodeOutcome(
             name, host, value.exit_code, value.stdout, value.stderr, value.seconds, None
         )
-    message = str(value).removeprefix(f"[{name}] ") or type(value).__name__
-    return NodeOutcome(name, host, None, "", "", seconds, message)
+    from orchestrator.remote.group import cause
+
+    return NodeOutcome(name, host, None, "", "", seconds,
+                       cause(value) if isinstance(value, BaseException) else str(value))
 
 
 @click.command("exec")
@@ -150,7 +153,7 @@ def exec_command(
     as_json: bool,
     command: tuple[str, ...],
 ) -> None:
-    """Run a shell command on every node; output prefixed [node]; summary table at the end.
+    """Run a shell command on every node; output prefixed [node]; summary table on stderr.
 
     \b
     The words after `--` are joined with spaces and run by each node's shell, as `ssh host
@@ -160,8 +163,7 @@ def exec_command(
     Exit code 1 if any node failed (non-zero exit, timeout, or connection error).
     """
     from orchestrator.config.inventory import load_inventory
-    from orchestrator.remote.connect import open_all
-    from orchestrator.remote.fanout import map_nodes
+    from orchestrator.remote.group import NodeGroup
 
     inv = load_inventory(inventory_path)
     nodes = [inv.node(n) for n in only] if only else list(inv.nodes)
@@ -188,8 +190,8 @@ def exec_command(
                 sys.stderr.write(f"[{name}] ERROR: {o.error}\n")
             sys.stderr.flush()
 
-    with open_all(inv, nodes, connect_timeout=connect_timeout) as transports:
-        result = map_nodes(transports, one, forks=forks, on_done=on_done)
+    with NodeGroup(inv, nodes, forks=forks, connect_timeout=connect_timeout) as nodegroup:
+        result = nodegroup.map(one, on_done=on_done)
     outcomes = [
         to_outcome(name, hosts[name], value, seconds.get(name, 0.0))
         for name, value in result.outcomes.items()
@@ -205,7 +207,7 @@ def exec_command(
     else:
         if group:
             click.echo(grouped(outcomes), nl=False)
-        click.echo(summary_table(outcomes), nl=False)
+        click.echo(summary_table(outcomes), nl=False, err=True)
     if failed:
         ctx.exit(1)
 

@@ -42,9 +42,9 @@ def record_and_inventory(state_dir: Path, job_id: str | None,
 
 
 def job_inventory_option() -> Any:
-    return click.option("--inventory", "-i", "inventory_path", type=click.Path(path_type=Path),
-                        default=None,
-                        help="Inventory to reach the nodes with (default: the job's own).")
+    from orchestrator.cli.options import inventory_option
+
+    return inventory_option(job=True)
 
 
 def attempt_lines(record: Any) -> list[str]:
@@ -73,24 +73,79 @@ def detached_message(job_id: str) -> str:
             f"`orchestrate status --watch {job_id}`, stop it with `orchestrate down {job_id}`.")
 
 
-def watch_job(record: Any, inv: Any, store: Any, forks: int, conns: Any = None,
-              stall_timeout: float | None = None, guard_on_detach: bool = False) -> None:
-    """Live progress until the job ends; exit 1 unless it SUCCEEDED, 130 on Ctrl-C.
+def wait_options(f: Any) -> Any:
+    """The options of the watch loop that acts (`up --wait`, `resume --wait`)."""
+    opts = [
+        click.option("--max-restarts", type=click.IntRange(0), default=0, show_default=True,
+                     help="With --wait: when a rank fails, a node is lost or the job stalls, "
+                          "stop it everywhere, re-check the nodes and relaunch with --resume "
+                          "(newest checkpoint complete on every rank), at most N times."),
+        click.option("--exclude-after", type=click.IntRange(0), default=0, show_default=True,
+                     metavar="K",
+                     help="With --max-restarts: leave out a node on which K attempts in a row "
+                          "failed (data-parallel jobs: DP recomputed, global batch kept, as "
+                          "`resume --exclude-node`); stop with the reason when the job cannot "
+                          "run without it. 0: never."),
+        click.option("--restart-on-exit-codes", "restart_codes", default=None,
+                     metavar="CODES",
+                     help="Only restart after these exit codes (comma-separated; default: "
+                          "any)."),
+        click.option("--stall-timeout", type=click.FloatRange(min=1), default=None,
+                     metavar="SECONDS",
+                     help="With --wait: no rank logging anything for this long is a failure "
+                          "(STALLED; default 1800 s, first-step compile is long)."),
+        click.option("--node-lost-timeout", type=click.FloatRange(min=0), default=60.0,
+                     show_default=True, metavar="SECONDS",
+                     help="With --wait: a node unreachable this long fails the job (then "
+                          "restarts)."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
 
-    A rank failure stops the job on every node; STALLED is shown (the job may recover).
-    """
-    from orchestrator.job.progress import watch
+
+def wait_policy(max_restarts: int, exclude_after: int, restart_codes: str | None,
+                stall_timeout: float | None, node_lost_timeout: float) -> Any:
+    """The WatchPolicy of `--wait` from the wait_options values."""
     from orchestrator.job.stall import DEFAULT_STALL_TIMEOUT
+    from orchestrator.job.watch import WatchPolicy
+
+    codes = None
+    if restart_codes is not None:
+        try:
+            codes = frozenset(int(c) for c in restart_codes.split(",") if c.strip())
+        except ValueError:
+            raise click.BadParameter(f"{restart_codes!r}: comma-separated integers expected",
+                                     param_hint="--restart-on-exit-codes") from None
+    return WatchPolicy(max_restarts=max_restarts, restart_on=codes,
+                       stall_timeout=stall_timeout or DEFAULT_STALL_TIMEOUT,
+                       node_lost_timeout=node_lost_timeout, exclude_after=exclude_after)
+
+
+def watch_job(record: Any, group: Any, store: Any, policy: Any, recheck: Any = dict,
+              guard_on_detach: bool = False) -> None:
+    """Live progress until the job ends (job/watch.py); exit 1 unless it SUCCEEDED, 130 on
+    Ctrl-C (which detaches, leaving the job's background guard when asked)."""
     from orchestrator.job.state import JobStatus
+    from orchestrator.job.watch import watch
 
     try:
-        record = watch(record, inv, store, forks=forks, conns=conns,
-                       stall_timeout=stall_timeout or DEFAULT_STALL_TIMEOUT)
+        click.echo(f"watching job {record.job_id} (Ctrl-C detaches; the job keeps running)",
+                   err=True)
+        record = watch(record, group, store, policy, recheck, echo=click.echo)
     except KeyboardInterrupt:
-        click.echo(detached_message(record.job_id), err=True)
-        if guard_on_detach:
-            start_guard(store, record)
+        now = store.load(record.job_id)
+        if now.status is JobStatus.CANCELLED:
+            click.echo(f"\njob {now.job_id} cancelled during a restart: nothing left running",
+                       err=True)
+        else:
+            click.echo(detached_message(record.job_id), err=True)
+            if guard_on_detach:
+                start_guard(store, now)
         sys.exit(130)
+    if len(record.history) > 1:
+        for line in attempt_lines(record):
+            click.echo(line)
     click.echo(f"job {record.job_id} {record.status.value}"
                + (f": {record.message}" if record.message else ""))
     warn_not_cleaned(record)

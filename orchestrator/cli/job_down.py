@@ -40,6 +40,7 @@ def down_command(job_id: str | None, all_jobs: bool, yes: bool, inventory_path: 
     from orchestrator.job.guard import stop_guard
     from orchestrator.job.state import needs_stop
     from orchestrator.job.teardown import stop_job
+    from orchestrator.remote.group import NodeGroup
 
     store = store_for(state_dir)
     if all_jobs:
@@ -58,7 +59,8 @@ def down_command(job_id: str | None, all_jobs: bool, yes: bool, inventory_path: 
     for record in targets:
         stop_guard(store, record.job_id)
         inv = load_inventory(inventory_path or record.inventory_path)
-        record, failed = stop_job(record, inv, store, forks)
+        with NodeGroup(inv, [], forks=forks) as group:  # job nodes and strays, on first use
+            record, failed = stop_job(record, group, store)
         for name, exc in failed.items():
             click.echo(f"[{name}] not cleaned: {exc}", err=True)
             unreachable.append(f"{record.job_id}@{name}")

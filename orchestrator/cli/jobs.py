@@ -11,6 +11,7 @@ JOB defaults to the latest job in the state dir.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +19,14 @@ import click
 
 from orchestrator.cli import options as flags
 from orchestrator.cli.job_common import (
-    attempt_lines,
-    detached_message,
     job_argument,
     job_inventory_option,
     no_guard_option,
     record_and_inventory,
     start_guard,
     store_for,
-    warn_not_cleaned,
+    wait_options,
+    wait_policy,
     watch_job,
 )
 from orchestrator.cli.job_down import down_command
@@ -54,13 +54,26 @@ def _print_check(report: Any) -> None:
         click.echo(f"[{node}] {item.name}: {item.value} -> {item.fix}", err=True)
 
 
-def _run_check(inv: Any, spec: Any, mode: str, sched_port: int | None, forks: int,
-               conns: Any = None) -> Any:
+def _run_check(group: Any, spec: Any, mode: str, sched_port: int | None) -> Any:
     from orchestrator.job.check import check_nodes
 
     target = str(spec.value("train.device_target")) if spec is not None else "CPU"
-    return check_nodes(inv, device_target=target, mode=mode, sched_port=sched_port, forks=forks,
-                       conns=conns)
+    return check_nodes(group, device_target=target, mode=mode, sched_port=sched_port)
+
+
+def _rechecker(group: Any, spec: Any, mode: str, sched_port: int | None, skip: bool) -> Any:
+    """`recheck()` for the watch loop: node -> what its check found wrong ({}: all ok)."""
+    def recheck() -> dict[str, str]:
+        if skip:
+            return {}
+        report = _run_check(group, spec, mode, sched_port)
+        problems: dict[str, str] = {}
+        for node, item in report.failures:
+            problems[node] = "; ".join(filter(None, (problems.get(node),
+                                                     f"{item.name}: {item.value}")))
+        return problems
+
+    return recheck
 
 
 mode_option = click.option("--mode", type=click.Choice(["ranktable", "msrun"]), default=None,
@@ -94,7 +107,10 @@ def check_command(inventory_path: Path, preset: str | None, overrides: tuple[str
     inv = load_inventory(inventory_path)
     spec = load_job_spec(preset, overrides) if preset else None
     mode = mode or default_mode(str(spec.value("train.device_target")) if spec else "CPU")
-    report = _run_check(inv, spec, mode, sched_port, forks)
+    from orchestrator.remote.group import NodeGroup
+
+    with NodeGroup(inv, inv.in_rank_order(), forks=forks) as group:
+        report = _run_check(group, spec, mode, sched_port)
     _print_check(report)
     if not report.ok:
         raise JobError(f"{len(report.failures)} check(s) failed")
@@ -119,24 +135,7 @@ def check_command(inventory_path: Path, preset: str | None, overrides: tuple[str
               help="Seconds between SIGTERM and SIGKILL when ranks are stopped.")
 @click.option("--entrypoint", default=None, hidden=True,
               help="Shell command each rank runs instead of the bundled trainer (tests, bench).")
-@click.option("--max-restarts", type=click.IntRange(0), default=0, show_default=True,
-              help="With --wait: when a rank fails or the job stalls, stop it everywhere, "
-                   "re-check the nodes and relaunch with --resume (newest checkpoint complete "
-                   "on every rank), at most N times.")
-@click.option("--exclude-after", type=click.IntRange(0), default=0, show_default=True,
-              metavar="K",
-              help="With --max-restarts: leave out a node on which K attempts in a row failed "
-                   "(data-parallel jobs: DP recomputed, global batch kept, as `resume "
-                   "--exclude-node`); stop with the reason when the job cannot run without "
-                   "it. 0: never.")
-@click.option("--restart-on-exit-codes", "restart_codes", default=None, metavar="CODES",
-              help="Only restart after these exit codes (comma-separated; default: any).")
-@click.option("--stall-timeout", type=click.FloatRange(min=1), default=None, metavar="SECONDS",
-              help="With --wait: no rank logging anything for this long is a failure "
-                   "(STALLED; default 1800 s, first-step compile is long).")
-@click.option("--node-lost-timeout", type=click.FloatRange(min=0), default=60.0,
-              show_default=True, metavar="SECONDS",
-              help="With --wait: a node unreachable this long fails the job (then restarts).")
+@wait_options
 @no_guard_option
 @flags.state_dir_option()
 @flags.forks_option()
@@ -183,102 +182,52 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
                        "Pass --set data.path=alpaca.json (prepared to MindRecord here and "
                        "staged) or a MindRecord folder (`orchestrate prepare-data`; a local "
                        "folder is staged, a path that exists only on the nodes is used as is)")
+    from orchestrator.job.dataset import check_data_path
+
+    check_data_path(spec, all(n.data_dir is not None for n in inv.nodes))
     store = store_for(state_dir)
     mode = mode or default_mode(str(spec.value("train.device_target")))
     opts = UpOptions(mode=mode, sched_port=sched_port, cluster_timeout=cluster_timeout,
-                     entrypoint=entrypoint, stop_grace=stop_grace, forks=forks)
+                     entrypoint=entrypoint, stop_grace=stop_grace)
     if dry_run:
-        record = create_job(inv, spec, store, opts, discover=False)
+        record = create_job(inv, spec, store, opts, None)
         for line in dry_run_summary(record, store):
             click.echo(line)
         return
-    from orchestrator.job.nodes import Connections
+    from orchestrator.job.lifecycle import reserve_job_id, sched_port_for
+    from orchestrator.remote.group import NodeGroup
 
-    # SSH handshakes run in the background while the job is planned and rendered.
-    with Connections(inv, inv.in_rank_order(), forks) as conns:
-        record = create_job(inv, spec, store, opts)
+    policy = wait_policy(max_restarts, exclude_after, restart_codes, stall_timeout,
+                         node_lost_timeout)
+    # One connection per node for the whole command; the SSH handshakes run in the
+    # background while the job id is reserved. The nodes are checked before any local work
+    # that may take long (preparing a dataset).
+    with NodeGroup(inv, inv.in_rank_order(), forks=forks) as group:
+        job_id = reserve_job_id(store, spec.preset)
+        port = sched_port or sched_port_for(job_id)
         if not no_check:
-            report = _run_check(inv, spec, mode, record.sched_port, forks, conns)
+            report = _run_check(group, spec, mode, port if mode == "msrun" else None)
             if not report.ok:
                 _print_check(report)
-                store.save(record.with_status(_failed(), "check failed").replace(cleaned=True))
+                store.job_dir(job_id).rmdir()  # reserved, empty: no job was made
                 raise JobError(f"check failed on {len({n for n, _ in report.failures})} "
                                "node(s); nothing was started (fix, or skip with --no-check)")
+        record = create_job(inv, spec, store, replace(opts, sched_port=port), group, job_id)
         click.echo(f"job {record.job_id}: {record.world_size} ranks on {len(record.nodes)} "
                    f"node(s), {record.mode} mode")
         try:
-            record = launch(record, inv, store, forks=forks, echo=click.echo, conns=conns)
+            record = launch(record, group, store, echo=click.echo)
         except KeyboardInterrupt:
             click.echo(f"job {record.job_id} cancelled: nothing left running", err=True)
             sys.exit(130)
         click.echo(f"job {record.job_id} running. Follow it with `orchestrate status --watch "
                    f"{record.job_id}`, stop it with `orchestrate down {record.job_id}`.")
-        if not wait and not no_guard:
-            start_guard(store, record)
         if wait:
-            from orchestrator.job.restart import RestartPolicy
-            from orchestrator.job.stall import DEFAULT_STALL_TIMEOUT
-
-            policy = RestartPolicy(max_restarts=max_restarts,
-                                   restart_on=_exit_codes(restart_codes),
-                                   stall_timeout=stall_timeout or DEFAULT_STALL_TIMEOUT,
-                                   node_lost_timeout=node_lost_timeout,
-                                   exclude_after=exclude_after)
-
-            def recheck() -> str | None:
-                if no_check:
-                    return None
-                report = _run_check(inv, spec, mode, record.sched_port, forks, conns)
-                return None if report.ok else "; ".join(
-                    f"[{n}] {i.name}: {i.value}" for n, i in report.failures)
-
-            _wait_restarting(record, inv, store, forks, policy, recheck, conns,
-                             guard_on_detach=not no_guard)
-
-
-def _exit_codes(text: str | None) -> frozenset[int] | None:
-    if text is None:
-        return None
-    try:
-        return frozenset(int(c) for c in text.split(",") if c.strip())
-    except ValueError:
-        raise click.BadParameter(f"{text!r}: comma-separated integers expected",
-                                 param_hint="--restart-on-exit-codes") from None
-
-
-def _wait_restarting(record: Any, inv: Any, store: Any, forks: int, policy: Any,
-                     recheck: Any, conns: Any, guard_on_detach: bool) -> None:
-    """`up --wait`: watch with stall detection and restarts (jobs/restart.py). Ctrl-C
-    detaches and leaves the job's background guard."""
-    from orchestrator.job.restart import supervise
-    from orchestrator.job.state import JobStatus
-
-    try:
-        record = supervise(record, inv, store, policy, recheck, forks, conns, echo=click.echo)
-    except KeyboardInterrupt:
-        now = store.load(record.job_id)
-        if now.status is JobStatus.CANCELLED:
-            click.echo(f"\njob {now.job_id} cancelled during a restart: nothing left running",
-                       err=True)
-        else:
-            click.echo(detached_message(record.job_id), err=True)
-            if guard_on_detach:
-                start_guard(store, now)
-        sys.exit(130)
-    if len(record.history) > 1:
-        for line in attempt_lines(record):
-            click.echo(line)
-    click.echo(f"job {record.job_id} {record.status.value}"
-               + (f": {record.message}" if record.message else ""))
-    warn_not_cleaned(record)
-    if record.status is not JobStatus.SUCCEEDED:
-        sys.exit(1)
-
-
-def _failed() -> Any:
-    from orchestrator.job.state import JobStatus
-
-    return JobStatus.FAILED
+            watch_job(record, group, store, policy,
+                      _rechecker(group, spec, mode, record.sched_port, no_check),
+                      guard_on_detach=not no_guard)
+        elif not no_guard:
+            start_guard(store, record)
 
 
 @click.command("resume")
@@ -292,11 +241,14 @@ def _failed() -> Any:
               show_default=True,
               help="With --exclude-node: keep samples per step (raise micro_batch_num or "
                    "micro_batch_size; refused when it does not divide) or scale it with DP.")
+@wait_options
 @job_inventory_option()
 @no_guard_option
 @flags.state_dir_option()
 @flags.forks_option()
 def resume_command(job_id: str | None, wait: bool, exclude: tuple[str, ...], global_batch: str,
+                   max_restarts: int, exclude_after: int, restart_codes: str | None,
+                   stall_timeout: float | None, node_lost_timeout: float,
                    inventory_path: Path | None, no_guard: bool, state_dir: Path,
                    forks: int) -> None:
     """Start a new attempt of a FAILED or CANCELLED job on the same nodes (or without some).
@@ -309,21 +261,23 @@ def resume_command(job_id: str | None, wait: bool, exclude: tuple[str, ...], glo
     With --exclude-node NODE (data-parallel jobs): the job is re-planned on the other nodes,
     DP recomputed, ranks renumbered, the output says what happens to the global batch.
     """
+    from orchestrator.config.presets import load_job_spec
     from orchestrator.job.lifecycle import resume_job
-    from orchestrator.job.nodes import Connections
+    from orchestrator.remote.group import NodeGroup
 
+    policy = wait_policy(max_restarts, exclude_after, restart_codes, stall_timeout,
+                         node_lost_timeout)
     store, record, inv = record_and_inventory(state_dir, job_id, inventory_path)
-    with Connections(inv, [inv.node(n.name) for n in record.nodes], forks) as conns:
+    with NodeGroup(inv, [inv.node(n.name) for n in record.nodes], forks=forks) as group:
         try:
             if exclude:
-                from orchestrator.config.presets import load_job_spec
                 from orchestrator.job.exclude import plan_exclusion, relaunch_without
 
                 excl = plan_exclusion(record, load_job_spec(record.preset, record.overrides),
                                       exclude, keep_global_batch=global_batch == "keep")
-                record = relaunch_without(record, inv, store, excl, forks, conns, click.echo)
+                record = relaunch_without(record, group, store, excl, click.echo)
             else:
-                record = resume_job(record, inv, store, forks, conns)
+                record = resume_job(record, group, store)
         except KeyboardInterrupt:
             click.echo(f"job {record.job_id} cancelled: nothing left running", err=True)
             sys.exit(130)
@@ -331,7 +285,9 @@ def resume_command(job_id: str | None, wait: bool, exclude: tuple[str, ...], glo
                    f"{len(record.nodes)} node(s). Follow it with `orchestrate status --watch "
                    f"{record.job_id}`.")
         if wait:
-            watch_job(record, inv, store, forks, conns, guard_on_detach=not no_guard)
+            spec = load_job_spec(record.preset, record.overrides)
+            recheck = _rechecker(group, spec, record.mode, record.sched_port, False)
+            watch_job(record, group, store, policy, recheck, guard_on_detach=not no_guard)
         elif not no_guard:
             start_guard(store, record)
 

@@ -1,7 +1,7 @@
 """`orchestrate convert-weights` and `orchestrate infer` (issue #5).
 
-    orchestrate convert-weights --hf bloom-560m/ --out bloom-560m.ckpt
-    orchestrate convert-weights --to-hf --ckpt bloom-560m.ckpt --config 560m --out hf-out/
+    orchestrate convert-weights --hf bloom-560m/ -o bloom-560m.ckpt
+    orchestrate convert-weights --to-hf --ckpt bloom-560m.ckpt --config 560m -o hf-out/
     orchestrate infer --ckpt bloom.ckpt --config tiny "Give three tips for staying healthy."
 
 Both run the model code (`python -m orchestrate_bloom.convert` / `... .infer`) in a child process,
@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 
 from orchestrator import bundle
+from orchestrator.cli import options as flags
 from orchestrator.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -52,15 +53,16 @@ def architecture_args(preset: str | None, hf_config: Path | None) -> list[str]:
     return ["--config", preset] if preset is not None else ["--hf-config", str(hf_config)]
 
 
-@click.command("convert-weights")
+@click.command("convert-weights", cls=flags.RenamedOptions, renamed={"--out": "--output"})
 @click.option("--hf", "hf_dir", type=click.Path(path_type=Path),
               help="HF folder (config.json + model.safetensors or pytorch_model.bin) to read; "
-                   "with --to-hf, use --out for the folder to write.")
-@click.option("--out", type=click.Path(path_type=Path), required=True,
+                   "with --to-hf, use --output for the folder to write.")
+@click.option("--output", "-o", "out", type=click.Path(path_type=Path), required=True,
               help="Checkpoint to write (.ckpt), or the HF folder to write with --to-hf.")
 @click.option("--to-hf", is_flag=True, help="Convert our --ckpt back to a HF folder.")
 @click.option("--ckpt", type=click.Path(path_type=Path), help="Our checkpoint (with --to-hf).")
-@click.option("--config", "preset", help="Preset name or YAML with the architecture (--to-hf).")
+@click.option("--config", "-c", "preset",
+              help="Preset name or YAML with the architecture (--to-hf).")
 @click.option("--hf-config", type=click.Path(path_type=Path),
               help="HF config.json with the architecture (--to-hf).")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32",
@@ -70,8 +72,8 @@ def convert_weights(hf_dir: Path | None, out: Path, to_hf: bool, ckpt: Path | No
     """Convert HF Bloom weights to a MindSpore checkpoint, or (--to-hf) back.
 
     \b
-      orchestrate convert-weights --hf bloom-560m/ --out bloom-560m.ckpt
-      orchestrate convert-weights --to-hf --ckpt bloom.ckpt --config 560m --out hf/
+      orchestrate convert-weights --hf bloom-560m/ -o bloom-560m.ckpt
+      orchestrate convert-weights --to-hf --ckpt bloom.ckpt --config 560m -o hf/
 
     HF names may carry the `transformer.` prefix or not; lm_head.weight is optional (tied).
     Unknown or missing tensors and shape mismatches are errors that name them.
@@ -95,10 +97,8 @@ def convert_weights(hf_dir: Path | None, out: Path, to_hf: bool, ckpt: Path | No
 @click.option("--job", "job_id", default=None,
               help="Use the checkpoint and architecture `collect-ckpt` merged for this job "
                    "('latest': the latest job) instead of --ckpt/--config.")
-@click.option("--state-dir", type=click.Path(path_type=Path), default=Path(".orchestrate"),
-              show_default=True, envvar="ORCHESTRATE_STATE_DIR",
-              help="Where job records live (with --job).")
-@click.option("--config", "preset", help="Preset name or YAML with the architecture.")
+@flags.state_dir_option()
+@click.option("--config", "-c", "preset", help="Preset name or YAML with the architecture.")
 @click.option("--hf-config", type=click.Path(path_type=Path),
               help="HF config.json with the architecture (instead of --config).")
 @click.option("--tokenizer", type=click.Path(path_type=Path),

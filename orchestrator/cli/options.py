@@ -1,8 +1,15 @@
-"""Options shared by several commands (SkyPilot's flags.py): one definition, one help text."""
+"""Options shared by several commands (SkyPilot's flags.py): one definition, one help text.
+
+The grammar every command follows: a command acting on a job takes it as the positional JOB
+(default: the latest; `infer` keeps --job, its positional is the prompt); outputs are
+-o/--output; node parallelism is -f/--forks; presets are -c/--config; --inventory/-i
+honours ORCHESTRATE_INVENTORY. Spellings of the previous release still work for one release
+(`RenamedOptions`), each with a one-line deprecation note on stderr.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -11,9 +18,72 @@ import click
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_INVENTORY = Path("inventories/local.yaml")
+JOB = "JOB"  # RenamedOptions target: the old option's value becomes the positional JOB
 
 
-def inventory_option(required: bool = False) -> Callable[[F], F]:
+class RenamedOptions(click.Command):
+    """A command that still accepts the previous release's spellings, with a note on stderr.
+
+    `renamed` maps an old option to its new spelling, or to JOB when its value is now the
+    positional job argument, e.g. {"--job": JOB, "--dest": "--output", "--jobs": "--forks"}.
+    Words after `--` are never touched.
+    """
+
+    def __init__(self, *args: Any, renamed: Mapping[str, str] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.renamed = dict(renamed or {})
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, upgrade_args(args, self.renamed, ctx.command_path))
+
+
+def upgrade_args(args: list[str], renamed: Mapping[str, str], command: str) -> list[str]:
+    """`args` with old spellings replaced (see RenamedOptions); notes each on stderr."""
+    out: list[str] = []
+    positional: list[str] = []
+    i = 0
+    while i < len(args):
+        word = args[i]
+        if word == "--":
+            out += args[i:]
+            break
+        old, eq, value = word.partition("=")
+        new = renamed.get(old) if old.startswith("-") else None
+        if new is None:
+            out.append(word)
+        elif new == JOB:
+            if not eq:
+                i += 1
+                value = args[i] if i < len(args) else ""
+            positional.append(value)
+            _note(command, f"{old} {value or 'JOB'}", f"JOB (positional: `{command} {value}`)")
+        else:
+            out.append(new + eq + value)
+            _note(command, old, new)
+        i += 1
+    if positional:  # before any `--`
+        cut = out.index("--") if "--" in out else len(out)
+        out[cut:cut] = positional
+    return out
+
+
+def _note(command: str, old: str, new: str) -> None:
+    click.echo(f"warning: `{command} {old}` is deprecated and goes in the next release; "
+               f"use {new}", err=True)
+
+
+def inventory_option(required: bool = False, job: bool = False,
+                     optional: bool = False) -> Callable[[F], F]:
+    """--inventory/-i (env ORCHESTRATE_INVENTORY). With `job`: default the job's own;
+    `optional`: no default (the command works without one)."""
+    if job or optional:
+        return click.option(
+            "--inventory", "-i", "inventory_path", type=click.Path(path_type=Path),
+            envvar="ORCHESTRATE_INVENTORY", default=None,
+            help="Inventory to reach the job's nodes with (default: the one the job was "
+                 "started with; env ORCHESTRATE_INVENTORY)." if job else
+                 "Inventory YAML listing the nodes (env ORCHESTRATE_INVENTORY).")
     return click.option(
         "--inventory",
         "-i",
@@ -25,6 +95,13 @@ def inventory_option(required: bool = False) -> Callable[[F], F]:
         show_default=not required,
         help="Inventory YAML listing the nodes (env ORCHESTRATE_INVENTORY).",
     )
+
+
+def output_option(default: Path | None = None, help: str = "Where to write.",
+                  **kwargs: Any) -> Callable[[F], F]:
+    """-o/--output: every command's output file or folder."""
+    return click.option("--output", "-o", "output", type=click.Path(path_type=Path),
+                        default=default, show_default=default is not None, help=help, **kwargs)
 
 
 def config_option(required: bool = True) -> Callable[[F], F]:
@@ -57,14 +134,15 @@ def json_option() -> Callable[[F], F]:
     )
 
 
-def forks_option() -> Callable[[F], F]:
+def forks_option(default: int = 64, help: str = "How many nodes to work on at once.",
+                 ) -> Callable[[F], F]:
     return click.option(
         "--forks",
         "-f",
         type=click.IntRange(1, 1024),
-        default=64,
+        default=default,
         show_default=True,
-        help="How many nodes to work on at once.",
+        help=help,
     )
 
 

@@ -21,9 +21,7 @@ if TYPE_CHECKING:
 
 
 @click.group("ranktable", invoke_without_command=True)
-@click.option("--inventory", "-i", "inventory_path", type=click.Path(path_type=Path),
-              envvar="ORCHESTRATE_INVENTORY", default=None,
-              help="Inventory YAML listing the nodes (env ORCHESTRATE_INVENTORY).")
+@flags.inventory_option(optional=True)
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
               help="Merged table to write [default: ./hccl_<servers>s_<ranks>p.json].")
 @click.option("--per-server-dir", type=click.Path(path_type=Path), default=None,
@@ -115,9 +113,10 @@ def _discover(inv: Inventory, nodes: tuple[Node, ...], super_devices: bool,
 
     if not nodes:
         return {}
-    from orchestrator.remote.connect import open_all
-    with open_all(inv, nodes) as transports:
-        return discover(list(transports.values()), super_devices=super_devices, forks=forks)
+    from orchestrator.remote.group import NodeGroup
+
+    with NodeGroup(inv, nodes, forks=forks) as group:
+        return discover(group, nodes, super_devices=super_devices)
 
 
 @ranktable_group.command("check")

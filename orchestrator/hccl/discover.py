@@ -20,9 +20,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from orchestrator.config.inventory import is_valid_ipv4
-from orchestrator.errors import OrchestrateError, RankTableError
-from orchestrator.remote.fanout import DEFAULT_FORKS, map_nodes
+from orchestrator.config.inventory import Node, is_valid_ipv4
+from orchestrator.errors import DeviceDiscoveryError, RankTableError
+from orchestrator.remote.group import NodeGroup, cause
 from orchestrator.remote.transport import CommandResult, Transport
 
 HCCN_CONF = "/etc/hccn.conf"
@@ -183,7 +183,7 @@ def probe_device_ips(t: Transport, devices: Sequence[int], *,
         try:
             conf = parse_hccn_conf(r.stdout)
         except RankTableError as e:
-            raise RankTableError(f"[{name}] {e}") from None
+            raise DeviceDiscoveryError(name, str(e)) from None
         for d in missing:
             if d in conf:
                 found[d] = conf[d]
@@ -195,8 +195,8 @@ def probe_device_ips(t: Transport, devices: Sequence[int], *,
         conf_note = f"cannot read ({_tail(r)})"
     still = [d for d in devices if d not in found]
     if still:
-        raise RankTableError(
-            f"[{name}] no device IP for device(s) {', '.join(map(str, still))}: tried "
+        raise DeviceDiscoveryError(
+            name, f"no device IP for device(s) {', '.join(map(str, still))}: tried "
             f"`hccn_tool -i <id> -ip -g` ({'; '.join(tool_notes[:3]) or 'no answer'}) and "
             f"{HCCN_CONF} ({conf_note})")
     return found, " + ".join(sources)
@@ -215,21 +215,21 @@ def probe_super_device_ids(t: Transport, devices: Sequence[int], *,
     name = t.node.name
     r = t.run(_tool_command("npu-smi", "info", "-m"), check=False, timeout=timeout)
     if not r.ok:
-        raise RankTableError(f"[{name}] `npu-smi info -m` failed ({_tail(r)}); format 1.2 "
+        raise DeviceDiscoveryError(name, f"`npu-smi info -m` failed ({_tail(r)}); format 1.2 "
                              f"needs npu-smi to find each device's super_device_id")
     mapping = parse_npu_mapping(r.stdout)
     sdids: dict[int, str] = {}
     pods: set[str] = set()
     for dev in devices:
         if dev not in mapping:
-            raise RankTableError(f"[{name}] device {dev} is not in `npu-smi info -m` "
+            raise DeviceDiscoveryError(name, f"device {dev} is not in `npu-smi info -m` "
                                  f"(logical ids: {sorted(mapping) or 'none'})")
         npu, chip = mapping[dev]
         r = t.run(_tool_command("npu-smi", "info", "-t", "spod-info", "-i", str(npu), "-c",
                                 str(chip)), check=False, timeout=timeout)
         info = parse_spod_info(r.stdout) if r.ok else None
         if info is None:
-            raise RankTableError(f"[{name}] no SDID for device {dev} from `npu-smi info -t "
+            raise DeviceDiscoveryError(name, f"no SDID for device {dev} from `npu-smi info -t "
                                  f"spod-info -i {npu} -c {chip}` ({_tail(r)})")
         sdids[dev] = info.super_device_id
         if info.super_pod_id is not None:
@@ -251,26 +251,21 @@ def probe_node(t: Transport, *, super_devices: bool = False,
                      super_pod_ids=frozenset(pods))
 
 
-def discover(transports: Sequence[Transport], *, super_devices: bool = False,
-             forks: int = DEFAULT_FORKS,
+def discover(group: NodeGroup, nodes: Sequence[Node], *, super_devices: bool = False,
              timeout: float = DEFAULT_TIMEOUT) -> dict[str, NodeProbe]:
-    """Probe every node in parallel (fanout.map_nodes, at most `forks` at once).
+    """Probe `nodes` in parallel over the group's connections (`group.forks` at once).
 
     Every node is probed even when some fail. Returns node name -> NodeProbe.
 
     Raises:
         RankTableError: one or more nodes failed; the message names each and why.
     """
-    if not transports:
+    if not nodes:
         return {}
-    result = map_nodes(transports,
-                       lambda t: probe_node(t, super_devices=super_devices, timeout=timeout),
-                       forks=forks)
-    failed = []
-    for name, exc in result.failed.items():
-        text = str(exc) if isinstance(exc, OrchestrateError) else f"{type(exc).__name__}: {exc}"
-        failed.append(text if text.startswith(f"[{name}]") else f"[{name}] {text}")
+    result = group.map(lambda t: probe_node(t, super_devices=super_devices, timeout=timeout),
+                       nodes)
+    failed = [f"[{name}] {cause(exc)}" for name, exc in result.failed.items()]
     if failed:
-        raise RankTableError(f"device discovery failed on {len(failed)} of {len(transports)} "
+        raise RankTableError(f"device discovery failed on {len(failed)} of {len(nodes)} "
                              f"node(s): " + "; ".join(failed))
     return dict(result.succeeded)

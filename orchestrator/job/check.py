@@ -1,6 +1,6 @@
 """`orchestrate check`: is every node ready to run a job? One probe per node, in parallel.
 
-    report = check_nodes(inv, device_target="CPU", mode="msrun", sched_port=8118)
+    report = check_nodes(group, device_target="CPU", mode="msrun", sched_port=8118)
     report.failures   # [(node, check, message with the fix)]
 
 Checks: SSH reachable with a known host key; python present; mindspore version (same on
@@ -15,9 +15,9 @@ import shlex
 import time
 from dataclasses import dataclass, field
 
-from orchestrator.config.inventory import Inventory, Node
-from orchestrator.job.nodes import Connections, fan_out
+from orchestrator.config.inventory import Node
 from orchestrator.job.render import shell_path
+from orchestrator.remote.group import NodeGroup
 from orchestrator.remote.transport import Transport
 
 MIN_FREE_BYTES = 1 << 30  # 1 GiB in the workdir
@@ -112,12 +112,11 @@ def _evaluate(node: Node, out: dict[str, str], t0: float, t1: float, device_targ
     return items
 
 
-def check_nodes(inv: Inventory, nodes: tuple[Node, ...] | None = None,
+def check_nodes(group: NodeGroup, nodes: tuple[Node, ...] | None = None,
                 device_target: str = "CPU", mode: str = "msrun",
-                sched_port: int | None = None, forks: int = 64,
-                conns: Connections | None = None) -> CheckReport:
+                sched_port: int | None = None) -> CheckReport:
     """Probe every node in parallel; the first node (rank order) also checks the port."""
-    nodes = nodes or inv.in_rank_order()
+    nodes = nodes or group.inventory.in_rank_order()
     first = nodes[0].name
 
     def one(t: Transport) -> list[Item]:
@@ -131,7 +130,7 @@ def check_nodes(inv: Inventory, nodes: tuple[Node, ...] | None = None,
             out[k.strip()] = v.strip()
         return _evaluate(t.node, out, t0, t1, device_target, mode, port)
 
-    results = fan_out(inv, list(nodes), one, forks, conns)
+    results = group.map(one, nodes)
     checks = []
     for node in nodes:
         r = results[node.name]

@@ -39,6 +39,28 @@ def resolve_local_data(path: str) -> Path | None:
     return shipped if shipped is not None and shipped.exists() else None
 
 
+def looks_local(path: str) -> bool:
+    """A data.path meant on this machine: relative, `~/...`, or an Alpaca `.json` file (always
+    prepared here). Only an absolute path may name a folder that exists only on the nodes."""
+    return not path.startswith("/") or path.endswith(".json")
+
+
+def check_data_path(spec: JobSpec, nodes_have_data_dir: bool) -> None:
+    """Refuse a local-looking data.path that does not exist here (a typo would otherwise be
+    sent to the nodes as a path there and fail an hour later).
+
+    Raises:
+        JobError: naming data.path, its value and where it was looked for.
+    """
+    path = str(spec.value("data.path") or "")
+    if not path or nodes_have_data_dir or not looks_local(path):
+        return
+    if resolve_local_data(path) is None:
+        raise JobError(f"data.path {path!r}: no such file or folder here "
+                       f"({Path(path).expanduser().absolute()}); a path that exists only on "
+                       "the nodes must be absolute")
+
+
 def local_dataset(spec: JobSpec, plan: Plan, job_dir: Path) -> Path | None:
     """The local dataset to stage, or None (data.path empty, only on the nodes, or every
     node has `data_dir`). An Alpaca `.json` file is first turned into MindRecord here."""

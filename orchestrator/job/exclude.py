@@ -31,12 +31,12 @@ from pathlib import Path
 from orchestrate_bloom import checkpoint as ck
 
 from orchestrator import bundle
-from orchestrator.config.inventory import Inventory
 from orchestrator.config.presets import JobSpec
 from orchestrator.errors import JobError
-from orchestrator.job.nodes import Connections, NodeReport, fan_out, query_job
+from orchestrator.job.nodes import NodeReport, query_job
 from orchestrator.job.render import shell_path
 from orchestrator.job.state import JobRecord, JobStore, NodeRecord
+from orchestrator.remote.group import NodeGroup
 from orchestrator.remote.transport import Transport
 
 Echo = Callable[[str], None]
@@ -131,8 +131,7 @@ def _on_node(t: Transport, job_dir: str, mode: str, args: Sequence[str]) -> str:
 
 
 def convert_checkpoints(record: JobRecord, new_nodes: Sequence[NodeRecord], excl: Exclusion,
-                        inv: Inventory, forks: int = 64, conns: Connections | None = None,
-                        ) -> int | None:
+                        group: NodeGroup) -> int | None:
     """Give every renumbered rank the newest step complete on every remaining rank, with a
     manifest for the new layout; that step, or None when there is none (starts from 0).
 
@@ -140,7 +139,7 @@ def convert_checkpoints(record: JobRecord, new_nodes: Sequence[NodeRecord], excl
         JobError: a node could not be read or written (names it).
     """
     old = {n.name: n for n in record.nodes}
-    nodes = [inv.node(n.name) for n in new_nodes]
+    nodes = [n.name for n in new_nodes]
     layout = _layout(excl.data_parallel[0])
 
     def steps(t: Transport) -> dict[str, list[int]]:
@@ -150,7 +149,7 @@ def convert_checkpoints(record: JobRecord, new_nodes: Sequence[NodeRecord], excl
             _on_node(t, n.job_dir, "steps", ["--layout", json.dumps(layout), *ranks]))
         return doc
 
-    found = fan_out(inv, nodes, steps, forks, conns)
+    found = group.map(steps, nodes)
     bad = {k: v for k, v in found.items() if isinstance(v, BaseException)}
     if bad:
         raise JobError("; ".join(str(e) for e in bad.values()))
@@ -167,15 +166,14 @@ def convert_checkpoints(record: JobRecord, new_nodes: Sequence[NodeRecord], excl
             "--step", str(step), "--layout", json.dumps(_layout(excl.data_parallel[1])),
             "--old-layout", json.dumps(layout), *(a for p in pairs for a in ("--pair", p))])
 
-    done = fan_out(inv, nodes, convert, forks, conns)
+    done = group.map(convert, nodes)
     bad = {k: v for k, v in done.items() if isinstance(v, BaseException)}
     if bad:
         raise JobError("; ".join(str(e) for e in bad.values()))
     return step
 
 
-def relaunch_without(record: JobRecord, inv: Inventory, store: JobStore, excl: Exclusion,
-                     forks: int = 64, conns: Connections | None = None,
+def relaunch_without(record: JobRecord, group: NodeGroup, store: JobStore, excl: Exclusion,
                      echo: Echo = print) -> JobRecord:
     """Stop what is left on the excluded nodes (when they answer), convert the checkpoints,
     re-render and re-stage the job for the remaining nodes, start a new attempt (--resume).
@@ -192,7 +190,7 @@ def relaunch_without(record: JobRecord, inv: Inventory, store: JobStore, excl: E
     from orchestrator.job.teardown import failures, stop_everywhere
 
     remaining = record.replace(nodes=tuple(n for n in record.nodes if n.name in excl.remaining))
-    reports = query_job(remaining, inv, forks, conns)
+    reports = query_job(remaining, group)
     down = [n for n, r in reports.items() if not isinstance(r, NodeReport)]
     if down:
         raise JobError(f"job {record.job_id}: cannot reach {', '.join(down)}; nothing changed")
@@ -202,7 +200,7 @@ def relaunch_without(record: JobRecord, inv: Inventory, store: JobStore, excl: E
         raise JobError(f"job {record.job_id} still runs ({', '.join(running[:8])}); stop it "
                        f"with `orchestrate down {record.job_id}` first")
     gone = [n for n in record.nodes if n.name in excl.excluded]
-    left_over = failures(stop_everywhere(record.replace(nodes=tuple(gone)), inv, forks, conns,
+    left_over = failures(stop_everywhere(record.replace(nodes=tuple(gone)), group,
                                          timeout=60))
     for name in left_over:
         echo(f"warning: {name} did not answer; any process of the job there is stopped by "
@@ -210,6 +208,7 @@ def relaunch_without(record: JobRecord, inv: Inventory, store: JobStore, excl: E
     for line in excl.notes:
         echo(line)
     spec = load_job_spec(record.preset, excl.overrides)
+    inv = group.inventory
     sub = dataclasses.replace(inv, nodes=tuple(n for n in inv.nodes if n.name in excl.remaining))
     plan = build_plan(sub, spec)
     job_dirs = {n.name: n.job_dir for n in record.nodes}
@@ -217,7 +216,7 @@ def relaunch_without(record: JobRecord, inv: Inventory, store: JobStore, excl: E
         NodeRecord(name=n.ranks.node.name, host=n.ranks.node.host, rank_start=n.ranks.rank_start,
                    rank_end=n.ranks.rank_end, devices=n.ranks.node.devices,
                    job_dir=job_dirs[n.ranks.node.name]) for n in plan.nodes)
-    step = convert_checkpoints(record, new_nodes, excl, inv, forks, conns)
+    step = convert_checkpoints(record, new_nodes, excl, group)
     echo(f"checkpoint: step {step} (complete on every remaining rank) copied to the "
          f"{plan.world_size} renumbered rank(s) for data_parallel={excl.data_parallel[1]}"
          if step is not None else
@@ -228,7 +227,7 @@ def relaunch_without(record: JobRecord, inv: Inventory, store: JobStore, excl: E
                         sched_port=record.sched_port or lifecycle.sched_port_for(record.job_id),
                         cluster_timeout=record.cluster_timeout, entrypoint=record.entrypoint,
                         stop_grace=record.stop_grace)
-    table = lifecycle.rank_table_for(sub, forks) if record.mode == "ranktable" else None
+    table = lifecycle.rank_table_for(sub, group) if record.mode == "ranktable" else None
     local = Path(record.local_data) if record.local_data else None
     lifecycle.write_rendered(store, record.job_id, render_job(
         launch, plan, data_paths_for(plan, local), table))
@@ -239,5 +238,5 @@ def relaunch_without(record: JobRecord, inv: Inventory, store: JobStore, excl: E
         stray=(*record.stray, *(n for n in gone if n.name in left_over)),
         message=f"relaunched without {', '.join(excl.excluded)}")
     store.save(record)
-    record = lifecycle.stage_all(record, inv, store, forks, conns, echo)
-    return lifecycle.resume_job(record, inv, store, forks, conns)
+    record = lifecycle.stage_all(record, group, store, echo)
+    return lifecycle.resume_job(record, group, store)

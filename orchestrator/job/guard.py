@@ -106,15 +106,15 @@ def run_guard(store: JobStore, job_id: str, interval: float = GUARD_INTERVAL,
         0 when the job ended clean (or was taken over by `down`), 1 when the guard gave up.
     """
     from orchestrator.config.inventory import load_inventory
-    from orchestrator.job.nodes import Connections
     from orchestrator.job.progress import refresh
     from orchestrator.job.teardown import running_slots, stop_failed_job
+    from orchestrator.remote.group import NodeGroup
 
     record = store.load(job_id)
     inv = load_inventory(Path(record.inventory_path))
     _log(f"guarding job {job_id} on {', '.join(n.name for n in record.nodes)}")
     lost_since: float | None = None
-    with Connections(inv, [inv.node(n.name) for n in record.nodes]) as conns:
+    with NodeGroup(inv, [inv.node(n.name) for n in record.nodes]) as group:
         while True:
             if not store.path(job_id).exists():
                 _log("job record gone; leaving")
@@ -124,10 +124,10 @@ def run_guard(store: JobStore, job_id: str, interval: float = GUARD_INTERVAL,
                                                         and record.cleaned):
                 _log(f"job {record.status.value}, nothing left; leaving")
                 return 0
-            record, reports = refresh(record, inv, store, conns=conns)
+            record, reports = refresh(record, group, store)
             if record.status is JobStatus.FAILED and not record.cleaned:
                 alive = running_slots(reports)
-                record = stop_failed_job(record, inv, store, reports, conns=conns)
+                record = stop_failed_job(record, group, store, reports)
                 _log(f"job FAILED ({record.message}); stopped {', '.join(alive) or 'nothing'}"
                      + ("" if record.cleaned else "; some nodes did not answer, retrying"))
             answered = any(not isinstance(r, BaseException) for r in reports.values())

@@ -1,8 +1,9 @@
 """The job lifecycle behind `orchestrate up / down`: render, stage, start, stop.
 
-    record = create_job(inv, spec, store, UpOptions())       # renders locally, PENDING
-    record = launch(record, inv, store)                       # stage + start, RUNNING
-    record = stop_job(record, inv, store)                     # down: CANCELLED
+    with NodeGroup(inv, inv.in_rank_order()) as group:       # one connection per node
+        record = create_job(inv, spec, store, UpOptions(), group)   # renders, PENDING
+        record = launch(record, group, store)                 # stage + start, RUNNING
+        record, _ = stop_job(record, group, store)            # down: CANCELLED
 
 If any node fails to stage or start, or Ctrl-C arrives before every rank runs, everything
 already started is stopped on every node and the job is recorded FAILED / CANCELLED.
@@ -29,7 +30,6 @@ from orchestrator.config.presets import JobSpec
 from orchestrator.errors import JobError
 from orchestrator.job import stage as stage_mod
 from orchestrator.job.dataset import data_paths_for, local_dataset
-from orchestrator.job.nodes import Connections, fan_out, job_nodes
 from orchestrator.job.render import (
     DEFAULT_CLUSTER_TIMEOUT,
     DEFAULT_STOP_GRACE,
@@ -42,6 +42,7 @@ from orchestrator.job.state import JobRecord, JobStatus, JobStore, NodeRecord, n
 from orchestrator.job.teardown import failures, stop_everywhere
 from orchestrator.job.teardown import stop_job as stop_job  # re-exported: `down`
 from orchestrator.job.teardown import teardown_failed as teardown_failed  # re-exported
+from orchestrator.remote.group import NodeGroup, cause
 from orchestrator.remote.transport import Transport
 
 Echo = Callable[[str], None]
@@ -56,7 +57,6 @@ class UpOptions:
     cluster_timeout: int = DEFAULT_CLUSTER_TIMEOUT
     entrypoint: str | None = None  # rank command instead of the bundled trainer
     stop_grace: int = DEFAULT_STOP_GRACE
-    forks: int = 64
 
 
 
@@ -65,10 +65,11 @@ def sched_port_for(job_id: str) -> int:
     return 20000 + int(hashlib.sha256(job_id.encode()).hexdigest()[:8], 16) % 10000
 
 
-def rank_table_for(inv: Inventory, forks: int = 64, discover: bool = True) -> str | None:
-    """The merged HCCL rank table: device IPs from the inventory, else discovered over SSH.
+def rank_table_for(inv: Inventory, group: NodeGroup | None) -> str | None:
+    """The merged HCCL rank table: device IPs from the inventory, else discovered over the
+    group's connections.
 
-    Returns None when IPs are missing and `discover` is off (dry run: no node is touched).
+    Returns None when IPs are missing and there is no group (dry run: no node is touched).
     """
     from orchestrator.hccl.ranktable import (
         build_tables,
@@ -79,41 +80,45 @@ def rank_table_for(inv: Inventory, forks: int = 64, discover: bool = True) -> st
     need = nodes_needing_discovery(inv)
     discovered = None
     if need:
-        if not discover:
+        if group is None:
             return None
         from orchestrator.hccl.discover import discover as probe_all
-        from orchestrator.remote.connect import open_all
 
-        with open_all(inv, need) as transports:
-            probes = probe_all(list(transports.values()), forks=forks)
+        probes = probe_all(group, need)
         discovered = {name: p.device_ips for name, p in probes.items()}
     merged, _ = build_tables(inv, resolve_device_ips(inv, discovered))
     return merged.dumps()
 
 
+def reserve_job_id(store: JobStore, preset: str) -> str:
+    """A new job id, its local folder created (so no other `up` takes it)."""
+    with store.locked():
+        job_id = new_job_id(preset, set(store.ids()))
+        store.job_dir(job_id).mkdir(parents=True, exist_ok=True)
+    return job_id
+
+
 def create_job(inv: Inventory, spec: JobSpec, store: JobStore, opts: UpOptions,
-               discover: bool = True) -> JobRecord:
+               group: NodeGroup | None, job_id: str | None = None) -> JobRecord:
     """Plan and render the job locally; record it PENDING.
 
     No node is touched, except in ranktable mode to discover device IPs the inventory lacks
-    (only when `discover`; a dry run renders everything but the rank table then).
+    over `group` (None: a dry run, which renders everything but the rank table then).
     """
     plan = build_plan(inv, spec)
     mode = opts.mode or default_mode(str(spec.value("train.device_target")))
-    with store.locked():
-        job_id = new_job_id(spec.preset, set(store.ids()))
-        store.job_dir(job_id).mkdir(parents=True, exist_ok=True)
+    job_id = job_id or reserve_job_id(store, spec.preset)
     first = plan.nodes[0].ranks.node
     port = opts.sched_port or sched_port_for(job_id)
     launch = LaunchSpec(job_id=job_id, mode=mode, world_size=plan.world_size,
                         sched_host=first.host, sched_port=port,
                         cluster_timeout=opts.cluster_timeout, entrypoint=opts.entrypoint,
                         stop_grace=opts.stop_grace)
-    table = rank_table_for(inv, opts.forks, discover) if mode == "ranktable" else None
+    table = rank_table_for(inv, group) if mode == "ranktable" else None
     local_data = local_dataset(spec, plan, store.job_dir(job_id))
     data_paths = data_paths_for(plan, local_data)
     write_rendered(store, job_id, render_job(launch, plan, data_paths, table,
-                                             require_table=discover))
+                                             require_table=group is not None))
     now = time.time()
     nodes = tuple(
         NodeRecord(name=n.ranks.node.name, host=n.ranks.node.host, rank_start=n.ranks.rank_start,
@@ -166,15 +171,12 @@ def _describe(failed: Mapping[str, BaseException]) -> str:
     """`[th0, th1] node busy: ...; [th2] connection refused`: nodes with the same cause merged."""
     by_cause: dict[str, list[str]] = {}
     for name, exc in failed.items():
-        text = str(exc) or type(exc).__name__
-        if text.startswith(f"[{name}] "):
-            text = text[len(name) + 3:]
-        by_cause.setdefault(text, []).append(name)
+        by_cause.setdefault(cause(exc), []).append(name)
     return "; ".join(f"[{', '.join(names)}] {cause}" for cause, names in by_cause.items())
 
 
-def launch(record: JobRecord, inv: Inventory, store: JobStore, forks: int = 64,
-           echo: Echo = print, conns: Connections | None = None) -> JobRecord:
+def launch(record: JobRecord, group: NodeGroup, store: JobStore,
+           echo: Echo = print) -> JobRecord:
     """Stage and start the job on every node; on failure or Ctrl-C stop it everywhere.
 
     Raises:
@@ -182,19 +184,16 @@ def launch(record: JobRecord, inv: Inventory, store: JobStore, forks: int = 64,
         KeyboardInterrupt: re-raised after cleanup when Ctrl-C arrived.
     """
     started = False
-    own = conns is None
     try:
         record = record.with_status(JobStatus.LAUNCHING)
         store.save(record)
-        if conns is None:
-            conns = Connections(inv, [node for _, node in job_nodes(record, inv)], forks)
-        record = stage_all(record, inv, store, forks, conns, echo)
+        record = stage_all(record, group, store, echo)
         started = True
-        return _start_all(record, inv, store, forks, conns, resume=False)
+        return _start_all(record, group, store, resume=False)
     except KeyboardInterrupt:
         with _sigint_deferred():
             echo("interrupted: stopping whatever was started ...")
-            missed = failures(stop_everywhere(record, inv, forks, conns))
+            missed = failures(stop_everywhere(record, group))
             store.save(record.with_status(JobStatus.CANCELLED, "interrupted during up")
                        .replace(cleaned=not missed))
         raise
@@ -205,25 +204,20 @@ def launch(record: JobRecord, inv: Inventory, store: JobStore, forks: int = 64,
             left: dict[str, BaseException] = {}
             if started:  # an unexpected error after ranks may have started: leave none behind
                 with _sigint_deferred():
-                    left = failures(stop_everywhere(record, inv, forks, conns))
+                    left = failures(stop_everywhere(record, group))
             store.save(record.with_status(JobStatus.FAILED, str(e) or type(e).__name__)
                        .replace(cleaned=not left))
         raise
-    finally:
-        if own and conns is not None:
-            conns.close()
 
 
-def stage_all(record: JobRecord, inv: Inventory, store: JobStore, forks: int,
-              conns: Connections | None, echo: Echo = print) -> JobRecord:
+def stage_all(record: JobRecord, group: NodeGroup, store: JobStore,
+              echo: Echo = print) -> JobRecord:
     """Stage the job's rendered files, the code and the dataset on every node (parallel,
     sha256-skip); the record with each node's absolute job folder.
 
     Raises:
         JobError: a node failed to stage (names it and the cause); nothing was started.
     """
-    pairs = job_nodes(record, inv)
-    plan_nodes = [node for _, node in pairs]
     code = stage_mod.code_tree()
     data = stage_mod.data_tree(Path(record.local_data)) if record.local_data else None
     with tempfile.TemporaryDirectory(prefix="orchestrate-stage-") as tmp:
@@ -236,7 +230,7 @@ def stage_all(record: JobRecord, inv: Inventory, store: JobStore, forks: int,
             return stage_mod.stage_node(t, record.job_id, str(node.workdir), trees, public,
                                         secrets, Path(tmp))
 
-        results = fan_out(inv, plan_nodes, stage_one, forks, conns)
+        results = group.map(stage_one, [n.name for n in record.nodes])
     failed = failures(results)
     staged = {k: v for k, v in results.items() if isinstance(v, stage_mod.Staged)}
     nodes = tuple(dataclasses.replace(n, job_dir=staged[n.name].job_dir)
@@ -251,8 +245,8 @@ def stage_all(record: JobRecord, inv: Inventory, store: JobStore, forks: int,
     return record
 
 
-def _start_all(record: JobRecord, inv: Inventory, store: JobStore, forks: int,
-               conns: Connections | None, resume: bool) -> JobRecord:
+def _start_all(record: JobRecord, group: NodeGroup, store: JobStore, resume: bool
+               ) -> JobRecord:
     """`launch.sh start [resume]` on every node in parallel; any failure stops them all.
 
     Raises:
@@ -275,15 +269,14 @@ def _start_all(record: JobRecord, inv: Inventory, store: JobStore, forks: int,
                 pids[parts[1]] = int(parts[2])
         return pids
 
-    started_pids = fan_out(inv, [node for _, node in job_nodes(record, inv)], start_one, forks,
-                           conns)
+    started_pids = group.map(start_one, [n.name for n in record.nodes])
     failed = failures(started_pids)
     nodes = tuple(dataclasses.replace(n, pids=pids) if isinstance(
         pids := started_pids.get(n.name), dict) else n for n in record.nodes)
     record = record.replace(nodes=nodes)
     if failed:
         with _sigint_deferred():
-            left = failures(stop_everywhere(record, inv, forks, conns))
+            left = failures(stop_everywhere(record, group))
         record = record.with_status(JobStatus.FAILED, f"start failed: {_describe(failed)}")
         record = record.replace(cleaned=not left)
         store.save(record)
@@ -294,8 +287,8 @@ def _start_all(record: JobRecord, inv: Inventory, store: JobStore, forks: int,
     return record
 
 
-def resume_job(record: JobRecord, inv: Inventory, store: JobStore, forks: int = 64,
-               conns: Connections | None = None, poll_timeout: float = 60.0) -> JobRecord:
+def resume_job(record: JobRecord, group: NodeGroup, store: JobStore,
+               poll_timeout: float = 60.0) -> JobRecord:
     """A new attempt of an ended job on the same nodes: every rank restarts with `--resume`
     (the trainer continues from the newest checkpoint complete on every rank).
 
@@ -306,7 +299,7 @@ def resume_job(record: JobRecord, inv: Inventory, store: JobStore, forks: int = 
 
     if record.status is JobStatus.SUCCEEDED:
         raise JobError(f"job {record.job_id} already SUCCEEDED; start a new job instead")
-    reports = query_job(record, inv, forks, conns, poll_timeout)
+    reports = query_job(record, group, poll_timeout)
     unreachable = [n for n, r in reports.items() if isinstance(r, BaseException)]
     if unreachable:
         raise JobError(f"job {record.job_id}: cannot reach {', '.join(unreachable)}; "
@@ -324,10 +317,10 @@ def resume_job(record: JobRecord, inv: Inventory, store: JobStore, forks: int = 
                             message="", cleaned=False)
     store.save(record)
     try:
-        return _start_all(record, inv, store, forks, conns, resume=True)
+        return _start_all(record, group, store, resume=True)
     except KeyboardInterrupt:
         with _sigint_deferred():
-            left = failures(stop_everywhere(record, inv, forks, conns))
+            left = failures(stop_everywhere(record, group))
             store.save(record.with_status(JobStatus.CANCELLED, "interrupted during resume")
                        .replace(cleaned=not left))
         raise

@@ -1,6 +1,6 @@
 """`orchestrate logs`: the ranks' stdout.log, prefixed `[node/rank]`; tail, follow, fetch.
 
-    for line in tail_logs(record, inv, tail=20): print(line)
+    for line in tail_logs(record, group, Selection(), tail=20): print(line)
     fetch_logs(record, inv, Path("logs"))       # logs/<node>/rank_<r>.log (+ plog.tar.gz)
 """
 
@@ -13,10 +13,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from orchestrator.config.inventory import Inventory
 from orchestrator.errors import JobError
-from orchestrator.job.nodes import fan_out, job_nodes
 from orchestrator.job.state import JobRecord, NodeRecord
+from orchestrator.remote.group import GroupResult, NodeGroup
 from orchestrator.remote.transport import Transport
 
 
@@ -90,13 +89,12 @@ def _parse_chunks(text: str, marker: str) -> dict[str, tuple[int, str]]:
     return out
 
 
-def tail_logs(record: JobRecord, inv: Inventory, sel: Selection, tail: int = 20,
+def tail_logs(record: JobRecord, group: NodeGroup, sel: Selection, tail: int = 20,
               follow: bool = False, interval: float = 2.0,
               on_error: Callable[[str], None] = print) -> Iterator[str]:
     """Yield `[node/rank] line` for the last `tail` lines, then new lines while `follow`."""
     chosen = _selected(record, sel)
     nodes = {n.name: (n, slots) for n, slots in chosen}
-    inv_nodes = [node for n, node in job_nodes(record, inv) if n.name in nodes]
     offsets: dict[str, dict[str, int]] | None = None
     while True:
         marker = "@@orchestrate-" + secrets.token_hex(6)
@@ -109,7 +107,7 @@ def tail_logs(record: JobRecord, inv: Inventory, sel: Selection, tail: int = 20,
                         timeout=60)
             return _parse_chunks(res.stdout, marker)
 
-        results = fan_out(inv, inv_nodes, one)
+        results = group.map(one, list(nodes))
         new_offsets: dict[str, dict[str, int]] = {}
         for name, (_, slots) in nodes.items():
             res = results.get(name)
@@ -135,9 +133,9 @@ def tail_logs(record: JobRecord, inv: Inventory, sel: Selection, tail: int = 20,
         time.sleep(interval)
 
 
-def fetch_logs(record: JobRecord, inv: Inventory, dest: Path,
+def fetch_logs(record: JobRecord, group: NodeGroup, dest: Path,
                sel: Selection = Selection(), warn: Callable[[str], None] = lambda _m: None,
-               ) -> dict[str, list[Path] | BaseException]:
+               ) -> GroupResult[list[Path]]:
     """Download every selected rank's log into `dest/<node>/rank_<r>.log`, plus plog folders.
 
     MindSpore/Ascend plog folders (`~/ascend/log`) are packed on the node and saved as
@@ -178,4 +176,4 @@ def fetch_logs(record: JobRecord, inv: Inventory, dest: Path,
             got.append(local)
         return got
 
-    return fan_out(inv, [node for n, node in job_nodes(record, inv) if n.name in chosen], one)
+    return group.map(one, [n.name for n in record.nodes if n.name in chosen])

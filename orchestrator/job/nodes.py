@@ -1,118 +1,22 @@
-"""Talk to a job's nodes: open transports, fan out in parallel, parse `launch.sh status`.
+"""Ask a job's nodes how their ranks are, and parse `launch.sh status`.
 
-    reports = query_job(record, inv)        # node name -> NodeReport | exception
-    JobStatus derived by derive_status(record, reports)
+    with NodeGroup(inv, forks=64) as group:         # orchestrator/remote/group.py
+        reports = query_job(record, group)           # node name -> NodeReport | exception
+    status = derive_status(record, reports)
 """
 
 from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TypeVar
 
-from orchestrator.config.inventory import Inventory, Node
-from orchestrator.errors import CommandTimeout, ConnectError
-from orchestrator.job.state import JobRecord, JobStatus, NodeRecord
+from orchestrator.job.state import JobRecord, JobStatus
+from orchestrator.remote.group import GroupResult, NodeGroup
 from orchestrator.remote.transport import Transport
 
-T = TypeVar("T")
 _FIELD = re.compile(r"\b(step|loss|lr|tokens_per_s|elapsed_s)=([-+0-9.eEinfa]+)")
-
-
-def open_transport(inv: Inventory, node: Node) -> Transport:
-    """The node's transport (SSH, or local for `connection: local`); connects lazily."""
-    from orchestrator.remote.connect import transport_for
-
-    return transport_for(node, inv)
-
-
-class Connections:
-    """Transports to a set of nodes, connecting in the background from the moment it is made.
-
-    `up` makes one before rendering, so the SSH handshakes overlap local work, and keeps it
-    for check, stage, start and the `--wait` loop. A node that failed to connect reports its
-    error once; the next use connects again (the transport reconnects lazily).
-    """
-
-    def __init__(self, inv: Inventory, nodes: Sequence[Node], forks: int = 64) -> None:
-        self._transports = {n.name: open_transport(inv, n) for n in nodes}
-        self._pool = ThreadPoolExecutor(max_workers=max(1, min(forks, len(nodes) or 1)))
-        self._pending: dict[str, Future[None]] = {
-            name: self._pool.submit(t.open) for name, t in self._transports.items()
-            if callable(getattr(t, "open", None))}
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._transports
-
-    def get(self, name: str) -> Transport:
-        """The node's transport, once its background connect finished (its error, once)."""
-        future = self._pending.pop(name, None)
-        if future is not None:
-            future.result()
-        return self._transports[name]
-
-    def drop(self, name: str) -> None:
-        """Close the node's connection after a timeout: the next use connects afresh.
-
-        A network partition leaves the TCP connection open with unsent data whose
-        retransmissions back off to a minute; a new connection works as soon as the link does.
-        """
-        try:
-            self._transports[name].close()
-        except Exception:  # noqa: BLE001 - closing is best effort
-            pass
-
-    def close(self) -> None:
-        for future in self._pending.values():
-            future.cancel()
-        self._pool.shutdown(wait=True)
-        for t in self._transports.values():
-            try:
-                t.close()
-            except Exception:  # noqa: BLE001 - closing is best effort
-                pass
-
-    def __enter__(self) -> Connections:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def fan_out(inv: Inventory, nodes: Sequence[Node], fn: Callable[[Transport], T],
-            forks: int = 64, conns: Connections | None = None,
-            ) -> dict[str, T | BaseException]:
-    """Run `fn(transport)` for every node in parallel; each node's result or exception.
-
-    With `conns`, its transports are used and left open; otherwise each node gets a fresh
-    transport, closed afterwards.
-    """
-
-    def one(node: Node) -> T | BaseException:
-        try:
-            if conns is not None and node.name in conns:
-                return fn(conns.get(node.name))
-            with open_transport(inv, node) as t:
-                return fn(t)
-        except Exception as e:  # noqa: BLE001 - recorded per node, reported by the caller
-            if conns is not None and node.name in conns and isinstance(
-                    e, (CommandTimeout, ConnectError)):
-                conns.drop(node.name)
-            return e
-
-    if not nodes:
-        return {}
-    with ThreadPoolExecutor(max_workers=max(1, min(forks, len(nodes)))) as pool:
-        results = list(pool.map(one, nodes))
-    return {n.name: r for n, r in zip(nodes, results, strict=True)}
-
-
-def job_nodes(record: JobRecord, inv: Inventory) -> list[tuple[NodeRecord, Node]]:
-    """The job's nodes paired with their inventory entries (by name)."""
-    return [(n, inv.node(n.name)) for n in record.nodes]
 
 
 @dataclass(frozen=True)
@@ -198,9 +102,8 @@ def launch_command(job_dir: str, sub: str) -> str:
 POLL_TIMEOUT = 60.0  # seconds one `launch.sh status` may take before the node is unreachable
 
 
-def query_job(record: JobRecord, inv: Inventory, forks: int = 64,
-              conns: Connections | None = None, timeout: float = POLL_TIMEOUT,
-              ) -> dict[str, NodeReport | BaseException]:
+def query_job(record: JobRecord, group: NodeGroup, timeout: float = POLL_TIMEOUT,
+              ) -> GroupResult[NodeReport]:
     """Ask every node of the job for its ranks' state (never trusts the record).
 
     A node that does not answer within `timeout` s (a network partition leaves the SSH
@@ -213,7 +116,7 @@ def query_job(record: JobRecord, inv: Inventory, forks: int = 64,
                     timeout=timeout)
         return parse_status(t.node.name, res.stdout)
 
-    return fan_out(inv, [node for _, node in job_nodes(record, inv)], one, forks, conns)
+    return group.map(one, [n.name for n in record.nodes])
 
 
 def derive_status(record: JobRecord, reports: Mapping[str, NodeReport | BaseException]

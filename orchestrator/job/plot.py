@@ -1,7 +1,7 @@
 """`orchestrate plot`: loss and tokens/s against step, one line per attempt, from the ranks' logs.
 
     series = parse_series(text)       # [Attempt(steps, loss, tokens_per_s), ...]
-    plot_job(record, inv, Path("loss.png"))
+    plot_job(record, group, Path("loss.png"))
 
 An attempt starts at each marker line of the launch script (`orchestrate resume`) or where
 the step count goes backwards. Loss is taken from
@@ -16,10 +16,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator.config.inventory import Inventory
 from orchestrator.errors import JobError
-from orchestrator.job.nodes import fan_out, job_nodes, parse_metrics
+from orchestrator.job.nodes import parse_metrics
 from orchestrator.job.state import JobRecord
+from orchestrator.remote.group import NodeGroup
 from orchestrator.remote.transport import Transport
 
 
@@ -52,7 +52,7 @@ def parse_series(text: str) -> list[Attempt]:
     return attempts
 
 
-def _read_logs(record: JobRecord, inv: Inventory) -> dict[str, str]:
+def _read_logs(record: JobRecord, group: NodeGroup) -> dict[str, str]:
     """rank -> its stdout.log text, from every node."""
     by_name = {n.name: n for n in record.nodes}
 
@@ -66,7 +66,7 @@ def _read_logs(record: JobRecord, inv: Inventory) -> dict[str, str]:
             out[str(r)] = res.stdout
         return out
 
-    results = fan_out(inv, [node for _, node in job_nodes(record, inv)], one)
+    results = group.map(one, [n.name for n in record.nodes])
     logs: dict[str, str] = {}
     for name, r in results.items():
         if isinstance(r, BaseException):
@@ -113,5 +113,5 @@ def render_plot(job_id: str, logs: Mapping[str, str], output: Path) -> Path:
     return output
 
 
-def plot_job(record: JobRecord, inv: Inventory, output: Path) -> Path:
-    return render_plot(record.job_id, _read_logs(record, inv), output)
+def plot_job(record: JobRecord, group: NodeGroup, output: Path) -> Path:
+    return render_plot(record.job_id, _read_logs(record, group), output)

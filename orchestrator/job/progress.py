@@ -1,54 +1,27 @@
-"""Job progress: status as JSON or a rich table, and the live watch loop of `up --wait`.
+"""Job progress: one poll of the nodes (`refresh`), and its views as JSON or a rich table.
 
-    record, reports = refresh(record, inv, store, stall_timeout=1800)   # one poll
-    record = watch(record, inv, store)     # polls the nodes until the job ends
+    record, reports = refresh(record, group, store, stall_timeout=1800)   # one poll
+    print(status_json(record, reports)); console.print(status_table(record, reports))
+
+The loop that polls until the job ends is job/watch.py.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from typing import Any
 
-from orchestrator.config.inventory import Inventory
-from orchestrator.job.nodes import (
-    POLL_TIMEOUT,
-    Connections,
-    NodeReport,
-    SlotReport,
-    derive_status,
-    query_job,
-)
+from orchestrator.job import failure as failures
+from orchestrator.job.nodes import POLL_TIMEOUT, NodeReport, SlotReport, derive_status, query_job
 from orchestrator.job.render import SCHED_SLOT
 from orchestrator.job.state import JobRecord, JobStatus, JobStore
+from orchestrator.remote.group import NodeGroup
 
 Reports = Mapping[str, "NodeReport | BaseException"]
 
 
-def failure_reason(reports: Reports) -> str:
-    """`rank 3 on node1 exited 137` for the first failed slot (or '' if none failed).
-
-    The supervisors' own record of the first failure wins over slots they stopped since.
-    """
-    firsts = sorted((r.first_failure[2], name, r.first_failure[:2]) for name, r in reports.items()
-                    if isinstance(r, NodeReport) and r.first_failure is not None)
-    if firsts:
-        _, name, (slot, code) = firsts[0]
-        what = "scheduler" if slot == SCHED_SLOT else f"rank {slot}"
-        return f"{what} on {name} exited {code}"
-    for name, r in reports.items():
-        if isinstance(r, NodeReport):
-            for s in r.slots:
-                if s.failed:
-                    what = "scheduler" if s.slot == "sched" else f"rank {s.slot}"
-                    how = f"exited {s.exit_code}" if s.state == "exited" else \
-                        "vanished without an exit code"
-                    return f"{what} on {name} {how}"
-    return ""
-
-
-def refresh(record: JobRecord, inv: Inventory, store: JobStore, forks: int = 64,
-            conns: Connections | None = None, stall_timeout: float | None = None,
+def refresh(record: JobRecord, group: NodeGroup, store: JobStore,
+            stall_timeout: float | None = None,
             poll_timeout: float = POLL_TIMEOUT) -> tuple[JobRecord, Reports]:
     """Ask the nodes, derive the status, write it back when it changed.
 
@@ -57,26 +30,28 @@ def refresh(record: JobRecord, inv: Inventory, store: JobStore, forks: int = 64,
     without, a STALLED record stays STALLED while its ranks run.
     A job whose every rank exited 0 is SUCCEEDED and `cleaned` (nothing of it is left).
     """
-    reports = query_job(record, inv, forks, conns, poll_timeout)
+    reports = query_job(record, group, poll_timeout)
     status = derive_status(record, reports)
     message = record.message
+    failure = record.failure
     if status is not record.status:
-        message = failure_reason(reports) if status is JobStatus.FAILED else ""
+        failure = failures.first_failure(reports) if status is JobStatus.FAILED else None
+        message = failure.describe() if failure else ""
     everyone = all(isinstance(r, NodeReport) for r in reports.values())
     if stall_timeout is not None and status is JobStatus.RUNNING and everyone:
         from orchestrator.job.stall import find_stall, last_output
 
-        cause = find_stall(record, reports, last_output(record, inv, forks, conns),
-                           stall_timeout)
+        cause = find_stall(record, reports, last_output(record, group), stall_timeout)
         if cause:
+            failure = failures.stalled(cause)
             status, message = JobStatus.STALLED, cause
         elif record.status is JobStatus.STALLED:
-            message = ""
+            message, failure = "", None
     elif stall_timeout is None and status is JobStatus.RUNNING \
             and record.status is JobStatus.STALLED:
         status = JobStatus.STALLED  # not judged here (the guard): keep what a watcher found
     if status is not record.status or message != record.message:
-        record = record.with_status(status, message)
+        record = record.with_status(status, message).replace(failure=failure)
         if status is JobStatus.SUCCEEDED:
             record = record.replace(cleaned=True)
         store.save(record)
@@ -110,6 +85,7 @@ def status_json(record: JobRecord, reports: Reports) -> dict[str, Any]:
     return {"job_id": record.job_id, "status": record.status.value, "attempts": record.attempts,
             "mode": record.mode, "world_size": record.world_size, "preset": record.preset,
             "overrides": list(record.overrides), "message": record.message,
+            "failure": record.failure.to_json() if record.failure else None,
             "created_at": record.created_at, "updated_at": record.updated_at, "nodes": nodes}
 
 
@@ -147,36 +123,3 @@ def status_table(record: JobRecord, reports: Reports) -> Any:
                       _fmt(sum(tps) if tps else None, ".1f"),
                       exited or ("-" if r.staged else "not staged"))
     return table
-
-
-def watch(record: JobRecord, inv: Inventory, store: JobStore, interval: float = 2.0,
-          forks: int = 64, console: Any = None, conns: Connections | None = None,
-          stall_timeout: float | None = None) -> JobRecord:
-    """Poll the nodes and show live progress until the job ends (`status --watch`,
-    `resume --wait`).
-
-    STALLED is shown when every rank stayed silent for `stall_timeout` s (the job may recover,
-    so the watch goes on). When a rank fails, the job is stopped on every node at once
-    (teardown.stop_failed_job). KeyboardInterrupt propagates (the caller prints how to
-    re-attach).
-    """
-    from rich.console import Console
-    from rich.live import Live
-
-    from orchestrator.job.teardown import stop_failed_job
-
-    console = console or Console()
-    record, reports = refresh(record, inv, store, forks, conns, stall_timeout)
-    with Live(status_table(record, reports), console=console, refresh_per_second=4,
-              transient=False) as live:
-        while not record.status.is_terminal():
-            time.sleep(interval)
-            record, reports = refresh(record, inv, store, forks, conns, stall_timeout)
-            live.update(status_table(record, reports))
-        if record.status is JobStatus.FAILED and not record.cleaned:
-            record = stop_failed_job(record, inv, store, reports, forks, conns)
-            _, reports = refresh(record, inv, store, forks, conns)
-            live.update(status_table(record, reports))
-    if not console.is_terminal:
-        console.line()  # Live leaves the last frame without a newline when not on a terminal
-    return record

@@ -16,9 +16,9 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from orchestrator.config.inventory import Inventory
-from orchestrator.job.nodes import Connections, NodeReport, fan_out, job_nodes
+from orchestrator.job.nodes import NodeReport
 from orchestrator.job.state import JobRecord
+from orchestrator.remote.group import GroupResult, NodeGroup
 from orchestrator.remote.transport import Transport
 
 DEFAULT_STALL_TIMEOUT = 1800.0  # first-step graph compile of a big model takes many minutes
@@ -54,8 +54,7 @@ def parse_probe(text: str) -> LastOutput:
     return LastOutput(now=now, mtimes=mtimes)
 
 
-def last_output(record: JobRecord, inv: Inventory, forks: int = 64,
-                conns: Connections | None = None) -> dict[str, LastOutput | BaseException]:
+def last_output(record: JobRecord, group: NodeGroup) -> GroupResult[LastOutput]:
     """Ask every node of the job when each of its slots last wrote to its log."""
     by_name = {n.name: n for n in record.nodes}
 
@@ -63,7 +62,7 @@ def last_output(record: JobRecord, inv: Inventory, forks: int = 64,
         res = t.run(probe_command(by_name[t.node.name].job_dir), check=True, timeout=60)
         return parse_probe(res.stdout)
 
-    return fan_out(inv, [node for _, node in job_nodes(record, inv)], one, forks, conns)
+    return group.map(one, [n.name for n in record.nodes])
 
 
 def find_stall(record: JobRecord, reports: Mapping[str, NodeReport | BaseException],

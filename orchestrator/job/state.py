@@ -27,6 +27,7 @@ from typing import Any
 from orchestrate_bloom.fileio import write_atomic
 
 from orchestrator.errors import JobError
+from orchestrator.job.failure import Failure
 
 RECORD_VERSION = 1
 _ID_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"  # no 0/o, 1/l/i: readable aloud
@@ -56,6 +57,7 @@ class JobStatus(enum.Enum):
 
 
 TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+_STARTING = frozenset({JobStatus.PENDING, JobStatus.LAUNCHING, JobStatus.RUNNING})
 
 
 @dataclass(frozen=True)
@@ -104,14 +106,25 @@ class JobRecord:
     stray: tuple[NodeRecord, ...] = ()
     cluster_timeout: int = 7200  # msrun: MS_TOPO_TIMEOUT rendered into launch.sh
     stop_grace: int = 10  # seconds between SIGTERM and SIGKILL, rendered into launch.sh
-    # One entry per finished attempt (jobs/restart.py): attempt, started_at, ended_at, status,
+    # One entry per finished attempt (job/watch.py): attempt, started_at, ended_at, status,
     # cause, exit_code, resumed_step.
     history: tuple[Mapping[str, Any], ...] = ()
+    # The current attempt's failure as data (job/failure.py); None unless FAILED by a rank,
+    # a lost node or a stall. `message` is its one-line description (or another cause).
+    failure: Failure | None = None
+
+    def failed_with(self, failure: Failure) -> JobRecord:
+        """FAILED because of `failure` (message: its description)."""
+        return dataclasses.replace(self.with_status(JobStatus.FAILED, failure.describe()),
+                                   failure=failure)
 
     def with_status(self, status: JobStatus, message: str | None = None) -> JobRecord:
-        """A copy with a new status (and message), `updated_at` now."""
+        """A copy with a new status (and message), `updated_at` now; a new attempt
+        (PENDING, LAUNCHING, RUNNING) forgets the last failure."""
+        failure = None if status in _STARTING else self.failure
         return dataclasses.replace(self, status=status, updated_at=time.time(),
-                                   message=self.message if message is None else message)
+                                   message=self.message if message is None else message,
+                                   failure=failure)
 
     def replace(self, **changes: Any) -> JobRecord:
         return dataclasses.replace(self, updated_at=time.time(), **changes)
@@ -130,6 +143,7 @@ class JobRecord:
         d["nodes"] = [dict(dataclasses.asdict(n), devices=list(n.devices), pids=dict(n.pids))
                       for n in self.nodes]
         d["history"] = [dict(h) for h in self.history]
+        d["failure"] = self.failure.to_json() if self.failure else None
         d["excluded"] = list(self.excluded)
         d["stray"] = [dict(dataclasses.asdict(n), devices=list(n.devices), pids=dict(n.pids))
                       for n in self.stray]
@@ -152,7 +166,8 @@ class JobRecord:
                    stray=tuple(_node_from_json(n) for n in d.get("stray", ())),
                    cluster_timeout=d.get("cluster_timeout", 7200),
                    stop_grace=d.get("stop_grace", 10),
-                   history=tuple(dict(h) for h in d.get("history", ())))
+                   history=tuple(dict(h) for h in d.get("history", ())),
+                   failure=Failure.from_json(d.get("failure")))
 
 
 def _node_from_json(n: Mapping[str, Any]) -> NodeRecord:

@@ -1,8 +1,8 @@
 """Stopping a job on its nodes: `down`, and the teardown of a job whose rank failed.
 
-    record, failed = stop_job(record, inv, store)            # `orchestrate down JOB`
-    record = teardown_failed(record, inv, store, "rank 3 on th1 exited 137")
-    record = stop_failed_job(record, inv, store, reports)    # status / guard: a FAILED job
+    record, failed = stop_job(record, group, store)          # `orchestrate down JOB`
+    record = teardown_failed(record, group, store, "rank 3 on th1 exited 137")
+    record = stop_failed_job(record, group, store, reports)  # status / guard: a FAILED job
 
 A failed rank ends the whole job (torchrun's and SkyPilot's behaviour): whoever notices first
 (the `up --wait` loop, the background guard of job/guard.py, `status`, `status --watch`)
@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 
-from orchestrator.config.inventory import Inventory
 from orchestrator.errors import JobError
-from orchestrator.job.nodes import Connections, NodeReport, fan_out, job_nodes, launch_command
+from orchestrator.job.nodes import NodeReport, launch_command
 from orchestrator.job.state import JobRecord, JobStatus, JobStore
+from orchestrator.remote.group import GroupResult, NodeGroup
 from orchestrator.remote.transport import Transport
 
 STOP_TIMEOUT = 180.0  # seconds for `launch.sh stop` on one node (grace + verification)
@@ -28,9 +28,8 @@ def failures(results: Mapping[str, object]) -> dict[str, BaseException]:
     return {k: v for k, v in results.items() if isinstance(v, BaseException)}
 
 
-def stop_everywhere(record: JobRecord, inv: Inventory, forks: int = 64,
-                    conns: Connections | None = None, only: Collection[str] | None = None,
-                    timeout: float = STOP_TIMEOUT) -> dict[str, str | BaseException]:
+def stop_everywhere(record: JobRecord, group: NodeGroup, only: Collection[str] | None = None,
+                    timeout: float = STOP_TIMEOUT) -> GroupResult[str]:
     """Run `launch.sh stop` on every node of the job (or the nodes named in `only`).
 
     Returns:
@@ -46,22 +45,22 @@ def stop_everywhere(record: JobRecord, inv: Inventory, forks: int = 64,
             raise JobError(f"[{t.node.name}] stop did not finish: {out or res.stderr.strip()}")
         return "nothing started" if out == "nojob" else out
 
-    nodes = [node for n, node in job_nodes(record, inv) if only is None or n.name in only]
+    nodes = [n.name for n in record.nodes if only is None or n.name in only]
     if only is None:  # nodes the job was relaunched without that never confirmed a stop
-        known = {n.name for n in inv.nodes}
+        known = {n.name for n in group.inventory.nodes}
         by_name.update({n.name: n for n in record.stray})
-        nodes += [inv.node(n.name) for n in record.stray if n.name in known]
-    return fan_out(inv, nodes, one, forks, conns)
+        nodes += [n.name for n in record.stray if n.name in known]
+    return group.map(one, nodes)
 
 
-def stop_job(record: JobRecord, inv: Inventory, store: JobStore, forks: int = 64,
-             conns: Connections | None = None) -> tuple[JobRecord, dict[str, BaseException]]:
+def stop_job(record: JobRecord, group: NodeGroup, store: JobStore,
+             ) -> tuple[JobRecord, dict[str, BaseException]]:
     """`down`: stop every rank on every reachable node; CANCELLED unless it had already ended.
 
     Returns:
         The updated record and the nodes that could not be cleaned (name -> cause).
     """
-    failed = failures(stop_everywhere(record, inv, forks, conns))
+    failed = failures(stop_everywhere(record, group))
     if record.stray:
         record = record.replace(stray=tuple(n for n in record.stray if n.name in failed))
     status = record.status if record.status in (JobStatus.SUCCEEDED, JobStatus.FAILED) \
@@ -78,8 +77,7 @@ def stop_job(record: JobRecord, inv: Inventory, store: JobStore, forks: int = 64
     return record, failed
 
 
-def teardown_failed(record: JobRecord, inv: Inventory, store: JobStore, reason: str,
-                    forks: int = 64, conns: Connections | None = None,
+def teardown_failed(record: JobRecord, group: NodeGroup, store: JobStore, reason: str,
                     only: Collection[str] | None = None,
                     timeout: float = STOP_TIMEOUT) -> JobRecord:
     """A rank failed: stop the job on every node (or those in `only`: the ones that answer),
@@ -88,7 +86,7 @@ def teardown_failed(record: JobRecord, inv: Inventory, store: JobStore, reason: 
     `cleaned` tells whether every node confirmed the stop (an unreachable node keeps the job
     on `down --all`'s list, and `status` / the guard finish the stop once it answers).
     """
-    failed = failures(stop_everywhere(record, inv, forks, conns, only, timeout))
+    failed = failures(stop_everywhere(record, group, only, timeout))
     everywhere = only is None or {n.name for n in record.nodes} <= set(only)
     record = record.with_status(JobStatus.FAILED, reason).replace(
         cleaned=not failed and everywhere)
@@ -102,9 +100,8 @@ def running_slots(reports: Mapping[str, NodeReport | BaseException]) -> list[str
             for s in r.slots if s.state in ("running", "exiting")]
 
 
-def stop_failed_job(record: JobRecord, inv: Inventory, store: JobStore,
-                    reports: Mapping[str, NodeReport | BaseException], forks: int = 64,
-                    conns: Connections | None = None) -> JobRecord:
+def stop_failed_job(record: JobRecord, group: NodeGroup, store: JobStore,
+                    reports: Mapping[str, NodeReport | BaseException]) -> JobRecord:
     """A FAILED job nobody tore down: stop it on every node that answered in `reports`.
 
     Unreachable nodes are left for later (a stop there would only hang on the network); the
@@ -113,7 +110,7 @@ def stop_failed_job(record: JobRecord, inv: Inventory, store: JobStore,
     if record.status is not JobStatus.FAILED or record.cleaned:
         return record
     reachable = [name for name, r in reports.items() if isinstance(r, NodeReport)]
-    failed = failures(stop_everywhere(record, inv, forks, conns, only=reachable))
+    failed = failures(stop_everywhere(record, group, only=reachable))
     cleaned = not failed and len(reachable) == len(record.nodes)
     record = record.replace(cleaned=cleaned)
     store.save(record)

@@ -2,8 +2,8 @@
 
 Implementations: `orchestrator.remote.ssh.SSHTransport` (OpenSSH servers, via Fabric/paramiko)
 and `orchestrator.remote.local.LocalTransport` (`connection: local`). Get one per node with
-`orchestrator.remote.connect.transport_for(node, inventory)` or all of them with
-`open_all(inventory)`; run on many with `orchestrator.remote.fanout.run_all`.
+`orchestrator.remote.group.transport_for(node, inventory)`, or a command's whole set with
+`NodeGroup(inventory)` (orchestrator/remote/group.py), which also runs on many at once.
 
 Errors (orchestrator.errors): ConnectError / HostKeyError (cannot reach or trust the node),
 RemoteCommandError (non-zero exit with check=True; `.result` is the CommandResult),

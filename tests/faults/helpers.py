@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tests.integration.conftest import TestHosts
+from tests.integration.conftest import TestHosts, default_sigint
 
 REPO = Path(__file__).resolve().parents[2]
 HOSTS = ("th0", "th1")
@@ -37,7 +37,8 @@ def orch_bg(state: Path, *args: str) -> subprocess.Popen[str]:
     """The CLI in the background (to signal it)."""
     return subprocess.Popen([sys.executable, "-m", "orchestrator", *args, "--state-dir",
                              str(state)], cwd=REPO, env=cli_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+                            preexec_fn=default_sigint)
 
 
 def cli_env() -> dict[str, str]:

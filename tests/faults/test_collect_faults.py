@@ -135,12 +135,12 @@ def test_symlinks_and_dotdot_in_remote_listings_stay_inside_dest(
     outer.mkdir()
     (outer / "sentinel").write_text("x")
     dest = outer / "dest"
-    res = orch(state, "collect-ckpt", "--job", job["job_id"], "--dest", str(dest), check=False)
+    res = orch(state, "collect-ckpt", job["job_id"], "-o", str(dest), check=False)
     no_traceback(res)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "bloom_tiny_step20.ckpt" in res.stdout  # step 30 refused on rank 0 (symlink)
     # Asked for step 30, collect names the rank, the node and the refused symlink (a).
-    step30 = orch(state, "collect-ckpt", "--job", job["job_id"], "--dest", str(dest),
+    step30 = orch(state, "collect-ckpt", job["job_id"], "-o", str(dest),
                   "--step", "30", check=False)
     no_traceback(step30)
     assert step30.returncode == 1
@@ -182,8 +182,8 @@ def test_sigint_during_collect_then_rerun_resumes_without_refetching(
     dest = tmp_path / "dest"
     _throttle(netns_hosts, 0, True)
     try:
-        proc = orch_bg(state, "collect-ckpt", "--job", job["job_id"], "--dest", str(dest),
-                       "--no-check")
+        proc = orch_bg(state, "collect-ckpt", job["job_id"], "-o", str(dest),
+                       "--no-load-check")
         try:
             part = dest / "rank_0" / "bloom_rank_0-10.ckpt.part"
             wait_for(lambda: part.is_file() and part.stat().st_size > (1 << 20), timeout=60,
@@ -203,8 +203,8 @@ def test_sigint_during_collect_then_rerun_resumes_without_refetching(
     assert sorted(verified) == [f"strategy/ckpt_strategy_rank_{r}.ckpt" for r in range(4)]
     before = {k: v["mtime_ns"] for k, v in verified.items()}
     time.sleep(0.05)
-    again = orch(state, "collect-ckpt", "--job", job["job_id"], "--dest", str(dest),
-                 "--no-check")
+    again = orch(state, "collect-ckpt", job["job_id"], "-o", str(dest),
+                 "--no-load-check")
     text = again.stdout + again.stderr
     assert "rank 0: resumed" in text, text
     after = json.loads((dest / ".verified.json").read_text())

@@ -25,6 +25,7 @@ from tests.faults.helpers import (
     SLEEPER,
     assert_nothing_left,
     assert_record_matches_nodes,
+    job_processes,
     latest_status,
     no_traceback,
     orch,
@@ -34,7 +35,7 @@ from tests.faults.helpers import (
     status_json,
     wait_for,
 )
-from tests.integration.conftest import TestHosts
+from tests.integration.conftest import StderrTail, TestHosts
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -140,7 +141,11 @@ def test_rank_sigkilled_mid_run_fails_job_everywhere(testhosts: TestHosts, two_h
     assert job["status"] == "FAILED"
     assert "rank 3 on th1 exited 137" in job["message"], job["message"]
     assert "rank 3 on th1 exited 137" in out
-    assert job["history"] == [] or job["history"][-1]["exit_code"] == 137
+    # the one attempt's history entry and the Failure carry the data, not only the text
+    assert [(h["status"], h["exit_code"], h["node"]) for h in job["history"]] == [
+        ("FAILED", 137, "th1")]
+    assert (job["failure"]["cause"], job["failure"]["node"], job["failure"]["rank"],
+            job["failure"]["exit_code"]) == ("exit", "th1", "3", 137)
     assert_nothing_left(testhosts, job["job_id"])
     live = assert_record_matches_nodes(state, job["job_id"])
     codes = {r["rank"]: r["exit_code"] for n in live["nodes"] for r in n["ranks"]}
@@ -150,11 +155,11 @@ def test_rank_sigkilled_mid_run_fails_job_everywhere(testhosts: TestHosts, two_h
 def test_orchestrator_sigkilled_mid_wait_status_and_down_recover(
         testhosts: TestHosts, two_hosts: Path, state: Path) -> None:
     waiter = orch_bg(state, "up", "-i", str(two_hosts), *UP, "--wait", "--entrypoint", SLEEPER)
+    tail = StderrTail(waiter)
     try:
-        wait_for(lambda: latest_status(state) == "RUNNING")
-        time.sleep(1.0)  # inside the watch loop
+        wait_for(lambda: "watching job " in tail.text(), what="inside the watch loop")
         waiter.send_signal(signal.SIGKILL)
-        waiter.communicate(timeout=30)
+        tail.finish(timeout=30)
     finally:
         if waiter.poll() is None:
             waiter.kill()
@@ -168,8 +173,12 @@ def test_orchestrator_sigkilled_mid_wait_status_and_down_recover(
     assert testhosts.ssh(node, f"kill -9 {pid}").returncode == 0
     wait_for(lambda: status_json(state, job_id)["status"] == "FAILED", timeout=30)
     assert "rank 1 on th0 exited 137" in record(state, job_id)["message"]
-    # Nobody tore the job down (the dead `--wait` left no guard): the status that noticed the
-    # failure stopped th1's ranks too.
+    # Nobody tore the job down (the dead `--wait` left no guard) and `status` only reads:
+    # th1's ranks run on until `status --clean` (or `down`) stops them.
+    assert record(state, job_id)["cleaned"] is False
+    assert job_processes(testhosts, job_id, "th1")
+    clean = orch(state, "status", job_id, "--clean")
+    assert "stopped th1/2, th1/3" in clean.stderr, clean.stderr
     assert record(state, job_id)["cleaned"] is True
     assert_nothing_left(testhosts, job_id)
     down = orch(state, "down", job_id, "--yes")

@@ -59,7 +59,7 @@ def test_partition_during_wait_fails_the_job_and_status_cleans_after_heal(
     assert not job_processes(netns_hosts, job_id, "th0")  # torn down where reachable
     assert len(pids_seen_from_here(job_id)) >= 2  # th1's ranks live on behind the partition
     heal(netns_hosts, "th1")
-    status = orch(state, "status", job_id)
+    status = orch(state, "status", job_id, "--clean")
     assert "stopped th1/2, th1/3" in status.stderr, status.stderr
     assert record(state, job_id)["cleaned"] is True
     assert_nothing_left(netns_hosts, job_id)

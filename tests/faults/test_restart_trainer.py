@@ -126,6 +126,6 @@ def test_killed_rank_restarts_from_last_complete_checkpoint(
                                 "bs=1 seek=200 conv=notrunc status=none && echo flipped")
     assert "flipped" in flip.stdout, flip.stderr
     dest = state.parent / "collected"
-    res = orch(state, "collect-ckpt", "--job", job["job_id"], "--dest", str(dest), timeout=600)
+    res = orch(state, "collect-ckpt", job["job_id"], "-o", str(dest), timeout=600)
     merged = sorted(p.name for p in (dest / "merged").glob("*.ckpt"))
     assert merged == ["bloom_tiny_step50.ckpt"], (merged, res.stdout, res.stderr)

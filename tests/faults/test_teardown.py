@@ -53,8 +53,8 @@ def test_guard_stops_every_node_when_a_rank_fails_and_nobody_waits(
     assert live["cleaned"] is True
 
 
-def test_status_stops_a_failed_job_nobody_guards(testhosts: TestHosts, two_hosts: Path,
-                                                 state: Path) -> None:
+def test_status_reads_and_status_clean_stops_a_failed_job_nobody_guards(
+        testhosts: TestHosts, two_hosts: Path, state: Path) -> None:
     orch(state, "up", "-i", str(two_hosts), *UP, "--no-guard", "--entrypoint", SLEEPER)
     job_id = record(state)["job_id"]
     assert not guard_alive(state, job_id)
@@ -63,7 +63,12 @@ def test_status_stops_a_failed_job_nobody_guards(testhosts: TestHosts, two_hosts
     # th0's own supervisor stops rank 0; th1's ranks keep running until someone looks.
     wait_for(lambda: not job_processes(testhosts, job_id, "th0"), timeout=20)
     assert job_processes(testhosts, job_id, "th1")
-    status = orch(state, "status", job_id)
+    looked = orch(state, "status", job_id)  # only reads: says so, stops nothing
+    no_traceback(looked)
+    assert "still run; stop them with `orchestrate down" in looked.stderr, looked.stderr
+    assert job_processes(testhosts, job_id, "th1")
+    assert record(state, job_id)["cleaned"] is False
+    status = orch(state, "status", job_id, "--clean")
     no_traceback(status)
     assert "stopped th1/2, th1/3" in status.stderr, status.stderr
     assert "rank 1 on th0 exited 137" in status.stderr

@@ -14,9 +14,11 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +71,42 @@ class TestHosts:
         return subprocess.run(["ssh", "-F", str(self.state / "ssh_config"), name, command],
                               capture_output=True, text=True, check=False, timeout=60,
                               stdin=subprocess.DEVNULL)
+
+
+def default_sigint() -> None:
+    """preexec_fn for a child a test will Ctrl-C: SIGINT raises KeyboardInterrupt in it even
+    when the suite was started from a shell that ignores SIGINT (`nohup`, `cmd &`), whose
+    ignored disposition the child would otherwise inherit."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+class StderrTail:
+    """Collect a child's stderr in a thread, to wait for a line without blocking on it.
+
+        tail = StderrTail(proc); wait_for(lambda: "watching job" in tail.text())
+        proc.send_signal(signal.SIGINT); out, err = tail.finish(timeout=60)
+    """
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self._chunks: list[str] = []
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self._chunks.append(line)
+
+    def text(self) -> str:
+        return "".join(self._chunks)
+
+    def finish(self, timeout: float) -> tuple[str, str]:
+        """Wait for the child; its whole stdout and stderr."""
+        out = self.proc.stdout.read() if self.proc.stdout is not None else ""
+        self.proc.wait(timeout=timeout)
+        self._thread.join(timeout=10)
+        return out, self.text()
 
 
 def why_no_testhosts() -> str | None:

@@ -15,6 +15,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,7 +23,16 @@ import pytest
 from orchestrator.ckpt.collect import Options, collect
 from orchestrator.config.inventory import load_inventory
 from orchestrator.errors import CheckpointError
-from tests.integration.conftest import module_host_set, set_tag
+from tests.integration.conftest import default_sigint, module_host_set, set_tag
+
+
+def collect_on(inventory: Path, *args: Any, **kwargs: Any) -> Any:
+    """ckpt.collect over a NodeGroup of `inventory`'s nodes (as the CLI does)."""
+    from orchestrator.remote.group import NodeGroup
+
+    with NodeGroup(load_inventory(inventory)) as group:
+        return collect(group, *args, **kwargs)
+
 
 pytestmark = pytest.mark.integration
 
@@ -125,7 +135,7 @@ def _load(path: Path) -> dict[str, np.ndarray]:
 def test_dp_job_fetches_one_replica_merges_and_loads(hosts: Path, tmp_path: Path) -> None:
     want = _place_dp("dp1")
     said: list[str] = []
-    res = collect(load_inventory(hosts), "dp1", tmp_path / "d", say=said.append)
+    res = collect_on(hosts, "dp1", tmp_path / "d", say=said.append)
     assert res.step == 20 and res.fetched_ranks == [0] and res.saved_bytes > 0
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == [
         ".verified.json",
@@ -140,8 +150,8 @@ def test_dp_job_fetches_one_replica_merges_and_loads(hosts: Path, tmp_path: Path
     assert manifest["step"] == 20 and manifest["job_id"] == "dp1" and manifest["model"] == MODEL
     assert "check" in res.seconds  # loaded into BloomLMHeadModel
 
-    again = collect(
-        load_inventory(hosts), "dp1", tmp_path / "d", Options(check=False), say=said.append
+    again = collect_on(
+        hosts, "dp1", tmp_path / "d", Options(check=False), say=said.append
     )
     assert again.downloaded == 0 and "rank 0: verified earlier" in said
 
@@ -155,13 +165,12 @@ def test_cli_progress_and_step_flag(hosts: Path, tmp_path: Path) -> None:
         "collect-ckpt",
         "-i",
         str(hosts),
-        "--job",
         "dp2",
-        "--dest",
+        "-o",
         str(tmp_path / "d"),
         "--step",
         "10",
-        "--no-check",
+        "--no-load-check",
     ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
@@ -187,10 +196,10 @@ def test_corrupted_shard_on_a_node_is_named_and_skipped(hosts: Path, tmp_path: P
         match=r"step 20 is corrupt.*\n  rank 3 on th1: .*"
         r"bloom_rank_3-20.ckpt sha256",
     ):
-        collect(load_inventory(hosts), "bad", tmp_path / "d", Options(step=20))
+        collect_on(hosts, "bad", tmp_path / "d", Options(step=20))
     said: list[str] = []
-    res = collect(
-        load_inventory(hosts), "bad", tmp_path / "d", Options(check=False), say=said.append
+    res = collect_on(
+        hosts, "bad", tmp_path / "d", Options(check=False), say=said.append
     )
     assert res.step == 10
     assert any("skipping step 20" in s and "rank 3 on th1" in s for s in said)
@@ -201,7 +210,7 @@ def test_unreachable_host_is_named_with_its_ranks(hosts: Path, tmp_path: Path) -
     assert _hosts("stop", "th1").returncode == 0
     try:
         with pytest.raises(CheckpointError, match=r"\[th1\] .*holds ranks 2-3"):
-            collect(load_inventory(hosts), "down", tmp_path / "d")
+            collect_on(hosts, "down", tmp_path / "d")
     finally:
         assert _hosts("start", "th1").returncode == 0
 
@@ -212,7 +221,7 @@ def test_sharded_job_reassembles_exactly(
 ) -> None:
     """MP2 x PP2 (ranks spread over both hosts) and DP2 x MP2 (th1 holds replicas only)."""
     want = _place_sharded(f"mp{dp}{pp}", dp=dp, pp=pp)
-    res = collect(load_inventory(hosts), f"mp{dp}{pp}", tmp_path / "d")
+    res = collect_on(hosts, f"mp{dp}{pp}", tmp_path / "d")
     assert res.fetched_ranks == fetched and (res.saved_bytes > 0) == (dp > 1)
     assert sorted(p.name for p in (tmp_path / "d" / "strategy").iterdir()) == [
         f"ckpt_strategy_rank_{r}.ckpt" for r in range(4)
@@ -226,7 +235,7 @@ def test_sharded_job_reassembles_exactly(
 def test_missing_strategy_names_the_rank(hosts: Path, tmp_path: Path) -> None:
     _place_sharded("nostrat", drop_strategy=3)
     with pytest.raises(CheckpointError, match=r"strategy file missing for rank 3 on th1"):
-        collect(load_inventory(hosts), "nostrat", tmp_path / "d")
+        collect_on(hosts, "nostrat", tmp_path / "d")
 
 
 def test_too_little_local_disk_is_refused_before_download(hosts: Path, tmp_path: Path) -> None:
@@ -236,7 +245,7 @@ def test_too_little_local_disk_is_refused_before_download(hosts: Path, tmp_path:
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], check=True)
     try:
         with pytest.raises(CheckpointError, match=r"not enough disk in .*small.*need"):
-            collect(load_inventory(hosts), "disk", small / "d")
+            collect_on(hosts, "disk", small / "d")
         assert not list((small / "d").rglob("*.ckpt*"))
     finally:
         subprocess.run(["umount", str(small)], check=True)
@@ -288,11 +297,10 @@ def test_interrupted_gather_resumes_without_refetching(hosts: Path, tmp_path: Pa
         "collect-ckpt",
         "-i",
         str(hosts),
-        "--job",
         "int",
-        "--dest",
+        "-o",
         str(dest),
-        "--jobs",
+        "--forks",
         "1",
         "--no-check",
         "--state-dir",
@@ -305,7 +313,8 @@ def test_interrupted_gather_resumes_without_refetching(hosts: Path, tmp_path: Pa
                     "burst", "256kb", "latency", "400ms"], check=True, timeout=30)
     try:
         proc = subprocess.Popen(
-            cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=default_sigint,
         )
         part = dest / "rank_1" / "bloom_rank_1-1.ckpt.part"
         deadline = time.monotonic() + 120
@@ -350,8 +359,8 @@ def test_dst_strategy_writes_every_destination_rank(
     write_sharded(want, full, dp=2, mp=2, pp=1, n_layer=MODEL["n_layer"])
     dst = tmp_path / "dp2mp2.ckpt"
     merge_strategies(want / "strategy", dst)
-    res = collect(
-        load_inventory(hosts), job, tmp_path / "d", Options(dst_strategy=dst, processes=2)
+    res = collect_on(
+        hosts, job, tmp_path / "d", Options(dst_strategy=dst, processes=2)
     )
     assert res.merged == tmp_path / "d" / "merged" / "bloom_unknown_step30_dp2mp2"
     manifest = json.loads(res.manifest.read_text())

@@ -19,6 +19,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -34,6 +35,15 @@ from tests.tools.dryrun import (
     write_job,
     write_reference,
 )
+
+
+def collect_on(inventory: Path, *args: Any, **kwargs: Any) -> Any:
+    """ckpt.collect over a NodeGroup of `inventory`'s nodes (as the CLI does)."""
+    from orchestrator.remote.group import NodeGroup
+
+    with NodeGroup(load_inventory(inventory)) as group:
+        return collect(group, *args, **kwargs)
+
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -117,7 +127,7 @@ def test_mp2_dry_run_shards_on_two_hosts_reassemble_exactly(hosts: Path, tmp_pat
     one_device = tmp_path / "inventory-1dev.yaml"
     one_device.write_text(yaml.safe_dump(inv))
 
-    res = collect(load_inventory(one_device), "dry", tmp_path / "d",
+    res = collect_on(one_device, "dry", tmp_path / "d",
                   Options(preset=str(_arch(tmp_path))))
     assert res.fetched_ranks == [0, 1] and "check" in res.seconds
     assert res.merged is not None and res.merged.name == "bloom_tiny-dry_step0.ckpt"
@@ -139,8 +149,8 @@ def test_mp2pp2_dry_run_on_two_hosts_collect_ckpt_cli_reassembles_exactly(
     dest = tmp_path / "d"
     proc = subprocess.run(
         [sys.executable, "-m", "orchestrator", "collect-ckpt", "-i", str(hosts / "inventory.yaml"),
-         "--job", "dry", "--state-dir", str(tmp_path / "state"), "--dest", str(dest),
-         "--preset", str(_arch(tmp_path))],
+         "dry", "--state-dir", str(tmp_path / "state"), "-o", str(dest),
+         "-c", str(_arch(tmp_path))],
         cwd=REPO, capture_output=True, text=True, check=False, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     merged = dest / "merged" / "bloom_tiny-dry_step0.ckpt"

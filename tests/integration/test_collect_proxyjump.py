@@ -24,7 +24,7 @@ from orchestrator.ckpt.collect import opener
 from orchestrator.ckpt.nodes import open_stream
 from orchestrator.config.inventory import load_inventory
 from orchestrator.errors import RemoteError
-from orchestrator.remote.connect import open_all
+from orchestrator.remote.group import NodeGroup
 from orchestrator.remote.ssh import SSHTransport
 from tests.integration.conftest import module_host_set, set_tag
 
@@ -85,8 +85,8 @@ def test_gather_through_proxyjump(jump_inventory: Path, tmp_path: Path,
     part.parent.mkdir(parents=True)
     part.write_bytes((STATE / "hosts/th1/work" / f"jobs/pj/rank_1/shard-{use_openssh}.ckpt")
                      .read_bytes()[: 1 << 20])
-    with open_all(inv, use_openssh=use_openssh) as conns:
-        th0, th1 = conns["th0"], conns["th1"]
+    with NodeGroup(inv, use_openssh=use_openssh) as conns:
+        th0, th1 = conns.transport("th0"), conns.transport("th1")
         assert isinstance(th0, SSHTransport) and isinstance(th1, SSHTransport)
         assert th1.run("hostname").stdout == "th1\n"  # through the jump host
         cmd = th1.openssh_command()

@@ -19,7 +19,8 @@ def test_exec_prefixes_every_line_and_summarises(testhosts: TestHosts) -> None:
     assert res.exit_code == 0, res.output
     for name in testhosts.names:
         assert f"[{name}] one\n[{name}] two\n" in res.stdout
-    assert "4 ok, 0 failed" in res.stdout
+    assert len(res.stdout.splitlines()) == 8  # stdout: the nodes' output only
+    assert "4 ok, 0 failed" in res.stderr  # the summary goes to stderr
 
 
 def test_exec_words_run_by_the_node_shell(testhosts: TestHosts) -> None:
@@ -51,5 +52,6 @@ def test_exec_timeout(testhosts: TestHosts) -> None:
     res = CliRunner().invoke(cli, ["exec", "-i", str(testhosts.inventory), "--timeout", "0.5",
                                    "-n", "th1", "--", "sleep", "30"])
     assert res.exit_code == 1
-    assert "th1" in res.stdout and "did not finish in 0.5s" in res.stdout
-    assert "0 ok, 1 failed" in res.stdout
+    assert res.stdout == ""  # no node output
+    assert "th1" in res.stderr and "did not finish in 0.5s" in res.stderr
+    assert "0 ok, 1 failed" in res.stderr

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration.conftest import TestHosts
+from tests.integration.conftest import StderrTail, TestHosts, default_sigint
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -168,9 +168,8 @@ def test_host_down_before_up_starts_nothing(testhosts: TestHosts, two_hosts: Pat
         testhosts.start("th1")
     assert res.returncode == 1
     assert "th1" in res.stderr and "nothing was started" in res.stderr, res.stderr
-    job = record(state)
-    assert job["status"] == "FAILED"
-    assert_nothing_left(testhosts, job["job_id"])
+    # the check comes before any local work: no job was recorded, rendered or prepared
+    assert [p.name for p in (state / "jobs").iterdir()] == [".lock"]
 
 
 def test_second_up_on_busy_nodes_is_refused_then_down_cleans(testhosts: TestHosts,
@@ -219,7 +218,8 @@ def test_sigint_during_staging_leaves_nothing_running(testhosts: TestHosts, two_
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "up", "-i", str(two_hosts),
                              "-c", "tiny", "--no-check", "--entrypoint", SLEEPER, "--set",
                              f"data.path={big}", "--state-dir", str(state)], cwd=state.parent,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
     try:
         wait_for(lambda: (state / "jobs").is_dir() and any((state / "jobs").glob("*.json"))
                  and record(state)["status"] == "LAUNCHING", interval=0.05)
@@ -266,12 +266,14 @@ def test_ctrl_c_while_waiting_detaches_and_job_keeps_running(testhosts: TestHost
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "up", "-i", str(two_hosts),
                              "-c", "tiny", "--no-check", "--wait", "--entrypoint", SLEEPER,
                              "--state-dir", str(state)], cwd=state.parent, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
+    tail = StderrTail(proc)
     try:
-        wait_for(lambda: latest_status(state) == "RUNNING")
-        time.sleep(1.0)  # inside the watch loop
+        wait_for(lambda: f"watching job {record(state)['job_id']}" in tail.text()
+                 if latest_status(state) == "RUNNING" else False, interval=0.1)
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        out, err = tail.finish(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()

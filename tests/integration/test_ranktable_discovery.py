@@ -19,7 +19,7 @@ from orchestrator.config.inventory import load_inventory
 from orchestrator.errors import RankTableError
 from orchestrator.hccl.discover import discover, parse_hccn_conf
 from orchestrator.hccl.ranktable import build_tables, per_server_filename
-from orchestrator.remote.connect import open_all
+from orchestrator.remote.group import NodeGroup
 
 pytestmark = pytest.mark.integration
 
@@ -32,8 +32,8 @@ def offline_ips(hosts, inv) -> dict[str, dict[int, str]]:
 
 def test_discovery_equals_offline(netns_hosts) -> None:
     inv = load_inventory(netns_hosts.inventory)
-    with open_all(inv) as transports:
-        probes = discover(list(transports.values()))
+    with NodeGroup(inv) as transports:
+        probes = discover(transports, inv.nodes)
     assert {name: dict(p.device_ips) for name, p in probes.items()} == offline_ips(netns_hosts, inv)
     assert {p.source for p in probes.values()} == {"/etc/hccn.conf"}
     ips = {name: dict(p.device_ips) for name, p in probes.items()}
@@ -79,8 +79,8 @@ def test_devices_missing_from_hccn_conf_name_every_node(netns_hosts, tmp_path: P
     inv_path = tmp_path / "inventory.yaml"
     inv_path.write_text(yaml.safe_dump(doc))
     inv = load_inventory(inv_path)
-    with open_all(inv) as transports, pytest.raises(RankTableError) as e:
-        discover(list(transports.values()))
+    with NodeGroup(inv) as transports, pytest.raises(RankTableError) as e:
+        discover(transports, inv.nodes)
     msg = str(e.value)
     assert msg.startswith(f"device discovery failed on {len(inv.nodes)} of {len(inv.nodes)}")
     for n in inv.nodes:

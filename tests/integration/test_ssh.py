@@ -16,8 +16,7 @@ from orchestrator.errors import (
     HostKeyError,
     RemoteCommandError,
 )
-from orchestrator.remote.connect import open_all, transport_for
-from orchestrator.remote.fanout import run_all
+from orchestrator.remote.group import NodeGroup, transport_for
 from orchestrator.remote.ssh import SSHTransport, known_hosts_name
 from tests.integration.conftest import TestHosts
 
@@ -45,8 +44,8 @@ def variant_inventory(hosts: TestHosts, tmp_path: Path, *, known_hosts: Path | N
 
 def test_exec_on_all_hosts(testhosts: TestHosts) -> None:
     inv = load_inventory(testhosts.inventory)
-    with open_all(inv) as nodes:
-        res = run_all(nodes, "echo out; echo err >&2; hostname")
+    with NodeGroup(inv) as nodes:
+        res = nodes.run("echo out; echo err >&2; hostname")
     assert res.ok and not res.failed
     assert list(res.outcomes) == list(testhosts.names)
     for name, r in res.succeeded.items():
@@ -58,8 +57,8 @@ def test_exec_on_all_hosts(testhosts: TestHosts) -> None:
 
 def test_per_host_hccn_conf_differs(netns_hosts: TestHosts) -> None:
     inv = load_inventory(netns_hosts.inventory)
-    with open_all(inv) as nodes:
-        res = run_all(nodes, "cat /etc/hccn.conf")
+    with NodeGroup(inv) as nodes:
+        res = nodes.run("cat /etc/hccn.conf")
     res.raise_on_failure()
     confs = {name: r.stdout for name, r in res.succeeded.items()}
     assert len(set(confs.values())) == len(confs)
@@ -75,10 +74,10 @@ def test_per_host_hccn_conf_differs(netns_hosts: TestHosts) -> None:
 def test_private_workdir_and_pid_namespace(netns_hosts: TestHosts) -> None:
     inv = load_inventory(netns_hosts.inventory)
     workdir = inv.nodes[0].workdir
-    with open_all(inv) as nodes:
-        run_all(nodes, f"echo $(hostname) > {workdir}/whoami").raise_on_failure()
+    with NodeGroup(inv) as nodes:
+        nodes.run(f"echo $(hostname) > {workdir}/whoami").raise_on_failure()
         # other tests may have left job folders in the workdir: count only whoami files
-        seen = run_all(nodes, f"cat {workdir}/whoami; ls {workdir} | grep -c '^whoami'; "
+        seen = nodes.run(f"cat {workdir}/whoami; ls {workdir} | grep -c '^whoami'; "
                               "ps -e -o pid= | wc -l")
     for name, r in seen.succeeded.items():
         owner, files, procs = r.stdout.split()
@@ -96,8 +95,8 @@ def test_one_host_down_is_named_others_succeed(testhosts: TestHosts) -> None:
     inv = load_inventory(testhosts.inventory)
     testhosts.stop("th1")
     try:
-        with open_all(inv, connect_timeout=2, connect_attempts=2, backoff=0.1) as nodes:
-            res = run_all(nodes, "hostname")
+        with NodeGroup(inv, connect_timeout=2, connect_attempts=2, backoff=0.1) as nodes:
+            res = nodes.run("hostname")
     finally:
         testhosts.start("th1")
     assert set(res.failed) == {"th1"}
@@ -143,14 +142,14 @@ def test_changed_host_key_refused_even_with_accept_new(testhosts: TestHosts,
 def test_accept_new_adds_the_real_key(testhosts: TestHosts, tmp_path: Path) -> None:
     kh = tmp_path / "new_known_hosts"
     inv = variant_inventory(testhosts, tmp_path, known_hosts=kh, policy="accept-new")
-    with open_all(inv) as nodes:
-        run_all(nodes, "true").raise_on_failure()
+    with NodeGroup(inv) as nodes:
+        nodes.run("true").raise_on_failure()
     added = sorted(kh.read_text().splitlines())
     real = sorted(testhosts.known_hosts.read_text().splitlines())
     assert added == real
     strict = variant_inventory(testhosts, tmp_path, known_hosts=kh, policy="strict")
-    with open_all(strict) as nodes:
-        run_all(nodes, "true").raise_on_failure()
+    with NodeGroup(strict) as nodes:
+        nodes.run("true").raise_on_failure()
     assert sorted(kh.read_text().splitlines()) == real  # nothing added twice
 
 
@@ -174,9 +173,9 @@ def test_unreachable_address_times_out_named(netns_hosts: TestHosts, tmp_path: P
     (tmp_path / "inv.yaml").write_text(text)
     inv = load_inventory(tmp_path / "inv.yaml")
     t0 = time.monotonic()
-    with open_all(inv, [inv.node("ghost")], connect_timeout=1, connect_attempts=2,
+    with NodeGroup(inv, [inv.node("ghost")], connect_timeout=1, connect_attempts=2,
                   backoff=0.1) as nodes:
-        res = run_all(nodes, "true")
+        res = nodes.run("true")
     elapsed = time.monotonic() - t0
     err = res.failed["ghost"]
     assert isinstance(err, ConnectError) and "[ghost]" in str(err) and host in str(err)
@@ -243,18 +242,18 @@ def test_user_ssh_config_alias_and_proxyjump(netns_hosts: TestHosts, tmp_path: P
             f"known_hosts: {kh}\nnodes:\n  - {{host: alias1, name: a}}\n"
             "  - {host: via0, name: j}\n")
         inv = load_inventory(tmp_path / "inv.yaml")
-        with open_all(inv) as nodes:
-            res = run_all(nodes, "hostname")
+        with NodeGroup(inv) as nodes:
+            res = nodes.run("hostname")
             if expect_ok:
                 assert {k: r.stdout for k, r in res.succeeded.items()} == {"a": "th1\n",
                                                                           "j": "th1\n"}
                 src = tmp_path / "payload"
                 src.write_bytes(b"x" * 100_000)
                 remote = base.nodes[1].workdir / "via-alias.bin"
-                nodes["a"].put(src, remote)  # bulk path: OpenSSH with the same config
-                nodes["j"].get(remote, tmp_path / "back")  # through the jump: paramiko
+                nodes.transport("a").put(src, remote)  # bulk path: OpenSSH with the same config
+                nodes.transport("j").get(remote, tmp_path / "back")  # through the jump: paramiko
                 assert (tmp_path / "back").read_bytes() == src.read_bytes()
-                nodes["a"].run(["rm", "-f", str(remote)])
+                nodes.transport("a").run(["rm", "-f", str(remote)])
             else:
                 assert "a" in res.succeeded  # th1's own key is known
                 err = res.failed["j"]  # the jump host's key is not: refused

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.config.inventory import load_inventory
-from orchestrator.remote.connect import transport_for
+from orchestrator.remote.group import transport_for
 from tests.integration.conftest import TestHosts
 
 pytestmark = pytest.mark.integration

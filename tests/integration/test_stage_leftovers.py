@@ -10,7 +10,7 @@ import pytest
 from orchestrator.config.inventory import load_inventory
 from orchestrator.job.render import RenderedFile
 from orchestrator.job.stage import Tree, stage_node, tree_manifest
-from orchestrator.remote.connect import transport_for
+from orchestrator.remote.group import transport_for
 from tests.integration.conftest import TestHosts
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ import pytest
 from orchestrator.config.inventory import load_inventory
 from orchestrator.errors import TransferError
 from orchestrator.remote import files
-from orchestrator.remote.connect import transport_for
+from orchestrator.remote.group import transport_for
 from orchestrator.remote.ssh import SSHTransport
 from tests.integration.conftest import TestHosts
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,6 +20,15 @@ from orchestrate_bloom.ckpt_tools import model_shapes  # noqa: E402
 from orchestrator.ckpt.collect import collect  # noqa: E402
 from orchestrator.config.inventory import load_inventory  # noqa: E402
 from orchestrator.errors import CheckpointError  # noqa: E402
+
+
+def collect_on(inventory: Path, *args: Any, **kwargs: Any) -> Any:
+    """ckpt.collect over a NodeGroup of `inventory`'s nodes (as the CLI does)."""
+    from orchestrator.remote.group import NodeGroup
+
+    with NodeGroup(load_inventory(inventory)) as group:
+        return collect(group, *args, **kwargs)
+
 
 MODEL = {"vocab_size": 64, "hidden_size": 16, "n_layer": 2, "n_head": 2, "seq_length": 8}
 
@@ -59,7 +69,7 @@ def _job(tmp_path: Path, steps: tuple[int, ...]) -> tuple[Path, dict[str, np.nda
 
 def test_local_dp_job_collects_one_replica_and_loads(tmp_path: Path) -> None:
     inv, want = _job(tmp_path, (3, 6))
-    res = collect(load_inventory(inv), "j", tmp_path / "dest", say=lambda _s: None)
+    res = collect_on(inv, "j", tmp_path / "dest", say=lambda _s: None)
     assert (res.step, res.fetched_ranks) == (6, [0])
     assert "check" in res.seconds
     got = ms.load_checkpoint(str(res.merged))
@@ -76,4 +86,4 @@ def test_wrong_model_section_fails_the_load_check_naming_params(tmp_path: Path) 
         doc["model"] = {**MODEL, "n_layer": 3}
         man.write_text(json.dumps(doc))
     with pytest.raises(CheckpointError, match=r"missing parameter transformer\.h\.2\."):
-        collect(load_inventory(inv), "j", tmp_path / "dest", say=lambda _s: None)
+        collect_on(inv, "j", tmp_path / "dest", say=lambda _s: None)

@@ -70,14 +70,16 @@ def test_excluded_and_stray_nodes_round_trip_through_json() -> None:
 
 
 def test_restart_loop_blames_a_node_and_excludes_after_k_in_a_row() -> None:
+    from orchestrator.job.failure import first_failure, node_lost, stalled
     from orchestrator.job.nodes import parse_status
-    from orchestrator.job.restart import failure_node, node_to_exclude
+    from orchestrator.job.watch import node_to_exclude
 
     reports = {"a": parse_status("a", "supervisor exited\nfirst_failure 1 3 20.5\n"),
                "b": parse_status("b", "supervisor exited\nfirst_failure 2 137 10.0\n")}
-    assert failure_node(reports, "rank 2 on b exited 137") == "b"  # the earliest failure
-    assert failure_node({}, "node c unreachable for 9 s: timeout") == "c"
-    assert failure_node({}, "stalled: no rank logged anything") is None
+    first = first_failure(reports)
+    assert first is not None and first.node == "b"  # the earliest failure
+    assert node_lost("c", 9, 5, "timeout").node == "c"
+    assert stalled("stalled: no rank logged anything").node is None
     fail_b = {"status": "FAILED", "node": "b"}
     assert node_to_exclude([fail_b, fail_b], 2) == "b"
     assert node_to_exclude([fail_b], 2) is None

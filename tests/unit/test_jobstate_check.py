@@ -49,7 +49,10 @@ def test_cpu_jobs_skip_device_checks() -> None:
 def test_probe_this_machine(tmp_path: Path) -> None:
     inv = parse_inventory(f"defaults: {{connection: local, workdir: {tmp_path}, devices: 1}}\n"
                           "nodes: [{host: 127.0.0.1, name: here}]\n", "local.yaml")
-    report = check_nodes(inv, device_target="CPU", mode="msrun", sched_port=None)
+    from orchestrator.remote.group import NodeGroup
+
+    with NodeGroup(inv) as group:
+        report = check_nodes(group, device_target="CPU", mode="msrun", sched_port=None)
     items = {i.name: i for i in report.nodes[0].items}
     assert items["python"].ok and items["mindspore"].ok and items["disk"].ok, report
     assert report.ok

@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 
 from orchestrator.errors import ConnectError
+from orchestrator.job.failure import first_failure
 from orchestrator.job.nodes import derive_status, parse_metrics, parse_status
-from orchestrator.job.progress import failure_reason, status_json
+from orchestrator.job.progress import status_json
 from orchestrator.job.state import JobRecord, JobStatus, NodeRecord
 
 RUNNING_A = """supervisor running
@@ -73,8 +74,9 @@ def test_derive_status() -> None:
 
 
 def test_failure_reason_prefers_the_supervisors_first_failure() -> None:
-    assert failure_reason({"b": parse_status("b", FAILED_B)}) == "rank 3 on b exited 1"
-    assert failure_reason({"a": parse_status("a", RUNNING_A)}) == ""
+    f = first_failure({"b": parse_status("b", FAILED_B)})
+    assert f is not None and f.describe() == "rank 3 on b exited 1"
+    assert first_failure({"a": parse_status("a", RUNNING_A)}) is None
 
 
 def test_status_json_shape() -> None:

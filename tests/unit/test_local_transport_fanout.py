@@ -9,10 +9,10 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from orchestrator.config.inventory import Connection, Node
+from orchestrator.config.inventory import Connection, Node, load_inventory
 from orchestrator.errors import CommandTimeout, FanoutError, RemoteCommandError, TransferError
 from orchestrator.remote import files
-from orchestrator.remote.fanout import map_nodes, run_all
+from orchestrator.remote.group import NodeGroup
 from orchestrator.remote.local import LocalTransport
 
 
@@ -31,13 +31,24 @@ def test_run_env_and_exit_codes() -> None:
 
 def test_run_timeout_kills_process_group(tmp_path: Path) -> None:
     t = local("l0")
-    marker = tmp_path / "late"
-    t0 = time.monotonic()
+    marker, pidfile = tmp_path / "late", tmp_path / "child.pid"
     with pytest.raises(CommandTimeout, match=r"\[l0\] .* did not finish in 0.3s"):
-        t.run(f"(sleep 1; touch {marker}) & sleep 5", timeout=0.3)
-    assert time.monotonic() - t0 < 3
-    time.sleep(1.2)
-    assert not marker.exists()  # the background child died with the group
+        t.run(f"(echo $BASHPID > {pidfile}; sleep 1; touch {marker}) & sleep 5", timeout=0.3)
+    pid = int(pidfile.read_text())
+    deadline = time.monotonic() + 30
+    while _alive(pid):  # the background child dies with the group (poll, never sleep-then-look)
+        assert time.monotonic() < deadline, f"child {pid} outlived the timeout kill"
+        time.sleep(0.02)
+    assert not marker.exists()  # dead before it could touch it: it can never appear now
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie is dead too
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_put_get_atomic_and_mode(tmp_path: Path) -> None:
@@ -57,18 +68,28 @@ def test_put_get_atomic_and_mode(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["back", "out", "src"]
 
 
-def test_fanout_runs_all_and_collects_failures() -> None:
-    nodes = [local(f"l{i}") for i in range(5)]
-    res = run_all(nodes, 'test "$N" != 2', env={"N": "2"}, forks=2)
+def local_group(tmp_path: Path, names: list[str], forks: int = 64) -> NodeGroup:
+    """A NodeGroup over `connection: local` nodes named `names`."""
+    lines = ["defaults: {connection: local, devices: 1, workdir: " + str(tmp_path) + "}",
+             "nodes:"] + [f"  - {{host: 127.0.0.{i + 1}, name: {n}}}" for i, n in enumerate(names)]
+    path = tmp_path / "inv.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return NodeGroup(load_inventory(path), forks=forks)
+
+
+def test_fanout_runs_all_and_collects_failures(tmp_path: Path) -> None:
+    nodes = local_group(tmp_path, [f"l{i}" for i in range(5)], forks=2)
+    res = nodes.run('test "$N" != 2', env={"N": "2"})
     assert list(res.outcomes) == [f"l{i}" for i in range(5)]
     assert set(res.failed) == {f"l{i}" for i in range(5)}
     assert all(isinstance(e, RemoteCommandError) for e in res.failed.values())
-    res = run_all(nodes, "exit 1", check=False)
+    res = nodes.run("exit 1", check=False)
     assert res.ok and all(r.exit_code == 1 for r in res.succeeded.values())
+    nodes.close()
 
 
-def test_fanout_never_stops_early_and_is_bounded() -> None:
-    nodes = {f"n{i}": local(f"n{i}") for i in range(6)}
+def test_fanout_never_stops_early_and_is_bounded(tmp_path: Path) -> None:
+    names = [f"n{i}" for i in range(6)]
     lock = threading.Lock()
     running, peak = [0], [0]
 
@@ -84,14 +105,15 @@ def test_fanout_never_stops_early_and_is_bounded() -> None:
         return t.node.name
 
     done: list[str] = []
-    res = map_nodes(nodes, work, forks=3, on_done=lambda name, _v: done.append(name))
-    assert peak[0] <= 3 and sorted(done) == sorted(nodes)
+    with local_group(tmp_path, names, forks=3) as group:
+        res = group.map(work, on_done=lambda name, _v: done.append(name))
+    assert peak[0] <= 3 and sorted(done) == names
     assert res.succeeded == {"n0": "n0", "n2": "n2", "n3": "n3", "n5": "n5"}
     assert list(res.failed) == ["n1", "n4"]
     with pytest.raises(FanoutError, match=r"^2 of 6 nodes failed: n1: \[n1\] boom; n4: "):
         res.raise_on_failure()
 
 
-def test_fanout_rejects_bad_forks() -> None:
+def test_fanout_rejects_bad_forks(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="forks"):
-        map_nodes([local("a")], lambda t: t, forks=0)
+        local_group(tmp_path, ["a"], forks=0)

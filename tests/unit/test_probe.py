@@ -7,23 +7,31 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import pytest
 
 from orchestrator.config.inventory import Node
 from orchestrator.errors import ConnectError, RankTableError
+from orchestrator.hccl import discover as discovery
 from orchestrator.hccl.discover import (
     SpodInfo,
-    discover,
     parse_hccn_conf,
     parse_hccn_ip,
     parse_npu_mapping,
     parse_spod_info,
 )
+from orchestrator.remote.group import NodeGroup
 from orchestrator.remote.transport import CommandResult
 
 # --- hccn_tool -i N -ip -g -----------------------------------------------------------------
 
+
+
+def discover(transports: Any, *, forks: int = 64, **kw: Any) -> Any:
+    """discovery.discover over a NodeGroup of the scripted transports."""
+    return discovery.discover(NodeGroup.of(transports, forks=forks),
+                              [t.node for t in transports], **kw)
 
 def test_hccn_ip_plain() -> None:
     assert parse_hccn_ip("ipaddr:192.98.92.10\nnetmask:255.255.255.0\n") == "192.98.92.10"

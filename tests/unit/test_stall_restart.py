@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from orchestrator.job.failure import first_failure
 from orchestrator.job.nodes import parse_status
-from orchestrator.job.restart import failure_code
 from orchestrator.job.stall import LastOutput, find_stall, parse_probe
 from orchestrator.job.state import JobRecord, JobStatus, NodeRecord
 
@@ -55,14 +55,33 @@ def test_no_stall_verdict_without_every_node_or_before_logs_exist() -> None:
                       60) is None
 
 
-def test_failure_code_prefers_the_first_recorded_failure() -> None:
+def test_first_failure_prefers_the_first_recorded_failure() -> None:
     a = parse_status("a", "supervisor exited\nfirst_failure 0 137 200.5\nslot 0 exited 137 10\n")
     b = parse_status("b", "supervisor exited\nfirst_failure 1 3 100.0\nslot 1 exited 3 11\n")
-    assert failure_code({"a": a, "b": b}) == 3
+    f = first_failure({"a": a, "b": b})
+    assert f is not None and (f.cause, f.node, f.rank, f.exit_code, f.at) == (
+        "exit", "b", "1", 3, 100.0)
+    assert f.describe() == "rank 1 on b exited 3"
     lost = parse_status("b", "supervisor exited\nslot 1 exited 9 11\n")
-    assert failure_code({"b": lost, "a": OSError("x")}) == 9
-    assert failure_code({"a": parse_status("a", "supervisor running\nslot 0 running - 1\n")}) \
+    f = first_failure({"b": lost, "a": OSError("x")})
+    assert f is not None and (f.node, f.exit_code) == ("b", 9)
+    gone = parse_status("c", "supervisor exited\nslot sched lost - 11\n")
+    f = first_failure({"c": gone})
+    assert f is not None and f.describe() == "scheduler on c vanished without an exit code"
+    assert first_failure({"a": parse_status("a", "supervisor running\nslot 0 running - 1\n")}) \
         is None
+
+
+def test_failure_round_trips_through_the_record() -> None:
+    from orchestrator.job.failure import Failure, node_lost
+
+    f = node_lost("b", 61.2, 60, "[b] timed out")
+    rec = _record().failed_with(f)
+    assert rec.status is JobStatus.FAILED and rec.failure == f
+    assert rec.message == "node b unreachable for 61 s (--node-lost-timeout 60): [b] timed out"
+    again = JobRecord.from_json(rec.to_json())
+    assert again.failure == f and isinstance(again.failure, Failure)
+    assert again.with_status(JobStatus.RUNNING).failure is None  # a new attempt forgets it
 
 
 def test_history_round_trips_through_json() -> None:
