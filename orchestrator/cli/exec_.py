@@ -111,6 +111,7 @@ def to_outcome(name: str, host: str, value: object, seconds: float) -> NodeOutco
 
 @click.command("exec")
 @flags.inventory_option(required=True)
+@flags.inventory_filter_option()
 @flags.forks_option()
 @click.option(
     "--timeout",
@@ -159,11 +160,10 @@ def exec_command(
       orchestrate exec -i INV -- 'pgrep -f train | wc -l'
     Exit code 1 if any node failed (non-zero exit, timeout, or connection error).
     """
-    from orchestrator.config.inventory import load_inventory
     from orchestrator.remote.connect import open_all
     from orchestrator.remote.fanout import map_nodes
 
-    inv = load_inventory(inventory_path)
+    inv = flags.load_selected(inventory_path)
     nodes = [inv.node(n) for n in only] if only else list(inv.nodes)
     line = " ".join(command)
     lock = threading.Lock()
