@@ -7,10 +7,10 @@
 
 Both the paramiko control path and the OpenSSH bulk path (orchestrator/remote/ssh.py) build
 their connections from these values, so they reach the same address and port. Include, Match,
-Host wildcards and negations are evaluated by OpenSSH exactly as `ssh` does; the ssh_config's
-"Applying options" lines (from `ssh -G -v`) are kept as `applied` so a user can see which blocks
-matched. Inventory values win: its `user`/`port` are passed as `-l`/`-p` (so Match and %-tokens
-see them, as with `ssh -l U -p P`), its `identity_file` replaces ssh_config's IdentityFile.
+Host wildcards and negations are evaluated by OpenSSH exactly as `ssh` does; the Host and
+Match blocks that applied (from `ssh -G -vvv`) are kept as `applied`, so a user can see why.
+Inventory values win: its `user`/`port` are passed as `-l`/`-p` (so Match and %-tokens see
+them, as with `ssh -l U -p P`), its `identity_file` replaces ssh_config's IdentityFile.
 
 Config file: the inventory's `ssh_config` (`-F FILE`); else OpenSSH's own choice (~/.ssh/config
 and /etc/ssh/ssh_config) when $HOME is the account's home directory; when $HOME points elsewhere
@@ -50,6 +50,7 @@ SHOWN_KEYS = ("hostname", "port", "user", "identityfile", "identitiesonly", "pro
               "proxycommand", "userknownhostsfile", "stricthostkeychecking", "connecttimeout",
               "serveraliveinterval", "ciphers", "kexalgorithms")
 _APPLYING = re.compile(r"^debug1: (.+) line (\d+): Applying options for (.+)$")
+_MATCHED = re.compile(r"^debug3: (.+) line (\d+): matched '(.+)'\s*$")
 _NOISE = ("debug", "OpenSSH_", "Pseudo-terminal")
 
 
@@ -155,8 +156,8 @@ def _config_args(ssh_config: Path | None) -> tuple[tuple[str, ...], str]:
 @functools.lru_cache(maxsize=4096)
 def _evaluate(args: tuple[str, ...], alias: str,
               name: str) -> tuple[dict[str, list[str]], tuple[str, ...]]:
-    """`ssh -G -v ARGS -- ALIAS` -> (key -> values, applied blocks). Cached per process."""
-    argv = ["ssh", "-G", "-v", "-T", *args, "--", alias]
+    """`ssh -G -vvv ARGS -- ALIAS` -> (key -> values, applied blocks). Cached per process."""
+    argv = ["ssh", "-G", "-vvv", "-T", *args, "--", alias]
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
                               timeout=30, check=False, env={**os.environ, "LC_ALL": "C"})
@@ -175,6 +176,9 @@ def _evaluate(args: tuple[str, ...], alias: str,
         m = _APPLYING.match(line)
         if m:
             applied.append(f"{m.group(1)} line {m.group(2)}: Host {m.group(3)}")
+        m = _MATCHED.match(line)
+        if m:
+            applied.append(f"{m.group(1)} line {m.group(2)}: Match {m.group(3)}")
     return values, tuple(applied)
 
 
