@@ -5,6 +5,10 @@
     s.identity_files, s.jumps           # keys (tokens expanded) and the ProxyJump chain, resolved
     s.sources["port"]                   # "inventory" | "ssh_config" | "default"
 
+A value's source is "inventory" when the inventory gave it, "ssh_config" when it differs from
+what OpenSSH gives with no config at all (`ssh -G -F /dev/null`), else "default" (a config line
+that repeats OpenSSH's default shows as default).
+
 Both the paramiko control path and the OpenSSH bulk path (orchestrator/remote/ssh.py) build
 their connections from these values, so they reach the same address and port. Include, Match,
 Host wildcards and negations are evaluated by OpenSSH exactly as `ssh` does; the Host and
