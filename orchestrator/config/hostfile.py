@@ -44,7 +44,7 @@ def looks_like_hostfile(text: str) -> bool:
         return False
     first = next(iter(_entries(text)), None)
     if first is None:
-        return True  # empty: parse_hostfile says there is no entry
+        return False  # empty: the inventory's own "got nothing" error
     line = first[1]
     return not (line.startswith(("-", "{", "[")) or line.endswith(":") or ": " in line)
 

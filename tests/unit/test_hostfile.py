@@ -64,8 +64,10 @@ def test_bad_hostfiles_name_file_and_line(tmp_path: Path, text: str, line: int,
 def test_empty_hostfile_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "hostfile"
     path.write_text("\n   \n# only a comment\n")
+    with pytest.raises(InventoryError, match=f"{path}: expected a mapping .*got nothing"):
+        load_inventory(path)  # an empty file is neither: the inventory's message
     with pytest.raises(InventoryError, match="no host entry"):
-        load_inventory(path)
+        parse_hostfile("# only a comment\n", path)
 
 
 def test_open_mpi_and_mpich_hostfiles() -> None:
