@@ -243,9 +243,10 @@ class SSHTransport:
 
     def _connect_once(self, conn: Connection) -> None:
         s = self.settings()
-        name, where = self.node.name, f"{conn.host}:{conn.port}"
+        name, where, why = self.node.name, f"{conn.host}:{conn.port}", ""
         if s.jumps or s.alias != s.hostname:  # say why the node is reached there
-            where += f" ({s.alias} is {s.describe()} by {s.config})"
+            why = f" ({s.alias} is {s.describe()} by {s.config})"
+            where += why
         try:
             conn.open()
         except HostKeyError:
@@ -265,7 +266,9 @@ class SSHTransport:
         except NoValidConnectionsError as e:
             raise _Retryable(ConnectError(name, f"connection refused by {where}")) from e
         except socket.gaierror as e:
-            raise _Retryable(ConnectError(name, f"cannot resolve {conn.host}: {e.strerror}")) from e
+            why = why or f" (ssh_config: {s.config})"
+            raise _Retryable(ConnectError(
+                name, f"cannot resolve {conn.host}{why}: {e.strerror}")) from e
         except TimeoutError as e:
             raise _Retryable(ConnectError(
                 name, f"connect to {where} timed out after {self._timeout():g}s"

@@ -83,7 +83,8 @@ class SSHSettings:
 
     def describe(self) -> str:
         """`user@hostname:port` plus the hops, for messages."""
-        via = " via " + " -> ".join(h.alias for h in self.jumps) if self.jumps else ""
+        via = " via " + " -> ".join(h.alias for h in self.jumps) if self.jumps else (
+            " via ProxyCommand" if self.proxy_command else "")
         return f"{self.user}@{self.hostname}:{self.port}{via}"
 
 

@@ -39,12 +39,17 @@ def existing_keys(s: SSHSettings) -> list[str]:
 def fabric_connection(s: SSHSettings, timeout: float) -> Connection:
     """An unopened Fabric Connection to `s`, with its ProxyJump hops (or ProxyCommand) as
     gateways. Reads no ssh_config: every value comes from `s`."""
-    gateway: Connection | str | None = s.proxy_command
+    gateway: Connection | str | None = _shell(s.proxy_command)
     if s.jumps:
-        gateway = s.jumps[0].proxy_command
+        gateway = _shell(s.jumps[0].proxy_command)
         for hop in s.jumps:
             gateway = _connection(hop, gateway, timeout)
     return _connection(s, gateway, timeout)
+
+
+def _shell(command: str | None) -> str | None:
+    """ProxyCommand as ssh runs it (`/bin/sh -c`); paramiko would split it without a shell."""
+    return None if command is None else shlex.join(["/bin/sh", "-c", command])
 
 
 def _connection(s: SSHSettings, gateway: Connection | str | None, timeout: float) -> Connection:
