@@ -41,6 +41,15 @@ class ConnectError(RemoteError):
     """The node could not be reached or refused us (refused, no route, DNS, auth, host key)."""
 
 
+class SSHConfigError(ConnectError):
+    """ssh_config cannot be evaluated for a node; names the node, the alias and, when OpenSSH
+    reports one, the config file and line."""
+
+    def __init__(self, node: str, alias: str, message: str) -> None:
+        self.alias = alias
+        super().__init__(node, f"ssh_config for {alias!r}: {message}")
+
+
 class HostKeyError(ConnectError):
     """The node's host key is unknown or changed; names the known_hosts file to fix."""
 

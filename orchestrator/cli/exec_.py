@@ -114,6 +114,7 @@ def to_outcome(name: str, host: str, value: object, seconds: float) -> NodeOutco
 
 @click.command("exec")
 @flags.inventory_option(required=True)
+@flags.inventory_filter_option()
 @flags.forks_option()
 @click.option(
     "--timeout",
@@ -162,10 +163,9 @@ def exec_command(
       orchestrate exec -i INV -- 'pgrep -f train | wc -l'
     Exit code 1 if any node failed (non-zero exit, timeout, or connection error).
     """
-    from orchestrator.config.inventory import load_inventory
     from orchestrator.remote.group import NodeGroup
 
-    inv = load_inventory(inventory_path)
+    inv = flags.load_selected(inventory_path)
     nodes = [inv.node(n) for n in only] if only else list(inv.nodes)
     line = " ".join(command)
     lock = threading.Lock()

@@ -86,6 +86,7 @@ sched_port_option = click.option("--sched-port", type=click.IntRange(1, 65535), 
 
 @click.command("check")
 @flags.inventory_option()
+@flags.inventory_filter_option()
 @click.option("--config", "-c", "preset", default=None,
               help="Preset to check for (device target, launch mode); default: CPU checks only.")
 @flags.set_option()
@@ -99,12 +100,11 @@ def check_command(inventory_path: Path, preset: str | None, overrides: tuple[str
     Every node is probed in parallel; one table, then one line per failed check naming the
     fix. Exit 1 if any check failed.
     """
-    from orchestrator.config.inventory import load_inventory
     from orchestrator.config.presets import load_job_spec
     from orchestrator.errors import JobError
     from orchestrator.job.render import default_mode
 
-    inv = load_inventory(inventory_path)
+    inv = flags.load_selected(inventory_path)
     spec = load_job_spec(preset, overrides) if preset else None
     mode = mode or default_mode(str(spec.value("train.device_target")) if spec else "CPU")
     from orchestrator.remote.group import NodeGroup
@@ -118,6 +118,7 @@ def check_command(inventory_path: Path, preset: str | None, overrides: tuple[str
 
 @click.command("up")
 @flags.inventory_option()
+@flags.inventory_filter_option()
 @flags.config_option()
 @flags.set_option()
 @mode_option
@@ -168,13 +169,12 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
     model/assets/alpaca_seed_tasks.json unless data.path is set):
       orchestrate up -i inventories/local.yaml -c tiny --wait
     """
-    from orchestrator.config.inventory import load_inventory
     from orchestrator.config.presets import load_job_spec
     from orchestrator.errors import JobError
     from orchestrator.job.lifecycle import UpOptions, create_job, dry_run_summary, launch
     from orchestrator.job.render import default_mode
 
-    inv = load_inventory(inventory_path)
+    inv = flags.load_selected(inventory_path)
     spec = load_job_spec(preset, overrides)
     if entrypoint is None and not spec.value("data.path") and any(
             n.data_dir is None for n in inv.nodes):

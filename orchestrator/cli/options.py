@@ -155,3 +155,38 @@ def state_dir_option() -> Callable[[F], F]:
         envvar="ORCHESTRATE_STATE_DIR",
         help="Where job records live (env ORCHESTRATE_STATE_DIR).",
     )
+
+
+_FILTER_HELP = (
+    "DeepSpeed's resource filter: HOST[:SLOT[,SLOT...]][@HOST[:SLOT...]] (SLOT: a device id). "
+    "{what} Mutually exclusive with {other}; an unknown host or slot is an error.")
+
+
+def inventory_filter_option() -> Callable[[F], F]:
+    """--include / --exclude on the inventory; the command loads with `load_selected(path)`."""
+
+    def remember(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+        if value is not None:
+            ctx.meta[f"orchestrate.{param.name}"] = value
+
+    def decorate(f: F) -> F:
+        f = click.option(
+            "--exclude", metavar="FILTER", default=None, expose_value=False, callback=remember,
+            help=_FILTER_HELP.format(what="Drop what it names (a bare HOST drops the node).",
+                                     other="--include"))(f)
+        return click.option(
+            "--include", metavar="FILTER", default=None, expose_value=False, callback=remember,
+            help=_FILTER_HELP.format(what="Use only what it names (a bare HOST: all its "
+                                          "devices).", other="--exclude"))(f)
+
+    return decorate
+
+
+def load_selected(path: Path) -> Any:
+    """The inventory (YAML or hostfile) at `path` with this command's --include/--exclude."""
+    from orchestrator.config.filters import apply_filters
+    from orchestrator.config.inventory import load_inventory
+
+    meta = click.get_current_context().meta
+    return apply_filters(load_inventory(path), meta.get("orchestrate.include"),
+                         meta.get("orchestrate.exclude"))

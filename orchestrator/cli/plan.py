@@ -12,6 +12,7 @@ from orchestrator.cli import options as flags
 
 @click.command("plan")
 @flags.inventory_option()
+@flags.inventory_filter_option()
 @flags.config_option()
 @flags.set_option()
 @flags.json_option()
@@ -32,11 +33,10 @@ def plan_command(
       optimizer = P x 8 bytes (Adam m, v in fp32) / (MP x PP) / (DP if optimizer_shard)
     Activations are not included.
     """
-    from orchestrator.config.inventory import load_inventory
     from orchestrator.config.plan import build_plan
     from orchestrator.config.presets import load_job_spec
 
-    plan = build_plan(load_inventory(inventory_path), load_job_spec(preset, overrides))
+    plan = build_plan(flags.load_selected(inventory_path), load_job_spec(preset, overrides))
     if as_json:
         click.echo(json.dumps(plan.to_json(), indent=2))
         return

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
               help="1.2 (Atlas A3 SuperPoD) adds per-device super_device_id (found with "
                    "npu-smi, so it needs --discover) and super_pod_list (from each node's "
                    "`super_pod_id` in the inventory).")
+@flags.inventory_filter_option()
 @flags.forks_option()
 @click.pass_context
 def ranktable_group(ctx: click.Context, inventory_path: Path | None, output: Path | None,
@@ -61,7 +62,6 @@ def _generate(inventory_path: Path, output: Path | None, per_server_dir: Path | 
     """Build and write the tables; returns the lines to print."""
     from collections import Counter
 
-    from orchestrator.config.inventory import load_inventory
     from orchestrator.errors import RankTableError
     from orchestrator.hccl.ranktable import (
         VERSION_1_2,
@@ -72,7 +72,7 @@ def _generate(inventory_path: Path, output: Path | None, per_server_dir: Path | 
         write_tables,
     )
 
-    inv = load_inventory(inventory_path)
+    inv = flags.load_selected(inventory_path)
     if version == VERSION_1_2 and not discover:
         raise RankTableError("--format 1.2 needs --discover: the super_device_id (SDID) of "
                              "each device is read from the nodes with npu-smi")

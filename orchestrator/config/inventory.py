@@ -130,7 +130,8 @@ def load_inventory(path: Path | str) -> Inventory:
     """Read and validate an inventory file.
 
     Args:
-        path: YAML file in the schema of DESIGN.md.
+        path: YAML file in the schema of DESIGN.md, or a DeepSpeed / Open MPI / MPICH
+            hostfile (detected by content, see orchestrator/config/hostfile.py).
 
     Returns:
         The parsed inventory.
@@ -145,9 +146,12 @@ def load_inventory(path: Path | str) -> Inventory:
         raise InventoryError(str(path), "", "file does not exist") from None
     except OSError as e:
         raise InventoryError(str(path), "", f"cannot read: {e.strerror}") from e
-    return parse_inventory(
-        raw.decode("utf-8", errors="replace"), path, hashlib.sha256(raw).hexdigest()
-    )
+    text, digest = raw.decode("utf-8", errors="replace"), hashlib.sha256(raw).hexdigest()
+    from orchestrator.config import hostfile  # DeepSpeed / Open MPI / MPICH hostfiles
+
+    if hostfile.looks_like_hostfile(text):
+        return hostfile.parse_hostfile(text, path, digest)
+    return parse_inventory(text, path, digest)
 
 
 def parse_inventory(text: str, path: Path | str = "<inventory>", digest: str = "") -> Inventory:

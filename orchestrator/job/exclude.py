@@ -221,9 +221,11 @@ def relaunch_without(record: JobRecord, group: NodeGroup, store: JobStore, excl:
          f"{plan.world_size} renumbered rank(s) for data_parallel={excl.data_parallel[1]}"
          if step is not None else
          "checkpoint: none complete on every remaining rank; the relaunch starts from step 0")
-    first = new_nodes[0]
+    from orchestrator.remote.group import node_address  # an ssh_config alias: its HostName
+
+    first = inv.node(new_nodes[0].name)
     launch = LaunchSpec(job_id=record.job_id, mode=record.mode, world_size=plan.world_size,
-                        sched_host=first.host,
+                        sched_host=node_address(first, inv),
                         sched_port=record.sched_port or lifecycle.sched_port_for(record.job_id),
                         cluster_timeout=record.cluster_timeout, entrypoint=record.entrypoint,
                         stop_grace=record.stop_grace)
@@ -233,7 +235,7 @@ def relaunch_without(record: JobRecord, group: NodeGroup, store: JobStore, excl:
         launch, plan, data_paths_for(plan, local), table))
     record = record.replace(
         nodes=new_nodes, world_size=plan.world_size, overrides=spec.overrides,
-        sched_host=first.host if record.mode == "msrun" else None,
+        sched_host=launch.sched_host if record.mode == "msrun" else None,
         excluded=(*record.excluded, *excl.excluded),
         stray=(*record.stray, *(n for n in gone if n.name in left_over)),
         message=f"relaunched without {', '.join(excl.excluded)}")

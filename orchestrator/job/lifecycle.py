@@ -110,8 +110,10 @@ def create_job(inv: Inventory, spec: JobSpec, store: JobStore, opts: UpOptions,
     job_id = job_id or reserve_job_id(store, spec.preset)
     first = plan.nodes[0].ranks.node
     port = opts.sched_port or sched_port_for(job_id)
+    from orchestrator.remote.group import node_address  # an ssh_config alias: its HostName
+
     launch = LaunchSpec(job_id=job_id, mode=mode, world_size=plan.world_size,
-                        sched_host=first.host, sched_port=port,
+                        sched_host=node_address(first, inv), sched_port=port,
                         cluster_timeout=opts.cluster_timeout, entrypoint=opts.entrypoint,
                         stop_grace=opts.stop_grace)
     table = rank_table_for(inv, group) if mode == "ranktable" else None
@@ -129,7 +131,7 @@ def create_job(inv: Inventory, spec: JobSpec, store: JobStore, opts: UpOptions,
                        inventory_path=str(inv.path.resolve()), inventory_digest=inv.digest,
                        preset=spec.preset, overrides=spec.overrides, mode=mode,
                        world_size=plan.world_size, nodes=nodes,
-                       sched_host=first.host if mode == "msrun" else None,
+                       sched_host=launch.sched_host if mode == "msrun" else None,
                        sched_port=port if mode == "msrun" else None,
                        entrypoint=opts.entrypoint,
                        local_data=str(local_data.resolve()) if local_data else None,

@@ -226,3 +226,14 @@ class NodeGroup:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def node_address(node: Node, inventory: Inventory) -> str:
+    """The address `node` is reached at: ssh_config's HostName for an alias (`ssh -G`), else
+    `host`. Other nodes use it too (msrun's scheduler address), so an alias never leaks there.
+    """
+    if node.connection is Connection.LOCAL:
+        return node.host
+    from orchestrator.remote.sshconfig import resolve
+
+    return resolve(node, inventory.ssh_config).hostname

@@ -14,12 +14,14 @@ inventory. Fabric installs paramiko's AutoAddPolicy; we replace it before connec
 - `accept-new`: an unknown key is appended to the first inventory known_hosts file (else
   ~/.ssh/known_hosts) and accepted; a changed key is still refused.
 
-ssh_config: the inventory's `ssh_config` file if given, else `~/.ssh/config` and
-`/etc/ssh/ssh_config` (Host aliases, HostName, User, Port, IdentityFile, ProxyJump, as Fabric
-reads them). `~` is resolved from $HOME at connect time (tests point HOME elsewhere).
+ssh_config: every node's effective settings come from OpenSSH's own evaluator, `ssh -G`
+(orchestrator/remote/sshconfig.py: Include, Match, wildcards, %-tokens, ProxyJump chains),
+with the inventory's `ssh_config` file if given, inventory values winning; both this paramiko
+connection and the OpenSSH bulk path are built from those values (orchestrator/remote/
+sshroute.py). StrictHostKeyChecking from ssh_config only ever makes checking stricter.
 
-Auth: the node's `identity_file`, else ssh_config IdentityFile, else agent and default keys.
-Never passwords.
+Auth: the node's `identity_file`, else ssh_config IdentityFile (default keys included), and
+the agent. Never passwords.
 
 Timeouts and retries: `connect_timeout` bounds TCP connect, banner and auth; network errors
 (refused, timeout, no route, DNS, banner) are retried `connect_attempts` times with exponential
@@ -34,10 +36,9 @@ the same identity and ssh_config, curve25519 kex and AES-GCM; else paramiko SFTP
 path is shell-quoted by us (scp's remote quoting differs between its SCP and SFTP modes). Either
 way the copy lands under a temp name, is verified (size + sha256; the remote hash runs on a
 second channel during the transfer) and renamed into place with the remote file's mode.
-A node behind one ProxyJump hop takes the OpenSSH path with a ProxyCommand running the same
-strict `ssh -W` through the hop; with more hops or an ssh_config ProxyCommand,
-`openssh_command()` is None and paramiko goes through Fabric's gateway, every hop's host key
-checked.
+A node behind ProxyJump hops (any number) takes the OpenSSH path with nested ProxyCommands
+running the same strict `ssh -W` through each hop; paramiko goes through one Connection per
+hop, every hop's host key checked against the same known_hosts files.
 `sftp_reader(path, offset)` streams a file over SFTP with read-ahead, from an offset, for
 callers that hash while reading (collect-ckpt's gather without OpenSSH).
 """
@@ -45,7 +46,6 @@ callers that hash while reading (collect-ckpt's gather without OpenSSH).
 from __future__ import annotations
 
 import logging
-import math
 import os
 import select
 import shlex
@@ -61,7 +61,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 import paramiko
-from fabric import Config, Connection
+from fabric import Connection
 from paramiko.ssh_exception import (
     AuthenticationException,
     BadHostKeyException,
@@ -77,7 +77,7 @@ from orchestrator.errors import (
     RemoteCommandError,
     TransferError,
 )
-from orchestrator.remote import files
+from orchestrator.remote import files, sshconfig, sshroute
 from orchestrator.remote.hostkeys import (
     AcceptNew,
     RejectUnknown,
@@ -90,7 +90,6 @@ from orchestrator.remote.transport import CommandResult
 
 log = logging.getLogger(__name__)
 
-SYSTEM_SSH_CONFIG = Path("/etc/ssh/ssh_config")
 _EOF_GRACE = 5.0  # seconds to wait for the end of output after the exit status arrives
 
 
@@ -99,9 +98,7 @@ def user_known_hosts() -> Path:
     return Path(os.path.expanduser("~/.ssh/known_hosts"))
 
 
-def user_ssh_config() -> Path:
-    """`~/.ssh/config`, resolved from $HOME now."""
-    return Path(os.path.expanduser("~/.ssh/config"))
+DEFAULT_CONNECT_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -111,7 +108,7 @@ class SSHOptions:
     known_hosts: tuple[Path, ...] = ()  # besides ~/.ssh/known_hosts
     host_key_policy: HostKeyPolicy = HostKeyPolicy.STRICT
     ssh_config: Path | None = None  # None: ~/.ssh/config + /etc/ssh/ssh_config
-    connect_timeout: float = 10.0
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT  # the default yields to ssh_config's
     connect_attempts: int = 3  # tries for network errors (refused, timeout, no route)
     backoff: float = 0.5  # seconds before the 2nd try; doubles each time
     use_openssh: bool = True  # scp for put/get when OpenSSH is installed
@@ -149,6 +146,7 @@ class SSHTransport:
         self.options = options or SSHOptions()
         self._conn: Connection | None = None
         self._sftp: paramiko.SFTPClient | None = None
+        self._settings: sshconfig.SSHSettings | None = None
 
     # ---- connection ---------------------------------------------------------------------
 
@@ -162,44 +160,40 @@ class SSHTransport:
     def connected(self) -> bool:
         return self._conn is not None and self._conn.is_connected
 
-    def _fabric_config(self) -> Config:
-        cfg = Config(lazy=True)  # lazy: no /etc/fabric.yml, ~/.fabric.yml, env vars
-        if self.options.ssh_config is not None:
-            cfg.set_runtime_ssh_path(str(self.options.ssh_config))
-        else:
-            cfg._set(_user_ssh_path=str(user_ssh_config()),  # resolved from HOME now
-                     _system_ssh_path=str(SYSTEM_SSH_CONFIG))
-        cfg.load_ssh_config()
-        return cfg
+    def settings(self) -> sshconfig.SSHSettings:
+        """The node's effective SSH settings (`ssh -G`, cached for the command).
+
+        Raises:
+            SSHConfigError: the ssh_config cannot be evaluated for this node.
+        """
+        if self._settings is None:
+            self._settings = sshconfig.resolve(self.node, self.options.ssh_config)
+        return self._settings
+
+    def known_hosts_files(self) -> tuple[Path, ...]:
+        """The inventory's known_hosts, ssh_config's UserKnownHostsFile, ~/.ssh/known_hosts."""
+        s = self.settings()
+        from_config = s.known_hosts if s.sources.get("userknownhostsfile") == "ssh_config" else ()
+        *inventory, user = self.options.known_hosts_files()
+        return tuple(dict.fromkeys([*inventory, *from_config, user]))
+
+    def _timeout(self) -> float:
+        """--connect-timeout (or the inventory's), else ssh_config ConnectTimeout, else 10 s."""
+        s = self.settings()
+        if self.options.connect_timeout == DEFAULT_CONNECT_TIMEOUT and s.connect_timeout:
+            return float(s.connect_timeout)
+        return self.options.connect_timeout
 
     def _new_connection(self) -> Connection:
-        n, o = self.node, self.options
-        key_files = [os.path.expanduser(n.identity_file)] if n.identity_file else []
-        conn = Connection(
-            n.host, user=n.user, port=n.port, config=self._fabric_config(),
-            connect_timeout=max(1, math.ceil(o.connect_timeout)),
-            connect_kwargs={
-                "key_filename": key_files,
-                "look_for_keys": not key_files,
-                "allow_agent": True,
-                "banner_timeout": o.connect_timeout,
-                "auth_timeout": o.connect_timeout,
-                "channel_timeout": o.connect_timeout,
-            },
-        )
-        if "identityfile" in conn.ssh_config:
-            conn.connect_kwargs["look_for_keys"] = False
-        # our host-key checks on the node and on every ProxyJump hop (Fabric builds the hops
-        # as Connections with its own AutoAddPolicy)
-        hop: Connection | str | None = conn
-        while isinstance(hop, Connection):
+        conn = sshroute.fabric_connection(self.settings(), self._timeout())
+        # our host-key checks on the node and on every ProxyJump hop
+        for hop in sshroute.hops(conn):
             self._check_host_keys(hop)
-            hop = hop.gateway
         return conn
 
     def _check_host_keys(self, conn: Connection) -> None:
         n, o = self.node, self.options
-        files_ = o.known_hosts_files()
+        files_ = self.known_hosts_files()
         keys = conn.client.get_host_keys()
         for path in files_:
             if path.is_file():
@@ -207,7 +201,8 @@ class SSHTransport:
                     keys.load(str(path))
                 except (OSError, SSHException) as e:
                     raise HostKeyError(n.name, f"cannot read known_hosts {path}: {e}") from e
-        if o.host_key_policy is HostKeyPolicy.ACCEPT_NEW:
+        policy = sshconfig.effective_policy(n.name, o.host_key_policy, self.settings())
+        if policy is HostKeyPolicy.ACCEPT_NEW:
             conn.client.set_missing_host_key_policy(AcceptNew(n.name, o.accept_new_target()))
         else:
             conn.client.set_missing_host_key_policy(RejectUnknown(n.name, files_))
@@ -241,19 +236,24 @@ class SSHTransport:
                 conn.close()
                 raise
             self._conn = conn
-            if self.options.keepalive and conn.transport is not None:
-                conn.transport.set_keepalive(self.options.keepalive)
+            keepalive = self.settings().server_alive_interval or self.options.keepalive
+            if keepalive and conn.transport is not None:
+                conn.transport.set_keepalive(keepalive)
             return
 
     def _connect_once(self, conn: Connection) -> None:
-        name, where = self.node.name, f"{conn.host}:{conn.port}"
+        s = self.settings()
+        name, where, why = self.node.name, f"{conn.host}:{conn.port}", ""
+        if s.jumps or s.alias != s.hostname:  # say why the node is reached there
+            why = f" ({s.alias} is {s.describe()} by {s.config})"
+            where += why
         try:
             conn.open()
         except HostKeyError:
             raise
         except BadHostKeyException as e:
             kname = known_hosts_name(conn.host, conn.port)
-            found = find_known_key(self.options.known_hosts_files(), kname)
+            found = find_known_key(self.known_hosts_files(), kname)
             at = f"{found[0]}:{found[1]}" if found else "known_hosts"
             raise HostKeyError(
                 name, f"host key for {kname} CHANGED: offered {e.key.get_name()} "
@@ -266,10 +266,12 @@ class SSHTransport:
         except NoValidConnectionsError as e:
             raise _Retryable(ConnectError(name, f"connection refused by {where}")) from e
         except socket.gaierror as e:
-            raise _Retryable(ConnectError(name, f"cannot resolve {conn.host}: {e.strerror}")) from e
+            why = why or f" (ssh_config: {s.config})"
+            raise _Retryable(ConnectError(
+                name, f"cannot resolve {conn.host}{why}: {e.strerror}")) from e
         except TimeoutError as e:
             raise _Retryable(ConnectError(
-                name, f"connect to {where} timed out after {self.options.connect_timeout:g}s"
+                name, f"connect to {where} timed out after {self._timeout():g}s"
             )) from e
         except SSHException as e:
             raise _Retryable(ConnectError(name, f"SSH handshake with {where} failed: {e}")) from e
@@ -338,7 +340,7 @@ class SSHTransport:
     def _open_channel(self) -> paramiko.Channel:
         transport = self._transport()
         try:
-            return transport.open_session(timeout=self.options.connect_timeout)
+            return transport.open_session(timeout=self._timeout())
         except (SSHException, EOFError) as e:
             raise ConnectError(self.node.name,
                                f"cannot open a session: {e or type(e).__name__}") from e
@@ -448,55 +450,18 @@ class SSHTransport:
             sftp.close()
 
     def openssh_command(self) -> list[str] | None:
-        """`ssh ... user@host` equivalent to our connection, or None when it cannot be used.
+        """`ssh ... -- HOSTNAME` reaching the node as our connection does, or None.
 
-        Same known_hosts files with StrictHostKeyChecking=yes (our own connection has already
-        checked, or accept-new recorded, the key), same identity, ssh_config and timeout. A
-        node behind one ProxyJump hop gets a ProxyCommand running the same strict `ssh -W`
-        through that hop (its alias resolved by the same ssh_config); more hops or an
-        ssh_config ProxyCommand: None (paramiko goes through Fabric's gateway instead).
+        Built from the same resolved settings (sshroute.openssh_argv): same address, port,
+        user, identity files, ProxyJump hops (nested strict `ssh -W`) or ProxyCommand, same
+        known_hosts files with StrictHostKeyChecking=yes (our own connection has already
+        checked, or accept-new recorded, every key). None: no `ssh` installed or use_openssh
+        is off (paramiko SFTP is used instead).
         """
         if not self.options.use_openssh or shutil.which("ssh") is None:
             return None
         self.open()
-        assert self._conn is not None
-        c = self._conn
-        keys = [str(k) for k in c.connect_kwargs.get("key_filename") or []]
-        cmd = self._openssh_options(c.port, c.user, c.host, keys)
-        gw = c.gateway
-        if gw is not None:
-            if not isinstance(gw, Connection) or gw.gateway is not None:
-                return None  # ProxyCommand or several hops: leave it to paramiko
-            hop = [*self._openssh_options(gw.port, gw.user, gw.host, []), "-W",
-                   f"{c.host}:{c.port}", "--", gw.original_host]
-            # ssh runs ProxyCommand with /bin/sh after expanding %-tokens: quote, escape %
-            cmd += ["-o", "ProxyCommand=" + shlex.join(hop).replace("%", "%%")]
-        return [*cmd, "--", c.host]
-
-    def _openssh_options(self, port: int, user: str, host: str, keys: list[str]) -> list[str]:
-        o = self.options
-        kh = " ".join(_ssh_quote(str(p)) for p in o.known_hosts_files())
-        cfg = o.ssh_config if o.ssh_config is not None else user_ssh_config()
-        cmd = [
-            "ssh", "-T", "-x", "-a",
-            "-F", str(cfg) if cfg.is_file() else "/dev/null",
-            "-p", str(port),
-            "-l", user,
-            "-o", f"HostName={host}",
-            "-o", f"UserKnownHostsFile={kh}",
-            "-o", "GlobalKnownHostsFile=/dev/null",
-            "-o", "StrictHostKeyChecking=yes",
-            "-o", "BatchMode=yes",
-            "-o", f"ConnectTimeout={max(1, math.ceil(o.connect_timeout))}",
-            "-o", "KexAlgorithms=curve25519-sha256,curve25519-sha256@libssh.org,"
-                  "ecdh-sha2-nistp256,diffie-hellman-group14-sha256",
-            "-o", "Ciphers=^aes128-gcm@openssh.com",
-            "-o", "LogLevel=ERROR",
-            "-o", "ClearAllForwardings=yes",
-        ]
-        for key in keys:
-            cmd += ["-i", key, "-o", "IdentitiesOnly=yes"]
-        return cmd
+        return sshroute.openssh_argv(self.settings(), self.known_hosts_files(), self._timeout())
 
     def _openssh(self, remote_cmd: str, *, stdin: IO[bytes] | None = None,
                  stdout: IO[bytes] | None = None) -> bool:
@@ -538,13 +503,6 @@ class _SFTPStream:
             return data
         except (OSError, SSHException) as e:
             raise TransferError(self._node, f"{self._where}: {e}") from e
-
-
-def _ssh_quote(text: str) -> str:
-    """Quote one ssh_config value (double quotes; ssh_config has no escapes)."""
-    if '"' in text:
-        raise ValueError(f"cannot pass {text!r} to OpenSSH")
-    return f'"{text}"' if " " in text else text
 
 
 def _collect(chan: paramiko.Channel,

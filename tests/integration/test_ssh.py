@@ -34,8 +34,8 @@ def variant_inventory(hosts: TestHosts, tmp_path: Path, *, known_hosts: Path | N
             line = f"host_key_policy: {policy}"
         if identity is not None and line.startswith("  identity_file:"):
             line = f"  identity_file: {identity}"
-        if identity is not None and line.startswith("ssh_config:"):
-            continue  # its IdentityFile would add the good key back
+        if (identity is not None or known_hosts is not None) and line.startswith("ssh_config:"):
+            continue  # its IdentityFile / UserKnownHostsFile would add the good one back
         lines.append(line)
     path = tmp_path / "inventory.yaml"
     path.write_text("\n".join(lines) + "\n")

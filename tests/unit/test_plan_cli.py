@@ -28,6 +28,7 @@ ALL_COMMANDS = {
     "convert-weights",
     "infer",
     "check",
+    "inventory",
 }
 
 
