@@ -34,7 +34,7 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     paths = {}
     for case in CASES:
         ckpt = out / f"{case}.ckpt"
-        result = orchestrate("convert-weights", "--hf", str(FIXTURES / case), "--out", str(ckpt))
+        result = orchestrate("convert-weights", "--hf", str(FIXTURES / case), "--output", str(ckpt))
         assert result.returncode == 0, result.stderr
         assert f"wrote {ckpt}" in result.stdout
         paths[case] = ckpt
@@ -95,7 +95,7 @@ def test_hf_to_ours_to_hf_is_bit_exact(case: str, converted: dict[str, Path],
                                        tmp_path: Path) -> None:
     out = tmp_path / "hf"
     result = orchestrate("convert-weights", "--to-hf", "--ckpt", str(converted[case]),
-                         "--hf-config", str(FIXTURES / case / "config.json"), "--out", str(out))
+                         "--hf-config", str(FIXTURES / case / "config.json"), "--output", str(out))
     assert result.returncode == 0, result.stderr
     original = {k.removeprefix("transformer."): v
                 for k, v in read_hf_weights(FIXTURES / case).items()}
@@ -119,7 +119,7 @@ def test_safetensors_reader_agrees_with_the_safetensors_library() -> None:
 
 def test_bad_hf_folder_is_a_one_line_error(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text((FIXTURES / "heads4" / "config.json").read_text())
-    result = orchestrate("convert-weights", "--hf", str(tmp_path), "--out",
+    result = orchestrate("convert-weights", "--hf", str(tmp_path), "--output",
                          str(tmp_path / "x.ckpt"))
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
