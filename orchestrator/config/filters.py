@@ -72,12 +72,8 @@ def apply_filters(inv: Inventory, include: str | None, exclude: str | None) -> I
 
 
 def _node(inv: Inventory, option: str, host: str) -> Node:
-    for n in inv.nodes:
-        if n.name == host:
-            return n
-    for n in inv.nodes:
-        if n.host == host:
-            return n
+    if (found := inv.find(host)) is not None:
+        return found
     known = ", ".join(n.name for n in inv.nodes)
     raise InventoryError(option, "", f"no host {host!r} in {inv.path} (nodes: {known})")
 

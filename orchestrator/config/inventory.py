@@ -83,14 +83,15 @@ class Inventory:
     def world_size(self) -> int:
         return sum(n.device_count for n in self.nodes)
 
+    def find(self, name: str) -> Node | None:
+        """The node called `name`, else the one with that host, else None."""
+        return (next((n for n in self.nodes if n.name == name), None)
+                or next((n for n in self.nodes if n.host == name), None))
+
     def node(self, name: str) -> Node:
         """The node called `name` (or with that host); InventoryError if none."""
-        for n in self.nodes:
-            if n.name == name:
-                return n
-        for n in self.nodes:
-            if n.host == name:
-                return n
+        if (found := self.find(name)) is not None:
+            return found
         known = ", ".join(n.name for n in self.nodes)
         raise InventoryError(str(self.path), "", f"no node named {name!r} (nodes: {known})")
 
