@@ -140,12 +140,16 @@ def check_command(inventory_path: Path, preset: str | None, overrides: tuple[str
 @no_guard_option
 @flags.state_dir_option()
 @flags.forks_option()
+@click.option("-v", "--verbose", is_flag=True,
+              help="Print seconds per phase (startup, plan, check, data, render, connect, "
+                   "stage, start) once the job runs.")
 def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mode: str | None,
                wait: bool, no_check: bool, dry_run: bool, sched_port: int | None,
                cluster_timeout: int,
                stop_grace: int, entrypoint: str | None, max_restarts: int,
                exclude_after: int, restart_codes: str | None, stall_timeout: float | None,
-               node_lost_timeout: float, no_guard: bool, state_dir: Path, forks: int) -> None:
+               node_lost_timeout: float, no_guard: bool, state_dir: Path, forks: int,
+               verbose: bool) -> None:
     """Plan, stage and start a training job on every node.
 
     check -> plan -> rank table -> render -> stage -> start -> record. Each node gets
@@ -169,13 +173,18 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
     model/assets/alpaca_seed_tasks.json unless data.path is set):
       orchestrate up -i inventories/local.yaml -c tiny --wait
     """
-    from orchestrator.config.presets import load_job_spec
-    from orchestrator.errors import JobError
-    from orchestrator.job.lifecycle import UpOptions, create_job, dry_run_summary, launch
-    from orchestrator.job.render import default_mode
+    from orchestrator.job.phases import PhaseClock, phase
 
-    inv = flags.load_selected(inventory_path)
-    spec = load_job_spec(preset, overrides)
+    clock = PhaseClock.start()
+    with phase("plan"):
+        from orchestrator.config.presets import load_job_spec
+        from orchestrator.job.lifecycle import UpOptions, create_job, dry_run_summary, launch
+        from orchestrator.job.render import default_mode
+
+        inv = flags.load_selected(inventory_path)
+        spec = load_job_spec(preset, overrides)
+    from orchestrator.errors import JobError
+
     if entrypoint is None and not spec.value("data.path") and any(
             n.data_dir is None for n in inv.nodes):
         raise JobError(f"data.path is empty in preset {preset}: the trainer needs a dataset. "
@@ -206,7 +215,8 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
         job_id = reserve_job_id(store, spec.preset)
         port = sched_port or sched_port_for(job_id)
         if not no_check:
-            report = _run_check(group, spec, mode, port if mode == "msrun" else None)
+            with phase("check"):
+                report = _run_check(group, spec, mode, port if mode == "msrun" else None)
             if not report.ok:
                 _print_check(report)
                 store.job_dir(job_id).rmdir()  # reserved, empty: no job was made
@@ -222,6 +232,9 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
             sys.exit(130)
         click.echo(f"job {record.job_id} running. Follow it with `orchestrate status --watch "
                    f"{record.job_id}`, stop it with `orchestrate down {record.job_id}`.")
+        if verbose:
+            for line in clock.lines():
+                click.echo(line)
         if wait:
             watch_job(record, group, store, policy,
                       _rechecker(group, spec, mode, record.sched_port, no_check),
