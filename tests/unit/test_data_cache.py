@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from orchestrate_bloom import data_key
+
 from orchestrator.errors import JobError
 from orchestrator.job import dataset
 
@@ -52,6 +52,7 @@ def test_a_hit_reuses_the_folder_and_a_miss_prepares_once(tmp_path: Path,
 
     def fake_prepare(src: Path, dest: Path, seq_length: int, tokenizer: str = "") -> Path:
         calls.append(dest)
+        assert tokenizer == ""
         dest.mkdir(parents=True)
         (dest / "alpaca.mindrecord").write_text(f"{src.name} {seq_length}")
         return dest
@@ -70,6 +71,7 @@ def test_a_hit_reuses_the_folder_and_a_miss_prepares_once(tmp_path: Path,
 def test_a_failed_preparation_leaves_no_cache_entry(tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     def failing(src: Path, dest: Path, seq_length: int, tokenizer: str = "") -> Path:
+        assert (seq_length, tokenizer) == (32, "")
         dest.mkdir(parents=True)
         (dest / "half").write_text("x")
         raise JobError(f"data.path {src}: preparing MindRecord failed: boom")
