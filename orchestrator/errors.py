@@ -94,6 +94,16 @@ class JobError(OrchestrateError):
     """A job cannot be started, found, or stopped as asked."""
 
 
+class ManifestError(OrchestrateError):
+    """A Kubernetes manifest orchestrate generated (or was given) is refused by its schema."""
+
+    def __init__(self, where: str, path: str, message: str) -> None:
+        self.where = where  # "AscendJob tiny-k3f9" or a file name
+        self.path = path  # the field, e.g. "spec.replicaSpecs.Worker.replicas" ("" for the root)
+        self.detail = message
+        super().__init__(f"{where}: {path or '(root)'}: {message}")
+
+
 class CheckpointError(OrchestrateError):
     """Checkpoints cannot be chosen, gathered, verified or transformed."""
 
