@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from orchestrate_bloom.weights_safe import (
     ConvertError,
     index_shards,
