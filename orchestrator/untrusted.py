@@ -11,7 +11,9 @@ Neither is ever given to rich as markup: printers use `rich.text.Text` or plain 
 
 from __future__ import annotations
 
+import json
 import re
+from typing import Any
 
 PREVIEW = 80  # characters of a bad value shown in an error message
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -54,3 +56,38 @@ def _deep(value: object, depth: int) -> bool:
         return any(walk(x, d - 1) for x in v)
 
     return walk(value, depth)
+
+
+_INT = re.compile(r"-?[0-9]{1,19}")
+MAX_LINE = 4096  # characters of one node output line a parser looks at
+
+
+def to_int(text: str, *, signed: bool = False) -> int | None:
+    """`text` as an int when it is ASCII digits (`[0-9]`, at most 19; a leading '-' only if
+    `signed`), else None: "²" or "١٢" are not numbers here (str.isdigit says they are)."""
+    m = _INT.fullmatch(text)
+    if m is None or (text.startswith("-") and not signed):
+        return None
+    return int(text)
+
+
+def lines(text: str, limit: int = MAX_LINE) -> list[str]:
+    """The lines of node output a parser should look at: those of at most `limit` chars (a
+    longer line is never a valid record, and skipping it keeps every parser linear)."""
+    return [line for line in text.splitlines() if len(line) <= limit]
+
+
+MAX_JSON_DEPTH = 32
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def loads_json(text: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """json.loads for a node's JSON, refusing nesting deeper than `max_depth` first (in one
+    linear pass), so a crafted `[[[[...` raises JSONDecodeError, never RecursionError."""
+    depth = 0
+    for m in _JSON_BRACKET.finditer(_JSON_STRING.sub('""', text)):
+        depth += 1 if m[0] in "[{" else -1
+        if depth > max_depth:
+            raise json.JSONDecodeError(f"nested deeper than {max_depth} levels", text, 0)
+    return json.loads(text)

@@ -25,6 +25,7 @@ from typing import Any
 from orchestrate_bloom import checkpoint as ck
 
 from orchestrator.errors import CheckpointError
+from orchestrator.untrusted import loads_json
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -116,7 +117,7 @@ def _preset(doc: Mapping[str, Any]) -> str | None:
 def parse_manifest(text: str, where: str, rank: int, step: int) -> tuple[str, int, Any]:
     """(sha256, size, doc) from a manifest's text; CheckpointError naming `where` and key."""
     try:
-        doc = json.loads(text)
+        doc = loads_json(text)
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{where}: not JSON ({exc.msg} at line {exc.lineno})") from exc
     if not isinstance(doc, dict):

@@ -132,6 +132,10 @@ def collect_ckpt_command(
         inv = load_inventory(inventory_path)
         targets = targets_from_inventory(inv, job_id)
 
+    from rich.text import Text
+
+    from orchestrator.untrusted import scrub
+
     console = Console(stderr=True)
     bar = Progress(
         "[progress.description]{task.description}",
@@ -156,7 +160,7 @@ def collect_ckpt_command(
             job_id,
             output if output is not None else Path("ckpt") / job_id,
             Options(step, preset, keep_optimizer, dst_strategy, processes, not no_check, forks),
-            say=console.print,
+            say=lambda m: console.print(Text(scrub(m))),  # node text: no markup
             progress=progress,
             targets=targets,
         )

@@ -37,6 +37,9 @@ from orchestrator.cli.k8s import K8sArgs, k8s_options
 def _print_check(report: Any) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
+
+    from orchestrator.untrusted import scrub
 
     table = Table(title="orchestrate check", title_justify="left")
     table.add_column("node")
@@ -48,11 +51,12 @@ def _print_check(report: Any) -> None:
         for c in report.columns:
             i = items.get(c)
             color = "green" if i is not None and i.ok else "red"
-            cells.append("" if i is None else f"[{color}]{i.value}[/]")
+            # a node's reply (versions, paths) is text, never markup
+            cells.append(Text("" if i is None else scrub(str(i.value)), style=color))
         table.add_row(n.node, *cells)
     Console().print(table)
     for node, item in report.failures:
-        click.echo(f"[{node}] {item.name}: {item.value} -> {item.fix}", err=True)
+        click.echo(scrub(f"[{node}] {item.name}: {item.value} -> {item.fix}"), err=True)
 
 
 def _run_check(group: Any, spec: Any, mode: str, sched_port: int | None) -> Any:

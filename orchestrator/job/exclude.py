@@ -38,6 +38,7 @@ from orchestrator.job.render import shell_path
 from orchestrator.job.state import JobRecord, JobStore, NodeRecord
 from orchestrator.remote.group import NodeGroup
 from orchestrator.remote.transport import Transport
+from orchestrator.untrusted import loads_json
 
 Echo = Callable[[str], None]
 
@@ -145,7 +146,7 @@ def convert_checkpoints(record: JobRecord, new_nodes: Sequence[NodeRecord], excl
     def steps(t: Transport) -> dict[str, list[int]]:
         n = old[t.node.name]
         ranks = [a for r in n.ranks for a in ("--rank", str(r))]
-        doc: dict[str, list[int]] = json.loads(
+        doc: dict[str, list[int]] = loads_json(
             _on_node(t, n.job_dir, "steps", ["--layout", json.dumps(layout), *ranks]))
         return doc
 
