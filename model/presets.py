@@ -58,6 +58,30 @@ def preset_file(preset: str | Path) -> Path:
     return path
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses aliases: `*a` repeated through nested lists expands
+    exponentially (a 309-byte `--set` value once built a 58 MB error message)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"YAML aliases (*{str(event.anchor)[:40]}) are not allowed",
+                event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str) -> Any:
+    """yaml.safe_load without aliases (yaml.YAMLError on `*name`)."""
+    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """A bounded repr for error messages."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} chars)"
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     """A YAML file that holds a mapping at top level.
 
@@ -65,7 +89,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
         SettingsError: unreadable file, syntax error, or not a mapping.
     """
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = load_yaml(path.read_text())
     except OSError as e:
         raise SettingsError(f"{path}: cannot read: {e.strerror}") from None
     except yaml.YAMLError as e:
@@ -116,13 +140,16 @@ def merge_mindformers(merged: Sections, doc: Mapping[str, Any], src: str,
 def apply_override(merged: Sections, item: str) -> None:
     """Apply one `--set section.key=value` (aliases allowed; the value is read as YAML)."""
     if "=" not in item:
-        raise SettingsError(f"--set {item!r}: expected section.key=value")
+        raise SettingsError(f"--set {_short(item)}: expected section.key=value")
     dotted, raw = item.split("=", 1)
+    src = f"--set {_short(item)}"
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
+    except yaml.composer.ComposerError as e:  # an alias: refused, not read as a string
+        raise SettingsError(f"{src}: {e.problem}") from None
     except yaml.YAMLError:
         value = raw
-    set_value(merged, dotted.strip(), value, f"--set {item!r}")
+    set_value(merged, dotted.strip(), value, src)
 
 
 def set_value(merged: Sections, dotted: str, value: Any, src: str) -> None:
@@ -130,7 +157,7 @@ def set_value(merged: Sections, dotted: str, value: Any, src: str) -> None:
     dotted = KEY_ALIASES.get(dotted, dotted)
     section, _, key = dotted.partition(".")
     if section not in merged or key not in merged[section]:
-        raise SettingsError(f"{src}: unknown key {dotted!r}{_suggest(dotted, merged)}")
+        raise SettingsError(f"{src}: unknown key {_short(dotted)}{_suggest(dotted, merged)}")
     merged[section][key] = coerce(dotted, merged[section][key], value, src)
 
 
@@ -161,7 +188,7 @@ def coerce(dotted: str, default: Any, value: Any, src: str) -> Any:
         if not ok and isinstance(value, (int, float)) and not isinstance(value, bool):
             value, ok = str(value), True
     if not ok:
-        raise SettingsError(f"{src}: {dotted}: expected {kind.__name__}, got {value!r}")
+        raise SettingsError(f"{src}: {dotted}: expected {kind.__name__}, got {_short(value)}")
     return value
 
 

@@ -122,9 +122,9 @@ _NODE_KEYS = {
     "data_dir",
 }
 _DEFAULT_KEYS = _NODE_KEYS - {"host", "name", "device_ips"}
-_HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_USER = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._-]{0,63}$")
+_HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+_USER = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._-]{0,63}\Z")
 
 
 def load_inventory(path: Path | str) -> Inventory:
@@ -175,6 +175,7 @@ def parse_inventory(text: str, path: Path | str = "<inventory>", digest: str = "
     entries = _node_entries(src, doc)
     nodes = tuple(_parse_node(src, f"nodes[{i}]", defaults, e) for i, e in enumerate(entries))
     _reject_duplicates(src, nodes)
+    _reject_duplicate_ips(src, nodes)
     return Inventory(
         path=Path(src),
         nodes=nodes,
@@ -274,6 +275,18 @@ def _reject_duplicates(src: str, nodes: tuple[Node, ...]) -> None:
             )
         seen_addr[addr] = i
         seen_name[n.name] = i
+
+
+def _reject_duplicate_ips(src: str, nodes: tuple[Node, ...]) -> None:
+    """HCCL needs a distinct IP per device, within a node and across nodes."""
+    seen: dict[str, str] = {}
+    for i, n in enumerate(nodes):
+        for dev, ip in sorted((n.device_ips or {}).items()):
+            where = f"nodes[{i}].device_ips.{dev}"
+            if ip in seen:
+                raise InventoryError(src, where, f"duplicate device IP {ip!r} (same as "
+                                                 f"{seen[ip]}); HCCL needs one IP per device")
+            seen[ip] = where
 
 
 def _show(value: Any) -> str:
@@ -416,7 +429,7 @@ def _device_ips(src: str, key: str, value: Any) -> Mapping[int, str] | None:
         raise InventoryError(src, key, f"expected a mapping device_id: IPv4, got {_show(value)}")
     out: dict[int, str] = {}
     for k, v in value.items():
-        dev = int(k) if isinstance(k, str) and k.isdigit() else k
+        dev = int(k) if isinstance(k, str) and re.fullmatch(r"[0-9]{1,4}", k) else k
         if isinstance(dev, bool) or not isinstance(dev, int) or not 0 <= dev <= MAX_DEVICE_ID:
             raise InventoryError(
                 src, f"{key}.{k}", f"expected a device id 0..{MAX_DEVICE_ID}, got {_show(k)}"

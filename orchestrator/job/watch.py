@@ -49,7 +49,7 @@ from orchestrator.remote.transport import Transport
 Echo = Callable[[str], None]
 Recheck = Callable[[], Mapping[str, str]]  # node -> what its check found wrong ({}: all ok)
 Show = Callable[[JobRecord, Reports], None]  # called after every poll
-_RESUMED = re.compile(r"resumed from step (\d+)|no checkpoint complete on every rank")
+_RESUMED = re.compile(r"resumed from step ([0-9]{1,12})|no checkpoint complete on every rank")
 
 
 @dataclass(frozen=True)
