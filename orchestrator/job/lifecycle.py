@@ -53,11 +53,12 @@ Echo = Callable[[str], None]
 class UpOptions:
     """Choices of `orchestrate up` beyond preset and inventory."""
 
-    mode: str | None = None  # None: ranktable for Ascend, msrun otherwise
+    mode: str | None = None  # None: msrun (render.default_mode)
     sched_port: int | None = None  # None: derived from the job id (see sched_port_for)
     cluster_timeout: int = DEFAULT_CLUSTER_TIMEOUT
     entrypoint: str | None = None  # rank command instead of the bundled trainer
     stop_grace: int = DEFAULT_STOP_GRACE
+    rank_table: str | None = None  # a platform's table (hccl/platform.py), as MindSpore gets it
 
 
 
@@ -117,7 +118,7 @@ def create_job(inv: Inventory, spec: JobSpec, store: JobStore, opts: UpOptions,
                         sched_host=node_address(first, inv), sched_port=port,
                         cluster_timeout=opts.cluster_timeout, entrypoint=opts.entrypoint,
                         stop_grace=opts.stop_grace)
-    table = rank_table_for(inv, group) if mode == "ranktable" else None
+    table = (opts.rank_table or rank_table_for(inv, group)) if mode == "ranktable" else None
     local_data = local_dataset(spec, plan, store.job_dir(job_id))
     data_paths = data_paths_for(plan, local_data)
     write_rendered(store, job_id, render_job(launch, plan, data_paths, table,
