@@ -198,6 +198,9 @@ def test_msrun_pods_take_ranks_from_operator_env(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert _rank_lines(worker) == ["rank 2 MS_WORKER 0 4 True",
                                    "rank 3 MS_WORKER 1 4 True"]
+    # The container's stdout (kubectl logs) carries every rank's lines, prefixed by slot.
+    assert {"[0] rank 2 MS_WORKER 0 4 True", "[1] rank 3 MS_WORKER 1 4 True"} <= set(
+        done.stdout.splitlines())
     sched = _pod(tmp_path, manifests, "scheduler")
     assert _run(sched, {**operator, "MS_ROLE": "MS_SCHED"}).returncode == 0
     assert _rank_lines(sched) == ["rank None MS_SCHED None 4 True"]
