@@ -32,7 +32,12 @@ checkpoints `output/checkpoint/rank_<r>/bloom_rank_<r>-<step>.ckpt` + `.json` ma
 train.save_steps and at the end (the last train.keep_checkpoints kept); on the semi-auto
 parallel path the strategy file `output/strategy/ckpt_strategy_rank_<r>.ckpt`. `--resume`
 continues from the newest step complete on every rank (same data position, same LR schedule).
-Exit 0 only when training finished; otherwise non-zero with `error: ...` on stderr.
+Graceful stop (`orchestrate down --save`): after every step each rank checks for
+`<folder of JOB.yaml>/stop_request.json` holding {"GracefulExit": 1} (graceful.py, MindSpore's
+OnRequestExit semantics); the flag is all-reduced, so every rank logs, saves that step (its
+manifest records the full-precision `loss`) and exits 0 at the same step.
+Exit 0 only when training finished or stopped on request; otherwise non-zero with `error: ...`
+on stderr.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import checkpoint as ck
+from . import graceful
 from .data import DataError, create_dataset, has_column, sample_length
 from .job import Job, load_job
 from .presets import SettingsError
@@ -252,28 +258,59 @@ def train(job: Job, resume: bool, t0: float) -> int:
         return 0
     batches = _batches(data_path, layout, dist, start, use_mask, semi_auto)
     step_cell.set_train(True)
-    tokens_per_step = layout.global_batch * int(job.model["seq_length"])
     meta = _manifest_meta(job, layout, dist)
-    last_t, last_step = time.monotonic(), start
+    stop_file = graceful.request_path(job.path.parent)
+    log = _Logger(job, layout, dist, t0, start)
     for step in range(start + 1, steps + 1):
         batch = next(batches)
         loss = step_cell(*(batch if use_mask else (batch[0], batch[0])))
-        if step % int(t["log_steps"]) == 0 or step == steps:
-            value = global_loss(float(loss.asnumpy()), dist, layout, reduce)
-            if not math.isfinite(value):
-                raise TrainError(f"loss is {value} at step {step}")
-            now = time.monotonic()
-            if dist.is_rank0:
-                rate = (step - last_step) * tokens_per_step / max(now - last_t, 1e-9)
-                print(log_line(step, value, lr_at(step - 1, steps, float(t["lr"]),
-                                                  float(t["min_lr"]), int(t["warmup_steps"])),
-                               rate, now - t0), flush=True)
-            last_t, last_step = now, step
-        if step % int(t["save_steps"]) == 0 or step == steps:
+        stop = stop_agreed(stop_file, reduce)
+        value = None
+        if step % int(t["log_steps"]) == 0 or step == steps or stop:
+            value = log(step, global_loss(float(loss.asnumpy()), dist, layout, reduce))
+        if step % int(t["save_steps"]) == 0 or step == steps or stop:
+            extra = {} if value is None else {"loss": value}  # full precision, for comparisons
             ck.save(lambda p: ms.save_checkpoint(step_cell, str(p)), out, dist.rank, step,
-                    {**meta, "samples_per_rank": step * layout.rank_batch})
+                    {**meta, "samples_per_rank": step * layout.rank_batch, **extra})
             ck.prune(out, dist.rank, int(t["keep_checkpoints"]))
+        if stop:
+            note(f"stop requested ({stop_file}): saved step {step}, exiting")
+            return 0
     return 0
+
+
+class _Logger:
+    """Prints the step line on rank 0 (tokens/s since the last logged step)."""
+
+    def __init__(self, job: Job, layout: Layout, dist: Dist, t0: float, start: int) -> None:
+        self.t, self.dist, self.t0 = job.train, dist, t0
+        self.tokens_per_step = layout.global_batch * int(job.model["seq_length"])
+        self.last_t, self.last_step = time.monotonic(), start
+
+    def __call__(self, step: int, value: float) -> float:
+        """Log the global loss `value` of `step` (refused when not finite); returns it."""
+        if not math.isfinite(value):
+            raise TrainError(f"loss is {value} at step {step}")
+        t, now = self.t, time.monotonic()
+        if self.dist.is_rank0:
+            rate = (step - self.last_step) * self.tokens_per_step / max(now - self.last_t, 1e-9)
+            lr = lr_at(step - 1, int(t["steps"]), float(t["lr"]), float(t["min_lr"]),
+                       int(t["warmup_steps"]))
+            print(log_line(step, value, lr, rate, now - self.t0), flush=True)
+        self.last_t, self.last_step = now, step
+        return value
+
+
+def stop_agreed(path: Path, reduce: AllReduceSum | None) -> bool:
+    """Whether any rank saw the graceful-stop request (graceful.py) by now.
+
+    Every rank calls this after every step: the SUM all-reduce makes them agree, so all of
+    them save the same step and exit together (OnRequestExit semantics).
+    """
+    local = 1.0 if graceful.requested(path) else 0.0
+    if reduce is None:
+        return local > 0
+    return bool(reduce([local, 0.0])[0] > 0.5)
 
 
 def _check_data(job: Job, data_path: Path) -> bool:
