@@ -17,8 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from .fileio import write_atomic
 
@@ -45,6 +46,19 @@ def requested(path: Path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(doc, dict) and doc.get("GracefulExit") == 1
+
+
+def agreed(path: Path, reduce: Callable[[Sequence[float]], Any] | None) -> bool:
+    """Whether any rank saw the stop request at `path` by now.
+
+    Every rank calls this after every step with the job's SUM all-reduce (`reduce`, None on
+    one process); the sum makes them agree, so all of them save the same step and exit
+    together even when only some saw the file yet.
+    """
+    local = 1.0 if requested(path) else 0.0
+    if reduce is None:
+        return local > 0
+    return bool(reduce([local, 0.0])[0] > 0.5)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -43,7 +43,6 @@ on stderr.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -55,12 +54,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import checkpoint as ck
-from . import graceful
+from . import graceful, mindformers_ckpt
+from .convert import ConvertError
 from .data import DataError, create_dataset, has_column, sample_length
 from .job import Job, load_job
 from .presets import SettingsError
-from .schedule import lr_at, lr_schedule
+from .schedule import lr_schedule
 from .stages import SplitError, resolve_split, stage_of_layers
+from .steplog import StepLogger
 
 if TYPE_CHECKING:
     from .train_cells import AllReduceSum
@@ -166,12 +167,6 @@ def block_stages(layout: Layout) -> list[int]:
     return stage_of_layers(layout.layers_per_stage)
 
 
-def log_line(step: int, loss: float, lr: float, tokens_per_s: float, elapsed_s: float) -> str:
-    """The machine-readable step line `orchestrate status` parses."""
-    return (f"step={step} loss={loss:.4f} lr={lr:.1e} tokens_per_s={tokens_per_s:.1f} "
-            f"elapsed_s={elapsed_s:.1f}")
-
-
 def note(message: str) -> None:
     print(f"[train] {message}", file=sys.stderr, flush=True)
 
@@ -260,11 +255,11 @@ def train(job: Job, resume: bool, t0: float) -> int:
     step_cell.set_train(True)
     meta = _manifest_meta(job, layout, dist)
     stop_file = graceful.request_path(job.path.parent)
-    log = _Logger(job, layout, dist, t0, start)
+    log = StepLogger(job, layout.global_batch, dist.is_rank0, t0, start)
     for step in range(start + 1, steps + 1):
         batch = next(batches)
         loss = step_cell(*(batch if use_mask else (batch[0], batch[0])))
-        stop = stop_agreed(stop_file, reduce)
+        stop = graceful.agreed(stop_file, reduce)
         value = None
         if step % int(t["log_steps"]) == 0 or step == steps or stop:
             value = log(step, global_loss(float(loss.asnumpy()), dist, layout, reduce))
@@ -277,40 +272,6 @@ def train(job: Job, resume: bool, t0: float) -> int:
             note(f"stop requested ({stop_file}): saved step {step}, exiting")
             return 0
     return 0
-
-
-class _Logger:
-    """Prints the step line on rank 0 (tokens/s since the last logged step)."""
-
-    def __init__(self, job: Job, layout: Layout, dist: Dist, t0: float, start: int) -> None:
-        self.t, self.dist, self.t0 = job.train, dist, t0
-        self.tokens_per_step = layout.global_batch * int(job.model["seq_length"])
-        self.last_t, self.last_step = time.monotonic(), start
-
-    def __call__(self, step: int, value: float) -> float:
-        """Log the global loss `value` of `step` (refused when not finite); returns it."""
-        if not math.isfinite(value):
-            raise TrainError(f"loss is {value} at step {step}")
-        t, now = self.t, time.monotonic()
-        if self.dist.is_rank0:
-            rate = (step - self.last_step) * self.tokens_per_step / max(now - self.last_t, 1e-9)
-            lr = lr_at(step - 1, int(t["steps"]), float(t["lr"]), float(t["min_lr"]),
-                       int(t["warmup_steps"]))
-            print(log_line(step, value, lr, rate, now - self.t0), flush=True)
-        self.last_t, self.last_step = now, step
-        return value
-
-
-def stop_agreed(path: Path, reduce: AllReduceSum | None) -> bool:
-    """Whether any rank saw the graceful-stop request (graceful.py) by now.
-
-    Every rank calls this after every step: the SUM all-reduce makes them agree, so all of
-    them save the same step and exit together (OnRequestExit semantics).
-    """
-    local = 1.0 if graceful.requested(path) else 0.0
-    if reduce is None:
-        return local > 0
-    return bool(reduce([local, 0.0])[0] > 0.5)
 
 
 def _check_data(job: Job, data_path: Path) -> bool:
@@ -375,12 +336,20 @@ def _columns(use_mask: bool) -> tuple[str, ...]:
 
 
 def load_pretrained(model: Any, path: Path) -> None:
-    """Load a single-device checkpoint (e.g. from convert-weights) into the model."""
+    """Load a single-device checkpoint (e.g. from convert-weights; ours or MindFormers'
+    parameter names) into the model."""
     import mindspore as ms
 
     if not path.is_file():
         raise TrainError(f"train.load_checkpoint={str(path)!r}: no such file")
     params = ms.load_checkpoint(str(path))
+    if mindformers_ckpt.is_mindformers(params):  # MindFormers' names: mapped to ours
+        try:
+            arrays, _ = mindformers_ckpt.from_checkpoint(params, model.config, str(path))
+        except ConvertError as e:
+            raise TrainError(f"train.load_checkpoint: {e}") from None
+        dtype = np.float16 if model.config.param_dtype == "float16" else np.float32
+        params = {n: ms.Parameter(ms.Tensor(a.astype(dtype)), name=n) for n, a in arrays.items()}
     missing, _ = ms.load_param_into_net(model, params)
     if missing:
         raise TrainError(f"train.load_checkpoint={str(path)!r}: missing parameters "
