@@ -143,6 +143,9 @@ def check_command(inventory_path: Path, preset: str | None, overrides: tuple[str
 @k8s_options
 @flags.state_dir_option()
 @flags.forks_option()
+@click.option("-v", "--verbose", is_flag=True,
+              help="Print seconds per phase (startup, plan, check, data, render, connect, "
+                   "stage, start) once the job runs.")
 def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mode: str | None,
                wait: bool, no_check: bool, dry_run: bool, sched_port: int | None,
                cluster_timeout: int,
@@ -151,7 +154,7 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
                node_lost_timeout: float, no_guard: bool, backend: str, emit: Path | None,
                image: str | None, volume: str | None, namespace: str, queue: str,
                ring_controller: str, kubeconfig: Path | None, state_dir: Path,
-               forks: int) -> None:
+               forks: int, verbose: bool) -> None:
     """Plan, stage and start a training job on every node.
 
     check -> plan -> rank table -> render -> stage -> start -> record. Each node gets
@@ -181,10 +184,10 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
       orchestrate up --backend k8s --emit out/ -i inventories/12node.yaml -c 65b \\
           --image registry/bloom:latest --volume bloom-ckpt --set data.path=/data/mr
     """
-    from orchestrator.config.presets import load_job_spec
+    from orchestrator.job.phases import PhaseClock, phase
+
+    clock = PhaseClock.start()
     from orchestrator.errors import JobError
-    from orchestrator.job.lifecycle import UpOptions, create_job, dry_run_summary, launch
-    from orchestrator.job.render import default_mode
 
     k8s = K8sArgs(emit=emit, image=image, volume=volume, namespace=namespace, queue=queue,
                   ring_controller=ring_controller, kubeconfig=kubeconfig)
@@ -193,8 +196,13 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
     if backend == "k8s" and (wait or dry_run):
         raise click.UsageError("--backend k8s: --wait and --dry-run are SSH-only (use --emit "
                                "DIR to see the manifests; `orchestrate status JOB` to follow)")
-    inv = flags.load_selected(inventory_path)
-    spec = load_job_spec(preset, overrides)
+    with phase("plan"):
+        from orchestrator.config.presets import load_job_spec
+        from orchestrator.job.lifecycle import UpOptions, create_job, dry_run_summary, launch
+        from orchestrator.job.render import default_mode
+
+        inv = flags.load_selected(inventory_path)
+        spec = load_job_spec(preset, overrides)
     for note in spec.notes:  # a MindFormers run config's keys that are not honoured
         click.echo(f"note: {note}", err=True)
     if entrypoint is None and not spec.value("data.path") and any(
@@ -232,7 +240,8 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
         job_id = reserve_job_id(store, spec.preset)
         port = sched_port or sched_port_for(job_id)
         if not no_check:
-            report = _run_check(group, spec, mode, port if mode == "msrun" else None)
+            with phase("check"):
+                report = _run_check(group, spec, mode, port if mode == "msrun" else None)
             if not report.ok:
                 _print_check(report)
                 store.job_dir(job_id).rmdir()  # reserved, empty: no job was made
@@ -248,6 +257,9 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
             sys.exit(130)
         click.echo(f"job {record.job_id} running. Follow it with `orchestrate status --watch "
                    f"{record.job_id}`, stop it with `orchestrate down {record.job_id}`.")
+        if verbose:
+            for line in clock.lines():
+                click.echo(line)
         if wait:
             watch_job(record, group, store, policy,
                       _rechecker(group, spec, mode, record.sched_port, no_check),
