@@ -102,12 +102,17 @@ def test_yaml_aliases_are_refused_in_set_values_and_preset_files(tmp_path) -> No
 
     bomb = ("train.lr=[&a [1,1,1,1,1,1,1,1,1], &b [*a,*a,*a,*a,*a,*a,*a,*a,*a], "
             "[*b,*b,*b,*b,*b,*b,*b,*b,*b]]")  # 58 MB of repr before the fix
-    with pytest.raises(SettingsError, match=r"YAML aliases \(\*a\) are not allowed") as e:
+    with pytest.raises(SettingsError, match=r"YAML aliases \(\*a\) are not allowed here") as e:
         apply_override(defaults(), bomb)
     assert len(str(e.value)) < 300
     preset = tmp_path / "p.yaml"
-    preset.write_text("train: &t {lr: 1.0}\neval: *t\n")
-    with pytest.raises(SettingsError, match=r"aliases \(\*t\) are not allowed"):
+    preset.write_text("x: &a [1, 1]\ny: &b [*a, *a]\nz: [*b, *b]\n")  # aliases that multiply
+    with pytest.raises(SettingsError, match=r"aliases \(\*b\) may not point at a node holding"):
+        read_yaml(preset)
+    preset.write_text("train: &t {lr: 1.0}\neval: *t\n")  # as MindFormers run configs do
+    assert read_yaml(preset)["eval"] == {"lr": 1.0}
+    preset.write_text("t: &t 1\nl: [" + ", ".join(["*t"] * 65) + "]\n")
+    with pytest.raises(SettingsError, match="limited to 64 per file"):
         read_yaml(preset)
     with pytest.raises(SettingsError, match=r"got 'xxxx.*… \(5002 chars\)$"):
         apply_override(defaults(), "train.lr=" + "x" * 5000)
