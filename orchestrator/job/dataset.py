@@ -7,6 +7,7 @@ MindRecord folder staged as is, or a path on the nodes (issue #7).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from orchestrator import bundle
@@ -74,6 +75,27 @@ def local_dataset(spec: JobSpec, plan: Plan, job_dir: Path) -> Path | None:
         return prepare_alpaca(local, job_dir / "data" / local.stem, spec.model.seq_length,
                               str(spec.value("data.tokenizer") or ""))
     return local
+
+
+def template_override(spec: JobSpec) -> str | None:
+    """`data.template=NAME` to record with the job when its data says which prompt template it
+    was made with (an Alpaca `.json` is prepared with `alpaca`; a local prepared folder names
+    its template in summary.json), else None (data.template already set, or not known).
+    `infer --job` applies the recorded template to prompts (model/prompts.py)."""
+    path = str(spec.value("data.path") or "")
+    if spec.value("data.template") or not path:
+        return None
+    if path.endswith(".json"):
+        return "data.template=alpaca"
+    local = resolve_local_data(path)
+    summary = local / "summary.json" if local is not None and local.is_dir() else None
+    if summary is None or not summary.is_file():
+        return None
+    try:
+        template = json.loads(summary.read_text()).get("template")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return f"data.template={template}" if isinstance(template, str) and template else None
 
 
 def data_paths_for(plan: Plan, local: Path | None) -> dict[str, str | None]:
