@@ -81,20 +81,34 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     return prompts
 
 
+def note_dropped(results: list[dict[str, Any]], room: int) -> None:
+    """One `note:` line on stderr per prompt whose (templated) text did not fit."""
+    for r in results:
+        if r["prompt_tokens_dropped"]:
+            total = r["prompt_tokens"] + r["prompt_tokens_dropped"]
+            shape = f"with the {r['template']} template " if r["template"] else ""
+            print(f"note: prompt {r['prompt'][:40]!r} is {total} tokens {shape}but only {room} "
+                  "fit (model seq_length - max_new_tokens): the first "
+                  f"{r['prompt_tokens_dropped']} were dropped", file=sys.stderr)
+
+
 def run_prompts(session: TextGenerationPipeline, prompts: list[str], as_json: bool,
                 raw: bool = False) -> None:
     """Generate for all prompts in one batch and print them (streamed for one prompt on a tty)."""
     if as_json:
-        print(json.dumps({"results": session.complete(prompts, raw=raw)}, indent=2))
-        return
-    if len(prompts) == 1 and sys.stdout.isatty():
+        results = session.complete(prompts, raw=raw)
+        print(json.dumps({"results": results}, indent=2))
+    elif len(prompts) == 1 and sys.stdout.isatty():
         print(prompts[0], end="", flush=True)
-        session.complete(prompts, lambda piece: print(piece, end="", flush=True), raw=raw)
+        results = session.complete(prompts, lambda piece: print(piece, end="", flush=True),
+                                   raw=raw)
         print()
-        return
-    for result in session.complete(prompts, raw=raw):
-        print(result["prompt"] + result["completion"])
-        print()
+    else:
+        results = session.complete(prompts, raw=raw)
+        for result in results:
+            print(result["prompt"] + result["completion"])
+            print()
+    note_dropped(results, session.room())
 
 
 def chat_prompt(turns: Sequence[Sequence[int]], new: Sequence[int], room: int) -> list[int]:

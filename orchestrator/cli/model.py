@@ -40,6 +40,10 @@ def run_model_module(module: str, args: list[str]) -> None:
     stderr = proc.stderr
     if verbose and stderr:
         click.echo(stderr, err=True, nl=False)
+    elif proc.returncode == 0:  # the child's notes (e.g. a prompt that does not fit) are shown
+        for line in stderr.splitlines():
+            if line.startswith("note:"):
+                click.echo(line, err=True)
     if proc.returncode != 0:
         has_error_line = any(line.startswith("error:") for line in stderr.splitlines())
         reason = bundle.failure_reason(stderr, proc.returncode)
