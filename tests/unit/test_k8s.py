@@ -73,6 +73,10 @@ def test_ascendjob_valid_and_shaped(tmp_path: Path, inv: str | None, preset: str
     assert c["name"] == "ascend" and c["image"] == OPTS.image
     assert c["ports"] == [{"containerPort": 2222, "name": "ascendjob-port"}]
     assert c["resources"]["limits"] == {"huawei.com/Ascend910": npus}
+    (visible,) = c["env"]
+    assert visible["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.annotations['huawei.com/Ascend910']"
+    assert worker["template"]["spec"]["terminationGracePeriodSeconds"] == 10 + 20
     out = next(m for m in c["volumeMounts"] if m["name"] == "output")
     vols = {v["name"]: v for v in worker["template"]["spec"]["volumes"]}
     assert vols["output"]["persistentVolumeClaim"]["claimName"] == "bloom-ckpt"
