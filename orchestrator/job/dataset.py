@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from orchestrate_bloom.tool_io import failure_reason
+
 from orchestrator import bundle
 from orchestrator.config.plan import Plan
 from orchestrator.config.presets import JobSpec
@@ -23,7 +25,7 @@ def prepare_alpaca(src: Path, dest: Path, seq_length: int, tokenizer: str = "") 
         args += ["--tokenizer", str(Path(tokenizer).resolve())]
     proc = bundle.run_model("data", args, env={"GLOG_v": "3"}, timeout=3600)
     if proc.returncode != 0:
-        last = bundle.failure_reason(proc.stderr, proc.returncode)
+        last = failure_reason(proc.stderr, proc.returncode)
         raise JobError(f"data.path {src}: preparing MindRecord failed: {last}")
     return dest
 

@@ -27,8 +27,10 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from orchestrate_bloom import checkpoint as ck
+from orchestrate_bloom.tool_io import ToolFailure, read_result
 
 from orchestrator import bundle
 from orchestrator.config.presets import JobSpec
@@ -119,15 +121,16 @@ def _layout(dp: int) -> dict[str, int]:
     return {"data_parallel": dp, "model_parallel": 1, "pipeline_stage": 1}
 
 
-def _on_node(t: Transport, job_dir: str, mode: str, args: Sequence[str]) -> str:
-    """`python -m orchestrate_bloom.checkpoint MODE --job-dir JOB_DIR ARGS` on the node."""
+def _on_node(t: Transport, job_dir: str, mode: str, args: Sequence[str]) -> dict[str, Any]:
+    """`python -m orchestrate_bloom.checkpoint MODE --job-dir JOB_DIR ARGS` on the node; its
+    JSON result (tool_io protocol)."""
     line = bundle.node_model_line(t.node.python, shell_path(job_dir, "code"), "checkpoint",
                                   [mode, "--job-dir", job_dir, *args])
     res = t.run(line, check=False, timeout=1800)
-    if res.exit_code != 0:
-        last = (res.stderr.strip().splitlines() or [f"exit {res.exit_code}"])[-1]
-        raise JobError(f"[{t.node.name}] checkpoint {mode}: {last}")
-    return res.stdout
+    try:
+        return read_result(res.stdout, res.stderr, res.exit_code)
+    except ToolFailure as exc:
+        raise JobError(f"[{t.node.name}] checkpoint {mode}: {exc}") from None
 
 
 def convert_checkpoints(record: JobRecord, new_nodes: Sequence[NodeRecord], excl: Exclusion,
@@ -145,9 +148,8 @@ def convert_checkpoints(record: JobRecord, new_nodes: Sequence[NodeRecord], excl
     def steps(t: Transport) -> dict[str, list[int]]:
         n = old[t.node.name]
         ranks = [a for r in n.ranks for a in ("--rank", str(r))]
-        doc: dict[str, list[int]] = json.loads(
-            _on_node(t, n.job_dir, "steps", ["--layout", json.dumps(layout), *ranks]))
-        return doc
+        doc = _on_node(t, n.job_dir, "steps", ["--layout", json.dumps(layout), *ranks])
+        return {str(k): [int(s) for s in v] for k, v in doc.items()}
 
     found = group.map(steps, nodes)
     bad = {k: v for k, v in found.items() if isinstance(v, BaseException)}
@@ -159,7 +161,7 @@ def convert_checkpoints(record: JobRecord, new_nodes: Sequence[NodeRecord], excl
         return None
     by_name = {n.name: n for n in new_nodes}
 
-    def convert(t: Transport) -> str:
+    def convert(t: Transport) -> dict[str, Any]:
         was, now = old[t.node.name], by_name[t.node.name]
         pairs = [f"{r}:{r if r in was.ranks else was.rank_start}" for r in now.ranks]
         return _on_node(t, now.job_dir, "adopt", [

@@ -86,9 +86,10 @@ def run_slot(job_dir: Path, slot: str) -> tuple[list[str], dict[str, str]]:
     return argv, added
 
 
-def common_env(job_id: str, job_dir: Path, node: str, world: int) -> dict[str, str]:
+def common_env(job_id: str, job_dir: Path, node: str, world: int, slot: str) -> dict[str, str]:
     return {"ORCHESTRATE_JOB_ID": job_id, "ORCHESTRATE_JOB_DIR": str(job_dir),
-            "ORCHESTRATE_NODE": node, "PYTHONPATH": f"{job_dir}/code", "RANK_SIZE": str(world)}
+            "ORCHESTRATE_NODE": node, "PYTHONPATH": f"{job_dir}/code", "RANK_SIZE": str(world),
+            "ORCHESTRATE_RESUMED_FILE": f"{job_dir}/ranks/{slot}/resumed.json"}
 
 
 def train_argv(python: str, job_dir: Path) -> list[str]:
@@ -111,7 +112,7 @@ def test_65b_ranktable_every_rank_env_and_command_line(tmp_path: Path) -> None:
             rank = 8 * i + local
             argv, env = run_slot(job_dir, str(rank))
             assert argv == train_argv(python, job_dir)
-            assert env == {**common_env(launch.job_id, job_dir, host, 96),
+            assert env == {**common_env(launch.job_id, job_dir, host, 96, str(rank)),
                            "RANK_ID": str(rank), "DEVICE_ID": str(device),
                            "RANK_TABLE_FILE": f"{job_dir}/rank_table.json",
                            "MINDSPORE_HCCL_CONFIG_PATH": f"{job_dir}/rank_table.json",
@@ -132,8 +133,9 @@ def test_msrun_scheduler_on_first_node_every_slot_env_and_resume(tmp_path: Path)
         assert "env.sh" not in files[name]  # no `env:` in this inventory
         for slot, device in slots.items():
             argv, env = run_slot(job_dir, slot)
-            want = {**common_env(launch.job_id, job_dir, name, 4), "MS_SCHED_HOST": "10.0.0.1",
-                    "MS_SCHED_PORT": "23456", "MS_WORKER_NUM": "4", "MS_TOPO_TIMEOUT": "600"}
+            want = {**common_env(launch.job_id, job_dir, name, 4, slot),
+                    "MS_SCHED_HOST": "10.0.0.1", "MS_SCHED_PORT": "23456",
+                    "MS_WORKER_NUM": "4", "MS_TOPO_TIMEOUT": "600"}
             if device is None:
                 want["MS_ROLE"] = "MS_SCHED"
             else:
