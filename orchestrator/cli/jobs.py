@@ -176,6 +176,8 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
 
     inv = flags.load_selected(inventory_path)
     spec = load_job_spec(preset, overrides)
+    for note in spec.notes:  # a MindFormers run config's keys that are not honoured
+        click.echo(f"note: {note}", err=True)
     if entrypoint is None and not spec.value("data.path") and any(
             n.data_dir is None for n in inv.nodes):
         raise JobError(f"data.path is empty in preset {preset}: the trainer needs a dataset. "

@@ -112,7 +112,8 @@ def config_option(required: bool = True) -> Callable[[F], F]:
         required=required,
         default=None if required else "tiny",
         show_default=not required,
-        help="Preset name (tiny, 560m, 7.1b, 65b, 176b) or path to a preset YAML file.",
+        help="Preset name (tiny, 560m, 7.1b, 65b, 176b), a preset YAML file, or a "
+        "MindFormers run config (run_bloom_*.yaml).",
     )
 
 
