@@ -31,6 +31,7 @@ from orchestrator.cli.job_common import (
 )
 from orchestrator.cli.job_down import down_command
 from orchestrator.cli.job_view import logs_command, plot_command, status_command
+from orchestrator.cli.k8s import K8sArgs, k8s_options
 
 
 def _print_check(report: Any) -> None:
@@ -138,14 +139,22 @@ def check_command(inventory_path: Path, preset: str | None, overrides: tuple[str
               help="Shell command each rank runs instead of the bundled trainer (tests, bench).")
 @wait_options
 @no_guard_option
+@flags.backend_option()
+@k8s_options
 @flags.state_dir_option()
 @flags.forks_option()
+@click.option("-v", "--verbose", is_flag=True,
+              help="Print seconds per phase (startup, plan, check, data, render, connect, "
+                   "stage, start) once the job runs.")
 def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mode: str | None,
                wait: bool, no_check: bool, dry_run: bool, sched_port: int | None,
                cluster_timeout: int,
                stop_grace: int, entrypoint: str | None, max_restarts: int,
                exclude_after: int, restart_codes: str | None, stall_timeout: float | None,
-               node_lost_timeout: float, no_guard: bool, state_dir: Path, forks: int) -> None:
+               node_lost_timeout: float, no_guard: bool, backend: str, emit: Path | None,
+               image: str | None, volume: str | None, namespace: str, queue: str,
+               ring_controller: str, kubeconfig: Path | None, state_dir: Path,
+               forks: int, verbose: bool) -> None:
     """Plan, stage and start a training job on every node.
 
     check -> plan -> rank table -> render -> stage -> start -> record. Each node gets
@@ -168,14 +177,32 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
     Example (this machine, 2 CPU ranks, the tiny preset, which trains on the shipped
     model/assets/alpaca_seed_tasks.json unless data.path is set):
       orchestrate up -i inventories/local.yaml -c tiny --wait
-    """
-    from orchestrator.config.presets import load_job_spec
-    from orchestrator.errors import JobError
-    from orchestrator.job.lifecycle import UpOptions, create_job, dry_run_summary, launch
-    from orchestrator.job.render import default_mode
 
-    inv = flags.load_selected(inventory_path)
-    spec = load_job_spec(preset, overrides)
+    \b
+    Kubernetes (--backend k8s): one pod per inventory node, the same plan and launch scripts;
+    manifests validated against the shipped CRD schemas, then written or applied:
+      orchestrate up --backend k8s --emit out/ -i inventories/12node.yaml -c 65b \\
+          --image registry/bloom:latest --volume bloom-ckpt --set data.path=/data/mr
+    """
+    from orchestrator.job.phases import PhaseClock, phase
+
+    clock = PhaseClock.start()
+    from orchestrator.errors import JobError
+
+    k8s = K8sArgs(emit=emit, image=image, volume=volume, namespace=namespace, queue=queue,
+                  ring_controller=ring_controller, kubeconfig=kubeconfig)
+    if backend != "k8s" and k8s.given():
+        raise click.UsageError(f"{', '.join(k8s.given())}: only with --backend k8s")
+    if backend == "k8s" and (wait or dry_run):
+        raise click.UsageError("--backend k8s: --wait and --dry-run are SSH-only (use --emit "
+                               "DIR to see the manifests; `orchestrate status JOB` to follow)")
+    with phase("plan"):
+        from orchestrator.config.presets import load_job_spec
+        from orchestrator.job.lifecycle import UpOptions, create_job, dry_run_summary, launch
+        from orchestrator.job.render import default_mode
+
+        inv = flags.load_selected(inventory_path)
+        spec = load_job_spec(preset, overrides)
     for note in spec.notes:  # a MindFormers run config's keys that are not honoured
         click.echo(f"note: {note}", err=True)
     if entrypoint is None and not spec.value("data.path") and any(
@@ -184,13 +211,18 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
                        "Pass --set data.path=alpaca.json (prepared to MindRecord here and "
                        "staged) or a MindRecord folder (`orchestrate prepare-data`; a local "
                        "folder is staged, a path that exists only on the nodes is used as is)")
+    mode = mode or default_mode(str(spec.value("train.device_target")))
+    opts = UpOptions(mode=mode, sched_port=sched_port, cluster_timeout=cluster_timeout,
+                     entrypoint=entrypoint, stop_grace=stop_grace)
+    if backend == "k8s":
+        from orchestrator.cli.k8s import up_k8s
+
+        up_k8s(inv, spec, mode, k8s, opts, state_dir)
+        return
     from orchestrator.job.dataset import check_data_path
 
     check_data_path(spec, all(n.data_dir is not None for n in inv.nodes))
     store = store_for(state_dir)
-    mode = mode or default_mode(str(spec.value("train.device_target")))
-    opts = UpOptions(mode=mode, sched_port=sched_port, cluster_timeout=cluster_timeout,
-                     entrypoint=entrypoint, stop_grace=stop_grace)
     if dry_run:
         record = create_job(inv, spec, store, opts, None)
         for line in dry_run_summary(record, store):
@@ -208,7 +240,8 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
         job_id = reserve_job_id(store, spec.preset)
         port = sched_port or sched_port_for(job_id)
         if not no_check:
-            report = _run_check(group, spec, mode, port if mode == "msrun" else None)
+            with phase("check"):
+                report = _run_check(group, spec, mode, port if mode == "msrun" else None)
             if not report.ok:
                 _print_check(report)
                 store.job_dir(job_id).rmdir()  # reserved, empty: no job was made
@@ -224,6 +257,9 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
             sys.exit(130)
         click.echo(f"job {record.job_id} running. Follow it with `orchestrate status --watch "
                    f"{record.job_id}`, stop it with `orchestrate down {record.job_id}`.")
+        if verbose:
+            for line in clock.lines():
+                click.echo(line)
         if wait:
             watch_job(record, group, store, policy,
                       _rechecker(group, spec, mode, record.sched_port, no_check),

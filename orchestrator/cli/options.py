@@ -147,6 +147,17 @@ def forks_option(default: int = 64, help: str = "How many nodes to work on at on
     )
 
 
+BACKENDS = ("ssh", "k8s")
+
+
+def backend_option() -> Callable[[F], F]:
+    """`--backend`: where the ranks run."""
+    return click.option(
+        "--backend", type=click.Choice(BACKENDS), default="ssh", show_default=True,
+        help="ssh: every node over SSH; k8s: Kubernetes (AscendJob in msrun mode, Volcano Job "
+             "in ranktable mode), written with --emit DIR or applied with a kubeconfig.")
+
+
 def state_dir_option() -> Callable[[F], F]:
     return click.option(
         "--state-dir",

@@ -30,6 +30,7 @@ from orchestrator.config.presets import JobSpec
 from orchestrator.errors import JobError
 from orchestrator.job import stage as stage_mod
 from orchestrator.job.dataset import data_paths_for, local_dataset
+from orchestrator.job.phases import phase
 from orchestrator.job.render import (
     DEFAULT_CLUSTER_TIMEOUT,
     DEFAULT_STOP_GRACE,
@@ -37,6 +38,7 @@ from orchestrator.job.render import (
     RenderedFile,
     default_mode,
     render_job,
+    stamp_job_id,
 )
 from orchestrator.job.state import JobRecord, JobStatus, JobStore, NodeRecord, new_job_id
 from orchestrator.job.teardown import failures, stop_everywhere
@@ -116,11 +118,14 @@ def create_job(inv: Inventory, spec: JobSpec, store: JobStore, opts: UpOptions,
                         sched_host=node_address(first, inv), sched_port=port,
                         cluster_timeout=opts.cluster_timeout, entrypoint=opts.entrypoint,
                         stop_grace=opts.stop_grace)
-    table = rank_table_for(inv, group) if mode == "ranktable" else None
-    local_data = local_dataset(spec, plan, store.job_dir(job_id))
+    with phase("ranktable"):
+        table = rank_table_for(inv, group) if mode == "ranktable" else None
+    with phase("data"):
+        local_data = local_dataset(spec, plan, store.data_cache)
     data_paths = data_paths_for(plan, local_data)
-    write_rendered(store, job_id, render_job(launch, plan, data_paths, table,
-                                             require_table=group is not None))
+    with phase("render"):
+        write_rendered(store, job_id, render_job(launch, plan, data_paths, table,
+                                                 require_table=group is not None))
     now = time.time()
     nodes = tuple(
         NodeRecord(name=n.ranks.node.name, host=n.ranks.node.host, rank_start=n.ranks.rank_start,
@@ -146,9 +151,7 @@ def write_rendered(store: JobStore, job_id: str,
     local = store.job_dir(job_id)
     for node_name, node_files in files.items():
         for fname, f in node_files.items():
-            text = f.text
-            if fname == "job.yaml":
-                text = text + f"job:\n  id: {job_id}\n"
+            text = stamp_job_id(f.text, job_id) if fname == "job.yaml" else f.text
             write_atomic(local / "nodes" / node_name / fname, text, f.mode, fsync=False)
 
 
@@ -189,9 +192,13 @@ def launch(record: JobRecord, group: NodeGroup, store: JobStore,
     try:
         record = record.with_status(JobStatus.LAUNCHING)
         store.save(record)
-        record = stage_all(record, group, store, echo)
+        with phase("connect"):
+            group.wait_connected()
+        with phase("stage"):
+            record = stage_all(record, group, store, echo)
         started = True
-        return _start_all(record, group, store, resume=False)
+        with phase("start"):
+            return _start_all(record, group, store, resume=False)
     except KeyboardInterrupt:
         with _sigint_deferred():
             echo("interrupted: stopping whatever was started ...")

@@ -215,6 +215,7 @@ class JobStore:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = Path(state_dir)
         self.jobs_dir = self.state_dir / "jobs"
+        self.data_cache = self.state_dir / "data"  # prepared datasets by content key
 
     def path(self, job_id: str) -> Path:
         return self.jobs_dir / f"{job_id}.json"
