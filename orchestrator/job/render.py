@@ -16,6 +16,7 @@ from typing import Any
 
 import jinja2
 import yaml
+from orchestrate_bloom import graceful
 
 from orchestrator import bundle
 from orchestrator.config.plan import Plan
@@ -131,6 +132,8 @@ def _render_slots(launch: LaunchSpec, template: str, node_name: str, slots: Sequ
         "python": python,
         "entrypoint": launch.entrypoint,
         "stop_grace": launch.stop_grace,
+        "stop_file": graceful.STOP_FILE,
+        "stop_body": graceful.STOP_BODY,
         "sched_host": launch.sched_host,
         "sched_port": launch.sched_port,
         "cluster_timeout": launch.cluster_timeout,

@@ -112,6 +112,8 @@ class JobRecord:
     # The current attempt's failure as data (job/failure.py); None unless FAILED by a rank,
     # a lost node or a stall. `message` is its one-line description (or another cause).
     failure: Failure | None = None
+    # `down --save`: the step every rank saved before it stopped (`resume` continues there).
+    saved_step: int | None = None
 
     def failed_with(self, failure: Failure) -> JobRecord:
         """FAILED because of `failure` (message: its description)."""
@@ -167,7 +169,12 @@ class JobRecord:
                    cluster_timeout=d.get("cluster_timeout", 7200),
                    stop_grace=d.get("stop_grace", 10),
                    history=tuple(dict(h) for h in d.get("history", ())),
-                   failure=Failure.from_json(d.get("failure")))
+                   failure=Failure.from_json(d.get("failure")),
+                   saved_step=_opt_int(d.get("saved_step")))
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def _node_from_json(n: Mapping[str, Any]) -> NodeRecord:
