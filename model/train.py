@@ -58,7 +58,7 @@ import numpy as np
 from . import checkpoint as ck
 from . import graceful, mindformers_ckpt
 from .convert import ConvertError
-from .data import DataError, create_dataset, has_column, sample_length
+from .data_read import DataError, create_dataset, has_column, sample_length
 from .job import Job, load_job
 from .presets import SettingsError
 from .schedule import lr_schedule
@@ -332,7 +332,8 @@ def _manifest_meta(job: Job, layout: Layout, dist: Dist) -> dict[str, Any]:
             "layout": layout.manifest(), "world_size": dist.world,
             "micro_batch_size": layout.micro_batch_size,
             "micro_batch_num": layout.micro_batch_num, "model": dict(job.model),
-            "device_target": job.train["device_target"]}
+            "device_target": job.train["device_target"],
+            "template": str(job.data["template"])}
 
 
 def _columns(use_mask: bool) -> tuple[str, ...]:

@@ -54,11 +54,12 @@ Echo = Callable[[str], None]
 class UpOptions:
     """Choices of `orchestrate up` beyond preset and inventory."""
 
-    mode: str | None = None  # None: ranktable for Ascend, msrun otherwise
+    mode: str | None = None  # None: msrun (render.default_mode)
     sched_port: int | None = None  # None: derived from the job id (see sched_port_for)
     cluster_timeout: int = DEFAULT_CLUSTER_TIMEOUT
     entrypoint: str | None = None  # rank command instead of the bundled trainer
     stop_grace: int = DEFAULT_STOP_GRACE
+    rank_table: str | None = None  # a platform's table (hccl/platform.py), as MindSpore gets it
 
 
 
@@ -119,7 +120,8 @@ def create_job(inv: Inventory, spec: JobSpec, store: JobStore, opts: UpOptions,
                         cluster_timeout=opts.cluster_timeout, entrypoint=opts.entrypoint,
                         stop_grace=opts.stop_grace)
     with phase("ranktable"):
-        table = rank_table_for(inv, group) if mode == "ranktable" else None
+        table = ((opts.rank_table or rank_table_for(inv, group)) if mode == "ranktable"
+                 else None)
     with phase("data"):
         local_data = local_dataset(spec, plan, store.data_cache)
     data_paths = data_paths_for(plan, local_data)

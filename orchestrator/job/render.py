@@ -64,8 +64,11 @@ class RenderedFile:
 
 
 def default_mode(device_target: str) -> str:
-    """`ranktable` for Ascend, `msrun` (dynamic cluster) for CPU and GPU."""
-    return "ranktable" if device_target == "Ascend" else "msrun"
+    """`msrun` (MindSpore's dynamic cluster) on every target, Ascend included: rank-table
+    startup is deprecated since MindSpore 2.4. `ranktable` only when asked for (`--mode
+    ranktable`) or given a table (`up --rank-table FILE`)."""
+    del device_target  # the same everywhere since issue 15.6
+    return "msrun"
 
 
 def environment() -> jinja2.Environment:

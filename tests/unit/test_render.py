@@ -244,7 +244,7 @@ def test_env_file_sourced_gives_values_back(tmp_path: Path) -> None:
 
 
 def test_default_mode_and_unknown_mode() -> None:
-    assert default_mode("Ascend") == "ranktable"
+    assert default_mode("Ascend") == "msrun"  # dynamic cluster by default (issue 15.6)
     assert default_mode("CPU") == "msrun"
     inv = parse_inventory(MSRUN_INV, "msrun.yaml")
     plan = build_plan(inv, load_job_spec("tiny"))
