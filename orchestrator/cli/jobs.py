@@ -122,6 +122,7 @@ def check_command(inventory_path: Path, preset: str | None, overrides: tuple[str
 @flags.config_option()
 @flags.set_option()
 @mode_option
+@flags.backend_option()
 @click.option("--wait", is_flag=True,
               help="Show live progress until the job ends; exit with its result. A failed rank "
                    "stops the job on every node. Ctrl-C detaches.")
@@ -141,8 +142,8 @@ def check_command(inventory_path: Path, preset: str | None, overrides: tuple[str
 @flags.state_dir_option()
 @flags.forks_option()
 def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mode: str | None,
-               wait: bool, no_check: bool, dry_run: bool, sched_port: int | None,
-               cluster_timeout: int,
+               backend: str | None, wait: bool, no_check: bool, dry_run: bool,
+               sched_port: int | None, cluster_timeout: int,
                stop_grace: int, entrypoint: str | None, max_restarts: int,
                exclude_after: int, restart_codes: str | None, stall_timeout: float | None,
                node_lost_timeout: float, no_guard: bool, state_dir: Path, forks: int) -> None:
@@ -168,6 +169,12 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
     Example (this machine, 2 CPU ranks, the tiny preset, which trains on the shipped
     model/assets/alpaca_seed_tasks.json unless data.path is set):
       orchestrate up -i inventories/local.yaml -c tiny --wait
+
+    \b
+    On a Slurm cluster (inventory `backend: slurm`, or --backend slurm): staged over SSH as
+    above, then one sbatch job (one srun task per node running its launch.sh); status shows
+    the Slurm state (PENDING with its reason), down cancels it (docs/slurm.md):
+      orchestrate up -i /tmp/slurmhosts/inventory.yaml -c tiny --wait
     """
     from orchestrator.config.presets import load_job_spec
     from orchestrator.errors import JobError
@@ -187,8 +194,12 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
     check_data_path(spec, all(n.data_dir is not None for n in inv.nodes))
     store = store_for(state_dir)
     mode = mode or default_mode(str(spec.value("train.device_target")))
+    backend = backend or inv.scheduler.backend
+    from orchestrator.backends import get_backend
+
+    get_backend(backend)  # refuses one that cannot start jobs here, before any work
     opts = UpOptions(mode=mode, sched_port=sched_port, cluster_timeout=cluster_timeout,
-                     entrypoint=entrypoint, stop_grace=stop_grace)
+                     entrypoint=entrypoint, stop_grace=stop_grace, backend=backend)
     if dry_run:
         record = create_job(inv, spec, store, opts, None)
         for line in dry_run_summary(record, store):

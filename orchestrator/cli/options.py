@@ -190,3 +190,14 @@ def load_selected(path: Path) -> Any:
     meta = click.get_current_context().meta
     return apply_filters(load_inventory(path), meta.get("orchestrate.include"),
                          meta.get("orchestrate.exclude"))
+
+
+def backend_option() -> Callable[[F], F]:
+    """--backend: where ranks run; default the inventory's `backend:` (else ssh)."""
+    from orchestrator.config.scheduler import BACKENDS
+
+    return click.option(
+        "--backend", type=click.Choice(BACKENDS), default=None,
+        help="Where ranks run: ssh (fan-out to the nodes), slurm (one sbatch job, one srun "
+             "task per node; partition/account/qos/time from the inventory). Default: the "
+             "inventory's `backend:`, else ssh.")

@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from orchestrator.config.scheduler import KEYS as SCHEDULER_KEYS
+from orchestrator.config.scheduler import Scheduler, parse_scheduler
 from orchestrator.errors import InventoryError
 
 MAX_DEVICE_ID = 15  # Ascend servers have at most 16 devices (ids 0..15)
@@ -78,6 +80,7 @@ class Inventory:
     known_hosts: tuple[Path, ...] = ()  # extra known_hosts files besides ~/.ssh/known_hosts
     host_key_policy: HostKeyPolicy = HostKeyPolicy.STRICT
     ssh_config: Path | None = None  # ssh_config file to read instead of ~/.ssh/config
+    scheduler: Scheduler = Scheduler()  # backend and Slurm options (config/scheduler.py)
 
     @property
     def world_size(self) -> int:
@@ -105,7 +108,8 @@ def rank_order_key(node: Node) -> tuple[str, int, str]:
     return (node.host, node.port or 22, node.name)
 
 
-_TOP_KEYS = {"defaults", "nodes", "hosts", "known_hosts", "host_key_policy", "ssh_config"}
+_TOP_KEYS = {"defaults", "nodes", "hosts", "known_hosts", "host_key_policy", "ssh_config",
+             *SCHEDULER_KEYS}
 _NODE_KEYS = {
     "host",
     "name",
@@ -184,6 +188,7 @@ def parse_inventory(text: str, path: Path | str = "<inventory>", digest: str = "
             src, "host_key_policy", doc.get("host_key_policy", "strict"), HostKeyPolicy
         ),
         ssh_config=_path_or_none(src, "ssh_config", doc.get("ssh_config")),
+        scheduler=parse_scheduler(src, doc),
     )
 
 

@@ -57,7 +57,7 @@ class UpOptions:
     cluster_timeout: int = DEFAULT_CLUSTER_TIMEOUT
     entrypoint: str | None = None  # rank command instead of the bundled trainer
     stop_grace: int = DEFAULT_STOP_GRACE
-
+    backend: str = "ssh"  # where ranks run (orchestrator/backends/): ssh | slurm
 
 
 def sched_port_for(job_id: str) -> int:
@@ -135,7 +135,8 @@ def create_job(inv: Inventory, spec: JobSpec, store: JobStore, opts: UpOptions,
                        sched_port=port if mode == "msrun" else None,
                        entrypoint=opts.entrypoint,
                        local_data=str(local_data.resolve()) if local_data else None,
-                       cluster_timeout=opts.cluster_timeout, stop_grace=opts.stop_grace)
+                       cluster_timeout=opts.cluster_timeout, stop_grace=opts.stop_grace,
+                       backend=opts.backend)
     store.save(record)
     return record
 
@@ -189,7 +190,9 @@ def launch(record: JobRecord, group: NodeGroup, store: JobStore,
     try:
         record = record.with_status(JobStatus.LAUNCHING)
         store.save(record)
-        record = stage_all(record, group, store, echo)
+        from orchestrator.backends import backend_for
+
+        record = backend_for(record).stage(record, group, store, echo)
         started = True
         return _start_all(record, group, store, resume=False)
     except KeyboardInterrupt:
@@ -249,6 +252,14 @@ def stage_all(record: JobRecord, group: NodeGroup, store: JobStore,
 
 def _start_all(record: JobRecord, group: NodeGroup, store: JobStore, resume: bool
                ) -> JobRecord:
+    """Start every rank through the job's backend (ssh: start_over_ssh; slurm: sbatch)."""
+    from orchestrator.backends import backend_for
+
+    return backend_for(record).start(record, group, store, resume)
+
+
+def start_over_ssh(record: JobRecord, group: NodeGroup, store: JobStore, resume: bool
+                   ) -> JobRecord:
     """`launch.sh start [resume]` on every node in parallel; any failure stops them all.
 
     Raises:

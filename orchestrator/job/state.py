@@ -112,6 +112,9 @@ class JobRecord:
     # The current attempt's failure as data (job/failure.py); None unless FAILED by a rank,
     # a lost node or a stall. `message` is its one-line description (or another cause).
     failure: Failure | None = None
+    backend: str = "ssh"  # where ranks run: ssh | slurm (orchestrator/backends/)
+    # The scheduler's id of the current attempt (Slurm: the batch job id); None for ssh.
+    scheduler_job: str | None = None
 
     def failed_with(self, failure: Failure) -> JobRecord:
         """FAILED because of `failure` (message: its description)."""
@@ -167,7 +170,8 @@ class JobRecord:
                    cluster_timeout=d.get("cluster_timeout", 7200),
                    stop_grace=d.get("stop_grace", 10),
                    history=tuple(dict(h) for h in d.get("history", ())),
-                   failure=Failure.from_json(d.get("failure")))
+                   failure=Failure.from_json(d.get("failure")),
+                   backend=d.get("backend", "ssh"), scheduler_job=d.get("scheduler_job"))
 
 
 def _node_from_json(n: Mapping[str, Any]) -> NodeRecord:
