@@ -270,7 +270,8 @@ def load_checkpoint_arrays(path: str | Path, config: BloomConfig) -> dict[str, n
     """Model parameters of a MindSpore .ckpt (ours, the trainer's or a merged one).
 
     Optimizer state and step counters are ignored; a wrapper prefix (e.g. "network.") is
-    stripped. Every model parameter must be present with the config's shape.
+    stripped; MindFormers' parameter names are mapped (mindformers_ckpt). Every model
+    parameter must be present with the config's shape.
 
     Raises:
         ConvertError: missing/corrupt file, missing parameter, shape mismatch (both shapes).
@@ -285,6 +286,10 @@ def load_checkpoint_arrays(path: str | Path, config: BloomConfig) -> dict[str, n
     except (RuntimeError, ValueError, OSError, TypeError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConvertError(f"{path}: cannot read checkpoint: {reason}") from e
+    from . import mindformers_ckpt  # imports this module
+
+    if mindformers_ckpt.is_mindformers(params):  # MindFormers' names: mapped there
+        return mindformers_ckpt.from_checkpoint(params, config, str(path))[0]
     prefix = _strip_wrapper_prefix(list(params))
     arrays = {}
     for name, value in params.items():

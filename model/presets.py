@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from .mindformers_config import MindFormersError, is_mindformers, mindformers_values
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 SECTIONS = ("model", "parallel", "train", "data")
 KEY_ALIASES = {  # keys users know from the issues and MindFormers -> ours
@@ -98,6 +100,19 @@ def merge_file(merged: Sections, doc: Mapping[str, Any], src: str,
             set_value(merged, f"{section}.{key}", value, src)
 
 
+def merge_mindformers(merged: Sections, doc: Mapping[str, Any], src: str,
+                      notes: list[str] | None = None) -> None:
+    """Set the values of a MindFormers run config into `merged` (errors name its key)."""
+    try:
+        values, found = mindformers_values(doc, src)
+    except MindFormersError as e:
+        raise SettingsError(str(e)) from None
+    for dotted, (mf_key, value) in values.items():
+        set_value(merged, dotted, value, f"{src}: {mf_key}")
+    if notes is not None:
+        notes.extend(found)
+
+
 def apply_override(merged: Sections, item: str) -> None:
     """Apply one `--set section.key=value` (aliases allowed; the value is read as YAML)."""
     if "=" not in item:
@@ -156,11 +171,20 @@ def _suggest(dotted: str, merged: Mapping[str, Mapping[str, Any]]) -> str:
     return f" (did you mean {', '.join(close)}?)" if close else ""
 
 
-def load_preset_sections(preset: str | Path, overrides: Sequence[str] = ()) -> Sections:
-    """defaults.yaml, then the preset's file, then each `--set` override, in that order."""
+def load_preset_sections(preset: str | Path, overrides: Sequence[str] = (),
+                         notes: list[str] | None = None) -> Sections:
+    """defaults.yaml, then the preset's file, then each `--set` override, in that order.
+
+    The file may be a MindFormers run config (run_bloom_*.yaml, detected by content): its keys
+    are mapped by mindformers_config, and what cannot be honoured is appended to `notes`.
+    """
     merged = defaults()
     path = preset_file(preset)
-    merge_file(merged, read_yaml(path), str(path))
+    doc = read_yaml(path)
+    if is_mindformers(doc):
+        merge_mindformers(merged, doc, str(path), notes)
+    else:
+        merge_file(merged, doc, str(path))
     for item in overrides:
         apply_override(merged, item)
     return merged

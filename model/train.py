@@ -50,6 +50,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import checkpoint as ck
+from . import mindformers_ckpt
+from .convert import ConvertError
 from .data import DataError, create_dataset, has_column, sample_length
 from .job import Job, load_job
 from .presets import SettingsError
@@ -338,12 +340,20 @@ def _columns(use_mask: bool) -> tuple[str, ...]:
 
 
 def load_pretrained(model: Any, path: Path) -> None:
-    """Load a single-device checkpoint (e.g. from convert-weights) into the model."""
+    """Load a single-device checkpoint (e.g. from convert-weights; ours or MindFormers'
+    parameter names) into the model."""
     import mindspore as ms
 
     if not path.is_file():
         raise TrainError(f"train.load_checkpoint={str(path)!r}: no such file")
     params = ms.load_checkpoint(str(path))
+    if mindformers_ckpt.is_mindformers(params):  # MindFormers' names: mapped to ours
+        try:
+            arrays, _ = mindformers_ckpt.from_checkpoint(params, model.config, str(path))
+        except ConvertError as e:
+            raise TrainError(f"train.load_checkpoint: {e}") from None
+        dtype = np.float16 if model.config.param_dtype == "float16" else np.float32
+        params = {n: ms.Parameter(ms.Tensor(a.astype(dtype)), name=n) for n, a in arrays.items()}
     missing, _ = ms.load_param_into_net(model, params)
     if missing:
         raise TrainError(f"train.load_checkpoint={str(path)!r}: missing parameters "

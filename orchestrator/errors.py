@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from orchestrator.untrusted import scrub
+
 
 class OrchestrateError(Exception):
     """Expected failure; the CLI prints it as one line without a traceback (exit 1)."""
@@ -60,14 +62,19 @@ class RemoteCommandError(RemoteError):
     def __init__(self, result: Any) -> None:
         self.result = result
         tail = result.stderr.strip().splitlines()[-1:] if result.stderr else []
+        shown = scrub(tail[0][:300]) if tail else ""  # a node's text: bounded, no escapes
         super().__init__(
             result.node,
-            f"`{result.command}` exited {result.exit_code}" + (f": {tail[0]}" if tail else ""),
+            f"`{result.command}` exited {result.exit_code}" + (f": {shown}" if tail else ""),
         )
 
 
 class CommandTimeout(RemoteError):
     """A command did not finish within its timeout."""
+
+
+class OutputTooLarge(RemoteError):
+    """A command printed more than the output cap (ORCHESTRATE_MAX_OUTPUT)."""
 
 
 class TransferError(RemoteError):
@@ -92,6 +99,16 @@ class FanoutError(OrchestrateError):
 
 class JobError(OrchestrateError):
     """A job cannot be started, found, or stopped as asked."""
+
+
+class ManifestError(OrchestrateError):
+    """A Kubernetes manifest orchestrate generated (or was given) is refused by its schema."""
+
+    def __init__(self, where: str, path: str, message: str) -> None:
+        self.where = where  # "AscendJob tiny-k3f9" or a file name
+        self.path = path  # the field, e.g. "spec.replicaSpecs.Worker.replicas" ("" for the root)
+        self.detail = message
+        super().__init__(f"{where}: {path or '(root)'}: {message}")
 
 
 class CheckpointError(OrchestrateError):

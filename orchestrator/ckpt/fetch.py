@@ -211,14 +211,25 @@ def _stream(
     stop: threading.Event,
     on_bytes: Callable[[int], None],
 ) -> int:
-    n = 0
+    """Append the node's bytes from `offset` to `part`: at most `it.size - offset` of them.
+
+    The node's stream is read at most one byte past the manifest size: a longer (or endless)
+    stream stops there with a CheckpointError and nothing past the manifest size is written.
+    """
+    n, limit = 0, it.size - offset
     with opener(it.node, it.remote, offset) as src, open(part, "ab") as out:  # type: ignore[attr-defined]
         while True:
             if stop.is_set():
                 raise CheckpointError(f"[{it.node}] {it.label}: stopped, {part} kept to resume")
-            chunk = src.read(CHUNK)
+            chunk = src.read(min(CHUNK, limit - n + 1))
             if not chunk:
                 return n
+            if n + len(chunk) > limit:
+                out.flush()
+                os.truncate(part, offset + n)  # keep only what may be a prefix of the file
+                raise CheckpointError(
+                    f"[{it.node}] {it.label}: {it.remote} is longer than its manifest entry "
+                    f"({it.size} bytes); stopped after {offset + n} bytes")
             out.write(chunk)
             h.update(chunk)
             n += len(chunk)

@@ -35,6 +35,7 @@ def down_command(job_id: str | None, all_jobs: bool, yes: bool, inventory_path: 
     is left, then kill anything still carrying the job's id. Idempotent. Unreachable nodes
     are named (exit 1); run `down` again once they are back (`down --all` finds them).
     """
+    from orchestrator.cli.k8s import down_k8s, k8s_ref
     from orchestrator.config.inventory import load_inventory
     from orchestrator.errors import JobError
     from orchestrator.job.guard import stop_guard
@@ -42,6 +43,8 @@ def down_command(job_id: str | None, all_jobs: bool, yes: bool, inventory_path: 
     from orchestrator.job.teardown import stop_job
     from orchestrator.remote.group import NodeGroup
 
+    if not all_jobs and (ref := k8s_ref(state_dir, job_id)) is not None:
+        return down_k8s(ref)
     store = store_for(state_dir)
     if all_jobs:
         if job_id:

@@ -31,6 +31,7 @@ from orchestrator.cli.job_common import (
 )
 from orchestrator.cli.job_down import down_command
 from orchestrator.cli.job_view import logs_command, plot_command, status_command
+from orchestrator.cli.k8s import K8sArgs, k8s_options
 
 
 def _print_check(report: Any) -> None:
@@ -122,7 +123,6 @@ def check_command(inventory_path: Path, preset: str | None, overrides: tuple[str
 @flags.config_option()
 @flags.set_option()
 @mode_option
-@flags.backend_option()
 @click.option("--wait", is_flag=True,
               help="Show live progress until the job ends; exit with its result. A failed rank "
                    "stops the job on every node. Ctrl-C detaches.")
@@ -139,14 +139,19 @@ def check_command(inventory_path: Path, preset: str | None, overrides: tuple[str
               help="Shell command each rank runs instead of the bundled trainer (tests, bench).")
 @wait_options
 @no_guard_option
+@flags.backend_option()
+@k8s_options
 @flags.state_dir_option()
 @flags.forks_option()
 def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mode: str | None,
-               backend: str | None, wait: bool, no_check: bool, dry_run: bool,
+               wait: bool, no_check: bool, dry_run: bool,
                sched_port: int | None, cluster_timeout: int,
                stop_grace: int, entrypoint: str | None, max_restarts: int,
                exclude_after: int, restart_codes: str | None, stall_timeout: float | None,
-               node_lost_timeout: float, no_guard: bool, state_dir: Path, forks: int) -> None:
+               node_lost_timeout: float, no_guard: bool, backend: str | None, emit: Path | None,
+               image: str | None, volume: str | None, namespace: str, queue: str,
+               ring_controller: str, kubeconfig: Path | None, state_dir: Path,
+               forks: int) -> None:
     """Plan, stage and start a training job on every node.
 
     check -> plan -> rank table -> render -> stage -> start -> record. Each node gets
@@ -175,6 +180,12 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
     above, then one sbatch job (one srun task per node running its launch.sh); status shows
     the Slurm state (PENDING with its reason), down cancels it (docs/slurm.md):
       orchestrate up -i /tmp/slurmhosts/inventory.yaml -c tiny --wait
+
+    \b
+    Kubernetes (--backend k8s): one pod per inventory node, the same plan and launch scripts;
+    manifests validated against the shipped CRD schemas, then written or applied:
+      orchestrate up --backend k8s --emit out/ -i inventories/12node.yaml -c 65b \\
+          --image registry/bloom:latest --volume bloom-ckpt --set data.path=/data/mr
     """
     from orchestrator.config.presets import load_job_spec
     from orchestrator.errors import JobError
@@ -182,24 +193,35 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
     from orchestrator.job.render import default_mode
 
     inv = flags.load_selected(inventory_path)
+    backend = backend or inv.scheduler.backend
+    k8s = K8sArgs(emit=emit, image=image, volume=volume, namespace=namespace, queue=queue,
+                  ring_controller=ring_controller, kubeconfig=kubeconfig)
+    if backend != "k8s" and k8s.given():
+        raise click.UsageError(f"{', '.join(k8s.given())}: only with --backend k8s")
+    if backend == "k8s" and (wait or dry_run):
+        raise click.UsageError("--backend k8s: --wait and --dry-run are SSH-only (use --emit "
+                               "DIR to see the manifests; `orchestrate status JOB` to follow)")
     spec = load_job_spec(preset, overrides)
+    for note in spec.notes:  # a MindFormers run config's keys that are not honoured
+        click.echo(f"note: {note}", err=True)
     if entrypoint is None and not spec.value("data.path") and any(
             n.data_dir is None for n in inv.nodes):
         raise JobError(f"data.path is empty in preset {preset}: the trainer needs a dataset. "
                        "Pass --set data.path=alpaca.json (prepared to MindRecord here and "
                        "staged) or a MindRecord folder (`orchestrate prepare-data`; a local "
                        "folder is staged, a path that exists only on the nodes is used as is)")
+    mode = mode or default_mode(str(spec.value("train.device_target")))
+    opts = UpOptions(mode=mode, sched_port=sched_port, cluster_timeout=cluster_timeout,
+                     entrypoint=entrypoint, stop_grace=stop_grace, backend=backend)
+    if backend == "k8s":
+        from orchestrator.cli.k8s import up_k8s
+
+        up_k8s(inv, spec, mode, k8s, opts, state_dir)
+        return
     from orchestrator.job.dataset import check_data_path
 
     check_data_path(spec, all(n.data_dir is not None for n in inv.nodes))
     store = store_for(state_dir)
-    mode = mode or default_mode(str(spec.value("train.device_target")))
-    backend = backend or inv.scheduler.backend
-    from orchestrator.backends import get_backend
-
-    get_backend(backend)  # refuses one that cannot start jobs here, before any work
-    opts = UpOptions(mode=mode, sched_port=sched_port, cluster_timeout=cluster_timeout,
-                     entrypoint=entrypoint, stop_grace=stop_grace, backend=backend)
     if dry_run:
         record = create_job(inv, spec, store, opts, None)
         for line in dry_run_summary(record, store):

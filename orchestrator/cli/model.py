@@ -2,6 +2,7 @@
 
     orchestrate convert-weights --hf bloom-560m/ -o bloom-560m.ckpt
     orchestrate convert-weights --to-hf --ckpt bloom-560m.ckpt --config 560m -o hf-out/
+    orchestrate convert-weights --mindformers mf.ckpt --config run_bloom_560m.yaml -o ours.ckpt
     orchestrate infer --ckpt bloom.ckpt --config tiny "Give three tips for staying healthy."
 
 Both run the model code (`python -m orchestrate_bloom.convert` / `... .infer`) in a child process,
@@ -57,43 +58,65 @@ def architecture_args(preset: str | None, hf_config: Path | None) -> list[str]:
 @click.option("--hf", "hf_dir", type=click.Path(path_type=Path),
               help="HF folder (config.json + model.safetensors or pytorch_model.bin) to read; "
                    "with --to-hf, use --output for the folder to write.")
+@click.option("--mindformers", "mf_ckpt", type=click.Path(path_type=Path),
+              help="MindFormers checkpoint (its parameter names) to import as ours "
+                   "(with --config or --hf-config).")
 @click.option("--output", "-o", "out", type=click.Path(path_type=Path), required=True,
               help="Checkpoint to write (.ckpt), or the HF folder to write with --to-hf.")
 @click.option("--to-hf", is_flag=True, help="Convert our --ckpt back to a HF folder.")
-@click.option("--ckpt", type=click.Path(path_type=Path), help="Our checkpoint (with --to-hf).")
+@click.option("--to-mindformers", is_flag=True,
+              help="Convert our --ckpt to MindFormers' parameter names (back into MindFormers).")
+@click.option("--ckpt", type=click.Path(path_type=Path),
+              help="Our checkpoint (with --to-hf / --to-mindformers).")
 @click.option("--config", "-c", "preset",
-              help="Preset name or YAML with the architecture (--to-hf).")
+              help="Preset name, preset YAML or MindFormers run config with the architecture.")
 @click.option("--hf-config", type=click.Path(path_type=Path),
-              help="HF config.json with the architecture (--to-hf).")
+              help="HF config.json with the architecture.")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32",
               show_default=True, help="Tensor dtype written with --to-hf.")
-def convert_weights(hf_dir: Path | None, out: Path, to_hf: bool, ckpt: Path | None,
-                    preset: str | None, hf_config: Path | None, dtype: str) -> None:
-    """Convert HF Bloom weights to a MindSpore checkpoint, or (--to-hf) back.
+def convert_weights(hf_dir: Path | None, mf_ckpt: Path | None, out: Path, to_hf: bool,
+                    to_mindformers: bool, ckpt: Path | None, preset: str | None,
+                    hf_config: Path | None, dtype: str) -> None:
+    """Convert HF Bloom weights or a MindFormers checkpoint to ours, or (--to-hf,
+    --to-mindformers) back.
 
     \b
       orchestrate convert-weights --hf bloom-560m/ -o bloom-560m.ckpt
       orchestrate convert-weights --to-hf --ckpt bloom.ckpt --config 560m -o hf/
+      orchestrate convert-weights --mindformers mf.ckpt --config run_bloom_560m.yaml -o b.ckpt
+      orchestrate convert-weights --to-mindformers --ckpt b.ckpt --config 560m -o mf.ckpt
 
     HF names may carry the `transformer.` prefix or not; lm_head.weight is optional (tied).
-    Unknown or missing tensors and shape mismatches are errors that name them.
+    MindFormers checkpoints may hold optimizer state (ignored, counted). Unknown or missing
+    tensors and shape mismatches are errors that name them.
     """
+    ways = [w for w, on in (("--hf", hf_dir is not None), ("--to-hf", to_hf),
+                            ("--mindformers", mf_ckpt is not None),
+                            ("--to-mindformers", to_mindformers)) if on]
+    if len(ways) != 1:
+        raise click.UsageError("give exactly one of --hf DIR, --mindformers FILE, "
+                               "--to-hf / --to-mindformers (with --ckpt FILE)")
+    if (to_hf or to_mindformers) and ckpt is None:
+        raise click.UsageError(f"{ways[0]} needs --ckpt FILE")
     if to_hf:
-        if ckpt is None:
-            raise click.UsageError("--to-hf needs --ckpt FILE")
         args = ["--to-hf", "--ckpt", str(ckpt), "--out", str(out), "--dtype", dtype,
                 *architecture_args(preset, hf_config)]
-    else:
-        if hf_dir is None:
-            raise click.UsageError("give --hf DIR (or --to-hf --ckpt FILE)")
+    elif hf_dir is not None:
         args = ["--hf", str(hf_dir), "--out", str(out)]
+    else:
+        source = ["--to-mindformers", "--ckpt", str(ckpt)] if to_mindformers else [
+            "--mindformers", str(mf_ckpt)]
+        run_model_module("mindformers_ckpt", [*source, "--out", str(out),
+                                              *architecture_args(preset, hf_config)])
+        return
     run_model_module("convert", args)
 
 
 @click.command("infer")
 @click.argument("prompts", nargs=-1)
 @click.option("--ckpt", type=click.Path(path_type=Path),
-              help="Single-device checkpoint: ours, the trainer's, or one from collect-ckpt.")
+              help="Single-device checkpoint: ours, the trainer's, one from collect-ckpt, or "
+                   "one with MindFormers' parameter names.")
 @click.option("--job", "job_id", default=None,
               help="Use the checkpoint and architecture `collect-ckpt` merged for this job "
                    "('latest': the latest job) instead of --ckpt/--config.")

@@ -112,7 +112,8 @@ def config_option(required: bool = True) -> Callable[[F], F]:
         required=required,
         default=None if required else "tiny",
         show_default=not required,
-        help="Preset name (tiny, 560m, 7.1b, 65b, 176b) or path to a preset YAML file.",
+        help="Preset name (tiny, 560m, 7.1b, 65b, 176b), a preset YAML file, or a "
+        "MindFormers run config (run_bloom_*.yaml).",
     )
 
 
@@ -144,6 +145,18 @@ def forks_option(default: int = 64, help: str = "How many nodes to work on at on
         show_default=True,
         help=help,
     )
+
+
+def backend_option() -> Callable[[F], F]:
+    """`--backend`: where the ranks run (None: the inventory's `backend:`, else ssh)."""
+    from orchestrator.config.scheduler import BACKENDS
+
+    return click.option(
+        "--backend", type=click.Choice(BACKENDS), default=None,
+        help="ssh: every node over SSH; slurm: one sbatch job, one srun task per node "
+             "(partition/account/qos/time from the inventory, docs/slurm.md); k8s: Kubernetes "
+             "(AscendJob in msrun mode, Volcano Job in ranktable mode), written with --emit DIR "
+             "or applied with a kubeconfig. Default: the inventory's `backend:`, else ssh.")
 
 
 def state_dir_option() -> Callable[[F], F]:
@@ -191,13 +204,3 @@ def load_selected(path: Path) -> Any:
     return apply_filters(load_inventory(path), meta.get("orchestrate.include"),
                          meta.get("orchestrate.exclude"))
 
-
-def backend_option() -> Callable[[F], F]:
-    """--backend: where ranks run; default the inventory's `backend:` (else ssh)."""
-    from orchestrator.config.scheduler import BACKENDS
-
-    return click.option(
-        "--backend", type=click.Choice(BACKENDS), default=None,
-        help="Where ranks run: ssh (fan-out to the nodes), slurm (one sbatch job, one srun "
-             "task per node; partition/account/qos/time from the inventory). Default: the "
-             "inventory's `backend:`, else ssh.")

@@ -97,6 +97,12 @@ def _generate(inventory_path: Path, output: Path | None, per_server_dir: Path | 
                      + ", ".join(f"{k} on {v}" for k, v in sorted(by_source.items())))
     ips = resolve_device_ips(inv, discovered)
     merged, per_server = build_tables(inv, ips, version=version, super_device_ids=sdids)
+    from orchestrator.hccl.check import validate_table
+
+    problems = validate_table(merged)  # e.g. two devices given the same IP in the inventory
+    if problems:
+        raise RankTableError(f"{inventory_path}: the table would be invalid: "
+                             + "; ".join(problems))
     out = output or Path(merged_filename(merged))
     written = write_tables(merged, out, per_server, per_server_dir)
     if per_server_dir is not None:
@@ -165,18 +171,18 @@ def merge_command(files: tuple[Path, ...], output: Path | None) -> None:
     order of FILES. Each input is checked first; nothing is written if any has a problem.
     """
     from orchestrator.errors import RankTableError
-    from orchestrator.hccl.check import parse_table
+    from orchestrator.hccl.check import parse_tables
     from orchestrator.hccl.ranktable import merge_tables, merged_filename, write_text_atomic
 
-    tables = []
+    texts = []
     for path in files:
         try:
-            text = path.read_text(encoding="utf-8")
+            texts.append(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError) as e:
             raise RankTableError(f"{path}: cannot read: "
                                  f"{getattr(e, 'strerror', None) or e}") from e
-        tables.append(parse_table(text, str(path)))
-    merged = merge_tables(tables, [str(p) for p in files])
+    names = [str(p) for p in files]
+    merged = merge_tables(parse_tables(texts, names), names)
     out = output or Path(merged_filename(merged))
     write_text_atomic(out, merged.dumps())
     click.echo(f"wrote {out} ({len(merged.servers)} servers, {merged.world_size} ranks)")

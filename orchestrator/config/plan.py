@@ -97,7 +97,7 @@ def build_plan(inv: Inventory, spec: JobSpec) -> Plan:
         NodePlan(ranks=r, stages=tuple(sorted({rank // per_stage for rank in r.ranks})))
         for r in node_rank_ranges(inv)
     )
-    notes = [note] if note else []
+    notes = [*spec.notes, *([note] if note else [])]
     stage_layers = resolve_split(spec.value("parallel.layers_per_stage"), spec.model.n_layer,
                                  layout.pipeline_stage)
     if len(set(stage_layers)) > 1:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -70,6 +70,7 @@ class JobSpec:
     parallel: ParallelLayout
     overrides: tuple[str, ...]  # the --set strings, as given
     sections: Mapping[str, Mapping[str, Any]] = field(hash=False)  # full merged config
+    notes: tuple[str, ...] = field(default=(), hash=False)  # what the file asked that we ignore
 
     def value(self, dotted: str) -> Any:
         section, key = dotted.split(".", 1)
@@ -86,7 +87,8 @@ def available_presets() -> list[str]:
 
 
 def load_job_spec(preset: str, overrides: Sequence[str] = ()) -> JobSpec:
-    """Load a preset by name (or path to a YAML file), apply `section.key=value` overrides.
+    """Load a preset by name (or path to a YAML file, ours or a MindFormers run config), apply
+    `section.key=value` overrides. A MindFormers file's unhonoured keys are in `spec.notes`.
 
     The files and overrides are read by orchestrate_bloom.presets, the loader the trainer
     uses too (one type rule, one alias table).
@@ -94,11 +96,12 @@ def load_job_spec(preset: str, overrides: Sequence[str] = ()) -> JobSpec:
     Raises:
         PresetError: unknown preset or key, a value of the wrong type, an inconsistent layout.
     """
+    notes: list[str] = []
     try:
-        merged = settings.load_preset_sections(preset, overrides)
+        merged = settings.load_preset_sections(preset, overrides, notes)
     except settings.SettingsError as e:
         raise PresetError(str(e)) from None
-    spec = _build_spec(preset, merged, tuple(overrides))
+    spec = replace(_build_spec(preset, merged, tuple(overrides)), notes=tuple(notes))
     validate_shape(spec)
     return spec
 

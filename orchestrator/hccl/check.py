@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.errors import RankTableError
+from orchestrator.hccl.fastcheck import fast_tables, table_is_valid
 from orchestrator.hccl.ranktable import (
     STATUS_COMPLETED,
     VERSION_1_2,
@@ -59,6 +61,8 @@ def validate_doc(doc: Any) -> list[str]:
     rank ids exactly 0..N-1, rank order = dictionary order of server_id with devices
     ascending, IPv4 addresses, and (1.2) super_device_id / super_pod_list.
     """
+    if fast_tables([doc]) is not None:
+        return []
     problems: list[str] = []
     if not isinstance(doc, dict):
         return [f"expected a JSON object at top level, got {type(doc).__name__}"]
@@ -94,6 +98,11 @@ def validate_doc(doc: Any) -> list[str]:
     if v12:
         _check_super_pods(doc, parsed, problems)
     return problems
+
+
+def validate_table(table: RankTable) -> list[str]:
+    """Every problem of the file `table.dumps()` would write (empty: valid)."""
+    return [] if table_is_valid(table) else validate_doc(table.to_json())
 
 
 @dataclass
@@ -294,6 +303,8 @@ def parse_table(text: str, source: str) -> RankTable:
         doc = json.loads(text)
     except json.JSONDecodeError:
         doc = None
+    if (tables := fast_tables([doc])) is not None:
+        return tables[0]
     problems = validate_doc(doc) if doc is not None else validate_text(text)
     if problems:
         text = "; ".join(problems)  # values from the file may hold newlines: escape them
@@ -315,3 +326,17 @@ def parse_table(text: str, source: str) -> RankTable:
                                      super_device_id=d["super_device_id"] if v12 else None)
                           for d in devs)))
     return RankTable(servers=tuple(servers), version=doc["version"])
+
+
+def parse_tables(texts: Sequence[str], sources: Sequence[str]) -> list[RankTable]:
+    """`parse_table` of many texts (e.g. `ranktable merge` of 1,024 per-server files), the
+    valid ones checked together in bulk; RankTableError names the first bad source."""
+    docs = []
+    for text in texts:
+        try:
+            docs.append(json.loads(text))
+        except json.JSONDecodeError:
+            docs.append(None)
+    if None not in docs and (tables := fast_tables(docs)) is not None:
+        return tables
+    return [parse_table(t, s) for t, s in zip(texts, sources, strict=True)]

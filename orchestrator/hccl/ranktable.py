@@ -28,11 +28,10 @@ order is computed; `plan`, `up` and `build_tables` (which numbers the merged tab
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from itertools import accumulate, repeat
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from orchestrate_bloom.fileio import write_atomic
 
@@ -46,10 +45,12 @@ HOST_NIC_IP = "reserve"
 STATUS_COMPLETED = "completed"
 GROUP_SIZE = 4  # hccl_tools: devices 0-3 and 4-7 (and 8-11, 12-15) form groups
 FULL_RANGES = ((0, 8), (0, 16))  # the only ranges allowed to span several groups
+# Builds a NamedTuple from a tuple in C (the NamedTuples' own __new__ is Python code): tables
+# of 1,024 servers x 8 devices are built in one go (bench/ranktable.py).
+_new_tuple = tuple.__new__
 
 
-@dataclass(frozen=True)
-class NodeRanks:
+class NodeRanks(NamedTuple):
     """A node's contiguous block of global ranks: [rank_start, rank_end)."""
 
     node: Node
@@ -63,29 +64,39 @@ class NodeRanks:
 
 def node_rank_ranges(inv: Inventory) -> tuple[NodeRanks, ...]:
     """Every node's rank range, in rank order. The one function `plan`, `ranktable` and `up` use."""
-    out = []
-    start = 0
-    for node in inv.in_rank_order():
-        out.append(NodeRanks(node=node, rank_start=start, rank_end=start + node.device_count))
-        start += node.device_count
-    return tuple(out)
+    nodes = inv.in_rank_order()
+    if not nodes:
+        return ()
+    ends = list(accumulate([len(n.devices) for n in nodes]))
+    return tuple(map(_new_tuple, repeat(NodeRanks),
+                     zip(nodes, [0, *ends[:-1]], ends, strict=True)))
 
 
-@dataclass(frozen=True)
-class RankDevice:
-    """One device (one rank) of a server; its rank id is the server's `rank_start` + position."""
+class RankDevice(NamedTuple):
+    """One device (one rank) of a server; its rank id is the server's `rank_start` + position.
+
+    A NamedTuple rather than a dataclass: tables of 8,192 devices are built in one go.
+    """
 
     device_id: int  # local device id on the server (DEVICE_ID)
     device_ip: str  # the device's NIC address (hccn_tool / hccn.conf)
     super_device_id: str | None = None  # SDID, format 1.2 only
 
 
-@dataclass(frozen=True)
-class RankServer:
+def make_devices(ids: Sequence[int], ips: Sequence[str],
+                 sdids: Sequence[str] | None = None) -> tuple[RankDevice, ...]:
+    """RankDevices from parallel lists, built in C (a NamedTuple's own __new__ is Python code,
+    and tables of 8,192 devices are built in one go)."""
+    rows = zip(ids, ips, sdids if sdids is not None else repeat(None), strict=False)
+    return tuple(map(_new_tuple, repeat(RankDevice), rows))
+
+
+class RankServer(NamedTuple):
     """One server of a rank table: a contiguous block of ranks, devices in ascending id.
 
     Every valid table has this shape (`validate_doc` checks it), so rank ids are not stored
-    per device: renumbering a server for a merge replaces one integer.
+    per device: renumbering a server for a merge replaces one integer. (Immutable tuples,
+    as RankDevice and RankTable: 1,024-server tables are built, merged and compared whole.)
     """
 
     server_id: str  # the host address (inventory `host`)
@@ -98,8 +109,7 @@ class RankServer:
         return self.rank_start + len(self.devices)
 
 
-@dataclass(frozen=True)
-class RankTable:
+class RankTable(NamedTuple):
     """A whole rank table (per-server or merged)."""
 
     servers: tuple[RankServer, ...]  # in table order
@@ -115,89 +125,15 @@ class RankTable:
 
     def to_json(self) -> dict[str, Any]:
         """The table as MindFormers writes it: keys in its order, every value a string."""
-        v12 = self.version == VERSION_1_2
-        doc: dict[str, Any] = {
-            "version": self.version,
-            "server_count": str(len(self.servers)),
-            "server_list": [_server_json(s, v12) for s in self.servers],
-        }
-        if v12:
-            doc["super_pod_list"] = _super_pod_list(self.servers)
-        doc["status"] = STATUS_COMPLETED
-        return doc
+        from orchestrator.hccl.jsonfmt import table_to_json
+
+        return table_to_json(self)
 
     def dumps(self) -> str:
-        """`json.dumps(self.to_json(), indent=4)` plus a newline, byte for byte, ~10x faster.
+        """`json.dumps(self.to_json(), indent=4)` plus a newline, byte for byte (fast)."""
+        from orchestrator.hccl.jsonfmt import dump_table
 
-        (json's indenting encoder is pure Python; the layout here is fixed, so each device is
-        one f-string and only the strings that may need escaping go through json's encoder.)
-        """
-        if not self.servers or not all(s.devices for s in self.servers):
-            return _render(self.to_json(), 0) + "\n"
-        v12 = self.version == VERSION_1_2
-        enc = _encode_str
-        pad_d = " " * 20
-        servers = []
-        for s in self.servers:
-            devices = []
-            for rank, d in enumerate(s.devices, start=s.rank_start):
-                sdid = (f'\n{pad_d}"super_device_id": {enc(str(d.super_device_id))},' if v12
-                        else "")
-                devices.append(f'                {{\n{pad_d}"device_id": "{d.device_id}",\n'
-                               f'{pad_d}"device_ip": {enc(d.device_ip)},{sdid}\n'
-                               f'{pad_d}"rank_id": "{rank}"\n                }}')
-            servers.append(f'        {{\n            "server_id": {enc(s.server_id)},\n'
-                           f'            "device": [\n' + ",\n".join(devices)
-                           + f'\n            ],\n            "host_nic_ip": {enc(HOST_NIC_IP)}'
-                           f'\n        }}')
-        pods = (",\n    \"super_pod_list\": " + _render(_super_pod_list(self.servers), 1)
-                if v12 else "")
-        return (f'{{\n    "version": {enc(self.version)},\n'
-                f'    "server_count": "{len(self.servers)}",\n    "server_list": [\n'
-                + ",\n".join(servers) + f"\n    ]{pods},\n"
-                f'    "status": {enc(STATUS_COMPLETED)}\n}}\n')
-
-
-_encode_str = json.encoder.encode_basestring_ascii  # the C string encoder json.dumps uses
-
-
-def _render(value: Any, level: int) -> str:
-    """`json.dumps(value, indent=4)` for dicts, lists and strings (C string encoder)."""
-    if isinstance(value, str):
-        return _encode_str(value)
-    pad = "    " * (level + 1)
-    if isinstance(value, dict):
-        if not value:
-            return "{}"
-        items = [f"{pad}{_encode_str(k)}: "
-                 f"{_encode_str(v) if type(v) is str else _render(v, level + 1)}"
-                 for k, v in value.items()]
-        return "{\n" + ",\n".join(items) + "\n" + "    " * level + "}"
-    if isinstance(value, list):
-        if not value:
-            return "[]"
-        items = [pad + _render(v, level + 1) for v in value]
-        return "[\n" + ",\n".join(items) + "\n" + "    " * level + "]"
-    return json.dumps(value)
-
-
-def _server_json(s: RankServer, v12: bool) -> dict[str, Any]:
-    if v12:
-        devices = [{"device_id": str(d.device_id), "device_ip": d.device_ip,
-                    "super_device_id": str(d.super_device_id), "rank_id": str(rank)}
-                   for rank, d in enumerate(s.devices, start=s.rank_start)]
-    else:
-        devices = [{"device_id": str(d.device_id), "device_ip": d.device_ip, "rank_id": str(rank)}
-                   for rank, d in enumerate(s.devices, start=s.rank_start)]
-    return {"server_id": s.server_id, "device": devices, "host_nic_ip": HOST_NIC_IP}
-
-
-def _super_pod_list(servers: Sequence[RankServer]) -> list[dict[str, Any]]:
-    pods: dict[str, list[str]] = {}
-    for s in servers:
-        pods.setdefault(str(s.super_pod_id), []).append(s.server_id)
-    return [{"super_pod_id": pod, "server_list": [{"server_id": sid} for sid in pods[pod]]}
-            for pod in sorted(pods)]
+        return dump_table(self)
 
 
 # --- device ranges (hccl_tools' rules) ------------------------------------------------------
@@ -238,6 +174,8 @@ def check_device_range(devices: Sequence[int], where: str) -> None:
 
 # --- building tables -----------------------------------------------------------------------
 
+_GOOD_RANGES: set[tuple[int, ...]] = set()  # device tuples check_device_range accepted
+
 
 def per_server_table(server_id: str, devices: Sequence[int], device_ips: Mapping[int, str], *,
                      version: str = VERSION_1_0,
@@ -253,13 +191,18 @@ def per_server_table(server_id: str, devices: Sequence[int], device_ips: Mapping
             (or no super_device_id in format 1.2).
     """
     where = f"node {label or server_id}"
-    check_device_range(devices, where)
+    key = tuple(devices)
+    if key not in _GOOD_RANGES:
+        check_device_range(devices, where)
+        _GOOD_RANGES.add(key)
     ids = sorted(devices)
-    missing = [d for d in ids if d not in device_ips]
-    if missing:
+    try:
+        ips = [device_ips[d] for d in ids]
+    except KeyError:
+        missing = [d for d in ids if d not in device_ips]
         known = ", ".join(str(d) for d in sorted(device_ips)) or "none"
         raise RankTableError(f"{where}: no device IP for device(s) "
-                             f"{', '.join(map(str, missing))} (known: {known})")
+                             f"{', '.join(map(str, missing))} (known: {known})") from None
     sdids: Mapping[int, str] = {}
     if version == VERSION_1_2:
         sdids = super_device_ids or {}
@@ -273,11 +216,11 @@ def per_server_table(server_id: str, devices: Sequence[int], device_ips: Mapping
     elif version != VERSION_1_0:
         raise RankTableError(f"unknown rank table format {version!r} "
                              f"(known: {', '.join(VERSIONS)})")
-    dev = tuple(RankDevice(device_id=d, device_ip=device_ips[d], super_device_id=sdids.get(d))
-                for d in ids)
-    server = RankServer(server_id=server_id, devices=dev, rank_start=first_rank,
-                        super_pod_id=super_pod_id if version == VERSION_1_2 else None)
-    return RankTable(servers=(server,), version=version)
+    dev = make_devices(ids, ips,
+                       [sdids[d] for d in ids] if sdids else None)
+    server = _new_tuple(RankServer, (server_id, dev, first_rank,
+                                     super_pod_id if version == VERSION_1_2 else None))
+    return _new_tuple(RankTable, ((server,), version))
 
 
 def build_tables(inv: Inventory, device_ips: Mapping[str, Mapping[int, str]], *,
@@ -314,7 +257,9 @@ def build_tables(inv: Inventory, device_ips: Mapping[str, Mapping[int, str]], *,
                                label=node.name if node.name == node.host
                                else f"{node.name} ({node.host})")
         per_server.append(one)
-        merged.append(replace(one.servers[0], rank_start=r.rank_start))
+        s = one.servers[0]
+        merged.append(_new_tuple(RankServer, (s.server_id, s.devices, r.rank_start,
+                                              s.super_pod_id)))
     return RankTable(servers=tuple(merged), version=version), tuple(per_server)
 
 
@@ -407,7 +352,7 @@ def merge_tables(tables: Sequence[RankTable], sources: Sequence[str] | None = No
     out = []
     start = 0
     for s in servers:
-        out.append(replace(s, rank_start=start))
+        out.append(_new_tuple(RankServer, (s.server_id, s.devices, start, s.super_pod_id)))
         start += len(s.devices)
     return RankTable(servers=tuple(out), version=versions.pop())
 

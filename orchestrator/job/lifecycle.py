@@ -37,6 +37,7 @@ from orchestrator.job.render import (
     RenderedFile,
     default_mode,
     render_job,
+    stamp_job_id,
 )
 from orchestrator.job.state import JobRecord, JobStatus, JobStore, NodeRecord, new_job_id
 from orchestrator.job.teardown import failures, stop_everywhere
@@ -147,9 +148,7 @@ def write_rendered(store: JobStore, job_id: str,
     local = store.job_dir(job_id)
     for node_name, node_files in files.items():
         for fname, f in node_files.items():
-            text = f.text
-            if fname == "job.yaml":
-                text = text + f"job:\n  id: {job_id}\n"
+            text = stamp_job_id(f.text, job_id) if fname == "job.yaml" else f.text
             write_atomic(local / "nodes" / node_name / fname, text, f.mode, fsync=False)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 
 from orchestrator.errors import JobError
 from orchestrator.job.state import JobRecord, NodeRecord
+from orchestrator.remote.files import LOG_MODE
 from orchestrator.remote.group import GroupResult, NodeGroup
 from orchestrator.remote.transport import Transport
 
@@ -165,14 +166,14 @@ def fetch_logs(record: JobRecord, group: NodeGroup, dest: Path,
             if s not in listing:
                 continue
             local = folder / f"rank_{s}.log"
-            t.get(PurePosixPath(n.job_dir) / "ranks" / s / "stdout.log", local)
+            t.get(PurePosixPath(n.job_dir) / "ranks" / s / "stdout.log", local, mode=LOG_MODE)
             got.append(local)
         pack = shlex.quote(f"{n.job_dir}/plog.tar.gz")
         res = t.run(f'if [ -d "$HOME/ascend/log" ]; then tar -czf {pack} -C "$HOME/ascend" log '
                     f"&& echo packed; fi", check=False)
         if "packed" in res.stdout:
             local = folder / "plog.tar.gz"
-            t.get(PurePosixPath(n.job_dir) / "plog.tar.gz", local)
+            t.get(PurePosixPath(n.job_dir) / "plog.tar.gz", local, mode=LOG_MODE)
             got.append(local)
         return got
 

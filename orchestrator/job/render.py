@@ -27,6 +27,10 @@ SCHED_SLOT = "sched"
 DEFAULT_SCHED_PORT = 8118
 DEFAULT_CLUSTER_TIMEOUT = 7200  # s; MindFormers' msrun wrapper default (7.1B compiles ~1.5 h)
 DEFAULT_STOP_GRACE = 10  # s between SIGTERM and SIGKILL
+K8S_TABLE_DIR = "/user/serverid/devindex/config"  # where Ascend platforms mount hccl.json
+# A Kubernetes pod's node rank, known only at run time: the ascend-operator's environment
+# (AscendJob, msrun) or Volcano's task index (rank-table mode); `n` is ranks per pod.
+POD_NODE_RANK = {"msrun": "MS_NODE_RANK * MS_LOCAL_WORKER", "ranktable": "VC_TASK_INDEX * {n}"}
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,7 @@ class Slot:
     """One process the node's supervisor starts: a rank, or the msrun scheduler."""
 
     name: str  # global rank id as text, or "sched"
-    rank: int | None  # global rank (None for the scheduler)
+    rank: int | str | None  # global rank; str: a shell arithmetic expansion (k8s pods)
     device: int | None  # local device id (None for the scheduler)
 
 
@@ -85,28 +89,54 @@ def node_slots(launch: LaunchSpec, ranks: NodeRanks, first: bool) -> tuple[Slot,
 def render_launch(launch: LaunchSpec, ranks: NodeRanks, first: bool,
                   env: jinja2.Environment | None = None) -> str:
     """The node's launch.sh text."""
+    node = ranks.node
+    return _render_slots(launch, f"launch_{launch.mode}.sh.j2", node.name,
+                         node_slots(launch, ranks, first), node.python, env,
+                         rank_start=ranks.rank_start, rank_end=ranks.rank_end)
+
+
+def pod_slots(launch: LaunchSpec, role: str, local_workers: int) -> tuple[Slot, ...]:
+    """A Kubernetes pod's slots: the msrun scheduler alone, or `local_workers` ranks whose
+    global rank the pod learns at run time (POD_NODE_RANK[mode] * local_workers + i)."""
+    if role == "scheduler":
+        return (Slot(name=SCHED_SLOT, rank=None, device=None),)
+    base = POD_NODE_RANK[launch.mode].format(n=local_workers)
+    return tuple(Slot(name=str(i), rank=f"$(({base} + {i}))", device=i)
+                 for i in range(local_workers))
+
+
+def render_pod_launch(launch: LaunchSpec, role: str, local_workers: int, python: str,
+                      env: jinja2.Environment | None = None,
+                      table_dir: str = K8S_TABLE_DIR) -> str:
+    """launch.sh of a Kubernetes pod (`role` scheduler or worker): the mode's own template
+    (its rank environment rules) with the platform's node rank; `bash launch.sh foreground`
+    is the container's command."""
+    return _render_slots(launch, f"launch_k8s_{launch.mode}.sh.j2", role,
+                         pod_slots(launch, role, local_workers), python, env,
+                         local_workers=local_workers, table_dir=table_dir)
+
+
+def _render_slots(launch: LaunchSpec, template: str, node_name: str, slots: Sequence[Slot],
+                  python: str, env: jinja2.Environment | None, **extra: Any) -> str:
     if launch.mode not in MODES:
         raise JobError(f"unknown launch mode {launch.mode!r} (modes: {', '.join(MODES)})")
     env = env or environment()
-    node = ranks.node
-    slots = node_slots(launch, ranks, first)
     ctx: dict[str, Any] = {
         "job_id": launch.job_id,
-        "node_name": node.name,
+        "node_name": node_name,
         "mode": launch.mode,
-        "slots": slots,
+        "slots": tuple(slots),
         "has_sched": any(s.name == SCHED_SLOT for s in slots),
         "world_size": launch.world_size,
-        "rank_start": ranks.rank_start,
-        "rank_end": ranks.rank_end,
-        "python": node.python,
+        "python": python,
         "entrypoint": launch.entrypoint,
         "stop_grace": launch.stop_grace,
         "sched_host": launch.sched_host,
         "sched_port": launch.sched_port,
         "cluster_timeout": launch.cluster_timeout,
+        **extra,
     }
-    return env.get_template(f"launch_{launch.mode}.sh.j2").render(ctx)
+    return env.get_template(template).render(ctx)
 
 
 def render_env(job_id: str, values: Mapping[str, str],
@@ -132,6 +162,11 @@ def render_job_yaml(plan: Plan, data_path: str | None = None) -> str:
     header = (f"# Job config rendered by orchestrate: preset {plan.spec.preset}"
               f"{' with ' + ' '.join(plan.spec.overrides) if plan.spec.overrides else ''}.\n")
     return header + yaml.safe_dump(job_config(plan, data_path), sort_keys=False)
+
+
+def stamp_job_id(job_yaml: str, job_id: str) -> str:
+    """job.yaml as a node gets it: the rendered text plus the job's id."""
+    return job_yaml + f"job:\n  id: {job_id}\n"
 
 
 def render_job(launch: LaunchSpec, plan: Plan,

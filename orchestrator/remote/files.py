@@ -14,19 +14,28 @@ Pure helpers (no network):
 Over any Transport (SSH or local):
 
     remote_stat(t, path) -> RemoteFile             size, mode, sha256 of one remote file
-    verify_put_command(tmp, final, mode, size, sha) the one remote command that checks an upload
-                                                   and renames it into place
+    put_verify_command(tmp, mode) / put_commit_command(tmp, final)
+                                                   report an upload's size + sha256 (compared
+                                                   here: nothing derived from the content is
+                                                   ever on a node's command line), then rename
+
+Nodes are untrusted (docs/security.md): a downloaded file gets a mode chosen here
+(`local_mode`: LOG_MODE, CKPT_MODE; never exec, setuid, setgid or sticky bits), is read at
+most to the size the node announced plus one byte (`copy_bounded`), and is written to an
+O_EXCL temp name with random letters in the destination folder.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shlex
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 from orchestrate_bloom.fileio import sha256_file
 
@@ -36,6 +45,33 @@ if TYPE_CHECKING:
     from orchestrator.remote.transport import Transport
 
 CHUNK = 1 << 20
+LOG_MODE = 0o644  # logs and plog archives fetched from nodes
+CKPT_MODE = 0o444  # checkpoints and strategy files fetched from nodes
+UPLOAD_UMASK = "umask 077"  # every upload is 0600 from its first byte until its final chmod
+
+
+def local_mode(mode: int) -> int:
+    """The mode a file from a node may get here: read/write bits only (no x, s, t)."""
+    return mode & 0o666
+
+
+def copy_bounded(read: Callable[[int], bytes], out: IO[bytes], limit: int, node: str,
+                 what: str) -> int:
+    """Copy from `read` into `out`, at most `limit` bytes; reads at most `limit` + 1.
+
+    Raises:
+        TransferError: the source had more than `limit` bytes (nothing past `limit` written).
+    """
+    n = 0
+    while True:
+        chunk = read(min(CHUNK, limit - n + 1))
+        if not chunk:
+            return n
+        if n + len(chunk) > limit:
+            raise TransferError(node, f"{what}: the node sent more than the {limit} bytes it "
+                                      f"announced; stopped after {n} bytes")
+        out.write(chunk)
+        n += len(chunk)
 
 
 @dataclass(frozen=True)
@@ -105,11 +141,13 @@ def safe_join(dest: Path, relpath: str) -> Path:
 
 def parse_stat_line(node: str, path: PurePosixPath | str, text: str) -> RemoteFile:
     """Parse `<size> <octal mode> <sha256>` as printed by REMOTE_STAT_SCRIPT."""
-    fields = text.split()
-    if len(fields) != 3 or not fields[0].isdigit() or len(fields[2]) != 64:
-        raise TransferError(node, f"cannot stat {path}: unexpected reply {text.strip()[:200]!r}")
-    return RemoteFile(PurePosixPath(str(path)), int(fields[0]), int(fields[1], 8) & 0o7777,
-                      fields[2].lower())
+    m = _STAT_LINE.fullmatch(text.strip()[:200])
+    if m is None:
+        raise TransferError(node, f"cannot stat {path}: unexpected reply {text.strip()[:80]!r}")
+    return RemoteFile(PurePosixPath(str(path)), int(m[1]), int(m[2], 8) & 0o7777, m[3].lower())
+
+
+_STAT_LINE = re.compile(r"([0-9]{1,20}) ([0-7]{1,6}) ([0-9a-fA-F]{64})")
 
 
 # `f` must be a regular file (after following links, for single-file gets the caller named).
@@ -132,36 +170,51 @@ def remote_stat(t: Transport, path: PurePosixPath) -> RemoteFile:
     return parse_stat_line(t.node.name, path, res.stdout)
 
 
-def verify_put_command(tmp: PurePosixPath, final: PurePosixPath, mode: int, size: int,
-                       sha: str) -> str:
-    """Remote command: chmod the uploaded temp file, check size + sha256, rename it into place.
+def put_verify_command(tmp: PurePosixPath, mode: int) -> str:
+    """Remote command: chmod the uploaded temp file and print `<size> <sha256>` of it.
 
-    On mismatch the temp file is removed, the final name is untouched, and the command exits 3
-    printing what it found.
+    The caller compares the reply with the local file (nothing derived from the content, which
+    may be a secret, goes on the node's command line, where /proc/*/cmdline shows it) and then
+    runs put_commit_command, or removes the temp file.
     """
-    t, f = remote_arg(tmp), remote_arg(final)
-    return (
-        f"t={t}; chmod {mode:o} -- \"$t\" && s=$(stat -c %s -- \"$t\") && h=$({HASH_CMD} < \"$t\")"
-        f" && if [ \"$s ${{h%% *}}\" = {shlex.quote(f'{size} {sha}')} ]; then mv -f -- \"$t\" {f};"
-        f" else rm -f -- \"$t\"; echo \"uploaded copy has size $s sha256 ${{h%% *}}\" >&2; exit 3;"
-        f" fi"
-    )
+    t = remote_arg(tmp)
+    return (f"t={t}; chmod {mode & 0o7777:o} -- \"$t\" && s=$(stat -c %s -- \"$t\") && "
+            f"h=$({HASH_CMD} < \"$t\") && echo \"$s ${{h%% *}}\"")
 
 
-def write_atomic_from(local: Path, fill: Callable[[Path], None]) -> Path:
-    """Call `fill(tmp)` to write a sibling temp file; returns it (caller verifies + replaces)."""
+def put_commit_command(tmp: PurePosixPath, final: PurePosixPath) -> str:
+    """Remote command: rename a verified upload into place."""
+    return f"mv -f -- {remote_arg(tmp)} {remote_arg(final)}"
+
+
+def check_put_reply(node: str, what: str, reply: str, size: int, sha: str) -> None:
+    """Compare put_verify_command's reply with the local size and sha256 (TransferError)."""
+    m = re.fullmatch(r"([0-9]{1,20}) ([0-9a-fA-F]{64})", reply.strip()[:200])
+    if m is None or (int(m[1]), m[2].lower()) != (size, sha):
+        got = f"size {m[1]} sha256 {m[2][:12]}…" if m else f"reply {reply.strip()[:80]!r}"
+        raise TransferError(node, f"{what}: uploaded copy has {got}, expected size {size}")
+
+
+def write_atomic_from(local: Path, fill: Callable[[IO[bytes]], None]) -> Path:
+    """Call `fill(f)` on a new temp file beside `local`; returns its path (caller verifies it
+    and calls finish_get). The temp file is created with O_EXCL, mode 0600 and a random name,
+    so a planted name or symlink is never followed; it is removed if `fill` fails."""
     local.parent.mkdir(parents=True, exist_ok=True)
-    tmp = local.parent / temp_name(local)
+    fd, name = tempfile.mkstemp(prefix=f".{local.name}.", suffix=".orchestrate-tmp",
+                                dir=local.parent)
+    tmp = Path(name)
     try:
-        fill(tmp)
+        with os.fdopen(fd, "wb") as out:
+            fill(out)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return tmp
 
 
-def finish_get(node: str, tmp: Path, local: Path, want: RemoteFile) -> None:
-    """Verify a downloaded temp file against the remote stat, set its mode, rename it into place.
+def finish_get(node: str, tmp: Path, local: Path, want: RemoteFile, mode: int) -> None:
+    """Verify a downloaded temp file against the remote stat, chmod it to `mode`, rename it
+    into place. Downloads pass `local_mode(...)` of a mode chosen here, never the node's.
 
     The temp file is removed on any failure, so `local` is either the old file or the new one.
     """
@@ -173,7 +226,7 @@ def finish_get(node: str, tmp: Path, local: Path, want: RemoteFile) -> None:
         if digest != want.sha256:
             raise TransferError(node, f"get {want.path}: sha256 mismatch (local {digest[:12]}…, "
                                       f"remote {want.sha256[:12]}…)")
-        os.chmod(tmp, want.mode)
+        os.chmod(tmp, mode)
         os.replace(tmp, local)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from orchestrator.config.inventory import Node
 from orchestrator.errors import CommandTimeout, RemoteCommandError, TransferError
@@ -75,25 +76,28 @@ class LocalTransport:
         """Copy `local` to `remote` atomically, verified, with `mode` or the source's mode."""
         self._copy(local, _expand(remote), mode, what=f"put {local} -> {remote}")
 
-    def get(self, remote: PurePosixPath, local: Path) -> None:
-        """Copy `remote` to `local` atomically, verified, with the source's mode."""
-        self._copy(_expand(remote), local, None, what=f"get {remote} -> {local}")
+    def get(self, remote: PurePosixPath, local: Path, *, mode: int = files.LOG_MODE) -> None:
+        """Copy the regular file `remote` to `local` atomically, verified, with `mode`."""
+        self._copy(_expand(remote), local, files.local_mode(mode),
+                   what=f"get {remote} -> {local}")
 
     def _copy(self, src: Path, dst: Path, mode: int | None, what: str) -> None:
         try:
-            st = src.stat()
-            if not src.is_file():
-                raise TransferError(self.node.name, f"{what}: not a regular file")
-            want = files.RemoteFile(PurePosixPath(str(src)), st.st_size,
-                                    mode if mode is not None else st.st_mode & 0o7777,
-                                    files.sha256_file(src))
-            def fill(tmp: Path) -> None:
-                shutil.copyfile(src, tmp)
+            with open(src, "rb") as fh:
+                st = os.fstat(fh.fileno())
+                if not stat.S_ISREG(st.st_mode):
+                    raise TransferError(self.node.name, f"{what}: not a regular file")
+                want = files.RemoteFile(PurePosixPath(str(src)), st.st_size,
+                                        mode if mode is not None else st.st_mode & 0o7777,
+                                        files.sha256_file(src))
 
-            tmp = files.write_atomic_from(dst, fill)
+                def fill(out: IO[bytes]) -> None:
+                    files.copy_bounded(fh.read, out, st.st_size, self.node.name, what)
+
+                tmp = files.write_atomic_from(dst, fill)
         except OSError as e:
             raise TransferError(self.node.name, f"{what}: {e.strerror or e}") from e
-        files.finish_get(self.node.name, tmp, dst, want)
+        files.finish_get(self.node.name, tmp, dst, want, want.mode)
 
 
 def _expand(path: PurePosixPath) -> Path:

@@ -29,36 +29,28 @@ backoff; auth and host-key errors are not retried; commands are never retried. `
 timeout=S)` runs the command under coreutils `timeout` on the node (so it is killed there too)
 and raises CommandTimeout after S seconds.
 
-Bulk `get`/`put` stream through OpenSSH `ssh host cat` when `ssh` is installed (~3x paramiko
-SFTP here: 280-330 MB/s vs 57-99, see bench/fanout.py), with the same known_hosts files,
-`StrictHostKeyChecking=yes` (the key was already checked by our own connection), BatchMode,
-the same identity and ssh_config, curve25519 kex and AES-GCM; else paramiko SFTP. The remote
-path is shell-quoted by us (scp's remote quoting differs between its SCP and SFTP modes). Either
-way the copy lands under a temp name, is verified (size + sha256; the remote hash runs on a
-second channel during the transfer) and renamed into place with the remote file's mode.
-A node behind ProxyJump hops (any number) takes the OpenSSH path with nested ProxyCommands
-running the same strict `ssh -W` through each hop; paramiko goes through one Connection per
-hop, every hop's host key checked against the same known_hosts files.
-`sftp_reader(path, offset)` streams a file over SFTP with read-ahead, from an offset, for
-callers that hash while reading (collect-ckpt's gather without OpenSSH).
+Files (orchestrator/remote/ssh_files.py): `put` writes under umask 077 and verifies the copy
+without content-derived values on the node's command line; `get` reads at most the size the
+node's stat announced (+1 byte to detect more), verifies size + sha256 and gives the file a
+mode chosen here (logs 0644), never the node's. Bulk bytes take OpenSSH `ssh host cat` (same
+known_hosts, StrictHostKeyChecking=yes, identity, ssh_config and ProxyJump hops) when `ssh` is
+installed, else paramiko SFTP. Command output is capped per stream (ORCHESTRATE_MAX_OUTPUT,
+orchestrator/remote/output.py).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import select
 import shlex
 import shutil
 import socket
-import subprocess
-import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import Any
 
 import paramiko
 from fabric import Connection
@@ -75,9 +67,8 @@ from orchestrator.errors import (
     ConnectError,
     HostKeyError,
     RemoteCommandError,
-    TransferError,
 )
-from orchestrator.remote import files, sshconfig, sshroute
+from orchestrator.remote import files, output, ssh_files, sshconfig, sshroute
 from orchestrator.remote.hostkeys import (
     AcceptNew,
     RejectUnknown,
@@ -90,7 +81,6 @@ from orchestrator.remote.transport import CommandResult
 
 log = logging.getLogger(__name__)
 
-_EOF_GRACE = 5.0  # seconds to wait for the end of output after the exit status arrives
 
 
 def user_known_hosts() -> Path:
@@ -113,6 +103,7 @@ class SSHOptions:
     backoff: float = 0.5  # seconds before the 2nd try; doubles each time
     use_openssh: bool = True  # scp for put/get when OpenSSH is installed
     keepalive: int = 30  # seconds between keepalives on an open connection (0: off)
+    max_output: int = 0  # bytes of stdout/stderr per command; 0: ORCHESTRATE_MAX_OUTPUT/16 MiB
 
     @classmethod
     def from_inventory(cls, inv: Inventory, **overrides: Any) -> SSHOptions:
@@ -321,7 +312,8 @@ class SSHTransport:
             chan.exec_command(full)
             chan.shutdown_write()
             deadline = None if timeout is None else start + timeout + TIMEOUT_GRACE + 1.0
-            out, err, code = _collect(chan, deadline)
+            out, err, code = output.collect(chan, deadline, self._max_output(), self.node.name,
+                                            line)
         except (SSHException, EOFError) as e:
             raise ConnectError(self.node.name, f"connection lost running `{line}`: "
                                                f"{e or type(e).__name__}") from e
@@ -337,6 +329,9 @@ class SSHTransport:
             raise RemoteCommandError(result)
         return result
 
+    def _max_output(self) -> int:
+        return self.options.max_output or output.max_output()
+
     def _open_channel(self) -> paramiko.Channel:
         transport = self._transport()
         try:
@@ -345,79 +340,33 @@ class SSHTransport:
             raise ConnectError(self.node.name,
                                f"cannot open a session: {e or type(e).__name__}") from e
 
-    # ---- files --------------------------------------------------------------------------
+    # ---- files (orchestrator/remote/ssh_files.py) ---------------------------------------
 
     def put(self, local: Path, remote: PurePosixPath, *, mode: int | None = None) -> None:
-        """Upload `local` to `remote` atomically, verified, with `mode` or the local file's."""
-        try:
-            st = local.stat()
-            sha = files.sha256_file(local)
-        except OSError as e:
-            raise TransferError(self.node.name, f"put {local}: {e.strerror}") from e
-        tmp = remote.parent / files.temp_name(remote)
-        try:
-            with open(local, "rb") as src:
-                sent = self._openssh(f"cat > {files.remote_arg(tmp)}", stdin=src)
-            if not sent:
-                self._sftp_client().put(str(local), files.sftp_path(tmp), confirm=True)
-        except (OSError, SSHException) as e:
-            self.run(f"rm -f -- {files.remote_arg(tmp)}", check=False)
-            raise TransferError(self.node.name, f"put {local} -> {remote}: {e}") from e
-        res = self.run(files.verify_put_command(tmp, remote, mode if mode is not None
-                                                else st.st_mode & 0o7777, st.st_size, sha),
-                       check=False)
-        if not res.ok:
-            why = res.stderr.strip().splitlines()[-1:] or [f"exit {res.exit_code}"]
-            raise TransferError(self.node.name, f"put {local} -> {remote}: {why[0]}")
+        """Upload `local` to `remote` atomically, 0600 until verified, then `mode` (or the
+        local file's)."""
+        ssh_files.put(self, local, remote, mode)
 
-    def get(self, remote: PurePosixPath, local: Path) -> None:
-        """Download `remote` to the file `local` atomically, verified, with the remote mode.
+    def get(self, remote: PurePosixPath, local: Path, *, mode: int = files.LOG_MODE) -> None:
+        """Download the regular file `remote` to `local`: at most its size, verified, `mode`
+        (read/write bits only; never the node's mode)."""
+        ssh_files.get(self, remote, local, mode)
 
-        The remote size/mode/sha256 are read on a second channel while the bytes stream, so
-        the remote hash costs no extra wall time when the node has a spare core.
-        """
-        self.open()
-        stat_box: list[files.RemoteFile | BaseException] = []
+    def connection(self) -> Connection:
+        """The open Fabric connection (connects first)."""
+        self._transport()
+        assert self._conn is not None
+        return self._conn
 
-        def remote_stat() -> None:
-            try:
-                stat_box.append(files.remote_stat(self, remote))
-            except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
-                stat_box.append(e)
-
-        stat_thread = threading.Thread(target=remote_stat, name=f"stat-{self.node.name}")
-        stat_thread.start()
-
-        def fill(tmp: Path) -> None:
-            with open(tmp, "wb") as out:
-                if self._openssh(f"cat -- {files.remote_arg(remote)}", stdout=out):
-                    return
-            self._sftp_client().get(files.sftp_path(remote), str(tmp))
-
-        try:
-            tmp = files.write_atomic_from(local, fill)
-        except (OSError, SSHException) as e:
-            stat_thread.join()
-            if isinstance(stat_box[0], BaseException):
-                raise stat_box[0] from None
-            raise TransferError(self.node.name, f"get {remote} -> {local}: {e}") from e
-        finally:
-            stat_thread.join()
-        want = stat_box[0]
-        if isinstance(want, BaseException):
-            tmp.unlink(missing_ok=True)
-            raise want
-        files.finish_get(self.node.name, tmp, local, want)
-
-    def _sftp_client(self) -> paramiko.SFTPClient:
+    def sftp_client(self) -> paramiko.SFTPClient:
+        """This connection's SFTP session (opened on first use, closed by close())."""
         if self._sftp is None:
-            self._transport()
-            assert self._conn is not None
-            self._sftp = self._conn.client.open_sftp()
+            self._sftp = self.connection().client.open_sftp()
         return self._sftp
 
     @contextmanager
-    def sftp_reader(self, remote: PurePosixPath, offset: int = 0) -> Iterator[_SFTPStream]:
+    def sftp_reader(self, remote: PurePosixPath,
+                    offset: int = 0) -> Iterator[ssh_files.SFTPStream]:
         """The remote file from byte `offset` on, over paramiko SFTP with read-ahead.
 
         For bulk reads when `openssh_command()` is None (no `ssh` installed, use_openssh off,
@@ -428,26 +377,8 @@ class SSHTransport:
         Raises:
             TransferError: the file cannot be opened or read (names the node and path).
         """
-        self.open()
-        assert self._conn is not None
-        where = f"reading {remote} over SFTP"
-        try:
-            sftp = self._conn.client.open_sftp()
-        except (OSError, SSHException) as e:
-            raise TransferError(self.node.name, f"{where}: cannot open SFTP: {e}") from e
-        try:
-            try:
-                f = sftp.open(files.sftp_path(remote), "rb")
-                size = f.stat().st_size or 0
-                f.seek(offset)
-                if offset < size:
-                    f.prefetch(size)
-            except (OSError, SSHException) as e:
-                raise TransferError(self.node.name, f"{where}: {e}") from e
-            with f:
-                yield _SFTPStream(f, self.node.name, where)
-        finally:
-            sftp.close()
+        with ssh_files.sftp_reader(self, remote, offset) as stream:
+            yield stream
 
     def openssh_command(self) -> list[str] | None:
         """`ssh ... -- HOSTNAME` reaching the node as our connection does, or None.
@@ -462,78 +393,3 @@ class SSHTransport:
             return None
         self.open()
         return sshroute.openssh_argv(self.settings(), self.known_hosts_files(), self._timeout())
-
-    def _openssh(self, remote_cmd: str, *, stdin: IO[bytes] | None = None,
-                 stdout: IO[bytes] | None = None) -> bool:
-        """Stream through OpenSSH `ssh` (2-3x paramiko's throughput); False: use paramiko.
-
-        Raises OSError when the remote command itself failed.
-        """
-        base = self.openssh_command()
-        if base is None:
-            return False
-        proc = subprocess.run([*base, remote_cmd],
-                              stdin=stdin if stdin is not None else subprocess.DEVNULL,
-                              stdout=stdout if stdout is not None else subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, check=False)
-        if proc.returncode == 0:
-            return True
-        err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-        msg = err[-1] if err else f"ssh exited {proc.returncode}"
-        if proc.returncode == 255:  # ssh itself failed; our paramiko connection works
-            log.info("[%s] OpenSSH could not connect (%s); using paramiko", self.node.name, msg)
-            if stdin is not None:
-                stdin.seek(0)
-            if stdout is not None:
-                stdout.seek(0)
-                stdout.truncate()
-            return False
-        raise OSError(msg)
-
-
-class _SFTPStream:
-    """`read(n)` of an SFTP file, errors turned into TransferError naming node and path."""
-
-    def __init__(self, f: paramiko.SFTPFile, node: str, where: str) -> None:
-        self._f, self._node, self._where = f, node, where
-
-    def read(self, n: int = -1) -> bytes:
-        try:
-            data: bytes = self._f.read(n if n >= 0 else None)
-            return data
-        except (OSError, SSHException) as e:
-            raise TransferError(self._node, f"{self._where}: {e}") from e
-
-
-def _collect(chan: paramiko.Channel,
-             deadline: float | None) -> tuple[bytes, bytes, int | None]:
-    """Read stdout/stderr until the exit status and the end of output; exit None on `deadline`.
-
-    sshd sends the exit status when the command exits, which can be before the last of its
-    output (still in sshd's pipe) is sent: the output is complete only at EOF. A background
-    process that keeps the output open gets `_EOF_GRACE` seconds after the exit status, then
-    what arrived is returned (`ssh` itself would wait for it).
-    """
-    out, err = bytearray(), bytearray()
-    fd = chan.fileno()  # readable when either stream has data or the channel closes
-    exited_at: float | None = None
-    while True:
-        while chan.recv_ready():
-            out += chan.recv(1 << 16)
-        while chan.recv_stderr_ready():
-            err += chan.recv_stderr(1 << 16)
-        if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
-            exited_at = time.monotonic() if exited_at is None else exited_at
-            if (chan.eof_received or chan.closed
-                    or time.monotonic() - exited_at >= _EOF_GRACE):
-                return bytes(out), bytes(err), chan.recv_exit_status()
-        if chan.closed and not chan.exit_status_ready():
-            raise SSHException("channel closed without an exit status")
-        wait = 0.2
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return bytes(out), bytes(err), None
-            wait = min(wait, left)
-        select.select([fd], [], [], wait)
-

@@ -60,8 +60,9 @@ class Transport(Protocol):
         """Upload atomically (temp name + rename), preserving mode unless `mode` is given."""
         ...
 
-    def get(self, remote: PurePosixPath, local: Path) -> None:
-        """Download atomically; `local` is the destination file."""
+    def get(self, remote: PurePosixPath, local: Path, *, mode: int = 0o644) -> None:
+        """Download a regular file atomically to `local`, bounded by the size the node
+        announced, with `mode` (read/write bits only: a node never chooses a local mode)."""
         ...
 
     def close(self) -> None: ...

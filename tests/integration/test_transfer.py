@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
+import time
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -57,15 +59,47 @@ def test_put_get_round_trip(testhosts: TestHosts, tmp_path: Path, use_openssh: b
         back = tmp_path / "back" / "copy.bin"
         t.get(remote, back)
         t.run(["rm", "-rf", str(remote.parent)])
-    assert sha(back) == sha(src) and (back.stat().st_mode & 0o777) == 0o600
-    assert os.listdir(back.parent) == ["copy.bin"]
+    assert sha(back) == sha(src) and (back.stat().st_mode & 0o7777) == files.LOG_MODE
+    t2 = back.parent / "ro.bin"
+    with transport_for(inv.nodes[1], inv, use_openssh=use_openssh) as t:
+        t.run(["mkdir", "-p", str(remote.parent)])
+        t.put(src, remote, mode=0o6755)
+        t.get(remote, t2, mode=files.CKPT_MODE)
+        t.run(["rm", "-rf", str(remote.parent)])
+    assert (t2.stat().st_mode & 0o7777) == 0o444  # the caller's mode, never the node's
+    assert sorted(os.listdir(back.parent)) == ["copy.bin", "ro.bin"]
+
+
+def test_put_is_0600_from_the_first_byte(testhosts: TestHosts, tmp_path: Path) -> None:
+    """A node user watching the folder never sees the secret's temp copy with other bits."""
+    inv = load_inventory(testhosts.inventory)
+    src = tmp_path / "env.sh"
+    src.write_bytes(b"export TOKEN=s3cret\n" * 1_600_000)  # 32 MB: SFTP takes ~0.5 s
+    folder = f"/tmp/secret-{os.getpid()}"
+    testhosts.ssh("th3", f"mkdir -p {folder}")
+    spy_box: list[str] = []
+    spy = threading.Thread(target=lambda: spy_box.append(testhosts.ssh("th3", (
+        f"for i in $(seq 600); do for f in {folder}/.env.sh.orchestrate-tmp-*; do "
+        '[ -e "$f" ] && stat -c %a "$f" 2>/dev/null; done; sleep 0.01; done')).stdout))
+    spy.start()
+    try:
+        time.sleep(1.0)  # the spy loop is running on the node
+        with transport_for(inv.nodes[3], inv, use_openssh=False) as t:
+            t.put(src, PurePosixPath(folder) / "env.sh", mode=0o600)
+            final = files.remote_stat(t, PurePosixPath(folder) / "env.sh").mode
+    finally:
+        spy.join()
+        testhosts.ssh("th3", f"rm -rf {folder}")
+    seen = spy_box[0].split()
+    assert seen, "the spy never saw the temp copy (upload too fast to observe)"
+    assert set(seen) == {"600"} and final == 0o600, seen
 
 
 def test_get_missing_file_leaves_nothing(th0, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     dest = tmp_path / "out" / "x.bin"
     with pytest.raises(TransferError, match=r"\[th0\] cannot read .*/nope"):
         th0.get(th0.node.workdir / "nope", dest)
-    assert not dest.exists() and list((tmp_path / "out").iterdir()) == []
+    assert not dest.exists() and not list(tmp_path.rglob("*.orchestrate-tmp"))
 
 
 def test_get_keeps_old_file_on_failure(th0, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,233 @@
+"""Kubernetes manifests of one job, built from the same plan and rendered launch as SSH.
+
+    manifests = job_manifests(plan, launch, K8sOptions(image="reg/bloom:1", volume="ckpt"))
+
+msrun mode: a ConfigMap `<job>-files` (launch scripts, job.yaml, env.sh and the model package
+as code/) and an AscendJob (mindxdl.gitee.com/v1) with a Scheduler and `nodes` Worker pods;
+each worker's ranks are MS_NODE_RANK * MS_LOCAL_WORKER + i, from the operator's environment,
+through the msrun launch template's own rank rules (render.render_pod_launch).
+Rank-table mode: the same ConfigMap, a `rings-config-<job>` ConfigMap (hccl.json "status":
+"initializing", filled by the platform) mounted at /user/serverid/devindex/config and a Volcano
+Job (batch.volcano.sh/v1alpha1) whose pods wait for "completed"; ranks VC_TASK_INDEX * n + i.
+Every pod copies the ConfigMap into an emptyDir job folder and runs `launch.sh foreground`;
+`output/` (checkpoints, strategies) is a subPath `<job>` of the PersistentVolumeClaim the user
+names. Nothing here validates or writes: see emit.py and schema.py.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.config.plan import Plan
+from orchestrator.errors import JobError
+from orchestrator.job.render import (
+    K8S_TABLE_DIR,
+    LaunchSpec,
+    render_env,
+    render_job_yaml,
+    render_pod_launch,
+    stamp_job_id,
+)
+from orchestrator.job.stage import code_tree
+
+NPU_RESOURCE = "huawei.com/Ascend910"
+OPERATOR_PORT = 2222  # the ascend-operator finds the scheduler port by this container port
+CONFIG_DIR = "/orchestrate/config"  # the ConfigMap, read-only
+JOB_DIR = "/orchestrate/job"  # emptyDir: the job folder launch.sh runs in
+Manifest = dict[str, Any]
+Files = tuple[Manifest, dict[str, str]]  # the files ConfigMap, key -> path in the job folder
+
+
+@dataclass(frozen=True)
+class K8sOptions:
+    """What `up --backend k8s` needs beyond plan and launch."""
+
+    image: str  # container image with python, MindSpore and the job's dependencies
+    volume: str  # PersistentVolumeClaim for output/ (checkpoints, strategies), subPath <job>
+    namespace: str = "default"
+    queue: str = "default"  # Volcano queue
+    ring_controller: str = "ascend-910b"  # `ring-controller.atlas` label value
+
+
+def k8s_name(job_id: str) -> str:
+    """The job's object name: its id with '.' (as in `7.1b-k3f9`) made '-' (DNS-1123)."""
+    return job_id.replace(".", "-").lower()
+
+
+def job_manifests(plan: Plan, launch: LaunchSpec, opts: K8sOptions) -> list[Manifest]:
+    """Every object of the job, ConfigMaps first (the order `kubectl apply` should take)."""
+    per_pod = _devices_per_pod(plan)
+    python = plan.nodes[0].ranks.node.python
+    roles = ("scheduler", "worker") if launch.mode == "msrun" else ("worker",)
+    launches = {role: render_pod_launch(launch, role, per_pod, python) for role in roles}
+    files = files_configmap(plan, launch, opts, launches)
+    name = k8s_name(launch.job_id)
+    npus = per_pod if str(plan.spec.value("train.device_target")) == "Ascend" else 0
+    if launch.mode == "msrun":
+        return [files[0], ascend_job(name, opts, len(plan.nodes), npus, files)]
+    return [files[0], rings_configmap(name, opts),
+            volcano_job(name, opts, len(plan.nodes), npus, files)]
+
+
+def _devices_per_pod(plan: Plan) -> int:
+    counts = {n.ranks.node.name: n.ranks.node.device_count for n in plan.nodes}
+    first, n = next(iter(counts.items()))
+    for node, count in counts.items():
+        if count != n:
+            raise JobError(f"node {node} has {count} devices, node {first} {n}: one Kubernetes "
+                           "pod template needs the same device count on every node")
+    return n
+
+
+def _env_text(plan: Plan, job_id: str) -> str | None:
+    envs = {n.ranks.node.name: dict(n.ranks.node.env) for n in plan.nodes}
+    first, env = next(iter(envs.items()))
+    for node, other in envs.items():
+        if other != env:
+            raise JobError(f"node {node} has another `env:` than node {first}: every pod of a "
+                           "Kubernetes job gets the same environment")
+    return render_env(job_id, env) if env else None
+
+
+def files_configmap(plan: Plan, launch: LaunchSpec, opts: K8sOptions,
+                    launches: dict[str, str]) -> tuple[Manifest, dict[str, str]]:
+    """ConfigMap `<job>-files` (launch-<role>.sh, job.yaml, env.sh, code/) and the path in
+    the job folder of each key but the launches (keys are flat: `code.orchestrate_bloom.x.py`
+    is code/orchestrate_bloom/x.py)."""
+    data: dict[str, str] = {f"launch-{role}.sh": text for role, text in launches.items()}
+    data["job.yaml"] = stamp_job_id(render_job_yaml(plan), launch.job_id)
+    paths = {"job.yaml": "job.yaml"}
+    env = _env_text(plan, launch.job_id)
+    if env is not None:
+        data["env.sh"] = env
+        paths["env.sh"] = "env.sh"
+    binary: dict[str, str] = {}
+    for f in code_tree().files:
+        key = "code." + f.rel.replace("/", ".")
+        if key in paths:
+            raise JobError(f"code files {paths[key]} and code/{f.rel} map to one ConfigMap key")
+        paths[key] = f"code/{f.rel}"
+        raw = f.source.read_bytes()
+        try:
+            data[key] = raw.decode()
+        except UnicodeDecodeError:
+            binary[key] = base64.b64encode(raw).decode()
+    out: Manifest = {"apiVersion": "v1", "kind": "ConfigMap",
+                     "metadata": _meta(f"{k8s_name(launch.job_id)}-files", opts, launch.job_id),
+                     "data": data}
+    if binary:
+        out["binaryData"] = binary
+    return out, paths
+
+
+def rings_configmap(name: str, opts: K8sOptions) -> Manifest:
+    """The platform's rank table slot: hccl.json "initializing" until every pod is placed."""
+    meta = _meta(f"rings-config-{name}", opts, name)
+    meta["labels"]["ring-controller.atlas"] = opts.ring_controller
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta,
+            "data": {"hccl.json": '{\n    "status": "initializing"\n}\n'}}
+
+
+def _meta(name: str, opts: K8sOptions, job_id: str) -> Manifest:
+    labels = {"app.kubernetes.io/managed-by": "orchestrate", "orchestrate/job": k8s_name(job_id)}
+    return {"name": name, "namespace": opts.namespace, "labels": labels}
+
+
+def _items(paths: dict[str, str], role: str) -> list[dict[str, str]]:
+    """ConfigMap keys -> paths in the job folder: this role's launch is launch.sh."""
+    return [{"key": f"launch-{role}.sh", "path": "launch.sh"},
+            *({"key": k, "path": p} for k, p in paths.items())]
+
+
+def _container(name: str, opts: K8sOptions, npus: int,
+               extra_mounts: list[Manifest]) -> Manifest:
+    copy = (f"set -e; cd {CONFIG_DIR}; cp -RL code launch.sh job.yaml "
+            f"$(ls env.sh 2>/dev/null) {JOB_DIR}/; exec bash {JOB_DIR}/launch.sh foreground")
+    c: Manifest = {
+        "name": "ascend",
+        "image": opts.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["/bin/bash", "-c", copy],
+        "ports": [{"containerPort": OPERATOR_PORT, "name": "ascendjob-port"}],
+        "volumeMounts": [
+            {"name": "files", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": "job", "mountPath": JOB_DIR},
+            {"name": "output", "mountPath": f"{JOB_DIR}/output", "subPath": name},
+            *extra_mounts,
+        ],
+    }
+    if npus:
+        c["resources"] = {"requests": {NPU_RESOURCE: npus}, "limits": {NPU_RESOURCE: npus}}
+    return c
+
+
+def _pod(name: str, opts: K8sOptions, files: Files, role: str, npus: int,
+         extra_volumes: list[Manifest], extra_mounts: list[Manifest]) -> Manifest:
+    container = _container(name, opts, npus, extra_mounts)
+    return {
+        "metadata": {"labels": {"ring-controller.atlas": opts.ring_controller,
+                                "orchestrate/job": name, "orchestrate/role": role}},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [container],
+            "volumes": [
+                {"name": "files", "configMap": {"name": files[0]["metadata"]["name"],
+                                                "items": _items(files[1], role)}},
+                {"name": "job", "emptyDir": {}},
+                {"name": "output", "persistentVolumeClaim": {"claimName": opts.volume}},
+                *extra_volumes,
+            ],
+        },
+    }
+
+
+def _job_meta(name: str, opts: K8sOptions, framework: bool) -> Manifest:
+    meta = _meta(name, opts, name)
+    meta["labels"]["ring-controller.atlas"] = opts.ring_controller
+    if framework:
+        meta["labels"]["framework"] = "mindspore"
+    return meta
+
+
+def ascend_job(name: str, opts: K8sOptions, nodes: int, npus: int, files: Files) -> Manifest:
+    """The msrun-mode AscendJob: one Scheduler pod and `nodes` Worker pods, gang-scheduled."""
+    def replica(role: str, replicas: int, n: int) -> Manifest:
+        return {"replicas": replicas, "restartPolicy": "Never",
+                "template": _pod(name, opts, files, role, n, [], [])}
+
+    return {
+        "apiVersion": "mindxdl.gitee.com/v1",
+        "kind": "AscendJob",
+        "metadata": _job_meta(name, opts, framework=True),
+        "spec": {
+            "schedulerName": "volcano",
+            "runPolicy": {"schedulingPolicy": {"minAvailable": nodes + 1, "queue": opts.queue}},
+            "successPolicy": "AllWorkers",
+            "replicaSpecs": {"Scheduler": replica("scheduler", 1, 0),
+                             "Worker": replica("worker", nodes, npus)},
+        },
+    }
+
+
+def volcano_job(name: str, opts: K8sOptions, nodes: int, npus: int, files: Files) -> Manifest:
+    """The rank-table-mode Volcano Job: `nodes` pods, the platform's hccl.json mounted."""
+    table = [{"name": "ascend-config", "configMap": {"name": f"rings-config-{name}"}}]
+    mount = [{"name": "ascend-config", "mountPath": K8S_TABLE_DIR}]
+    return {
+        "apiVersion": "batch.volcano.sh/v1alpha1",
+        "kind": "Job",
+        "metadata": _job_meta(name, opts, framework=False),
+        "spec": {
+            "minAvailable": nodes,
+            "schedulerName": "volcano",
+            "queue": opts.queue,
+            "maxRetry": 0,
+            "plugins": {"env": [], "svc": []},  # env: VC_TASK_INDEX in every pod
+            "policies": [{"event": "PodEvicted", "action": "AbortJob"},
+                         {"event": "PodFailed", "action": "AbortJob"}],
+            "tasks": [{"name": "worker", "replicas": nodes,
+                       "template": _pod(name, opts, files, "worker", npus, table, mount)}],
+        },
+    }

@@ -1,0 +1,277 @@
+"""Kubernetes manifests (orchestrator/k8s): generated for real presets and inventories, written
+as YAML, read back and validated against the shipped CRD schemas; refused when broken; the
+pods' launch scripts run with bash under the platform's environment (no cluster here).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from orchestrator.cli.main import cli
+from orchestrator.config.inventory import load_inventory, parse_inventory
+from orchestrator.config.plan import build_plan
+from orchestrator.config.presets import load_job_spec
+from orchestrator.errors import JobError, ManifestError
+from orchestrator.job.render import LaunchSpec, render_pod_launch
+from orchestrator.k8s.emit import emit
+from orchestrator.k8s.manifests import K8sOptions, job_manifests
+from orchestrator.k8s.schema import validate
+
+ROOT = Path(__file__).resolve().parents[2]
+ONE_NODE_8 = "defaults: {devices: 8, workdir: /w}\nhosts: [10.0.0.1]\n"
+OPTS = K8sOptions(image="registry.local/bloom:1", volume="bloom-ckpt")
+
+
+def _manifests(inv_text: str | None, preset: str, mode: str, job_id: str = "j-abcd",
+               **launch: Any) -> list[dict[str, Any]]:
+    inv = (load_inventory(ROOT / "inventories" / "12node.yaml") if inv_text is None
+           else parse_inventory(inv_text, "inv.yaml"))
+    plan = build_plan(inv, load_job_spec(preset, ("data.path=/data/mr",)))
+    spec = LaunchSpec(job_id=job_id, mode=mode, world_size=plan.world_size, sched_host="",
+                      **launch)
+    return job_manifests(plan, spec, OPTS)
+
+
+def _emitted(tmp_path: Path, manifests: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Write, read every file back as kubectl would, validate what was read: kind -> object."""
+    paths = emit(manifests, tmp_path)
+    out = {}
+    for p in paths:
+        (doc,) = list(yaml.safe_load_all(p.read_text()))
+        validate(doc)
+        out[f"{doc['kind']}/{doc['metadata']['name']}"] = doc
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths)
+    return out
+
+
+@pytest.mark.parametrize("inv,preset,workers,npus", [(ONE_NODE_8, "7.1b", 1, 8),
+                                                    (None, "65b", 12, 8)])
+def test_ascendjob_valid_and_shaped(tmp_path: Path, inv: str | None, preset: str, workers: int,
+                                    npus: int) -> None:
+    docs = _emitted(tmp_path, _manifests(inv, preset, "msrun", job_id=f"{preset}-abcd"))
+    name = f"{preset.replace('.', '-')}-abcd"
+    job = docs[f"AscendJob/{name}"]
+    assert job["apiVersion"] == "mindxdl.gitee.com/v1"
+    assert job["metadata"]["labels"]["framework"] == "mindspore"
+    assert job["metadata"]["labels"]["ring-controller.atlas"] == "ascend-910b"
+    spec = job["spec"]
+    assert spec["schedulerName"] == "volcano" and spec["successPolicy"] == "AllWorkers"
+    assert spec["runPolicy"]["schedulingPolicy"]["minAvailable"] == workers + 1
+    assert spec["replicaSpecs"]["Scheduler"]["replicas"] == 1
+    worker = spec["replicaSpecs"]["Worker"]
+    assert worker["replicas"] == workers
+    (c,) = worker["template"]["spec"]["containers"]
+    assert c["name"] == "ascend" and c["image"] == OPTS.image
+    assert c["ports"] == [{"containerPort": 2222, "name": "ascendjob-port"}]
+    assert c["resources"]["limits"] == {"huawei.com/Ascend910": npus}
+    out = next(m for m in c["volumeMounts"] if m["name"] == "output")
+    vols = {v["name"]: v for v in worker["template"]["spec"]["volumes"]}
+    assert vols["output"]["persistentVolumeClaim"]["claimName"] == "bloom-ckpt"
+    assert out["subPath"] == name and out["mountPath"].endswith("/output")
+    files = docs[f"ConfigMap/{name}-files"]
+    assert "MS_NODE_RANK * MS_LOCAL_WORKER + 7" in files["data"]["launch-worker.sh"]
+    job_yaml = yaml.safe_load(files["data"]["job.yaml"])
+    assert job_yaml["job"]["id"] == f"{preset}-abcd"
+    p = job_yaml["parallel"]
+    assert p["data_parallel"] * p["model_parallel"] * p["pipeline_stage"] == workers * npus
+
+
+@pytest.mark.parametrize("inv,preset,pods", [(ONE_NODE_8, "7.1b", 1), (None, "65b", 12)])
+def test_volcano_job_valid_with_rings_config(tmp_path: Path, inv: str | None, preset: str,
+                                             pods: int) -> None:
+    docs = _emitted(tmp_path, _manifests(inv, preset, "ranktable", job_id="job-abcd"))
+    job = docs["Job/job-abcd"]
+    assert job["apiVersion"] == "batch.volcano.sh/v1alpha1"
+    assert job["spec"]["schedulerName"] == "volcano" and job["spec"]["minAvailable"] == pods
+    rings = docs["ConfigMap/rings-config-job-abcd"]
+    assert json.loads(rings["data"]["hccl.json"]) == {"status": "initializing"}
+    (task,) = job["spec"]["tasks"]
+    assert task["replicas"] == pods
+    pod = task["template"]["spec"]
+    vols = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    table_vol = next(n for n, v in vols.items()
+                     if v.get("configMap", {}).get("name") == "rings-config-job-abcd")
+    assert mounts[table_vol] == "/user/serverid/devindex/config"
+    launch = docs["ConfigMap/job-abcd-files"]["data"]["launch-worker.sh"]
+    assert '"status": *"completed"' in launch and "VC_TASK_INDEX * 8 + 7" in launch
+
+
+def _ascendjob() -> dict[str, Any]:
+    return next(m for m in _manifests(ONE_NODE_8, "7.1b", "msrun") if m["kind"] == "AscendJob")
+
+
+@pytest.mark.parametrize("path,expect", [
+    (("spec", "replicaSpecs"), "spec: 'replicaSpecs' is a required property"),
+    (("spec", "replicaSpecs", "Worker", "template", "spec", "containers", 0, "name"),
+     "spec.replicaSpecs.Worker.template.spec.containers.0: 'name' is a required property"),
+    (("metadata", "name"), "metadata.name: a string is required"),
+])
+def test_missing_required_field_refused_nothing_written(tmp_path: Path, path: tuple[Any, ...],
+                                                        expect: str) -> None:
+    job = _ascendjob()
+    parent: Any = job
+    for key in path[:-1]:
+        parent = parent[key]
+    del parent[path[-1]]
+    with pytest.raises(ManifestError) as e:
+        emit([_manifests(ONE_NODE_8, "7.1b", "msrun")[0], job], tmp_path / "out")
+    assert expect in str(e.value) and str(e.value).startswith("AscendJob ")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_field_and_bad_values_refused() -> None:
+    job = _ascendjob()
+    bad = copy.deepcopy(job)
+    bad["spec"]["replicaSpecs"]["Worker"]["replica"] = 2  # typo of `replicas`
+    with pytest.raises(ManifestError, match=r"Worker: Additional properties .*'replica'"):
+        validate(bad)
+    bad = copy.deepcopy(job)
+    bad["spec"]["runPolicy"]["schedulingPolicy"]["minAvailable"] = "13"
+    with pytest.raises(ManifestError, match="minAvailable: '13' is not of type 'integer'"):
+        validate(bad)
+    bad = copy.deepcopy(job)
+    bad["metadata"]["name"] = "7.1b-abcd"
+    with pytest.raises(ManifestError, match="metadata.name: '7.1b-abcd' is not a DNS-1123"):
+        validate(bad)
+    files = _manifests(ONE_NODE_8, "7.1b", "msrun")[0]
+    files["data"]["code/x.py"] = ""
+    with pytest.raises(ManifestError, match=r"data.code/x.py: keys are"):
+        validate(files)
+
+
+def test_uneven_nodes_refused() -> None:
+    inv = ("defaults: {workdir: /w}\n"
+           "nodes: [{host: 10.0.0.1, devices: 8}, {host: 10.0.0.2, devices: 4}]\n")
+    with pytest.raises(JobError, match="same device count on every node"):
+        _manifests(inv, "tiny", "msrun")
+
+
+def _pod(tmp_path: Path, manifests: list[dict[str, Any]], role: str) -> Path:
+    """The job folder a pod of `role` gets: the ConfigMap's items at their paths (as the
+    kubelet mounts them), then copied as the container's command does."""
+    files = manifests[0]
+    job = manifests[-1]
+    spec = (job["spec"]["replicaSpecs"][role.capitalize()]["template"]["spec"]
+            if job["kind"] == "AscendJob" else job["spec"]["tasks"][0]["template"]["spec"])
+    vol = next(v for v in spec["volumes"] if v["name"] == "files")
+    job_dir = tmp_path / role
+    for item in vol["configMap"]["items"]:
+        dest = job_dir / item["path"]
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(files["data"][item["key"]])
+    return job_dir
+
+
+def _run(job_dir: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    full = {"PATH": os.environ["PATH"], "HOME": str(job_dir), **env}
+    return subprocess.run(["bash", str(job_dir / "launch.sh"), "foreground"], env=full,
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+
+def _rank_lines(job_dir: Path) -> list[str]:
+    return sorted(line for p in job_dir.glob("ranks/*/stdout.log")
+                  for line in p.read_text().splitlines() if line.startswith("rank "))
+
+
+def test_msrun_pods_take_ranks_from_operator_env(tmp_path: Path) -> None:
+    # The model package is imported from the pod's code/ (the ConfigMap), not this checkout.
+    probe = ("python3 -c 'import os, orchestrate_bloom.presets as p; e = os.environ; "
+             "print(\"rank\", e.get(\"MS_NODE_ID\"), e[\"MS_ROLE\"], e.get(\"DEVICE_ID\"), "
+             "e[\"MS_WORKER_NUM\"], "
+             "p.__file__.startswith(e[\"ORCHESTRATE_JOB_DIR\"] + \"/code/\"))'")
+    inv = "defaults: {devices: 2, workdir: /w}\nhosts: [10.0.0.1, 10.0.0.2]\n"
+    manifests = _manifests(inv, "tiny", "msrun", entrypoint=probe)
+    operator = {"MS_SCHED_HOST": "job-abcd-scheduler-0", "MS_SCHED_PORT": "2222",
+                "MS_WORKER_NUM": "4", "MS_LOCAL_WORKER": "2"}
+    worker = _pod(tmp_path, manifests, "worker")
+    done = _run(worker, {**operator, "MS_NODE_RANK": "1", "MS_ROLE": "MS_WORKER"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _rank_lines(worker) == ["rank 2 MS_WORKER 0 4 True",
+                                   "rank 3 MS_WORKER 1 4 True"]
+    sched = _pod(tmp_path, manifests, "scheduler")
+    assert _run(sched, {**operator, "MS_ROLE": "MS_SCHED"}).returncode == 0
+    assert _rank_lines(sched) == ["rank None MS_SCHED None 4 True"]
+    # A job rendered for another world size refuses to start its ranks: exit non-zero.
+    again = _pod(tmp_path / "again", manifests, "worker")
+    assert _run(again, {**operator, "MS_WORKER_NUM": "8", "MS_NODE_RANK": "0"}).returncode == 1
+    assert "MS_WORKER_NUM=8 from the operator, the job was rendered for 4" in \
+        (again / "ranks" / "0" / "stdout.log").read_text()
+
+
+def test_ranktable_pod_waits_for_completed_table(tmp_path: Path) -> None:
+    table = tmp_path / "table"
+    table.mkdir()
+    launch = LaunchSpec(job_id="j", mode="ranktable", world_size=4, sched_host="",
+                        cluster_timeout=1, entrypoint='echo rank "$RANK_ID" "$RANK_TABLE_FILE"')
+    job_dir = tmp_path / "pod"
+    job_dir.mkdir()
+    (job_dir / "launch.sh").write_text(
+        render_pod_launch(launch, "worker", 2, "python3", table_dir=str(table)))
+    (table / "hccl.json").write_text('{"status":"initializing"}')
+    assert _run(job_dir, {"VC_TASK_INDEX": "1"}).returncode == 1
+    assert "hccl.json not completed after 1 s" in (job_dir / "ranks/0/stdout.log").read_text()
+    (table / "hccl.json").write_text('{"status": "completed", "server_list": []}')
+    assert _run(job_dir, {"VC_TASK_INDEX": "1"}).returncode == 0
+    assert _rank_lines(job_dir) == [f"rank 2 {table}/hccl.json", f"rank 3 {table}/hccl.json"]
+
+
+def test_cli_emit_and_its_errors(tmp_path: Path) -> None:
+    runner = CliRunner()
+    base = ["up", "--backend", "k8s", "-i", str(ROOT / "inventories" / "12node.yaml"), "-c",
+            "65b", "--mode", "msrun", "--set", "data.path=/data/mr", "--state-dir",
+            str(tmp_path / "state")]
+    out = tmp_path / "out"
+    res = runner.invoke(cli, [*base, "--emit", str(out), "--image", "r/b:1", "--volume", "c"])
+    assert res.exit_code == 0, res.output
+    kinds = sorted(yaml.safe_load(p.read_text())["kind"] for p in out.iterdir())
+    assert kinds == ["AscendJob", "ConfigMap"] and "kubectl apply -f" in res.output
+    res = runner.invoke(cli, [*base, "--emit", str(out)])
+    assert res.exit_code == 1 and "needs --image and --volume" in res.output
+    local = "data.path=model/assets/alpaca_seed_tasks.json"  # exists here: not in a pod
+    res = runner.invoke(cli, [*base[:-4], "--set", local, "--emit", str(out), "--image", "r/b:1",
+                              "--volume", "c"])
+    assert res.exit_code == 1 and "with --backend k8s nothing is staged" in res.output
+    res = runner.invoke(cli, ["up", "-i", "inventories/local.yaml", "-c", "tiny", "--emit", "x"])
+    assert res.exit_code == 2 and "--emit: only with --backend k8s" in res.output
+    assert len(list(out.iterdir())) == 2  # the refused runs wrote nothing
+
+
+def test_apply_path_errors_in_one_line(tmp_path: Path) -> None:
+    """The live path as far as it goes without a cluster: the kubeconfig is read, the first
+    create reaches the configured server (nothing listens: one line naming the object), no
+    k8s.json is left; `status` and `down` of an applied job ask the API (same one-line error)."""
+    pytest.importorskip("kubernetes")
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "k", "cluster": {"server": "http://127.0.0.1:9"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}]}))
+    state = tmp_path / "state"
+    res = CliRunner().invoke(cli, [
+        "up", "--backend", "k8s", "-i", "inventories/local.yaml", "-c", "tiny", "--set",
+        "data.path=/data/mr", "--image", "r/b:1", "--volume", "c", "--kubeconfig",
+        str(kubeconfig), "--state-dir", str(state)])
+    assert res.exit_code == 1
+    (line,) = res.output.splitlines()
+    assert line.startswith("Error: creating ConfigMap tiny-") and "-files: " in line
+    assert not list(state.glob("jobs/*/k8s.json"))
+    job_dir = state / "jobs" / "tiny-abcd"
+    job_dir.mkdir(parents=True)
+    (job_dir / "k8s.json").write_text(json.dumps({
+        "job_id": "tiny-abcd", "namespace": "default", "api_version": "mindxdl.gitee.com/v1",
+        "kind": "AscendJob", "name": "tiny-abcd", "kubeconfig": str(kubeconfig)}))
+    for cmd in (["status"], ["down"], ["logs"]):
+        res = CliRunner().invoke(cli, [*cmd, "tiny-abcd", "--state-dir", str(state)])
+        assert res.exit_code == 1 and len(res.output.splitlines()) == 1, res.output
+        assert "AscendJob tiny-abcd" in res.output
