@@ -1,17 +1,23 @@
-"""Launch latency: `orchestrate up` vs the seed README's sequential ssh loop, on N test hosts.
+"""Launch latency: `orchestrate up` vs one cold fan-out round and the seed README's sequential
+ssh loop, on N test hosts.
 
     sudo python bench/launch.py --hosts 8 32 [--devices 2]
 
 For each N: bring up N sshd test hosts (tests/testhosts.sh, own state dir), pre-stage the
-code once (a first `up` + `down`, so the timed run finds every code blob by sha256), then time
+code and the prepared dataset once (a first `up` + `down`, so the timed run finds every code
+blob by sha256 and the prepared data in the content-addressed cache), then time
 
-  up     `python -m orchestrator up --no-check` with a trivial rank command (sleep), from the
-         call to its return, which is when every rank's pid file exists on every host;
+  round  one cold fan-out round, the floor any `up` pays: open a NodeGroup over all N hosts
+         (connect), run `true` everywhere, close (paramiko already imported);
+  up     `python -m orchestrator up -v --no-check` with a trivial rank command (sleep), from
+         the call to its return, which is when every rank's pid file exists on every host;
+         also its peak RSS (wait4) and its per-phase breakdown (`up -v`);
   loop   what the seed README does by hand, one host after the other: `scp -r` the job folder
          (launch.sh, job.yaml, code/) then `ssh host bash launch.sh start`, with OpenSSH.
 
-One run each; prints seconds and the loop/up ratio. Both jobs are stopped and the hosts torn
-down at the end, also on errors. Goal (issue #7): 32 hosts under 3 s and >= 5x the loop.
+One run each; prints seconds, up in fan-out rounds and the loop/up ratio. Both jobs are
+stopped and the hosts torn down at the end, also on errors. Goals (issue #17): up on 32 hosts
+<= 3 rounds and >= 10x the loop; peak RSS of the CLI process for up <= 150 MB.
 """
 
 from __future__ import annotations
@@ -24,11 +30,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 TESTHOSTS = REPO / "tests" / "testhosts.sh"
 SLEEPER = "sleep 600"
 
@@ -43,12 +51,53 @@ def orch(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
               env=env, cwd=str(state))
 
 
+def orch_timed(state: Path, *args: str) -> tuple[float, float, str]:
+    """Run orchestrate like `orch`; (wall seconds, peak RSS MiB, stdout)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    argv = [sys.executable, "-m", "orchestrator", *args, "--state-dir", str(state / "jobs")]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, env=env, cwd=str(state), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate()  # reads both pipes to the end; the child may still be a zombie
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv} failed ({proc.returncode}): {err.strip()}")
+    return wall, usage.ru_maxrss / 1024, out
+
+
+def fanout_round(inv_path: Path) -> float:
+    """Seconds for one cold round: connect to every host, run `true`, close."""
+    from orchestrator.config.inventory import load_inventory
+    from orchestrator.remote.group import NodeGroup
+
+    inv = load_inventory(inv_path)
+    t0 = time.perf_counter()
+    with NodeGroup(inv, inv.in_rank_order()) as group:
+        group.run("true").raise_on_failure()
+    return time.perf_counter() - t0
+
+
 def latest(state: Path) -> dict:
     recs = [json.loads(p.read_text()) for p in (state / "jobs" / "jobs").glob("*.json")]
     return max(recs, key=lambda r: r["created_at"])
 
 
-def bench(n: int, devices: int) -> tuple[float, float]:
+PHASES = {"phase", "startup", "plan", "check", "ranktable", "data", "render", "connect",
+          "stage", "start", "other", "total"}
+
+
+@dataclass(frozen=True)
+class Result:
+    up_s: float
+    loop_s: float
+    round_s: float
+    rss_mb: float
+    phases: list[str]
+
+
+def bench(n: int, devices: int) -> Result:
     state = Path(tempfile.mkdtemp(prefix=f"orchestrate-bench-launch-{n}-"))
     try:
         sh(["bash", str(TESTHOSTS), "up", str(n), "--state", str(state), "--python",
@@ -59,9 +108,11 @@ def bench(n: int, devices: int) -> tuple[float, float]:
         orch(state, *base)  # pre-stage: every node now holds the code blobs
         orch(state, "down", "--yes")
 
-        t0 = time.perf_counter()
-        orch(state, *base)
-        up_s = time.perf_counter() - t0
+        import orchestrator.remote.ssh  # noqa: F401 - imports are not part of the round
+
+        round_s = fanout_round(inv)
+        up_s, rss_mb, out = orch_timed(state, *base[:1], "-v", *base[1:])
+        phases = [ln for ln in out.splitlines() if ln.split()[:1] and ln.split()[0] in PHASES]
         job = latest(state)
         started = sum(len(n_["pids"]) for n_ in job["nodes"])
         assert job["status"] == "RUNNING" and started >= n * devices, job
@@ -87,7 +138,7 @@ def bench(n: int, devices: int) -> tuple[float, float]:
         for node in rendered["nodes"]:
             sh(["ssh", "-F", cfg, node["name"],
                 f"bash {workdir}/jobs/{rendered['job_id']}/launch.sh stop"])
-        return up_s, loop_s
+        return Result(up_s, loop_s, round_s, rss_mb, phases)
     finally:
         subprocess.run(["bash", str(TESTHOSTS), "down", "--state", str(state)],
                        capture_output=True, timeout=300)
@@ -99,12 +150,17 @@ def main() -> None:
     parser.add_argument("--hosts", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--devices", type=int, default=2, help="ranks per host")
     args = parser.parse_args()
-    print(f"launch latency, {args.devices} ranks/host, trivial rank command, code pre-staged")
-    print(f"{'hosts':>5} {'up (s)':>8} {'ssh loop (s)':>13} {'loop/up':>8}")
+    print(f"launch latency, {args.devices} ranks/host, trivial rank command, code and data "
+          f"pre-staged; load average {os.getloadavg()[0]:.2f}")
+    print(f"{'hosts':>5} {'round (s)':>9} {'up (s)':>7} {'up/round':>8} {'ssh loop (s)':>12} "
+          f"{'loop/up':>8} {'up RSS (MB)':>11}")
     for n in args.hosts:
-        up_s, loop_s = bench(n, args.devices)
-        print(f"{n:>5} {up_s:>8.2f} {loop_s:>13.2f} {loop_s / up_s:>7.1f}x", flush=True)
-
+        r = bench(n, args.devices)
+        print(f"{n:>5} {r.round_s:>9.2f} {r.up_s:>7.2f} {r.up_s / r.round_s:>7.1f}x "
+              f"{r.loop_s:>12.2f} {r.loop_s / r.up_s:>7.1f}x {r.rss_mb:>11.0f}", flush=True)
+        for line in r.phases:
+            print(f"      {line}")
+    print(f"load average at the end {os.getloadavg()[0]:.2f}")
 
 if __name__ == "__main__":
     main()

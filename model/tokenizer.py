@@ -13,7 +13,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer as HFTokenizer
 
-DEFAULT_TOKENIZER = Path(__file__).resolve().parent / "assets" / "tokenizer.json"
+from .data_key import DEFAULT_TOKENIZER
+
 SPECIAL_IDS = {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3}
 
 

@@ -78,7 +78,8 @@ def _rechecker(group: Any, spec: Any, mode: str, sched_port: int | None, skip: b
 
 
 mode_option = click.option("--mode", type=click.Choice(["ranktable", "msrun"]), default=None,
-                           help="Launch mode (default: ranktable for Ascend, msrun otherwise).")
+                           help="Launch mode [default: msrun, MindSpore's dynamic cluster, on "
+                                "every target; ranktable with --rank-table].")
 sched_port_option = click.option("--sched-port", type=click.IntRange(1, 65535), default=None,
                                  help="msrun: scheduler port on the first node in rank order "
                                       "(default for up: 20000-29999, derived from the job id; "
@@ -130,6 +131,12 @@ def check_command(inventory_path: Path, preset: str | None, overrides: tuple[str
 @click.option("--dry-run", is_flag=True,
               help="Render every node's files locally, print where and what would run; "
                    "touch no node.")
+@click.option("--rank-table", "rank_table_path", type=click.Path(path_type=Path), default=None,
+              help="A rank table from the platform (v1.0, v1.2 or ModelArts' v0 "
+                   "jobstart_hccl.json): ranktable mode with it. Servers are matched to nodes "
+                   "by server_id; MindSpore gets it as v1.0/1.2 in server_id order.")
+@click.option("--rank-table-timeout", type=click.FloatRange(0), default=600, show_default=True,
+              help="Seconds to wait while the --rank-table file is missing or \"initializing\".")
 @sched_port_option
 @click.option("--cluster-timeout", type=click.IntRange(1), default=7200, show_default=True,
               help="msrun: seconds the dynamic cluster waits for all ranks (MS_TOPO_TIMEOUT).")
@@ -143,15 +150,18 @@ def check_command(inventory_path: Path, preset: str | None, overrides: tuple[str
 @k8s_options
 @flags.state_dir_option()
 @flags.forks_option()
+@click.option("-v", "--verbose", is_flag=True,
+              help="Print seconds per phase (startup, plan, check, data, render, connect, "
+                   "stage, start) once the job runs.")
 def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mode: str | None,
-               wait: bool, no_check: bool, dry_run: bool,
-               sched_port: int | None, cluster_timeout: int,
+               wait: bool, no_check: bool, dry_run: bool, rank_table_path: Path | None,
+               rank_table_timeout: float, sched_port: int | None, cluster_timeout: int,
                stop_grace: int, entrypoint: str | None, max_restarts: int,
                exclude_after: int, restart_codes: str | None, stall_timeout: float | None,
                node_lost_timeout: float, no_guard: bool, backend: str | None, emit: Path | None,
                image: str | None, volume: str | None, namespace: str, queue: str,
                ring_controller: str, kubeconfig: Path | None, state_dir: Path,
-               forks: int) -> None:
+               forks: int, verbose: bool) -> None:
     """Plan, stage and start a training job on every node.
 
     check -> plan -> rank table -> render -> stage -> start -> record. Each node gets
@@ -187,10 +197,10 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
       orchestrate up --backend k8s --emit out/ -i inventories/12node.yaml -c 65b \\
           --image registry/bloom:latest --volume bloom-ckpt --set data.path=/data/mr
     """
-    from orchestrator.config.presets import load_job_spec
+    from orchestrator.job.phases import PhaseClock, phase
+
+    clock = PhaseClock.start()
     from orchestrator.errors import JobError
-    from orchestrator.job.lifecycle import UpOptions, create_job, dry_run_summary, launch
-    from orchestrator.job.render import default_mode
 
     inv = flags.load_selected(inventory_path)
     backend = backend or inv.scheduler.backend
@@ -201,7 +211,12 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
     if backend == "k8s" and (wait or dry_run):
         raise click.UsageError("--backend k8s: --wait and --dry-run are SSH-only (use --emit "
                                "DIR to see the manifests; `orchestrate status JOB` to follow)")
-    spec = load_job_spec(preset, overrides)
+    with phase("plan"):
+        from orchestrator.config.presets import load_job_spec
+        from orchestrator.job.lifecycle import UpOptions, create_job, dry_run_summary, launch
+        from orchestrator.job.render import default_mode
+
+        spec = load_job_spec(preset, overrides)
     for note in spec.notes:  # a MindFormers run config's keys that are not honoured
         click.echo(f"note: {note}", err=True)
     if entrypoint is None and not spec.value("data.path") and any(
@@ -210,9 +225,16 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
                        "Pass --set data.path=alpaca.json (prepared to MindRecord here and "
                        "staged) or a MindRecord folder (`orchestrate prepare-data`; a local "
                        "folder is staged, a path that exists only on the nodes is used as is)")
+    table = None
+    if rank_table_path is not None:
+        if mode == "msrun":
+            raise click.UsageError("--rank-table is ranktable mode; drop --mode msrun")
+        mode = "ranktable"
+        table = _platform_table(rank_table_path, rank_table_timeout, inv)
     mode = mode or default_mode(str(spec.value("train.device_target")))
     opts = UpOptions(mode=mode, sched_port=sched_port, cluster_timeout=cluster_timeout,
-                     entrypoint=entrypoint, stop_grace=stop_grace, backend=backend)
+                     entrypoint=entrypoint, stop_grace=stop_grace, backend=backend,
+                     rank_table=table)
     if backend == "k8s":
         from orchestrator.cli.k8s import up_k8s
 
@@ -239,7 +261,8 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
         job_id = reserve_job_id(store, spec.preset)
         port = sched_port or sched_port_for(job_id)
         if not no_check:
-            report = _run_check(group, spec, mode, port if mode == "msrun" else None)
+            with phase("check"):
+                report = _run_check(group, spec, mode, port if mode == "msrun" else None)
             if not report.ok:
                 _print_check(report)
                 store.job_dir(job_id).rmdir()  # reserved, empty: no job was made
@@ -255,12 +278,28 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
             sys.exit(130)
         click.echo(f"job {record.job_id} running. Follow it with `orchestrate status --watch "
                    f"{record.job_id}`, stop it with `orchestrate down {record.job_id}`.")
+        if verbose:
+            for line in clock.lines():
+                click.echo(line)
         if wait:
             watch_job(record, group, store, policy,
                       _rechecker(group, spec, mode, record.sched_port, no_check),
                       guard_on_detach=not no_guard)
         elif not no_guard:
             start_guard(store, record)
+
+
+def _platform_table(path: Path, timeout: float, inv: Any) -> str:
+    """The platform's table as MindSpore gets it, once ready and matched to the inventory."""
+    from orchestrator.hccl.platform import check_against_inventory, wait_for_table
+    from orchestrator.remote.group import node_address
+
+    found = wait_for_table(path, timeout, lambda line: click.echo(line, err=True))
+    check_against_inventory(found.table, inv, lambda n: node_address(n, inv))
+    click.echo(f"rank table {path}: {found.layout} layout, {len(found.table.servers)} servers, "
+               f"{found.table.world_size} ranks"
+               + ("; ranks renumbered in server_id order" if found.reordered else ""))
+    return found.table.dumps()
 
 
 @click.command("resume")

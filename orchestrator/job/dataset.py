@@ -1,13 +1,23 @@
 """The dataset a job trains on: a local Alpaca file prepared to MindRecord here, a local
 MindRecord folder staged as is, or a path on the nodes (issue #7).
 
-    local = local_dataset(spec, plan, job_dir)      # what `up` stages as data/<name>, or None
+    local = local_dataset(spec, plan, cache_root)   # what `up` stages as data/<name>, or None
     paths = data_paths_for(plan, local)             # data.path for each node's job.yaml
+
+Prepared data is content-addressed (issue #17): an Alpaca file is prepared once into
+`<state dir>/data/<key>/<stem>/`, key = orchestrate_bloom.data_key.prepared_key (input,
+tokenizer, seq_length, preparation code); every later `up` with the same key reuses that
+folder without starting a child, and the nodes skip it by sha256 (job/stage.py).
 """
 
 from __future__ import annotations
 
+import os
+import secrets
+import shutil
 from pathlib import Path
+
+from orchestrate_bloom.data_key import prepared_key
 
 from orchestrator import bundle
 from orchestrator.config.plan import Plan
@@ -61,9 +71,35 @@ def check_data_path(spec: JobSpec, nodes_have_data_dir: bool) -> None:
                        "the nodes must be absolute")
 
 
-def local_dataset(spec: JobSpec, plan: Plan, job_dir: Path) -> Path | None:
+def cached_prepare(src: Path, cache_root: Path, seq_length: int, tokenizer: str = ""
+                   ) -> Path:
+    """`src` prepared to MindRecord under `cache_root/<key>/<stem>`: reused when there, else
+    prepared once into a private folder and renamed into place (two `up` racing both finish;
+    the first rename wins, the other's copy is dropped)."""
+    tok = Path(tokenizer).resolve() if tokenizer else None
+    if tok is not None and not tok.is_file():
+        raise JobError(f"data.tokenizer {tokenizer}: no such file")
+    entry = cache_root / prepared_key(src, seq_length, tok)
+    final = entry / src.stem
+    if final.is_dir():
+        return final
+    partial = cache_root / f".{entry.name}.partial-{secrets.token_hex(4)}"
+    try:
+        prepare_alpaca(src, partial / src.stem, seq_length, tokenizer)
+        try:
+            os.rename(partial, entry)
+        except OSError:
+            if not final.is_dir():  # not a racing winner: a real failure
+                raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return final
+
+
+def local_dataset(spec: JobSpec, plan: Plan, cache_root: Path) -> Path | None:
     """The local dataset to stage, or None (data.path empty, only on the nodes, or every
-    node has `data_dir`). An Alpaca `.json` file is first turned into MindRecord here."""
+    node has `data_dir`). An Alpaca `.json` file is turned into MindRecord here, once per
+    content key (cached under `cache_root`, see cached_prepare)."""
     path = str(spec.value("data.path") or "")
     local = resolve_local_data(path) if path else None
     if local is None:
@@ -71,7 +107,7 @@ def local_dataset(spec: JobSpec, plan: Plan, job_dir: Path) -> Path | None:
     if all(n.ranks.node.data_dir is not None for n in plan.nodes):
         return None
     if local.is_file() and local.suffix == ".json":
-        return prepare_alpaca(local, job_dir / "data" / local.stem, spec.model.seq_length,
+        return cached_prepare(local, cache_root, spec.model.seq_length,
                               str(spec.value("data.tokenizer") or ""))
     return local
 

@@ -30,6 +30,7 @@ from orchestrator.config.presets import JobSpec
 from orchestrator.errors import JobError
 from orchestrator.job import stage as stage_mod
 from orchestrator.job.dataset import data_paths_for, local_dataset
+from orchestrator.job.phases import phase
 from orchestrator.job.render import (
     DEFAULT_CLUSTER_TIMEOUT,
     DEFAULT_STOP_GRACE,
@@ -53,11 +54,13 @@ Echo = Callable[[str], None]
 class UpOptions:
     """Choices of `orchestrate up` beyond preset and inventory."""
 
-    mode: str | None = None  # None: ranktable for Ascend, msrun otherwise
+    mode: str | None = None  # None: msrun (render.default_mode)
     sched_port: int | None = None  # None: derived from the job id (see sched_port_for)
     cluster_timeout: int = DEFAULT_CLUSTER_TIMEOUT
     entrypoint: str | None = None  # rank command instead of the bundled trainer
     stop_grace: int = DEFAULT_STOP_GRACE
+    rank_table: str | None = None  # a platform's table (hccl/platform.py), as MindSpore gets it
+
     backend: str = "ssh"  # where ranks run (orchestrator/backends/): ssh | slurm
 
 
@@ -117,11 +120,15 @@ def create_job(inv: Inventory, spec: JobSpec, store: JobStore, opts: UpOptions,
                         sched_host=node_address(first, inv), sched_port=port,
                         cluster_timeout=opts.cluster_timeout, entrypoint=opts.entrypoint,
                         stop_grace=opts.stop_grace)
-    table = rank_table_for(inv, group) if mode == "ranktable" else None
-    local_data = local_dataset(spec, plan, store.job_dir(job_id))
+    with phase("ranktable"):
+        table = ((opts.rank_table or rank_table_for(inv, group)) if mode == "ranktable"
+                 else None)
+    with phase("data"):
+        local_data = local_dataset(spec, plan, store.data_cache)
     data_paths = data_paths_for(plan, local_data)
-    write_rendered(store, job_id, render_job(launch, plan, data_paths, table,
-                                             require_table=group is not None))
+    with phase("render"):
+        write_rendered(store, job_id, render_job(launch, plan, data_paths, table,
+                                                 require_table=group is not None))
     now = time.time()
     nodes = tuple(
         NodeRecord(name=n.ranks.node.name, host=n.ranks.node.host, rank_start=n.ranks.rank_start,
@@ -189,11 +196,15 @@ def launch(record: JobRecord, group: NodeGroup, store: JobStore,
     try:
         record = record.with_status(JobStatus.LAUNCHING)
         store.save(record)
-        from orchestrator.backends import backend_for
+        with phase("connect"):
+            group.wait_connected()
+        with phase("stage"):
+            from orchestrator.backends import backend_for
 
-        record = backend_for(record).stage(record, group, store, echo)
+            record = backend_for(record).stage(record, group, store, echo)
         started = True
-        return _start_all(record, group, store, resume=False)
+        with phase("start"):
+            return _start_all(record, group, store, resume=False)
     except KeyboardInterrupt:
         with _sigint_deferred():
             echo("interrupted: stopping whatever was started ...")

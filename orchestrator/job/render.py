@@ -16,6 +16,7 @@ from typing import Any
 
 import jinja2
 import yaml
+from orchestrate_bloom import graceful
 
 from orchestrator import bundle
 from orchestrator.config.plan import Plan
@@ -63,8 +64,11 @@ class RenderedFile:
 
 
 def default_mode(device_target: str) -> str:
-    """`ranktable` for Ascend, `msrun` (dynamic cluster) for CPU and GPU."""
-    return "ranktable" if device_target == "Ascend" else "msrun"
+    """`msrun` (MindSpore's dynamic cluster) on every target, Ascend included: rank-table
+    startup is deprecated since MindSpore 2.4. `ranktable` only when asked for (`--mode
+    ranktable`) or given a table (`up --rank-table FILE`)."""
+    del device_target  # the same everywhere since issue 15.6
+    return "msrun"
 
 
 def environment() -> jinja2.Environment:
@@ -131,6 +135,8 @@ def _render_slots(launch: LaunchSpec, template: str, node_name: str, slots: Sequ
         "python": python,
         "entrypoint": launch.entrypoint,
         "stop_grace": launch.stop_grace,
+        "stop_file": graceful.STOP_FILE,
+        "stop_body": graceful.STOP_BODY,
         "sched_host": launch.sched_host,
         "sched_port": launch.sched_port,
         "cluster_timeout": launch.cluster_timeout,

@@ -112,6 +112,8 @@ class JobRecord:
     # The current attempt's failure as data (job/failure.py); None unless FAILED by a rank,
     # a lost node or a stall. `message` is its one-line description (or another cause).
     failure: Failure | None = None
+    # `down --save`: the step every rank saved before it stopped (`resume` continues there).
+    saved_step: int | None = None
     backend: str = "ssh"  # where ranks run: ssh | slurm (orchestrator/backends/)
     # The scheduler's id of the current attempt (Slurm: the batch job id); None for ssh.
     scheduler_job: str | None = None
@@ -171,7 +173,12 @@ class JobRecord:
                    stop_grace=d.get("stop_grace", 10),
                    history=tuple(dict(h) for h in d.get("history", ())),
                    failure=Failure.from_json(d.get("failure")),
+                   saved_step=_opt_int(d.get("saved_step")),
                    backend=d.get("backend", "ssh"), scheduler_job=d.get("scheduler_job"))
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def _node_from_json(n: Mapping[str, Any]) -> NodeRecord:
@@ -219,6 +226,7 @@ class JobStore:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = Path(state_dir)
         self.jobs_dir = self.state_dir / "jobs"
+        self.data_cache = self.state_dir / "data"  # prepared datasets by content key
 
     def path(self, job_id: str) -> Path:
         return self.jobs_dir / f"{job_id}.json"

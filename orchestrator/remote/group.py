@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
 from orchestrator.config.inventory import Connection, Inventory, Node
@@ -154,6 +154,13 @@ class NodeGroup:
         with self._lock:
             t = self._transports.get(name)
         return t if t is not None else self._transport(self.inventory.node(name))
+
+    def wait_connected(self) -> None:
+        """Wait until every background connect has finished (a failed one is raised later, by
+        the node's next use); a phase boundary for timing, never needed for correctness."""
+        with self._lock:
+            pending = list(self._pending.values())
+        wait(pending)
 
     def drop(self, name: str) -> None:
         """Close the node's connection: its next use connects afresh."""

@@ -175,7 +175,7 @@ def test_env_file_quotes_values() -> None:
 
 
 def test_default_mode_and_unknown_mode() -> None:
-    assert default_mode("Ascend") == "ranktable"
+    assert default_mode("Ascend") == "msrun"  # dynamic cluster by default (issue 15.6)
     assert default_mode("CPU") == "msrun"
     inv = parse_inventory(MSRUN_INV, "msrun.yaml")
     plan = build_plan(inv, load_job_spec("tiny"))
