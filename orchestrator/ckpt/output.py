@@ -37,6 +37,7 @@ class JobInfo:
     preset: str | None
     model_json: str | None  # the manifests' model section
     layout: Layout
+    template: str = ""  # prompt template of the training data: infer --job applies it
 
 
 def _strip_all(
@@ -114,13 +115,15 @@ def write_manifest(
     keep_optimizer: bool,
     dst_strategy: Path | None,
 ) -> Path:
-    """<merged>.json (+ <merged>.yaml with the model section) beside the output."""
+    """<merged>.json (+ <merged>.yaml with the model section and data.template, a preset file
+    `infer --config` reads) beside the output."""
     files = sorted(merged.rglob("*.ckpt")) if merged.is_dir() else [merged]
     base = merged if merged.is_dir() else merged.parent
     arch = merged.with_suffix(".yaml") if not merged.is_dir() else merged / "model.yaml"
     if job.model_json is not None:
         tmp = arch.with_name(f".{arch.name}.tmp")
-        tmp.write_text(yaml.safe_dump({"model": json.loads(job.model_json)}, sort_keys=True))
+        doc = {"model": json.loads(job.model_json), "data": {"template": job.template}}
+        tmp.write_text(yaml.safe_dump(doc, sort_keys=True))
         os.replace(tmp, arch)
     manifest = merged.with_suffix(".json") if not merged.is_dir() else merged / "manifest.json"
     ckpt_merge.write_manifest(
@@ -128,6 +131,7 @@ def write_manifest(
         {
             "preset": job.preset,
             "model": json.loads(job.model_json) if job.model_json else None,
+            "template": job.template,
             "step": job.step,
             "job_id": job.job_id,
             "files": [

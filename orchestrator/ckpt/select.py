@@ -55,6 +55,7 @@ class RankCkpt:
     layout: Layout
     preset: str | None
     model: str | None = None  # the manifest's model section as JSON (architecture)
+    template: str = ""  # the prompt template the data was made with (model/prompts.py)
 
     @property
     def local_rel(self) -> PurePosixPath:
@@ -198,8 +199,10 @@ def _rank_ckpts(
             continue
         model = doc.get("model")
         model_json = json.dumps(model, sort_keys=True) if isinstance(model, dict) else None
+        template = doc.get("template")
         found[step] = RankCkpt(
-            node, rank, step, folder / name, size, sha, _layout(doc), _preset(doc), model_json
+            node, rank, step, folder / name, size, sha, _layout(doc), _preset(doc), model_json,
+            template if isinstance(template, str) else "",
         )
     return found, bad
 

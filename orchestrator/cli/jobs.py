@@ -217,6 +217,11 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
         from orchestrator.job.render import default_mode
 
         spec = load_job_spec(preset, overrides)
+        from orchestrator.job.dataset import template_override
+
+        recorded = template_override(spec)
+        if recorded is not None:  # the data's prompt template, recorded with the job
+            spec = load_job_spec(preset, (*overrides, recorded))
     for note in spec.notes:  # a MindFormers run config's keys that are not honoured
         click.echo(f"note: {note}", err=True)
     if entrypoint is None and not spec.value("data.path") and any(
