@@ -162,7 +162,7 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
                rank_table_timeout: float, sched_port: int | None, cluster_timeout: int,
                stop_grace: int, entrypoint: str | None, max_restarts: int,
                exclude_after: int, restart_codes: str | None, stall_timeout: float | None,
-               node_lost_timeout: float, no_guard: bool, backend: str, emit: Path | None,
+               node_lost_timeout: float, no_guard: bool, backend: str | None, emit: Path | None,
                image: str | None, volume: str | None, namespace: str, queue: str,
                ring_controller: str, kubeconfig: Path | None, state_dir: Path,
                forks: int, verbose: bool) -> None:
@@ -190,6 +190,12 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
       orchestrate up -i inventories/local.yaml -c tiny --wait
 
     \b
+    On a Slurm cluster (inventory `backend: slurm`, or --backend slurm): staged over SSH as
+    above, then one sbatch job (one srun task per node running its launch.sh); status shows
+    the Slurm state (PENDING with its reason), down cancels it (docs/slurm.md):
+      orchestrate up -i /tmp/slurmhosts/inventory.yaml -c tiny --wait
+
+    \b
     Kubernetes (--backend k8s): one pod per inventory node, the same plan and launch scripts;
     manifests validated against the shipped CRD schemas, then written or applied:
       orchestrate up --backend k8s --emit out/ -i inventories/12node.yaml -c 65b \\
@@ -200,6 +206,8 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
     clock = PhaseClock.start()
     from orchestrator.errors import JobError
 
+    inv = flags.load_selected(inventory_path)
+    backend = backend or inv.scheduler.backend
     k8s = K8sArgs(emit=emit, image=image, volume=volume, namespace=namespace, queue=queue,
                   ring_controller=ring_controller, kubeconfig=kubeconfig)
     if backend != "k8s" and k8s.given():
@@ -212,7 +220,6 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
         from orchestrator.job.lifecycle import UpOptions, create_job, dry_run_summary, launch
         from orchestrator.job.render import default_mode
 
-        inv = flags.load_selected(inventory_path)
         spec = load_job_spec(preset, overrides)
         from orchestrator.job.dataset import template_override
 
@@ -235,7 +242,8 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
         table = _platform_table(rank_table_path, rank_table_timeout, inv)
     mode = mode or default_mode(str(spec.value("train.device_target")))
     opts = UpOptions(mode=mode, sched_port=sched_port, cluster_timeout=cluster_timeout,
-                     entrypoint=entrypoint, stop_grace=stop_grace, rank_table=table)
+                     entrypoint=entrypoint, stop_grace=stop_grace, backend=backend,
+                     rank_table=table)
     if backend == "k8s":
         from orchestrator.cli.k8s import up_k8s
 

@@ -32,6 +32,8 @@ from orchestrator.config.cluster import (
     is_valid_ipv4,
     rank_order_key,
 )
+from orchestrator.config.scheduler import KEYS as SCHEDULER_KEYS
+from orchestrator.config.scheduler import parse_scheduler
 from orchestrator.errors import InventoryError
 
 __all__ = [  # the cluster types live in config/cluster.py; importers may name them from here
@@ -40,7 +42,8 @@ __all__ = [  # the cluster types live in config/cluster.py; importers may name t
     "rank_order_key",
 ]
 
-_TOP_KEYS = {"defaults", "nodes", "hosts", "known_hosts", "host_key_policy", "ssh_config"}
+_TOP_KEYS = {"defaults", "nodes", "hosts", "known_hosts", "host_key_policy", "ssh_config",
+             *SCHEDULER_KEYS}
 _NODE_KEYS = {
     "host",
     "name",
@@ -117,6 +120,7 @@ def parse_inventory(text: str, path: Path | str = "<inventory>", digest: str = "
             src, "host_key_policy", doc.get("host_key_policy", "strict"), HostKeyPolicy
         ),
         ssh_config=fields.path_or_none(src, "ssh_config", doc.get("ssh_config")),
+        scheduler=parse_scheduler(src, doc),
     )
 
 

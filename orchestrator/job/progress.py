@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from orchestrator.job import failure as failures
-from orchestrator.job.nodes import POLL_TIMEOUT, NodeReport, SlotReport, derive_status, query_job
+from orchestrator.job.nodes import POLL_TIMEOUT, NodeReport, SlotReport, derive_status
 from orchestrator.job.render import SCHED_SLOT
 from orchestrator.job.state import JobRecord, JobStatus, JobStore
 from orchestrator.remote.group import NodeGroup
@@ -31,13 +31,20 @@ def refresh(record: JobRecord, group: NodeGroup, store: JobStore,
     without, a STALLED record stays STALLED while its ranks run.
     A job whose every rank exited 0 is SUCCEEDED and `cleaned` (nothing of it is left).
     """
-    reports = query_job(record, group, poll_timeout)
+    from orchestrator.backends import backend_for
+
+    poll = backend_for(record).poll(record, group, poll_timeout)
+    reports = poll.reports
     status = derive_status(record, reports)
     message = record.message
     failure = record.failure
     if status is not record.status:
         failure = failures.first_failure(reports) if status is JobStatus.FAILED else None
         message = failure.describe() if failure else ""
+    if poll.verdict is not None:  # the scheduler knows more (pending reason, time limit)
+        status, message = poll.verdict
+        if status is not JobStatus.FAILED:
+            failure = None
     everyone = all(isinstance(r, NodeReport) for r in reports.values())
     if stall_timeout is not None and status is JobStatus.RUNNING and everyone:
         from orchestrator.job.stall import find_stall, last_output
@@ -87,7 +94,8 @@ def status_json(record: JobRecord, reports: Reports) -> dict[str, Any]:
             "mode": record.mode, "world_size": record.world_size, "preset": record.preset,
             "overrides": list(record.overrides), "message": record.message,
             "failure": record.failure.to_json() if record.failure else None,
-            "created_at": record.created_at, "updated_at": record.updated_at, "nodes": nodes}
+            "created_at": record.created_at, "updated_at": record.updated_at,
+            "backend": record.backend, "scheduler_job": record.scheduler_job, "nodes": nodes}
 
 
 def _fmt(v: float | None, spec: str) -> str:
