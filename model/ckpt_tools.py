@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .fileio import atomic_target, write_atomic
+from .tool_io import tool_main
 
 OPTIMIZER_PREFIXES = (
     "adam_m.",
@@ -498,29 +499,27 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _run(args: argparse.Namespace) -> dict[str, Any]:
+    """One subcommand's result."""
+    if args.cmd == "merge-strategies":
+        return merge_strategies(args.src, args.out)
+    if args.cmd == "needed-ranks":
+        return needed_ranks(args.strategy, args.dst_strategy, None if args.all_dst else 0)
+    if args.cmd == "strip":
+        if len(args.src) != len(args.out):
+            raise ToolError(f"{len(args.src)} --src but {len(args.out)} --out")
+        pairs = zip(args.src, args.out, strict=True)
+        runs = [strip(s, o, args.keep_optimizer) for s, o in pairs]
+        return {"results": runs, "peak_rss": peak_rss_bytes()}
+    if args.cmd == "transform":
+        src_map = {int(k): Path(v) for k, v in json.loads(args.src_map).items()}
+        return transform(src_map, args.strategy, args.out, args.dst_strategy, args.rank)
+    return check(args.ckpt, _config(args.preset, args.model_json))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        if args.cmd == "merge-strategies":
-            result = merge_strategies(args.src, args.out)
-        elif args.cmd == "needed-ranks":
-            result = needed_ranks(args.strategy, args.dst_strategy, None if args.all_dst else 0)
-        elif args.cmd == "strip":
-            if len(args.src) != len(args.out):
-                raise ToolError(f"{len(args.src)} --src but {len(args.out)} --out")
-            pairs = zip(args.src, args.out, strict=True)
-            runs = [strip(s, o, args.keep_optimizer) for s, o in pairs]
-            result = {"results": runs, "peak_rss": peak_rss_bytes()}
-        elif args.cmd == "transform":
-            src_map = {int(k): Path(v) for k, v in json.loads(args.src_map).items()}
-            result = transform(src_map, args.strategy, args.out, args.dst_strategy, args.rank)
-        else:
-            result = check(args.ckpt, _config(args.preset, args.model_json))
-    except (ToolError, OSError, ValueError, RuntimeError, TypeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(result))
-    return 0
+    return tool_main(lambda: _run(args), (ToolError, OSError, ValueError, RuntimeError, TypeError))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,9 @@ stage; the loss whose averaged gradient was applied), not rank 0's own;
 checkpoints `output/checkpoint/rank_<r>/bloom_rank_<r>-<step>.ckpt` + `.json` manifest every
 train.save_steps and at the end (the last train.keep_checkpoints kept); on the semi-auto
 parallel path the strategy file `output/strategy/ckpt_strategy_rank_<r>.ckpt`. `--resume`
-continues from the newest step complete on every rank (same data position, same LR schedule).
+continues from the newest step complete on every rank (same data position, same LR schedule)
+and records that step as `{"resumed_step": N}` in `$ORCHESTRATE_RESUMED_FILE` when set (launch.sh
+sets it; the control plane reads it: checkpoint.record_resumed / parse_resumed).
 Graceful stop (`orchestrate down --save`): after every step each rank checks for
 `<folder of JOB.yaml>/stop_request.json` holding {"GracefulExit": 1} (graceful.py, MindSpore's
 OnRequestExit semantics); the flag is all-reduced, so every rank logs, saves that step (its
@@ -295,11 +297,13 @@ def _start_from(job: Job, dist: Dist, resume: bool, found: int | None, model: An
     if resume:
         if found is None:
             note("--resume: no checkpoint complete on every rank; starting from step 0")
+            ck.record_resumed(0)
             return 0
         params = ms.load_checkpoint(str(ck.ckpt_path(out, dist.rank, found)))
         params.pop("learning_rate", None)  # the schedule comes from this run's job file
         ms.load_param_into_net(step_cell, params)
         note(f"resumed from step {found} ({ck.ckpt_path(out, dist.rank, found)})")
+        ck.record_resumed(found)
         return found
     if t["mode"] == "finetune":
         if t["load_checkpoint"]:

@@ -196,6 +196,13 @@ def exec_command(
         to_outcome(name, hosts[name], value, seconds.get(name, 0.0))
         for name, value in result.outcomes.items()
     ]
+    if _report(line, outcomes, as_json, group):
+        ctx.exit(1)
+
+
+def _report(line: str, outcomes: list[NodeOutcome], as_json: bool, group: bool) -> bool:
+    """The end of `exec`: JSON on stdout, or (grouped output and) the summary on stderr;
+    whether any node failed."""
     failed = [o.name for o in outcomes if not o.ok]
     if as_json:
         click.echo(
@@ -208,8 +215,7 @@ def exec_command(
         if group:
             click.echo(grouped(outcomes), nl=False)
         click.echo(summary_table(outcomes), nl=False, err=True)
-    if failed:
-        ctx.exit(1)
+    return bool(failed)
 
 
 COMMANDS = (exec_command,)

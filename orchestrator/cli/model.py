@@ -17,6 +17,7 @@ import logging
 from pathlib import Path
 
 import click
+from orchestrate_bloom.tool_io import failure_reason
 
 from orchestrator import bundle
 from orchestrator.cli import options as flags
@@ -46,7 +47,7 @@ def run_model_module(module: str, args: list[str]) -> None:
                 click.echo(line, err=True)
     if proc.returncode != 0:
         has_error_line = any(line.startswith("error:") for line in stderr.splitlines())
-        reason = bundle.failure_reason(stderr, proc.returncode)
+        reason = failure_reason(stderr, proc.returncode)
         raise ModelError(f"{module}: {reason}" + ("" if has_error_line or verbose else
                                                    " (run with -v for the full output)"))
 

@@ -18,7 +18,7 @@ from orchestrator.cli import options as flags
 
 if TYPE_CHECKING:
     from orchestrator.config.inventory import Inventory, Node
-    from orchestrator.hccl.discover import NodeProbe
+    from orchestrator.job.discover import NodeProbe
 
 
 @click.group("ranktable", invoke_without_command=True)
@@ -116,7 +116,7 @@ def _generate(inventory_path: Path, output: Path | None, per_server_dir: Path | 
 def _discover(inv: Inventory, nodes: tuple[Node, ...], super_devices: bool,
               forks: int) -> dict[str, NodeProbe]:
     """Open a transport to each node and probe them all in parallel."""
-    from orchestrator.hccl.discover import discover
+    from orchestrator.job.discover import discover
 
     if not nodes:
         return {}

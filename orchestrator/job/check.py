@@ -5,8 +5,8 @@
 
 Checks: SSH reachable with a known host key; python present; mindspore version (same on
 every node); Ascend: `npu-smi` device count >= requested, hccn_tool or /etc/hccn.conf for
-rank-table mode; free disk in the workdir; clock skew; the scheduler port free on the
-first node (msrun).
+rank-table mode; free disk in the workdir; clock skew; msrun: distinct hostnames, the
+scheduler port free on the first node and reachable from every node (check_cluster.py).
 """
 
 from __future__ import annotations
@@ -16,8 +16,14 @@ import time
 from dataclasses import dataclass, field
 
 from orchestrator.config.inventory import Node
+from orchestrator.job.check_cluster import (
+    HOSTNAME_FIX,
+    flag_same_hostnames,
+    reach_item,
+    sched_probe,
+)
 from orchestrator.job.render import shell_path
-from orchestrator.remote.group import NodeGroup
+from orchestrator.remote.group import NodeGroup, node_address
 from orchestrator.remote.transport import Transport
 
 MIN_FREE_BYTES = 1 << 30  # 1 GiB in the workdir
@@ -60,6 +66,7 @@ def probe_command(node: Node, device_target: str, mode: str, sched_port: int | N
         f"echo \"mindspore=$({py} -c 'import importlib.metadata as m; "
         f"print(m.version(\"mindspore\"))' 2>/dev/null)\"",
         'echo "time=$(date +%s.%N)"',
+        'echo "hostname=$(hostname 2>/dev/null || cat /proc/sys/kernel/hostname)"',
         f"mkdir -p {wd} 2>/dev/null; echo \"disk_kb=$(df -Pk {wd} 2>/dev/null | "
         "awk 'NR==2{print $4}')\"",
     ]
@@ -115,20 +122,34 @@ def _evaluate(node: Node, out: dict[str, str], t0: float, t1: float, device_targ
 def check_nodes(group: NodeGroup, nodes: tuple[Node, ...] | None = None,
                 device_target: str = "CPU", mode: str = "msrun",
                 sched_port: int | None = None) -> CheckReport:
-    """Probe every node in parallel; the first node (rank order) also checks the port."""
+    """Probe every node in parallel, one command each. msrun: every node's hostname must be
+    its own, and with `sched_port` the first node (rank order) binds the scheduler port while
+    every node connects to it (job/check_cluster.py)."""
     nodes = nodes or group.inventory.in_rank_order()
     first = nodes[0].name
+    sched = mode == "msrun" and sched_port is not None
+    host = node_address(nodes[0], group.inventory) if sched else ""
 
     def one(t: Transport) -> list[Item]:
-        port = sched_port if (mode == "msrun" and t.node.name == first) else None
+        port = sched_port if (sched and t.node.name == first) else None
+        cmd = probe_command(t.node, device_target, mode, None)
+        if sched and sched_port is not None:
+            cmd += "\n" + sched_probe(t.node.python, t.node.name == first, len(nodes), host,
+                                      sched_port)
         t0 = time.time()
-        res = t.run(probe_command(t.node, device_target, mode, port), check=False, timeout=60)
+        res = t.run(cmd, check=False, timeout=60)
         t1 = time.time()
         out = {}
         for line in res.stdout.splitlines():
             k, _, v = line.partition("=")
             out[k.strip()] = v.strip()
-        return _evaluate(t.node, out, t0, t1, device_target, mode, port)
+        items = _evaluate(t.node, out, t0, t1, device_target, mode, port)
+        if mode == "msrun":
+            name = out.get("hostname", "")
+            items.append(Item("hostname", bool(name), name or "unknown", HOSTNAME_FIX))
+        if sched and sched_port is not None:
+            items.append(reach_item(out, t.node.name, first, host, sched_port))
+        return items
 
     results = group.map(one, nodes)
     checks = []
@@ -147,6 +168,8 @@ def check_nodes(group: NodeGroup, nodes: tuple[Node, ...] | None = None,
                  f"({', '.join(sorted(versions))}); install the same version everywhere")
             if i.name == "mindspore" else i
             for i in c.items)) for c in checks]
-    columns = ("ssh", "python", "mindspore", "devices", "hccn", "disk", "clock", "port")
+    checks = flag_same_hostnames(checks)
+    columns = ("ssh", "python", "mindspore", "devices", "hccn", "disk", "clock", "hostname",
+               "port", "sched")
     used = tuple(c for c in columns if any(i.name == c for n in checks for i in n.items))
     return CheckReport(nodes=tuple(checks), columns=used)

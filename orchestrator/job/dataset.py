@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 
 from orchestrate_bloom.data_key import prepared_key
+from orchestrate_bloom.tool_io import failure_reason
 
 from orchestrator import bundle
 from orchestrator.config.plan import Plan
@@ -34,7 +35,7 @@ def prepare_alpaca(src: Path, dest: Path, seq_length: int, tokenizer: str = "") 
         args += ["--tokenizer", str(Path(tokenizer).resolve())]
     proc = bundle.run_model("data", args, env={"GLOG_v": "3"}, timeout=3600)
     if proc.returncode != 0:
-        last = bundle.failure_reason(proc.stderr, proc.returncode)
+        last = failure_reason(proc.stderr, proc.returncode)
         raise JobError(f"data.path {src}: preparing MindRecord failed: {last}")
     return dest
 

@@ -85,7 +85,7 @@ def rank_table_for(inv: Inventory, group: NodeGroup | None) -> str | None:
     if need:
         if group is None:
             return None
-        from orchestrator.hccl.discover import discover as probe_all
+        from orchestrator.job.discover import discover as probe_all
 
         probes = probe_all(group, need)
         discovered = {name: p.device_ips for name, p in probes.items()}

@@ -1,6 +1,7 @@
 """Render a job's files locally: per-node launch scripts, env files and job.yaml.
 
     files = render_job(launch, plan)            # {node name: {file name: RenderedFile}}
+    text = render_pod_launch(launch, "worker", 8, "python3")   # a Kubernetes pod's launch.sh
 
 Jinja2 with StrictUndefined and a `quote` filter (shlex.quote): every value that reaches a
 shell is quoted; templates only substitute, loop and branch. Nothing here touches a node.
@@ -145,11 +146,10 @@ def _render_slots(launch: LaunchSpec, template: str, node_name: str, slots: Sequ
     return env.get_template(template).render(ctx)
 
 
-def render_env(job_id: str, values: Mapping[str, str],
-               env: jinja2.Environment | None = None) -> str:
+def render_env(values: Mapping[str, str], env: jinja2.Environment | None = None) -> str:
     """env.sh: `export NAME=value` lines, values quoted (names are validated identifiers)."""
     env = env or environment()
-    return env.get_template("env.sh.j2").render(job_id=job_id, env=sorted(values.items()))
+    return env.get_template("env.sh.j2").render(env=sorted(values.items()))
 
 
 def job_config(plan: Plan, data_path: str | None = None) -> dict[str, dict[str, Any]]:
@@ -206,7 +206,7 @@ def render_job(launch: LaunchSpec, plan: Plan,
             "job.yaml": job_yamls[data_path],
         }
         if node.env:
-            files["env.sh"] = RenderedFile(render_env(launch.job_id, node.env, env), 0o600)
+            files["env.sh"] = RenderedFile(render_env(node.env, env), 0o600)
         if rank_table is not None:
             files["rank_table.json"] = RenderedFile(rank_table, 0o644)
         out[node.name] = files

@@ -91,14 +91,14 @@ def _devices_per_pod(plan: Plan) -> int:
     return n
 
 
-def _env_text(plan: Plan, job_id: str) -> str | None:
+def _env_text(plan: Plan) -> str | None:
     envs = {n.ranks.node.name: dict(n.ranks.node.env) for n in plan.nodes}
     first, env = next(iter(envs.items()))
     for node, other in envs.items():
         if other != env:
             raise JobError(f"node {node} has another `env:` than node {first}: every pod of a "
                            "Kubernetes job gets the same environment")
-    return render_env(job_id, env) if env else None
+    return render_env(env) if env else None
 
 
 def files_configmap(plan: Plan, launch: LaunchSpec, opts: K8sOptions,
@@ -109,7 +109,7 @@ def files_configmap(plan: Plan, launch: LaunchSpec, opts: K8sOptions,
     data: dict[str, str] = {f"launch-{role}.sh": text for role, text in launches.items()}
     data["job.yaml"] = stamp_job_id(render_job_yaml(plan), launch.job_id)
     paths = {"job.yaml": "job.yaml"}
-    env = _env_text(plan, launch.job_id)
+    env = _env_text(plan)
     if env is not None:
         data["env.sh"] = env
         paths["env.sh"] = "env.sh"
