@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from orchestrator.config.scheduler import Scheduler
 from orchestrator.errors import InventoryError
 
 MAX_DEVICE_ID = 15  # Ascend servers have at most 16 devices (ids 0..15)
@@ -70,6 +71,7 @@ class Inventory:
     known_hosts: tuple[Path, ...] = ()  # extra known_hosts files besides ~/.ssh/known_hosts
     host_key_policy: HostKeyPolicy = HostKeyPolicy.STRICT
     ssh_config: Path | None = None  # ssh_config file to read instead of ~/.ssh/config
+    scheduler: Scheduler = Scheduler()  # backend and Slurm options (config/scheduler.py)
 
     @property
     def world_size(self) -> int:
@@ -98,7 +100,7 @@ def rank_order_key(node: Node) -> tuple[str, int, str]:
 
 
 
-_HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
 
 
 def is_valid_ipv4(text: str) -> bool:
