@@ -32,8 +32,11 @@ def default_state_dir() -> Path:
 
 
 def old_state_notice(chosen: Path) -> str | None:
-    """One line when ./.orchestrate (the old default) exists and is not the folder in use."""
-    if not OLD_DEFAULT.is_dir() or OLD_DEFAULT.resolve() == chosen.resolve():
+    """One line when ./.orchestrate (the old default) holds job records and is not the folder
+    in use (`inventories/local.yaml` keeps its node workdir in ./.orchestrate/local: no note)."""
+    old_jobs = OLD_DEFAULT / "jobs"
+    if not old_jobs.is_dir() or OLD_DEFAULT.resolve() == chosen.resolve() \
+            or not any(old_jobs.glob("*.json")):
         return None
     return (f"note: ./{OLD_DEFAULT} (the old default state folder) is not read; job records "
             f"live in {chosen} (--state-dir {OLD_DEFAULT} reads the old one)")
