@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .fileio import atomic_target, write_atomic
+from .tool_io import tool_main
 
 OPTIMIZER_PREFIXES = (
     "adam_m.",
@@ -93,7 +94,7 @@ def strategy_stage(path: Path, smap: Any) -> int:
     may claim a later stage. Without a rank in the name: the latest stage an operator claims.
     """
     claimed = max((i.parallel_strategys.stage for i in smap.parallel_strategy_item), default=0)
-    m = re.search(r"rank_(\d+)", path.name)
+    m = re.search(r"rank_([0-9]{1,9})", path.name)
     if m is None:
         return int(claimed)
     per_stage = math.prod(smap.parallel_layout_item[0].parallel_layouts.dev_matrix[0].dim)
@@ -137,7 +138,7 @@ def merge_strategies(src_dir: Path, out: Path) -> dict[str, Any]:
 
 
 def _rank_order(path: Path) -> tuple[int, str]:
-    m = re.search(r"rank_(\d+)", path.name)
+    m = re.search(r"rank_([0-9]{1,9})", path.name)
     return (int(m[1]) if m else -1, path.name)
 
 
@@ -277,7 +278,7 @@ def _layouts(strategy: Path) -> dict[str, tuple[int, tuple[int, ...], tuple[int,
     smap.ParseFromString(strategy.read_bytes())
     out = {}
     for item in smap.parallel_layout_item:
-        m = re.fullmatch(r"(\d+)-(.+)", item.param_name)  # merged files: "<stage>-<name>"
+        m = re.fullmatch(r"([0-9]{1,9})-(.+)", item.param_name)  # merged files: "<stage>-<name>"
         stage, name = (int(m[1]), m[2]) if m else (smap.current_stage, item.param_name)
         pl = item.parallel_layouts
         if (len(pl.dev_matrix) != 1 or len(pl.tensor_map) != 1 or pl.field
@@ -498,29 +499,27 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _run(args: argparse.Namespace) -> dict[str, Any]:
+    """One subcommand's result."""
+    if args.cmd == "merge-strategies":
+        return merge_strategies(args.src, args.out)
+    if args.cmd == "needed-ranks":
+        return needed_ranks(args.strategy, args.dst_strategy, None if args.all_dst else 0)
+    if args.cmd == "strip":
+        if len(args.src) != len(args.out):
+            raise ToolError(f"{len(args.src)} --src but {len(args.out)} --out")
+        pairs = zip(args.src, args.out, strict=True)
+        runs = [strip(s, o, args.keep_optimizer) for s, o in pairs]
+        return {"results": runs, "peak_rss": peak_rss_bytes()}
+    if args.cmd == "transform":
+        src_map = {int(k): Path(v) for k, v in json.loads(args.src_map).items()}
+        return transform(src_map, args.strategy, args.out, args.dst_strategy, args.rank)
+    return check(args.ckpt, _config(args.preset, args.model_json))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        if args.cmd == "merge-strategies":
-            result = merge_strategies(args.src, args.out)
-        elif args.cmd == "needed-ranks":
-            result = needed_ranks(args.strategy, args.dst_strategy, None if args.all_dst else 0)
-        elif args.cmd == "strip":
-            if len(args.src) != len(args.out):
-                raise ToolError(f"{len(args.src)} --src but {len(args.out)} --out")
-            pairs = zip(args.src, args.out, strict=True)
-            runs = [strip(s, o, args.keep_optimizer) for s, o in pairs]
-            result = {"results": runs, "peak_rss": peak_rss_bytes()}
-        elif args.cmd == "transform":
-            src_map = {int(k): Path(v) for k, v in json.loads(args.src_map).items()}
-            result = transform(src_map, args.strategy, args.out, args.dst_strategy, args.rank)
-        else:
-            result = check(args.ckpt, _config(args.preset, args.model_json))
-    except (ToolError, OSError, ValueError, RuntimeError, TypeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(result))
-    return 0
+    return tool_main(lambda: _run(args), (ToolError, OSError, ValueError, RuntimeError, TypeError))
 
 
 if __name__ == "__main__":

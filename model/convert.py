@@ -8,7 +8,8 @@ DIR holds `config.json` and `model.safetensors` (or a sharded `model.safetensors
 `pytorch_model.bin`). HF names may carry the `transformer.` prefix or not; `lm_head.weight` is
 optional (it is tied to the word embeddings). Every name goes through NAME_MAP/LAYER_NAME_MAP;
 unknown or missing tensors and shape mismatches are errors naming them. `.bin` files are read
-without torch (a restricted unpickler that only rebuilds tensors). `--to-hf` writes
+without torch (a restricted unpickler that only rebuilds tensors); every reader checks offsets,
+shapes, strides, dtypes and shard names against the file (model/weights_safe.py). `--to-hf` writes
 `config.json` + `model.safetensors` the way HF's save_pretrained does (no lm_head).
 Values are copied, never recomputed: HF -> ours -> HF is bit-exact.
 """
@@ -19,18 +20,20 @@ import argparse
 import json
 import logging
 import os
-import pickle
-import struct
 import sys
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from .config import BloomConfig, ConfigError, load_preset
 from .fileio import atomic_target
+from .weights_safe import (  # noqa: F401 - ConvertError is this module's error too
+    ConvertError,
+    index_shards,
+    read_safetensors,
+    read_torch_bin,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,19 +62,7 @@ LAYER_NAME_MAP = {
     "mlp.dense_4h_to_h.bias": "mlp.dense_4h_to_h.bias",
 }
 TIED_HEAD = "lm_head.weight"
-SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64,
-                      "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
-                      "BOOL": np.bool_}
-TORCH_STORAGES: dict[str, Any] = {"FloatStorage": np.float32, "HalfStorage": np.float16,
-                  "DoubleStorage": np.float64, "LongStorage": np.int64, "IntStorage": np.int32,
-                  "ShortStorage": np.int16,
-                  "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
-                  "BFloat16Storage": "bfloat16"}
 OUT_DTYPES = {"float32": np.float32, "float16": np.float16}
-
-
-class ConvertError(ValueError):
-    """Weights cannot be read, mapped or written; the message names the file/tensor."""
 
 
 def name_map(config: BloomConfig) -> dict[str, str]:
@@ -85,102 +76,6 @@ def name_map(config: BloomConfig) -> dict[str, str]:
 
 # ---------------------------------------------------------------------------- reading HF files
 
-def _bf16_to_f32(raw: np.ndarray) -> np.ndarray:
-    """bfloat16 bit patterns (uint16) -> float32 (exact)."""
-    return (raw.astype(np.uint32) << 16).view(np.float32)
-
-
-def read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    """All tensors of a .safetensors file (bf16 widened to float32, exactly)."""
-    try:
-        with open(path, "rb") as f:
-            (header_len,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(header_len))
-            data = f.read()
-    except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConvertError(f"{path}: not a readable safetensors file: {e}") from e
-    tensors = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        start, end = info["data_offsets"]
-        dtype = info["dtype"]
-        if dtype == "BF16":
-            raw = np.frombuffer(data[start:end], dtype="<u2")
-            array = _bf16_to_f32(raw)
-        elif dtype in SAFETENSORS_DTYPES:
-            array = np.frombuffer(data[start:end], dtype=np.dtype(SAFETENSORS_DTYPES[dtype]))
-        else:
-            raise ConvertError(f"{path}: tensor {name} has unsupported dtype {dtype}")
-        tensors[name] = array.reshape(info["shape"]).copy()
-    return tensors
-
-
-class _TorchUnpickler(pickle.Unpickler):
-    """Rebuilds the tensors of a torch zip checkpoint as numpy arrays; refuses anything else."""
-
-    def __init__(self, file: Any, archive: zipfile.ZipFile, prefix: str, path: Path) -> None:
-        super().__init__(file)
-        self.archive = archive
-        self.prefix = prefix
-        self.path = path
-
-    def find_class(self, module: str, name: str) -> Any:
-        if module == "collections" and name == "OrderedDict":
-            return dict
-        if module == "torch._utils" and name == "_rebuild_tensor_v2":
-            return _rebuild_tensor
-        if module == "torch._utils" and name == "_rebuild_parameter":
-            return lambda data, _requires_grad, _hooks: data
-        if module == "torch" and name in TORCH_STORAGES:
-            return name
-        raise ConvertError(f"{self.path}: unsupported object {module}.{name} in the pickle; "
-                           "convert the file to model.safetensors with torch first")
-
-    def persistent_load(self, pid: Any) -> np.ndarray:
-        kind, storage_type, key, _location, numel = pid
-        if kind != "storage":
-            raise ConvertError(f"{self.path}: unsupported persistent id {kind!r}")
-        raw = self.archive.read(f"{self.prefix}/data/{key}")
-        dtype = TORCH_STORAGES[storage_type]
-        if dtype == "bfloat16":
-            return _bf16_to_f32(np.frombuffer(raw, dtype="<u2", count=numel))
-        return np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"), count=numel)
-
-
-def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple, stride: tuple,
-                    *_ignored: Any) -> np.ndarray:
-    """torch._utils._rebuild_tensor_v2 for numpy: a strided view of the storage, copied."""
-    item = storage.itemsize
-    view = np.lib.stride_tricks.as_strided(storage[offset:], shape=tuple(size),
-                                           strides=tuple(s * item for s in stride))
-    return np.array(view)
-
-
-def read_torch_bin(path: Path) -> dict[str, np.ndarray]:
-    """Tensors of a `torch.save` zip file (torch >= 1.6 format), without importing torch."""
-    try:
-        archive = zipfile.ZipFile(path)
-    except (OSError, zipfile.BadZipFile) as e:
-        raise ConvertError(f"{path}: not a torch zip checkpoint ({e}); legacy (pre-1.6) files "
-                           "need torch: re-save them as model.safetensors") from e
-    with archive:
-        pkl = [n for n in archive.namelist() if n.endswith("/data.pkl")]
-        if not pkl:
-            raise ConvertError(f"{path}: no data.pkl inside; not a torch checkpoint")
-        prefix = pkl[0][: -len("/data.pkl")]
-        with archive.open(pkl[0]) as f:
-            try:
-                state = _TorchUnpickler(f, archive, prefix, path).load()
-            except (pickle.UnpicklingError, KeyError, ValueError, TypeError) as e:
-                if isinstance(e, ConvertError):
-                    raise
-                raise ConvertError(f"{path}: cannot unpickle: {e}") from e
-    if not isinstance(state, dict):
-        raise ConvertError(f"{path}: expected a state dict, got {type(state).__name__}")
-    return state
-
-
 def read_hf_weights(folder: Path) -> dict[str, np.ndarray]:
     """All tensors of a HF model folder (safetensors, sharded safetensors or pytorch_model.bin)."""
     single = folder / "model.safetensors"
@@ -189,13 +84,9 @@ def read_hf_weights(folder: Path) -> dict[str, np.ndarray]:
     if single.is_file():
         return read_safetensors(single)
     if index.is_file():
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (OSError, json.JSONDecodeError, KeyError) as e:
-            raise ConvertError(f"{index}: cannot read weight_map: {e}") from e
         tensors: dict[str, np.ndarray] = {}
-        for shard in shards:
-            tensors.update(read_safetensors(folder / shard))
+        for shard in index_shards(index):
+            tensors.update(read_safetensors(shard))
         return tensors
     if binary.is_file():
         return read_torch_bin(binary)

@@ -31,14 +31,20 @@ stage; the loss whose averaged gradient was applied), not rank 0's own;
 checkpoints `output/checkpoint/rank_<r>/bloom_rank_<r>-<step>.ckpt` + `.json` manifest every
 train.save_steps and at the end (the last train.keep_checkpoints kept); on the semi-auto
 parallel path the strategy file `output/strategy/ckpt_strategy_rank_<r>.ckpt`. `--resume`
-continues from the newest step complete on every rank (same data position, same LR schedule).
-Exit 0 only when training finished; otherwise non-zero with `error: ...` on stderr.
+continues from the newest step complete on every rank (same data position, same LR schedule)
+and records that step as `{"resumed_step": N}` in `$ORCHESTRATE_RESUMED_FILE` when set (launch.sh
+sets it; the control plane reads it: checkpoint.record_resumed / parse_resumed).
+Graceful stop (`orchestrate down --save`): after every step each rank checks for
+`<folder of JOB.yaml>/stop_request.json` holding {"GracefulExit": 1} (graceful.py, MindSpore's
+OnRequestExit semantics); the flag is all-reduced, so every rank logs, saves that step (its
+manifest records the full-precision `loss`) and exits 0 at the same step.
+Exit 0 only when training finished or stopped on request; otherwise non-zero with `error: ...`
+on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -50,13 +56,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import checkpoint as ck
-from . import cpu_share, mindformers_ckpt
+from . import cpu_share, graceful, mindformers_ckpt
 from .convert import ConvertError
-from .data import DataError, create_dataset, has_column, sample_length
+from .data_read import DataError, create_dataset, has_column, sample_length
 from .job import Job, load_job
 from .presets import SettingsError
-from .schedule import lr_at, lr_schedule
+from .schedule import lr_schedule
 from .stages import SplitError, resolve_split, stage_of_layers
+from .steplog import StepLogger
 
 if TYPE_CHECKING:
     from .train_cells import AllReduceSum
@@ -162,12 +169,6 @@ def block_stages(layout: Layout) -> list[int]:
     return stage_of_layers(layout.layers_per_stage)
 
 
-def log_line(step: int, loss: float, lr: float, tokens_per_s: float, elapsed_s: float) -> str:
-    """The machine-readable step line `orchestrate status` parses."""
-    return (f"step={step} loss={loss:.4f} lr={lr:.1e} tokens_per_s={tokens_per_s:.1f} "
-            f"elapsed_s={elapsed_s:.1f}")
-
-
 def note(message: str) -> None:
     print(f"[train] {message}", file=sys.stderr, flush=True)
 
@@ -254,27 +255,24 @@ def train(job: Job, resume: bool, t0: float) -> int:
         return 0
     batches = _batches(data_path, layout, dist, start, use_mask, semi_auto)
     step_cell.set_train(True)
-    tokens_per_step = layout.global_batch * int(job.model["seq_length"])
     meta = _manifest_meta(job, layout, dist)
-    last_t, last_step = time.monotonic(), start
+    stop_file = graceful.request_path(job.path.parent)
+    log = StepLogger(job, layout.global_batch, dist.is_rank0, t0, start)
     for step in range(start + 1, steps + 1):
         batch = next(batches)
         loss = step_cell(*(batch if use_mask else (batch[0], batch[0])))
-        if step % int(t["log_steps"]) == 0 or step == steps:
-            value = global_loss(float(loss.asnumpy()), dist, layout, reduce)
-            if not math.isfinite(value):
-                raise TrainError(f"loss is {value} at step {step}")
-            now = time.monotonic()
-            if dist.is_rank0:
-                rate = (step - last_step) * tokens_per_step / max(now - last_t, 1e-9)
-                print(log_line(step, value, lr_at(step - 1, steps, float(t["lr"]),
-                                                  float(t["min_lr"]), int(t["warmup_steps"])),
-                               rate, now - t0), flush=True)
-            last_t, last_step = now, step
-        if step % int(t["save_steps"]) == 0 or step == steps:
+        stop = graceful.agreed(stop_file, reduce)
+        value = None
+        if step % int(t["log_steps"]) == 0 or step == steps or stop:
+            value = log(step, global_loss(float(loss.asnumpy()), dist, layout, reduce))
+        if step % int(t["save_steps"]) == 0 or step == steps or stop:
+            extra = {} if value is None else {"loss": value}  # full precision, for comparisons
             ck.save(lambda p: ms.save_checkpoint(step_cell, str(p)), out, dist.rank, step,
-                    {**meta, "samples_per_rank": step * layout.rank_batch})
+                    {**meta, "samples_per_rank": step * layout.rank_batch, **extra})
             ck.prune(out, dist.rank, int(t["keep_checkpoints"]))
+        if stop:
+            note(f"stop requested ({stop_file}): saved step {step}, exiting")
+            return 0
     return 0
 
 
@@ -299,11 +297,13 @@ def _start_from(job: Job, dist: Dist, resume: bool, found: int | None, model: An
     if resume:
         if found is None:
             note("--resume: no checkpoint complete on every rank; starting from step 0")
+            ck.record_resumed(0)
             return 0
         params = ms.load_checkpoint(str(ck.ckpt_path(out, dist.rank, found)))
         params.pop("learning_rate", None)  # the schedule comes from this run's job file
         ms.load_param_into_net(step_cell, params)
         note(f"resumed from step {found} ({ck.ckpt_path(out, dist.rank, found)})")
+        ck.record_resumed(found)
         return found
     if t["mode"] == "finetune":
         if t["load_checkpoint"]:
@@ -332,7 +332,8 @@ def _manifest_meta(job: Job, layout: Layout, dist: Dist) -> dict[str, Any]:
             "layout": layout.manifest(), "world_size": dist.world,
             "micro_batch_size": layout.micro_batch_size,
             "micro_batch_num": layout.micro_batch_num, "model": dict(job.model),
-            "device_target": job.train["device_target"]}
+            "device_target": job.train["device_target"],
+            "template": str(job.data["template"])}
 
 
 def _columns(use_mask: bool) -> tuple[str, ...]:

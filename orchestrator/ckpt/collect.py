@@ -108,7 +108,7 @@ def choose_verified_step(
         if step is not None:
             raise CheckpointError(f"step {chosen} is corrupt on the nodes:\n  " + "\n  ".join(bad))
         for p in bad:
-            say(f"[yellow]skipping step {chosen}[/]: {p}")
+            say(f"skipping step {chosen}: {p}")
         listings[:] = [_drop_step(lst, chosen) for lst in listings]
 
 
@@ -245,7 +245,8 @@ def _collect(
     local = {c.rank: dest / c.local_rel for c in plan.fetch}
     local.update({r: local[src] for r, src in plan.copies.items()})
     name = f"bloom_{Path(preset).stem if preset else 'unknown'}_step{chosen}"
-    job = ckpt_output.JobInfo(job_id, chosen, preset, model_json, layout)
+    job = ckpt_output.JobInfo(job_id, chosen, preset, model_json, layout,
+                              ckpts[min(ckpts)].template)
     if opts.dst_strategy is None:
         merged, peak = ckpt_output.to_one_device(dest, name, local, strategy, opts.keep_optimizer)
     else:

@@ -1,6 +1,7 @@
-"""`orchestrate down [JOB] [--all] [--yes]`: stop a job on every node (issue #7, #9).
+"""`orchestrate down [JOB] [--all] [--yes] [--save]`: stop a job on every node (issue #7, #9, #16).
 
     orchestrate down tiny-k3f9 --yes
+    orchestrate down tiny-k3f9 --save --yes   # every rank saves the same step, then exits
     orchestrate down --all --yes     # every job not ended, and every ended job not yet clean
 """
 
@@ -21,11 +22,17 @@ from orchestrator.cli.job_common import job_argument, job_inventory_option, stor
                    "ended (FAILED, or a down that missed a node) without every node "
                    "confirming the stop.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--save", is_flag=True,
+              help="Ask the ranks to save a checkpoint at the next step and exit together "
+                   "(the step is recorded; `orchestrate resume` continues from it); what is "
+                   "still running after --save-timeout is stopped as without --save.")
+@click.option("--save-timeout", type=click.FloatRange(min=0), default=300.0, show_default=True,
+              metavar="SECONDS", help="How long --save waits for the ranks to save and exit.")
 @job_inventory_option()
 @flags.state_dir_option()
 @flags.forks_option()
-def down_command(job_id: str | None, all_jobs: bool, yes: bool, inventory_path: Path | None,
-                 state_dir: Path, forks: int) -> None:
+def down_command(job_id: str | None, all_jobs: bool, yes: bool, save: bool, save_timeout: float,
+                 inventory_path: Path | None, state_dir: Path, forks: int) -> None:
     """Stop a job on every node and verify nothing of it is left; mark it CANCELLED.
 
     JOB defaults to the latest job still running (else the latest job). A job that had
@@ -34,10 +41,16 @@ def down_command(job_id: str | None, all_jobs: bool, yes: bool, inventory_path: 
     Stop the job's background guard, SIGTERM each rank's process group, wait, SIGKILL what
     is left, then kill anything still carrying the job's id. Idempotent. Unreachable nodes
     are named (exit 1); run `down` again once they are back (`down --all` finds them).
+
+    With --save, first ask the ranks to save at the next step boundary and exit 0 together
+    (a stop-request file every rank polls, agreed with an all-reduce), wait up to
+    --save-timeout s, then stop as above; the record says CANCELLED and which step was saved
+    on every rank.
     """
     from orchestrator.cli.k8s import down_k8s, k8s_ref
     from orchestrator.config.inventory import load_inventory
     from orchestrator.errors import JobError
+    from orchestrator.job.graceful import save_and_stop
     from orchestrator.job.guard import stop_guard
     from orchestrator.job.state import needs_stop
     from orchestrator.job.teardown import stop_job
@@ -63,13 +76,17 @@ def down_command(job_id: str | None, all_jobs: bool, yes: bool, inventory_path: 
         stop_guard(store, record.job_id)
         inv = load_inventory(inventory_path or record.inventory_path)
         with NodeGroup(inv, [], forks=forks) as group:  # job nodes and strays, on first use
-            record, failed = stop_job(record, group, store)
+            if save:
+                record, failed = save_and_stop(record, group, store, save_timeout)
+            else:
+                record, failed = stop_job(record, group, store)
         for name, exc in failed.items():
             click.echo(f"[{name}] not cleaned: {exc}", err=True)
             unreachable.append(f"{record.job_id}@{name}")
         click.echo(f"job {record.job_id} {record.status.value}"
                    + (f" ({len(record.nodes) - len(failed)} of {len(record.nodes)} node(s) "
-                      "cleaned)" if failed else ""))
+                      "cleaned)" if failed else "")
+                   + (f": {record.message}" if save and record.message else ""))
     if unreachable:
         raise JobError(f"could not stop on: {', '.join(unreachable)} (run `orchestrate down` "
                        "again when reachable)")

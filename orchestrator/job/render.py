@@ -1,6 +1,7 @@
 """Render a job's files locally: per-node launch scripts, env files and job.yaml.
 
     files = render_job(launch, plan)            # {node name: {file name: RenderedFile}}
+    text = render_pod_launch(launch, "worker", 8, "python3")   # a Kubernetes pod's launch.sh
 
 Jinja2 with StrictUndefined and a `quote` filter (shlex.quote): every value that reaches a
 shell is quoted; templates only substitute, loop and branch. Nothing here touches a node.
@@ -16,6 +17,7 @@ from typing import Any
 
 import jinja2
 import yaml
+from orchestrate_bloom import graceful
 
 from orchestrator import bundle
 from orchestrator.config.plan import Plan
@@ -63,8 +65,11 @@ class RenderedFile:
 
 
 def default_mode(device_target: str) -> str:
-    """`ranktable` for Ascend, `msrun` (dynamic cluster) for CPU and GPU."""
-    return "ranktable" if device_target == "Ascend" else "msrun"
+    """`msrun` (MindSpore's dynamic cluster) on every target, Ascend included: rank-table
+    startup is deprecated since MindSpore 2.4. `ranktable` only when asked for (`--mode
+    ranktable`) or given a table (`up --rank-table FILE`)."""
+    del device_target  # the same everywhere since issue 15.6
+    return "msrun"
 
 
 def environment() -> jinja2.Environment:
@@ -131,6 +136,8 @@ def _render_slots(launch: LaunchSpec, template: str, node_name: str, slots: Sequ
         "python": python,
         "entrypoint": launch.entrypoint,
         "stop_grace": launch.stop_grace,
+        "stop_file": graceful.STOP_FILE,
+        "stop_body": graceful.STOP_BODY,
         "sched_host": launch.sched_host,
         "sched_port": launch.sched_port,
         "cluster_timeout": launch.cluster_timeout,
@@ -139,11 +146,10 @@ def _render_slots(launch: LaunchSpec, template: str, node_name: str, slots: Sequ
     return env.get_template(template).render(ctx)
 
 
-def render_env(job_id: str, values: Mapping[str, str],
-               env: jinja2.Environment | None = None) -> str:
+def render_env(values: Mapping[str, str], env: jinja2.Environment | None = None) -> str:
     """env.sh: `export NAME=value` lines, values quoted (names are validated identifiers)."""
     env = env or environment()
-    return env.get_template("env.sh.j2").render(job_id=job_id, env=sorted(values.items()))
+    return env.get_template("env.sh.j2").render(env=sorted(values.items()))
 
 
 def job_config(plan: Plan, data_path: str | None = None) -> dict[str, dict[str, Any]]:
@@ -200,7 +206,7 @@ def render_job(launch: LaunchSpec, plan: Plan,
             "job.yaml": job_yamls[data_path],
         }
         if node.env:
-            files["env.sh"] = RenderedFile(render_env(launch.job_id, node.env, env), 0o600)
+            files["env.sh"] = RenderedFile(render_env(node.env, env), 0o600)
         if rank_table is not None:
             files["rank_table.json"] = RenderedFile(rank_table, 0o644)
         out[node.name] = files

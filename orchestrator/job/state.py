@@ -31,7 +31,7 @@ from orchestrator.job.failure import Failure
 
 RECORD_VERSION = 1
 _ID_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"  # no 0/o, 1/l/i: readable aloud
-_JOB_ID = re.compile(r"^[a-z0-9][a-z0-9.-]{0,40}$")
+_JOB_ID = re.compile(r"^[a-z0-9][a-z0-9.-]{0,40}\Z")
 
 
 class JobStatus(enum.Enum):
@@ -112,6 +112,11 @@ class JobRecord:
     # The current attempt's failure as data (job/failure.py); None unless FAILED by a rank,
     # a lost node or a stall. `message` is its one-line description (or another cause).
     failure: Failure | None = None
+    # `down --save`: the step every rank saved before it stopped (`resume` continues there).
+    saved_step: int | None = None
+    backend: str = "ssh"  # where ranks run: ssh | slurm (orchestrator/backends/)
+    # The scheduler's id of the current attempt (Slurm: the batch job id); None for ssh.
+    scheduler_job: str | None = None
 
     def failed_with(self, failure: Failure) -> JobRecord:
         """FAILED because of `failure` (message: its description)."""
@@ -167,7 +172,13 @@ class JobRecord:
                    cluster_timeout=d.get("cluster_timeout", 7200),
                    stop_grace=d.get("stop_grace", 10),
                    history=tuple(dict(h) for h in d.get("history", ())),
-                   failure=Failure.from_json(d.get("failure")))
+                   failure=Failure.from_json(d.get("failure")),
+                   saved_step=_opt_int(d.get("saved_step")),
+                   backend=d.get("backend", "ssh"), scheduler_job=d.get("scheduler_job"))
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def _node_from_json(n: Mapping[str, Any]) -> NodeRecord:

@@ -38,6 +38,15 @@ CONFIG_DIR = "/orchestrate/config"  # the ConfigMap, read-only
 JOB_DIR = "/orchestrate/job"  # emptyDir: the job folder launch.sh runs in
 Manifest = dict[str, Any]
 Files = tuple[Manifest, dict[str, str]]  # the files ConfigMap, key -> path in the job folder
+STOP_MARGIN = 20  # s Kubernetes waits beyond the launch's own SIGTERM->SIGKILL grace
+
+
+@dataclass(frozen=True)
+class PodShape:
+    """What every worker pod of the job gets."""
+
+    npus: int  # huawei.com/Ascend910 per worker pod (0: a CPU job)
+    grace: int  # terminationGracePeriodSeconds: the launch's stop grace + STOP_MARGIN
 
 
 @dataclass(frozen=True)
@@ -65,10 +74,11 @@ def job_manifests(plan: Plan, launch: LaunchSpec, opts: K8sOptions) -> list[Mani
     files = files_configmap(plan, launch, opts, launches)
     name = k8s_name(launch.job_id)
     npus = per_pod if str(plan.spec.value("train.device_target")) == "Ascend" else 0
+    pods = PodShape(npus=npus, grace=launch.stop_grace + STOP_MARGIN)
     if launch.mode == "msrun":
-        return [files[0], ascend_job(name, opts, len(plan.nodes), npus, files)]
+        return [files[0], ascend_job(name, opts, len(plan.nodes), pods, files)]
     return [files[0], rings_configmap(name, opts),
-            volcano_job(name, opts, len(plan.nodes), npus, files)]
+            volcano_job(name, opts, len(plan.nodes), pods, files)]
 
 
 def _devices_per_pod(plan: Plan) -> int:
@@ -81,14 +91,14 @@ def _devices_per_pod(plan: Plan) -> int:
     return n
 
 
-def _env_text(plan: Plan, job_id: str) -> str | None:
+def _env_text(plan: Plan) -> str | None:
     envs = {n.ranks.node.name: dict(n.ranks.node.env) for n in plan.nodes}
     first, env = next(iter(envs.items()))
     for node, other in envs.items():
         if other != env:
             raise JobError(f"node {node} has another `env:` than node {first}: every pod of a "
                            "Kubernetes job gets the same environment")
-    return render_env(job_id, env) if env else None
+    return render_env(env) if env else None
 
 
 def files_configmap(plan: Plan, launch: LaunchSpec, opts: K8sOptions,
@@ -99,7 +109,7 @@ def files_configmap(plan: Plan, launch: LaunchSpec, opts: K8sOptions,
     data: dict[str, str] = {f"launch-{role}.sh": text for role, text in launches.items()}
     data["job.yaml"] = stamp_job_id(render_job_yaml(plan), launch.job_id)
     paths = {"job.yaml": "job.yaml"}
-    env = _env_text(plan, launch.job_id)
+    env = _env_text(plan)
     if env is not None:
         data["env.sh"] = env
         paths["env.sh"] = "env.sh"
@@ -160,10 +170,13 @@ def _container(name: str, opts: K8sOptions, npus: int,
     }
     if npus:
         c["resources"] = {"requests": {NPU_RESOURCE: npus}, "limits": {NPU_RESOURCE: npus}}
+        # The devices the device plugin gave the pod, for the Ascend Docker Runtime.
+        c["env"] = [{"name": "ASCEND_VISIBLE_DEVICES", "valueFrom": {"fieldRef": {
+            "fieldPath": f"metadata.annotations['{NPU_RESOURCE}']"}}}]
     return c
 
 
-def _pod(name: str, opts: K8sOptions, files: Files, role: str, npus: int,
+def _pod(name: str, opts: K8sOptions, files: Files, role: str, npus: int, grace: int,
          extra_volumes: list[Manifest], extra_mounts: list[Manifest]) -> Manifest:
     container = _container(name, opts, npus, extra_mounts)
     return {
@@ -171,6 +184,7 @@ def _pod(name: str, opts: K8sOptions, files: Files, role: str, npus: int,
                                 "orchestrate/job": name, "orchestrate/role": role}},
         "spec": {
             "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": grace,
             "containers": [container],
             "volumes": [
                 {"name": "files", "configMap": {"name": files[0]["metadata"]["name"],
@@ -191,11 +205,11 @@ def _job_meta(name: str, opts: K8sOptions, framework: bool) -> Manifest:
     return meta
 
 
-def ascend_job(name: str, opts: K8sOptions, nodes: int, npus: int, files: Files) -> Manifest:
+def ascend_job(name: str, opts: K8sOptions, nodes: int, pods: PodShape, files: Files) -> Manifest:
     """The msrun-mode AscendJob: one Scheduler pod and `nodes` Worker pods, gang-scheduled."""
     def replica(role: str, replicas: int, n: int) -> Manifest:
         return {"replicas": replicas, "restartPolicy": "Never",
-                "template": _pod(name, opts, files, role, n, [], [])}
+                "template": _pod(name, opts, files, role, n, pods.grace, [], [])}
 
     return {
         "apiVersion": "mindxdl.gitee.com/v1",
@@ -206,12 +220,13 @@ def ascend_job(name: str, opts: K8sOptions, nodes: int, npus: int, files: Files)
             "runPolicy": {"schedulingPolicy": {"minAvailable": nodes + 1, "queue": opts.queue}},
             "successPolicy": "AllWorkers",
             "replicaSpecs": {"Scheduler": replica("scheduler", 1, 0),
-                             "Worker": replica("worker", nodes, npus)},
+                             "Worker": replica("worker", nodes, pods.npus)},
         },
     }
 
 
-def volcano_job(name: str, opts: K8sOptions, nodes: int, npus: int, files: Files) -> Manifest:
+def volcano_job(name: str, opts: K8sOptions, nodes: int, pods: PodShape,
+                files: Files) -> Manifest:
     """The rank-table-mode Volcano Job: `nodes` pods, the platform's hccl.json mounted."""
     table = [{"name": "ascend-config", "configMap": {"name": f"rings-config-{name}"}}]
     mount = [{"name": "ascend-config", "mountPath": K8S_TABLE_DIR}]
@@ -228,6 +243,7 @@ def volcano_job(name: str, opts: K8sOptions, nodes: int, npus: int, files: Files
             "policies": [{"event": "PodEvicted", "action": "AbortJob"},
                          {"event": "PodFailed", "action": "AbortJob"}],
             "tasks": [{"name": "worker", "replicas": nodes,
-                       "template": _pod(name, opts, files, "worker", npus, table, mount)}],
+                       "template": _pod(name, opts, files, "worker", pods.npus, pods.grace,
+                                        table, mount)}],
         },
     }

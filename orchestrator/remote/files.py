@@ -47,7 +47,9 @@ if TYPE_CHECKING:
 CHUNK = 1 << 20
 LOG_MODE = 0o644  # logs and plog archives fetched from nodes
 CKPT_MODE = 0o444  # checkpoints and strategy files fetched from nodes
-UPLOAD_UMASK = "umask 077"  # every upload is 0600 from its first byte until its final chmod
+# every upload is 0600 from its first byte until its final chmod, and its (random) temp name
+# is created with O_EXCL (noclobber): a name planted on the node, symlink or not, is never opened
+UPLOAD_UMASK = "umask 077; set -C"
 
 
 def local_mode(mode: int) -> int:
@@ -191,8 +193,9 @@ def check_put_reply(node: str, what: str, reply: str, size: int, sha: str) -> No
     """Compare put_verify_command's reply with the local size and sha256 (TransferError)."""
     m = re.fullmatch(r"([0-9]{1,20}) ([0-9a-fA-F]{64})", reply.strip()[:200])
     if m is None or (int(m[1]), m[2].lower()) != (size, sha):
-        got = f"size {m[1]} sha256 {m[2][:12]}…" if m else f"reply {reply.strip()[:80]!r}"
-        raise TransferError(node, f"{what}: uploaded copy has {got}, expected size {size}")
+        # no hash in the message: the file may be a secret (a hash is a guessing oracle)
+        got = f"size {m[1]}, a different sha256" if m else f"reply {reply.strip()[:80]!r}"
+        raise TransferError(node, f"{what}: uploaded copy has {got}; expected size {size}")
 
 
 def write_atomic_from(local: Path, fill: Callable[[IO[bytes]], None]) -> Path:

@@ -85,7 +85,16 @@ def test_put_is_0600_from_the_first_byte(testhosts: TestHosts, tmp_path: Path) -
     try:
         time.sleep(1.0)  # the spy loop is running on the node
         with transport_for(inv.nodes[3], inv, use_openssh=False) as t:
+            lines: list[str] = []
+            real_run = t.run
+
+            def spy_run(cmd, **kw):  # type: ignore[no-untyped-def]
+                lines.append(cmd)
+                return real_run(cmd, **kw)
+
+            t.run = spy_run  # type: ignore[method-assign]
             t.put(src, PurePosixPath(folder) / "env.sh", mode=0o600)
+            t.run = real_run  # type: ignore[method-assign]
             final = files.remote_stat(t, PurePosixPath(folder) / "env.sh").mode
     finally:
         spy.join()
@@ -93,6 +102,8 @@ def test_put_is_0600_from_the_first_byte(testhosts: TestHosts, tmp_path: Path) -
     seen = spy_box[0].split()
     assert seen, "the spy never saw the temp copy (upload too fast to observe)"
     assert set(seen) == {"600"} and final == 0o600, seen
+    # neither the secret's sha256 nor its size was on the node's command line (/proc/*/cmdline)
+    assert not [c for c in lines if sha(src) in str(c) or str(src.stat().st_size) in str(c)]
 
 
 def test_get_missing_file_leaves_nothing(th0, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -168,16 +168,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_cluster(job: Path, *args: str) -> list[tuple[int, str, str]]:
-    """Scheduler + 2 workers on 127.0.0.1 (a free port); (exit code, stdout, stderr) each."""
+def run_cluster(job: Path, *args: str, per_rank_job: dict[int, Path] | None = None,
+                ) -> list[tuple[int, str, str]]:
+    """Scheduler + 2 workers on 127.0.0.1 (a free port); (exit code, stdout, stderr) each.
+
+    `per_rank_job` gives a worker its own job file (default: `job` for every process).
+    """
     cluster = {"MS_SCHED_HOST": "127.0.0.1", "MS_SCHED_PORT": str(free_port()),
                "MS_WORKER_NUM": "2",
                "PYTHONFAULTHANDLER": "1"}  # a crash prints the Python stack of every thread
-    cmd = [sys.executable, "-m", "orchestrate_bloom.train", "--job", str(job), *args]
+    jobs = [job] + [(per_rank_job or {}).get(n, job) for n in (0, 1)]
     roles = [{"MS_ROLE": "MS_SCHED"}] + [{"MS_ROLE": "MS_WORKER", "MS_NODE_ID": str(n)}
                                          for n in (0, 1)]
-    procs = [subprocess.Popen(cmd, cwd=REPO, env=env(**role, **cluster), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for role in roles]
+    procs = [subprocess.Popen([sys.executable, "-m", "orchestrate_bloom.train", "--job",
+                               str(path), *args], cwd=REPO, env=env(**role, **cluster),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for role, path in zip(roles, jobs, strict=True)]
     try:
         outputs = [p.communicate(timeout=300) for p in procs]
     finally:

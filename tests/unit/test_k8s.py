@@ -73,6 +73,10 @@ def test_ascendjob_valid_and_shaped(tmp_path: Path, inv: str | None, preset: str
     assert c["name"] == "ascend" and c["image"] == OPTS.image
     assert c["ports"] == [{"containerPort": 2222, "name": "ascendjob-port"}]
     assert c["resources"]["limits"] == {"huawei.com/Ascend910": npus}
+    (visible,) = c["env"]
+    assert visible["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.annotations['huawei.com/Ascend910']"
+    assert worker["template"]["spec"]["terminationGracePeriodSeconds"] == 10 + 20
     out = next(m for m in c["volumeMounts"] if m["name"] == "output")
     vols = {v["name"]: v for v in worker["template"]["spec"]["volumes"]}
     assert vols["output"]["persistentVolumeClaim"]["claimName"] == "bloom-ckpt"
@@ -198,6 +202,9 @@ def test_msrun_pods_take_ranks_from_operator_env(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert _rank_lines(worker) == ["rank 2 MS_WORKER 0 4 True",
                                    "rank 3 MS_WORKER 1 4 True"]
+    # The container's stdout (kubectl logs) carries every rank's lines, prefixed by slot.
+    assert {"[0] rank 2 MS_WORKER 0 4 True", "[1] rank 3 MS_WORKER 1 4 True"} <= set(
+        done.stdout.splitlines())
     sched = _pod(tmp_path, manifests, "scheduler")
     assert _run(sched, {**operator, "MS_ROLE": "MS_SCHED"}).returncode == 0
     assert _rank_lines(sched) == ["rank None MS_SCHED None 4 True"]

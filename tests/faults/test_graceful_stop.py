@@ -1,0 +1,99 @@
+"""`orchestrate down --save` on a real 2-host job (th0, th1 x 2 CPU ranks, tiny Bloom):
+
+1. an uninterrupted run of 24 steps: the reference final loss (full precision, from the
+   step's checkpoint manifest);
+2. the same job stopped with `down --save` once it logged step 4: every rank saved the same
+   step N (its only checkpoint: save_steps is larger than the run), every rank exited 0, the
+   record says CANCELLED with saved_step N, nothing is left on the hosts;
+3. `resume --wait` continues from N to step 24 with the reference's final loss (<= 1e-6).
+
+    python -m pytest tests/faults/test_graceful_stop.py -q -s     # prints N and the losses
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.faults.helpers import assert_nothing_left, orch, record, wait_for
+from tests.integration.conftest import TestHosts
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]
+STEPS = 24
+SETS = ("--set", f"train.steps={STEPS}", "--set", "train.save_steps=1000",
+        "--set", "train.log_steps=1", "--set", "train.warmup_steps=0")
+
+
+@pytest.fixture(scope="module")
+def seed_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.model.data_helpers import seed_records
+
+    path = tmp_path_factory.mktemp("data") / "seed.json"
+    path.write_text(json.dumps(seed_records()))
+    return path
+
+
+def _ranks(job: dict) -> list[tuple[str, str, int]]:
+    return [(n["name"], n["job_dir"], r) for n in job["nodes"]
+            for r in range(n["rank_start"], n["rank_end"])]
+
+
+def _steps(hosts: TestHosts, node: str, job_dir: str, rank: int) -> list[int]:
+    res = hosts.ssh(node, f"ls {job_dir}/output/checkpoint/rank_{rank}")
+    return sorted(int(name[:-5].rsplit("-", 1)[1]) for name in res.stdout.split()
+                  if name.endswith(".ckpt"))
+
+
+def _manifest_loss(hosts: TestHosts, job: dict, step: int) -> float:
+    node = job["nodes"][0]
+    res = hosts.ssh(node["name"], f"cat {node['job_dir']}/output/checkpoint/rank_0/"
+                                  f"bloom_rank_0-{step}.json")
+    assert res.returncode == 0, res.stderr
+    return float(json.loads(res.stdout)["loss"])
+
+
+def _logged_step(hosts: TestHosts, job_dir: str) -> int:
+    out = hosts.ssh("th0", f"grep -ao '^step=[0-9]*' {job_dir}/ranks/0/stdout.log | tail -1")
+    text = out.stdout.strip()
+    return int(text.split("=")[1]) if text.startswith("step=") else 0
+
+
+def test_down_save_then_resume_matches_uninterrupted(
+        testhosts: TestHosts, two_hosts: Path, seed_json: Path, state: Path) -> None:
+    common = ("-i", str(two_hosts), "-c", "tiny", "--no-check", *SETS,
+              "--set", f"data.path={seed_json}")
+    orch(state, "up", *common, "--wait")
+    ref = record(state)
+    assert ref["status"] == "SUCCEEDED", ref
+    ref_loss = _manifest_loss(testhosts, ref, STEPS)
+
+    orch(state, "up", *common)
+    job = record(state)
+    assert job["job_id"] != ref["job_id"]
+    job_dir0 = job["nodes"][0]["job_dir"]
+    wait_for(lambda: _logged_step(testhosts, job_dir0) >= 4, timeout=300, interval=0.2)
+    down = orch(state, "down", job["job_id"], "--save", "--yes", "--save-timeout", "120")
+    job = record(state, job["job_id"])
+    saved = job["saved_step"]
+    assert job["status"] == "CANCELLED" and isinstance(saved, int), (job, down.stdout)
+    assert job["message"] == f"stopped by down --save: step {saved} saved on every rank"
+    assert 4 <= saved < STEPS
+    per_rank = {r: _steps(testhosts, node, d, r) for node, d, r in _ranks(job)}
+    assert per_rank == {r: [saved] for r in per_rank}, per_rank  # the same step everywhere
+    for node, d, r in _ranks(job):  # exited 0 by themselves, not killed by the stop
+        code = testhosts.ssh(node, f"cat {d}/ranks/{r}/exit_code").stdout.strip()
+        assert code == "0", (node, r, code)
+    assert_nothing_left(testhosts, job["job_id"])
+
+    orch(state, "resume", job["job_id"], "--wait")
+    job = record(state, job["job_id"])
+    assert job["status"] == "SUCCEEDED" and job["attempts"] == 2, job
+    log0 = testhosts.ssh("th0", f"cat {job_dir0}/ranks/0/stdout.log").stdout
+    assert f"resumed from step {saved} " in log0.split("== orchestrate attempt 2 ==")[1]
+    loss = _manifest_loss(testhosts, job, STEPS)
+    print(f"\ndown --save: every rank saved step {saved}; resumed to step {STEPS}: final loss "
+          f"{loss!r} vs uninterrupted {ref_loss!r} (diff {abs(loss - ref_loss):.1e})")
+    assert abs(loss - ref_loss) <= 1e-6
+    assert_nothing_left(testhosts, job["job_id"])
