@@ -32,6 +32,7 @@ from orchestrator.config.cluster import (
     is_valid_ipv4,
     rank_order_key,
 )
+from orchestrator.config.faulttol import parse_fault_tolerance
 from orchestrator.errors import InventoryError
 
 __all__ = [  # the cluster types live in config/cluster.py; importers may name them from here
@@ -40,7 +41,8 @@ __all__ = [  # the cluster types live in config/cluster.py; importers may name t
     "rank_order_key",
 ]
 
-_TOP_KEYS = {"defaults", "nodes", "hosts", "known_hosts", "host_key_policy", "ssh_config"}
+_TOP_KEYS = {"defaults", "nodes", "hosts", "known_hosts", "host_key_policy", "ssh_config",
+             "fault_tolerance"}
 _NODE_KEYS = {
     "host",
     "name",
@@ -116,6 +118,7 @@ def parse_inventory(text: str, path: Path | str = "<inventory>", digest: str = "
             src, "host_key_policy", doc.get("host_key_policy", "strict"), HostKeyPolicy
         ),
         ssh_config=fields.path_or_none(src, "ssh_config", doc.get("ssh_config")),
+        fault_tolerance=parse_fault_tolerance(src, doc.get("fault_tolerance")),
     )
 
 
