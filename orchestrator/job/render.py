@@ -1,6 +1,7 @@
 """Render a job's files locally: per-node launch scripts, env files and job.yaml.
 
     files = render_job(launch, plan)            # {node name: {file name: RenderedFile}}
+    text = render_pod_launch(launch, "worker", 8, "python3")   # a Kubernetes pod's launch.sh
 
 Jinja2 with StrictUndefined and a `quote` filter (shlex.quote): every value that reaches a
 shell is quoted; templates only substitute, loop and branch. Nothing here touches a node.
