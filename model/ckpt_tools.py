@@ -94,7 +94,7 @@ def strategy_stage(path: Path, smap: Any) -> int:
     may claim a later stage. Without a rank in the name: the latest stage an operator claims.
     """
     claimed = max((i.parallel_strategys.stage for i in smap.parallel_strategy_item), default=0)
-    m = re.search(r"rank_(\d+)", path.name)
+    m = re.search(r"rank_([0-9]{1,9})", path.name)
     if m is None:
         return int(claimed)
     per_stage = math.prod(smap.parallel_layout_item[0].parallel_layouts.dev_matrix[0].dim)
@@ -138,7 +138,7 @@ def merge_strategies(src_dir: Path, out: Path) -> dict[str, Any]:
 
 
 def _rank_order(path: Path) -> tuple[int, str]:
-    m = re.search(r"rank_(\d+)", path.name)
+    m = re.search(r"rank_([0-9]{1,9})", path.name)
     return (int(m[1]) if m else -1, path.name)
 
 
@@ -278,7 +278,7 @@ def _layouts(strategy: Path) -> dict[str, tuple[int, tuple[int, ...], tuple[int,
     smap.ParseFromString(strategy.read_bytes())
     out = {}
     for item in smap.parallel_layout_item:
-        m = re.fullmatch(r"(\d+)-(.+)", item.param_name)  # merged files: "<stage>-<name>"
+        m = re.fullmatch(r"([0-9]{1,9})-(.+)", item.param_name)  # merged files: "<stage>-<name>"
         stage, name = (int(m[1]), m[2]) if m else (smap.current_stage, item.param_name)
         pl = item.parallel_layouts
         if (len(pl.dev_matrix) != 1 or len(pl.tensor_map) != 1 or pl.field

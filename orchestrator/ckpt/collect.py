@@ -108,7 +108,7 @@ def choose_verified_step(
         if step is not None:
             raise CheckpointError(f"step {chosen} is corrupt on the nodes:\n  " + "\n  ".join(bad))
         for p in bad:
-            say(f"[yellow]skipping step {chosen}[/]: {p}")
+            say(f"skipping step {chosen}: {p}")
         listings[:] = [_drop_step(lst, chosen) for lst in listings]
 
 

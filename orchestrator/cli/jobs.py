@@ -37,6 +37,9 @@ from orchestrator.cli.k8s import K8sArgs, k8s_options
 def _print_check(report: Any) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
+
+    from orchestrator.untrusted import scrub
 
     table = Table(title="orchestrate check", title_justify="left")
     table.add_column("node")
@@ -48,11 +51,12 @@ def _print_check(report: Any) -> None:
         for c in report.columns:
             i = items.get(c)
             color = "green" if i is not None and i.ok else "red"
-            cells.append("" if i is None else f"[{color}]{i.value}[/]")
+            # a node's reply (versions, paths) is text, never markup
+            cells.append(Text("" if i is None else scrub(str(i.value)), style=color))
         table.add_row(n.node, *cells)
     Console().print(table)
     for node, item in report.failures:
-        click.echo(f"[{node}] {item.name}: {item.value} -> {item.fix}", err=True)
+        click.echo(scrub(f"[{node}] {item.name}: {item.value} -> {item.fix}"), err=True)
 
 
 def _run_check(group: Any, spec: Any, mode: str, sched_port: int | None) -> Any:
@@ -158,7 +162,7 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
                rank_table_timeout: float, sched_port: int | None, cluster_timeout: int,
                stop_grace: int, entrypoint: str | None, max_restarts: int,
                exclude_after: int, restart_codes: str | None, stall_timeout: float | None,
-               node_lost_timeout: float, no_guard: bool, backend: str, emit: Path | None,
+               node_lost_timeout: float, no_guard: bool, backend: str | None, emit: Path | None,
                image: str | None, volume: str | None, namespace: str, queue: str,
                ring_controller: str, kubeconfig: Path | None, state_dir: Path,
                forks: int, verbose: bool) -> None:
@@ -186,6 +190,12 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
       orchestrate up -i inventories/local.yaml -c tiny --wait
 
     \b
+    On a Slurm cluster (inventory `backend: slurm`, or --backend slurm): staged over SSH as
+    above, then one sbatch job (one srun task per node running its launch.sh); status shows
+    the Slurm state (PENDING with its reason), down cancels it (docs/slurm.md):
+      orchestrate up -i /tmp/slurmhosts/inventory.yaml -c tiny --wait
+
+    \b
     Kubernetes (--backend k8s): one pod per inventory node, the same plan and launch scripts;
     manifests validated against the shipped CRD schemas, then written or applied:
       orchestrate up --backend k8s --emit out/ -i inventories/12node.yaml -c 65b \\
@@ -196,6 +206,8 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
     clock = PhaseClock.start()
     from orchestrator.errors import JobError
 
+    inv = flags.load_selected(inventory_path)
+    backend = backend or inv.scheduler.backend
     k8s = K8sArgs(emit=emit, image=image, volume=volume, namespace=namespace, queue=queue,
                   ring_controller=ring_controller, kubeconfig=kubeconfig)
     if backend != "k8s" and k8s.given():
@@ -208,7 +220,6 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
         from orchestrator.job.lifecycle import UpOptions, create_job, dry_run_summary, launch
         from orchestrator.job.render import default_mode
 
-        inv = flags.load_selected(inventory_path)
         spec = load_job_spec(preset, overrides)
         from orchestrator.job.dataset import template_override
 
@@ -234,7 +245,8 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
 
     fault_env(inv.fault_tolerance, "", mode, str(inventory_path))  # refused before anything
     opts = UpOptions(mode=mode, sched_port=sched_port, cluster_timeout=cluster_timeout,
-                     entrypoint=entrypoint, stop_grace=stop_grace, rank_table=table)
+                     entrypoint=entrypoint, stop_grace=stop_grace, backend=backend,
+                     rank_table=table)
     if backend == "k8s":
         from orchestrator.cli.k8s import up_k8s
 

@@ -147,15 +147,16 @@ def forks_option(default: int = 64, help: str = "How many nodes to work on at on
     )
 
 
-BACKENDS = ("ssh", "k8s")
-
-
 def backend_option() -> Callable[[F], F]:
-    """`--backend`: where the ranks run."""
+    """`--backend`: where the ranks run (None: the inventory's `backend:`, else ssh)."""
+    from orchestrator.config.scheduler import BACKENDS
+
     return click.option(
-        "--backend", type=click.Choice(BACKENDS), default="ssh", show_default=True,
-        help="ssh: every node over SSH; k8s: Kubernetes (AscendJob in msrun mode, Volcano Job "
-             "in ranktable mode), written with --emit DIR or applied with a kubeconfig.")
+        "--backend", type=click.Choice(BACKENDS), default=None,
+        help="ssh: every node over SSH; slurm: one sbatch job, one srun task per node "
+             "(partition/account/qos/time from the inventory, docs/slurm.md); k8s: Kubernetes "
+             "(AscendJob in msrun mode, Volcano Job in ranktable mode), written with --emit DIR "
+             "or applied with a kubeconfig. Default: the inventory's `backend:`, else ssh.")
 
 
 def state_dir_option() -> Callable[[F], F]:
@@ -202,3 +203,4 @@ def load_selected(path: Path) -> Any:
     meta = click.get_current_context().meta
     return apply_filters(load_inventory(path), meta.get("orchestrate.include"),
                          meta.get("orchestrate.exclude"))
+

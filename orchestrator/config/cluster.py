@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from orchestrator.config.faulttol import FaultTolerance
+from orchestrator.config.scheduler import Scheduler
 from orchestrator.errors import InventoryError
 
 MAX_DEVICE_ID = 15  # Ascend servers have at most 16 devices (ids 0..15)
@@ -72,6 +73,7 @@ class Inventory:
     host_key_policy: HostKeyPolicy = HostKeyPolicy.STRICT
     ssh_config: Path | None = None  # ssh_config file to read instead of ~/.ssh/config
     fault_tolerance: FaultTolerance | None = None  # MindSpore's (config/faulttol.py)
+    scheduler: Scheduler = Scheduler()  # backend and Slurm options (config/scheduler.py)
 
     @property
     def world_size(self) -> int:
@@ -100,7 +102,7 @@ def rank_order_key(node: Node) -> tuple[str, int, str]:
 
 
 
-_HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
 
 
 def is_valid_ipv4(text: str) -> bool:

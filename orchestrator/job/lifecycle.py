@@ -62,6 +62,7 @@ class UpOptions:
     stop_grace: int = DEFAULT_STOP_GRACE
     rank_table: str | None = None  # a platform's table (hccl/platform.py), as MindSpore gets it
 
+    backend: str = "ssh"  # where ranks run (orchestrator/backends/): ssh | slurm
 
 
 def sched_port_for(job_id: str) -> int:
@@ -145,7 +146,8 @@ def create_job(inv: Inventory, spec: JobSpec, store: JobStore, opts: UpOptions,
                        sched_port=port if mode == "msrun" else None,
                        entrypoint=opts.entrypoint,
                        local_data=str(local_data.resolve()) if local_data else None,
-                       cluster_timeout=opts.cluster_timeout, stop_grace=opts.stop_grace)
+                       cluster_timeout=opts.cluster_timeout, stop_grace=opts.stop_grace,
+                       backend=opts.backend)
     store.save(record)
     return record
 
@@ -200,7 +202,9 @@ def launch(record: JobRecord, group: NodeGroup, store: JobStore,
         with phase("connect"):
             group.wait_connected()
         with phase("stage"):
-            record = stage_all(record, group, store, echo)
+            from orchestrator.backends import backend_for
+
+            record = backend_for(record).stage(record, group, store, echo)
         started = True
         with phase("start"):
             return _start_all(record, group, store, resume=False)
@@ -261,6 +265,14 @@ def stage_all(record: JobRecord, group: NodeGroup, store: JobStore,
 
 def _start_all(record: JobRecord, group: NodeGroup, store: JobStore, resume: bool
                ) -> JobRecord:
+    """Start every rank through the job's backend (ssh: start_over_ssh; slurm: sbatch)."""
+    from orchestrator.backends import backend_for
+
+    return backend_for(record).start(record, group, store, resume)
+
+
+def start_over_ssh(record: JobRecord, group: NodeGroup, store: JobStore, resume: bool
+                   ) -> JobRecord:
     """`launch.sh start [resume]` on every node in parallel; any failure stops them all.
 
     Raises:

@@ -31,7 +31,7 @@ from orchestrator.job.failure import Failure
 
 RECORD_VERSION = 1
 _ID_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"  # no 0/o, 1/l/i: readable aloud
-_JOB_ID = re.compile(r"^[a-z0-9][a-z0-9.-]{0,40}$")
+_JOB_ID = re.compile(r"^[a-z0-9][a-z0-9.-]{0,40}\Z")
 
 
 class JobStatus(enum.Enum):
@@ -114,6 +114,9 @@ class JobRecord:
     failure: Failure | None = None
     # `down --save`: the step every rank saved before it stopped (`resume` continues there).
     saved_step: int | None = None
+    backend: str = "ssh"  # where ranks run: ssh | slurm (orchestrator/backends/)
+    # The scheduler's id of the current attempt (Slurm: the batch job id); None for ssh.
+    scheduler_job: str | None = None
 
     def failed_with(self, failure: Failure) -> JobRecord:
         """FAILED because of `failure` (message: its description)."""
@@ -170,7 +173,8 @@ class JobRecord:
                    stop_grace=d.get("stop_grace", 10),
                    history=tuple(dict(h) for h in d.get("history", ())),
                    failure=Failure.from_json(d.get("failure")),
-                   saved_step=_opt_int(d.get("saved_step")))
+                   saved_step=_opt_int(d.get("saved_step")),
+                   backend=d.get("backend", "ssh"), scheduler_job=d.get("scheduler_job"))
 
 
 def _opt_int(value: Any) -> int | None:
