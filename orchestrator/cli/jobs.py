@@ -241,6 +241,9 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
         mode = "ranktable"
         table = _platform_table(rank_table_path, rank_table_timeout, inv)
     mode = mode or default_mode(str(spec.value("train.device_target")))
+    from orchestrator.config.faulttol import fault_env
+
+    fault_env(inv.fault_tolerance, "", mode, str(inventory_path))  # refused before anything
     opts = UpOptions(mode=mode, sched_port=sched_port, cluster_timeout=cluster_timeout,
                      entrypoint=entrypoint, stop_grace=stop_grace, backend=backend,
                      rank_table=table)
