@@ -251,6 +251,14 @@ def test_cli_emit_and_its_errors(tmp_path: Path) -> None:
     res = runner.invoke(cli, [*base[:-4], "--set", local, "--emit", str(out), "--image", "r/b:1",
                               "--volume", "c"])
     assert res.exit_code == 1 and "with --backend k8s nothing is staged" in res.output
+    ft = tmp_path / "ft.yaml"
+    ft.write_text("defaults: {devices: 2, workdir: /w}\nhosts: [10.0.0.1]\n"
+                  "fault_tolerance: {recovery: true}\n")
+    res = runner.invoke(cli, ["up", "--backend", "k8s", "-i", str(ft), "-c", "tiny", "--set",
+                              "data.path=/data/mr", "--emit", str(out), "--image", "r/b:1",
+                              "--volume", "c"])
+    assert res.exit_code == 1 and "fault_tolerance: not supported with --backend k8s" in \
+        res.output
     res = runner.invoke(cli, ["up", "-i", "inventories/local.yaml", "-c", "tiny", "--emit", "x"])
     assert res.exit_code == 2 and "--emit: only with --backend k8s" in res.output
     assert len(list(out.iterdir())) == 2  # the refused runs wrote nothing
