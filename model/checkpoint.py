@@ -35,9 +35,9 @@ from typing import Any, TypeVar
 from .fileio import atomic_target, sha256_file, write_atomic
 from .tool_io import tool_main
 
-CKPT_RE = re.compile(r"^bloom_rank_(\d+)-(\d+)\.ckpt$")
-MANIFEST_RE = re.compile(r"^bloom_rank_(\d+)-(\d+)\.json$")
-STRATEGY_RE = re.compile(r"^ckpt_strategy_rank_(\d+)\.ckpt$")
+CKPT_RE = re.compile(r"^bloom_rank_([0-9]{1,9})-([0-9]{1,9})\.ckpt\Z")
+MANIFEST_RE = re.compile(r"^bloom_rank_([0-9]{1,9})-([0-9]{1,9})\.json\Z")
+STRATEGY_RE = re.compile(r"^ckpt_strategy_rank_([0-9]{1,9})\.ckpt\Z")
 
 
 P = TypeVar("P", bound=PurePath)  # local Path, or a node's PurePosixPath (collect-ckpt)

@@ -62,7 +62,7 @@ def read_result(stdout: str, stderr: str, returncode: int) -> dict[str, Any]:
     lines = stdout.strip().splitlines()
     try:
         doc = json.loads(lines[-1])
-    except (IndexError, json.JSONDecodeError):
+    except (IndexError, json.JSONDecodeError, RecursionError):  # a node's deep `[[[[...`
         doc = None
     if not isinstance(doc, dict):
         raise ToolFailure(f"printed no JSON result: {stdout.strip()[-200:]!r}")

@@ -13,7 +13,6 @@ The MindSpore work runs in `python -m orchestrate_bloom.ckpt_tools` children (ck
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from orchestrate_bloom.fileio import sha256_file
+from orchestrate_bloom.fileio import sha256_file, write_atomic
 
 from orchestrator.ckpt import merge as ckpt_merge
 from orchestrator.ckpt.select import Layout
@@ -121,10 +120,9 @@ def write_manifest(
     base = merged if merged.is_dir() else merged.parent
     arch = merged.with_suffix(".yaml") if not merged.is_dir() else merged / "model.yaml"
     if job.model_json is not None:
-        tmp = arch.with_name(f".{arch.name}.tmp")
         doc = {"model": json.loads(job.model_json), "data": {"template": job.template}}
-        tmp.write_text(yaml.safe_dump(doc, sort_keys=True))
-        os.replace(tmp, arch)
+        write_atomic(arch, yaml.safe_dump(doc, sort_keys=True),
+                     fsync=False)  # O_EXCL random temp name, never a fixed one
     manifest = merged.with_suffix(".json") if not merged.is_dir() else merged / "manifest.json"
     ckpt_merge.write_manifest(
         manifest,

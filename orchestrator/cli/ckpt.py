@@ -104,11 +104,13 @@ def collect_ckpt_command(
     _download_bar and ckpt.collect.collect.
     """
     from rich.console import Console
+    from rich.text import Text
 
     from orchestrator.ckpt.collect import Options, collect
     from orchestrator.ckpt.output import record_collected
     from orchestrator.job.state import JobStore
     from orchestrator.remote.group import NodeGroup
+    from orchestrator.untrusted import scrub
 
     store = JobStore(state_dir)
     job_id, inv, targets, preset = _job_targets(store, job_id, inventory_path, preset)
@@ -120,7 +122,7 @@ def collect_ckpt_command(
             job_id,
             output if output is not None else Path("ckpt") / job_id,
             Options(step, preset, keep_optimizer, dst_strategy, processes, not no_check, forks),
-            say=console.print,
+            say=lambda m: console.print(Text(scrub(m))),  # node text: no markup
             progress=progress,
             targets=targets,
         )

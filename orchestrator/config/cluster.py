@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from orchestrator.config.faulttol import FaultTolerance
 from orchestrator.config.scheduler import Scheduler
 from orchestrator.errors import InventoryError
 
@@ -71,6 +72,7 @@ class Inventory:
     known_hosts: tuple[Path, ...] = ()  # extra known_hosts files besides ~/.ssh/known_hosts
     host_key_policy: HostKeyPolicy = HostKeyPolicy.STRICT
     ssh_config: Path | None = None  # ssh_config file to read instead of ~/.ssh/config
+    fault_tolerance: FaultTolerance | None = None  # MindSpore's (config/faulttol.py)
     scheduler: Scheduler = Scheduler()  # backend and Slurm options (config/scheduler.py)
 
     @property
@@ -100,7 +102,7 @@ def rank_order_key(node: Node) -> tuple[str, int, str]:
 
 
 
-_HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
 
 
 def is_valid_ipv4(text: str) -> bool:

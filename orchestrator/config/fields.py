@@ -19,8 +19,8 @@ from typing import Any
 from orchestrator.config.cluster import MAX_DEVICE_ID, is_valid_host, is_valid_ipv4
 from orchestrator.errors import InventoryError
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_USER = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._-]{0,63}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+_USER = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._-]{0,63}\Z")
 
 
 def show(value: Any) -> str:
@@ -146,7 +146,7 @@ def device_ips(src: str, key: str, value: Any) -> Mapping[int, str] | None:
         raise InventoryError(src, key, f"expected a mapping device_id: IPv4, got {show(value)}")
     out: dict[int, str] = {}
     for k, v in value.items():
-        dev = int(k) if isinstance(k, str) and k.isdigit() else k
+        dev = int(k) if isinstance(k, str) and re.fullmatch(r"[0-9]{1,4}", k) else k
         if isinstance(dev, bool) or not isinstance(dev, int) or not 0 <= dev <= MAX_DEVICE_ID:
             raise InventoryError(
                 src, f"{key}.{k}", f"expected a device id 0..{MAX_DEVICE_ID}, got {show(k)}"

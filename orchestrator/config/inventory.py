@@ -32,6 +32,7 @@ from orchestrator.config.cluster import (
     is_valid_ipv4,
     rank_order_key,
 )
+from orchestrator.config.faulttol import parse_fault_tolerance
 from orchestrator.config.scheduler import KEYS as SCHEDULER_KEYS
 from orchestrator.config.scheduler import parse_scheduler
 from orchestrator.errors import InventoryError
@@ -43,7 +44,7 @@ __all__ = [  # the cluster types live in config/cluster.py; importers may name t
 ]
 
 _TOP_KEYS = {"defaults", "nodes", "hosts", "known_hosts", "host_key_policy", "ssh_config",
-             *SCHEDULER_KEYS}
+             "fault_tolerance", *SCHEDULER_KEYS}
 _NODE_KEYS = {
     "host",
     "name",
@@ -110,6 +111,7 @@ def parse_inventory(text: str, path: Path | str = "<inventory>", digest: str = "
     entries = _node_entries(src, doc)
     nodes = tuple(_parse_node(src, f"nodes[{i}]", defaults, e) for i, e in enumerate(entries))
     _reject_duplicates(src, nodes)
+    _reject_duplicate_ips(src, nodes)
     return Inventory(
         path=Path(src),
         nodes=nodes,
@@ -119,6 +121,7 @@ def parse_inventory(text: str, path: Path | str = "<inventory>", digest: str = "
             src, "host_key_policy", doc.get("host_key_policy", "strict"), HostKeyPolicy
         ),
         ssh_config=fields.path_or_none(src, "ssh_config", doc.get("ssh_config")),
+        fault_tolerance=parse_fault_tolerance(src, doc.get("fault_tolerance")),
         scheduler=parse_scheduler(src, doc),
     )
 
@@ -192,6 +195,18 @@ def _reject_unknown(src: str, key: str, mapping: dict[Any, Any], allowed: set[st
             where = f"{key}.{shown}" if key else shown
             hint = ", ".join(sorted(allowed))
             raise InventoryError(src, where, f"unknown key (allowed: {hint})")
+
+
+def _reject_duplicate_ips(src: str, nodes: tuple[Node, ...]) -> None:
+    """HCCL needs a distinct IP per device, within a node and across nodes."""
+    seen: dict[str, str] = {}
+    for i, n in enumerate(nodes):
+        for dev, ip in sorted((n.device_ips or {}).items()):
+            where = f"nodes[{i}].device_ips.{dev}"
+            if ip in seen:
+                raise InventoryError(src, where, f"duplicate device IP {ip!r} (same as "
+                                                 f"{seen[ip]}); HCCL needs one IP per device")
+            seen[ip] = where
 
 
 def _reject_duplicates(src: str, nodes: tuple[Node, ...]) -> None:

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 
 from orchestrator.config.inventory import is_valid_ipv4
 from orchestrator.errors import RankTableError
+from orchestrator.untrusted import MAX_LINE, lines, to_int
 
 HCCN_CONF = "/etc/hccn.conf"
 
-_IPADDR = re.compile(r"^\s*ipaddr\s*:\s*(\S+)\s*$", re.IGNORECASE)
-_ADDRESS = re.compile(r"^address_(\d+)\s*=\s*(\S*)\s*$")
-_KEY_VALUE = re.compile(r"^\s*([A-Za-z][A-Za-z ()_-]*?)\s*:\s*(.*?)\s*$")
+_IPADDR = re.compile(r"ipaddr\s*:\s*(\S+)", re.IGNORECASE)
+_ADDRESS = re.compile(r"address_([0-9]{1,6})\s*=\s*(\S*)")
+_KEY = re.compile(r"[A-Za-z][A-Za-z ()_-]{0,63}")  # a `Key : value` line's key
 
 
 # --- pure parsers ------------------------------------------------------------------------------
@@ -32,8 +33,8 @@ def parse_hccn_ip(text: str) -> str | None:
     Tolerates CRLF, spaces around the colon, other lines (netmask, ipv6addr) in any order.
     An `ipaddr` line whose value is not an IPv4 address counts as no address.
     """
-    for line in text.splitlines():
-        m = _IPADDR.match(line)
+    for line in lines(text):
+        m = _IPADDR.fullmatch(line.strip())
         if m:
             value = m.group(1)
             return value if is_valid_ipv4(value) else None
@@ -53,8 +54,8 @@ def parse_hccn_conf(text: str) -> dict[int, str]:
     """
     out: dict[int, str] = {}
     for lineno, raw in enumerate(text.splitlines(), start=1):
-        line = raw.split("#", 1)[0].strip()
-        m = _ADDRESS.match(line)
+        line = raw[:MAX_LINE].split("#", 1)[0].strip()
+        m = _ADDRESS.fullmatch(line)
         if not m:
             continue
         dev, ip = int(m.group(1)), m.group(2)
@@ -66,12 +67,16 @@ def parse_hccn_conf(text: str) -> dict[int, str]:
 
 
 def _fields(text: str) -> dict[str, str]:
-    """`Key : value` lines -> {lowercased key: value} (first occurrence wins)."""
+    """`Key : value` lines -> {lowercased key: value} (first occurrence wins).
+
+    Linear in the output (a split, never a backtracking regex over the line): a node's 1 MB
+    line costs one pass, not hours."""
     out: dict[str, str] = {}
-    for line in text.splitlines():
-        m = _KEY_VALUE.match(line)
-        if m:
-            out.setdefault(m.group(1).strip().lower(), m.group(2))
+    for line in lines(text):
+        key, colon, value = line.partition(":")
+        key = key.strip()
+        if colon and _KEY.fullmatch(key):
+            out.setdefault(key.lower(), value.strip())
     return out
 
 
@@ -88,7 +93,7 @@ def parse_spod_info(text: str) -> SpodInfo | None:
     """Parse spod-info output (`SDID : 16777216`, `Super Pod ID : 0`, ...); None if no SDID."""
     fields = _fields(text)
     sdid = fields.get("sdid", "")
-    if not sdid.isdigit():
+    if to_int(sdid) is None:
         return None
     return SpodInfo(super_device_id=sdid, super_pod_id=fields.get("super pod id") or None,
                     server_index=fields.get("server index") or None)
@@ -101,12 +106,12 @@ def parse_npu_mapping(text: str) -> dict[int, tuple[int, int]]:
     MCU) or whose NPU id is negative (unavailable) are skipped, as is the header.
     """
     out: dict[int, tuple[int, int]] = {}
-    for line in text.splitlines():
+    for line in lines(text):
         parts = line.split()
-        if len(parts) < 3 or not all(re.fullmatch(r"-?\d+", p) for p in parts[:2]):
+        if len(parts) < 3 or not all(to_int(p, signed=True) is not None for p in parts[:2]):
             continue
         npu, chip, logic = parts[0], parts[1], parts[2]
-        if not logic.isdigit() or int(npu) < 0:
+        if to_int(logic) is None or int(npu) < 0:
             continue
         out[int(logic)] = (int(npu), int(chip))
     return out

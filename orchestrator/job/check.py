@@ -25,6 +25,7 @@ from orchestrator.job.check_cluster import (
 from orchestrator.job.render import shell_path
 from orchestrator.remote.group import NodeGroup, node_address
 from orchestrator.remote.transport import Transport
+from orchestrator.untrusted import to_int
 
 MIN_FREE_BYTES = 1 << 30  # 1 GiB in the workdir
 MAX_SKEW_S = 10.0
@@ -94,7 +95,7 @@ def _evaluate(node: Node, out: dict[str, str], t0: float, t1: float, device_targ
     items.append(Item("mindspore", bool(ms), ms or "not importable",
                       f"pip install mindspore with {node.python} on {node.name}"))
     disk = out.get("disk_kb", "")
-    free = int(disk) * 1024 if disk.isdigit() else -1
+    free = (to_int(disk) or 0) * 1024 if to_int(disk) is not None else -1
     items.append(Item("disk", free >= MIN_FREE_BYTES,
                       f"{free / 2**30:.1f} GiB free" if free >= 0 else "unknown",
                       f"free space in {node.workdir} (need >= {MIN_FREE_BYTES >> 30} GiB)"))
@@ -106,7 +107,7 @@ def _evaluate(node: Node, out: dict[str, str], t0: float, t1: float, device_targ
         items.append(Item("clock", False, "unknown", "`date` failed on the node"))
     if device_target == "Ascend":
         npu = out.get("npu", "")
-        have = int(npu) if npu.isdigit() else 0
+        have = to_int(npu) or 0
         need = max(node.devices) + 1 if node.devices else 0
         items.append(Item("devices", have >= need, f"{have} NPUs (need {need})",
                           "check `npu-smi info` and the driver, or `devices:` in the inventory"))

@@ -18,6 +18,7 @@ from orchestrator.job.state import JobRecord, NodeRecord
 from orchestrator.remote.files import LOG_MODE
 from orchestrator.remote.group import GroupResult, NodeGroup
 from orchestrator.remote.transport import Transport
+from orchestrator.untrusted import scrub, to_int
 
 
 @dataclass(frozen=True)
@@ -79,10 +80,14 @@ def _parse_chunks(text: str, marker: str) -> dict[str, tuple[int, str]]:
     size, buf = 0, []  # type: tuple[int, list[str]]
     for line in text.splitlines(keepends=True):
         if line.startswith(marker + " "):
+            fields = line.split()
+            if len(fields) != 3:  # not our marker line (a node may print anything)
+                buf.append(line)
+                continue
             if slot is not None:
                 out[slot] = (size, "".join(buf))
-            _, slot, size_text = line.split()
-            size, buf = int(size_text) if size_text.isdigit() else 0, []
+            _, slot, size_text = fields
+            size, buf = to_int(size_text) or 0, []
         else:
             buf.append(line)
     if slot is not None:
@@ -127,7 +132,7 @@ def tail_logs(record: JobRecord, group: NodeGroup, sel: Selection, tail: int = 2
                     text = keep
                 new_offsets[name][s] = size
                 for line in text.splitlines():
-                    yield f"[{name}/{s}] {line}"
+                    yield f"[{name}/{s}] {scrub(line)}"
         offsets = new_offsets
         if not follow:
             return

@@ -16,6 +16,7 @@ from orchestrator.job.nodes import POLL_TIMEOUT, NodeReport, SlotReport, derive_
 from orchestrator.job.render import SCHED_SLOT
 from orchestrator.job.state import JobRecord, JobStatus, JobStore
 from orchestrator.remote.group import NodeGroup
+from orchestrator.untrusted import scrub, to_int
 
 Reports = Mapping[str, "NodeReport | BaseException"]
 
@@ -66,7 +67,7 @@ def refresh(record: JobRecord, group: NodeGroup, store: JobStore,
 
 
 def _slot_json(s: SlotReport) -> dict[str, Any]:
-    return {"rank": int(s.slot) if s.slot.isdigit() else s.slot, "state": s.state,
+    return {"rank": to_int(s.slot) if to_int(s.slot) is not None else s.slot, "state": s.state,
             "exit_code": s.exit_code, "pid": s.pid,
             "step": int(s.metrics["step"]) if "step" in s.metrics else None,
             "loss": s.metrics.get("loss"), "lr": s.metrics.get("lr"),
@@ -104,19 +105,22 @@ def _fmt(v: float | None, spec: str) -> str:
 def status_table(record: JobRecord, reports: Reports) -> Any:
     """A rich Table: one row per node (ranks alive/total, step, loss, tokens/s, exits)."""
     from rich.table import Table
+    from rich.text import Text
 
     title = (f"job {record.job_id}  {record.status.value}  "
              f"({record.mode}, {record.world_size} ranks)")
     if record.message:
         title += f"\n{record.message}"
-    table = Table(title=title, title_justify="left")
+    # node strings (messages, errors, slot names) are text, never rich markup
+    table = Table(title=Text(scrub(title)), title_justify="left")
     for col in ("node", "ranks", "alive", "step", "loss", "tokens/s", "exited"):
         table.add_column(col, justify="right" if col not in ("node", "exited") else "left")
     for n in record.nodes:
         r = reports.get(n.name)
         ranks = f"{n.rank_start}-{n.rank_end - 1}"
         if not isinstance(r, NodeReport):
-            table.add_row(n.name, ranks, "?", "-", "-", "-", f"unreachable: {str(r)[:60]}")
+            table.add_row(n.name, ranks, "?", "-", "-", "-",
+                          Text(scrub(f"unreachable: {str(r)[:60]}")))
             continue
         workers = [s for s in r.slots if s.slot != "sched"]
         alive = sum(s.state == "running" for s in workers)
@@ -129,5 +133,5 @@ def status_table(record: JobRecord, reports: Reports) -> Any:
                       _fmt(max(steps) if steps else None, ".0f"),
                       _fmt(sum(losses) / len(losses) if losses else None, ".4f"),
                       _fmt(sum(tps) if tps else None, ".1f"),
-                      exited or ("-" if r.staged else "not staged"))
+                      Text(scrub(exited)) if exited else ("-" if r.staged else "not staged"))
     return table

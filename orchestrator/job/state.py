@@ -31,7 +31,7 @@ from orchestrator.job.failure import Failure
 
 RECORD_VERSION = 1
 _ID_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"  # no 0/o, 1/l/i: readable aloud
-_JOB_ID = re.compile(r"^[a-z0-9][a-z0-9.-]{0,40}$")
+_JOB_ID = re.compile(r"^[a-z0-9][a-z0-9.-]{0,40}\Z")
 
 
 class JobStatus(enum.Enum):

@@ -47,7 +47,9 @@ if TYPE_CHECKING:
 CHUNK = 1 << 20
 LOG_MODE = 0o644  # logs and plog archives fetched from nodes
 CKPT_MODE = 0o444  # checkpoints and strategy files fetched from nodes
-UPLOAD_UMASK = "umask 077"  # every upload is 0600 from its first byte until its final chmod
+# every upload is 0600 from its first byte until its final chmod, and its (random) temp name
+# is created with O_EXCL (noclobber): a name planted on the node, symlink or not, is never opened
+UPLOAD_UMASK = "umask 077; set -C"
 
 
 def local_mode(mode: int) -> int:

@@ -51,7 +51,7 @@ def put(t: SSHTransport, local: Path, remote: PurePosixPath, mode: int | None) -
         with open(local, "rb") as src:
             sent = _openssh_send(t, f"{files.UPLOAD_UMASK}; cat > {rtmp}", src)
         if not sent:  # SFTP keeps the mode of the file it truncates: create it 0600 first
-            t.run(f"{files.UPLOAD_UMASK}; : > {rtmp}", check=True)
+            t.run(f"rm -f -- {rtmp}; {files.UPLOAD_UMASK}; : > {rtmp}", check=True)
             t.sftp_client().put(str(local), files.sftp_path(tmp), confirm=True)
         res = t.run(files.put_verify_command(tmp, mode if mode is not None
                                              else st.st_mode & 0o7777), check=False)

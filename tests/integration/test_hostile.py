@@ -23,6 +23,7 @@ import yaml
 
 from orchestrator.ckpt import fetch as ckpt_fetch
 from orchestrator.ckpt import nodes as ckpt_nodes
+from orchestrator.ckpt.select import parse_listing
 from orchestrator.config.inventory import load_inventory
 from orchestrator.errors import CheckpointError, TransferError
 from orchestrator.remote.group import transport_for
@@ -153,3 +154,53 @@ def test_a_500mb_status_reply_is_capped(testhosts: TestHosts,
     assert "printed more than 16777216 bytes on stdout" in text, text[-2000:]
     assert "ORCHESTRATE_MAX_OUTPUT" in text
     assert peak_kib < 200 * 1024  # 16 MiB cap; ~1 GB before the cap
+
+
+def test_names_with_newlines_and_escape_sequences(testhosts: TestHosts) -> None:
+    inv = load_inventory(testhosts.inventory)
+    job = f"/tmp/hjob-{os.getpid()}"
+    rank0 = f"{job}/output/checkpoint/rank_0"
+    names = ["bloom_rank_0-5.ckpt\n", "bloom_rank_0-6.ckpt\nx", "\x1b]52;c;aGk=\x07.ckpt"]
+    make = f"import os; os.makedirs({rank0!r}); [open(os.path.join({rank0!r}, n), 'w').close() " \
+           f"for n in {names!r}]; print(len(os.listdir({rank0!r})))"
+    res = testhosts.ssh("th1", f"python3 -c {shlex.quote(make)}")
+    assert res.stdout.strip() == "3", res.stderr
+    try:
+        with transport_for(inv.nodes[1], inv) as t:
+            listing = parse_listing("th1", ckpt_nodes.list_job(t, PurePosixPath(job), [0]), [0])
+    finally:
+        testhosts.ssh("th1", f"rm -rf {job}")
+    assert listing.ckpts[0] == {}  # no name with a newline became a checkpoint
+    problems = " ".join(listing.problems[0])
+    assert "'bloom_rank_0-5.ckpt\\n'" in problems and "\\x1b]52" in problems
+    # what `orchestrate exec` shows of a node's escape sequence: replaced, never sent raw
+    out = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "exec", "-i", str(testhosts.inventory),
+         "--include", "th1", "--", "printf", "'\\033]52;c;aGk=\\007hi\\n'"],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+        env=dict(os.environ, PYTHONPATH=str(REPO)), stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "[th1] \ufffd]52;c;aGk=\ufffdhi\n" and "\x1b" not in out.stderr
+
+
+def test_a_symlinked_temp_name_is_never_written_through(testhosts: TestHosts,
+                                                        tmp_path: Path) -> None:
+    inv = load_inventory(testhosts.inventory)
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    dest = tmp_path / "ckpt"
+    (dest / "rank_0").mkdir(parents=True)
+    (dest / "rank_0" / "x.ckpt.part").symlink_to(victim)  # planted at the resume name
+    testhosts.ssh("th1", "head -c 1024 /dev/urandom > /tmp/x.ckpt")
+    item = ckpt_fetch.Item("th1", PurePosixPath("/tmp/x.ckpt"), PurePosixPath("rank_0/x.ckpt"),
+                           1024, None, "rank 0")
+    with transport_for(inv.nodes[1], inv) as t:
+        def opener(_node: str, path: PurePosixPath, offset: int):  # type: ignore[no-untyped-def]
+            return ckpt_nodes.open_stream(t, path, offset)
+
+        with pytest.raises(CheckpointError, match="symlink"):
+            ckpt_fetch.fetch_all(dest, [item], opener, jobs=1)
+        (dest / "rank_0" / "x.ckpt.part").unlink()
+        ckpt_fetch.fetch_all(dest, [item], opener, jobs=1)  # without the plant: fetched
+    assert victim.read_text() == "precious\n"
+    assert (dest / "rank_0" / "x.ckpt").stat().st_mode & 0o7777 == 0o444
