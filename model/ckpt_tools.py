@@ -300,14 +300,7 @@ def _stream_transform(src_map: Mapping[int, Path], strategy: Path, out: Path) ->
     """
     import numpy as np
 
-    from .ckpt_stream import (
-        CkptWriter,
-        UnsupportedCkpt,
-        iter_entries,
-        raw_dtype,
-        read_into,
-        scan,
-    )
+    from .ckpt_stream import CkptWriter, UnsupportedCkpt, iter_entries, raw_dtype, scan
 
     try:
         layouts = _layouts(strategy)
@@ -326,35 +319,14 @@ def _stream_transform(src_map: Mapping[int, Path], strategy: Path, out: Path) ->
                     if entry.name not in layouts:  # not sharded: one copy, as it is
                         writer.copy_records(handles[r], entry)
                         continue
-                    stage, dev, tmap = layouts[entry.name]
-                    if len(tmap) != len(entry.dims):
-                        return f"layout of {entry.name} does not match its shape"
-                    per_stage = int(np.prod(dev))
-                    split = [dev[len(dev) - 1 - k] if k >= 0 else 1 for k in tmap]
-                    full = tuple(d * n for d, n in zip(entry.dims, split, strict=True))
-                    holder: dict[tuple[int, ...], int] = {}
-                    for local in range(per_stage):  # device coordinates, last axis fastest
-                        coord = np.unravel_index(local, dev)
-                        idx = tuple(int(coord[len(dev) - 1 - k]) if k >= 0 else 0 for k in tmap)
-                        rank = stage * per_stage + local
-                        if rank in scans and idx not in holder:
-                            holder[idx] = rank
-                    if len(holder) != int(np.prod(split)):
-                        return f"the given ranks do not hold every slice of {entry.name}"
+                    found = _slice_holders(entry.name, entry.dims, layouts[entry.name], scans)
+                    if isinstance(found, str):
+                        return found
+                    full, holder = found
                     array = np.empty(full, dtype=raw_dtype(entry.dtype))
-                    for idx, rank in holder.items():
-                        part = scans[rank].get(entry.name)
-                        if part is None or part.dims != entry.dims or part.dtype != entry.dtype:
-                            return f"rank {rank} lacks {entry.name} or holds another shape"
-                        region = array[tuple(slice(i * d, (i + 1) * d)
-                                             for i, d in zip(idx, entry.dims, strict=True))]
-                        if region.flags.c_contiguous:
-                            read_into(handles[rank], part, region.data.cast("B"))
-                        else:
-                            piece = np.empty(entry.dims, dtype=array.dtype)
-                            read_into(handles[rank], part, piece.data.cast("B"))
-                            region[...] = piece
-                            del piece
+                    why = _read_slices(array, holder, entry, scans, handles)
+                    if why is not None:
+                        return why
                     writer.write(entry.name, full, entry.dtype, array)
                     del array
     finally:
@@ -362,6 +334,54 @@ def _stream_transform(src_map: Mapping[int, Path], strategy: Path, out: Path) ->
             fh.close()
     return None
 
+
+
+def _slice_holders(name: str, dims: Sequence[int], layout: tuple[int, Any, Any],
+                   ranks: Mapping[int, Any]) -> tuple[tuple[int, ...], dict[Any, int]] | str:
+    """(full shape, slice index -> a given rank holding that slice) of a sharded parameter
+    from its layout (stage, device matrix, tensor map), or why the ranks cannot give it."""
+    import numpy as np
+
+    stage, dev, tmap = layout
+    if len(tmap) != len(dims):
+        return f"layout of {name} does not match its shape"
+    per_stage = int(np.prod(dev))
+    split = [dev[len(dev) - 1 - k] if k >= 0 else 1 for k in tmap]
+    full = tuple(d * n for d, n in zip(dims, split, strict=True))
+    holder: dict[Any, int] = {}
+    for local in range(per_stage):  # device coordinates, last axis fastest
+        coord = np.unravel_index(local, dev)
+        idx = tuple(int(coord[len(dev) - 1 - k]) if k >= 0 else 0 for k in tmap)
+        rank = stage * per_stage + local
+        if rank in ranks and idx not in holder:
+            holder[idx] = rank
+    if len(holder) != int(np.prod(split)):
+        return f"the given ranks do not hold every slice of {name}"
+    return full, holder
+
+
+def _read_slices(array: Any, holder: Mapping[Any, int], entry: Any, scans: Mapping[int, Any],
+                 handles: Mapping[int, Any]) -> str | None:
+    """Read each slice from its rank's file into its region of `array` (straight into the
+    array when the region is contiguous); why not when a rank lacks it."""
+    import numpy as np
+
+    from .ckpt_stream import read_into
+
+    for idx, rank in holder.items():
+        part = scans[rank].get(entry.name)
+        if part is None or part.dims != entry.dims or part.dtype != entry.dtype:
+            return f"rank {rank} lacks {entry.name} or holds another shape"
+        region = array[tuple(slice(i * d, (i + 1) * d)
+                             for i, d in zip(idx, entry.dims, strict=True))]
+        if region.flags.c_contiguous:
+            read_into(handles[rank], part, region.data.cast("B"))
+        else:
+            piece = np.empty(entry.dims, dtype=array.dtype)
+            read_into(handles[rank], part, piece.data.cast("B"))
+            region[...] = piece
+            del piece
+    return None
 
 
 def compare_params(
