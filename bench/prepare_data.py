@@ -36,8 +36,8 @@ from orchestrate_bloom.data import (  # noqa: E402
     load_records,
     load_tokenizer_file,
     prepare,
-    prompt_of,
 )
+from orchestrate_bloom.prompts import prompt_of  # noqa: E402
 
 from tests.model.data_helpers import seed_records, tokenizer_file  # noqa: E402
 

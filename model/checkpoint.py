@@ -33,10 +33,11 @@ from pathlib import Path, PurePath
 from typing import Any, TypeVar
 
 from .fileio import atomic_target, sha256_file, write_atomic
+from .tool_io import tool_main
 
-CKPT_RE = re.compile(r"^bloom_rank_(\d+)-(\d+)\.ckpt$")
-MANIFEST_RE = re.compile(r"^bloom_rank_(\d+)-(\d+)\.json$")
-STRATEGY_RE = re.compile(r"^ckpt_strategy_rank_(\d+)\.ckpt$")
+CKPT_RE = re.compile(r"^bloom_rank_([0-9]{1,9})-([0-9]{1,9})\.ckpt\Z")
+MANIFEST_RE = re.compile(r"^bloom_rank_([0-9]{1,9})-([0-9]{1,9})\.json\Z")
+STRATEGY_RE = re.compile(r"^ckpt_strategy_rank_([0-9]{1,9})\.ckpt\Z")
 
 
 P = TypeVar("P", bound=PurePath)  # local Path, or a node's PurePosixPath (collect-ckpt)
@@ -107,6 +108,30 @@ def read_manifest(output_dir: Path, rank: int, step: int) -> dict[str, Any] | No
     except (OSError, ValueError):
         return None
     return doc if isinstance(doc, dict) else None
+
+
+RESUMED_ENV = "ORCHESTRATE_RESUMED_FILE"  # where launch.sh asks a rank to record its resume
+RESUMED_MAX_BYTES = 4096  # what a reader takes of a node's record
+
+
+def record_resumed(step: int, environ: Mapping[str, str] = os.environ) -> None:
+    """Record the step this attempt resumed from (0: none complete on every rank) where the
+    launcher asks: `$ORCHESTRATE_RESUMED_FILE`, the rank's folder of the job, which
+    `launch.sh start resume` clears for each attempt. Nothing when run by hand."""
+    path = environ.get(RESUMED_ENV)
+    if path:
+        write_json_atomic(Path(path), {"resumed_step": step})
+
+
+def parse_resumed(text: str) -> int | None:
+    """The step in a rank's resume record; None for anything else (a node is untrusted)."""
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return None
+    step = doc.get("resumed_step") if isinstance(doc, dict) else None
+    ok = isinstance(step, int) and not isinstance(step, bool) and step >= 0
+    return step if ok else None
 
 
 def is_complete(output_dir: Path, rank: int, step: int, layout: Mapping[str, Any]) -> bool:
@@ -202,17 +227,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ad.add_argument("--pair", type=_pair, action="append", default=[], metavar="NEW:SRC")
     args = parser.parse_args(argv)
     out = args.job_dir.expanduser() / "output"
-    try:
+
+    def run() -> dict[str, Any]:
         if args.cmd == "steps":
-            result: dict[str, Any] = {str(r): complete_steps(out, r, args.layout)
-                                      for r in args.rank}
-        else:
-            result = {"adopted": adopt(out, args.step, args.layout, args.old_layout, args.pair)}
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(json.dumps(result))
-    return 0
+            return {str(r): complete_steps(out, r, args.layout) for r in args.rank}
+        return {"adopted": adopt(out, args.step, args.layout, args.old_layout, args.pair)}
+
+    return tool_main(run, (OSError, ValueError))
 
 
 if __name__ == "__main__":

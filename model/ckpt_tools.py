@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .fileio import atomic_target, write_atomic
+from .tool_io import tool_main
 
 OPTIMIZER_PREFIXES = (
     "adam_m.",
@@ -93,7 +94,7 @@ def strategy_stage(path: Path, smap: Any) -> int:
     may claim a later stage. Without a rank in the name: the latest stage an operator claims.
     """
     claimed = max((i.parallel_strategys.stage for i in smap.parallel_strategy_item), default=0)
-    m = re.search(r"rank_(\d+)", path.name)
+    m = re.search(r"rank_([0-9]{1,9})", path.name)
     if m is None:
         return int(claimed)
     per_stage = math.prod(smap.parallel_layout_item[0].parallel_layouts.dev_matrix[0].dim)
@@ -137,7 +138,7 @@ def merge_strategies(src_dir: Path, out: Path) -> dict[str, Any]:
 
 
 def _rank_order(path: Path) -> tuple[int, str]:
-    m = re.search(r"rank_(\d+)", path.name)
+    m = re.search(r"rank_([0-9]{1,9})", path.name)
     return (int(m[1]) if m else -1, path.name)
 
 
@@ -277,7 +278,7 @@ def _layouts(strategy: Path) -> dict[str, tuple[int, tuple[int, ...], tuple[int,
     smap.ParseFromString(strategy.read_bytes())
     out = {}
     for item in smap.parallel_layout_item:
-        m = re.fullmatch(r"(\d+)-(.+)", item.param_name)  # merged files: "<stage>-<name>"
+        m = re.fullmatch(r"([0-9]{1,9})-(.+)", item.param_name)  # merged files: "<stage>-<name>"
         stage, name = (int(m[1]), m[2]) if m else (smap.current_stage, item.param_name)
         pl = item.parallel_layouts
         if (len(pl.dev_matrix) != 1 or len(pl.tensor_map) != 1 or pl.field
@@ -299,14 +300,7 @@ def _stream_transform(src_map: Mapping[int, Path], strategy: Path, out: Path) ->
     """
     import numpy as np
 
-    from .ckpt_stream import (
-        CkptWriter,
-        UnsupportedCkpt,
-        iter_entries,
-        raw_dtype,
-        read_into,
-        scan,
-    )
+    from .ckpt_stream import CkptWriter, UnsupportedCkpt, iter_entries, raw_dtype, scan
 
     try:
         layouts = _layouts(strategy)
@@ -325,35 +319,14 @@ def _stream_transform(src_map: Mapping[int, Path], strategy: Path, out: Path) ->
                     if entry.name not in layouts:  # not sharded: one copy, as it is
                         writer.copy_records(handles[r], entry)
                         continue
-                    stage, dev, tmap = layouts[entry.name]
-                    if len(tmap) != len(entry.dims):
-                        return f"layout of {entry.name} does not match its shape"
-                    per_stage = int(np.prod(dev))
-                    split = [dev[len(dev) - 1 - k] if k >= 0 else 1 for k in tmap]
-                    full = tuple(d * n for d, n in zip(entry.dims, split, strict=True))
-                    holder: dict[tuple[int, ...], int] = {}
-                    for local in range(per_stage):  # device coordinates, last axis fastest
-                        coord = np.unravel_index(local, dev)
-                        idx = tuple(int(coord[len(dev) - 1 - k]) if k >= 0 else 0 for k in tmap)
-                        rank = stage * per_stage + local
-                        if rank in scans and idx not in holder:
-                            holder[idx] = rank
-                    if len(holder) != int(np.prod(split)):
-                        return f"the given ranks do not hold every slice of {entry.name}"
+                    found = _slice_holders(entry.name, entry.dims, layouts[entry.name], scans)
+                    if isinstance(found, str):
+                        return found
+                    full, holder = found
                     array = np.empty(full, dtype=raw_dtype(entry.dtype))
-                    for idx, rank in holder.items():
-                        part = scans[rank].get(entry.name)
-                        if part is None or part.dims != entry.dims or part.dtype != entry.dtype:
-                            return f"rank {rank} lacks {entry.name} or holds another shape"
-                        region = array[tuple(slice(i * d, (i + 1) * d)
-                                             for i, d in zip(idx, entry.dims, strict=True))]
-                        if region.flags.c_contiguous:
-                            read_into(handles[rank], part, region.data.cast("B"))
-                        else:
-                            piece = np.empty(entry.dims, dtype=array.dtype)
-                            read_into(handles[rank], part, piece.data.cast("B"))
-                            region[...] = piece
-                            del piece
+                    why = _read_slices(array, holder, entry, scans, handles)
+                    if why is not None:
+                        return why
                     writer.write(entry.name, full, entry.dtype, array)
                     del array
     finally:
@@ -361,6 +334,54 @@ def _stream_transform(src_map: Mapping[int, Path], strategy: Path, out: Path) ->
             fh.close()
     return None
 
+
+
+def _slice_holders(name: str, dims: Sequence[int], layout: tuple[int, Any, Any],
+                   ranks: Mapping[int, Any]) -> tuple[tuple[int, ...], dict[Any, int]] | str:
+    """(full shape, slice index -> a given rank holding that slice) of a sharded parameter
+    from its layout (stage, device matrix, tensor map), or why the ranks cannot give it."""
+    import numpy as np
+
+    stage, dev, tmap = layout
+    if len(tmap) != len(dims):
+        return f"layout of {name} does not match its shape"
+    per_stage = int(np.prod(dev))
+    split = [dev[len(dev) - 1 - k] if k >= 0 else 1 for k in tmap]
+    full = tuple(d * n for d, n in zip(dims, split, strict=True))
+    holder: dict[Any, int] = {}
+    for local in range(per_stage):  # device coordinates, last axis fastest
+        coord = np.unravel_index(local, dev)
+        idx = tuple(int(coord[len(dev) - 1 - k]) if k >= 0 else 0 for k in tmap)
+        rank = stage * per_stage + local
+        if rank in ranks and idx not in holder:
+            holder[idx] = rank
+    if len(holder) != int(np.prod(split)):
+        return f"the given ranks do not hold every slice of {name}"
+    return full, holder
+
+
+def _read_slices(array: Any, holder: Mapping[Any, int], entry: Any, scans: Mapping[int, Any],
+                 handles: Mapping[int, Any]) -> str | None:
+    """Read each slice from its rank's file into its region of `array` (straight into the
+    array when the region is contiguous); why not when a rank lacks it."""
+    import numpy as np
+
+    from .ckpt_stream import read_into
+
+    for idx, rank in holder.items():
+        part = scans[rank].get(entry.name)
+        if part is None or part.dims != entry.dims or part.dtype != entry.dtype:
+            return f"rank {rank} lacks {entry.name} or holds another shape"
+        region = array[tuple(slice(i * d, (i + 1) * d)
+                             for i, d in zip(idx, entry.dims, strict=True))]
+        if region.flags.c_contiguous:
+            read_into(handles[rank], part, region.data.cast("B"))
+        else:
+            piece = np.empty(entry.dims, dtype=array.dtype)
+            read_into(handles[rank], part, piece.data.cast("B"))
+            region[...] = piece
+            del piece
+    return None
 
 
 def compare_params(
@@ -498,29 +519,27 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _run(args: argparse.Namespace) -> dict[str, Any]:
+    """One subcommand's result."""
+    if args.cmd == "merge-strategies":
+        return merge_strategies(args.src, args.out)
+    if args.cmd == "needed-ranks":
+        return needed_ranks(args.strategy, args.dst_strategy, None if args.all_dst else 0)
+    if args.cmd == "strip":
+        if len(args.src) != len(args.out):
+            raise ToolError(f"{len(args.src)} --src but {len(args.out)} --out")
+        pairs = zip(args.src, args.out, strict=True)
+        runs = [strip(s, o, args.keep_optimizer) for s, o in pairs]
+        return {"results": runs, "peak_rss": peak_rss_bytes()}
+    if args.cmd == "transform":
+        src_map = {int(k): Path(v) for k, v in json.loads(args.src_map).items()}
+        return transform(src_map, args.strategy, args.out, args.dst_strategy, args.rank)
+    return check(args.ckpt, _config(args.preset, args.model_json))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        if args.cmd == "merge-strategies":
-            result = merge_strategies(args.src, args.out)
-        elif args.cmd == "needed-ranks":
-            result = needed_ranks(args.strategy, args.dst_strategy, None if args.all_dst else 0)
-        elif args.cmd == "strip":
-            if len(args.src) != len(args.out):
-                raise ToolError(f"{len(args.src)} --src but {len(args.out)} --out")
-            pairs = zip(args.src, args.out, strict=True)
-            runs = [strip(s, o, args.keep_optimizer) for s, o in pairs]
-            result = {"results": runs, "peak_rss": peak_rss_bytes()}
-        elif args.cmd == "transform":
-            src_map = {int(k): Path(v) for k, v in json.loads(args.src_map).items()}
-            result = transform(src_map, args.strategy, args.out, args.dst_strategy, args.rank)
-        else:
-            result = check(args.ckpt, _config(args.preset, args.model_json))
-    except (ToolError, OSError, ValueError, RuntimeError, TypeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(result))
-    return 0
+    return tool_main(lambda: _run(args), (ToolError, OSError, ValueError, RuntimeError, TypeError))
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ Prepare (what `orchestrate prepare-data` runs in a subprocess):
 
 Each record becomes the Alpaca prompt (the with-input variant only when `input` is non-empty)
 followed by the response and eos, tokenized, truncated to seq_length + 1 tokens and padded with
-eos. Columns: `input_ids` int32[seq_length + 1], plus `loss_mask` int32[seq_length + 1] (1 on
-response tokens and the first eos) with `--mask-prompt`. Output files:
+eos (the template, prompts.py, is recorded as `template` in summary.json). Columns:
+`input_ids` int32[seq_length + 1], plus `loss_mask` int32[seq_length + 1] (1 on response
+tokens and the first eos) with `--mask-prompt`. Output files:
 `DIR/alpaca.mindrecord[0..K-1]` (+ `.db`), and `DIR/summary.json`. Malformed input stops before
 anything is written; a failure while writing leaves DIR as it was.
 
@@ -23,7 +24,6 @@ import argparse
 import json
 import os
 import shutil
-import string
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -35,27 +35,15 @@ from typing import Any
 import numpy as np
 
 from .data_key import DEFAULT_TOKENIZER
+from .data_read import FILE_STEM, DataError
 from .pretokens import Key, PretokenCache, is_plain_byte_level
+from .prompts import prompt_of
+from .template_ids import TemplateIds, _plain_edges, template_ids
 
-PROMPT_WITH_INPUT = (
-    "Below is an instruction that describes a task, paired with an input that provides further "
-    "context. Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
-)
-PROMPT_NO_INPUT = (
-    "Below is an instruction that describes a task. "
-    "Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Response:\n"
-)
-FILE_STEM = "alpaca.mindrecord"
 SUMMARY_FILE = "summary.json"
 ENCODE_CHUNK = 4096  # records per batch: fewer, larger writes (with the pre-token cache the
 # tokenizer no longer prefers 1024; measured 5.2-5.3 s CPU vs 5.6-5.8 s for 52,002 records)
 TEMPLATE_PROBE = 64  # records encoded both whole and field-wise before trusting field-wise
-
-
-class DataError(ValueError):
-    """Input data or arguments are malformed; the message names the file/record and the value."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +58,7 @@ class Summary:
     shards: int
     mask_prompt: bool
     files: list[str]
+    template: str = "alpaca"  # the prompt template of every record (prompts.py)
 
 
 # --- reading and validating -------------------------------------------------------------------
@@ -126,13 +115,6 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def prompt_of(rec: dict[str, str]) -> str:
-    """The Alpaca prompt for one record (with-input variant only when `input` is non-empty)."""
-    if rec.get("input", ""):
-        return PROMPT_WITH_INPUT.format(instruction=rec["instruction"], input=rec["input"])
-    return PROMPT_NO_INPUT.format(instruction=rec["instruction"])
-
-
 # --- tokenizing -------------------------------------------------------------------------------
 
 def load_tokenizer_file(path: Path | None) -> Any:
@@ -156,117 +138,6 @@ def eos_id_of(tokenizer: Any) -> int:
             return int(tid)
     raise DataError("tokenizer has no eos token (looked for '</s>', '<eos>', '<|endoftext|>')")
 
-
-@dataclass(frozen=True)
-class TemplateIds:
-    """Token ids of the constant text around the fields of the two prompt templates.
-
-    With a tokenizer whose pre-tokenizer always splits at the boundary between a template's
-    constant text and a field (see `template_ids`), encoding the fields alone and joining them
-    with these ids gives exactly the ids of encoding the whole prompt, at ~70% of the work.
-    """
-
-    head_input: list[int]  # PROMPT_WITH_INPUT before {instruction}
-    mid_input: list[int]  # between {instruction} and {input}
-    tail_input: list[int]  # after {input}
-    head_plain: list[int]  # PROMPT_NO_INPUT before {instruction}
-    tail_plain: list[int]  # after {instruction}
-
-
-def _literals(template: str) -> list[str]:
-    """The constant pieces of a `str.format` template around its fields, in order."""
-    return [literal for literal, _, _, _ in string.Formatter().parse(template)] + (
-        [""] if template.endswith("}") else [])
-
-
-def _splits_at_field_edges(tokenizer: Any) -> bool:
-    """Whether this tokenizer provably pre-tokenizes a template the same in pieces as whole.
-
-    True only for the configuration we can reason about (`pretokens.is_plain_byte_level`: no
-    normalizer, no truncation or padding, a single ByteLevel pre-tokenizer with the GPT-2 regex
-    and no prefix space, no BPE dropout, added tokens without whitespace that strip nothing)
-    and template pieces that end/start as described next. That regex never
-    joins whitespace with a following or preceding non-whitespace character except a plain
-    space before a word, and has no look-behind, so a boundary between a template piece ending
-    in one non-space whitespace character (or starting with whitespace) and a field that starts
-    and ends with a non-whitespace character is a pre-token boundary in the whole prompt too.
-    """
-    if not is_plain_byte_level(tokenizer):
-        return False
-    heads = [_literals(PROMPT_WITH_INPUT)[:-1], _literals(PROMPT_NO_INPUT)[:-1]]
-    tails = [_literals(PROMPT_WITH_INPUT)[1:], _literals(PROMPT_NO_INPUT)[1:]]
-    for piece in (p for ps in heads for p in ps):  # pieces followed by a field
-        if len(piece) < 2 or piece[-1] == " " or not piece[-1].isspace() or piece[-2].isspace():
-            return False
-    return all(piece[:1].isspace() for ps in tails for piece in ps)
-
-
-def _plain_edges(field: str) -> bool:
-    """A field that starts and ends with a printable, non-whitespace character."""
-    return bool(field) and all(ch.isprintable() and not ch.isspace()
-                               for ch in (field[0], field[-1]))
-
-
-def template_ids(tokenizer: Any,
-                 probe: Sequence[dict[str, str]] = ()) -> TemplateIds | None:
-    """The template's constant ids if field-wise encoding is exact for `tokenizer`, else None.
-
-    `probe` records are also encoded both ways and must agree (a cheap guard on top of the
-    configuration check in `_splits_at_field_edges`).
-    """
-    if not _splits_at_field_edges(tokenizer):
-        return None
-    pieces = _literals(PROMPT_WITH_INPUT) + _literals(PROMPT_NO_INPUT)
-    ids = [e.ids for e in tokenizer.encode_batch(pieces, add_special_tokens=False)]
-    tids = TemplateIds(head_input=ids[0], mid_input=ids[1], tail_input=ids[2],
-                       head_plain=ids[3], tail_plain=ids[4])
-    if probe:
-        whole = tokenizer.encode_batch([prompt_of(r) for r in probe], add_special_tokens=False)
-        texts, plan = _prompt_plan(probe, tids)
-        pieced = _assemble(plan, [e.ids for e in tokenizer.encode_batch(
-            texts, add_special_tokens=False)], tids)
-        if [e.ids for e in whole] != pieced:
-            return None
-    return tids
-
-
-def _prompt_plan(records: Sequence[dict[str, str]], tids: TemplateIds | None
-                 ) -> tuple[list[str], list[tuple[int, int]]]:
-    """The texts to encode for the prompts, and per record (kind, index of its first text).
-
-    Kind 1: instruction and input encoded alone; 2: instruction alone (no input); 0: the whole
-    prompt (no `tids`, or a field whose edges could join with the template text).
-    """
-    texts: list[str] = []
-    plan: list[tuple[int, int]] = []
-    for r in records:
-        instruction, inp = r["instruction"], r.get("input", "")
-        plan.append((0, len(texts)))
-        if tids is None or not _plain_edges(instruction) or (inp and not _plain_edges(inp)):
-            texts.append(prompt_of(r))
-        elif inp:
-            plan[-1] = (1, len(texts))
-            texts += (instruction, inp)
-        else:
-            plan[-1] = (2, len(texts))
-            texts.append(instruction)
-    return texts, plan
-
-
-def _assemble(plan: Sequence[tuple[int, int]], enc: Sequence[list[int]],
-              tids: TemplateIds | None) -> list[list[int]]:
-    """Each record's prompt ids from the encoded texts of `_prompt_plan`."""
-    if tids is None:
-        return list(enc)
-    out: list[list[int]] = []
-    for kind, i in plan:
-        if kind == 1:
-            out.append(tids.head_input + enc[i] + tids.mid_input + enc[i + 1] + tids.tail_input)
-        elif kind == 2:
-            out.append(tids.head_plain + enc[i] + tids.tail_plain)
-        else:
-            out.append(enc[i])
-    return out
 
 
 def record_encoder(tokenizer: Any, probe: Sequence[dict[str, str]] = ()
@@ -432,65 +303,6 @@ def _write(records: Sequence[dict[str, str]], directory: Path, seq_length: int, 
 
 
 # --- reading back -----------------------------------------------------------------------------
-
-def data_files(path: Path) -> list[str]:
-    """The MindRecord files of a prepared directory (or a single file), in shard order.
-
-    Raises:
-        DataError: nothing to read there.
-    """
-    if path.is_file():
-        return [str(path)]
-    files = sorted((p for p in path.glob(FILE_STEM + "*") if p.suffix != ".db"),
-                   key=lambda p: (len(p.name), p.name))
-    if not files:
-        raise DataError(f"{path}: no {FILE_STEM}* files (run `orchestrate prepare-data`)")
-    return [str(p) for p in files]
-
-
-def create_dataset(path: Path, batch_size: int, num_shards: int = 1, shard_id: int = 0,
-                   skip_samples: int = 0, columns: Sequence[str] = ("input_ids",)) -> Any:
-    """An endless, deterministic, per-rank batched MindDataset.
-
-    Rank `shard_id` of `num_shards` reads samples shard_id, shard_id + num_shards, ... (MindDataset
-    sharding, shuffle off), so DP ranks' batches at step t together form the single-process
-    batch t. `skip_samples` resumes the stream where a previous run stopped.
-    """
-    import mindspore.dataset as ds
-
-    files = data_files(path)
-    dataset = ds.MindDataset(files, columns_list=list(columns), shuffle=False,
-                             num_shards=num_shards if num_shards > 1 else None,
-                             shard_id=shard_id if num_shards > 1 else None)
-    dataset = dataset.repeat()
-    if skip_samples:
-        dataset = dataset.skip(skip_samples)
-    return dataset.batch(batch_size, drop_remainder=True)
-
-
-def sample_length(path: Path) -> int:
-    """Token ids per sample (seq_length + 1) of the prepared data at `path`."""
-    from mindspore.mindrecord import FileReader
-
-    reader = FileReader(data_files(path)[0], columns=["input_ids"])
-    try:
-        for row in reader.get_next():
-            return int(row["input_ids"].shape[0])
-    finally:
-        reader.close()
-    raise DataError(f"{path}: no samples")
-
-
-def has_column(path: Path, column: str) -> bool:
-    """Whether the prepared data at `path` has `column` (e.g. `loss_mask`)."""
-    from mindspore.mindrecord import FileReader
-
-    reader = FileReader(data_files(path)[0])
-    try:
-        return column in reader.schema()
-    finally:
-        reader.close()
-
 
 # --- command line -----------------------------------------------------------------------------
 

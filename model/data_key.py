@@ -23,8 +23,8 @@ from .fileio import sha256_file
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_TOKENIZER = HERE / "assets" / "tokenizer.json"
-PREPARE_CODE = ("data.py", "pretokens.py", "data_key.py")
-"""Modules of this package whose source decides the prepared bytes (templates live in data.py)."""
+PREPARE_CODE = ("data.py", "pretokens.py", "data_key.py", "prompts.py", "template_ids.py")
+"""Modules of this package whose source decides the prepared bytes (templates: prompts.py)."""
 KEY_FORMAT = 1  # bump when the meaning of the fields below changes
 
 

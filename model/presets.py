@@ -13,6 +13,7 @@ the CLI accepts the trainer accepts.
 from __future__ import annotations
 
 import difflib
+import reprlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,66 @@ def preset_file(preset: str | Path) -> Path:
     return path
 
 
+MAX_ALIASES = 64  # per YAML file; a MindFormers run config uses a handful
+
+
+class _FlatAliasLoader(yaml.SafeLoader):
+    """yaml.SafeLoader whose aliases cannot multiply: an alias may not point at a node that
+    itself holds an alias, and a file has at most MAX_ALIASES of them; `allow_aliases=False`
+    refuses every alias (`--set` values). Nested aliases expand exponentially: a 309-byte
+    `--set` value once built a 58 MB error message."""
+
+    allow_aliases = True
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            name = str(event.anchor)[:40]
+            self.alias_count = getattr(self, "alias_count", 0) + 1
+            target = self.anchors.get(event.anchor)
+            why = ("are not allowed here" if not self.allow_aliases
+                   else f"are limited to {MAX_ALIASES} per file"
+                   if self.alias_count > MAX_ALIASES
+                   else "may not point at a node holding aliases"
+                   if target is not None and self._holds_alias(target) else "")
+            if why:
+                raise yaml.composer.ComposerError(None, None, f"YAML aliases (*{name}) {why}",
+                                                  event.start_mark)
+        return super().compose_node(parent, index)
+
+    def _holds_alias(self, node: Any) -> bool:
+        anchored = {id(n) for n in self.anchors.values()}
+        todo = [node]
+        while todo:
+            n = todo.pop()
+            kids = [v for pair in n.value for v in pair] if isinstance(n, yaml.MappingNode) \
+                else list(n.value) if isinstance(n, yaml.SequenceNode) else []
+            if any(id(k) in anchored for k in kids):
+                return True
+            todo.extend(kids)
+        return False
+
+
+class _NoAliasLoader(_FlatAliasLoader):
+    allow_aliases = False
+
+
+def load_yaml(text: str, *, aliases: bool = True) -> Any:
+    """yaml.safe_load with aliases that cannot multiply (none at all with aliases=False)."""
+    loader = _FlatAliasLoader if aliases else _NoAliasLoader
+    return yaml.load(text, Loader=loader)  # noqa: S506 - SafeLoader subclasses
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """A bounded repr for error messages (never walks more than a few items of a value)."""
+    text = _REPR.repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} chars)"
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxother, _REPR.maxlevel = 10_000, 200, 3
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     """A YAML file that holds a mapping at top level.
 
@@ -65,7 +126,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
         SettingsError: unreadable file, syntax error, or not a mapping.
     """
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = load_yaml(path.read_text())
     except OSError as e:
         raise SettingsError(f"{path}: cannot read: {e.strerror}") from None
     except yaml.YAMLError as e:
@@ -116,13 +177,16 @@ def merge_mindformers(merged: Sections, doc: Mapping[str, Any], src: str,
 def apply_override(merged: Sections, item: str) -> None:
     """Apply one `--set section.key=value` (aliases allowed; the value is read as YAML)."""
     if "=" not in item:
-        raise SettingsError(f"--set {item!r}: expected section.key=value")
+        raise SettingsError(f"--set {_short(item)}: expected section.key=value")
     dotted, raw = item.split("=", 1)
+    src = f"--set {_short(item)}"
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw, aliases=False) if raw.strip() else ""
+    except yaml.composer.ComposerError as e:  # an alias: refused, not read as a string
+        raise SettingsError(f"{src}: {e.problem}") from None
     except yaml.YAMLError:
         value = raw
-    set_value(merged, dotted.strip(), value, f"--set {item!r}")
+    set_value(merged, dotted.strip(), value, src)
 
 
 def set_value(merged: Sections, dotted: str, value: Any, src: str) -> None:
@@ -130,7 +194,7 @@ def set_value(merged: Sections, dotted: str, value: Any, src: str) -> None:
     dotted = KEY_ALIASES.get(dotted, dotted)
     section, _, key = dotted.partition(".")
     if section not in merged or key not in merged[section]:
-        raise SettingsError(f"{src}: unknown key {dotted!r}{_suggest(dotted, merged)}")
+        raise SettingsError(f"{src}: unknown key {_short(dotted)}{_suggest(dotted, merged)}")
     merged[section][key] = coerce(dotted, merged[section][key], value, src)
 
 
@@ -161,7 +225,7 @@ def coerce(dotted: str, default: Any, value: Any, src: str) -> Any:
         if not ok and isinstance(value, (int, float)) and not isinstance(value, bool):
             value, ok = str(value), True
     if not ok:
-        raise SettingsError(f"{src}: {dotted}: expected {kind.__name__}, got {value!r}")
+        raise SettingsError(f"{src}: {dotted}: expected {kind.__name__}, got {_short(value)}")
     return value
 
 

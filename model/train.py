@@ -31,7 +31,9 @@ stage; the loss whose averaged gradient was applied), not rank 0's own;
 checkpoints `output/checkpoint/rank_<r>/bloom_rank_<r>-<step>.ckpt` + `.json` manifest every
 train.save_steps and at the end (the last train.keep_checkpoints kept); on the semi-auto
 parallel path the strategy file `output/strategy/ckpt_strategy_rank_<r>.ckpt`. `--resume`
-continues from the newest step complete on every rank (same data position, same LR schedule).
+continues from the newest step complete on every rank (same data position, same LR schedule)
+and records that step as `{"resumed_step": N}` in `$ORCHESTRATE_RESUMED_FILE` when set (launch.sh
+sets it; the control plane reads it: checkpoint.record_resumed / parse_resumed).
 Graceful stop (`orchestrate down --save`): after every step each rank checks for
 `<folder of JOB.yaml>/stop_request.json` holding {"GracefulExit": 1} (graceful.py, MindSpore's
 OnRequestExit semantics); the flag is all-reduced, so every rank logs, saves that step (its
@@ -54,9 +56,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import checkpoint as ck
-from . import graceful, mindformers_ckpt
+from . import cpu_share, graceful, mindformers_ckpt
 from .convert import ConvertError
-from .data import DataError, create_dataset, has_column, sample_length
+from .data_read import DataError, create_dataset, has_column, sample_length
 from .job import Job, load_job
 from .presets import SettingsError
 from .schedule import lr_schedule
@@ -295,11 +297,13 @@ def _start_from(job: Job, dist: Dist, resume: bool, found: int | None, model: An
     if resume:
         if found is None:
             note("--resume: no checkpoint complete on every rank; starting from step 0")
+            ck.record_resumed(0)
             return 0
         params = ms.load_checkpoint(str(ck.ckpt_path(out, dist.rank, found)))
         params.pop("learning_rate", None)  # the schedule comes from this run's job file
         ms.load_param_into_net(step_cell, params)
         note(f"resumed from step {found} ({ck.ckpt_path(out, dist.rank, found)})")
+        ck.record_resumed(found)
         return found
     if t["mode"] == "finetune":
         if t["load_checkpoint"]:
@@ -328,7 +332,8 @@ def _manifest_meta(job: Job, layout: Layout, dist: Dist) -> dict[str, Any]:
             "layout": layout.manifest(), "world_size": dist.world,
             "micro_batch_size": layout.micro_batch_size,
             "micro_batch_num": layout.micro_batch_num, "model": dict(job.model),
-            "device_target": job.train["device_target"]}
+            "device_target": job.train["device_target"],
+            "template": str(job.data["template"])}
 
 
 def _columns(use_mask: bool) -> tuple[str, ...]:
@@ -371,9 +376,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         job = load_job(args.job, args.overrides)
         check_job(job)
+        share = cpu_share.apply_from_env()  # pin + size pools before MindSpore starts threads
         import mindspore as ms
 
         ms.set_context(mode=ms.GRAPH_MODE, device_target=job.train["device_target"])
+        cpu_share.apply_to_mindspore(ms, share)
         if os.environ.get("RANK_TABLE_FILE") and os.environ.get("DEVICE_ID"):
             ms.set_context(device_id=int(os.environ["DEVICE_ID"]))
         if os.environ.get("MS_ROLE") in ("MS_SCHED", "MS_PSERVER"):

@@ -63,23 +63,14 @@ def run_model(module: str, args: Sequence[str], *, python: str = sys.executable,
               capture_stdout: bool = True, timeout: float | None = None,
               ) -> subprocess.CompletedProcess[str]:
     """Run `python -m orchestrate_bloom.<module> ARGS` here as a child and wait: the one local
-    subprocess helper (stderr always captured, for failure_reason; stdout unless told not to).
+    subprocess helper (stderr always captured, for tool_io.failure_reason; stdout unless told
+    not to).
     An exception while waiting (KeyboardInterrupt, timeout) kills the child first."""
     return subprocess.run(model_command(module, args, python),
                           env=child_env(env, quiet_mindspore=quiet_mindspore),
                           stdout=subprocess.PIPE if capture_stdout else None,
                           stderr=subprocess.PIPE, text=True, errors="replace", timeout=timeout,
                           check=False)
-
-
-def failure_reason(stderr: str, returncode: int) -> str:
-    """Why a model child failed: its last `error: ...` line (the entry points' contract), else
-    its last stderr line, else its exit code."""
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    errors = [line.removeprefix("error:").strip() for line in lines if line.startswith("error:")]
-    if errors:
-        return errors[-1]
-    return lines[-1] if lines else f"exit {returncode}"
 
 
 def node_model_line(python: str, code_dir: str, module: str, args: Sequence[str]) -> str:

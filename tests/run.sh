@@ -12,6 +12,11 @@ command -v ssh-keygen >/dev/null 2>&1 || missing+=(openssh-client)
 { command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ]; } || missing+=(iproute2)
 command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
 command -v ps >/dev/null 2>&1 || missing+=(procps)
+# the Slurm test cluster (tests/slurmhosts.sh): munge, slurmctld, slurmd, the Slurm client
+[ -x /usr/sbin/slurmctld ] || command -v slurmctld >/dev/null 2>&1 || missing+=(slurmctld)
+[ -x /usr/sbin/slurmd ] || command -v slurmd >/dev/null 2>&1 || missing+=(slurmd)
+[ -x /usr/sbin/munged ] || command -v munged >/dev/null 2>&1 || missing+=(munge)
+command -v sbatch >/dev/null 2>&1 || missing+=(slurm-client)
 if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") \
     >/dev/null

@@ -108,7 +108,7 @@ def choose_verified_step(
         if step is not None:
             raise CheckpointError(f"step {chosen} is corrupt on the nodes:\n  " + "\n  ".join(bad))
         for p in bad:
-            say(f"[yellow]skipping step {chosen}[/]: {p}")
+            say(f"skipping step {chosen}: {p}")
         listings[:] = [_drop_step(lst, chosen) for lst in listings]
 
 
@@ -206,6 +206,40 @@ def _collect(
     say(f"step {chosen}: complete and verified on all {len(ckpts)} ranks; layout {layout}")
 
     t1 = time.monotonic()
+    strategy, dst_ranks, plan, outcomes = _gather(group, listings, ckpts, layout, dest, opts,
+                                                  say, progress)
+    seconds["gather"] = time.monotonic() - t1
+
+    t2 = time.monotonic()
+    local = {c.rank: dest / c.local_rel for c in plan.fetch}
+    local.update({r: local[src] for r, src in plan.copies.items()})
+    name = f"bloom_{Path(preset).stem if preset else 'unknown'}_step{chosen}"
+    job = ckpt_output.JobInfo(job_id, chosen, preset, model_json, layout,
+                              ckpts[min(ckpts)].template)
+    if opts.dst_strategy is None:
+        merged, peak = ckpt_output.to_one_device(dest, name, local, strategy, opts.keep_optimizer)
+    else:
+        merged, peak = ckpt_output.to_strategy(dest, name, local, strategy, opts.dst_strategy,
+                                               dst_ranks, opts.keep_optimizer, opts.processes)
+    seconds["merge"] = time.monotonic() - t2
+    if opts.check and opts.dst_strategy is None:
+        t3 = time.monotonic()
+        ckpt_merge.check(merged, preset, model_json)
+        seconds["check"] = time.monotonic() - t3
+    manifest = ckpt_output.write_manifest(
+        merged, job, sorted(local), opts.keep_optimizer, opts.dst_strategy
+    )
+    return Collected(chosen, preset, layout, merged, manifest, sorted(local),
+                     sum(o.fetched for o in outcomes), plan.saved_bytes, seconds, peak)
+
+
+def _gather(group: NodeGroup, listings: Sequence[ckpt.NodeListing],
+            ckpts: dict[int, ckpt.RankCkpt], layout: ckpt.Layout, dest: Path, opts: Options,
+            say: Say, progress: Callable[[int], Any] | None,
+            ) -> tuple[Path | None, list[int], ckpt.FetchPlan, list[ckpt_fetch.Outcome]]:
+    """Strategy files (merged unless pure data parallel), then one replica of every needed
+    shard, free space checked first: (merged strategy or None, destination ranks, the fetch
+    plan, the fetch outcomes)."""
     strategy: Path | None = None
     needed: list[int] | None = None
     strategies = gather_strategies(group, listings, dest, required=not layout.pure_dp)
@@ -239,46 +273,7 @@ def _collect(
     for o in outcomes:
         if o.action != "fetched":
             say(f"{o.item.label}: {o.action}")
-    seconds["gather"] = time.monotonic() - t1
-
-    t2 = time.monotonic()
-    local = {c.rank: dest / c.local_rel for c in plan.fetch}
-    local.update({r: local[src] for r, src in plan.copies.items()})
-    name = f"bloom_{Path(preset).stem if preset else 'unknown'}_step{chosen}"
-    job = ckpt_output.JobInfo(job_id, chosen, preset, model_json, layout)
-    if opts.dst_strategy is None:
-        merged, peak = ckpt_output.to_one_device(dest, name, local, strategy, opts.keep_optimizer)
-    else:
-        merged, peak = ckpt_output.to_strategy(
-            dest,
-            name,
-            local,
-            strategy,
-            opts.dst_strategy,
-            dst_ranks,
-            opts.keep_optimizer,
-            opts.processes,
-        )
-    seconds["merge"] = time.monotonic() - t2
-    if opts.check and opts.dst_strategy is None:
-        t3 = time.monotonic()
-        ckpt_merge.check(merged, preset, model_json)
-        seconds["check"] = time.monotonic() - t3
-    manifest = ckpt_output.write_manifest(
-        merged, job, sorted(local), opts.keep_optimizer, opts.dst_strategy
-    )
-    return Collected(
-        chosen,
-        preset,
-        layout,
-        merged,
-        manifest,
-        sorted(local),
-        sum(o.fetched for o in outcomes),
-        plan.saved_bytes,
-        seconds,
-        peak,
-    )
+    return strategy, dst_ranks, plan, outcomes
 
 
 def _n(b: int) -> str:

@@ -217,7 +217,12 @@ def _stream(
     stream stops there with a CheckpointError and nothing past the manifest size is written.
     """
     n, limit = 0, it.size - offset
-    with opener(it.node, it.remote, offset) as src, open(part, "ab") as out:  # type: ignore[attr-defined]
+    # O_NOFOLLOW: a symlink planted at the `.part` name is refused, never written through
+    try:
+        fd = os.open(part, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as e:
+        raise CheckpointError(f"[{it.node}] {it.label}: cannot write {part}: {e.strerror}") from e
+    with os.fdopen(fd, "ab") as out, opener(it.node, it.remote, offset) as src:  # type: ignore[attr-defined]
         while True:
             if stop.is_set():
                 raise CheckpointError(f"[{it.node}] {it.label}: stopped, {part} kept to resume")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrate_bloom.fileio import write_atomic
+from orchestrate_bloom.tool_io import ToolFailure, read_result
 
 from orchestrator import bundle
 from orchestrator.errors import CheckpointError
@@ -25,14 +26,10 @@ def run_tool(args: Sequence[str], python: str = sys.executable) -> dict[str, Any
         CheckpointError: the tool failed; its `error:` line is the message.
     """
     proc = bundle.run_model("ckpt_tools", args, python=python)
-    if proc.returncode != 0:
-        reason = bundle.failure_reason(proc.stderr, proc.returncode)
-        raise CheckpointError(f"ckpt_tools {args[0]} failed: {reason}")
     try:
-        result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    except (IndexError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"ckpt_tools {args[0]} printed no JSON result") from exc
-    return result
+        return read_result(proc.stdout, proc.stderr, proc.returncode)
+    except ToolFailure as exc:
+        raise CheckpointError(f"ckpt_tools {args[0]} failed: {exc}") from None
 
 
 def merge_strategies(src_dir: Path, out: Path) -> Path:

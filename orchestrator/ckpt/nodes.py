@@ -25,6 +25,7 @@ from typing import IO, Any
 from orchestrator.config.inventory import Connection
 from orchestrator.errors import CheckpointError, ConnectError, RemoteError
 from orchestrator.remote.transport import Transport
+from orchestrator.untrusted import loads_json
 
 LIST_TIMEOUT_S = 120.0
 
@@ -81,7 +82,7 @@ def _run_script(t: Transport, args: Sequence[str], timeout: float) -> Any:
         tail = res.stderr.strip().splitlines()[-1:] or [f"exit {res.exit_code}"]
         raise RemoteError(node.name, f"listing checkpoints failed: {tail[0]}")
     try:
-        return json.loads(res.stdout)
+        return loads_json(res.stdout)
     except json.JSONDecodeError as exc:
         raise RemoteError(node.name, f"listing printed no JSON: {res.stdout[:200]!r}") from exc
 

@@ -13,7 +13,6 @@ The MindSpore work runs in `python -m orchestrate_bloom.ckpt_tools` children (ck
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from orchestrate_bloom.fileio import sha256_file
+from orchestrate_bloom.fileio import sha256_file, write_atomic
 
 from orchestrator.ckpt import merge as ckpt_merge
 from orchestrator.ckpt.select import Layout
@@ -37,6 +36,7 @@ class JobInfo:
     preset: str | None
     model_json: str | None  # the manifests' model section
     layout: Layout
+    template: str = ""  # prompt template of the training data: infer --job applies it
 
 
 def _strip_all(
@@ -114,20 +114,22 @@ def write_manifest(
     keep_optimizer: bool,
     dst_strategy: Path | None,
 ) -> Path:
-    """<merged>.json (+ <merged>.yaml with the model section) beside the output."""
+    """<merged>.json (+ <merged>.yaml with the model section and data.template, a preset file
+    `infer --config` reads) beside the output."""
     files = sorted(merged.rglob("*.ckpt")) if merged.is_dir() else [merged]
     base = merged if merged.is_dir() else merged.parent
     arch = merged.with_suffix(".yaml") if not merged.is_dir() else merged / "model.yaml"
     if job.model_json is not None:
-        tmp = arch.with_name(f".{arch.name}.tmp")
-        tmp.write_text(yaml.safe_dump({"model": json.loads(job.model_json)}, sort_keys=True))
-        os.replace(tmp, arch)
+        doc = {"model": json.loads(job.model_json), "data": {"template": job.template}}
+        write_atomic(arch, yaml.safe_dump(doc, sort_keys=True),
+                     fsync=False)  # O_EXCL random temp name, never a fixed one
     manifest = merged.with_suffix(".json") if not merged.is_dir() else merged / "manifest.json"
     ckpt_merge.write_manifest(
         manifest,
         {
             "preset": job.preset,
             "model": json.loads(job.model_json) if job.model_json else None,
+            "template": job.template,
             "step": job.step,
             "job_id": job.job_id,
             "files": [

@@ -25,8 +25,9 @@ from typing import Any
 from orchestrate_bloom import checkpoint as ck
 
 from orchestrator.errors import CheckpointError
+from orchestrator.untrusted import loads_json
 
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class RankCkpt:
     layout: Layout
     preset: str | None
     model: str | None = None  # the manifest's model section as JSON (architecture)
+    template: str = ""  # the prompt template the data was made with (model/prompts.py)
 
     @property
     def local_rel(self) -> PurePosixPath:
@@ -87,6 +89,9 @@ class NodeListing:
     strategies: Mapping[int, Strategy]  # rank -> strategy file
 
 
+MAX_PARALLEL = 1 << 16  # a node's manifest claiming more ranks than this is not believed
+
+
 def _layout(doc: Mapping[str, Any]) -> Layout:
     raw = doc.get("parallel") or doc.get("layout") or {}
     if not isinstance(raw, Mapping):
@@ -94,7 +99,7 @@ def _layout(doc: Mapping[str, Any]) -> Layout:
 
     def pick(*keys: str) -> int:
         for k in keys:
-            if isinstance(raw.get(k), int) and raw[k] >= 1:
+            if type(raw.get(k)) is int and 1 <= raw[k] <= MAX_PARALLEL:
                 return int(raw[k])
         return 1
 
@@ -116,7 +121,7 @@ def _preset(doc: Mapping[str, Any]) -> str | None:
 def parse_manifest(text: str, where: str, rank: int, step: int) -> tuple[str, int, Any]:
     """(sha256, size, doc) from a manifest's text; CheckpointError naming `where` and key."""
     try:
-        doc = json.loads(text)
+        doc = loads_json(text)
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{where}: not JSON ({exc.msg} at line {exc.lineno})") from exc
     if not isinstance(doc, dict):
@@ -137,8 +142,17 @@ def parse_listing(node: str, raw: Mapping[str, Any], ranks: Iterable[int]) -> No
     """Turn a node's raw listing (ckpt_nodes.LIST_SCRIPT output) into checked records.
 
     Unsafe names (not matching the patterns), symlinks and non-regular files are reported as
-    problems of the rank and never become candidates.
+    problems of the rank and never become candidates. A listing of the wrong shape (a node
+    decides what it prints) is one CheckpointError naming the node.
     """
+    try:
+        return _parse_listing(node, raw, ranks)
+    except (AttributeError, TypeError, ValueError) as e:
+        raise CheckpointError(f"[{node}] malformed checkpoint listing: "
+                              f"{type(e).__name__}: {str(e)[:120]}") from None
+
+
+def _parse_listing(node: str, raw: Mapping[str, Any], ranks: Iterable[int]) -> NodeListing:
     job_dir = PurePosixPath(str(raw.get("job_dir", "")))
     if not job_dir.is_absolute():
         raise CheckpointError(f"[{node}] listing has no absolute job_dir: {job_dir}")
@@ -198,8 +212,10 @@ def _rank_ckpts(
             continue
         model = doc.get("model")
         model_json = json.dumps(model, sort_keys=True) if isinstance(model, dict) else None
+        template = doc.get("template")
         found[step] = RankCkpt(
-            node, rank, step, folder / name, size, sha, _layout(doc), _preset(doc), model_json
+            node, rank, step, folder / name, size, sha, _layout(doc), _preset(doc), model_json,
+            template if isinstance(template, str) else "",
         )
     return found, bad
 

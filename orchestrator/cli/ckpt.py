@@ -99,8 +99,65 @@ def collect_ckpt_command(
              --dst-strategy uses MindSpore's transform: the needed shards + the
              result, ~3x the output size, x --processes. The summary prints
              the measured peak.
+    \f
+    Over 60 lines only by this help text and the options; the work is _job_targets,
+    _download_bar and ckpt.collect.collect.
     """
     from rich.console import Console
+    from rich.text import Text
+
+    from orchestrator.ckpt.collect import Options, collect
+    from orchestrator.ckpt.output import record_collected
+    from orchestrator.job.state import JobStore
+    from orchestrator.remote.group import NodeGroup
+    from orchestrator.untrusted import scrub
+
+    store = JobStore(state_dir)
+    job_id, inv, targets, preset = _job_targets(store, job_id, inventory_path, preset)
+    console = Console(stderr=True)
+    bar, progress = _download_bar(console)
+    with NodeGroup(inv, [inv.node(t.name) for t in targets]) as group, _stopping(bar):
+        res = collect(
+            group,
+            job_id,
+            output if output is not None else Path("ckpt") / job_id,
+            Options(step, preset, keep_optimizer, dst_strategy, processes, not no_check, forks),
+            say=lambda m: console.print(Text(scrub(m))),  # node text: no markup
+            progress=progress,
+            targets=targets,
+        )
+    times = ", ".join(f"{k} {v:.1f} s" for k, v in res.seconds.items())
+    console.print(
+        f"step {res.step}, preset {res.preset}: ranks {res.fetched_ranks} gathered "
+        f"({res.downloaded / 2**20:.1f} MiB downloaded, {res.saved_bytes / 2**20:.1f} MiB saved "
+        f"by DP dedupe); {times}; peak host memory {res.peak_rss / 2**20:.0f} MiB"
+    )
+    if dst_strategy is None and res.merged is not None:
+        record_collected(state_dir, job_id, res.step, res.merged)
+    click.echo(f"merged checkpoint: {res.merged}")
+
+
+def _job_targets(store: Any, job_id: str | None, inventory_path: Path | None,
+                 preset: str | None) -> tuple[str, Any, list[Any], str | None]:
+    """(job id, inventory, nodes to collect from, preset): from the job's record, else (a JOB
+    with -i but no record) the inventory's nodes in rank order."""
+    from orchestrator.ckpt.collect import targets_from_inventory
+    from orchestrator.config.inventory import load_inventory
+    from orchestrator.errors import JobError
+
+    try:
+        record = store.load(store.resolve(job_id))
+    except JobError:
+        if job_id is None or inventory_path is None:
+            raise
+        inv = load_inventory(inventory_path)
+        return job_id, inv, list(targets_from_inventory(inv, job_id)), preset
+    inv = load_inventory(inventory_path or Path(record.inventory_path))
+    return record.job_id, inv, list(record.nodes), preset or record.preset
+
+
+def _download_bar(console: Any) -> tuple[Any, Any]:
+    """A rich progress bar for the downloads and the `progress(total)` hook collect calls."""
     from rich.progress import (
         BarColumn,
         DownloadColumn,
@@ -109,30 +166,6 @@ def collect_ckpt_command(
         TransferSpeedColumn,
     )
 
-    from orchestrator.ckpt.collect import Options, collect, targets_from_inventory
-    from orchestrator.ckpt.output import record_collected
-    from orchestrator.config.inventory import load_inventory
-    from orchestrator.errors import JobError
-    from orchestrator.job.state import JobStore
-
-    store = JobStore(state_dir)
-    record = None
-    try:
-        record = store.load(store.resolve(job_id))
-    except JobError:
-        if job_id is None or inventory_path is None:
-            raise
-    if record is not None:
-        job_id = record.job_id
-        inv = load_inventory(inventory_path or Path(record.inventory_path))
-        targets = list(record.nodes)
-        preset = preset or record.preset
-    else:
-        assert job_id is not None and inventory_path is not None
-        inv = load_inventory(inventory_path)
-        targets = targets_from_inventory(inv, job_id)
-
-    console = Console(stderr=True)
     bar = Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -148,27 +181,7 @@ def collect_ckpt_command(
         bar.start()
         return lambda n: bar.advance(task, n)
 
-    from orchestrator.remote.group import NodeGroup
-
-    with NodeGroup(inv, [inv.node(t.name) for t in targets]) as group, _stopping(bar):
-        res = collect(
-            group,
-            job_id,
-            output if output is not None else Path("ckpt") / job_id,
-            Options(step, preset, keep_optimizer, dst_strategy, processes, not no_check, forks),
-            say=console.print,
-            progress=progress,
-            targets=targets,
-        )
-    times = ", ".join(f"{k} {v:.1f} s" for k, v in res.seconds.items())
-    console.print(
-        f"step {res.step}, preset {res.preset}: ranks {res.fetched_ranks} gathered "
-        f"({res.downloaded / 2**20:.1f} MiB downloaded, {res.saved_bytes / 2**20:.1f} MiB saved "
-        f"by DP dedupe); {times}; peak host memory {res.peak_rss / 2**20:.0f} MiB"
-    )
-    if dst_strategy is None and res.merged is not None:
-        record_collected(state_dir, job_id, res.step, res.merged)
-    click.echo(f"merged checkpoint: {res.merged}")
+    return bar, progress
 
 
 @contextmanager

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from orchestrate_bloom.tool_io import failure_reason
 
 from orchestrator import bundle
 from orchestrator.cli import options as flags
@@ -90,7 +91,7 @@ def _run(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
         stderr = proc.stderr.read()
     if proc.returncode == 0 and summary is not None:
         return summary
-    raise ModelError(f"prepare-data: {bundle.failure_reason(stderr, proc.returncode)}")
+    raise ModelError(f"prepare-data: {failure_reason(stderr, proc.returncode)}")
 
 
 COMMANDS = (prepare_data_command,)

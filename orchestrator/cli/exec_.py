@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import click
 
 from orchestrator.cli import options as flags
+from orchestrator.untrusted import scrub
 
 if TYPE_CHECKING:
     from orchestrator.remote.transport import CommandResult, Transport
@@ -64,7 +65,7 @@ def prefixed(name: str, text: str) -> str:
     """Every line of `text` as `[name] line` (a missing final newline is added)."""
     if not text:
         return ""
-    return "".join(f"[{name}] {line}\n" for line in text.splitlines())
+    return "".join(f"[{name}] {scrub(line)}\n" for line in text.splitlines())
 
 
 def grouped(outcomes: list[NodeOutcome]) -> str:
@@ -187,7 +188,7 @@ def exec_command(
             sys.stdout.flush()
             sys.stderr.write(prefixed(name, o.stderr))
             if o.error:
-                sys.stderr.write(f"[{name}] ERROR: {o.error}\n")
+                sys.stderr.write(f"[{name}] ERROR: {scrub(o.error)}\n")
             sys.stderr.flush()
 
     with NodeGroup(inv, nodes, forks=forks, connect_timeout=connect_timeout) as nodegroup:
@@ -196,6 +197,13 @@ def exec_command(
         to_outcome(name, hosts[name], value, seconds.get(name, 0.0))
         for name, value in result.outcomes.items()
     ]
+    if _report(line, outcomes, as_json, group):
+        ctx.exit(1)
+
+
+def _report(line: str, outcomes: list[NodeOutcome], as_json: bool, group: bool) -> bool:
+    """The end of `exec`: JSON on stdout, or (grouped output and) the summary on stderr;
+    whether any node failed."""
     failed = [o.name for o in outcomes if not o.ok]
     if as_json:
         click.echo(
@@ -206,10 +214,9 @@ def exec_command(
         )
     else:
         if group:
-            click.echo(grouped(outcomes), nl=False)
-        click.echo(summary_table(outcomes), nl=False, err=True)
-    if failed:
-        ctx.exit(1)
+            click.echo(scrub(grouped(outcomes)), nl=False)  # node text: no terminal escapes
+        click.echo(scrub(summary_table(outcomes)), nl=False, err=True)
+    return bool(failed)
 
 
 COMMANDS = (exec_command,)

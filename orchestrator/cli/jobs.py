@@ -37,6 +37,9 @@ from orchestrator.cli.k8s import K8sArgs, k8s_options
 def _print_check(report: Any) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
+
+    from orchestrator.untrusted import scrub
 
     table = Table(title="orchestrate check", title_justify="left")
     table.add_column("node")
@@ -48,11 +51,12 @@ def _print_check(report: Any) -> None:
         for c in report.columns:
             i = items.get(c)
             color = "green" if i is not None and i.ok else "red"
-            cells.append("" if i is None else f"[{color}]{i.value}[/]")
+            # a node's reply (versions, paths) is text, never markup
+            cells.append(Text("" if i is None else scrub(str(i.value)), style=color))
         table.add_row(n.node, *cells)
     Console().print(table)
     for node, item in report.failures:
-        click.echo(f"[{node}] {item.name}: {item.value} -> {item.fix}", err=True)
+        click.echo(scrub(f"[{node}] {item.name}: {item.value} -> {item.fix}"), err=True)
 
 
 def _run_check(group: Any, spec: Any, mode: str, sched_port: int | None) -> Any:
@@ -78,7 +82,8 @@ def _rechecker(group: Any, spec: Any, mode: str, sched_port: int | None, skip: b
 
 
 mode_option = click.option("--mode", type=click.Choice(["ranktable", "msrun"]), default=None,
-                           help="Launch mode (default: ranktable for Ascend, msrun otherwise).")
+                           help="Launch mode [default: msrun, MindSpore's dynamic cluster, on "
+                                "every target; ranktable with --rank-table].")
 sched_port_option = click.option("--sched-port", type=click.IntRange(1, 65535), default=None,
                                  help="msrun: scheduler port on the first node in rank order "
                                       "(default for up: 20000-29999, derived from the job id; "
@@ -130,6 +135,12 @@ def check_command(inventory_path: Path, preset: str | None, overrides: tuple[str
 @click.option("--dry-run", is_flag=True,
               help="Render every node's files locally, print where and what would run; "
                    "touch no node.")
+@click.option("--rank-table", "rank_table_path", type=click.Path(path_type=Path), default=None,
+              help="A rank table from the platform (v1.0, v1.2 or ModelArts' v0 "
+                   "jobstart_hccl.json): ranktable mode with it. Servers are matched to nodes "
+                   "by server_id; MindSpore gets it as v1.0/1.2 in server_id order.")
+@click.option("--rank-table-timeout", type=click.FloatRange(0), default=600, show_default=True,
+              help="Seconds to wait while the --rank-table file is missing or \"initializing\".")
 @sched_port_option
 @click.option("--cluster-timeout", type=click.IntRange(1), default=7200, show_default=True,
               help="msrun: seconds the dynamic cluster waits for all ranks (MS_TOPO_TIMEOUT).")
@@ -144,14 +155,14 @@ def check_command(inventory_path: Path, preset: str | None, overrides: tuple[str
 @flags.state_dir_option()
 @flags.forks_option()
 @click.option("-v", "--verbose", is_flag=True,
-              help="Print seconds per phase (startup, plan, check, data, render, connect, "
-                   "stage, start) once the job runs.")
+              help="Print seconds per phase (startup, plan, connect, check, data, render, "
+                   "stage, start, guard) once the job runs.")
 def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mode: str | None,
-               wait: bool, no_check: bool, dry_run: bool, sched_port: int | None,
-               cluster_timeout: int,
+               wait: bool, no_check: bool, dry_run: bool, rank_table_path: Path | None,
+               rank_table_timeout: float, sched_port: int | None, cluster_timeout: int,
                stop_grace: int, entrypoint: str | None, max_restarts: int,
                exclude_after: int, restart_codes: str | None, stall_timeout: float | None,
-               node_lost_timeout: float, no_guard: bool, backend: str, emit: Path | None,
+               node_lost_timeout: float, no_guard: bool, backend: str | None, emit: Path | None,
                image: str | None, volume: str | None, namespace: str, queue: str,
                ring_controller: str, kubeconfig: Path | None, state_dir: Path,
                forks: int, verbose: bool) -> None:
@@ -179,6 +190,12 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
       orchestrate up -i inventories/local.yaml -c tiny --wait
 
     \b
+    On a Slurm cluster (inventory `backend: slurm`, or --backend slurm): staged over SSH as
+    above, then one sbatch job (one srun task per node running its launch.sh); status shows
+    the Slurm state (PENDING with its reason), down cancels it (docs/slurm.md):
+      orchestrate up -i /tmp/slurmhosts/inventory.yaml -c tiny --wait
+
+    \b
     Kubernetes (--backend k8s): one pod per inventory node, the same plan and launch scripts;
     manifests validated against the shipped CRD schemas, then written or applied:
       orchestrate up --backend k8s --emit out/ -i inventories/12node.yaml -c 65b \\
@@ -189,6 +206,8 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
     clock = PhaseClock.start()
     from orchestrator.errors import JobError
 
+    inv = flags.load_selected(inventory_path)
+    backend = backend or inv.scheduler.backend
     k8s = K8sArgs(emit=emit, image=image, volume=volume, namespace=namespace, queue=queue,
                   ring_controller=ring_controller, kubeconfig=kubeconfig)
     if backend != "k8s" and k8s.given():
@@ -201,8 +220,12 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
         from orchestrator.job.lifecycle import UpOptions, create_job, dry_run_summary, launch
         from orchestrator.job.render import default_mode
 
-        inv = flags.load_selected(inventory_path)
         spec = load_job_spec(preset, overrides)
+        from orchestrator.job.dataset import template_override
+
+        recorded = template_override(spec)
+        if recorded is not None:  # the data's prompt template, recorded with the job
+            spec = load_job_spec(preset, (*overrides, recorded))
     for note in spec.notes:  # a MindFormers run config's keys that are not honoured
         click.echo(f"note: {note}", err=True)
     if entrypoint is None and not spec.value("data.path") and any(
@@ -211,9 +234,19 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
                        "Pass --set data.path=alpaca.json (prepared to MindRecord here and "
                        "staged) or a MindRecord folder (`orchestrate prepare-data`; a local "
                        "folder is staged, a path that exists only on the nodes is used as is)")
+    table = None
+    if rank_table_path is not None:
+        if mode == "msrun":
+            raise click.UsageError("--rank-table is ranktable mode; drop --mode msrun")
+        mode = "ranktable"
+        table = _platform_table(rank_table_path, rank_table_timeout, inv)
     mode = mode or default_mode(str(spec.value("train.device_target")))
+    from orchestrator.config.faulttol import fault_env
+
+    fault_env(inv.fault_tolerance, "", mode, str(inventory_path))  # refused before anything
     opts = UpOptions(mode=mode, sched_port=sched_port, cluster_timeout=cluster_timeout,
-                     entrypoint=entrypoint, stop_grace=stop_grace)
+                     entrypoint=entrypoint, stop_grace=stop_grace, backend=backend,
+                     rank_table=table)
     if backend == "k8s":
         from orchestrator.cli.k8s import up_k8s
 
@@ -236,7 +269,9 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
     # One connection per node for the whole command; the SSH handshakes run in the
     # background while the job id is reserved. The nodes are checked before any local work
     # that may take long (preparing a dataset).
-    with NodeGroup(inv, inv.in_rank_order(), forks=forks) as group:
+    with phase("connect"):  # importing the SSH stack, starting the handshakes
+        nodes = NodeGroup(inv, inv.in_rank_order(), forks=forks)
+    with nodes as group:
         job_id = reserve_job_id(store, spec.preset)
         port = sched_port or sched_port_for(job_id)
         if not no_check:
@@ -257,6 +292,9 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
             sys.exit(130)
         click.echo(f"job {record.job_id} running. Follow it with `orchestrate status --watch "
                    f"{record.job_id}`, stop it with `orchestrate down {record.job_id}`.")
+        if not wait and not no_guard:
+            with phase("guard"):
+                start_guard(store, record)
         if verbose:
             for line in clock.lines():
                 click.echo(line)
@@ -264,8 +302,19 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
             watch_job(record, group, store, policy,
                       _rechecker(group, spec, mode, record.sched_port, no_check),
                       guard_on_detach=not no_guard)
-        elif not no_guard:
-            start_guard(store, record)
+
+
+def _platform_table(path: Path, timeout: float, inv: Any) -> str:
+    """The platform's table as MindSpore gets it, once ready and matched to the inventory."""
+    from orchestrator.hccl.platform import check_against_inventory, wait_for_table
+    from orchestrator.remote.group import node_address
+
+    found = wait_for_table(path, timeout, lambda line: click.echo(line, err=True))
+    check_against_inventory(found.table, inv, lambda n: node_address(n, inv))
+    click.echo(f"rank table {path}: {found.layout} layout, {len(found.table.servers)} servers, "
+               f"{found.table.world_size} ranks"
+               + ("; ranks renumbered in server_id order" if found.reordered else ""))
+    return found.table.dumps()
 
 
 @click.command("resume")

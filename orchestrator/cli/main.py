@@ -13,6 +13,7 @@ import click
 
 from orchestrator.cli import ckpt, data, exec_, inventory_cmd, jobs, model, plan, ranktable
 from orchestrator.errors import OrchestrateError
+from orchestrator.untrusted import scrub
 
 
 class OrchestrateGroup(click.Group):
@@ -22,7 +23,8 @@ class OrchestrateGroup(click.Group):
         try:
             return super().invoke(ctx)
         except OrchestrateError as e:
-            raise click.ClickException(str(e)) from e
+            # messages may quote node text: no terminal escapes reach the user's terminal
+            raise click.ClickException(scrub(str(e))) from e
 
 
 @click.group(

@@ -17,6 +17,7 @@ import logging
 from pathlib import Path
 
 import click
+from orchestrate_bloom.tool_io import failure_reason
 
 from orchestrator import bundle
 from orchestrator.cli import options as flags
@@ -40,9 +41,13 @@ def run_model_module(module: str, args: list[str]) -> None:
     stderr = proc.stderr
     if verbose and stderr:
         click.echo(stderr, err=True, nl=False)
+    elif proc.returncode == 0:  # the child's notes (e.g. a prompt that does not fit) are shown
+        for line in stderr.splitlines():
+            if line.startswith("note:"):
+                click.echo(line, err=True)
     if proc.returncode != 0:
         has_error_line = any(line.startswith("error:") for line in stderr.splitlines())
-        reason = bundle.failure_reason(stderr, proc.returncode)
+        reason = failure_reason(stderr, proc.returncode)
         raise ModelError(f"{module}: {reason}" + ("" if has_error_line or verbose else
                                                    " (run with -v for the full output)"))
 
@@ -144,11 +149,14 @@ def convert_weights(hf_dir: Path | None, mf_ckpt: Path | None, out: Path, to_hf:
                    "turns (the oldest dropped to fit the model's seq_length).")
 @click.option("--device", type=click.Choice(["CPU", "Ascend", "GPU"]), default="CPU",
               show_default=True, help="MindSpore device to run on.")
+@click.option("--raw", is_flag=True,
+              help="Send prompts as they are, without the prompt template the model was "
+                   "trained with (recorded with the job and the merged checkpoint).")
 def infer(prompts: tuple[str, ...], ckpt: Path | None, job_id: str | None, state_dir: Path,
           preset: str | None, hf_config: Path | None,
           tokenizer: Path | None, max_new_tokens: int, do_sample: bool, temperature: float,
           top_k: int, top_p: float, seed: int | None, input_file: Path | None, as_json: bool,
-          chat: bool, device: str) -> None:
+          chat: bool, device: str, raw: bool) -> None:
     """Generate text from a checkpoint (greedy or sampling, KV cache, graph mode).
 
     \b
@@ -158,6 +166,14 @@ def infer(prompts: tuple[str, ...], ckpt: Path | None, job_id: str | None, state
       orchestrate infer --job latest "Give three tips."   # after collect-ckpt
 
     Prints each prompt followed by its completion (streamed on a terminal for one prompt).
+    Prompts get the template of the training data (e.g. Alpaca's "### Instruction: ...
+    ### Response:" for data prepared from Alpaca JSON) as recorded in the job / --config
+    (`data.template`); --raw sends the text as is. A thin front of the Python API:
+
+    \b
+      from orchestrate_bloom.pipeline import pipeline
+      generate = pipeline("text_generation", model="tiny", ckpt="bloom.ckpt")
+      print(generate(["Give three tips for staying healthy."], max_new_tokens=32))
     """
     if not prompts and input_file is None and not chat:
         raise click.UsageError("give PROMPT arguments, --input FILE or --chat")
@@ -185,6 +201,8 @@ def infer(prompts: tuple[str, ...], ckpt: Path | None, job_id: str | None, state
         args.append("--json")
     if chat:
         args.append("--chat")
+    if raw:
+        args.append("--raw")
     run_model_module("infer", [*args, "--", *prompts])
 
 

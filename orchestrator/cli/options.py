@@ -147,26 +147,42 @@ def forks_option(default: int = 64, help: str = "How many nodes to work on at on
     )
 
 
-BACKENDS = ("ssh", "k8s")
-
-
 def backend_option() -> Callable[[F], F]:
-    """`--backend`: where the ranks run."""
+    """`--backend`: where the ranks run (None: the inventory's `backend:`, else ssh)."""
+    from orchestrator.config.scheduler import BACKENDS
+
     return click.option(
-        "--backend", type=click.Choice(BACKENDS), default="ssh", show_default=True,
-        help="ssh: every node over SSH; k8s: Kubernetes (AscendJob in msrun mode, Volcano Job "
-             "in ranktable mode), written with --emit DIR or applied with a kubeconfig.")
+        "--backend", type=click.Choice(BACKENDS), default=None,
+        help="ssh: every node over SSH; slurm: one sbatch job, one srun task per node "
+             "(partition/account/qos/time from the inventory, docs/slurm.md); k8s: Kubernetes "
+             "(AscendJob in msrun mode, Volcano Job in ranktable mode), written with --emit DIR "
+             "or applied with a kubeconfig. Default: the inventory's `backend:`, else ssh.")
 
 
 def state_dir_option() -> Callable[[F], F]:
     return click.option(
         "--state-dir",
         type=click.Path(path_type=Path),
-        default=Path(".orchestrate"),
-        show_default=True,
+        default=None,
+        show_default="$XDG_STATE_HOME/orchestrate or ~/.local/state/orchestrate",
         envvar="ORCHESTRATE_STATE_DIR",
-        help="Where job records live (env ORCHESTRATE_STATE_DIR).",
+        callback=_state_dir,
+        help="Where job records live (env ORCHESTRATE_STATE_DIR); only records you own and "
+             "nobody else can write are read.",
     )
+
+
+def _state_dir(_ctx: click.Context, _param: click.Parameter, value: Path | None) -> Path:
+    """The given folder, else the per-user default (with a notice for an old ./.orchestrate)."""
+    from orchestrator.job.statedir import default_state_dir, old_state_notice
+
+    if value is not None:
+        return value
+    chosen = default_state_dir()
+    note = old_state_notice(chosen)
+    if note:
+        click.echo(note, err=True)
+    return chosen
 
 
 _FILTER_HELP = (
@@ -202,3 +218,4 @@ def load_selected(path: Path) -> Any:
     meta = click.get_current_context().meta
     return apply_filters(load_inventory(path), meta.get("orchestrate.include"),
                          meta.get("orchestrate.exclude"))
+

@@ -4,6 +4,7 @@
                           [--per-server-dir DIR] [--discover] [--format 1.0|1.2]
     orchestrate ranktable merge hccl_8p_*.json -o hccl_12s_96p.json
     orchestrate ranktable check hccl_12s_96p.json
+    orchestrate ranktable convert /user/config/jobstart_hccl.json -o hccl.json
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from orchestrator.cli import options as flags
 
 if TYPE_CHECKING:
     from orchestrator.config.inventory import Inventory, Node
-    from orchestrator.hccl.discover import NodeProbe
+    from orchestrator.job.discover import NodeProbe
 
 
 @click.group("ranktable", invoke_without_command=True)
@@ -115,7 +116,7 @@ def _generate(inventory_path: Path, output: Path | None, per_server_dir: Path | 
 def _discover(inv: Inventory, nodes: tuple[Node, ...], super_devices: bool,
               forks: int) -> dict[str, NodeProbe]:
     """Open a transport to each node and probe them all in parallel."""
-    from orchestrator.hccl.discover import discover
+    from orchestrator.job.discover import discover
 
     if not nodes:
         return {}
@@ -128,15 +129,17 @@ def _discover(inv: Inventory, nodes: tuple[Node, ...], super_devices: bool,
 @ranktable_group.command("check")
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 def check_command(files: tuple[Path, ...]) -> None:
-    """Check rank tables (ours or hand-made) and print every problem; exit 1 if any.
+    """Check rank tables (ours, hand-made or a platform's) and print every problem; exit 1
+    if any.
 
     Checks: JSON syntax, required keys, every value a string, server_count, duplicate
     server ids, duplicate device ids in a server, duplicate device IPs across the cluster,
     rank ids 0..N-1 each once, rank order following the dictionary order of server_id,
-    IPv4 addresses, and for version 1.2 super_device_id and super_pod_list.
+    IPv4 addresses, and for version 1.2 super_device_id and super_pod_list. ModelArts' v0
+    layout (group_list / instance_list, no rank ids) is checked as `convert` would write it;
+    a table whose status is still "initializing" is reported as not ready.
     """
     from orchestrator.errors import RankTableError
-    from orchestrator.hccl.check import parse_table, validate_text
 
     bad = 0
     for path in files:
@@ -146,17 +149,72 @@ def check_command(files: tuple[Path, ...]) -> None:
             click.echo(f"{path}: cannot read: {getattr(e, 'strerror', None) or e}", err=True)
             bad += 1
             continue
-        problems = validate_text(text)
-        if problems:
-            bad += 1
-            for p in problems:
-                click.echo(f"{path}: {p}", err=True)
-            continue
-        table = parse_table(text, str(path))
-        click.echo(f"{path}: ok (version {table.version}, {len(table.servers)} servers, "
-                   f"{table.world_size} ranks)")
+        ok, lines = _check_one(text, str(path))
+        bad += not ok
+        for line in lines:
+            click.echo(f"{path}: {line}", err=not ok)
     if bad:
         raise RankTableError(f"{bad} of {len(files)} rank table(s) have problems")
+
+
+def _check_one(text: str, source: str) -> tuple[bool, list[str]]:
+    """(valid, lines to print) for one file of any layout."""
+    import json
+
+    from orchestrator.errors import RankTableError
+    from orchestrator.hccl.check import parse_table, validate_text
+    from orchestrator.hccl.platform import STATUS_INITIALIZING, read_platform_table, status_of
+
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError:
+        doc = None
+    if status_of(doc) == STATUS_INITIALIZING:
+        return False, ['status is "initializing": the platform has not finished the table']
+    if isinstance(doc, dict) and "group_list" in doc:
+        try:
+            t = read_platform_table(text, source).table
+        except RankTableError as e:
+            return False, [str(e).removeprefix(f"{source}: ")]
+        return True, [f"ok (ModelArts v0 layout, {len(t.servers)} servers, {t.world_size} "
+                      "ranks; `orchestrate ranktable convert` writes it as version 1.0)"]
+    problems = validate_text(text)
+    if problems:
+        if any(p.startswith("rank order") for p in problems):
+            problems.append("`orchestrate ranktable convert` writes it in server_id order")
+        return False, problems
+    t = parse_table(text, source)
+    return True, [f"ok (version {t.version}, {len(t.servers)} servers, {t.world_size} ranks)"]
+
+
+@ranktable_group.command("convert")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
+              help="Where to write the version 1.0 (or 1.2) table.")
+@click.option("--timeout", type=click.FloatRange(0), default=0, show_default=True,
+              help="Seconds to wait while FILE is missing or its status is \"initializing\".")
+def convert_command(file: Path, output: Path, timeout: float) -> None:
+    """Write a platform's rank table as the table MindSpore wants.
+
+    FILE may be ModelArts' v0 layout (/user/config/jobstart_hccl.json: group_list /
+    instance_list / pod_name / devices, no rank ids) or version 1.0 / 1.2 in any server
+    order. OUTPUT is version 1.0 (1.2 stays 1.2): servers in the dictionary order of
+    server_id, devices ascending, rank ids counted from 0 in that order, checked as
+    `ranktable check` does. Nothing is written if FILE has a problem.
+
+    \b
+      orchestrate ranktable convert /user/config/jobstart_hccl.json -o hccl.json
+    """
+    from orchestrator.hccl.platform import wait_for_table
+    from orchestrator.hccl.ranktable import write_text_atomic
+
+    found = wait_for_table(file, timeout, lambda line: click.echo(line, err=True))
+    t = found.table
+    write_text_atomic(output, t.dumps())
+    how = ("ranks renumbered in server_id order" if found.reordered
+           else "already in server_id order")
+    click.echo(f"wrote {output} (version {t.version} from {found.layout}, {len(t.servers)} "
+               f"servers, {t.world_size} ranks; {how})")
 
 
 @ranktable_group.command("merge")

@@ -29,7 +29,7 @@ from orchestrator.config.inventory import MAX_DEVICE_ID, Inventory, Node, is_val
 from orchestrator.errors import InventoryError
 
 _KEYS = {"slots", "max_slots", "max-slots"}
-_MPICH = re.compile(r"^([^\s:]+):(\S*)$")
+_MPICH = re.compile(r"^([^\s:]+):(\S*)\Z")
 _ENTRY_HINT = ("expected `host slots=N` (DeepSpeed), `host slots=N max_slots=M` (Open MPI) or "
                "`host:N` (MPICH)")
 

@@ -5,8 +5,8 @@
 
 Checks: SSH reachable with a known host key; python present; mindspore version (same on
 every node); Ascend: `npu-smi` device count >= requested, hccn_tool or /etc/hccn.conf for
-rank-table mode; free disk in the workdir; clock skew; the scheduler port free on the
-first node (msrun).
+rank-table mode; free disk in the workdir; clock skew; msrun: distinct hostnames, the
+scheduler port free on the first node and reachable from every node (check_cluster.py).
 """
 
 from __future__ import annotations
@@ -16,9 +16,16 @@ import time
 from dataclasses import dataclass, field
 
 from orchestrator.config.inventory import Node
+from orchestrator.job.check_cluster import (
+    HOSTNAME_FIX,
+    flag_same_hostnames,
+    reach_item,
+    sched_probe,
+)
 from orchestrator.job.render import shell_path
-from orchestrator.remote.group import NodeGroup
+from orchestrator.remote.group import NodeGroup, node_address
 from orchestrator.remote.transport import Transport
+from orchestrator.untrusted import to_int
 
 MIN_FREE_BYTES = 1 << 30  # 1 GiB in the workdir
 MAX_SKEW_S = 10.0
@@ -60,6 +67,7 @@ def probe_command(node: Node, device_target: str, mode: str, sched_port: int | N
         f"echo \"mindspore=$({py} -c 'import importlib.metadata as m; "
         f"print(m.version(\"mindspore\"))' 2>/dev/null)\"",
         'echo "time=$(date +%s.%N)"',
+        'echo "hostname=$(hostname 2>/dev/null || cat /proc/sys/kernel/hostname)"',
         f"mkdir -p {wd} 2>/dev/null; echo \"disk_kb=$(df -Pk {wd} 2>/dev/null | "
         "awk 'NR==2{print $4}')\"",
     ]
@@ -87,7 +95,7 @@ def _evaluate(node: Node, out: dict[str, str], t0: float, t1: float, device_targ
     items.append(Item("mindspore", bool(ms), ms or "not importable",
                       f"pip install mindspore with {node.python} on {node.name}"))
     disk = out.get("disk_kb", "")
-    free = int(disk) * 1024 if disk.isdigit() else -1
+    free = (to_int(disk) or 0) * 1024 if to_int(disk) is not None else -1
     items.append(Item("disk", free >= MIN_FREE_BYTES,
                       f"{free / 2**30:.1f} GiB free" if free >= 0 else "unknown",
                       f"free space in {node.workdir} (need >= {MIN_FREE_BYTES >> 30} GiB)"))
@@ -99,7 +107,7 @@ def _evaluate(node: Node, out: dict[str, str], t0: float, t1: float, device_targ
         items.append(Item("clock", False, "unknown", "`date` failed on the node"))
     if device_target == "Ascend":
         npu = out.get("npu", "")
-        have = int(npu) if npu.isdigit() else 0
+        have = to_int(npu) or 0
         need = max(node.devices) + 1 if node.devices else 0
         items.append(Item("devices", have >= need, f"{have} NPUs (need {need})",
                           "check `npu-smi info` and the driver, or `devices:` in the inventory"))
@@ -115,20 +123,34 @@ def _evaluate(node: Node, out: dict[str, str], t0: float, t1: float, device_targ
 def check_nodes(group: NodeGroup, nodes: tuple[Node, ...] | None = None,
                 device_target: str = "CPU", mode: str = "msrun",
                 sched_port: int | None = None) -> CheckReport:
-    """Probe every node in parallel; the first node (rank order) also checks the port."""
+    """Probe every node in parallel, one command each. msrun: every node's hostname must be
+    its own, and with `sched_port` the first node (rank order) binds the scheduler port while
+    every node connects to it (job/check_cluster.py)."""
     nodes = nodes or group.inventory.in_rank_order()
     first = nodes[0].name
+    sched = mode == "msrun" and sched_port is not None
+    host = node_address(nodes[0], group.inventory) if sched else ""
 
     def one(t: Transport) -> list[Item]:
-        port = sched_port if (mode == "msrun" and t.node.name == first) else None
+        port = sched_port if (sched and t.node.name == first) else None
+        cmd = probe_command(t.node, device_target, mode, None)
+        if sched and sched_port is not None:
+            cmd += "\n" + sched_probe(t.node.python, t.node.name == first, len(nodes), host,
+                                      sched_port)
         t0 = time.time()
-        res = t.run(probe_command(t.node, device_target, mode, port), check=False, timeout=60)
+        res = t.run(cmd, check=False, timeout=60)
         t1 = time.time()
         out = {}
         for line in res.stdout.splitlines():
             k, _, v = line.partition("=")
             out[k.strip()] = v.strip()
-        return _evaluate(t.node, out, t0, t1, device_target, mode, port)
+        items = _evaluate(t.node, out, t0, t1, device_target, mode, port)
+        if mode == "msrun":
+            name = out.get("hostname", "")
+            items.append(Item("hostname", bool(name), name or "unknown", HOSTNAME_FIX))
+        if sched and sched_port is not None:
+            items.append(reach_item(out, t.node.name, first, host, sched_port))
+        return items
 
     results = group.map(one, nodes)
     checks = []
@@ -147,6 +169,8 @@ def check_nodes(group: NodeGroup, nodes: tuple[Node, ...] | None = None,
                  f"({', '.join(sorted(versions))}); install the same version everywhere")
             if i.name == "mindspore" else i
             for i in c.items)) for c in checks]
-    columns = ("ssh", "python", "mindspore", "devices", "hccn", "disk", "clock", "port")
+    checks = flag_same_hostnames(checks)
+    columns = ("ssh", "python", "mindspore", "devices", "hccn", "disk", "clock", "hostname",
+               "port", "sched")
     used = tuple(c for c in columns if any(i.name == c for n in checks for i in n.items))
     return CheckReport(nodes=tuple(checks), columns=used)

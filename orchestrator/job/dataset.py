@@ -12,12 +12,14 @@ folder without starting a child, and the nodes skip it by sha256 (job/stage.py).
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
 from pathlib import Path
 
 from orchestrate_bloom.data_key import prepared_key
+from orchestrate_bloom.tool_io import failure_reason
 
 from orchestrator import bundle
 from orchestrator.config.plan import Plan
@@ -33,7 +35,7 @@ def prepare_alpaca(src: Path, dest: Path, seq_length: int, tokenizer: str = "") 
         args += ["--tokenizer", str(Path(tokenizer).resolve())]
     proc = bundle.run_model("data", args, env={"GLOG_v": "3"}, timeout=3600)
     if proc.returncode != 0:
-        last = bundle.failure_reason(proc.stderr, proc.returncode)
+        last = failure_reason(proc.stderr, proc.returncode)
         raise JobError(f"data.path {src}: preparing MindRecord failed: {last}")
     return dest
 
@@ -110,6 +112,27 @@ def local_dataset(spec: JobSpec, plan: Plan, cache_root: Path) -> Path | None:
         return cached_prepare(local, cache_root, spec.model.seq_length,
                               str(spec.value("data.tokenizer") or ""))
     return local
+
+
+def template_override(spec: JobSpec) -> str | None:
+    """`data.template=NAME` to record with the job when its data says which prompt template it
+    was made with (an Alpaca `.json` is prepared with `alpaca`; a local prepared folder names
+    its template in summary.json), else None (data.template already set, or not known).
+    `infer --job` applies the recorded template to prompts (model/prompts.py)."""
+    path = str(spec.value("data.path") or "")
+    if spec.value("data.template") or not path:
+        return None
+    if path.endswith(".json"):
+        return "data.template=alpaca"
+    local = resolve_local_data(path)
+    summary = local / "summary.json" if local is not None and local.is_dir() else None
+    if summary is None or not summary.is_file():
+        return None
+    try:
+        template = json.loads(summary.read_text()).get("template")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return f"data.template={template}" if isinstance(template, str) and template else None
 
 
 def data_paths_for(plan: Plan, local: Path | None) -> dict[str, str | None]:

@@ -27,14 +27,16 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from orchestrate_bloom import checkpoint as ck
+from orchestrate_bloom.tool_io import ToolFailure, read_result
 
 from orchestrator import bundle
 from orchestrator.config.presets import JobSpec
 from orchestrator.errors import JobError
 from orchestrator.job.nodes import NodeReport, query_job
-from orchestrator.job.render import shell_path
+from orchestrator.job.render import LaunchSpec, shell_path
 from orchestrator.job.state import JobRecord, JobStore, NodeRecord
 from orchestrator.remote.group import NodeGroup
 from orchestrator.remote.transport import Transport
@@ -119,15 +121,16 @@ def _layout(dp: int) -> dict[str, int]:
     return {"data_parallel": dp, "model_parallel": 1, "pipeline_stage": 1}
 
 
-def _on_node(t: Transport, job_dir: str, mode: str, args: Sequence[str]) -> str:
-    """`python -m orchestrate_bloom.checkpoint MODE --job-dir JOB_DIR ARGS` on the node."""
+def _on_node(t: Transport, job_dir: str, mode: str, args: Sequence[str]) -> dict[str, Any]:
+    """`python -m orchestrate_bloom.checkpoint MODE --job-dir JOB_DIR ARGS` on the node; its
+    JSON result (tool_io protocol)."""
     line = bundle.node_model_line(t.node.python, shell_path(job_dir, "code"), "checkpoint",
                                   [mode, "--job-dir", job_dir, *args])
     res = t.run(line, check=False, timeout=1800)
-    if res.exit_code != 0:
-        last = (res.stderr.strip().splitlines() or [f"exit {res.exit_code}"])[-1]
-        raise JobError(f"[{t.node.name}] checkpoint {mode}: {last}")
-    return res.stdout
+    try:
+        return read_result(res.stdout, res.stderr, res.exit_code)
+    except ToolFailure as exc:
+        raise JobError(f"[{t.node.name}] checkpoint {mode}: {exc}") from None
 
 
 def convert_checkpoints(record: JobRecord, new_nodes: Sequence[NodeRecord], excl: Exclusion,
@@ -145,9 +148,8 @@ def convert_checkpoints(record: JobRecord, new_nodes: Sequence[NodeRecord], excl
     def steps(t: Transport) -> dict[str, list[int]]:
         n = old[t.node.name]
         ranks = [a for r in n.ranks for a in ("--rank", str(r))]
-        doc: dict[str, list[int]] = json.loads(
-            _on_node(t, n.job_dir, "steps", ["--layout", json.dumps(layout), *ranks]))
-        return doc
+        doc = _on_node(t, n.job_dir, "steps", ["--layout", json.dumps(layout), *ranks])
+        return {str(k): [int(s) for s in v] for k, v in doc.items()}
 
     found = group.map(steps, nodes)
     bad = {k: v for k, v in found.items() if isinstance(v, BaseException)}
@@ -159,7 +161,7 @@ def convert_checkpoints(record: JobRecord, new_nodes: Sequence[NodeRecord], excl
         return None
     by_name = {n.name: n for n in new_nodes}
 
-    def convert(t: Transport) -> str:
+    def convert(t: Transport) -> dict[str, Any]:
         was, now = old[t.node.name], by_name[t.node.name]
         pairs = [f"{r}:{r if r in was.ranks else was.rank_start}" for r in now.ranks]
         return _on_node(t, now.job_dir, "adopt", [
@@ -186,19 +188,10 @@ def relaunch_without(record: JobRecord, group: NodeGroup, store: JobStore, excl:
     from orchestrator.config.presets import load_job_spec
     from orchestrator.job import lifecycle
     from orchestrator.job.dataset import data_paths_for
-    from orchestrator.job.render import LaunchSpec, render_job
+    from orchestrator.job.render import render_job
     from orchestrator.job.teardown import failures, stop_everywhere
 
-    remaining = record.replace(nodes=tuple(n for n in record.nodes if n.name in excl.remaining))
-    reports = query_job(remaining, group)
-    down = [n for n, r in reports.items() if not isinstance(r, NodeReport)]
-    if down:
-        raise JobError(f"job {record.job_id}: cannot reach {', '.join(down)}; nothing changed")
-    running = [f"{n}/{s.slot}" for n, r in reports.items() if isinstance(r, NodeReport)
-               for s in r.slots if s.state in ("running", "exiting")]
-    if running:
-        raise JobError(f"job {record.job_id} still runs ({', '.join(running[:8])}); stop it "
-                       f"with `orchestrate down {record.job_id}` first")
+    _refuse_unless_ended(record, excl, group)
     gone = [n for n in record.nodes if n.name in excl.excluded]
     left_over = failures(stop_everywhere(record.replace(nodes=tuple(gone)), group,
                                          timeout=60))
@@ -221,14 +214,7 @@ def relaunch_without(record: JobRecord, group: NodeGroup, store: JobStore, excl:
          f"{plan.world_size} renumbered rank(s) for data_parallel={excl.data_parallel[1]}"
          if step is not None else
          "checkpoint: none complete on every remaining rank; the relaunch starts from step 0")
-    from orchestrator.remote.group import node_address  # an ssh_config alias: its HostName
-
-    first = inv.node(new_nodes[0].name)
-    launch = LaunchSpec(job_id=record.job_id, mode=record.mode, world_size=plan.world_size,
-                        sched_host=node_address(first, inv),
-                        sched_port=record.sched_port or lifecycle.sched_port_for(record.job_id),
-                        cluster_timeout=record.cluster_timeout, entrypoint=record.entrypoint,
-                        stop_grace=record.stop_grace)
+    launch = _launch_spec(record, plan.world_size, group, new_nodes[0].name)
     table = lifecycle.rank_table_for(sub, group) if record.mode == "ranktable" else None
     local = Path(record.local_data) if record.local_data else None
     lifecycle.write_rendered(store, record.job_id, render_job(
@@ -242,3 +228,31 @@ def relaunch_without(record: JobRecord, group: NodeGroup, store: JobStore, excl:
     store.save(record)
     record = lifecycle.stage_all(record, group, store, echo)
     return lifecycle.resume_job(record, group, store)
+
+
+def _refuse_unless_ended(record: JobRecord, excl: Exclusion, group: NodeGroup) -> None:
+    """JobError unless every remaining node answers and runs nothing of the job."""
+    remaining = record.replace(nodes=tuple(n for n in record.nodes if n.name in excl.remaining))
+    reports = query_job(remaining, group)
+    down = [n for n, r in reports.items() if not isinstance(r, NodeReport)]
+    if down:
+        raise JobError(f"job {record.job_id}: cannot reach {', '.join(down)}; nothing changed")
+    running = [f"{n}/{s.slot}" for n, r in reports.items() if isinstance(r, NodeReport)
+               for s in r.slots if s.state in ("running", "exiting")]
+    if running:
+        raise JobError(f"job {record.job_id} still runs ({', '.join(running[:8])}); stop it "
+                       f"with `orchestrate down {record.job_id}` first")
+
+
+def _launch_spec(record: JobRecord, world_size: int, group: NodeGroup,
+                 first: str) -> LaunchSpec:
+    """The relaunch's launch choices: the record's, with the scheduler on `first`."""
+    from orchestrator.job import lifecycle
+    from orchestrator.remote.group import node_address  # an ssh_config alias: its HostName
+
+    inv = group.inventory
+    return LaunchSpec(job_id=record.job_id, mode=record.mode, world_size=world_size,
+                      sched_host=node_address(inv.node(first), inv),
+                      sched_port=record.sched_port or lifecycle.sched_port_for(record.job_id),
+                      cluster_timeout=record.cluster_timeout, entrypoint=record.entrypoint,
+                      stop_grace=record.stop_grace)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from orchestrate_bloom.fileio import write_atomic
 
+from orchestrator.config.faulttol import fault_env
 from orchestrator.config.inventory import Inventory
 from orchestrator.config.plan import build_plan
 from orchestrator.config.presets import JobSpec
@@ -54,12 +55,14 @@ Echo = Callable[[str], None]
 class UpOptions:
     """Choices of `orchestrate up` beyond preset and inventory."""
 
-    mode: str | None = None  # None: ranktable for Ascend, msrun otherwise
+    mode: str | None = None  # None: msrun (render.default_mode)
     sched_port: int | None = None  # None: derived from the job id (see sched_port_for)
     cluster_timeout: int = DEFAULT_CLUSTER_TIMEOUT
     entrypoint: str | None = None  # rank command instead of the bundled trainer
     stop_grace: int = DEFAULT_STOP_GRACE
+    rank_table: str | None = None  # a platform's table (hccl/platform.py), as MindSpore gets it
 
+    backend: str = "ssh"  # where ranks run (orchestrator/backends/): ssh | slurm
 
 
 def sched_port_for(job_id: str) -> int:
@@ -84,7 +87,7 @@ def rank_table_for(inv: Inventory, group: NodeGroup | None) -> str | None:
     if need:
         if group is None:
             return None
-        from orchestrator.hccl.discover import discover as probe_all
+        from orchestrator.job.discover import discover as probe_all
 
         probes = probe_all(group, need)
         discovered = {name: p.device_ips for name, p in probes.items()}
@@ -109,17 +112,20 @@ def create_job(inv: Inventory, spec: JobSpec, store: JobStore, opts: UpOptions,
     """
     plan = build_plan(inv, spec)
     mode = opts.mode or default_mode(str(spec.value("train.device_target")))
-    job_id = job_id or reserve_job_id(store, spec.preset)
     first = plan.nodes[0].ranks.node
-    port = opts.sched_port or sched_port_for(job_id)
     from orchestrator.remote.group import node_address  # an ssh_config alias: its HostName
 
+    sched_host = node_address(first, inv)
+    fault = fault_env(inv.fault_tolerance, sched_host, mode, str(inv.path))
+    job_id = job_id or reserve_job_id(store, spec.preset)
+    port = opts.sched_port or sched_port_for(job_id)
     launch = LaunchSpec(job_id=job_id, mode=mode, world_size=plan.world_size,
-                        sched_host=node_address(first, inv), sched_port=port,
+                        sched_host=sched_host, sched_port=port,
                         cluster_timeout=opts.cluster_timeout, entrypoint=opts.entrypoint,
-                        stop_grace=opts.stop_grace)
+                        stop_grace=opts.stop_grace, fault_env=tuple(sorted(fault.items())))
     with phase("ranktable"):
-        table = rank_table_for(inv, group) if mode == "ranktable" else None
+        table = ((opts.rank_table or rank_table_for(inv, group)) if mode == "ranktable"
+                 else None)
     with phase("data"):
         local_data = local_dataset(spec, plan, store.data_cache)
     data_paths = data_paths_for(plan, local_data)
@@ -140,7 +146,8 @@ def create_job(inv: Inventory, spec: JobSpec, store: JobStore, opts: UpOptions,
                        sched_port=port if mode == "msrun" else None,
                        entrypoint=opts.entrypoint,
                        local_data=str(local_data.resolve()) if local_data else None,
-                       cluster_timeout=opts.cluster_timeout, stop_grace=opts.stop_grace)
+                       cluster_timeout=opts.cluster_timeout, stop_grace=opts.stop_grace,
+                       backend=opts.backend)
     store.save(record)
     return record
 
@@ -195,7 +202,9 @@ def launch(record: JobRecord, group: NodeGroup, store: JobStore,
         with phase("connect"):
             group.wait_connected()
         with phase("stage"):
-            record = stage_all(record, group, store, echo)
+            from orchestrator.backends import backend_for
+
+            record = backend_for(record).stage(record, group, store, echo)
         started = True
         with phase("start"):
             return _start_all(record, group, store, resume=False)
@@ -256,6 +265,14 @@ def stage_all(record: JobRecord, group: NodeGroup, store: JobStore,
 
 def _start_all(record: JobRecord, group: NodeGroup, store: JobStore, resume: bool
                ) -> JobRecord:
+    """Start every rank through the job's backend (ssh: start_over_ssh; slurm: sbatch)."""
+    from orchestrator.backends import backend_for
+
+    return backend_for(record).start(record, group, store, resume)
+
+
+def start_over_ssh(record: JobRecord, group: NodeGroup, store: JobStore, resume: bool
+                   ) -> JobRecord:
     """`launch.sh start [resume]` on every node in parallel; any failure stops them all.
 
     Raises:

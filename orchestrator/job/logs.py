@@ -18,6 +18,7 @@ from orchestrator.job.state import JobRecord, NodeRecord
 from orchestrator.remote.files import LOG_MODE
 from orchestrator.remote.group import GroupResult, NodeGroup
 from orchestrator.remote.transport import Transport
+from orchestrator.untrusted import scrub, to_int
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,10 @@ class Selection:
             ranks.insert(0, "sched")
         return ranks
 
+
+# bytes of one rank's log shown per --follow poll: 17 slots stay well under the per-command
+# output cap (ORCHESTRATE_MAX_OUTPUT, 16 MiB; orchestrator/remote/output.py)
+FOLLOW_CHUNK = 512 * 1024
 
 def _selected(record: JobRecord, sel: Selection) -> list[tuple[NodeRecord, list[str]]]:
     out = []
@@ -66,7 +71,8 @@ def _chunk_command(job_dir: str, slots: Sequence[str], offsets: dict[str, int] |
         else:
             off = offsets.get(s, 0)
             lines.append(f'[ "$n" -ge {off} ] || n={off}')  # never step back (log rotated)
-            lines.append(f'[ "$((n - {off}))" -le 4194304 ] || n=$(({off} + 4194304))')
+            lines.append(f'[ "$((n - {off}))" -le {FOLLOW_CHUNK} ] || '
+                         f'n=$(({off} + {FOLLOW_CHUNK}))')
             lines.append(f'echo "{marker} {s} $n"')
             lines.append(f'tail -c +{off + 1} {log} 2>/dev/null | head -c "$((n - {off}))" '
                          "|| true")
@@ -79,10 +85,14 @@ def _parse_chunks(text: str, marker: str) -> dict[str, tuple[int, str]]:
     size, buf = 0, []  # type: tuple[int, list[str]]
     for line in text.splitlines(keepends=True):
         if line.startswith(marker + " "):
+            fields = line.split()
+            if len(fields) != 3:  # not our marker line (a node may print anything)
+                buf.append(line)
+                continue
             if slot is not None:
                 out[slot] = (size, "".join(buf))
-            _, slot, size_text = line.split()
-            size, buf = int(size_text) if size_text.isdigit() else 0, []
+            _, slot, size_text = fields
+            size, buf = to_int(size_text) or 0, []
         else:
             buf.append(line)
     if slot is not None:
@@ -127,7 +137,7 @@ def tail_logs(record: JobRecord, group: NodeGroup, sel: Selection, tail: int = 2
                     text = keep
                 new_offsets[name][s] = size
                 for line in text.splitlines():
-                    yield f"[{name}/{s}] {line}"
+                    yield f"[{name}/{s}] {scrub(line)}"
         offsets = new_offsets
         if not follow:
             return

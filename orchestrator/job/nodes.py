@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from orchestrator.job.state import JobRecord, JobStatus
 from orchestrator.remote.group import GroupResult, NodeGroup
 from orchestrator.remote.transport import Transport
+from orchestrator.untrusted import lines, to_int
 
 _FIELD = re.compile(r"\b(step|loss|lr|tokens_per_s|elapsed_s)=([-+0-9.eEinfa]+)")
 
@@ -62,7 +63,7 @@ def parse_status(node: str, text: str) -> NodeReport:
     slots: dict[str, dict[str, object]] = {}
     order: list[str] = []
     staged = True
-    for line in text.splitlines():
+    for line in lines(text):
         parts = line.split(" ", 2)
         if parts[0] == "nojob":
             staged = False
@@ -70,19 +71,19 @@ def parse_status(node: str, text: str) -> NodeReport:
             supervisor = parts[1]
         elif parts[0] == "first_failure" and len(parts) == 3:
             code, _, when = parts[2].partition(" ")
-            if code.lstrip("-").isdigit():
+            if (exit_code := to_int(code, signed=True)) is not None:
                 try:
                     at = float(when)
                 except ValueError:
                     at = 0.0
-                first_failure = (parts[1], int(code), at)
+                first_failure = (parts[1], exit_code, at)
         elif parts[0] == "slot":
             fields = line.split()
             if len(fields) == 5:
                 slot, state, code, pid = fields[1:5]
                 slots[slot] = {"state": state,
-                               "exit_code": int(code) if code.lstrip("-").isdigit() else None,
-                               "pid": int(pid) if pid.isdigit() else None, "metrics": {}}
+                               "exit_code": to_int(code, signed=True),
+                               "pid": to_int(pid), "metrics": {}}
                 order.append(slot)
         elif parts[0] == "last" and len(parts) == 3 and parts[1] in slots:
             slots[parts[1]]["metrics"] = parse_metrics(parts[2])

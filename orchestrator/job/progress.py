@@ -12,10 +12,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from orchestrator.job import failure as failures
-from orchestrator.job.nodes import POLL_TIMEOUT, NodeReport, SlotReport, derive_status, query_job
+from orchestrator.job.nodes import POLL_TIMEOUT, NodeReport, SlotReport, derive_status
 from orchestrator.job.render import SCHED_SLOT
 from orchestrator.job.state import JobRecord, JobStatus, JobStore
 from orchestrator.remote.group import NodeGroup
+from orchestrator.untrusted import scrub, to_int
 
 Reports = Mapping[str, "NodeReport | BaseException"]
 
@@ -30,13 +31,20 @@ def refresh(record: JobRecord, group: NodeGroup, store: JobStore,
     without, a STALLED record stays STALLED while its ranks run.
     A job whose every rank exited 0 is SUCCEEDED and `cleaned` (nothing of it is left).
     """
-    reports = query_job(record, group, poll_timeout)
+    from orchestrator.backends import backend_for
+
+    poll = backend_for(record).poll(record, group, poll_timeout)
+    reports = poll.reports
     status = derive_status(record, reports)
     message = record.message
     failure = record.failure
     if status is not record.status:
         failure = failures.first_failure(reports) if status is JobStatus.FAILED else None
         message = failure.describe() if failure else ""
+    if poll.verdict is not None:  # the scheduler knows more (pending reason, time limit)
+        status, message = poll.verdict
+        if status is not JobStatus.FAILED:
+            failure = None
     everyone = all(isinstance(r, NodeReport) for r in reports.values())
     if stall_timeout is not None and status is JobStatus.RUNNING and everyone:
         from orchestrator.job.stall import find_stall, last_output
@@ -59,7 +67,7 @@ def refresh(record: JobRecord, group: NodeGroup, store: JobStore,
 
 
 def _slot_json(s: SlotReport) -> dict[str, Any]:
-    return {"rank": int(s.slot) if s.slot.isdigit() else s.slot, "state": s.state,
+    return {"rank": to_int(s.slot) if to_int(s.slot) is not None else s.slot, "state": s.state,
             "exit_code": s.exit_code, "pid": s.pid,
             "step": int(s.metrics["step"]) if "step" in s.metrics else None,
             "loss": s.metrics.get("loss"), "lr": s.metrics.get("lr"),
@@ -86,7 +94,8 @@ def status_json(record: JobRecord, reports: Reports) -> dict[str, Any]:
             "mode": record.mode, "world_size": record.world_size, "preset": record.preset,
             "overrides": list(record.overrides), "message": record.message,
             "failure": record.failure.to_json() if record.failure else None,
-            "created_at": record.created_at, "updated_at": record.updated_at, "nodes": nodes}
+            "created_at": record.created_at, "updated_at": record.updated_at,
+            "backend": record.backend, "scheduler_job": record.scheduler_job, "nodes": nodes}
 
 
 def _fmt(v: float | None, spec: str) -> str:
@@ -96,19 +105,22 @@ def _fmt(v: float | None, spec: str) -> str:
 def status_table(record: JobRecord, reports: Reports) -> Any:
     """A rich Table: one row per node (ranks alive/total, step, loss, tokens/s, exits)."""
     from rich.table import Table
+    from rich.text import Text
 
     title = (f"job {record.job_id}  {record.status.value}  "
              f"({record.mode}, {record.world_size} ranks)")
     if record.message:
         title += f"\n{record.message}"
-    table = Table(title=title, title_justify="left")
+    # node strings (messages, errors, slot names) are text, never rich markup
+    table = Table(title=Text(scrub(title)), title_justify="left")
     for col in ("node", "ranks", "alive", "step", "loss", "tokens/s", "exited"):
         table.add_column(col, justify="right" if col not in ("node", "exited") else "left")
     for n in record.nodes:
         r = reports.get(n.name)
         ranks = f"{n.rank_start}-{n.rank_end - 1}"
         if not isinstance(r, NodeReport):
-            table.add_row(n.name, ranks, "?", "-", "-", "-", f"unreachable: {str(r)[:60]}")
+            table.add_row(n.name, ranks, "?", "-", "-", "-",
+                          Text(scrub(f"unreachable: {str(r)[:60]}")))
             continue
         workers = [s for s in r.slots if s.slot != "sched"]
         alive = sum(s.state == "running" for s in workers)
@@ -121,5 +133,5 @@ def status_table(record: JobRecord, reports: Reports) -> Any:
                       _fmt(max(steps) if steps else None, ".0f"),
                       _fmt(sum(losses) / len(losses) if losses else None, ".4f"),
                       _fmt(sum(tps) if tps else None, ".1f"),
-                      exited or ("-" if r.staged else "not staged"))
+                      Text(scrub(exited)) if exited else ("-" if r.staged else "not staged"))
     return table

@@ -1,6 +1,7 @@
 """Render a job's files locally: per-node launch scripts, env files and job.yaml.
 
     files = render_job(launch, plan)            # {node name: {file name: RenderedFile}}
+    text = render_pod_launch(launch, "worker", 8, "python3")   # a Kubernetes pod's launch.sh
 
 Jinja2 with StrictUndefined and a `quote` filter (shlex.quote): every value that reaches a
 shell is quoted; templates only substitute, loop and branch. Nothing here touches a node.
@@ -46,6 +47,8 @@ class LaunchSpec:
     cluster_timeout: int = DEFAULT_CLUSTER_TIMEOUT
     entrypoint: str | None = None  # shell command run per rank instead of the bundled trainer
     stop_grace: int = DEFAULT_STOP_GRACE
+    # MindSpore fault tolerance asked for by the inventory (config/faulttol.py): (name, value)
+    fault_env: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -64,8 +67,11 @@ class RenderedFile:
 
 
 def default_mode(device_target: str) -> str:
-    """`ranktable` for Ascend, `msrun` (dynamic cluster) for CPU and GPU."""
-    return "ranktable" if device_target == "Ascend" else "msrun"
+    """`msrun` (MindSpore's dynamic cluster) on every target, Ascend included: rank-table
+    startup is deprecated since MindSpore 2.4. `ranktable` only when asked for (`--mode
+    ranktable`) or given a table (`up --rank-table FILE`)."""
+    del device_target  # the same everywhere since issue 15.6
+    return "msrun"
 
 
 def environment() -> jinja2.Environment:
@@ -137,16 +143,16 @@ def _render_slots(launch: LaunchSpec, template: str, node_name: str, slots: Sequ
         "sched_host": launch.sched_host,
         "sched_port": launch.sched_port,
         "cluster_timeout": launch.cluster_timeout,
+        "fault_env": launch.fault_env,
         **extra,
     }
     return env.get_template(template).render(ctx)
 
 
-def render_env(job_id: str, values: Mapping[str, str],
-               env: jinja2.Environment | None = None) -> str:
+def render_env(values: Mapping[str, str], env: jinja2.Environment | None = None) -> str:
     """env.sh: `export NAME=value` lines, values quoted (names are validated identifiers)."""
     env = env or environment()
-    return env.get_template("env.sh.j2").render(job_id=job_id, env=sorted(values.items()))
+    return env.get_template("env.sh.j2").render(env=sorted(values.items()))
 
 
 def job_config(plan: Plan, data_path: str | None = None) -> dict[str, dict[str, Any]]:
@@ -203,7 +209,7 @@ def render_job(launch: LaunchSpec, plan: Plan,
             "job.yaml": job_yamls[data_path],
         }
         if node.env:
-            files["env.sh"] = RenderedFile(render_env(launch.job_id, node.env, env), 0o600)
+            files["env.sh"] = RenderedFile(render_env(node.env, env), 0o600)
         if rank_table is not None:
             files["rank_table.json"] = RenderedFile(rank_table, 0o644)
         out[node.name] = files

@@ -30,6 +30,18 @@ def failures(results: Mapping[str, object]) -> dict[str, BaseException]:
 
 def stop_everywhere(record: JobRecord, group: NodeGroup, only: Collection[str] | None = None,
                     timeout: float = STOP_TIMEOUT) -> GroupResult[str]:
+    """Stop the job through its backend (ssh: stop_over_ssh; slurm: that, then scancel).
+
+    Returns:
+        name -> what stop did, or the exception (unreachable, processes left).
+    """
+    from orchestrator.backends import backend_for
+
+    return backend_for(record).stop(record, group, only, timeout)
+
+
+def stop_over_ssh(record: JobRecord, group: NodeGroup, only: Collection[str] | None = None,
+                  timeout: float = STOP_TIMEOUT) -> GroupResult[str]:
     """Run `launch.sh stop` on every node of the job (or the nodes named in `only`).
 
     Returns:

@@ -30,13 +30,14 @@ running: the caller says how to re-attach).
 
 from __future__ import annotations
 
-import re
 import shlex
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
+
+from orchestrate_bloom import checkpoint as ck
 
 from orchestrator.errors import JobError
 from orchestrator.job import failure as failures
@@ -49,7 +50,6 @@ from orchestrator.remote.transport import Transport
 Echo = Callable[[str], None]
 Recheck = Callable[[], Mapping[str, str]]  # node -> what its check found wrong ({}: all ok)
 Show = Callable[[JobRecord, Reports], None]  # called after every poll
-_RESUMED = re.compile(r"resumed from step (\d+)|no checkpoint complete on every rank")
 
 
 @dataclass(frozen=True)
@@ -84,23 +84,21 @@ def node_to_exclude(history: Sequence[Mapping[str, Any]], after: int) -> str | N
 
 
 def resumed_step(record: JobRecord, group: NodeGroup) -> int | None:
-    """The step the current attempt resumed from, read from the first rank's log (0: from
-    scratch, None: not a resumed attempt or nothing logged yet)."""
+    """The step the current attempt resumed from, as its first rank recorded it
+    (`ranks/<r>/resumed.json`, checkpoint.record_resumed; launch.sh clears it for each
+    attempt): 0 from scratch, None: not a resumed attempt or nothing recorded (yet)."""
     if record.attempts < 2:
         return None
     first = record.nodes[0]
+    path = shlex.quote(f"{first.job_dir}/ranks/{first.rank_start}/resumed.json")
 
     def one(t: Transport) -> str:
-        log = shlex.quote(f"{first.job_dir}/ranks/{first.rank_start}/stdout.log")
-        res = t.run("grep -a -E 'resumed from step [0-9]+|no checkpoint complete on every "
-                    f"rank|^== orchestrate attempt ' {log} "
-                    "2>/dev/null; true", check=False, timeout=60)
+        res = t.run(f"head -c {ck.RESUMED_MAX_BYTES} {path} 2>/dev/null; true", check=False,
+                    timeout=60)
         return res.stdout
 
     for out in group.map(one, [first.name]).succeeded.values():
-        current = out.split("== orchestrate attempt ")[-1]  # this attempt's lines only
-        if m := _RESUMED.search(current):
-            return int(m.group(1)) if m.group(1) else 0
+        return ck.parse_resumed(out)
     return None
 
 

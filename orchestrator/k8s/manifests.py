@@ -10,15 +10,18 @@ Rank-table mode: the same ConfigMap, a `rings-config-<job>` ConfigMap (hccl.json
 "initializing", filled by the platform) mounted at /user/serverid/devindex/config and a Volcano
 Job (batch.volcano.sh/v1alpha1) whose pods wait for "completed"; ranks VC_TASK_INDEX * n + i.
 Every pod copies the ConfigMap into an emptyDir job folder and runs `launch.sh foreground`;
-`output/` (checkpoints, strategies) is a subPath `<job>` of the PersistentVolumeClaim the user
-names. Nothing here validates or writes: see emit.py and schema.py.
+output/checkpoint and output/strategy are subPaths `<job>/checkpoint`, `<job>/strategy` of the
+PersistentVolumeClaim the user names. Nothing here validates or writes: see emit.py and schema.py.
 """
 
 from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any
+
+from orchestrate_bloom import checkpoint
 
 from orchestrator.config.plan import Plan
 from orchestrator.errors import JobError
@@ -32,6 +35,10 @@ from orchestrator.job.render import (
 )
 from orchestrator.job.stage import code_tree
 
+# What goes to the volume: the checkpoint layout's folders (orchestrate_bloom.checkpoint),
+# each a subPath <job>/<folder>; the rest of output/ (log links) stays in the pod.
+_OUT = PurePosixPath("output")
+OUTPUT_DIRS = (checkpoint.rank_dir(_OUT, 0).parent.name, checkpoint.strategy_dir(_OUT).name)
 NPU_RESOURCE = "huawei.com/Ascend910"
 OPERATOR_PORT = 2222  # the ascend-operator finds the scheduler port by this container port
 CONFIG_DIR = "/orchestrate/config"  # the ConfigMap, read-only
@@ -91,14 +98,14 @@ def _devices_per_pod(plan: Plan) -> int:
     return n
 
 
-def _env_text(plan: Plan, job_id: str) -> str | None:
+def _env_text(plan: Plan) -> str | None:
     envs = {n.ranks.node.name: dict(n.ranks.node.env) for n in plan.nodes}
     first, env = next(iter(envs.items()))
     for node, other in envs.items():
         if other != env:
             raise JobError(f"node {node} has another `env:` than node {first}: every pod of a "
                            "Kubernetes job gets the same environment")
-    return render_env(job_id, env) if env else None
+    return render_env(env) if env else None
 
 
 def files_configmap(plan: Plan, launch: LaunchSpec, opts: K8sOptions,
@@ -109,7 +116,7 @@ def files_configmap(plan: Plan, launch: LaunchSpec, opts: K8sOptions,
     data: dict[str, str] = {f"launch-{role}.sh": text for role, text in launches.items()}
     data["job.yaml"] = stamp_job_id(render_job_yaml(plan), launch.job_id)
     paths = {"job.yaml": "job.yaml"}
-    env = _env_text(plan, launch.job_id)
+    env = _env_text(plan)
     if env is not None:
         data["env.sh"] = env
         paths["env.sh"] = "env.sh"
@@ -164,7 +171,8 @@ def _container(name: str, opts: K8sOptions, npus: int,
         "volumeMounts": [
             {"name": "files", "mountPath": CONFIG_DIR, "readOnly": True},
             {"name": "job", "mountPath": JOB_DIR},
-            {"name": "output", "mountPath": f"{JOB_DIR}/output", "subPath": name},
+            *({"name": "output", "mountPath": f"{JOB_DIR}/output/{d}", "subPath": f"{name}/{d}"}
+              for d in OUTPUT_DIRS),
             *extra_mounts,
         ],
     }

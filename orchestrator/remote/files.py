@@ -47,12 +47,28 @@ if TYPE_CHECKING:
 CHUNK = 1 << 20
 LOG_MODE = 0o644  # logs and plog archives fetched from nodes
 CKPT_MODE = 0o444  # checkpoints and strategy files fetched from nodes
-UPLOAD_UMASK = "umask 077"  # every upload is 0600 from its first byte until its final chmod
+# every upload is 0600 from its first byte until its final chmod, and its (random) temp name
+# is created with O_EXCL (noclobber): a name planted on the node, symlink or not, is never opened
+UPLOAD_UMASK = "umask 077; set -C"
 
 
 def local_mode(mode: int) -> int:
     """The mode a file from a node may get here: read/write bits only (no x, s, t)."""
     return mode & 0o666
+
+
+def prefix_reader(read: Callable[[int], bytes], size: int) -> Callable[[int], bytes]:
+    """`read`, ending after `size` bytes (a file that grows after its stat is read as it was)."""
+    left = [size]
+
+    def read_prefix(n: int) -> bytes:
+        if left[0] <= 0:
+            return b""
+        data = read(min(n, left[0]))
+        left[0] -= len(data)
+        return data
+
+    return read_prefix
 
 
 def copy_bounded(read: Callable[[int], bytes], out: IO[bytes], limit: int, node: str,

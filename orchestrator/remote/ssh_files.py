@@ -51,7 +51,7 @@ def put(t: SSHTransport, local: Path, remote: PurePosixPath, mode: int | None) -
         with open(local, "rb") as src:
             sent = _openssh_send(t, f"{files.UPLOAD_UMASK}; cat > {rtmp}", src)
         if not sent:  # SFTP keeps the mode of the file it truncates: create it 0600 first
-            t.run(f"{files.UPLOAD_UMASK}; : > {rtmp}", check=True)
+            t.run(f"rm -f -- {rtmp}; {files.UPLOAD_UMASK}; : > {rtmp}", check=True)
             t.sftp_client().put(str(local), files.sftp_path(tmp), confirm=True)
         res = t.run(files.put_verify_command(tmp, mode if mode is not None
                                              else st.st_mode & 0o7777), check=False)
@@ -74,10 +74,14 @@ def get(t: SSHTransport, remote: PurePosixPath, local: Path, mode: int) -> None:
     what = f"get {remote} -> {local}"
 
     def fill(out: IO[bytes]) -> None:
-        if _openssh_read(t, f"cat -- {files.remote_arg(remote)}", out, want.size, what):
+        # `head -c`: a log still being written has grown since the stat; its first `size`
+        # bytes are what was hashed. A node that sends more anyway is stopped at size + 1.
+        if _openssh_read(t, f"head -c {want.size} -- {files.remote_arg(remote)}", out,
+                         want.size, what):
             return
         with sftp_reader(t, remote) as src:
-            files.copy_bounded(src.read, out, want.size, t.node.name, what)
+            files.copy_bounded(files.prefix_reader(src.read, want.size), out, want.size,
+                               t.node.name, what)
 
     try:
         tmp = files.write_atomic_from(local, fill)

@@ -244,7 +244,8 @@ def test_host_lost_mid_run_fails_wait_and_is_not_restarted_blindly(
 # Attempt 1: rank 1 exits 3 after 3 steps; a resumed attempt (ORCHESTRATE_RESUME=1) finishes.
 FLAKY = ('if [ -z "${ORCHESTRATE_RESUME:-}" ]; then for i in 1 2 3; do echo "step=$i loss=2.0";'
          ' sleep 0.3; done; if [ "${MS_NODE_ID:-}" = 1 ]; then exit 3; fi; sleep 60; else '
-         'echo "[train] resumed from step 3"; for i in 4 5 6; do echo "step=$i loss=1.0"; '
+         'echo \'{"resumed_step": 3}\' >"$ORCHESTRATE_RESUMED_FILE"; '  # as the trainer does
+         'for i in 4 5 6; do echo "step=$i loss=1.0"; '
          'sleep 0.3; done; fi')
 ALWAYS_FAILS = ('echo "step=1 loss=2.0"; sleep 0.5; if [ "${MS_NODE_ID:-}" = 1 ]; then exit 3; '
                 'fi; sleep 60')

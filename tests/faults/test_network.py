@@ -35,7 +35,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 # Attempt 1 runs until stopped; a resumed attempt (ORCHESTRATE_RESUME=1) finishes at once.
 LONG_THEN_QUICK = ('if [ -z "${ORCHESTRATE_RESUME:-}" ]; then ' + SLEEPER + '; else '
-                   'echo "[train] resumed from step 0"; echo "step=1 loss=1.0"; fi')
+                   'echo \'{"resumed_step": 0}\' >"$ORCHESTRATE_RESUMED_FILE"; '
+                   'echo "step=1 loss=1.0"; fi')
 
 
 def test_partition_during_wait_fails_the_job_and_status_cleans_after_heal(

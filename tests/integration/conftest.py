@@ -232,3 +232,60 @@ def no_user_ssh_config(tmp_path_factory: pytest.TempPathFactory,
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
     return home
+
+
+SLURM_SCRIPT = REPO / "tests" / "slurmhosts.sh"
+
+
+def why_no_slurm() -> str | None:
+    """Why the Slurm test cluster cannot run here, or None."""
+    reason = why_no_testhosts()
+    if reason or os.environ.get("ORCHESTRATE_TESTHOSTS") == "loopback":
+        return reason or "the Slurm test cluster needs the netns test hosts"
+    for tool in ("slurmctld", "slurmd", "sbatch", "munged"):
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
+            return f"the Slurm test cluster needs `{tool}` (tests/run.sh installs it as root)"
+    return None
+
+
+def slurm_leftovers(state: Path) -> list[str]:
+    """Processes of the Slurm cluster at `state` (munged, slurmctld, slurmd) still alive."""
+    conf = f"SLURM_CONF={state}/slurm/slurm.conf".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            env = (proc / "environ").read_bytes().split(b"\0")
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            zombie = (proc / "stat").read_text().split(") ", 1)[1].startswith("Z")
+        except OSError:
+            continue
+        if not zombie and (conf in env or f"{state}/slurm/" in cmdline):
+            found.append(f"process {proc.name}: {cmdline.strip()}")
+    return found
+
+
+def slurm_cluster(state: Path, n: int, devices: int) -> Iterator[Path]:
+    """Body of a module-scoped fixture: tests/slurmhosts.sh with `n` hosts x `devices` CPUs.
+
+    Yields the cluster's inventory (`backend: slurm`); always tears everything down and checks
+    that no slurmd, slurmctld, munged, namespace or link of it is left.
+    Usage: `yield from slurm_cluster(STATE, 2, devices=2)`.
+    """
+    reason = why_no_slurm()
+    if reason:
+        pytest.skip(reason)
+    try:
+        proc = subprocess.run(["bash", str(SLURM_SCRIPT), "up", str(n), "--state", str(state),
+                               "--devices", str(devices), "--python", sys.executable],
+                              capture_output=True, text=True, check=False, timeout=300)
+        if proc.returncode != 0:
+            raise RuntimeError(f"tests/slurmhosts.sh up failed: {proc.stderr.strip()}")
+        yield state / "inventory.yaml"
+    finally:
+        subprocess.run(["bash", str(SLURM_SCRIPT), "down", "--state", str(state)],
+                       capture_output=True, check=False, timeout=180)
+        left = leftovers(state) + slurm_leftovers(state)
+        shutil.rmtree(state, ignore_errors=True)
+    assert not left, f"Slurm test cluster left behind after down: {left}"

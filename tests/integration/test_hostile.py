@@ -10,11 +10,13 @@ escape sequences) and checks the one-line refusal and what was (not) written loc
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
@@ -23,8 +25,9 @@ import yaml
 
 from orchestrator.ckpt import fetch as ckpt_fetch
 from orchestrator.ckpt import nodes as ckpt_nodes
+from orchestrator.ckpt.select import parse_listing
 from orchestrator.config.inventory import load_inventory
-from orchestrator.errors import CheckpointError, TransferError
+from orchestrator.errors import CheckpointError
 from orchestrator.remote.group import transport_for
 from tests.integration.conftest import TestHosts
 
@@ -104,27 +107,30 @@ def test_endless_stream_behind_a_1k_manifest_entry(testhosts: TestHosts, tmp_pat
     assert written <= 1024
 
 
-def test_get_of_a_growing_file_stops_at_the_announced_size(testhosts: TestHosts,
-                                                           tmp_path: Path) -> None:
+def test_get_of_a_growing_file_is_read_as_it_was_stated(testhosts: TestHosts,
+                                                        tmp_path: Path) -> None:
+    """A log still being written: the bytes the node stat'ed and hashed, never the growth."""
     inv = load_inventory(testhosts.inventory)
     remote = f"/tmp/grow-{os.getpid()}.log"
     q = shlex.quote(remote)
-    # 1 KiB when stat'ed; a writer on the node then appends without end
     testhosts.ssh("th2", f"head -c 1024 /dev/zero > {q}")
     writer = threading.Thread(target=testhosts.ssh, args=(
-        "th2", f"sleep 1; timeout 20 sh -c 'cat /dev/zero >> {q}'; rm -f {q}"))
+        "th2", f"for i in $(seq 100); do head -c 4096 /dev/zero >> {q}; sleep 0.05; done; "
+               f"rm -f {q}"))
+    got = {}
     with transport_for(inv.nodes[2], inv) as t:
-        want = t.run(["stat", "-c", "%s", remote]).stdout.strip()
-        assert want == "1024"
         writer.start()
         try:
-            subprocess.run(["sleep", "2"], check=True)
-            with pytest.raises(TransferError, match=r"^\[th2\] (get .*: the node sent more than "
-                                                    r"the \d+ bytes it announced|get .*size)"):
-                t.get(PurePosixPath(remote), tmp_path / "grow.log")
+            for use_openssh in (True, False):
+                t.options = dataclasses.replace(t.options, use_openssh=use_openssh)
+                time.sleep(1 if use_openssh else 0)  # the writer is appending by now
+                local = tmp_path / f"grow-{use_openssh}.log"
+                t.get(PurePosixPath(remote), local)
+                got[use_openssh] = local.read_bytes()
         finally:
             writer.join()
-    assert list(tmp_path.iterdir()) == []
+    for data in got.values():  # verified against the stat: its size, its sha256
+        assert len(data) >= 1024 and data == b"\0" * len(data)
 
 
 def test_a_500mb_status_reply_is_capped(testhosts: TestHosts,
@@ -153,3 +159,53 @@ def test_a_500mb_status_reply_is_capped(testhosts: TestHosts,
     assert "printed more than 16777216 bytes on stdout" in text, text[-2000:]
     assert "ORCHESTRATE_MAX_OUTPUT" in text
     assert peak_kib < 200 * 1024  # 16 MiB cap; ~1 GB before the cap
+
+
+def test_names_with_newlines_and_escape_sequences(testhosts: TestHosts) -> None:
+    inv = load_inventory(testhosts.inventory)
+    job = f"/tmp/hjob-{os.getpid()}"
+    rank0 = f"{job}/output/checkpoint/rank_0"
+    names = ["bloom_rank_0-5.ckpt\n", "bloom_rank_0-6.ckpt\nx", "\x1b]52;c;aGk=\x07.ckpt"]
+    make = f"import os; os.makedirs({rank0!r}); [open(os.path.join({rank0!r}, n), 'w').close() " \
+           f"for n in {names!r}]; print(len(os.listdir({rank0!r})))"
+    res = testhosts.ssh("th1", f"python3 -c {shlex.quote(make)}")
+    assert res.stdout.strip() == "3", res.stderr
+    try:
+        with transport_for(inv.nodes[1], inv) as t:
+            listing = parse_listing("th1", ckpt_nodes.list_job(t, PurePosixPath(job), [0]), [0])
+    finally:
+        testhosts.ssh("th1", f"rm -rf {job}")
+    assert listing.ckpts[0] == {}  # no name with a newline became a checkpoint
+    problems = " ".join(listing.problems[0])
+    assert "'bloom_rank_0-5.ckpt\\n'" in problems and "\\x1b]52" in problems
+    # what `orchestrate exec` shows of a node's escape sequence: replaced, never sent raw
+    out = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "exec", "-i", str(testhosts.inventory),
+         "--include", "th1", "--", "printf", "'\\033]52;c;aGk=\\007hi\\n'"],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+        env=dict(os.environ, PYTHONPATH=str(REPO)), stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "[th1] \ufffd]52;c;aGk=\ufffdhi\n" and "\x1b" not in out.stderr
+
+
+def test_a_symlinked_temp_name_is_never_written_through(testhosts: TestHosts,
+                                                        tmp_path: Path) -> None:
+    inv = load_inventory(testhosts.inventory)
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    dest = tmp_path / "ckpt"
+    (dest / "rank_0").mkdir(parents=True)
+    (dest / "rank_0" / "x.ckpt.part").symlink_to(victim)  # planted at the resume name
+    testhosts.ssh("th1", "head -c 1024 /dev/urandom > /tmp/x.ckpt")
+    item = ckpt_fetch.Item("th1", PurePosixPath("/tmp/x.ckpt"), PurePosixPath("rank_0/x.ckpt"),
+                           1024, None, "rank 0")
+    with transport_for(inv.nodes[1], inv) as t:
+        def opener(_node: str, path: PurePosixPath, offset: int):  # type: ignore[no-untyped-def]
+            return ckpt_nodes.open_stream(t, path, offset)
+
+        with pytest.raises(CheckpointError, match="symlink"):
+            ckpt_fetch.fetch_all(dest, [item], opener, jobs=1)
+        (dest / "rank_0" / "x.ckpt.part").unlink()
+        ckpt_fetch.fetch_all(dest, [item], opener, jobs=1)  # without the plant: fetched
+    assert victim.read_text() == "precious\n"
+    assert (dest / "rank_0" / "x.ckpt").stat().st_mode & 0o7777 == 0o444

@@ -17,8 +17,9 @@ from click.testing import CliRunner
 from orchestrator.cli.main import cli
 from orchestrator.config.inventory import load_inventory
 from orchestrator.errors import RankTableError
-from orchestrator.hccl.discover import discover, parse_hccn_conf
+from orchestrator.hccl.discover import parse_hccn_conf
 from orchestrator.hccl.ranktable import build_tables, per_server_filename
+from orchestrator.job.discover import discover
 from orchestrator.remote.group import NodeGroup
 
 pytestmark = pytest.mark.integration

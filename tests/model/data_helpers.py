@@ -23,7 +23,7 @@ def tokenizer_file(directory: Path) -> Path:
     """The shipped tokenizer when it exists, else a byte-level BPE (vocab 1000) trained here."""
     if SHIPPED_TOKENIZER.is_file():
         return SHIPPED_TOKENIZER
-    from orchestrate_bloom.data import prompt_of
+    from orchestrate_bloom.prompts import prompt_of
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))

@@ -14,18 +14,17 @@ from hypothesis import strategies as st
 from orchestrate_bloom.data import (
     FILE_STEM,
     DataError,
-    _prompt_plan,
-    create_dataset,
     encode_records,
     eos_id_of,
     load_records,
     load_tokenizer_file,
     prepare,
-    prompt_of,
     record_encoder,
-    template_ids,
 )
+from orchestrate_bloom.data_read import create_dataset
 from orchestrate_bloom.pretokens import PretokenCache, is_plain_byte_level
+from orchestrate_bloom.prompts import prompt_of
+from orchestrate_bloom.template_ids import _prompt_plan, template_ids
 
 from tests.model.data_helpers import seed_records, tokenizer_file
 
@@ -237,7 +236,8 @@ def test_field_wise_encoding_refused_when_not_provably_exact(tok_path: Path,
         ids = encode_records(other, EDGE_RECORDS, 64, 2)[0]
         np.testing.assert_array_equal(ids, _straightforward(other, EDGE_RECORDS, 64, 2))
     # the probe alone catches a tokenizer that passes the configuration check but splits wrongly
-    monkeypatch.setattr("orchestrate_bloom.data._splits_at_field_edges", lambda _tokenizer: True)
+    monkeypatch.setattr("orchestrate_bloom.template_ids._splits_at_field_edges",
+                        lambda _tokenizer: True)
     assert template_ids(spaced, EDGE_RECORDS[:2]) is None
     assert template_ids(tok, EDGE_RECORDS[:2]) is not None
 

@@ -143,6 +143,22 @@ MALFORMED = [
     ("nodes: [{host: 10.0.0.1, name: 'a/b'}]", "nodes[0].name", "without '/'"),
     ("nodes: [{host: 10.0.0.1, user: 'ro ot'}]", "nodes[0].user", "user name"),
     ("nodes: [{host: 10.0.0.1}]\nhosts: [10.0.0.2]", "hosts", "not both"),
+    (  # HCCL needs one IP per device (issue 14 item 11)
+        "nodes: [{host: 10.0.0.1, device_ips: {0: 1.2.3.4, 1: 1.2.3.4}}]",
+        "nodes[0].device_ips.1",
+        "duplicate device IP '1.2.3.4' (same as nodes[0].device_ips.0)",
+    ),
+    (
+        "nodes: [{host: 10.0.0.1, device_ips: {0: 1.2.3.4}},"
+        " {host: 10.0.0.2, device_ips: {3: 1.2.3.4}}]",
+        "nodes[1].device_ips.3",
+        "duplicate device IP '1.2.3.4' (same as nodes[0].device_ips.0)",
+    ),
+    (  # "١" (Arabic-Indic one) is a digit to str.isdigit, not a device id
+        "nodes: [{host: 10.0.0.1, device_ips: {'\u0661': 1.2.3.4}}]",
+        "nodes[0].device_ips.\u0661",
+        "device id 0..15",
+    ),
 ]
 
 

@@ -9,6 +9,7 @@ import copy
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -77,10 +78,11 @@ def test_ascendjob_valid_and_shaped(tmp_path: Path, inv: str | None, preset: str
     assert visible["valueFrom"]["fieldRef"]["fieldPath"] == \
         "metadata.annotations['huawei.com/Ascend910']"
     assert worker["template"]["spec"]["terminationGracePeriodSeconds"] == 10 + 20
-    out = next(m for m in c["volumeMounts"] if m["name"] == "output")
+    out = {m["mountPath"]: m["subPath"] for m in c["volumeMounts"] if m["name"] == "output"}
     vols = {v["name"]: v for v in worker["template"]["spec"]["volumes"]}
     assert vols["output"]["persistentVolumeClaim"]["claimName"] == "bloom-ckpt"
-    assert out["subPath"] == name and out["mountPath"].endswith("/output")
+    assert out == {"/orchestrate/job/output/checkpoint": f"{name}/checkpoint",
+                   "/orchestrate/job/output/strategy": f"{name}/strategy"}
     files = docs[f"ConfigMap/{name}-files"]
     assert "MS_NODE_RANK * MS_LOCAL_WORKER + 7" in files["data"]["launch-worker.sh"]
     job_yaml = yaml.safe_load(files["data"]["job.yaml"])
@@ -220,13 +222,14 @@ def test_ranktable_pod_waits_for_completed_table(tmp_path: Path) -> None:
     table.mkdir()
     launch = LaunchSpec(job_id="j", mode="ranktable", world_size=4, sched_host="",
                         cluster_timeout=1, entrypoint='echo rank "$RANK_ID" "$RANK_TABLE_FILE"')
-    job_dir = tmp_path / "pod"
-    job_dir.mkdir()
-    (job_dir / "launch.sh").write_text(
-        render_pod_launch(launch, "worker", 2, "python3", table_dir=str(table)))
+    text = render_pod_launch(launch, "worker", 2, "python3", table_dir=str(table))
+    early, job_dir = tmp_path / "pod-early" / "job", tmp_path / "pod" / "job"  # fresh pods
+    for d in (early, job_dir):
+        d.mkdir(parents=True)
+        (d / "launch.sh").write_text(text)
     (table / "hccl.json").write_text('{"status":"initializing"}')
-    assert _run(job_dir, {"VC_TASK_INDEX": "1"}).returncode == 1
-    assert "hccl.json not completed after 1 s" in (job_dir / "ranks/0/stdout.log").read_text()
+    assert _run(early, {"VC_TASK_INDEX": "1"}).returncode == 1
+    assert "hccl.json not completed after 1 s" in (early / "ranks/0/stdout.log").read_text()
     (table / "hccl.json").write_text('{"status": "completed", "server_list": []}')
     assert _run(job_dir, {"VC_TASK_INDEX": "1"}).returncode == 0
     assert _rank_lines(job_dir) == [f"rank 2 {table}/hccl.json", f"rank 3 {table}/hccl.json"]
@@ -248,6 +251,14 @@ def test_cli_emit_and_its_errors(tmp_path: Path) -> None:
     res = runner.invoke(cli, [*base[:-4], "--set", local, "--emit", str(out), "--image", "r/b:1",
                               "--volume", "c"])
     assert res.exit_code == 1 and "with --backend k8s nothing is staged" in res.output
+    ft = tmp_path / "ft.yaml"
+    ft.write_text("defaults: {devices: 2, workdir: /w}\nhosts: [10.0.0.1]\n"
+                  "fault_tolerance: {recovery: true}\n")
+    res = runner.invoke(cli, ["up", "--backend", "k8s", "-i", str(ft), "-c", "tiny", "--set",
+                              "data.path=/data/mr", "--emit", str(out), "--image", "r/b:1",
+                              "--volume", "c"])
+    assert res.exit_code == 1 and "fault_tolerance: not supported with --backend k8s" in \
+        res.output
     res = runner.invoke(cli, ["up", "-i", "inventories/local.yaml", "-c", "tiny", "--emit", "x"])
     assert res.exit_code == 2 and "--emit: only with --backend k8s" in res.output
     assert len(list(out.iterdir())) == 2  # the refused runs wrote nothing
@@ -282,3 +293,37 @@ def test_apply_path_errors_in_one_line(tmp_path: Path) -> None:
         res = CliRunner().invoke(cli, [*cmd, "tiny-abcd", "--state-dir", str(state)])
         assert res.exit_code == 1 and len(res.output.splitlines()) == 1, res.output
         assert "AscendJob tiny-abcd" in res.output
+
+
+def test_pod_sigterm_stops_every_rank(tmp_path: Path) -> None:
+    """Kubernetes deletes a pod with SIGTERM to its main process: the ranks are stopped, the
+    container exits non-zero, no rank process is left."""
+    launch = LaunchSpec(job_id="j", mode="msrun", world_size=4, sched_host="", stop_grace=1,
+                        entrypoint="exec sleep 300")
+    job_dir = tmp_path / "pod" / "job"
+    job_dir.mkdir(parents=True)
+    (job_dir / "launch.sh").write_text(render_pod_launch(launch, "worker", 2, "python3"))
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "MS_SCHED_HOST": "s",
+           "MS_SCHED_PORT": "1", "MS_WORKER_NUM": "4", "MS_LOCAL_WORKER": "2",
+           "MS_NODE_RANK": "1"}
+    proc = subprocess.Popen(["bash", str(job_dir / "launch.sh"), "foreground"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            stdin=subprocess.DEVNULL)
+    try:
+        pid_files = [job_dir / "ranks" / s / "pid" for s in ("0", "1")]
+        for _ in range(600):  # poll until both ranks are recorded
+            if all(p.is_file() for p in pid_files) or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        pids = [int(p.read_text().split()[0]) for p in pid_files]
+        proc.terminate()
+        assert proc.wait(timeout=60) != 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        assert state == "Z", f"rank process {pid} still runs"

@@ -13,7 +13,6 @@ import pytest
 
 from orchestrator.config.inventory import Node
 from orchestrator.errors import ConnectError, RankTableError
-from orchestrator.hccl import discover as discovery
 from orchestrator.hccl.discover import (
     SpodInfo,
     parse_hccn_conf,
@@ -21,6 +20,7 @@ from orchestrator.hccl.discover import (
     parse_npu_mapping,
     parse_spod_info,
 )
+from orchestrator.job import discover as discovery
 from orchestrator.remote.group import NodeGroup
 from orchestrator.remote.transport import CommandResult
 

@@ -1,166 +1,236 @@
-"""Rendered launch scripts: golden files, `bash -n`, shellcheck, hostile values quoted.
+"""Rendered launch scripts, checked by what they do when bash runs them (no golden copies).
 
-Regenerate the golden files on purpose with:
-    UPDATE_GOLDEN=1 python -m pytest tests/unit/test_render.py
+    python -m pytest -q tests/unit/test_render.py
+
+Every slot of every node is run for real with `bash launch.sh _run SLOT` on this machine, with
+the node's interpreter replaced by a probe that records its argv and environment. The checks:
+the exact command line, every rank's environment (nothing missing, nothing extra), and hostile
+values (spaces, quotes, `$()`, backticks, newlines) arriving verbatim with nothing executed.
+The expected values come from the contracts (rank ids in dictionary order of the host,
+device ids local, the scheduler on the first node), not from the templates.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import shlex
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
-from orchestrator.config.inventory import load_inventory, parse_inventory
+from orchestrator.config.inventory import Inventory, load_inventory, parse_inventory
 from orchestrator.config.plan import build_plan
 from orchestrator.config.presets import load_job_spec
 from orchestrator.errors import JobError
-from orchestrator.job.render import LaunchSpec, default_mode, render_env, render_job, shell_path
+from orchestrator.job.render import (
+    LaunchSpec,
+    RenderedFile,
+    default_mode,
+    render_env,
+    render_job,
+    shell_path,
+)
 
 REPO = Path(__file__).resolve().parents[2]
-GOLDEN = REPO / "tests" / "fixtures" / "render"
 MSRUN_INV = """
 defaults: {devices: 2, workdir: /srv/run, python: /opt/py/bin/python3}
 nodes:
   - {host: 10.0.0.2, name: b}
   - {host: 10.0.0.1, name: a}
 """
+# Records "argc, argv..., environment" NUL-separated; bash's own variables are dropped later.
+PROBE = '#!/bin/bash\nprintf \'%s\\0\' "$#" "$0" "$@"\nexec env -0\n'
+BASH_OWN = {"PWD", "OLDPWD", "SHLVL", "_"}
+BASE_ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/nonexistent",
+            "LC_ALL": "C"}
+HOSTILE = "a b'c\"d $(touch pwned) ; `touch pwned` $HOME \\ \n next line ${X:-y}"
 
 
-def _golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("UPDATE_GOLDEN"):
-        path.write_text(text)
-    assert path.exists(), f"missing golden file {path}: run with UPDATE_GOLDEN=1"
-    assert text == path.read_text(), f"{name} differs from its golden file"
+def probe_at(folder: Path) -> str:
+    """An executable probe standing in for the node's python; its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "python3"
+    path.write_text(PROBE)
+    path.chmod(0o755)
+    return str(path)
 
 
-def _65b_files() -> dict:
-    inv = load_inventory(REPO / "inventories" / "12node.yaml")
+def with_python(inv: Inventory, python: str) -> Inventory:
+    return dataclasses.replace(
+        inv, nodes=tuple(dataclasses.replace(n, python=python) for n in inv.nodes))
+
+
+def write_node(root: Path, job_id: str, files: dict[str, RenderedFile]) -> Path:
+    """The node's job folder as `up` stages it (the parts launch.sh reads)."""
+    job_dir = root / "jobs" / job_id
+    job_dir.mkdir(parents=True)
+    for name, f in files.items():
+        (job_dir / name).write_text(f.text)
+        (job_dir / name).chmod(f.mode)
+    return job_dir.resolve()
+
+
+def run_slot(job_dir: Path, slot: str) -> tuple[list[str], dict[str, str]]:
+    """Run one slot as the supervisor would (without detaching): the probe's argv and env."""
+    res = subprocess.run(["bash", str(job_dir / "launch.sh"), "_run", slot], env=BASE_ENV,
+                         capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert res.returncode == 0, res.stderr.decode()
+    fields = res.stdout.decode().split("\0")
+    argc = int(fields[0])
+    argv, env = fields[1:argc + 2], fields[argc + 2:-1]
+    pairs = dict(e.split("=", 1) for e in env)
+    added = {k: v for k, v in pairs.items() if k not in BASH_OWN and BASE_ENV.get(k) != v}
+    return argv, added
+
+
+def common_env(job_id: str, job_dir: Path, node: str, world: int, slot: str) -> dict[str, str]:
+    return {"ORCHESTRATE_JOB_ID": job_id, "ORCHESTRATE_JOB_DIR": str(job_dir),
+            "ORCHESTRATE_NODE": node, "PYTHONPATH": f"{job_dir}/code", "RANK_SIZE": str(world),
+            "ORCHESTRATE_RESUMED_FILE": f"{job_dir}/ranks/{slot}/resumed.json"}
+
+
+def train_argv(python: str, job_dir: Path) -> list[str]:
+    return [python, "-m", "orchestrate_bloom.train", "--job", f"{job_dir}/job.yaml"]
+
+
+def test_65b_ranktable_every_rank_env_and_command_line(tmp_path: Path) -> None:
+    python = probe_at(tmp_path / "bin")
+    inv = with_python(load_inventory(REPO / "inventories" / "12node.yaml"), python)
     plan = build_plan(inv, load_job_spec("65b"))
-    launch = LaunchSpec(job_id="65b-golden", mode="ranktable", world_size=plan.world_size,
+    launch = LaunchSpec(job_id="65b-k3f9", mode="ranktable", world_size=plan.world_size,
                         sched_host=plan.nodes[0].ranks.node.host)
-    return render_job(launch, plan, rank_table="{}")
+    files = render_job(launch, plan, rank_table="{}")
+    hosts = sorted(n.host for n in inv.nodes)  # the rank table's server_id order
+    assert list(files) == hosts and plan.world_size == 96
+    for i, host in enumerate(hosts):
+        job_dir = write_node(tmp_path / host, launch.job_id, files[host])
+        assert (job_dir / "rank_table.json").read_text() == "{}"
+        for local, device in enumerate(range(8)):
+            rank = 8 * i + local
+            argv, env = run_slot(job_dir, str(rank))
+            assert argv == train_argv(python, job_dir)
+            assert env == {**common_env(launch.job_id, job_dir, host, 96, str(rank)),
+                           "RANK_ID": str(rank), "DEVICE_ID": str(device),
+                           "RANK_TABLE_FILE": f"{job_dir}/rank_table.json",
+                           "MINDSPORE_HCCL_CONFIG_PATH": f"{job_dir}/rank_table.json",
+                           "ASCEND_GLOBAL_LOG_LEVEL": "3",
+                           # the rank's share of the node's cores (orchestrate_bloom.cpu_share)
+                           "ORCHESTRATE_LOCAL_RANK": str(local),
+                           "ORCHESTRATE_LOCAL_RANKS": "8"}, (host, rank)
 
 
-def _msrun_files() -> dict:
-    inv = parse_inventory(MSRUN_INV, "msrun.yaml")
+def test_msrun_scheduler_on_first_node_every_slot_env_and_resume(tmp_path: Path) -> None:
+    python = probe_at(tmp_path / "bin")
+    inv = with_python(parse_inventory(MSRUN_INV, "msrun.yaml"), python)
     plan = build_plan(inv, load_job_spec("tiny"))
-    launch = LaunchSpec(job_id="tiny-golden", mode="msrun", world_size=plan.world_size,
-                        sched_host=plan.nodes[0].ranks.node.host, sched_port=23456,
-                        cluster_timeout=600)
-    return render_job(launch, plan)
+    launch = LaunchSpec(job_id="tiny-k3f9", mode="msrun", world_size=plan.world_size,
+                        sched_host="10.0.0.1", sched_port=23456, cluster_timeout=600)
+    files = render_job(launch, plan)
+    assert list(files) == ["a", "b"] and plan.world_size == 4  # 10.0.0.1 sorts first
+    expected_slots = {"a": {"sched": None, "0": 0, "1": 1}, "b": {"2": 0, "3": 1}}
+    for name, slots in expected_slots.items():
+        job_dir = write_node(tmp_path / name, launch.job_id, files[name])
+        assert "env.sh" not in files[name]  # no `env:` in this inventory
+        for slot, device in slots.items():
+            argv, env = run_slot(job_dir, slot)
+            want = {**common_env(launch.job_id, job_dir, name, 4, slot),
+                    "MS_SCHED_HOST": "10.0.0.1", "MS_SCHED_PORT": "23456",
+                    "MS_WORKER_NUM": "4", "MS_TOPO_TIMEOUT": "600",
+                    "ORCHESTRATE_LOCAL_RANK": "sched" if device is None else str(device),
+                    "ORCHESTRATE_LOCAL_RANKS": "2"}
+            if device is None:
+                want["MS_ROLE"] = "MS_SCHED"
+            else:
+                want.update(MS_ROLE="MS_WORKER", MS_NODE_ID=slot, DEVICE_ID=str(device))
+            assert argv == train_argv(python, job_dir) and env == want, (name, slot)
+        (job_dir / "resume").touch()  # `launch.sh start resume` leaves this for the ranks
+        argv, env = run_slot(job_dir, next(iter(slots)))
+        assert argv == [*train_argv(python, job_dir), "--resume"]
+        assert env["ORCHESTRATE_RESUME"] == "1"
+        bad = subprocess.run(["bash", str(job_dir / "launch.sh"), "_run", "9"], env=BASE_ENV,
+                             capture_output=True, text=True, timeout=30)
+        assert bad.returncode == 2 and "unknown slot 9" in bad.stderr
 
 
-def test_65b_ranktable_node_192_168_0_10_holds_ranks_16_to_23() -> None:
-    files = _65b_files()
-    text = files["192.168.0.10"]["launch.sh"].text
-    _golden("65b_ranktable_192.168.0.10.sh", text)
-    for device in range(8):
-        assert f"{16 + device}) export RANK_ID={16 + device} DEVICE_ID={device} ;;" in text
-    assert "export RANK_SIZE=96" in text
-    assert 'RANK_TABLE_FILE="$JOB_DIR/rank_table.json"' in text
-    assert text.startswith("#!/usr/bin/env bash\n") and "\nset -euo pipefail\n" in text
-    # 192.168.0.0 sorts first, 192.168.0.1 second, 192.168.0.10 third: ranks 0-7, 8-15, 16-23.
-    assert "0) export RANK_ID=0 DEVICE_ID=0 ;;" in files["192.168.0.0"]["launch.sh"].text
-    assert list(files)[:3] == ["192.168.0.0", "192.168.0.1", "192.168.0.10"]
+def hostile_inventory(python: str) -> str:
+    return yaml.safe_dump({
+        "defaults": {"devices": 1, "workdir": "/tmp/x y", "python": python,
+                     "env": {"SECRET": HOSTILE, "PLAIN": "1", "EMPTY": ""}},
+        "nodes": [{"host": "10.0.0.1", "name": "it's a node; $(touch pwned) `x` $HOME"}]})
 
 
-def test_msrun_scheduler_only_on_first_node_in_rank_order() -> None:
-    files = _msrun_files()
-    first, second = files["a"]["launch.sh"].text, files["b"]["launch.sh"].text
-    _golden("tiny_msrun_a.sh", first)
-    _golden("tiny_msrun_b.sh", second)
-    assert "SLOTS=(sched 0 1)" in first and "sched) export MS_ROLE=MS_SCHED ;;" in first
-    assert "SLOTS=(2 3)" in second and "MS_SCHED" not in second.replace("MS_SCHED_", "")
-    assert "2) export MS_ROLE=MS_WORKER MS_NODE_ID=2 DEVICE_ID=0 ;;" in second
-    for text in (first, second):
-        assert "export MS_SCHED_HOST=10.0.0.1 MS_SCHED_PORT=23456" in text
-        assert "export MS_WORKER_NUM=4 MS_TOPO_TIMEOUT=600" in text
-        assert ("exec /opt/py/bin/python3 -m orchestrate_bloom.train --job \"$JOB_DIR/job.yaml\""
-                in text)
+def test_hostile_inventory_values_arrive_verbatim(tmp_path: Path) -> None:
+    work = tmp_path / "cwd"
+    work.mkdir()
+    python = probe_at(tmp_path / "py thon'$(touch pwned);`touch pwned` \"q\"")
+    inv = parse_inventory(hostile_inventory(python), "hostile.yaml")
+    plan = build_plan(inv, load_job_spec("tiny"))
+    launch = LaunchSpec(job_id="tiny-hstl", mode="msrun", world_size=1, sched_host="10.0.0.1")
+    files = render_job(launch, plan)
+    node = inv.nodes[0]
+    assert files[node.name]["env.sh"].mode == 0o600
+    job_dir = write_node(work, launch.job_id, files[node.name])
+    for name in ("launch.sh", "env.sh"):
+        res = subprocess.run(["bash", "-n", str(job_dir / name)], capture_output=True, text=True)
+        assert res.returncode == 0, f"{name}: {res.stderr}"
+    for slot in ("sched", "0"):
+        argv, env = run_slot(job_dir, slot)
+        assert argv == train_argv(python, job_dir)
+        assert env["ORCHESTRATE_NODE"] == node.name
+        assert (env["SECRET"], env["PLAIN"], env["EMPTY"]) == (HOSTILE, "1", "")
+    assert list(tmp_path.rglob("pwned")) == [] and not Path("pwned").exists()
+
+
+def test_render_alone_quotes_values_the_inventory_would_refuse(tmp_path: Path) -> None:
+    """render does not lean on inventory validation: newlines in a name, an interpreter or the
+    scheduler address and a hostile entrypoint reach the rank verbatim (an entrypoint is one
+    `bash -c` word)."""
+    inv = parse_inventory("defaults: {devices: 1}\nnodes: [{host: 10.0.0.1, name: n}]\n", "i")
+    odd = dataclasses.replace(inv.nodes[0], name="n\n$(touch pwned)\n'", python="py\n`x`")
+    plan = build_plan(dataclasses.replace(inv, nodes=(odd,)), load_job_spec("tiny"))
+    entry = ("printf '%s\\0' \"$ORCHESTRATE_NODE\" \"$MS_SCHED_HOST\" \"$0\"; printf %s "
+             "'a\n$(b)'")
+    launch = LaunchSpec(job_id="tiny-odd", mode="msrun", world_size=1, sched_host="h $(x)\n",
+                        entrypoint=entry)
+    job_dir = write_node(tmp_path, launch.job_id, render_job(launch, plan)[odd.name])
+    res = subprocess.run(["bash", str(job_dir / "launch.sh"), "_run", "0"], env=BASE_ENV,
+                         capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split("\0") == [odd.name, "h $(x)\n", "bash", "a\n$(b)"]
+    plain = render_job(dataclasses.replace(launch, entrypoint=None), plan)[odd.name]
+    assert subprocess.run(["bash", "-n"], input=plain["launch.sh"].text, text=True).returncode == 0
+    assert list(tmp_path.rglob("pwned")) == []
 
 
 def test_job_yaml_has_fitted_layout() -> None:
-    import yaml
-
-    doc = yaml.safe_load(_65b_files()["192.168.0.10"]["job.yaml"].text)
-    assert doc["parallel"]["data_parallel"] * doc["parallel"]["model_parallel"] \
-        * doc["parallel"]["pipeline_stage"] == 96
+    plan = build_plan(load_inventory(REPO / "inventories" / "12node.yaml"), load_job_spec("65b"))
+    launch = LaunchSpec(job_id="j", mode="ranktable", world_size=96, sched_host="x")
+    doc = yaml.safe_load(render_job(launch, plan, rank_table="{}")["192.168.0.10"]
+                         ["job.yaml"].text)
+    par = doc["parallel"]
+    assert par["data_parallel"] * par["model_parallel"] * par["pipeline_stage"] == 96
+    assert par["layers_per_stage"] == list(plan.stage_layers)
     assert doc["model"]["hidden_size"] == 8192
 
 
-def _scripts() -> list[tuple[str, str]]:
-    out = []
-    for name, files in [*_65b_files().items(), *_msrun_files().items()]:
-        out.append((name, files["launch.sh"].text))
-    return out
-
-
-def test_every_rendered_script_passes_bash_n(tmp_path: Path) -> None:
-    for name, text in _scripts():
-        path = tmp_path / f"{name}.sh"
-        path.write_text(text)
-        res = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
-        assert res.returncode == 0, f"{name}: {res.stderr}"
-
-
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
-def test_every_rendered_script_passes_shellcheck(tmp_path: Path) -> None:
+def test_every_rendered_shape_passes_shellcheck(tmp_path: Path) -> None:
+    inv12 = load_inventory(REPO / "inventories" / "12node.yaml")
+    p65 = build_plan(inv12, load_job_spec("65b"))
+    tiny = build_plan(parse_inventory(MSRUN_INV, "msrun.yaml"), load_job_spec("tiny"))
+    rt = render_job(LaunchSpec(job_id="j", mode="ranktable", world_size=96, sched_host="x"),
+                    p65, rank_table="{}")
+    ms = render_job(LaunchSpec(job_id="j", mode="msrun", world_size=4, sched_host="x"), tiny)
     paths = []
-    shapes = {"192.168.0.0", "192.168.0.10", "a", "b"}  # the others differ only in numbers
-    for name, text in _scripts():
-        if name not in shapes:
-            continue
-        path = tmp_path / f"{name}.sh"
-        path.write_text(text)
-        paths.append(str(path))
+    for name, text in [("rt", rt["192.168.0.0"]["launch.sh"].text),
+                       ("ms_a", ms["a"]["launch.sh"].text), ("ms_b", ms["b"]["launch.sh"].text)]:
+        (tmp_path / f"{name}.sh").write_text(text)
+        paths.append(str(tmp_path / f"{name}.sh"))
     res = subprocess.run(["shellcheck", "-s", "bash", *paths], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout
-
-
-HOSTILE = r"""
-defaults:
-  devices: 1
-  workdir: "/tmp/x y"
-  python: "py thon'$(touch /tmp/orchestrate-pwned);`id`"
-  env:
-    SECRET: "a b'c\"d $(touch /tmp/orchestrate-pwned) ; rm -rf / `id` $HOME"
-    PLAIN: "1"
-nodes:
-  - host: 10.0.0.1
-    name: "it's a node; $(touch pwned) `x`"
-"""
-
-
-def test_hostile_inventory_values_arrive_quoted(tmp_path: Path) -> None:
-    inv = parse_inventory(HOSTILE, "hostile.yaml")
-    plan = build_plan(inv, load_job_spec("tiny"))
-    launch = LaunchSpec(job_id="tiny-hstl", mode="msrun", world_size=1, sched_host="10.0.0.1",
-                        entrypoint="echo \"$NODE_NAME\"; printf '%s' \"$SECRET\"")
-    files = render_job(launch, plan)
-    node = inv.nodes[0]
-    script = files[node.name]["launch.sh"].text
-    env_text = files[node.name]["env.sh"].text
-    assert files[node.name]["env.sh"].mode == 0o600
-    (tmp_path / "launch.sh").write_text(script)
-    assert subprocess.run(["bash", "-n", str(tmp_path / "launch.sh")]).returncode == 0
-    # Sourcing env.sh and expanding NODE_NAME gives back the exact values; nothing executes.
-    (tmp_path / "env.sh").write_text(env_text)
-    prelude = script.split('case "${1:-}" in')[0]  # the assignments, not the dispatch
-    probe = prelude + "\n. ./env.sh; printf '%s\\n%s\\n' \"$NODE_NAME\" \"$SECRET\"\n"
-    res = subprocess.run(["bash", "-c", probe, "launch.sh"], cwd=tmp_path, capture_output=True,
-                         text=True)
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.splitlines() == [node.name, node.env["SECRET"]]
-    assert not Path("/tmp/orchestrate-pwned").exists() and not (tmp_path / "pwned").exists()
-    # Without an entrypoint the interpreter is one quoted word on the exec line.
-    plain = render_job(LaunchSpec(job_id="tiny-hstl", mode="msrun", world_size=1,
-                                  sched_host="10.0.0.1"), plan)[node.name]["launch.sh"].text
-    assert f"exec {shlex.quote(node.python)} -m orchestrate_bloom.train" in plain
 
 
 def test_shell_path_expands_home_only() -> None:
@@ -169,13 +239,17 @@ def test_shell_path_expands_home_only() -> None:
     assert shell_path("/a b/c") == "'/a b/c'"
 
 
-def test_env_file_quotes_values() -> None:
-    text = render_env("j", {"A": "x y", "B": "$(id)"})
-    assert "export A='x y'" in text and "export B='$(id)'" in text
+def test_env_file_sourced_gives_values_back(tmp_path: Path) -> None:
+    values = {"A": "x y", "B": "$(touch pwned)", "C": HOSTILE}
+    (tmp_path / "env.sh").write_text(render_env(values))
+    res = subprocess.run(["bash", "-c", ". ./env.sh; printf '%s\\0' \"$A\" \"$B\" \"$C\""],
+                         cwd=tmp_path, capture_output=True, text=True, env=BASE_ENV)
+    assert res.stdout.split("\0")[:-1] == list(values.values())
+    assert not (tmp_path / "pwned").exists()
 
 
 def test_default_mode_and_unknown_mode() -> None:
-    assert default_mode("Ascend") == "ranktable"
+    assert default_mode("Ascend") == "msrun"  # dynamic cluster by default (issue 15.6)
     assert default_mode("CPU") == "msrun"
     inv = parse_inventory(MSRUN_INV, "msrun.yaml")
     plan = build_plan(inv, load_job_spec("tiny"))

@@ -30,8 +30,8 @@ def _job(tmp_path: Path, job_id: str, entrypoint: str) -> Path:
     return job_dir
 
 
-def _sh(job_dir: Path, sub: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["bash", str(job_dir / "launch.sh"), sub], capture_output=True,
+def _sh(job_dir: Path, *sub: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(job_dir / "launch.sh"), *sub], capture_output=True,
                           text=True, timeout=60, stdin=subprocess.DEVNULL)
 
 
@@ -103,3 +103,20 @@ def test_stop_kills_groups_and_escaped_children(tmp_path: Path) -> None:
     assert again.returncode == 0 and again.stdout.strip() == "stopped"
     states = {s.state for s in parse_status("n", _sh(job, "status").stdout).slots}
     assert states <= {"exited", "lost"}
+
+
+def test_start_resume_clears_the_last_attempts_resume_record(tmp_path: Path) -> None:
+    # Attempt 1 writes a record (as a resumed trainer would); attempt 2 writes none: after
+    # `start resume` nothing of attempt 1's record is left to be read as attempt 2's.
+    job = _job(tmp_path, "t-res", '[ -n "${ORCHESTRATE_RESUME:-}" ] || '
+               'echo \'{"resumed_step": 7}\' >"$ORCHESTRATE_RESUMED_FILE"')
+    assert _sh(job, "start").returncode == 0
+    assert _until(lambda: (job / "node_done").exists())
+    records = sorted(p.parent.name for p in job.glob("ranks/*/resumed.json"))
+    assert records == ["0", "1", "sched"]
+    assert _until(lambda: "supervisor exited" in _sh(job, "status").stdout)
+    res = _sh(job, "start", "resume")
+    assert res.returncode == 0 and "already started" not in res.stdout, res.stdout
+    assert _until(lambda: (job / "node_done").exists())
+    assert (job / "attempt").read_text().strip() == "2"
+    assert list(job.glob("ranks/*/resumed.json")) == []

@@ -1,0 +1,94 @@
+"""Reading prepared MindRecord data back: what the trainer reads (split out of data.py).
+
+    files = data_files(Path("data/alpaca"))         # our alpaca.mindrecord*, or any *.mindrecord
+    dataset = create_dataset(Path("data/alpaca"), batch_size=8, num_shards=2, shard_id=0)
+
+A folder holds our `alpaca.mindrecord[0..K-1]` (prepare-data), or what MindFormers'
+make_mindrecord.py writes (e.g. `dataset.mindrecord` + `.db`, column `input_ids` int64 of
+seq_length + 1 ids padded with eos): int64 columns are cast to int32 as they are read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+FILE_STEM = "alpaca.mindrecord"
+
+
+class DataError(ValueError):
+    """Input data or arguments are malformed; the message names the file/record and the value."""
+
+
+def data_files(path: Path) -> list[str]:
+    """The MindRecord files of a prepared directory (or a single file), in shard order: ours
+    (alpaca.mindrecord*), else any other *.mindrecord* (e.g. MindFormers' dataset.mindrecord).
+
+    Raises:
+        DataError: nothing to read there.
+    """
+    if path.is_file():
+        return [str(path)]
+    files = [p for p in path.glob(FILE_STEM + "*") if p.suffix != ".db"]
+    if not files:
+        files = [p for p in path.glob("*.mindrecord*") if p.suffix != ".db"]
+    if not files:
+        raise DataError(f"{path}: no {FILE_STEM}* or *.mindrecord files (run `orchestrate "
+                        "prepare-data`, or give MindFormers' make_mindrecord.py output)")
+    return [str(p) for p in sorted(files, key=lambda p: (len(p.name), p.name))]
+
+
+def column_types(path: Path) -> dict[str, str]:
+    """Column name -> MindRecord type (e.g. "int32", "int64") of the data at `path`."""
+    from mindspore.mindrecord import FileReader
+
+    reader = FileReader(data_files(path)[0])
+    try:
+        return {name: str(field.get("type", "")) for name, field in reader.schema().items()}
+    finally:
+        reader.close()
+
+
+def create_dataset(path: Path, batch_size: int, num_shards: int = 1, shard_id: int = 0,
+                   skip_samples: int = 0, columns: Sequence[str] = ("input_ids",)) -> Any:
+    """An endless, deterministic, per-rank batched MindDataset.
+
+    Rank `shard_id` of `num_shards` reads samples shard_id, shard_id + num_shards, ... (MindDataset
+    sharding, shuffle off), so DP ranks' batches at step t together form the single-process
+    batch t. `skip_samples` resumes the stream where a previous run stopped.
+    """
+    import mindspore.dataset as ds
+
+    files = data_files(path)
+    dataset = ds.MindDataset(files, columns_list=list(columns), shuffle=False,
+                             num_shards=num_shards if num_shards > 1 else None,
+                             shard_id=shard_id if num_shards > 1 else None)
+    wide = [c for c, kind in column_types(path).items() if c in columns and kind == "int64"]
+    if wide:  # MindFormers writes int64 ids; the model takes int32
+        import mindspore as ms
+        from mindspore.dataset import transforms
+
+        dataset = dataset.map(operations=transforms.TypeCast(ms.int32), input_columns=wide)
+    dataset = dataset.repeat()
+    if skip_samples:
+        dataset = dataset.skip(skip_samples)
+    return dataset.batch(batch_size, drop_remainder=True)
+
+
+def sample_length(path: Path) -> int:
+    """Token ids per sample (seq_length + 1) of the prepared data at `path`."""
+    from mindspore.mindrecord import FileReader
+
+    reader = FileReader(data_files(path)[0], columns=["input_ids"])
+    try:
+        for row in reader.get_next():
+            return int(row["input_ids"].shape[0])
+    finally:
+        reader.close()
+    raise DataError(f"{path}: no samples")
+
+
+def has_column(path: Path, column: str) -> bool:
+    """Whether the prepared data at `path` has `column` (e.g. `loss_mask`)."""
+    return column in column_types(path)

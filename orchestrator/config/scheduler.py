@@ -1,0 +1,81 @@
+"""The inventory's scheduler keys: which backend runs the ranks, and Slurm's submit options.
+
+    backend: slurm            # ssh (default) | slurm | k8s
+    partition: debug          # Slurm: sbatch --partition, --account, --qos, --time
+    account: proj42
+    qos: normal
+    time: "01:00:00"
+    slurm_conf: /etc/slurm/slurm.conf   # SLURM_CONF for sbatch/squeue/scancel (default: theirs)
+
+Every error names the file, the key and the bad value (InventoryError).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import InventoryError
+
+BACKENDS = ("ssh", "slurm", "k8s")
+KEYS = frozenset({"backend", "partition", "account", "qos", "time", "slurm_conf"})
+_WORD = re.compile(r"^[A-Za-z0-9_.+-]{1,64}$")
+# Slurm's --time forms: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS, or UNLIMITED
+_TIME = re.compile(r"^(\d+|\d+:\d{2}|\d+:\d{2}:\d{2}|\d+-\d+(:\d{2}(:\d{2})?)?|UNLIMITED)$")
+
+
+@dataclass(frozen=True)
+class Scheduler:
+    """Where ranks run (`backend`) and the Slurm submit options of an inventory."""
+
+    backend: str = "ssh"
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: str | None = None
+    slurm_conf: Path | None = None
+
+    def sbatch_options(self) -> list[str]:
+        """`--partition=...` etc. for the keys that are set."""
+        pairs = (("partition", self.partition), ("account", self.account), ("qos", self.qos),
+                 ("time", self.time))
+        return [f"--{k}={v}" for k, v in pairs if v is not None]
+
+    def source(self, key: str) -> str:
+        """`partition 'foo'`: how an error names where a value came from."""
+        return f"{key} {getattr(self, key)!r}"
+
+
+def parse_scheduler(src: str, doc: Mapping[str, Any]) -> Scheduler:
+    """The scheduler keys of an inventory document (top level)."""
+    backend = doc.get("backend", "ssh")
+    if backend not in BACKENDS:
+        raise InventoryError(src, "backend", f"expected one of {', '.join(BACKENDS)}, "
+                                             f"got {backend!r}")
+    words = {k: _word(src, k, doc.get(k)) for k in ("partition", "account", "qos")}
+    time = doc.get("time")
+    if time is not None:
+        time = str(time)
+        if not _TIME.match(time):
+            raise InventoryError(src, "time", "expected a Slurm time limit (minutes, HH:MM:SS "
+                                              f"or D-HH:MM:SS), got {time!r}")
+    conf = doc.get("slurm_conf")
+    if conf is not None and (not isinstance(conf, str) or not conf):
+        raise InventoryError(src, "slurm_conf", f"expected a file path, got {conf!r}")
+    conf_path = None
+    if conf:
+        conf_path = Path(conf).expanduser()
+        conf_path = conf_path if conf_path.is_absolute() else Path(src).parent / conf_path
+    return Scheduler(backend=str(backend), time=time, slurm_conf=conf_path, **words)
+
+
+def _word(src: str, key: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _WORD.match(value):
+        raise InventoryError(src, key, f"expected a Slurm name (letters, digits, _.+-), "
+                                       f"got {value!r}")
+    return value

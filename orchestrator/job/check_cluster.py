@@ -1,0 +1,106 @@
+"""What MindSpore's dynamic cluster needs of the nodes together (part of `orchestrate check`).
+
+    orchestrate check -i inventories/12node.yaml -c 7.1b --sched-port 8118
+
+- The scheduler port is reachable FROM every node, not only free on the first: in the same
+  probe round, the first node (rank order) binds the port and accepts connections for up to
+  a bounded time (or until every node has connected), while every node, the first
+  included, connects to it at the address the launch scripts give MS_SCHED_HOST (the listener
+  waits LISTEN_BASE_S + LISTEN_PER_NODE_S per node at most). Nothing is left listening: the
+  listener is part of the first node's probe command and ends with it.
+- Every node has its own hostname (MindSpore tells the nodes of a cluster apart by it).
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from orchestrator.job.check import Item, NodeCheck
+
+CONNECT_S = 5.0  # each node keeps trying to connect this long (from its own start)
+# The first node accepts connections until every node connected, or this long at most: long
+# enough for the last batch of a fan-out (--forks) to start and connect.
+LISTEN_BASE_S, LISTEN_PER_NODE_S = 8.0, 0.05
+HOSTNAME_FIX = ("give every node its own hostname (hostnamectl set-hostname NAME): MindSpore's "
+                "dynamic cluster tells nodes apart by hostname")
+
+
+def _listener(nodes: int, port: int) -> str:
+    return "\n".join([
+        "import socket, time",
+        "s = socket.socket()",
+        "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)",
+        f"try: s.bind(('', {port}))",
+        "except OSError: print('port=busy'); raise SystemExit",
+        "print('port=free', flush=True)",
+        "s.listen(64); s.settimeout(0.2)",
+        f"end, n = time.time() + {LISTEN_BASE_S + LISTEN_PER_NODE_S * nodes}, 0",
+        f"while n < {nodes} and time.time() < end:",
+        "    try: c, _ = s.accept()",
+        "    except OSError: continue",
+        "    n += 1; c.settimeout(1)",
+        "    try: c.recv(1)",  # the node closes first: TIME_WAIT stays on its side, so the
+        "    except OSError: pass",  # scheduler can bind the port right after the check
+        "    c.close()",
+    ])
+
+
+def _connector(host: str, port: int) -> str:
+    return "\n".join([
+        "import socket, time",
+        f"end, err = time.time() + {CONNECT_S}, 'no answer'",
+        "while time.time() < end:",
+        "    try:",
+        f"        socket.create_connection(({host!r}, {port}), timeout=2).close()",
+        "        print('reach=ok'); break",
+        "    except OSError as e:",
+        "        err = e.strerror or type(e).__name__; time.sleep(0.2)",
+        "else: print('reach=' + err)",
+    ])
+
+
+def sched_probe(python: str, first: bool, nodes: int, host: str, port: int) -> str:
+    """Shell lines printing `reach=ok|<error>` (every node) and `port=free|busy` (first)."""
+    py = shlex.quote(python)
+    connect = f"{py} -c {shlex.quote(_connector(host, port))} 2>/dev/null || echo reach=failed"
+    if not first:
+        return connect
+    listen = f"{py} -c {shlex.quote(_listener(nodes, port))} 2>/dev/null"
+    return f"{{ {listen}; }} & {{ sleep 0.1; {connect}; }}; wait"
+
+
+def reach_item(out: dict[str, str], node: str, first: str, host: str, port: int) -> Item:
+    """The `sched` check of one node: could it connect to the scheduler port?"""
+    from orchestrator.job.check import Item
+
+    seen = out.get("reach", "")
+    return Item("sched", seen == "ok",
+                f"reaches {host}:{port}" if seen == "ok"
+                else f"cannot reach {host}:{port} ({first}): {seen or 'no answer'}",
+                f"let {node} reach TCP port {port} on {first} (firewall, routes) or pass "
+                "--sched-port")
+
+
+def flag_same_hostnames(checks: Sequence[NodeCheck]) -> list[NodeCheck]:
+    """Mark the `hostname` item of nodes that share a hostname with another node."""
+    from orchestrator.job.check import Item, NodeCheck
+
+    owners: dict[str, list[str]] = {}
+    for c in checks:
+        for i in c.items:
+            if i.name == "hostname" and i.ok:
+                owners.setdefault(i.value, []).append(c.node)
+    out = []
+    for c in checks:
+        items = []
+        for i in c.items:
+            others = [n for n in owners.get(i.value, []) if n != c.node]
+            if i.name == "hostname" and i.ok and others:
+                i = Item("hostname", False, f"{i.value} (same as {', '.join(others)})",
+                         HOSTNAME_FIX)
+            items.append(i)
+        out.append(NodeCheck(c.node, tuple(items)))
+    return out

@@ -1,0 +1,215 @@
+"""The Slurm backend on a real Slurm cluster: tests/slurmhosts.sh (munge, slurmctld, one
+slurmd in each of 2 network-namespace test hosts x 2 CPUs), shared by every test here.
+
+Driven through the real CLI in a subprocess, as a user would: `up --backend slurm --wait`
+trains the real tiny Bloom and `collect-ckpt` / `infer --job` use it; the failure cases use
+a trivial rank command (--entrypoint). After each job no process of it is left on any host
+and Slurm's queue no longer lists it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.integration.conftest import slurm_cluster
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+STATE = Path(tempfile.gettempdir()) / f"orchestrate-slurmhosts-{os.getpid()}"
+SEED = REPO / "model" / "assets" / "alpaca_seed_tasks.json"
+HOSTS = ("th0", "th1")
+SLEEPER = 'trap "exit 143" TERM; for i in $(seq 1200); do echo "step=$i loss=1.5"; sleep 0.5; done'
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Path]:
+    yield from slurm_cluster(STATE, 2, devices=2)
+
+
+def slurm(*args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, SLURM_CONF=str(STATE / "slurm" / "slurm.conf"))
+    return subprocess.run(list(args), capture_output=True, text=True, env=env, check=False,
+                          timeout=60)
+
+
+def in_queue(job: str) -> bool:
+    return job in slurm("squeue", "-h", "-o", "%i").stdout.split()
+
+
+def ssh(name: str, command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ssh", "-F", str(STATE / "ssh_config"), name, command],
+                          capture_output=True, text=True, check=False, timeout=60,
+                          stdin=subprocess.DEVNULL)
+
+
+def orch(cwd: Path, *args: str, check: bool = True, timeout: float = 600
+         ) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO), COLUMNS="120")
+    proc = subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"orchestrate {' '.join(args)} exited {proc.returncode}:\n"
+                             f"{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def start(cwd: Path, *args: str) -> subprocess.Popen[str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO), COLUMNS="120")
+    return subprocess.Popen([sys.executable, "-m", "orchestrator", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+
+
+def record(cwd: Path) -> dict:
+    recs = [json.loads(p.read_text()) for p in (cwd / ".orchestrate" / "jobs").glob("*.json")]
+    return max(recs, key=lambda r: r["created_at"]) if recs else {}
+
+
+def wait_for(pred, timeout: float = 120.0):  # type: ignore[no-untyped-def]
+    end = time.time() + timeout
+    while time.time() < end:
+        if value := pred():
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+def job_processes(job_id: str, name: str) -> list[str]:
+    res = ssh(name, f"grep -lzxF ORCHESTRATE_JOB_ID={job_id} /proc/[0-9]*/environ "
+                    "2>/dev/null || true")
+    return [p for p in res.stdout.split() if "/self/" not in p and "/thread-self/" not in p]
+
+
+def assert_gone(job: dict) -> None:
+    """Nothing of the job runs on any host, and squeue does not list its Slurm job."""
+    for name in HOSTS:
+        assert job_processes(job["job_id"], name) == [], f"{job['job_id']} still on {name}"
+    assert not in_queue(job["scheduler_job"]), slurm("squeue").stdout
+
+
+def kill_rank(job: dict, rank: int) -> None:
+    node = next(n for n in job["nodes"] if n["rank_start"] <= rank < n["rank_end"])
+    res = ssh(node["name"], f"kill -9 $(cut -d' ' -f1 {node['job_dir']}/ranks/{rank}/pid)")
+    assert res.returncode == 0, res.stderr
+
+
+def running(cwd: Path) -> bool:
+    """Every rank of the newest job runs (asked with `status`, which refreshes the record)."""
+    job = record(cwd)
+    if not job.get("scheduler_job"):
+        return False
+    status = json.loads(orch(cwd, "status", job["job_id"], "--json").stdout)
+    return status["status"] == "RUNNING" and all(
+        r["state"] == "running" for n in status["nodes"] for r in n["ranks"])
+
+
+@pytest.mark.slow
+def test_up_backend_slurm_trains_then_collect_and_infer(cluster: Path, tmp_path: Path) -> None:
+    doc = yaml.safe_load(cluster.read_text())
+    assert doc.pop("backend") == "slurm"  # --backend chooses it instead
+    inv = tmp_path / "inv.yaml"
+    inv.write_text(yaml.safe_dump(doc))
+    orch(tmp_path, "prepare-data", "--input", str(SEED), "--output", str(tmp_path / "data"),
+         "--seq-length", "32")
+    up = orch(tmp_path, "up", "-i", str(inv), "--backend", "slurm", "-c", "tiny",
+              "--set", f"data.path={tmp_path / 'data'}", "--set", "train.steps=4",
+              "--set", "train.save_steps=2", "--set", "train.seq_length=32", "--wait")
+    job = record(tmp_path)
+    assert job["status"] == "SUCCEEDED" and job["backend"] == "slurm", up.stdout + up.stderr
+    batch = (tmp_path / ".orchestrate" / "jobs" / job["job_id"] / "slurm-attempt1.sbatch"
+             ).read_text()
+    assert all(f"exec bash {n['job_dir']}/launch.sh run" in batch for n in job["nodes"])
+    for node in job["nodes"]:
+        for rank in range(node["rank_start"], node["rank_end"]):
+            res = ssh(node["name"], f"ls {node['job_dir']}/output/checkpoint/rank_{rank}")
+            assert f"bloom_rank_{rank}-4.ckpt" in res.stdout, (node["name"], res.stdout)
+    state = slurm("scontrol", "show", "job", "-o", job["scheduler_job"]).stdout
+    assert "JobState=COMPLETED" in state and "NodeList=th[0-1]" in state
+    assert_gone(job)
+    got = orch(tmp_path, "collect-ckpt")
+    assert "bloom_tiny_step4.ckpt" in got.stdout
+    inf = orch(tmp_path, "infer", "--job", "latest", "--max-new-tokens", "3", "Add 2 and 1.")
+    assert inf.stdout.startswith("Add 2 and 1.")
+
+
+def test_killed_rank_fails_the_job_naming_rank_and_node(cluster: Path, tmp_path: Path) -> None:
+    waiter = start(tmp_path, "up", "-i", str(cluster), "-c", "tiny", "--no-check", "--wait",
+                   "--entrypoint", SLEEPER)
+    try:
+        wait_for(lambda: running(tmp_path))
+        kill_rank(record(tmp_path), 3)
+        out, err = waiter.communicate(timeout=180)
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+    job = record(tmp_path)
+    assert waiter.returncode == 1, out + err
+    assert job["status"] == "FAILED" and "rank 3 on th1" in job["message"], job["message"]
+    assert_gone(job)
+
+
+def test_max_restarts_resubmits_after_a_kill(cluster: Path, tmp_path: Path) -> None:
+    cmd = f'if [ -n "${{ORCHESTRATE_RESUME:-}}" ]; then echo "step=9 loss=1"; exit 0; fi; {SLEEPER}'
+    waiter = start(tmp_path, "up", "-i", str(cluster), "-c", "tiny", "--no-check", "--wait",
+                   "--max-restarts", "1", "--entrypoint", cmd)
+    try:
+        wait_for(lambda: running(tmp_path))
+        first = record(tmp_path)["scheduler_job"]
+        kill_rank(record(tmp_path), 1)
+        out, err = waiter.communicate(timeout=240)
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+    job = record(tmp_path)
+    assert waiter.returncode == 0, out + err
+    assert job["status"] == "SUCCEEDED" and job["attempts"] == 2
+    assert job["history"][0]["status"] == "FAILED" and "rank 1 on th0" in job["history"][0][
+        "cause"]
+    assert job["scheduler_job"] != first and not in_queue(first)
+    assert_gone(job)
+
+
+def test_pending_shows_slurm_reason_then_down_cancels(cluster: Path, tmp_path: Path) -> None:
+    blocker = slurm("sbatch", "--parsable", "-N2", "--exclusive", "--output=/dev/null",
+                    "--wrap", "sleep 600")
+    assert blocker.returncode == 0, blocker.stderr
+    try:
+        orch(tmp_path, "up", "-i", str(cluster), "-c", "tiny", "--no-check", "--no-guard",
+             "--entrypoint", SLEEPER)
+        job = record(tmp_path)
+        status = wait_for(lambda: (s := json.loads(orch(tmp_path, "status", "--json").stdout))
+                          ["status"] == "PENDING" and s)
+        assert f"slurm job {job['scheduler_job']} PENDING (Resources)" in status["message"]
+        assert status["scheduler_job"] == job["scheduler_job"]
+    finally:
+        slurm("scancel", blocker.stdout.strip())
+    wait_for(lambda: running(tmp_path))
+    down = orch(tmp_path, "down", "--yes")
+    job = record(tmp_path)
+    assert job["status"] == "CANCELLED", down.stdout + down.stderr
+    assert_gone(job)
+
+
+def test_bad_partition_is_a_one_line_error(cluster: Path, tmp_path: Path) -> None:
+    inv = tmp_path / "bad.yaml"
+    inv.write_text(cluster.read_text().replace("partition: debug", "partition: nope"))
+    res = orch(tmp_path, "up", "-i", str(inv), "-c", "tiny", "--no-check", "--entrypoint",
+               SLEEPER, check=False)
+    assert res.returncode == 1
+    error = res.stderr.strip().splitlines()[-1]
+    assert "invalid partition specified: nope" in error and "bad.yaml" in error, res.stderr
+    job = record(tmp_path)
+    assert job["status"] == "FAILED" and "nope" in job["message"]
+    for name in HOSTS:
+        assert job_processes(job["job_id"], name) == []
