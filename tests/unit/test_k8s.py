@@ -268,6 +268,9 @@ def test_cli_emit_and_its_errors(tmp_path: Path) -> None:
                               "--volume", "c"])
     assert res.exit_code == 1 and "fault_tolerance: not supported with --backend k8s" in \
         res.output
+    res = runner.invoke(cli, [*base, "--emit", str(out), "--image", "r/b:1", "--volume", "c",
+                              "--rank-table", str(ft)])
+    assert res.exit_code == 2 and "--backend k8s: no --rank-table" in res.output
     res = runner.invoke(cli, ["up", "-i", "inventories/local.yaml", "-c", "tiny", "--emit", "x"])
     assert res.exit_code == 2 and "--emit: only with --backend k8s" in res.output
     assert len(list(out.iterdir())) == 2  # the refused runs wrote nothing
