@@ -215,6 +215,9 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
     if backend == "k8s" and (wait or dry_run):
         raise click.UsageError("--backend k8s: --wait and --dry-run are SSH-only (use --emit "
                                "DIR to see the manifests; `orchestrate status JOB` to follow)")
+    if backend == "k8s" and rank_table_path is not None:
+        raise click.UsageError("--backend k8s: no --rank-table (the platform fills the "
+                               "rings-config ConfigMap of a --mode ranktable job)")
     with phase("plan"):
         from orchestrator.config.presets import load_job_spec
         from orchestrator.job.lifecycle import UpOptions, create_job, dry_run_summary, launch
@@ -258,6 +261,7 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
     store = store_for(state_dir)
     if dry_run:
         record = create_job(inv, spec, store, opts, None)
+        _echo_data_notes(record.local_data)
         for line in dry_run_summary(record, store):
             click.echo(line)
         return
@@ -283,6 +287,7 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
                 raise JobError(f"check failed on {len({n for n, _ in report.failures})} "
                                "node(s); nothing was started (fix, or skip with --no-check)")
         record = create_job(inv, spec, store, replace(opts, sched_port=port), group, job_id)
+        _echo_data_notes(record.local_data)
         click.echo(f"job {record.job_id}: {record.world_size} ranks on {len(record.nodes)} "
                    f"node(s), {record.mode} mode")
         try:
@@ -315,6 +320,13 @@ def _platform_table(path: Path, timeout: float, inv: Any) -> str:
                f"{found.table.world_size} ranks"
                + ("; ranks renumbered in server_id order" if found.reordered else ""))
     return found.table.dumps()
+
+
+def _echo_data_notes(local_data: str | None) -> None:
+    from orchestrator.job.dataset import data_notes
+
+    for line in data_notes(local_data):
+        click.echo(f"note: {line}", err=True)
 
 
 @click.command("resume")
