@@ -85,7 +85,7 @@ def latest(state: Path) -> dict:
 
 
 PHASES = {"phase", "startup", "plan", "check", "ranktable", "data", "render", "connect",
-          "stage", "start", "other", "total"}
+          "stage", "start", "guard", "other", "total"}
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import checkpoint as ck
-from . import graceful, mindformers_ckpt
+from . import cpu_share, graceful, mindformers_ckpt
 from .convert import ConvertError
 from .data_read import DataError, create_dataset, has_column, sample_length
 from .job import Job, load_job
@@ -376,9 +376,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         job = load_job(args.job, args.overrides)
         check_job(job)
+        share = cpu_share.apply_from_env()  # pin + size pools before MindSpore starts threads
         import mindspore as ms
 
         ms.set_context(mode=ms.GRAPH_MODE, device_target=job.train["device_target"])
+        cpu_share.apply_to_mindspore(ms, share)
         if os.environ.get("RANK_TABLE_FILE") and os.environ.get("DEVICE_ID"):
             ms.set_context(device_id=int(os.environ["DEVICE_ID"]))
         if os.environ.get("MS_ROLE") in ("MS_SCHED", "MS_PSERVER"):

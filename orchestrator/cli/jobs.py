@@ -155,8 +155,8 @@ def check_command(inventory_path: Path, preset: str | None, overrides: tuple[str
 @flags.state_dir_option()
 @flags.forks_option()
 @click.option("-v", "--verbose", is_flag=True,
-              help="Print seconds per phase (startup, plan, check, data, render, connect, "
-                   "stage, start) once the job runs.")
+              help="Print seconds per phase (startup, plan, connect, check, data, render, "
+                   "stage, start, guard) once the job runs.")
 def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mode: str | None,
                wait: bool, no_check: bool, dry_run: bool, rank_table_path: Path | None,
                rank_table_timeout: float, sched_port: int | None, cluster_timeout: int,
@@ -241,6 +241,9 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
         mode = "ranktable"
         table = _platform_table(rank_table_path, rank_table_timeout, inv)
     mode = mode or default_mode(str(spec.value("train.device_target")))
+    from orchestrator.config.faulttol import fault_env
+
+    fault_env(inv.fault_tolerance, "", mode, str(inventory_path))  # refused before anything
     opts = UpOptions(mode=mode, sched_port=sched_port, cluster_timeout=cluster_timeout,
                      entrypoint=entrypoint, stop_grace=stop_grace, backend=backend,
                      rank_table=table)
@@ -266,7 +269,9 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
     # One connection per node for the whole command; the SSH handshakes run in the
     # background while the job id is reserved. The nodes are checked before any local work
     # that may take long (preparing a dataset).
-    with NodeGroup(inv, inv.in_rank_order(), forks=forks) as group:
+    with phase("connect"):  # importing the SSH stack, starting the handshakes
+        nodes = NodeGroup(inv, inv.in_rank_order(), forks=forks)
+    with nodes as group:
         job_id = reserve_job_id(store, spec.preset)
         port = sched_port or sched_port_for(job_id)
         if not no_check:
@@ -287,6 +292,9 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
             sys.exit(130)
         click.echo(f"job {record.job_id} running. Follow it with `orchestrate status --watch "
                    f"{record.job_id}`, stop it with `orchestrate down {record.job_id}`.")
+        if not wait and not no_guard:
+            with phase("guard"):
+                start_guard(store, record)
         if verbose:
             for line in clock.lines():
                 click.echo(line)
@@ -294,8 +302,6 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
             watch_job(record, group, store, policy,
                       _rechecker(group, spec, mode, record.sched_port, no_check),
                       guard_on_detach=not no_guard)
-        elif not no_guard:
-            start_guard(store, record)
 
 
 def _platform_table(path: Path, timeout: float, inv: Any) -> str:

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from orchestrator.config.faulttol import FaultTolerance
 from orchestrator.config.scheduler import Scheduler
 from orchestrator.errors import InventoryError
 
@@ -71,6 +72,7 @@ class Inventory:
     known_hosts: tuple[Path, ...] = ()  # extra known_hosts files besides ~/.ssh/known_hosts
     host_key_policy: HostKeyPolicy = HostKeyPolicy.STRICT
     ssh_config: Path | None = None  # ssh_config file to read instead of ~/.ssh/config
+    fault_tolerance: FaultTolerance | None = None  # MindSpore's (config/faulttol.py)
     scheduler: Scheduler = Scheduler()  # backend and Slurm options (config/scheduler.py)
 
     @property

@@ -32,6 +32,7 @@ from orchestrator.config.cluster import (
     is_valid_ipv4,
     rank_order_key,
 )
+from orchestrator.config.faulttol import parse_fault_tolerance
 from orchestrator.config.scheduler import KEYS as SCHEDULER_KEYS
 from orchestrator.config.scheduler import parse_scheduler
 from orchestrator.errors import InventoryError
@@ -43,7 +44,7 @@ __all__ = [  # the cluster types live in config/cluster.py; importers may name t
 ]
 
 _TOP_KEYS = {"defaults", "nodes", "hosts", "known_hosts", "host_key_policy", "ssh_config",
-             *SCHEDULER_KEYS}
+             "fault_tolerance", *SCHEDULER_KEYS}
 _NODE_KEYS = {
     "host",
     "name",
@@ -120,6 +121,7 @@ def parse_inventory(text: str, path: Path | str = "<inventory>", digest: str = "
             src, "host_key_policy", doc.get("host_key_policy", "strict"), HostKeyPolicy
         ),
         ssh_config=fields.path_or_none(src, "ssh_config", doc.get("ssh_config")),
+        fault_tolerance=parse_fault_tolerance(src, doc.get("fault_tolerance")),
         scheduler=parse_scheduler(src, doc),
     )
 

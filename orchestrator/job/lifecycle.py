@@ -24,6 +24,7 @@ from pathlib import Path
 
 from orchestrate_bloom.fileio import write_atomic
 
+from orchestrator.config.faulttol import fault_env
 from orchestrator.config.inventory import Inventory
 from orchestrator.config.plan import build_plan
 from orchestrator.config.presets import JobSpec
@@ -111,15 +112,17 @@ def create_job(inv: Inventory, spec: JobSpec, store: JobStore, opts: UpOptions,
     """
     plan = build_plan(inv, spec)
     mode = opts.mode or default_mode(str(spec.value("train.device_target")))
-    job_id = job_id or reserve_job_id(store, spec.preset)
     first = plan.nodes[0].ranks.node
-    port = opts.sched_port or sched_port_for(job_id)
     from orchestrator.remote.group import node_address  # an ssh_config alias: its HostName
 
+    sched_host = node_address(first, inv)
+    fault = fault_env(inv.fault_tolerance, sched_host, mode, str(inv.path))
+    job_id = job_id or reserve_job_id(store, spec.preset)
+    port = opts.sched_port or sched_port_for(job_id)
     launch = LaunchSpec(job_id=job_id, mode=mode, world_size=plan.world_size,
-                        sched_host=node_address(first, inv), sched_port=port,
+                        sched_host=sched_host, sched_port=port,
                         cluster_timeout=opts.cluster_timeout, entrypoint=opts.entrypoint,
-                        stop_grace=opts.stop_grace)
+                        stop_grace=opts.stop_grace, fault_env=tuple(sorted(fault.items())))
     with phase("ranktable"):
         table = ((opts.rank_table or rank_table_for(inv, group)) if mode == "ranktable"
                  else None)

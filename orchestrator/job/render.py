@@ -47,6 +47,8 @@ class LaunchSpec:
     cluster_timeout: int = DEFAULT_CLUSTER_TIMEOUT
     entrypoint: str | None = None  # shell command run per rank instead of the bundled trainer
     stop_grace: int = DEFAULT_STOP_GRACE
+    # MindSpore fault tolerance asked for by the inventory (config/faulttol.py): (name, value)
+    fault_env: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,7 @@ def _render_slots(launch: LaunchSpec, template: str, node_name: str, slots: Sequ
         "sched_host": launch.sched_host,
         "sched_port": launch.sched_port,
         "cluster_timeout": launch.cluster_timeout,
+        "fault_env": launch.fault_env,
         **extra,
     }
     return env.get_template(template).render(ctx)

@@ -116,7 +116,10 @@ def test_65b_ranktable_every_rank_env_and_command_line(tmp_path: Path) -> None:
                            "RANK_ID": str(rank), "DEVICE_ID": str(device),
                            "RANK_TABLE_FILE": f"{job_dir}/rank_table.json",
                            "MINDSPORE_HCCL_CONFIG_PATH": f"{job_dir}/rank_table.json",
-                           "ASCEND_GLOBAL_LOG_LEVEL": "3"}, (host, rank)
+                           "ASCEND_GLOBAL_LOG_LEVEL": "3",
+                           # the rank's share of the node's cores (orchestrate_bloom.cpu_share)
+                           "ORCHESTRATE_LOCAL_RANK": str(local),
+                           "ORCHESTRATE_LOCAL_RANKS": "8"}, (host, rank)
 
 
 def test_msrun_scheduler_on_first_node_every_slot_env_and_resume(tmp_path: Path) -> None:
@@ -135,7 +138,9 @@ def test_msrun_scheduler_on_first_node_every_slot_env_and_resume(tmp_path: Path)
             argv, env = run_slot(job_dir, slot)
             want = {**common_env(launch.job_id, job_dir, name, 4, slot),
                     "MS_SCHED_HOST": "10.0.0.1", "MS_SCHED_PORT": "23456",
-                    "MS_WORKER_NUM": "4", "MS_TOPO_TIMEOUT": "600"}
+                    "MS_WORKER_NUM": "4", "MS_TOPO_TIMEOUT": "600",
+                    "ORCHESTRATE_LOCAL_RANK": "sched" if device is None else str(device),
+                    "ORCHESTRATE_LOCAL_RANKS": "2"}
             if device is None:
                 want["MS_ROLE"] = "MS_SCHED"
             else:

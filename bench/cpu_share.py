@@ -1,0 +1,84 @@
+"""Whole-node training throughput when ranks share a node's cores: 8 ranks vs 2 on this host.
+
+    python bench/cpu_share.py [--steps 30] [--ranks 2 8] [--global-batch 16]
+
+Runs the real path, `orchestrate up --wait` on a `connection: local` inventory (this machine as
+one node, no SSH), the tiny preset, the same global batch for every rank count (micro batch =
+global batch / ranks), once with each rank's share of the cores (orchestrate_bloom.cpu_share:
+pinning + thread pools sized to the share) and once without it (ORCHESTRATE_CPU_SHARE=0 in the
+inventory's env: every rank starts MindSpore's default pools), alternating so both see the same
+background load. Tokens/s of the node = global tokens per step x steps between rank 0's first
+and last log line / seconds between them (compile and cluster start excluded).
+Goal (issue #17): 8 ranks >= 0.8x the tokens/s of 2 ranks on a 2-core host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+LINE = re.compile(r"^step=(\d+) .*elapsed_s=([0-9.]+)", re.M)
+SEQ = 64  # the tiny preset's seq_length
+
+
+def run(ranks: int, share: bool, steps: int, global_batch: int, root: Path) -> float:
+    """Node tokens/s of one `up --wait` (raises when the job fails)."""
+    case = root / f"r{ranks}-{'on' if share else 'off'}"
+    case.mkdir()
+    env_line = "" if share else ", env: {ORCHESTRATE_CPU_SHARE: '0'}"
+    (case / "inv.yaml").write_text(
+        f"defaults: {{connection: local, devices: {ranks}, workdir: {case / 'work'}, "
+        f"python: {sys.executable}{env_line}}}\nnodes: [{{host: 127.0.0.1, name: local}}]\n")
+    args = [sys.executable, "-m", "orchestrator", "up", "-i", str(case / "inv.yaml"), "-c",
+            "tiny", "--no-check", "--wait", "--no-guard", "--state-dir", str(case / "state"),
+            "--set", f"train.steps={steps}", "--set", "train.log_steps=5",
+            "--set", f"train.save_steps={steps}",
+            "--set", f"parallel.micro_batch_size={global_batch // ranks}"]
+    res = subprocess.run(args, cwd=case, capture_output=True, text=True, timeout=3600,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)), check=False)
+    logs = sorted((case / "work" / "jobs").glob("*/ranks/0/stdout.log"))
+    text = logs[0].read_text() if logs else ""
+    points = [(int(s), float(t)) for s, t in LINE.findall(text)]
+    if res.returncode != 0 or len(points) < 2:
+        raise RuntimeError(f"{ranks} ranks, share {share}: exit {res.returncode}\n"
+                           f"{res.stdout[-2000:]}{res.stderr[-2000:]}\n{text[-2000:]}")
+    (s0, t0), (s1, t1) = points[0], points[-1]
+    return (s1 - s0) * global_batch * SEQ / (t1 - t0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--ranks", type=int, nargs=2, default=[2, 8], metavar=("REF", "MANY"))
+    parser.add_argument("--global-batch", type=int, default=16)
+    args = parser.parse_args()
+    ref, many = args.ranks
+    print(f"node tokens/s, tiny preset, global batch {args.global_batch}, {args.steps} steps, "
+          f"{len(os.sched_getaffinity(0))} cores, load average {os.getloadavg()[0]:.2f}")
+    out: dict[str, dict[int, float]] = {"off": {}, "on": {}}
+    with tempfile.TemporaryDirectory(prefix="orchestrate-bench-cpu-") as tmp:
+        for ranks in (ref, many):
+            for mode in ("off", "on"):
+                t = time.perf_counter()
+                out[mode][ranks] = run(ranks, mode == "on", args.steps, args.global_batch,
+                                       Path(tmp))
+                print(f"  {ranks} ranks, share {mode:<3}: {out[mode][ranks]:9.1f} tokens/s "
+                      f"({time.perf_counter() - t:.0f} s wall)", flush=True)
+    print(f"{'share':<6} {f'{ref} ranks':>10} {f'{many} ranks':>10} {f'{many}/{ref}':>7}")
+    for mode in ("off", "on"):
+        r = out[mode]
+        print(f"{mode:<6} {r[ref]:>10.1f} {r[many]:>10.1f} {r[many] / r[ref]:>6.2f}x")
+    print(f"load average at the end {os.getloadavg()[0]:.2f}")
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
