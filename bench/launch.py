@@ -55,13 +55,16 @@ def orch_timed(state: Path, *args: str) -> tuple[float, float, str]:
     """Run orchestrate like `orch`; (wall seconds, peak RSS MiB, stdout)."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
     argv = [sys.executable, "-m", "orchestrator", *args, "--state-dir", str(state / "jobs")]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, cwd=str(state), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    out, err = proc.communicate()  # reads both pipes to the end; the child may still be a zombie
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    with tempfile.TemporaryFile("w+") as out_f, tempfile.TemporaryFile("w+") as err_f:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(argv, env=env, cwd=str(state), stdout=out_f, stderr=err_f,
+                                text=True)
+        _, status, usage = os.wait4(proc.pid, 0)  # reaps it: its own peak RSS, not ours
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out_f.seek(0)
+        err_f.seek(0)
+        out, err = out_f.read(), err_f.read()
     if proc.returncode != 0:
         raise RuntimeError(f"{argv} failed ({proc.returncode}): {err.strip()}")
     return wall, usage.ru_maxrss / 1024, out

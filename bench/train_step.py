@@ -1,18 +1,24 @@
 """Benchmark one training step: our MindSpore trainer (graph mode) vs HF transformers + torch AdamW.
 
-    python bench/train_step.py [--steps 20]
+    python bench/train_step.py [--steps 20] [--threads 2] [--ms-threads N]
+    python bench/train_step.py --threads 1 --ms-threads 1   # on a loaded machine: CPU time counts
 
 Same shapes on both sides, CPU, fp32, random token ids: `tiny` (vocab 1000, hidden 64, 2 layers,
 4 heads, seq 64, batch 8) and `small` (vocab 4096, hidden 256, 4 layers, 8 heads, seq 128,
 batch 8). Ours is the exact train-step cell `model.train` runs (loss, grads, clipping,
 AdamWeightDecay); the reference is BloomForCausalLM(labels=...) + clip_grad_norm_ + AdamW.
 Steps of the two alternate after warm-up/compile, so both see the same background load; prints
-the median step time of each and the ratio.
+the median step time of each and the ratio (HF time / ours: >= 1.0 means ours is at least as
+fast), the ratio of the best steps, and the ratio of this process's CPU seconds per step, which
+other processes' load skews least (with one thread per side it is the work each side does;
+with more threads, spinning thread pools count against their side). torch's threads are
+--threads; MindSpore's CPU kernel threads --ms-threads (default: MindSpore's own, 25).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -91,21 +97,30 @@ def reference(cfg: dict[str, int]) -> Callable[[], None]:
     return step
 
 
-def timed(step: Callable[[], None]) -> float:
-    t = time.perf_counter()
+def timed(step: Callable[[], None]) -> tuple[float, float]:
+    """(wall seconds, this process's CPU seconds) of one step."""
+    cpu, t = time.process_time(), time.perf_counter()
     step()
-    return time.perf_counter() - t
+    return time.perf_counter() - t, time.process_time() - cpu
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=20, help="Timed steps per side.")
     parser.add_argument("--warmup", type=int, default=3, help="Untimed steps (compile) first.")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads.")
+    parser.add_argument("--ms-threads", type=int,
+                        help="MindSpore CPU kernel threads (default: MindSpore's own, 25).")
     args = parser.parse_args()
+    import mindspore as ms
     import torch
 
-    torch.set_num_threads(2)
-    print("CPU, fp32, median of timed steps after warm-up; tokens/step = batch x seq")
+    torch.set_num_threads(args.threads)
+    if args.ms_threads is not None:
+        ms.device_context.cpu.op_tuning.threads_num(args.ms_threads)
+    print(f"CPU, fp32, median of {args.steps} timed steps after {args.warmup} warm-up; tokens/step"
+          f" = batch x seq; torch threads {args.threads}, MindSpore threads "
+          f"{args.ms_threads or 'default (25)'}; load average {os.getloadavg()[0]:.1f}")
     for name, cfg in CONFIGS.items():
         mine, theirs = ours(cfg, args.steps + args.warmup), reference(cfg)
         for _ in range(args.warmup):  # compile / allocate
@@ -115,11 +130,14 @@ def main() -> None:
         for _ in range(args.steps):  # alternate, so both see the same background load
             times_a.append(timed(mine))
             times_b.append(timed(theirs))
-        a, b = statistics.median(times_a), statistics.median(times_b)
+        a, b = (statistics.median(w for w, _ in t) for t in (times_a, times_b))
+        best = min(w for w, _ in times_b) / min(w for w, _ in times_a)
+        cpu = statistics.median(c for _, c in times_b) / statistics.median(c for _, c in times_a)
         tokens = cfg["batch"] * cfg["seq"]
         print(f"{name:5s} ours (MindSpore graph): {a * 1e3:8.1f} ms/step {tokens / a:9.0f} tok/s | "
               f"HF+torch AdamW: {b * 1e3:8.1f} ms/step {tokens / b:9.0f} tok/s | "
-              f"ratio (HF / ours): {b / a:.2f}x")
+              f"ratio (HF / ours): {b / a:.2f}x, best-step {best:.2f}x, CPU-time {cpu:.2f}x")
+    print(f"load average now {os.getloadavg()[0]:.1f} (other processes skew both sides)")
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ class Summary:
     mask_prompt: bool
     files: list[str]
     template: str = "alpaca"  # the prompt template of every record (prompts.py)
+    no_response: int = 0  # records whose prompt alone fills the row: no response is trained
 
 
 # --- reading and validating -------------------------------------------------------------------
@@ -248,11 +249,12 @@ def prepare(input_path: Path, output_dir: Path, seq_length: int, tokenizer_path:
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
     try:
-        truncated, tokens, files = _write(records, partial, seq_length, tokenizer, eos_id,
-                                          shards, mask_prompt, progress)
+        truncated, tokens, files, no_response = _write(records, partial, seq_length, tokenizer,
+                                                       eos_id, shards, mask_prompt, progress)
         summary = Summary(records=len(records), truncated=truncated, tokens=tokens,
                           seconds=round(time.perf_counter() - start, 3), seq_length=seq_length,
-                          shards=shards, mask_prompt=mask_prompt, files=files)
+                          shards=shards, mask_prompt=mask_prompt, files=files,
+                          no_response=no_response)
         (partial / SUMMARY_FILE).write_text(json.dumps(asdict(summary), indent=2) + "\n")
         for old in output_dir.glob(FILE_STEM + "*"):
             old.unlink()
@@ -265,7 +267,7 @@ def prepare(input_path: Path, output_dir: Path, seq_length: int, tokenizer_path:
 
 def _write(records: Sequence[dict[str, str]], directory: Path, seq_length: int, tokenizer: Any,
            eos_id: int, shards: int, mask_prompt: bool,
-           progress: Callable[[int, int], None] | None) -> tuple[int, int, list[str]]:
+           progress: Callable[[int, int], None] | None) -> tuple[int, int, list[str], int]:
     from mindspore.mindrecord import FileWriter
 
     writer = FileWriter(str(directory / FILE_STEM), shard_num=shards, overwrite=True)
@@ -273,7 +275,7 @@ def _write(records: Sequence[dict[str, str]], directory: Path, seq_length: int, 
     if mask_prompt:
         schema["loss_mask"] = {"type": "int32", "shape": [-1]}
     writer.add_schema(schema, "alpaca")
-    truncated = tokens = 0
+    truncated = tokens = no_response = 0
     starts = range(0, len(records), ENCODE_CHUNK)
 
     tids, cache = record_encoder(tokenizer, records[:TEMPLATE_PROBE])
@@ -290,6 +292,7 @@ def _write(records: Sequence[dict[str, str]], directory: Path, seq_length: int, 
             if n + 1 < len(starts):
                 pending = pool.submit(encode, starts[n + 1])
             truncated, tokens = truncated + t, tokens + k
+            no_response += int((mask.sum(1) == 0).sum())  # no response token within the row
             if mask_prompt:
                 rows = [{"input_ids": i, "loss_mask": m} for i, m in zip(ids, mask, strict=True)]
             else:
@@ -299,7 +302,7 @@ def _write(records: Sequence[dict[str, str]], directory: Path, seq_length: int, 
                 progress(min(lo + ENCODE_CHUNK, len(records)), len(records))
     writer.commit()
     files = [FILE_STEM] if shards == 1 else [f"{FILE_STEM}{i}" for i in range(shards)]
-    return truncated, tokens, files
+    return truncated, tokens, files, no_response
 
 
 # --- reading back -----------------------------------------------------------------------------

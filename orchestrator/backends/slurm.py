@@ -11,10 +11,11 @@ one task per node running that node's `launch.sh run` in the foreground, so the 
 supervisor, rank layout, msrun scheduler (first node in rank order), logs and checkpoints are
 exactly the SSH ones. The record keeps the Slurm job id (`scheduler_job`).
 
-`poll` asks slurmctld first (scontrol show job), then the nodes; a PENDING job shows Slurm's
-reason, and a job Slurm ended before every rank finished (time limit, node failure, a task
-that could not start) is FAILED naming the Slurm state. `stop` runs `launch.sh stop` on the
-nodes (SIGTERM, the stop grace, SIGKILL), then scancel, and waits until squeue forgets it.
+`poll` asks slurmctld first (scontrol show job), then the nodes. A PENDING job shows Slurm's
+reason; one that waiting cannot fix (a requested node down, a partition down) fails the job.
+A job Slurm ended before every rank finished (time limit, node failure, a task that could not
+start) is FAILED naming the Slurm state. `stop` runs `launch.sh stop` on the nodes (SIGTERM,
+the stop grace, SIGKILL), then scancel, and waits until squeue forgets it.
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ def verdict(record: JobRecord, job: cli.SlurmJob | None,
         return None
     if ranks is JobStatus.SUCCEEDED:
         return None
+    if job.unschedulable:
+        return JobStatus.FAILED, f"{job.describe()}: Slurm cannot schedule it"
     if job.state in cli.WAITING:
         return JobStatus.PENDING, job.describe()
     started = any(s.state != "pending" for s in slots)

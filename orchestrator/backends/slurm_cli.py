@@ -24,6 +24,12 @@ ENDED = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "
                    "BOOT_FAIL", "DEADLINE", "OUT_OF_MEMORY", "SPECIAL_EXIT", "REVOKED"})
 WAITING = frozenset({"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
                      "SUSPENDED", "RESV_DEL_HOLD"})
+# Pending reasons that no amount of waiting fixes here (a node of the job down or drained, a
+# partition down, a limit the job exceeds): the job is failed instead of waiting forever.
+UNSCHEDULABLE = ("ReqNodeNotAvail", "NodeDown", "PartitionDown", "PartitionInactive",
+                 "PartitionNodeLimit", "PartitionTimeLimit", "InvalidAccount", "InvalidQOS",
+                 "AccountNotAllowed", "QOSNotAllowed", "BadConstraints",
+                 "DependencyNeverSatisfied")
 
 
 @dataclass(frozen=True)
@@ -36,9 +42,15 @@ class SlurmJob:
     exit_code: str  # ExitCode, "code:signal"
     nodes: str  # NodeList (compressed, e.g. th[0-1])
 
+    @property
+    def unschedulable(self) -> bool:
+        """Pending for a reason that waiting does not fix (e.g. a requested node is down)."""
+        return self.state in WAITING and self.reason.startswith(UNSCHEDULABLE)
+
     def describe(self) -> str:
-        """`slurm job 12 PENDING (Resources)`."""
-        why = f" ({self.reason})" if self.reason and self.reason != "None" else ""
+        """`slurm job 12 PENDING (ReqNodeNotAvail, UnavailableNodes:th1)`."""
+        reason = self.reason.replace("_", " ")  # `scontrol -o` writes spaces as underscores
+        why = f" ({reason})" if reason and reason != "None" else ""
         code = f", exit code {self.exit_code}" if self.state in ENDED - {"COMPLETED",
                                                                         "CANCELLED"} else ""
         return f"slurm job {self.job_id} {self.state}{why}{code}"

@@ -38,7 +38,20 @@ def record_and_inventory(state_dir: Path, job_id: str | None,
     if inv.digest != record.inventory_digest:
         click.echo(f"warning: {inv.path} changed since job {record.job_id} started; "
                    "using its current entries for the job's nodes", err=True)
+    check_local_nodes(record, inv)
     return store, record, inv
+
+
+def check_local_nodes(record: Any, inv: Any) -> None:
+    """JobError if a `connection: local` node's job folder in the record is not its own
+    `<workdir>/jobs/<id>` (a planted record must not choose what runs on this machine)."""
+    from orchestrator.config.inventory import Connection
+    from orchestrator.job.statedir import check_local_job_dir
+
+    local = {n.name: n for n in inv.nodes if n.connection is Connection.LOCAL}
+    for n in record.nodes:
+        if n.name in local:
+            check_local_job_dir(n.job_dir, str(local[n.name].workdir), record.job_id, n.name)
 
 
 def job_inventory_option() -> Any:

@@ -12,7 +12,12 @@ from pathlib import Path
 import click
 
 from orchestrator.cli import options as flags
-from orchestrator.cli.job_common import job_argument, job_inventory_option, store_for
+from orchestrator.cli.job_common import (
+    check_local_nodes,
+    job_argument,
+    job_inventory_option,
+    store_for,
+)
 
 
 @click.command("down")
@@ -75,6 +80,7 @@ def down_command(job_id: str | None, all_jobs: bool, yes: bool, save: bool, save
     for record in targets:
         stop_guard(store, record.job_id)
         inv = load_inventory(inventory_path or record.inventory_path)
+        check_local_nodes(record, inv)
         with NodeGroup(inv, [], forks=forks) as group:  # job nodes and strays, on first use
             if save:
                 record, failed = save_and_stop(record, group, store, save_timeout)

@@ -144,6 +144,7 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
     store = store_for(state_dir)
     if dry_run:
         record = create_job(inv, spec, store, opts, None)
+        _echo_data_notes(record.local_data)
         for line in dry_run_summary(record, store):
             click.echo(line)
         return
@@ -227,6 +228,7 @@ def _up_on_nodes(inv: Any, spec: Any, opts: Any, store: Any, policy: Any, clock:
             _check_or_release(group, spec, mode, port if mode == "msrun" else None, store,
                               job_id)
         record = create_job(inv, spec, store, replace(opts, sched_port=port), group, job_id)
+        _echo_data_notes(record.local_data)
         click.echo(f"job {record.job_id}: {record.world_size} ranks on {len(record.nodes)} "
                    f"node(s), {record.mode} mode")
         try:
@@ -274,3 +276,10 @@ def _platform_table(path: Path, timeout: float, inv: Any) -> str:
                f"{found.table.world_size} ranks"
                + ("; ranks renumbered in server_id order" if found.reordered else ""))
     return found.table.dumps()
+
+
+def _echo_data_notes(local_data: str | None) -> None:
+    from orchestrator.job.dataset import data_notes
+
+    for line in data_notes(local_data):
+        click.echo(f"note: {line}", err=True)

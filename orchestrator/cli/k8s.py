@@ -80,6 +80,9 @@ def up_k8s(inv: Any, spec: Any, mode: str, args: K8sArgs, launch_opts: Any,
         raise JobError(f"--backend k8s needs {' and '.join(missing)} (container image; "
                        "PersistentVolumeClaim for checkpoints)")
     assert args.image is not None and args.volume is not None
+    if inv.fault_tolerance is not None:
+        raise JobError(f"{inv.path}: fault_tolerance: not supported with --backend k8s (the "
+                       "scheduler's address is the operator's; remove the key for this job)")
     from orchestrator.job.dataset import looks_local
 
     data = str(spec.value("data.path") or "")

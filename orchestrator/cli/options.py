@@ -163,11 +163,26 @@ def state_dir_option() -> Callable[[F], F]:
     return click.option(
         "--state-dir",
         type=click.Path(path_type=Path),
-        default=Path(".orchestrate"),
-        show_default=True,
+        default=None,
+        show_default="$XDG_STATE_HOME/orchestrate or ~/.local/state/orchestrate",
         envvar="ORCHESTRATE_STATE_DIR",
-        help="Where job records live (env ORCHESTRATE_STATE_DIR).",
+        callback=_state_dir,
+        help="Where job records live (env ORCHESTRATE_STATE_DIR); only records you own and "
+             "nobody else can write are read.",
     )
+
+
+def _state_dir(_ctx: click.Context, _param: click.Parameter, value: Path | None) -> Path:
+    """The given folder, else the per-user default (with a notice for an old ./.orchestrate)."""
+    from orchestrator.job.statedir import default_state_dir, old_state_notice
+
+    if value is not None:
+        return value
+    chosen = default_state_dir()
+    note = old_state_notice(chosen)
+    if note:
+        click.echo(note, err=True)
+    return chosen
 
 
 _FILTER_HELP = (

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from orchestrator.config.inventory import Node
 from orchestrator.job.check_cluster import (
     HOSTNAME_FIX,
+    cluster_probe,
     flag_same_hostnames,
     reach_item,
-    sched_probe,
+    tft_item,
 )
 from orchestrator.job.render import shell_path
 from orchestrator.remote.group import NodeGroup, node_address
@@ -130,13 +131,15 @@ def check_nodes(group: NodeGroup, nodes: tuple[Node, ...] | None = None,
     first = nodes[0].name
     sched = mode == "msrun" and sched_port is not None
     host = node_address(nodes[0], group.inventory) if sched else ""
+    ft = group.inventory.fault_tolerance
+    tft_port = ft.tft_port if ft is not None else None
 
     def one(t: Transport) -> list[Item]:
         port = sched_port if (sched and t.node.name == first) else None
         cmd = probe_command(t.node, device_target, mode, None)
         if sched and sched_port is not None:
-            cmd += "\n" + sched_probe(t.node.python, t.node.name == first, len(nodes), host,
-                                      sched_port)
+            cmd += "\n" + cluster_probe(t.node.python, t.node.name == first, len(nodes), host,
+                                        sched_port, tft_port)
         t0 = time.time()
         res = t.run(cmd, check=False, timeout=60)
         t1 = time.time()
@@ -150,6 +153,9 @@ def check_nodes(group: NodeGroup, nodes: tuple[Node, ...] | None = None,
             items.append(Item("hostname", bool(name), name or "unknown", HOSTNAME_FIX))
         if sched and sched_port is not None:
             items.append(reach_item(out, t.node.name, first, host, sched_port))
+            if tft_port is not None:
+                items.append(tft_item(out, t.node.name, t.node.name == first, first, host,
+                                      tft_port))
         return items
 
     results = group.map(one, nodes)
@@ -171,6 +177,6 @@ def check_nodes(group: NodeGroup, nodes: tuple[Node, ...] | None = None,
             for i in c.items)) for c in checks]
     checks = flag_same_hostnames(checks)
     columns = ("ssh", "python", "mindspore", "devices", "hccn", "disk", "clock", "hostname",
-               "port", "sched")
+               "port", "sched", "tft")
     used = tuple(c for c in columns if any(i.name == c for n in checks for i in n.items))
     return CheckReport(nodes=tuple(checks), columns=used)

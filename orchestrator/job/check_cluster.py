@@ -28,14 +28,14 @@ HOSTNAME_FIX = ("give every node its own hostname (hostnamectl set-hostname NAME
                 "dynamic cluster tells nodes apart by hostname")
 
 
-def _listener(nodes: int, port: int) -> str:
+def _listener(nodes: int, port: int, key: str) -> str:
     return "\n".join([
-        "import socket, time",
+        "import os, socket, time",
         "s = socket.socket()",
         "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)",
         f"try: s.bind(('', {port}))",
-        "except OSError: print('port=busy'); raise SystemExit",
-        "print('port=free', flush=True)",
+        f"except OSError: os.write(1, b'{key}=busy\\n'); raise SystemExit",
+        f"os.write(1, b'{key}=free\\n')",  # one write each: probes run side by side
         "s.listen(64); s.settimeout(0.2)",
         f"end, n = time.time() + {LISTEN_BASE_S + LISTEN_PER_NODE_S * nodes}, 0",
         f"while n < {nodes} and time.time() < end:",
@@ -48,28 +48,55 @@ def _listener(nodes: int, port: int) -> str:
     ])
 
 
-def _connector(host: str, port: int) -> str:
+def _connector(host: str, port: int, key: str) -> str:
     return "\n".join([
-        "import socket, time",
+        "import os, socket, time",
         f"end, err = time.time() + {CONNECT_S}, 'no answer'",
         "while time.time() < end:",
         "    try:",
         f"        socket.create_connection(({host!r}, {port}), timeout=2).close()",
-        "        print('reach=ok'); break",
+        f"        os.write(1, b'{key}=ok\\n'); break",
         "    except OSError as e:",
         "        err = e.strerror or type(e).__name__; time.sleep(0.2)",
-        "else: print('reach=' + err)",
+        f"else: os.write(1, ('{key}=' + err + '\\n').encode())",
     ])
 
 
-def sched_probe(python: str, first: bool, nodes: int, host: str, port: int) -> str:
-    """Shell lines printing `reach=ok|<error>` (every node) and `port=free|busy` (first)."""
+def port_probe(python: str, first: bool, nodes: int, host: str, port: int,
+               free_key: str = "port", reach_key: str = "reach") -> str:
+    """Shell lines printing `<reach_key>=ok|<error>` (every node) and `<free_key>=free|busy`
+    (the first node, which listens meanwhile)."""
     py = shlex.quote(python)
-    connect = f"{py} -c {shlex.quote(_connector(host, port))} 2>/dev/null || echo reach=failed"
+    connect = (f"{py} -c {shlex.quote(_connector(host, port, reach_key))} 2>/dev/null "
+               f"|| echo {reach_key}=failed")
     if not first:
         return connect
-    listen = f"{py} -c {shlex.quote(_listener(nodes, port))} 2>/dev/null"
+    listen = f"{py} -c {shlex.quote(_listener(nodes, port, free_key))} 2>/dev/null"
     return f"{{ {listen}; }} & {{ sleep 0.1; {connect}; }}; wait"
+
+
+def cluster_probe(python: str, first: bool, nodes: int, host: str, sched_port: int,
+                  tft_port: int | None) -> str:
+    """The scheduler port probe, and MindIO TFT's controller port when the inventory asks."""
+    sched = port_probe(python, first, nodes, host, sched_port)
+    if tft_port is None:
+        return sched
+    tft = port_probe(python, first, nodes, host, tft_port, "tft_port", "tft_reach")
+    return f"{{ {sched}; }} & {{ {tft}; }} & wait"  # at once: neither waits for the other
+
+
+def tft_item(out: dict[str, str], node: str, first: bool, first_name: str, host: str,
+             port: int) -> Item:
+    """The `tft` check: the TFT controller's port free on the first node, reachable from all."""
+    from orchestrator.job.check import Item
+
+    seen, free = out.get("tft_reach", ""), out.get("tft_port", "free" if not first else "")
+    ok = seen == "ok" and free == "free"
+    value = (f"{host}:{port} free and reachable" if ok else
+             f"{host}:{port} busy on {first_name}" if free != "free" else
+             f"cannot reach {host}:{port} ({first_name}): {seen or 'no answer'}")
+    return Item("tft", ok, value, f"free TCP port {port} on {first_name} and let {node} reach it, "
+                "or change `fault_tolerance.tft_port`")
 
 
 def reach_item(out: dict[str, str], node: str, first: str, host: str, port: int) -> Item:

@@ -135,6 +135,25 @@ def template_override(spec: JobSpec) -> str | None:
     return f"data.template={template}" if isinstance(template, str) and template else None
 
 
+def data_notes(local_data: str | None) -> list[str]:
+    """What the prepared data's summary.json says the user should know: records whose prompt
+    (template + instruction) alone fills seq_length + 1 ids, so their response is never
+    trained (e.g. the Alpaca template is 65 tokens of the small tokenizer)."""
+    summary = Path(local_data) / "summary.json" if local_data else None
+    if summary is None or not summary.is_file():
+        return []
+    try:
+        doc = json.loads(summary.read_text())
+        missing, records, seq = int(doc["no_response"]), int(doc["records"]), doc["seq_length"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    if not missing:
+        return []
+    return [f"{missing} of {records} records have no response token within seq_length "
+            f"{seq} + 1 (the {doc.get('template') or 'prompt'} template and instruction fill "
+            "the row): the model cannot learn to answer them; raise model.seq_length"]
+
+
 def data_paths_for(plan: Plan, local: Path | None) -> dict[str, str | None]:
     """data.path for each node's job.yaml: its `data_dir`, else the staged copy, else as is."""
     out: dict[str, str | None] = {}

@@ -367,5 +367,13 @@ def dry_run_summary(record: JobRecord, store: JobStore) -> list[str]:
     for n in record.nodes:
         lines.append(f"  [{n.name}] ranks {n.rank_start}-{n.rank_end - 1}: "
                      f"bash {shlex.quote(n.job_dir + '/launch.sh')} start")
+    if record.mode == "msrun":
+        lines.append(f"dynamic cluster: scheduler on {record.nodes[0].name} at "
+                     f"{record.sched_host}:{record.sched_port}, MS_TOPO_TIMEOUT "
+                     f"{record.cluster_timeout} s; logs also in "
+                     "<job>/output/msrun_log/{scheduler,worker_<rank>}.log")
+    else:
+        lines.append("HCCL rank table: RANK_TABLE_FILE=<job>/rank_table.json, RANK_ID global, "
+                     "DEVICE_ID local")
     return lines
 

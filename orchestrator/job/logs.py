@@ -39,6 +39,10 @@ class Selection:
         return ranks
 
 
+# bytes of one rank's log shown per --follow poll: 17 slots stay well under the per-command
+# output cap (ORCHESTRATE_MAX_OUTPUT, 16 MiB; orchestrator/remote/output.py)
+FOLLOW_CHUNK = 512 * 1024
+
 def _selected(record: JobRecord, sel: Selection) -> list[tuple[NodeRecord, list[str]]]:
     out = []
     for i, n in enumerate(record.nodes):
@@ -67,7 +71,8 @@ def _chunk_command(job_dir: str, slots: Sequence[str], offsets: dict[str, int] |
         else:
             off = offsets.get(s, 0)
             lines.append(f'[ "$n" -ge {off} ] || n={off}')  # never step back (log rotated)
-            lines.append(f'[ "$((n - {off}))" -le 4194304 ] || n=$(({off} + 4194304))')
+            lines.append(f'[ "$((n - {off}))" -le {FOLLOW_CHUNK} ] || '
+                         f'n=$(({off} + {FOLLOW_CHUNK}))')
             lines.append(f'echo "{marker} {s} $n"')
             lines.append(f'tail -c +{off + 1} {log} 2>/dev/null | head -c "$((n - {off}))" '
                          "|| true")

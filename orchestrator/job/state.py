@@ -1,6 +1,6 @@
 """Job records: the JobStatus enum, the frozen JobRecord and the atomic JSON JobStore.
 
-    store = JobStore(Path(".orchestrate"))
+    store = JobStore(default_state_dir())      # orchestrator/job/statedir.py
     record = store.load(store.resolve(None))      # the latest job
     store.save(record.with_status(JobStatus.RUNNING))
 
@@ -15,6 +15,7 @@ import dataclasses
 import enum
 import fcntl
 import json
+import os
 import re
 import secrets
 import time
@@ -28,6 +29,7 @@ from orchestrate_bloom.fileio import write_atomic
 
 from orchestrator.errors import JobError
 from orchestrator.job.failure import Failure
+from orchestrator.job.statedir import check_trusted
 
 RECORD_VERSION = 1
 _ID_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"  # no 0/o, 1/l/i: readable aloud
@@ -220,6 +222,9 @@ def valid_job_id(job_id: str) -> bool:
     return bool(_JOB_ID.match(job_id))
 
 
+MAX_RECORD = 16 << 20  # bytes of one job record read
+
+
 class JobStore:
     """Job records under `<state_dir>/jobs/`, one JSON file each, written atomically."""
 
@@ -238,13 +243,19 @@ class JobStore:
     @contextmanager
     def locked(self) -> Iterator[None]:
         """Serialize writers (two `orchestrate` processes on one state dir)."""
-        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self.make_dirs()
         with open(self.jobs_dir / ".lock", "a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def make_dirs(self) -> None:
+        """The state and jobs folders, created 0700 (records are only read from folders that
+        nobody else can write)."""
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.jobs_dir.mkdir(exist_ok=True, mode=0o700)
 
     def ids(self) -> list[str]:
         if not self.jobs_dir.is_dir():
@@ -253,7 +264,7 @@ class JobStore:
 
     def save(self, record: JobRecord) -> None:
         """Write the record atomically (temp file in the same folder + os.replace)."""
-        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self.make_dirs()
         text = json.dumps(record.to_json(), indent=2, sort_keys=True) + "\n"
         with self.locked():
             write_atomic(self.path(record.job_id), text, mode=0o600)
@@ -263,7 +274,7 @@ class JobStore:
             raise JobError(f"{job_id!r} is not a job id (ids look like tiny-k3f9)")
         path = self.path(job_id)
         try:
-            doc = json.loads(path.read_text())
+            doc = json.loads(self._read_trusted(path))
         except FileNotFoundError:
             known = ", ".join(self.ids()[-5:]) or "none"
             raise JobError(f"no job {job_id!r} in {self.jobs_dir} (recent: {known})") from None
@@ -273,6 +284,16 @@ class JobStore:
             return JobRecord.from_json(doc)
         except (KeyError, TypeError, ValueError) as e:
             raise JobError(f"{path}: malformed job record: {e!r}") from e
+
+    def _read_trusted(self, path: Path) -> str:
+        """The record's text, if it and its folders are ours and not group/world-writable
+        (statedir.check_trusted); never through a symlink."""
+        for folder in (self.state_dir, self.jobs_dir):
+            check_trusted(folder, os.stat(folder))
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as fh:
+            check_trusted(path, os.fstat(fh.fileno()))
+            return fh.read(MAX_RECORD).decode()
 
     def all(self) -> list[JobRecord]:
         """Every readable record, oldest first."""

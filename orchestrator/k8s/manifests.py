@@ -3,22 +3,28 @@
     manifests = job_manifests(plan, launch, K8sOptions(image="reg/bloom:1", volume="ckpt"))
 
 msrun mode: a ConfigMap `<job>-files` (launch scripts, job.yaml, env.sh and the model package
-as code/) and an AscendJob (mindxdl.gitee.com/v1) with a Scheduler and `nodes` Worker pods;
+as code.tar.gz) and an AscendJob (mindxdl.gitee.com/v1) with a Scheduler and `nodes` Worker pods;
 each worker's ranks are MS_NODE_RANK * MS_LOCAL_WORKER + i, from the operator's environment,
 through the msrun launch template's own rank rules (render.render_pod_launch).
 Rank-table mode: the same ConfigMap, a `rings-config-<job>` ConfigMap (hccl.json "status":
 "initializing", filled by the platform) mounted at /user/serverid/devindex/config and a Volcano
 Job (batch.volcano.sh/v1alpha1) whose pods wait for "completed"; ranks VC_TASK_INDEX * n + i.
 Every pod copies the ConfigMap into an emptyDir job folder and runs `launch.sh foreground`;
-`output/` (checkpoints, strategies) is a subPath `<job>` of the PersistentVolumeClaim the user
-names. Nothing here validates or writes: see emit.py and schema.py.
+output/checkpoint and output/strategy are subPaths `<job>/checkpoint`, `<job>/strategy` of the
+PersistentVolumeClaim the user names. Nothing here validates or writes: see emit.py and schema.py.
 """
 
 from __future__ import annotations
 
 import base64
+import gzip
+import io
+import tarfile
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any
+
+from orchestrate_bloom import checkpoint
 
 from orchestrator.config.plan import Plan
 from orchestrator.errors import JobError
@@ -32,6 +38,11 @@ from orchestrator.job.render import (
 )
 from orchestrator.job.stage import code_tree
 
+# What goes to the volume: the checkpoint layout's folders (orchestrate_bloom.checkpoint),
+# each a subPath <job>/<folder>; the rest of output/ (log links) stays in the pod.
+_OUT = PurePosixPath("output")
+OUTPUT_DIRS = (checkpoint.rank_dir(_OUT, 0).parent.name, checkpoint.strategy_dir(_OUT).name)
+CODE_TAR = "code.tar.gz"  # the model package in the files ConfigMap (binaryData)
 NPU_RESOURCE = "huawei.com/Ascend910"
 OPERATOR_PORT = 2222  # the ascend-operator finds the scheduler port by this container port
 CONFIG_DIR = "/orchestrate/config"  # the ConfigMap, read-only
@@ -103,33 +114,36 @@ def _env_text(plan: Plan) -> str | None:
 
 def files_configmap(plan: Plan, launch: LaunchSpec, opts: K8sOptions,
                     launches: dict[str, str]) -> tuple[Manifest, dict[str, str]]:
-    """ConfigMap `<job>-files` (launch-<role>.sh, job.yaml, env.sh, code/) and the path in
-    the job folder of each key but the launches (keys are flat: `code.orchestrate_bloom.x.py`
-    is code/orchestrate_bloom/x.py)."""
+    """ConfigMap `<job>-files`: launch-<role>.sh, job.yaml, env.sh as text, the model package
+    as code.tar.gz (binaryData; keeps the object under the 256 KiB of the annotation
+    client-side `kubectl apply` writes); and the path in the pod of each key but the
+    launches."""
     data: dict[str, str] = {f"launch-{role}.sh": text for role, text in launches.items()}
     data["job.yaml"] = stamp_job_id(render_job_yaml(plan), launch.job_id)
-    paths = {"job.yaml": "job.yaml"}
+    paths = {"job.yaml": "job.yaml", CODE_TAR: CODE_TAR}
     env = _env_text(plan)
     if env is not None:
         data["env.sh"] = env
         paths["env.sh"] = "env.sh"
-    binary: dict[str, str] = {}
-    for f in code_tree().files:
-        key = "code." + f.rel.replace("/", ".")
-        if key in paths:
-            raise JobError(f"code files {paths[key]} and code/{f.rel} map to one ConfigMap key")
-        paths[key] = f"code/{f.rel}"
-        raw = f.source.read_bytes()
-        try:
-            data[key] = raw.decode()
-        except UnicodeDecodeError:
-            binary[key] = base64.b64encode(raw).decode()
     out: Manifest = {"apiVersion": "v1", "kind": "ConfigMap",
                      "metadata": _meta(f"{k8s_name(launch.job_id)}-files", opts, launch.job_id),
-                     "data": data}
-    if binary:
-        out["binaryData"] = binary
+                     "data": data,
+                     "binaryData": {CODE_TAR: base64.b64encode(code_tarball()).decode()}}
     return out, paths
+
+
+def code_tarball() -> bytes:
+    """The model package as `code/orchestrate_bloom/...` in a tar.gz that depends only on the
+    files' paths, modes and contents (same code, same bytes, same manifest)."""
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for f in code_tree().files:
+            raw = f.source.read_bytes()
+            info = tarfile.TarInfo(f"code/{f.rel}")
+            info.size, info.mode, info.mtime = len(raw), f.mode, 0
+            tar.addfile(info, io.BytesIO(raw))
+    return buf.getvalue()
 
 
 def rings_configmap(name: str, opts: K8sOptions) -> Manifest:
@@ -153,8 +167,9 @@ def _items(paths: dict[str, str], role: str) -> list[dict[str, str]]:
 
 def _container(name: str, opts: K8sOptions, npus: int,
                extra_mounts: list[Manifest]) -> Manifest:
-    copy = (f"set -e; cd {CONFIG_DIR}; cp -RL code launch.sh job.yaml "
-            f"$(ls env.sh 2>/dev/null) {JOB_DIR}/; exec bash {JOB_DIR}/launch.sh foreground")
+    copy = (f"set -e; cd {CONFIG_DIR}; tar -xzf {CODE_TAR} -C {JOB_DIR}; cp -L launch.sh "
+            f"job.yaml $(ls env.sh 2>/dev/null) {JOB_DIR}/; "
+            f"exec bash {JOB_DIR}/launch.sh foreground")
     c: Manifest = {
         "name": "ascend",
         "image": opts.image,
@@ -164,7 +179,8 @@ def _container(name: str, opts: K8sOptions, npus: int,
         "volumeMounts": [
             {"name": "files", "mountPath": CONFIG_DIR, "readOnly": True},
             {"name": "job", "mountPath": JOB_DIR},
-            {"name": "output", "mountPath": f"{JOB_DIR}/output", "subPath": name},
+            *({"name": "output", "mountPath": f"{JOB_DIR}/output/{d}", "subPath": f"{name}/{d}"}
+              for d in OUTPUT_DIRS),
             *extra_mounts,
         ],
     }

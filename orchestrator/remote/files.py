@@ -57,6 +57,20 @@ def local_mode(mode: int) -> int:
     return mode & 0o666
 
 
+def prefix_reader(read: Callable[[int], bytes], size: int) -> Callable[[int], bytes]:
+    """`read`, ending after `size` bytes (a file that grows after its stat is read as it was)."""
+    left = [size]
+
+    def read_prefix(n: int) -> bytes:
+        if left[0] <= 0:
+            return b""
+        data = read(min(n, left[0]))
+        left[0] -= len(data)
+        return data
+
+    return read_prefix
+
+
 def copy_bounded(read: Callable[[int], bytes], out: IO[bytes], limit: int, node: str,
                  what: str) -> int:
     """Copy from `read` into `out`, at most `limit` bytes; reads at most `limit` + 1.

@@ -87,14 +87,15 @@ class LocalTransport:
                 st = os.fstat(fh.fileno())
                 if not stat.S_ISREG(st.st_mode):
                     raise TransferError(self.node.name, f"{what}: not a regular file")
-                want = files.RemoteFile(PurePosixPath(str(src)), st.st_size,
-                                        mode if mode is not None else st.st_mode & 0o7777,
-                                        files.sha256_file(src))
 
-                def fill(out: IO[bytes]) -> None:
-                    files.copy_bounded(fh.read, out, st.st_size, self.node.name, what)
+                def fill(out: IO[bytes]) -> None:  # the file as it was at the fstat
+                    files.copy_bounded(files.prefix_reader(fh.read, st.st_size), out,
+                                       st.st_size, self.node.name, what)
 
                 tmp = files.write_atomic_from(dst, fill)
+            want = files.RemoteFile(PurePosixPath(str(src)), st.st_size,
+                                    mode if mode is not None else st.st_mode & 0o7777,
+                                    files.sha256_file(tmp))  # this machine: the copy is it
         except OSError as e:
             raise TransferError(self.node.name, f"{what}: {e.strerror or e}") from e
         files.finish_get(self.node.name, tmp, dst, want, want.mode)

@@ -74,10 +74,14 @@ def get(t: SSHTransport, remote: PurePosixPath, local: Path, mode: int) -> None:
     what = f"get {remote} -> {local}"
 
     def fill(out: IO[bytes]) -> None:
-        if _openssh_read(t, f"cat -- {files.remote_arg(remote)}", out, want.size, what):
+        # `head -c`: a log still being written has grown since the stat; its first `size`
+        # bytes are what was hashed. A node that sends more anyway is stopped at size + 1.
+        if _openssh_read(t, f"head -c {want.size} -- {files.remote_arg(remote)}", out,
+                         want.size, what):
             return
         with sftp_reader(t, remote) as src:
-            files.copy_bounded(src.read, out, want.size, t.node.name, what)
+            files.copy_bounded(files.prefix_reader(src.read, want.size), out, want.size,
+                               t.node.name, what)
 
     try:
         tmp = files.write_atomic_from(local, fill)

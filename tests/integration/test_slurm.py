@@ -201,6 +201,22 @@ def test_pending_shows_slurm_reason_then_down_cancels(cluster: Path, tmp_path: P
     assert_gone(job)
 
 
+def test_a_down_node_fails_the_job_naming_it(cluster: Path, tmp_path: Path) -> None:
+    assert slurm("scontrol", "update", "nodename=th1", "state=down", "reason=test").returncode == 0
+    try:
+        res = orch(tmp_path, "up", "-i", str(cluster), "-c", "tiny", "--no-check", "--wait",
+                   "--entrypoint", SLEEPER, check=False, timeout=180)
+    finally:
+        slurm("scontrol", "update", "nodename=th1", "state=resume")
+        wait_for(lambda: slurm("sinfo", "-h", "-n", "th1", "-o", "%t").stdout.strip() == "idle")
+    job = record(tmp_path)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert job["status"] == "FAILED" and "UnavailableNodes:th1" in job["message"]
+    assert f"job {job['job_id']} FAILED: slurm job {job['scheduler_job']} PENDING " \
+           "(ReqNodeNotAvail, UnavailableNodes:th1): Slurm cannot schedule it" in res.stdout
+    assert_gone(job)
+
+
 def test_bad_partition_is_a_one_line_error(cluster: Path, tmp_path: Path) -> None:
     inv = tmp_path / "bad.yaml"
     inv.write_text(cluster.read_text().replace("partition: debug", "partition: nope"))

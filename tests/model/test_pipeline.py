@@ -94,3 +94,21 @@ def test_readme_python_example_runs(ckpt: Path, tmp_path: Path,
     exec(compile(example, "README.md", "exec"), {})  # noqa: S102 - the documented example
     printed = capsys.readouterr().out
     assert printed.strip(), "the README example prints the generated texts"
+
+
+def test_up_says_when_the_template_leaves_no_room_for_responses(tmp_path: Path) -> None:
+    """The README's tiny job: seq_length 64 and the 65-token Alpaca template (small tokenizer)."""
+    from click.testing import CliRunner
+
+    from orchestrator.cli.main import cli
+
+    inv = tmp_path / "local.yaml"
+    inv.write_text(f"defaults: {{connection: local, devices: 2, workdir: {tmp_path / 'run'}}}\n"
+                   "nodes:\n  - {host: 127.0.0.1, name: local}\n")
+    args = ["up", "-i", str(inv), "-c", "tiny", "--dry-run", "--state-dir", str(tmp_path / "s")]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output + result.stderr
+    assert ("note: 175 of 175 records have no response token within seq_length 64 + 1 (the "
+            "alpaca template and instruction fill the row)") in result.stderr
+    wide = CliRunner().invoke(cli, [*args, "--set", "model.seq_length=256"])
+    assert wide.exit_code == 0 and "note: 21 of 175 records" in wide.stderr  # long inputs

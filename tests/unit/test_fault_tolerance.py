@@ -72,3 +72,26 @@ def test_local_msrun_job_gets_env_and_msrun_log_layout(tmp_path: Path) -> None:
     assert sorted(p.name for p in logs.iterdir()) == ["scheduler.log", "worker_0.log"]
     assert f"ft=1:{job.resolve()}/recovery" in (logs / "worker_0.log").read_text()
     assert (logs / "scheduler.log").resolve() == (job / "ranks" / "sched" / "stdout.log").resolve()
+
+
+def test_check_probes_the_tft_port_beside_the_scheduler_port(tmp_path: Path) -> None:
+    import socket
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    busy = holder.getsockname()[1]
+    try:
+        for port, ok in ((busy, False), (busy + 1 if busy < 65535 else busy - 1, True)):
+            inv = tmp_path / "inv.yaml"
+            inv.write_text(f"defaults: {{connection: local, devices: 1, workdir: {tmp_path}}}\n"
+                           f"fault_tolerance: {{tft: '{{TTP:1}}', tft_port: {port}}}\n"
+                           "nodes: [{host: 127.0.0.1, name: here}]\n")
+            res = CliRunner().invoke(cli, ["check", "-i", str(inv), "-c", "tiny",
+                                           "--sched-port", "23457"])
+            assert (res.exit_code == 0) is ok, res.output
+            if not ok:
+                assert f"[here] tft: 127.0.0.1:{port} busy on here" in res.output
+                assert "fault_tolerance.tft_port" in res.output
+    finally:
+        holder.close()

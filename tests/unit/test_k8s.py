@@ -5,10 +5,12 @@ pods' launch scripts run with bash under the platform's environment (no cluster 
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ from orchestrator.config.presets import load_job_spec
 from orchestrator.errors import JobError, ManifestError
 from orchestrator.job.render import LaunchSpec, render_pod_launch
 from orchestrator.k8s.emit import emit
-from orchestrator.k8s.manifests import K8sOptions, job_manifests
+from orchestrator.k8s.manifests import CONFIG_DIR, JOB_DIR, K8sOptions, job_manifests
 from orchestrator.k8s.schema import validate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,11 +79,14 @@ def test_ascendjob_valid_and_shaped(tmp_path: Path, inv: str | None, preset: str
     assert visible["valueFrom"]["fieldRef"]["fieldPath"] == \
         "metadata.annotations['huawei.com/Ascend910']"
     assert worker["template"]["spec"]["terminationGracePeriodSeconds"] == 10 + 20
-    out = next(m for m in c["volumeMounts"] if m["name"] == "output")
+    out = {m["mountPath"]: m["subPath"] for m in c["volumeMounts"] if m["name"] == "output"}
     vols = {v["name"]: v for v in worker["template"]["spec"]["volumes"]}
     assert vols["output"]["persistentVolumeClaim"]["claimName"] == "bloom-ckpt"
-    assert out["subPath"] == name and out["mountPath"].endswith("/output")
+    assert out == {"/orchestrate/job/output/checkpoint": f"{name}/checkpoint",
+                   "/orchestrate/job/output/strategy": f"{name}/strategy"}
     files = docs[f"ConfigMap/{name}-files"]
+    # Client-side `kubectl apply` copies the object into an annotation of at most 256 KiB.
+    assert len(json.dumps(files)) < 256 * 1024
     assert "MS_NODE_RANK * MS_LOCAL_WORKER + 7" in files["data"]["launch-worker.sh"]
     job_yaml = yaml.safe_load(files["data"]["job.yaml"])
     assert job_yaml["job"]["id"] == f"{preset}-abcd"
@@ -160,26 +165,31 @@ def test_uneven_nodes_refused() -> None:
         _manifests(inv, "tiny", "msrun")
 
 
-def _pod(tmp_path: Path, manifests: list[dict[str, Any]], role: str) -> Path:
-    """The job folder a pod of `role` gets: the ConfigMap's items at their paths (as the
-    kubelet mounts them), then copied as the container's command does."""
-    files = manifests[0]
-    job = manifests[-1]
+def _pod(tmp_path: Path, manifests: list[dict[str, Any]], role: str) -> tuple[Path, str]:
+    """A pod of `role` without Kubernetes: the ConfigMap's items written at their paths in a
+    config folder (as the kubelet mounts them); the job folder; the container's own command
+    with the pod's two mount points moved under tmp_path."""
+    files, job = manifests[0], manifests[-1]
     spec = (job["spec"]["replicaSpecs"][role.capitalize()]["template"]["spec"]
             if job["kind"] == "AscendJob" else job["spec"]["tasks"][0]["template"]["spec"])
     vol = next(v for v in spec["volumes"] if v["name"] == "files")
-    job_dir = tmp_path / role
+    config, job_dir = tmp_path / role / "config", tmp_path / role / "job"
+    job_dir.mkdir(parents=True)
     for item in vol["configMap"]["items"]:
-        dest = job_dir / item["path"]
+        dest = config / item["path"]
         dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_text(files["data"][item["key"]])
-    return job_dir
+        if item["key"] in files["data"]:
+            dest.write_text(files["data"][item["key"]])
+        else:
+            dest.write_bytes(base64.b64decode(files["binaryData"][item["key"]]))
+    (command,) = [c["command"][-1] for c in spec["containers"]]
+    return job_dir, command.replace(CONFIG_DIR, str(config)).replace(JOB_DIR, str(job_dir))
 
 
-def _run(job_dir: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    full = {"PATH": os.environ["PATH"], "HOME": str(job_dir), **env}
-    return subprocess.run(["bash", str(job_dir / "launch.sh"), "foreground"], env=full,
-                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+def _run(pod: tuple[Path, str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    full = {"PATH": os.environ["PATH"], "HOME": str(pod[0]), **env}
+    return subprocess.run(["bash", "-c", pod[1]], env=full, capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL)
 
 
 def _rank_lines(job_dir: Path) -> list[str]:
@@ -200,19 +210,19 @@ def test_msrun_pods_take_ranks_from_operator_env(tmp_path: Path) -> None:
     worker = _pod(tmp_path, manifests, "worker")
     done = _run(worker, {**operator, "MS_NODE_RANK": "1", "MS_ROLE": "MS_WORKER"})
     assert done.returncode == 0, done.stdout + done.stderr
-    assert _rank_lines(worker) == ["rank 2 MS_WORKER 0 4 True",
+    assert _rank_lines(worker[0]) == ["rank 2 MS_WORKER 0 4 True",
                                    "rank 3 MS_WORKER 1 4 True"]
     # The container's stdout (kubectl logs) carries every rank's lines, prefixed by slot.
     assert {"[0] rank 2 MS_WORKER 0 4 True", "[1] rank 3 MS_WORKER 1 4 True"} <= set(
         done.stdout.splitlines())
     sched = _pod(tmp_path, manifests, "scheduler")
     assert _run(sched, {**operator, "MS_ROLE": "MS_SCHED"}).returncode == 0
-    assert _rank_lines(sched) == ["rank None MS_SCHED None 4 True"]
+    assert _rank_lines(sched[0]) == ["rank None MS_SCHED None 4 True"]
     # A job rendered for another world size refuses to start its ranks: exit non-zero.
     again = _pod(tmp_path / "again", manifests, "worker")
     assert _run(again, {**operator, "MS_WORKER_NUM": "8", "MS_NODE_RANK": "0"}).returncode == 1
     assert "MS_WORKER_NUM=8 from the operator, the job was rendered for 4" in \
-        (again / "ranks" / "0" / "stdout.log").read_text()
+        (again[0] / "ranks" / "0" / "stdout.log").read_text()
 
 
 def test_ranktable_pod_waits_for_completed_table(tmp_path: Path) -> None:
@@ -220,15 +230,17 @@ def test_ranktable_pod_waits_for_completed_table(tmp_path: Path) -> None:
     table.mkdir()
     launch = LaunchSpec(job_id="j", mode="ranktable", world_size=4, sched_host="",
                         cluster_timeout=1, entrypoint='echo rank "$RANK_ID" "$RANK_TABLE_FILE"')
-    job_dir = tmp_path / "pod"
-    job_dir.mkdir()
-    (job_dir / "launch.sh").write_text(
-        render_pod_launch(launch, "worker", 2, "python3", table_dir=str(table)))
+    text = render_pod_launch(launch, "worker", 2, "python3", table_dir=str(table))
+    early, job_dir = tmp_path / "pod-early" / "job", tmp_path / "pod" / "job"  # fresh pods
+    for d in (early, job_dir):
+        d.mkdir(parents=True)
+        (d / "launch.sh").write_text(text)
     (table / "hccl.json").write_text('{"status":"initializing"}')
-    assert _run(job_dir, {"VC_TASK_INDEX": "1"}).returncode == 1
-    assert "hccl.json not completed after 1 s" in (job_dir / "ranks/0/stdout.log").read_text()
+    foreground = "exec bash launch.sh foreground"
+    assert _run((early, f"cd {early}; {foreground}"), {"VC_TASK_INDEX": "1"}).returncode == 1
+    assert "hccl.json not completed after 1 s" in (early / "ranks/0/stdout.log").read_text()
     (table / "hccl.json").write_text('{"status": "completed", "server_list": []}')
-    assert _run(job_dir, {"VC_TASK_INDEX": "1"}).returncode == 0
+    assert _run((job_dir, f"cd {job_dir}; {foreground}"), {"VC_TASK_INDEX": "1"}).returncode == 0
     assert _rank_lines(job_dir) == [f"rank 2 {table}/hccl.json", f"rank 3 {table}/hccl.json"]
 
 
@@ -248,6 +260,14 @@ def test_cli_emit_and_its_errors(tmp_path: Path) -> None:
     res = runner.invoke(cli, [*base[:-4], "--set", local, "--emit", str(out), "--image", "r/b:1",
                               "--volume", "c"])
     assert res.exit_code == 1 and "with --backend k8s nothing is staged" in res.output
+    ft = tmp_path / "ft.yaml"
+    ft.write_text("defaults: {devices: 2, workdir: /w}\nhosts: [10.0.0.1]\n"
+                  "fault_tolerance: {recovery: true}\n")
+    res = runner.invoke(cli, ["up", "--backend", "k8s", "-i", str(ft), "-c", "tiny", "--set",
+                              "data.path=/data/mr", "--emit", str(out), "--image", "r/b:1",
+                              "--volume", "c"])
+    assert res.exit_code == 1 and "fault_tolerance: not supported with --backend k8s" in \
+        res.output
     res = runner.invoke(cli, ["up", "-i", "inventories/local.yaml", "-c", "tiny", "--emit", "x"])
     assert res.exit_code == 2 and "--emit: only with --backend k8s" in res.output
     assert len(list(out.iterdir())) == 2  # the refused runs wrote nothing
@@ -282,3 +302,37 @@ def test_apply_path_errors_in_one_line(tmp_path: Path) -> None:
         res = CliRunner().invoke(cli, [*cmd, "tiny-abcd", "--state-dir", str(state)])
         assert res.exit_code == 1 and len(res.output.splitlines()) == 1, res.output
         assert "AscendJob tiny-abcd" in res.output
+
+
+def test_pod_sigterm_stops_every_rank(tmp_path: Path) -> None:
+    """Kubernetes deletes a pod with SIGTERM to its main process: the ranks are stopped, the
+    container exits non-zero, no rank process is left."""
+    launch = LaunchSpec(job_id="j", mode="msrun", world_size=4, sched_host="", stop_grace=1,
+                        entrypoint="exec sleep 300")
+    job_dir = tmp_path / "pod" / "job"
+    job_dir.mkdir(parents=True)
+    (job_dir / "launch.sh").write_text(render_pod_launch(launch, "worker", 2, "python3"))
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "MS_SCHED_HOST": "s",
+           "MS_SCHED_PORT": "1", "MS_WORKER_NUM": "4", "MS_LOCAL_WORKER": "2",
+           "MS_NODE_RANK": "1"}
+    proc = subprocess.Popen(["bash", str(job_dir / "launch.sh"), "foreground"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            stdin=subprocess.DEVNULL)
+    try:
+        pid_files = [job_dir / "ranks" / s / "pid" for s in ("0", "1")]
+        for _ in range(600):  # poll until both ranks are recorded
+            if all(p.is_file() for p in pid_files) or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        pids = [int(p.read_text().split()[0]) for p in pid_files]
+        proc.terminate()
+        assert proc.wait(timeout=60) != 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        assert state == "Z", f"rank process {pid} still runs"

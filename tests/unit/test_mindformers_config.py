@@ -121,3 +121,13 @@ def test_what_we_cannot_build_is_refused_naming_the_key(tmp_path: Path, change: 
     assert message in str(err.value)
     result = CliRunner().invoke(cli, ["plan", "-i", str(inventory(tmp_path, 1)), "-c", str(path)])
     assert result.exit_code != 0 and message in result.output
+
+
+def test_model_config_of_a_mindformers_file_for_infer_and_convert() -> None:
+    """`infer --config` / `convert-weights --config` / the pipeline read the same mapping."""
+    from orchestrate_bloom.config import load_preset
+
+    cfg = load_preset(MF / "run_bloom_7.1b.yaml")
+    assert (cfg.hidden_size, cfg.n_layer, cfg.n_head, cfg.seq_length, cfg.vocab_size) == (
+        4096, 30, 32, 2048, 250880)
+    assert (cfg.hidden_dropout, cfg.attention_dropout, cfg.param_dtype) == (0.1, 0.1, "float16")

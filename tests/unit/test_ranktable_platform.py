@@ -218,13 +218,14 @@ def test_up_dry_run_on_12_nodes_msrun_by_default_ranktable_when_asked(
         modes[name] = (res.output, job)
     out, job = modes["default"]
     assert "msrun mode, 96 ranks" in out
+    assert "dynamic cluster: scheduler on 192.168.0.0 at 192.168.0.0:" in out
     launch = (job / "nodes" / "192.168.0.10" / "launch.sh").read_text()
     assert "MS_ROLE=MS_WORKER MS_NODE_ID=16 DEVICE_ID=0" in launch
     assert "MS_SCHED_HOST=192.168.0.0" in launch and "RANK_TABLE_FILE" not in launch
     assert not (job / "nodes" / "192.168.0.10" / "rank_table.json").exists()
     for name in ("asked", "table"):
         out, job = modes[name]
-        assert "ranktable mode, 96 ranks" in out
+        assert "ranktable mode, 96 ranks" in out and "HCCL rank table: RANK_TABLE_FILE" in out
         launch = (job / "nodes" / "192.168.0.10" / "launch.sh").read_text()
         assert "RANK_ID=16 DEVICE_ID=0" in launch and "MS_SCHED_HOST" not in launch
     table = json.loads((modes["table"][1] / "nodes" / "192.168.0.10" / "rank_table.json")

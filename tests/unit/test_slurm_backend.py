@@ -100,6 +100,14 @@ def test_pending_job_shows_slurm_reason() -> None:
     assert status is JobStatus.PENDING and why == "slurm job 12 PENDING (Resources)"
 
 
+def test_pending_on_a_down_node_fails_naming_it() -> None:
+    job = SlurmJob("12", "PENDING", "ReqNodeNotAvail,_UnavailableNodes:th1", "0:0", "")
+    status, why = verdict(_record(), job, _reports(PENDING_SLOTS, PENDING_SLOTS)) or (None, "")
+    assert status is JobStatus.FAILED
+    assert why == ("slurm job 12 PENDING (ReqNodeNotAvail, UnavailableNodes:th1): Slurm "
+                   "cannot schedule it")
+
+
 def test_running_ranks_and_finished_ranks_decide_themselves() -> None:
     job = SlurmJob("12", "RUNNING", "None", "0:0", "th[0-1]")
     assert verdict(_record(), job, _reports(RUNNING, RUNNING)) is None
