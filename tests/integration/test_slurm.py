@@ -227,5 +227,5 @@ def test_bad_partition_is_a_one_line_error(cluster: Path, tmp_path: Path) -> Non
     assert "invalid partition specified: nope" in error and "bad.yaml" in error, res.stderr
     job = record(tmp_path)
     assert job["status"] == "FAILED" and "nope" in job["message"]
-    for name in HOSTS:
-        assert job_processes(job["job_id"], name) == []
+    for node in job["nodes"]:  # refused before staging: nothing was sent to the hosts
+        assert ssh(node["name"], f"test -e {node['job_dir']}").returncode == 1
