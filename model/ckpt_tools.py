@@ -434,6 +434,16 @@ NUMPY_TYPES = {
 }
 
 
+def _refuse_oversized_model(ckpt: Path, config: Any) -> None:
+    """ToolError before building a model the checkpoint cannot hold (>= 2 bytes a parameter):
+    the model section comes from a node's manifest and must not size an allocation."""
+    count = getattr(config, "parameter_count", None)
+    size = ckpt.stat().st_size
+    if isinstance(count, int) and count * 2 > size + (1 << 20):
+        raise ToolError(f"{ckpt}: the model section describes {count} "
+                        f"parameters, more than the {size}-byte checkpoint can hold; not built")
+
+
 def check(
     ckpt: Path, config: Any, model_factory: Callable[[Any], Any] = bloom_factory
 ) -> dict[str, Any]:
@@ -447,6 +457,7 @@ def check(
 
     from . import ckpt_stream
 
+    _refuse_oversized_model(ckpt, config)
     try:
         entries = ckpt_stream.scan(ckpt)
     except ckpt_stream.UnsupportedCkpt:

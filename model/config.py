@@ -75,6 +75,12 @@ class BloomConfig:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be one of {DTYPES}")
 
     @property
+    def parameter_count(self) -> int:
+        """Parameters of BloomLMHeadModel (tied head): V*h + 4h + n_layer*(12h² + 13h)."""
+        h = self.hidden_size
+        return self.vocab_size * h + 4 * h + self.n_layer * (12 * h * h + 13 * h)
+
+    @property
     def head_dim(self) -> int:
         """Width of one attention head."""
         return self.hidden_size // self.n_head

@@ -215,6 +215,9 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
     if backend == "k8s" and (wait or dry_run):
         raise click.UsageError("--backend k8s: --wait and --dry-run are SSH-only (use --emit "
                                "DIR to see the manifests; `orchestrate status JOB` to follow)")
+    if backend == "k8s" and rank_table_path is not None:
+        raise click.UsageError("--backend k8s: no --rank-table (the platform fills the "
+                               "rings-config ConfigMap of a --mode ranktable job)")
     with phase("plan"):
         from orchestrator.config.presets import load_job_spec
         from orchestrator.job.lifecycle import UpOptions, create_job, dry_run_summary, launch

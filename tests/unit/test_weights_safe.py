@@ -156,3 +156,20 @@ def test_index_shards_stay_in_the_model_folder(tmp_path: Path) -> None:
     index.write_text("[" * 100_000)
     with pytest.raises(ConvertError):
         index_shards(index)
+
+
+def test_a_manifest_model_section_cannot_size_a_huge_model(tmp_path: Path) -> None:
+    """The model section of a node's manifest sizes the load check's model: it must fit the
+    checkpoint's bytes before anything is built (issue 14 item 10)."""
+    from orchestrate_bloom import ckpt_tools
+    from orchestrate_bloom.config import BloomConfig
+
+    ckpt = tmp_path / "m.ckpt"
+    ckpt.write_bytes(b"\0" * 1000)
+    huge = BloomConfig.from_dict({"n_layer": 100_000, "hidden_size": 8192, "n_head": 64}, "x")
+
+    def never(_config: object) -> object:
+        raise AssertionError("a model was built")
+
+    with pytest.raises(ckpt_tools.ToolError, match="more than the 1000-byte checkpoint can hold"):
+        ckpt_tools.check(ckpt, huge, model_factory=never)
