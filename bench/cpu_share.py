@@ -1,14 +1,15 @@
 """Whole-node training throughput when ranks share a node's cores: 8 ranks vs 2 on this host.
 
-    python bench/cpu_share.py [--steps 30] [--ranks 2 8] [--global-batch 16]
+    python bench/cpu_share.py [--steps 30] [--ranks 2 8] [--global-batch 16] [--repeats 1]
 
 Runs the real path, `orchestrate up --wait` on a `connection: local` inventory (this machine as
 one node, no SSH), the tiny preset, the same global batch for every rank count (micro batch =
 global batch / ranks), once with each rank's share of the cores (orchestrate_bloom.cpu_share:
 pinning + thread pools sized to the share) and once without it (ORCHESTRATE_CPU_SHARE=0 in the
 inventory's env: every rank starts MindSpore's default pools), alternating so both see the same
-background load. Tokens/s of the node = global tokens per step x steps between rank 0's first
-and last log line / seconds between them (compile and cluster start excluded).
+background load; with --repeats N the four runs are repeated N times and the median is used.
+Tokens/s of the node = global tokens per step x steps between rank 0's first and last log
+line / seconds between them (compile and cluster start excluded).
 Goal (issue #17): 8 ranks >= 0.8x the tokens/s of 2 ranks on a 2-core host.
 """
 
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,8 +33,7 @@ SEQ = 64  # the tiny preset's seq_length
 
 def run(ranks: int, share: bool, steps: int, global_batch: int, root: Path) -> float:
     """Node tokens/s of one `up --wait` (raises when the job fails)."""
-    case = root / f"r{ranks}-{'on' if share else 'off'}"
-    case.mkdir()
+    case = Path(tempfile.mkdtemp(prefix=f"r{ranks}-{'on' if share else 'off'}-", dir=root))
     env_line = "" if share else ", env: {ORCHESTRATE_CPU_SHARE: '0'}"
     (case / "inv.yaml").write_text(
         f"defaults: {{connection: local, devices: {ranks}, workdir: {case / 'work'}, "
@@ -59,19 +60,24 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--ranks", type=int, nargs=2, default=[2, 8], metavar=("REF", "MANY"))
     parser.add_argument("--global-batch", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
     ref, many = args.ranks
     print(f"node tokens/s, tiny preset, global batch {args.global_batch}, {args.steps} steps, "
           f"{len(os.sched_getaffinity(0))} cores, load average {os.getloadavg()[0]:.2f}")
-    out: dict[str, dict[int, float]] = {"off": {}, "on": {}}
+    runs: dict[str, dict[int, list[float]]] = {"off": {ref: [], many: []},
+                                                "on": {ref: [], many: []}}
     with tempfile.TemporaryDirectory(prefix="orchestrate-bench-cpu-") as tmp:
-        for ranks in (ref, many):
-            for mode in ("off", "on"):
-                t = time.perf_counter()
-                out[mode][ranks] = run(ranks, mode == "on", args.steps, args.global_batch,
-                                       Path(tmp))
-                print(f"  {ranks} ranks, share {mode:<3}: {out[mode][ranks]:9.1f} tokens/s "
-                      f"({time.perf_counter() - t:.0f} s wall)", flush=True)
+        for _ in range(args.repeats):
+            for ranks in (ref, many):
+                for mode in ("off", "on"):
+                    t = time.perf_counter()
+                    rate = run(ranks, mode == "on", args.steps, args.global_batch, Path(tmp))
+                    runs[mode][ranks].append(rate)
+                    print(f"  {ranks} ranks, share {mode:<3}: {rate:9.1f} tokens/s "
+                          f"({time.perf_counter() - t:.0f} s wall, load average "
+                          f"{os.getloadavg()[0]:.1f})", flush=True)
+    out = {m: {r: statistics.median(v) for r, v in by.items()} for m, by in runs.items()}
     print(f"{'share':<6} {f'{ref} ranks':>10} {f'{many} ranks':>10} {f'{many}/{ref}':>7}")
     for mode in ("off", "on"):
         r = out[mode]

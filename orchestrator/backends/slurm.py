@@ -89,8 +89,17 @@ class SlurmBackend:
 
     def stage(self, record: JobRecord, group: NodeGroup, store: JobStore,
               echo: Echo) -> JobRecord:
+        """Staging over SSH, after Slurm confirmed the partition (a bad one stages nothing)."""
         from orchestrator.job.lifecycle import stage_all
 
+        sched = group.inventory.scheduler
+        if sched.partition:
+            try:
+                cli.check_partition(sched.partition, sched.slurm_conf)
+            except JobError as e:
+                raise JobError(f"job {record.job_id} not started: {e} "
+                               f"({sched.source('partition')} in {group.inventory.path})"
+                               ) from None
         return stage_all(record, group, store, echo)
 
     def start(self, record: JobRecord, group: NodeGroup, store: JobStore,

@@ -91,6 +91,17 @@ def sbatch(script: Path, conf: Path | None) -> str:
     return job_id
 
 
+def check_partition(name: str, conf: Path | None) -> None:
+    """JobError unless the partition exists and is UP (asked before anything is staged)."""
+    proc = run_slurm(["scontrol", "show", "partition", "-o", name], conf)
+    if proc.returncode != 0:
+        raise JobError(f"slurm: invalid partition specified: {name} "
+                       f"({_error_line(proc.stderr + proc.stdout)})")
+    state = parse_show_job(proc.stdout).get("State", "UP")
+    if state != "UP":
+        raise JobError(f"slurm: partition {name} is {state}")
+
+
 def parse_show_job(text: str) -> dict[str, str]:
     """`scontrol show job -o` (one line of KEY=VALUE words) as a dict."""
     out: dict[str, str] = {}

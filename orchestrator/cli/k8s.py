@@ -101,10 +101,13 @@ def up_k8s(inv: Any, spec: Any, mode: str, args: K8sArgs, launch_opts: Any,
     what = (f"job {job_id}: {plan.world_size} ranks on {len(plan.nodes)} pod(s), {mode} mode, "
             f"Kubernetes name {k8s_name(job_id)}")
     if args.emit is not None:
-        from orchestrator.k8s.emit import emit
+        from orchestrator.k8s.emit import emit, too_big_for_client_apply
 
         for path in emit(manifests, args.emit):
             click.echo(f"wrote {path}")
+        for name in too_big_for_client_apply(manifests):
+            click.echo(f"warning: {name} is over 256 KiB: use `kubectl apply --server-side -f "
+                       f"{args.emit}` (client-side apply cannot annotate it)", err=True)
         click.echo(f"{what}; apply with `kubectl apply -f {args.emit}`")
         return
     from orchestrator.k8s.api import apply

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 from orchestrate_bloom import presets as settings
 from orchestrate_bloom.stages import SplitError, resolve_split
@@ -136,28 +136,19 @@ def _build_spec(
         section, key = dotted.split(".")
         if merged[section][key] < 1:
             raise PresetError(f"{preset}: {dotted} must be >= 1, got {merged[section][key]}")
-    shape = ModelShape(
-        vocab_size=m["vocab_size"],
-        hidden_size=m["hidden_size"],
-        n_layer=m["n_layer"],
-        n_head=m["n_head"],
-        seq_length=m["seq_length"],
-        param_dtype=m["param_dtype"],
-        compute_dtype=m["compute_dtype"],
-    )
-    layout = ParallelLayout(
-        data_parallel=p["data_parallel"],
-        model_parallel=p["model_parallel"],
-        pipeline_stage=p["pipeline_stage"],
-        micro_batch_size=p["micro_batch_size"],
-        micro_batch_num=p["micro_batch_num"],
-        optimizer_shard=p["optimizer_shard"],
-        recompute=p["recompute"],
-    )
+    shape, layout = _from_section(ModelShape, m), _from_section(ParallelLayout, p)
     frozen = MappingProxyType({s: MappingProxyType(dict(v)) for s, v in merged.items()})
     return JobSpec(
         preset=preset, model=shape, parallel=layout, overrides=overrides, sections=frozen
     )
+
+
+T = TypeVar("T")
+
+
+def _from_section(cls: type[T], section: Mapping[str, Any]) -> T:
+    """A ModelShape / ParallelLayout from the preset section whose keys are its field names."""
+    return cls(**{f.name: section[f.name] for f in fields(cls)})  # type: ignore[arg-type]
 
 
 def validate_shape(spec: JobSpec) -> None:

@@ -107,8 +107,9 @@ def status_table(record: JobRecord, reports: Reports) -> Any:
     from rich.table import Table
     from rich.text import Text
 
+    where = f", slurm job {record.scheduler_job}" if record.scheduler_job else ""
     title = (f"job {record.job_id}  {record.status.value}  "
-             f"({record.mode}, {record.world_size} ranks)")
+             f"({record.mode}, {record.world_size} ranks{where})")
     if record.message:
         title += f"\n{record.message}"
     # node strings (messages, errors, slot names) are text, never rich markup

@@ -9,6 +9,7 @@ ConfigMaps a job's pods mount come before the job.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from orchestrate_bloom.fileio import write_atomic
 
 from orchestrator.errors import JobError
 from orchestrator.k8s.schema import validate
+
+LAST_APPLIED_MAX = 256 * 1024  # client-side `kubectl apply` keeps the object in an annotation
 
 
 class _Literal(str):
@@ -74,3 +77,10 @@ def emit(manifests: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
     for path, text in texts:
         write_atomic(path, text, 0o644, fsync=False)
     return [p for p, _ in texts]
+
+
+def too_big_for_client_apply(manifests: Sequence[dict[str, Any]]) -> list[str]:
+    """Names of objects client-side `kubectl apply` refuses (its last-applied annotation holds
+    at most 256 KiB); `kubectl apply --server-side` or `kubectl create` take them."""
+    return [f"{m['kind']} {m['metadata']['name']}" for m in manifests
+            if len(json.dumps(m, separators=(",", ":"))) > LAST_APPLIED_MAX]

@@ -1,7 +1,8 @@
 """A real job from MindFormers' files (issue 15.1-15.3): a run config in MindFormers' layout
 (the real run_bloom_560m.yaml cut down to tiny sizes, as users edit it), a dataset in
-make_mindrecord.py's layout and a starting checkpoint with MindFormers' parameter names, on
-this machine (connection: local, 2 CPU ranks, as inventories/local.yaml)."""
+make_mindrecord.py's layout (a local folder, staged as is) and a starting checkpoint with
+MindFormers' parameter names, on this machine (connection: local, 2 CPU ranks, as
+inventories/local.yaml)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def mindformers_config(tmp_path: Path, data: Path, start: Path) -> Path:
     doc["lr_schedule"].update(learning_rate=1e-3, lr_end=1e-4, warmup_steps=1, total_steps=4)
     next(c for c in doc["callbacks"] if c["type"] == "CheckpointMointor")[
         "save_checkpoint_steps"] = 2
-    doc["train_dataset"]["data_loader"]["dataset_dir"] = str(data)
+    doc["train_dataset"]["data_loader"]["dataset_dir"] = data.name  # local: staged as is
     doc["load_checkpoint"] = str(start)
     path = tmp_path / "run_bloom_tiny.yaml"
     path.write_text(yaml.safe_dump(doc))
@@ -73,3 +74,6 @@ def test_mindformers_config_dataset_and_checkpoint_train_in_a_real_job(tmp_path:
     assert steps and steps[-1].startswith("step=4 ")
     ckpts = sorted(p.name for p in (job_dir / "output" / "checkpoint" / "rank_1").glob("*.ckpt"))
     assert ckpts == ["bloom_rank_1-2.ckpt", "bloom_rank_1-4.ckpt"]
+    staged = job_dir / "data" / "wikitext2"  # the folder as make_mindrecord.py left it
+    assert sorted(p.name for p in staged.iterdir()) == ["dataset.mindrecord",
+                                                         "dataset.mindrecord.db"]

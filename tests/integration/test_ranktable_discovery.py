@@ -88,3 +88,37 @@ def test_devices_missing_from_hccn_conf_name_every_node(netns_hosts, tmp_path: P
         assert f"[{n.name}] no device IP for device(s) 8, 9, 10, 11, 12, 13, 14, 15: tried " \
                f"`hccn_tool -i <id> -ip -g` (not installed) and /etc/hccn.conf (has no " \
                f"address_N line for device(s) 8, 9, 10, 11, 12, 13, 14, 15)" in msg
+
+
+def test_up_with_a_platform_table_stages_its_ips_not_discovery(netns_hosts, tmp_path: Path
+                                                               ) -> None:
+    """`up --rank-table` (issue 15.4): the platform's v0 table, in server_id order, is what every
+    node gets; /etc/hccn.conf on the hosts is not asked."""
+    inv = load_inventory(netns_hosts.inventory)
+    nodes = [n for n in inv.nodes if n.name in ("th0", "th1")]
+    doc = yaml.safe_load(netns_hosts.inventory.read_text())
+    doc["nodes"] = [{"name": n.name, "host": n.host} for n in nodes]
+    inv_path = tmp_path / "inventory.yaml"
+    inv_path.write_text(yaml.safe_dump(doc))
+    table = {"status": "completed", "group_count": "1", "group_list": [{
+        "group_name": "worker", "instance_list": [
+            {"pod_name": f"job-worker-{i}", "server_id": n.host,
+             "devices": [{"device_id": str(d), "device_ip": f"10.201.{d}.{i + 1}"}
+                         for d in n.devices]}
+            for i, n in enumerate(nodes)]}]}
+    src = tmp_path / "jobstart_hccl.json"
+    src.write_text(json.dumps(table))
+    state = tmp_path / "state"
+    res = CliRunner().invoke(cli, ["up", "-i", str(inv_path), "-c", "tiny", "--set", "data.path=",
+                                   "--rank-table", str(src), "--entrypoint", "true", "--wait",
+                                   "--no-guard", "--state-dir", str(state)])
+    assert res.exit_code == 0, res.output
+    record = json.loads(next((state / "jobs").glob("tiny-*.json")).read_text())
+    assert record["mode"] == "ranktable" and record["status"] == "SUCCEEDED"
+    for node in record["nodes"]:
+        got = netns_hosts.ssh(node["name"], f"cat {node['job_dir']}/rank_table.json")
+        assert got.returncode == 0, got.stderr
+        served = {s["server_id"]: [d["device_ip"] for d in s["device"]]
+                  for s in json.loads(got.stdout)["server_list"]}
+        assert served == {n.host: [f"10.201.{d}.{i + 1}" for d in n.devices]
+                          for i, n in enumerate(nodes)}

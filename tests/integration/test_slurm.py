@@ -143,36 +143,36 @@ def test_up_backend_slurm_trains_then_collect_and_infer(cluster: Path, tmp_path:
     assert inf.stdout.startswith("Add 2 and 1.")
 
 
-def test_killed_rank_fails_the_job_naming_rank_and_node(cluster: Path, tmp_path: Path) -> None:
-    waiter = start(tmp_path, "up", "-i", str(cluster), "-c", "tiny", "--no-check", "--wait",
-                   "--entrypoint", SLEEPER)
+def up_wait_and_kill(cwd: Path, rank: int, *args: str) -> tuple[int, str, str]:
+    """`up --wait ARGS` in the background; once every rank runs, SIGKILL `rank`; wait for
+    `up` to end. Returns (its exit code, the first attempt's Slurm job id, its output)."""
+    waiter = start(cwd, "up", "--no-check", "--wait", *args)
     try:
-        wait_for(lambda: running(tmp_path))
-        kill_rank(record(tmp_path), 3)
-        out, err = waiter.communicate(timeout=180)
+        wait_for(lambda: running(cwd))
+        first = record(cwd)["scheduler_job"]
+        kill_rank(record(cwd), rank)
+        out, err = waiter.communicate(timeout=240)
     finally:
         if waiter.poll() is None:
             waiter.kill()
+    return waiter.returncode, first, out + err
+
+
+def test_killed_rank_fails_the_job_naming_rank_and_node(cluster: Path, tmp_path: Path) -> None:
+    code, _, out = up_wait_and_kill(tmp_path, 3, "-i", str(cluster), "-c", "tiny",
+                                    "--entrypoint", SLEEPER)
     job = record(tmp_path)
-    assert waiter.returncode == 1, out + err
+    assert code == 1, out
     assert job["status"] == "FAILED" and "rank 3 on th1" in job["message"], job["message"]
     assert_gone(job)
 
 
 def test_max_restarts_resubmits_after_a_kill(cluster: Path, tmp_path: Path) -> None:
     cmd = f'if [ -n "${{ORCHESTRATE_RESUME:-}}" ]; then echo "step=9 loss=1"; exit 0; fi; {SLEEPER}'
-    waiter = start(tmp_path, "up", "-i", str(cluster), "-c", "tiny", "--no-check", "--wait",
-                   "--max-restarts", "1", "--entrypoint", cmd)
-    try:
-        wait_for(lambda: running(tmp_path))
-        first = record(tmp_path)["scheduler_job"]
-        kill_rank(record(tmp_path), 1)
-        out, err = waiter.communicate(timeout=240)
-    finally:
-        if waiter.poll() is None:
-            waiter.kill()
+    code, first, out = up_wait_and_kill(tmp_path, 1, "-i", str(cluster), "-c", "tiny",
+                                        "--max-restarts", "1", "--entrypoint", cmd)
     job = record(tmp_path)
-    assert waiter.returncode == 0, out + err
+    assert code == 0, out
     assert job["status"] == "SUCCEEDED" and job["attempts"] == 2
     assert job["history"][0]["status"] == "FAILED" and "rank 1 on th0" in job["history"][0][
         "cause"]
@@ -192,6 +192,9 @@ def test_pending_shows_slurm_reason_then_down_cancels(cluster: Path, tmp_path: P
                           ["status"] == "PENDING" and s)
         assert f"slurm job {job['scheduler_job']} PENDING (Resources)" in status["message"]
         assert status["scheduler_job"] == job["scheduler_job"]
+        table = orch(tmp_path, "status").stdout
+        assert f"PENDING  (msrun, 4 ranks, slurm job {job['scheduler_job']})" in table, table
+        assert "PENDING (Resources)" in table
     finally:
         slurm("scancel", blocker.stdout.strip())
     wait_for(lambda: running(tmp_path))
@@ -227,5 +230,5 @@ def test_bad_partition_is_a_one_line_error(cluster: Path, tmp_path: Path) -> Non
     assert "invalid partition specified: nope" in error and "bad.yaml" in error, res.stderr
     job = record(tmp_path)
     assert job["status"] == "FAILED" and "nope" in job["message"]
-    for name in HOSTS:
-        assert job_processes(job["job_id"], name) == []
+    for node in job["nodes"]:  # refused before staging: nothing was sent to the hosts
+        assert ssh(node["name"], f"test -e {node['job_dir']}").returncode == 1

@@ -24,7 +24,7 @@ from orchestrator.config.plan import build_plan
 from orchestrator.config.presets import load_job_spec
 from orchestrator.errors import JobError, ManifestError
 from orchestrator.job.render import LaunchSpec, render_pod_launch
-from orchestrator.k8s.emit import emit
+from orchestrator.k8s.emit import emit, too_big_for_client_apply
 from orchestrator.k8s.manifests import CONFIG_DIR, JOB_DIR, K8sOptions, job_manifests
 from orchestrator.k8s.schema import validate
 
@@ -86,7 +86,10 @@ def test_ascendjob_valid_and_shaped(tmp_path: Path, inv: str | None, preset: str
                    "/orchestrate/job/output/strategy": f"{name}/strategy"}
     files = docs[f"ConfigMap/{name}-files"]
     # Client-side `kubectl apply` copies the object into an annotation of at most 256 KiB.
-    assert len(json.dumps(files)) < 256 * 1024
+    assert too_big_for_client_apply(list(docs.values())) == []
+    big = copy.deepcopy(files)
+    big["data"]["pad"] = "x" * 256 * 1024
+    assert too_big_for_client_apply([big]) == [f"ConfigMap {name}-files"]
     assert "MS_NODE_RANK * MS_LOCAL_WORKER + 7" in files["data"]["launch-worker.sh"]
     job_yaml = yaml.safe_load(files["data"]["job.yaml"])
     assert job_yaml["job"]["id"] == f"{preset}-abcd"
