@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import re
-import resource
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .fileio import atomic_target, write_atomic
-from .tool_io import tool_main
+from .ckpt_strategy import merge_strategies, needed_ranks
+from .ckpt_transform import transform
+from .fileio import atomic_target
+from .tool_io import ToolError, peak_rss_bytes, tool_main
 
 OPTIMIZER_PREFIXES = (
     "adam_m.",
@@ -54,125 +53,9 @@ OPTIMIZER_NAMES = frozenset(
 )
 
 
-class ToolError(Exception):
-    """An expected failure: printed as one line, exit 1."""
-
-
 def is_training_state(name: str) -> bool:
     """True for optimizer moments, gradient accumulators and step/scale counters."""
     return name in OPTIMIZER_NAMES or name.startswith(OPTIMIZER_PREFIXES)
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident memory of this process (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _read_strategy(path: Path) -> Any:
-    """Parse one protobuf strategy file (what the trainer's strategy_ckpt_config writes)."""
-    from google.protobuf.message import DecodeError
-    from mindspore.train import node_strategy_pb2 as pb
-
-    smap = pb.ParallelStrategyMap()
-    try:
-        smap.ParseFromString(path.read_bytes())
-    except DecodeError as exc:
-        raise ToolError(f"{path}: not a protobuf strategy file ({exc})") from exc
-    if not smap.parallel_layout_item:
-        raise ToolError(f"{path}: no parameter layouts in this strategy file")
-    return smap
-
-
-def strategy_stage(path: Path, smap: Any) -> int:
-    """The pipeline stage whose parameters the strategy file `path` describes.
-
-    MindSpore's merge_pipeline_strategys takes the stage of the file's first operator, but
-    operators left to MindSpore's default strategy (e.g. a LayerNorm on stage 1) are recorded
-    with stage 0, so two stages' files can both look like stage 0 and one stage's parameters
-    are lost. Stages are contiguous blocks of ranks: a file named `..._rank_<r>.ckpt` is stage
-    r // (devices per stage, the product of a layout's device matrix); no operator of the file
-    may claim a later stage. Without a rank in the name: the latest stage an operator claims.
-    """
-    claimed = max((i.parallel_strategys.stage for i in smap.parallel_strategy_item), default=0)
-    m = re.search(r"rank_([0-9]{1,9})", path.name)
-    if m is None:
-        return int(claimed)
-    per_stage = math.prod(smap.parallel_layout_item[0].parallel_layouts.dev_matrix[0].dim)
-    stage = int(m[1]) // max(1, per_stage)
-    if claimed > stage:
-        raise ToolError(f"{path}: operators of pipeline stage {claimed} in the strategy file of "
-                        f"rank {m[1]}, which is stage {stage} ({per_stage} devices per stage)")
-    return stage
-
-
-def merge_strategies(src_dir: Path, out: Path) -> dict[str, Any]:
-    """Merge every rank's strategy file in `src_dir` into `out`, one file per pipeline stage.
-
-    The merged file has MindSpore's merged format (layout names prefixed `<stage>-`,
-    current_stage 1), which transform_checkpoints and rank_list_for_transform read; each
-    file's stage comes from strategy_stage, so every stage's parameters are kept.
-    """
-    files = sorted(src_dir.glob("*.ckpt"), key=_rank_order)
-    if not files:
-        raise ToolError(f"{src_dir}: no strategy files (*.ckpt)")
-    from mindspore.train import node_strategy_pb2 as pb
-
-    merged = pb.ParallelStrategyMap()
-    stages: dict[int, Path] = {}
-    for path in files:
-        smap = _read_strategy(path)
-        stage = strategy_stage(path, smap)
-        if stage in stages:  # every rank of a stage describes the same layouts
-            continue
-        stages[stage] = path
-        for item in smap.parallel_layout_item:
-            item.param_name = f"{stage}-{item.param_name}"
-        merged.parallel_strategy_item.extend(smap.parallel_strategy_item)
-        merged.parallel_layout_item.extend(smap.parallel_layout_item)
-    missing = sorted(set(range(max(stages) + 1)) - set(stages))
-    if missing:
-        raise ToolError(f"{src_dir}: no strategy file for pipeline stage(s) {missing}")
-    merged.current_stage = 1
-    write_atomic(out, merged.SerializeToString(), fsync=False)
-    return {"strategy": str(out), "sources": len(files), "stages": len(stages)}
-
-
-def _rank_order(path: Path) -> tuple[int, str]:
-    m = re.search(r"rank_([0-9]{1,9})", path.name)
-    return (int(m[1]) if m else -1, path.name)
-
-
-def strategy_devices(strategy: Path) -> int:
-    """Device count of a (merged) strategy file: devices per stage x pipeline stages."""
-    smap = _read_strategy(strategy)
-    per_stage = int(math.prod(smap.parallel_layout_item[0].parallel_layouts.dev_matrix[0].dim))
-    stages = {
-        int(i.param_name.split("-", 1)[0]) if "-" in i.param_name else 0
-        for i in smap.parallel_layout_item
-    }
-    return per_stage * len(stages)
-
-
-def needed_ranks(
-    strategy: Path | None, dst_strategy: Path | None, rank: int | None = 0
-) -> dict[str, Any]:
-    """Source ranks whose checkpoints a transform to `dst_strategy` (None: one device) reads.
-
-    `rank` None: the union over every destination rank. Data-parallel replicas hold the same
-    slices; MindSpore picks one of them per slice.
-    """
-    import mindspore as ms
-
-    dst = str(dst_strategy) if dst_strategy is not None else None
-    src = str(strategy) if strategy is not None else None
-    dst_ranks = [rank] if rank is not None or dst_strategy is None else None
-    if dst_ranks is None:
-        assert dst_strategy is not None
-        dst_ranks = list(range(strategy_devices(dst_strategy)))
-    ranks: set[int] = set()
-    for r in dst_ranks:
-        ranks.update(int(x) for x in ms.rank_list_for_transform(r or 0, src, dst))
-    return {"ranks": sorted(ranks), "dst_ranks": dst_ranks}
 
 
 def strip(src: Path, out: Path, keep_optimizer: bool = False) -> dict[str, Any]:
@@ -222,166 +105,6 @@ def _strip_loaded(src: Path, out: Path, keep_optimizer: bool) -> dict[str, Any]:
         "dropped": len(dropped),
         "peak_rss": peak_rss_bytes(),
     }
-
-
-def transform(
-    src_map: Mapping[int, Path],
-    strategy: Path | None,
-    out: Path,
-    dst_strategy: Path | None = None,
-    rank: int = 0,
-) -> dict[str, Any]:
-    """Reassemble rank `rank` of `dst_strategy` (None: a single device) from sharded files.
-
-    `strategy` None: the source is one complete checkpoint (`src_map` {0: file}, pure DP).
-    """
-    import mindspore as ms
-
-    for r, path in src_map.items():
-        if not path.is_file():
-            raise ToolError(f"rank {r}: checkpoint {path} missing")
-    needed = needed_ranks(strategy, dst_strategy, rank)["ranks"]
-    missing = [r for r in needed if r not in src_map]
-    if missing:
-        raise ToolError(f"transform needs the checkpoints of ranks {missing}, not given")
-    how = "mindspore"
-    with atomic_target(out, mode=0o644) as tmp:
-        if strategy is not None and dst_strategy is None:
-            streamed = _stream_transform({r: src_map[r] for r in needed}, strategy, tmp)
-            how = "streamed" if streamed is None else f"mindspore ({streamed})"
-        if how != "streamed":
-            tmp.unlink(missing_ok=True)
-            ms.transform_checkpoint_by_rank(
-                rank,
-                {r: str(src_map[r]) for r in needed},
-                str(tmp),
-                str(strategy) if strategy is not None else None,
-                str(dst_strategy) if dst_strategy is not None else None,
-            )
-    return {"out": str(out), "ranks": needed, "method": how, "peak_rss": peak_rss_bytes()}
-
-
-def _layouts(strategy: Path) -> dict[str, tuple[int, tuple[int, ...], tuple[int, ...]]]:
-    """Parameter name -> (pipeline stage, device matrix, tensor map) of a strategy file.
-
-    Raises:
-        UnsupportedCkpt: a layout `_stream_transform` does not handle (uneven or field splits,
-            optimizer-sharded weights, several device matrices).
-    """
-    import re
-
-    from mindspore.train import node_strategy_pb2 as pb
-
-    from .ckpt_stream import UnsupportedCkpt
-
-    smap = pb.ParallelStrategyMap()
-    smap.ParseFromString(strategy.read_bytes())
-    out = {}
-    for item in smap.parallel_layout_item:
-        m = re.fullmatch(r"([0-9]{1,9})-(.+)", item.param_name)  # merged files: "<stage>-<name>"
-        stage, name = (int(m[1]), m[2]) if m else (smap.current_stage, item.param_name)
-        pl = item.parallel_layouts
-        if (len(pl.dev_matrix) != 1 or len(pl.tensor_map) != 1 or pl.field
-                or pl.opt_weight_shard_size not in (0, 1)  # -1: the whole DP group
-                or any(d.dim for d in pl.param_split_shape)
-                or any(d.dim for d in pl.indices_offset)):
-            raise UnsupportedCkpt(f"layout of {name}")
-        out[name] = (stage, tuple(pl.dev_matrix[0].dim), tuple(pl.tensor_map[0].dim))
-    return out
-
-
-def _stream_transform(src_map: Mapping[int, Path], strategy: Path, out: Path) -> str | None:
-    """Write the single-device checkpoint to `out`, one parameter at a time; None when done.
-
-    Each parameter is assembled from its slices (read from the files straight into a
-    preallocated array) and written before the next is read: host memory holds one
-    parameter (plus one slice when the split is not along axis 0), never the checkpoint.
-    Returns why it cannot (unsupported layout or file) without writing anything useful then.
-    """
-    import numpy as np
-
-    from .ckpt_stream import CkptWriter, UnsupportedCkpt, iter_entries, raw_dtype, scan
-
-    try:
-        layouts = _layouts(strategy)
-        scans = {r: scan(src_map[r]) for r in sorted(src_map)}
-    except UnsupportedCkpt as exc:
-        return str(exc)
-    handles = {r: open(src_map[r], "rb") for r in scans}  # noqa: SIM115 - closed below
-    try:
-        with CkptWriter(out) as writer:
-            done: set[str] = set()
-            for r, entries in scans.items():
-                for entry in iter_entries(entries):
-                    if entry.name in done:
-                        continue
-                    done.add(entry.name)
-                    if entry.name not in layouts:  # not sharded: one copy, as it is
-                        writer.copy_records(handles[r], entry)
-                        continue
-                    found = _slice_holders(entry.name, entry.dims, layouts[entry.name], scans)
-                    if isinstance(found, str):
-                        return found
-                    full, holder = found
-                    array = np.empty(full, dtype=raw_dtype(entry.dtype))
-                    why = _read_slices(array, holder, entry, scans, handles)
-                    if why is not None:
-                        return why
-                    writer.write(entry.name, full, entry.dtype, array)
-                    del array
-    finally:
-        for fh in handles.values():
-            fh.close()
-    return None
-
-
-
-def _slice_holders(name: str, dims: Sequence[int], layout: tuple[int, Any, Any],
-                   ranks: Mapping[int, Any]) -> tuple[tuple[int, ...], dict[Any, int]] | str:
-    """(full shape, slice index -> a given rank holding that slice) of a sharded parameter
-    from its layout (stage, device matrix, tensor map), or why the ranks cannot give it."""
-    import numpy as np
-
-    stage, dev, tmap = layout
-    if len(tmap) != len(dims):
-        return f"layout of {name} does not match its shape"
-    per_stage = int(np.prod(dev))
-    split = [dev[len(dev) - 1 - k] if k >= 0 else 1 for k in tmap]
-    full = tuple(d * n for d, n in zip(dims, split, strict=True))
-    holder: dict[Any, int] = {}
-    for local in range(per_stage):  # device coordinates, last axis fastest
-        coord = np.unravel_index(local, dev)
-        idx = tuple(int(coord[len(dev) - 1 - k]) if k >= 0 else 0 for k in tmap)
-        rank = stage * per_stage + local
-        if rank in ranks and idx not in holder:
-            holder[idx] = rank
-    if len(holder) != int(np.prod(split)):
-        return f"the given ranks do not hold every slice of {name}"
-    return full, holder
-
-
-def _read_slices(array: Any, holder: Mapping[Any, int], entry: Any, scans: Mapping[int, Any],
-                 handles: Mapping[int, Any]) -> str | None:
-    """Read each slice from its rank's file into its region of `array` (straight into the
-    array when the region is contiguous); why not when a rank lacks it."""
-    import numpy as np
-
-    from .ckpt_stream import read_into
-
-    for idx, rank in holder.items():
-        part = scans[rank].get(entry.name)
-        if part is None or part.dims != entry.dims or part.dtype != entry.dtype:
-            return f"rank {rank} lacks {entry.name} or holds another shape"
-        region = array[tuple(slice(i * d, (i + 1) * d)
-                             for i, d in zip(idx, entry.dims, strict=True))]
-        if region.flags.c_contiguous:
-            read_into(handles[rank], part, region.data.cast("B"))
-        else:
-            piece = np.empty(entry.dims, dtype=array.dtype)
-            read_into(handles[rank], part, piece.data.cast("B"))
-            region[...] = piece
-            del piece
-    return None
 
 
 def compare_params(

@@ -16,11 +16,21 @@ is a ToolFailure, never a crash.
 from __future__ import annotations
 
 import json
+import resource
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
 ERROR_PREFIX = "error:"
+
+
+class ToolError(Exception):
+    """A tool's expected failure: tool_main prints it as one `error:` line, exit 1."""
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process (Linux reports KiB); every tool result carries it."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 class ToolFailure(Exception):

@@ -14,7 +14,7 @@ import pytest
 
 ms = pytest.importorskip("mindspore")
 
-from orchestrate_bloom import ckpt_stream, ckpt_tools  # noqa: E402
+from orchestrate_bloom import ckpt_stream, ckpt_tools, ckpt_transform  # noqa: E402
 
 
 def _arrays() -> dict[str, np.ndarray]:
@@ -178,7 +178,7 @@ def test_unsupported_layout_falls_back_to_mindspore(tmp_path: Path) -> None:
     for r in (0, 1):
         src[r] = tmp_path / f"r{r}.ckpt"
         ms.save_checkpoint([{"name": "w", "data": ms.Tensor(np.split(full, 2)[r])}], str(src[r]))
-    assert ckpt_tools._stream_transform(src, strategy, tmp_path / "x.ckpt") == "layout of w"
+    assert ckpt_transform._stream_transform(src, strategy, tmp_path / "x.ckpt") == "layout of w"
     assert not (tmp_path / "x.ckpt").exists()
 
 

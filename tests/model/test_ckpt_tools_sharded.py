@@ -13,7 +13,7 @@ import pytest
 
 ms = pytest.importorskip("mindspore")
 
-from orchestrate_bloom import ckpt_tools  # noqa: E402
+from orchestrate_bloom import ckpt_strategy, ckpt_tools  # noqa: E402
 
 from tests.tools.shards import write_sharded  # noqa: E402
 
@@ -64,8 +64,8 @@ def test_transform_to_another_layout_matches_that_layouts_shards(tmp_path: Path)
     write_sharded(dst, full, dp=2, mp=2, pp=1, n_layer=4)
     src_strategy = ckpt_tools.merge_strategies(src / "strategy", tmp_path / "s.ckpt")["strategy"]
     ckpt_tools.merge_strategies(dst / "strategy", tmp_path / "d.ckpt")
-    assert ckpt_tools.strategy_devices(tmp_path / "d.ckpt") == 4
-    assert ckpt_tools.strategy_devices(Path(src_strategy)) == 4
+    assert ckpt_strategy.strategy_devices(tmp_path / "d.ckpt") == 4
+    assert ckpt_strategy.strategy_devices(Path(src_strategy)) == 4
     need = ckpt_tools.needed_ranks(Path(src_strategy), tmp_path / "d.ckpt", None)
     assert need == {"ranks": [0, 1, 2, 3], "dst_ranks": [0, 1, 2, 3]}
     shards = {r: src / "checkpoint" / f"rank_{r}" / "shard.ckpt" for r in range(4)}
