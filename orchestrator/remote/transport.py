@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 from orchestrator.config.inventory import Node
+from orchestrator.remote.files import LOG_MODE
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class Transport(Protocol):
         """Upload atomically (temp name + rename), preserving mode unless `mode` is given."""
         ...
 
-    def get(self, remote: PurePosixPath, local: Path, *, mode: int = 0o644) -> None:
+    def get(self, remote: PurePosixPath, local: Path, *, mode: int = LOG_MODE) -> None:
         """Download a regular file atomically to `local`, bounded by the size the node
         announced, with `mode` (read/write bits only: a node never chooses a local mode)."""
         ...
