@@ -95,7 +95,8 @@ def assert_gone(job: dict) -> None:
     """Nothing of the job runs on any host, and squeue does not list its Slurm job."""
     for name in HOSTS:
         assert job_processes(job["job_id"], name) == [], f"{job['job_id']} still on {name}"
-    assert not in_queue(job["scheduler_job"]), slurm("squeue").stdout
+    # a SUCCEEDED job's batch script ends a moment after its ranks (launch.sh run polls)
+    wait_for(lambda: not in_queue(job["scheduler_job"]), timeout=30)
 
 
 def kill_rank(job: dict, rank: int) -> None:
@@ -134,8 +135,10 @@ def test_up_backend_slurm_trains_then_collect_and_infer(cluster: Path, tmp_path:
         for rank in range(node["rank_start"], node["rank_end"]):
             res = ssh(node["name"], f"ls {node['job_dir']}/output/checkpoint/rank_{rank}")
             assert f"bloom_rank_{rank}-4.ckpt" in res.stdout, (node["name"], res.stdout)
-    state = slurm("scontrol", "show", "job", "-o", job["scheduler_job"]).stdout
-    assert "JobState=COMPLETED" in state and "NodeList=th[0-1]" in state
+    # Every rank exited 0 (SUCCEEDED); the batch job ends a moment later (launch.sh run polls).
+    state = wait_for(lambda: "JobState=COMPLETED" in (out := slurm(
+        "scontrol", "show", "job", "-o", job["scheduler_job"]).stdout) and out, timeout=30)
+    assert "NodeList=th[0-1]" in state
     assert_gone(job)
     got = orch(tmp_path, "collect-ckpt")
     assert "bloom_tiny_step4.ckpt" in got.stdout
