@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from orchestrator.cli import options as flags
+from orchestrator.cli.check_view import print_check, rechecker, run_check
 from orchestrator.cli.job_common import (
     job_argument,
     job_inventory_option,
@@ -32,54 +33,6 @@ from orchestrator.cli.job_common import (
 from orchestrator.cli.job_down import down_command
 from orchestrator.cli.job_view import logs_command, plot_command, status_command
 from orchestrator.cli.k8s import K8sArgs, k8s_options
-
-
-def _print_check(report: Any) -> None:
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
-    from orchestrator.untrusted import scrub
-
-    table = Table(title="orchestrate check", title_justify="left")
-    table.add_column("node")
-    for c in report.columns:
-        table.add_column(c)
-    for n in report.nodes:
-        items = {i.name: i for i in n.items}
-        cells = []
-        for c in report.columns:
-            i = items.get(c)
-            color = "green" if i is not None and i.ok else "red"
-            # a node's reply (versions, paths) is text, never markup
-            cells.append(Text("" if i is None else scrub(str(i.value)), style=color))
-        table.add_row(n.node, *cells)
-    Console().print(table)
-    for node, item in report.failures:
-        click.echo(scrub(f"[{node}] {item.name}: {item.value} -> {item.fix}"), err=True)
-
-
-def _run_check(group: Any, spec: Any, mode: str, sched_port: int | None) -> Any:
-    from orchestrator.job.check import check_nodes
-
-    target = str(spec.value("train.device_target")) if spec is not None else "CPU"
-    return check_nodes(group, device_target=target, mode=mode, sched_port=sched_port)
-
-
-def _rechecker(group: Any, spec: Any, mode: str, sched_port: int | None, skip: bool) -> Any:
-    """`recheck()` for the watch loop: node -> what its check found wrong ({}: all ok)."""
-    def recheck() -> dict[str, str]:
-        if skip:
-            return {}
-        report = _run_check(group, spec, mode, sched_port)
-        problems: dict[str, str] = {}
-        for node, item in report.failures:
-            problems[node] = "; ".join(filter(None, (problems.get(node),
-                                                     f"{item.name}: {item.value}")))
-        return problems
-
-    return recheck
-
 
 mode_option = click.option("--mode", type=click.Choice(["ranktable", "msrun"]), default=None,
                            help="Launch mode [default: msrun, MindSpore's dynamic cluster, on "
@@ -116,8 +69,8 @@ def check_command(inventory_path: Path, preset: str | None, overrides: tuple[str
     from orchestrator.remote.group import NodeGroup
 
     with NodeGroup(inv, inv.in_rank_order(), forks=forks) as group:
-        report = _run_check(group, spec, mode, sched_port)
-    _print_check(report)
+        report = run_check(group, spec, mode, sched_port)
+    print_check(report)
     if not report.ok:
         raise JobError(f"{len(report.failures)} check(s) failed")
 
@@ -200,53 +153,22 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
     manifests validated against the shipped CRD schemas, then written or applied:
       orchestrate up --backend k8s --emit out/ -i inventories/12node.yaml -c 65b \\
           --image registry/bloom:latest --volume bloom-ckpt --set data.path=/data/mr
+    \f
+    Over 60 lines only by this help text and the options; the work is _refuse_k8s_misuse,
+    _job_spec, _launch_mode and _up_on_nodes (SSH/Slurm) or cli.k8s.up_k8s.
     """
-    from orchestrator.job.phases import PhaseClock, phase
+    from orchestrator.job.lifecycle import UpOptions
+    from orchestrator.job.phases import PhaseClock
 
     clock = PhaseClock.start()
-    from orchestrator.errors import JobError
-
     inv = flags.load_selected(inventory_path)
     backend = backend or inv.scheduler.backend
     k8s = K8sArgs(emit=emit, image=image, volume=volume, namespace=namespace, queue=queue,
                   ring_controller=ring_controller, kubeconfig=kubeconfig)
-    if backend != "k8s" and k8s.given():
-        raise click.UsageError(f"{', '.join(k8s.given())}: only with --backend k8s")
-    if backend == "k8s" and (wait or dry_run):
-        raise click.UsageError("--backend k8s: --wait and --dry-run are SSH-only (use --emit "
-                               "DIR to see the manifests; `orchestrate status JOB` to follow)")
-    if backend == "k8s" and rank_table_path is not None:
-        raise click.UsageError("--backend k8s: no --rank-table (the platform fills the "
-                               "rings-config ConfigMap of a --mode ranktable job)")
-    with phase("plan"):
-        from orchestrator.config.presets import load_job_spec
-        from orchestrator.job.lifecycle import UpOptions, create_job, dry_run_summary, launch
-        from orchestrator.job.render import default_mode
-
-        spec = load_job_spec(preset, overrides)
-        from orchestrator.job.dataset import template_override
-
-        recorded = template_override(spec)
-        if recorded is not None:  # the data's prompt template, recorded with the job
-            spec = load_job_spec(preset, (*overrides, recorded))
-    for note in spec.notes:  # a MindFormers run config's keys that are not honoured
-        click.echo(f"note: {note}", err=True)
-    if entrypoint is None and not spec.value("data.path") and any(
-            n.data_dir is None for n in inv.nodes):
-        raise JobError(f"data.path is empty in preset {preset}: the trainer needs a dataset. "
-                       "Pass --set data.path=alpaca.json (prepared to MindRecord here and "
-                       "staged) or a MindRecord folder (`orchestrate prepare-data`; a local "
-                       "folder is staged, a path that exists only on the nodes is used as is)")
-    table = None
-    if rank_table_path is not None:
-        if mode == "msrun":
-            raise click.UsageError("--rank-table is ranktable mode; drop --mode msrun")
-        mode = "ranktable"
-        table = _platform_table(rank_table_path, rank_table_timeout, inv)
-    mode = mode or default_mode(str(spec.value("train.device_target")))
-    from orchestrator.config.faulttol import fault_env
-
-    fault_env(inv.fault_tolerance, "", mode, str(inventory_path))  # refused before anything
+    _refuse_k8s_misuse(backend, k8s, wait or dry_run, rank_table_path is not None)
+    spec = _job_spec(preset, overrides, inv, entrypoint)
+    mode, table = _launch_mode(mode, rank_table_path, rank_table_timeout, inv, spec,
+                               inventory_path)
     opts = UpOptions(mode=mode, sched_port=sched_port, cluster_timeout=cluster_timeout,
                      entrypoint=entrypoint, stop_grace=stop_grace, backend=backend,
                      rank_table=table)
@@ -260,29 +182,97 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
     check_data_path(spec, all(n.data_dir is not None for n in inv.nodes))
     store = store_for(state_dir)
     if dry_run:
+        from orchestrator.job.lifecycle import create_job, dry_run_summary
+
         record = create_job(inv, spec, store, opts, None)
         _echo_data_notes(record.local_data)
         for line in dry_run_summary(record, store):
             click.echo(line)
         return
-    from orchestrator.job.lifecycle import reserve_job_id, sched_port_for
-    from orchestrator.remote.group import NodeGroup
-
     policy = wait_policy(max_restarts, exclude_after, restart_codes, stall_timeout,
                          node_lost_timeout)
-    # One connection per node for the whole command; the SSH handshakes run in the
-    # background while the job id is reserved. The nodes are checked before any local work
-    # that may take long (preparing a dataset).
+    _up_on_nodes(inv, spec, store, opts, policy, forks=forks, no_check=no_check, wait=wait,
+                 no_guard=no_guard, clock=clock if verbose else None)
+
+
+def _refuse_k8s_misuse(backend: str, k8s: K8sArgs, wait_or_dry_run: bool,
+                       has_rank_table: bool) -> None:
+    """Options that only one backend understands, refused before any work."""
+    if backend != "k8s" and k8s.given():
+        raise click.UsageError(f"{', '.join(k8s.given())}: only with --backend k8s")
+    if backend == "k8s" and wait_or_dry_run:
+        raise click.UsageError("--backend k8s: --wait and --dry-run are SSH-only (use --emit "
+                               "DIR to see the manifests; `orchestrate status JOB` to follow)")
+    if backend == "k8s" and has_rank_table:
+        raise click.UsageError("--backend k8s: no --rank-table (the platform fills the "
+                               "rings-config ConfigMap of a --mode ranktable job)")
+
+
+def _job_spec(preset: str, overrides: tuple[str, ...], inv: Any, entrypoint: str | None) -> Any:
+    """The job's spec (preset + --set + the data's recorded prompt template); its notes said."""
+    from orchestrator.errors import JobError
+    from orchestrator.job.phases import phase
+
+    with phase("plan"):
+        from orchestrator.config.presets import load_job_spec
+        from orchestrator.job.dataset import template_override
+
+        spec = load_job_spec(preset, overrides)
+        recorded = template_override(spec)
+        if recorded is not None:  # the data's prompt template, recorded with the job
+            spec = load_job_spec(preset, (*overrides, recorded))
+    for note in spec.notes:  # a MindFormers run config's keys that are not honoured
+        click.echo(f"note: {note}", err=True)
+    if entrypoint is None and not spec.value("data.path") and any(
+            n.data_dir is None for n in inv.nodes):
+        raise JobError(f"data.path is empty in preset {preset}: the trainer needs a dataset. "
+                       "Pass --set data.path=alpaca.json (prepared to MindRecord here and "
+                       "staged) or a MindRecord folder (`orchestrate prepare-data`; a local "
+                       "folder is staged, a path that exists only on the nodes is used as is)")
+    return spec
+
+
+def _launch_mode(mode: str | None, rank_table_path: Path | None, rank_table_timeout: float,
+                 inv: Any, spec: Any, inventory_path: Path) -> tuple[str, str | None]:
+    """(mode, the platform's rank table or None); fault-tolerance settings refused early."""
+    from orchestrator.config.faulttol import fault_env
+    from orchestrator.job.render import default_mode
+
+    table = None
+    if rank_table_path is not None:
+        if mode == "msrun":
+            raise click.UsageError("--rank-table is ranktable mode; drop --mode msrun")
+        mode = "ranktable"
+        table = _platform_table(rank_table_path, rank_table_timeout, inv)
+    mode = mode or default_mode(str(spec.value("train.device_target")))
+    fault_env(inv.fault_tolerance, "", mode, str(inventory_path))  # refused before anything
+    return mode, table
+
+
+def _up_on_nodes(inv: Any, spec: Any, store: Any, opts: Any, policy: Any, *, forks: int,
+                 no_check: bool, wait: bool, no_guard: bool, clock: Any) -> None:
+    """check -> create -> stage + start -> guard or watch, over one connection per node.
+
+    The SSH handshakes run in the background while the job id is reserved; the nodes are
+    checked before any local work that may take long (preparing a dataset). Ctrl-C during
+    the launch stops the job everywhere (exit 130); during --wait it detaches.
+    """
+    from orchestrator.errors import JobError
+    from orchestrator.job.lifecycle import create_job, launch, reserve_job_id, sched_port_for
+    from orchestrator.job.phases import phase
+    from orchestrator.remote.group import NodeGroup
+
+    mode = opts.mode
     with phase("connect"):  # importing the SSH stack, starting the handshakes
         nodes = NodeGroup(inv, inv.in_rank_order(), forks=forks)
     with nodes as group:
         job_id = reserve_job_id(store, spec.preset)
-        port = sched_port or sched_port_for(job_id)
+        port = opts.sched_port or sched_port_for(job_id)
         if not no_check:
             with phase("check"):
-                report = _run_check(group, spec, mode, port if mode == "msrun" else None)
+                report = run_check(group, spec, mode, port if mode == "msrun" else None)
             if not report.ok:
-                _print_check(report)
+                print_check(report)
                 store.job_dir(job_id).rmdir()  # reserved, empty: no job was made
                 raise JobError(f"check failed on {len({n for n, _ in report.failures})} "
                                "node(s); nothing was started (fix, or skip with --no-check)")
@@ -300,12 +290,12 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
         if not wait and not no_guard:
             with phase("guard"):
                 start_guard(store, record)
-        if verbose:
+        if clock is not None:  # up -v
             for line in clock.lines():
                 click.echo(line)
         if wait:
             watch_job(record, group, store, policy,
-                      _rechecker(group, spec, mode, record.sched_port, no_check),
+                      rechecker(group, spec, mode, record.sched_port, no_check),
                       guard_on_detach=not no_guard)
 
 
@@ -385,7 +375,7 @@ def resume_command(job_id: str | None, wait: bool, exclude: tuple[str, ...], glo
                    f"{record.job_id}`.")
         if wait:
             spec = load_job_spec(record.preset, record.overrides)
-            recheck = _rechecker(group, spec, record.mode, record.sched_port, False)
+            recheck = rechecker(group, spec, record.mode, record.sched_port, False)
             watch_job(record, group, store, policy, recheck, guard_on_detach=not no_guard)
         elif not no_guard:
             start_guard(store, record)
