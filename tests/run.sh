@@ -12,6 +12,8 @@ command -v ssh-keygen >/dev/null 2>&1 || missing+=(openssh-client)
 { command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ]; } || missing+=(iproute2)
 command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
 command -v ps >/dev/null 2>&1 || missing+=(procps)
+# the rendered launch scripts are linted by tests/unit/test_render.py
+command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 # the Slurm test cluster (tests/slurmhosts.sh): munge, slurmctld, slurmd, the Slurm client
 [ -x /usr/sbin/slurmctld ] || command -v slurmctld >/dev/null 2>&1 || missing+=(slurmctld)
 [ -x /usr/sbin/slurmd ] || command -v slurmd >/dev/null 2>&1 || missing+=(slurmd)
