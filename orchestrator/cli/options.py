@@ -191,13 +191,17 @@ _FILTER_HELP = (
 
 
 def inventory_filter_option() -> Callable[[F], F]:
-    """--include / --exclude on the inventory; the command loads with `load_selected(path)`."""
+    """--include / --exclude / -N on the inventory; the command loads with `load_selected(path)`."""
 
-    def remember(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    def remember(ctx: click.Context, param: click.Parameter, value: object) -> None:
         if value is not None:
             ctx.meta[f"orchestrate.{param.name}"] = value
 
     def decorate(f: F) -> F:
+        f = click.option(
+            "-N", "--nodes", type=click.IntRange(1), default=None, expose_value=False,
+            callback=remember, help="Use only the first N nodes of the inventory (after "
+                                    "--include/--exclude), as Slurm's --nodes.")(f)
         f = click.option(
             "--exclude", metavar="FILTER", default=None, expose_value=False, callback=remember,
             help=_FILTER_HELP.format(what="Drop what it names (a bare HOST drops the node).",
@@ -212,10 +216,11 @@ def inventory_filter_option() -> Callable[[F], F]:
 
 def load_selected(path: Path) -> Any:
     """The inventory (YAML or hostfile) at `path` with this command's --include/--exclude."""
-    from orchestrator.config.filters import apply_filters
+    from orchestrator.config.filters import apply_filters, first_nodes
     from orchestrator.config.inventory import load_inventory
 
     meta = click.get_current_context().meta
-    return apply_filters(load_inventory(path), meta.get("orchestrate.include"),
-                         meta.get("orchestrate.exclude"))
+    chosen = apply_filters(load_inventory(path), meta.get("orchestrate.include"),
+                           meta.get("orchestrate.exclude"))
+    return first_nodes(chosen, meta.get("orchestrate.nodes"))
 

@@ -71,6 +71,21 @@ def apply_filters(inv: Inventory, include: str | None, exclude: str | None) -> I
     return replace(inv, nodes=tuple(nodes))
 
 
+def first_nodes(inv: Inventory, count: int | None) -> Inventory:
+    """The first `count` nodes in inventory order (`-N/--nodes`, as DeepSpeed's --num_nodes and
+    Slurm's --nodes), applied after --include/--exclude; None keeps every node.
+
+    Raises:
+        InventoryError: more nodes asked for than the inventory (after filters) has.
+    """
+    if count is None:
+        return inv
+    if count > len(inv.nodes):
+        raise InventoryError("--nodes", "", f"{count} asked for, {inv.path} has "
+                                            f"{len(inv.nodes)} node(s) after filters")
+    return replace(inv, nodes=inv.nodes[:count])
+
+
 def _node(inv: Inventory, option: str, host: str) -> Node:
     if (found := inv.find(host)) is not None:
         return found

@@ -132,3 +132,27 @@ def test_python_dash_m_orchestrator() -> None:
         check=True,
     ).stdout
     assert out.startswith("orchestrate ")
+
+
+def test_nodes_option_takes_the_first_n_nodes_after_filters() -> None:
+    from orchestrator.config.inventory import load_inventory
+
+    written = [n.name for n in load_inventory(Path(INV12)).nodes]  # the file's order
+    code, out = invoke("plan", "-i", INV12, "-c", "7.1b", "-N", "2", "--json")
+    assert code == 0, out
+    plan = json.loads(out)
+    assert plan["world_size"] == 16
+    assert sorted(n["name"] for n in plan["nodes"]) == sorted(written[:2])
+    # applied after --exclude: the first two of what is left
+    code, out = invoke("plan", "-i", INV12, "-c", "7.1b", "--exclude", written[0], "--nodes",
+                       "2", "--json")
+    assert code == 0, out
+    assert sorted(n["name"] for n in json.loads(out)["nodes"]) == sorted(written[1:3])
+
+
+def test_nodes_option_beyond_the_inventory_is_one_line_naming_both_counts() -> None:
+    code, out = invoke("plan", "-i", INV12, "-c", "7.1b", "-N", "13")
+    assert code != 0
+    assert "--nodes" in out and "13 asked for" in out and "12 node(s)" in out, out
+    code, out = invoke("plan", "-i", INV12, "-c", "7.1b", "-N", "0")
+    assert code != 0 and "-N" in out, out
