@@ -76,8 +76,14 @@ def test_partition_during_wait_with_restarts_resumes_once_the_link_is_back(
         wait_for(lambda: latest_status(state) == "RUNNING")
         job_id = record(state)["job_id"]
         partition(netns_hosts, "th1")
-        wait_for(lambda: record(state, job_id)["message"].startswith("node th1 unreachable"),
-                 timeout=60, what="attempt 1 failed on the partition")
+        try:
+            wait_for(lambda: record(state, job_id)["message"].startswith("node th1 unreachable"),
+                     timeout=60, what="attempt 1 failed on the partition")
+        except AssertionError as e:  # say what the watcher saw and did instead
+            waiter.kill()
+            out, err = waiter.communicate(timeout=30)
+            raise AssertionError(f"{e}; record: {record(state, job_id)}; watcher stdout: "
+                                 f"{out[-2000:]}; stderr: {err[-2000:]}") from None
         heal(netns_hosts, "th1")
         out, err = waiter.communicate(timeout=180)
     finally:
