@@ -104,6 +104,13 @@ def wait_for(pred: Callable[[], T], timeout: float = 60.0, interval: float = 0.3
         time.sleep(interval)
 
 
+def logged_step(hosts: TestHosts, job_dir: str, node: str = "th0") -> int:
+    """The newest `step=N` line rank 0 of `job_dir` logged on `node` (0: none yet)."""
+    out = hosts.ssh(node, f"grep -ao '^step=[0-9]*' {job_dir}/ranks/0/stdout.log | tail -1")
+    text = out.stdout.strip()
+    return int(text.split("=")[1]) if text.startswith("step=") else 0
+
+
 def rank_pid(state: Path, slot: str) -> tuple[str, int]:
     """(node, pid) of a slot ("0", "3", ...) of the latest job, from its record."""
     for n in record(state)["nodes"]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.helpers import assert_nothing_left, orch, record, wait_for
+from tests.faults.helpers import assert_nothing_left, logged_step, orch, record, wait_for
 from tests.integration.conftest import TestHosts
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]
@@ -54,11 +54,6 @@ def _manifest_loss(hosts: TestHosts, job: dict, step: int) -> float:
     return float(json.loads(res.stdout)["loss"])
 
 
-def _logged_step(hosts: TestHosts, job_dir: str) -> int:
-    out = hosts.ssh("th0", f"grep -ao '^step=[0-9]*' {job_dir}/ranks/0/stdout.log | tail -1")
-    text = out.stdout.strip()
-    return int(text.split("=")[1]) if text.startswith("step=") else 0
-
 
 def test_down_save_then_resume_matches_uninterrupted(
         testhosts: TestHosts, two_hosts: Path, seed_json: Path, state: Path) -> None:
@@ -73,7 +68,7 @@ def test_down_save_then_resume_matches_uninterrupted(
     job = record(state)
     assert job["job_id"] != ref["job_id"]
     job_dir0 = job["nodes"][0]["job_dir"]
-    wait_for(lambda: _logged_step(testhosts, job_dir0) >= 4, timeout=300, interval=0.2)
+    wait_for(lambda: logged_step(testhosts, job_dir0) >= 4, timeout=300, interval=0.2)
     down = orch(state, "down", job["job_id"], "--save", "--yes", "--save-timeout", "120")
     job = record(state, job["job_id"])
     saved = job["saved_step"]

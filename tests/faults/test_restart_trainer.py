@@ -23,6 +23,7 @@ import pytest
 from tests.faults.helpers import (
     assert_nothing_left,
     assert_record_matches_nodes,
+    logged_step,
     orch,
     orch_bg,
     rank_pid,
@@ -51,11 +52,6 @@ def _final_loss(state: Path, job_id: str) -> float:
     return float(rank0["loss"])
 
 
-def _last_step(testhosts: TestHosts, job_dir: str) -> int:
-    out = testhosts.ssh("th0", f"grep -ao 'step=[0-9]*' {job_dir}/ranks/0/stdout.log | tail -1")
-    text = out.stdout.strip()
-    return int(text.split("=")[1]) if text.startswith("step=") else 0
-
 
 def test_killed_rank_restarts_from_last_complete_checkpoint(
         testhosts: TestHosts, one_rank_each: Path, seed_json: Path, state: Path) -> None:
@@ -74,8 +70,8 @@ def test_killed_rank_restarts_from_last_complete_checkpoint(
                  and record(state)["status"] == "RUNNING", timeout=120)
         job = record(state)
         job_dir = job["nodes"][0]["job_dir"]
-        wait_for(lambda: _last_step(testhosts, job_dir) >= 32, timeout=180, interval=0.2)
-        killed_at = _last_step(testhosts, job_dir)
+        wait_for(lambda: logged_step(testhosts, job_dir) >= 32, timeout=180, interval=0.2)
+        killed_at = logged_step(testhosts, job_dir)
         node, pid = rank_pid(state, "1")
         assert testhosts.ssh(node, f"kill -9 {pid}").returncode == 0
         out, err = waiter.communicate(timeout=400)
