@@ -226,7 +226,9 @@ def relaunch_without(record: JobRecord, group: NodeGroup, store: JobStore, excl:
         stray=(*record.stray, *(n for n in gone if n.name in left_over)),
         message=f"relaunched without {', '.join(excl.excluded)}")
     store.save(record)
-    record = lifecycle.stage_all(record, group, store, echo)
+    from orchestrator.backends import backend_for
+
+    record = backend_for(record).stage(record, group, store, echo)  # slurm: maybe a new bundle
     return lifecycle.resume_job(record, group, store)
 
 

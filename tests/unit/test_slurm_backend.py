@@ -58,11 +58,11 @@ def test_bad_scheduler_key_names_file_key_value(text: str, key: str, fragment: s
 
 def test_batch_script_pins_nodes_and_runs_each_nodes_launch(tmp_path: Path) -> None:
     inv = parse_inventory("backend: slurm\npartition: debug\ntime: 30\n" + NODES)
-    text = render_batch(_record(), inv.scheduler)
+    text = render_batch(_record(), inv.scheduler, {"th0": "10.0.0.2", "th1": "10.0.0.3"})
     assert "#SBATCH --nodelist=th0,th1\n" in text and "#SBATCH --nodes=2\n" in text
     assert "#SBATCH --partition=debug\n" in text and "#SBATCH --time=30\n" in text
     assert "#SBATCH --output=/w/jobs/tiny-ab0x/slurm-%j.out\n" in text
-    assert "exec bash /w/jobs/tiny-ab1x/launch.sh run" in text
+    assert "1) planned=th1 dir=/w/jobs/tiny-ab1x ;;" in text
     script = tmp_path / "b.sh"
     script.write_text(text)
     assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
@@ -73,7 +73,7 @@ def test_batch_script_refuses_relative_job_folder() -> None:
     record = record.replace(nodes=(record.nodes[0].__class__(**{
         **record.nodes[0].__dict__, "job_dir": "~/run/jobs/x"}), record.nodes[1]))
     with pytest.raises(JobError, match="th0"):
-        render_batch(record, parse_inventory(NODES).scheduler)
+        render_batch(record, parse_inventory(NODES).scheduler, {})
 
 
 def test_show_job_line_and_error_line() -> None:
