@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import stat
 import subprocess
 import tarfile
@@ -153,3 +154,15 @@ def test_a_bundle_that_fails_a_check_stages_nothing(tmp_path: Path, tamper: str,
     assert says in res.stderr and res.stderr.count("\n") == 1, res.stderr
     job = tmp_path / "th0"
     assert sorted(p.name for p in job.iterdir()) == ["launch.sh"]  # nothing moved, no temp
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
+def test_batch_scripts_pass_shellcheck(tmp_path: Path) -> None:
+    _record_, bundle = _bundle(tmp_path)
+    paths = []
+    for name, b in (("ssh", None), ("allocation", bundle)):
+        paths.append(tmp_path / f"{name}.sh")
+        paths[-1].write_text(_batch(tmp_path, b))
+    res = subprocess.run(["shellcheck", "-s", "bash", *map(str, paths)], capture_output=True,
+                         text=True, check=False)
+    assert res.returncode == 0, res.stdout
