@@ -1,10 +1,11 @@
 """The Slurm backend on a real Slurm cluster: tests/slurmhosts.sh (munge, slurmctld, one
 slurmd in each of 2 network-namespace test hosts x 2 CPUs), shared by every test here.
 
-Driven through the real CLI in a subprocess, as a user would: `up --backend slurm --wait`
-trains the real tiny Bloom and `collect-ckpt` / `infer --job` use it; the failure cases use
-a trivial rank command (--entrypoint). After each job no process of it is left on any host
-and Slurm's queue no longer lists it.
+Driven through the real CLI in a subprocess, as a user would: one real tiny Bloom training
+job, staged through the allocation, is stopped with `down --save`, resumed to its last step,
+then `collect-ckpt` / `infer --job` use it; a `time: 1` job runs beside it and must end
+FAILED naming the time limit. The failure cases use a trivial rank command (--entrypoint).
+After each job no process of it is left on any host and Slurm's queue no longer lists it.
 """
 
 from __future__ import annotations
@@ -34,6 +35,28 @@ SLEEPER = 'trap "exit 143" TERM; for i in $(seq 1200); do echo "step=$i loss=1.5
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Path]:
     yield from slurm_cluster(STATE, 2, devices=2)
+
+
+@pytest.fixture(scope="module")
+def time_limited(cluster: Path, tmp_path_factory: pytest.TempPathFactory
+                 ) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+    """`up --wait` of a sleeper job with `time: 1` (Slurm's smallest limit, a minute), in the
+    background: the training test asks for it first, so the minute this job waits for its
+    limit overlaps the training. Its own workdir, so the nodes' job lock sees one job each."""
+    cwd = tmp_path_factory.mktemp("time-limit")
+    doc = yaml.safe_load(cluster.read_text())
+    doc["time"] = 1
+    doc["defaults"]["workdir"] += "/time-limit"
+    inv = cwd / "tl.yaml"
+    inv.write_text(yaml.safe_dump(doc))
+    proc = start(cwd, "up", "-i", str(inv), "-c", "tiny", "--no-check", "--wait",
+                 "--entrypoint", SLEEPER)
+    try:
+        yield proc, cwd
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            orch(cwd, "down", "--yes", check=False)
 
 
 def slurm(*args: str) -> subprocess.CompletedProcess[str]:
@@ -138,9 +161,11 @@ STEPS = 40  # room: under load the stop request may land many steps after it was
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("time_limited")
 def test_allocation_staged_training_down_save_resume_collect_infer(cluster: Path,
                                                                    tmp_path: Path) -> None:
-    """One real tiny training job for the whole flow (~the cost of one job):
+    """One real tiny training job for the whole flow (~the cost of one job; the time-limit
+    job of `time_limited` runs beside it):
     `up --backend slurm` with `stage: allocation` (code and data through the Slurm job, from
     a spool under tmp_path); `down --save` once it logged step 2 -> every rank saved the same
     step N, CANCELLED with saved_step N, the Slurm job gone; `resume --wait` -> SUCCEEDED at
@@ -185,6 +210,21 @@ def test_allocation_staged_training_down_save_resume_collect_infer(cluster: Path
     assert f"bloom_tiny_step{STEPS}.ckpt" in got.stdout
     inf = orch(tmp_path, "infer", "--job", "latest", "--max-new-tokens", "3", "Add 2 and 1.")
     assert inf.stdout.startswith("Add 2 and 1.")
+
+
+def test_time_limit_fails_the_job_naming_it(
+        time_limited: tuple[subprocess.Popen[str], Path]) -> None:
+    """The `time: 1` job (started by `time_limited`, beside the training test): FAILED naming
+    the time limit in one line, nothing of it left on the hosts."""
+    proc, cwd = time_limited
+    out, err = proc.communicate(timeout=300)
+    job = record(cwd)
+    assert proc.returncode == 1 and job["status"] == "FAILED", out + err
+    assert job["message"].startswith(f"slurm job {job['scheduler_job']} TIMEOUT (TimeLimit)")
+    last = out.strip().splitlines()[-1]
+    assert last.startswith(f"job {job['job_id']} FAILED: slurm job {job['scheduler_job']} "
+                           "TIMEOUT (TimeLimit)"), out
+    assert_gone(job)
 
 
 def up_wait_and_kill(cwd: Path, rank: int, *args: str) -> tuple[int, str, str]:
@@ -298,21 +338,4 @@ def test_a_rank_order_other_than_slurms_fails_naming_both(cluster: Path, tmp_pat
     th1 = job["nodes"][0]
     log = ssh("th1", f"cat {th1['job_dir']}/ranks/0/stdout.log").stdout
     assert log == f"orchestrate: th1: {said}\n"
-    assert_gone(job)
-
-
-@pytest.mark.slow
-def test_time_limit_fails_the_job_naming_it(cluster: Path, tmp_path: Path) -> None:
-    """`time: 1` (Slurm's smallest limit, a minute): the job is FAILED naming the time
-    limit in one line, and nothing of it is left on the hosts."""
-    inv = tmp_path / "tl.yaml"
-    inv.write_text(cluster.read_text().replace("partition: debug", "partition: debug\ntime: 1"))
-    res = orch(tmp_path, "up", "-i", str(inv), "-c", "tiny", "--no-check", "--wait",
-               "--entrypoint", SLEEPER, check=False, timeout=300)
-    job = record(tmp_path)
-    assert res.returncode == 1 and job["status"] == "FAILED", res.stdout + res.stderr
-    assert job["message"].startswith(f"slurm job {job['scheduler_job']} TIMEOUT (TimeLimit)")
-    last = res.stdout.strip().splitlines()[-1]
-    assert last.startswith(f"job {job['job_id']} FAILED: slurm job {job['scheduler_job']} "
-                           "TIMEOUT (TimeLimit)"), res.stdout
     assert_gone(job)
