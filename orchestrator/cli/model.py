@@ -48,8 +48,9 @@ def run_model_module(module: str, args: list[str]) -> None:
     if proc.returncode != 0:
         has_error_line = any(line.startswith("error:") for line in stderr.splitlines())
         reason = failure_reason(stderr, proc.returncode)
-        raise ModelError(f"{module}: {reason}" + ("" if has_error_line or verbose else
-                                                   " (run with -v for the full output)"))
+        name = module.rpartition(".")[2]  # the command's word: convert, mindformers, infer
+        raise ModelError(f"{name}: {reason}" + ("" if has_error_line or verbose else
+                                                 " (run with -v for the full output)"))
 
 
 def architecture_args(preset: str | None, hf_config: Path | None) -> list[str]:
