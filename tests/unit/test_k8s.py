@@ -239,7 +239,7 @@ def test_ranktable_pod_waits_for_completed_table(tmp_path: Path) -> None:
         d.mkdir(parents=True)
         (d / "launch.sh").write_text(text)
     (table / "hccl.json").write_text('{"status":"initializing"}')
-    foreground = "exec bash launch.sh foreground"
+    foreground = "exec bash launch.sh run"
     assert _run((early, f"cd {early}; {foreground}"), {"VC_TASK_INDEX": "1"}).returncode == 1
     assert "hccl.json not completed after 1 s" in (early / "ranks/0/stdout.log").read_text()
     (table / "hccl.json").write_text('{"status": "completed", "server_list": []}')
@@ -321,7 +321,7 @@ def test_pod_sigterm_stops_every_rank(tmp_path: Path) -> None:
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "MS_SCHED_HOST": "s",
            "MS_SCHED_PORT": "1", "MS_WORKER_NUM": "4", "MS_LOCAL_WORKER": "2",
            "MS_NODE_RANK": "1"}
-    proc = subprocess.Popen(["bash", str(job_dir / "launch.sh"), "foreground"], env=env,
+    proc = subprocess.Popen(["bash", str(job_dir / "launch.sh"), "run"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             stdin=subprocess.DEVNULL)
     try:
