@@ -48,6 +48,8 @@ def check_local_nodes(record: Any, inv: Any) -> None:
     from orchestrator.config.inventory import Connection
     from orchestrator.job.statedir import check_local_job_dir
 
+    if record.backend == "k8s":  # its job folders are in pods: nothing runs here
+        return
     local = {n.name: n for n in inv.nodes if n.connection is Connection.LOCAL}
     for n in record.nodes:
         if n.name in local:
