@@ -122,22 +122,37 @@ def _ascendjob() -> dict[str, Any]:
     return next(m for m in _manifests(ONE_NODE_8, "7.1b", "msrun") if m["kind"] == "AscendJob")
 
 
-@pytest.mark.parametrize("path,expect", [
-    (("spec", "replicaSpecs"), "spec: 'replicaSpecs' is a required property"),
-    (("spec", "replicaSpecs", "Worker", "template", "spec", "containers", 0, "name"),
-     "spec.replicaSpecs.Worker.template.spec.containers.0: 'name' is a required property"),
-    (("metadata", "name"), "metadata.name: a string is required"),
+_WORKER = ("spec", "replicaSpecs", "Worker", "template", "spec", "containers", 0)
+_TASK = ("spec", "tasks", 0, "template", "spec", "containers", 0)
+
+
+@pytest.mark.parametrize("inv,preset,mode,path,expect", [
+    (ONE_NODE_8, "7.1b", "msrun", ("spec", "replicaSpecs"),
+     "AscendJob 7-1b-abcd: spec: 'replicaSpecs' is a required property"),
+    (None, "65b", "msrun", (*_WORKER, "name"),
+     "AscendJob 65b-abcd: spec.replicaSpecs.Worker.template.spec.containers.0: 'name' is a "
+     "required property"),
+    (None, "65b", "msrun", ("metadata", "name"), "AscendJob ?: metadata.name: a string is "
+                                                 "required"),
+    (ONE_NODE_8, "7.1b", "ranktable", ("spec", "tasks", 0, "template", "spec", "containers"),
+     "Job 7-1b-abcd: spec.tasks.0.template.spec: 'containers' is a required property"),
+    (None, "65b", "ranktable", (*_TASK, "name"),
+     "Job 65b-abcd: spec.tasks.0.template.spec.containers.0: 'name' is a required property"),
 ])
-def test_missing_required_field_refused_nothing_written(tmp_path: Path, path: tuple[Any, ...],
-                                                        expect: str) -> None:
-    job = _ascendjob()
-    parent: Any = job
+def test_missing_required_field_refused_nothing_written(
+        tmp_path: Path, inv: str | None, preset: str, mode: str, path: tuple[Any, ...],
+        expect: str) -> None:
+    """7.1b on 8 devices and 65b on 96 devices, each job kind: a required field removed from
+    the generated job object is refused by the shipped schema, naming it; nothing written."""
+    manifests = _manifests(inv, preset, mode, job_id=f"{preset}-abcd")
+    validate(manifests[-1])  # as generated: valid
+    parent: Any = manifests[-1]
     for key in path[:-1]:
         parent = parent[key]
     del parent[path[-1]]
     with pytest.raises(ManifestError) as e:
-        emit([_manifests(ONE_NODE_8, "7.1b", "msrun")[0], job], tmp_path / "out")
-    assert expect in str(e.value) and str(e.value).startswith("AscendJob ")
+        emit(manifests, tmp_path / "out")
+    assert str(e.value).startswith(expect), str(e.value)
     assert not (tmp_path / "out").exists()
 
 
