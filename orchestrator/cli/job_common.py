@@ -83,6 +83,21 @@ def start_guard(store: Any, record: Any) -> None:
                f"(log {store.job_dir(record.job_id) / 'guard.log'})")
 
 
+def launch_then(record: Any, group: Any, store: Any, follow: Any) -> None:
+    """`up` after the record: stage + start through the job's backend (lifecycle.launch;
+    Ctrl-C stops what was started, exit 130), say how to follow, then `follow(record)`."""
+    from orchestrator.job.lifecycle import launch
+
+    try:
+        record = launch(record, group, store, echo=click.echo)
+    except KeyboardInterrupt:
+        click.echo(f"job {record.job_id} cancelled: nothing left running", err=True)
+        sys.exit(130)
+    click.echo(f"job {record.job_id} running. Follow it with `orchestrate status --watch "
+               f"{record.job_id}`, stop it with `orchestrate down {record.job_id}`.")
+    follow(record)
+
+
 def detached_message(job_id: str) -> str:
     return (f"\ndetached; job {job_id} keeps running. Re-attach with "
             f"`orchestrate status --watch {job_id}`, stop it with `orchestrate down {job_id}`.")

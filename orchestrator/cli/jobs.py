@@ -22,6 +22,7 @@ from orchestrator.cli.check_view import print_check, rechecker, run_check
 from orchestrator.cli.job_common import (
     job_argument,
     job_inventory_option,
+    launch_then,
     no_guard_option,
     record_and_inventory,
     start_guard,
@@ -258,7 +259,7 @@ def _up_on_nodes(inv: Any, spec: Any, store: Any, opts: Any, policy: Any, *, for
     the launch stops the job everywhere (exit 130); during --wait it detaches.
     """
     from orchestrator.errors import JobError
-    from orchestrator.job.lifecycle import create_job, launch, reserve_job_id, sched_port_for
+    from orchestrator.job.lifecycle import create_job, reserve_job_id, sched_port_for
     from orchestrator.job.phases import phase
     from orchestrator.remote.group import NodeGroup
 
@@ -280,16 +281,9 @@ def _up_on_nodes(inv: Any, spec: Any, store: Any, opts: Any, policy: Any, *, for
         _echo_data_notes(record.local_data)
         click.echo(f"job {record.job_id}: {record.world_size} ranks on {len(record.nodes)} "
                    f"node(s), {record.mode} mode")
-        try:
-            record = launch(record, group, store, echo=click.echo)
-        except KeyboardInterrupt:
-            click.echo(f"job {record.job_id} cancelled: nothing left running", err=True)
-            sys.exit(130)
-        click.echo(f"job {record.job_id} running. Follow it with `orchestrate status --watch "
-                   f"{record.job_id}`, stop it with `orchestrate down {record.job_id}`.")
-        _follow(record, group, store, policy,
-                rechecker(group, spec, mode, record.sched_port, no_check), wait=wait,
-                no_guard=no_guard, clock=clock)
+        recheck = rechecker(group, spec, mode, record.sched_port, no_check)
+        launch_then(record, group, store, lambda r: _follow(
+            r, group, store, policy, recheck, wait=wait, no_guard=no_guard, clock=clock))
 
 
 def _follow(record: Any, group: Any, store: Any, policy: Any, recheck: Any, *, wait: bool,

@@ -12,7 +12,6 @@ and slurm) with the kubeconfig (--kubeconfig, else $KUBECONFIG / ~/.kube/config)
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,21 +125,14 @@ def _apply(inv: Any, spec: Any, launch_opts: Any, opts: Any, kubeconfig: Path | 
     """Record the job, then stage + start it through the backend (lifecycle.launch)."""
     from orchestrator.backends import job_group
     from orchestrator.backends.k8s import create_job
-    from orchestrator.job.lifecycle import launch
+    from orchestrator.cli.job_common import launch_then
 
     record = create_job(inv, spec, store, launch_opts, opts, kubeconfig)
     click.echo(f"job {record.job_id}: {record.world_size} ranks on {len(record.nodes)} pod(s), "
                f"{record.mode} mode, Kubernetes {record.scheduler_ref['kind']} "
                f"{record.scheduler_ref['namespace']}/{record.scheduler_job}")
     with job_group(record, inv) as group:
-        try:
-            record = launch(record, group, store, echo=click.echo)
-        except KeyboardInterrupt:
-            click.echo(f"job {record.job_id} cancelled: nothing left running", err=True)
-            sys.exit(130)
-        click.echo(f"job {record.job_id} started. Follow it with `orchestrate status --watch "
-                   f"{record.job_id}`, stop it with `orchestrate down {record.job_id}`.")
-        follow(record, group, store)
+        launch_then(record, group, store, lambda r: follow(r, group, store))
 
 
 def logs_k8s(record: Any, tail: int) -> None:
