@@ -14,7 +14,7 @@ from orchestrator.config.inventory import Inventory
 from orchestrator.errors import JobError
 from orchestrator.job.state import JobRecord
 
-__all__ = ["Backend", "Poll", "backend_for", "get_backend", "job_group"]
+__all__ = ["Backend", "Poll", "backend_for", "get_backend", "job_group", "need_node_files"]
 
 
 def get_backend(name: str) -> Backend:
@@ -46,3 +46,13 @@ def job_group(record: JobRecord, inv: Inventory, **group_args: Any) -> Any:
 
     nodes = [inv.node(n.name) for n in record.nodes] if backend_for(record).node_files else []
     return NodeGroup(inv, nodes, **group_args)
+
+
+def need_node_files(record: JobRecord, command: str) -> None:
+    """JobError (one line) when `command` needs the job folders on the nodes and the job's
+    backend cannot reach them (k8s: they are in the pods; checkpoints are on the claim)."""
+    if not backend_for(record).node_files:
+        where = record.scheduler_ref.get("volume") or "the claim given as --volume"
+        raise JobError(f"{command}: job {record.job_id} ran on {record.backend}; its job "
+                       f"folders were in its pods. Checkpoints and strategies are on {where} "
+                       f"under {record.scheduler_job}/ (docs/k8s.md)")

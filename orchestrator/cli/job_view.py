@@ -205,10 +205,12 @@ def _logs(record: Any, group: Any, sel: Any, tail: int, follow: bool,
 def plot_command(job_id: str | None, output: Path, inventory_path: Path | None,
                  state_dir: Path) -> None:
     """Plot loss (and tokens/s) against step from the ranks' log lines."""
+    from orchestrator.backends import need_node_files
     from orchestrator.job.plot import plot_job
     from orchestrator.remote.group import NodeGroup
 
     _, record, inv = record_and_inventory(state_dir, job_id, inventory_path)
+    need_node_files(record, "plot")
     with NodeGroup(inv, [inv.node(n.name) for n in record.nodes]) as group:
         path = plot_job(record, group, output)
     click.echo(f"wrote {path}")

@@ -51,6 +51,11 @@ def _client(kubeconfig: str | None) -> Any:
         kubernetes.config.load_kube_config(config_file=kubeconfig)
     except Exception as e:  # noqa: BLE001 - the client raises several unrelated types
         raise JobError(f"kubeconfig {kubeconfig or '(default)'}: {e}") from None
+    # One try per request: a server that does not answer is one error line now (the watch
+    # loop polls again), not urllib3's retries with a warning each on stderr.
+    config = kubernetes.client.Configuration.get_default_copy()
+    config.retries = False
+    kubernetes.client.Configuration.set_default(config)
     return kubernetes.client
 
 

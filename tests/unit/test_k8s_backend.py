@@ -215,6 +215,11 @@ def test_cli_lifecycle_against_a_dead_api_server(tmp_path: Path) -> None:
     res = runner.invoke(cli, ["down", name, "--yes", "--state-dir", str(state)])
     assert res.exit_code == 1
     assert f"[10.0.0.1] not cleaned: deleting AscendJob {name}: " in res.output
+    for cmd in (["collect-ckpt", name], ["plot", name, "-o", str(tmp_path / "l.png")]):
+        res = runner.invoke(cli, [*cmd, "--state-dir", str(state)])
+        assert res.exit_code == 1 and len(res.output.splitlines()) == 1, res.output
+        assert f"job {name} ran on k8s; its job folders were in its pods. Checkpoints and " \
+               f"strategies are on c under {name}/" in res.output
     store.save(record.with_status(JobStatus.RUNNING, ""))
     res = runner.invoke(cli, ["down", name, "--save", "--yes", "--state-dir", str(state)])
     assert res.exit_code == 1 and len(res.output.splitlines()) == 1, res.output
