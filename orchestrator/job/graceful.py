@@ -3,7 +3,7 @@
     record, failed = save_and_stop(record, group, store, timeout=300.0)   # down --save
     results = request_stop(record, group)        # only the request (the Slurm backend too)
 
-The request is a file in each node's job folder (orchestrate_bloom/graceful.py owns its name
+The request is a file in each node's job folder (orchestrate_bloom/train/graceful.py owns its name
 and body, MindSpore's OnRequestExit {"GracefulExit": 1}), written by `launch.sh request-stop`.
 Every rank polls it after each step and all-reduces the flag, so all ranks save the same step
 and exit 0 together. We wait up to `timeout` s for every rank to exit, then stop what is left
@@ -68,7 +68,7 @@ def wait_ranks_exit(record: JobRecord, group: NodeGroup, timeout: float,
 
 def saved_step(record: JobRecord, group: NodeGroup) -> int | None:
     """The newest step complete on every rank of the job (None: none, or a node unreadable)."""
-    from orchestrate_bloom import checkpoint as ck
+    from orchestrate_bloom.ckpt import layout as ck
 
     from orchestrator.ckpt.collect import list_nodes
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import jinja2
 import yaml
-from orchestrate_bloom import graceful
+from orchestrate_bloom.train import graceful
 
 from orchestrator import bundle
 from orchestrator.config.plan import Plan

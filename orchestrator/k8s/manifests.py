@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-from orchestrate_bloom import checkpoint
+from orchestrate_bloom.ckpt import layout as checkpoint
 
 from orchestrator.config.plan import Plan
 from orchestrator.errors import JobError
@@ -40,7 +40,7 @@ from orchestrator.job.render import (
 )
 from orchestrator.job.stage import code_tree
 
-# What goes to the volume: the checkpoint layout's folders (orchestrate_bloom.checkpoint),
+# What goes to the volume: the checkpoint layout's folders (orchestrate_bloom.ckpt.layout),
 # each a subPath <job>/<folder>; the rest of output/ (log links) stays in the pod.
 _OUT = PurePosixPath("output")
 OUTPUT_DIRS = (checkpoint.rank_dir(_OUT, 0).parent.name, checkpoint.strategy_dir(_OUT).name)
