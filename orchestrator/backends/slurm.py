@@ -77,6 +77,8 @@ def verdict(record: JobRecord, job: cli.SlurmJob | None, reports: GroupResult[No
     if ranks is JobStatus.FAILED:
         if job.state in cli.ENDED - {"COMPLETED", "FAILED", "CANCELLED"}:
             return JobStatus.FAILED, job.describe()  # the time limit / node failure killed it
+        if job.state == "COMPLETING":  # Slurm's own end state (e.g. TIMEOUT) shows next poll
+            return record.status, f"{job.describe()}: Slurm is ending it"
         return None
     if ranks is JobStatus.SUCCEEDED:
         return None

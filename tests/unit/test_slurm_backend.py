@@ -130,6 +130,21 @@ def test_time_limit_names_timeout_over_the_killed_ranks() -> None:
     assert status is JobStatus.FAILED and why.startswith("slurm job 12 TIMEOUT (TimeLimit)")
 
 
+def test_ranks_killed_while_slurm_completes_wait_for_slurms_end_state() -> None:
+    """While Slurm kills the step (COMPLETING) the ranks look failed ("vanished"): the
+    record waits for Slurm's end state, which names the cause."""
+    killed = "supervisor exited\nslot 0 exited 143 10\nslot 1 - - 11\n"
+    ending = SlurmJob("12", "COMPLETING", "TimeLimit", "0:15", "th[0-1]")
+    status, why = verdict(_record(JobStatus.RUNNING), ending, _reports(killed, killed)) \
+        or (None, "")
+    assert status is JobStatus.RUNNING
+    assert why == "slurm job 12 COMPLETING (TimeLimit): Slurm is ending it"
+    ended = SlurmJob("12", "TIMEOUT", "TimeLimit", "0:15", "th[0-1]")
+    status, why = verdict(_record(JobStatus.RUNNING), ended, _reports(killed, killed)) \
+        or (None, "")
+    assert status is JobStatus.FAILED and why.startswith("slurm job 12 TIMEOUT (TimeLimit)")
+
+
 def test_cancelled_record_stays_cancelled() -> None:
     job = SlurmJob("12", "CANCELLED", "None", "0:15", "th[0-1]")
     assert verdict(_record(JobStatus.CANCELLED), job, _reports(DONE, DONE)) is None
