@@ -14,7 +14,7 @@ import pytest
 from mindspore import Tensor, ops
 from orchestrate_bloom.bloom import BloomLMHeadModel
 from orchestrate_bloom.config import BloomConfig
-from orchestrate_bloom.train_cells import CausalLMLoss
+from orchestrate_bloom.train.cells import CausalLMLoss
 
 
 def _fast_paths(model: BloomLMHeadModel, on: bool) -> None:
