@@ -51,6 +51,11 @@ class Backend(Protocol):
         """Start (or, with `resume`, restart) every rank; JobError if it cannot."""
         ...
 
+    def launch(self, record: JobRecord, group: NodeGroup, store: JobStore,
+               echo: Echo) -> JobRecord:
+        """Stage and start a new job (`up`): stage + start, or both overlapped per node."""
+        ...
+
     def poll(self, record: JobRecord, group: NodeGroup, timeout: float) -> Poll:
         """Ask the nodes (and the scheduler) how the job is; never trusts the record."""
         ...

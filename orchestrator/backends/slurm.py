@@ -90,7 +90,7 @@ class SlurmBackend:
     def stage(self, record: JobRecord, group: NodeGroup, store: JobStore,
               echo: Echo) -> JobRecord:
         """Staging over SSH, after Slurm confirmed the partition (a bad one stages nothing)."""
-        from orchestrator.job.lifecycle import stage_all
+        from orchestrator.job.rollout import stage_all
 
         sched = group.inventory.scheduler
         if sched.partition:
@@ -122,6 +122,16 @@ class SlurmBackend:
             JobStatus.LAUNCHING, f"slurm job {job_id} submitted")
         store.save(record)
         return record
+
+    def launch(self, record: JobRecord, group: NodeGroup, store: JobStore,
+               echo: Echo) -> JobRecord:
+        """Stage over SSH on every node, then submit the attempt (one sbatch for all)."""
+        from orchestrator.job.phases import phase
+
+        with phase("stage"):
+            record = self.stage(record, group, store, echo)
+        with phase("start"):
+            return self.start(record, group, store, resume=False)
 
     def poll(self, record: JobRecord, group: NodeGroup, timeout: float) -> Poll:
         conf = group.inventory.scheduler.slurm_conf
