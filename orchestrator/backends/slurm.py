@@ -26,7 +26,7 @@ from pathlib import Path
 from orchestrate_bloom.fileio import write_atomic
 
 from orchestrator.backends import slurm_cli as cli
-from orchestrator.backends.base import Echo, Poll
+from orchestrator.backends.base import Echo, Poll, stage_then_start
 from orchestrator.backends.ssh import fetch_over_group
 from orchestrator.config.scheduler import Scheduler
 from orchestrator.errors import JobError
@@ -127,12 +127,7 @@ class SlurmBackend:
     def launch(self, record: JobRecord, group: NodeGroup, store: JobStore,
                echo: Echo) -> JobRecord:
         """Stage over SSH on every node, then submit the attempt (one sbatch for all)."""
-        from orchestrator.job.phases import phase
-
-        with phase("stage"):
-            record = self.stage(record, group, store, echo)
-        with phase("start"):
-            return self.start(record, group, store, resume=False)
+        return stage_then_start(self, record, group, store, echo)
 
     def poll(self, record: JobRecord, group: NodeGroup, timeout: float) -> Poll:
         conf = group.inventory.scheduler.slurm_conf
