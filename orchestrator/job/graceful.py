@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from orchestrator.errors import OrchestrateError
+from orchestrator.errors import JobError, OrchestrateError
 from orchestrator.job.nodes import NodeReport, launch_command, query_job
 from orchestrator.job.state import JobRecord, JobStatus, JobStore
 from orchestrator.job.teardown import running_slots, stop_job
@@ -86,8 +86,14 @@ def save_and_stop(record: JobRecord, group: NodeGroup, store: JobStore,
     A job that is not running is stopped as `down` stops it. Returns the updated record and
     the nodes that could not be cleaned (name -> cause).
     """
+    from orchestrator.backends import backend_for
+
     if record.status not in _LIVE:
         return stop_job(record, group, store)
+    if not backend_for(record).node_files:
+        raise JobError(f"down --save: job {record.job_id} runs on {record.backend}, where the "
+                       "stop request cannot reach the ranks' job folders; `down` without "
+                       "--save stops it (resume continues from its last checkpoint)")
     asked = request_stop(record, group)
     late = wait_ranks_exit(record, group, timeout) if asked.succeeded else ["every node"]
     record, failed = stop_job(record, group, store)
