@@ -28,7 +28,7 @@ from orchestrate_bloom.fileio import write_atomic
 
 from orchestrator.backends import slurm_cli as cli
 from orchestrator.backends import slurm_stage
-from orchestrator.backends.base import Echo, Poll
+from orchestrator.backends.base import Echo, Poll, stage_then_start
 from orchestrator.backends.ssh import fetch_over_group
 from orchestrator.config.scheduler import Scheduler
 from orchestrator.errors import JobError, OrchestrateError
@@ -106,7 +106,7 @@ class SlurmBackend:
     def stage(self, record: JobRecord, group: NodeGroup, store: JobStore,
               echo: Echo) -> JobRecord:
         """Staging over SSH, after Slurm confirmed the partition (a bad one stages nothing)."""
-        from orchestrator.job.lifecycle import stage_all
+        from orchestrator.job.rollout import stage_all
 
         sched = group.inventory.scheduler
         if sched.partition:
@@ -144,6 +144,11 @@ class SlurmBackend:
             JobStatus.LAUNCHING, f"slurm job {job_id} submitted")
         store.save(record)
         return record
+
+    def launch(self, record: JobRecord, group: NodeGroup, store: JobStore,
+               echo: Echo) -> JobRecord:
+        """Stage (over SSH, or the bundle for `stage: allocation`), then submit the attempt."""
+        return stage_then_start(self, record, group, store, echo)
 
     def poll(self, record: JobRecord, group: NodeGroup, timeout: float) -> Poll:
         sched = group.inventory.scheduler
@@ -203,7 +208,7 @@ def _stage_bundle(record: JobRecord, group: NodeGroup, store: JobStore, echo: Ec
     """`stage: allocation`: the bundle into the spool (the batch job's first step unpacks it);
     its sha256 is kept in the local job folder, which the batch script of every attempt
     bakes in."""
-    from orchestrator.job.lifecycle import rendered_files
+    from orchestrator.job.rollout import rendered_files
 
     spool = group.inventory.scheduler.spool
     assert spool is not None  # the inventory parser requires it with stage: allocation

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from orchestrate_bloom.ckpt import layout as ck
-from orchestrate_bloom.tool_io import ToolFailure, read_result
 
 from orchestrator import bundle
 from orchestrator.config.presets import JobSpec
@@ -39,7 +38,7 @@ from orchestrator.job.nodes import NodeReport, query_job
 from orchestrator.job.render import LaunchSpec, shell_path
 from orchestrator.job.state import JobRecord, JobStore, NodeRecord
 from orchestrator.remote.group import NodeGroup
-from orchestrator.remote.transport import Transport
+from orchestrator.remote.transport import Transport, tool_answer
 
 Echo = Callable[[str], None]
 
@@ -126,11 +125,7 @@ def _on_node(t: Transport, job_dir: str, mode: str, args: Sequence[str]) -> dict
     JSON result (tool_io protocol)."""
     line = bundle.node_model_line(t.node.python, shell_path(job_dir, "code"), "ckpt.layout",
                                   [mode, "--job-dir", job_dir, *args])
-    res = t.run(line, check=False, timeout=1800)
-    try:
-        return read_result(res.stdout, res.stderr, res.exit_code)
-    except ToolFailure as exc:
-        raise JobError(f"[{t.node.name}] checkpoint {mode}: {exc}") from None
+    return tool_answer(t.run(line, check=False, timeout=1800), f"checkpoint {mode}")
 
 
 def convert_checkpoints(record: JobRecord, new_nodes: Sequence[NodeRecord], excl: Exclusion,
