@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from orchestrator.backends.base import Echo, Poll
+from orchestrator.backends.base import Echo, Poll, stage_then_start
 from orchestrator.config.inventory import Inventory
 from orchestrator.config.plan import build_plan
 from orchestrator.config.presets import JobSpec
@@ -120,6 +120,11 @@ class K8sBackend:
         echo(f"{len(manifests)} Kubernetes object(s) validated: "
              + ", ".join(f"{m['kind']} {m['metadata']['name']}" for m in manifests))
         return record
+
+    def launch(self, record: JobRecord, group: NodeGroup, store: JobStore,
+               echo: Echo) -> JobRecord:
+        """Validate the manifests, then create the objects."""
+        return stage_then_start(self, record, group, store, echo)
 
     def start(self, record: JobRecord, group: NodeGroup,  # noqa: ARG002 - no nodes
               store: JobStore, resume: bool) -> JobRecord:
