@@ -63,7 +63,7 @@ def test_record_and_manifests_of_a_65b_job(tmp_path: Path) -> None:
     job = manifests[-1]
     assert job["metadata"]["name"] == ref.name
     assert job["spec"]["replicaSpecs"]["Worker"]["replicas"] == 12
-    again = resumed(job)
+    again = resumed(job, 2)
     validate(again)
     commands = [c["command"][-1] for t in pod_templates(again) for c in t["spec"]["containers"]]
     assert len(commands) == 2 and all(c.endswith("launch.sh run resume") for c in commands)
