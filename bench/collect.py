@@ -11,7 +11,7 @@ with parallel `scp -F ssh_config` (the reference), interleaved, best of 2 each. 
 rates and the ratio (goal >= 0.9x), then one run of the paramiko SFTP fallback (no OpenSSH
 client, or a ProxyJump node). Part 2 writes a synthetic DP1 x MP2 x PP2 Bloom-shaped
 checkpoint of about --transform-gib GiB (fp32) with real strategy files, then times
-strip + merge-strategies + transform via `python -m orchestrate_bloom.ckpt_tools`, checks the result
+strip + merge-strategies + transform via `python -m orchestrate_bloom.ckpt.tools`, checks the result
 equals the unsharded parameters, and times the load check into BloomLMHeadModel; each step's
 peak host memory is printed (`--skip-gather`: part 2 only). Tears everything down at the end.
 """
@@ -167,7 +167,7 @@ def transform(gib: float) -> None:
         script = (
             "import json,sys,numpy as np\n"
             "from pathlib import Path\n"
-            "from orchestrate_bloom.ckpt_tools import model_shapes\n"
+            "from orchestrate_bloom.ckpt.tools import model_shapes\n"
             "from tests.tools.shards import write_sharded\n"
             "m=json.loads(sys.argv[1]); rng=np.random.default_rng(0)\n"
             "full={n: rng.standard_normal(s, dtype=np.float32) for n,s in "

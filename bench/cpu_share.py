@@ -4,7 +4,7 @@
 
 Runs the real path, `orchestrate up --wait` on a `connection: local` inventory (this machine as
 one node, no SSH), the tiny preset, the same global batch for every rank count (micro batch =
-global batch / ranks), once with each rank's share of the cores (orchestrate_bloom.cpu_share:
+global batch / ranks), once with each rank's share of the cores (orchestrate_bloom.train.cpu_share:
 pinning + thread pools sized to the share) and once without it (ORCHESTRATE_CPU_SHARE=0 in the
 inventory's env: every rank starts MindSpore's default pools), alternating so both see the same
 background load; with --repeats N the four runs are repeated N times and the median is used.

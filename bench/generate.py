@@ -50,8 +50,8 @@ def build_pair(threads: int, ms_threads: int | None):
     """(HF model, our Generator) with identical random weights."""
     import torch
     from orchestrate_bloom.bloom import BloomLMHeadModel, load_parameters
+    from orchestrate_bloom.ckpt.convert import hf_to_ours
     from orchestrate_bloom.config import BloomConfig
-    from orchestrate_bloom.convert import hf_to_ours
     from orchestrate_bloom.infer import Generator, set_graph_mode
     from transformers import BloomConfig as HFConfig
     from transformers import BloomForCausalLM

@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from orchestrate_bloom.data import (  # noqa: E402
+from orchestrate_bloom.data.prepare import (  # noqa: E402
     eos_id_of,
     load_records,
     load_tokenizer_file,

@@ -43,10 +43,10 @@ def ours(cfg: dict[str, int], steps: int) -> Callable[[], None]:
     import mindspore as ms
     import yaml
     from mindspore import Tensor
-    from orchestrate_bloom.job import load_job
-    from orchestrate_bloom.schedule import lr_schedule
-    from orchestrate_bloom.train import Dist, fit_layout
-    from orchestrate_bloom.train_cells import build_cells
+    from orchestrate_bloom.train.cells import build_cells
+    from orchestrate_bloom.train.job import load_job
+    from orchestrate_bloom.train.schedule import lr_schedule
+    from orchestrate_bloom.train.trainer import Dist, fit_layout
 
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
     with tempfile.TemporaryDirectory() as tmp:

@@ -8,7 +8,7 @@
     model.set_train(False)
     logits = model(input_ids, attention_mask)     # float32 [batch, seq, vocab]
 
-Parameter names (the checkpoint names; `model/convert.py` maps HF names to them), with
+Parameter names (the checkpoint names; `model/ckpt/convert.py` maps HF names to them), with
 h = hidden_size, V = vocab_size, i = 0..n_layer-1, weights stored [out, in] like torch:
 
     transformer.word_embeddings.weight                          [V, h]   (also the LM head)

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .ckpt.convert import load_checkpoint_arrays
 from .config import BloomConfig, load_preset
-from .convert import load_checkpoint_arrays
 
 if TYPE_CHECKING:
     from .bloom import BloomLMHeadModel

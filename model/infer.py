@@ -23,8 +23,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .ckpt.convert import ConvertError
 from .config import ConfigError
-from .convert import ConvertError
 from .generate import GenerateConfig as GenerateConfig
 from .generate import Generator as Generator
 from .generate import InferError

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer as HFTokenizer
 
-from .data_key import DEFAULT_TOKENIZER
+from .data.key import DEFAULT_TOKENIZER
 
 SPECIAL_IDS = {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3}
 

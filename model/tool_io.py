@@ -1,6 +1,6 @@
 """The node tools' output protocol, both sides, in one place.
 
-A tool (`python -m orchestrate_bloom.checkpoint|ckpt_tools ...`) prints one JSON object on
+A tool (`python -m orchestrate_bloom.ckpt.layout|ckpt.tools ...`) prints one JSON object on
 stdout and exits 0, or prints one line `error: ...` on stderr and exits 1; the other entry
 points (train, infer, data, convert) end their failures with the same `error:` line.
 

@@ -8,7 +8,8 @@
     backend.fetch(record, group, "th0", "slurm-12.out", local_path)
 
 Plan, render, the watch loop, job records and collect-ckpt are the same for every backend;
-only these five steps differ (ssh: fan-out over the node group; slurm: one batch job).
+only these five steps differ (ssh: fan-out over the node group; slurm: one batch job;
+k8s: one job object through the API server).
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ class Backend(Protocol):
     """Where ranks run. Every method takes the job's record and the command's node group."""
 
     name: str
+    # The job folders on the nodes are reachable over the command's node group (ssh, slurm:
+    # `launch.sh` runs there, files are read there); False: only the scheduler's API sees
+    # the ranks (k8s), so SSH-only steps (resumed step, stall probe, down --save) are skipped.
+    node_files: bool
 
     def stage(self, record: JobRecord, group: NodeGroup, store: JobStore,
               echo: Echo) -> JobRecord:

@@ -86,6 +86,7 @@ class SlurmBackend:
     """One sbatch job per attempt; the nodes reached over SSH for staging and status."""
 
     name = "slurm"
+    node_files = True
 
     def stage(self, record: JobRecord, group: NodeGroup, store: JobStore,
               echo: Echo) -> JobRecord:

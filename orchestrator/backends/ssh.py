@@ -21,6 +21,7 @@ class SSHBackend:
     """Fan-out over SSH (or the local machine): the seed's world."""
 
     name = "ssh"
+    node_files = True
 
     def stage(self, record: JobRecord, group: NodeGroup, store: JobStore,
               echo: Echo) -> JobRecord:

@@ -1,6 +1,6 @@
-"""Run the MindSpore side of `collect-ckpt` as subprocesses (`... -m orchestrate_bloom.ckpt_tools`).
+"""Run the MindSpore side of `collect-ckpt` as subprocesses (`... -m orchestrate_bloom.ckpt.tools`).
 
-orchestrator/ never imports mindspore: each step is one `python -m orchestrate_bloom.ckpt_tools`
+orchestrator/ never imports mindspore: each step is one `python -m orchestrate_bloom.ckpt.tools`
 process that prints one JSON object, or one `error: ...` line and exit 1.
 """
 
@@ -20,12 +20,12 @@ from orchestrator.errors import CheckpointError
 
 
 def run_tool(args: Sequence[str], python: str = sys.executable) -> dict[str, Any]:
-    """Run `python -m orchestrate_bloom.ckpt_tools ARGS`; its JSON result.
+    """Run `python -m orchestrate_bloom.ckpt.tools ARGS`; its JSON result.
 
     Raises:
         CheckpointError: the tool failed; its `error:` line is the message.
     """
-    proc = bundle.run_model("ckpt_tools", args, python=python)
+    proc = bundle.run_model("ckpt.tools", args, python=python)
     try:
         return read_result(proc.stdout, proc.stderr, proc.returncode)
     except ToolFailure as exc:

@@ -7,7 +7,7 @@
                                               with --dst-strategy: one file per destination rank
     <state-dir>/ckpt/<job_id>.json            where the job's merged checkpoint is
 
-The MindSpore work runs in `python -m orchestrate_bloom.ckpt_tools` children (ckpt/merge.py).
+The MindSpore work runs in `python -m orchestrate_bloom.ckpt.tools` children (ckpt/merge.py).
 """
 
 from __future__ import annotations

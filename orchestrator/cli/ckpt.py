@@ -152,6 +152,9 @@ def _job_targets(store: Any, job_id: str | None, inventory_path: Path | None,
             raise
         inv = load_inventory(inventory_path)
         return job_id, inv, list(targets_from_inventory(inv, job_id)), preset
+    from orchestrator.backends import need_node_files
+
+    need_node_files(record, "collect-ckpt")
     inv = load_inventory(inventory_path or Path(record.inventory_path))
     return record.job_id, inv, list(record.nodes), preset or record.preset
 

@@ -48,6 +48,8 @@ def check_local_nodes(record: Any, inv: Any) -> None:
     from orchestrator.config.inventory import Connection
     from orchestrator.job.statedir import check_local_job_dir
 
+    if record.backend == "k8s":  # its job folders are in pods: nothing runs here
+        return
     local = {n.name: n for n in inv.nodes if n.connection is Connection.LOCAL}
     for n in record.nodes:
         if n.name in local:
@@ -79,6 +81,21 @@ def start_guard(store: Any, record: Any) -> None:
     pid = spawn_guard(store, record.job_id)
     click.echo(f"guard: pid {pid} stops job {record.job_id} on every node if a rank fails "
                f"(log {store.job_dir(record.job_id) / 'guard.log'})")
+
+
+def launch_then(record: Any, group: Any, store: Any, follow: Any) -> None:
+    """`up` after the record: stage + start through the job's backend (lifecycle.launch;
+    Ctrl-C stops what was started, exit 130), say how to follow, then `follow(record)`."""
+    from orchestrator.job.lifecycle import launch
+
+    try:
+        record = launch(record, group, store, echo=click.echo)
+    except KeyboardInterrupt:
+        click.echo(f"job {record.job_id} cancelled: nothing left running", err=True)
+        sys.exit(130)
+    click.echo(f"job {record.job_id} running. Follow it with `orchestrate status --watch "
+               f"{record.job_id}`, stop it with `orchestrate down {record.job_id}`.")
+    follow(record)
 
 
 def detached_message(job_id: str) -> str:

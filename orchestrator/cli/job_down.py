@@ -52,7 +52,6 @@ def down_command(job_id: str | None, all_jobs: bool, yes: bool, save: bool, save
     --save-timeout s, then stop as above; the record says CANCELLED and which step was saved
     on every rank.
     """
-    from orchestrator.cli.k8s import down_k8s, k8s_ref
     from orchestrator.config.inventory import load_inventory
     from orchestrator.errors import JobError
     from orchestrator.job.graceful import save_and_stop
@@ -61,8 +60,6 @@ def down_command(job_id: str | None, all_jobs: bool, yes: bool, save: bool, save
     from orchestrator.job.teardown import stop_job
     from orchestrator.remote.group import NodeGroup
 
-    if not all_jobs and (ref := k8s_ref(state_dir, job_id)) is not None:
-        return down_k8s(ref)
     store = store_for(state_dir)
     if all_jobs:
         if job_id:

@@ -59,18 +59,15 @@ def status_command(job_id: str | None, as_json: bool, watch: bool, interval: flo
     attempts, failure (node, rank, exit_code, at, cause), history, and per node and rank
     state, exit_code, step, loss.
     """
-    from orchestrator.cli.k8s import k8s_ref, status_k8s
+    from orchestrator.backends import job_group
     from orchestrator.job.progress import refresh
     from orchestrator.job.stall import DEFAULT_STALL_TIMEOUT
     from orchestrator.job.state import JobStatus
     from orchestrator.job.teardown import running_slots, stop_failed_job
-    from orchestrator.remote.group import NodeGroup
 
-    if (ref := k8s_ref(state_dir, job_id)) is not None:
-        return status_k8s(ref, as_json)
     store, record, inv = record_and_inventory(state_dir, job_id, inventory_path)
     timeout = stall_timeout or DEFAULT_STALL_TIMEOUT
-    with NodeGroup(inv, [inv.node(n.name) for n in record.nodes], forks=forks) as group:
+    with job_group(record, inv, forks=forks) as group:
         if watch:
             _watch_status(record, group, store, timeout, interval, as_json)
             return
@@ -159,12 +156,16 @@ def logs_command(job_id: str | None, rank: int | None, node: str | None, tail: i
 
     if rank is not None and node is not None:
         raise click.UsageError("give --rank or --node, not both")
-    from orchestrator.cli.k8s import k8s_ref, logs_k8s
     from orchestrator.remote.group import NodeGroup
 
-    if (ref := k8s_ref(state_dir, job_id)) is not None:
-        return logs_k8s(ref, tail)
     _, record, inv = record_and_inventory(state_dir, job_id, inventory_path)
+    if record.backend == "k8s":  # the pods' logs, from the API server
+        from orchestrator.cli.k8s import logs_k8s
+
+        if rank is not None or node is not None or follow or fetch is not None:
+            raise click.UsageError("logs of a Kubernetes job: every pod's last --tail lines "
+                                   "(no --rank, --node, --follow, --fetch)")
+        return logs_k8s(record, tail)
     sel = Selection(rank=rank, node=node)
     with NodeGroup(inv, [inv.node(n.name) for n in record.nodes], forks=forks) as group:
         _logs(record, group, sel, tail, follow, fetch)
@@ -204,10 +205,12 @@ def _logs(record: Any, group: Any, sel: Any, tail: int, follow: bool,
 def plot_command(job_id: str | None, output: Path, inventory_path: Path | None,
                  state_dir: Path) -> None:
     """Plot loss (and tokens/s) against step from the ranks' log lines."""
+    from orchestrator.backends import need_node_files
     from orchestrator.job.plot import plot_job
     from orchestrator.remote.group import NodeGroup
 
     _, record, inv = record_and_inventory(state_dir, job_id, inventory_path)
+    need_node_files(record, "plot")
     with NodeGroup(inv, [inv.node(n.name) for n in record.nodes]) as group:
         path = plot_job(record, group, output)
     click.echo(f"wrote {path}")

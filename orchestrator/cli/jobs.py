@@ -22,6 +22,7 @@ from orchestrator.cli.check_view import print_check, rechecker, run_check
 from orchestrator.cli.job_common import (
     job_argument,
     job_inventory_option,
+    launch_then,
     no_guard_option,
     record_and_inventory,
     start_guard,
@@ -165,17 +166,20 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
     backend = backend or inv.scheduler.backend
     k8s = K8sArgs(emit=emit, image=image, volume=volume, namespace=namespace, queue=queue,
                   ring_controller=ring_controller, kubeconfig=kubeconfig)
-    _refuse_k8s_misuse(backend, k8s, wait or dry_run, rank_table_path is not None)
+    _refuse_k8s_misuse(backend, k8s, dry_run, rank_table_path is not None)
     spec = _job_spec(preset, overrides, inv, entrypoint)
     mode, table = _launch_mode(mode, rank_table_path, rank_table_timeout, inv, spec,
                                inventory_path)
     opts = UpOptions(mode=mode, sched_port=sched_port, cluster_timeout=cluster_timeout,
                      entrypoint=entrypoint, stop_grace=stop_grace, backend=backend,
                      rank_table=table)
+    policy = wait_policy(max_restarts, exclude_after, restart_codes, stall_timeout,
+                         node_lost_timeout)
     if backend == "k8s":
         from orchestrator.cli.k8s import up_k8s
 
-        up_k8s(inv, spec, mode, k8s, opts, state_dir)
+        up_k8s(inv, spec, k8s, opts, state_dir, lambda record, group, store: _follow(
+            record, group, store, policy, dict, wait=wait, no_guard=no_guard))
         return
     from orchestrator.job.dataset import check_data_path
 
@@ -189,20 +193,17 @@ def up_command(inventory_path: Path, preset: str, overrides: tuple[str, ...], mo
         for line in dry_run_summary(record, store):
             click.echo(line)
         return
-    policy = wait_policy(max_restarts, exclude_after, restart_codes, stall_timeout,
-                         node_lost_timeout)
     _up_on_nodes(inv, spec, store, opts, policy, forks=forks, no_check=no_check, wait=wait,
                  no_guard=no_guard, clock=clock if verbose else None)
 
 
-def _refuse_k8s_misuse(backend: str, k8s: K8sArgs, wait_or_dry_run: bool,
-                       has_rank_table: bool) -> None:
+def _refuse_k8s_misuse(backend: str, k8s: K8sArgs, dry_run: bool, has_rank_table: bool) -> None:
     """Options that only one backend understands, refused before any work."""
     if backend != "k8s" and k8s.given():
         raise click.UsageError(f"{', '.join(k8s.given())}: only with --backend k8s")
-    if backend == "k8s" and wait_or_dry_run:
-        raise click.UsageError("--backend k8s: --wait and --dry-run are SSH-only (use --emit "
-                               "DIR to see the manifests; `orchestrate status JOB` to follow)")
+    if backend == "k8s" and dry_run:
+        raise click.UsageError("--backend k8s: no --dry-run (--emit DIR writes the manifests "
+                               "and touches no cluster)")
     if backend == "k8s" and has_rank_table:
         raise click.UsageError("--backend k8s: no --rank-table (the platform fills the "
                                "rings-config ConfigMap of a --mode ranktable job)")
@@ -258,7 +259,7 @@ def _up_on_nodes(inv: Any, spec: Any, store: Any, opts: Any, policy: Any, *, for
     the launch stops the job everywhere (exit 130); during --wait it detaches.
     """
     from orchestrator.errors import JobError
-    from orchestrator.job.lifecycle import create_job, launch, reserve_job_id, sched_port_for
+    from orchestrator.job.lifecycle import create_job, reserve_job_id, sched_port_for
     from orchestrator.job.phases import phase
     from orchestrator.remote.group import NodeGroup
 
@@ -280,23 +281,24 @@ def _up_on_nodes(inv: Any, spec: Any, store: Any, opts: Any, policy: Any, *, for
         _echo_data_notes(record.local_data)
         click.echo(f"job {record.job_id}: {record.world_size} ranks on {len(record.nodes)} "
                    f"node(s), {record.mode} mode")
-        try:
-            record = launch(record, group, store, echo=click.echo)
-        except KeyboardInterrupt:
-            click.echo(f"job {record.job_id} cancelled: nothing left running", err=True)
-            sys.exit(130)
-        click.echo(f"job {record.job_id} running. Follow it with `orchestrate status --watch "
-                   f"{record.job_id}`, stop it with `orchestrate down {record.job_id}`.")
-        if not wait and not no_guard:
-            with phase("guard"):
-                start_guard(store, record)
-        if clock is not None:  # up -v
-            for line in clock.lines():
-                click.echo(line)
-        if wait:
-            watch_job(record, group, store, policy,
-                      rechecker(group, spec, mode, record.sched_port, no_check),
-                      guard_on_detach=not no_guard)
+        recheck = rechecker(group, spec, mode, record.sched_port, no_check)
+        launch_then(record, group, store, lambda r: _follow(
+            r, group, store, policy, recheck, wait=wait, no_guard=no_guard, clock=clock))
+
+
+def _follow(record: Any, group: Any, store: Any, policy: Any, recheck: Any, *, wait: bool,
+            no_guard: bool, clock: Any = None) -> None:
+    """After the start: leave the background guard, or watch until the job ends (--wait)."""
+    from orchestrator.job.phases import phase
+
+    if not wait and not no_guard:
+        with phase("guard"):
+            start_guard(store, record)
+    if clock is not None:  # up -v
+        for line in clock.lines():
+            click.echo(line)
+    if wait:
+        watch_job(record, group, store, policy, recheck, guard_on_detach=not no_guard)
 
 
 def _platform_table(path: Path, timeout: float, inv: Any) -> str:
@@ -350,14 +352,14 @@ def resume_command(job_id: str | None, wait: bool, exclude: tuple[str, ...], glo
     With --exclude-node NODE (data-parallel jobs): the job is re-planned on the other nodes,
     DP recomputed, ranks renumbered, the output says what happens to the global batch.
     """
+    from orchestrator.backends import job_group
     from orchestrator.config.presets import load_job_spec
     from orchestrator.job.lifecycle import resume_job
-    from orchestrator.remote.group import NodeGroup
 
     policy = wait_policy(max_restarts, exclude_after, restart_codes, stall_timeout,
                          node_lost_timeout)
     store, record, inv = record_and_inventory(state_dir, job_id, inventory_path)
-    with NodeGroup(inv, [inv.node(n.name) for n in record.nodes], forks=forks) as group:
+    with job_group(record, inv, forks=forks) as group:
         try:
             if exclude:
                 from orchestrator.job.exclude import plan_exclusion, relaunch_without

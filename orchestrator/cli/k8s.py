@@ -4,9 +4,10 @@
         --image registry/bloom:latest --volume bloom-ckpt --set data.path=/data/alpaca-mr
     kubectl apply -f out/
 
-Without --emit, the manifests are applied through the `kubernetes` client with the kubeconfig
-(--kubeconfig, else $KUBECONFIG / ~/.kube/config); `status`, `logs` and `down` of such a job
-ask the API server (orchestrator/k8s/api.py).
+Without --emit, the job is recorded and started through the Kubernetes backend
+(orchestrator/backends/k8s.py: the same lifecycle, watch loop, guard, status and down as ssh
+and slurm) with the kubeconfig (--kubeconfig, else $KUBECONFIG / ~/.kube/config);
+`orchestrate logs JOB` reads the pods' logs from the API server (logs_k8s).
 """
 
 from __future__ import annotations
@@ -65,15 +66,15 @@ def k8s_options(f: Any) -> Any:
     return f
 
 
-def up_k8s(inv: Any, spec: Any, mode: str, args: K8sArgs, launch_opts: Any,
-           state_dir: Path) -> None:
-    """Plan and render as for SSH, build the manifests, validate them, then write or apply."""
+def up_k8s(inv: Any, spec: Any, args: K8sArgs, launch_opts: Any, state_dir: Path,
+           follow: Any) -> None:
+    """Plan and render as for SSH, build the manifests, validate them, then write them
+    (--emit) or record the job and start it through the Kubernetes backend; `follow(record,
+    group, store)` then leaves the guard or watches (as for ssh and slurm)."""
     from orchestrator.cli.job_common import store_for
-    from orchestrator.config.plan import build_plan
     from orchestrator.errors import JobError
-    from orchestrator.job.render import LaunchSpec
-    from orchestrator.job.state import new_job_id
-    from orchestrator.k8s.manifests import K8sOptions, job_manifests, k8s_name
+    from orchestrator.job.dataset import looks_local
+    from orchestrator.k8s.manifests import K8sOptions
 
     missing = [n for n, v in (("--image", args.image), ("--volume", args.volume)) if not v]
     if missing:
@@ -83,88 +84,64 @@ def up_k8s(inv: Any, spec: Any, mode: str, args: K8sArgs, launch_opts: Any,
     if inv.fault_tolerance is not None:
         raise JobError(f"{inv.path}: fault_tolerance: not supported with --backend k8s (the "
                        "scheduler's address is the operator's; remove the key for this job)")
-    from orchestrator.job.dataset import looks_local
-
     data = str(spec.value("data.path") or "")
-    if entrypoint_free(launch_opts) and looks_local(data):
+    if launch_opts.entrypoint is None and looks_local(data):
         raise JobError(f"data.path {data!r}: with --backend k8s nothing is staged; give the "
                        "absolute path of a MindRecord folder inside the pods (image or volume)")
-    plan = build_plan(inv, spec)
-    store = store_for(state_dir)
-    job_id = new_job_id(spec.preset, set(store.ids()))
-    launch = LaunchSpec(job_id=job_id, mode=mode, world_size=plan.world_size, sched_host="",
-                        cluster_timeout=launch_opts.cluster_timeout,
-                        entrypoint=launch_opts.entrypoint, stop_grace=launch_opts.stop_grace)
-    manifests = job_manifests(plan, launch, K8sOptions(
-        image=args.image, volume=args.volume, namespace=args.namespace, queue=args.queue,
-        ring_controller=args.ring_controller))
-    what = (f"job {job_id}: {plan.world_size} ranks on {len(plan.nodes)} pod(s), {mode} mode, "
-            f"Kubernetes name {k8s_name(job_id)}")
+    opts = K8sOptions(image=args.image, volume=args.volume, namespace=args.namespace,
+                      queue=args.queue, ring_controller=args.ring_controller)
     if args.emit is not None:
-        from orchestrator.k8s.emit import emit, too_big_for_client_apply
-
-        for path in emit(manifests, args.emit):
-            click.echo(f"wrote {path}")
-        for name in too_big_for_client_apply(manifests):
-            click.echo(f"warning: {name} is over 256 KiB: use `kubectl apply --server-side -f "
-                       f"{args.emit}` (client-side apply cannot annotate it)", err=True)
-        click.echo(f"{what}; apply with `kubectl apply -f {args.emit}`")
+        _emit(inv, spec, launch_opts, opts, args.emit, store_for(state_dir))
         return
-    from orchestrator.k8s.api import apply
-
-    ref = apply(manifests, args.kubeconfig, store.job_dir(job_id))
-    click.echo(f"{what}: applied to namespace {ref.namespace}. Follow it with `orchestrate "
-               f"status {job_id}`, stop it with `orchestrate down {job_id}`.")
+    _apply(inv, spec, launch_opts, opts, args.kubeconfig, store_for(state_dir), follow)
 
 
-def entrypoint_free(launch_opts: Any) -> bool:
-    """The ranks run the bundled trainer (no --entrypoint), so they read data.path."""
-    return launch_opts.entrypoint is None
+def _emit(inv: Any, spec: Any, launch_opts: Any, opts: Any, out: Path, store: Any) -> None:
+    """`--emit DIR`: the validated manifests as YAML for `kubectl apply -f DIR`; no record."""
+    from orchestrator.config.plan import build_plan
+    from orchestrator.job.render import LaunchSpec
+    from orchestrator.job.state import new_job_id
+    from orchestrator.k8s.emit import emit, too_big_for_client_apply
+    from orchestrator.k8s.manifests import job_manifests, k8s_name
+
+    plan = build_plan(inv, spec)
+    job_id = new_job_id(spec.preset, set(store.ids()))
+    launch = LaunchSpec(job_id=job_id, mode=launch_opts.mode, world_size=plan.world_size,
+                        sched_host="", cluster_timeout=launch_opts.cluster_timeout,
+                        entrypoint=launch_opts.entrypoint, stop_grace=launch_opts.stop_grace)
+    manifests = job_manifests(plan, launch, opts)
+    for path in emit(manifests, out):
+        click.echo(f"wrote {path}")
+    for name in too_big_for_client_apply(manifests):
+        click.echo(f"warning: {name} is over 256 KiB: use `kubectl apply --server-side -f "
+                   f"{out}` (client-side apply cannot annotate it)", err=True)
+    click.echo(f"job {job_id}: {plan.world_size} ranks on {len(plan.nodes)} pod(s), "
+               f"{launch_opts.mode} mode, Kubernetes name {k8s_name(job_id)}; apply with "
+               f"`kubectl apply -f {out}`")
 
 
-def k8s_ref(state_dir: Path, job_id: str | None) -> Any:
-    """The K8sRef of a job `up --backend k8s` applied, else None (an SSH job)."""
-    if not job_id:
-        return None
-    from orchestrator.cli.job_common import store_for
-    from orchestrator.k8s.api import load_ref
+def _apply(inv: Any, spec: Any, launch_opts: Any, opts: Any, kubeconfig: Path | None,
+           store: Any, follow: Any) -> None:
+    """Record the job, then stage + start it through the backend (lifecycle.launch)."""
+    from orchestrator.backends import job_group
+    from orchestrator.backends.k8s import create_job
+    from orchestrator.cli.job_common import launch_then
 
-    store = store_for(state_dir)
-    return load_ref(store.job_dir(job_id)) if store.job_dir(job_id).is_dir() else None
-
-
-def status_k8s(ref: Any, as_json: bool) -> None:
-    """`status JOB` of a Kubernetes job: the job object's status and its pods' phases."""
-    import json
-
-    from orchestrator.k8s.api import job_state, pod_phases
-
-    state, pods = job_state(ref), pod_phases(ref)
-    if as_json:
-        click.echo(json.dumps({"job_id": ref.job_id, "backend": "k8s", "status": state,
-                               "pods": pods}, indent=2, default=str))
-        return
-    conditions = state.get("conditions") or []
-    last = conditions[-1].get("type", "?") if conditions else state.get("state", {}).get(
-        "phase", "no status yet")
-    click.echo(f"job {ref.job_id}: {ref.kind} {ref.namespace}/{ref.name}: {last}")
-    for name, phase in sorted(pods.items()):
-        click.echo(f"  {name}: {phase}")
+    record = create_job(inv, spec, store, launch_opts, opts, kubeconfig)
+    click.echo(f"job {record.job_id}: {record.world_size} ranks on {len(record.nodes)} pod(s), "
+               f"{record.mode} mode, Kubernetes {record.scheduler_ref['kind']} "
+               f"{record.scheduler_ref['namespace']}/{record.scheduler_job}")
+    with job_group(record, inv) as group:
+        launch_then(record, group, store, lambda r: follow(r, group, store))
 
 
-def logs_k8s(ref: Any, tail: int) -> None:
-    """`logs JOB` of a Kubernetes job: each pod's `ascend` container, prefixed [pod]."""
+def logs_k8s(record: Any, tail: int) -> None:
+    """`logs JOB` of a Kubernetes job: each pod's `ascend` container, prefixed [pod] (the
+    lines of `launch.sh run` already carry their slot: `[pod] [slot] ...`)."""
+    from orchestrator.backends.k8s import ref_of
     from orchestrator.k8s.api import pod_logs
+    from orchestrator.untrusted import scrub
 
-    for pod, text in pod_logs(ref, tail):
+    for pod, text in pod_logs(ref_of(record), tail):
         for line in text.splitlines():
-            click.echo(f"[{pod}] {line}")
-
-
-def down_k8s(ref: Any) -> None:
-    """`down JOB` of a Kubernetes job: delete the job object and its ConfigMaps."""
-    from orchestrator.k8s.api import delete
-
-    delete(ref)
-    click.echo(f"job {ref.job_id}: deleted {ref.kind} {ref.namespace}/{ref.name} and its "
-               "ConfigMaps")
+            click.echo(scrub(f"[{pod}] {line}"))

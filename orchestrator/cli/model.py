@@ -5,8 +5,8 @@
     orchestrate convert-weights --mindformers mf.ckpt --config run_bloom_560m.yaml -o ours.ckpt
     orchestrate infer --ckpt bloom.ckpt --config tiny "Give three tips for staying healthy."
 
-Both run the model code (`python -m orchestrate_bloom.convert` / `... .infer`) in a child process,
-because the control plane never imports MindSpore. The child's stdout and stdin are
+Both run the model code (`python -m orchestrate_bloom.ckpt.convert` / `... .infer`) in a child
+process, because the control plane never imports MindSpore. The child's stdout and stdin are
 ours (output streams through, `--chat` is interactive); its stderr is collected and, on failure,
 its last `error:` line becomes our one-line error (exit 1).
 """
@@ -48,8 +48,9 @@ def run_model_module(module: str, args: list[str]) -> None:
     if proc.returncode != 0:
         has_error_line = any(line.startswith("error:") for line in stderr.splitlines())
         reason = failure_reason(stderr, proc.returncode)
-        raise ModelError(f"{module}: {reason}" + ("" if has_error_line or verbose else
-                                                   " (run with -v for the full output)"))
+        name = module.rpartition(".")[2]  # the command's word: convert, mindformers, infer
+        raise ModelError(f"{name}: {reason}" + ("" if has_error_line or verbose else
+                                                 " (run with -v for the full output)"))
 
 
 def architecture_args(preset: str | None, hf_config: Path | None) -> list[str]:
@@ -111,10 +112,10 @@ def convert_weights(hf_dir: Path | None, mf_ckpt: Path | None, out: Path, to_hf:
     else:
         source = ["--to-mindformers", "--ckpt", str(ckpt)] if to_mindformers else [
             "--mindformers", str(mf_ckpt)]
-        run_model_module("mindformers_ckpt", [*source, "--out", str(out),
+        run_model_module("ckpt.mindformers", [*source, "--out", str(out),
                                               *architecture_args(preset, hf_config)])
         return
-    run_model_module("convert", args)
+    run_model_module("ckpt.convert", args)
 
 
 @click.command("infer")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrate_bloom.stages import resolve_split
+from orchestrate_bloom.train.stages import resolve_split
 
 from orchestrator.config.inventory import Inventory
 from orchestrator.config.presets import (

@@ -12,7 +12,7 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 from orchestrate_bloom import presets as settings
-from orchestrate_bloom.stages import SplitError, resolve_split
+from orchestrate_bloom.train.stages import SplitError, resolve_split
 
 from orchestrator.errors import PresetError
 

@@ -5,7 +5,7 @@ MindRecord folder staged as is, or a path on the nodes (issue #7).
     paths = data_paths_for(plan, local)             # data.path for each node's job.yaml
 
 Prepared data is content-addressed (issue #17): an Alpaca file is prepared once into
-`<state dir>/data/<key>/<stem>/`, key = orchestrate_bloom.data_key.prepared_key (input,
+`<state dir>/data/<key>/<stem>/`, key = orchestrate_bloom.data.key.prepared_key (input,
 tokenizer, seq_length, preparation code); every later `up` with the same key reuses that
 folder without starting a child, and the nodes skip it by sha256 (job/stage.py).
 """
@@ -18,7 +18,7 @@ import secrets
 import shutil
 from pathlib import Path
 
-from orchestrate_bloom.data_key import prepared_key
+from orchestrate_bloom.data.key import prepared_key
 from orchestrate_bloom.tool_io import failure_reason
 
 from orchestrator import bundle

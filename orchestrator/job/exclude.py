@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrate_bloom import checkpoint as ck
+from orchestrate_bloom.ckpt import layout as ck
 from orchestrate_bloom.tool_io import ToolFailure, read_result
 
 from orchestrator import bundle
@@ -122,9 +122,9 @@ def _layout(dp: int) -> dict[str, int]:
 
 
 def _on_node(t: Transport, job_dir: str, mode: str, args: Sequence[str]) -> dict[str, Any]:
-    """`python -m orchestrate_bloom.checkpoint MODE --job-dir JOB_DIR ARGS` on the node; its
+    """`python -m orchestrate_bloom.ckpt.layout MODE --job-dir JOB_DIR ARGS` on the node; its
     JSON result (tool_io protocol)."""
-    line = bundle.node_model_line(t.node.python, shell_path(job_dir, "code"), "checkpoint",
+    line = bundle.node_model_line(t.node.python, shell_path(job_dir, "code"), "ckpt.layout",
                                   [mode, "--job-dir", job_dir, *args])
     res = t.run(line, check=False, timeout=1800)
     try:

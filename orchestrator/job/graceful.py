@@ -3,7 +3,7 @@
     record, failed = save_and_stop(record, group, store, timeout=300.0)   # down --save
     results = request_stop(record, group)        # only the request (the Slurm backend too)
 
-The request is a file in each node's job folder (orchestrate_bloom/graceful.py owns its name
+The request is a file in each node's job folder (orchestrate_bloom/train/graceful.py owns its name
 and body, MindSpore's OnRequestExit {"GracefulExit": 1}), written by `launch.sh request-stop`.
 Every rank polls it after each step and all-reduces the flag, so all ranks save the same step
 and exit 0 together. We wait up to `timeout` s for every rank to exit, then stop what is left
@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from orchestrator.errors import OrchestrateError
+from orchestrator.errors import JobError, OrchestrateError
 from orchestrator.job.nodes import NodeReport, launch_command, query_job
 from orchestrator.job.state import JobRecord, JobStatus, JobStore
 from orchestrator.job.teardown import running_slots, stop_job
@@ -68,7 +68,7 @@ def wait_ranks_exit(record: JobRecord, group: NodeGroup, timeout: float,
 
 def saved_step(record: JobRecord, group: NodeGroup) -> int | None:
     """The newest step complete on every rank of the job (None: none, or a node unreadable)."""
-    from orchestrate_bloom import checkpoint as ck
+    from orchestrate_bloom.ckpt import layout as ck
 
     from orchestrator.ckpt.collect import list_nodes
 
@@ -86,8 +86,14 @@ def save_and_stop(record: JobRecord, group: NodeGroup, store: JobStore,
     A job that is not running is stopped as `down` stops it. Returns the updated record and
     the nodes that could not be cleaned (name -> cause).
     """
+    from orchestrator.backends import backend_for
+
     if record.status not in _LIVE:
         return stop_job(record, group, store)
+    if not backend_for(record).node_files:
+        raise JobError(f"down --save: job {record.job_id} runs on {record.backend}, where the "
+                       "stop request cannot reach the ranks' job folders; `down` without "
+                       "--save stops it (resume continues from its last checkpoint)")
     asked = request_stop(record, group)
     late = wait_ranks_exit(record, group, timeout) if asked.succeeded else ["every node"]
     record, failed = stop_job(record, group, store)

@@ -105,16 +105,16 @@ def run_guard(store: JobStore, job_id: str, interval: float = GUARD_INTERVAL,
     Returns:
         0 when the job ended clean (or was taken over by `down`), 1 when the guard gave up.
     """
+    from orchestrator.backends import job_group
     from orchestrator.config.inventory import load_inventory
     from orchestrator.job.progress import refresh
     from orchestrator.job.teardown import running_slots, stop_failed_job
-    from orchestrator.remote.group import NodeGroup
 
     record = store.load(job_id)
     inv = load_inventory(Path(record.inventory_path))
     _log(f"guarding job {job_id} on {', '.join(n.name for n in record.nodes)}")
     lost_since: float | None = None
-    with NodeGroup(inv, [inv.node(n.name) for n in record.nodes]) as group:
+    with job_group(record, inv) as group:
         while True:
             if not store.path(job_id).exists():
                 _log("job record gone; leaving")

@@ -321,11 +321,11 @@ def resume_job(record: JobRecord, group: NodeGroup, store: JobStore,
     Raises:
         JobError: the job succeeded, or still runs somewhere, or a node failed to start.
     """
-    from orchestrator.job.nodes import query_job
+    from orchestrator.backends import backend_for
 
     if record.status is JobStatus.SUCCEEDED:
         raise JobError(f"job {record.job_id} already SUCCEEDED; start a new job instead")
-    reports = query_job(record, group, poll_timeout)
+    reports = backend_for(record).poll(record, group, poll_timeout).reports
     unreachable = [n for n, r in reports.items() if isinstance(r, BaseException)]
     if unreachable:
         raise JobError(f"job {record.job_id}: cannot reach {', '.join(unreachable)}; "

@@ -33,7 +33,8 @@ def refresh(record: JobRecord, group: NodeGroup, store: JobStore,
     """
     from orchestrator.backends import backend_for
 
-    poll = backend_for(record).poll(record, group, poll_timeout)
+    backend = backend_for(record)
+    poll = backend.poll(record, group, poll_timeout)
     reports = poll.reports
     status = derive_status(record, reports)
     message = record.message
@@ -46,7 +47,8 @@ def refresh(record: JobRecord, group: NodeGroup, store: JobStore,
         if status is not JobStatus.FAILED:
             failure = None
     everyone = all(isinstance(r, NodeReport) for r in reports.values())
-    if stall_timeout is not None and status is JobStatus.RUNNING and everyone:
+    if stall_timeout is not None and status is JobStatus.RUNNING and everyone \
+            and backend.node_files:  # the stall probe reads the ranks' logs on the nodes
         from orchestrator.job.stall import find_stall, last_output
 
         cause = find_stall(record, reports, last_output(record, group), stall_timeout)
@@ -107,7 +109,7 @@ def status_table(record: JobRecord, reports: Reports) -> Any:
     from rich.table import Table
     from rich.text import Text
 
-    where = f", slurm job {record.scheduler_job}" if record.scheduler_job else ""
+    where = f", {record.backend} job {record.scheduler_job}" if record.scheduler_job else ""
     title = (f"job {record.job_id}  {record.status.value}  "
              f"({record.mode}, {record.world_size} ranks{where})")
     if record.message:

@@ -17,7 +17,7 @@ from typing import Any
 
 import jinja2
 import yaml
-from orchestrate_bloom import graceful
+from orchestrate_bloom.train import graceful
 
 from orchestrator import bundle
 from orchestrator.config.plan import Plan
@@ -116,8 +116,8 @@ def render_pod_launch(launch: LaunchSpec, role: str, local_workers: int, python:
                       env: jinja2.Environment | None = None,
                       table_dir: str = K8S_TABLE_DIR) -> str:
     """launch.sh of a Kubernetes pod (`role` scheduler or worker): the mode's own template
-    (its rank environment rules) with the platform's node rank; `bash launch.sh foreground`
-    is the container's command."""
+    (its rank environment rules) with the platform's node rank; `bash launch.sh run` is the
+    container's command (the one foreground mode, as on Slurm)."""
     return _render_slots(launch, f"launch_k8s_{launch.mode}.sh.j2", role,
                          pod_slots(launch, role, local_workers), python, env,
                          local_workers=local_workers, table_dir=table_dir)

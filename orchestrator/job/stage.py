@@ -54,7 +54,7 @@ LEFTOVER_GLOBS = ('"$B"/.unpack-*', '"$B"/.incoming-*.tar', '"$B"/.*.orchestrate
 class StageFile:
     """One file of a tree: `rel` is its path under the tree's destination."""
 
-    rel: str  # POSIX path, e.g. "model/train.py"
+    rel: str  # POSIX path, e.g. "model/train/trainer.py"
     sha256: str
     mode: int
     source: Path  # the local file

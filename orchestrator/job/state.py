@@ -116,9 +116,13 @@ class JobRecord:
     failure: Failure | None = None
     # `down --save`: the step every rank saved before it stopped (`resume` continues there).
     saved_step: int | None = None
-    backend: str = "ssh"  # where ranks run: ssh | slurm (orchestrator/backends/)
-    # The scheduler's id of the current attempt (Slurm: the batch job id); None for ssh.
+    backend: str = "ssh"  # where ranks run: ssh | slurm | k8s (orchestrator/backends/)
+    # The scheduler's id of the current attempt (Slurm: the batch job id; k8s: the job
+    # object's name); None for ssh.
     scheduler_job: str | None = None
+    # Where the scheduler keeps the job beyond its id (k8s: namespace, kind, api_version,
+    # kubeconfig, volume: backends/k8s.py ref_of); empty for ssh and slurm.
+    scheduler_ref: Mapping[str, str | None] = field(default_factory=dict)
 
     def failed_with(self, failure: Failure) -> JobRecord:
         """FAILED because of `failure` (message: its description)."""
@@ -154,6 +158,7 @@ class JobRecord:
         d["excluded"] = list(self.excluded)
         d["stray"] = [dict(dataclasses.asdict(n), devices=list(n.devices), pids=dict(n.pids))
                       for n in self.stray]
+        d["scheduler_ref"] = dict(self.scheduler_ref)
         d["version"] = RECORD_VERSION
         return d
 
@@ -176,7 +181,18 @@ class JobRecord:
                    history=tuple(dict(h) for h in d.get("history", ())),
                    failure=Failure.from_json(d.get("failure")),
                    saved_step=_opt_int(d.get("saved_step")),
-                   backend=d.get("backend", "ssh"), scheduler_job=d.get("scheduler_job"))
+                   backend=d.get("backend", "ssh"), scheduler_job=d.get("scheduler_job"),
+                   scheduler_ref=_str_map(d.get("scheduler_ref")))
+
+
+def _str_map(value: Any) -> dict[str, str | None]:
+    """A record's string map (absent: empty); anything else is a bad record."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(
+            isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in value.items()):
+        raise JobError(f"scheduler_ref: a map of strings expected, got {value!r:.80}")
+    return dict(value)
 
 
 def _opt_int(value: Any) -> int | None:

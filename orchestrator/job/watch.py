@@ -37,11 +37,11 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrate_bloom import checkpoint as ck
+from orchestrate_bloom.ckpt import layout as ck
 
 from orchestrator.errors import JobError
 from orchestrator.job import failure as failures
-from orchestrator.job.nodes import POLL_TIMEOUT, NodeReport, query_job
+from orchestrator.job.nodes import POLL_TIMEOUT, NodeReport
 from orchestrator.job.progress import Reports, refresh, status_table
 from orchestrator.job.state import JobRecord, JobStatus, JobStore
 from orchestrator.remote.group import NodeGroup, cause
@@ -87,7 +87,9 @@ def resumed_step(record: JobRecord, group: NodeGroup) -> int | None:
     """The step the current attempt resumed from, as its first rank recorded it
     (`ranks/<r>/resumed.json`, checkpoint.record_resumed; launch.sh clears it for each
     attempt): 0 from scratch, None: not a resumed attempt or nothing recorded (yet)."""
-    if record.attempts < 2:
+    from orchestrator.backends import backend_for
+
+    if record.attempts < 2 or not backend_for(record).node_files:
         return None
     first = record.nodes[0]
     path = shlex.quote(f"{first.job_dir}/ranks/{first.rank_start}/resumed.json")
@@ -133,6 +135,7 @@ def _poll_attempt(record: JobRecord, group: NodeGroup, store: JobStore, policy: 
 def _end_attempt(record: JobRecord, group: NodeGroup, store: JobStore, policy: WatchPolicy,
                  reports: Reports, show: Show) -> tuple[JobRecord, dict[str, Any]]:
     """Stop a failed or stalled attempt where the nodes answer; its history entry."""
+    from orchestrator.backends import backend_for
     from orchestrator.job.teardown import teardown_failed
 
     answered = [n for n, r in reports.items() if isinstance(r, NodeReport)]
@@ -147,7 +150,8 @@ def _end_attempt(record: JobRecord, group: NodeGroup, store: JobStore, policy: W
         record = teardown_failed(record, group, store, reason, only=answered)
         # Show the stop; a node that did not answer is not asked again (another timeout).
         asked = record.replace(nodes=tuple(n for n in record.nodes if n.name in answered))
-        reports = {**reports, **query_job(asked, group, policy.poll_timeout)}
+        again = backend_for(asked).poll(asked, group, policy.poll_timeout)
+        reports = {**reports, **again.reports}
         show(record, reports)
     return record, entry
 

@@ -1,33 +1,36 @@
 """The thin live path: apply a job's manifests, read its status and logs, delete it, through
 the official `kubernetes` client (`pip install 'orchestrate[k8s]'`).
 
-    ref = apply(manifests, kubeconfig=None, job_dir=store.job_dir(job_id))  # writes k8s.json
-    ref = load_ref(job_dir); job_state(ref); pod_logs(ref, tail=50); delete(ref)
+    ref = K8sRef(job_id, namespace, api_version, kind, name, kubeconfig, volume)
+    create(ref, manifests)                                # ConfigMaps (kept if there), job object
+    status = job_status(ref); pods = list_pods(ref)       # backends/k8s.py poll
+    delete(ref); left = wait_pods_gone(ref, timeout=60)   # backends/k8s.py stop
+    for pod, text in pod_logs(ref, tail=50): ...          # `orchestrate logs`
 
 NOT TESTED against a live API server (none runs where orchestrate is developed): the calls
 are the client's documented ones (CoreV1Api, CustomObjectsApi), kept few and direct. What is
-tested is everything before them: the manifests and their validation (schema.py).
+tested is everything before and after them: the manifests and their validation
+(schema.py), what pods and job objects mean (status.py), and every call failing in one line
+against a kubeconfig whose server does not answer (tests/unit/test_k8s_backend.py).
 """
 
 from __future__ import annotations
 
-import json
+import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
-
-from orchestrate_bloom.fileio import write_atomic
 
 from orchestrator.errors import JobError
 from orchestrator.k8s.schema import crd_plural, validate
 
-REF_FILE = "k8s.json"
+REQUEST_TIMEOUT = 60.0  # seconds one API request may take
 
 
 @dataclass(frozen=True)
 class K8sRef:
-    """Where an applied job lives: enough for status, logs and down."""
+    """Where an applied job lives: enough for status, logs and down (kept in the job record's
+    `scheduler_ref`, backends/k8s.py ref_of)."""
 
     job_id: str
     namespace: str
@@ -35,6 +38,7 @@ class K8sRef:
     kind: str  # AscendJob | Job
     name: str
     kubeconfig: str | None  # None: $KUBECONFIG / ~/.kube/config
+    volume: str | None = None  # the PersistentVolumeClaim holding output/ (checkpoints)
 
 
 def _client(kubeconfig: str | None) -> Any:
@@ -47,61 +51,82 @@ def _client(kubeconfig: str | None) -> Any:
         kubernetes.config.load_kube_config(config_file=kubeconfig)
     except Exception as e:  # noqa: BLE001 - the client raises several unrelated types
         raise JobError(f"kubeconfig {kubeconfig or '(default)'}: {e}") from None
+    # One try per request: a server that does not answer is one error line now (the watch
+    # loop polls again), not urllib3's retries with a warning each on stderr.
+    config = kubernetes.client.Configuration.get_default_copy()
+    config.retries = False
+    kubernetes.client.Configuration.set_default(config)
     return kubernetes.client
 
 
-def _call(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """fn(*args, **kwargs); any failure (API status, connection, TLS) as one JobError line."""
+def _call(what: str, fn: Any, *args: Any, ok: frozenset[int] | set[int] = frozenset(),
+          **kwargs: Any) -> Any:
+    """fn(*args, **kwargs); any failure (API status, connection, TLS) as one JobError line,
+    but None for an API status in `ok` (404: gone, 409: already there)."""
     try:
         return fn(*args, **kwargs)
     except Exception as e:  # noqa: BLE001 - ApiException, urllib3 and ssl errors alike
+        if getattr(e, "status", None) in ok:
+            return None
         reason = getattr(e, "reason", None) or (str(e).splitlines() or [type(e).__name__])[0]
         status = getattr(e, "status", None)
         raise JobError(f"{what}: {f'{status} ' if status else ''}{reason}") from None
 
 
-def _raise(e: Exception) -> None:
-    raise e
+def _group_version(api_version: str) -> tuple[str, str]:
+    group, _, version = api_version.partition("/")
+    return group, version
 
 
-def apply(manifests: Sequence[dict[str, Any]], kubeconfig: Path | None, job_dir: Path) -> K8sRef:
-    """Validate, then create every object in order; the job's K8sRef (saved in job_dir)."""
+def create(ref: K8sRef, manifests: Sequence[dict[str, Any]]) -> None:
+    """Validate, then create every object in order (a ConfigMap already there is kept: the
+    same job's files, e.g. of the attempt before)."""
     for m in manifests:
         validate(m)
-    job = manifests[-1]
-    meta = job["metadata"]
-    ref = K8sRef(job_id=meta["labels"]["orchestrate/job"], namespace=meta["namespace"],
-                 api_version=job["apiVersion"], kind=job["kind"], name=meta["name"],
-                 kubeconfig=str(kubeconfig) if kubeconfig else None)
     client = _client(ref.kubeconfig)
     core, custom = client.CoreV1Api(), client.CustomObjectsApi()
     for m in manifests:
         ns, what = m["metadata"]["namespace"], f"creating {m['kind']} {m['metadata']['name']}"
         if m["kind"] == "ConfigMap":
-            _call(what, core.create_namespaced_config_map, ns, m)
+            _call(what, core.create_namespaced_config_map, ns, m, ok={409})
         else:
-            group, version = m["apiVersion"].split("/")
+            group, version = _group_version(m["apiVersion"])
             _call(what, custom.create_namespaced_custom_object, group, version, ns,
                   crd_plural(m["apiVersion"], m["kind"]), m)
-    write_atomic(job_dir / REF_FILE, json.dumps(asdict(ref), indent=2) + "\n", 0o644)
-    return ref
 
 
-def load_ref(job_dir: Path) -> K8sRef | None:
-    """The K8sRef of a job applied by `up --backend k8s`, None for any other job."""
-    path = job_dir / REF_FILE
-    if not path.is_file():
-        return None
-    return K8sRef(**json.loads(path.read_text()))
-
-
-def job_state(ref: K8sRef) -> dict[str, Any]:
-    """The job object's status as the operator / Volcano reports it (conditions, phase)."""
+def job_status(ref: K8sRef, timeout: float = REQUEST_TIMEOUT) -> dict[str, Any] | None:
+    """The job object's `status` as the operator / Volcano writes it ({}: none yet);
+    None when the object does not exist."""
     client = _client(ref.kubeconfig)
-    group, version = ref.api_version.split("/")
-    obj = _call(f"{ref.kind} {ref.name}", client.CustomObjectsApi().get_namespaced_custom_object,
-                group, version, ref.namespace, crd_plural(ref.api_version, ref.kind), ref.name)
-    return dict(obj.get("status") or {})
+    group, version = _group_version(ref.api_version)
+    obj = _call(f"reading {ref.kind} {ref.name}",
+                client.CustomObjectsApi().get_namespaced_custom_object, group, version,
+                ref.namespace, crd_plural(ref.api_version, ref.kind), ref.name, ok={404},
+                _request_timeout=timeout)
+    if obj is None:
+        return None
+    status = obj.get("status") if isinstance(obj, dict) else None
+    return dict(status) if isinstance(status, dict) else {}
+
+
+def list_pods(ref: K8sRef, timeout: float = REQUEST_TIMEOUT) -> list[Any]:
+    """The job's pods (the client's V1Pod objects), by the label every pod of ours has."""
+    client = _client(ref.kubeconfig)
+    pods = _call(f"listing the pods of {ref.kind} {ref.name}",
+                 client.CoreV1Api().list_namespaced_pod, ref.namespace,
+                 label_selector=f"orchestrate/job={ref.name}", _request_timeout=timeout)
+    return list(pods.items)
+
+
+def wait_pods_gone(ref: K8sRef, timeout: float) -> list[str]:
+    """Wait up to `timeout` s until no pod of the job is left; the names still there."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [p.metadata.name for p in list_pods(ref)]
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(1.0)
 
 
 def pod_logs(ref: K8sRef, tail: int) -> Iterator[tuple[str, str]]:
@@ -117,23 +142,14 @@ def pod_logs(ref: K8sRef, tail: int) -> Iterator[tuple[str, str]]:
 
 
 def delete(ref: K8sRef) -> None:
-    """Delete the job object (its pods go with it) and the job's ConfigMaps."""
+    """Delete the job object (its pods go with it: SIGTERM, the grace, SIGKILL) and the job's
+    ConfigMaps; what is already gone is fine."""
     client = _client(ref.kubeconfig)
-    group, version = ref.api_version.split("/")
-    try:
-        client.CustomObjectsApi().delete_namespaced_custom_object(
-            group, version, ref.namespace, crd_plural(ref.api_version, ref.kind), ref.name)
-    except Exception as e:  # noqa: BLE001 - as _call, but a 404 (already gone) is fine
-        if getattr(e, "status", None) != 404:
-            _call(f"deleting {ref.kind} {ref.name}", _raise, e)
+    group, version = _group_version(ref.api_version)
+    _call(f"deleting {ref.kind} {ref.name}",
+          client.CustomObjectsApi().delete_namespaced_custom_object, group, version,
+          ref.namespace, crd_plural(ref.api_version, ref.kind), ref.name,
+          propagation_policy="Background", ok={404})
     _call(f"deleting the ConfigMaps of {ref.name}",
           client.CoreV1Api().delete_collection_namespaced_config_map, ref.namespace,
           label_selector=f"orchestrate/job={ref.name}")
-
-
-def pod_phases(ref: K8sRef) -> dict[str, str]:
-    """pod name -> phase (Pending, Running, Succeeded, Failed) for every pod of the job."""
-    client = _client(ref.kubeconfig)
-    pods = _call(f"pods of {ref.kind} {ref.name}", client.CoreV1Api().list_namespaced_pod,
-                 ref.namespace, label_selector=f"orchestrate/job={ref.name}")
-    return {p.metadata.name: p.status.phase for p in pods.items}

@@ -9,7 +9,8 @@ through the msrun launch template's own rank rules (render.render_pod_launch).
 Rank-table mode: the same ConfigMap, a `rings-config-<job>` ConfigMap (hccl.json "status":
 "initializing", filled by the platform) mounted at /user/serverid/devindex/config and a Volcano
 Job (batch.volcano.sh/v1alpha1) whose pods wait for "completed"; ranks VC_TASK_INDEX * n + i.
-Every pod copies the ConfigMap into an emptyDir job folder and runs `launch.sh foreground`;
+Every pod copies the ConfigMap into an emptyDir job folder and runs `launch.sh run` (the
+one foreground mode, as a Slurm task; `run resume` in a resumed attempt, `resumed()`);
 output/checkpoint and output/strategy are subPaths `<job>/checkpoint`, `<job>/strategy` of the
 PersistentVolumeClaim the user names. Nothing here validates or writes: see emit.py and schema.py.
 """
@@ -17,6 +18,7 @@ PersistentVolumeClaim the user names. Nothing here validates or writes: see emit
 from __future__ import annotations
 
 import base64
+import copy
 import gzip
 import io
 import tarfile
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-from orchestrate_bloom import checkpoint
+from orchestrate_bloom.ckpt import layout as checkpoint
 
 from orchestrator.config.plan import Plan
 from orchestrator.errors import JobError
@@ -38,7 +40,7 @@ from orchestrator.job.render import (
 )
 from orchestrator.job.stage import code_tree
 
-# What goes to the volume: the checkpoint layout's folders (orchestrate_bloom.checkpoint),
+# What goes to the volume: the checkpoint layout's folders (orchestrate_bloom.ckpt.layout),
 # each a subPath <job>/<folder>; the rest of output/ (log links) stays in the pod.
 _OUT = PurePosixPath("output")
 OUTPUT_DIRS = (checkpoint.rank_dir(_OUT, 0).parent.name, checkpoint.strategy_dir(_OUT).name)
@@ -165,16 +167,39 @@ def _items(paths: dict[str, str], role: str) -> list[dict[str, str]]:
             *({"key": k, "path": p} for k, p in paths.items())]
 
 
+def pod_command(resume: bool) -> list[str]:
+    """The container's command: copy the ConfigMap into the job folder, then `launch.sh run`
+    (`run resume` in a new attempt: the trainer continues from the claim's checkpoints)."""
+    script = (f"set -e; cd {CONFIG_DIR}; tar -xzf {CODE_TAR} -C {JOB_DIR}; cp -L launch.sh "
+              f"job.yaml $(ls env.sh 2>/dev/null) {JOB_DIR}/; "
+              f"exec bash {JOB_DIR}/launch.sh run{' resume' if resume else ''}")
+    return ["/bin/bash", "-c", script]
+
+
+def pod_templates(job: Manifest) -> list[Manifest]:
+    """The pod templates of a job object (AscendJob replicas, Volcano tasks)."""
+    spec = job["spec"]
+    if job["kind"] == "AscendJob":
+        return [r["template"] for r in spec["replicaSpecs"].values()]
+    return [t["template"] for t in spec["tasks"]]
+
+
+def resumed(job: Manifest) -> Manifest:
+    """A copy of the job object whose containers run `launch.sh run resume`."""
+    out = copy.deepcopy(job)
+    for tpl in pod_templates(out):
+        for c in tpl["spec"]["containers"]:
+            c["command"] = pod_command(resume=True)
+    return out
+
+
 def _container(name: str, opts: K8sOptions, npus: int,
                extra_mounts: list[Manifest]) -> Manifest:
-    copy = (f"set -e; cd {CONFIG_DIR}; tar -xzf {CODE_TAR} -C {JOB_DIR}; cp -L launch.sh "
-            f"job.yaml $(ls env.sh 2>/dev/null) {JOB_DIR}/; "
-            f"exec bash {JOB_DIR}/launch.sh foreground")
     c: Manifest = {
         "name": "ascend",
         "image": opts.image,
         "imagePullPolicy": "IfNotPresent",
-        "command": ["/bin/bash", "-c", copy],
+        "command": pod_command(resume=False),
         "ports": [{"containerPort": OPERATOR_PORT, "name": "ascendjob-port"}],
         "volumeMounts": [
             {"name": "files", "mountPath": CONFIG_DIR, "readOnly": True},

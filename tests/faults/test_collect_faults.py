@@ -60,7 +60,7 @@ def _manifest(path: Path, rank: int, step: int, model: dict, data: bytes | None 
 def _place_dp(hosts: TestHosts, job: dict, model: dict, steps: tuple[int, ...]) -> None:
     """Every rank holds the same replica (DP=4) for each step, with manifest and strategy."""
     import mindspore as ms
-    from orchestrate_bloom.ckpt_tools import model_shapes
+    from orchestrate_bloom.ckpt.tools import model_shapes
 
     rng = np.random.default_rng(7)
     full = {n: rng.standard_normal(s).astype(np.float32) for n, s in model_shapes(model).items()}

@@ -60,7 +60,7 @@ def _workdir(host: int) -> Path:
 
 
 def _full() -> dict[str, np.ndarray]:
-    from orchestrate_bloom.ckpt_tools import model_shapes
+    from orchestrate_bloom.ckpt.tools import model_shapes
 
     rng = np.random.default_rng(7)
     shapes = model_shapes(MODEL)
@@ -346,7 +346,7 @@ def test_dst_strategy_writes_every_destination_rank(
 ) -> None:
     """To a DP2 x MP2 layout, 2 processes: each rank equals that layout's own shard."""
     import mindspore as ms
-    from orchestrate_bloom.ckpt_tools import merge_strategies
+    from orchestrate_bloom.ckpt.tools import merge_strategies
 
     from tests.tools.shards import write_sharded
 

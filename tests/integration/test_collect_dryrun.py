@@ -160,7 +160,7 @@ def test_mp2pp2_dry_run_on_two_hosts_collect_ckpt_cli_reassembles_exactly(
     assert "check " in " ".join(proc.stderr.split())  # the command loaded it into the model
     full = _params(merged)
     _assert_equal(full, reference)
-    from orchestrate_bloom.ckpt_tools import check
+    from orchestrate_bloom.ckpt.tools import check
     from orchestrate_bloom.config import BloomConfig
 
     loaded = check(merged, BloomConfig.from_dict(dict(TINY), "tiny"))  # and so does this test

@@ -14,7 +14,9 @@ import pytest
 
 ms = pytest.importorskip("mindspore")
 
-from orchestrate_bloom import ckpt_stream, ckpt_tools, ckpt_transform  # noqa: E402
+from orchestrate_bloom.ckpt import stream as ckpt_stream  # noqa: E402
+from orchestrate_bloom.ckpt import tools as ckpt_tools  # noqa: E402
+from orchestrate_bloom.ckpt import transform as ckpt_transform  # noqa: E402
 
 
 def _arrays() -> dict[str, np.ndarray]:

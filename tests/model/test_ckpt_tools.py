@@ -1,4 +1,4 @@
-"""model/ckpt_tools.py on real MindSpore checkpoints built on CPU (pure DP: no transform)."""
+"""model/ckpt/tools.py on real MindSpore checkpoints built on CPU (pure DP: no transform)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 ms = pytest.importorskip("mindspore")
 
-from orchestrate_bloom import ckpt_tools  # noqa: E402
+from orchestrate_bloom.ckpt import tools as ckpt_tools  # noqa: E402
 
 
 class Tiny(ms.nn.Cell):
@@ -87,7 +87,7 @@ def test_compare_params_names_each_problem() -> None:
 
 def test_cli_strip_prints_json_and_errors_in_one_line(tmp_path: Path, repo: Path) -> None:
     _train_ckpt(tmp_path / "r.ckpt")
-    cmd = [sys.executable, "-m", "orchestrate_bloom.ckpt_tools", "strip"]
+    cmd = [sys.executable, "-m", "orchestrate_bloom.ckpt.tools", "strip"]
     ok = subprocess.run(
         [*cmd, "--src", str(tmp_path / "r.ckpt"), "--out", str(tmp_path / "o.ckpt")],
         cwd=repo,
@@ -111,8 +111,8 @@ def test_cli_strip_prints_json_and_errors_in_one_line(tmp_path: Path, repo: Path
 
 def test_trainer_checkpoint_strips_and_loads_into_bloom(tmp_path: Path) -> None:
     """A checkpoint saved from the trainer's own train-step cell: strip, then check."""
-    from orchestrate_bloom import train
-    from orchestrate_bloom.job import load_job
+    from orchestrate_bloom.train import trainer as train
+    from orchestrate_bloom.train.job import load_job
 
     model_cfg = {"vocab_size": 99, "hidden_size": 32, "n_layer": 2, "n_head": 4, "seq_length": 16}
     job_file = tmp_path / "job.yaml"
@@ -120,7 +120,7 @@ def test_trainer_checkpoint_strips_and_loads_into_bloom(tmp_path: Path) -> None:
         json.dumps({"model": model_cfg, "train": {"device_target": "CPU"}, "job": {"id": "j"}})
     )
     job = load_job(job_file)
-    from orchestrate_bloom.train_cells import build_cells
+    from orchestrate_bloom.train.cells import build_cells
 
     _, step_cell = build_cells(
         job,

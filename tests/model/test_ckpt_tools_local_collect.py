@@ -15,7 +15,7 @@ import pytest
 
 ms = pytest.importorskip("mindspore")
 
-from orchestrate_bloom.ckpt_tools import model_shapes  # noqa: E402
+from orchestrate_bloom.ckpt.tools import model_shapes  # noqa: E402
 
 from orchestrator.ckpt.collect import collect  # noqa: E402
 from orchestrator.config.inventory import load_inventory  # noqa: E402

@@ -13,7 +13,8 @@ import pytest
 
 ms = pytest.importorskip("mindspore")
 
-from orchestrate_bloom import ckpt_strategy, ckpt_tools  # noqa: E402
+from orchestrate_bloom.ckpt import strategy as ckpt_strategy  # noqa: E402
+from orchestrate_bloom.ckpt import tools as ckpt_tools  # noqa: E402
 
 from tests.tools.shards import write_sharded  # noqa: E402
 

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from orchestrate_bloom.config import BloomConfig
-from orchestrate_bloom.convert import (
+from orchestrate_bloom.ckpt.convert import (
     ConvertError,
     hf_to_ours,
     load_checkpoint_arrays,
@@ -22,6 +21,7 @@ from orchestrate_bloom.convert import (
     read_torch_bin,
     save_checkpoint_arrays,
 )
+from orchestrate_bloom.config import BloomConfig
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "bloom_ref"
 CONFIG = BloomConfig(vocab_size=16, hidden_size=8, n_layer=1, n_head=2)

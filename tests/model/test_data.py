@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from orchestrate_bloom.data import (
+from orchestrate_bloom.data.prepare import (
     FILE_STEM,
     DataError,
     encode_records,
@@ -21,10 +21,10 @@ from orchestrate_bloom.data import (
     prepare,
     record_encoder,
 )
-from orchestrate_bloom.data_read import create_dataset
-from orchestrate_bloom.pretokens import PretokenCache, is_plain_byte_level
+from orchestrate_bloom.data.pretokens import PretokenCache, is_plain_byte_level
+from orchestrate_bloom.data.read import create_dataset
+from orchestrate_bloom.data.template_ids import _prompt_plan, template_ids
 from orchestrate_bloom.prompts import prompt_of
-from orchestrate_bloom.template_ids import _prompt_plan, template_ids
 
 from tests.model.data_helpers import seed_records, tokenizer_file
 
@@ -236,7 +236,7 @@ def test_field_wise_encoding_refused_when_not_provably_exact(tok_path: Path,
         ids = encode_records(other, EDGE_RECORDS, 64, 2)[0]
         np.testing.assert_array_equal(ids, _straightforward(other, EDGE_RECORDS, 64, 2))
     # the probe alone catches a tokenizer that passes the configuration check but splits wrongly
-    monkeypatch.setattr("orchestrate_bloom.template_ids._splits_at_field_edges",
+    monkeypatch.setattr("orchestrate_bloom.data.template_ids._splits_at_field_edges",
                         lambda _tokenizer: True)
     assert template_ids(spaced, EDGE_RECORDS[:2]) is None
     assert template_ids(tok, EDGE_RECORDS[:2]) is not None
@@ -287,7 +287,7 @@ def test_pretoken_cache_equals_whole_encoding(tok_path: Path, monkeypatch: pytes
     assert _cache_ids(cache, texts[::-1]) == expected[::-1]  # now mostly from the cache
     # past MAX_ENTRIES the cache starts over; constants registered before survive that
     key = cache.register("const", [7, 8, 9])
-    monkeypatch.setattr("orchestrate_bloom.pretokens.MAX_ENTRIES", 10)
+    monkeypatch.setattr("orchestrate_bloom.data.pretokens.MAX_ENTRIES", 10)
     ids, lens = cache.ids([key, *cache.keys("a b"), key])
     assert ids.tolist() == [7, 8, 9, *tok.encode("a b", add_special_tokens=False).ids, 7, 8, 9]
     assert lens.sum() == len(ids)
@@ -296,7 +296,7 @@ def test_pretoken_cache_equals_whole_encoding(tok_path: Path, monkeypatch: pytes
 def test_pretoken_cache_turns_off_on_distinct_words(tok_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     tok = load_tokenizer_file(tok_path)
-    monkeypatch.setattr("orchestrate_bloom.pretokens.JUDGE_AFTER", 50)
+    monkeypatch.setattr("orchestrate_bloom.data.pretokens.JUDGE_AFTER", 50)
     cache = PretokenCache(tok, enabled=True)
     common = ["the cat sat on the mat. " * 20] * 3
     assert _cache_ids(cache, common) == [tok.encode(common[0], add_special_tokens=False).ids] * 3
@@ -347,7 +347,8 @@ def test_pretoken_cache_refused_when_not_provably_exact(tok_path: Path,
     # (a prefix space before every text: the cache would put one before every pre-token)
     spaced = Tokenizer.from_str(tok.to_str())
     spaced.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
-    monkeypatch.setattr("orchestrate_bloom.data.is_plain_byte_level", lambda _tokenizer: True)
+    monkeypatch.setattr("orchestrate_bloom.data.prepare.is_plain_byte_level",
+                        lambda _tokenizer: True)
     _, cache = record_encoder(spaced, records)
     assert not cache.enabled
     np.testing.assert_array_equal(encode_records(spaced, records, 64, 2, None, cache)[0],

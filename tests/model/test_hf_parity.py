@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from orchestrate_bloom.ckpt.convert import read_hf_weights, read_safetensors
 from orchestrate_bloom.config import BloomConfig
-from orchestrate_bloom.convert import read_hf_weights, read_safetensors
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "bloom_ref"

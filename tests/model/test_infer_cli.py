@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from orchestrate_bloom.ckpt.convert import save_checkpoint_arrays
 from orchestrate_bloom.config import load_preset
-from orchestrate_bloom.convert import save_checkpoint_arrays
 
 REPO = Path(__file__).resolve().parents[2]
 PROMPT = "Give three tips for staying healthy."

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from orchestrate_bloom.ckpt.convert import hf_to_ours, load_checkpoint_arrays, read_hf_weights
 from orchestrate_bloom.config import BloomConfig
-from orchestrate_bloom.convert import hf_to_ours, load_checkpoint_arrays, read_hf_weights
 
 REPO = Path(__file__).resolve().parents[2]
 CASE = REPO / "tests" / "fixtures" / "bloom_ref" / "heads6"  # 6 heads: the per-head split shows
@@ -127,7 +127,7 @@ def test_ours_to_mindformers_and_back_is_bit_exact(tmp_path: Path) -> None:
 
 
 def test_wrong_shape_and_missing_parameter_are_named(mf_ckpt: Path, tmp_path: Path) -> None:
-    from orchestrate_bloom.convert import ConvertError
+    from orchestrate_bloom.ckpt.convert import ConvertError
 
     config = BloomConfig.from_hf(CASE)
     good = ckpt_arrays(mf_ckpt)

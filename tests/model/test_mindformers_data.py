@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from orchestrate_bloom.data_read import create_dataset, sample_length
+from orchestrate_bloom.data.read import create_dataset, sample_length
 
 from tests.model.test_train import env
 

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
+from orchestrate_bloom.data.train_tokenizer import DEFAULT_DATA, alpaca_texts, train_tokenizer
 from orchestrate_bloom.tokenizer import DEFAULT_TOKENIZER, TokenizerError, load_tokenizer
-from orchestrate_bloom.train_tokenizer import DEFAULT_DATA, alpaca_texts, train_tokenizer
 
 
 def test_shipped_tokenizer_has_bloom_special_ids_and_fits_tiny() -> None:

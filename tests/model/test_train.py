@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from orchestrate_bloom import checkpoint as ck
-from orchestrate_bloom.data import prepare
+from orchestrate_bloom.ckpt import layout as ck
+from orchestrate_bloom.data.prepare import prepare
 
 from tests.model.data_helpers import REPO, seed_records, tokenizer_file
 

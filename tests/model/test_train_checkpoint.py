@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from orchestrate_bloom import checkpoint as ck
+from orchestrate_bloom.ckpt import layout as ck
 from orchestrate_bloom.fileio import sha256_file
 
 LAYOUT = {"data_parallel": 2, "model_parallel": 1, "pipeline_stage": 1}
@@ -51,8 +51,8 @@ def test_truncated_or_manifestless_steps_are_not_complete(tmp_path: Path) -> Non
 
 
 def _node_cli(*args: str) -> dict[str, object]:
-    """`python -m orchestrate_bloom.checkpoint ...`, as `resume --exclude-node` runs it."""
-    run = subprocess.run([sys.executable, "-m", "orchestrate_bloom.checkpoint", *args],
+    """`python -m orchestrate_bloom.ckpt.layout ...`, as `resume --exclude-node` runs it."""
+    run = subprocess.run([sys.executable, "-m", "orchestrate_bloom.ckpt.layout", *args],
                          capture_output=True, text=True, timeout=60, check=True)
     doc: dict[str, object] = json.loads(run.stdout)
     return doc
@@ -79,7 +79,7 @@ def test_newest_step_complete_on_every_rank(tmp_path: Path) -> None:
 
 def test_trainer_resumes_from_its_newest_complete_step(tmp_path: Path) -> None:
     """agree_resume_step (single rank): the newest complete step not beyond train.steps."""
-    from orchestrate_bloom.train import Dist, Layout, agree_resume_step
+    from orchestrate_bloom.train.trainer import Dist, Layout, agree_resume_step
 
     for step in (10, 20, 30):
         _save(tmp_path, 0, step)
@@ -103,7 +103,7 @@ def test_adopt_copies_a_replica_for_renumbered_ranks(tmp_path: Path) -> None:
     assert ck.complete_steps(out, 2, new_layout) == [20]
     assert ck.read_manifest(out, 2, 20)["converted_from"] == {"rank": 0, "layout": LAYOUT}  # type: ignore[index]
     assert ck.complete_steps(out, 0, new_layout) == [20]
-    bad = subprocess.run([sys.executable, "-m", "orchestrate_bloom.checkpoint", "adopt",
+    bad = subprocess.run([sys.executable, "-m", "orchestrate_bloom.ckpt.layout", "adopt",
                           "--job-dir", str(tmp_path), "--step", "30", "--layout", "{}",
                           "--old-layout", "{}", "--pair", "1:0"],
                          capture_output=True, text=True, timeout=60, check=False)

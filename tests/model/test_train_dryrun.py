@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from orchestrate_bloom import checkpoint as ck
-from orchestrate_bloom import ckpt_tools, shard_plan
+from orchestrate_bloom.ckpt import layout as ck
+from orchestrate_bloom.ckpt import tools as ckpt_tools
+from orchestrate_bloom.train import shard_plan
 
 from tests.tools.dryrun import (
     TINY,

@@ -1,4 +1,4 @@
-"""The trainer's graceful stop (orchestrate_bloom/graceful.py): save at the step boundary,
+"""The trainer's graceful stop (orchestrate_bloom/train/graceful.py): save at the step boundary,
 exit 0, resume to the same final loss; on two workers the all-reduce makes a rank that never
 saw the request stop at the same step as the one that did.
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from orchestrate_bloom import checkpoint as ck
-from orchestrate_bloom import graceful
+from orchestrate_bloom.ckpt import layout as ck
+from orchestrate_bloom.train import graceful
 
 from tests.model.test_train import (  # noqa: F401 - data_dir: the module's fixture
     assert_cluster_ok,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from orchestrate_bloom.job import load_job
 from orchestrate_bloom.presets import SettingsError
+from orchestrate_bloom.train.job import load_job
 
 
 def _write(tmp_path: Path, text: str) -> Path:

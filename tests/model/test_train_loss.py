@@ -12,7 +12,7 @@ import pytest
 from mindspore import Tensor, ops
 from orchestrate_bloom.bloom import BloomLMHeadModel
 from orchestrate_bloom.config import BloomConfig
-from orchestrate_bloom.train_cells import CausalLMLoss
+from orchestrate_bloom.train.cells import CausalLMLoss
 
 
 @pytest.mark.slow  # two graph compiles: ~50 s on a loaded 2-core machine

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from orchestrate_bloom.schedule import lr_at, lr_schedule
+from orchestrate_bloom.train.schedule import lr_at, lr_schedule
 
 
 def test_warmup_is_linear_up_to_lr() -> None:

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import yaml
-from orchestrate_bloom.stages import layers_per_stage
+from orchestrate_bloom.train.stages import layers_per_stage
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -249,11 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     true_group_sizes(args.rank, args.world)
     from mindspore import Tensor
     from mindspore.common.api import _cell_graph_executor
-    from orchestrate_bloom import checkpoint as ck
-    from orchestrate_bloom.job import load_job
-    from orchestrate_bloom.schedule import lr_schedule
-    from orchestrate_bloom.train import Dist, fit_layout
-    from orchestrate_bloom.train_cells import AllReduceSum, build_cells
+    from orchestrate_bloom.ckpt import layout as ck
+    from orchestrate_bloom.train.cells import AllReduceSum, build_cells
+    from orchestrate_bloom.train.job import load_job
+    from orchestrate_bloom.train.schedule import lr_schedule
+    from orchestrate_bloom.train.trainer import Dist, fit_layout
 
     job = load_job(args.job, args.overrides)
     ms.set_context(mode=ms.GRAPH_MODE, device_target="Ascend")

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 import yaml
-from orchestrate_bloom import checkpoint as ck
-from orchestrate_bloom.data import prepare
+from orchestrate_bloom.ckpt import layout as ck
+from orchestrate_bloom.data.prepare import prepare
 
 from tests.model.data_helpers import seed_records, tokenizer_file
 from tests.model.test_train import run_cluster, write_job

@@ -3,8 +3,8 @@
     write_sharded(out_dir, full, dp=2, mp=2, pp=2, n_layer=4)
 
 Cut by the trainer's own rules, without compiling: each parameter is split across MP on the
-axis `orchestrate_bloom.shard_plan.mp_split_axis` names (row-parallel weights on axis 1, column
-parallel and the embedding on axis 0, LayerNorms and row-parallel biases replicated; the dry
+axis `orchestrate_bloom.train.shard_plan.mp_split_axis` names (row-parallel weights on axis 1,
+column parallel and the embedding on axis 0, LayerNorms and row-parallel biases replicated; the dry
 run checks that table against MindSpore's compiled layouts), block i lives on the stage
 `stages.stage_of_layers(layers_per_stage(n_layer, pp))[i]` says, the embeddings on stage 0
 and ln_f on the last. Rank r = stage * dp * mp + dp_index * mp + mp_index (MindSpore's device
@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-from orchestrate_bloom.shard_plan import mp_split_axis
-from orchestrate_bloom.stages import layers_per_stage, stage_of_layers
+from orchestrate_bloom.train.shard_plan import mp_split_axis
+from orchestrate_bloom.train.stages import layers_per_stage, stage_of_layers
 
 
 def _stage_of(name: str, blocks: list[int], pp: int) -> int:

@@ -1,4 +1,4 @@
-"""Ranks that share a node split its cores (issue #17 item 2): orchestrate_bloom.cpu_share and
+"""Ranks that share a node split its cores (issue #17 item 2): orchestrate_bloom.train.cpu_share and
 the launch script's ORCHESTRATE_LOCAL_RANK / ORCHESTRATE_LOCAL_RANKS.
 
     python -m pytest tests/unit/test_cpu_share.py -q
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from orchestrate_bloom.cpu_share import (
+from orchestrate_bloom.train.cpu_share import (
     Share,
     rank_share,
     share_from_env,
@@ -72,7 +72,7 @@ def test_launch_script_positions_reach_a_pinned_process(tmp_path: Path) -> None:
                         sched_port=23456, cluster_timeout=60, entrypoint=None, stop_grace=1)
     script = render_job(launch, plan, {"local": None}, None)["local"]["launch.sh"].text
     body = script[script.index("slot_env() {"):script.index("\n}\n", script.index("slot_env"))]
-    probe = ("from orchestrate_bloom.cpu_share import apply_from_env; import os; "
+    probe = ("from orchestrate_bloom.train.cpu_share import apply_from_env; import os; "
              "s = apply_from_env(); print(os.environ['OMP_NUM_THREADS'], "
              "sorted(os.sched_getaffinity(0)))")
     seen = []

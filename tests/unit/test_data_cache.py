@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from orchestrate_bloom import data_key
+from orchestrate_bloom.data import key as data_key
 
 from orchestrator.errors import JobError
 from orchestrator.job import dataset
@@ -107,7 +107,8 @@ def test_up_imports_neither_numpy_nor_mindspore(tmp_path: Path) -> None:
         "from orchestrator.cli.main import cli\n"
         f"res = CliRunner().invoke(cli, {args!r})\n"
         "assert res.exit_code == 0, res.output\n"
-        "print(' '.join(m for m in ('numpy', 'mindspore', 'orchestrate_bloom.data', 'tokenizers')"
+        "print(' '.join(m for m in ('numpy', 'mindspore', 'orchestrate_bloom.data.prepare',"
+        " 'tokenizers')"
         " if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,

@@ -47,7 +47,7 @@ def test_cold_then_warm_stage(tmp_path: Path) -> None:
     job = Path(cold.job_dir)
     assert cold.sent == len({f.sha256 for tr in trees for f in tr.files}) and cold.reused == 0
     assert (job / "launch.sh").read_text() == "echo hi 'quoted' $(not run)\n"
-    assert (job / "code" / "orchestrate_bloom" / "train.py").is_file()
+    assert (job / "code" / "orchestrate_bloom" / "train" / "trainer.py").is_file()
     assert (job / "data" / "mr" / "x.bin").read_bytes() == (data / "x.bin").read_bytes()
     assert (job / "env.sh").stat().st_mode & 0o777 == 0o600
     warm = stage_node(t, "j-2", str(work), trees, _rendered("v2\n"), {}, tmp_path)
@@ -55,8 +55,8 @@ def test_cold_then_warm_stage(tmp_path: Path) -> None:
     job2 = Path(warm.job_dir)
     assert (job2 / "launch.sh").read_text() == "v2\n"
     # the same inode: hard links from the node's tree cache, nothing copied
-    inode = (job / "code/orchestrate_bloom/train.py").stat().st_ino
-    assert (job2 / "code/orchestrate_bloom/train.py").stat().st_ino == inode
+    inode = (job / "code/orchestrate_bloom/train/trainer.py").stat().st_ino
+    assert (job2 / "code/orchestrate_bloom/train/trainer.py").stat().st_ino == inode
     again = stage_node(t, "j-2", str(work), trees, _rendered("v3\n"), {}, tmp_path)  # re-stage
     assert again.reused == 2 and (job2 / "launch.sh").read_text() == "v3\n"
 

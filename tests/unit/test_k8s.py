@@ -25,7 +25,7 @@ from orchestrator.config.presets import load_job_spec
 from orchestrator.errors import JobError, ManifestError
 from orchestrator.job.render import LaunchSpec, render_pod_launch
 from orchestrator.k8s.emit import emit, too_big_for_client_apply
-from orchestrator.k8s.manifests import CONFIG_DIR, JOB_DIR, K8sOptions, job_manifests
+from orchestrator.k8s.manifests import CONFIG_DIR, JOB_DIR, K8sOptions, job_manifests, resumed
 from orchestrator.k8s.schema import validate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,22 +122,37 @@ def _ascendjob() -> dict[str, Any]:
     return next(m for m in _manifests(ONE_NODE_8, "7.1b", "msrun") if m["kind"] == "AscendJob")
 
 
-@pytest.mark.parametrize("path,expect", [
-    (("spec", "replicaSpecs"), "spec: 'replicaSpecs' is a required property"),
-    (("spec", "replicaSpecs", "Worker", "template", "spec", "containers", 0, "name"),
-     "spec.replicaSpecs.Worker.template.spec.containers.0: 'name' is a required property"),
-    (("metadata", "name"), "metadata.name: a string is required"),
+_WORKER = ("spec", "replicaSpecs", "Worker", "template", "spec", "containers", 0)
+_TASK = ("spec", "tasks", 0, "template", "spec", "containers", 0)
+
+
+@pytest.mark.parametrize("inv,preset,mode,path,expect", [
+    (ONE_NODE_8, "7.1b", "msrun", ("spec", "replicaSpecs"),
+     "AscendJob 7-1b-abcd: spec: 'replicaSpecs' is a required property"),
+    (None, "65b", "msrun", (*_WORKER, "name"),
+     "AscendJob 65b-abcd: spec.replicaSpecs.Worker.template.spec.containers.0: 'name' is a "
+     "required property"),
+    (None, "65b", "msrun", ("metadata", "name"), "AscendJob ?: metadata.name: a string is "
+                                                 "required"),
+    (ONE_NODE_8, "7.1b", "ranktable", ("spec", "tasks", 0, "template", "spec", "containers"),
+     "Job 7-1b-abcd: spec.tasks.0.template.spec: 'containers' is a required property"),
+    (None, "65b", "ranktable", (*_TASK, "name"),
+     "Job 65b-abcd: spec.tasks.0.template.spec.containers.0: 'name' is a required property"),
 ])
-def test_missing_required_field_refused_nothing_written(tmp_path: Path, path: tuple[Any, ...],
-                                                        expect: str) -> None:
-    job = _ascendjob()
-    parent: Any = job
+def test_missing_required_field_refused_nothing_written(
+        tmp_path: Path, inv: str | None, preset: str, mode: str, path: tuple[Any, ...],
+        expect: str) -> None:
+    """7.1b on 8 devices and 65b on 96 devices, each job kind: a required field removed from
+    the generated job object is refused by the shipped schema, naming it; nothing written."""
+    manifests = _manifests(inv, preset, mode, job_id=f"{preset}-abcd")
+    validate(manifests[-1])  # as generated: valid
+    parent: Any = manifests[-1]
     for key in path[:-1]:
         parent = parent[key]
     del parent[path[-1]]
     with pytest.raises(ManifestError) as e:
-        emit([_manifests(ONE_NODE_8, "7.1b", "msrun")[0], job], tmp_path / "out")
-    assert expect in str(e.value) and str(e.value).startswith("AscendJob ")
+        emit(manifests, tmp_path / "out")
+    assert str(e.value).startswith(expect), str(e.value)
     assert not (tmp_path / "out").exists()
 
 
@@ -228,6 +243,24 @@ def test_msrun_pods_take_ranks_from_operator_env(tmp_path: Path) -> None:
         (again[0] / "ranks" / "0" / "stdout.log").read_text()
 
 
+def test_resumed_attempt_pods_run_resume(tmp_path: Path) -> None:
+    """A resumed attempt's job object (backends/k8s.py start(resume=True)): its pods run
+    `launch.sh run resume`, so every rank gets ORCHESTRATE_RESUME=1 (the trainer's --resume);
+    the first attempt's do not."""
+    inv = "defaults: {devices: 2, workdir: /w}\nhosts: [10.0.0.1]\n"
+    manifests = _manifests(inv, "tiny", "msrun", entrypoint='echo rank "$MS_NODE_ID" '
+                           '"${ORCHESTRATE_RESUME:-0}"')
+    operator = {"MS_SCHED_HOST": "s", "MS_SCHED_PORT": "2222", "MS_WORKER_NUM": "2",
+                "MS_LOCAL_WORKER": "2", "MS_NODE_RANK": "0", "MS_ROLE": "MS_WORKER"}
+    for attempt, job in (("first", manifests[-1]), ("again", resumed(manifests[-1]))):
+        pod = _pod(tmp_path / attempt, [manifests[0], job], "worker")
+        done = _run(pod, operator)
+        assert done.returncode == 0, done.stdout + done.stderr
+        flag = "1" if attempt == "again" else "0"
+        assert _rank_lines(pod[0]) == [f"rank 0 {flag}", f"rank 1 {flag}"]
+        assert f"[1] rank 1 {flag}" in done.stdout.splitlines()
+
+
 def test_ranktable_pod_waits_for_completed_table(tmp_path: Path) -> None:
     table = tmp_path / "table"
     table.mkdir()
@@ -239,7 +272,7 @@ def test_ranktable_pod_waits_for_completed_table(tmp_path: Path) -> None:
         d.mkdir(parents=True)
         (d / "launch.sh").write_text(text)
     (table / "hccl.json").write_text('{"status":"initializing"}')
-    foreground = "exec bash launch.sh foreground"
+    foreground = "exec bash launch.sh run"
     assert _run((early, f"cd {early}; {foreground}"), {"VC_TASK_INDEX": "1"}).returncode == 1
     assert "hccl.json not completed after 1 s" in (early / "ranks/0/stdout.log").read_text()
     (table / "hccl.json").write_text('{"status": "completed", "server_list": []}')
@@ -279,37 +312,6 @@ def test_cli_emit_and_its_errors(tmp_path: Path) -> None:
     assert len(list(out.iterdir())) == 2  # the refused runs wrote nothing
 
 
-def test_apply_path_errors_in_one_line(tmp_path: Path) -> None:
-    """The live path as far as it goes without a cluster: the kubeconfig is read, the first
-    create reaches the configured server (nothing listens: one line naming the object), no
-    k8s.json is left; `status` and `down` of an applied job ask the API (same one-line error)."""
-    pytest.importorskip("kubernetes")
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "c",
-        "clusters": [{"name": "k", "cluster": {"server": "http://127.0.0.1:9"}}],
-        "users": [{"name": "u", "user": {"token": "t"}}],
-        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}]}))
-    state = tmp_path / "state"
-    res = CliRunner().invoke(cli, [
-        "up", "--backend", "k8s", "-i", "inventories/local.yaml", "-c", "tiny", "--set",
-        "data.path=/data/mr", "--image", "r/b:1", "--volume", "c", "--kubeconfig",
-        str(kubeconfig), "--state-dir", str(state)])
-    assert res.exit_code == 1
-    (line,) = res.output.splitlines()
-    assert line.startswith("Error: creating ConfigMap tiny-") and "-files: " in line
-    assert not list(state.glob("jobs/*/k8s.json"))
-    job_dir = state / "jobs" / "tiny-abcd"
-    job_dir.mkdir(parents=True)
-    (job_dir / "k8s.json").write_text(json.dumps({
-        "job_id": "tiny-abcd", "namespace": "default", "api_version": "mindxdl.gitee.com/v1",
-        "kind": "AscendJob", "name": "tiny-abcd", "kubeconfig": str(kubeconfig)}))
-    for cmd in (["status"], ["down"], ["logs"]):
-        res = CliRunner().invoke(cli, [*cmd, "tiny-abcd", "--state-dir", str(state)])
-        assert res.exit_code == 1 and len(res.output.splitlines()) == 1, res.output
-        assert "AscendJob tiny-abcd" in res.output
-
-
 def test_pod_sigterm_stops_every_rank(tmp_path: Path) -> None:
     """Kubernetes deletes a pod with SIGTERM to its main process: the ranks are stopped, the
     container exits non-zero, no rank process is left."""
@@ -321,7 +323,7 @@ def test_pod_sigterm_stops_every_rank(tmp_path: Path) -> None:
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "MS_SCHED_HOST": "s",
            "MS_SCHED_PORT": "1", "MS_WORKER_NUM": "4", "MS_LOCAL_WORKER": "2",
            "MS_NODE_RANK": "1"}
-    proc = subprocess.Popen(["bash", str(job_dir / "launch.sh"), "foreground"], env=env,
+    proc = subprocess.Popen(["bash", str(job_dir / "launch.sh"), "run"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             stdin=subprocess.DEVNULL)
     try:

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from orchestrate_bloom.job import load_job
 from orchestrate_bloom.presets import SettingsError
+from orchestrate_bloom.train.job import load_job
 
 from orchestrator.config.inventory import parse_inventory
 from orchestrator.config.plan import build_plan

@@ -117,7 +117,7 @@ def test_65b_ranktable_every_rank_env_and_command_line(tmp_path: Path) -> None:
                            "RANK_TABLE_FILE": f"{job_dir}/rank_table.json",
                            "MINDSPORE_HCCL_CONFIG_PATH": f"{job_dir}/rank_table.json",
                            "ASCEND_GLOBAL_LOG_LEVEL": "3",
-                           # the rank's share of the node's cores (orchestrate_bloom.cpu_share)
+                           # the rank's core share (orchestrate_bloom.train.cpu_share)
                            "ORCHESTRATE_LOCAL_RANK": str(local),
                            "ORCHESTRATE_LOCAL_RANKS": "8"}, (host, rank)
 

@@ -2,7 +2,7 @@
 
     python -m pytest -q tests/unit/test_resumed.py
 
-One source for `resumed_step` (model/checkpoint.py record_resumed / parse_resumed): data in
+One source for `resumed_step` (model/ckpt/layout.py record_resumed / parse_resumed): data in
 `ranks/<r>/resumed.json`, never a pattern grepped out of a log.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from orchestrate_bloom import checkpoint as ck
+from orchestrate_bloom.ckpt import layout as ck
 
 
 def test_record_then_parse_round_trip(tmp_path: Path) -> None:

@@ -135,7 +135,8 @@ def test_cancelled_record_stays_cancelled() -> None:
     assert verdict(_record(JobStatus.CANCELLED), job, _reports(DONE, DONE)) is None
 
 
-def test_k8s_backend_cannot_start_jobs_here() -> None:
-    assert get_backend("slurm").name == "slurm" and get_backend("ssh").name == "ssh"
-    with pytest.raises(JobError, match="k8s"):
-        get_backend("k8s")
+def test_backends_by_name() -> None:
+    assert [get_backend(n).name for n in ("ssh", "slurm", "k8s")] == ["ssh", "slurm", "k8s"]
+    with pytest.raises(JobError, match=r"backend 'pbs' cannot run jobs from here \(backends: "
+                                       r"ssh, slurm, k8s\)"):
+        get_backend("pbs")

@@ -1,13 +1,13 @@
-"""The one layer split (orchestrate_bloom.stages): plan, job.yaml and the trainer agree."""
+"""The one layer split (orchestrate_bloom.train.stages): plan, job.yaml and the trainer agree."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from orchestrate_bloom import train
-from orchestrate_bloom.job import load_job
-from orchestrate_bloom.stages import (
+from orchestrate_bloom.train import trainer as train
+from orchestrate_bloom.train.job import load_job
+from orchestrate_bloom.train.stages import (
     SplitError,
     check_split,
     layers_per_stage,

@@ -52,7 +52,7 @@ def test_failure_reason_last_error_line_else_last_line_else_exit_code() -> None:
 def test_checkpoint_tool_speaks_the_protocol(tmp_path: Path) -> None:
     """The real node tool, run as the control plane runs it, read by the one reader."""
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "orchestrate_bloom.checkpoint", *args],
+        return subprocess.run([sys.executable, "-m", "orchestrate_bloom.ckpt.layout", *args],
                               capture_output=True, text=True, timeout=60)
 
     layout = '{"data_parallel": 1, "model_parallel": 1, "pipeline_stage": 1}'

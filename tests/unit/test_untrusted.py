@@ -11,7 +11,7 @@ import json
 import time
 
 import pytest
-from orchestrate_bloom import checkpoint as ck
+from orchestrate_bloom.ckpt import layout as ck
 from rich.console import Console
 
 from orchestrator.ckpt.select import parse_listing

@@ -1,4 +1,5 @@
-"""Crafted weight files, built here, against the hardened readers (orchestrate_bloom.weights_safe).
+"""Crafted weight files, built here, against the hardened readers
+(orchestrate_bloom.ckpt.weights_safe).
 
     python -m pytest tests/unit/test_weights_safe.py -q
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from orchestrate_bloom.weights_safe import (
+from orchestrate_bloom.ckpt.weights_safe import (
     ConvertError,
     index_shards,
     read_safetensors,
@@ -161,7 +162,7 @@ def test_index_shards_stay_in_the_model_folder(tmp_path: Path) -> None:
 def test_a_manifest_model_section_cannot_size_a_huge_model(tmp_path: Path) -> None:
     """The model section of a node's manifest sizes the load check's model: it must fit the
     checkpoint's bytes before anything is built (issue 14 item 10)."""
-    from orchestrate_bloom import ckpt_tools
+    from orchestrate_bloom.ckpt import tools as ckpt_tools
     from orchestrate_bloom.config import BloomConfig
 
     ckpt = tmp_path / "m.ckpt"

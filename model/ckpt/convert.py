@@ -1,16 +1,17 @@
 """Convert Bloom weights between HF transformers and our MindSpore checkpoint, both ways.
 
-    python -m orchestrate_bloom.convert --hf DIR --out bloom.ckpt
-    python -m orchestrate_bloom.convert --to-hf --ckpt bloom.ckpt --config tiny --out DIR
-    python -m orchestrate_bloom.convert --to-hf --ckpt bloom.ckpt --hf-config config.json --out DIR
+    python -m orchestrate_bloom.ckpt.convert --hf DIR --out bloom.ckpt
+    python -m orchestrate_bloom.ckpt.convert --to-hf --ckpt bloom.ckpt --config tiny --out DIR
+    python -m orchestrate_bloom.ckpt.convert --to-hf --ckpt bloom.ckpt --hf-config config.json \
+        --out DIR
 
 DIR holds `config.json` and `model.safetensors` (or a sharded `model.safetensors.index.json`, or
 `pytorch_model.bin`). HF names may carry the `transformer.` prefix or not; `lm_head.weight` is
 optional (it is tied to the word embeddings). Every name goes through NAME_MAP/LAYER_NAME_MAP;
 unknown or missing tensors and shape mismatches are errors naming them. `.bin` files are read
 without torch (a restricted unpickler that only rebuilds tensors); every reader checks offsets,
-shapes, strides, dtypes and shard names against the file (model/weights_safe.py). `--to-hf` writes
-`config.json` + `model.safetensors` the way HF's save_pretrained does (no lm_head).
+shapes, strides, dtypes and shard names against the file (model/ckpt/weights_safe.py).
+`--to-hf` writes `config.json` + `model.safetensors` the way HF's save_pretrained does (no lm_head).
 Values are copied, never recomputed: HF -> ours -> HF is bit-exact.
 """
 
@@ -26,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import BloomConfig, ConfigError, load_preset
-from .fileio import atomic_target
+from ..config import BloomConfig, ConfigError, load_preset
+from ..fileio import atomic_target
 from .weights_safe import (  # noqa: F401 - ConvertError is this module's error too
     ConvertError,
     index_shards,
@@ -177,7 +178,7 @@ def load_checkpoint_arrays(path: str | Path, config: BloomConfig) -> dict[str, n
     except (RuntimeError, ValueError, OSError, TypeError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConvertError(f"{path}: cannot read checkpoint: {reason}") from e
-    from . import mindformers_ckpt  # imports this module
+    from . import mindformers as mindformers_ckpt  # imports this module
 
     if mindformers_ckpt.is_mindformers(params):  # MindFormers' names: mapped there
         return mindformers_ckpt.from_checkpoint(params, config, str(path))[0]
@@ -246,7 +247,7 @@ def convert_ckpt_to_hf(ckpt: str | Path, config: BloomConfig, out_dir: str | Pat
 # ---------------------------------------------------------------------------- command line
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m orchestrate_bloom.convert",
+    parser = argparse.ArgumentParser(prog="python -m orchestrate_bloom.ckpt.convert",
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hf", type=Path, help="HF model folder to read (default direction).")

@@ -2,14 +2,14 @@
 
 The control plane (orchestrator/) never imports mindspore; it runs these instead:
 
-    python -m orchestrate_bloom.ckpt_tools merge-strategies --src DIR --out FILE
-    python -m orchestrate_bloom.ckpt_tools needed-ranks --strategy FILE \
+    python -m orchestrate_bloom.ckpt.tools merge-strategies --src DIR --out FILE
+    python -m orchestrate_bloom.ckpt.tools needed-ranks --strategy FILE \
         [--dst-strategy FILE [--all-dst]]
-    python -m orchestrate_bloom.ckpt_tools strip --src IN.ckpt --out OUT.ckpt [--src ... --out ...]
+    python -m orchestrate_bloom.ckpt.tools strip --src IN.ckpt --out OUT.ckpt [--src ... --out ...]
         [--keep-optimizer]
-    python -m orchestrate_bloom.ckpt_tools transform --src-map JSON --strategy FILE --out OUT.ckpt
+    python -m orchestrate_bloom.ckpt.tools transform --src-map JSON --strategy FILE --out OUT.ckpt
         [--dst-strategy FILE] [--rank 0]
-    python -m orchestrate_bloom.ckpt_tools check --ckpt FILE (--preset NAME | --model-json JSON)
+    python -m orchestrate_bloom.ckpt.tools check --ckpt FILE (--preset NAME | --model-json JSON)
 
 Every subcommand prints one JSON object on stdout (the control plane parses it) and exits 0,
 or prints one line `error: ...` on stderr and exits 1. Output files are written to a temp
@@ -25,10 +25,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .ckpt_strategy import merge_strategies, needed_ranks
-from .ckpt_transform import transform
-from .fileio import atomic_target
-from .tool_io import ToolError, peak_rss_bytes, tool_main
+from ..fileio import atomic_target
+from ..tool_io import ToolError, peak_rss_bytes, tool_main
+from .strategy import merge_strategies, needed_ranks
+from .transform import transform
 
 OPTIMIZER_PREFIXES = (
     "adam_m.",
@@ -60,7 +60,7 @@ def is_training_state(name: str) -> bool:
 
 def strip(src: Path, out: Path, keep_optimizer: bool = False) -> dict[str, Any]:
     """Copy `src` to `out` without optimizer state, record by record (one block in memory)."""
-    from . import ckpt_stream
+    from . import stream as ckpt_stream
 
     try:
         entries = ckpt_stream.scan(src)
@@ -126,7 +126,7 @@ def compare_params(
 
 
 def _config(preset: str | None, model_json: str | None) -> Any:
-    from .config import BloomConfig, load_preset
+    from ..config import BloomConfig, load_preset
 
     if model_json:
         return BloomConfig.from_dict(json.loads(model_json), "the manifests' model section")
@@ -137,7 +137,7 @@ def _config(preset: str | None, model_json: str | None) -> Any:
 
 def bloom_factory(config: Any) -> tuple[Any, dict[str, tuple[int, ...]]]:
     """BloomLMHeadModel(config) and its parameter shapes by name."""
-    from .bloom import BloomLMHeadModel
+    from ..bloom import BloomLMHeadModel
 
     net = BloomLMHeadModel(config)
     return net, {p.name: tuple(p.shape) for p in net.get_parameters()}
@@ -145,7 +145,7 @@ def bloom_factory(config: Any) -> tuple[Any, dict[str, tuple[int, ...]]]:
 
 def model_shapes(model: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     """Parameter names and shapes of BloomLMHeadModel for a model section."""
-    from .config import BloomConfig
+    from ..config import BloomConfig
 
     return BloomConfig.from_dict(dict(model), "model").parameter_shapes()
 
@@ -178,7 +178,7 @@ def check(
     """
     import numpy as np
 
-    from . import ckpt_stream
+    from . import stream as ckpt_stream
 
     _refuse_oversized_model(ckpt, config)
     try:
@@ -227,7 +227,7 @@ def _check_loaded(ckpt: Path, config: Any, model_factory: Callable[[Any], Any]) 
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m orchestrate_bloom.ckpt_tools", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m orchestrate_bloom.ckpt.tools", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("merge-strategies", help="merge per-rank strategy files")
     m.add_argument("--src", type=Path, required=True, help="folder of ckpt_strategy_rank_*.ckpt")

@@ -34,10 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from .data_key import DEFAULT_TOKENIZER
-from .data_read import FILE_STEM, DataError
+from ..prompts import prompt_of
+from .key import DEFAULT_TOKENIZER
 from .pretokens import Key, PretokenCache, is_plain_byte_level
-from .prompts import prompt_of
+from .read import FILE_STEM, DataError
 from .template_ids import TemplateIds, _plain_edges, template_ids
 
 SUMMARY_FILE = "summary.json"

@@ -1,5 +1,5 @@
 """Reassemble sharded rank checkpoints into one device's checkpoint
-(`python -m orchestrate_bloom.ckpt_tools transform ...`): a streamed one-parameter-at-a-time
+(`python -m orchestrate_bloom.ckpt.tools transform ...`): a streamed one-parameter-at-a-time
 path for the layouts it can read, MindSpore's transform for the rest."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .ckpt_strategy import needed_ranks
-from .fileio import atomic_target
-from .tool_io import ToolError, peak_rss_bytes
+from ..fileio import atomic_target
+from ..tool_io import ToolError, peak_rss_bytes
+from .strategy import needed_ranks
 
 
 def transform(
@@ -61,7 +61,7 @@ def _layouts(strategy: Path) -> dict[str, tuple[int, tuple[int, ...], tuple[int,
 
     from mindspore.train import node_strategy_pb2 as pb
 
-    from .ckpt_stream import UnsupportedCkpt
+    from .stream import UnsupportedCkpt
 
     smap = pb.ParallelStrategyMap()
     smap.ParseFromString(strategy.read_bytes())
@@ -89,7 +89,7 @@ def _stream_transform(src_map: Mapping[int, Path], strategy: Path, out: Path) ->
     """
     import numpy as np
 
-    from .ckpt_stream import CkptWriter, UnsupportedCkpt, iter_entries, raw_dtype, scan
+    from .stream import CkptWriter, UnsupportedCkpt, iter_entries, raw_dtype, scan
 
     try:
         layouts = _layouts(strategy)
@@ -155,7 +155,7 @@ def _read_slices(array: Any, holder: Mapping[Any, int], entry: Any, scans: Mappi
     array when the region is contiguous); why not when a rank lacks it."""
     import numpy as np
 
-    from .ckpt_stream import read_into
+    from .stream import read_into
 
     for idx, rank in holder.items():
         part = scans[rank].get(entry.name)

@@ -1,4 +1,4 @@
-"""Reading prepared MindRecord data back: what the trainer reads (split out of data.py).
+"""Reading prepared MindRecord data back: what the trainer reads (split out of prepare.py).
 
     files = data_files(Path("data/alpaca"))         # our alpaca.mindrecord*, or any *.mindrecord
     dataset = create_dataset(Path("data/alpaca"), batch_size=8, num_shards=2, shard_id=0)

@@ -1,11 +1,11 @@
 """THE graceful-stop request: a file in the job folder the trainer polls at every step.
 
-    python -m orchestrate_bloom.graceful request JOB_DIR    # ask the job's ranks to stop
-    python -m orchestrate_bloom.graceful show JOB_DIR       # prints 1 if requested, else 0
+    python -m orchestrate_bloom.train.graceful request JOB_DIR    # ask the job's ranks to stop
+    python -m orchestrate_bloom.train.graceful show JOB_DIR       # prints 1 if requested, else 0
 
 MindSpore's OnRequestExit semantics (MS_ENABLE_GRACEFUL_EXIT): a JSON file holding
 {"GracefulExit": 1} asks every rank to save a checkpoint at the next step boundary and exit 0
-together. The trainer (train.py) reads it after every step; on several ranks the flag is
+together. The trainer (trainer.py) reads it after every step; on several ranks the flag is
 summed with an all-reduce, so every rank stops at the same step even when only some of them
 saw the file yet. `orchestrate down --save` writes the file through `launch.sh request-stop`
 (orchestrator/job/graceful.py), which takes the name and the body from here; `launch.sh start
@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .fileio import write_atomic
+from ..fileio import write_atomic
 
 STOP_FILE = "stop_request.json"  # in the job folder (the folder of job.yaml)
 STOP_BODY = '{"GracefulExit": 1}'  # OnRequestExit's content
@@ -62,8 +62,8 @@ def agreed(path: Path, reduce: Callable[[Sequence[float]], Any] | None) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m orchestrate_bloom.graceful request|show JOB_DIR` (see module docstring)."""
-    parser = argparse.ArgumentParser(prog="python -m orchestrate_bloom.graceful")
+    """`python -m orchestrate_bloom.train.graceful request|show JOB_DIR` (see module docstring)."""
+    parser = argparse.ArgumentParser(prog="python -m orchestrate_bloom.train.graceful")
     parser.add_argument("cmd", choices=("request", "show"))
     parser.add_argument("job_dir", type=Path)
     args = parser.parse_args(argv)

@@ -1,8 +1,8 @@
 """Parallel strategy files for collect-ckpt: merge the pipeline stages' files and find the ranks
 whose shards a transform needs.
 
-    python -m orchestrate_bloom.ckpt_tools merge-strategies --src DIR --out FILE
-    python -m orchestrate_bloom.ckpt_tools needed-ranks --strategy FILE
+    python -m orchestrate_bloom.ckpt.tools merge-strategies --src DIR --out FILE
+    python -m orchestrate_bloom.ckpt.tools needed-ranks --strategy FILE
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .fileio import write_atomic
-from .tool_io import ToolError
+from ..fileio import write_atomic
+from ..tool_io import ToolError
 
 
 def _read_strategy(path: Path) -> Any:

@@ -55,18 +55,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import checkpoint as ck
-from . import cpu_share, graceful, mindformers_ckpt
-from .convert import ConvertError
-from .data_read import DataError, create_dataset, has_column, sample_length
+from ..ckpt import layout as ck
+from ..ckpt import mindformers as mindformers_ckpt
+from ..ckpt.convert import ConvertError
+from ..data.read import DataError, create_dataset, has_column, sample_length
+from ..presets import SettingsError
+from . import cpu_share, graceful
 from .job import Job, load_job
-from .presets import SettingsError
 from .schedule import lr_schedule
 from .stages import SplitError, resolve_split, stage_of_layers
 from .steplog import StepLogger
 
 if TYPE_CHECKING:
-    from .train_cells import AllReduceSum
+    from .cells import AllReduceSum
 
 
 class TrainError(RuntimeError):
@@ -231,7 +232,7 @@ def train(job: Job, resume: bool, t0: float) -> int:
     """Run the job in this (already role-checked) worker process; 0 when finished."""
     import mindspore as ms
 
-    from .train_cells import AllReduceSum, build_cells
+    from .cells import AllReduceSum, build_cells
 
     t = job.train
     dist = init_distributed(t["device_target"])

@@ -11,8 +11,8 @@ or a truncated file) is skipped. The trainer, `collect-ckpt` (orchestrator/ckpt/
 `resume --exclude-node` use these names and rules; on a node the last runs, from the staged
 code (standard library only):
 
-    python -m orchestrate_bloom.checkpoint steps --job-dir DIR --layout JSON --rank R ...
-    python -m orchestrate_bloom.checkpoint adopt --job-dir DIR --step S --layout JSON \
+    python -m orchestrate_bloom.ckpt.layout steps --job-dir DIR --layout JSON --rank R ...
+    python -m orchestrate_bloom.ckpt.layout adopt --job-dir DIR --step S --layout JSON \
         --old-layout JSON --pair NEW:SRC ...
 
 `steps` prints {"<rank>": [complete steps]}; `adopt` gives rank NEW a copy of rank SRC's
@@ -32,8 +32,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path, PurePath
 from typing import Any, TypeVar
 
-from .fileio import atomic_target, sha256_file, write_atomic
-from .tool_io import tool_main
+from ..fileio import atomic_target, sha256_file, write_atomic
+from ..tool_io import tool_main
 
 CKPT_RE = re.compile(r"^bloom_rank_([0-9]{1,9})-([0-9]{1,9})\.ckpt\Z")
 MANIFEST_RE = re.compile(r"^bloom_rank_([0-9]{1,9})-([0-9]{1,9})\.json\Z")
@@ -212,8 +212,8 @@ def _pair(text: str) -> tuple[int, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m orchestrate_bloom.checkpoint` (see module docstring)."""
-    parser = argparse.ArgumentParser(prog="python -m orchestrate_bloom.checkpoint",
+    """`python -m orchestrate_bloom.ckpt.layout` (see module docstring)."""
+    parser = argparse.ArgumentParser(prog="python -m orchestrate_bloom.ckpt.layout",
                                      description="A job's checkpoints on this node.")
     sub = parser.add_subparsers(dest="cmd", required=True)
     st = sub.add_parser("steps", help="complete steps of the given ranks")

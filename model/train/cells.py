@@ -3,7 +3,7 @@ Megatron-style shard strategies and the compiled all-reduce.
 
     model, step_cell = build_cells(job, layout, dist, use_mask, lrs, strategy_file)
 
-Imported by train.py only once a worker trains (this module imports MindSpore), and by the
+Imported by trainer.py only once a worker trains (this module imports MindSpore), and by the
 compile-only dry run (tests/tools/dryrun.py).
 """
 
@@ -19,7 +19,7 @@ from mindspore import Tensor, nn, ops
 
 from . import shard_plan
 from .job import Job
-from .train import Dist, Layout, block_stages
+from .trainer import Dist, Layout, block_stages
 
 
 class CausalLMLoss(nn.Cell):
@@ -92,8 +92,8 @@ class TrainStep(nn.TrainOneStepCell):
 def build_cells(job: Job, layout: Layout, dist: Dist, use_mask: bool, start_lrs: np.ndarray,
                 strategy_file: Path | None) -> tuple[Any, Any]:
     """The model and its train-step cell (loss, grads, DP reduce, clip, AdamWeightDecay)."""
-    from .bloom import BloomLMHeadModel
-    from .config import BloomConfig
+    from ..bloom import BloomLMHeadModel
+    from ..config import BloomConfig
 
     values = dict(job.model)
     if job.train["device_target"] == "CPU":

@@ -19,12 +19,14 @@ from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 
-from .fileio import sha256_file
+from ..fileio import sha256_file
 
-HERE = Path(__file__).resolve().parent
-DEFAULT_TOKENIZER = HERE / "assets" / "tokenizer.json"
-PREPARE_CODE = ("data.py", "pretokens.py", "data_key.py", "prompts.py", "template_ids.py")
-"""Modules of this package whose source decides the prepared bytes (templates: prompts.py)."""
+PACKAGE = Path(__file__).resolve().parents[1]  # the orchestrate_bloom folder
+DEFAULT_TOKENIZER = PACKAGE / "assets" / "tokenizer.json"
+PREPARE_CODE = ("data/prepare.py", "data/pretokens.py", "data/key.py", "prompts.py",
+                "data/template_ids.py")
+"""Modules of the package (paths from its folder) whose source decides the prepared bytes
+(templates: prompts.py)."""
 KEY_FORMAT = 1  # bump when the meaning of the fields below changes
 
 
@@ -34,7 +36,7 @@ def code_version() -> str:
     h = hashlib.sha256()
     for name in PREPARE_CODE:
         h.update(name.encode() + b"\0")
-        h.update((HERE / name).read_bytes())
+        h.update((PACKAGE / name).read_bytes())
     return h.hexdigest()
 
 

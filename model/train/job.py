@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .presets import SECTIONS, SettingsError, apply_override, defaults, merge_file, read_yaml
+from ..presets import SECTIONS, SettingsError, apply_override, defaults, merge_file, read_yaml
 
 
 @dataclass(frozen=True)

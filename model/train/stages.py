@@ -1,6 +1,6 @@
 """The pipeline-stage layer split: which transformer blocks each pipeline stage holds.
 
-    from orchestrate_bloom.stages import layers_per_stage, resolve_split, stage_of_layers
+    from orchestrate_bloom.train.stages import layers_per_stage, resolve_split, stage_of_layers
     layers_per_stage(70, 16)   # [5, 5, 5, 5, 5, 5, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4]
     stage_of_layers([2, 1])    # [0, 0, 1]: block i runs on stage stage_of_layers(...)[i]
 

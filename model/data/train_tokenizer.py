@@ -1,7 +1,8 @@
 """Train the small byte-level BPE tokenizer shipped as model/assets/tokenizer.json.
 
-    python -m orchestrate_bloom.train_tokenizer        # rebuild the shipped file
-    python -m orchestrate_bloom.train_tokenizer --data alpaca.json --vocab-size 1000 --out tok.json
+    python -m orchestrate_bloom.data.train_tokenizer        # rebuild the shipped file
+    python -m orchestrate_bloom.data.train_tokenizer --data alpaca.json --vocab-size 1000 \
+        --out tok.json
 
 The text is every instruction, input and output of an Alpaca-format JSON list (default: the
 175 Alpaca seed tasks, CC BY-NC 4.0, which we may ship). Special tokens take Bloom's ids:
@@ -18,10 +19,11 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from .fileio import atomic_target
+from ..fileio import atomic_target
 
-DEFAULT_DATA = Path(__file__).resolve().parent / "assets" / "alpaca_seed_tasks.json"
-DEFAULT_OUT = Path(__file__).resolve().parent / "assets" / "tokenizer.json"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"  # orchestrate_bloom/assets
+DEFAULT_DATA = ASSETS / "alpaca_seed_tasks.json"
+DEFAULT_OUT = ASSETS / "tokenizer.json"
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]  # ids 0, 1, 2, 3 as in Bloom
 
 
@@ -54,7 +56,7 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> Tokenizer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m orchestrate_bloom.train_tokenizer",
+    parser = argparse.ArgumentParser(prog="python -m orchestrate_bloom.data.train_tokenizer",
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Alpaca-format JSON.")

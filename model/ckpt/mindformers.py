@@ -1,7 +1,7 @@
 """MindFormers Bloom parameter names <-> ours, and the two-way checkpoint conversion.
 
-    python -m orchestrate_bloom.mindformers_ckpt --mindformers MF.ckpt --config tiny --out OURS.ckpt
-    python -m orchestrate_bloom.mindformers_ckpt --to-mindformers --ckpt OURS.ckpt \
+    python -m orchestrate_bloom.ckpt.mindformers --mindformers MF.ckpt --config tiny --out OURS.ckpt
+    python -m orchestrate_bloom.ckpt.mindformers --to-mindformers --ckpt OURS.ckpt \
         --hf-config config.json --out MF.ckpt
 
 (what `orchestrate convert-weights --mindformers / --to-mindformers` runs). MindFormers names
@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import BloomConfig, ConfigError, load_preset
+from ..config import BloomConfig, ConfigError, load_preset
 from .convert import ConvertError, load_checkpoint_arrays, save_checkpoint_arrays
 
 ANCHOR = "transformer.embedding.word_embedding.embedding_table"
@@ -171,7 +171,7 @@ def read_mindformers(path: Path, config: BloomConfig) -> tuple[dict[str, np.ndar
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; known errors become one line on stderr and exit code 1."""
-    parser = argparse.ArgumentParser(prog="python -m orchestrate_bloom.mindformers_ckpt",
+    parser = argparse.ArgumentParser(prog="python -m orchestrate_bloom.ckpt.mindformers",
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     way = parser.add_mutually_exclusive_group(required=True)

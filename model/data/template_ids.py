@@ -4,7 +4,7 @@
     texts, plan = _prompt_plan(records, tids)       # what to encode
     prompts = _assemble(plan, encoded_texts, tids)  # each record's prompt ids
 
-Split out of data.py; the templates themselves live in prompts.py.
+Split out of prepare.py; the templates themselves live in prompts.py.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..prompts import PROMPT_NO_INPUT, PROMPT_WITH_INPUT, prompt_of
 from .pretokens import is_plain_byte_level
-from .prompts import PROMPT_NO_INPUT, PROMPT_WITH_INPUT, prompt_of
 
 
 @dataclass(frozen=True)
