@@ -88,7 +88,7 @@ def latest(state: Path) -> dict:
 
 
 PHASES = {"phase", "startup", "plan", "check", "ranktable", "data", "render", "connect",
-          "stage", "start", "guard", "other", "total"}
+          "stage", "start", "launch", "guard", "other", "total"}
 
 
 @dataclass(frozen=True)

@@ -111,6 +111,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads.")
     parser.add_argument("--ms-threads", type=int,
                         help="MindSpore CPU kernel threads (default: MindSpore's own, 25).")
+    parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=list(CONFIGS),
+                        help="Which shapes to run (default: all).")
     args = parser.parse_args()
     import mindspore as ms
     import torch
@@ -121,7 +123,8 @@ def main() -> None:
     print(f"CPU, fp32, median of {args.steps} timed steps after {args.warmup} warm-up; tokens/step"
           f" = batch x seq; torch threads {args.threads}, MindSpore threads "
           f"{args.ms_threads or 'default (25)'}; load average {os.getloadavg()[0]:.1f}")
-    for name, cfg in CONFIGS.items():
+    for name in args.configs:
+        cfg = CONFIGS[name]
         mine, theirs = ours(cfg, args.steps + args.warmup), reference(cfg)
         for _ in range(args.warmup):  # compile / allocate
             mine()

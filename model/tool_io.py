@@ -6,6 +6,7 @@ points (train, infer, data, convert) end their failures with the same `error:` l
 
     return tool_main(lambda: run(args), (OSError, ValueError))          # a tool's main()
     result = read_result(proc.stdout, proc.stderr, proc.returncode)     # whoever ran it
+    result = transport.tool_answer(res, what)     # a node's answer (orchestrator/remote/)
     reason = failure_reason(proc.stderr, proc.returncode)               # any entry point
 
 Standard library only: the control plane (orchestrator/) reads with the same module the
@@ -61,8 +62,10 @@ def failure_reason(stderr: str, returncode: int) -> str:
     return lines[-1] if lines else f"exit {returncode}"
 
 
-def read_result(stdout: str, stderr: str, returncode: int) -> dict[str, Any]:
-    """A tool's JSON result (the last stdout line).
+def read_result(stdout: str, stderr: str, returncode: int,
+                loads: Callable[[str], Any] = json.loads) -> dict[str, Any]:
+    """A tool's JSON result (the last stdout line, parsed by `loads`: the control plane passes
+    its depth-limited reader for a node's answer, orchestrator.remote.transport.tool_answer).
 
     Raises:
         ToolFailure: non-zero exit (the reason from failure_reason), or no JSON object.
@@ -71,8 +74,8 @@ def read_result(stdout: str, stderr: str, returncode: int) -> dict[str, Any]:
         raise ToolFailure(failure_reason(stderr, returncode))
     lines = stdout.strip().splitlines()
     try:
-        doc = json.loads(lines[-1])
-    except (IndexError, json.JSONDecodeError, RecursionError):  # a node's deep `[[[[...`
+        doc = loads(lines[-1])
+    except (IndexError, ValueError, RecursionError):  # JSONDecodeError, a deep `[[[[...`
         doc = None
     if not isinstance(doc, dict):
         raise ToolFailure(f"printed no JSON result: {stdout.strip()[-200:]!r}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.untrusted import scrub
+from orchestrator.untrusted import shown
 
 
 class OrchestrateError(Exception):
@@ -62,11 +62,8 @@ class RemoteCommandError(RemoteError):
     def __init__(self, result: Any) -> None:
         self.result = result
         tail = result.stderr.strip().splitlines()[-1:] if result.stderr else []
-        shown = scrub(tail[0][:300]) if tail else ""  # a node's text: bounded, no escapes
-        super().__init__(
-            result.node,
-            f"`{result.command}` exited {result.exit_code}" + (f": {shown}" if tail else ""),
-        )
+        why = f": {shown(tail[0])}" if tail else ""  # a node's text: bounded, no escapes
+        super().__init__(result.node, f"`{result.command}` exited {result.exit_code}{why}")
 
 
 class CommandTimeout(RemoteError):

@@ -4,6 +4,7 @@
     to_int("12") == 12; to_int("²") is None; to_int("-3", signed=True) == -3
     lines(text)                     # the lines of at most MAX_LINE chars (parsers stay linear)
     loads_json(text)                # json.loads refusing nesting deeper than 32 (no RecursionError)
+    shown(text)                     # one line of a node's text for an error: bounded, scrubbed
 
 Node output printed to a terminal goes through `scrub` (control characters other than newline
 and tab replaced by U+FFFD) and is never given to rich as markup (printers use
@@ -57,3 +58,13 @@ def loads_json(text: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
         if depth > max_depth:
             raise json.JSONDecodeError(f"nested deeper than {max_depth} levels", text, 0)
     return json.loads(text)
+
+
+MAX_SHOWN = 300  # characters of a node's text put in one error line
+
+
+def shown(text: str, limit: int = MAX_SHOWN) -> str:
+    """A node's text as one error line shows it: its first line, at most `limit` characters
+    ('...' marks a cut), scrubbed."""
+    first = (text.strip().splitlines() or [""])[0]
+    return scrub(first if len(first) <= limit else first[:limit] + "...")

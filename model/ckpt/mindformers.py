@@ -29,7 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -77,18 +77,48 @@ def model_prefix(names: Iterable[str]) -> str:
     return min(found, key=len) if found else ""
 
 
+def block_pairs(i: int) -> Iterator[tuple[str, str, bool]]:
+    """(MindFormers name, our name, stored transposed) of block i's parameters that map one to
+    one (all but the fused query_key_value)."""
+    for key, (name, transposed) in BLOCK.items():
+        yield f"transformer.blocks.{i}.{key}", f"transformer.h.{i}.{name}", transposed
+
+
 def shapes(config: BloomConfig) -> dict[str, tuple[int, ...]]:
     """Every MindFormers parameter name of this architecture and its shape (head.weight aside)."""
     ours = config.parameter_shapes()
     out = {mf: ours[name] for mf, name in OUTER.items()}
     h = config.hidden_size
     for i in range(config.n_layer):
-        for key, (name, transposed) in BLOCK.items():
-            shape = ours[f"transformer.h.{i}.{name}"]
-            out[f"transformer.blocks.{i}.{key}"] = shape[::-1] if transposed else shape
+        for mf, name, transposed in block_pairs(i):
+            out[mf] = ours[name][::-1] if transposed else ours[name]
         for key in QKV:
             out[f"transformer.blocks.{i}.{key}.weight"] = (h, h)
             out[f"transformer.blocks.{i}.{key}.bias"] = (h,)
+    return out
+
+
+def _fused_qkv(arrays: Mapping[str, np.ndarray], config: BloomConfig,
+               i: int) -> dict[str, np.ndarray]:
+    """Block i's MindFormers dense1/2/3 (query, key, value) -> our fused query_key_value, whose
+    rows interleave q, k, v per head."""
+    n, d, mf = config.n_head, config.head_dim, f"transformer.blocks.{i}."
+    w = [arrays[f"{mf}{k}.weight"].reshape(n, 1, d, -1) for k in QKV]
+    b = [arrays[f"{mf}{k}.bias"].reshape(n, 1, d) for k in QKV]
+    return {f"transformer.h.{i}.{FUSED}.weight": np.concatenate(w, axis=1).reshape(3 * n * d, -1),
+            f"transformer.h.{i}.{FUSED}.bias": np.concatenate(b, axis=1).reshape(3 * n * d)}
+
+
+def _split_qkv(arrays: Mapping[str, np.ndarray], config: BloomConfig,
+               i: int) -> dict[str, np.ndarray]:
+    """Block i's fused query_key_value -> MindFormers dense1/2/3 (the inverse of _fused_qkv)."""
+    n, d, mf = config.n_head, config.head_dim, f"transformer.blocks.{i}."
+    w = arrays[f"transformer.h.{i}.{FUSED}.weight"].reshape(n, 3, d, -1)
+    b = arrays[f"transformer.h.{i}.{FUSED}.bias"].reshape(n, 3, d)
+    out = {}
+    for j, key in enumerate(QKV):
+        out[f"{mf}{key}.weight"] = w[:, j].reshape(n * d, -1)
+        out[f"{mf}{key}.bias"] = b[:, j].reshape(n * d)
     return out
 
 
@@ -108,15 +138,10 @@ def from_mindformers(arrays: dict[str, np.ndarray], config: BloomConfig,
             raise ConvertError(f"{source}: {name}: expected shape {shape}, found "
                                f"{tuple(arrays[name].shape)}")
     ours = {name: arrays[mf] for mf, name in OUTER.items()}
-    n, d = config.n_head, config.head_dim
     for i in range(config.n_layer):
-        mf, our = f"transformer.blocks.{i}.", f"transformer.h.{i}."
-        for key, (name, transposed) in BLOCK.items():
-            ours[our + name] = arrays[mf + key].T if transposed else arrays[mf + key]
-        w = [arrays[f"{mf}{k}.weight"].reshape(n, 1, d, -1) for k in QKV]
-        b = [arrays[f"{mf}{k}.bias"].reshape(n, 1, d) for k in QKV]
-        ours[f"{our}{FUSED}.weight"] = np.concatenate(w, axis=1).reshape(3 * n * d, -1)
-        ours[f"{our}{FUSED}.bias"] = np.concatenate(b, axis=1).reshape(3 * n * d)
+        for mf_name, name, transposed in block_pairs(i):
+            ours[name] = arrays[mf_name].T if transposed else arrays[mf_name]
+        ours.update(_fused_qkv(arrays, config, i))
     head = arrays.get(HEAD)
     if head is not None and not np.array_equal(head, ours["transformer.word_embeddings.weight"]):
         raise ConvertError(f"{source}: {HEAD} differs from {ANCHOR}; only tied LM heads are "
@@ -127,16 +152,10 @@ def from_mindformers(arrays: dict[str, np.ndarray], config: BloomConfig,
 def to_mindformers(arrays: dict[str, np.ndarray], config: BloomConfig) -> dict[str, np.ndarray]:
     """Our parameters -> MindFormers names and layouts (head.weight written, tied)."""
     out = {mf: arrays[name] for mf, name in OUTER.items()}
-    n, d = config.n_head, config.head_dim
     for i in range(config.n_layer):
-        mf, our = f"transformer.blocks.{i}.", f"transformer.h.{i}."
-        for key, (name, transposed) in BLOCK.items():
-            out[mf + key] = arrays[our + name].T if transposed else arrays[our + name]
-        w = arrays[f"{our}{FUSED}.weight"].reshape(n, 3, d, -1)
-        b = arrays[f"{our}{FUSED}.bias"].reshape(n, 3, d)
-        for j, key in enumerate(QKV):
-            out[f"{mf}{key}.weight"] = w[:, j].reshape(n * d, -1)
-            out[f"{mf}{key}.bias"] = b[:, j].reshape(n * d)
+        for mf_name, name, transposed in block_pairs(i):
+            out[mf_name] = arrays[name].T if transposed else arrays[name]
+        out.update(_split_qkv(arrays, config, i))
     out[HEAD] = arrays["transformer.word_embeddings.weight"]
     return {k: np.ascontiguousarray(v) for k, v in out.items()}
 

@@ -1,6 +1,7 @@
 """The backend interface: the part of a job that knows where its ranks run.
 
     backend = backend_for(record)                        # orchestrator/backends/__init__.py
+    record = backend.launch(record, group, store, echo)  # `up`: stage + start (ssh: per node)
     record = backend.stage(record, group, store, echo)   # code, data, rendered files
     record = backend.start(record, group, store, resume=False)
     poll = backend.poll(record, group, timeout)          # per-node reports + scheduler view
@@ -8,7 +9,7 @@
     backend.fetch(record, group, "th0", "slurm-12.out", local_path)
 
 Plan, render, the watch loop, job records and collect-ckpt are the same for every backend;
-only these five steps differ (ssh: fan-out over the node group; slurm: one batch job;
+only these steps differ (ssh: fan-out over the node group; slurm: one batch job;
 k8s: one job object through the API server).
 """
 
@@ -56,6 +57,11 @@ class Backend(Protocol):
         """Start (or, with `resume`, restart) every rank; JobError if it cannot."""
         ...
 
+    def launch(self, record: JobRecord, group: NodeGroup, store: JobStore,
+               echo: Echo) -> JobRecord:
+        """Stage and start a new job (`up`): stage + start, or both overlapped per node."""
+        ...
+
     def poll(self, record: JobRecord, group: NodeGroup, timeout: float) -> Poll:
         """Ask the nodes (and the scheduler) how the job is; never trusts the record."""
         ...
@@ -69,3 +75,11 @@ class Backend(Protocol):
               local: Path) -> Path:
         """Copy `relpath` (in the node's job folder) from `node` to `local`."""
         ...
+
+
+def stage_then_start(backend: Backend, record: JobRecord, group: NodeGroup, store: JobStore,
+                     echo: Echo) -> JobRecord:
+    """Backend.launch of a backend whose start is one act for all nodes (an sbatch, a job
+    object): stage everywhere, then start."""
+    record = backend.stage(record, group, store, echo)
+    return backend.start(record, group, store, resume=False)

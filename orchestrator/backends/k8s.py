@@ -15,8 +15,9 @@ down as ssh and slurm:
 - start: create the ConfigMaps and the job object (a resumed attempt first deletes the last
   one and its pods; its containers run `launch.sh run resume`); `scheduler_job` is the job
   object's name; a refusal records FAILED with the API's reason;
-- poll: the job object's status and the pods (k8s/status.py: pod phases -> rank states, the
-  job's Failed / pending pods -> the verdict); an API that does not answer makes every node
+- poll: the job object's status, the pods and the ends of their logs (k8s/status.py: pod
+  phases -> rank states, `[slot] step=...` lines -> each rank's step and loss, the job's
+  Failed / pending pods -> the verdict); an API that does not answer makes every node
   unreachable (the watch loop's node-lost timeout then fails the attempt);
 - stop: delete the job object (Kubernetes sends SIGTERM; `launch.sh run` stops every rank)
   and its ConfigMaps, then wait until no pod is left;
@@ -35,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from orchestrator.backends.base import Echo, Poll
+from orchestrator.backends.base import Echo, Poll, stage_then_start
 from orchestrator.config.inventory import Inventory
 from orchestrator.config.plan import build_plan
 from orchestrator.config.presets import JobSpec
@@ -120,6 +121,11 @@ class K8sBackend:
              + ", ".join(f"{m['kind']} {m['metadata']['name']}" for m in manifests))
         return record
 
+    def launch(self, record: JobRecord, group: NodeGroup, store: JobStore,
+               echo: Echo) -> JobRecord:
+        """Validate the manifests, then create the objects."""
+        return stage_then_start(self, record, group, store, echo)
+
     def start(self, record: JobRecord, group: NodeGroup,  # noqa: ARG002 - no nodes
               store: JobStore, resume: bool) -> JobRecord:
         """Create the objects; on a refusal record FAILED with the API's reason (JobError)."""
@@ -148,7 +154,8 @@ class K8sBackend:
             pods = api.list_pods(ref, timeout)
         except JobError as e:  # the API does not answer: no node can be seen
             return Poll(reports=GroupResult({n.name: e for n in record.nodes}))
-        return poll_of(record, ref.kind, ref.name, status, pods)
+        logs = api.log_tails(ref, pods, timeout)
+        return poll_of(record, ref.kind, ref.name, status, pods, logs)
 
     def stop(self, record: JobRecord, group: NodeGroup,  # noqa: ARG002 - no nodes
              only: Collection[str] | None, timeout: float) -> GroupResult[str]:

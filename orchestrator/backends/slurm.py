@@ -26,7 +26,7 @@ from pathlib import Path
 from orchestrate_bloom.fileio import write_atomic
 
 from orchestrator.backends import slurm_cli as cli
-from orchestrator.backends.base import Echo, Poll
+from orchestrator.backends.base import Echo, Poll, stage_then_start
 from orchestrator.backends.ssh import fetch_over_group
 from orchestrator.config.scheduler import Scheduler
 from orchestrator.errors import JobError
@@ -91,7 +91,7 @@ class SlurmBackend:
     def stage(self, record: JobRecord, group: NodeGroup, store: JobStore,
               echo: Echo) -> JobRecord:
         """Staging over SSH, after Slurm confirmed the partition (a bad one stages nothing)."""
-        from orchestrator.job.lifecycle import stage_all
+        from orchestrator.job.rollout import stage_all
 
         sched = group.inventory.scheduler
         if sched.partition:
@@ -123,6 +123,11 @@ class SlurmBackend:
             JobStatus.LAUNCHING, f"slurm job {job_id} submitted")
         store.save(record)
         return record
+
+    def launch(self, record: JobRecord, group: NodeGroup, store: JobStore,
+               echo: Echo) -> JobRecord:
+        """Stage over SSH on every node, then submit the attempt (one sbatch for all)."""
+        return stage_then_start(self, record, group, store, echo)
 
     def poll(self, record: JobRecord, group: NodeGroup, timeout: float) -> Poll:
         conf = group.inventory.scheduler.slurm_conf

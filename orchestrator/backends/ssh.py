@@ -25,15 +25,22 @@ class SSHBackend:
 
     def stage(self, record: JobRecord, group: NodeGroup, store: JobStore,
               echo: Echo) -> JobRecord:
-        from orchestrator.job.lifecycle import stage_all
+        from orchestrator.job.rollout import stage_all
 
         return stage_all(record, group, store, echo)
 
     def start(self, record: JobRecord, group: NodeGroup, store: JobStore,
               resume: bool) -> JobRecord:
-        from orchestrator.job.lifecycle import start_over_ssh
+        from orchestrator.job.rollout import start_over_ssh
 
         return start_over_ssh(record, group, store, resume)
+
+    def launch(self, record: JobRecord, group: NodeGroup, store: JobStore,
+               echo: Echo) -> JobRecord:
+        """Each node starts in the same session as soon as it is staged (job/rollout.py)."""
+        from orchestrator.job.rollout import stage_and_start
+
+        return stage_and_start(record, group, store, echo)
 
     def poll(self, record: JobRecord, group: NodeGroup, timeout: float) -> Poll:
         from orchestrator.job.nodes import query_job

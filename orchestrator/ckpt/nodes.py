@@ -14,7 +14,6 @@ A `connection: local` node's files are read directly.
 
 from __future__ import annotations
 
-import json
 import shlex
 import subprocess
 from collections.abc import Iterator, Sequence
@@ -24,8 +23,7 @@ from typing import IO, Any
 
 from orchestrator.config.inventory import Connection
 from orchestrator.errors import CheckpointError, ConnectError, RemoteError
-from orchestrator.remote.transport import Transport
-from orchestrator.untrusted import loads_json
+from orchestrator.remote.transport import Transport, tool_answer
 
 LIST_TIMEOUT_S = 120.0
 
@@ -75,29 +73,26 @@ print(json.dumps(res))
 """
 
 
-def _run_script(t: Transport, args: Sequence[str], timeout: float) -> Any:
+def _run_script(t: Transport, what: str, args: Sequence[str],
+                timeout: float) -> dict[str, Any]:
+    """LIST_SCRIPT's JSON object (transport.tool_answer: RemoteError naming the node)."""
     node = t.node
     res = t.run([node.python, "-c", LIST_SCRIPT, *args], check=False, timeout=timeout)
-    if not res.ok:
-        tail = res.stderr.strip().splitlines()[-1:] or [f"exit {res.exit_code}"]
-        raise RemoteError(node.name, f"listing checkpoints failed: {tail[0]}")
-    try:
-        return loads_json(res.stdout)
-    except json.JSONDecodeError as exc:
-        raise RemoteError(node.name, f"listing printed no JSON: {res.stdout[:200]!r}") from exc
+    return tool_answer(res, what)
 
 
-def list_job(t: Transport, job_dir: PurePosixPath, ranks: Sequence[int]) -> Any:
+def list_job(t: Transport, job_dir: PurePosixPath, ranks: Sequence[int]) -> dict[str, Any]:
     """One node's raw listing: {"job_dir", "ranks": {r: {"kind", "files"}}, "strategy"}."""
-    return _run_script(t, [str(job_dir), "list", *map(str, ranks)], LIST_TIMEOUT_S)
+    return _run_script(t, "listing checkpoints", [str(job_dir), "list", *map(str, ranks)],
+                       LIST_TIMEOUT_S)
 
 
 def hash_files(t: Transport, job_dir: PurePosixPath, rel_paths: Sequence[str]) -> dict[str, str]:
     """sha256 of files under the job folder, computed on the node: {rel: hex or 'error: ..'}."""
     if not rel_paths:
         return {}
-    result: dict[str, str] = _run_script(t, [str(job_dir), "hash", *rel_paths], LIST_TIMEOUT_S * 30)
-    return result
+    return _run_script(t, "hashing checkpoint files", [str(job_dir), "hash", *rel_paths],
+                       LIST_TIMEOUT_S * 30)
 
 
 @contextmanager

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from orchestrate_bloom.ckpt import layout as ck
-from orchestrate_bloom.tool_io import ToolFailure, read_result
 
 from orchestrator import bundle
 from orchestrator.config.presets import JobSpec
@@ -39,7 +38,7 @@ from orchestrator.job.nodes import NodeReport, query_job
 from orchestrator.job.render import LaunchSpec, shell_path
 from orchestrator.job.state import JobRecord, JobStore, NodeRecord
 from orchestrator.remote.group import NodeGroup
-from orchestrator.remote.transport import Transport
+from orchestrator.remote.transport import Transport, tool_answer
 
 Echo = Callable[[str], None]
 
@@ -126,11 +125,7 @@ def _on_node(t: Transport, job_dir: str, mode: str, args: Sequence[str]) -> dict
     JSON result (tool_io protocol)."""
     line = bundle.node_model_line(t.node.python, shell_path(job_dir, "code"), "ckpt.layout",
                                   [mode, "--job-dir", job_dir, *args])
-    res = t.run(line, check=False, timeout=1800)
-    try:
-        return read_result(res.stdout, res.stderr, res.exit_code)
-    except ToolFailure as exc:
-        raise JobError(f"[{t.node.name}] checkpoint {mode}: {exc}") from None
+    return tool_answer(t.run(line, check=False, timeout=1800), f"checkpoint {mode}")
 
 
 def convert_checkpoints(record: JobRecord, new_nodes: Sequence[NodeRecord], excl: Exclusion,
@@ -186,7 +181,7 @@ def relaunch_without(record: JobRecord, group: NodeGroup, store: JobStore, excl:
     """
     from orchestrator.config.plan import build_plan
     from orchestrator.config.presets import load_job_spec
-    from orchestrator.job import lifecycle
+    from orchestrator.job import lifecycle, rollout
     from orchestrator.job.dataset import data_paths_for
     from orchestrator.job.render import render_job
     from orchestrator.job.teardown import failures, stop_everywhere
@@ -226,7 +221,7 @@ def relaunch_without(record: JobRecord, group: NodeGroup, store: JobStore, excl:
         stray=(*record.stray, *(n for n in gone if n.name in left_over)),
         message=f"relaunched without {', '.join(excl.excluded)}")
     store.save(record)
-    record = lifecycle.stage_all(record, group, store, echo)
+    record = rollout.stage_all(record, group, store, echo)
     return lifecycle.resume_job(record, group, store)
 
 

@@ -11,16 +11,11 @@ already started is stopped on every node and the job is recorded FAILED / CANCEL
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import shlex
-import signal
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 from orchestrate_bloom.fileio import write_atomic
 
@@ -29,7 +24,6 @@ from orchestrator.config.inventory import Inventory
 from orchestrator.config.plan import build_plan
 from orchestrator.config.presets import JobSpec
 from orchestrator.errors import JobError
-from orchestrator.job import stage as stage_mod
 from orchestrator.job.dataset import data_paths_for, local_dataset
 from orchestrator.job.phases import phase
 from orchestrator.job.render import (
@@ -41,12 +35,12 @@ from orchestrator.job.render import (
     render_job,
     stamp_job_id,
 )
+from orchestrator.job.rollout import sigint_deferred
 from orchestrator.job.state import JobRecord, JobStatus, JobStore, NodeRecord, new_job_id
 from orchestrator.job.teardown import failures, stop_everywhere
 from orchestrator.job.teardown import stop_job as stop_job  # re-exported: `down`
 from orchestrator.job.teardown import teardown_failed as teardown_failed  # re-exported
-from orchestrator.remote.group import NodeGroup, cause
-from orchestrator.remote.transport import Transport
+from orchestrator.remote.group import NodeGroup
 
 Echo = Callable[[str], None]
 
@@ -162,105 +156,42 @@ def write_rendered(store: JobStore, job_id: str,
             write_atomic(local / "nodes" / node_name / fname, text, f.mode, fsync=False)
 
 
-def rendered_files(store: JobStore, record: JobRecord, node: str) -> dict[str, RenderedFile]:
-    """The node's rendered files as written by create_job."""
-    folder = store.job_dir(record.job_id) / "nodes" / node
-    return {p.name: RenderedFile(p.read_text(), p.stat().st_mode & 0o777)
-            for p in sorted(folder.iterdir()) if p.is_file()}
-
-
-@contextmanager
-def _sigint_deferred() -> Iterator[None]:
-    """Ignore Ctrl-C while cleaning up, so cleanup itself is not interrupted."""
-    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, old)
-
-
-def _describe(failed: Mapping[str, BaseException]) -> str:
-    """`[th0, th1] node busy: ...; [th2] connection refused`: nodes with the same cause merged."""
-    by_cause: dict[str, list[str]] = {}
-    for name, exc in failed.items():
-        by_cause.setdefault(cause(exc), []).append(name)
-    return "; ".join(f"[{', '.join(names)}] {cause}" for cause, names in by_cause.items())
-
-
 def launch(record: JobRecord, group: NodeGroup, store: JobStore,
            echo: Echo = print) -> JobRecord:
-    """Stage and start the job on every node; on failure or Ctrl-C stop it everywhere.
+    """Stage and start the job on every node (backend.launch: over SSH each node starts as
+    soon as it is staged); on failure or Ctrl-C stop it everywhere.
 
     Raises:
         JobError: a node failed to stage or start (names the node and the cause).
         KeyboardInterrupt: re-raised after cleanup when Ctrl-C arrived.
     """
-    started = False
+    from orchestrator.backends import backend_for
+
     try:
         record = record.with_status(JobStatus.LAUNCHING)
         store.save(record)
         with phase("connect"):
             group.wait_connected()
-        with phase("stage"):
-            from orchestrator.backends import backend_for
-
-            record = backend_for(record).stage(record, group, store, echo)
-        started = True
-        with phase("start"):
-            return _start_all(record, group, store, resume=False)
+        with phase("launch"):
+            return backend_for(record).launch(record, group, store, echo)
     except KeyboardInterrupt:
-        with _sigint_deferred():
+        with sigint_deferred():
             echo("interrupted: stopping whatever was started ...")
+            record = store.load(record.job_id)  # with the node folders learned so far
             missed = failures(stop_everywhere(record, group))
             store.save(record.with_status(JobStatus.CANCELLED, "interrupted during up")
                        .replace(cleaned=not missed))
         raise
     except Exception as e:
-        if not started:  # stage_all saved the node folders it learned before raising
-            record = store.load(record.job_id)
-        if not isinstance(e, JobError) or not started:
+        record = store.load(record.job_id)
+        if record.status is JobStatus.LAUNCHING:  # not recorded yet: a bug or a stage error
             left: dict[str, BaseException] = {}
-            if started:  # an unexpected error after ranks may have started: leave none behind
-                with _sigint_deferred():
+            if not isinstance(e, JobError):  # ranks may have started: leave none behind
+                with sigint_deferred():
                     left = failures(stop_everywhere(record, group))
             store.save(record.with_status(JobStatus.FAILED, str(e) or type(e).__name__)
                        .replace(cleaned=not left))
         raise
-
-
-def stage_all(record: JobRecord, group: NodeGroup, store: JobStore,
-              echo: Echo = print) -> JobRecord:
-    """Stage the job's rendered files, the code and the dataset on every node (parallel,
-    sha256-skip); the record with each node's absolute job folder.
-
-    Raises:
-        JobError: a node failed to stage (names it and the cause); nothing was started.
-    """
-    code = stage_mod.code_tree()
-    data = stage_mod.data_tree(Path(record.local_data)) if record.local_data else None
-    with tempfile.TemporaryDirectory(prefix="orchestrate-stage-") as tmp:
-        def stage_one(t: Transport) -> stage_mod.Staged:
-            node = t.node
-            rendered = rendered_files(store, record, node.name)
-            secrets = {k: v.text.encode() for k, v in rendered.items() if v.mode & 0o077 == 0}
-            public = {k: v for k, v in rendered.items() if k not in secrets}
-            trees = [code] + ([data] if data is not None and not node.data_dir else [])
-            return stage_mod.stage_node(t, record.job_id, str(node.workdir), trees, public,
-                                        secrets, Path(tmp))
-
-        results = group.map(stage_one, [n.name for n in record.nodes])
-    failed = failures(results)
-    staged = {k: v for k, v in results.items() if isinstance(v, stage_mod.Staged)}
-    nodes = tuple(dataclasses.replace(n, job_dir=staged[n.name].job_dir)
-                  if n.name in staged else n for n in record.nodes)
-    record = record.replace(nodes=nodes)
-    store.save(record)
-    if failed:
-        raise JobError(f"staging failed, nothing started: {_describe(failed)}")
-    echo(f"staged {len(staged)} node(s): {sum(s.sent for s in staged.values())} file(s) "
-         f"uploaded; {sum(s.reused for s in staged.values())} tree(s) already on the nodes "
-         "(same sha256)")
-    return record
 
 
 def _start_all(record: JobRecord, group: NodeGroup, store: JobStore, resume: bool
@@ -269,48 +200,6 @@ def _start_all(record: JobRecord, group: NodeGroup, store: JobStore, resume: boo
     from orchestrator.backends import backend_for
 
     return backend_for(record).start(record, group, store, resume)
-
-
-def start_over_ssh(record: JobRecord, group: NodeGroup, store: JobStore, resume: bool
-                   ) -> JobRecord:
-    """`launch.sh start [resume]` on every node in parallel; any failure stops them all.
-
-    Raises:
-        JobError: a node failed to start (the job was stopped everywhere, recorded FAILED).
-    """
-    by_name = {n.name: n for n in record.nodes}
-
-    def start_one(t: Transport) -> dict[str, int]:
-        cmd = ["bash", f"{by_name[t.node.name].job_dir}/launch.sh", "start"]
-        res = t.run(cmd + (["resume"] if resume else []), check=False, timeout=120)
-        if res.exit_code != 0:
-            msg = (res.stderr.strip().splitlines() or [f"exit {res.exit_code}"])[-1]
-            if res.exit_code == 3:
-                raise stage_mod.NodeBusyError(t.node.name, msg.split("job ", 1)[-1].split()[0])
-            raise JobError(f"[{t.node.name}] start failed: {msg}")
-        pids = {}
-        for line in res.stdout.splitlines():
-            parts = line.split()
-            if len(parts) == 3 and parts[0] == "pid":
-                pids[parts[1]] = int(parts[2])
-        return pids
-
-    started_pids = group.map(start_one, [n.name for n in record.nodes])
-    failed = failures(started_pids)
-    nodes = tuple(dataclasses.replace(n, pids=pids) if isinstance(
-        pids := started_pids.get(n.name), dict) else n for n in record.nodes)
-    record = record.replace(nodes=nodes)
-    if failed:
-        with _sigint_deferred():
-            left = failures(stop_everywhere(record, group))
-        record = record.with_status(JobStatus.FAILED, f"start failed: {_describe(failed)}")
-        record = record.replace(cleaned=not left)
-        store.save(record)
-        raise JobError(f"start failed on {len(failed)} node(s), job {record.job_id} stopped "
-                       f"everywhere: {_describe(failed)}")
-    record = record.with_status(JobStatus.RUNNING, "")
-    store.save(record)
-    return record
 
 
 def resume_job(record: JobRecord, group: NodeGroup, store: JobStore,
@@ -345,7 +234,7 @@ def resume_job(record: JobRecord, group: NodeGroup, store: JobStore,
     try:
         return _start_all(record, group, store, resume=True)
     except KeyboardInterrupt:
-        with _sigint_deferred():
+        with sigint_deferred():
             left = failures(stop_everywhere(record, group))
             store.save(record.with_status(JobStatus.CANCELLED, "interrupted during resume")
                        .replace(cleaned=not left))

@@ -35,9 +35,11 @@ from pathlib import Path, PurePosixPath
 from orchestrate_bloom.fileio import sha256_file
 
 from orchestrator import bundle
-from orchestrator.errors import JobError, RemoteCommandError, RemoteError
+from orchestrator.errors import RemoteCommandError, RemoteError
 from orchestrator.job.render import RenderedFile, shell_path
+from orchestrator.job.start import START_TIMEOUT, NodeBusyError, read_start, start_command
 from orchestrator.remote.transport import Transport
+from orchestrator.untrusted import lines
 
 _SKIP_DIRS = {"__pycache__", ".pytest_cache", ".mypy_cache"}
 _SKIP_SUFFIXES = {".pyc", ".pyo"}
@@ -76,16 +78,6 @@ class Tree:
         return cls(dest=dest, files=tuple(files), key=h.hexdigest())
 
 
-class NodeBusyError(JobError):
-    """The node already runs another live job (the remote lock)."""
-
-    def __init__(self, node: str, other: str) -> None:
-        self.node = node
-        self.other = other
-        super().__init__(f"[{node}] node busy: job {other} is running there "
-                         f"(stop it with: orchestrate down {other})")
-
-
 def tree_manifest(root: Path, prefix: str = "") -> list[StageFile]:
     """Every regular file under `root` as `<prefix>/<relative path>` (caches skipped)."""
     out = []
@@ -119,9 +111,10 @@ _START_TIME_FN = (
     'st_of() { local s; s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1; s=${s##*) }; '
     'set -- $s; echo "${20}"; }'
 )
-# Hard-link cached tree $1 to job folder $2, or report it missing.
-_TREE_FN = ('t() { if [ -d "$T/$1" ]; then [ ! -e "$J/$2" ] || rm -rf "${J:?}/$2"; '
-            'cp -al "$T/$1" "$J/$2"; else echo "tree $1"; fi; }')
+# Hard-link cached tree $1 to job folder $2, or report it missing (and note that: need=1).
+_TREE_FN = ('need=; t() { if [ -d "$T/$1" ]; then [ ! -e "$J/$2" ] || rm -rf "${J:?}/$2"; '
+            'cp -al "$T/$1" "$J/$2"; else echo "tree $1"; need=1; fi; }')
+STARTING = "starting"  # first_command's line before launch.sh start's own output
 
 
 def _vars(wd: str, jid: str) -> str:
@@ -161,12 +154,14 @@ def cleanup_leftovers_lines(age_min: int = LEFTOVER_AGE_MIN) -> list[str]:
 
 
 def first_command(workdir: str, job_id: str, trees: Sequence[Tree],
-                  rendered: Mapping[str, RenderedFile]) -> str:
-    """Prepare the folders, refuse a busy node, write the rendered files, link cached trees.
+                  rendered: Mapping[str, RenderedFile], start: bool = False) -> str:
+    """Prepare the folders, refuse a busy node, write the rendered files, link cached trees;
+    with `start`, start the ranks too once the node holds every tree (one round trip).
 
     Prints `workdir P`, `jobdir P`, then `busy JOB` (and stops) or `leftover NAME` per stale
     temp name of an interrupted stage it removed and `tree KEY` per tree the node does not
-    hold yet.
+    hold yet. With `start` and no tree missing it prints `starting` and becomes
+    `launch.sh start` (its output and exit code follow: start.read_start reads them).
     """
     wd = shell_path(workdir)
     jid = shlex.quote(job_id)
@@ -187,6 +182,9 @@ def first_command(workdir: str, job_id: str, trees: Sequence[Tree],
         # bash's printf is a builtin: no process, no upload; the text is one quoted word
         lines.append(f'printf %s {shlex.quote(f.text)} >"$J"/{shlex.quote(name)}')
     lines += [f"t {tree.key} {shlex.quote(tree.dest)}" for tree in trees]
+    if start:  # every file of the node is in place: no half-staged node is ever started
+        launch = start_command('"$J"', resume=False)
+        lines.append(f'if [ -z "$need" ]; then echo {STARTING}; exec {launch}; fi')
     return "\n".join(lines)
 
 
@@ -307,26 +305,21 @@ class Staged:
     sent: int  # blobs uploaded
     reused: int  # trees the node already held
     leftovers: tuple[str, ...] = ()  # stale temp names of interrupted stages removed
+    pids: Mapping[str, int] | None = None  # slot -> pid when asked to start (None: not started)
 
 
-def stage_node(t: Transport, job_id: str, workdir: str, trees: Sequence[Tree],
-               rendered: Mapping[str, RenderedFile], secret_files: Mapping[str, bytes],
-               tmp_dir: Path) -> Staged:
-    """Stage trees, rendered files and secrets into `<workdir>/jobs/<job_id>/` on one node.
+def _read_first(name: str, workdir: str, stdout: str) -> tuple[dict[str, str], set[str],
+                                                              list[str]]:
+    """first_command's report: ({workdir, jobdir}, trees missing, leftovers removed).
 
     Raises:
         NodeBusyError: another live job holds the node.
-        RemoteError: a command or transfer failed.
+        RemoteError: the job folder was not created.
     """
-    name = t.node.name
-    inline = {k: f for k, f in rendered.items() if len(f.text.encode()) <= INLINE_MAX}
-    uploads = {k: (f.text.encode(), f.mode) for k, f in rendered.items() if k not in inline}
-    uploads.update({k: (data, 0o600) for k, data in secret_files.items()})
-    res = t.run(first_command(workdir, job_id, trees, inline), check=True, timeout=300)
     info: dict[str, str] = {}
     need: set[str] = set()
     removed: list[str] = []
-    for line in res.stdout.splitlines():
+    for line in lines(stdout):
         key, _, value = line.partition(" ")
         if key == "tree":
             need.add(value.strip())
@@ -338,6 +331,32 @@ def stage_node(t: Transport, job_id: str, workdir: str, trees: Sequence[Tree],
         raise NodeBusyError(name, info["busy"])
     if "workdir" not in info or "jobdir" not in info:
         raise RemoteError(name, f"could not create the job folder under {workdir}")
+    return info, need, removed
+
+
+def stage_node(t: Transport, job_id: str, workdir: str, trees: Sequence[Tree],
+               rendered: Mapping[str, RenderedFile], secret_files: Mapping[str, bytes],
+               tmp_dir: Path, start: bool = False) -> Staged:
+    """Stage trees, rendered files and secrets into `<workdir>/jobs/<job_id>/` on one node;
+    with `start`, then start its ranks in the same session (`launch.sh start`): in the first
+    command itself when the node already holds every tree and nothing is left to upload.
+
+    Raises:
+        NodeBusyError: another live job holds the node.
+        RemoteError: a command or transfer failed.
+        JobError: the start failed (start.read_start).
+    """
+    name = t.node.name
+    inline = {k: f for k, f in rendered.items() if len(f.text.encode()) <= INLINE_MAX}
+    uploads = {k: (f.text.encode(), f.mode) for k, f in rendered.items() if k not in inline}
+    uploads.update({k: (data, 0o600) for k, data in secret_files.items()})
+    res = t.run(first_command(workdir, job_id, trees, inline, start and not uploads),
+                check=False, timeout=300)
+    out, sep, started = res.stdout.partition(f"\n{STARTING}\n")
+    if not sep and not res.ok:
+        raise RemoteCommandError(res)
+    info, need, removed = _read_first(name, workdir, out)
+    pids = read_start(name, res.exit_code, started, res.stderr) if sep else None
     sent = 0
     for tree in [tr for tr in trees if tr.key in need]:
         missing: set[str] = set()
@@ -353,5 +372,9 @@ def stage_node(t: Transport, job_id: str, workdir: str, trees: Sequence[Tree],
             t.put(Path(fh.name), PurePosixPath(info["jobdir"]) / fname, mode=mode)
         finally:
             Path(fh.name).unlink(missing_ok=True)
+    if start and pids is None:  # staged in several steps: start now that all of it is there
+        res = t.run(start_command(shlex.quote(info["jobdir"]), resume=False), check=False,
+                    timeout=START_TIMEOUT)
+        pids = read_start(name, res.exit_code, res.stdout, res.stderr)
     return Staged(workdir=info["workdir"], job_dir=info["jobdir"], sent=sent,
-                  reused=len(trees) - len(need), leftovers=tuple(removed))
+                  reused=len(trees) - len(need), leftovers=tuple(removed), pids=pids)

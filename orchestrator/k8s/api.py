@@ -4,6 +4,7 @@ the official `kubernetes` client (`pip install 'orchestrate[k8s]'`).
     ref = K8sRef(job_id, namespace, api_version, kind, name, kubeconfig, volume)
     create(ref, manifests)                                # ConfigMaps (kept if there), job object
     status = job_status(ref); pods = list_pods(ref)       # backends/k8s.py poll
+    logs = log_tails(ref, pods)                           # pod -> its log's end (step lines)
     delete(ref); left = wait_pods_gone(ref, timeout=60)   # backends/k8s.py stop
     for pod, text in pod_logs(ref, tail=50): ...          # `orchestrate logs`
 
@@ -25,6 +26,8 @@ from orchestrator.errors import JobError
 from orchestrator.k8s.schema import crd_plural, validate
 
 REQUEST_TIMEOUT = 60.0  # seconds one API request may take
+LOG_TAIL_LINES = 200  # of a pod's log, read by each poll for the ranks' last step line
+LOG_TAIL_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,29 @@ def pod_logs(ref: K8sRef, tail: int) -> Iterator[tuple[str, str]]:
     for pod in pods.items:
         yield pod.metadata.name, _call(what, core.read_namespaced_pod_log, pod.metadata.name,
                                        ref.namespace, container="ascend", tail_lines=tail)
+
+
+def log_tails(ref: K8sRef, pods: Sequence[Any], timeout: float = REQUEST_TIMEOUT
+              ) -> dict[str, str]:
+    """pod name -> the end of its `ascend` container's log (at most LOG_TAIL_LINES lines and
+    LOG_TAIL_BYTES bytes), for the pods that started; a log that cannot be read is left out
+    (its ranks show no step)."""
+    client = _client(ref.kubeconfig)
+    core = client.CoreV1Api()
+    out: dict[str, str] = {}
+    for pod in pods:
+        if pod.status is None or pod.status.phase not in ("Running", "Succeeded", "Failed"):
+            continue
+        try:
+            text = _call(f"log of pod {pod.metadata.name}", core.read_namespaced_pod_log,
+                         pod.metadata.name, ref.namespace, container="ascend",
+                         tail_lines=LOG_TAIL_LINES, limit_bytes=LOG_TAIL_BYTES,
+                         _request_timeout=timeout)
+        except JobError:
+            continue
+        if isinstance(text, str):
+            out[pod.metadata.name] = text
+    return out
 
 
 def delete(ref: K8sRef) -> None:

@@ -11,7 +11,8 @@ SSH. Every rank of a pod takes its pod's state: Pending -> pending, Running -> r
 (exiting once deleted), Succeeded -> exited 0, Failed -> exited with the container's exit
 code (`launch.sh run`: the first failed rank's code ends every slot), Unknown -> the node is
 unreachable (its kubelet does not answer). A node without a pod (not created yet, or gone)
-is all pending.
+is all pending. Each rank's step and loss come from the last `[slot] step=...` line at the end
+of its pod's log (read bounded by api.log_tails).
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from typing import Any
 
 from orchestrator.backends.base import Poll
 from orchestrator.errors import JobError
-from orchestrator.job.nodes import NodeReport, SlotReport, derive_status
+from orchestrator.job.nodes import NodeReport, SlotReport, derive_status, parse_metrics
 from orchestrator.job.render import SCHED_SLOT
 from orchestrator.job.state import JobRecord, JobStatus
 from orchestrator.remote.group import GroupResult
-from orchestrator.untrusted import scrub
+from orchestrator.untrusted import lines, scrub
 
 _INDEX = re.compile(r"-(scheduler|worker)-([0-9]{1,6})\Z")
+_PREFIXED = re.compile(r"\[([0-9]{1,6}|sched)\] (.*)\Z")
 CONTAINER = "ascend"  # the container every pod of ours runs (manifests._container)
 _ASCEND_FAILED = {"Failed"}  # AscendJob condition types (kubeflow's JobConditionType)
 _VOLCANO_FAILED = {"Failed", "Aborted", "Aborting", "Terminated", "Terminating"}
@@ -69,18 +71,36 @@ def _slot_state(pod: Any) -> tuple[str, int | None]:
 Failed = tuple[str, int, float]  # (slot, exit code, unix time): NodeReport.first_failure
 
 
-def _slots(pod: Any, names: Sequence[str]) -> tuple[list[SlotReport], Failed | None]:
-    """The slots `names` in the pod's state (all pending without a pod); its failure."""
+def slot_metrics(log: str) -> dict[str, dict[str, float]]:
+    """pod-local slot -> the metrics of its last trainer line in a pod's log (`launch.sh run`
+    prefixes each rank's line with `[slot]`: `[1] step=120 loss=2.3141 ...`)."""
+    out: dict[str, dict[str, float]] = {}
+    for line in lines(log):
+        m = _PREFIXED.match(line)
+        if m and "step=" in m.group(2):
+            metrics = parse_metrics(m.group(2))
+            if "step" in metrics:
+                out[m.group(1)] = metrics
+    return out
+
+
+def _slots(pod: Any, names: Sequence[str], log: str) -> tuple[list[SlotReport], Failed | None]:
+    """The slots `names` in the pod's state (all pending without a pod), each with its last
+    step line's metrics from the pod's log; the pod's failure."""
     state, code = _slot_state(pod) if pod is not None else ("pending", None)
-    slots = [SlotReport(slot=s, state=state, exit_code=code, pid=None, metrics={})
-             for s in names]
+    local = [SCHED_SLOT] if list(names) == [SCHED_SLOT] else [str(i) for i in range(len(names))]
+    metrics = slot_metrics(log)
+    slots = [SlotReport(slot=s, state=state, exit_code=code, pid=None,
+                        metrics=metrics.get(local[i], {})) for i, s in enumerate(names)]
     _, at = _container_exit(pod) if pod is not None else (None, None)
     failure = (names[0], code, at) if code not in (None, 0) and at is not None else None
     return slots, failure
 
 
-def pod_reports(record: JobRecord, pods: Sequence[Any]) -> GroupResult[NodeReport]:
-    """node name -> NodeReport (or JobError when its pod's node does not answer)."""
+def pod_reports(record: JobRecord, pods: Sequence[Any], logs: Mapping[str, str] | None = None
+                ) -> GroupResult[NodeReport]:
+    """node name -> NodeReport (or JobError when its pod's node does not answer); `logs`:
+    pod name -> the end of its log (api.log_tails), for each rank's step and loss."""
     workers: dict[int, Any] = {}
     sched: Any = None
     for pod in pods:
@@ -103,7 +123,8 @@ def pod_reports(record: JobRecord, pods: Sequence[Any]) -> GroupResult[NodeRepor
         slots: list[SlotReport] = []
         first: Failed | None = None
         for pod, names in mine:
-            more, failure = _slots(pod, names)
+            log = (logs or {}).get(pod.metadata.name, "") if pod is not None else ""
+            more, failure = _slots(pod, names, log)
             slots += more
             first = first or failure
         alive = any(s.state in ("running", "exiting") for s in slots)
@@ -188,8 +209,9 @@ def job_verdict(record: JobRecord, kind: str, name: str, status: Mapping[str, An
 
 
 def poll_of(record: JobRecord, kind: str, name: str, status: Mapping[str, Any] | None,
-            pods: Sequence[Any]) -> Poll:
-    """The Poll of one look at the job object (`status`, None: gone) and its pods."""
-    reports = pod_reports(record, pods)
+            pods: Sequence[Any], logs: Mapping[str, str] | None = None) -> Poll:
+    """The Poll of one look at the job object (`status`, None: gone), its pods and the ends
+    of their logs."""
+    reports = pod_reports(record, pods, logs)
     return Poll(reports=reports, verdict=job_verdict(record, kind, name, status, pods, reports),
                 scheduler_state=job_phase(kind, status))

@@ -15,10 +15,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Protocol
+from typing import Any, Protocol
+
+from orchestrate_bloom.tool_io import ToolFailure, read_result
 
 from orchestrator.config.inventory import Node
+from orchestrator.errors import RemoteError
 from orchestrator.remote.files import LOG_MODE
+from orchestrator.untrusted import loads_json, shown
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,21 @@ class CommandResult:
     @property
     def ok(self) -> bool:
         return self.exit_code == 0
+
+
+def tool_answer(res: CommandResult, what: str) -> dict[str, Any]:
+    """The JSON object a node tool answered (`python -m orchestrate_bloom.ckpt.layout ...`, the
+    collect-ckpt listing), read by the one node-tool protocol (orchestrate_bloom.tool_io:
+    one JSON object on the last stdout line and exit 0, else its `error:` line), the node's
+    way: JSON nesting limited (untrusted.loads_json), the reason one bounded, scrubbed line.
+
+    Raises:
+        RemoteError: `[node] what: reason`.
+    """
+    try:
+        return read_result(res.stdout, res.stderr, res.exit_code, loads=loads_json)
+    except ToolFailure as exc:
+        raise RemoteError(res.node, f"{what}: {shown(str(exc))}") from None
 
 
 class Transport(Protocol):

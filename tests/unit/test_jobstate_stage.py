@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from orchestrator.config.inventory import parse_inventory
+from orchestrator.errors import JobError
 from orchestrator.job.render import RenderedFile
 from orchestrator.job.stage import (
     COMMAND_MAX,
@@ -23,6 +26,7 @@ from orchestrator.job.stage import (
     tree_manifest,
 )
 from orchestrator.remote.local import LocalTransport
+from orchestrator.remote.transport import CommandResult
 
 
 def _transport(workdir: Path) -> LocalTransport:
@@ -172,3 +176,61 @@ def test_stale_leftovers_of_interrupted_stages_are_removed(tmp_path: Path) -> No
     staged = stage_node(_transport(work), "j-1", str(work), [], _rendered(), {}, tmp_path)
     assert sorted(staged.leftovers) == sorted(p.name for p in stale)
     assert not any(p.exists() for p in stale) and all(p.exists() for p in live)
+
+
+class _Counting(LocalTransport):
+    """A LocalTransport that keeps every command it ran."""
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(_transport(workdir).node)
+        self.commands: list[str] = []
+
+    def run(self, cmd: Sequence[str] | str, **kw: Any) -> CommandResult:
+        self.commands.append(cmd if isinstance(cmd, str) else " ".join(cmd))
+        return super().run(cmd, **kw)
+
+
+# A probe launch.sh: `start` succeeds only when the staged tree is complete beside it.
+_PROBE = ('[ "$1" = start ] || exit 9\n'
+          'd=$(cd "$(dirname "$0")" && pwd -P)\n'
+          '[ -f "$d/code/pkg/m1.py" ] && [ -f "$d/job.yaml" ] || '
+          '{ echo "slot 0 did not start" >&2; exit 6; }\n'
+          'echo "started $d" >>"$d/../../started.log"\necho "pid 0 4242"\necho "pid sched 17"\n')
+
+
+def test_stage_then_start_in_one_session(tmp_path: Path) -> None:
+    # cold: the tree is sent first, launch.sh starts once it is whole; warm: one command in all
+    work = tmp_path / "work"
+    tree = _pkg(tmp_path / "pkg", n=3)
+    files = _rendered(_PROBE)
+    cold_t = _Counting(work)
+    cold = stage_node(cold_t, "j-1", str(work), [tree], files, {}, tmp_path, start=True)
+    assert cold.pids == {"0": 4242, "sched": 17} and cold.sent == 4
+    assert "launch.sh start" in cold_t.commands[-1] and len(cold_t.commands) > 2
+    warm_t = _Counting(work)
+    warm = stage_node(warm_t, "j-2", str(work), [tree], files, {}, tmp_path, start=True)
+    assert warm.pids == {"0": 4242, "sched": 17} and warm.sent == 0
+    assert len(warm_t.commands) == 1
+    assert (work / "started.log").read_text().split() == [
+        "started", cold.job_dir, "started", warm.job_dir]
+    # not asked to start: nothing runs launch.sh; a secret to upload defers the start
+    assert stage_node(_Counting(work), "j-3", str(work), [tree], files, {}, tmp_path).pids is None
+    with_secret = _Counting(work)
+    staged = stage_node(with_secret, "j-4", str(work), [tree], files, {"env.sh": b"X=1\n"},
+                        tmp_path, start=True)
+    assert staged.pids == {"0": 4242, "sched": 17}
+    assert (Path(staged.job_dir) / "env.sh").read_bytes() == b"X=1\n"
+    assert len(with_secret.commands) == 2 and "launch.sh start" in with_secret.commands[1]
+
+
+@pytest.mark.parametrize(("code", "err", "raised"), [
+    (3, "node busy: job other-1 is running here", "node busy: job other-1 is running there"),
+    (6, "slot 2 did not start", r"\[n\] start failed: slot 2 did not start"),
+])
+def test_start_in_the_staging_command_fails_by_name(tmp_path: Path, code: int, err: str,
+                                                    raised: str) -> None:
+    work = tmp_path / "work"
+    probe = _rendered(f'echo "{err}" >&2; exit {code}\n')
+    with pytest.raises(JobError, match=raised) as info:
+        stage_node(_transport(work), "j-1", str(work), [], probe, {}, tmp_path, start=True)
+    assert isinstance(info.value, NodeBusyError) == (code == 3)

@@ -100,9 +100,10 @@ def _pod(name: str, phase: str, code: int | None = None, node: str | None = "n1"
 
 
 def _look(record: JobRecord, status: dict[str, Any] | None, pods: list[Any],
-          kind: str = "AscendJob") -> tuple[JobStatus, str, Any]:
+          kind: str = "AscendJob", logs: dict[str, str] | None = None
+          ) -> tuple[JobStatus, str, Any]:
     """What refresh() makes of one poll: (status, message, the poll's reports)."""
-    poll = poll_of(record, kind, "tiny-abcd", status, pods)
+    poll = poll_of(record, kind, "tiny-abcd", status, pods, logs)
     state = derive_status(record, poll.reports)
     failure = failures.first_failure(poll.reports) if state is JobStatus.FAILED else None
     message = failure.describe() if failure else ""
@@ -124,11 +125,19 @@ def test_pods_and_job_object_become_our_states(tmp_path: Path) -> None:
         "nodes are available: 3 Insufficient huawei.com/Ascend910.)")
     up = [_pod("scheduler-0", "Running"), _pod("worker-0", "Running"),
           _pod("worker-1", "Running")]
-    state, _, reports = _look(record, running, up)
+    # The end of worker pod 1's log (`launch.sh run`: each rank's lines prefixed by its
+    # pod-local slot): ranks 2 and 3 get their last step line's metrics, noise is skipped.
+    log = ("[0] == orchestrate attempt 1 ==\n[0] step=3 loss=2.5 lr=1.0e-04\n"
+           "[1] step=4 loss=2.25 tokens_per_s=310.5\n[1] step=x loss=bad\n[0] done\n"
+           "[7] step=9 loss=1\n")
+    state, _, reports = _look(record, running, up, logs={"tiny-abcd-worker-1": log})
     assert state is JobStatus.RUNNING
     assert [(s.slot, s.state) for s in reports[record.nodes[0].name].slots] == [
         ("0", "running"), ("1", "running"), ("sched", "running")]
-    assert [s.slot for s in reports[record.nodes[1].name].slots] == ["2", "3"]
+    assert [(s.slot, dict(s.metrics)) for s in reports[record.nodes[1].name].slots] == [
+        ("2", {"step": 3.0, "loss": 2.5, "lr": 1e-4}),
+        ("3", {"step": 4.0, "loss": 2.25, "tokens_per_s": 310.5})]
+    assert all(not s.metrics for s in reports[record.nodes[0].name].slots)
     # Worker pod 1 (ranks 2-3 on the second node) failed with 137: the job FAILED, naming it.
     failed = [up[0], up[1], _pod("worker-1", "Failed", code=137)]
     state, message, reports = _look(record, running, failed)

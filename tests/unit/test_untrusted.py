@@ -15,13 +15,13 @@ from orchestrate_bloom.ckpt import layout as ck
 from rich.console import Console
 
 from orchestrator.ckpt.select import parse_listing
-from orchestrator.errors import CheckpointError, RemoteCommandError
+from orchestrator.errors import CheckpointError, RemoteCommandError, RemoteError
 from orchestrator.hccl.discover import parse_npu_mapping, parse_spod_info
 from orchestrator.job.logs import _parse_chunks
 from orchestrator.job.nodes import parse_status
 from orchestrator.job.progress import status_table
 from orchestrator.job.state import JobRecord, JobStatus, NodeRecord
-from orchestrator.remote.transport import CommandResult
+from orchestrator.remote.transport import CommandResult, tool_answer
 from orchestrator.untrusted import MAX_JSON_DEPTH, lines, loads_json, scrub, to_int
 
 OSC52 = "\x1b]52;c;aGVsbG8=\x07"  # a clipboard write, if a terminal ever saw it
@@ -116,3 +116,27 @@ def test_yaml_aliases_are_refused_in_set_values_and_preset_files(tmp_path) -> No
         read_yaml(preset)
     with pytest.raises(SettingsError, match=r"got 'xxxx.*… \(5002 chars\)$"):
         apply_override(defaults(), "train.lr=" + "x" * 5000)
+
+
+@pytest.mark.parametrize(("res", "reason"), [
+    # a tool's own error line, with a terminal escape and 5,000 more characters
+    (CommandResult("th1", "t", 1, "", "Traceback\nerror: bad " + OSC52 + "x" * 5000, 0.1),
+     "bad \ufffd]52;c;aGVsbG8=\ufffd" + "x" * 280 + "..."),
+    (CommandResult("th1", "t", 137, "", "", 0.1), "exit 137"),
+    # exit 0 but no JSON object: nested 200,000 deep (json.loads alone: RecursionError), a
+    # list, chatter
+    (CommandResult("th1", "t", 0, "[" * 200_000 + "]" * 200_000, "", 0.1),
+     "printed no JSON result: '" + "]" * 200 + "'"),
+    (CommandResult("th1", "t", 0, "[1]\n", "", 0.1), "printed no JSON result: '[1]'"),
+])
+def test_a_node_tools_failure_is_one_bounded_line_naming_the_node(res: CommandResult,
+                                                                  reason: str) -> None:
+    with pytest.raises(RemoteError) as exc:
+        tool_answer(res, "listing checkpoints")
+    assert str(exc.value) == f"[th1] listing checkpoints: {reason}"
+    assert exc.value.node == "th1" and "\n" not in str(exc.value)
+
+
+def test_a_node_tools_answer_is_its_last_json_object_line() -> None:
+    res = CommandResult("th1", "t", 0, '[WARNING] noise\n{"0": [5, 10]}\n', "", 0.1)
+    assert tool_answer(res, "checkpoint steps") == {"0": [5, 10]}
