@@ -179,12 +179,15 @@ def relaunch_without(record: JobRecord, group: NodeGroup, store: JobStore, excl:
         JobError: the job still runs on a remaining node, a node cannot be reached, or
             staging / starting failed.
     """
+    from orchestrator.backends import need_node_files
     from orchestrator.config.plan import build_plan
     from orchestrator.config.presets import load_job_spec
     from orchestrator.job import lifecycle
     from orchestrator.job.dataset import data_paths_for
     from orchestrator.job.render import render_job
     from orchestrator.job.teardown import failures, stop_everywhere
+
+    need_node_files(record, "leaving a node out")  # checkpoints are converted on the nodes
 
     _refuse_unless_ended(record, excl, group)
     gone = [n for n in record.nodes if n.name in excl.excluded]
