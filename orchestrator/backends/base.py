@@ -7,6 +7,7 @@
     poll = backend.poll(record, group, timeout)          # per-node reports + scheduler view
     stopped = backend.stop(record, group, only=None, timeout=180.0)
     backend.fetch(record, group, "th0", "slurm-12.out", local_path)
+    with backend.stream(record, group, "th0", "output/checkpoint/rank_0/x.ckpt", 0) as f: ...
 
 Plan, render, the watch loop, job records and collect-ckpt are the same for every backend;
 only these steps differ (ssh: fan-out over the node group; slurm: one batch job;
@@ -16,9 +17,10 @@ k8s: one job object through the API server).
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Protocol
 
 from orchestrator.job.nodes import NodeReport
 from orchestrator.job.state import JobRecord, JobStatus, JobStore
@@ -74,6 +76,12 @@ class Backend(Protocol):
     def fetch(self, record: JobRecord, group: NodeGroup, node: str, relpath: str,
               local: Path) -> Path:
         """Copy `relpath` (in the node's job folder) from `node` to `local`."""
+        ...
+
+    def stream(self, record: JobRecord, group: NodeGroup, node: str, relpath: str,
+               offset: int) -> AbstractContextManager[IO[bytes]]:
+        """`relpath` (in the node's job folder) as bytes from `offset` on: collect-ckpt's
+        verified, resumable downloads (hashed as they stream)."""
         ...
 
 

@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import yaml
 
@@ -176,10 +177,21 @@ class K8sBackend:
 
     def fetch(self, record: JobRecord, group: NodeGroup,  # noqa: ARG002 - no nodes
               node: str, relpath: str, local: Path) -> Path:  # noqa: ARG002
-        ref = ref_of(record)
-        raise JobError(f"job {record.job_id} runs on Kubernetes: {relpath} of {node} is inside "
-                       f"its pod, not reachable from here; checkpoints and strategies are on "
-                       f"the claim {ref.volume or '(--volume)'} under {ref.name}/")
+        raise _in_pod(record, node, relpath)
+
+    def stream(self, record: JobRecord, group: NodeGroup,  # noqa: ARG002 - no nodes
+               node: str, relpath: str, offset: int  # noqa: ARG002
+               ) -> AbstractContextManager[IO[bytes]]:
+        """Refused like fetch: a pod's files are not reachable from here."""
+        raise _in_pod(record, node, relpath)
+
+
+def _in_pod(record: JobRecord, node: str, relpath: str) -> JobError:
+    """Why a file of a pod cannot be read from here, and where the checkpoints are."""
+    ref = ref_of(record)
+    return JobError(f"job {record.job_id} runs on Kubernetes: {relpath} of {node} is inside "
+                    f"its pod, not reachable from here; checkpoints and strategies are on "
+                    f"the claim {ref.volume or '(--volume)'} under {ref.name}/")
 
 
 def _cleanup(ref: api.K8sRef) -> bool:

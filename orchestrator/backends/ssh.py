@@ -9,7 +9,9 @@ start`); status, stop and fetch go over the same connections.
 from __future__ import annotations
 
 from collections.abc import Collection
+from contextlib import AbstractContextManager
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from orchestrator.backends.base import Echo, Poll
 from orchestrator.job.state import JobRecord, JobStore
@@ -56,6 +58,19 @@ class SSHBackend:
     def fetch(self, record: JobRecord, group: NodeGroup, node: str, relpath: str,
               local: Path) -> Path:
         return fetch_over_group(group, node, f"{record.node(node).job_dir}/{relpath}", local)
+
+    def stream(self, record: JobRecord, group: NodeGroup, node: str, relpath: str,
+               offset: int) -> AbstractContextManager[IO[bytes]]:
+        return stream_over_group(group, node, f"{record.node(node).job_dir}/{relpath}", offset)
+
+
+def stream_over_group(group: NodeGroup, node: str, remote: str, offset: int
+                      ) -> AbstractContextManager[IO[bytes]]:
+    """`remote` on `node` from byte `offset` on, over the group's connection (OpenSSH with
+    the transport's settings, else SFTP: orchestrator/ckpt/nodes.py open_stream)."""
+    from orchestrator.ckpt.nodes import open_stream
+
+    return open_stream(group.transport(node), PurePosixPath(remote), offset)
 
 
 def fetch_over_group(group: NodeGroup, node: str, remote: str, local: Path) -> Path:

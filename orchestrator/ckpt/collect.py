@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.ckpt import fetch as ckpt_fetch
 from orchestrator.ckpt import merge as ckpt_merge
@@ -24,9 +24,12 @@ from orchestrator.ckpt import select as ckpt
 from orchestrator.config.inventory import Inventory
 from orchestrator.errors import CheckpointError
 from orchestrator.hccl.ranktable import node_rank_ranges
-from orchestrator.job.state import NodeRecord
+from orchestrator.job.state import JobRecord, NodeRecord
 from orchestrator.remote.group import NodeGroup
 from orchestrator.remote.transport import Transport
+
+if TYPE_CHECKING:
+    from orchestrator.backends.base import Backend
 
 Say = Callable[[str], None]
 
@@ -117,17 +120,29 @@ def _drop_step(lst: ckpt.NodeListing, step: int) -> ckpt.NodeListing:
     return ckpt.NodeListing(lst.node, lst.job_dir, ckpts, lst.problems, lst.strategies)
 
 
-def opener(group: NodeGroup) -> ckpt_fetch.Opener:
-    """(node, path, offset) -> stream over the group's connection, for ckpt_fetch."""
+def opener(group: NodeGroup, job: tuple[Backend, JobRecord] | None = None
+           ) -> ckpt_fetch.Opener:
+    """(node, path, offset) -> stream, for ckpt_fetch: through the job's backend
+    (`backend.stream`, paths relative to the node's job folder) for a recorded job, else
+    over the group's connection (a job known only by its inventory)."""
 
     def open_(node: str, path: PurePosixPath, offset: int) -> Any:
+        if job is not None:
+            backend, record = job
+            try:
+                rel = path.relative_to(record.node(node).job_dir)
+            except ValueError:
+                raise CheckpointError(f"[{node}] {path} is not in the job folder "
+                                      f"{record.node(node).job_dir}") from None
+            return backend.stream(record, group, node, rel.as_posix(), offset)
         return ckpt_nodes.open_stream(group.transport(node), path, offset)
 
     return open_
 
 
 def gather_strategies(
-    group: NodeGroup, listings: Sequence[ckpt.NodeListing], dest: Path, required: bool
+    group: NodeGroup, listings: Sequence[ckpt.NodeListing], dest: Path, required: bool,
+    open_: ckpt_fetch.Opener | None = None,
 ) -> dict[int, Path]:
     """Fetch every rank's strategy file into DEST/strategy/; name ranks lacking one."""
     found = {r: s for lst in listings for r, s in lst.strategies.items()}
@@ -148,7 +163,7 @@ def gather_strategies(
         for r, s in sorted(found.items())
         if r in ranks
     ]
-    ckpt_fetch.fetch_all(dest, items, opener(group))
+    ckpt_fetch.fetch_all(dest, items, open_ or opener(group))
     return {int(i.label.split()[1]): dest / i.rel for i in items}
 
 
@@ -174,16 +189,18 @@ def collect(
     say: Say = print,
     progress: Callable[[int], Any] | None = None,
     targets: Sequence[NodeRecord] | None = None,
+    job: tuple[Backend, JobRecord] | None = None,
 ) -> Collected:
     """Gather and merge one step of job `job_id` over `group`; see the module docstring.
 
     `progress(total_bytes)` returns a callable taking byte increments (the CLI's rich bar).
-    `targets` (the job record's nodes) default to the inventory's rank order.
+    `targets` (the job record's nodes) default to the inventory's rank order. `job`: the
+    record's backend and record, whose `backend.stream` the downloads go through.
     """
     t0 = time.monotonic()
     dest.mkdir(parents=True, exist_ok=True)
     targets = targets or targets_from_inventory(group.inventory, job_id)
-    return _collect(group, targets, job_id, dest, opts, say, progress, t0)
+    return _collect(group, targets, job_id, dest, opts, say, progress, t0, opener(group, job))
 
 
 def _collect(
@@ -195,6 +212,7 @@ def _collect(
     say: Say,
     progress: Callable[[int], Any] | None,
     t0: float,
+    open_: ckpt_fetch.Opener,
 ) -> Collected:
     listings = list_nodes(group, targets)
     chosen = choose_verified_step(group, listings, opts.step, say)
@@ -207,7 +225,7 @@ def _collect(
 
     t1 = time.monotonic()
     strategy, dst_ranks, plan, outcomes = _gather(group, listings, ckpts, layout, dest, opts,
-                                                  say, progress)
+                                                  say, progress, open_)
     seconds["gather"] = time.monotonic() - t1
 
     t2 = time.monotonic()
@@ -235,14 +253,14 @@ def _collect(
 
 def _gather(group: NodeGroup, listings: Sequence[ckpt.NodeListing],
             ckpts: dict[int, ckpt.RankCkpt], layout: ckpt.Layout, dest: Path, opts: Options,
-            say: Say, progress: Callable[[int], Any] | None,
+            say: Say, progress: Callable[[int], Any] | None, open_: ckpt_fetch.Opener,
             ) -> tuple[Path | None, list[int], ckpt.FetchPlan, list[ckpt_fetch.Outcome]]:
     """Strategy files (merged unless pure data parallel), then one replica of every needed
     shard, free space checked first: (merged strategy or None, destination ranks, the fetch
     plan, the fetch outcomes)."""
     strategy: Path | None = None
     needed: list[int] | None = None
-    strategies = gather_strategies(group, listings, dest, required=not layout.pure_dp)
+    strategies = gather_strategies(group, listings, dest, not layout.pure_dp, open_)
     dst_ranks = [0]
     if not layout.pure_dp:
         strategy = ckpt_merge.merge_strategies(dest / "strategy", dest / "merged_strategy.ckpt")
@@ -269,7 +287,7 @@ def _gather(group: NodeGroup, listings: Sequence[ckpt.NodeListing],
             f"({len(plan.skipped) + len(plan.copies)} replica file(s) skipped)"
         )
     on_bytes = progress(total) if progress is not None else (lambda _n: None)
-    outcomes = ckpt_fetch.fetch_all(dest, items, opener(group), jobs=opts.forks, on_bytes=on_bytes)
+    outcomes = ckpt_fetch.fetch_all(dest, items, open_, jobs=opts.forks, on_bytes=on_bytes)
     for o in outcomes:
         if o.action != "fetched":
             say(f"{o.item.label}: {o.action}")

@@ -113,7 +113,7 @@ def collect_ckpt_command(
     from orchestrator.untrusted import scrub
 
     store = JobStore(state_dir)
-    job_id, inv, targets, preset = _job_targets(store, job_id, inventory_path, preset)
+    job_id, inv, targets, preset, job = _job_targets(store, job_id, inventory_path, preset)
     console = Console(stderr=True)
     bar, progress = _download_bar(console)
     with NodeGroup(inv, [inv.node(t.name) for t in targets]) as group, _stopping(bar):
@@ -125,6 +125,7 @@ def collect_ckpt_command(
             say=lambda m: console.print(Text(scrub(m))),  # node text: no markup
             progress=progress,
             targets=targets,
+            job=job,
         )
     times = ", ".join(f"{k} {v:.1f} s" for k, v in res.seconds.items())
     console.print(
@@ -138,9 +139,10 @@ def collect_ckpt_command(
 
 
 def _job_targets(store: Any, job_id: str | None, inventory_path: Path | None,
-                 preset: str | None) -> tuple[str, Any, list[Any], str | None]:
-    """(job id, inventory, nodes to collect from, preset): from the job's record, else (a JOB
-    with -i but no record) the inventory's nodes in rank order."""
+                 preset: str | None) -> tuple[str, Any, list[Any], str | None, Any]:
+    """(job id, inventory, nodes to collect from, preset, (backend, record) or None): from
+    the job's record, else (a JOB with -i but no record) the inventory's nodes in rank
+    order."""
     from orchestrator.ckpt.collect import targets_from_inventory
     from orchestrator.config.inventory import load_inventory
     from orchestrator.errors import JobError
@@ -151,12 +153,13 @@ def _job_targets(store: Any, job_id: str | None, inventory_path: Path | None,
         if job_id is None or inventory_path is None:
             raise
         inv = load_inventory(inventory_path)
-        return job_id, inv, list(targets_from_inventory(inv, job_id)), preset
-    from orchestrator.backends import need_node_files
+        return job_id, inv, list(targets_from_inventory(inv, job_id)), preset, None
+    from orchestrator.backends import backend_for, need_node_files
 
     need_node_files(record, "collect-ckpt")
     inv = load_inventory(inventory_path or Path(record.inventory_path))
-    return record.job_id, inv, list(record.nodes), preset or record.preset
+    return (record.job_id, inv, list(record.nodes), preset or record.preset,
+            (backend_for(record), record))
 
 
 def _download_bar(console: Any) -> tuple[Any, Any]:
