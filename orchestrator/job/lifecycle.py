@@ -170,7 +170,8 @@ def launch(record: JobRecord, group: NodeGroup, store: JobStore,
     try:
         record = record.with_status(JobStatus.LAUNCHING)
         store.save(record)
-        # no wait for every handshake first: each node's work begins when its own is done
+        with phase("connect"):
+            group.wait_connected()
         with phase("launch"):
             return backend_for(record).launch(record, group, store, echo)
     except KeyboardInterrupt:
