@@ -8,7 +8,9 @@ What it repeats: a scheduler + 2 data-parallel CPU workers (MindSpore dynamic cl
 does) and train to step 14. Once in CI rank 1 died there with SIGSEGV. Each round prints the
 exit codes of scheduler, worker 0, worker 1; a round where any is not 0 keeps its three
 stderr files (PYTHONFAULTHANDLER=1 puts every thread's Python stack there) under
---keep and prints their paths. Exit 1 if any round failed.
+--keep and prints their paths. Exit 1 if any round failed. A round whose cluster is not done
+within test_train.CLUSTER_TIMEOUT_S (300 s) fails with exit codes -6 (SIGABRT: the Python
+stacks of the hung process are in its kept stderr) or -9, and the loop goes on.
 """
 
 from __future__ import annotations
