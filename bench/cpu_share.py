@@ -1,13 +1,15 @@
 """Whole-node training throughput when ranks share a node's cores: 8 ranks vs 2 on this host.
 
     python bench/cpu_share.py [--steps 30] [--ranks 2 8] [--global-batch 16] [--repeats 1]
+                              [--modes off on]
 
 Runs the real path, `orchestrate up --wait` on a `connection: local` inventory (this machine as
 one node, no SSH), the tiny preset, the same global batch for every rank count (micro batch =
 global batch / ranks), once with each rank's share of the cores (orchestrate_bloom.train.cpu_share:
 pinning + thread pools sized to the share) and once without it (ORCHESTRATE_CPU_SHARE=0 in the
 inventory's env: every rank starts MindSpore's default pools), alternating so both see the same
-background load; with --repeats N the four runs are repeated N times and the median is used.
+background load; with --repeats N the runs are repeated N times, the rank counts in ABBA order
+(2, 8, 8, 2, ...), and the medians are used, also the median of each repeat's own 8/2 ratio.
 Tokens/s of the node = global tokens per step x steps between rank 0's first and last log
 line / seconds between them (compile and cluster start excluded).
 Goal (issue #17): 8 ranks >= 0.8x the tokens/s of 2 ranks on a 2-core host.
@@ -61,27 +63,37 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, nargs=2, default=[2, 8], metavar=("REF", "MANY"))
     parser.add_argument("--global-batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--modes", nargs="+", choices=["on", "off"], default=["off", "on"],
+                        help="share on (the default launch) and/or off (MindSpore's pools)")
     args = parser.parse_args()
     ref, many = args.ranks
     print(f"node tokens/s, tiny preset, global batch {args.global_batch}, {args.steps} steps, "
           f"{len(os.sched_getaffinity(0))} cores, load average {os.getloadavg()[0]:.2f}")
-    runs: dict[str, dict[int, list[float]]] = {"off": {ref: [], many: []},
-                                                "on": {ref: [], many: []}}
+    runs: dict[str, dict[int, list[float]]] = {m: {ref: [], many: []} for m in args.modes}
     with tempfile.TemporaryDirectory(prefix="orchestrate-bench-cpu-") as tmp:
-        for _ in range(args.repeats):
-            for ranks in (ref, many):
-                for mode in ("off", "on"):
+        for i in range(args.repeats):
+            # ABBA: the rank counts swap order every repeat, so a load that drifts during the
+            # run biases neither; each repeat's pair is also a ratio of its own
+            for ranks in (ref, many) if i % 2 == 0 else (many, ref):
+                for mode in args.modes:
                     t = time.perf_counter()
                     rate = run(ranks, mode == "on", args.steps, args.global_batch, Path(tmp))
                     runs[mode][ranks].append(rate)
                     print(f"  {ranks} ranks, share {mode:<3}: {rate:9.1f} tokens/s "
                           f"({time.perf_counter() - t:.0f} s wall, load average "
                           f"{os.getloadavg()[0]:.1f})", flush=True)
+            print("  repeat " + str(i + 1) + ": " + ", ".join(
+                f"{m} {runs[m][many][-1] / runs[m][ref][-1]:.2f}x" for m in args.modes),
+                flush=True)
     out = {m: {r: statistics.median(v) for r, v in by.items()} for m, by in runs.items()}
-    print(f"{'share':<6} {f'{ref} ranks':>10} {f'{many} ranks':>10} {f'{many}/{ref}':>7}")
-    for mode in ("off", "on"):
+    paired = {m: statistics.median(a / b for a, b in zip(by[many], by[ref], strict=True))
+              for m, by in runs.items()}
+    print(f"{'share':<6} {f'{ref} ranks':>10} {f'{many} ranks':>10} {f'{many}/{ref}':>7} "
+          f"{'median of paired':>16}")
+    for mode in args.modes:
         r = out[mode]
-        print(f"{mode:<6} {r[ref]:>10.1f} {r[many]:>10.1f} {r[many] / r[ref]:>6.2f}x")
+        print(f"{mode:<6} {r[ref]:>10.1f} {r[many]:>10.1f} {r[many] / r[ref]:>6.2f}x "
+              f"{paired[mode]:>15.2f}x")
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
     print(json.dumps(out))
 

@@ -2,6 +2,7 @@
 
     python bench/train_step.py [--steps 20] [--threads 2] [--ms-threads N]
     python bench/train_step.py --threads 1 --ms-threads 1   # on a loaded machine: CPU time counts
+    python bench/train_step.py --before --configs tiny      # also: the fast paths off (before)
 
 Same shapes on both sides, CPU, fp32, random token ids: `tiny` (vocab 1000, hidden 64, 2 layers,
 4 heads, seq 64, batch 8) and `small` (vocab 4096, hidden 256, 4 layers, 8 heads, seq 128,
@@ -12,7 +13,9 @@ the median step time of each and the ratio (HF time / ours: >= 1.0 means ours is
 fast), the ratio of the best steps, and the ratio of this process's CPU seconds per step, which
 other processes' load skews least (with one thread per side it is the work each side does;
 with more threads, spinning thread pools count against their side). torch's threads are
---threads; MindSpore's CPU kernel threads --ms-threads (default: MindSpore's own, 25).
+--threads; MindSpore's CPU kernel threads --ms-threads (default: what the trainer gives one
+rank on this machine through cpu_share, as launch.sh runs it: one thread per usable core,
+instead of MindSpore's own 25 on any machine).
 """
 
 from __future__ import annotations
@@ -38,11 +41,13 @@ CONFIGS = {
 }
 
 
-def ours(cfg: dict[str, int], steps: int) -> Callable[[], None]:
-    """One training step of our trainer's cell on fresh random ids (built and compiled here)."""
+def ours(cfg: dict[str, int], steps: int, fast: bool = True) -> Callable[[], None]:
+    """One training step of our trainer's cell on fresh random ids (built and compiled here);
+    `fast=False`: with the layers' CPU fast paths off (the kernel paths of before)."""
     import mindspore as ms
     import yaml
     from mindspore import Tensor
+    from orchestrate_bloom.layers import set_fast_paths
     from orchestrate_bloom.train.cells import build_cells
     from orchestrate_bloom.train.job import load_job
     from orchestrate_bloom.train.schedule import lr_schedule
@@ -59,8 +64,9 @@ def ours(cfg: dict[str, int], steps: int) -> Callable[[], None]:
             "data": {"path": tmp}}))
         job = load_job(job_file)
     layout, _ = fit_layout(job, 1)
-    _, step_cell = build_cells(job, layout, Dist("single", 0, 1), False,
-                               lr_schedule(steps, 1e-4, 1e-5, 0), None)
+    model, step_cell = build_cells(job, layout, Dist("single", 0, 1), False,
+                                   lr_schedule(steps, 1e-4, 1e-5, 0), None)
+    set_fast_paths(model, fast)
     step_cell.set_train(True)
     rng = np.random.default_rng(0)
 
@@ -104,42 +110,61 @@ def timed(step: Callable[[], None]) -> tuple[float, float]:
     return time.perf_counter() - t, time.process_time() - cpu
 
 
+def compare(name: str, steps: int, warmup: int, before: bool) -> None:
+    """Alternate the sides' steps after warm-up; print medians and ratios (HF / side)."""
+    cfg = CONFIGS[name]
+    sides = {"ours (MindSpore graph)": ours(cfg, steps + warmup)}
+    if before:
+        sides["ours, fast paths off"] = ours(cfg, steps + warmup, fast=False)
+    sides["HF+torch AdamW"] = reference(cfg)
+    for _ in range(warmup):  # compile / allocate
+        for step in sides.values():
+            step()
+    times: dict[str, list[tuple[float, float]]] = {side: [] for side in sides}
+    for _ in range(steps):  # alternate, so all see the same background load
+        for side, step in sides.items():
+            times[side].append(timed(step))
+    ref = times["HF+torch AdamW"]
+    tokens = cfg["batch"] * cfg["seq"]
+    for side, t in times.items():
+        wall, cpu = (statistics.median(x[i] for x in t) for i in (0, 1))
+        line = f"{name:5s} {side:23s} {wall * 1e3:8.1f} ms/step {tokens / wall:7.0f} tok/s"
+        if t is not ref:
+            line += (f" | ratio (HF / this): {statistics.median(w for w, _ in ref) / wall:.2f}x,"
+                     f" best-step {min(w for w, _ in ref) / min(w for w, _ in t):.2f}x, "
+                     f"CPU-time {statistics.median(c for _, c in ref) / cpu:.2f}x")
+        print(line, flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=20, help="Timed steps per side.")
     parser.add_argument("--warmup", type=int, default=3, help="Untimed steps (compile) first.")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads.")
     parser.add_argument("--ms-threads", type=int,
-                        help="MindSpore CPU kernel threads (default: MindSpore's own, 25).")
+                        help="MindSpore CPU kernel threads (default: the trainer's share of "
+                        "this machine for one rank, cpu_share).")
     parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=list(CONFIGS),
                         help="Which shapes to run (default: all).")
+    parser.add_argument("--before", action="store_true",
+                        help="Also time ours with the layers' CPU fast paths off (the kernel "
+                        "paths of before), alternating with the other two.")
     args = parser.parse_args()
     import mindspore as ms
     import torch
 
     torch.set_num_threads(args.threads)
+    from orchestrate_bloom.train import cpu_share
+
+    share = cpu_share.rank_share(0, 1, os.sched_getaffinity(0))  # what launch.sh's rank gets
     if args.ms_threads is not None:
-        ms.device_context.cpu.op_tuning.threads_num(args.ms_threads)
+        share = cpu_share.Share(cpus=share.cpus, threads=args.ms_threads, pinned=False)
+    cpu_share.apply_to_mindspore(ms, share)
     print(f"CPU, fp32, median of {args.steps} timed steps after {args.warmup} warm-up; tokens/step"
           f" = batch x seq; torch threads {args.threads}, MindSpore threads "
-          f"{args.ms_threads or 'default (25)'}; load average {os.getloadavg()[0]:.1f}")
+          f"{share.threads}; load average {os.getloadavg()[0]:.1f}")
     for name in args.configs:
-        cfg = CONFIGS[name]
-        mine, theirs = ours(cfg, args.steps + args.warmup), reference(cfg)
-        for _ in range(args.warmup):  # compile / allocate
-            mine()
-            theirs()
-        times_a, times_b = [], []
-        for _ in range(args.steps):  # alternate, so both see the same background load
-            times_a.append(timed(mine))
-            times_b.append(timed(theirs))
-        a, b = (statistics.median(w for w, _ in t) for t in (times_a, times_b))
-        best = min(w for w, _ in times_b) / min(w for w, _ in times_a)
-        cpu = statistics.median(c for _, c in times_b) / statistics.median(c for _, c in times_a)
-        tokens = cfg["batch"] * cfg["seq"]
-        print(f"{name:5s} ours (MindSpore graph): {a * 1e3:8.1f} ms/step {tokens / a:9.0f} tok/s | "
-              f"HF+torch AdamW: {b * 1e3:8.1f} ms/step {tokens / b:9.0f} tok/s | "
-              f"ratio (HF / ours): {b / a:.2f}x, best-step {best:.2f}x, CPU-time {cpu:.2f}x")
+        compare(name, args.steps, args.warmup, args.before)
     print(f"load average now {os.getloadavg()[0]:.1f} (other processes skew both sides)")
 
 

@@ -92,6 +92,12 @@ def note_dropped(results: list[dict[str, Any]], room: int) -> None:
                   f"{r['prompt_tokens_dropped']} were dropped", file=sys.stderr)
 
 
+def shown_prompt(result: dict[str, Any]) -> str:
+    """How a prompt is printed before its completion: as typed, and on a line of its own when a
+    template put the answer after `### Response:` (the completion does not continue the text)."""
+    return str(result["prompt"]) + ("\n" if result["template"] else "")
+
+
 def run_prompts(session: TextGenerationPipeline, prompts: list[str], as_json: bool,
                 raw: bool = False) -> None:
     """Generate for all prompts in one batch and print them (streamed for one prompt on a tty)."""
@@ -99,14 +105,15 @@ def run_prompts(session: TextGenerationPipeline, prompts: list[str], as_json: bo
         results = session.complete(prompts, raw=raw)
         print(json.dumps({"results": results}, indent=2))
     elif len(prompts) == 1 and sys.stdout.isatty():
-        print(prompts[0], end="", flush=True)
+        print(shown_prompt({"prompt": prompts[0], "template": "" if raw else session.template}),
+              end="", flush=True)
         results = session.complete(prompts, lambda piece: print(piece, end="", flush=True),
                                    raw=raw)
         print()
     else:
         results = session.complete(prompts, raw=raw)
         for result in results:
-            print(result["prompt"] + result["completion"])
+            print(shown_prompt(result) + result["completion"])
             print()
     note_dropped(results, session.room())
 
@@ -149,6 +156,7 @@ class Chat:
         """Generate the reply to `line` after the history; returns the `complete` result."""
         text = self.session.format(line, self.raw)
         ids = self.session.tokenizer.encode(text if not self.turns else "\n" + text)
+        self.session.check_fits(line, len(ids), self.raw)
         prompt = chat_prompt(self.turns, ids, self.session.room())
         result = self.session.complete([line], stream, [prompt], raw=self.raw)[0]
         self.turns.append(ids + list(result["new_tokens"]))

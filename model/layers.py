@@ -90,6 +90,19 @@ def bloom_gelu(x: Tensor, sigmoid_form: bool = False) -> Tensor:
     return ops.gelu(x, approximate="tanh")
 
 
+FAST_PATH_FLAGS = ("sigmoid_gelu", "unstack_qkv")  # attributes of BloomMLP / BloomAttention
+
+
+def set_fast_paths(cell: nn.Cell, on: bool) -> None:
+    """Switch the CPU fast paths (sigmoid-form GELU, q/k/v by one Unstack) of every layer
+    under `cell`, before it compiles: off gives the kernel paths they replace (the test of
+    their equality, `python bench/train_step.py --before`)."""
+    for _, sub in cell.cells_and_names():
+        for flag in FAST_PATH_FLAGS:
+            if hasattr(sub, flag):
+                setattr(sub, flag, on)
+
+
 class Linear(nn.Cell):
     """y = x W^T + b with W stored [out, in] (torch layout), computed in `compute_dtype`."""
 

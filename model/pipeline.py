@@ -108,8 +108,31 @@ class TextGenerationPipeline:
 
     def encode(self, text: str, raw: bool = False, gen: GenerateConfig | None = None
                ) -> list[int]:
-        """Prompt ids (templated), left-truncated so prompt + new tokens fit in seq_length."""
-        return self.tokenizer.encode(self.format(text, raw))[-self.room(gen):]
+        """Prompt ids: templated ones whole (see `check_fits`), raw ones left-truncated so
+        prompt + new tokens fit in seq_length (the result's prompt_tokens_dropped says how many
+        were cut)."""
+        ids = self.tokenizer.encode(self.format(text, raw))
+        self.check_fits(text, len(ids), raw, gen)
+        return ids[-self.room(gen):]
+
+    def check_fits(self, text: str, n_ids: int, raw: bool = False,
+                   gen: GenerateConfig | None = None) -> None:
+        """Refuse a templated prompt of `n_ids` tokens that does not fit whole.
+
+        Cutting its start would cut the template, leaving the model a text unlike anything it
+        was trained on (it then continues the instruction instead of answering it).
+
+        Raises:
+            InferError: naming the prompt, its size, the room and how the room is made.
+        """
+        gen = gen or self.gen
+        room = self.room(gen)
+        if raw or not self.template or n_ids <= room:
+            return
+        raise InferError(
+            f"prompt {text[:40]!r} is {n_ids} tokens with the {self.template} template but "
+            f"only {room} fit (model seq_length {self.config.seq_length} - max_new_tokens "
+            f"{gen.max_new_tokens}): shorten it, lower max_new_tokens or send it raw")
 
     def complete(self, texts: list[str], stream: Callable[[str], None] | None = None,
                  prompts: list[list[int]] | None = None, raw: bool = False,

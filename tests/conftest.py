@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.tools.dryrun import DryRuns
 
 REPO = Path(__file__).resolve().parent.parent
 # Tests (and the CLI children they start) keep job records in `.orchestrate` of their working
@@ -17,3 +21,13 @@ os.environ.setdefault("ORCHESTRATE_STATE_DIR", ".orchestrate")
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="session")
+def dry_runs(tmp_path_factory: pytest.TempPathFactory) -> DryRuns:
+    """Compile-only dry runs (tests/tools/dryrun.py), each layout compiled once per session and
+    shared read-only by tests/model/test_train_dryrun.py and
+    tests/integration/test_collect_dryrun.py (they compiled MP=2 and MP=2 x PP=2 twice)."""
+    from tests.tools.dryrun import DryRuns
+
+    return DryRuns(tmp_path_factory.mktemp("dryruns"))

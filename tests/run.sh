@@ -25,4 +25,5 @@ if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/nu
 fi
 python3 -m ruff check .
 python3 -m mypy
-python3 -m pytest "$@"
+# --durations=40: every run prints its 40 slowest test phases (where the 30-min budget goes)
+python3 -m pytest --durations=40 "$@"

@@ -1,6 +1,7 @@
 """Reading prepared MindRecord data back: what the trainer reads (split out of prepare.py).
 
     files = data_files(Path("data/alpaca"))         # our alpaca.mindrecord*, or any *.mindrecord
+    python -m orchestrate_bloom.data.read sample-length DIR   # {"sample_length": N, "file": F}
     dataset = create_dataset(Path("data/alpaca"), batch_size=8, num_shards=2, shard_id=0)
 
 A folder holds our `alpaca.mindrecord[0..K-1]` (prepare-data), or what MindFormers'
@@ -10,9 +11,13 @@ seq_length + 1 ids padded with eos): int64 columns are cast to int32 as they are
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import argparse
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from ..tool_io import tool_main
 
 FILE_STEM = "alpaca.mindrecord"
 
@@ -92,3 +97,21 @@ def sample_length(path: Path) -> int:
 def has_column(path: Path, column: str) -> bool:
     """Whether the prepared data at `path` has `column` (e.g. `loss_mask`)."""
     return column in column_types(path)
+
+
+def _sample_length_result(path: Path) -> Mapping[str, Any]:
+    return {"sample_length": sample_length(path), "file": data_files(path)[0]}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`sample-length DIR`: the ids per row of the first data file, as one JSON line (what `up`
+    asks before staging a local MindRecord folder), or one `error:` line and exit 1."""
+    parser = argparse.ArgumentParser(prog="python -m orchestrate_bloom.data.read")
+    parser.add_argument("what", choices=["sample-length"])
+    parser.add_argument("path", type=Path)
+    args = parser.parse_args(argv)
+    return tool_main(lambda: _sample_length_result(args.path), (OSError, ValueError, RuntimeError))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -135,7 +135,7 @@ class K8sBackend:
             if resume:  # the last attempt's object and pods must be gone first
                 api.delete(ref)
                 api.wait_pods_gone(ref, record.stop_grace + 60.0)
-                manifests[-1] = resumed(manifests[-1])
+                manifests[-1] = resumed(manifests[-1], record.attempts)
             api.create(ref, manifests)
         except JobError as e:
             store.save(record.with_status(JobStatus.FAILED, str(e)).replace(

@@ -20,26 +20,35 @@ the stop grace, SIGKILL), then scancel, and waits until squeue forgets it.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import tempfile
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 from orchestrate_bloom.fileio import write_atomic
 
 from orchestrator.backends import slurm_cli as cli
+from orchestrator.backends import slurm_stage
 from orchestrator.backends.base import Echo, Poll, stage_then_start
 from orchestrator.backends.ssh import fetch_over_group
 from orchestrator.config.scheduler import Scheduler
-from orchestrator.errors import JobError
+from orchestrator.errors import JobError, OrchestrateError
 from orchestrator.job.nodes import NodeReport, derive_status, launch_command, query_job
-from orchestrator.job.state import JobRecord, JobStatus, JobStore
-from orchestrator.remote.group import GroupResult, NodeGroup, cause
+from orchestrator.job.state import JobRecord, JobStatus, JobStore, NodeRecord
+from orchestrator.remote.group import GroupResult, NodeGroup, cause, node_address
 from orchestrator.remote.transport import Transport
+from orchestrator.untrusted import lines, scrub
 
 CANCEL_WAIT = 60.0  # seconds to wait for a cancelled job to leave squeue
+BUNDLE_SHA = "bundle.sha256"  # in the local job folder: the sha256 the nodes check
 
 
-def render_batch(record: JobRecord, sched: Scheduler) -> str:
-    """The sbatch script of the job's current attempt (node job folders must be absolute)."""
+def render_batch(record: JobRecord, sched: Scheduler, addresses: Mapping[str, str],
+                 bundle: slurm_stage.Bundle | None = None) -> str:
+    """The sbatch script of the job's current attempt (node job folders must be absolute).
+
+    `addresses`: node name -> the address its msrun scheduler is reached at (the step takes
+    the one of Slurm's first host); `bundle`: stage through the allocation (slurm_stage.py).
+    """
     from orchestrator.job.render import environment
 
     for n in record.nodes:
@@ -48,16 +57,19 @@ def render_batch(record: JobRecord, sched: Scheduler) -> str:
                            "path without spaces (#SBATCH lines)")
     return environment().get_template("slurm_batch.sh.j2").render(
         job_id=record.job_id, attempt=record.attempts, name=f"orchestrate-{record.job_id}",
-        nodes=record.nodes, options=sched.sbatch_options())
+        nodes=record.nodes, options=sched.sbatch_options(), addresses=addresses,
+        has_sched=record.mode == "msrun", bundle=bundle,
+        out_dir=bundle.out_dir if bundle else record.nodes[0].job_dir)
 
 
 def batch_path(store: JobStore, record: JobRecord) -> Path:
     return store.job_dir(record.job_id) / f"slurm-attempt{record.attempts}.sbatch"
 
 
-def verdict(record: JobRecord, job: cli.SlurmJob | None,
-            reports: GroupResult[NodeReport]) -> tuple[JobStatus, str] | None:
-    """What Slurm adds to the ranks' own status (None: the ranks decide)."""
+def verdict(record: JobRecord, job: cli.SlurmJob | None, reports: GroupResult[NodeReport],
+            out_dir: str | None = None) -> tuple[JobStatus, str] | None:
+    """What Slurm adds to the ranks' own status (None: the ranks decide); `out_dir`: where
+    the batch output is when not in the first node's job folder (`stage: allocation`)."""
     if job is None or record.status in (JobStatus.CANCELLED, JobStatus.FAILED):
         return None
     ranks = derive_status(record, reports)
@@ -65,6 +77,8 @@ def verdict(record: JobRecord, job: cli.SlurmJob | None,
     if ranks is JobStatus.FAILED:
         if job.state in cli.ENDED - {"COMPLETED", "FAILED", "CANCELLED"}:
             return JobStatus.FAILED, job.describe()  # the time limit / node failure killed it
+        if job.state == "COMPLETING":  # Slurm's own end state (e.g. TIMEOUT) shows next poll
+            return record.status, f"{job.describe()}: Slurm is ending it"
         return None
     if ranks is JobStatus.SUCCEEDED:
         return None
@@ -74,9 +88,10 @@ def verdict(record: JobRecord, job: cli.SlurmJob | None,
         return JobStatus.PENDING, job.describe()
     started = any(s.state != "pending" for s in slots)
     if job.state in cli.ENDED and not any(s.state in ("running", "exiting") for s in slots):
-        first = record.nodes[0]
+        first = _batch_node(record, job)
+        where = out_dir or f"{first.name}:{first.job_dir}"
         return JobStatus.FAILED, (f"{job.describe()} before every rank finished (see "
-                                  f"{first.name}:{first.job_dir}/slurm-{job.job_id}.out)")
+                                  f"{where}/slurm-{job.job_id}.out)")
     if not started:
         return JobStatus.LAUNCHING, f"{job.describe()} on {job.nodes}: starting ranks"
     return None
@@ -101,6 +116,8 @@ class SlurmBackend:
                 raise JobError(f"job {record.job_id} not started: {e} "
                                f"({sched.source('partition')} in {group.inventory.path})"
                                ) from None
+        if sched.stage == "allocation":
+            return _stage_bundle(record, group, store, echo)
         return stage_all(record, group, store, echo)
 
     def start(self, record: JobRecord, group: NodeGroup, store: JobStore,
@@ -111,7 +128,11 @@ class SlurmBackend:
             if resume:
                 _prepare_resume(record, group)
             script = batch_path(store, record)
-            write_atomic(script, render_batch(record, sched), 0o644, fsync=False)
+            addresses = {n.name: node_address(n, group.inventory) for n in group.inventory.nodes
+                         if n.name in {r.name for r in record.nodes}}
+            write_atomic(script, render_batch(record, sched, addresses, _bundle(record, store,
+                                                                                sched)),
+                         0o644, fsync=False)
             job_id = cli.sbatch(script, sched.slurm_conf)
         except JobError as e:
             why = str(e)
@@ -126,15 +147,38 @@ class SlurmBackend:
 
     def launch(self, record: JobRecord, group: NodeGroup, store: JobStore,
                echo: Echo) -> JobRecord:
-        """Stage over SSH on every node, then submit the attempt (one sbatch for all)."""
+        """Stage (over SSH, or the bundle for `stage: allocation`), then submit the attempt."""
         return stage_then_start(self, record, group, store, echo)
 
     def poll(self, record: JobRecord, group: NodeGroup, timeout: float) -> Poll:
-        conf = group.inventory.scheduler.slurm_conf
-        job = cli.job_state(record.scheduler_job, conf) if record.scheduler_job else None
+        sched = group.inventory.scheduler
+        job = cli.job_state(record.scheduler_job, sched.slurm_conf) if record.scheduler_job \
+            else None
         reports = query_job(record, group, timeout)  # after Slurm: its end implies the ranks'
-        return Poll(reports=reports, verdict=verdict(record, job, reports),
-                    scheduler_state=job.state if job else None)
+        spool = spool_of(record, sched)
+        said = verdict(record, job, reports, str(spool) if spool else None)
+        if said and said[0] is JobStatus.FAILED and job and job.state in cli.ENDED:
+            why = self.batch_error(record, group, spool, job)
+            said = (said[0], f"{why}; {said[1]}") if why else said
+        return Poll(reports=reports, verdict=said, scheduler_state=job.state if job else None)
+
+    def batch_error(self, record: JobRecord, group: NodeGroup, spool: Path | None,
+                    job: cli.SlurmJob) -> str | None:
+        """The first `orchestrate:` line of the batch job's output (a placement mismatch, a
+        bundle that failed its checks), read from the spool or fetched from the node that
+        ran the batch script."""
+        name = f"slurm-{job.job_id}.out"
+        try:
+            if spool is not None:
+                text = _tail(spool / name)
+            else:
+                with tempfile.TemporaryDirectory(prefix="orchestrate-slurm-") as tmp:
+                    text = _tail(self.fetch(record, group, _batch_node(record, job).name, name,
+                                            Path(tmp) / name))
+        except (OSError, OrchestrateError):
+            return None
+        found = [ln for ln in lines(text) if ln.startswith("orchestrate: ")]
+        return scrub(found[0].removeprefix("orchestrate: ")) if found else None
 
     def stop(self, record: JobRecord, group: NodeGroup, only: Collection[str] | None,
              timeout: float) -> GroupResult[str]:
@@ -157,6 +201,58 @@ class SlurmBackend:
     def fetch(self, record: JobRecord, group: NodeGroup, node: str, relpath: str,
               local: Path) -> Path:
         return fetch_over_group(group, node, f"{record.node(node).job_dir}/{relpath}", local)
+
+
+def _stage_bundle(record: JobRecord, group: NodeGroup, store: JobStore, echo: Echo
+                  ) -> JobRecord:
+    """`stage: allocation`: the bundle into the spool (the batch job's first step unpacks it);
+    its sha256 is kept in the local job folder, which the batch script of every attempt
+    bakes in."""
+    from orchestrator.job.rollout import rendered_files
+
+    spool = group.inventory.scheduler.spool
+    assert spool is not None  # the inventory parser requires it with stage: allocation
+    rendered = {n.name: rendered_files(store, record, n.name) for n in record.nodes}
+    bundle = slurm_stage.build_bundle(record, spool, slurm_stage.bundle_trees(record), rendered)
+    write_atomic(store.job_dir(record.job_id) / BUNDLE_SHA, bundle.sha256 + "\n", 0o644,
+                 fsync=False)
+    echo(f"bundled {len(record.nodes)} node(s) into {bundle.path} (sha256 "
+         f"{bundle.sha256[:12]}): the Slurm job's first step stages it on every node")
+    return record
+
+
+def _bundle(record: JobRecord, store: JobStore, sched: Scheduler) -> slurm_stage.Bundle | None:
+    """The bundle of a job staged through the allocation (None: staged over SSH)."""
+    if sched.stage != "allocation" or sched.spool is None:
+        return None
+    folder = slurm_stage.spool_dir(sched.spool, record.job_id)
+    try:
+        sha = (store.job_dir(record.job_id) / BUNDLE_SHA).read_text().strip()
+    except OSError:
+        raise JobError(f"slurm: job {record.job_id} has no bundle (stage: allocation); "
+                       "start a new job") from None
+    return slurm_stage.Bundle(path=folder / slurm_stage.BUNDLE, sha256=sha, out_dir=folder)
+
+
+def _batch_node(record: JobRecord, job: cli.SlurmJob) -> NodeRecord:
+    """The node whose job folder holds the batch output: Slurm's BatchHost (the first node
+    of the allocation, where `--output` is written), else the plan's first."""
+    return next((n for n in record.nodes if n.name == job.batch_host), record.nodes[0])
+
+
+def spool_of(record: JobRecord, sched: Scheduler) -> Path | None:
+    """Where the batch output of a job staged through the allocation is (None: on the first
+    node's job folder)."""
+    if sched.stage != "allocation" or sched.spool is None:
+        return None
+    return slurm_stage.spool_dir(sched.spool, record.job_id)
+
+
+def _tail(path: Path, limit: int = 65536) -> str:
+    """The last `limit` bytes of a local file as text (node output: bounded, never trusted)."""
+    with open(path, "rb") as f:
+        f.seek(max(0, f.seek(0, 2) - limit))
+        return f.read(limit).decode("utf-8", "replace")
 
 
 def _prepare_resume(record: JobRecord, group: NodeGroup) -> None:

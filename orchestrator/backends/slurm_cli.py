@@ -41,6 +41,7 @@ class SlurmJob:
     reason: str  # Reason, e.g. Resources, Priority, ReqNodeNotAvail (None: "None")
     exit_code: str  # ExitCode, "code:signal"
     nodes: str  # NodeList (compressed, e.g. th[0-1])
+    batch_host: str = ""  # BatchHost: the node the batch script (and its output) is on
 
     @property
     def unschedulable(self) -> bool:
@@ -123,7 +124,8 @@ def job_state(job_id: str, conf: Path | None) -> SlurmJob | None:
     if "JobState" not in fields:
         return None
     return SlurmJob(job_id=job_id, state=fields["JobState"], reason=fields.get("Reason", ""),
-                    exit_code=fields.get("ExitCode", ""), nodes=fields.get("NodeList", ""))
+                    exit_code=fields.get("ExitCode", ""), nodes=fields.get("NodeList", ""),
+                    batch_host=fields.get("BatchHost", ""))
 
 
 def in_queue(job_id: str, conf: Path | None) -> bool:

@@ -6,6 +6,8 @@
     qos: normal
     time: "01:00:00"
     slurm_conf: /etc/slurm/slurm.conf   # SLURM_CONF for sbatch/squeue/scancel (default: theirs)
+    stage: allocation         # Slurm: code and data through the allocation (default: ssh)
+    spool: /shared/spool      # ... from this folder, which the submit host and nodes share
 
 Every error names the file, the key and the bad value (InventoryError).
 """
@@ -21,7 +23,9 @@ from typing import Any
 from orchestrator.errors import InventoryError
 
 BACKENDS = ("ssh", "slurm", "k8s")
-KEYS = frozenset({"backend", "partition", "account", "qos", "time", "slurm_conf"})
+KEYS = frozenset({"backend", "partition", "account", "qos", "time", "slurm_conf", "stage",
+                  "spool"})
+STAGES = ("ssh", "allocation")
 _WORD = re.compile(r"^[A-Za-z0-9_.+-]{1,64}$")
 # Slurm's --time forms: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS, or UNLIMITED
 _TIME = re.compile(r"^(\d+|\d+:\d{2}|\d+:\d{2}:\d{2}|\d+-\d+(:\d{2}(:\d{2})?)?|UNLIMITED)$")
@@ -37,6 +41,8 @@ class Scheduler:
     qos: str | None = None
     time: str | None = None
     slurm_conf: Path | None = None
+    stage: str = "ssh"  # ssh: staged over SSH; allocation: by a step of the Slurm job
+    spool: Path | None = None  # allocation: the bundle's folder, seen by submit host and nodes
 
     def sbatch_options(self) -> list[str]:
         """`--partition=...` etc. for the keys that are set."""
@@ -63,13 +69,25 @@ def parse_scheduler(src: str, doc: Mapping[str, Any]) -> Scheduler:
             raise InventoryError(src, "time", "expected a Slurm time limit (minutes, HH:MM:SS "
                                               f"or D-HH:MM:SS), got {time!r}")
     conf = doc.get("slurm_conf")
-    if conf is not None and (not isinstance(conf, str) or not conf):
-        raise InventoryError(src, "slurm_conf", f"expected a file path, got {conf!r}")
-    conf_path = None
-    if conf:
-        conf_path = Path(conf).expanduser()
-        conf_path = conf_path if conf_path.is_absolute() else Path(src).parent / conf_path
-    return Scheduler(backend=str(backend), time=time, slurm_conf=conf_path, **words)
+    stage = doc.get("stage", "ssh")
+    if stage not in STAGES:
+        raise InventoryError(src, "stage", f"expected one of {', '.join(STAGES)}, got {stage!r}")
+    spool = _path(src, "spool", doc.get("spool"))
+    if stage == "allocation" and spool is None:
+        raise InventoryError(src, "spool", "stage: allocation needs a folder that this machine "
+                                           "and the nodes share, got none")
+    return Scheduler(backend=str(backend), time=time, slurm_conf=_path(src, "slurm_conf", conf),
+                     stage=str(stage), spool=spool, **words)
+
+
+def _path(src: str, key: str, value: Any) -> Path | None:
+    """A file or folder key: `~` expanded, relative to the inventory's folder."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise InventoryError(src, key, f"expected a file path, got {value!r}")
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else Path(src).parent / path
 
 
 def _word(src: str, key: str, value: Any) -> str | None:

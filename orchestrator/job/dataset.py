@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 
 from orchestrate_bloom.data.key import prepared_key
-from orchestrate_bloom.tool_io import failure_reason
+from orchestrate_bloom.tool_io import ToolFailure, failure_reason, read_result
 
 from orchestrator import bundle
 from orchestrator.config.plan import Plan
@@ -111,7 +111,36 @@ def local_dataset(spec: JobSpec, plan: Plan, cache_root: Path) -> Path | None:
     if local.is_file() and local.suffix == ".json":
         return cached_prepare(local, cache_root, spec.model.seq_length,
                               str(spec.value("data.tokenizer") or ""))
+    check_rows(local, spec.model.seq_length)
     return local
+
+
+def check_rows(local: Path, seq_length: int) -> None:
+    """Refuse a local MindRecord dataset (ours or MindFormers') whose rows are not
+    seq_length + 1 ids, before anything is staged or started. The row length comes from the
+    folder's summary.json when prepare-data wrote one, else from the first row (a child reads
+    it: `python -m orchestrate_bloom.data.read sample-length`; this process imports no
+    MindSpore).
+
+    Raises:
+        JobError: one line naming the file, its row length and the one the model needs.
+    """
+    summary = local / "summary.json"
+    width, file = None, str(summary)
+    try:
+        width = int(json.loads(summary.read_text())["seq_length"]) + 1
+    except (OSError, ValueError, KeyError, TypeError):
+        proc = bundle.run_model("data.read", ["sample-length", str(local.resolve())],
+                                env={"GLOG_v": "3"}, timeout=600)
+        try:
+            result = read_result(proc.stdout, proc.stderr, proc.returncode)
+            width, file = int(result["sample_length"]), str(result["file"])
+        except (ToolFailure, KeyError, TypeError, ValueError) as e:
+            raise JobError(f"data.path {local}: cannot read its MindRecord rows: {e}") from None
+    if width != seq_length + 1:
+        raise JobError(f"data.path {local}: {file} holds rows of {width} token ids, "
+                       f"model.seq_length={seq_length} needs {seq_length + 1} (make the data "
+                       f"for seq_length {seq_length}, or --set model.seq_length={width - 1})")
 
 
 def template_override(spec: JobSpec) -> str | None:

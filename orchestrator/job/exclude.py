@@ -179,12 +179,15 @@ def relaunch_without(record: JobRecord, group: NodeGroup, store: JobStore, excl:
         JobError: the job still runs on a remaining node, a node cannot be reached, or
             staging / starting failed.
     """
+    from orchestrator.backends import need_node_files
     from orchestrator.config.plan import build_plan
     from orchestrator.config.presets import load_job_spec
-    from orchestrator.job import lifecycle, rollout
+    from orchestrator.job import lifecycle
     from orchestrator.job.dataset import data_paths_for
     from orchestrator.job.render import render_job
     from orchestrator.job.teardown import failures, stop_everywhere
+
+    need_node_files(record, "leaving a node out")  # checkpoints are converted on the nodes
 
     _refuse_unless_ended(record, excl, group)
     gone = [n for n in record.nodes if n.name in excl.excluded]
@@ -221,7 +224,9 @@ def relaunch_without(record: JobRecord, group: NodeGroup, store: JobStore, excl:
         stray=(*record.stray, *(n for n in gone if n.name in left_over)),
         message=f"relaunched without {', '.join(excl.excluded)}")
     store.save(record)
-    record = rollout.stage_all(record, group, store, echo)
+    from orchestrator.backends import backend_for
+
+    record = backend_for(record).stage(record, group, store, echo)  # slurm: maybe a new bundle
     return lifecycle.resume_job(record, group, store)
 
 

@@ -35,7 +35,8 @@ class Failure:
         """One line, e.g. `rank 3 on node1 exited 137`."""
         what = "scheduler" if self.rank == SCHED else f"rank {self.rank}"
         if self.cause == "exit":
-            return f"{what} on {self.node} exited {self.exit_code}"
+            why = f": {self.detail}" if self.detail else ""  # the rank's own `error:` line
+            return f"{what} on {self.node} exited {self.exit_code}{why}"
         if self.cause == "vanished":
             return f"{what} on {self.node} vanished without an exit code"
         if self.cause == "node-lost":
@@ -78,12 +79,13 @@ def first_failure(reports: Mapping[str, Any]) -> Failure | None:
                     if r.first_failure is not None)
     if firsts:
         at, name, (slot, code, _) = firsts[0]
-        return Failure("exit", node=name, rank=slot, exit_code=code, at=at)
+        return Failure("exit", node=name, rank=slot, exit_code=code, at=at,
+                       detail=next((s.error for s in ok[name].slots if s.slot == slot), ""))
     for name, r in ok.items():
         for s in r.slots:
             if s.failed:
                 if s.state == "exited":
                     return Failure("exit", node=name, rank=s.slot, exit_code=s.exit_code,
-                                   at=time.time())
+                                   at=time.time(), detail=s.error)
                 return Failure("vanished", node=name, rank=s.slot, at=time.time())
     return None

@@ -11,11 +11,10 @@ import shlex
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from orchestrator.errors import JobError
 from orchestrator.job.state import JobRecord, NodeRecord
-from orchestrator.remote.files import LOG_MODE
 from orchestrator.remote.group import GroupResult, NodeGroup
 from orchestrator.remote.transport import Transport
 from orchestrator.untrusted import scrub, to_int
@@ -160,6 +159,10 @@ def fetch_logs(record: JobRecord, group: NodeGroup, dest: Path,
         if slots is not None and record.mode == "msrun" and i == 0 and "sched" not in slots:
             slots.insert(0, "sched")
 
+    from orchestrator.backends import backend_for
+
+    backend = backend_for(record)  # the downloads go through backend.fetch (ssh, slurm: SSH)
+
     def one(t: Transport) -> list[Path]:
         n, slots = chosen[t.node.name]
         folder = dest / n.name  # node names never contain "/" (inventory validation)
@@ -175,16 +178,14 @@ def fetch_logs(record: JobRecord, group: NodeGroup, dest: Path,
                      f"{n.job_dir}/ranks/{s}/stdout.log is a symlink on the node (not followed)")
             if s not in listing:
                 continue
-            local = folder / f"rank_{s}.log"
-            t.get(PurePosixPath(n.job_dir) / "ranks" / s / "stdout.log", local, mode=LOG_MODE)
-            got.append(local)
+            got.append(backend.fetch(record, group, n.name, f"ranks/{s}/stdout.log",
+                                     folder / f"rank_{s}.log"))
         pack = shlex.quote(f"{n.job_dir}/plog.tar.gz")
         res = t.run(f'if [ -d "$HOME/ascend/log" ]; then tar -czf {pack} -C "$HOME/ascend" log '
                     f"&& echo packed; fi", check=False)
         if "packed" in res.stdout:
-            local = folder / "plog.tar.gz"
-            t.get(PurePosixPath(n.job_dir) / "plog.tar.gz", local, mode=LOG_MODE)
-            got.append(local)
+            got.append(backend.fetch(record, group, n.name, "plog.tar.gz",
+                                     folder / "plog.tar.gz"))
         return got
 
     return group.map(one, [n.name for n in record.nodes if n.name in chosen])

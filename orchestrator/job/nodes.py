@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from orchestrator.job.state import JobRecord, JobStatus
 from orchestrator.remote.group import GroupResult, NodeGroup
 from orchestrator.remote.transport import Transport
-from orchestrator.untrusted import lines, to_int
+from orchestrator.untrusted import lines, scrub, to_int
 
+MAX_ERROR = 400  # characters of a failed rank's `error:` line kept in the record
 _FIELD = re.compile(r"\b(step|loss|lr|tokens_per_s|elapsed_s)=([-+0-9.eEinfa]+)")
 
 
@@ -29,6 +30,7 @@ class SlotReport:
     exit_code: int | None
     pid: int | None
     metrics: Mapping[str, float]  # last trainer log line: step, loss, lr, tokens_per_s, ...
+    error: str = ""  # a failed rank's last `error: ...` line (its reason), scrubbed, bounded
 
     @property
     def failed(self) -> bool:
@@ -87,10 +89,13 @@ def parse_status(node: str, text: str) -> NodeReport:
                 order.append(slot)
         elif parts[0] == "last" and len(parts) == 3 and parts[1] in slots:
             slots[parts[1]]["metrics"] = parse_metrics(parts[2])
+        elif parts[0] == "error" and len(parts) == 3 and parts[1] in slots:
+            slots[parts[1]]["error"] = scrub(parts[2].strip())[:MAX_ERROR]
     return NodeReport(node=node, staged=staged, supervisor=supervisor,
                       first_failure=first_failure, slots=tuple(
         SlotReport(slot=s, state=str(slots[s]["state"]), exit_code=slots[s]["exit_code"],  # type: ignore[arg-type]
-                   pid=slots[s]["pid"], metrics=slots[s]["metrics"])  # type: ignore[arg-type]
+                   pid=slots[s]["pid"], metrics=slots[s]["metrics"],  # type: ignore[arg-type]
+                   error=str(slots[s].get("error", "")))
         for s in order))
 
 

@@ -167,12 +167,14 @@ def _items(paths: dict[str, str], role: str) -> list[dict[str, str]]:
             *({"key": k, "path": p} for k, p in paths.items())]
 
 
-def pod_command(resume: bool) -> list[str]:
-    """The container's command: copy the ConfigMap into the job folder, then `launch.sh run`
-    (`run resume` in a new attempt: the trainer continues from the claim's checkpoints)."""
+def pod_command(attempt: int = 1) -> list[str]:
+    """The container's command: copy the ConfigMap into the job folder, then `launch.sh run`;
+    from attempt 2 on `run resume` (the trainer continues from the claim's checkpoints), the
+    pod's fresh job folder told the attempt before, so its logs' attempt marker is the job's."""
+    resume = (f"echo {attempt - 1} >{JOB_DIR}/attempt; exec bash {JOB_DIR}/launch.sh run resume"
+              if attempt > 1 else f"exec bash {JOB_DIR}/launch.sh run")
     script = (f"set -e; cd {CONFIG_DIR}; tar -xzf {CODE_TAR} -C {JOB_DIR}; cp -L launch.sh "
-              f"job.yaml $(ls env.sh 2>/dev/null) {JOB_DIR}/; "
-              f"exec bash {JOB_DIR}/launch.sh run{' resume' if resume else ''}")
+              f"job.yaml $(ls env.sh 2>/dev/null) {JOB_DIR}/; {resume}")
     return ["/bin/bash", "-c", script]
 
 
@@ -184,12 +186,13 @@ def pod_templates(job: Manifest) -> list[Manifest]:
     return [t["template"] for t in spec["tasks"]]
 
 
-def resumed(job: Manifest) -> Manifest:
-    """A copy of the job object whose containers run `launch.sh run resume`."""
+def resumed(job: Manifest, attempt: int) -> Manifest:
+    """A copy of the job object for `attempt` (>= 2): its containers run `launch.sh run
+    resume`."""
     out = copy.deepcopy(job)
     for tpl in pod_templates(out):
         for c in tpl["spec"]["containers"]:
-            c["command"] = pod_command(resume=True)
+            c["command"] = pod_command(attempt)
     return out
 
 
@@ -199,7 +202,7 @@ def _container(name: str, opts: K8sOptions, npus: int,
         "name": "ascend",
         "image": opts.image,
         "imagePullPolicy": "IfNotPresent",
-        "command": pod_command(resume=False),
+        "command": pod_command(),
         "ports": [{"containerPort": OPERATOR_PORT, "name": "ascendjob-port"}],
         "volumeMounts": [
             {"name": "files", "mountPath": CONFIG_DIR, "readOnly": True},

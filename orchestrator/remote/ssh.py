@@ -72,6 +72,7 @@ from orchestrator.remote import files, output, ssh_files, sshconfig, sshroute
 from orchestrator.remote.hostkeys import (
     AcceptNew,
     RejectUnknown,
+    add_known_keys,
     find_known_key,
     fingerprint,
     known_hosts_name,
@@ -187,11 +188,10 @@ class SSHTransport:
         files_ = self.known_hosts_files()
         keys = conn.client.get_host_keys()
         for path in files_:
-            if path.is_file():
-                try:
-                    keys.load(str(path))
-                except (OSError, SSHException) as e:
-                    raise HostKeyError(n.name, f"cannot read known_hosts {path}: {e}") from e
+            try:
+                add_known_keys(keys, [path], known_hosts_name(conn.host, conn.port))
+            except (OSError, SSHException) as e:
+                raise HostKeyError(n.name, f"cannot read known_hosts {path}: {e}") from e
         policy = sshconfig.effective_policy(n.name, o.host_key_policy, self.settings())
         if policy is HostKeyPolicy.ACCEPT_NEW:
             conn.client.set_missing_host_key_policy(AcceptNew(n.name, o.accept_new_target()))

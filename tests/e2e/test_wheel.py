@@ -2,7 +2,7 @@
 from a folder outside the checkout that holds a user's own `model.py` and `model/` package
 (also on PYTHONPATH), with nothing of the checkout importable.
 
-    python -m pytest -q tests/e2e/test_wheel.py        # slow: ~2 min on 2 cores
+    python -m pytest -q tests/e2e/test_wheel.py        # slow: ~3 min on 2 cores
 
 The fresh venv is made with --system-site-packages and one `.pth` line naming the test
 venv's site-packages, so MindSpore and the other dependencies need no download; `.pth` files
@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+SEED = REPO / "model" / "assets" / "alpaca_seed_tasks.json"
 pytestmark = pytest.mark.slow
 
 
@@ -52,6 +53,29 @@ def fresh_venv(tmp: Path) -> Path:
     return py
 
 
+def answers_after_the_template(orchestrate: Path, user: Path, env: dict[str, str]) -> None:
+    """`infer --job latest` after the README's job (issue 15): greedy answers to seed
+    instructions get the whole Alpaca template the data was prepared with and are responses
+    (no template text, not the instruction continued; some end at eos as training rows do).
+    When the tokenizer spent 65 tokens on the template and tiny had seq_length 64, no row held a
+    response and the answer was the template's words repeated ("Write a creative me a ...")."""
+    from orchestrate_bloom.prompts import PROMPT_NO_INPUT
+
+    seeds = [r["instruction"] for r in json.loads(SEED.read_text()) if not r["input"]][:4]
+    prompts = user / "prompts.txt"
+    prompts.write_text("\n".join(["Give three tips for staying healthy.", *seeds]) + "\n")
+    out = sh(orchestrate, "infer", "--job", "latest", "--max-new-tokens", "24", "--json",
+             "--input", prompts, cwd=user, env=env)
+    results = json.loads(out.stdout)["results"]
+    template_lines = {ln for ln in PROMPT_NO_INPUT.format(instruction="").splitlines() if ln}
+    for r in results:
+        assert r["template"] == "alpaca" and r["prompt_tokens_dropped"] == 0, r
+        answer = r["completion"]
+        assert answer.strip() and "###" not in answer, r
+        assert not any(line in answer for line in template_lines | {r["prompt"]}), r
+    assert any(r["stop"] == "eos" for r in results), results
+
+
 def test_wheel_installs_and_runs_up_collect_infer_outside_the_checkout(tmp_path: Path) -> None:
     py = fresh_venv(tmp_path)
     venv = py.parent.parent
@@ -71,16 +95,12 @@ def test_wheel_installs_and_runs_up_collect_infer_outside_the_checkout(tmp_path:
     inv.write_text(f"defaults: {{connection: local, devices: 2, workdir: {user / 'run'}, "
                    f"python: {py}}}\nnodes:\n  - {{host: 127.0.0.1, name: local}}\n")
     orchestrate = venv / "bin" / "orchestrate"
-    up = sh(orchestrate, "up", "-i", inv, "-c", "tiny", "--set", "train.steps=5", "--wait",
-            cwd=user, env=env)
+    up = sh(orchestrate, "up", "-i", inv, "-c", "tiny", "--wait", cwd=user, env=env)  # README
     assert "SUCCEEDED" in up.stdout, up.stdout
     got = sh(orchestrate, "collect-ckpt", cwd=user, env=env)
     merged = user / got.stdout.strip().splitlines()[-1].removeprefix("merged checkpoint: ")
     assert merged.is_file() and merged.is_relative_to(user), got.stdout
-    out = sh(orchestrate, "infer", "--job", "latest", "--max-new-tokens", "4", "--json",
-             "Give three tips.", cwd=user, env=env)
-    doc = json.loads(out.stdout)
-    assert doc, out.stdout
+    answers_after_the_template(orchestrate, user, env)
     templates = sh(py, "-c", "from orchestrator import bundle; print(bundle.templates_dir(), "
                    "bundle.presets_dir())", cwd=user, env=env).stdout.split()
     for folder in templates:  # package data, from the installed wheel

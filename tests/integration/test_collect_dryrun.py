@@ -28,13 +28,7 @@ import yaml
 from orchestrator.ckpt.collect import Options, collect
 from orchestrator.config.inventory import load_inventory
 from tests.integration.conftest import leftovers, why_no_testhosts
-from tests.tools.dryrun import (
-    TINY,
-    check_reassembled,
-    compile_ranks,
-    write_job,
-    write_reference,
-)
+from tests.tools.dryrun import TINY, DryRuns, check_reassembled
 
 
 def collect_on(inventory: Path, *args: Any, **kwargs: Any) -> Any:
@@ -104,21 +98,15 @@ def _arch(tmp_path: Path) -> Path:
     return arch
 
 
-def _dry_run(tmp_path: Path, mp: int, pp: int) -> tuple[Path, dict[str, np.ndarray]]:
-    """Compile every rank on slices of a random reference: (output folder, reference)."""
-    reference = write_reference(tmp_path / "reference.ckpt")
-    job = write_job(tmp_path / "dry", 1, mp, pp)
-    return compile_ranks(job, mp * pp, tmp_path / "build", tmp_path / "reference.ckpt"), reference
-
-
 def _assert_equal(full: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> None:
     assert sorted(full) == sorted(reference)  # every parameter of BloomLMHeadModel, no other
     for name, want in reference.items():
         np.testing.assert_array_equal(full[name], want, err_msg=name)
 
 
-def test_mp2_dry_run_shards_on_two_hosts_reassemble_exactly(hosts: Path, tmp_path: Path) -> None:
-    out, reference = _dry_run(tmp_path, 2, 1)
+def test_mp2_dry_run_shards_on_two_hosts_reassemble_exactly(hosts: Path, tmp_path: Path,
+                                                            dry_runs: DryRuns) -> None:
+    out, reference = dry_runs.get(1, 2, 1)  # shared with tests/model/test_train_dryrun.py
     _clear(hosts)
     for rank in (0, 1):  # rank r on th<r>, as `up` would place a 2-rank job on 1-device nodes
         _place(out, hosts, rank, f"th{rank}")
@@ -141,8 +129,8 @@ def test_mp2_dry_run_shards_on_two_hosts_reassemble_exactly(hosts: Path, tmp_pat
 
 
 def test_mp2pp2_dry_run_on_two_hosts_collect_ckpt_cli_reassembles_exactly(
-        hosts: Path, tmp_path: Path) -> None:
-    out, reference = _dry_run(tmp_path, 2, 2)
+        hosts: Path, tmp_path: Path, dry_runs: DryRuns) -> None:
+    out, reference = dry_runs.get(1, 2, 2)  # shared with tests/model/test_train_dryrun.py
     _clear(hosts)
     for rank in range(4):  # as `up` places 4 ranks on two 2-device nodes
         _place(out, hosts, rank, f"th{rank // 2}")

@@ -114,9 +114,10 @@ def test_get_of_a_growing_file_is_read_as_it_was_stated(testhosts: TestHosts,
     remote = f"/tmp/grow-{os.getpid()}.log"
     q = shlex.quote(remote)
     testhosts.ssh("th2", f"head -c 1024 /dev/zero > {q}")
+    stop = shlex.quote(remote + ".stop")  # appends until both gets are over (at most ~5 s)
     writer = threading.Thread(target=testhosts.ssh, args=(
-        "th2", f"for i in $(seq 100); do head -c 4096 /dev/zero >> {q}; sleep 0.05; done; "
-               f"rm -f {q}"))
+        "th2", f"for i in $(seq 100); do [ -e {stop} ] && break; "
+               f"head -c 4096 /dev/zero >> {q}; sleep 0.05; done; rm -f {q} {stop}"))
     got = {}
     with transport_for(inv.nodes[2], inv) as t:
         writer.start()
@@ -128,6 +129,7 @@ def test_get_of_a_growing_file_is_read_as_it_was_stated(testhosts: TestHosts,
                 t.get(PurePosixPath(remote), local)
                 got[use_openssh] = local.read_bytes()
         finally:
+            testhosts.ssh("th2", f"touch {stop}")
             writer.join()
     for data in got.values():  # verified against the stat: its size, its sha256
         assert len(data) >= 1024 and data == b"\0" * len(data)

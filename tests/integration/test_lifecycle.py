@@ -2,7 +2,8 @@
 
 Two test hosts (th0, th1) x 2 CPU ranks each, driven through the real CLI in a subprocess
 (`python -m orchestrator ...`), as a user would. The end-to-end case trains the real tiny
-Bloom for 50 steps (marked slow); the failure cases use a trivial rank command (--entrypoint).
+Bloom for 50 steps, then collect-ckpt merges it and `infer --job latest` answers (marked slow);
+the failure cases use a trivial rank command (--entrypoint).
 After every test no process carrying the job id exists in any host's PID namespace.
 """
 
@@ -132,6 +133,18 @@ def test_tiny_job_end_to_end(testhosts: TestHosts, two_hosts: Path, state: Path,
             assert (fetched / node["name"] / f"rank_{rank}.log").is_file()
     assert "step=50 " in (fetched / "th0" / "rank_0.log").read_text()
     assert_nothing_left(testhosts, job_id)
+
+    # collect-ckpt + infer --job on the same job (was test_collect_e2e.py, which trained a
+    # second tiny 2 x 2 job, 10 steps, on its own host set for this)
+    got = orch(state, "collect-ckpt")  # the latest job, its own inventory
+    assert "fetching ranks [0] only" in " ".join(got.stderr.split())  # 1 replica of 4 DP ranks
+    merged = Path(state.parent, got.stdout.strip().split("merged checkpoint: ")[1])
+    assert merged.name == "bloom_tiny_step50.ckpt"
+    assert sorted(p.name for p in merged.parent.parent.iterdir()) == [
+        ".verified.json", "merged", "rank_0"]
+    assert "check" in got.stderr  # loaded into BloomLMHeadModel
+    inf = orch(state, "infer", "--job", "latest", "--max-new-tokens", "5", "Add 2 and 1.")
+    assert inf.stdout.startswith("Add 2 and 1.") and len(inf.stdout.strip()) > len("Add 2 and 1.")
 
 
 def test_rank_killed_fails_job_on_every_host(testhosts: TestHosts, two_hosts: Path,

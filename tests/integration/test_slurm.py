@@ -1,10 +1,11 @@
 """The Slurm backend on a real Slurm cluster: tests/slurmhosts.sh (munge, slurmctld, one
 slurmd in each of 2 network-namespace test hosts x 2 CPUs), shared by every test here.
 
-Driven through the real CLI in a subprocess, as a user would: `up --backend slurm --wait`
-trains the real tiny Bloom and `collect-ckpt` / `infer --job` use it; the failure cases use
-a trivial rank command (--entrypoint). After each job no process of it is left on any host
-and Slurm's queue no longer lists it.
+Driven through the real CLI in a subprocess, as a user would: one real tiny Bloom training
+job, staged through the allocation, is stopped with `down --save`, resumed to its last step,
+then `collect-ckpt` / `infer --job` use it; a `time: 1` job runs beside it and must end
+FAILED naming the time limit. The failure cases use a trivial rank command (--entrypoint).
+After each job no process of it is left on any host and Slurm's queue no longer lists it.
 """
 
 from __future__ import annotations
@@ -34,6 +35,28 @@ SLEEPER = 'trap "exit 143" TERM; for i in $(seq 1200); do echo "step=$i loss=1.5
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Path]:
     yield from slurm_cluster(STATE, 2, devices=2)
+
+
+@pytest.fixture(scope="module")
+def time_limited(cluster: Path, tmp_path_factory: pytest.TempPathFactory
+                 ) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+    """`up --wait` of a sleeper job with `time: 1` (Slurm's smallest limit, a minute), in the
+    background: the training test asks for it first, so the minute this job waits for its
+    limit overlaps the training. Its own workdir, so the nodes' job lock sees one job each."""
+    cwd = tmp_path_factory.mktemp("time-limit")
+    doc = yaml.safe_load(cluster.read_text())
+    doc["time"] = 1
+    doc["defaults"]["workdir"] += "/time-limit"
+    inv = cwd / "tl.yaml"
+    inv.write_text(yaml.safe_dump(doc))
+    proc = start(cwd, "up", "-i", str(inv), "-c", "tiny", "--no-check", "--wait",
+                 "--entrypoint", SLEEPER)
+    try:
+        yield proc, cwd
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            orch(cwd, "down", "--yes", check=False)
 
 
 def slurm(*args: str) -> subprocess.CompletedProcess[str]:
@@ -115,35 +138,93 @@ def running(cwd: Path) -> bool:
         r["state"] == "running" for n in status["nodes"] for r in n["ranks"])
 
 
+def checkpoints(job: dict) -> dict[int, list[int]]:
+    """rank -> the steps it saved (its `bloom_rank_<r>-<step>.ckpt` files on its host)."""
+    out = {}
+    for node in job["nodes"]:
+        for rank in range(node["rank_start"], node["rank_end"]):
+            names = ssh(node["name"], f"ls {node['job_dir']}/output/checkpoint/rank_{rank}")
+            out[rank] = sorted(int(n[:-5].rsplit("-", 1)[1]) for n in names.stdout.split()
+                               if n.endswith(".ckpt"))
+    return out
+
+
+def logged_step(job: dict) -> int:
+    """The newest `step=N` line rank 0 logged (0: none yet)."""
+    node = job["nodes"][0]
+    out = ssh(node["name"], f"grep -ao '^step=[0-9]*' {node['job_dir']}/ranks/0/stdout.log "
+                            "| tail -1").stdout.strip()
+    return int(out.split("=")[1]) if out.startswith("step=") else 0
+
+
+STEPS = 40  # room: under load the stop request may land many steps after it was sent
+
+
 @pytest.mark.slow
-def test_up_backend_slurm_trains_then_collect_and_infer(cluster: Path, tmp_path: Path) -> None:
+@pytest.mark.usefixtures("time_limited")
+def test_allocation_staged_training_down_save_resume_collect_infer(cluster: Path,
+                                                                   tmp_path: Path) -> None:
+    """One real tiny training job for the whole flow (~the cost of one job; the time-limit
+    job of `time_limited` runs beside it):
+    `up --backend slurm` with `stage: allocation` (code and data through the Slurm job, from
+    a spool under tmp_path); `down --save` once it logged step 2 -> every rank saved the same
+    step N, CANCELLED with saved_step N, the Slurm job gone; `resume --wait` -> SUCCEEDED at
+    the final step on both hosts; `collect-ckpt` and `infer --job` on it."""
     doc = yaml.safe_load(cluster.read_text())
     assert doc.pop("backend") == "slurm"  # --backend chooses it instead
+    doc.update(stage="allocation", spool=str(tmp_path / "spool"))
     inv = tmp_path / "inv.yaml"
     inv.write_text(yaml.safe_dump(doc))
     orch(tmp_path, "prepare-data", "--input", str(SEED), "--output", str(tmp_path / "data"),
          "--seq-length", "32")
-    up = orch(tmp_path, "up", "-i", str(inv), "--backend", "slurm", "-c", "tiny",
-              "--set", f"data.path={tmp_path / 'data'}", "--set", "train.steps=4",
-              "--set", "train.save_steps=2", "--set", "train.seq_length=32", "--wait")
+    up = orch(tmp_path, "up", "-i", str(inv), "--backend", "slurm", "-c", "tiny", "--no-check",
+              "--set", f"data.path={tmp_path / 'data'}", "--set", f"train.steps={STEPS}",
+              "--set", "train.save_steps=1000", "--set", "train.seq_length=32",
+              "--set", "train.log_steps=1", "--set", "train.warmup_steps=0")
     job = record(tmp_path)
-    assert job["status"] == "SUCCEEDED" and job["backend"] == "slurm", up.stdout + up.stderr
+    spool = tmp_path / "spool" / job["job_id"]
+    assert f"bundled 2 node(s) into {spool}/bundle.tar" in up.stdout, up.stdout
     batch = (tmp_path / ".orchestrate" / "jobs" / job["job_id"] / "slurm-attempt1.sbatch"
              ).read_text()
-    assert all(f"exec bash {n['job_dir']}/launch.sh run" in batch for n in job["nodes"])
-    for node in job["nodes"]:
-        for rank in range(node["rank_start"], node["rank_end"]):
-            res = ssh(node["name"], f"ls {node['job_dir']}/output/checkpoint/rank_{rank}")
-            assert f"bloom_rank_{rank}-4.ckpt" in res.stdout, (node["name"], res.stdout)
-    # Every rank exited 0 (SUCCEEDED); the batch job ends a moment later (launch.sh run polls).
+    assert f"#SBATCH --output={spool}/slurm-%j.out" in batch and "\norchestrate_stage\n" in batch
+    wait_for(lambda: logged_step(job) >= 2, timeout=300)
+    down = orch(tmp_path, "down", job["job_id"], "--save", "--yes", "--save-timeout", "120")
+    job = record(tmp_path)
+    saved = job["saved_step"]
+    assert job["status"] == "CANCELLED" and isinstance(saved, int), (job, down.stdout)
+    assert job["message"] == f"stopped by down --save: step {saved} saved on every rank"
+    assert 2 <= saved < STEPS and checkpoints(job) == {r: [saved] for r in range(4)}
+    out = (spool / f"slurm-{job['scheduler_job']}.out").read_text()
+    assert all(f"{h}: staged {spool}/bundle.tar into " in out for h in HOSTS), out
+    assert_gone(job)
+
+    orch(tmp_path, "resume", job["job_id"], "--wait")
+    job = record(tmp_path)
+    assert job["status"] == "SUCCEEDED" and job["attempts"] == 2, job
+    assert checkpoints(job) == {r: [saved, STEPS] for r in range(4)}
     state = wait_for(lambda: "JobState=COMPLETED" in (out := slurm(
         "scontrol", "show", "job", "-o", job["scheduler_job"]).stdout) and out, timeout=30)
     assert "NodeList=th[0-1]" in state
     assert_gone(job)
     got = orch(tmp_path, "collect-ckpt")
-    assert "bloom_tiny_step4.ckpt" in got.stdout
+    assert f"bloom_tiny_step{STEPS}.ckpt" in got.stdout
     inf = orch(tmp_path, "infer", "--job", "latest", "--max-new-tokens", "3", "Add 2 and 1.")
     assert inf.stdout.startswith("Add 2 and 1.")
+
+
+def test_time_limit_fails_the_job_naming_it(
+        time_limited: tuple[subprocess.Popen[str], Path]) -> None:
+    """The `time: 1` job (started by `time_limited`, beside the training test): FAILED naming
+    the time limit in one line, nothing of it left on the hosts."""
+    proc, cwd = time_limited
+    out, err = proc.communicate(timeout=300)
+    job = record(cwd)
+    assert proc.returncode == 1 and job["status"] == "FAILED", out + err
+    assert job["message"].startswith(f"slurm job {job['scheduler_job']} TIMEOUT (TimeLimit)")
+    last = out.strip().splitlines()[-1]
+    assert last.startswith(f"job {job['job_id']} FAILED: slurm job {job['scheduler_job']} "
+                           "TIMEOUT (TimeLimit)"), out
+    assert_gone(job)
 
 
 def up_wait_and_kill(cwd: Path, rank: int, *args: str) -> tuple[int, str, str]:
@@ -235,3 +316,26 @@ def test_bad_partition_is_a_one_line_error(cluster: Path, tmp_path: Path) -> Non
     assert job["status"] == "FAILED" and "nope" in job["message"]
     for node in job["nodes"]:  # refused before staging: nothing was sent to the hosts
         assert ssh(node["name"], f"test -e {node['job_dir']}").returncode == 1
+
+
+def test_a_rank_order_other_than_slurms_fails_naming_both(cluster: Path, tmp_path: Path) -> None:
+    """th0 given by its ssh alias sorts after th1's address, so the plan's rank order is
+    th1 th0 while Slurm's node order is th0 th1: the step refuses before any rank starts."""
+    doc = yaml.safe_load(cluster.read_text())
+    doc["nodes"][0]["host"] = "th0"  # ssh_config's alias: rank order sorts addresses
+    inv = tmp_path / "inv.yaml"
+    inv.write_text(yaml.safe_dump(doc))
+    res = orch(tmp_path, "up", "-i", str(inv), "-c", "tiny", "--no-check", "--wait",
+               "--entrypoint", SLEEPER, check=False, timeout=180)
+    job = record(tmp_path)
+    assert [n["name"] for n in job["nodes"]] == ["th1", "th0"]
+    said = ("slurm placed the job on th0 th1 (SLURM_JOB_NODELIST=th[0-1]) in that node order, "
+            "the plan (rank order, by address) has th1 th0")
+    assert res.returncode == 1 and job["status"] == "FAILED"
+    assert said in job["message"] and f"slurm job {job['scheduler_job']} FAILED" in \
+        job["message"], job["message"]
+    assert said in res.stdout.splitlines()[-1]
+    th1 = job["nodes"][0]
+    log = ssh("th1", f"cat {th1['job_dir']}/ranks/0/stdout.log").stdout
+    assert log == f"orchestrate: th1: {said}\n"
+    assert_gone(job)

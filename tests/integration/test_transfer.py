@@ -78,8 +78,10 @@ def test_put_is_0600_from_the_first_byte(testhosts: TestHosts, tmp_path: Path) -
     folder = f"/tmp/secret-{os.getpid()}"
     testhosts.ssh("th3", f"mkdir -p {folder}")
     spy_box: list[str] = []
+    # the spy watches until told to stop once the put is over (at most 600 rounds, ~6 s)
     spy = threading.Thread(target=lambda: spy_box.append(testhosts.ssh("th3", (
-        f"for i in $(seq 600); do for f in {folder}/.env.sh.orchestrate-tmp-*; do "
+        f"for i in $(seq 600); do [ -e {folder}/spy-stop ] && break; "
+        f"for f in {folder}/.env.sh.orchestrate-tmp-*; do "
         '[ -e "$f" ] && stat -c %a "$f" 2>/dev/null; done; sleep 0.01; done')).stdout))
     spy.start()
     try:
@@ -97,6 +99,7 @@ def test_put_is_0600_from_the_first_byte(testhosts: TestHosts, tmp_path: Path) -
             t.run = real_run  # type: ignore[method-assign]
             final = files.remote_stat(t, PurePosixPath(folder) / "env.sh").mode
     finally:
+        testhosts.ssh("th3", f"touch {folder}/spy-stop")
         spy.join()
         testhosts.ssh("th3", f"rm -rf {folder}")
     seen = spy_box[0].split()

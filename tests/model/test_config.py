@@ -12,7 +12,7 @@ from orchestrate_bloom.config import BloomConfig, ConfigError, load_preset
 def test_tiny_preset_reads_defaults_then_preset() -> None:
     cfg = load_preset("tiny")
     assert (cfg.vocab_size, cfg.hidden_size, cfg.n_layer, cfg.n_head) == (1000, 64, 2, 4)
-    assert cfg.seq_length == 64 and cfg.compute_dtype == "float32"
+    assert cfg.seq_length == 128 and cfg.compute_dtype == "float32"
     assert cfg.layer_norm_epsilon == 1e-5 and cfg.pad_token_id == 3  # from defaults.yaml
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -109,12 +110,14 @@ def test_chat_prompt_keeps_the_latest_whole_turns_that_fit() -> None:
 
 def test_chat_loop_keeps_the_history_in_the_prompt(tiny_ckpt: Path, tiny_generator) -> None:
     """Drive `infer --chat` through stdin; each reply must be the greedy continuation of the
-    previous turns (oldest dropped to fit seq_length 64) plus the new line."""
+    previous turns (oldest dropped to fit the tiny preset's seq_length) plus the new line."""
     from orchestrate_bloom.infer import GenerateConfig, chat_prompt
     from orchestrate_bloom.tokenizer import load_tokenizer
 
     lines = ["Hello there", "", "How are you?", "Give three tips for staying healthy.",
-             "Write a haiku about rain in the mountains at night."]
+             "Write a haiku about rain in the mountains at night.",
+             "Write a haiku about rain in the mountains at night, then one about snow on the sea "
+             "at dawn, and a third about the wind in a city street at noon."]
     result = orchestrate("infer", "--ckpt", str(tiny_ckpt), "--config", "tiny", "--chat",
                          "--max-new-tokens", "8", stdin="\n".join(lines) + "\nexit\n")
     assert result.returncode == 0, result.stderr
@@ -157,10 +160,17 @@ def test_chat_loop_keeps_the_history_in_the_prompt(tiny_ckpt: Path, tiny_generat
      "Error: infer: unknown preset 'nope'"),
     (["--ckpt", "{ckpt}", "--config", "tiny", "--tokenizer", "{tmp}/config.json", "Hi"],
      "Error: infer: {tmp}/config.json: not a tokenizer.json"),
+    (["--ckpt", "{ckpt}", "--config", "{tmp}/alpaca.yaml", "--max-new-tokens", "100",
+      "Give three tips for staying healthy."],  # the template is never cut: a refusal
+     "Error: infer: prompt 'Give three tips for staying healthy.' is 47 tokens with the alpaca "
+     "template but only 28 fit (model seq_length 128 - max_new_tokens 100): shorten it, lower "
+     "max_new_tokens or send it raw"),
 ])
 def test_bad_inputs_are_one_line_errors(tiny_ckpt: Path, tmp_path: Path, args: list[str],
                                         message: str) -> None:
     (tmp_path / "corrupt.ckpt").write_bytes(b"not a checkpoint" * 64)
+    (tmp_path / "alpaca.yaml").write_text(json.dumps({  # as collect-ckpt records a tiny job
+        "model": dataclasses.asdict(load_preset("tiny")), "data": {"template": "alpaca"}}))
     (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 32, "n_layer": 2,
                                                       "n_head": 4, "vocab_size": 1000}))
     subst = {"tmp": str(tmp_path), "ckpt": str(tiny_ckpt)}

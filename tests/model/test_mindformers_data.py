@@ -62,3 +62,26 @@ def test_a_row_length_that_does_not_match_is_refused(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "holds samples of 65 token ids, model.seq_length=32 needs 33" in result.stderr
     assert not (job.parent / "output" / "checkpoint").exists()
+
+
+def test_a_local_dataset_of_another_row_length_is_refused_at_up(tmp_path: Path) -> None:
+    """Before anything is rendered, staged or started: one line naming the file and both
+    numbers (the row length comes from the first row; this CLI process reads it in a child)."""
+    from click.testing import CliRunner
+
+    from orchestrator.cli.main import cli
+
+    write_mindformers_dataset(tmp_path / "mf", rows=4, width=65)
+    inv = tmp_path / "local.yaml"
+    inv.write_text(f"defaults: {{connection: local, devices: 2, workdir: {tmp_path / 'run'}}}\n"
+                   "nodes:\n  - {host: 127.0.0.1, name: local}\n")
+    state = tmp_path / "state"
+    result = CliRunner().invoke(cli, ["up", "-i", str(inv), "-c", "tiny", "--state-dir",
+                                      str(state), "--set", f"data.path={tmp_path / 'mf'}"])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.splitlines() == [
+        f"Error: data.path {tmp_path / 'mf'}: {tmp_path / 'mf' / 'dataset.mindrecord'} holds "
+        "rows of 65 token ids, model.seq_length=128 needs 129 (make the data for seq_length "
+        "128, or --set model.seq_length=64)"]
+    assert not list(tmp_path.glob("run/jobs/*"))  # the check made the workdir, nothing in it
+    assert not list(state.glob("jobs/*.json")) and not list(state.glob("jobs/*/*"))

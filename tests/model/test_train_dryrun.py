@@ -21,13 +21,7 @@ from orchestrate_bloom.ckpt import layout as ck
 from orchestrate_bloom.ckpt import tools as ckpt_tools
 from orchestrate_bloom.train import shard_plan
 
-from tests.tools.dryrun import (
-    TINY,
-    check_reassembled,
-    compile_ranks,
-    write_job,
-    write_reference,
-)
+from tests.tools.dryrun import TINY, DryRuns, check_reassembled
 
 pytestmark = pytest.mark.slow
 
@@ -46,14 +40,6 @@ def _params(path: Path) -> dict[str, np.ndarray]:
     import mindspore as ms
 
     return {k: v.asnumpy() for k, v in ms.load_checkpoint(str(path)).items()}
-
-
-def _dry_run(root: Path, dp: int, mp: int, pp: int,
-             optimizer_shard: bool = False) -> tuple[Path, dict[str, np.ndarray]]:
-    """Compile every rank with slices of a random reference: (output folder, reference)."""
-    reference = write_reference(root / "reference.ckpt")
-    job = write_job(root / f"dp{dp}mp{mp}pp{pp}", dp, mp, pp, optimizer_shard)
-    return compile_ranks(job, dp * mp * pp, root / "build", root / "reference.ckpt"), reference
 
 
 def _assert_equal(full: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> None:
@@ -94,13 +80,14 @@ def _check_split_axes(axes: dict[str, int]) -> None:
 
 
 @pytest.fixture(scope="module")
-def mp2pp2(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, np.ndarray]]:
-    """MP=2 x PP=2, world 4, compiled once: (output folder, reference parameters)."""
-    return _dry_run(tmp_path_factory.mktemp("dry"), 1, 2, 2)
+def mp2pp2(dry_runs: DryRuns) -> tuple[Path, dict[str, np.ndarray]]:
+    """MP=2 x PP=2, world 4, compiled once per session: (output folder, reference)."""
+    return dry_runs.get(1, 2, 2)
 
 
-def test_mp2_compiles_and_strategy_reassembles_full_parameters(tmp_path: Path) -> None:
-    out, reference = _dry_run(tmp_path, 1, 2, 1)
+def test_mp2_compiles_and_strategy_reassembles_full_parameters(tmp_path: Path,
+                                                               dry_runs: DryRuns) -> None:
+    out, reference = dry_runs.get(1, 2, 1)
     _, full = _reassemble(out, 2, tmp_path)
     assert {k: v.shape for k, v in full.items()} == _expected_shapes()
     _assert_equal(full, reference)
@@ -162,9 +149,10 @@ def test_mp2pp2_transform_reassembles_every_parameter_exactly(
     assert res["parameters"] == len(full)
 
 
-def test_dp2mp2pp2_with_optimizer_shard_reassembles_exactly(tmp_path: Path) -> None:
+def test_dp2mp2pp2_with_optimizer_shard_reassembles_exactly(tmp_path: Path,
+                                                           dry_runs: DryRuns) -> None:
     """World 8: each rank's slice is also split across its DP replica (parallel optimizer)."""
-    out, reference = _dry_run(tmp_path, 2, 2, 2, optimizer_shard=True)
+    out, reference = dry_runs.get(2, 2, 2, optimizer_shard=True)
     merged, full = _reassemble(out, 8, tmp_path)
     assert ckpt_tools.needed_ranks(merged, None)["ranks"] == list(range(8))  # no replica
     _assert_equal(full, reference)

@@ -14,14 +14,8 @@ import pytest
 from mindspore import Tensor, ops
 from orchestrate_bloom.bloom import BloomLMHeadModel
 from orchestrate_bloom.config import BloomConfig
+from orchestrate_bloom.layers import set_fast_paths
 from orchestrate_bloom.train.cells import CausalLMLoss
-
-
-def _fast_paths(model: BloomLMHeadModel, on: bool) -> None:
-    for _, cell in model.cells_and_names():
-        for flag in ("sigmoid_gelu", "unstack_qkv"):
-            if hasattr(cell, flag):
-                setattr(cell, flag, on)
 
 
 @pytest.mark.slow  # three graph compiles: ~60 s on a loaded 2-core machine
@@ -37,7 +31,7 @@ def test_fused_loss_matches_the_masked_path() -> None:
     assert model.transformer.h[0].mlp.sigmoid_gelu  # CPU float32: the fast paths are on
     results = []
     for masked, fast in ((False, True), (True, True), (False, False)):
-        _fast_paths(model, fast)
+        set_fast_paths(model, fast)
         net = CausalLMLoss(model, masked, config.vocab_size)
         grads = ms.value_and_grad(net, None, model.trainable_params())
         loss, g = grads(ids, ones)

@@ -16,8 +16,9 @@ MindSpore's own layout slicing instead of coming from the rank's random init, so
 that collecting the shards gives FULL back exactly.
 
 Helpers for tests: `write_job` (a tiny Bloom job for a DP x MP x PP layout), `write_reference`
-(random full parameters), `compile_ranks` (every rank in parallel), `check_reassembled` (full
-parameters vs the ranks' slices).
+(random full parameters), `compile_ranks` (every rank in parallel), `DryRuns` (each layout
+compiled once per test session: the `dry_runs` fixture of tests/conftest.py),
+`check_reassembled` (full parameters vs the ranks' slices).
 """
 
 from __future__ import annotations
@@ -113,6 +114,34 @@ def compile_ranks(job: Path, world: int, build_dir: Path, init: Path | None = No
     if failed:
         raise RuntimeError("dry run failed: " + "\n".join(failed))
     return job.parent / "output"
+
+
+class DryRuns:
+    """Compiled dry runs shared by every test of a session: each layout compiles once.
+
+    A layout's ranks are compiled on first use with slices of one random reference (seed 0)
+    and one shim build; later callers get the same output folder. Callers only read it
+    (copy, merge or transform into their own folders): the checkpoints are saved read-only.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._done: dict[tuple[int, int, int, bool], Path] = {}
+        self._reference: dict[str, np.ndarray] | None = None
+
+    def get(self, dp: int, mp: int, pp: int,
+            optimizer_shard: bool = False) -> tuple[Path, dict[str, np.ndarray]]:
+        """(output folder, reference parameters) of the DP x MP x PP dry run (job id "dry")."""
+        init = self.root / "reference.ckpt"
+        if self._reference is None:
+            self._reference = write_reference(init)
+        key = (dp, mp, pp, optimizer_shard)
+        if key not in self._done:
+            shard = "-os" if optimizer_shard else ""
+            job = write_job(self.root / f"dp{dp}mp{mp}pp{pp}{shard}", dp, mp, pp,
+                            optimizer_shard)
+            self._done[key] = compile_ranks(job, dp * mp * pp, self.root / "build", init)
+        return self._done[key], self._reference
 
 
 def check_reassembled(full: dict[str, np.ndarray], parts: dict[int, dict[str, np.ndarray]],

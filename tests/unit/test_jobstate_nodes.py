@@ -102,3 +102,23 @@ def test_plot_series_split_into_attempts() -> None:
     marked = ("== orchestrate attempt 1 ==\nstep=5 loss=1\n"
               "== orchestrate attempt 2 ==\nstep=6 loss=1\n")
     assert [a.steps for a in parse_series(marked)] == [[5], [6]]
+
+
+def test_a_failed_rank_s_error_line_is_the_failure_s_detail() -> None:
+    """A rank's own reason (the trainer's last `error:` line, reported by `launch.sh status`
+    for an exited rank) reaches the record's failure and message; scrubbed and bounded like any
+    node output; a rank without one keeps the plain message."""
+    reason = ("data.path='/d' holds samples of 65 token ids, model.seq_length=32 needs 33 "
+              "(prepare-data --seq-length 32, or --set model.seq_length=64)")
+    b = parse_status("b", FAILED_B + f"error 3 {reason}\nerror 9 not a slot\n")
+    assert [s.error for s in b.slots] == ["", reason]
+    failure = first_failure({"b": b})
+    assert failure is not None and failure.detail == reason
+    assert failure.describe() == f"rank 3 on b exited 1: {reason}"
+    hostile = parse_status("b", FAILED_B + "error 3 \x1b[31mred\x07 " + "x" * 5000 + "\n"
+                           + "error 3 " + "y" * 1000 + "\n")
+    assert hostile.slots[1].error == "y" * 400  # the longest kept; control chars never reach it
+    odd = parse_status("b", FAILED_B + "error 3 \x1b[31mred\n")
+    assert odd.slots[1].error == "\ufffd[31mred"
+    plain = first_failure({"b": parse_status("b", FAILED_B)})
+    assert plain is not None and plain.describe() == "rank 3 on b exited 1"

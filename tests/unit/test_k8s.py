@@ -245,20 +245,21 @@ def test_msrun_pods_take_ranks_from_operator_env(tmp_path: Path) -> None:
 
 def test_resumed_attempt_pods_run_resume(tmp_path: Path) -> None:
     """A resumed attempt's job object (backends/k8s.py start(resume=True)): its pods run
-    `launch.sh run resume`, so every rank gets ORCHESTRATE_RESUME=1 (the trainer's --resume);
-    the first attempt's do not."""
+    `launch.sh run resume`, so every rank gets ORCHESTRATE_RESUME=1 (the trainer's --resume)
+    and the logs' attempt marker is the job's attempt; the first attempt's do not resume."""
     inv = "defaults: {devices: 2, workdir: /w}\nhosts: [10.0.0.1]\n"
     manifests = _manifests(inv, "tiny", "msrun", entrypoint='echo rank "$MS_NODE_ID" '
                            '"${ORCHESTRATE_RESUME:-0}"')
     operator = {"MS_SCHED_HOST": "s", "MS_SCHED_PORT": "2222", "MS_WORKER_NUM": "2",
                 "MS_LOCAL_WORKER": "2", "MS_NODE_RANK": "0", "MS_ROLE": "MS_WORKER"}
-    for attempt, job in (("first", manifests[-1]), ("again", resumed(manifests[-1]))):
-        pod = _pod(tmp_path / attempt, [manifests[0], job], "worker")
+    for attempt, job in ((1, manifests[-1]), (3, resumed(manifests[-1], 3))):
+        pod = _pod(tmp_path / str(attempt), [manifests[0], job], "worker")
         done = _run(pod, operator)
         assert done.returncode == 0, done.stdout + done.stderr
-        flag = "1" if attempt == "again" else "0"
+        flag = "1" if attempt > 1 else "0"
         assert _rank_lines(pod[0]) == [f"rank 0 {flag}", f"rank 1 {flag}"]
-        assert f"[1] rank 1 {flag}" in done.stdout.splitlines()
+        assert [f"[1] == orchestrate attempt {attempt} ==", f"[1] rank 1 {flag}"] == [
+            line for line in done.stdout.splitlines() if line.startswith("[1] ")]
 
 
 def test_ranktable_pod_waits_for_completed_table(tmp_path: Path) -> None:

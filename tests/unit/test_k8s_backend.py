@@ -63,7 +63,7 @@ def test_record_and_manifests_of_a_65b_job(tmp_path: Path) -> None:
     job = manifests[-1]
     assert job["metadata"]["name"] == ref.name
     assert job["spec"]["replicaSpecs"]["Worker"]["replicas"] == 12
-    again = resumed(job)
+    again = resumed(job, 2)
     validate(again)
     commands = [c["command"][-1] for t in pod_templates(again) for c in t["spec"]["containers"]]
     assert len(commands) == 2 and all(c.endswith("launch.sh run resume") for c in commands)
@@ -229,6 +229,10 @@ def test_cli_lifecycle_against_a_dead_api_server(tmp_path: Path) -> None:
         assert res.exit_code == 1 and len(res.output.splitlines()) == 1, res.output
         assert f"job {name} ran on k8s; its job folders were in its pods. Checkpoints and " \
                f"strategies are on c under {name}/" in res.output
+    res = runner.invoke(cli, ["resume", name, "--exclude-node", "10.0.0.2", "--state-dir",
+                              str(state)])
+    assert res.exit_code == 1 and res.output.startswith(
+        f"Error: leaving a node out: job {name} ran on k8s;"), res.output
     store.save(record.with_status(JobStatus.RUNNING, ""))
     res = runner.invoke(cli, ["down", name, "--save", "--yes", "--state-dir", str(state)])
     assert res.exit_code == 1 and len(res.output.splitlines()) == 1, res.output

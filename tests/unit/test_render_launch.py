@@ -120,3 +120,21 @@ def test_start_resume_clears_the_last_attempts_resume_record(tmp_path: Path) -> 
     assert _until(lambda: (job / "node_done").exists())
     assert (job / "attempt").read_text().strip() == "2"
     assert list(job.glob("ranks/*/resumed.json")) == []
+
+
+def test_run_is_the_one_foreground_mode(tmp_path: Path) -> None:
+    """`launch.sh run [resume]` in a local shell (as a Slurm task or a Kubernetes container
+    runs it): every rank's lines on stdout prefixed [slot], the exit code says whether every
+    slot exited 0, a failed rank stops the others, `run resume` reaches the ranks."""
+    ok = _job(tmp_path, "run-ok", 'echo "rank $MS_NODE_ID resume=${ORCHESTRATE_RESUME:-0}"')
+    done = _sh(ok, "run")
+    assert done.returncode == 0, done.stderr
+    assert {"[0] rank 0 resume=0", "[1] rank 1 resume=0"} <= set(done.stdout.splitlines())
+    again = _sh(ok, "run", "resume")
+    assert again.returncode == 0, again.stderr
+    lines = again.stdout.splitlines()  # this attempt's lines only (the logs keep both)
+    assert {"[0] rank 0 resume=1", "[1] rank 1 resume=1"} <= set(lines)
+    assert not any("resume=0" in line for line in lines)
+    bad = _job(tmp_path, "run-bad", 'if [ "$MS_NODE_ID" = 1 ]; then exit 3; fi; exec sleep 300')
+    failed = _sh(bad, "run")
+    assert failed.returncode != 0 and _pids_alive(bad) == []

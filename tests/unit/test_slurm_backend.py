@@ -58,11 +58,11 @@ def test_bad_scheduler_key_names_file_key_value(text: str, key: str, fragment: s
 
 def test_batch_script_pins_nodes_and_runs_each_nodes_launch(tmp_path: Path) -> None:
     inv = parse_inventory("backend: slurm\npartition: debug\ntime: 30\n" + NODES)
-    text = render_batch(_record(), inv.scheduler)
+    text = render_batch(_record(), inv.scheduler, {"th0": "10.0.0.2", "th1": "10.0.0.3"})
     assert "#SBATCH --nodelist=th0,th1\n" in text and "#SBATCH --nodes=2\n" in text
     assert "#SBATCH --partition=debug\n" in text and "#SBATCH --time=30\n" in text
     assert "#SBATCH --output=/w/jobs/tiny-ab0x/slurm-%j.out\n" in text
-    assert "exec bash /w/jobs/tiny-ab1x/launch.sh run" in text
+    assert "1) planned=th1 dir=/w/jobs/tiny-ab1x ;;" in text
     script = tmp_path / "b.sh"
     script.write_text(text)
     assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
@@ -73,7 +73,7 @@ def test_batch_script_refuses_relative_job_folder() -> None:
     record = record.replace(nodes=(record.nodes[0].__class__(**{
         **record.nodes[0].__dict__, "job_dir": "~/run/jobs/x"}), record.nodes[1]))
     with pytest.raises(JobError, match="th0"):
-        render_batch(record, parse_inventory(NODES).scheduler)
+        render_batch(record, parse_inventory(NODES).scheduler, {})
 
 
 def test_show_job_line_and_error_line() -> None:
@@ -127,6 +127,21 @@ def test_time_limit_names_timeout_over_the_killed_ranks() -> None:
     killed = "supervisor exited\nslot 0 exited 143 10\nslot 1 exited 143 11\n"
     job = SlurmJob("12", "TIMEOUT", "TimeLimit", "0:15", "th[0-1]")
     status, why = verdict(_record(JobStatus.RUNNING), job, _reports(killed, killed)) or (None, "")
+    assert status is JobStatus.FAILED and why.startswith("slurm job 12 TIMEOUT (TimeLimit)")
+
+
+def test_ranks_killed_while_slurm_completes_wait_for_slurms_end_state() -> None:
+    """While Slurm kills the step (COMPLETING) the ranks look failed ("vanished"): the
+    record waits for Slurm's end state, which names the cause."""
+    killed = "supervisor exited\nslot 0 exited 143 10\nslot 1 - - 11\n"
+    ending = SlurmJob("12", "COMPLETING", "TimeLimit", "0:15", "th[0-1]")
+    status, why = verdict(_record(JobStatus.RUNNING), ending, _reports(killed, killed)) \
+        or (None, "")
+    assert status is JobStatus.RUNNING
+    assert why == "slurm job 12 COMPLETING (TimeLimit): Slurm is ending it"
+    ended = SlurmJob("12", "TIMEOUT", "TimeLimit", "0:15", "th[0-1]")
+    status, why = verdict(_record(JobStatus.RUNNING), ended, _reports(killed, killed)) \
+        or (None, "")
     assert status is JobStatus.FAILED and why.startswith("slurm job 12 TIMEOUT (TimeLimit)")
 
 

@@ -50,6 +50,29 @@ def test_find_known_key_plain_and_hashed(tmp_path: Path) -> None:
     assert hostkeys.find_known_key([kh], "10.0.0.2") is None
 
 
+def test_add_known_keys_as_a_full_load_would_and_rereads_a_changed_file(
+        tmp_path: Path) -> None:
+    # every node's connect takes its own entries from a known_hosts parsed once per process
+    key, other = paramiko.ECDSAKey.generate(), paramiko.ECDSAKey.generate()
+    kh = tmp_path / "known_hosts"
+    kh.write_text(f"[10.0.0.1]:2222 {key.get_name()} {key.get_base64()}\n"
+                  f"{paramiko.HostKeys.hash_host('10.0.0.9')} {key.get_name()} "
+                  f"{key.get_base64()}\n10.0.0.2 {other.get_name()} {other.get_base64()}\n")
+    for name in ("[10.0.0.1]:2222", "10.0.0.9", "10.0.0.2", "10.0.0.3"):
+        mine, full = paramiko.HostKeys(), paramiko.HostKeys()
+        hostkeys.add_known_keys(mine, [tmp_path / "missing", kh], name)
+        full.load(str(kh))
+        got, want = mine.lookup(name), full.lookup(name)
+        assert (got and dict(got)) == (want and dict(want)), name
+        assert len(mine.keys()) <= 1  # nothing of the other hosts
+    assert hostkeys.parsed_known_hosts(kh) is hostkeys.parsed_known_hosts(kh)  # parsed once
+    with kh.open("a") as fh:  # accept-new appended a key: the next connect sees it
+        fh.write(f"10.0.0.3 {other.get_name()} {other.get_base64()}\n")
+    mine = paramiko.HostKeys()
+    hostkeys.add_known_keys(mine, [kh], "10.0.0.3")
+    assert mine.lookup("10.0.0.3") is not None
+
+
 def test_reject_policy_names_host_and_files(tmp_path: Path) -> None:
     key = paramiko.ECDSAKey.generate()
     policy = hostkeys.RejectUnknown("n0", [tmp_path / "kh", Path("/root/.ssh/known_hosts")])
