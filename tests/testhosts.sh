@@ -17,7 +17,8 @@
 # address <subnet>.1 is the gateway; loopback up. Inside it, `unshare --mount --uts --pid --fork
 # --kill-child --mount-proc` gives the host its own hostname (thN), its own PID namespace whose
 # PID 1 is `sshd -D`, and its own mount namespace with an overlay on /etc (so /etc/hccn.conf is
-# per host: 8 devices, `address_<i>=<ip>`, distinct per host) and DIR/work bind-mounted from
+# per host: 8 devices, `address_<i>=<ip>`, distinct per host; so is /etc/machine-id) and
+# DIR/work bind-mounted from
 # DIR/hosts/thN/work (the job workdir, private per host), and a lean ~/.bashrc that only puts
 # the inventory python's directory first on PATH (this machine's may run pyenv init on every
 # command). /root, /tmp, /usr stay visible, so the node's python is this machine's.
@@ -109,6 +110,8 @@ EOF
   done
   mv -f "$hd/hccn.conf.tmp" "$hd/hccn.conf"
   cp -f "$hd/hccn.conf" "$hd/etc.upper/hccn.conf"
+  # its own /etc/machine-id, as separate machines have (check tells machines apart by it)
+  printf '%s' "$STATE/th$i" | md5sum | cut -c1-32 >"$hd/etc.upper/machine-id"
   # A lean ~/.bashrc for the host (this machine's may run pyenv/conda init on every command):
   # only the inventory's python directory first on PATH, as on a prepared node.
   printf '# test host th%s: ~/.bashrc (tests/testhosts.sh)\nexport PATH=%q:"$PATH"\n' \

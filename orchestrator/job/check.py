@@ -69,6 +69,8 @@ def probe_command(node: Node, device_target: str, mode: str, sched_port: int | N
         f"print(m.version(\"mindspore\"))' 2>/dev/null)\"",
         'echo "time=$(date +%s.%N)"',
         'echo "hostname=$(hostname 2>/dev/null || cat /proc/sys/kernel/hostname)"',
+        'echo "machine=$(cat /etc/machine-id 2>/dev/null)/$(cat /proc/sys/kernel/random/boot_id'
+        ' 2>/dev/null)"',
         f"mkdir -p {wd} 2>/dev/null; echo \"disk_kb=$(df -Pk {wd} 2>/dev/null | "
         "awk 'NR==2{print $4}')\"",
     ]
@@ -151,6 +153,7 @@ def check_nodes(group: NodeGroup, nodes: tuple[Node, ...] | None = None,
         if mode == "msrun":
             name = out.get("hostname", "")
             items.append(Item("hostname", bool(name), name or "unknown", HOSTNAME_FIX))
+            items.append(Item("machine", True, out.get("machine", ""), ""))  # not a column
         if sched and sched_port is not None:
             items.append(reach_item(out, t.node.name, first, host, sched_port))
             if tft_port is not None:

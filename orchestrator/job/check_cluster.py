@@ -8,7 +8,11 @@
   included, connects to it at the address the launch scripts give MS_SCHED_HOST (the listener
   waits LISTEN_BASE_S + LISTEN_PER_NODE_S per node at most). Nothing is left listening: the
   listener is part of the first node's probe command and ends with it.
-- Every node has its own hostname (MindSpore tells the nodes of a cluster apart by it).
+- Nodes on different machines have different hostnames: MindSpore's dynamic cluster collects
+  every node's hostname (the scheduler's host-name query) and counts the ranks that share one
+  as one machine's local ranks, which pick its devices. Two inventory nodes on the same machine
+  (same /etc/machine-id and boot id: loopback test hosts, one host listed twice) share it
+  truthfully and pass.
 """
 
 from __future__ import annotations
@@ -111,20 +115,29 @@ def reach_item(out: dict[str, str], node: str, first: str, host: str, port: int)
                 "--sched-port")
 
 
+def _machine(check: NodeCheck) -> str:
+    """The node's machine identity (machine-id/boot id) from its probe; "" when unknown."""
+    ident = next((i.value for i in check.items if i.name == "machine"), "")
+    return "" if ident.strip("/") == "" else ident
+
+
 def flag_same_hostnames(checks: Sequence[NodeCheck]) -> list[NodeCheck]:
-    """Mark the `hostname` item of nodes that share a hostname with another node."""
+    """Mark the `hostname` item of nodes that share a hostname with a node on another machine
+    (an unknown machine identity counts as another machine)."""
     from orchestrator.job.check import Item, NodeCheck
 
-    owners: dict[str, list[str]] = {}
+    owners: dict[str, list[tuple[str, str]]] = {}
     for c in checks:
         for i in c.items:
             if i.name == "hostname" and i.ok:
-                owners.setdefault(i.value, []).append(c.node)
+                owners.setdefault(i.value, []).append((c.node, _machine(c)))
     out = []
     for c in checks:
         items = []
+        mine = _machine(c)
         for i in c.items:
-            others = [n for n in owners.get(i.value, []) if n != c.node]
+            others = [n for n, m in owners.get(i.value, [])
+                      if n != c.node and (not mine or m != mine)]
             if i.name == "hostname" and i.ok and others:
                 i = Item("hostname", False, f"{i.value} (same as {', '.join(others)})",
                          HOSTNAME_FIX)
