@@ -29,7 +29,7 @@ def run_tool(args: Sequence[str], python: str = sys.executable) -> dict[str, Any
     try:
         return read_result(proc.stdout, proc.stderr, proc.returncode)
     except ToolFailure as exc:
-        raise CheckpointError(f"ckpt_tools {args[0]} failed: {exc}") from None
+        raise CheckpointError(f"ckpt.tools {args[0]} failed: {exc}") from None
 
 
 def merge_strategies(src_dir: Path, out: Path) -> Path:

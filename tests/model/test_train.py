@@ -173,6 +173,9 @@ def run_cluster(job: Path, *args: str, per_rank_job: dict[int, Path] | None = No
     """Scheduler + 2 workers on 127.0.0.1 (a free port); (exit code, stdout, stderr) each.
 
     `per_rank_job` gives a worker its own job file (default: `job` for every process).
+    A cluster not done within CLUSTER_TIMEOUT_S is not an exception that loses its output:
+    every process still running gets SIGABRT (PYTHONFAULTHANDLER prints every thread's Python
+    stack to its stderr), then SIGKILL, and the result carries that stderr and exit code -6/-9.
     """
     cluster = {"MS_SCHED_HOST": "127.0.0.1", "MS_SCHED_PORT": str(free_port()),
                "MS_WORKER_NUM": "2",
@@ -184,14 +187,34 @@ def run_cluster(job: Path, *args: str, per_rank_job: dict[int, Path] | None = No
                                str(path), *args], cwd=REPO, env=env(**role, **cluster),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for role, path in zip(roles, jobs, strict=True)]
+    deadline = time.monotonic() + CLUSTER_TIMEOUT_S
+    outputs: list[tuple[str, str]] = []
     try:
-        outputs = [p.communicate(timeout=300) for p in procs]
+        for p in procs:  # the scheduler ends last: one deadline for the whole cluster
+            outputs.append(p.communicate(timeout=max(1.0, deadline - time.monotonic())))
+    except subprocess.TimeoutExpired:
+        for p in procs[len(outputs):]:
+            if p.poll() is None:
+                p.send_signal(signal.SIGABRT)  # faulthandler: the stacks of a hung process
+        outputs += [_output_after_abort(p) for p in procs[len(outputs):]]
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
     return [(p.returncode, out, err) for p, (out, err) in zip(procs, outputs, strict=True)]
+
+
+CLUSTER_TIMEOUT_S = 300
+
+
+def _output_after_abort(p: subprocess.Popen[str]) -> tuple[str, str]:
+    """What an aborted process printed; SIGKILL if it has not ended 20 s after SIGABRT."""
+    try:
+        return p.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        return p.communicate()
 
 
 def assert_cluster_ok(results: list[tuple[int, str, str]]) -> None:

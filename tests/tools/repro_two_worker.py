@@ -8,7 +8,17 @@ What it repeats: a scheduler + 2 data-parallel CPU workers (MindSpore dynamic cl
 does) and train to step 14. Once in CI rank 1 died there with SIGSEGV. Each round prints the
 exit codes of scheduler, worker 0, worker 1; a round where any is not 0 keeps its three
 stderr files (PYTHONFAULTHANDLER=1 puts every thread's Python stack there) under
---keep and prints their paths. Exit 1 if any round failed.
+--keep and prints their paths. Exit 1 if any round failed. A round whose cluster is not done
+within test_train.CLUSTER_TIMEOUT_S (300 s) fails with exit codes -6 (SIGABRT: the Python
+stacks of the hung process are in its kept stderr) or -9, and the loop goes on.
+
+Seen (2026-12-07, 2 loaded cores): the lead's run 21 of 21 rounds clean; a second run, round 12
+of 16 (and 1 of 3 earlier rounds done under `nice -n 19` timed out at 300 s, before
+run_cluster kept output on a timeout): worker 1 exited -11 after `resumed from step 6` while the
+scheduler and worker 0 exited 0 (which points to every all-reduce having completed). faulthandler
+showed one thread, not marked current, with `<no Python frame>`: the crash was in a native
+(MindSpore) thread while the main thread ran no Python, i.e. during interpreter exit, as in
+mindspore-ai/hyper-parallel#397 (msrun worker -11 at teardown/GC). Not fixed here.
 """
 
 from __future__ import annotations
