@@ -169,7 +169,9 @@ _STAT_LINE = re.compile(r"([0-9]{1,20}) ([0-7]{1,6}) ([0-9a-fA-F]{64})")
 # `f` must be a regular file (after following links, for single-file gets the caller named).
 REMOTE_STAT_SCRIPT = (
     '[ -f "$f" ] || { echo "not a regular file" >&2; exit 3; }; '
-    's=$(stat -L -c "%s %a" -- "$f") && h=$(' + "{hash}" + ' < "$f") && echo "$s ${h%% *}"'
+    's=$(stat -L -c "%s %a" -- "$f") && '
+    # the hash covers exactly the stat'ed size: a log still being written has grown since
+    'h=$(head -c "${s%% *}" < "$f" | ' + "{hash}" + ') && echo "$s ${h%% *}"'
 )
 # openssl uses SHA-NI where the CPU has it (~4x coreutils sha256sum on this machine)
 HASH_CMD = ("if command -v openssl >/dev/null 2>&1; then openssl dgst -sha256 -r; "

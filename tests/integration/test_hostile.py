@@ -114,10 +114,10 @@ def test_get_of_a_growing_file_is_read_as_it_was_stated(testhosts: TestHosts,
     remote = f"/tmp/grow-{os.getpid()}.log"
     q = shlex.quote(remote)
     testhosts.ssh("th2", f"head -c 1024 /dev/zero > {q}")
-    stop = shlex.quote(remote + ".stop")  # appends until both gets are over (at most ~5 s)
+    stop = shlex.quote(remote + ".stop")  # appends until both gets are over (at most ~15 s)
     writer = threading.Thread(target=testhosts.ssh, args=(
-        "th2", f"for i in $(seq 100); do [ -e {stop} ] && break; "
-               f"head -c 4096 /dev/zero >> {q}; sleep 0.05; done; rm -f {q} {stop}"))
+        "th2", f"for i in $(seq 1500); do [ -e {stop} ] && break; "
+               f"head -c 4096 /dev/zero >> {q}; sleep 0.01; done; rm -f {q} {stop}"))
     got = {}
     with transport_for(inv.nodes[2], inv) as t:
         writer.start()
