@@ -116,7 +116,8 @@ def stage_all(record: JobRecord, group: NodeGroup, store: JobStore,
 
 def stage_and_start(record: JobRecord, group: NodeGroup, store: JobStore,
                     echo: Echo = print) -> JobRecord:
-    """Stage every node and start it as soon as it is staged, in one pass per node.
+    """Stage every node and start it as soon as it is staged, in one pass per node; when a
+    node could not even connect, the others are staged but none starts.
 
     Returns the record RUNNING, with every node's job folder and pids.
 
@@ -127,10 +128,15 @@ def stage_and_start(record: JobRecord, group: NodeGroup, store: JobStore,
             after it); the record holds what started, for the caller to stop.
     """
     cancel = threading.Event()
+    # a node that could not even connect fails the launch: then no node starts at all
+    unreachable = bool(group.connect_failed())
+
+    def may_start() -> bool:
+        return not unreachable and not cancel.is_set()
+
     box: dict[str, GroupResult[stage_mod.Staged]] = {}
     driver = threading.Thread(  # the main thread stays free to take Ctrl-C
-        target=lambda: box.update(r=_stage_map(record, group, store,
-                                                lambda: not cancel.is_set())),
+        target=lambda: box.update(r=_stage_map(record, group, store, may_start)),
         name="rollout", daemon=True)
     driver.start()
     try:

@@ -162,6 +162,13 @@ class NodeGroup:
             pending = list(self._pending.values())
         wait(pending)
 
+    def connect_failed(self) -> list[str]:
+        """The nodes whose background connect has already failed (auth refused, no route, a
+        changed host key); each one's error is raised by its next use."""
+        with self._lock:
+            pending = list(self._pending.items())
+        return [name for name, f in pending if f.done() and f.exception() is not None]
+
     def drop(self, name: str) -> None:
         """Close the node's connection: its next use connects afresh."""
         with self._lock:

@@ -37,6 +37,7 @@ from tests.faults.helpers import (
     wait_for,
 )
 from tests.integration.conftest import StderrTail, TestHosts
+from tests.tools.big_data import big_data_folder
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -190,9 +191,7 @@ def test_orchestrator_sigkilled_mid_wait_status_and_down_recover(
 
 def test_orchestrator_sigkilled_mid_up_then_down_cleans(testhosts: TestHosts, two_hosts: Path,
                                                         state: Path, tmp_path: Path) -> None:
-    big = tmp_path / "bigdata"
-    big.mkdir()
-    (big / "blob.bin").write_bytes(bytes(48 << 20))
+    big = big_data_folder(tmp_path / "bigdata", mib=48)
     proc = orch_bg(state, "up", "-i", str(two_hosts), *UP, "--entrypoint", SLEEPER,
                    "--set", f"data.path={big}")
     try:

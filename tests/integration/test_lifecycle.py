@@ -20,14 +20,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from orchestrate_bloom.presets import load_preset_sections
 
 from tests.integration.conftest import StderrTail, TestHosts, default_sigint
+from tests.tools.big_data import big_data_folder
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 HOSTS = ("th0", "th1")
-TINY_SEQ = int(load_preset_sections("tiny")["model"]["seq_length"])
 SLEEPER = 'trap "exit 143" TERM; for i in $(seq 1200); do echo "step=$i loss=1.5"; sleep 0.5; done'
 
 
@@ -225,14 +224,7 @@ def test_down_with_a_host_unreachable_names_it(testhosts: TestHosts, two_hosts: 
 
 def test_sigint_during_staging_leaves_nothing_running(testhosts: TestHosts, two_hosts: Path,
                                                       state: Path, tmp_path: Path) -> None:
-    big = tmp_path / "bigdata"
-    big.mkdir()
-    with open(big / "blob.bin", "wb") as fh:  # enough bytes that staging takes a moment
-        fh.write(os.urandom(64 << 20))
-    # a prepared folder as `up` accepts it (dataset.check_rows reads the row width from
-    # summary.json); the sleeper entrypoint never reads the rows
-    (big / "alpaca.mindrecord").write_bytes(b"")
-    (big / "summary.json").write_text(json.dumps({"seq_length": TINY_SEQ}))
+    big = big_data_folder(tmp_path / "bigdata", mib=64)  # staging takes a moment
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "up", "-i", str(two_hosts),
                              "-c", "tiny", "--no-check", "--entrypoint", SLEEPER, "--set",
