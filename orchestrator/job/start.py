@@ -11,7 +11,7 @@ same exit codes: 3 node busy (another live job), anything else non-zero a failed
 from __future__ import annotations
 
 from orchestrator.errors import JobError
-from orchestrator.untrusted import lines, scrub, to_int
+from orchestrator.untrusted import lines, shown, to_int
 
 START_TIMEOUT = 120.0  # seconds `launch.sh start` may take on one node
 BUSY_EXIT = 3  # launch.sh start: another live job holds the node
@@ -41,7 +41,7 @@ def read_start(node: str, exit_code: int, stdout: str, stderr: str) -> dict[str,
         JobError: any other non-zero exit, naming the node and launch.sh's last stderr line.
     """
     if exit_code != 0:
-        msg = scrub((lines(stderr)[-1:] or [f"exit {exit_code}"])[0][:300])
+        msg = shown((lines(stderr)[-1:] or [f"exit {exit_code}"])[0])
         if exit_code == BUSY_EXIT:
             raise NodeBusyError(node, msg.split("job ", 1)[-1].split()[0])
         raise JobError(f"[{node}] start failed: {msg}")

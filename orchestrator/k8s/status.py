@@ -27,7 +27,7 @@ from orchestrator.job.nodes import NodeReport, SlotReport, derive_status, parse_
 from orchestrator.job.render import SCHED_SLOT
 from orchestrator.job.state import JobRecord, JobStatus
 from orchestrator.remote.group import GroupResult
-from orchestrator.untrusted import lines, scrub
+from orchestrator.untrusted import lines, scrub, shown
 
 _INDEX = re.compile(r"-(scheduler|worker)-([0-9]{1,6})\Z")
 _PREFIXED = re.compile(r"\[([0-9]{1,6}|sched)\] (.*)\Z")
@@ -140,8 +140,8 @@ def _unschedulable(pods: Sequence[Any]) -> str | None:
     for pod in pods:
         for cond in (pod.status.conditions or []) if pod.status else []:
             if cond.type == "PodScheduled" and cond.status == "False":
-                return scrub(f"{cond.reason or 'not scheduled'}: {cond.message or ''}".strip(
-                    ": "))[:300]
+                return shown(f"{cond.reason or 'not scheduled'}: {cond.message or ''}"
+                             .strip(": "))
     return None
 
 
@@ -167,7 +167,7 @@ def _reason(kind: str, status: Mapping[str, Any]) -> str:
     else:
         state = status.get("state") or {}
         text = f"{state.get('reason') or ''}: {state.get('message') or ''}".strip(": ")
-    return scrub(text)[:300]
+    return shown(text)
 
 
 def job_verdict(record: JobRecord, kind: str, name: str, status: Mapping[str, Any] | None,
