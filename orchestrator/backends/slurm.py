@@ -38,7 +38,7 @@ from orchestrator.job.nodes import NodeReport, derive_status, launch_command, qu
 from orchestrator.job.state import JobRecord, JobStatus, JobStore, NodeRecord
 from orchestrator.remote.group import GroupResult, NodeGroup, cause, node_address
 from orchestrator.remote.transport import Transport
-from orchestrator.untrusted import lines, scrub
+from orchestrator.untrusted import lines, shown
 
 CANCEL_WAIT = 60.0  # seconds to wait for a cancelled job to leave squeue
 BUNDLE_SHA = "bundle.sha256"  # in the local job folder: the sha256 the nodes check
@@ -180,7 +180,7 @@ class SlurmBackend:
         except (OSError, OrchestrateError):
             return None
         found = [ln for ln in lines(text) if ln.startswith("orchestrate: ")]
-        return scrub(found[0].removeprefix("orchestrate: ")) if found else None
+        return shown(found[0].removeprefix("orchestrate: ")) if found else None
 
     def stop(self, record: JobRecord, group: NodeGroup, only: Collection[str] | None,
              timeout: float) -> GroupResult[str]:
