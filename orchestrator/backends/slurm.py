@@ -20,7 +20,7 @@ the stop grace, SIGKILL), then scancel, and waits until squeue forgets it.
 
 from __future__ import annotations
 
-import tempfile
+import shlex
 from collections.abc import Collection, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -173,10 +173,14 @@ class SlurmBackend:
         try:
             if spool is not None:
                 text = _tail(spool / name)
-            else:
-                with tempfile.TemporaryDirectory(prefix="orchestrate-slurm-") as tmp:
-                    text = _tail(self.fetch(record, group, _batch_node(record, job).name, name,
-                                            Path(tmp) / name))
+            else:  # the node's tail, never the whole file at the size the node states
+                node = _batch_node(record, job)
+                res = group.transport(node.name).run(
+                    f"tail -c {TAIL_BYTES} -- {shlex.quote(f'{node.job_dir}/{name}')}",
+                    check=False)
+                if not res.ok:
+                    return None
+                text = res.stdout[-TAIL_BYTES:]
         except (OSError, OrchestrateError):
             return None
         found = [ln for ln in lines(text) if ln.startswith("orchestrate: ")]
@@ -254,7 +258,10 @@ def spool_of(record: JobRecord, sched: Scheduler) -> Path | None:
     return slurm_stage.spool_dir(sched.spool, record.job_id)
 
 
-def _tail(path: Path, limit: int = 65536) -> str:
+TAIL_BYTES = 65536  # of the batch output read for its `orchestrate:` line
+
+
+def _tail(path: Path, limit: int = TAIL_BYTES) -> str:
     """The last `limit` bytes of a local file as text (node output: bounded, never trusted)."""
     with open(path, "rb") as f:
         f.seek(max(0, f.seek(0, 2) - limit))
