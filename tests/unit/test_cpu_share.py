@@ -30,9 +30,12 @@ def test_enough_cores_pins_each_rank_to_a_disjoint_chunk() -> None:
     assert [s.cpus for s in odd] == [(0,), (1,), (2,)]
 
 
-def test_fewer_cores_than_ranks_pins_nothing_and_uses_one_thread() -> None:
-    share = rank_share(7, 8, [1, 0])
-    assert share == Share(cpus=(0, 1), threads=1, pinned=False)
+def test_fewer_cores_than_ranks_pins_equal_groups_with_one_thread() -> None:
+    shares = [rank_share(i, 8, [3, 1]) for i in range(8)]
+    assert [s.cpus for s in shares] == [(1,)] * 4 + [(3,)] * 4  # ranks 0-3, then 4-7
+    assert all(s.pinned and s.threads == 1 for s in shares)
+    three = [rank_share(i, 3, [0, 1]) for i in range(3)]  # not a multiple: 2 + 1
+    assert [s.cpus for s in three] == [(0,), (0,), (1,)]
 
 
 def test_bad_positions_are_refused() -> None:
