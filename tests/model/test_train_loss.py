@@ -1,7 +1,8 @@
 """The trainer's loss cell: the fused unmasked cross-entropy (one kernel and its fused
 gradient) equals the masked path with an all-ones mask, in value and in every gradient; and
-the CPU fast paths of the layers (GELU as x * sigmoid(2u), q/k/v by one Unstack) equal the
-fused GeLU kernel and the per-slice path they replace.
+the CPU fast paths of the layers (GELU as x * sigmoid(2u), q/k/v by one Unstack, the weight
+gradients of every Linear and of the tied LM head by numpy's BLAS) equal the fused GeLU kernel,
+the per-slice path and MindSpore's own MatMul gradients they replace.
 
     python -m pytest tests/model/test_train_loss.py -q
 """
@@ -24,11 +25,13 @@ def test_fused_loss_matches_the_masked_path() -> None:
     ms.set_seed(0)
     config = BloomConfig(vocab_size=97, hidden_size=32, n_layer=1, n_head=4, seq_length=16)
     model = BloomLMHeadModel(config)
+    model.set_train(True)  # the BLAS weight gradients are a training path
     h_to_4h = model.transformer.h[0].mlp.dense_h_to_4h.weight  # GELU inputs ~N(0, 2), not ~0:
     h_to_4h.set_data(Tensor(h_to_4h.asnumpy() * 20))  # where the x^3 term of the tanh GELU counts
     ids = Tensor(np.random.default_rng(0).integers(0, 97, (2, 17)), ms.int32)
     ones = ops.ones((2, 17), ms.int32)
     assert model.transformer.h[0].mlp.sigmoid_gelu  # CPU float32: the fast paths are on
+    assert model.blas_weight_grad and model.transformer.h[0].mlp.dense_4h_to_h.blas_weight_grad
     results = []
     for masked, fast in ((False, True), (True, True), (False, False)):
         set_fast_paths(model, fast)
