@@ -37,17 +37,16 @@ from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 from mindspore.common.initializer import Zero, initializer
 
 from .config import BloomConfig
+from .cpu_grads import BlasWeightGrad, cpu_float32
 from .layers import (
     MASK_FILL,
     MS_DTYPES,
-    BlasWeightGrad,
     BloomBlock,
     Embedding,
     LayerNorm,
     alibi_slopes,
     attention_bias,
     build_alibi,
-    cpu_float32,
 )
 
 

@@ -16,6 +16,7 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, One, Zero, initializer
 
 from .config import BloomConfig
+from .cpu_grads import BlasWeightGrad, LayerNormOpsGrad, cpu_float32
 
 MS_DTYPES = {"float32": ms.float32, "float16": ms.float16, "bfloat16": ms.bfloat16}
 MASK_FILL = float(np.finfo(np.float32).min)  # score of a masked key (exp() underflows to 0)
@@ -91,64 +92,18 @@ def bloom_gelu(x: Tensor, sigmoid_form: bool = False) -> Tensor:
 
 
 # attributes of BloomMLP / BloomAttention / Linear and the LM head (bloom.py)
-FAST_PATH_FLAGS = ("sigmoid_gelu", "unstack_qkv", "blas_weight_grad")
+FAST_PATH_FLAGS = ("sigmoid_gelu", "unstack_qkv", "blas_weight_grad", "ops_layernorm_grad")
 
 
 def set_fast_paths(cell: nn.Cell, on: bool) -> None:
-    """Switch the CPU fast paths (sigmoid-form GELU, q/k/v by one Unstack, weight gradients
-    by BLAS) of every layer under `cell`, before it compiles: off gives the kernel paths they
-    replace (the test of their equality, `python bench/train_step.py --before`)."""
+    """Switch the CPU fast paths (sigmoid-form GELU, q/k/v by one Unstack; cpu_grads.py:
+    weight gradients by BLAS, LayerNorm's gradient by ops) of every layer under `cell`,
+    before it compiles: off gives the kernel paths they replace (the test of their
+    equality, `python bench/train_step.py --before`)."""
     for _, sub in cell.cells_and_names():
         for flag in FAST_PATH_FLAGS:
             if hasattr(sub, flag):
                 setattr(sub, flag, on)
-
-
-def cpu_float32(config: BloomConfig) -> bool:
-    """Whether the CPU fast paths apply: device target CPU and float32 compute."""
-    return (ms.get_context("device_target") == "CPU"
-            and MS_DTYPES[config.compute_dtype] == ms.float32)
-
-
-def _tokens_t_times(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """dy^T x for float32 [tokens, m], [tokens, n] (numpy's BLAS sgemm, transposed view)."""
-    return np.dot(dy.T, x)
-
-
-def weight_grad_op() -> ops.Custom:
-    """CPU primitive: dy [tokens, out], x [tokens, in] -> dy^T x [out, in], by numpy's BLAS.
-
-    The weight gradient of y = x W^T contracts the tokens axis, MatMul's transpose_a form,
-    which MindSpore's CPU kernel runs 2-2.5x slower than its plain form or torch (one thread,
-    [1024, 4096]^T x [1024, 256]: 61 ms vs 33 ms here, torch 27 ms); an explicit Transpose
-    costs ~8 ns per element. numpy's sgemm reads the transposed view at full speed.
-    """
-    return ops.Custom(_tokens_t_times, out_shape=lambda dy, x: [dy[1], x[1]],
-                      out_dtype=lambda dy, _x: dy, func_type="pyfunc")
-
-
-class BlasWeightGrad(nn.Cell):
-    """y = x W^T (+ b) with W [out, in] as inputs, not Parameters (so this cell's bprop gives
-    their gradients), x [tokens, in]; the weight gradient by weight_grad_op, the rest by
-    MindSpore's fast MatMul forms (dx = dy W: the plain form)."""
-
-    def __init__(self, bias: bool) -> None:
-        super().__init__()
-        self.bias = bias
-        self.forward = ops.MatMul(transpose_b=True)
-        self.backward = ops.MatMul()
-        self.weight_grad = weight_grad_op()
-
-    def construct(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        """[tokens, in] x [out, in]^T (+ [out]) -> [tokens, out]."""
-        y = self.forward(x, weight)
-        return y + bias if self.bias else y
-
-    def bprop(self, x: Tensor, weight: Tensor, bias: Tensor, out: Tensor,  # noqa: ARG002
-              dout: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(dx, dW, db): dout W, dout^T x (BLAS), column sums of dout (zeros without bias)."""
-        db = dout.sum(0) if self.bias else ops.zeros_like(bias)
-        return self.backward(dout, weight), self.weight_grad(dout, x), db
 
 
 class Linear(nn.Cell):
@@ -212,8 +167,12 @@ class LayerNorm(nn.Cell):
         self.norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1,
                                   epsilon=config.layer_norm_epsilon)
         self.is_float32 = param_dtype == ms.float32 and self.compute_dtype == ms.float32
+        self.ops_layernorm_grad = cpu_float32(config)
+        self.ops_grad = LayerNormOpsGrad(config.layer_norm_epsilon)
 
     def construct(self, x: Tensor) -> Tensor:
+        if self.is_float32 and self.ops_layernorm_grad and self.training:  # CPU fast path
+            return self.ops_grad(x, self.weight, self.bias)[0]
         if self.is_float32:
             return self.norm(x, self.weight, self.bias)[0]
         y, _, _ = self.norm(ops.cast(x, ms.float32), ops.cast(self.weight, ms.float32),
