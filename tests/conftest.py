@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+import tests.tools.examples  # noqa: F401 - registers the "ci" hypothesis profile (tests/run.sh)
+
 if TYPE_CHECKING:
     from tests.tools.dryrun import DryRuns
 

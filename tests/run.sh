@@ -25,5 +25,6 @@ if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/nu
 fi
 python3 -m ruff check .
 python3 -m mypy
-# --durations=40: every run prints its 40 slowest test phases (where the 30-min budget goes)
-python3 -m pytest --durations=40 "$@"
+# --durations=40: every run prints its 40 slowest test phases (where the 30-min budget goes);
+# the "ci" hypothesis profile: every property runs, on fewer examples (tests/tools/examples.py)
+python3 -m pytest --durations=40 --hypothesis-profile=ci "$@"

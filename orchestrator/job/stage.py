@@ -118,8 +118,9 @@ STARTING = "starting"  # first_command's line before launch.sh start's own outpu
 
 
 def _vars(wd: str, jid: str) -> str:
-    return (f'cd {wd}; B="$(pwd -P)/blobs"; T="$(pwd -P)/trees"; '
-            f'J="$(cd jobs/{jid} && pwd -P)"')
+    # physical paths: after `cd -P`, $PWD is one (a builtin; one subshell in all, for J)
+    return (f'cd -P {wd}; W=$PWD; B="$W/blobs"; T="$W/trees"; '
+            f'J="$(cd -P jobs/{jid} && echo "$PWD")"')
 
 
 def _chunked(header: Sequence[str], body: Sequence[str]) -> list[str]:
@@ -169,7 +170,7 @@ def first_command(workdir: str, job_id: str, trees: Sequence[Tree],
         "set -eu", "umask 022", _START_TIME_FN,
         f"mkdir -p {wd}/jobs/{jid} {wd}/blobs {wd}/trees",
         _vars(wd, jid),
-        'echo "workdir $(pwd -P)"; echo "jobdir $J"',
+        'echo "workdir $W"; echo "jobdir $J"',
         "if [ -f jobs/ACTIVE ]; then",
         "  o=; p=; s=; read -r o p s < jobs/ACTIVE || true",
         f'  if [ "$o" != {jid} ] && [ -n "$p" ] && [ -n "$s" ] && [ "$(st_of "$p")" = "$s" ]; then '

@@ -25,6 +25,8 @@ No OpenSSH client installed: paramiko's ssh_config parser (no Include, partial M
 instead and a one-line notice says so (orchestrator/remote/sshconfig_fallback.py).
 
 Results are cached for the process (one CLI command); `clear_cache()` for long-lived callers.
+The no-config evaluation runs once per (port, user) for every node with a plain host name
+(only `host`/`hostname` depend on it there): N nodes cost N + 1 `ssh -G`, not 2N.
 """
 
 from __future__ import annotations
@@ -56,6 +58,10 @@ SHOWN_KEYS = ("hostname", "port", "user", "identityfile", "identitiesonly", "pro
 _APPLYING = re.compile(r"^debug1: (.+) line (\d+): Applying options for (.+)$")
 _MATCHED = re.compile(r"^debug3: (.+) line (\d+): matched '(.+)'\s*$")
 _NOISE = ("debug", "OpenSSH_", "Pseudo-terminal")
+# A host name ssh takes as is (no user@, ssh://, [v6]:port, %): with no config at all, only
+# the `host` and `hostname` (lowercased) lines of `ssh -G` depend on it.
+_PLAIN_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_PROBE_ALIAS = "orchestrate-no-config-probe"
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,7 @@ class SSHSettings:
 def clear_cache() -> None:
     """Forget every resolved node (the next `resolve` runs `ssh -G` again)."""
     _evaluate.cache_clear()
+    _no_config.cache_clear()
 
 
 def resolve(node: Node, ssh_config: Path | None) -> SSHSettings:
@@ -133,7 +140,7 @@ def _resolve(name: str, alias: str, user: str | None, port: int | None, identity
     cfg_args, cfg_name = _config_args(ssh_config)
     given = ([] if port is None else ["-p", str(port)]) + ([] if user is None else ["-l", user])
     values, applied = _evaluate((*cfg_args, *given), alias, name)
-    defaults, _ = _evaluate(("-F", "/dev/null", *given), alias, name)
+    defaults = _defaults(tuple(given), alias, name)
     sources = _sources(values, defaults, user, port, identity,
                        SOURCE_CONFIG if depth else SOURCE_INVENTORY)
     settings = _settings(name, alias, values, identity, cfg_name, applied, sources)
@@ -156,6 +163,22 @@ def _config_args(ssh_config: Path | None) -> tuple[tuple[str, ...], str]:
         return (), "~/.ssh/config, /etc/ssh/ssh_config"
     user_cfg = Path(home) / ".ssh" / "config"
     return ("-F", str(user_cfg) if user_cfg.is_file() else "/dev/null"), str(user_cfg)
+
+
+def _defaults(given: tuple[str, ...], alias: str, name: str) -> dict[str, list[str]]:
+    """What OpenSSH gives `alias` with no config at all (`ssh -G -F /dev/null`): for a plain
+    host name, one probe evaluation per `given` (-p/-l) with `host`/`hostname` set to it."""
+    if _PLAIN_HOST.fullmatch(alias):
+        try:
+            return {**_no_config(given), "host": [alias], "hostname": [alias.lower()]}
+        except SSHConfigError:
+            pass  # evaluated for the node itself below, so the error names it
+    return _evaluate(("-F", "/dev/null", *given), alias, name)[0]
+
+
+@functools.lru_cache(maxsize=64)
+def _no_config(given: tuple[str, ...]) -> dict[str, list[str]]:
+    return _evaluate(("-F", "/dev/null", *given), _PROBE_ALIAS, _PROBE_ALIAS)[0]
 
 
 @functools.lru_cache(maxsize=4096)

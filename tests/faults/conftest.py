@@ -6,13 +6,14 @@ tests/integration/conftest.py (imported, so `python -m pytest tests/faults` work
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.faults.helpers import HOSTS, heal, orch
+from tests.faults.helpers import HOSTS, REAL_SETS, REAL_STEPS, Reference, heal, orch, record
 from tests.integration.conftest import (  # noqa: F401 - fixtures re-exported for this folder
     TestHosts,
     netns_hosts,
@@ -56,3 +57,34 @@ def state(tmp_path: Path, testhosts: TestHosts) -> Iterator[Path]:  # noqa: F811
     for rec in (tmp_path / "state" / "jobs").glob("*.json"):
         orch(tmp_path / "state", "down", rec.stem, "--yes", "-i",
              str(testhosts.inventory), check=False)
+
+
+@pytest.fixture(scope="session")
+def seed_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped seed tasks as a local data.path."""
+    from tests.model.data_helpers import seed_records
+
+    path = tmp_path_factory.mktemp("data") / "seed.json"
+    path.write_text(json.dumps(seed_records()))
+    return path
+
+
+@pytest.fixture(scope="session")
+def reference_run(testhosts: TestHosts, seed_json: Path,  # noqa: F811
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[Reference]:
+    """One uninterrupted REAL_SETS run (saving only at its end), shared by the real-trainer
+    cases instead of one reference job per module; brought down after the session."""
+    state = tmp_path_factory.mktemp("reference") / "state"
+    inv = _th0_th1_inventory(testhosts, tmp_path_factory, 1, "one_each.yaml")
+    orch(state, "up", "-i", str(inv), *REAL_SETS, "--set", f"data.path={seed_json}",
+         "--set", "train.save_steps=1000", "--wait")
+    job = record(state)
+    try:
+        assert job["status"] == "SUCCEEDED", job
+        node = job["nodes"][0]
+        res = testhosts.ssh(node["name"], f"cat {node['job_dir']}/output/checkpoint/rank_0/"
+                                          f"bloom_rank_0-{REAL_STEPS}.json")
+        assert res.returncode == 0, res.stderr
+        yield Reference(job["job_id"], float(json.loads(res.stdout)["loss"]))
+    finally:
+        orch(state, "down", job["job_id"], "--yes", check=False)

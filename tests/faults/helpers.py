@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,6 +20,22 @@ T = TypeVar("T")
 
 # A trivial rank: prints a step line every 0.3 s for ~6 minutes; exits 143 on SIGTERM.
 SLEEPER = 'trap "exit 143" TERM; for i in $(seq 1200); do echo "step=$i loss=1.5"; sleep 0.3; done'
+
+
+# The real-trainer cases (test_graceful_stop, test_restart_trainer): th0 + th1 x 1 rank, tiny
+# Bloom, 60 steps, a loss line every step. Checkpoint cadence (train.save_steps) does not
+# change the trajectory, so each case adds its own and compares with one reference run.
+REAL_STEPS = 60
+REAL_SETS = ("-c", "tiny", "--no-check", "--set", f"train.steps={REAL_STEPS}",
+             "--set", "train.log_steps=1", "--set", "train.warmup_steps=0")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The uninterrupted run every real-trainer case compares its final loss with."""
+
+    job_id: str
+    loss: float  # full precision, from rank 0's step-60 checkpoint manifest
 
 
 def orch(state: Path, *args: str, check: bool = True, timeout: float = 600,

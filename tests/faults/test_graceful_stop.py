@@ -1,7 +1,9 @@
-"""`orchestrate down --save` on a real 2-host job (th0, th1 x 2 CPU ranks, tiny Bloom):
+"""`orchestrate down --save` on a real 2-host job (th0, th1 x 1 CPU rank, tiny Bloom):
 
 1. an uninterrupted run of 60 steps: the reference final loss (full precision, from the
-   step's checkpoint manifest);
+   step's checkpoint manifest; the session's `reference_run`, shared with
+   test_restart_trainer; two ranks on one node agreeing on the stop step:
+   tests/model/test_train_graceful.py);
 2. the same job stopped with `down --save` once it logged step 4: every rank saved the same
    step N (its only checkpoint: save_steps is larger than the run), every rank exited 0, the
    record says CANCELLED with saved_step N, nothing is left on the hosts;
@@ -17,22 +19,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.helpers import assert_nothing_left, logged_step, orch, record, wait_for
+from tests.faults.helpers import (
+    REAL_SETS,
+    REAL_STEPS,
+    Reference,
+    assert_nothing_left,
+    logged_step,
+    orch,
+    record,
+    wait_for,
+)
 from tests.integration.conftest import TestHosts
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]
-STEPS = 60  # room: under load the request may land ~16 steps after it was sent
-SETS = ("--set", f"train.steps={STEPS}", "--set", "train.save_steps=1000",
-        "--set", "train.log_steps=1", "--set", "train.warmup_steps=0")
-
-
-@pytest.fixture(scope="module")
-def seed_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.model.data_helpers import seed_records
-
-    path = tmp_path_factory.mktemp("data") / "seed.json"
-    path.write_text(json.dumps(seed_records()))
-    return path
+STEPS = REAL_STEPS  # 60, room: under load the request may land ~16 steps after it was sent
 
 
 def _ranks(job: dict) -> list[tuple[str, str, int]]:
@@ -56,17 +56,13 @@ def _manifest_loss(hosts: TestHosts, job: dict, step: int) -> float:
 
 
 def test_down_save_then_resume_matches_uninterrupted(
-        testhosts: TestHosts, two_hosts: Path, seed_json: Path, state: Path) -> None:
-    common = ("-i", str(two_hosts), "-c", "tiny", "--no-check", *SETS,
-              "--set", f"data.path={seed_json}")
-    orch(state, "up", *common, "--wait")
-    ref = record(state)
-    assert ref["status"] == "SUCCEEDED", ref
-    ref_loss = _manifest_loss(testhosts, ref, STEPS)
-
-    orch(state, "up", *common)
+        testhosts: TestHosts, one_rank_each: Path, seed_json: Path, reference_run: Reference,
+        state: Path) -> None:
+    ref_loss = reference_run.loss  # SUCCEEDED (the fixture checks), its step-60 manifest
+    orch(state, "up", "-i", str(one_rank_each), *REAL_SETS, "--set", f"data.path={seed_json}",
+         "--set", "train.save_steps=1000")  # the stop's save is each rank's only checkpoint
     job = record(state)
-    assert job["job_id"] != ref["job_id"]
+    assert job["job_id"] != reference_run.job_id
     job_dir0 = job["nodes"][0]["job_dir"]
     wait_for(lambda: logged_step(testhosts, job_dir0) >= 4, timeout=300, interval=0.2)
     down = orch(state, "down", job["job_id"], "--save", "--yes", "--save-timeout", "120")

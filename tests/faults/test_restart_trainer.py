@@ -2,7 +2,8 @@
 
 th0 and th1 x 1 rank, 60 steps, a checkpoint every 10 steps (the last 2 kept). Slow (~3 min):
 
-1. an uninterrupted run: the reference final loss;
+1. an uninterrupted run: the reference final loss (the session's `reference_run`, shared
+   with test_graceful_stop: the same job but for its checkpoint cadence);
 2. the same job with `--max-restarts 2`, rank 1 SIGKILLed at step ~32: the job ends SUCCEEDED
    after 2 attempts, the second resumed from step 30 (the newest step complete on every rank),
    and its final loss matches the reference;
@@ -14,13 +15,15 @@ The numbers are printed (run with -s) for the report: attempts, resumed step, fi
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.faults.helpers import (
+    REAL_SETS,
+    REAL_STEPS,
+    Reference,
     assert_nothing_left,
     assert_record_matches_nodes,
     logged_step,
@@ -28,46 +31,35 @@ from tests.faults.helpers import (
     orch_bg,
     rank_pid,
     record,
+    records,
     status_json,
     wait_for,
 )
 from tests.integration.conftest import TestHosts
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]
-SETS = ("--set", "train.steps=60", "--set", "train.save_steps=10", "--set", "train.log_steps=1")
-
-
-@pytest.fixture(scope="module")
-def seed_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.model.data_helpers import seed_records
-
-    path = tmp_path_factory.mktemp("data") / "seed.json"
-    path.write_text(json.dumps(seed_records()))
-    return path
 
 
 def _final_loss(state: Path, job_id: str) -> float:
     rank0 = status_json(state, job_id)["nodes"][0]["ranks"][0]
-    assert rank0["rank"] == 0 and rank0["step"] == 60, rank0
+    assert rank0["rank"] == 0 and rank0["step"] == REAL_STEPS, rank0
     return float(rank0["loss"])
 
 
 
 def test_killed_rank_restarts_from_last_complete_checkpoint(
-        testhosts: TestHosts, one_rank_each: Path, seed_json: Path, state: Path) -> None:
-    inv = str(one_rank_each)
-    common = ("-i", inv, "-c", "tiny", "--no-check", "--stop-grace", "2", *SETS,
-              "--set", f"data.path={seed_json}")
-    # 1. Reference: uninterrupted.
-    orch(state, "up", *common, "--wait")
-    ref_id = record(state)["job_id"]
-    ref_loss = _final_loss(state, ref_id)
+        testhosts: TestHosts, one_rank_each: Path, seed_json: Path, reference_run: Reference,
+        state: Path) -> None:
+    common = ("-i", str(one_rank_each), "--stop-grace", "2", *REAL_SETS,
+              "--set", "train.save_steps=10", "--set", f"data.path={seed_json}")
+    # 1. Reference: uninterrupted (the session's).
+    ref_id, ref_loss = reference_run.job_id, reference_run.loss
 
     # 2. Same job, rank 1 killed at step ~32, restarts allowed.
     waiter = orch_bg(state, "up", *common, "--wait", "--max-restarts", "2")
     try:
-        wait_for(lambda: record(state)["job_id"] != ref_id
-                 and record(state)["status"] == "RUNNING", timeout=120)
+        wait_for(lambda: (recs := records(state)) and recs[-1]["job_id"] != ref_id
+                 and recs[-1]["status"] == "RUNNING", timeout=120)
         job = record(state)
         job_dir = job["nodes"][0]["job_dir"]
         wait_for(lambda: logged_step(testhosts, job_dir) >= 32, timeout=180, interval=0.2)

@@ -27,6 +27,7 @@ from orchestrate_bloom.data.template_ids import _prompt_plan, template_ids
 from orchestrate_bloom.prompts import prompt_of
 
 from tests.model.data_helpers import seed_records, tokenizer_file
+from tests.tools.examples import examples
 
 
 @pytest.fixture(scope="module")
@@ -318,7 +319,7 @@ PIECES = [" ", "  ", "\t", "\n", "\r", "\n ", "a", "Z", "word", " the", "9", "12
           "\x00", "x²"]
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(st.lists(st.lists(st.sampled_from(PIECES), max_size=12).map("".join), max_size=6))
 def test_pretoken_cache_equals_whole_encoding_on_generated_text(tok_path: Path,
                                                                 texts: list[str]) -> None:

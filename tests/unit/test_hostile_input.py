@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from orchestrator.config.inventory import parse_inventory
 from orchestrator.config.presets import load_job_spec
 from orchestrator.errors import InventoryError, PresetError
+from tests.tools.examples import examples
 
 scalars = st.one_of(
     st.none(),
@@ -53,7 +54,7 @@ documents = st.one_of(
 )
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@settings(max_examples=examples(300), suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(documents)
 def test_any_inventory_document_parses_or_fails_in_one_line(doc: object) -> None:
     text = yaml.safe_dump(doc)
@@ -66,7 +67,7 @@ def test_any_inventory_document_parses_or_fails_in_one_line(doc: object) -> None
         assert inv.nodes and all(n.devices for n in inv.nodes)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.text(max_size=200))
 def test_any_text_parses_or_fails_in_one_line(text: str) -> None:
     try:
@@ -90,7 +91,7 @@ keys = st.sampled_from(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(keys, st.text(max_size=12))
 def test_any_override_applies_or_fails_in_one_line(key: str, value: str) -> None:
     try:

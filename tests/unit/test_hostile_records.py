@@ -17,6 +17,7 @@ from orchestrator.errors import JobError, RankTableError
 from orchestrator.hccl.check import parse_table
 from orchestrator.hccl.ranktable import merge_tables
 from orchestrator.job.state import JobStore
+from tests.tools.examples import examples
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**40),
                     st.floats(allow_nan=False), st.text(max_size=12))
@@ -51,7 +52,7 @@ def _load(tmp: Path, doc: object) -> None:
         assert text.startswith(str(store.path("tiny-abcd"))) and "\n" not in text, text
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[
     HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(st.one_of(json_values, _mutations()))
 def test_any_job_record_loads_or_fails_in_one_line(tmp_path: Path, doc: object) -> None:
@@ -72,7 +73,7 @@ def _table_docs() -> st.SearchStrategy[object]:
     return st.one_of(table, json_values)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.lists(_table_docs(), min_size=1, max_size=3))
 def test_any_rank_tables_check_and_merge_or_fail_in_one_line(docs: list[object]) -> None:
     tables = []

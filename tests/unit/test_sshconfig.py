@@ -142,7 +142,19 @@ def test_resolved_once_per_command(tmp_path: Path) -> None:
     for _ in range(5):
         sshconfig.resolve(Node(name="a", host="n1.lab"), cfg)
     info = sshconfig._evaluate.cache_info()
-    assert info.misses == 2 and info.hits == 8  # the node and its OpenSSH defaults, once
+    assert info.misses == 2 and info.hits == 4  # the node and its OpenSSH defaults, once
+
+
+def test_no_config_defaults_run_once_and_equal_each_aliases_own() -> None:
+    """One `ssh -G -F /dev/null` per (port, user) serves every plain host name and gives what
+    evaluating the alias itself gives; a user@host alias is evaluated for itself."""
+    for given in [(), ("-p", "2222", "-l", "bob")]:
+        for alias in ["th0", "10.1.2.3", "Web-1.Example.COM", "a_b"]:
+            own, _ = sshconfig._evaluate(("-F", "/dev/null", *given), alias, "n")
+            assert sshconfig._defaults(given, alias, "n") == own, (given, alias)
+    assert sshconfig._no_config.cache_info().misses == 2
+    assert sshconfig._defaults((), "bob@h1", "n")["user"] == ["bob"]
+    assert sshconfig._no_config.cache_info().misses == 2
 
 
 def test_fallback_without_openssh_says_so_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
