@@ -163,7 +163,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    cpu_share.apply_to_mindspore(ms, share)
+    ms.set_device("CPU")
+    cpu_share.apply_to_mindspore(ms, share)  # as the trainer does
     print(f"CPU, fp32, median of {args.steps} timed steps after {args.warmup} warm-up; tokens/step"
           f" = batch x seq; torch threads {args.threads}, MindSpore threads "
           f"{share.threads}; load average {os.getloadavg()[0]:.1f}")
