@@ -86,3 +86,36 @@ def test_launch_script_positions_reach_a_pinned_process(tmp_path: Path) -> None:
         assert res.returncode == 0, res.stderr
         seen.append(res.stdout.strip())
     assert seen == [f"1 {cpus}", f"1 [{cpus[0]}]", f"1 [{cpus[1]}]"]
+
+
+WATCH_NUMPY = """
+import os, runpy, sys
+seen = []
+class Watch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "numpy" and not seen:
+            seen.append((os.environ.get("OPENBLAS_NUM_THREADS"), len(os.sched_getaffinity(0))))
+        return None
+sys.meta_path.insert(0, Watch())
+sys.argv = ["train", "--job", sys.argv[1]]
+try:
+    runpy.run_module("orchestrate_bloom.train", run_name="__main__", alter_sys=True)
+except SystemExit:
+    pass
+print(seen)
+"""
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores")
+def test_trainer_applies_the_share_before_numpy_starts_its_blas_pool(tmp_path: Path) -> None:
+    """`python -m orchestrate_bloom.train` pins and sizes the pools before numpy is imported
+    (OpenBLAS reads OPENBLAS_NUM_THREADS once, at load; its threads keep the affinity they
+    started with)."""
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS",
+           "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "ORCHESTRATE_CPU_SHARE")}
+    env.update(ORCHESTRATE_LOCAL_RANK="1", ORCHESTRATE_LOCAL_RANKS="2", PYTHONPATH=str(REPO))
+    res = subprocess.run(["taskset", "-c", f"{cpus[0]},{cpus[1]}", sys.executable, "-c",
+                          WATCH_NUMPY, str(tmp_path / "absent.yaml")],
+                         capture_output=True, text=True, env=env, check=False)
+    assert res.stdout.strip().splitlines()[-1] == "[('1', 1)]", res.stdout + res.stderr
