@@ -110,11 +110,17 @@ def apply_from_env() -> Share | None:
 
 
 def apply_to_mindspore(ms: Any, share: Share | None) -> None:
-    """Size MindSpore's CPU kernel pool, runtime dispatch threads and dataset workers."""
+    """Size MindSpore's CPU kernel pool, runtime dispatch threads and dataset workers.
+
+    On CPU one dispatch thread: a second one, with 2 kernel threads on 2 cores, made a tiny
+    training step 3-5x slower (wall 114-188 vs 30-33 ms) and a small one 1.3-2x
+    (`python bench/train_step.py`); the kernels run one after another either way.
+    """
     if share is None:
         return
     ms.device_context.cpu.op_tuning.threads_num(share.threads)
-    ms.runtime.dispatch_threads_num(max(1, min(share.threads, 5)))
+    on_cpu = ms.get_context("device_target") == "CPU"
+    ms.runtime.dispatch_threads_num(1 if on_cpu else max(1, min(share.threads, 5)))
     import mindspore.dataset as ds
 
     ds.config.set_num_parallel_workers(max(1, share.threads))
