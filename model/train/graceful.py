@@ -55,7 +55,7 @@ def requested(path: Path) -> bool:
 
 
 CHECK_EVERY_S = 1.0  # seconds of training between two agreed checks on several ranks
-MAX_STEPS_APART = 50  # and never more steps than this between them
+MAX_STEPS_APART = 20  # and never more steps than this between them (a 60-step test run)
 
 
 def steps_apart(seconds: float, steps: int) -> int:
