@@ -30,7 +30,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 LINE = re.compile(r"^step=(\d+) .*elapsed_s=([0-9.]+)", re.M)
-SEQ = 64  # the tiny preset's seq_length
 
 
 def run(ranks: int, share: bool, steps: int, global_batch: int, root: Path) -> float:
@@ -54,7 +53,14 @@ def run(ranks: int, share: bool, steps: int, global_batch: int, root: Path) -> f
         raise RuntimeError(f"{ranks} ranks, share {share}: exit {res.returncode}\n"
                            f"{res.stdout[-2000:]}{res.stderr[-2000:]}\n{text[-2000:]}")
     (s0, t0), (s1, t1) = points[0], points[-1]
-    return (s1 - s0) * global_batch * SEQ / (t1 - t0)
+    return (s1 - s0) * global_batch * seq_length() / (t1 - t0)
+
+
+def seq_length() -> int:
+    """The tiny preset's model.seq_length (tokens per sample), from the preset itself."""
+    from orchestrate_bloom.presets import load_preset_sections
+
+    return int(load_preset_sections("tiny")["model"]["seq_length"])
 
 
 def main() -> None:

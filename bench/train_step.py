@@ -15,7 +15,9 @@ other processes' load skews least (with one thread per side it is the work each 
 with more threads, spinning thread pools count against their side). torch's threads are
 --threads; MindSpore's CPU kernel threads --ms-threads (default: what the trainer gives one
 rank on this machine through cpu_share, as launch.sh runs it: one thread per usable core,
-instead of MindSpore's own 25 on any machine).
+instead of MindSpore's own 25 on any machine); numpy's BLAS pool (the weight gradients of the
+CPU fast path) gets the same count, set before numpy loads. The default run is what issue #17
+asks: tiny and small, both sides with this machine's core count of threads.
 """
 
 from __future__ import annotations
@@ -28,8 +30,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -45,6 +45,7 @@ def ours(cfg: dict[str, int], steps: int, fast: bool = True) -> Callable[[], Non
     """One training step of our trainer's cell on fresh random ids (built and compiled here);
     `fast=False`: with the layers' CPU fast paths off (the kernel paths of before)."""
     import mindspore as ms
+    import numpy as np
     import yaml
     from mindspore import Tensor
     from orchestrate_bloom.layers import set_fast_paths
@@ -140,7 +141,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=20, help="Timed steps per side.")
     parser.add_argument("--warmup", type=int, default=3, help="Untimed steps (compile) first.")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads.")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                        help="torch CPU threads (default: the usable cores, as MindSpore's).")
     parser.add_argument("--ms-threads", type=int,
                         help="MindSpore CPU kernel threads (default: the trainer's share of "
                         "this machine for one rank, cpu_share).")
@@ -150,16 +152,19 @@ def main() -> None:
                         help="Also time ours with the layers' CPU fast paths off (the kernel "
                         "paths of before), alternating with the other two.")
     args = parser.parse_args()
-    import mindspore as ms
-    import torch
-
-    torch.set_num_threads(args.threads)
     from orchestrate_bloom.train import cpu_share
 
     share = cpu_share.rank_share(0, 1, os.sched_getaffinity(0))  # what launch.sh's rank gets
     if args.ms_threads is not None:
         share = cpu_share.Share(cpus=share.cpus, threads=args.ms_threads, pinned=False)
-    cpu_share.apply_to_mindspore(ms, share)
+    assert "numpy" not in sys.modules, "numpy's BLAS pool is sized when numpy loads"
+    cpu_share.thread_env(share, os.environ)  # as the trainer's apply_from_env does
+    import mindspore as ms
+    import torch
+
+    torch.set_num_threads(args.threads)
+    ms.set_device("CPU")
+    cpu_share.apply_to_mindspore(ms, share)  # as the trainer does
     print(f"CPU, fp32, median of {args.steps} timed steps after {args.warmup} warm-up; tokens/step"
           f" = batch x seq; torch threads {args.threads}, MindSpore threads "
           f"{share.threads}; load average {os.getloadavg()[0]:.1f}")

@@ -37,6 +37,7 @@ from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 from mindspore.common.initializer import Zero, initializer
 
 from .config import BloomConfig
+from .cpu_grads import BlasWeightGrad, cpu_float32
 from .layers import (
     MASK_FILL,
     MS_DTYPES,
@@ -145,6 +146,9 @@ class BloomLMHeadModel(nn.Cell):
         self.lm_head = ops.MatMul(transpose_b=True)  # x @ E^T without copying E
         self.compute_dtype = MS_DTYPES[config.compute_dtype]
         self.needs_cast = MS_DTYPES[config.param_dtype] != self.compute_dtype
+        self.blas_weight_grad = cpu_float32(config)  # CPU fast path: dE by BLAS
+        self.blas = BlasWeightGrad(bias=False)
+        self.no_bias = Tensor(np.zeros(config.vocab_size, np.float32))
 
     def logits(self, hidden: Tensor) -> Tensor:
         """Hidden states [..., hidden] -> float32 logits [..., vocab]."""
@@ -153,7 +157,10 @@ class BloomLMHeadModel(nn.Cell):
         weight = self.transformer.word_embeddings.weight  # [vocab, hidden]
         if self.needs_cast:
             weight = ops.cast(weight, self.compute_dtype)
-        out = self.lm_head(flat, weight)  # [tokens, vocab]
+        if self.blas_weight_grad and self.training:
+            out = self.blas(flat, weight, self.no_bias)  # the same product
+        else:
+            out = self.lm_head(flat, weight)  # [tokens, vocab]
         if self.compute_dtype != ms.float32:
             out = ops.cast(out, ms.float32)
         return out.reshape(shape[:-1] + (self.config.vocab_size,))  # [..., vocab]

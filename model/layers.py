@@ -16,6 +16,7 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, One, Zero, initializer
 
 from .config import BloomConfig
+from .cpu_grads import BlasWeightGrad, LayerNormOpsGrad, cpu_float32
 
 MS_DTYPES = {"float32": ms.float32, "float16": ms.float16, "bfloat16": ms.bfloat16}
 MASK_FILL = float(np.finfo(np.float32).min)  # score of a masked key (exp() underflows to 0)
@@ -90,13 +91,15 @@ def bloom_gelu(x: Tensor, sigmoid_form: bool = False) -> Tensor:
     return ops.gelu(x, approximate="tanh")
 
 
-FAST_PATH_FLAGS = ("sigmoid_gelu", "unstack_qkv")  # attributes of BloomMLP / BloomAttention
+# attributes of BloomMLP / BloomAttention / Linear and the LM head (bloom.py)
+FAST_PATH_FLAGS = ("sigmoid_gelu", "unstack_qkv", "blas_weight_grad", "ops_layernorm_grad")
 
 
 def set_fast_paths(cell: nn.Cell, on: bool) -> None:
-    """Switch the CPU fast paths (sigmoid-form GELU, q/k/v by one Unstack) of every layer
-    under `cell`, before it compiles: off gives the kernel paths they replace (the test of
-    their equality, `python bench/train_step.py --before`)."""
+    """Switch the CPU fast paths (sigmoid-form GELU, q/k/v by one Unstack; cpu_grads.py:
+    weight gradients by BLAS, LayerNorm's gradient by ops) of every layer under `cell`,
+    before it compiles: off gives the kernel paths they replace (the test of their
+    equality, `python bench/train_step.py --before`)."""
     for _, sub in cell.cells_and_names():
         for flag in FAST_PATH_FLAGS:
             if hasattr(sub, flag):
@@ -116,9 +119,16 @@ class Linear(nn.Cell):
                                 name="weight")
         self.bias = Parameter(initializer(Zero(), (out_features,), param_dtype), name="bias")
         self.needs_cast = param_dtype != self.compute_dtype
+        self.blas_weight_grad = cpu_float32(config)
+        self.blas = BlasWeightGrad(bias=True)
 
     def construct(self, x: Tensor) -> Tensor:
-        """[..., in] -> [..., out] (one fused kernel; casts only for mixed precision)."""
+        """[..., in] -> [..., out] (one fused kernel; casts only for mixed precision; the CPU
+        fast path when training: the same product, its weight gradient by BLAS)."""
+        if self.blas_weight_grad and self.training:
+            shape = x.shape
+            y = self.blas(x.reshape(-1, shape[-1]), self.weight, self.bias)
+            return y.reshape(shape[:-1] + (y.shape[-1],))
         if self.needs_cast:
             return ops.dense(ops.cast(x, self.compute_dtype),
                              ops.cast(self.weight, self.compute_dtype),
@@ -157,8 +167,12 @@ class LayerNorm(nn.Cell):
         self.norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1,
                                   epsilon=config.layer_norm_epsilon)
         self.is_float32 = param_dtype == ms.float32 and self.compute_dtype == ms.float32
+        self.ops_layernorm_grad = cpu_float32(config)
+        self.ops_grad = LayerNormOpsGrad(config.layer_norm_epsilon)
 
     def construct(self, x: Tensor) -> Tensor:
+        if self.is_float32 and self.ops_layernorm_grad and self.training:  # CPU fast path
+            return self.ops_grad(x, self.weight, self.bias)[0]
         if self.is_float32:
             return self.norm(x, self.weight, self.bias)[0]
         y, _, _ = self.norm(ops.cast(x, ms.float32), ops.cast(self.weight, ms.float32),
@@ -257,8 +271,7 @@ class BloomMLP(nn.Cell):
         h = config.hidden_size
         self.dense_h_to_4h = Linear(h, 4 * h, config, random_init)
         self.dense_4h_to_h = Linear(4 * h, h, config, random_init)
-        self.sigmoid_gelu = (ms.get_context("device_target") == "CPU"
-                             and MS_DTYPES[config.compute_dtype] == ms.float32)
+        self.sigmoid_gelu = cpu_float32(config)
 
     def construct(self, x: Tensor) -> Tensor:
         return self.dense_4h_to_h(bloom_gelu(self.dense_h_to_4h(x), self.sigmoid_gelu))

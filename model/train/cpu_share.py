@@ -7,8 +7,11 @@ starting a full set of thread pools (issue #17).
 msrun's --bind_core behaviour: when the node has at least one core per rank, the cores this
 process may run on (sched_getaffinity: cgroups, cpusets and taskset included) are cut into
 equal contiguous chunks, rank i is pinned to chunk i and every thread pool gets the chunk's
-size. With fewer cores than ranks nothing is pinned (the scheduler balances them) and every
-pool gets one thread: 8 ranks on 2 cores then run 8 + a few threads, not 8 x 25.
+size. With fewer cores than ranks every pool gets one thread and the ranks are split into equal
+contiguous groups, one per core, each group pinned to its core (8 ranks on 2 cores: ranks 0-3
+on the first, 4-7 on the second): measured on 2 cores with the tiny preset, 8 ranks left to
+the scheduler used 351 and 326 ms of CPU per step, pinned 273 and 268 (MindSpore's kernel
+thread yield-spins while its rank waits; on its rank's own core it yields to that rank).
 The same logic gives Ascend ranks their host-side core binding (their host threads feed the
 device).
 
@@ -31,6 +34,7 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 LOCAL_RANK = "ORCHESTRATE_LOCAL_RANK"
 LOCAL_RANKS = "ORCHESTRATE_LOCAL_RANKS"
 SWITCH = "ORCHESTRATE_CPU_SHARE"
+APPLIED = "ORCHESTRATE_CPU_SHARE_APPLIED"  # "threads:cpu,cpu:pinned" once this process applied it
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,7 @@ class Share:
 
     cpus: tuple[int, ...]  # the cores it is pinned to (all available ones when not pinned)
     threads: int  # threads per pool (MindSpore kernels, OpenMP, BLAS, dataset workers)
-    pinned: bool  # whether cpus is a disjoint chunk of this rank's own
+    pinned: bool  # whether the process is pinned to cpus (disjoint unless ranks > cores)
 
 
 def rank_share(local_rank: int, local_ranks: int, cpus: Iterable[int]) -> Share:
@@ -54,8 +58,9 @@ def rank_share(local_rank: int, local_ranks: int, cpus: Iterable[int]) -> Share:
     if not 0 <= local_rank < local_ranks:
         raise ValueError(f"local rank {local_rank} outside 0..{local_ranks - 1}")
     per = len(avail) // local_ranks
-    if per == 0:
-        return Share(cpus=avail, threads=1, pinned=False)
+    if per == 0:  # equal contiguous groups of ranks, one core each
+        return Share(cpus=(avail[local_rank * len(avail) // local_ranks],), threads=1,
+                     pinned=True)
     return Share(cpus=avail[local_rank * per:(local_rank + 1) * per], threads=per, pinned=True)
 
 
@@ -83,22 +88,39 @@ def apply_from_env() -> Share | None:
 
     Call at process start, before MindSpore (or numpy's BLAS) starts threads; threads created
     later inherit the affinity. Returns the share (None: nothing changed).
+    Applying twice (`python -m orchestrate_bloom.train` applies it before numpy loads, the
+    trainer again before MindSpore) returns the first share: it is recorded in APPLIED, not
+    recomputed from the affinity the first call already narrowed.
     """
+    try:
+        threads, cpus, pinned = os.environ[APPLIED].split(":")
+        return Share(cpus=tuple(int(c) for c in cpus.split(",")), threads=int(threads),
+                     pinned=pinned == "1")
+    except (KeyError, ValueError):  # not applied yet (or not a value of ours)
+        pass
     share = share_from_env(os.environ, os.sched_getaffinity(0))
     if share is None:
         return None
     thread_env(share, os.environ)
     if share.pinned:
         os.sched_setaffinity(0, share.cpus)
+    os.environ[APPLIED] = (f"{share.threads}:{','.join(map(str, share.cpus))}:"
+                           f"{int(share.pinned)}")
     return share
 
 
 def apply_to_mindspore(ms: Any, share: Share | None) -> None:
-    """Size MindSpore's CPU kernel pool, runtime dispatch threads and dataset workers."""
+    """Size MindSpore's CPU kernel pool, runtime dispatch threads and dataset workers.
+
+    On CPU one dispatch thread: a second one, with 2 kernel threads on 2 cores, made a tiny
+    training step 3-5x slower (wall 114-188 vs 30-33 ms) and a small one 1.3-2x
+    (`python bench/train_step.py`); the kernels run one after another either way.
+    """
     if share is None:
         return
     ms.device_context.cpu.op_tuning.threads_num(share.threads)
-    ms.runtime.dispatch_threads_num(max(1, min(share.threads, 5)))
+    on_cpu = ms.get_context("device_target") == "CPU"
+    ms.runtime.dispatch_threads_num(1 if on_cpu else max(1, min(share.threads, 5)))
     import mindspore.dataset as ds
 
     ds.config.set_num_parallel_workers(max(1, share.threads))

@@ -34,10 +34,11 @@ parallel path the strategy file `output/strategy/ckpt_strategy_rank_<r>.ckpt`. `
 continues from the newest step complete on every rank (same data position, same LR schedule)
 and records that step as `{"resumed_step": N}` in `$ORCHESTRATE_RESUMED_FILE` when set (launch.sh
 sets it; the control plane reads it: checkpoint.record_resumed / parse_resumed).
-Graceful stop (`orchestrate down --save`): after every step each rank checks for
+Graceful stop (`orchestrate down --save`): the ranks check for
 `<folder of JOB.yaml>/stop_request.json` holding {"GracefulExit": 1} (graceful.py, MindSpore's
-OnRequestExit semantics); the flag is all-reduced, so every rank logs, saves that step (its
-manifest records the full-precision `loss`) and exits 0 at the same step.
+OnRequestExit semantics) after the first step and then about every second of training
+(graceful.StopPoll; every step on one process); the flag is all-reduced, so every rank logs,
+saves that step (its manifest records the full-precision `loss`) and exits 0 at the same step.
 Exit 0 only when training finished or stopped on request; otherwise non-zero with `error: ...`
 on stderr.
 """
@@ -258,11 +259,12 @@ def train(job: Job, resume: bool, t0: float) -> int:
     step_cell.set_train(True)
     meta = _manifest_meta(job, layout, dist)
     stop_file = graceful.request_path(job.path.parent)
+    stop_poll = graceful.StopPoll(stop_file, reduce, dist.is_rank0, start)
     log = StepLogger(job, layout.global_batch, dist.is_rank0, t0, start)
     for step in range(start + 1, steps + 1):
         batch = next(batches)
         loss = step_cell(*(batch if use_mask else (batch[0], batch[0])))
-        stop = graceful.agreed(stop_file, reduce)
+        stop = stop_poll(step)
         value = None
         if step % int(t["log_steps"]) == 0 or step == steps or stop:
             value = log(step, global_loss(float(loss.asnumpy()), dist, layout, reduce))

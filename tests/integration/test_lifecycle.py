@@ -110,10 +110,13 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "seed.json"
 
 
+E2E_STEPS = 20  # two log lines (tiny: log_steps 10) and the final save; was 50
+
+
 @pytest.mark.slow
 def test_tiny_job_end_to_end(testhosts: TestHosts, two_hosts: Path, state: Path,
                              tiny_data: Path, tmp_path: Path) -> None:
-    up = orch(state, "up", "-i", str(two_hosts), "-c", "tiny", "--set", "train.steps=50",
+    up = orch(state, "up", "-i", str(two_hosts), "-c", "tiny", "--set", f"train.steps={E2E_STEPS}",
               "--set", f"data.path={tiny_data}", "--wait")
     job = record(state)
     assert job["status"] == "SUCCEEDED", up.stdout + up.stderr
@@ -121,18 +124,18 @@ def test_tiny_job_end_to_end(testhosts: TestHosts, two_hosts: Path, state: Path,
     for node in job["nodes"]:
         for rank in range(node["rank_start"], node["rank_end"]):
             res = testhosts.ssh(node["name"], f"ls {node['job_dir']}/output/checkpoint/rank_{rank}")
-            assert f"bloom_rank_{rank}-50.ckpt" in res.stdout, (node["name"], res.stdout)
+            assert f"bloom_rank_{rank}-{E2E_STEPS}.ckpt" in res.stdout, (node["name"], res.stdout)
     status = json.loads(orch(state, "status", job_id, "--json").stdout)
     assert status["status"] == "SUCCEEDED" and status["attempts"] == 1
     rank0 = status["nodes"][0]["ranks"][0]
     assert rank0["rank"] == 0 and rank0["state"] == "exited" and rank0["exit_code"] == 0
-    assert rank0["step"] == 50 and 0 < rank0["loss"] < 10
+    assert rank0["step"] == E2E_STEPS and 0 < rank0["loss"] < 10
     fetched = tmp_path / "logs"
     orch(state, "logs", job_id, "--fetch", str(fetched))
     for node in job["nodes"]:
         for rank in range(node["rank_start"], node["rank_end"]):
             assert (fetched / node["name"] / f"rank_{rank}.log").is_file()
-    assert "step=50 " in (fetched / "th0" / "rank_0.log").read_text()
+    assert f"step={E2E_STEPS} " in (fetched / "th0" / "rank_0.log").read_text()
     assert_nothing_left(testhosts, job_id)
 
     # collect-ckpt + infer --job on the same job (was test_collect_e2e.py, which trained a
@@ -140,7 +143,7 @@ def test_tiny_job_end_to_end(testhosts: TestHosts, two_hosts: Path, state: Path,
     got = orch(state, "collect-ckpt")  # the latest job, its own inventory
     assert "fetching ranks [0] only" in " ".join(got.stderr.split())  # 1 replica of 4 DP ranks
     merged = Path(state.parent, got.stdout.strip().split("merged checkpoint: ")[1])
-    assert merged.name == "bloom_tiny_step50.ckpt"
+    assert merged.name == f"bloom_tiny_step{E2E_STEPS}.ckpt"
     assert sorted(p.name for p in merged.parent.parent.iterdir()) == [
         ".verified.json", "merged", "rank_0"]
     assert "check" in got.stderr  # loaded into BloomLMHeadModel

@@ -1,7 +1,9 @@
 """The trainer's loss cell: the fused unmasked cross-entropy (one kernel and its fused
 gradient) equals the masked path with an all-ones mask, in value and in every gradient; and
-the CPU fast paths of the layers (GELU as x * sigmoid(2u), q/k/v by one Unstack) equal the
-fused GeLU kernel and the per-slice path they replace.
+the CPU fast paths of the layers (GELU as x * sigmoid(2u), q/k/v by one Unstack, the weight
+gradients of every Linear and of the tied LM head by numpy's BLAS, LayerNorm's gradient by
+ops) equal the fused GeLU kernel, the per-slice path and MindSpore's own gradient kernels they
+replace.
 
     python -m pytest tests/model/test_train_loss.py -q
 """
@@ -14,6 +16,7 @@ import pytest
 from mindspore import Tensor, ops
 from orchestrate_bloom.bloom import BloomLMHeadModel
 from orchestrate_bloom.config import BloomConfig
+from orchestrate_bloom.cpu_grads import BLAS_MIN_MACS, BlasWeightGrad
 from orchestrate_bloom.layers import set_fast_paths
 from orchestrate_bloom.train.cells import CausalLMLoss
 
@@ -24,14 +27,23 @@ def test_fused_loss_matches_the_masked_path() -> None:
     ms.set_seed(0)
     config = BloomConfig(vocab_size=97, hidden_size=32, n_layer=1, n_head=4, seq_length=16)
     model = BloomLMHeadModel(config)
+    model.set_train(True)  # the custom gradients are training paths
+    blas_cells = [c for _, c in model.cells_and_names() if isinstance(c, BlasWeightGrad)]
     h_to_4h = model.transformer.h[0].mlp.dense_h_to_4h.weight  # GELU inputs ~N(0, 2), not ~0:
     h_to_4h.set_data(Tensor(h_to_4h.asnumpy() * 20))  # where the x^3 term of the tanh GELU counts
     ids = Tensor(np.random.default_rng(0).integers(0, 97, (2, 17)), ms.int32)
     ones = ops.ones((2, 17), ms.int32)
     assert model.transformer.h[0].mlp.sigmoid_gelu  # CPU float32: the fast paths are on
+    assert model.blas_weight_grad and model.transformer.h[0].mlp.dense_4h_to_h.blas_weight_grad
+    assert model.transformer.ln_f.ops_layernorm_grad
+    ln_f = model.transformer.ln_f  # LayerNorm's weight and bias not 1 and 0: their terms count
+    ln_f.weight.set_data(Tensor(np.linspace(0.5, 1.5, 32, dtype=np.float32)))
+    ln_f.bias.set_data(Tensor(np.linspace(-0.2, 0.2, 32, dtype=np.float32)))
     results = []
     for masked, fast in ((False, True), (True, True), (False, False)):
         set_fast_paths(model, fast)
+        for cell in blas_cells:  # the unmasked run: BLAS for these tiny shapes too; the
+            cell.min_macs = 0 if not masked else BLAS_MIN_MACS  # masked: the kernel below it
         net = CausalLMLoss(model, masked, config.vocab_size)
         grads = ms.value_and_grad(net, None, model.trainable_params())
         loss, g = grads(ids, ones)

@@ -30,9 +30,12 @@ def test_enough_cores_pins_each_rank_to_a_disjoint_chunk() -> None:
     assert [s.cpus for s in odd] == [(0,), (1,), (2,)]
 
 
-def test_fewer_cores_than_ranks_pins_nothing_and_uses_one_thread() -> None:
-    share = rank_share(7, 8, [1, 0])
-    assert share == Share(cpus=(0, 1), threads=1, pinned=False)
+def test_fewer_cores_than_ranks_pins_equal_groups_with_one_thread() -> None:
+    shares = [rank_share(i, 8, [3, 1]) for i in range(8)]
+    assert [s.cpus for s in shares] == [(1,)] * 4 + [(3,)] * 4  # ranks 0-3, then 4-7
+    assert all(s.pinned and s.threads == 1 for s in shares)
+    three = [rank_share(i, 3, [0, 1]) for i in range(3)]  # not a multiple: 2 + 1
+    assert [s.cpus for s in three] == [(0,), (0,), (1,)]
 
 
 def test_bad_positions_are_refused() -> None:
@@ -73,8 +76,8 @@ def test_launch_script_positions_reach_a_pinned_process(tmp_path: Path) -> None:
     script = render_job(launch, plan, {"local": None}, None)["local"]["launch.sh"].text
     body = script[script.index("slot_env() {"):script.index("\n}\n", script.index("slot_env"))]
     probe = ("from orchestrate_bloom.train.cpu_share import apply_from_env; import os; "
-             "s = apply_from_env(); print(os.environ['OMP_NUM_THREADS'], "
-             "sorted(os.sched_getaffinity(0)))")
+             "s = apply_from_env(); assert apply_from_env() == s; "  # twice: the same share
+             "print(os.environ['OMP_NUM_THREADS'], sorted(os.sched_getaffinity(0)))")
     seen = []
     for slot in ("sched", "0", "1"):
         cmd = (script[:script.index("\n# MindSpore")] + "\n" + body + "\n}\n"
@@ -86,3 +89,55 @@ def test_launch_script_positions_reach_a_pinned_process(tmp_path: Path) -> None:
         assert res.returncode == 0, res.stderr
         seen.append(res.stdout.strip())
     assert seen == [f"1 {cpus}", f"1 [{cpus[0]}]", f"1 [{cpus[1]}]"]
+
+
+WATCH_NUMPY = """
+import os, runpy, sys
+seen = []
+class Watch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "numpy" and not seen:
+            seen.append((os.environ.get("OPENBLAS_NUM_THREADS"), len(os.sched_getaffinity(0))))
+        return None
+sys.meta_path.insert(0, Watch())
+sys.argv = ["train", "--job", sys.argv[1]]
+try:
+    runpy.run_module("orchestrate_bloom.train", run_name="__main__", alter_sys=True)
+except SystemExit:
+    pass
+print(seen)
+"""
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores")
+def test_trainer_applies_the_share_before_numpy_starts_its_blas_pool(tmp_path: Path) -> None:
+    """`python -m orchestrate_bloom.train` pins and sizes the pools before numpy is imported
+    (OpenBLAS reads OPENBLAS_NUM_THREADS once, at load; its threads keep the affinity they
+    started with)."""
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS",
+           "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "ORCHESTRATE_CPU_SHARE")}
+    env.update(ORCHESTRATE_LOCAL_RANK="1", ORCHESTRATE_LOCAL_RANKS="2", PYTHONPATH=str(REPO))
+    res = subprocess.run(["taskset", "-c", f"{cpus[0]},{cpus[1]}", sys.executable, "-c",
+                          WATCH_NUMPY, str(tmp_path / "absent.yaml")],
+                         capture_output=True, text=True, env=env, check=False)
+    assert res.stdout.strip().splitlines()[-1] == "[('1', 1)]", res.stdout + res.stderr
+
+
+def test_applying_twice_keeps_the_first_share(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`python -m orchestrate_bloom.train` applies the share, then the trainer again: the second
+    call must not cut the already narrowed affinity again (4 cores, 2 ranks: rank 1 keeps
+    cores 2-3 and 2 threads, not core 2 and 1 thread)."""
+    from orchestrate_bloom.train import cpu_share
+
+    affinity = {0: {0, 1, 2, 3}}  # a 4-core node on any machine
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(affinity[0]))
+    monkeypatch.setattr(os, "sched_setaffinity", lambda _pid, cpus: affinity.update({0: set(cpus)}))
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", cpu_share.APPLIED,
+                 cpu_share.SWITCH):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(cpu_share.LOCAL_RANK, "1")
+    monkeypatch.setenv(cpu_share.LOCAL_RANKS, "2")
+    first = cpu_share.apply_from_env()
+    assert first == Share(cpus=(2, 3), threads=2, pinned=True) and affinity[0] == {2, 3}
+    assert cpu_share.apply_from_env() == first and affinity[0] == {2, 3}

@@ -1,0 +1,101 @@
+"""CPU training fast paths with custom gradients (bprop), for float32 on CPU only, where
+MindSpore's own gradient kernels are slow for our shapes: weight gradients by numpy's BLAS
+(BlasWeightGrad, used by layers.Linear and the tied LM head) and LayerNorm's gradient by
+elementwise ops (LayerNormOpsGrad). Switched with the other fast paths by
+layers.set_fast_paths; tests/model/test_train_loss.py checks every gradient against the
+kernel paths; `python bench/train_step.py --before` times both.
+"""
+
+from __future__ import annotations
+
+import mindspore as ms
+import numpy as np
+from mindspore import Tensor, nn, ops
+
+from .config import BloomConfig
+
+
+def cpu_float32(config: BloomConfig) -> bool:
+    """Whether the CPU fast paths apply: device target CPU and float32 compute."""
+    return ms.get_context("device_target") == "CPU" and config.compute_dtype == "float32"
+
+
+def _tokens_t_times(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """dy^T x for float32 [tokens, m], [tokens, n] (numpy's BLAS sgemm, transposed view)."""
+    return np.dot(dy.T, x)
+
+
+def weight_grad_op() -> ops.Custom:
+    """CPU primitive: dy [tokens, out], x [tokens, in] -> dy^T x [out, in], by numpy's BLAS.
+
+    The weight gradient of y = x W^T contracts the tokens axis, MatMul's transpose_a form,
+    which MindSpore's CPU kernel runs up to 2x slower than numpy's sgemm on the transposed
+    view (one thread, CPU ms, out x tokens x in: 4096x1024x256 52 vs 31, 1024x1024x256 14 vs
+    8, 768x1024x256 8.1 vs 6.4; an explicit Transpose costs ~8 ns per element). Below
+    BLAS_MIN_MACS the call's overhead eats the gain (256x1024x256 2.1 vs 2.4, 1000x512x64
+    1.35 vs 1.54): BlasWeightGrad keeps MindSpore's kernel there.
+    """
+    return ops.Custom(_tokens_t_times, out_shape=lambda dy, x: [dy[1], x[1]],
+                      out_dtype=lambda dy, _x: dy, func_type="pyfunc")
+
+
+BLAS_MIN_MACS = 100_000_000  # tokens x out x in from which weight_grad_op pays (see there)
+
+
+class BlasWeightGrad(nn.Cell):
+    """y = x W^T (+ b) with W [out, in] as inputs, not Parameters (so this cell's bprop gives
+    their gradients), x [tokens, in]; the weight gradient by weight_grad_op from min_macs
+    multiply-adds on (a compile-time choice: shapes are static), the rest by MindSpore's
+    MatMul forms (dx = dy W: the plain form)."""
+
+    def __init__(self, bias: bool) -> None:
+        super().__init__()
+        self.bias = bias
+        self.min_macs = BLAS_MIN_MACS
+        self.forward = ops.MatMul(transpose_b=True)
+        self.backward = ops.MatMul()
+        self.kernel_weight_grad = ops.MatMul(transpose_a=True)
+        self.weight_grad = weight_grad_op()
+
+    def construct(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        """[tokens, in] x [out, in]^T (+ [out]) -> [tokens, out]."""
+        y = self.forward(x, weight)
+        return y + bias if self.bias else y
+
+    def bprop(self, x: Tensor, weight: Tensor, bias: Tensor, out: Tensor,  # noqa: ARG002
+              dout: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(dx, dW, db): dout W, dout^T x, column sums of dout (zeros without bias)."""
+        if x.shape[0] * x.shape[1] * dout.shape[1] >= self.min_macs:
+            dw = self.weight_grad(dout, x)
+        else:
+            dw = self.kernel_weight_grad(dout, x)
+        db = dout.sum(0) if self.bias else ops.zeros_like(bias)
+        return self.backward(dout, weight), dw, db
+
+
+class LayerNormOpsGrad(nn.Cell):
+    """ops.LayerNorm over the last axis (its outputs: y, mean, variance) whose gradient is
+    spelled out in elementwise ops and reductions instead of the LayerNormGrad CPU kernel,
+    which takes ~17 ns per element (one thread, [1024, 256] forward + backward: 10.1 vs 7.0 ms
+    CPU; bench/train_step.py). x-hat is recomputed from the forward's mean and variance."""
+
+    def __init__(self, epsilon: float) -> None:
+        super().__init__()
+        self.epsilon = epsilon
+        self.norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=epsilon)
+
+    def construct(self, x: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, ...]:
+        return self.norm(x, weight, bias)
+
+    def bprop(self, x: Tensor, weight: Tensor, bias: Tensor,  # noqa: ARG002
+              out: tuple[Tensor, ...],
+              dout: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, Tensor]:
+        """(dx, dweight, dbias) from dout[0] (mean and variance are not used downstream)."""
+        _, mean, variance = out
+        dy = dout[0]
+        rstd = ops.rsqrt(variance + self.epsilon)
+        xhat = (x - mean) * rstd
+        g = dy * weight
+        dx = rstd * (g - g.mean(-1, keep_dims=True) - xhat * (g * xhat).mean(-1, keep_dims=True))
+        h = x.shape[-1]
+        return dx, (dy * xhat).reshape(-1, h).sum(0), dy.reshape(-1, h).sum(0)
