@@ -6,6 +6,8 @@ orchestrate up --inventory inventories/local.yaml --config tiny --wait
 
 from __future__ import annotations
 
+import atexit
+import gc
 import logging
 from typing import Any
 
@@ -56,5 +58,13 @@ for _module in (plan, inventory_cmd, ranktable, exec_, jobs, ckpt, data, model):
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point.
+
+    At exit (an atexit handler, before interpreter teardown) `gc.freeze()` runs: the
+    interpreter's final collections then skip the objects a command leaves behind (32 SSH
+    connections' worth after `up`: 0.25-0.3 s of CPU at exit on a loaded 2-core machine,
+    5 ms with it). Files are still flushed and closed by reference counting, atexit
+    handlers (temp folders) still run.
+    """
+    atexit.register(gc.freeze)
     cli(prog_name="orchestrate")

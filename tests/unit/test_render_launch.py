@@ -21,6 +21,7 @@ INV = "defaults: {devices: 2, connection: local, workdir: w}\nnodes: [{host: 127
 
 
 def _job(tmp_path: Path, job_id: str, entrypoint: str) -> Path:
+    """Render job_id's launch.sh into tmp_path/jobs/job_id (tmp_path: the node's workdir)."""
     plan = build_plan(parse_inventory(INV, "inv.yaml"), load_job_spec("tiny"))
     launch = LaunchSpec(job_id=job_id, mode="msrun", world_size=2, sched_host="127.0.0.1",
                         entrypoint=entrypoint, stop_grace=1)
@@ -103,6 +104,29 @@ def test_stop_kills_groups_and_escaped_children(tmp_path: Path) -> None:
     assert again.returncode == 0 and again.stdout.strip() == "stopped"
     states = {s.state for s in parse_status("n", _sh(job, "status").stdout).slots}
     assert states <= {"exited", "lost"}
+
+
+def test_stop_leaves_another_node_of_the_job_on_the_same_machine(tmp_path: Path) -> None:
+    # Two nodes of one job share this machine (as loopback test hosts or local nodes do),
+    # each with its own workdir: stopping node b stops b's ranks and their escaped children,
+    # and none of node a's.
+    cmd = 'setsid sleep 300 </dev/null >/dev/null 2>&1 & sleep 300'
+    node_a, node_b = _job(tmp_path / "a", "t-two", cmd), _job(tmp_path / "b", "t-two", cmd)
+    try:
+        assert _sh(node_a, "start").returncode == 0 and _sh(node_b, "start").returncode == 0
+        assert _until(lambda: len(_pids_alive(node_a)) == 3 and len(_pids_alive(node_b)) == 3)
+        ranks_a = _pids_alive(node_a)
+        res = _sh(node_b, "stop")
+        assert res.returncode == 0 and res.stdout.strip() == "stopped", res.stdout + res.stderr
+        assert _pids_alive(node_b) == []
+        assert _pids_alive(node_a) == ranks_a, "node b's stop reached node a's ranks"
+    finally:
+        res = _sh(node_a, "stop")
+    assert res.returncode == 0 and res.stdout.strip() == "stopped", res.stdout + res.stderr
+    leftover = subprocess.run(["grep", "-lzxF", "ORCHESTRATE_JOB_ID=t-two",
+                               *map(str, Path("/proc").glob("[0-9]*/environ"))],
+                              capture_output=True, text=True)
+    assert leftover.stdout == ""
 
 
 def test_start_resume_clears_the_last_attempts_resume_record(tmp_path: Path) -> None:
