@@ -34,13 +34,11 @@ parallel path the strategy file `output/strategy/ckpt_strategy_rank_<r>.ckpt`. `
 continues from the newest step complete on every rank (same data position, same LR schedule)
 and records that step as `{"resumed_step": N}` in `$ORCHESTRATE_RESUMED_FILE` when set (launch.sh
 sets it; the control plane reads it: checkpoint.record_resumed / parse_resumed).
-Graceful stop (`orchestrate down --save`): the ranks check for
-`<folder of JOB.yaml>/stop_request.json` holding {"GracefulExit": 1} (graceful.py, MindSpore's
-OnRequestExit semantics) after the first step and then about every second of training
-(graceful.StopPoll; every step on one process); the flag is all-reduced, so every rank logs,
-saves that step (its manifest records the full-precision `loss`) and exits 0 at the same step.
-Exit 0 only when training finished or stopped on request; otherwise non-zero with `error: ...`
-on stderr.
+Graceful stop (`orchestrate down --save`): graceful.StopPoll reads `<folder of JOB.yaml>/
+stop_request.json` ({"GracefulExit": 1}, MindSpore's OnRequestExit) about every second of
+training, all-reduced: every rank logs, saves that step (its manifest records the full-precision
+`loss`) and exits 0 at the same step. Exit 0 only when training finished or stopped on request;
+otherwise non-zero with `error: ...` on stderr.
 """
 
 from __future__ import annotations
