@@ -138,10 +138,13 @@ def shared_memory_mean(job: Job, dist: Dist, model: nn.Cell,
     by all ranks (the same answer everywhere, or MindSpore's AllReduce everywhere)."""
     total = sum(int(p.size) for p in model.trainable_params())
     ok = job.train["device_target"] == "CPU" and shm_reduce.usable(dist.world, total)
-    mean = shm_reduce.open_mean(dist.rank, dist.world, total, reduce, ok)
-    if mean is not None and dist.is_rank0:
+    means = shm_reduce.open_means(dist.rank, dist.world, total, reduce, ok)
+    if means is None:
+        return None
+    if dist.is_rank0:
         note(f"gradient mean of the {dist.world} ranks on this node through shared memory")
-    return mean
+    reduce.shm = means[1]  # the loss and stop-check sums too
+    return means[0]
 
 
 class ShmGradReducer(nn.Cell):
@@ -239,11 +242,16 @@ class AllReduceSum:
         self.cell = Reduce()
         self.tensor = lambda values: Tensor(np.asarray(values, np.float32), ms.float32)
         self.sizes = tuple(sizes)
+        self.shm: shm_reduce.ShmMean | None = None  # a sum through shared memory (one node)
         for n in self.sizes:
             self.cell.compile(self.tensor(np.zeros(n)))
 
     def __call__(self, values: Sequence[float] | np.ndarray) -> np.ndarray:
         if len(values) not in self.sizes:
             raise ValueError(f"AllReduceSum compiled for sizes {self.sizes}, got {len(values)}")
+        if self.shm is not None and len(values) <= self.shm.total:
+            padded = np.zeros(self.shm.total, np.float32)
+            padded[:len(values)] = values
+            return self.shm([padded])[:len(values)]
         return self.cell(self.tensor(values)).asnumpy()
 

@@ -1,7 +1,7 @@
 """THE gradient mean of data-parallel CPU ranks that all run on one node, through shared memory.
 
-    reducer = shm_grad_reducer(dist, reduce, sizes)   # None: use MindSpore's AllReduce
-    step_cell.grad_reducer = reducer                   # a Cell: grads tuple -> mean over ranks
+    means = open_means(rank, world, total, reduce, ok=usable(world, total))  # every rank
+    grads_mean, small_sum = means          # None: MindSpore's AllReduce (cells.build_cells)
 
 Why: MindSpore's CPU AllReduce (mccl) is a TCP ring, 2 x (ranks - 1) hops each with a hand-off
 through its event-loop threads. With 8 ranks on 2 cores (tiny preset, global batch 16; /proc
@@ -9,10 +9,12 @@ schedstat, both cores ~95% busy: the ranks are CPU-bound, not idle) a step took 
 of CPU with it, 104 ms and 192 ms with no reduction at all, 121 ms and 221 ms with this one.
 Here each rank copies its gradients into its slot of one shared file, a futex barrier, each rank
 sums its 1/ranks chunk over all slots, a second barrier, and every rank copies the mean out:
-two wake-ups per rank per step, no sockets. Used only when every rank of the job runs on this
-node (ORCHESTRATE_LOCAL_RANKS = world size, set by the launch script), on CPU, on Linux x86_64 or
-aarch64, and when the buffer (2 x (ranks + 1) x gradient floats) fits in MAX_BYTES and in
-/dev/shm's free space; otherwise MindSpore's AllReduce is used as before.
+two wake-ups per rank per step, no sockets. The trainer's small all-reduces (the logged loss,
+the stop check: AllReduceSum) go through a second such file, as a sum.
+Used only when every rank of the job runs on this node (ORCHESTRATE_LOCAL_RANKS = world size,
+set by the launch script), on CPU, on Linux x86_64 or aarch64, and when the buffer
+(2 x (ranks + 1) x gradient floats) fits in MAX_BYTES and in /dev/shm's free space; otherwise
+MindSpore's AllReduce is used as before.
 The file's name is a random token rank 0 draws, agreed through the job's all-reduce; rank 0
 removes it once every rank has it mapped, so nothing is left in /dev/shm even if a rank dies.
 A peer that stops arriving makes the others fail after WAIT_S seconds (RuntimeError).
@@ -47,12 +49,14 @@ class _Timespec(ctypes.Structure):
 
 
 class ShmMean:
-    """The mean over `ranks` processes of float32 vectors of `total` values (this is rank
-    `rank`), through the shared file at `path` (every rank maps the same file)."""
+    """The mean (`divide`, else the sum) over `ranks` processes of float32 vectors of `total`
+    values (this is rank `rank`), through the shared file at `path` (every rank maps it). One
+    thread per process uses an instance; every rank makes the same calls in the same order."""
 
     def __init__(self, path: Path, rank: int, ranks: int, total: int,
-                 wait_s: float = WAIT_S) -> None:
+                 wait_s: float = WAIT_S, divide: bool = True) -> None:
         self.rank, self.ranks, self.total, self.seq, self.wait_s = rank, ranks, total, 0, wait_s
+        self.divide = divide
         head = ranks * FLAG_STRIDE * 4
         size = head + 2 * (ranks + 1) * total * 4
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -82,7 +86,8 @@ class ShmMean:
             off += part.size
         self._barrier(2 * self.seq - 1)
         np.sum(slots[:self.ranks, self.chunk], axis=0, out=slots[self.ranks, self.chunk])
-        slots[self.ranks, self.chunk] /= self.ranks
+        if self.divide:
+            slots[self.ranks, self.chunk] /= self.ranks
         self._barrier(2 * self.seq)
         return slots[self.ranks].copy()
 
@@ -117,19 +122,26 @@ def usable(world: int, total: int, env: dict[str, str] | None = None) -> bool:
     return st.f_bavail * st.f_frsize > 2 * size
 
 
-def open_mean(rank: int, world: int, total: int, reduce: Callable[[Sequence[float]], Any],
-              ok: bool) -> ShmMean | None:
-    """Every rank calls this at the same point, `ok`: whether it can (usable()). The job's SUM
-    all-reduce (`reduce`, two values) agrees on it (None unless every rank can) and tells every
-    rank the file name rank 0 drew; a second one that all have it mapped, then rank 0 removes
-    the name."""
+SMALL = 8  # values of the small sums (the trainer's loss and stop-check all-reduces)
+
+
+def open_means(rank: int, world: int, total: int, reduce: Callable[[Sequence[float]], Any],
+               ok: bool) -> tuple[ShmMean, ShmMean] | None:
+    """(the gradient mean of `total` values, a SUM of up to SMALL values for the trainer's
+    main thread), or None. Every rank calls this at the same point, `ok`: whether it can
+    (usable()). The job's SUM all-reduce (`reduce`, two values) agrees on it (None unless
+    every rank can) and tells every rank the file name rank 0 drew; a second one that all
+    have both mapped, then rank 0 removes the names."""
     draw = float(secrets.randbelow(1 << 24)) if rank == 0 else 0.0
     agreed = reduce([1.0 if ok else 0.0, draw])
     if agreed[0] < world - 0.5:
         return None
-    path = SHM_DIR / f"orchestrate-grads-{os.getuid()}-{int(agreed[1]):06x}"
-    mean = ShmMean(path, rank, world, total)
-    reduce([0.0, 0.0])  # every rank has mapped it
+    name = f"orchestrate-grads-{os.getuid()}-{int(agreed[1]):06x}"
+    paths = (SHM_DIR / name, SHM_DIR / f"{name}-small")
+    means = (ShmMean(paths[0], rank, world, total),
+             ShmMean(paths[1], rank, world, SMALL, divide=False))
+    reduce([0.0, 0.0])  # every rank has mapped both
     if rank == 0:
-        path.unlink(missing_ok=True)
-    return mean
+        for path in paths:
+            path.unlink(missing_ok=True)
+    return means

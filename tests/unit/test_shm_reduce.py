@@ -39,12 +39,15 @@ def _in_children(ranks: int, body: str, path: Path) -> list[int]:
 
 def _steps(rank: int, ranks: int, path: Path) -> int:
     mean = ShmMean(path, rank, ranks, 1001, wait_s=30)
+    total = ShmMean(Path(f"{path}-sum"), rank, ranks, 2, wait_s=30, divide=False)
     for step in range(5):  # both parities twice: a fast rank must not overwrite a slow one
         parts = [np.full((7, 11), rank + step, np.float32), np.full(924, rank * 2.0, np.float32)]
         out = mean(parts)
         want = np.concatenate([np.full(77, (ranks - 1) / 2 + step), np.full(924, ranks - 1.0)])
         if out.shape != (1001,) or not np.allclose(out, want):
             return 3
+        if not np.array_equal(total([np.array([1.0, rank], np.float32)]), [ranks, 3.0]):
+            return 6
     return 0
 
 
@@ -63,6 +66,7 @@ def test_ranks_get_the_mean_of_every_step() -> None:
         assert _in_children(3, "_steps", path) == [0, 0, 0]
     finally:
         path.unlink(missing_ok=True)
+        Path(f"{path}-sum").unlink(missing_ok=True)
 
 
 def test_a_rank_that_never_arrives_fails_the_others(tmp_path: Path) -> None:
@@ -76,12 +80,15 @@ def test_every_rank_or_none_and_the_name_is_removed() -> None:
         seen.append(list(values))
         return np.asarray(values, np.float32)
 
-    assert shm_reduce.open_mean(0, 1, 16, reduce, ok=False) is None  # 0 of 1 ranks can
-    mean = shm_reduce.open_mean(0, 1, 16, reduce, ok=True)
-    assert mean is not None and len(seen) == 3  # agree + mapped, after the refused one
+    assert shm_reduce.open_means(0, 1, 16, reduce, ok=False) is None  # 0 of 1 ranks can
+    means = shm_reduce.open_means(0, 1, 16, reduce, ok=True)
+    assert means is not None and len(seen) == 3  # agree + mapped, after the refused one
     name = f"orchestrate-grads-{os.getuid()}-{int(seen[1][1]):06x}"
-    assert not (shm_reduce.SHM_DIR / name).exists()  # rank 0 removed it once mapped
-    assert np.array_equal(mean([np.arange(16, dtype=np.float32)]), np.arange(16))
+    for path in (name, f"{name}-small"):
+        assert not (shm_reduce.SHM_DIR / path).exists()  # rank 0 removed it once mapped
+    grads, small = means
+    assert np.array_equal(grads([np.arange(16, dtype=np.float32)]), np.arange(16))
+    assert small.total == shm_reduce.SMALL and not small.divide
 
 
 def test_usable_only_when_every_rank_is_on_this_node() -> None:
