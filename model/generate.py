@@ -199,13 +199,20 @@ def set_graph_mode(device: str = "CPU", cpu_threads: int | None = None) -> None:
         device: MindSpore device target.
         cpu_threads: CPU kernel threads (MindSpore's default is 25, whatever the core count);
             settable once per process.
+
+    Callable again in a process whose runtime already started on the same device (a
+    test session that trained first); another device then raises MindSpore's RuntimeError.
     """
     import mindspore as ms
 
     if cpu_threads is not None:
         ms.device_context.cpu.op_tuning.threads_num(cpu_threads)
     ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device(device)
+    try:
+        ms.set_device(device)
+    except RuntimeError:  # "The runtime has been initialized": an earlier graph of this
+        if ms.get_context("device_target") != device:  # process ran; the same device is fine
+            raise
 
 
 def load_model(ckpt: str | Path, config: BloomConfig) -> BloomLMHeadModel:

@@ -34,7 +34,6 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 LOCAL_RANK = "ORCHESTRATE_LOCAL_RANK"
 LOCAL_RANKS = "ORCHESTRATE_LOCAL_RANKS"
 SWITCH = "ORCHESTRATE_CPU_SHARE"
-APPLIED = "ORCHESTRATE_CPU_SHARE_APPLIED"  # "threads:cpu,cpu:pinned" once this process applied it
 
 
 @dataclass(frozen=True)
@@ -86,26 +85,17 @@ def thread_env(share: Share, env: MutableMapping[str, str]) -> None:
 def apply_from_env() -> Share | None:
     """Pin this process and size the OpenMP/BLAS pools from the launch script's variables.
 
-    Call at process start, before MindSpore (or numpy's BLAS) starts threads; threads created
-    later inherit the affinity. Returns the share (None: nothing changed).
-    Applying twice (`python -m orchestrate_bloom.train` applies it before numpy loads, the
-    trainer again before MindSpore) returns the first share: it is recorded in APPLIED, not
-    recomputed from the affinity the first call already narrowed.
+    Call once, at process start, before MindSpore (or numpy's BLAS) starts threads; threads
+    created later inherit the affinity. Returns the share (None: nothing changed).
+    `python -m orchestrate_bloom.train` calls it before numpy loads and passes the share to
+    trainer.main; a second call would cut the already narrowed affinity again.
     """
-    try:
-        threads, cpus, pinned = os.environ[APPLIED].split(":")
-        return Share(cpus=tuple(int(c) for c in cpus.split(",")), threads=int(threads),
-                     pinned=pinned == "1")
-    except (KeyError, ValueError):  # not applied yet (or not a value of ours)
-        pass
     share = share_from_env(os.environ, os.sched_getaffinity(0))
     if share is None:
         return None
     thread_env(share, os.environ)
     if share.pinned:
         os.sched_setaffinity(0, share.cpus)
-    os.environ[APPLIED] = (f"{share.threads}:{','.join(map(str, share.cpus))}:"
-                           f"{int(share.pinned)}")
     return share
 
 

@@ -363,8 +363,9 @@ def load_pretrained(model: Any, path: Path) -> None:
     note(f"loaded {len(params)} parameters from {path}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m orchestrate_bloom.train` (see module docstring)."""
+def main(argv: Sequence[str] | None = None, share: cpu_share.Share | None = None) -> int:
+    """`python -m orchestrate_bloom.train` (see module docstring); `share`: the core share
+    __main__ applied before numpy loaded (None: applied here, before MindSpore starts)."""
     t0 = time.monotonic()
     parser = argparse.ArgumentParser(prog="python -m orchestrate_bloom.train",
                                      description="Train Bloom from a job file.")
@@ -377,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         job = load_job(args.job, args.overrides)
         check_job(job)
-        share = cpu_share.apply_from_env()  # pin + size pools before MindSpore starts threads
+        share = share or cpu_share.apply_from_env()  # pin + size pools before MindSpore
         import mindspore as ms
 
         ms.set_context(mode=ms.GRAPH_MODE, device_target=job.train["device_target"])

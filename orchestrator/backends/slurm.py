@@ -22,16 +22,14 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Collection, Mapping
-from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import IO
 
 from orchestrate_bloom.fileio import write_atomic
 
 from orchestrator.backends import slurm_cli as cli
 from orchestrator.backends import slurm_stage
 from orchestrator.backends.base import Echo, Poll, stage_then_start
-from orchestrator.backends.ssh import fetch_over_group, stream_over_group
+from orchestrator.backends.ssh import JobDirOverSSH
 from orchestrator.config.scheduler import Scheduler
 from orchestrator.errors import JobError, OrchestrateError
 from orchestrator.job.nodes import NodeReport, derive_status, launch_command, query_job
@@ -99,7 +97,7 @@ def verdict(record: JobRecord, job: cli.SlurmJob | None, reports: GroupResult[No
     return None
 
 
-class SlurmBackend:
+class SlurmBackend(JobDirOverSSH):
     """One sbatch job per attempt; the nodes reached over SSH for staging and status."""
 
     name = "slurm"
@@ -203,14 +201,6 @@ class SlurmBackend:
         except JobError as e:
             outcome = e
         return GroupResult({**stopped.outcomes, f"slurm job {record.scheduler_job}": outcome})
-
-    def fetch(self, record: JobRecord, group: NodeGroup, node: str, relpath: str,
-              local: Path) -> Path:
-        return fetch_over_group(group, node, f"{record.node(node).job_dir}/{relpath}", local)
-
-    def stream(self, record: JobRecord, group: NodeGroup, node: str, relpath: str,
-               offset: int) -> AbstractContextManager[IO[bytes]]:
-        return stream_over_group(group, node, f"{record.node(node).job_dir}/{relpath}", offset)
 
 
 def _stage_bundle(record: JobRecord, group: NodeGroup, store: JobStore, echo: Echo

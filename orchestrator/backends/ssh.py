@@ -19,7 +19,21 @@ from orchestrator.remote.group import GroupResult, NodeGroup
 from orchestrator.remote.transport import Transport
 
 
-class SSHBackend:
+class JobDirOverSSH:
+    """`fetch` and `stream` of a file in a node's job folder, over the group's connection: the
+    part of the Backend protocol the SSH and Slurm backends share (their nodes are reachable
+    over SSH)."""
+
+    def fetch(self, record: JobRecord, group: NodeGroup, node: str, relpath: str,
+              local: Path) -> Path:
+        return fetch_over_group(group, node, f"{record.node(node).job_dir}/{relpath}", local)
+
+    def stream(self, record: JobRecord, group: NodeGroup, node: str, relpath: str,
+               offset: int) -> AbstractContextManager[IO[bytes]]:
+        return stream_over_group(group, node, f"{record.node(node).job_dir}/{relpath}", offset)
+
+
+class SSHBackend(JobDirOverSSH):
     """Fan-out over SSH (or the local machine): the seed's world."""
 
     name = "ssh"
@@ -54,14 +68,6 @@ class SSHBackend:
         from orchestrator.job.teardown import stop_over_ssh
 
         return stop_over_ssh(record, group, only, timeout)
-
-    def fetch(self, record: JobRecord, group: NodeGroup, node: str, relpath: str,
-              local: Path) -> Path:
-        return fetch_over_group(group, node, f"{record.node(node).job_dir}/{relpath}", local)
-
-    def stream(self, record: JobRecord, group: NodeGroup, node: str, relpath: str,
-               offset: int) -> AbstractContextManager[IO[bytes]]:
-        return stream_over_group(group, node, f"{record.node(node).job_dir}/{relpath}", offset)
 
 
 def stream_over_group(group: NodeGroup, node: str, remote: str, offset: int

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
+
 from tests.integration.conftest import TestHosts, default_sigint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -20,6 +22,11 @@ T = TypeVar("T")
 
 # A trivial rank: prints a step line every 0.3 s for ~6 minutes; exits 143 on SIGTERM.
 SLEEPER = 'trap "exit 143" TERM; for i in $(seq 1200); do echo "step=$i loss=1.5"; sleep 0.3; done'
+
+
+# `up` arguments for trivial rank commands (--entrypoint): without `data.path=` every `up` would
+# first prepare tiny's shipped Alpaca file to MindRecord (a MindSpore subprocess, seconds).
+TRIVIAL_UP = ("-c", "tiny", "--no-check", "--stop-grace", "1", "--set", "data.path=")
 
 
 # The real-trainer cases (test_graceful_stop, test_restart_trainer): th0 + th1 x 1 rank, tiny
@@ -193,3 +200,12 @@ def pids_seen_from_here(job_id: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def edited_inventory(base: Path, tmp_path: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
+    """A copy of the inventory `base` at tmp_path/inv.yaml, changed by `edit(doc)`."""
+    doc = yaml.safe_load(base.read_text())
+    edit(doc)
+    path = tmp_path / "inv.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path

@@ -199,3 +199,25 @@ def test_host_decode_bias_equals_graph_bias() -> None:
     mask = Tensor(key_mask)
     graph = attention_bias(build_alibi(mask, Tensor(alibi_slopes(6))), mask[:, None, None, :])
     np.testing.assert_array_equal(decode_bias(key_mask, 6), graph.asnumpy())
+
+
+def test_set_graph_mode_again_after_a_graph_ran() -> None:
+    """A process that already ran a kernel (a test session that trained first) may set graph
+    mode on the same device again; another device still raises MindSpore's RuntimeError."""
+    import subprocess
+    import sys
+
+    script = (
+        "import mindspore as ms, numpy as np\n"
+        "from orchestrate_bloom.generate import set_graph_mode\n"
+        "ms.set_context(mode=ms.GRAPH_MODE, device_target='CPU')\n"
+        "assert (ms.Tensor(np.ones(2, np.float32)) + 1).asnumpy().tolist() == [2.0, 2.0]\n"
+        "set_graph_mode('CPU')\n"
+        "try:\n"
+        "    set_graph_mode('Ascend')\n"
+        "except RuntimeError as e:\n"
+        "    print('refused:', str(e).splitlines()[0])\n")
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.startswith("refused: "), res.stdout  # no Ascend here, or not this one
