@@ -248,7 +248,7 @@ def train(job: Job, resume: bool, t0: float) -> int:
         strategy_file.parent.mkdir(parents=True, exist_ok=True)
     reduce = AllReduceSum([2, steps + 1]) if dist.world > 1 else None  # before build_cells
     found = agree_resume_step(out, dist, layout, steps, reduce) if resume else None
-    model, step_cell = build_cells(job, layout, dist, use_mask, lrs, strategy_file)
+    model, step_cell = build_cells(job, layout, dist, use_mask, lrs, strategy_file, reduce)
     start = _start_from(job, dist, resume, found, model, step_cell)
     if start >= steps:
         note(f"already at step {start} of {steps}: nothing to train")
@@ -395,6 +395,3 @@ def main(argv: Sequence[str] | None = None, share: cpu_share.Share | None = None
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -169,8 +169,9 @@ def free_port() -> int:
 
 
 def run_cluster(job: Path, *args: str, per_rank_job: dict[int, Path] | None = None,
-                ) -> list[tuple[int, str, str]]:
+                **extra: str) -> list[tuple[int, str, str]]:
     """Scheduler + 2 workers on 127.0.0.1 (a free port); (exit code, stdout, stderr) each.
+    `extra`: more environment for every process.
 
     `per_rank_job` gives a worker its own job file (default: `job` for every process).
     A cluster not done within CLUSTER_TIMEOUT_S is not an exception that loses its output:
@@ -184,7 +185,7 @@ def run_cluster(job: Path, *args: str, per_rank_job: dict[int, Path] | None = No
     roles = [{"MS_ROLE": "MS_SCHED"}] + [{"MS_ROLE": "MS_WORKER", "MS_NODE_ID": str(n)}
                                          for n in (0, 1)]
     procs = [subprocess.Popen([sys.executable, "-m", "orchestrate_bloom.train", "--job",
-                               str(path), *args], cwd=REPO, env=env(**role, **cluster),
+                               str(path), *args], cwd=REPO, env=env(**role, **cluster, **extra),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for role, path in zip(roles, jobs, strict=True)]
     deadline = time.monotonic() + CLUSTER_TIMEOUT_S
@@ -241,8 +242,10 @@ def test_two_worker_cluster_matches_single_process(tmp_path: Path, data_dir: Pat
     spec = yaml.safe_load(job.read_text())
     spec["parallel"].update(data_parallel=2, micro_batch_size=4)  # 2 ranks x 4 = the same 8
     job.write_text(yaml.safe_dump(spec))
-    results = run_cluster(job)
+    # both ranks on this node, as launch.sh says: the gradient mean goes through shared memory
+    results = run_cluster(job, ORCHESTRATE_LOCAL_RANKS="2")
     assert_cluster_ok(results)
+    assert "through shared memory" in results[1][2]
     assert sorted(losses(results[1][1])) == [4, 8, 12]  # rank 0 logs
     assert losses(results[2][1]) == {}  # rank 1 does not
     for step, loss in losses(results[1][1]).items():  # the global mean, not rank 0's 4 samples
@@ -269,8 +272,9 @@ def test_two_worker_cluster_matches_single_process(tmp_path: Path, data_dir: Pat
 
     # step 12 is incomplete on rank 1 only: both ranks must agree on step 6
     ck.manifest_path(out, 1, 12).unlink()
-    again = run_cluster(job, "--resume", "--set", "train.steps=14")
+    again = run_cluster(job, "--resume", "--set", "train.steps=14")  # MindSpore's AllReduce
     assert_cluster_ok(again)
+    assert "through shared memory" not in again[1][2]
     for _, _, err in again[1:]:
         assert "resumed from step 6 " in err
     assert sorted(losses(again[1][1])) == [8, 12, 14]

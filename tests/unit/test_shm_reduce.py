@@ -1,0 +1,92 @@
+"""The shared-memory gradient mean of ranks on one node (orchestrate_bloom.train.shm_reduce).
+
+    python -m pytest tests/unit/test_shm_reduce.py -q
+
+Real processes (fork) on a real /dev/shm file: the mean over ranks of several steps, a rank
+that never arrives, and the agreement (every rank or none, the file removed after mapping).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+import pytest
+from orchestrate_bloom.train import shm_reduce
+from orchestrate_bloom.train.shm_reduce import ShmMean
+
+pytestmark = pytest.mark.skipif(
+    platform.machine() not in ("x86_64", "aarch64") or not shm_reduce.SHM_DIR.is_dir(),
+    reason="futex numbers known for x86_64/aarch64; needs /dev/shm")
+
+
+def _in_children(ranks: int, body: str, path: Path) -> list[int]:
+    """Run `body(rank)` (a function of this module) in `ranks` forked processes; exit codes."""
+    pids = []
+    for rank in range(ranks):
+        pid = os.fork()
+        if pid == 0:  # the child never returns into pytest
+            code = 1
+            try:
+                code = globals()[body](rank, ranks, path)
+            finally:
+                os._exit(code)
+        pids.append(pid)
+    return [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
+
+
+def _steps(rank: int, ranks: int, path: Path) -> int:
+    mean = ShmMean(path, rank, ranks, 1001, wait_s=30)
+    for step in range(5):  # both parities twice: a fast rank must not overwrite a slow one
+        parts = [np.full((7, 11), rank + step, np.float32), np.full(924, rank * 2.0, np.float32)]
+        out = mean(parts)
+        want = np.concatenate([np.full(77, (ranks - 1) / 2 + step), np.full(924, ranks - 1.0)])
+        if out.shape != (1001,) or not np.allclose(out, want):
+            return 3
+    return 0
+
+
+def _alone(rank: int, ranks: int, path: Path) -> int:
+    mean = ShmMean(path, rank, ranks + 1, 8, wait_s=0.3)  # rank 1 never comes
+    try:
+        mean([np.zeros(8, np.float32)])
+    except RuntimeError as e:
+        return 0 if "rank 1 did not reach the gradient barrier" in str(e) else 4
+    return 5
+
+
+def test_ranks_get_the_mean_of_every_step() -> None:
+    path = shm_reduce.SHM_DIR / f"orchestrate-test-{os.getpid()}"
+    try:
+        assert _in_children(3, "_steps", path) == [0, 0, 0]
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def test_a_rank_that_never_arrives_fails_the_others(tmp_path: Path) -> None:
+    assert _in_children(1, "_alone", tmp_path / "shm") == [0]
+
+
+def test_every_rank_or_none_and_the_name_is_removed() -> None:
+    seen: list[list[float]] = []
+
+    def reduce(values: list[float]) -> np.ndarray:  # a one-rank "job": the sum is the input
+        seen.append(list(values))
+        return np.asarray(values, np.float32)
+
+    assert shm_reduce.open_mean(0, 1, 16, reduce, ok=False) is None  # 0 of 1 ranks can
+    mean = shm_reduce.open_mean(0, 1, 16, reduce, ok=True)
+    assert mean is not None and len(seen) == 3  # agree + mapped, after the refused one
+    name = f"orchestrate-grads-{os.getuid()}-{int(seen[1][1]):06x}"
+    assert not (shm_reduce.SHM_DIR / name).exists()  # rank 0 removed it once mapped
+    assert np.array_equal(mean([np.arange(16, dtype=np.float32)]), np.arange(16))
+
+
+def test_usable_only_when_every_rank_is_on_this_node() -> None:
+    env = {"ORCHESTRATE_LOCAL_RANKS": "8"}
+    assert shm_reduce.usable(8, 164_000, env)
+    assert not shm_reduce.usable(16, 164_000, env)  # 2 nodes x 8: MindSpore's AllReduce
+    assert not shm_reduce.usable(8, 164_000, {})  # started by hand
+    assert not shm_reduce.usable(8, shm_reduce.MAX_BYTES, env)  # too large
