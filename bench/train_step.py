@@ -8,11 +8,12 @@ Same shapes on both sides, CPU, fp32, random token ids: `tiny` (vocab 1000, hidd
 4 heads, seq 64, batch 8) and `small` (vocab 4096, hidden 256, 4 layers, 8 heads, seq 128,
 batch 8). Ours is the exact train-step cell `model.train` runs (loss, grads, clipping,
 AdamWeightDecay); the reference is BloomForCausalLM(labels=...) + clip_grad_norm_ + AdamW.
-Steps of the two alternate after warm-up/compile, so both see the same background load; prints
+Steps of the two alternate after warm-up/compile, so both see the same background load (the
+order rotated every round, so that each side follows the other as often; see compare); prints
 the median step time of each and the ratio (HF time / ours: >= 1.0 means ours is at least as
 fast), the ratio of the best steps, and the ratio of this process's CPU seconds per step, which
-other processes' load skews least (with one thread per side it is the work each side does;
-with more threads, spinning thread pools count against their side). torch's threads are
+other processes' load skews least (with one thread per side it is the work each side does; with
+more threads, spinning thread pools count against their side). torch's threads are
 --threads; MindSpore's CPU kernel threads --ms-threads (default: what the trainer gives one
 rank on this machine through cpu_share, as launch.sh runs it: one thread per usable core,
 instead of MindSpore's own 25 on any machine); numpy's BLAS pool (the weight gradients of the
@@ -112,7 +113,15 @@ def timed(step: Callable[[], None]) -> tuple[float, float]:
 
 
 def compare(name: str, steps: int, warmup: int, before: bool) -> None:
-    """Alternate the sides' steps after warm-up; print medians and ratios (HF / side)."""
+    """Alternate the sides' steps after warm-up, the order rotated every round; print medians
+    and ratios (HF / side).
+
+    The rotation makes each side follow each other side equally often: a step right after the
+    other side's pays for what that side left running (torch's OpenMP threads spin on after a
+    step, MindSpore's kernel threads yield-spin). With a fixed order, of three identical
+    copies of our tiny cell alternating with HF, the one right after HF took 24.8 ms a step,
+    the other two 21.0.
+    """
     cfg = CONFIGS[name]
     sides = {"ours (MindSpore graph)": ours(cfg, steps + warmup)}
     if before:
@@ -122,9 +131,10 @@ def compare(name: str, steps: int, warmup: int, before: bool) -> None:
         for step in sides.values():
             step()
     times: dict[str, list[tuple[float, float]]] = {side: [] for side in sides}
-    for _ in range(steps):  # alternate, so all see the same background load
-        for side, step in sides.items():
-            times[side].append(timed(step))
+    order = list(sides)
+    for i in range(steps):  # alternate, so all see the same background load
+        for side in order[i % len(order):] + order[:i % len(order)]:
+            times[side].append(timed(sides[side]))
     ref = times["HF+torch AdamW"]
     tokens = cfg["batch"] * cfg["seq"]
     for side, t in times.items():

@@ -49,12 +49,21 @@ class CausalLMLoss(nn.Cell):
 
 
 square_sum = ops.MultitypeFuncGraph("square_sum")
+TWO_STAGE_SUM = 1 << 17  # elements from which _square_sum reduces in two stages
 scale_by = ops.MultitypeFuncGraph("scale_by")
 
 
 @square_sum.register("Tensor")
 def _square_sum(grad: Tensor) -> Tensor:
-    return ops.reduce_sum(ops.square(ops.cast(grad, ms.float32)))
+    """Sum of squares; of a large gradient in two stages, over the last axis first. MindSpore's
+    CPU ReduceSum over all of a [4096, 256] gradient takes 4.7 ms with 2 threads, over the
+    last axis and then the 4096 row sums 0.9: a small step (bench/train_step.py) 15 ms
+    faster. Below TWO_STAGE_SUM elements the extra kernel costs more than it saves (tiny:
+    +1.5 ms)."""
+    squares = ops.square(ops.cast(grad, ms.float32))
+    if squares.ndim > 1 and squares.size >= TWO_STAGE_SUM:
+        squares = ops.reduce_sum(squares.reshape(-1, squares.shape[-1]), -1)
+    return ops.reduce_sum(squares)
 
 
 @scale_by.register("Tensor", "Tensor")

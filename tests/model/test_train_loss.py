@@ -56,3 +56,27 @@ def test_fused_loss_matches_the_masked_path() -> None:
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-6)
     assert max(float(np.abs(a).max()) for a in g_fused) > 1e-4  # gradients are not all zero
+
+
+def test_clipping_norm_is_the_sum_of_squares() -> None:
+    """TrainStep's global norm: gradients from TWO_STAGE_SUM elements are summed in two stages
+    (last axis, then the row sums), smaller ones at once; both give the sum of squares."""
+    from mindspore import nn
+    from orchestrate_bloom.train.cells import TWO_STAGE_SUM, square_sum
+
+    class SumOfSquares(nn.Cell):
+        def __init__(self) -> None:
+            super().__init__()
+            self.hyper_map = ops.HyperMap()
+
+        def construct(self, *grads: Tensor) -> Tensor:
+            return ops.addn(self.hyper_map(square_sum, grads))
+
+    ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+    rng = np.random.default_rng(1)
+    shapes = [(TWO_STAGE_SUM // 128, 128), (TWO_STAGE_SUM // 512, 4, 64), (48, 32), (300,)]
+    grads = [rng.standard_normal(s).astype(np.float32) * (i + 1) for i, s in enumerate(shapes)]
+    for size_one in (grads, grads[:1], grads[1:2]):  # two-stage alone, too
+        want = sum(float(np.square(g.astype(np.float64)).sum()) for g in size_one)
+        got = float(SumOfSquares()(*(Tensor(g) for g in size_one)).asnumpy())
+        assert abs(got - want) <= 1e-5 * want
