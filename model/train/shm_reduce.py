@@ -15,8 +15,11 @@ Used only when every rank of the job runs on this node (ORCHESTRATE_LOCAL_RANKS 
 set by the launch script), on CPU, on Linux x86_64 or aarch64, and when the buffer
 (2 x (ranks + 1) x gradient floats) fits in MAX_BYTES and in /dev/shm's free space; otherwise
 MindSpore's AllReduce is used as before.
-The file's name is a random token rank 0 draws, agreed through the job's all-reduce; rank 0
-removes it once every rank has it mapped, so nothing is left in /dev/shm even if a rank dies.
+The file's name is a random token rank 0 draws; rank 0 creates it exclusively (O_EXCL,
+O_NOFOLLOW, 0600: a name or symlink planted by another user is never used), the others open it
+only as a regular file of their own user of the expected size; the name travels through the
+job's all-reduce, and rank 0 removes it once every rank has it mapped, so nothing is left in
+/dev/shm even if a rank dies.
 A peer that stops arriving makes the others fail after WAIT_S seconds (RuntimeError).
 """
 
@@ -27,6 +30,7 @@ import mmap
 import os
 import platform
 import secrets
+import stat
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -50,22 +54,17 @@ class _Timespec(ctypes.Structure):
 
 class ShmMean:
     """The mean (`divide`, else the sum) over `ranks` processes of float32 vectors of `total`
-    values (this is rank `rank`), through the shared file at `path` (every rank maps it). One
+    values (this is rank `rank`), through one shared file that every rank maps. One
     thread per process uses an instance; every rank makes the same calls in the same order."""
 
-    def __init__(self, path: Path, rank: int, ranks: int, total: int,
+    def __init__(self, fd: int, rank: int, ranks: int, total: int,
                  wait_s: float = WAIT_S, divide: bool = True) -> None:
+        """`fd`: the shared file, file_size(ranks, total) bytes (create / open_existing); the
+        mapping keeps its own reference, the caller closes fd."""
         self.rank, self.ranks, self.total, self.seq, self.wait_s = rank, ranks, total, 0, wait_s
         self.divide = divide
         head = ranks * FLAG_STRIDE * 4
-        size = head + 2 * (ranks + 1) * total * 4
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            if os.fstat(fd).st_size < size:
-                os.ftruncate(fd, size)
-            self.mm = mmap.mmap(fd, size)
-        finally:
-            os.close(fd)
+        self.mm = mmap.mmap(fd, file_size(ranks, total))
         self.flags = np.frombuffer(self.mm, np.int32, ranks * FLAG_STRIDE, 0)
         data = np.frombuffer(self.mm, np.float32, 2 * (ranks + 1) * total, head)
         self.slots = data.reshape(2, ranks + 1, total)  # [parity, rank | mean, value]
@@ -125,23 +124,76 @@ def usable(world: int, total: int, env: dict[str, str] | None = None) -> bool:
 SMALL = 8  # values of the small sums (the trainer's loss and stop-check all-reduces)
 
 
+def file_size(ranks: int, total: int) -> int:
+    """Bytes of the shared file of a ShmMean: the ranks' flags, then 2 x (ranks + 1) vectors."""
+    return ranks * FLAG_STRIDE * 4 + 2 * (ranks + 1) * total * 4
+
+
+def create(path: Path, size: int) -> int | None:
+    """A new shared file of `size` zero bytes, mode 0600, or None when the name exists (another
+    user may have planted it, or a symlink: never opened, never removed)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+    except OSError:
+        return None
+    os.ftruncate(fd, size)
+    return fd
+
+
+def open_existing(path: Path, size: int) -> int | None:
+    """The shared file rank 0 created, or None unless it is a regular file of this user of
+    exactly `size` bytes, reached without a symlink."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    st = os.fstat(fd)
+    if stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid() and st.st_size == size:
+        return fd
+    os.close(fd)
+    return None
+
+
 def open_means(rank: int, world: int, total: int, reduce: Callable[[Sequence[float]], Any],
                ok: bool) -> tuple[ShmMean, ShmMean] | None:
     """(the gradient mean of `total` values, a SUM of up to SMALL values for the trainer's
     main thread), or None. Every rank calls this at the same point, `ok`: whether it can
-    (usable()). The job's SUM all-reduce (`reduce`, two values) agrees on it (None unless
-    every rank can) and tells every rank the file name rank 0 drew; a second one that all
-    have both mapped, then rank 0 removes the names."""
-    draw = float(secrets.randbelow(1 << 24)) if rank == 0 else 0.0
-    agreed = reduce([1.0 if ok else 0.0, draw])
-    if agreed[0] < world - 0.5:
-        return None
-    name = f"orchestrate-grads-{os.getuid()}-{int(agreed[1]):06x}"
-    paths = (SHM_DIR / name, SHM_DIR / f"{name}-small")
-    means = (ShmMean(paths[0], rank, world, total),
-             ShmMean(paths[1], rank, world, SMALL, divide=False))
-    reduce([0.0, 0.0])  # every rank has mapped both
-    if rank == 0:
-        for path in paths:
+    (usable()). Rank 0 draws a name and creates both files exclusively; the job's SUM
+    all-reduce (`reduce`, two values) agrees (None unless every rank can) and tells every rank
+    the name; a second one that every rank has both mapped (else None everywhere); then rank
+    0 removes the names it created."""
+    sizes = (file_size(world, total), file_size(world, SMALL))
+    draw = 0
+    fds: list[int | None] = []
+    created: list[Path] = []
+    try:
+        if rank == 0 and ok:
+            draw = secrets.randbelow(1 << 24)
+            for path, size in zip(_paths(draw), sizes, strict=True):
+                fds.append(fd := create(path, size))
+                created += [path] if fd is not None else []
+            ok = None not in fds
+        agreed = reduce([1.0 if ok else 0.0, float(draw)])
+        if agreed[0] < world - 0.5:
+            return None
+        if rank != 0:
+            fds = [open_existing(p, n) for p, n in zip(_paths(int(agreed[1])), sizes, strict=True)]
+        means = None
+        grads_fd, small_fd = fds
+        if grads_fd is not None and small_fd is not None:
+            means = (ShmMean(grads_fd, rank, world, total),
+                     ShmMean(small_fd, rank, world, SMALL, divide=False))
+        every = reduce([1.0 if means is not None else 0.0, 0.0])
+        return means if every[0] >= world - 0.5 else None
+    finally:
+        for fd in fds:
+            if fd is not None:
+                os.close(fd)
+        for path in created:
             path.unlink(missing_ok=True)
-    return means
+
+
+def _paths(draw: int) -> tuple[Path, Path]:
+    name = f"orchestrate-grads-{os.getuid()}-{draw:06x}"
+    return SHM_DIR / name, SHM_DIR / f"{name}-small"

@@ -37,9 +37,25 @@ def _in_children(ranks: int, body: str, path: Path) -> list[int]:
     return [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
 
 
+def _mapped(path: Path, rank: int, ranks: int, total: int, **kw: object) -> ShmMean:
+    """Rank `rank`'s ShmMean over the file the test created at `path`."""
+    fd = shm_reduce.open_existing(path, shm_reduce.file_size(ranks, total))
+    assert fd is not None, path
+    try:
+        return ShmMean(fd, rank, ranks, total, **kw)  # type: ignore[arg-type]
+    finally:
+        os.close(fd)
+
+
+def _created(path: Path, ranks: int, total: int) -> None:
+    fd = shm_reduce.create(path, shm_reduce.file_size(ranks, total))
+    assert fd is not None, path
+    os.close(fd)
+
+
 def _steps(rank: int, ranks: int, path: Path) -> int:
-    mean = ShmMean(path, rank, ranks, 1001, wait_s=30)
-    total = ShmMean(Path(f"{path}-sum"), rank, ranks, 2, wait_s=30, divide=False)
+    mean = _mapped(path, rank, ranks, 1001, wait_s=30)
+    total = _mapped(Path(f"{path}-sum"), rank, ranks, 2, wait_s=30, divide=False)
     for step in range(5):  # both parities twice: a fast rank must not overwrite a slow one
         parts = [np.full((7, 11), rank + step, np.float32), np.full(924, rank * 2.0, np.float32)]
         out = mean(parts)
@@ -52,7 +68,7 @@ def _steps(rank: int, ranks: int, path: Path) -> int:
 
 
 def _alone(rank: int, ranks: int, path: Path) -> int:
-    mean = ShmMean(path, rank, ranks + 1, 8, wait_s=0.3)  # rank 1 never comes
+    mean = _mapped(path, rank, ranks + 1, 8, wait_s=0.3)  # rank 1 never comes
     try:
         mean([np.zeros(8, np.float32)])
     except RuntimeError as e:
@@ -63,6 +79,8 @@ def _alone(rank: int, ranks: int, path: Path) -> int:
 def test_ranks_get_the_mean_of_every_step() -> None:
     path = shm_reduce.SHM_DIR / f"orchestrate-test-{os.getpid()}"
     try:
+        _created(path, 3, 1001)
+        _created(Path(f"{path}-sum"), 3, 2)
         assert _in_children(3, "_steps", path) == [0, 0, 0]
     finally:
         path.unlink(missing_ok=True)
@@ -70,6 +88,7 @@ def test_ranks_get_the_mean_of_every_step() -> None:
 
 
 def test_a_rank_that_never_arrives_fails_the_others(tmp_path: Path) -> None:
+    _created(tmp_path / "shm", 2, 8)
     assert _in_children(1, "_alone", tmp_path / "shm") == [0]
 
 
@@ -97,3 +116,24 @@ def test_usable_only_when_every_rank_is_on_this_node() -> None:
     assert not shm_reduce.usable(16, 164_000, env)  # 2 nodes x 8: MindSpore's AllReduce
     assert not shm_reduce.usable(8, 164_000, {})  # started by hand
     assert not shm_reduce.usable(8, shm_reduce.MAX_BYTES, env)  # too large
+
+
+def test_a_planted_name_or_symlink_is_never_used(tmp_path: Path) -> None:
+    """Rank 0 creates the file exclusively; the others open only their own regular file of the
+    expected size, never through a symlink (/dev/shm is shared by every user)."""
+    size = shm_reduce.file_size(2, 16)
+    planted, target = tmp_path / "planted", tmp_path / "target"
+    planted.write_bytes(b"x" * size)
+    target.write_bytes(b"")
+    (tmp_path / "link").symlink_to(target)
+    assert shm_reduce.create(planted, size) is None  # exists: not reused, not truncated
+    assert planted.read_bytes() == b"x" * size
+    assert shm_reduce.create(tmp_path / "link", size) is None and target.read_bytes() == b""
+    assert shm_reduce.open_existing(tmp_path / "link", 0) is None  # a symlink, even to ours
+    assert shm_reduce.open_existing(planted, size + 4) is None  # not the size rank 0 made
+    fd = shm_reduce.create(tmp_path / "new", size)
+    assert fd is not None and (tmp_path / "new").stat().st_mode & 0o777 == 0o600
+    os.close(fd)
+    ours = shm_reduce.open_existing(tmp_path / "new", size)
+    assert ours is not None
+    os.close(ours)
