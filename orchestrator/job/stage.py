@@ -118,9 +118,9 @@ STARTING = "starting"  # first_command's line before launch.sh start's own outpu
 
 
 def _vars(wd: str, jid: str) -> str:
-    # physical paths: after `cd -P`, $PWD is one (a builtin; one subshell in all, for J)
+    # physical paths: after `cd -P`, $PWD is one (builtins only, no subshell)
     return (f'cd -P {wd}; W=$PWD; B="$W/blobs"; T="$W/trees"; '
-            f'J="$(cd -P jobs/{jid} && echo "$PWD")"')
+            f'cd -P jobs/{jid}; J=$PWD; cd "$W"')
 
 
 def _chunked(header: Sequence[str], body: Sequence[str]) -> list[str]:
@@ -161,7 +161,7 @@ def first_command(workdir: str, job_id: str, trees: Sequence[Tree],
 
     Prints `workdir P`, `jobdir P`, then `busy JOB` (and stops) or `leftover NAME` per stale
     temp name of an interrupted stage it removed and `tree KEY` per tree the node does not
-    hold yet. With `start` and no tree missing it prints `starting` and becomes
+    hold yet. With `start` and no tree missing it prints `starting` and sources
     `launch.sh start` (its output and exit code follow: start.read_start reads them).
     """
     wd = shell_path(workdir)
@@ -184,8 +184,8 @@ def first_command(workdir: str, job_id: str, trees: Sequence[Tree],
         lines.append(f'printf %s {shlex.quote(f.text)} >"$J"/{shlex.quote(name)}')
     lines += [f"t {tree.key} {shlex.quote(tree.dest)}" for tree in trees]
     if start:  # every file of the node is in place: no half-staged node is ever started
-        launch = start_command('"$J"', resume=False)
-        lines.append(f'if [ -z "$need" ]; then echo {STARTING}; exec {launch}; fi')
+        launch = start_command('"$J"', resume=False, source=True)  # this shell runs `start`
+        lines.append(f'if [ -z "$need" ]; then echo {STARTING}; {launch}; fi')
     return "\n".join(lines)
 
 

@@ -27,10 +27,15 @@ class NodeBusyError(JobError):
                          f"(stop it with: orchestrate down {other})")
 
 
-def start_command(job_dir_word: str, resume: bool) -> str:
+def start_command(job_dir_word: str, resume: bool, source: bool = False) -> str:
     """`bash <job dir>/launch.sh start [resume]`; `job_dir_word` is the job folder as a shell
-    word: a quoted path (shlex.quote) or a variable the command sets ("$J")."""
-    return f"bash {job_dir_word}/launch.sh start" + (" resume" if resume else "")
+    word: a quoted path (shlex.quote) or a variable the command sets ("$J").
+
+    `source=True`: `. <job dir>/launch.sh start`, for the end of a bash command (the staging
+    command): the command's own shell runs `start` and forks the supervisor, no new bash.
+    """
+    return (f". {job_dir_word}/launch.sh start" if source else
+            f"bash {job_dir_word}/launch.sh start") + (" resume" if resume else "")
 
 
 def read_start(node: str, exit_code: int, stdout: str, stderr: str) -> dict[str, int]:

@@ -192,7 +192,7 @@ class _Counting(LocalTransport):
 
 # A probe launch.sh: `start` succeeds only when the staged tree is complete beside it.
 _PROBE = ('[ "$1" = start ] || exit 9\n'
-          'd=$(cd "$(dirname "$0")" && pwd -P)\n'
+          'd=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)\n'  # run or sourced
           '[ -f "$d/code/pkg/m1.py" ] && [ -f "$d/job.yaml" ] || '
           '{ echo "slot 0 did not start" >&2; exit 6; }\n'
           'echo "started $d" >>"$d/../../started.log"\necho "pid 0 4242"\necho "pid sched 17"\n')
