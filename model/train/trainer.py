@@ -61,6 +61,7 @@ from ..data.read import DataError, create_dataset, has_column, sample_length
 from ..presets import SettingsError
 from . import cpu_share, graceful
 from .job import Job, load_job
+from .sched_wait import wait_for_scheduler
 from .schedule import lr_schedule
 from .stages import SplitError, resolve_split, stage_of_layers
 from .steplog import StepLogger
@@ -186,6 +187,7 @@ def init_distributed(device_target: str) -> Dist:
         init("hccl")
         return Dist("ranktable", get_rank(), get_group_size())
     if os.environ.get("MS_ROLE"):
+        wait_for_scheduler(os.environ)  # a worker: no refused registrations (sched_wait.py)
         init()
         return Dist("cluster", get_rank(), get_group_size())
     return Dist("single", 0, 1)
