@@ -31,6 +31,12 @@ from dataclasses import dataclass
 from typing import Any
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+# OpenBLAS's idle workers spin (sched_yield) for 2^N cycles before sleeping: its default N=28
+# (~0.1 s) kept numpy's BLAS worker (the CPU weight gradients, model/cpu_grads.py) spinning
+# through the MindSpore kernels that follow, on the cores those kernels need. N=4, its
+# minimum: sleep at once (small train step, 2 threads: 421.6 -> 380.7 ms, that thread's CPU
+# 162 -> 57 ms a step; bench/train_step.py).
+BLAS_SPIN = ("OPENBLAS_THREAD_TIMEOUT", "4")
 LOCAL_RANK = "ORCHESTRATE_LOCAL_RANK"
 LOCAL_RANKS = "ORCHESTRATE_LOCAL_RANKS"
 SWITCH = "ORCHESTRATE_CPU_SHARE"
@@ -77,9 +83,11 @@ def share_from_env(env: Mapping[str, str], cpus: Iterable[int]) -> Share | None:
 
 
 def thread_env(share: Share, env: MutableMapping[str, str]) -> None:
-    """Set the OpenMP/BLAS pool sizes to the share (values already set are kept)."""
+    """Set the OpenMP/BLAS pool sizes to the share and OpenBLAS's idle spin to its minimum
+    (BLAS_SPIN); values already set are kept."""
     for name in THREAD_VARS:
         env.setdefault(name, str(share.threads))
+    env.setdefault(*BLAS_SPIN)
 
 
 def apply_from_env() -> Share | None:

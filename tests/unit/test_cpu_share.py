@@ -54,7 +54,8 @@ def test_env_switches() -> None:
     assert sched == Share(cpus=(0, 1, 2, 3), threads=1, pinned=False)
     out = {"OMP_NUM_THREADS": "3"}  # the user's (inventory env:) value wins
     thread_env(Share(cpus=(0,), threads=1, pinned=True), out)
-    assert out == {"OMP_NUM_THREADS": "3", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    assert out == {"OMP_NUM_THREADS": "3", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                   "OPENBLAS_THREAD_TIMEOUT": "4"}
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores")
