@@ -1,6 +1,6 @@
 """A cluster worker connects to MindSpore's scheduler only once the scheduler listens.
 
-    ready = wait_for_scheduler(os.environ)     # trainer.init_distributed, just before init()
+    init_cluster(mindspore.communication.init, os.environ)   # trainer.init_distributed
 
 Why (issue #17, measured on 2 cores, the README job: 2 workers + the scheduler on one node):
 every slot starts at once and imports MindSpore for seconds; the workers' imports finish
@@ -61,3 +61,9 @@ def wait_for_scheduler(env: Mapping[str, str],
         if clock() >= deadline:
             return False
         sleep(POLL_S)
+
+
+def init_cluster(init: Callable[[], object], env: Mapping[str, str]) -> None:
+    """MindSpore's dynamic-cluster `init()`, a worker's only once the scheduler listens."""
+    wait_for_scheduler(env)
+    init()

@@ -59,9 +59,8 @@ from ..ckpt import mindformers as mindformers_ckpt
 from ..ckpt.convert import ConvertError
 from ..data.read import DataError, create_dataset, has_column, sample_length
 from ..presets import SettingsError
-from . import cpu_share, graceful
+from . import cpu_share, graceful, sched_wait
 from .job import Job, load_job
-from .sched_wait import wait_for_scheduler
 from .schedule import lr_schedule
 from .stages import SplitError, resolve_split, stage_of_layers
 from .steplog import StepLogger
@@ -187,8 +186,7 @@ def init_distributed(device_target: str) -> Dist:
         init("hccl")
         return Dist("ranktable", get_rank(), get_group_size())
     if os.environ.get("MS_ROLE"):
-        wait_for_scheduler(os.environ)  # a worker: no refused registrations (sched_wait.py)
-        init()
+        sched_wait.init_cluster(init, os.environ)  # a worker waits for the scheduler's port first
         return Dist("cluster", get_rank(), get_group_size())
     return Dist("single", 0, 1)
 
