@@ -24,7 +24,7 @@ SHARE = apply_from_env()
 
 from .trainer import main  # noqa: E402  (after the share, see the docstring)
 
-code = main(share=SHARE)
+code = main(None, SHARE)
 gc.disable()
 gc.freeze()
 sys.exit(code)

@@ -79,12 +79,16 @@ class TrainStep(nn.TrainOneStepCell):
     """
 
     def __init__(self, network: nn.Cell, optimizer: nn.Optimizer, clip: float,
-                 pipeline: bool) -> None:
+                 pipeline: bool, reducer: nn.Cell | None = None) -> None:
+        """`reducer`: the gradients' DP mean when it is not MindSpore's (ShmGradReducer);
+        None: TrainOneStepCell's, from the parallel context (DATA_PARALLEL: its AllReduce)."""
         super().__init__(network, optimizer)
         self.clip = clip
         self.hyper_map = ops.HyperMap()
         if pipeline:  # accumulates micro-batch grads, reduces across stages
             self.grad_reducer = nn.PipelineGradReducer(optimizer.parameters)
+        elif reducer is not None:
+            self.grad_reducer = reducer
 
     def construct(self, *inputs: Tensor) -> Tensor:
         loss = self.network(*inputs)
@@ -119,50 +123,63 @@ def build_cells(job: Job, layout: Layout, dist: Dist, use_mask: bool, start_lrs:
             enable_parallel_optimizer=bool(job.parallel["optimizer_shard"]),
             strategy_ckpt_config={"save_file": str(strategy_file), "only_trainable_params": False})
     model = BloomLMHeadModel(config)
-    mean = None
+    reducer = None
     if semi_auto:
         apply_shard_strategies(model, layout)
-    elif dist.world > 1 and reduce is not None:
-        mean = shared_memory_mean(job, dist, model, reduce)
-    if mean is None and not semi_auto and dist.world > 1:
-        # one fused AllReduce per step instead of one per parameter: with ranks sharing a node
-        # each collective costs wake-ups of every rank (8 ranks on 2 cores: 1.7x tokens/s)
-        ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL,
-                                     gradients_mean=True, device_num=dist.world,
-                                     comm_fusion={"allreduce": {"mode": "auto", "config": None}})
+    elif dist.world > 1:
+        reducer = data_parallel_mean(job, dist, model, reduce)
     net: nn.Cell = CausalLMLoss(model, use_mask, config.vocab_size)
     if layout.pipeline_stage > 1:
         net = nn.PipelineCell(net, layout.micro_batch_num)
     optimizer = nn.AdamWeightDecay(_param_groups(net, float(job.train["weight_decay"])),
                                    learning_rate=Tensor(start_lrs), eps=1e-8)
-    step = TrainStep(net, optimizer, float(job.train["grad_clip"]), layout.pipeline_stage > 1)
-    if mean is not None:
-        step.grad_reducer = ShmGradReducer(mean, [p.shape for p in step.weights])
+    step = TrainStep(net, optimizer, float(job.train["grad_clip"]), layout.pipeline_stage > 1,
+                     reducer)
     return model, step
 
 
-def shared_memory_mean(job: Job, dist: Dist, model: nn.Cell,
-                       reduce: AllReduceSum) -> shm_reduce.ShmMean | None:
-    """The shared-memory gradient mean when every rank runs on this node (shm_reduce), agreed
-    by all ranks (the same answer everywhere, or MindSpore's AllReduce everywhere)."""
-    total = sum(int(p.size) for p in model.trainable_params())
-    ok = job.train["device_target"] == "CPU" and shm_reduce.usable(dist.world, total)
-    means = shm_reduce.open_means(dist.rank, dist.world, total, reduce, ok)
-    if means is None:
-        return None
-    if dist.is_rank0:
-        note(f"gradient mean of the {dist.world} ranks on this node through shared memory")
-    reduce.shm = means[1]  # the loss and stop-check sums too
-    return means[0]
+def data_parallel_mean(job: Job, dist: Dist, model: nn.Cell,
+                       reduce: AllReduceSum | None) -> ShmGradReducer | None:
+    """The gradient mean of a data-parallel job: through shared memory when every rank runs
+    on this node (shm_reduce; all ranks agree through `reduce`), else None after setting
+    MindSpore's DATA_PARALLEL context (TrainOneStepCell's fused AllReduce). Every rank calls
+    this at the same point and gets the same kind of answer."""
+    if reduce is not None:
+        total = sum(int(p.size) for p in model.trainable_params())
+        ok = job.train["device_target"] == "CPU" and shm_reduce.usable(dist.world, total)
+        means = shm_reduce.open_means(dist.rank, dist.world, total, reduce, ok)
+        if means is not None:
+            if dist.is_rank0:
+                note(f"gradient mean of the {dist.world} ranks on this node through shared "
+                     "memory")
+            return ShmGradReducer(means, [tuple(p.shape) for p in model.trainable_params()])
+    # one fused AllReduce per step instead of one per parameter: with ranks sharing a node
+    # each collective costs wake-ups of every rank (8 ranks on 2 cores: 1.7x tokens/s)
+    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL,
+                                 gradients_mean=True, device_num=dist.world,
+                                 comm_fusion={"allreduce": {"mode": "auto", "config": None}})
+    return None
+
+
+def job_sum(step_cell: nn.Cell, reduce: AllReduceSum | None) -> AllReduceSum | SharedSum | None:
+    """The SUM all-reduce the trainer uses once the cells are built: through the step's shared
+    memory (ShmGradReducer.sums) when its gradient mean goes there, else `reduce`."""
+    reducer = getattr(step_cell, "grad_reducer", None)
+    if isinstance(reducer, ShmGradReducer) and reduce is not None:
+        return SharedSum(reducer.sums, reduce)
+    return reduce
 
 
 class ShmGradReducer(nn.Cell):
     """The gradients' mean over the data-parallel ranks through shm_reduce.ShmMean (the
     grad_reducer of TrainStep): concatenated into one vector, one pyfunc op (a pyfunc takes
-    no tuple input), split back into the gradients' shapes."""
+    no tuple input), split back into the gradients' shapes. `means`: open_means' pair (the
+    gradient mean, the small sum the trainer's loss and stop checks use: job_sum)."""
 
-    def __init__(self, mean: shm_reduce.ShmMean, shapes: Sequence[tuple[int, ...]]) -> None:
+    def __init__(self, means: tuple[shm_reduce.ShmMean, shm_reduce.ShmMean],
+                 shapes: Sequence[tuple[int, ...]]) -> None:
         super().__init__()
+        mean, self.sums = means
         self.shapes = tuple(tuple(s) for s in shapes)
         self.sizes = tuple(int(np.prod(s)) for s in self.shapes)
         self.op = ops.Custom(lambda flat: mean([flat]), out_shape=lambda shape: shape,
@@ -251,16 +268,26 @@ class AllReduceSum:
         self.cell = Reduce()
         self.tensor = lambda values: Tensor(np.asarray(values, np.float32), ms.float32)
         self.sizes = tuple(sizes)
-        self.shm: shm_reduce.ShmMean | None = None  # a sum through shared memory (one node)
         for n in self.sizes:
             self.cell.compile(self.tensor(np.zeros(n)))
 
     def __call__(self, values: Sequence[float] | np.ndarray) -> np.ndarray:
         if len(values) not in self.sizes:
             raise ValueError(f"AllReduceSum compiled for sizes {self.sizes}, got {len(values)}")
-        if self.shm is not None and len(values) <= self.shm.total:
-            padded = np.zeros(self.shm.total, np.float32)
-            padded[:len(values)] = values
-            return self.shm([padded])[:len(values)]
         return self.cell(self.tensor(values)).asnumpy()
+
+
+class SharedSum:
+    """AllReduceSum's sums through shared memory (`shm`, a ShmMean that sums), for vectors of
+    up to shm.total values; longer ones through `fallback` (every rank makes the same calls)."""
+
+    def __init__(self, shm: shm_reduce.ShmMean, fallback: AllReduceSum) -> None:
+        self.shm, self.fallback = shm, fallback
+
+    def __call__(self, values: Sequence[float] | np.ndarray) -> np.ndarray:
+        if len(values) > self.shm.total:
+            return self.fallback(values)
+        padded = np.zeros(self.shm.total, np.float32)
+        padded[:len(values)] = values
+        return self.shm([padded])[:len(values)]
 

@@ -14,7 +14,8 @@ the stop check: AllReduceSum) go through a second such file, as a sum.
 Used only when every rank of the job runs on this node (ORCHESTRATE_LOCAL_RANKS = world size,
 set by the launch script), on CPU, on Linux x86_64 or aarch64, and when the buffer
 (2 x (ranks + 1) x gradient floats) fits in MAX_BYTES and in /dev/shm's free space; otherwise
-MindSpore's AllReduce is used as before.
+MindSpore's AllReduce is used as before. ORCHESTRATE_SHM_REDUCE=0 (inventory `env:`) turns it
+off; a rank that has it set makes every rank use MindSpore's AllReduce (open_means agrees).
 The file's name is a random token rank 0 draws; rank 0 creates it exclusively (O_EXCL,
 O_NOFOLLOW, 0600: a name or symlink planted by another user is never used), the others open it
 only as a regular file of their own user of the expected size; the name travels through the
@@ -41,6 +42,7 @@ import numpy as np
 from .cpu_share import LOCAL_RANKS
 
 SHM_DIR = Path("/dev/shm")
+SWITCH = "ORCHESTRATE_SHM_REDUCE"  # "0": MindSpore's AllReduce even on one node
 MAX_BYTES = 256 * 1024 * 1024  # larger models keep MindSpore's AllReduce
 WAIT_S = 600.0  # a peer silent this long at a barrier: the step fails
 FLAG_STRIDE = 16  # int32s per rank flag: one cache line each
@@ -113,7 +115,9 @@ def usable(world: int, total: int, env: dict[str, str] | None = None) -> bool:
     """Whether this job's gradient mean can go through shared memory (see module docstring)."""
     env = dict(os.environ) if env is None else env
     size = 2 * (world + 1) * total * 4
-    if world < 2 or env.get(LOCAL_RANKS) != str(world) or size > MAX_BYTES:
+    if world < 2 or env.get(SWITCH, "1") == "0" or env.get(LOCAL_RANKS) != str(world):
+        return False
+    if size > MAX_BYTES:
         return False
     if platform.machine() not in _SYS_FUTEX or not SHM_DIR.is_dir():
         return False

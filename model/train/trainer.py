@@ -66,7 +66,7 @@ from .stages import SplitError, resolve_split, stage_of_layers
 from .steplog import StepLogger
 
 if TYPE_CHECKING:
-    from .cells import AllReduceSum
+    from .cells import AllReduceSum, SharedSum
 
 
 class TrainError(RuntimeError):
@@ -208,7 +208,8 @@ def agree_resume_step(output_dir: Path, dist: Dist, layout: Layout, steps: int,
     return int(common.max()) if common.size else None
 
 
-def global_loss(local: float, dist: Dist, layout: Layout, reduce: AllReduceSum | None) -> float:
+def global_loss(local: float, dist: Dist, layout: Layout,
+                reduce: AllReduceSum | SharedSum | None) -> float:
     """The job's loss from this rank's (every rank must call this at the same step).
 
     The mean over the ranks that compute the loss: with pipeline stages only the last stage's
@@ -231,7 +232,7 @@ def train(job: Job, resume: bool, t0: float) -> int:
     """Run the job in this (already role-checked) worker process; 0 when finished."""
     import mindspore as ms
 
-    from .cells import AllReduceSum, build_cells
+    from .cells import AllReduceSum, build_cells, job_sum
 
     t = job.train
     dist = init_distributed(t["device_target"])
@@ -249,6 +250,7 @@ def train(job: Job, resume: bool, t0: float) -> int:
     reduce = AllReduceSum([2, steps + 1]) if dist.world > 1 else None  # before build_cells
     found = agree_resume_step(out, dist, layout, steps, reduce) if resume else None
     model, step_cell = build_cells(job, layout, dist, use_mask, lrs, strategy_file, reduce)
+    sums = job_sum(step_cell, reduce)  # the loss and stop sums: shared memory when it can
     start = _start_from(job, dist, resume, found, model, step_cell)
     if start >= steps:
         note(f"already at step {start} of {steps}: nothing to train")
@@ -257,7 +259,7 @@ def train(job: Job, resume: bool, t0: float) -> int:
     step_cell.set_train(True)
     meta = _manifest_meta(job, layout, dist)
     stop_file = graceful.request_path(job.path.parent)
-    stop_poll = graceful.StopPoll(stop_file, reduce, dist.is_rank0, start)
+    stop_poll = graceful.StopPoll(stop_file, sums, dist.is_rank0, start)
     log = StepLogger(job, layout.global_batch, dist.is_rank0, t0, start)
     for step in range(start + 1, steps + 1):
         batch = next(batches)
@@ -265,7 +267,7 @@ def train(job: Job, resume: bool, t0: float) -> int:
         stop = stop_poll(step)
         value = None
         if step % int(t["log_steps"]) == 0 or step == steps or stop:
-            value = log(step, global_loss(float(loss.asnumpy()), dist, layout, reduce))
+            value = log(step, global_loss(float(loss.asnumpy()), dist, layout, sums))
         if step % int(t["save_steps"]) == 0 or step == steps or stop:
             extra = {} if value is None else {"loss": value}  # full precision, for comparisons
             ck.save(lambda p: ms.save_checkpoint(step_cell, str(p)), out, dist.rank, step,
@@ -363,9 +365,10 @@ def load_pretrained(model: Any, path: Path) -> None:
     note(f"loaded {len(params)} parameters from {path}")
 
 
-def main(argv: Sequence[str] | None = None, share: cpu_share.Share | None = None) -> int:
-    """`python -m orchestrate_bloom.train` (see module docstring); `share`: the core share
-    __main__ applied before numpy loaded (None: applied here, before MindSpore starts)."""
+def main(argv: Sequence[str] | None, share: cpu_share.Share | None) -> int:
+    """`python -m orchestrate_bloom.train` (see module docstring). `share`: the core share the
+    caller applied before numpy loaded (cpu_share.apply_from_env(), as __main__ does; None:
+    none applies); main only sizes MindSpore's pools from it, never pins again."""
     t0 = time.monotonic()
     parser = argparse.ArgumentParser(prog="python -m orchestrate_bloom.train",
                                      description="Train Bloom from a job file.")
@@ -378,7 +381,6 @@ def main(argv: Sequence[str] | None = None, share: cpu_share.Share | None = None
     try:
         job = load_job(args.job, args.overrides)
         check_job(job)
-        share = share or cpu_share.apply_from_env()  # pin + size pools before MindSpore
         import mindspore as ms
 
         ms.set_context(mode=ms.GRAPH_MODE, device_target=job.train["device_target"])

@@ -116,6 +116,8 @@ def test_usable_only_when_every_rank_is_on_this_node() -> None:
     assert not shm_reduce.usable(16, 164_000, env)  # 2 nodes x 8: MindSpore's AllReduce
     assert not shm_reduce.usable(8, 164_000, {})  # started by hand
     assert not shm_reduce.usable(8, shm_reduce.MAX_BYTES, env)  # too large
+    assert not shm_reduce.usable(8, 164_000, {**env, "ORCHESTRATE_SHM_REDUCE": "0"})  # off
+    assert shm_reduce.usable(8, 164_000, {**env, "ORCHESTRATE_SHM_REDUCE": "1"})
 
 
 def test_a_planted_name_or_symlink_is_never_used(tmp_path: Path) -> None:
