@@ -147,6 +147,26 @@ def compare(name: str, steps: int, warmup: int, before: bool) -> None:
         print(line, flush=True)
 
 
+def setup(ms_threads: int | None, torch_threads: int) -> int:
+    """Size the thread pools of this process as the trainer sizes one rank's on this machine
+    (cpu_share; MindSpore's kernel pool `ms_threads` if given) and torch's; call before numpy
+    loads. Returns MindSpore's kernel thread count."""
+    from orchestrate_bloom.train import cpu_share
+
+    share = cpu_share.rank_share(0, 1, os.sched_getaffinity(0))  # what launch.sh's rank gets
+    if ms_threads is not None:
+        share = cpu_share.Share(cpus=share.cpus, threads=ms_threads, pinned=False)
+    assert "numpy" not in sys.modules, "numpy's BLAS pool is sized when numpy loads"
+    cpu_share.thread_env(share, os.environ)  # as the trainer's apply_from_env does
+    import mindspore as ms
+    import torch
+
+    torch.set_num_threads(torch_threads)
+    ms.set_device("CPU")
+    cpu_share.apply_to_mindspore(ms, share)  # as the trainer does
+    return share.threads
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=20, help="Timed steps per side.")
@@ -162,22 +182,10 @@ def main() -> None:
                         help="Also time ours with the layers' CPU fast paths off (the kernel "
                         "paths of before), alternating with the other two.")
     args = parser.parse_args()
-    from orchestrate_bloom.train import cpu_share
-
-    share = cpu_share.rank_share(0, 1, os.sched_getaffinity(0))  # what launch.sh's rank gets
-    if args.ms_threads is not None:
-        share = cpu_share.Share(cpus=share.cpus, threads=args.ms_threads, pinned=False)
-    assert "numpy" not in sys.modules, "numpy's BLAS pool is sized when numpy loads"
-    cpu_share.thread_env(share, os.environ)  # as the trainer's apply_from_env does
-    import mindspore as ms
-    import torch
-
-    torch.set_num_threads(args.threads)
-    ms.set_device("CPU")
-    cpu_share.apply_to_mindspore(ms, share)  # as the trainer does
+    ms_threads = setup(args.ms_threads, args.threads)
     print(f"CPU, fp32, median of {args.steps} timed steps after {args.warmup} warm-up; tokens/step"
           f" = batch x seq; torch threads {args.threads}, MindSpore threads "
-          f"{share.threads}; load average {os.getloadavg()[0]:.1f}")
+          f"{ms_threads}; load average {os.getloadavg()[0]:.1f}")
     for name in args.configs:
         compare(name, args.steps, args.warmup, args.before)
     print(f"load average now {os.getloadavg()[0]:.1f} (other processes skew both sides)")
