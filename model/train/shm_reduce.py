@@ -65,10 +65,10 @@ class ShmMean:
         mapping keeps its own reference, the caller closes fd."""
         self.rank, self.ranks, self.total, self.seq, self.wait_s = rank, ranks, total, 0, wait_s
         self.divide = divide
-        head = ranks * FLAG_STRIDE * 4
+        head = _head_bytes(ranks)
         self.mm = mmap.mmap(fd, file_size(ranks, total))
         self.flags = np.frombuffer(self.mm, np.int32, ranks * FLAG_STRIDE, 0)
-        data = np.frombuffer(self.mm, np.float32, 2 * (ranks + 1) * total, head)
+        data = np.frombuffer(self.mm, np.float32, _data_floats(ranks, total), head)
         self.slots = data.reshape(2, ranks + 1, total)  # [parity, rank | mean, value]
         base = ctypes.addressof(ctypes.c_char.from_buffer(self.mm))
         self.addr = [base + k * FLAG_STRIDE * 4 for k in range(ranks)]
@@ -114,7 +114,7 @@ class ShmMean:
 def usable(world: int, total: int, env: dict[str, str] | None = None) -> bool:
     """Whether this job's gradient mean can go through shared memory (see module docstring)."""
     env = dict(os.environ) if env is None else env
-    size = 2 * (world + 1) * total * 4
+    size = _data_floats(world, total) * 4  # the vectors; the flags are not counted
     if world < 2 or env.get(SWITCH, "1") == "0" or env.get(LOCAL_RANKS) != str(world):
         return False
     if size > MAX_BYTES:
@@ -130,7 +130,17 @@ SMALL = 8  # values of the small sums (the trainer's loss and stop-check all-red
 
 def file_size(ranks: int, total: int) -> int:
     """Bytes of the shared file of a ShmMean: the ranks' flags, then 2 x (ranks + 1) vectors."""
-    return ranks * FLAG_STRIDE * 4 + 2 * (ranks + 1) * total * 4
+    return _head_bytes(ranks) + _data_floats(ranks, total) * 4
+
+
+def _head_bytes(ranks: int) -> int:
+    """The ranks' barrier flags at the start of the file: one cache line (FLAG_STRIDE) each."""
+    return ranks * FLAG_STRIDE * 4
+
+
+def _data_floats(ranks: int, total: int) -> int:
+    """The float32s after the flags: [parity 2][each rank's vector, the mean][total]."""
+    return 2 * (ranks + 1) * total
 
 
 def create(path: Path, size: int) -> int | None:
