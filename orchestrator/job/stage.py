@@ -36,6 +36,7 @@ from orchestrate_bloom.fileio import sha256_file
 
 from orchestrator import bundle
 from orchestrator.errors import RemoteCommandError, RemoteError
+from orchestrator.job.hashcache import HashCache
 from orchestrator.job.render import RenderedFile
 from orchestrator.job.stage_first import (  # noqa: F401 - LEFTOVER_*: re-exported
     LEFTOVER_AGE_MIN,
@@ -81,8 +82,11 @@ class Tree:
         return cls(dest=dest, files=tuple(files), key=h.hexdigest())
 
 
-def tree_manifest(root: Path, prefix: str = "") -> list[StageFile]:
-    """Every regular file under `root` as `<prefix>/<relative path>` (caches skipped)."""
+def tree_manifest(root: Path, prefix: str = "", hashes: HashCache | None = None
+                  ) -> list[StageFile]:
+    """Every regular file under `root` as `<prefix>/<relative path>` (caches skipped); with
+    `hashes`, an unchanged file's sha256 is not read again (hashcache.py)."""
+    digest = hashes.sha256 if hashes is not None else sha256_file
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
@@ -92,7 +96,7 @@ def tree_manifest(root: Path, prefix: str = "") -> list[StageFile]:
                 continue
             rel = path.relative_to(root).as_posix()
             out.append(StageFile(rel=f"{prefix}/{rel}" if prefix else rel,
-                                 sha256=sha256_file(path),
+                                 sha256=digest(path),
                                  mode=0o644 | (path.stat().st_mode & 0o111), source=path))
     return out
 
@@ -102,12 +106,12 @@ def code_tree(model_dir: Path | None = None) -> Tree:
     return Tree.of(tree_manifest(model_dir or bundle.model_dir(), bundle.MODEL_PACKAGE), "code")
 
 
-def data_tree(path: Path) -> Tree:
-    """A local dataset (folder or file) as `data/<name>[/...]`."""
+def data_tree(path: Path, hashes: HashCache | None = None) -> Tree:
+    """A local dataset (folder or file) as `data/<name>[/...]`; `hashes`: see tree_manifest."""
     if path.is_dir():
-        return Tree.of(tree_manifest(path, path.name), "data")
-    return Tree.of([StageFile(rel=path.name, sha256=sha256_file(path), mode=0o644, source=path)],
-                   "data")
+        return Tree.of(tree_manifest(path, path.name, hashes), "data")
+    sha = hashes.sha256(path) if hashes is not None else sha256_file(path)
+    return Tree.of([StageFile(rel=path.name, sha256=sha, mode=0o644, source=path)], "data")
 
 
 def _chunked(header: Sequence[str], body: Sequence[str]) -> list[str]:
