@@ -232,7 +232,7 @@ def train(job: Job, resume: bool, t0: float) -> int:
     """Run the job in this (already role-checked) worker process; 0 when finished."""
     import mindspore as ms
 
-    from .cells import AllReduceSum, build_cells, job_sum
+    from .cells import AllReduceSum, build_cells
 
     t = job.train
     dist = init_distributed(t["device_target"])
@@ -249,8 +249,8 @@ def train(job: Job, resume: bool, t0: float) -> int:
         strategy_file.parent.mkdir(parents=True, exist_ok=True)
     reduce = AllReduceSum([2, steps + 1]) if dist.world > 1 else None  # before build_cells
     found = agree_resume_step(out, dist, layout, steps, reduce) if resume else None
-    model, step_cell = build_cells(job, layout, dist, use_mask, lrs, strategy_file, reduce)
-    sums = job_sum(step_cell, reduce)  # the loss and stop sums: shared memory when it can
+    # sums: the loss and stop-check all-reduce from here on (shared memory when it can)
+    model, step_cell, sums = build_cells(job, layout, dist, use_mask, lrs, strategy_file, reduce)
     start = _start_from(job, dist, resume, found, model, step_cell)
     if start >= steps:
         note(f"already at step {start} of {steps}: nothing to train")
