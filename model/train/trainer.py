@@ -25,7 +25,7 @@ Launch modes (read from the environment, nothing to pass):
 On CPU only data parallel exists: a job with model_parallel or pipeline_stage > 1 is refused.
 
 Output: one line per logged step on stdout (rank 0 only), e.g.
-`step=120 loss=2.3141 lr=1.0e-04 tokens_per_s=3120.5 elapsed_s=61.2`; on several ranks `loss`
+`step=120 loss=2.3141 lr=1.0e-04 tokens_per_s=3120.5 elapsed_s=61.234`; on several ranks `loss`
 is the global mean (every rank's batch loss, all-reduced, over the ranks of the last pipeline
 stage; the loss whose averaged gradient was applied), not rank 0's own;
 checkpoints `output/checkpoint/rank_<r>/bloom_rank_<r>-<step>.ckpt` + `.json` manifest every
