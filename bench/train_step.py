@@ -66,8 +66,8 @@ def ours(cfg: dict[str, int], steps: int, fast: bool = True) -> Callable[[], Non
             "data": {"path": tmp}}))
         job = load_job(job_file)
     layout, _ = fit_layout(job, 1)
-    model, step_cell = build_cells(job, layout, Dist("single", 0, 1), False,
-                                   lr_schedule(steps, 1e-4, 1e-5, 0), None)
+    model, step_cell, _ = build_cells(job, layout, Dist("single", 0, 1), False,
+                                      lr_schedule(steps, 1e-4, 1e-5, 0), None)
     set_fast_paths(model, fast)
     step_cell.set_train(True)
     rng = np.random.default_rng(0)

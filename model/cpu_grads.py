@@ -1,7 +1,8 @@
 """CPU training fast paths with custom gradients (bprop), for float32 on CPU only, where
 MindSpore's own gradient kernels are slow for our shapes: weight gradients by numpy's BLAS
-(BlasWeightGrad, used by layers.Linear and the tied LM head) and LayerNorm's gradient by
-elementwise ops (LayerNormOpsGrad). Switched with the other fast paths by
+(BlasWeightGrad, used by layers.Linear and the tied LM head), LayerNorm's gradient by
+elementwise ops (LayerNormOpsGrad) and the attention softmax's by ops (SoftmaxOpsGrad), their
+sums over the last axis as MatMuls (row_sums). Switched with the other fast paths by
 layers.set_fast_paths; tests/model/test_train_loss.py checks every gradient against the
 kernel paths; `python bench/train_step.py --before` times both.
 """
@@ -73,16 +74,26 @@ class BlasWeightGrad(nn.Cell):
         return self.backward(dout, weight), dw, db
 
 
+def row_sums(x: Tensor, ones: Tensor) -> Tensor:
+    """x [..., k] times a column `ones` [k, 1] (ones, or 1/k for means) -> [..., 1], as one
+    MatMul: MindSpore's CPU ReduceSum/ReduceMean over the last axis take ~3.6 ns per element
+    (a [1024, 256] mean ~0.9 ms, with 2 threads; 20 of them in a small step's LayerNorm
+    gradients, 4 in its softmax gradients), the MatMul a fraction of that."""
+    return ops.matmul(x.reshape(-1, x.shape[-1]), ones).reshape(x.shape[:-1] + (1,))
+
+
 class LayerNormOpsGrad(nn.Cell):
     """ops.LayerNorm over the last axis (its outputs: y, mean, variance) whose gradient is
     spelled out in elementwise ops and reductions instead of the LayerNormGrad CPU kernel,
     which takes ~17 ns per element (one thread, [1024, 256] forward + backward: 10.1 vs 7.0 ms
-    CPU; bench/train_step.py). x-hat is recomputed from the forward's mean and variance."""
+    CPU; bench/train_step.py). x-hat is recomputed from the forward's mean and variance; the
+    two means over the hidden axis are MatMuls (row_sums)."""
 
-    def __init__(self, epsilon: float) -> None:
+    def __init__(self, epsilon: float, hidden: int) -> None:
         super().__init__()
         self.epsilon = epsilon
         self.norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=epsilon)
+        self.means = Tensor(np.full((hidden, 1), 1.0 / hidden, np.float32))  # row_sums: means
 
     def construct(self, x: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, ...]:
         return self.norm(x, weight, bias)
@@ -96,6 +107,21 @@ class LayerNormOpsGrad(nn.Cell):
         rstd = ops.rsqrt(variance + self.epsilon)
         xhat = (x - mean) * rstd
         g = dy * weight
-        dx = rstd * (g - g.mean(-1, keep_dims=True) - xhat * (g * xhat).mean(-1, keep_dims=True))
+        dx = rstd * (g - row_sums(g, self.means) - xhat * row_sums(g * xhat, self.means))
         h = x.shape[-1]
         return dx, (dy * xhat).reshape(-1, h).sum(0), dy.reshape(-1, h).sum(0)
+
+
+class SoftmaxOpsGrad(nn.Cell):
+    """Softmax over the last axis of [..., keys] whose gradient is
+    probs * (dout - rowsum(dout * probs)) with the row sum as one MatMul (row_sums), instead
+    of MindSpore's expansion of it (its ReduceSum over the last axis: ~3.8 ms per
+    [8, 8, 128, 128] with 2 threads)."""
+
+    def construct(self, x: Tensor) -> Tensor:
+        return ops.softmax(x, -1)
+
+    def bprop(self, x: Tensor, out: Tensor, dout: Tensor) -> tuple[Tensor]:  # noqa: ARG002
+        """(dx,) = (probs * (dout - sum(dout * probs, -1)),)."""
+        ones = ops.ones((out.shape[-1], 1), ms.float32)  # static shape: a graph constant
+        return (out * (dout - row_sums(dout * out, ones)),)

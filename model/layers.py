@@ -16,7 +16,7 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, One, Zero, initializer
 
 from .config import BloomConfig
-from .cpu_grads import BlasWeightGrad, LayerNormOpsGrad, cpu_float32
+from .cpu_grads import BlasWeightGrad, LayerNormOpsGrad, SoftmaxOpsGrad, cpu_float32
 
 MS_DTYPES = {"float32": ms.float32, "float16": ms.float16, "bfloat16": ms.bfloat16}
 MASK_FILL = float(np.finfo(np.float32).min)  # score of a masked key (exp() underflows to 0)
@@ -92,14 +92,15 @@ def bloom_gelu(x: Tensor, sigmoid_form: bool = False) -> Tensor:
 
 
 # attributes of BloomMLP / BloomAttention / Linear and the LM head (bloom.py)
-FAST_PATH_FLAGS = ("sigmoid_gelu", "unstack_qkv", "blas_weight_grad", "ops_layernorm_grad")
+FAST_PATH_FLAGS = ("sigmoid_gelu", "unstack_qkv", "blas_weight_grad", "ops_layernorm_grad",
+                   "ops_softmax_grad")
 
 
 def set_fast_paths(cell: nn.Cell, on: bool) -> None:
     """Switch the CPU fast paths (sigmoid-form GELU, q/k/v by one Unstack; cpu_grads.py:
-    weight gradients by BLAS, LayerNorm's gradient by ops) of every layer under `cell`,
-    before it compiles: off gives the kernel paths they replace (the test of their
-    equality, `python bench/train_step.py --before`)."""
+    weight gradients by BLAS, LayerNorm's and the softmax's gradients by ops) of every layer
+    under `cell`, before it compiles: off gives the kernel paths they replace (the test of
+    their equality, `python bench/train_step.py --before`)."""
     for _, sub in cell.cells_and_names():
         for flag in FAST_PATH_FLAGS:
             if hasattr(sub, flag):
@@ -168,7 +169,7 @@ class LayerNorm(nn.Cell):
                                   epsilon=config.layer_norm_epsilon)
         self.is_float32 = param_dtype == ms.float32 and self.compute_dtype == ms.float32
         self.ops_layernorm_grad = cpu_float32(config)
-        self.ops_grad = LayerNormOpsGrad(config.layer_norm_epsilon)
+        self.ops_grad = LayerNormOpsGrad(config.layer_norm_epsilon, hidden_size)
 
     def construct(self, x: Tensor) -> Tensor:
         if self.is_float32 and self.ops_layernorm_grad and self.training:  # CPU fast path
@@ -201,6 +202,8 @@ class BloomAttention(nn.Cell):
         self.context_matmul = ops.BatchMatMul()
         self.unstack = ops.Unstack(0)
         self.unstack_qkv = True
+        self.ops_softmax_grad = cpu_float32(config)
+        self.softmax = SoftmaxOpsGrad()
 
     def construct(self, x: Tensor, bias: Tensor, k_cache: Tensor | None = None,
                   v_cache: Tensor | None = None,
@@ -251,7 +254,11 @@ class BloomAttention(nn.Cell):
         scores = self.scores_matmul(q, k)  # [batch, n_head, q_len, keys] (or [b*nh, 1, keys])
         if not self.is_float32:
             scores = ops.cast(scores, ms.float32)
-        probs = ops.softmax(scores * self.inv_norm_factor + bias, -1)  # float32
+        scores = scores * self.inv_norm_factor + bias
+        if self.ops_softmax_grad and self.is_float32 and self.training:  # CPU fast path
+            probs = self.softmax(scores)
+        else:
+            probs = ops.softmax(scores, -1)  # float32
         if not self.is_float32:
             probs = ops.cast(probs, self.compute_dtype)
         if self.attention_dropout is not None:

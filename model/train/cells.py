@@ -1,7 +1,7 @@
 """The trainer's MindSpore cells: loss, train step (DP reduce, clipping, AdamWeightDecay),
 Megatron-style shard strategies and the compiled all-reduce.
 
-    model, step_cell = build_cells(job, layout, dist, use_mask, lrs, strategy_file)
+    model, step_cell, sums = build_cells(job, layout, dist, use_mask, lrs, strategy_file, reduce)
 
 Imported by trainer.py only once a worker trains (this module imports MindSpore), and by the
 compile-only dry run (tests/tools/dryrun.py).
@@ -84,17 +84,14 @@ class TrainStep(nn.TrainOneStepCell):
     """
 
     def __init__(self, network: nn.Cell, optimizer: nn.Optimizer, clip: float,
-                 pipeline: bool, reducer: ShmGradReducer | None = None) -> None:
-        """`reducer`: the gradients' DP mean when it is not MindSpore's, which also clips
-        (ShmGradReducer); None: TrainOneStepCell's, from the parallel context (DATA_PARALLEL:
-        its AllReduce)."""
+                 pipeline: bool) -> None:
+        """The DP mean is TrainOneStepCell's grad_reducer, from the parallel context
+        (DATA_PARALLEL: its AllReduce)."""
         super().__init__(network, optimizer)
-        self.clip = 0.0 if reducer is not None else clip
+        self.clip = clip
         self.hyper_map = ops.HyperMap()
         if pipeline:  # accumulates micro-batch grads, reduces across stages
             self.grad_reducer = nn.PipelineGradReducer(optimizer.parameters)
-        elif reducer is not None:
-            self.grad_reducer = reducer
 
     def construct(self, *inputs: Tensor) -> Tensor:
         loss = self.network(*inputs)
@@ -108,8 +105,12 @@ class TrainStep(nn.TrainOneStepCell):
 
 
 def build_cells(job: Job, layout: Layout, dist: Dist, use_mask: bool, start_lrs: np.ndarray,
-                strategy_file: Path | None, reduce: AllReduceSum | None = None) -> tuple[Any, Any]:
-    """The model and its train-step cell (loss, grads, DP reduce, clip, AdamWeightDecay).
+                strategy_file: Path | None, reduce: AllReduceSum | None = None
+                ) -> tuple[Any, Any, AllReduceSum | SharedSum | None]:
+    """The model, its train step (loss, grads, DP mean, clip, AdamWeightDecay: TrainStep, or
+    shm_step.ShmTrainStep when the mean goes through shared memory) and the SUM all-reduce the
+    trainer uses from then on (the loss and stop checks: SharedSum with the shared memory,
+    else `reduce`).
 
     `reduce`: the job's all-reduce (several ranks); every rank calls this at the same point.
     """
@@ -128,27 +129,31 @@ def build_cells(job: Job, layout: Layout, dist: Dist, use_mask: bool, start_lrs:
             enable_parallel_optimizer=bool(job.parallel["optimizer_shard"]),
             strategy_ckpt_config={"save_file": str(strategy_file), "only_trainable_params": False})
     model = BloomLMHeadModel(config)
-    reducer = None
+    means = None
     if semi_auto:
         apply_shard_strategies(model, layout)
     elif dist.world > 1:
-        reducer = data_parallel_mean(job, dist, model, reduce)
+        means = data_parallel_mean(job, dist, model, reduce)
     net: nn.Cell = CausalLMLoss(model, use_mask, config.vocab_size)
     if layout.pipeline_stage > 1:
         net = nn.PipelineCell(net, layout.micro_batch_num)
     optimizer = nn.AdamWeightDecay(_param_groups(net, float(job.train["weight_decay"])),
                                    learning_rate=Tensor(start_lrs), eps=1e-8)
-    step = TrainStep(net, optimizer, float(job.train["grad_clip"]), layout.pipeline_stage > 1,
-                     reducer)
-    return model, step
+    clip = float(job.train["grad_clip"])
+    if means is not None and reduce is not None:
+        from .shm_step import ShmTrainStep
+
+        return model, ShmTrainStep(net, optimizer, clip, means[0]), SharedSum(means[1], reduce)
+    return model, TrainStep(net, optimizer, clip, layout.pipeline_stage > 1), reduce
 
 
-def data_parallel_mean(job: Job, dist: Dist, model: nn.Cell,
-                       reduce: AllReduceSum | None) -> ShmGradReducer | None:
+def data_parallel_mean(job: Job, dist: Dist, model: nn.Cell, reduce: AllReduceSum | None
+                       ) -> tuple[shm_reduce.ShmMean, shm_reduce.ShmMean] | None:
     """The gradient mean of a data-parallel job: through shared memory when every rank runs
-    on this node (shm_reduce; all ranks agree through `reduce`), else None after setting
-    MindSpore's DATA_PARALLEL context (TrainOneStepCell's fused AllReduce). Every rank calls
-    this at the same point and gets the same kind of answer."""
+    on this node (shm_reduce.open_means' pair: the gradient mean, the small sums; all ranks
+    agree through `reduce`), else None after setting MindSpore's DATA_PARALLEL context
+    (TrainOneStepCell's fused AllReduce). Every rank calls this at the same point and gets
+    the same kind of answer."""
     if reduce is not None:
         total = sum(int(p.size) for p in model.trainable_params())
         ok = job.train["device_target"] == "CPU" and shm_reduce.usable(dist.world, total)
@@ -157,49 +162,13 @@ def data_parallel_mean(job: Job, dist: Dist, model: nn.Cell,
             if dist.is_rank0:
                 note(f"gradient mean of the {dist.world} ranks on this node through shared "
                      "memory")
-            return ShmGradReducer(means, [tuple(p.shape) for p in model.trainable_params()],
-                                  float(job.train["grad_clip"]))
+            return means
     # one fused AllReduce per step instead of one per parameter: with ranks sharing a node
     # each collective costs wake-ups of every rank (8 ranks on 2 cores: 1.7x tokens/s)
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL,
                                  gradients_mean=True, device_num=dist.world,
                                  comm_fusion={"allreduce": {"mode": "auto", "config": None}})
     return None
-
-
-def job_sum(step_cell: nn.Cell, reduce: AllReduceSum | None) -> AllReduceSum | SharedSum | None:
-    """The SUM all-reduce the trainer uses once the cells are built: through the step's shared
-    memory (ShmGradReducer.sums) when its gradient mean goes there, else `reduce`."""
-    reducer = getattr(step_cell, "grad_reducer", None)
-    if isinstance(reducer, ShmGradReducer) and reduce is not None:
-        return SharedSum(reducer.sums, reduce)
-    return reduce
-
-
-class ShmGradReducer(nn.Cell):
-    """The gradients' mean over the data-parallel ranks through shm_reduce.ShmMean (the
-    grad_reducer of TrainStep): concatenated into one vector, one pyfunc op (a pyfunc takes
-    no tuple input), clipped to the global norm `clip` (> 0) as one vector, split back into the
-    gradients' shapes. Clipping the one vector: 6 kernels instead of 3 per gradient (TrainStep's
-    clipping, off when it has this reducer). `means`: open_means' pair (the gradient mean, the
-    small sum the trainer's loss and stop checks use: job_sum)."""
-
-    def __init__(self, means: tuple[shm_reduce.ShmMean, shm_reduce.ShmMean],
-                 shapes: Sequence[tuple[int, ...]], clip: float) -> None:
-        super().__init__()
-        mean, self.sums = means
-        self.clip = clip
-        self.shapes = tuple(tuple(s) for s in shapes)
-        self.sizes = tuple(int(np.prod(s)) for s in self.shapes)
-        self.op = ops.Custom(lambda flat: mean([flat]), out_shape=lambda shape: shape,
-                             out_dtype=lambda dtype: dtype, func_type="pyfunc")
-
-    def construct(self, grads: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        flat = self.op(ops.concat([g.reshape(-1) for g in grads]))
-        if self.clip > 0:
-            flat = flat * clip_factor(ops.sqrt(ops.reduce_sum(ops.square(flat))), self.clip)
-        parts = ops.split(flat, self.sizes)
-        return tuple(parts[i].reshape(self.shapes[i]) for i in range(len(self.sizes)))
 
 
 def _param_groups(net: nn.Cell, weight_decay: float) -> list[dict[str, Any]]:

@@ -1,7 +1,8 @@
 """THE trainer log line (what `orchestrate status` parses) and the rank-0 step logger.
 
     log = StepLogger(job, global_batch=16, is_rank0=True, t0=time.monotonic(), start=0)
-    log(step, loss)   # prints `step=120 loss=2.3141 lr=1.0e-04 tokens_per_s=3120.5 elapsed_s=61.2`
+    log(step, loss)
+    # prints `step=120 loss=2.3141 lr=1.0e-04 tokens_per_s=3120.5 elapsed_s=61.234`
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ class NonFiniteLoss(ValueError):
 def log_line(step: int, loss: float, lr: float, tokens_per_s: float, elapsed_s: float) -> str:
     """The machine-readable step line `orchestrate status` parses."""
     return (f"step={step} loss={loss:.4f} lr={lr:.1e} tokens_per_s={tokens_per_s:.1f} "
-            f"elapsed_s={elapsed_s:.1f}")
+            f"elapsed_s={elapsed_s:.3f}")
 
 
 class StepLogger:

@@ -25,7 +25,7 @@ Launch modes (read from the environment, nothing to pass):
 On CPU only data parallel exists: a job with model_parallel or pipeline_stage > 1 is refused.
 
 Output: one line per logged step on stdout (rank 0 only), e.g.
-`step=120 loss=2.3141 lr=1.0e-04 tokens_per_s=3120.5 elapsed_s=61.2`; on several ranks `loss`
+`step=120 loss=2.3141 lr=1.0e-04 tokens_per_s=3120.5 elapsed_s=61.234`; on several ranks `loss`
 is the global mean (every rank's batch loss, all-reduced, over the ranks of the last pipeline
 stage; the loss whose averaged gradient was applied), not rank 0's own;
 checkpoints `output/checkpoint/rank_<r>/bloom_rank_<r>-<step>.ckpt` + `.json` manifest every
@@ -232,7 +232,7 @@ def train(job: Job, resume: bool, t0: float) -> int:
     """Run the job in this (already role-checked) worker process; 0 when finished."""
     import mindspore as ms
 
-    from .cells import AllReduceSum, build_cells, job_sum
+    from .cells import AllReduceSum, build_cells
 
     t = job.train
     dist = init_distributed(t["device_target"])
@@ -249,8 +249,8 @@ def train(job: Job, resume: bool, t0: float) -> int:
         strategy_file.parent.mkdir(parents=True, exist_ok=True)
     reduce = AllReduceSum([2, steps + 1]) if dist.world > 1 else None  # before build_cells
     found = agree_resume_step(out, dist, layout, steps, reduce) if resume else None
-    model, step_cell = build_cells(job, layout, dist, use_mask, lrs, strategy_file, reduce)
-    sums = job_sum(step_cell, reduce)  # the loss and stop sums: shared memory when it can
+    # sums: the loss and stop-check all-reduce from here on (shared memory when it can)
+    model, step_cell, sums = build_cells(job, layout, dist, use_mask, lrs, strategy_file, reduce)
     start = _start_from(job, dist, resume, found, model, step_cell)
     if start >= steps:
         note(f"already at step {start} of {steps}: nothing to train")

@@ -122,7 +122,7 @@ def test_trainer_checkpoint_strips_and_loads_into_bloom(tmp_path: Path) -> None:
     job = load_job(job_file)
     from orchestrate_bloom.train.cells import build_cells
 
-    _, step_cell = build_cells(
+    _, step_cell, _ = build_cells(
         job,
         train.fit_layout(job, 1)[0],
         train.Dist("single", 0, 1),

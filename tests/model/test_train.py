@@ -27,7 +27,7 @@ from orchestrate_bloom.data.prepare import prepare
 from tests.model.data_helpers import REPO, seed_records, tokenizer_file
 
 LINE = re.compile(r"^step=(\d+) loss=(\d+\.\d{4}) lr=(\d\.\de[-+]\d\d) "
-                  r"tokens_per_s=(\d+\.\d) elapsed_s=(\d+\.\d)$")
+                  r"tokens_per_s=(\d+\.\d) elapsed_s=(\d+\.\d{3})$")
 VOCAB = 1000
 
 

@@ -1,9 +1,9 @@
 """The trainer's loss cell: the fused unmasked cross-entropy (one kernel and its fused
 gradient) equals the masked path with an all-ones mask, in value and in every gradient; and
 the CPU fast paths of the layers (GELU as x * sigmoid(2u), q/k/v by one Unstack, the weight
-gradients of every Linear and of the tied LM head by numpy's BLAS, LayerNorm's gradient by
-ops) equal the fused GeLU kernel, the per-slice path and MindSpore's own gradient kernels they
-replace.
+gradients of every Linear and of the tied LM head by numpy's BLAS, LayerNorm's and the
+attention softmax's gradients by ops) equal the fused GeLU kernel, the per-slice path and
+MindSpore's own gradient kernels they replace.
 
     python -m pytest tests/model/test_train_loss.py -q
 """
@@ -36,6 +36,7 @@ def test_fused_loss_matches_the_masked_path() -> None:
     assert model.transformer.h[0].mlp.sigmoid_gelu  # CPU float32: the fast paths are on
     assert model.blas_weight_grad and model.transformer.h[0].mlp.dense_4h_to_h.blas_weight_grad
     assert model.transformer.ln_f.ops_layernorm_grad
+    assert model.transformer.h[0].self_attention.ops_softmax_grad
     ln_f = model.transformer.ln_f  # LayerNorm's weight and bias not 1 and 0: their terms count
     ln_f.weight.set_data(Tensor(np.linspace(0.5, 1.5, 32, dtype=np.float32)))
     ln_f.bias.set_data(Tensor(np.linspace(-0.2, 0.2, 32, dtype=np.float32)))

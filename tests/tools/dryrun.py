@@ -293,8 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     strategy.parent.mkdir(parents=True, exist_ok=True)
     lrs = lr_schedule(int(job.train["steps"]), 1e-4, 1e-5, 0)
     reduce = AllReduceSum([2])  # the trainer's loss all-reduce, compiled where it does
-    _, step_cell = build_cells(job, layout, Dist("dryrun", args.rank, args.world), False, lrs,
-                               strategy)
+    _, step_cell, _ = build_cells(job, layout, Dist("dryrun", args.rank, args.world), False, lrs,
+                                  strategy)
     step_cell.set_train(True)
     ids = Tensor(np.zeros((layout.global_batch, int(job.model["seq_length"]) + 1), np.int32))
     _cell_graph_executor.compile(step_cell, ids, ids)
