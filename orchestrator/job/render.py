@@ -216,6 +216,18 @@ def render_job(launch: LaunchSpec, plan: Plan,
     return out
 
 
+LAYOUT_BEGIN, LAYOUT_END = "\n# >>> layout", "\n# <<< layout\n"  # markers in launch_base.sh.j2
+
+
+def layout_text(launch_sh: str) -> str | None:
+    """The part of a rendered launch.sh that alone decides its job folder's own folders and
+    links (`bash launch.sh layout DIR`), markers included; None if it has none (a custom
+    script): a node may cache what it makes under a key derived from this text."""
+    begin = launch_sh.find(LAYOUT_BEGIN)
+    end = launch_sh.find(LAYOUT_END, begin + 1) if begin >= 0 else -1
+    return launch_sh[begin:end + len(LAYOUT_END)] if end > 0 else None
+
+
 def shell_path(path: str | Path, *parts: str) -> str:
     """A node path for a shell command: `~` expanded by the node's shell, the rest quoted."""
     text = str(path)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from orchestrator.errors import JobError
 from orchestrator.job import stage as stage_mod
+from orchestrator.job.hashcache import HASH_CACHE, HashCache
 from orchestrator.job.render import RenderedFile
 from orchestrator.job.start import START_TIMEOUT, read_start, start_command
 from orchestrator.job.state import JobRecord, JobStatus, JobStore, NodeRecord
@@ -64,7 +65,11 @@ def _stage_map(record: JobRecord, group: NodeGroup, store: JobStore,
                may_start: Callable[[], bool] | None) -> GroupResult[stage_mod.Staged]:
     """stage_node on every node (starting it too while `may_start()` says so)."""
     code = stage_mod.code_tree()
-    data = stage_mod.data_tree(Path(record.local_data)) if record.local_data else None
+    data = None
+    if record.local_data:  # prepared data rarely changes: its sha256 by stat identity
+        hashes = HashCache.load(store.state_dir / HASH_CACHE)
+        data = stage_mod.data_tree(Path(record.local_data), hashes)
+        hashes.save()
     with tempfile.TemporaryDirectory(prefix="orchestrate-stage-") as tmp:
         def stage_one(t: Transport) -> stage_mod.Staged:
             node = t.node

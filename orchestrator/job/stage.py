@@ -36,7 +36,16 @@ from orchestrate_bloom.fileio import sha256_file
 
 from orchestrator import bundle
 from orchestrator.errors import RemoteCommandError, RemoteError
-from orchestrator.job.render import RenderedFile, shell_path
+from orchestrator.job.hashcache import HashCache
+from orchestrator.job.render import RenderedFile
+from orchestrator.job.stage_first import (  # noqa: F401 - LEFTOVER_*: re-exported
+    LEFTOVER_AGE_MIN,
+    LEFTOVER_GLOBS,
+    STARTING,
+    first_command,
+    skeleton_key,
+    skeleton_lines,
+)
 from orchestrator.job.start import START_TIMEOUT, NodeBusyError, read_start, start_command
 from orchestrator.remote.transport import Transport
 from orchestrator.untrusted import lines
@@ -45,11 +54,6 @@ _SKIP_DIRS = {"__pycache__", ".pytest_cache", ".mypy_cache"}
 _SKIP_SUFFIXES = {".pyc", ".pyo"}
 COMMAND_MAX = 96 * 1024  # a command is one argv string on the node: Linux caps those at 128 KiB
 INLINE_MAX = 32 * 1024  # rendered files up to this size are written by the command itself
-LEFTOVER_AGE_MIN = 60  # a stager's temp name untouched this long is an interrupted stage's
-# Private temp names of stagers (see place_blobs_command, link_tree_commands, files.temp_name),
-# as bash globs relative to the workdir's $B (blobs) and $T (trees)
-LEFTOVER_GLOBS = ('"$B"/.unpack-*', '"$B"/.incoming-*.tar', '"$B"/.*.orchestrate-tmp-*',
-                  '"$T"/.*.partial-*')
 
 
 @dataclass(frozen=True)
@@ -78,8 +82,11 @@ class Tree:
         return cls(dest=dest, files=tuple(files), key=h.hexdigest())
 
 
-def tree_manifest(root: Path, prefix: str = "") -> list[StageFile]:
-    """Every regular file under `root` as `<prefix>/<relative path>` (caches skipped)."""
+def tree_manifest(root: Path, prefix: str = "", hashes: HashCache | None = None
+                  ) -> list[StageFile]:
+    """Every regular file under `root` as `<prefix>/<relative path>` (caches skipped); with
+    `hashes`, an unchanged file's sha256 is not read again (hashcache.py)."""
+    digest = hashes.sha256 if hashes is not None else sha256_file
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
@@ -89,7 +96,7 @@ def tree_manifest(root: Path, prefix: str = "") -> list[StageFile]:
                 continue
             rel = path.relative_to(root).as_posix()
             out.append(StageFile(rel=f"{prefix}/{rel}" if prefix else rel,
-                                 sha256=sha256_file(path),
+                                 sha256=digest(path),
                                  mode=0o644 | (path.stat().st_mode & 0o111), source=path))
     return out
 
@@ -99,28 +106,12 @@ def code_tree(model_dir: Path | None = None) -> Tree:
     return Tree.of(tree_manifest(model_dir or bundle.model_dir(), bundle.MODEL_PACKAGE), "code")
 
 
-def data_tree(path: Path) -> Tree:
-    """A local dataset (folder or file) as `data/<name>[/...]`."""
+def data_tree(path: Path, hashes: HashCache | None = None) -> Tree:
+    """A local dataset (folder or file) as `data/<name>[/...]`; `hashes`: see tree_manifest."""
     if path.is_dir():
-        return Tree.of(tree_manifest(path, path.name), "data")
-    return Tree.of([StageFile(rel=path.name, sha256=sha256_file(path), mode=0o644, source=path)],
-                   "data")
-
-
-_START_TIME_FN = (
-    'st_of() { local s; s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1; s=${s##*) }; '
-    'set -- $s; echo "${20}"; }'
-)
-# Hard-link cached tree $1 to job folder $2, or report it missing (and note that: need=1).
-_TREE_FN = ('need=; t() { if [ -d "$T/$1" ]; then [ ! -e "$J/$2" ] || rm -rf "${J:?}/$2"; '
-            'cp -al "$T/$1" "$J/$2"; else echo "tree $1"; need=1; fi; }')
-STARTING = "starting"  # first_command's line before launch.sh start's own output
-
-
-def _vars(wd: str, jid: str) -> str:
-    # physical paths: after `cd -P`, $PWD is one (builtins only, no subshell)
-    return (f'cd -P {wd}; W=$PWD; B="$W/blobs"; T="$W/trees"; '
-            f'cd -P jobs/{jid}; J=$PWD; cd "$W"')
+        return Tree.of(tree_manifest(path, path.name, hashes), "data")
+    sha = hashes.sha256(path) if hashes is not None else sha256_file(path)
+    return Tree.of([StageFile(rel=path.name, sha256=sha, mode=0o644, source=path)], "data")
 
 
 def _chunked(header: Sequence[str], body: Sequence[str]) -> list[str]:
@@ -135,58 +126,6 @@ def _chunked(header: Sequence[str], body: Sequence[str]) -> list[str]:
         size += len(line) + 1
     commands.append("\n".join(current))
     return commands
-
-
-def cleanup_leftovers_lines(age_min: int = LEFTOVER_AGE_MIN) -> list[str]:
-    """Shell lines removing interrupted stages' temp names under "$B" and "$T".
-
-    An entry goes only when neither it nor anything under it was modified in the last
-    `age_min` minutes (a directory's own mtime changes whenever an entry is added, a file's
-    while it is written); prints `leftover NAME` for each one removed.
-    """
-    return [
-        f"for x in {' '.join(LEFTOVER_GLOBS)}; do",
-        '  [ -e "$x" ] || [ -L "$x" ] || continue',
-        f'  if [ -z "$(find "$x" -mmin -{int(age_min)} -print -quit 2>/dev/null)" ]; then',
-        '    rm -rf -- "$x" 2>/dev/null && echo "leftover ${x##*/}" || true',
-        "  fi",
-        "done",
-    ]
-
-
-def first_command(workdir: str, job_id: str, trees: Sequence[Tree],
-                  rendered: Mapping[str, RenderedFile], start: bool = False) -> str:
-    """Prepare the folders, refuse a busy node, write the rendered files, link cached trees;
-    with `start`, start the ranks too once the node holds every tree (one round trip).
-
-    Prints `workdir P`, `jobdir P`, then `busy JOB` (and stops) or `leftover NAME` per stale
-    temp name of an interrupted stage it removed and `tree KEY` per tree the node does not
-    hold yet. With `start` and no tree missing it prints `starting` and sources
-    `launch.sh start` (its output and exit code follow: start.read_start reads them).
-    """
-    wd = shell_path(workdir)
-    jid = shlex.quote(job_id)
-    lines = [
-        "set -eu", "umask 022", _START_TIME_FN,
-        f"mkdir -p {wd}/jobs/{jid} {wd}/blobs {wd}/trees",
-        _vars(wd, jid),
-        'echo "workdir $W"; echo "jobdir $J"',
-        "if [ -f jobs/ACTIVE ]; then",
-        "  o=; p=; s=; read -r o p s < jobs/ACTIVE || true",
-        f'  if [ "$o" != {jid} ] && [ -n "$p" ] && [ -n "$s" ] && [ "$(st_of "$p")" = "$s" ]; then '
-        'echo "busy $o"; exit 0; fi',
-        "fi",
-        *cleanup_leftovers_lines(),
-        _TREE_FN,
-    ]
-    for name, f in rendered.items():
-        # bash's printf is a builtin: no process, no upload; the text is one quoted word
-        lines.append(f'printf %s {shlex.quote(f.text)} >"$J"/{shlex.quote(name)}')
-    lines += [f"t {tree.key} {shlex.quote(tree.dest)}" for tree in trees]
-    if start:  # every file of the node is in place: no half-staged node is ever started
-        launch = start_command('"$J"', resume=False, source=True)  # this shell runs `start`
-        lines.append(f'if [ -z "$need" ]; then echo {STARTING}; {launch}; fi')
-    return "\n".join(lines)
 
 
 def missing_blob_commands(workdir_abs: str, files: Sequence[StageFile]) -> list[str]:
@@ -351,7 +290,8 @@ def stage_node(t: Transport, job_id: str, workdir: str, trees: Sequence[Tree],
     inline = {k: f for k, f in rendered.items() if len(f.text.encode()) <= INLINE_MAX}
     uploads = {k: (f.text.encode(), f.mode) for k, f in rendered.items() if k not in inline}
     uploads.update({k: (data, 0o600) for k, data in secret_files.items()})
-    res = t.run(first_command(workdir, job_id, trees, inline, start and not uploads),
+    token = secrets.token_hex(4)  # private temp names: concurrent stagers may share a store
+    res = t.run(first_command(workdir, job_id, trees, inline, start and not uploads, token),
                 check=False, timeout=300)
     out, sep, started = res.stdout.partition(f"\n{STARTING}\n")
     if not sep and not res.ok:
@@ -373,9 +313,16 @@ def stage_node(t: Transport, job_id: str, workdir: str, trees: Sequence[Tree],
             t.put(Path(fh.name), PurePosixPath(info["jobdir"]) / fname, mode=mode)
         finally:
             Path(fh.name).unlink(missing_ok=True)
+    skel = skeleton_key(trees, inline) if need else None  # cold: cache it for the next job
+    build = "\n".join(["set -eu", f"T={shlex.quote(info['workdir'] + '/trees')}",
+                       *skeleton_lines(skel, trees, shlex.quote(info["jobdir"]), token)]
+                      ) if skel else ""
     if start and pids is None:  # staged in several steps: start now that all of it is there
-        res = t.run(start_command(shlex.quote(info["jobdir"]), resume=False), check=False,
+        res = t.run((build + "\n" if build else "")
+                    + start_command(shlex.quote(info["jobdir"]), resume=False), check=False,
                     timeout=START_TIMEOUT)
         pids = read_start(name, res.exit_code, res.stdout, res.stderr)
+    elif build:
+        t.run(build, check=False, timeout=300)
     return Staged(workdir=info["workdir"], job_dir=info["jobdir"], sent=sent,
                   reused=len(trees) - len(need), leftovers=tuple(removed), pids=pids)

@@ -63,16 +63,20 @@ def orch(state: Path, *args: str, check: bool = True, timeout: float = 600,
     return proc
 
 
+def _records(state: Path) -> list[dict]:
+    """Every job record; not the hidden temp files of a record being written (write_atomic)."""
+    return [json.loads(p.read_text()) for p in (state / "jobs").glob("[!.]*.json")]
+
+
 def record(state: Path, job_id: str | None = None) -> dict:
     if job_id is None:
-        recs = [json.loads(p.read_text()) for p in (state / "jobs").glob("*.json")]
-        return max(recs, key=lambda r: r["created_at"])
+        return max(_records(state), key=lambda r: r["created_at"])
     return json.loads((state / "jobs" / f"{job_id}.json").read_text())
 
 
 def latest_status(state: Path) -> str | None:
     """Status of the newest job record, None while `up` has not written one yet."""
-    recs = [json.loads(p.read_text()) for p in (state / "jobs").glob("*.json")]
+    recs = _records(state)
     return max(recs, key=lambda r: r["created_at"])["status"] if recs else None
 
 

@@ -95,7 +95,7 @@ def start(cwd: Path, *args: str) -> subprocess.Popen[str]:
 
 
 def record(cwd: Path) -> dict:
-    recs = [json.loads(p.read_text()) for p in (cwd / ".orchestrate" / "jobs").glob("*.json")]
+    recs = [json.loads(p.read_text()) for p in (cwd / ".orchestrate" / "jobs").glob("[!.]*.json")]
     return max(recs, key=lambda r: r["created_at"]) if recs else {}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -234,3 +235,46 @@ def test_start_in_the_staging_command_fails_by_name(tmp_path: Path, code: int, e
     with pytest.raises(JobError, match=raised) as info:
         stage_node(_transport(work), "j-1", str(work), [], probe, {}, tmp_path, start=True)
     assert isinstance(info.value, NodeBusyError) == (code == 3)
+
+
+def _listing(root: Path) -> list[tuple[str, str]]:
+    """(relative path, kind: dir / file / -> link target) of everything under root."""
+    out = []
+    for p in sorted(root.rglob("*")):
+        kind = f"-> {os.readlink(p)}" if p.is_symlink() else "dir" if p.is_dir() else "file"
+        out.append((p.relative_to(root).as_posix(), kind))
+    return out
+
+
+def test_warm_node_makes_the_job_folder_from_its_cached_skeleton(tmp_path: Path) -> None:
+    # the real launch.sh: cold, the folder is made tree by tree and `start` lays out the slots;
+    # warm, one `cp -alT` of the skeleton gives the same folder, the rendered files its own
+    from orchestrator.config.plan import build_plan
+    from orchestrator.config.presets import load_job_spec
+    from orchestrator.job.render import LaunchSpec, render_job
+    from orchestrator.job.stage_first import skeleton_key
+
+    inv = parse_inventory("defaults: {devices: 2, connection: local, workdir: w}\n"
+                          "nodes: [{host: 127.0.0.1, name: n}]\n", "inv.yaml")
+    launch = LaunchSpec(job_id="j", mode="msrun", world_size=2, sched_host="127.0.0.1",
+                        entrypoint="true")
+    files = render_job(launch, build_plan(inv, load_job_spec("tiny")))["n"]
+    work, tree = tmp_path / "work", _pkg(tmp_path / "pkg", n=3)
+    cold = stage_node(_transport(work), "j-1", str(work), [tree], files, {}, tmp_path)
+    key = skeleton_key([tree], files)
+    assert key is not None and (work / "trees" / key).is_dir()  # cached after the cold stage
+    job1 = Path(cold.job_dir)
+    subprocess.run(["bash", str(job1 / "launch.sh"), "layout", str(job1)], check=True)
+    t = _Counting(work)
+    job2 = Path(stage_node(t, "j-2", str(work), [tree], files, {}, tmp_path).job_dir)
+    assert len(t.commands) == 1 and _listing(job2) == _listing(job1)
+    assert {"ranks/sched", "output/log/rank_0", "output/msrun_log/worker_1.log"} <= {
+        rel for rel, _ in _listing(job2)}
+    assert (job2 / "launch.sh").read_text() == files["launch.sh"].text
+    assert (job2 / "launch.sh").stat().st_nlink == 1  # never a shared inode
+    assert (job2 / "code/pkg/m1.py").stat().st_ino == (job1 / "code/pkg/m1.py").stat().st_ino
+    assert not (work / "trees" / key / "launch.sh").exists()
+    assert not [p for p in (work / "trees").iterdir() if p.name.startswith(".")]
+    # another tree (new code): another skeleton; the old folder's trees are untouched
+    other = _pkg(tmp_path / "pkg2", n=2)
+    assert skeleton_key([other], files) != key
