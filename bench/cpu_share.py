@@ -16,6 +16,8 @@ Goal (issue #17): 8 ranks >= 0.8x the tokens/s of 2 ranks on a 2-core host.
 Precision (session 6): the step line's elapsed_s has 3 decimals (was 1: ~5% quantisation of the
 ~2 s window of 2 ranks) and the default is 50 steps, timed from step 5 to 50 (was 30, 5 to 30);
 the ratio is defined as before, so older numbers compare, only with more noise.
+A job that logged its last step and then failed (a rank's SIGSEGV in MindSpore's teardown, an
+open bug) is still measured and marked "FAILED AT EXIT"; any other failure stops the bench.
 """
 
 from __future__ import annotations
@@ -52,7 +54,10 @@ def run(ranks: int, share: bool, steps: int, global_batch: int, root: Path) -> f
     logs = sorted((case / "work" / "jobs").glob("*/ranks/0/stdout.log"))
     text = logs[0].read_text() if logs else ""
     points = [(int(s), float(t)) for s, t in LINE.findall(text)]
-    if res.returncode != 0 or len(points) < 2:
+    if res.returncode != 0 and len(points) >= 2 and points[-1][0] == steps:
+        print(f"  {ranks} ranks: FAILED AT EXIT after step {steps} (exit {res.returncode}): "
+              + "; ".join(ln for ln in res.stdout.splitlines() if "exited" in ln)[:300])
+    elif res.returncode != 0 or len(points) < 2:
         raise RuntimeError(f"{ranks} ranks, share {share}: exit {res.returncode}\n"
                            f"{res.stdout[-2000:]}{res.stderr[-2000:]}\n{text[-2000:]}")
     (s0, t0), (s1, t1) = points[0], points[-1]
