@@ -91,14 +91,15 @@ def bloom_gelu(x: Tensor, sigmoid_form: bool = False) -> Tensor:
     return ops.gelu(x, approximate="tanh")
 
 
-# attributes of BloomMLP / BloomAttention / Linear and the LM head (bloom.py)
+# attributes of BloomMLP, BloomAttention, Linear, LayerNorm, BloomModel, the LM head (bloom.py)
 FAST_PATH_FLAGS = ("sigmoid_gelu", "unstack_qkv", "blas_weight_grad", "ops_layernorm_grad",
-                   "ops_softmax_grad")
+                   "ops_softmax_grad", "constant_bias")
 
 
 def set_fast_paths(cell: nn.Cell, on: bool) -> None:
-    """Switch the CPU fast paths (sigmoid-form GELU, q/k/v by one Unstack; cpu_grads.py:
-    weight gradients by BLAS, LayerNorm's and the softmax's gradients by ops) of every layer
+    """Switch the CPU fast paths (sigmoid-form GELU, q/k/v by one Unstack, the unpadded
+    attention bias as a constant: bloom.causal_bias; cpu_grads.py: weight gradients by BLAS,
+    LayerNorm's and the softmax's gradients by ops) of every layer
     under `cell`, before it compiles: off gives the kernel paths they replace (the test of
     their equality, `python bench/train_step.py --before`)."""
     for _, sub in cell.cells_and_names():

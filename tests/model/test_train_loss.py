@@ -2,8 +2,9 @@
 gradient) equals the masked path with an all-ones mask, in value and in every gradient; and
 the CPU fast paths of the layers (GELU as x * sigmoid(2u), q/k/v by one Unstack, the weight
 gradients of every Linear and of the tied LM head by numpy's BLAS, LayerNorm's and the
-attention softmax's gradients by ops) equal the fused GeLU kernel, the per-slice path and
-MindSpore's own gradient kernels they replace.
+attention softmax's gradients by ops, the unpadded attention bias as a constant) equal the
+fused GeLU kernel, the per-slice path, MindSpore's own gradient kernels and the in-graph
+bias they replace.
 
     python -m pytest tests/model/test_train_loss.py -q
 """
@@ -37,6 +38,7 @@ def test_fused_loss_matches_the_masked_path() -> None:
     assert model.blas_weight_grad and model.transformer.h[0].mlp.dense_4h_to_h.blas_weight_grad
     assert model.transformer.ln_f.ops_layernorm_grad
     assert model.transformer.h[0].self_attention.ops_softmax_grad
+    assert model.transformer.constant_bias  # the attention bias: a constant (causal_bias)
     ln_f = model.transformer.ln_f  # LayerNorm's weight and bias not 1 and 0: their terms count
     ln_f.weight.set_data(Tensor(np.linspace(0.5, 1.5, 32, dtype=np.float32)))
     ln_f.bias.set_data(Tensor(np.linspace(-0.2, 0.2, 32, dtype=np.float32)))
@@ -59,25 +61,40 @@ def test_fused_loss_matches_the_masked_path() -> None:
     assert max(float(np.abs(a).max()) for a in g_fused) > 1e-4  # gradients are not all zero
 
 
+def test_constant_causal_bias_equals_the_graph_bias() -> None:
+    """bloom.causal_bias (built on the host, the training fast path without padding) has
+    exactly the values the graph builds from build_alibi and attention_bias; 6 heads: not a
+    power of two, so the interleaved slopes count too."""
+    from orchestrate_bloom.bloom import causal_bias
+    from orchestrate_bloom.layers import alibi_slopes, attention_bias, build_alibi
+
+    key_mask = ops.ones((2, 7), ms.float32)
+    mask = ops.tril(ops.ones((7, 7), ms.float32))[None, None, :, :] * key_mask[:, None, None, :]
+    graph = attention_bias(build_alibi(key_mask, Tensor(alibi_slopes(6))), mask)
+    np.testing.assert_array_equal(causal_bias(2, 7, 6).asnumpy(), graph.asnumpy())
+
+
 def test_clipping_norm_is_the_sum_of_squares() -> None:
-    """TrainStep's global norm: gradients from TWO_STAGE_SUM elements are summed in two stages
-    (last axis, then the row sums), smaller ones at once; both give the sum of squares."""
+    """TrainStep's global norm: each gradient's sum of squares (on CPU one MatMul of the
+    flattened gradient with itself; else Square + ReduceSum), added up, is the sum of
+    squares of all, to float32 rounding."""
     from mindspore import nn
-    from orchestrate_bloom.train.cells import TWO_STAGE_SUM, square_sum
+    from orchestrate_bloom.train.cells import dot_square_sum, square_sum
 
     class SumOfSquares(nn.Cell):
-        def __init__(self) -> None:
+        def __init__(self, each: ops.MultitypeFuncGraph) -> None:
             super().__init__()
             self.hyper_map = ops.HyperMap()
+            self.each = each
 
         def construct(self, *grads: Tensor) -> Tensor:
-            return ops.addn(self.hyper_map(square_sum, grads))
+            return ops.addn(self.hyper_map(self.each, grads))
 
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
     rng = np.random.default_rng(1)
-    shapes = [(TWO_STAGE_SUM // 128, 128), (TWO_STAGE_SUM // 512, 4, 64), (48, 32), (300,)]
+    shapes = [(1024, 128), (256, 4, 64), (48, 32), (300,)]
     grads = [rng.standard_normal(s).astype(np.float32) * (i + 1) for i, s in enumerate(shapes)]
-    for size_one in (grads, grads[:1], grads[1:2]):  # two-stage alone, too
-        want = sum(float(np.square(g.astype(np.float64)).sum()) for g in size_one)
-        got = float(SumOfSquares()(*(Tensor(g) for g in size_one)).asnumpy())
-        assert abs(got - want) <= 1e-5 * want
+    want = sum(float(np.square(g.astype(np.float64)).sum()) for g in grads)
+    for each in (dot_square_sum, square_sum):
+        got = SumOfSquares(each)(*(Tensor(g) for g in grads)).asnumpy()
+        assert got.shape == () and abs(float(got) - want) <= 1e-5 * want
