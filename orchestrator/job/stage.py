@@ -28,7 +28,7 @@ import secrets
 import shlex
 import tarfile
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -82,11 +82,16 @@ class Tree:
         return cls(dest=dest, files=tuple(files), key=h.hexdigest())
 
 
+def _digest(hashes: HashCache | None) -> Callable[[Path], str]:
+    """sha256 of a local file: remembered by `hashes` (hashcache.py) when given, else read."""
+    return hashes.sha256 if hashes is not None else sha256_file
+
+
 def tree_manifest(root: Path, prefix: str = "", hashes: HashCache | None = None
                   ) -> list[StageFile]:
     """Every regular file under `root` as `<prefix>/<relative path>` (caches skipped); with
     `hashes`, an unchanged file's sha256 is not read again (hashcache.py)."""
-    digest = hashes.sha256 if hashes is not None else sha256_file
+    digest = _digest(hashes)
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
@@ -110,8 +115,8 @@ def data_tree(path: Path, hashes: HashCache | None = None) -> Tree:
     """A local dataset (folder or file) as `data/<name>[/...]`; `hashes`: see tree_manifest."""
     if path.is_dir():
         return Tree.of(tree_manifest(path, path.name, hashes), "data")
-    sha = hashes.sha256(path) if hashes is not None else sha256_file(path)
-    return Tree.of([StageFile(rel=path.name, sha256=sha, mode=0o644, source=path)], "data")
+    return Tree.of([StageFile(rel=path.name, sha256=_digest(hashes)(path), mode=0o644,
+                              source=path)], "data")
 
 
 def _chunked(header: Sequence[str], body: Sequence[str]) -> list[str]:
