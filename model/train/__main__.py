@@ -6,11 +6,11 @@ threads started before the pinning would keep every core. The share is applied h
 once, and handed to the trainer.
 
 Once the trainer returned, worker_exit.end ends the process: a cluster worker whose training
-finished unregisters from MindSpore's scheduler explicitly (MindSpore's own FinalizeCluster)
-and leaves with os._exit, without the interpreter's teardown, in which it now and then died of
-SIGSEGV after all its work was done (a failed finished job; see worker_exit). Every other
-process exits through the interpreter as before, with every object moved out of the garbage
-collector's reach first (gc.freeze).
+finished unregisters from MindSpore's scheduler explicitly (ComputeGraphNode::Unregister alone)
+and leaves with os._exit, without MindSpore's exit-time cluster teardown, in which it now and
+then died of SIGSEGV after all its work was done (a failed finished job; see worker_exit).
+Every other process exits through the interpreter as before, with every object moved out of
+the garbage collector's reach first (gc.freeze).
 """
 
 from __future__ import annotations
