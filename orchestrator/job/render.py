@@ -9,6 +9,7 @@ shell is quoted; templates only substitute, loop and branch. Nothing here touche
 
 from __future__ import annotations
 
+import functools
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -82,6 +83,13 @@ def environment() -> jinja2.Environment:
                              comment_start_string="{##", comment_end_string="##}")
     env.filters["quote"] = lambda v: shlex.quote(str(v))
     return env
+
+
+@functools.cache
+def proc_alive_fn() -> str:
+    """bash `start_time PID` (-> ST) and `alive PID STARTTIME` exactly as launch.sh has them
+    (templates/proc_alive.sh.j2): a node's first staging command tests the ACTIVE job with it."""
+    return environment().get_template("proc_alive.sh.j2").render()
 
 
 def node_slots(launch: LaunchSpec, ranks: NodeRanks, first: bool) -> tuple[Slot, ...]:
