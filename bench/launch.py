@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -155,7 +156,7 @@ def bench(n: int, devices: int) -> Result:
         for node in rendered["nodes"]:
             sh(["ssh", "-F", cfg, node["name"],
                 f"bash {workdir}/jobs/{rendered['job_id']}/launch.sh stop"])
-        return Result(up_s, loop_s, sorted(rounds)[len(rounds) // 2], rounds, rss_mb, phases)
+        return Result(up_s, loop_s, statistics.median(rounds), rounds, rss_mb, phases)
     finally:
         subprocess.run(["bash", str(TESTHOSTS), "down", "--state", str(state)],
                        capture_output=True, timeout=300)

@@ -9,6 +9,7 @@ shell is quoted; templates only substitute, loop and branch. Nothing here touche
 
 from __future__ import annotations
 
+import functools
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,16 @@ DEFAULT_SCHED_PORT = 8118
 DEFAULT_CLUSTER_TIMEOUT = 7200  # s; MindFormers' msrun wrapper default (7.1B compiles ~1.5 h)
 DEFAULT_STOP_GRACE = 10  # s between SIGTERM and SIGKILL
 K8S_TABLE_DIR = "/user/serverid/devindex/config"  # where Ascend platforms mount hccl.json
+# MindSpore's dynamic cluster (libmindspore_cluster.so): a worker hears that the cluster has
+# formed only in its heartbeat's answer, and at exit waits for the heartbeat thread's sleep to
+# end; the heartbeat sleeps a random whole number of seconds in [MS_RETRY_INTERVAL_LOWER,
+# MS_RETRY_INTERVAL_UPPER], 3..5 by default (the CPU collective library's address retries use
+# the same pair). 1..2 s saves seconds at every multi-rank start and exit (docs/design.md); it
+# is 0.5-1 heartbeat/s per worker (64-128 messages/s for a 16-node x 8-device job), and from
+# MindSpore's own large-cluster bound (kClusterScaleBound, 256 workers) MindSpore's defaults
+# stay. A value in the inventory's `env:` or the pod's environment wins.
+CLUSTER_RETRY_INTERVAL_S = (1, 2)
+CLUSTER_RETRY_MAX_WORKERS = 256
 # A Kubernetes pod's node rank, known only at run time: the ascend-operator's environment
 # (AscendJob, msrun) or Volcano's task index (rank-table mode); `n` is ranks per pod.
 POD_NODE_RANK = {"msrun": "MS_NODE_RANK * MS_LOCAL_WORKER", "ranktable": "VC_TASK_INDEX * {n}"}
@@ -66,6 +77,18 @@ class RenderedFile:
     mode: int  # file mode on disk, locally and on the node
 
 
+def cluster_retry_env(world_size: int) -> dict[str, str]:
+    """MS_RETRY_INTERVAL_LOWER/UPPER for a dynamic cluster of `world_size` workers ({} from
+    CLUSTER_RETRY_MAX_WORKERS on: MindSpore's defaults); launch scripts and tests use this.
+
+        env.update(cluster_retry_env(2))
+    """
+    if world_size > CLUSTER_RETRY_MAX_WORKERS:
+        return {}
+    lower, upper = CLUSTER_RETRY_INTERVAL_S
+    return {"MS_RETRY_INTERVAL_LOWER": str(lower), "MS_RETRY_INTERVAL_UPPER": str(upper)}
+
+
 def default_mode(device_target: str) -> str:
     """`msrun` (MindSpore's dynamic cluster) on every target, Ascend included: rank-table
     startup is deprecated since MindSpore 2.4. `ranktable` only when asked for (`--mode
@@ -82,6 +105,13 @@ def environment() -> jinja2.Environment:
                              comment_start_string="{##", comment_end_string="##}")
     env.filters["quote"] = lambda v: shlex.quote(str(v))
     return env
+
+
+@functools.cache
+def proc_alive_fn() -> str:
+    """bash `start_time PID` (-> ST) and `alive PID STARTTIME` exactly as launch.sh has them
+    (templates/proc_alive.sh.j2): a node's first staging command tests the ACTIVE job with it."""
+    return environment().get_template("proc_alive.sh.j2").render()
 
 
 def node_slots(launch: LaunchSpec, ranks: NodeRanks, first: bool) -> tuple[Slot, ...]:
@@ -144,6 +174,7 @@ def _render_slots(launch: LaunchSpec, template: str, node_name: str, slots: Sequ
         "sched_port": launch.sched_port,
         "cluster_timeout": launch.cluster_timeout,
         "fault_env": launch.fault_env,
+        "retry_env": sorted(cluster_retry_env(launch.world_size).items()),
         **extra,
     }
     return env.get_template(template).render(ctx)

@@ -24,7 +24,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from orchestrator.job.render import RenderedFile, layout_text, shell_path
+from orchestrator.job.render import RenderedFile, layout_text, proc_alive_fn, shell_path
 from orchestrator.job.start import start_command
 
 if TYPE_CHECKING:
@@ -36,10 +36,6 @@ LEFTOVER_AGE_MIN = 60  # a stager's temp name untouched this long is an interrup
 LEFTOVER_GLOBS = ('"$B"/.unpack-*', '"$B"/.incoming-*.tar', '"$B"/.*.orchestrate-tmp-*',
                   '"$T"/.*.partial-*')
 STARTING = "starting"  # first_command's line before launch.sh start's own output
-_START_TIME_FN = (
-    'st_of() { local s; s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1; s=${s##*) }; '
-    'set -- $s; echo "${20}"; }'
-)
 # Hard-link cached tree $1 to job folder $2, or report it missing (and note that: need=1).
 _TREE_FN = ('need=; t() { if [ -d "$T/$1" ]; then [ ! -e "$J/$2" ] || rm -rf "${J:?}/$2"; '
             'cp -al "$T/$1" "$J/$2"; else echo "tree $1"; need=1; fi; }')
@@ -116,14 +112,14 @@ def first_command(workdir: str, job_id: str, trees: Sequence[Tree],
     jid = shlex.quote(job_id)
     skel = skeleton_key(trees, rendered)
     lines = [
-        "set -eu", "umask 022", _START_TIME_FN,
+        "set -eu", "umask 022", proc_alive_fn(),
         f"[ -d {wd}/jobs ] && [ -d {wd}/blobs ] && [ -d {wd}/trees ] || "
         f"mkdir -p {wd}/jobs {wd}/blobs {wd}/trees",
         _vars(wd),
         'echo "workdir $W"',
         "if [ -f jobs/ACTIVE ]; then",
         "  o=; p=; s=; read -r o p s < jobs/ACTIVE || true",
-        f'  if [ "$o" != {jid} ] && [ -n "$p" ] && [ -n "$s" ] && [ "$(st_of "$p")" = "$s" ]; then '
+        f'  if [ "$o" != {jid} ] && alive "$p" "$s"; then '
         'echo "busy $o"; exit 0; fi',
         "fi",
         *cleanup_leftovers_lines(),

@@ -24,6 +24,7 @@ import yaml
 from orchestrate_bloom.ckpt import layout as ck
 from orchestrate_bloom.data.prepare import prepare
 
+from orchestrator.job.render import cluster_retry_env
 from tests.model.data_helpers import REPO, seed_records, tokenizer_file
 
 LINE = re.compile(r"^step=(\d+) loss=(\d+\.\d{4}) lr=(\d\.\de[-+]\d\d) "
@@ -179,7 +180,7 @@ def run_cluster(job: Path, *args: str, per_rank_job: dict[int, Path] | None = No
     stack to its stderr), then SIGKILL, and the result carries that stderr and exit code -6/-9.
     """
     cluster = {"MS_SCHED_HOST": "127.0.0.1", "MS_SCHED_PORT": str(free_port()),
-               "MS_WORKER_NUM": "2",
+               "MS_WORKER_NUM": "2", **cluster_retry_env(2),  # the heartbeat launch.sh sets
                "PYTHONFAULTHANDLER": "1"}  # a crash prints the Python stack of every thread
     jobs = [job] + [(per_rank_job or {}).get(n, job) for n in (0, 1)]
     roles = [{"MS_ROLE": "MS_SCHED"}] + [{"MS_ROLE": "MS_WORKER", "MS_NODE_ID": str(n)}

@@ -26,6 +26,7 @@ from orchestrator.config.plan import build_plan
 from orchestrator.config.presets import load_job_spec
 from orchestrator.errors import JobError
 from orchestrator.job.render import (
+    CLUSTER_RETRY_MAX_WORKERS,
     LaunchSpec,
     RenderedFile,
     default_mode,
@@ -139,6 +140,8 @@ def test_msrun_scheduler_on_first_node_every_slot_env_and_resume(tmp_path: Path)
             want = {**common_env(launch.job_id, job_dir, name, 4, slot),
                     "MS_SCHED_HOST": "10.0.0.1", "MS_SCHED_PORT": "23456",
                     "MS_WORKER_NUM": "4", "MS_TOPO_TIMEOUT": "600",
+                    # heartbeat every 1-2 s (render.CLUSTER_RETRY_INTERVAL_S), not 3-5
+                    "MS_RETRY_INTERVAL_LOWER": "1", "MS_RETRY_INTERVAL_UPPER": "2",
                     "ORCHESTRATE_LOCAL_RANK": "sched" if device is None else str(device),
                     "ORCHESTRATE_LOCAL_RANKS": "2"}
             if device is None:
@@ -153,6 +156,25 @@ def test_msrun_scheduler_on_first_node_every_slot_env_and_resume(tmp_path: Path)
         bad = subprocess.run(["bash", str(job_dir / "launch.sh"), "_run", "9"], env=BASE_ENV,
                              capture_output=True, text=True, timeout=30)
         assert bad.returncode == 2 and "unknown slot 9" in bad.stderr
+
+
+def test_cluster_retry_interval_yields_to_the_inventory_env_and_to_large_clusters(
+        tmp_path: Path) -> None:
+    """The inventory's `env:` value of MS_RETRY_INTERVAL_* wins over ours; a cluster of more
+    than CLUSTER_RETRY_MAX_WORKERS workers keeps MindSpore's own defaults (neither is set)."""
+    python = probe_at(tmp_path / "bin")
+    inv = with_python(parse_inventory(
+        MSRUN_INV.replace("python:", "env: {MS_RETRY_INTERVAL_UPPER: '7'}, python:"), "e.yaml"),
+        python)
+    plan = build_plan(inv, load_job_spec("tiny"))
+    for world, want in ((4, {"MS_RETRY_INTERVAL_LOWER": "1", "MS_RETRY_INTERVAL_UPPER": "7"}),
+                        (CLUSTER_RETRY_MAX_WORKERS + 1, {"MS_RETRY_INTERVAL_UPPER": "7"})):
+        launch = LaunchSpec(job_id=f"tiny-w{world}", mode="msrun", world_size=world,
+                            sched_host="10.0.0.1")
+        job_dir = write_node(tmp_path / str(world), launch.job_id, render_job(launch, plan)["a"])
+        for slot in ("sched", "0"):
+            env = run_slot(job_dir, slot)[1]
+            assert {k: v for k, v in env.items() if k.startswith("MS_RETRY")} == want, world
 
 
 def hostile_inventory(python: str) -> str:
