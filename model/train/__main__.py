@@ -5,26 +5,21 @@ numpy: OpenBLAS sizes its thread pool from OPENBLAS_NUM_THREADS when numpy is im
 threads started before the pinning would keep every core. The share is applied here only,
 once, and handed to the trainer.
 
-Once the trainer returned, every object alive is moved out of the garbage collector's reach
-(gc.freeze) before the interpreter's teardown: a cluster worker now and then died of SIGSEGV in
-the collection at exit, after all its work was done ("Garbage-collecting, <no Python frame>";
-about 1 in 37 two-worker runs, once in 9 8-rank runs), which failed a finished job. Ending
-with os._exit instead is not an option: the worker would skip MindSpore's cluster
-finalisation and the scheduler would report it as timed out.
+Once the trainer returned, worker_exit.end ends the process: a cluster worker whose training
+finished unregisters from MindSpore's scheduler explicitly (ComputeGraphNode::Unregister alone)
+and leaves with os._exit, without MindSpore's exit-time cluster teardown, in which it now and
+then died of SIGSEGV after all its work was done (a failed finished job; see worker_exit).
+Every other process exits through the interpreter as before, with every object moved out of
+the garbage collector's reach first (gc.freeze).
 """
 
 from __future__ import annotations
 
-import gc
-import sys
-
 from .cpu_share import apply_from_env
+from .worker_exit import end
 
 SHARE = apply_from_env()
 
 from .trainer import main  # noqa: E402  (after the share, see the docstring)
 
-code = main(None, SHARE)
-gc.disable()
-gc.freeze()
-sys.exit(code)
+end(main(None, SHARE))

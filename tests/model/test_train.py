@@ -23,6 +23,7 @@ import pytest
 import yaml
 from orchestrate_bloom.ckpt import layout as ck
 from orchestrate_bloom.data.prepare import prepare
+from orchestrate_bloom.train.worker_exit import UNREGISTERED_NOTE
 
 from orchestrator.job.render import cluster_retry_env
 from tests.model.data_helpers import REPO, seed_records, tokenizer_file
@@ -61,7 +62,8 @@ def write_job(folder: Path, data: Path, **train: object) -> Path:
 
 def env(**extra: str) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("MS_", "RANK_"))}
-    base.update(GLOG_v="3", PYTHONPATH=str(REPO), **extra)
+    base.update(GLOG_v="3", PYTHONPATH=str(REPO))
+    base.update(extra)  # may set GLOG_v too
     return base
 
 
@@ -183,8 +185,8 @@ def run_cluster(job: Path, *args: str, per_rank_job: dict[int, Path] | None = No
                "MS_WORKER_NUM": "2", **cluster_retry_env(2),  # the heartbeat launch.sh sets
                "PYTHONFAULTHANDLER": "1"}  # a crash prints the Python stack of every thread
     jobs = [job] + [(per_rank_job or {}).get(n, job) for n in (0, 1)]
-    roles = [{"MS_ROLE": "MS_SCHED"}] + [{"MS_ROLE": "MS_WORKER", "MS_NODE_ID": str(n)}
-                                         for n in (0, 1)]
+    sched = {"MS_ROLE": "MS_SCHED", "GLOG_v": "2"}  # its WARNINGs: "Node N has unregistered"
+    roles = [sched] + [{"MS_ROLE": "MS_WORKER", "MS_NODE_ID": str(n)} for n in (0, 1)]
     procs = [subprocess.Popen([sys.executable, "-m", "orchestrate_bloom.train", "--job",
                                str(path), *args], cwd=REPO, env=env(**role, **cluster, **extra),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -219,18 +221,33 @@ def _output_after_abort(p: subprocess.Popen[str]) -> tuple[str, str]:
         return p.communicate()
 
 
+def exit_problems(results: list[tuple[int, str, str]]) -> list[str]:
+    """What is wrong with how a cluster run ended (run_cluster's results; [] when nothing): any
+    exit code not 0, a worker that did not take worker_exit's explicit unregistration (its
+    UNREGISTERED_NOTE), a scheduler that did not log "has unregistered" once per worker or
+    reported a worker "is timed out"."""
+    problems = [f"process {i} (0: scheduler) exited {code}"
+                for i, (code, _, _) in enumerate(results) if code != 0]
+    problems += [f"worker {i - 1} did not print {UNREGISTERED_NOTE!r}"
+                 for i, (_, _, err) in enumerate(results) if i and UNREGISTERED_NOTE not in err]
+    sched = results[0][2]
+    if sched.count(" has unregistered") != len(results) - 1 or " is timed out" in sched:
+        problems.append(f"scheduler: {sched.count(' has unregistered')} 'has unregistered', "
+                        f"{sched.count(' is timed out')} 'is timed out'")
+    return problems
+
+
 def assert_cluster_ok(results: list[tuple[int, str, str]]) -> None:
-    """Scheduler + workers all exited 0; else print each failing process's stderr whole.
+    """exit_problems finds nothing; else print each failing process's stderr whole.
 
     (A worker once died with SIGSEGV in CI and the 1500-character tail pytest showed did not
     say where; the captured stdout of a failed test is shown in full.)
     """
-    codes = [r[0] for r in results]
-    if codes != [0] * len(results):
+    problems = exit_problems(results)
+    if problems:
         for i, (code, _out, err) in enumerate(results):
-            if code != 0:
-                print(f"==== process {i} (0: scheduler) exited {code}; stderr:\n{err[-20000:]}")
-    assert codes == [0] * len(results)
+            print(f"==== process {i} (0: scheduler) exited {code}; stderr:\n{err[-20000:]}")
+    assert problems == []
 
 
 @pytest.mark.slow

@@ -5,26 +5,29 @@
 
 What it repeats: a scheduler + 2 data-parallel CPU workers (MindSpore dynamic cluster on
 127.0.0.1) resume a 12-step run from step 6 (rank 1's step-12 manifest removed, as the test
-does) and train to step 14. Once in CI rank 1 died there with SIGSEGV. Each round prints the
-exit codes of scheduler, worker 0, worker 1; a round where any is not 0 keeps its three
-stderr files (PYTHONFAULTHANDLER=1 puts every thread's Python stack there) under
---keep and prints their paths. Exit 1 if any round failed. A round whose cluster is not done
-within test_train.CLUSTER_TIMEOUT_S (300 s) fails with exit codes -6 (SIGABRT: the Python
-stacks of the hung process are in its kept stderr) or -9, and the loop goes on.
+does) and train to step 14. Each round prints the exit codes of scheduler, worker 0, worker 1,
+how long each worker's explicit unregistration took, and what exit_problems (test_train) finds:
+an exit code not 0, a worker without worker_exit's "unregistered" line, a scheduler without one
+"has unregistered" per worker or with "is timed out". A failed round keeps its three stderr
+files (PYTHONFAULTHANDLER=1 puts every thread's Python stack there) under --keep and prints
+their paths. Exit 1 if any round failed. A round whose cluster is not done within
+test_train.CLUSTER_TIMEOUT_S (300 s) fails with exit codes -6 (SIGABRT: the Python stacks of
+the hung process are in its kept stderr) or -9, and the loop goes on.
+ORCHESTRATE_WORKER_EXIT=teardown in the environment runs the old exit (every round then fails
+exit_problems for the missing "unregistered" line; count the exit codes).
 
-Seen (2026-12-07, 2 loaded cores): the lead's run 21 of 21 rounds clean; a second run, round 12
-of 16 (and 1 of 3 earlier rounds done under `nice -n 19` timed out at 300 s, before
-run_cluster kept output on a timeout): worker 1 exited -11 after `resumed from step 6` while the
-scheduler and worker 0 exited 0 (which points to every all-reduce having completed). faulthandler
-showed one thread, not marked current, with `<no Python frame>`: the crash was in a native
-(MindSpore) thread while the main thread ran no Python, i.e. during interpreter exit, as in
-mindspore-ai/hyper-parallel#397 (msrun worker -11 at teardown/GC). Not fixed here.
+History: once in CI, then ~1 in 37 rounds here, a worker died with SIGSEGV (-11) after
+`resumed from step 6` while the scheduler and the other worker exited 0; faulthandler showed
+one native thread with `<no Python frame>`. A core dump (8 ranks) put it in MindSpore's
+exit-time cluster teardown (rpc::TCPClient::Finalize, after the unregistration). Fixed by
+orchestrate_bloom.train.worker_exit: a finished worker unregisters alone and os._exits.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -34,9 +37,12 @@ from pathlib import Path
 import yaml
 from orchestrate_bloom.ckpt import layout as ck
 from orchestrate_bloom.data.prepare import prepare
+from orchestrate_bloom.train.worker_exit import UNREGISTERED_NOTE
 
 from tests.model.data_helpers import seed_records, tokenizer_file
-from tests.model.test_train import run_cluster, write_job
+from tests.model.test_train import exit_problems, run_cluster, write_job
+
+UNREG_S = re.compile(re.escape(UNREGISTERED_NOTE) + r" in (\d+\.\d) s")
 
 
 def first_run(root: Path) -> Path:
@@ -65,8 +71,13 @@ def one_round(job: Path, base: Path, keep: Path, i: int) -> bool:
     t0 = time.monotonic()
     results = run_cluster(job, "--resume", "--set", "train.steps=14")
     codes = [r[0] for r in results]
-    ok = codes == [0, 0, 0] and all("resumed from step 6 " in r[2] for r in results[1:])
-    print(f"round {i}: exit codes {codes} ({time.monotonic() - t0:.0f} s)", flush=True)
+    problems = exit_problems(results)
+    problems += [f"worker {n} did not resume from step 6" for n, r in enumerate(results[1:])
+                 if "resumed from step 6 " not in r[2]]
+    ok = not problems
+    unreg = [m.group(1) for r in results[1:] for m in [UNREG_S.search(r[2])] if m]
+    print(f"round {i}: exit codes {codes} ({time.monotonic() - t0:.0f} s; unregistered in "
+          f"{', '.join(unreg) or '-'} s)" + "".join(f"; {p}" for p in problems), flush=True)
     if not ok:
         keep.mkdir(parents=True, exist_ok=True)
         for name, (_, _, err) in zip(("sched", "worker0", "worker1"), results, strict=True):
