@@ -75,9 +75,10 @@ def _scale_by(factor: Tensor, grad: Tensor) -> Tensor:
     return grad * ops.cast(factor, grad.dtype)
 
 
-def clip_factor(norm: Tensor, clip: float) -> Tensor:
-    """THE global-norm clipping scale of the gradients: 1 up to `clip`, clip / norm above."""
-    return clip / ops.maximum(norm, clip)
+def clip_factor(norm: Any, clip: float, maximum: Any = ops.maximum) -> Any:
+    """THE global-norm clipping scale of the gradients: 1 up to `clip`, clip / norm above
+    (`maximum`: np.maximum for a numpy norm, shm_step's host update)."""
+    return clip / maximum(norm, clip)
 
 
 class TrainStep(nn.TrainOneStepCell):
