@@ -17,26 +17,20 @@ import argparse
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-CASES = {"ours": "", "MindSpore 3..5": ", env: {MS_RETRY_INTERVAL_LOWER: '3', "
-                                        "MS_RETRY_INTERVAL_UPPER: '5'}"}
+from local_job import REPO, up_args
+
+CASES: dict[str, dict[str, str]] = {
+    "ours": {}, "MindSpore 3..5": {"MS_RETRY_INTERVAL_LOWER": "3", "MS_RETRY_INTERVAL_UPPER": "5"}}
 
 
 def run(case: str, steps: int, root: Path) -> tuple[float, float]:
     """(s to rank 0's first step line, s to `up --wait` returning) of one job."""
     folder = Path(tempfile.mkdtemp(prefix="case-", dir=root))
-    (folder / "inv.yaml").write_text(
-        f"defaults: {{connection: local, devices: 2, workdir: {folder / 'work'}, "
-        f"python: {sys.executable}{CASES[case]}}}\nnodes: [{{host: 127.0.0.1, name: local}}]\n")
-    args = [sys.executable, "-m", "orchestrator", "up", "-i", str(folder / "inv.yaml"), "-c",
-            "tiny", "--no-check", "--wait", "--no-guard", "--state-dir", str(folder / "state"),
-            "--set", f"train.steps={steps}", "--set", "train.log_steps=1",
-            "--set", f"train.save_steps={steps}"]
+    args = up_args(folder, devices=2, steps=steps, log_steps=1, env=CASES[case])
     t0 = time.monotonic()
     proc = subprocess.Popen(args, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))

@@ -29,27 +29,21 @@ import os
 import re
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from local_job import REPO, up_args
+
 LINE = re.compile(r"^step=(\d+) .*elapsed_s=([0-9.]+)", re.M)
 
 
 def run(ranks: int, share: bool, steps: int, global_batch: int, root: Path) -> float:
     """Node tokens/s of one `up --wait` (raises when the job fails)."""
     case = Path(tempfile.mkdtemp(prefix=f"r{ranks}-{'on' if share else 'off'}-", dir=root))
-    env_line = "" if share else ", env: {ORCHESTRATE_CPU_SHARE: '0'}"
-    (case / "inv.yaml").write_text(
-        f"defaults: {{connection: local, devices: {ranks}, workdir: {case / 'work'}, "
-        f"python: {sys.executable}{env_line}}}\nnodes: [{{host: 127.0.0.1, name: local}}]\n")
-    args = [sys.executable, "-m", "orchestrator", "up", "-i", str(case / "inv.yaml"), "-c",
-            "tiny", "--no-check", "--wait", "--no-guard", "--state-dir", str(case / "state"),
-            "--set", f"train.steps={steps}", "--set", "train.log_steps=5",
-            "--set", f"train.save_steps={steps}",
-            "--set", f"parallel.micro_batch_size={global_batch // ranks}"]
+    args = up_args(case, devices=ranks, steps=steps, log_steps=5,
+                   env=None if share else {"ORCHESTRATE_CPU_SHARE": "0"},
+                   sets=[f"parallel.micro_batch_size={global_batch // ranks}"])
     res = subprocess.run(args, cwd=case, capture_output=True, text=True, timeout=3600,
                          env=dict(os.environ, PYTHONPATH=str(REPO)), check=False)
     logs = sorted((case / "work" / "jobs").glob("*/ranks/0/stdout.log"))
