@@ -9,8 +9,8 @@ inventory `python`), after the busy-node test and under the node's jobs/.lock:
 It prints one JSON object (the node-tool protocol): the entries it would remove (`dry`) or
 removed (`yes`), each `[kind, name, bytes]`, and what it refused. The rule, in the workdir:
 - `jobs/<id>/` is in use when its id is KEEP or not KNOWN (a job this machine has no record
-  of is never judged); DROP ones go (with `yes`) unless they hold checkpoint files and are
-  not marked `+output`;
+  of is never judged); DROP ones go unless they hold checkpoint files and are not marked
+  `+output` (then the folder stays, but like any other job's it keeps nothing cached);
 - `trees/<64 hex>` (a tree) and `trees/job-<64 hex>` (a job skeleton) stay when a kept job
   folder holds every one of its files as the same inode at the same path (under the folder or
   one of its sub-folders: a tree is hard-linked in as code/, data/, a skeleton as the folder);
@@ -173,7 +173,6 @@ def plan(workdir: str, grace_min: float, keep: set[str], known: set[str],
             if n and not drop[name]:
                 refused.append([name, f"holds {n} checkpoint/strategy file(s) and was not "
                                       "collected (collect-ckpt, or --include-output)"])
-                kept_jobs.append(path)
             else:
                 entries.append(["job", path, 0])
         elif name in keep or name not in known:
