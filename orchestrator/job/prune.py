@@ -197,9 +197,9 @@ def prune_local(cache: Path, records: Sequence[JobRecord], sel: Selection, yes: 
     sizes = prune_node.freed_bytes([p for _, p in entries])
     errors = []
     if yes:
-        for _, path in entries:
+        for kind, path in entries:
             try:
-                prune_node.remove(path)
+                prune_node.remove(path, rename_first=kind == "data")
             except OSError as e:
                 errors.append((path, e.strerror or str(e)))
     return Report("local cache", str(cache),

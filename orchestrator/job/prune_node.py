@@ -138,12 +138,23 @@ def freed_bytes(paths: Sequence[str]) -> list[int]:
     return out
 
 
-def remove(path: str) -> None:
-    """rmtree a real folder (symlinks inside are unlinked, never followed), else unlink."""
-    if real_dir(path):
-        shutil.rmtree(path)
-    else:
+def remove(path: str, rename_first: bool = False) -> None:
+    """rmtree a real folder (symlinks inside are unlinked, never followed), else unlink.
+
+    `rename_first` (cached trees, skeletons, prepared data): the folder is first renamed to a
+    stager's temp name (`.NAME.partial-prunePID`), so a stage that `cp -al`s it at that
+    moment either copied all of it or fails on a missing path, never gets a half-removed
+    one; an interrupted prune leaves a leftover that stage_first's rule removes later.
+    """
+    if not real_dir(path):
         os.unlink(path)
+        return
+    if rename_first:
+        head, name = os.path.split(path)
+        away = os.path.join(head, f".{name}.partial-prune{os.getpid()}")
+        os.rename(path, away)
+        path = away
+    shutil.rmtree(path)
 
 
 @dataclass
@@ -166,8 +177,8 @@ def plan(workdir: str, grace_min: float, keep: set[str], known: set[str],
     kept_jobs, unknown = [], []
     for name in _names(jobs_dir):
         path = os.path.join(jobs_dir, name)
-        if not real_dir(path):
-            continue
+        if name.startswith(".") or not real_dir(path):
+            continue  # job ids never start with "."
         if name in drop:
             n = checkpoint_files(path)
             if n and not drop[name]:
@@ -233,9 +244,9 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     done = plan(workdir, float(grace), set(_ids(keep)), set(_ids(known)), drop, leftovers)
     errors = []
     if mode == "yes":
-        for _, path, _ in done.entries:
+        for kind, path, _ in done.entries:
             try:
-                remove(path)
+                remove(path, rename_first=kind in ("tree", "skeleton"))
             except OSError as e:
                 errors.append([path, e.strerror or str(e)])
     return dict(asdict(done), workdir=workdir, removed=mode == "yes", errors=errors)
