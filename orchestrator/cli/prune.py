@@ -3,7 +3,7 @@ uses it (a dry run unless --yes).
 
     orchestrate prune -i inventories/12node.yaml               # what would go, per node
     orchestrate prune -i inventories/12node.yaml --yes         # remove it
-    orchestrate prune -i INV --keep 1 --jobs --yes             # and old jobs' folders
+    orchestrate prune -i INV --keep 1 --job-folders --yes      # and old jobs' folders
 """
 
 from __future__ import annotations
@@ -27,12 +27,13 @@ DEFAULT_KEEP = 3  # ended jobs kept besides the live ones: the last few stay res
                                 "newest. Their trees, skeletons, blobs and data stay.")
 @click.option("--keep-job", "pinned", multiple=True, metavar="JOB",
               help="Keep this job too, however old. Repeatable.")
-@click.option("--jobs", "drop_jobs", is_flag=True,
+@click.option("--job-folders", "drop_jobs", is_flag=True,
               help="Also remove the job folders (logs, checkpoints) of ended jobs beyond "
                    "--keep; a folder holding checkpoints stays unless the job was collected "
                    "(collect-ckpt) or --include-output is given.")
 @click.option("--include-output", is_flag=True,
-              help="With --jobs: remove folders holding checkpoints that were never collected.")
+              help="With --job-folders: remove folders holding checkpoints that were never "
+                   "collected.")
 @click.option("--grace", type=click.IntRange(0), default=None,
               show_default="60, the age at which a stage removes leftovers", metavar="MINUTES",
               help="Leave anything changed or linked this recently (a stage in progress may "
@@ -55,10 +56,10 @@ def prune_command(inventory_path: Path, keep: int, pinned: tuple[str, ...], drop
     \b
       orchestrate prune -i inventories/12node.yaml            # what would go, with bytes
       orchestrate prune -i inventories/12node.yaml --yes      # remove it
-      orchestrate prune -i INV --keep 1 --jobs --yes          # and older job folders
-      orchestrate prune -i INV --jobs --include-output --yes  # even uncollected checkpoints
+      orchestrate prune -i INV --keep 1 --job-folders --yes          # and older job folders
+      orchestrate prune -i INV --job-folders --include-output --yes  # even uncollected checkpoints
     Bytes are file data actually freed: a cached file still linked from a job folder that
-    stays frees nothing until that folder goes (--jobs).
+    stays frees nothing until that folder goes (--job-folders).
     """
     from orchestrator.ckpt.output import collected_for_job
     from orchestrator.config.inventory import load_inventory
@@ -69,7 +70,7 @@ def prune_command(inventory_path: Path, keep: int, pinned: tuple[str, ...], drop
     from orchestrator.remote.group import NodeGroup, cause
 
     if include_output and not drop_jobs:
-        raise click.UsageError("--include-output goes with --jobs")
+        raise click.UsageError("--include-output goes with --job-folders")
     grace_min = LEFTOVER_AGE_MIN if grace is None else grace
 
     def collected(job_id: str) -> bool:
@@ -87,8 +88,8 @@ def prune_command(inventory_path: Path, keep: int, pinned: tuple[str, ...], drop
     sel = select(records, keep, pinned, drop_jobs, collected)
     click.echo(f"keeping {len(sel.keep)} job(s)"
                + (f": {', '.join(sorted(sel.keep))}" if len(sel.keep) <= 8 else "")
-               + (f"; the folders of {len(sel.drop)} other ended job(s) go (--jobs)" if sel.drop
-                  else ""))
+               + (f"; the folders of {len(sel.drop)} other ended job(s) go (--job-folders)"
+                  if sel.drop else ""))
     lock = threading.Lock()
     reports: list[Any] = []
 

@@ -44,7 +44,7 @@ TIMEOUT_S = 1800.0  # one node's prune (removing job folders with checkpoints ta
 @dataclass(frozen=True)
 class Selection:
     """Which jobs' files stay: `keep` ids, every id with a record (`known`; a job folder
-    without one is never judged), and with --jobs the folders to remove (`drop`: job id ->
+    without one is never judged), and with --job-folders the folders to remove (`drop`: job id ->
     whether its checkpoints may go too)."""
 
     keep: frozenset[str]

@@ -21,7 +21,7 @@ removed (`yes`), each `[kind, name, bytes]`, and what it refused. The rule, in t
 Other names are not ours and are never touched; symlinks are never followed (an entry that
 is one is left alone); removal is `shutil.rmtree` (which does not follow symlinks) or unlink.
 Bytes are file data that is actually freed: a file still hard-linked from anything that
-stays (e.g. an old job folder kept without --jobs) frees nothing.
+stays (e.g. an old job folder kept without --job-folders) frees nothing.
 """
 
 from __future__ import annotations

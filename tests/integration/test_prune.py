@@ -89,11 +89,11 @@ def test_prune_keep_one_removes_exactly_the_old_job_cache(testhosts: TestHosts,
         # (jobs/ACTIVE) a moment later, and prune leaves a node alone while a job holds it
         wait_for(lambda: testhosts.ssh(HOST, f"[ ! -e {wd}/jobs/ACTIVE ]").returncode == 0, 30)
 
-        dry = orch(state, "prune", "-i", str(inv), "--keep", "1", "--grace", "0", "--jobs")
+        dry = orch(state, "prune", "-i", str(inv), "--keep", "1", "--grace", "0", "--job-folders")
         assert f"[{HOST}] would remove" in dry.stdout and "run again with --yes" in dry.stdout
         assert _ls(testhosts, wd) == before  # a dry run touches nothing
 
-        done = orch(state, "prune", "-i", str(inv), "--keep", "1", "--grace", "0", "--jobs",
+        done = orch(state, "prune", "-i", str(inv), "--keep", "1", "--grace", "0", "--job-folders",
                     "--yes")
         assert f"kept job {old}: holds 1 checkpoint/strategy file(s)" in done.stdout
         after = _ls(testhosts, wd)
@@ -105,7 +105,7 @@ def test_prune_keep_one_removes_exactly_the_old_job_cache(testhosts: TestHosts,
         assert _sha(data["dA"] / "summary.json") in after["blobs"]  # dB's tree still uses it
         assert testhosts.ssh(HOST, f"ls {outside}/keep").stdout.split() == ["f"]
 
-        out = orch(state, "prune", "-i", str(inv), "--keep", "1", "--grace", "0", "--jobs",
+        out = orch(state, "prune", "-i", str(inv), "--keep", "1", "--grace", "0", "--job-folders",
                    "--include-output", "--yes")
         assert f"jobs/{old}" in out.stdout
         assert _ls(testhosts, wd)["jobs"] == {new}

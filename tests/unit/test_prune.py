@@ -44,7 +44,7 @@ def test_kept_jobs_are_live_ones_newest_ended_and_pinned() -> None:
                                                                 "j-run", "j-dirty", "j-pend"}
     with pytest.raises(JobError, match="--keep-job j-typo: no such job"):
         select(records, keep=1, pinned=["j-typo"])
-    # --jobs: the other ended jobs' folders, each with whether its checkpoints may go
+    # --job-folders: the other ended jobs' folders, each with whether its checkpoints may go
     sel = select(records, keep=1, drop_jobs=True, may_drop_output=lambda j: j == "j-mid")
     assert sel.drop == {"j-old": False, "j-mid": True}
 
@@ -121,10 +121,10 @@ def test_node_rule_keeps_what_kept_jobs_hold_and_counts_freed_bytes(tmp_path: Pa
                     ("blob", f"blobs/{stray}")}
     assert res.unknown_jobs == ["j-foreign"] and res.refused == []
     freed = {os.path.relpath(p, w.root): b for _, p, b in res.entries}
-    # j-old's folder stays (no --jobs): its data file is still linked there, frees nothing
+    # j-old's folder stays (no --job-folders): its data file is still linked there, frees nothing
     assert freed[f"trees/{data_a}"] == freed[f"blobs/{_key('A' * 1000)}"] == 0
     assert freed[f"trees/{orphan}"] == 60 and freed[f"blobs/{stray}"] == 35
-    # with --jobs j-old goes too, and then its data is freed (counted once)
+    # with --job-folders j-old goes too, and then its data is freed (counted once)
     res = prune_node.plan(str(w.root), 0, {"j-new"}, {"j-old", "j-new"}, {"j-old": False}, [])
     assert ("job", str(w.root / "jobs" / "j-old")) in {(k, p) for k, p, _ in res.entries}
     assert sum(b for _, _, b in res.entries) == 60 + 35 + 1000 + len("true\n")
