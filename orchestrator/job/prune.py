@@ -174,12 +174,15 @@ def _relative(path: str, folder: str) -> str:
 def prune_local(cache: Path, records: Sequence[JobRecord], sel: Selection, yes: bool,
                 grace_min: int) -> Report:
     """The local prepared-data cache (<state>/data/<key>/): entries no kept job's `local_data`
-    lies in go, unless changed within the grace period (an `up` may be preparing or staging
-    it right now); `.<key>.partial-*` folders of interrupted preparations older than that."""
+    (<cache>/<key>/<stem>) names go, unless changed within the grace period (an `up` may be
+    preparing or staging it right now); `.<key>.partial-*` folders of interrupted
+    preparations older than that."""
     if not cache.is_dir():
         return Report("local cache", str(cache), absent=True)
-    used = {os.path.realpath(r.local_data) for r in records
-            if r.job_id in sel.keep and r.local_data}
+    # a cached dataset is <cache>/<key>/<stem> (dataset.cached_prepare): the key says which
+    # entry a record uses, however the state folder was spelled (relative, moved)
+    used = {Path(r.local_data).parent.name for r in records if r.job_id in sel.keep
+            and r.local_data}
     cutoff = time.time() - grace_min * 60
     entries, recent = [], 0
     for name in sorted(os.listdir(cache)):
@@ -187,8 +190,7 @@ def prune_local(cache: Path, records: Sequence[JobRecord], sel: Selection, yes: 
         partial = name.startswith(".") and ".partial-" in name
         if not (partial or prune_node.KEY.match(name)) or not prune_node.real_dir(path):
             continue
-        real = os.path.realpath(path)
-        if any(u == real or u.startswith(real + os.sep) for u in used):
+        if name in used:
             continue
         if prune_node.newest_change(path) >= cutoff:
             recent += 1

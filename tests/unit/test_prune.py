@@ -220,7 +220,9 @@ def test_local_data_cache_keeps_what_kept_jobs_use(tmp_path: Path) -> None:
     partial = cache / f".{_key('p')}.partial-dead0001"
     partial.mkdir()
     (cache / "not-ours").mkdir()
-    records = [_record("j-keep", JobStatus.SUCCEEDED, 2, local_data=str(used / "seed")),
+    # the key names the entry, wherever the state folder is now (moved, another spelling)
+    records = [_record("j-keep", JobStatus.SUCCEEDED, 2,
+                       local_data=f"st/data/{used.name}/seed"),
                _record("j-drop", JobStatus.SUCCEEDED, 1, local_data=str(unused / "seed"))]
     sel = select(records, keep=1)
     every = prune_local(cache, records, sel, yes=False, grace_min=60)
