@@ -3,6 +3,7 @@
     python bench/train_step.py [--steps 20] [--threads 2] [--ms-threads N]
     python bench/train_step.py --threads 1 --ms-threads 1   # on a loaded machine: CPU time counts
     python bench/train_step.py --before --configs tiny      # also: the fast paths off (before)
+    python bench/train_step.py --no-graph-kernel            # without the train.graph_kernel row
 
 Same shapes on both sides, CPU, fp32, random token ids: `tiny` (vocab 1000, hidden 64, 2 layers,
 4 heads, seq 64, batch 8) and `small` (vocab 4096, hidden 256, 4 layers, 8 heads, seq 128,
@@ -19,6 +20,13 @@ rank on this machine through cpu_share, as launch.sh runs it: one thread per usa
 instead of MindSpore's own 25 on any machine); numpy's BLAS pool gets the same count, set
 before numpy loads. The default run is what issue #17
 asks: tiny and small, both sides with this machine's core count of threads.
+
+The row `ours, graph_kernel on` is our cell with train.graph_kernel (MindSpore's AKG fusion,
+model/train/graph_kernel.py) in a child process of its own, with OMP_WAIT_POLICY=PASSIVE as the
+trainer sets it: libgomp is one library per process and reads the policy when it loads, so in
+this process it would also put torch's OpenMP pool to sleep between ops (HF tiny 21-24 -> 35
+ms). The child runs one step per request, in the same rotation as the other sides; its step
+times are measured in the child. Its compile (seconds more than ours) is in the warm-up.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,14 +51,17 @@ CONFIGS = {
 }
 
 
-def ours(cfg: dict[str, int], steps: int, fast: bool = True) -> Callable[[], None]:
+def ours(cfg: dict[str, int], steps: int, fast: bool = True,
+         graph_kernel: bool = False) -> Callable[[], None]:
     """One training step of our trainer's cell on fresh random ids (built and compiled here);
-    `fast=False`: with the layers' CPU fast paths off (the kernel paths of before)."""
+    `fast=False`: with the layers' CPU fast paths off (the kernel paths of before);
+    `graph_kernel`: with train.graph_kernel on (only in a process of its own, see serve)."""
     import mindspore as ms
     import numpy as np
     import yaml
     from mindspore import Tensor
     from orchestrate_bloom.layers import set_fast_paths
+    from orchestrate_bloom.train import graph_kernel as gk
     from orchestrate_bloom.train.cells import build_cells
     from orchestrate_bloom.train.job import load_job
     from orchestrate_bloom.train.schedule import lr_schedule
@@ -62,9 +74,12 @@ def ours(cfg: dict[str, int], steps: int, fast: bool = True) -> Callable[[], Non
             "model": {k: cfg[k] for k in ("vocab_size", "hidden_size", "n_layer", "n_head")}
             | {"seq_length": cfg["seq"], "compute_dtype": "float32"},
             "parallel": {"micro_batch_size": cfg["batch"], "optimizer_shard": False},
-            "train": {"device_target": "CPU", "steps": steps, "lr": 1e-4},
+            "train": {"device_target": "CPU", "steps": steps, "lr": 1e-4,
+                      "graph_kernel": graph_kernel},
             "data": {"path": tmp}}))
         job = load_job(job_file)
+    if graph_kernel:
+        print(gk.enable(ms, job), file=sys.stderr, flush=True)
     layout, _ = fit_layout(job, 1)
     model, step_cell, _ = build_cells(job, layout, Dist("single", 0, 1), False,
                                       lr_schedule(steps, 1e-4, 1e-5, 0), None)
@@ -105,14 +120,47 @@ def reference(cfg: dict[str, int]) -> Callable[[], None]:
     return step
 
 
-def timed(step: Callable[[], None]) -> tuple[float, float]:
-    """(wall seconds, this process's CPU seconds) of one step."""
+def timed(step: Callable[[], tuple[float, float] | None]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the process that ran it) of one step; a step that
+    returns a pair measured itself (in its own process)."""
     cpu, t = time.process_time(), time.perf_counter()
-    step()
-    return time.perf_counter() - t, time.process_time() - cpu
+    measured = step()
+    return measured or (time.perf_counter() - t, time.process_time() - cpu)
 
 
-def compare(name: str, steps: int, warmup: int, before: bool) -> None:
+def child(name: str, steps: int, ms_threads: int,
+          folder: str) -> tuple[Callable[[], tuple[float, float]], subprocess.Popen[str]]:
+    """`ours, graph_kernel on` in a child process (see the module docstring): one step per
+    line sent, its (wall, CPU) seconds read back; the process ends when its stdin is closed.
+    AKG's build output goes to `folder`."""
+    from orchestrate_bloom.train import graph_kernel as gk
+
+    env = dict(os.environ, **{gk.WAIT_POLICY[0]: gk.WAIT_POLICY[1], gk.CACHE_VAR: folder})
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", name, "--steps", str(steps),
+                             "--ms-threads", str(ms_threads)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env, cwd=folder)
+    assert proc.stdin is not None and proc.stdout is not None
+    stdin, stdout = proc.stdin, proc.stdout
+
+    def step() -> tuple[float, float]:
+        stdin.write("step\n")
+        stdin.flush()
+        answer = stdout.readline().split()
+        if len(answer) != 2:
+            raise SystemExit(f"graph_kernel child for {name} died (exit {proc.wait()})")
+        return float(answer[0]), float(answer[1])
+
+    return step, proc
+
+
+def serve(name: str, steps: int) -> None:
+    """The child's side: build ours with graph_kernel on, run a step per line on stdin."""
+    step = ours(CONFIGS[name], steps, graph_kernel=True)
+    for _ in sys.stdin:
+        print(*timed(step), flush=True)
+
+
+def compare(name: str, steps: int, warmup: int, before: bool, gk_threads: int | None) -> None:
     """Alternate the sides' steps after warm-up, the order rotated every round; print medians
     and ratios (HF / side).
 
@@ -120,12 +168,19 @@ def compare(name: str, steps: int, warmup: int, before: bool) -> None:
     other side's pays for what that side left running (torch's OpenMP threads spin on after a
     step, MindSpore's kernel threads yield-spin). With a fixed order, of three identical
     copies of our tiny cell alternating with HF, the one right after HF took 24.8 ms a step,
-    the other two 21.0.
+    the other two 21.0. `gk_threads`: also `ours, graph_kernel on`, a child process with
+    that many MindSpore threads (None: not).
     """
     cfg = CONFIGS[name]
-    sides = {"ours (MindSpore graph)": ours(cfg, steps + warmup)}
+    sides: dict[str, Callable[[], tuple[float, float] | None]] = {
+        "ours (MindSpore graph)": ours(cfg, steps + warmup)}
     if before:
         sides["ours, fast paths off"] = ours(cfg, steps + warmup, fast=False)
+    folder, procs = tempfile.TemporaryDirectory(), []
+    if gk_threads is not None:
+        sides["ours, graph_kernel on"], proc = child(name, steps + warmup, gk_threads,
+                                                     folder.name)
+        procs.append(proc)
     sides["HF+torch AdamW"] = reference(cfg)
     for _ in range(warmup):  # compile / allocate
         for step in sides.values():
@@ -145,12 +200,18 @@ def compare(name: str, steps: int, warmup: int, before: bool) -> None:
                      f" best-step {min(w for w, _ in ref) / min(w for w, _ in t):.2f}x, "
                      f"CPU-time {statistics.median(c for _, c in ref) / cpu:.2f}x")
         print(line, flush=True)
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(timeout=60)
+    folder.cleanup()
 
 
-def setup(ms_threads: int | None, torch_threads: int) -> int:
+def setup(ms_threads: int | None, torch_threads: int | None) -> int:
     """Size the thread pools of this process as the trainer sizes one rank's on this machine
     (cpu_share; MindSpore's kernel pool `ms_threads` if given) and torch's; call before numpy
-    loads. Returns MindSpore's kernel thread count."""
+    loads; torch_threads None: no torch (the graph_kernel child). Returns MindSpore's kernel
+    thread count."""
     from orchestrate_bloom.train import cpu_share
 
     share = cpu_share.rank_share(0, 1, os.sched_getaffinity(0))  # what launch.sh's rank gets
@@ -159,9 +220,11 @@ def setup(ms_threads: int | None, torch_threads: int) -> int:
     assert "numpy" not in sys.modules, "numpy's BLAS pool is sized when numpy loads"
     cpu_share.thread_env(share, os.environ)  # as the trainer's apply_from_env does
     import mindspore as ms
-    import torch
 
-    torch.set_num_threads(torch_threads)
+    if torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(torch_threads)
     ms.set_device("CPU")
     cpu_share.apply_to_mindspore(ms, share)  # as the trainer does
     return share.threads
@@ -181,13 +244,22 @@ def main() -> None:
     parser.add_argument("--before", action="store_true",
                         help="Also time ours with the layers' CPU fast paths off (the kernel "
                         "paths of before), alternating with the other two.")
+    parser.add_argument("--graph-kernel", action=argparse.BooleanOptionalAction, default=True,
+                        help="Also time ours with train.graph_kernel on, in a child process "
+                        "(default: on).")
+    parser.add_argument("--serve", choices=sorted(CONFIGS), help=argparse.SUPPRESS)  # child
     args = parser.parse_args()
+    if args.serve:
+        setup(args.ms_threads, None)
+        serve(args.serve, args.steps)
+        return
     ms_threads = setup(args.ms_threads, args.threads)
     print(f"CPU, fp32, median of {args.steps} timed steps after {args.warmup} warm-up; tokens/step"
           f" = batch x seq; torch threads {args.threads}, MindSpore threads "
           f"{ms_threads}; load average {os.getloadavg()[0]:.1f}")
     for name in args.configs:
-        compare(name, args.steps, args.warmup, args.before)
+        compare(name, args.steps, args.warmup, args.before,
+                ms_threads if args.graph_kernel else None)
     print(f"load average now {os.getloadavg()[0]:.1f} (other processes skew both sides)")
 
 

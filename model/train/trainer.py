@@ -13,8 +13,7 @@ folder defaults to `<folder of JOB.yaml>/output`. `--set` accepts train.steps,
 train.save_steps, train.log_steps, train.lr, model.seq_length (alias train.seq_length),
 data.path, and any other key of the job file.
 
-Relative paths in the job (data.path, train.load_checkpoint, job.output_dir) are relative to
-the current directory.
+Relative paths in the job (data.path, train.load_checkpoint, job.output_dir): from the cwd.
 
 Launch modes (read from the environment, nothing to pass):
 - rank table (Ascend, HCCL): RANK_TABLE_FILE, RANK_ID, RANK_SIZE, DEVICE_ID.
@@ -59,7 +58,7 @@ from ..ckpt import mindformers as mindformers_ckpt
 from ..ckpt.convert import ConvertError
 from ..data.read import DataError, create_dataset, has_column, sample_length
 from ..presets import SettingsError
-from . import cpu_share, graceful, sched_wait
+from . import cpu_share, graceful, graph_kernel, sched_wait
 from .job import Job, load_job
 from .schedule import lr_schedule
 from .stages import SplitError, resolve_split, stage_of_layers
@@ -366,9 +365,8 @@ def load_pretrained(model: Any, path: Path) -> None:
 
 
 def main(argv: Sequence[str] | None, share: cpu_share.Share | None) -> int:
-    """`python -m orchestrate_bloom.train` (see module docstring). `share`: the core share the
-    caller applied before numpy loaded (cpu_share.apply_from_env(), as __main__ does; None:
-    none applies); main only sizes MindSpore's pools from it, never pins again."""
+    """`python -m orchestrate_bloom.train` (see module docstring). `share`: the core share
+    __main__ applied before numpy loaded (None: none); main only sizes MindSpore's pools."""
     t0 = time.monotonic()
     parser = argparse.ArgumentParser(prog="python -m orchestrate_bloom.train",
                                      description="Train Bloom from a job file.")
@@ -385,6 +383,8 @@ def main(argv: Sequence[str] | None, share: cpu_share.Share | None) -> int:
 
         ms.set_context(mode=ms.GRAPH_MODE, device_target=job.train["device_target"])
         cpu_share.apply_to_mindspore(ms, share)
+        if gk_note := graph_kernel.enable(ms, job):  # train.graph_kernel (CPU fusion)
+            note(gk_note)
         if os.environ.get("RANK_TABLE_FILE") and os.environ.get("DEVICE_ID"):
             ms.set_context(device_id=int(os.environ["DEVICE_ID"]))
         if os.environ.get("MS_ROLE") in ("MS_SCHED", "MS_PSERVER"):
