@@ -36,6 +36,9 @@ from .cells import clip_factor
 from .shm_reduce import ShmMean
 from .trainer import note
 
+# printed once by each rank whose update runs on the host (tests/model/test_train.py looks for it)
+HOST_UPDATE_NOTE = "AdamWeightDecay of the shared-memory step on the host (numpy)"
+
 
 class _FlatGrads(nn.Cell):
     """Graph 1: (loss, every gradient concatenated into one float32 vector)."""
@@ -91,7 +94,7 @@ class ShmTrainStep(nn.Cell):
         if self.host is False:  # after graph 1 ran: the parameters have their runtime memory
             self.host = _HostAdamW.attach(self.optimizer, self.clip)
             if self.host is not None:
-                note("AdamWeightDecay of the shared-memory step on the host (numpy)")
+                note(HOST_UPDATE_NOTE)
         if isinstance(self.host, _HostAdamW):
             self.host(mean)
         else:
