@@ -2,7 +2,8 @@
 
     python -m pytest tests/unit/test_shm_reduce.py -q
 
-Real processes (fork) on a real /dev/shm file: the mean over ranks of several steps, a rank
+Real processes (fork) on a real /dev/shm file: the mean over ranks of several steps, the same
+step in its parts (reduce_scatter, all_sum, all_gather) with the shared state rows, a rank
 that never arrives, and the agreement (every rank or none, the file removed after mapping).
 """
 
@@ -37,18 +38,19 @@ def _in_children(ranks: int, body: str, path: Path) -> list[int]:
     return [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
 
 
-def _mapped(path: Path, rank: int, ranks: int, total: int, **kw: object) -> ShmMean:
+def _mapped(path: Path, rank: int, ranks: int, total: int, state_rows: int = 0,
+            **kw: object) -> ShmMean:
     """Rank `rank`'s ShmMean over the file the test created at `path`."""
-    fd = shm_reduce.open_existing(path, shm_reduce.file_size(ranks, total))
+    fd = shm_reduce.open_existing(path, shm_reduce.file_size(ranks, total, state_rows))
     assert fd is not None, path
     try:
-        return ShmMean(fd, rank, ranks, total, **kw)  # type: ignore[arg-type]
+        return ShmMean(fd, rank, ranks, total, state_rows=state_rows, **kw)  # type: ignore[arg-type]
     finally:
         os.close(fd)
 
 
-def _created(path: Path, ranks: int, total: int) -> None:
-    fd = shm_reduce.create(path, shm_reduce.file_size(ranks, total))
+def _created(path: Path, ranks: int, total: int, state_rows: int = 0) -> None:
+    fd = shm_reduce.create(path, shm_reduce.file_size(ranks, total, state_rows))
     assert fd is not None, path
     os.close(fd)
 
@@ -63,6 +65,28 @@ def _steps(rank: int, ranks: int, path: Path) -> int:
         if out.shape != (1001,) or not np.allclose(out, want):
             return 3
         if not np.array_equal(total([np.array([1.0, rank], np.float32)]), [ranks, 3.0]):
+            return 6
+    return 0
+
+
+def _parts(rank: int, ranks: int, path: Path) -> int:
+    """Each rank doubles its chunk of the mean and adds its rank; every rank gets all chunks."""
+    mean = _mapped(path, rank, ranks, 1001, state_rows=2, wait_s=30)
+    bounds = [k * 1001 // ranks for k in range(ranks + 1)]
+    owner = np.repeat(np.arange(ranks), np.diff(bounds))  # the rank whose chunk a value is in
+    for step in range(5):  # both parities twice
+        chunk = mean.reduce_scatter([np.full(1001, rank + step, np.float32)])
+        if chunk.size != bounds[rank + 1] - bounds[rank] or not np.allclose(
+                chunk, (ranks - 1) / 2 + step):
+            return 3
+        if mean.all_sum(rank + 0.25) != sum(k + 0.25 for k in range(ranks)):
+            return 4
+        chunk[:] = chunk * 2 + rank
+        mean.state[1, mean.chunk] = step * 10 + rank  # this rank's part of the node's state
+        out = mean.all_gather()
+        if not np.allclose(out, (ranks - 1) + 2 * step + owner):
+            return 5
+        if not np.array_equal(mean.state[1], step * 10 + owner) or mean.state[0].any():
             return 6
     return 0
 
@@ -85,6 +109,15 @@ def test_ranks_get_the_mean_of_every_step() -> None:
     finally:
         path.unlink(missing_ok=True)
         Path(f"{path}-sum").unlink(missing_ok=True)
+
+
+def test_a_step_in_parts_shares_each_ranks_chunk_and_the_state() -> None:
+    path = shm_reduce.SHM_DIR / f"orchestrate-test-parts-{os.getpid()}"
+    try:
+        _created(path, 3, 1001, state_rows=2)
+        assert _in_children(3, "_parts", path) == [0, 0, 0]
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def test_a_rank_that_never_arrives_fails_the_others(tmp_path: Path) -> None:
