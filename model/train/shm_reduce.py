@@ -37,7 +37,8 @@ import platform
 import secrets
 import stat
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,8 @@ class ShmMean:
         open_existing); the mapping keeps its own reference, the caller closes fd."""
         self.rank, self.ranks, self.total, self.seq, self.wait_s = rank, ranks, total, 0, wait_s
         self.divide, self.passed = divide, 0
+        self.group: tuple[int, int, int] | None = None  # share_core: (first rank, place, size)
+        self.turns_taken = 0
         head = _head_bytes(ranks)
         self.mm = mmap.mmap(fd, file_size(ranks, total, state_rows))
         self.flags = np.frombuffer(self.mm, np.int32, ranks * FLAG_STRIDE, 0)
@@ -81,8 +84,11 @@ class ShmMean:
         self.slots = data.reshape(2, ranks + 1, total)  # [parity, rank | mean, value]
         self.state = np.frombuffer(self.mm, np.float32, state_rows * total,
                                    head + data.nbytes).reshape(state_rows, total)
+        turns_at = ranks * FLAG_STRIDE * 4 + 2 * ranks * 8
+        self.turns = np.frombuffer(self.mm, np.int32, ranks * FLAG_STRIDE, turns_at)
         base = ctypes.addressof(ctypes.c_char.from_buffer(self.mm))
         self.addr = [base + k * FLAG_STRIDE * 4 for k in range(ranks)]
+        self.turn_addr = [base + turns_at + k * FLAG_STRIDE * 4 for k in range(ranks)]
         self.syscall = ctypes.CDLL(None, use_errno=True).syscall
         self.nr = _SYS_FUTEX[platform.machine()]
         lo = rank * total // ranks
@@ -110,13 +116,48 @@ class ShmMean:
             out /= self.ranks
         return out
 
-    def all_sum(self, value: float) -> float:
-        """The sum of one float from every rank (float64, added in rank order: the same value
-        on every rank); a barrier."""
+    def exchange(self, value: float) -> list[float]:
+        """Every rank's `value` (float64), in rank order; a barrier."""
         row = self.sums[self.seq % 2]
         row[self.rank] = value
         self._barrier()
-        return float(sum(row.tolist()))
+        return row.tolist()
+
+    def all_sum(self, value: float) -> float:
+        """The sum of one float from every rank (float64, added in rank order: the same value
+        on every rank); a barrier."""
+        return float(sum(self.exchange(value)))
+
+    def share_core(self, core: int) -> None:
+        """Group this rank with the ranks pinned to the same single core (`core`; -1: not
+        pinned to one core): from now on turn() lets a group's ranks in one at a time, in
+        rank order. Every rank calls it at the same point (a barrier)."""
+        cores = self.exchange(float(core))
+        group = [k for k in range(self.ranks) if core >= 0 and cores[k] == core]
+        self.group = (group[0], group.index(self.rank), len(group)) if len(group) > 1 else None
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        """Run the body when it is this rank's turn on its core (share_core's group; no wait
+        without one): each rank of the group once per round, in rank order."""
+        if self.group is None:
+            yield
+            return
+        first, place, size = self.group
+        target = self.turns_taken * size + place
+        deadline = time.monotonic() + self.wait_s
+        tick = _Timespec(1, 0)
+        while (seen := int(self.turns[first * FLAG_STRIDE])) != target:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"rank {first + (seen % size)} did not pass its turn on the "
+                                   f"core in {self.wait_s:.0f} s (shared-memory step)")
+            self._futex_at(self.turn_addr[first], _FUTEX_WAIT, seen, ctypes.byref(tick))
+        try:
+            yield
+        finally:
+            self.turns_taken += 1
+            self.turns[first * FLAG_STRIDE] = target + 1
+            self._futex_at(self.turn_addr[first], _FUTEX_WAKE, 1 << 30, None)
 
     def all_gather(self) -> np.ndarray:
         """End the step: a barrier, then the shared result row with every rank's chunk (the
@@ -130,7 +171,7 @@ class ShmMean:
         self.passed += 1
         value = self.passed
         self.flags[self.rank * FLAG_STRIDE] = value
-        self._futex(self.rank, _FUTEX_WAKE, 1 << 30, None)
+        self._futex_at(self.addr[self.rank], _FUTEX_WAKE, 1 << 30, None)
         deadline = time.monotonic() + self.wait_s
         tick = _Timespec(1, 0)
         for k in range(self.ranks):
@@ -138,11 +179,12 @@ class ShmMean:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"rank {k} did not reach the gradient barrier in "
                                        f"{self.wait_s:.0f} s (shared-memory gradient mean)")
-                self._futex(k, _FUTEX_WAIT, seen, ctypes.byref(tick))
+                self._futex_at(self.addr[k], _FUTEX_WAIT, seen, ctypes.byref(tick))
 
-    def _futex(self, k: int, op: int, val: int, timeout: Any) -> None:
-        """futex(2) on rank k's flag (shared, not FUTEX_PRIVATE: the ranks are processes)."""
-        self.syscall(ctypes.c_long(self.nr), ctypes.c_void_p(self.addr[k]), ctypes.c_long(op),
+    def _futex_at(self, addr: int, op: int, val: int, timeout: Any) -> None:
+        """futex(2) on the int32 at `addr` (shared, not FUTEX_PRIVATE: the ranks are
+        processes)."""
+        self.syscall(ctypes.c_long(self.nr), ctypes.c_void_p(addr), ctypes.c_long(op),
                      ctypes.c_long(val), timeout)
 
 
@@ -170,8 +212,8 @@ def file_size(ranks: int, total: int, state_rows: int = 0) -> int:
 
 def _head_bytes(ranks: int) -> int:
     """The ranks' barrier flags at the start of the file (one cache line, FLAG_STRIDE, each),
-    then all_sum's float64 values [parity 2][rank]."""
-    return ranks * FLAG_STRIDE * 4 + 2 * ranks * 8
+    exchange's float64 values [parity 2][rank], then the turn counters (one line per rank)."""
+    return 2 * ranks * FLAG_STRIDE * 4 + 2 * ranks * 8
 
 
 def _data_floats(ranks: int, total: int) -> int:

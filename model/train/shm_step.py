@@ -27,6 +27,7 @@ rank a fixed ~2.5 ms more than the update's arithmetic (tiny, 1 core: graph 2 3.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -91,10 +92,13 @@ class ShmTrainStep(nn.Cell):
     def __call__(self, *inputs: Tensor) -> Tensor:  # type: ignore[override]
         """One step (graph 1, the mean, the host update or graph 2; Cell.__call__ would
         compile construct, which is none)."""
-        loss, flat = self.flat_grads(*inputs)
+        with self.mean.turn():  # ranks on one core: one graph 1 at a time
+            loss, flat = self.flat_grads(*inputs)
         grads = flat.asnumpy()
         if not self.decided:  # after graph 1 ran: the parameters have their runtime memory
             self.decided, self.host = True, self._host_update()
+            cores = os.sched_getaffinity(0)
+            self.mean.share_core(min(cores) if len(cores) == 1 else -1)
         if self.host is not None:
             self.host(grads)
         else:
