@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +92,25 @@ def _parts(rank: int, ranks: int, path: Path) -> int:
     return 0
 
 
+def _turns(rank: int, ranks: int, path: Path) -> int:
+    """Ranks 0-1 on "core" 4, 2-3 on "core" 6, rank 4 on a core of its own: a group's ranks
+    enter turn() one at a time, in rank order, every round; the lone rank never waits."""
+    mean = _mapped(path, rank, ranks, 8, state_rows=1, wait_s=30)
+    mean.share_core([4, 4, 6, 6, 9][rank])
+    if (mean.group is None) != (rank == 4):
+        return 3
+    for step in range(6):
+        with mean.turn():
+            if rank != 4:
+                first, place, size = mean.group or (0, 0, 0)
+                if mean.state[0, first] != step * size + place:  # the group's entries so far
+                    return 4
+                time.sleep(0.002)  # a peer that entered too early would see the old count
+                mean.state[0, first] += 1
+        mean.all_sum(0.0)  # the step's barrier
+    return 0
+
+
 def _alone(rank: int, ranks: int, path: Path) -> int:
     mean = _mapped(path, rank, ranks + 1, 8, wait_s=0.3)  # rank 1 never comes
     try:
@@ -116,6 +136,15 @@ def test_a_step_in_parts_shares_each_ranks_chunk_and_the_state() -> None:
     try:
         _created(path, 3, 1001, state_rows=2)
         assert _in_children(3, "_parts", path) == [0, 0, 0]
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def test_ranks_on_one_core_take_turns_in_rank_order() -> None:
+    path = shm_reduce.SHM_DIR / f"orchestrate-test-turns-{os.getpid()}"
+    try:
+        _created(path, 5, 8, state_rows=1)
+        assert _in_children(5, "_turns", path) == [0] * 5
     finally:
         path.unlink(missing_ok=True)
 
