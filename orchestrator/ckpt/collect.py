@@ -278,12 +278,13 @@ def _gather(group: NodeGroup, listings: Sequence[ckpt.NodeListing],
     remaining = ckpt_fetch.bytes_to_fetch(dest, items)
     outputs = (total if layout.pure_dp else 2 * total) * len(dst_ranks)  # upper bound
     ckpt_fetch.check_free_space(
-        dest, remaining + outputs, f"{_n(remaining)} to download + up to {_n(outputs)} output"
+        dest, remaining + outputs,
+        f"{human_bytes(remaining)} to download + up to {human_bytes(outputs)} output"
     )
     if plan.saved_bytes:
         say(
             f"data-parallel replicas: fetching ranks {[c.rank for c in plan.fetch]} only, "
-            f"{_n(plan.saved_bytes)} not downloaded "
+            f"{human_bytes(plan.saved_bytes)} not downloaded "
             f"({len(plan.skipped) + len(plan.copies)} replica file(s) skipped)"
         )
     on_bytes = progress(total) if progress is not None else (lambda _n: None)
@@ -294,7 +295,8 @@ def _gather(group: NodeGroup, listings: Sequence[ckpt.NodeListing],
     return strategy, dst_ranks, plan, outcomes
 
 
-def _n(b: int) -> str:
+def human_bytes(b: int) -> str:
+    """`1.5 MiB`: bytes for people (GiB, MiB, KiB, else B)."""
     for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if b >= size:
             return f"{b / size:.1f} {unit}"

@@ -13,7 +13,17 @@ from typing import Any
 
 import click
 
-from orchestrator.cli import ckpt, data, exec_, inventory_cmd, jobs, model, plan, ranktable
+from orchestrator.cli import (
+    ckpt,
+    data,
+    exec_,
+    inventory_cmd,
+    jobs,
+    model,
+    plan,
+    prune,
+    ranktable,
+)
 from orchestrator.errors import OrchestrateError
 from orchestrator.untrusted import scrub
 
@@ -52,7 +62,7 @@ def cli(verbose: int) -> None:
 
 
 # Command modules import only click and light modules at import time, so `--help` stays instant.
-for _module in (plan, inventory_cmd, ranktable, exec_, jobs, ckpt, data, model):
+for _module in (plan, inventory_cmd, ranktable, exec_, jobs, ckpt, data, model, prune):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 

@@ -78,20 +78,38 @@ def _vars(wd: str) -> str:
     return f'cd -P {wd}; W=$PWD; B="$W/blobs"; T="$W/trees"'
 
 
-def cleanup_leftovers_lines(age_min: int = LEFTOVER_AGE_MIN) -> list[str]:
-    """Shell lines removing interrupted stages' temp names under "$B" and "$T".
+REMOVE_LEFTOVER = 'rm -rf -- "$x" 2>/dev/null && echo "leftover ${x##*/}" || true'
 
-    An entry goes only when neither it nor anything under it was modified in the last
+
+def cleanup_leftovers_lines(age_min: int = LEFTOVER_AGE_MIN,
+                            action: str = REMOVE_LEFTOVER) -> list[str]:
+    """THE rule for interrupted stages' temp names under "$B" and "$T": shell lines running
+    `action` (default: remove it and print `leftover NAME`) with "$x" set to each one.
+
+    An entry counts only when neither it nor anything under it was modified in the last
     `age_min` minutes (a directory's own mtime changes whenever an entry is added, a file's
-    while it is written); prints `leftover NAME` for each one removed.
+    while it is written). `orchestrate prune` (job/prune.py) collects them with another action.
     """
     return [
         f"for x in {' '.join(LEFTOVER_GLOBS)}; do",
         '  [ -e "$x" ] || [ -L "$x" ] || continue',
         f'  if [ -z "$(find "$x" -mmin -{int(age_min)} -print -quit 2>/dev/null)" ]; then',
-        '    rm -rf -- "$x" 2>/dev/null && echo "leftover ${x##*/}" || true',
+        f"    {action}",
         "  fi",
         "done",
+    ]
+
+
+def busy_lines(job_id: str | None, then: str) -> list[str]:
+    """THE busy-node test (after proc_alive_fn, in the workdir): shell lines running `then`
+    with "$o" set to the owner when jobs/ACTIVE names a live job other than `job_id` (None:
+    any live job). A staging command stops there; `orchestrate prune` leaves the node alone."""
+    other = f'[ "$o" != {shlex.quote(job_id)} ] && ' if job_id is not None else ""
+    return [
+        "if [ -f jobs/ACTIVE ]; then",
+        "  o=; p=; s=; read -r o p s < jobs/ACTIVE || true",
+        f'  if {other}alive "$p" "$s"; then {then}; fi',
+        "fi",
     ]
 
 
@@ -117,11 +135,7 @@ def first_command(workdir: str, job_id: str, trees: Sequence[Tree],
         f"mkdir -p {wd}/jobs {wd}/blobs {wd}/trees",
         _vars(wd),
         'echo "workdir $W"',
-        "if [ -f jobs/ACTIVE ]; then",
-        "  o=; p=; s=; read -r o p s < jobs/ACTIVE || true",
-        f'  if [ "$o" != {jid} ] && alive "$p" "$s"; then '
-        'echo "busy $o"; exit 0; fi',
-        "fi",
+        *busy_lines(job_id, 'echo "busy $o"; exit 0'),
         *cleanup_leftovers_lines(),
         f"J=\"$W\"/jobs/{jid}; S={skel or ''}",
         # a warm node: the whole folder in one process (-T: never into an existing folder)
