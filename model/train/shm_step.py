@@ -39,6 +39,8 @@ from .trainer import note
 
 # printed once by each rank whose update runs on the host (tests/model/test_train.py looks for it)
 HOST_UPDATE_NOTE = "AdamWeightDecay of the shared-memory step on the host (numpy)"
+# printed by each rank that shares its one core with other ranks (ShmMean.turn)
+TURNS_NOTE = "graph 1 takes turns with the other ranks on this core"
 
 
 class _FlatGrads(nn.Cell):
@@ -99,6 +101,8 @@ class ShmTrainStep(nn.Cell):
             self.decided, self.host = True, self._host_update()
             cores = os.sched_getaffinity(0)
             self.mean.share_core(min(cores) if len(cores) == 1 else -1)
+            if self.mean.group is not None:
+                note(f"{TURNS_NOTE} ({self.mean.group[2]} ranks on core {min(cores)})")
         if self.host is not None:
             self.host(grads)
         else:
