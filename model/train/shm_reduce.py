@@ -72,7 +72,7 @@ class ShmMean:
         """`fd`: the shared file, file_size(ranks, total, state_rows) bytes (create /
         open_existing); the mapping keeps its own reference, the caller closes fd."""
         self.rank, self.ranks, self.total, self.seq, self.wait_s = rank, ranks, total, 0, wait_s
-        self.divide, self.passed = divide, 0
+        self.divide, self.passed, self.exchanges = divide, 0, 0
         self.group: tuple[int, int, int] | None = None  # share_core: (first rank, place, size)
         self.turns_taken = 0
         head = _head_bytes(ranks)
@@ -117,8 +117,11 @@ class ShmMean:
         return out
 
     def exchange(self, value: float) -> list[float]:
-        """Every rank's `value` (float64), in rank order; a barrier."""
-        row = self.sums[self.seq % 2]
+        """Every rank's `value` (float64), in rank order; a barrier. The two rows alternate by
+        exchange, not by step: a fast rank's next exchange may start while a slow one still
+        reads this one, never the one after (it needs every rank at the next barrier)."""
+        self.exchanges += 1
+        row = self.sums[self.exchanges % 2]
         row[self.rank] = value
         self._barrier()
         return row.tolist()

@@ -111,6 +111,15 @@ def _turns(rank: int, ranks: int, path: Path) -> int:
     return 0
 
 
+def _exchanges(rank: int, ranks: int, path: Path) -> int:
+    """Many exchanges in a row, no step between them: each one's values are its own."""
+    mean = _mapped(path, rank, ranks, 8, wait_s=30)
+    for k in range(200):
+        if mean.exchange(rank + k * 10.0) != [r + k * 10.0 for r in range(ranks)]:
+            return 3
+    return 0
+
+
 def _alone(rank: int, ranks: int, path: Path) -> int:
     mean = _mapped(path, rank, ranks + 1, 8, wait_s=0.3)  # rank 1 never comes
     try:
@@ -145,6 +154,15 @@ def test_ranks_on_one_core_take_turns_in_rank_order() -> None:
     try:
         _created(path, 5, 8, state_rows=1)
         assert _in_children(5, "_turns", path) == [0] * 5
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def test_exchanges_in_a_row_do_not_overwrite_each_other() -> None:
+    path = shm_reduce.SHM_DIR / f"orchestrate-test-exchanges-{os.getpid()}"
+    try:
+        _created(path, 4, 8)
+        assert _in_children(4, "_exchanges", path) == [0] * 4
     finally:
         path.unlink(missing_ok=True)
 
