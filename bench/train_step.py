@@ -16,8 +16,8 @@ other processes' load skews least (with one thread per side it is the work each 
 more threads, spinning thread pools count against their side). torch's threads are
 --threads; MindSpore's CPU kernel threads --ms-threads (default: what the trainer gives one
 rank on this machine through cpu_share, as launch.sh runs it: one thread per usable core,
-instead of MindSpore's own 25 on any machine); numpy's BLAS pool (the weight gradients of the
-CPU fast path) gets the same count, set before numpy loads. The default run is what issue #17
+instead of MindSpore's own 25 on any machine); numpy's BLAS pool gets the same count, set
+before numpy loads. The default run is what issue #17
 asks: tiny and small, both sides with this machine's core count of threads.
 """
 

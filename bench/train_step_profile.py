@@ -7,7 +7,7 @@ each side profiled by its own profiler (MindSpore's Profiler on CPU: the kernel 
 actor thread; torch.profiler: the self time of each aten op on the calling thread), then the
 op times are summed into categories, in ms per step:
 
-    matmul fwd / matmul grads   MatMul, BatchMatMul, the BLAS Custom op; aten mm/bmm/addmm/
+    matmul fwd / matmul grads   MatMul, BatchMatMul, Custom ops; aten mm/bmm/addmm/
                                 baddbmm; ours split by time (before the loss kernel: forward),
                                 torch by the autograd backward node above the op
     attention softmax           Softmax and its gradient (MindSpore expands it into ops)

@@ -38,7 +38,7 @@ from mindspore.common.initializer import Zero, initializer
 from mindspore.ops import constexpr
 
 from .config import BloomConfig
-from .cpu_grads import BlasWeightGrad, cpu_float32
+from .cpu_grads import LinearOpsGrad, cpu_float32
 from .layers import (
     MASK_FILL,
     MS_DTYPES,
@@ -165,8 +165,8 @@ class BloomLMHeadModel(nn.Cell):
         self.lm_head = ops.MatMul(transpose_b=True)  # x @ E^T without copying E
         self.compute_dtype = MS_DTYPES[config.compute_dtype]
         self.needs_cast = MS_DTYPES[config.param_dtype] != self.compute_dtype
-        self.blas_weight_grad = cpu_float32(config)  # CPU fast path: dE by BLAS
-        self.blas = BlasWeightGrad(bias=False)
+        self.ops_linear_grad = cpu_float32(config)  # CPU fast path: LinearOpsGrad
+        self.ops_grad = LinearOpsGrad(bias=False)
         self.no_bias = Tensor(np.zeros(config.vocab_size, np.float32))
 
     def logits(self, hidden: Tensor) -> Tensor:
@@ -176,8 +176,8 @@ class BloomLMHeadModel(nn.Cell):
         weight = self.transformer.word_embeddings.weight  # [vocab, hidden]
         if self.needs_cast:
             weight = ops.cast(weight, self.compute_dtype)
-        if self.blas_weight_grad and self.training:
-            out = self.blas(flat, weight, self.no_bias)  # the same product
+        if self.ops_linear_grad and self.training:
+            out = self.ops_grad(flat, weight, self.no_bias)  # the same product
         else:
             out = self.lm_head(flat, weight)  # [tokens, vocab]
         if self.compute_dtype != ms.float32:

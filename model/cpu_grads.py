@@ -1,6 +1,6 @@
 """CPU training fast paths with custom gradients (bprop), for float32 on CPU only, where
-MindSpore's own gradient kernels are slow for our shapes: weight gradients by numpy's BLAS
-(BlasWeightGrad, used by layers.Linear and the tied LM head), LayerNorm's gradient by
+MindSpore's own gradient kernels are slow for our shapes: Linear's bias gradient as a column
+sum (LinearOpsGrad, used by layers.Linear and the tied LM head), LayerNorm's gradient by
 elementwise ops (LayerNormOpsGrad) and the attention softmax's by ops (SoftmaxOpsGrad), their
 sums over the last axis as MatMuls (row_sums). Switched with the other fast paths by
 layers.set_fast_paths; tests/model/test_train_loss.py checks every gradient against the
@@ -26,43 +26,24 @@ def cpu_float32(config: BloomConfig) -> bool:
     return on_cpu() and config.compute_dtype == "float32"
 
 
-def _tokens_t_times(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """dy^T x for float32 [tokens, m], [tokens, n] (numpy's BLAS sgemm, transposed view)."""
-    return np.dot(dy.T, x)
-
-
-def weight_grad_op() -> ops.Custom:
-    """CPU primitive: dy [tokens, out], x [tokens, in] -> dy^T x [out, in], by numpy's BLAS.
-
-    The weight gradient of y = x W^T contracts the tokens axis, MatMul's transpose_a form,
-    which MindSpore's CPU kernel runs up to 2x slower than numpy's sgemm on the transposed
-    view (one thread, CPU ms, out x tokens x in: 4096x1024x256 52 vs 31, 1024x1024x256 14 vs
-    8, 768x1024x256 8.1 vs 6.4; an explicit Transpose costs ~8 ns per element). Below
-    BLAS_MIN_MACS the call's overhead eats the gain (256x1024x256 2.1 vs 2.4, 1000x512x64
-    1.35 vs 1.54): BlasWeightGrad keeps MindSpore's kernel there.
-    """
-    return ops.Custom(_tokens_t_times, out_shape=lambda dy, x: [dy[1], x[1]],
-                      out_dtype=lambda dy, _x: dy, func_type="pyfunc")
-
-
-BLAS_MIN_MACS = 100_000_000  # tokens x out x in from which weight_grad_op pays (see there)
-
-
-class BlasWeightGrad(nn.Cell):
+class LinearOpsGrad(nn.Cell):
     """y = x W^T (+ b) with W [out, in] as inputs, not Parameters (so this cell's bprop gives
-    their gradients), x [tokens, in]; the weight gradient by weight_grad_op from min_macs
-    multiply-adds on (a compile-time choice: shapes are static), the rest by MindSpore's
-    MatMul forms (dx = dy W: the plain form)."""
+    their gradients), x [tokens, in]: the products by MindSpore's MatMul forms (dx = dy W, the
+    plain form; dW = dy^T x, the transpose_a form), the bias by BiasAdd and its gradient as a
+    column sum, not MindSpore's BiasAddGrad kernel (1.97-4.9 vs 0.03 ms on our shapes).
+
+    dW by numpy's BLAS (a pyfunc Custom op) was dropped: in a small step
+    (`python bench/train_step.py`) MindSpore's transpose_a MatMul made the step 1.10x faster
+    with 2 threads, 1.16x with 1 (same-run A/B).
+    """
 
     def __init__(self, bias: bool) -> None:
         super().__init__()
         self.bias = bias
-        self.min_macs = BLAS_MIN_MACS
         self.forward = ops.MatMul(transpose_b=True)
         self.bias_add = ops.BiasAdd()
         self.backward = ops.MatMul()
-        self.kernel_weight_grad = ops.MatMul(transpose_a=True)
-        self.weight_grad = weight_grad_op()
+        self.weight_grad = ops.MatMul(transpose_a=True)
 
     def construct(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         """[tokens, in] x [out, in]^T (+ [out]) -> [tokens, out]; the bias by BiasAdd, not a
@@ -73,12 +54,8 @@ class BlasWeightGrad(nn.Cell):
     def bprop(self, x: Tensor, weight: Tensor, bias: Tensor, out: Tensor,  # noqa: ARG002
               dout: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(dx, dW, db): dout W, dout^T x, column sums of dout (zeros without bias)."""
-        if x.shape[0] * x.shape[1] * dout.shape[1] >= self.min_macs:
-            dw = self.weight_grad(dout, x)
-        else:
-            dw = self.kernel_weight_grad(dout, x)
         db = dout.sum(0) if self.bias else ops.zeros_like(bias)
-        return self.backward(dout, weight), dw, db
+        return self.backward(dout, weight), self.weight_grad(dout, x), db
 
 
 def row_sums(x: Tensor, ones: Tensor) -> Tensor:

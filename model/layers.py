@@ -16,7 +16,7 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, One, Zero, initializer
 
 from .config import BloomConfig
-from .cpu_grads import BlasWeightGrad, LayerNormOpsGrad, SoftmaxOpsGrad, cpu_float32
+from .cpu_grads import LayerNormOpsGrad, LinearOpsGrad, SoftmaxOpsGrad, cpu_float32
 
 MS_DTYPES = {"float32": ms.float32, "float16": ms.float16, "bfloat16": ms.bfloat16}
 MASK_FILL = float(np.finfo(np.float32).min)  # score of a masked key (exp() underflows to 0)
@@ -92,13 +92,14 @@ def bloom_gelu(x: Tensor, sigmoid_form: bool = False) -> Tensor:
 
 
 # attributes of BloomMLP, BloomAttention, Linear, LayerNorm, BloomModel, the LM head (bloom.py)
-FAST_PATH_FLAGS = ("sigmoid_gelu", "unstack_qkv", "blas_weight_grad", "ops_layernorm_grad",
+FAST_PATH_FLAGS = ("sigmoid_gelu", "unstack_qkv", "ops_linear_grad", "ops_layernorm_grad",
                    "ops_softmax_grad", "constant_bias")
 
 
 def set_fast_paths(cell: nn.Cell, on: bool) -> None:
     """Switch the CPU fast paths (sigmoid-form GELU, q/k/v by one Unstack, the unpadded
-    attention bias as a constant: bloom.causal_bias; cpu_grads.py: weight gradients by BLAS,
+    attention bias as a constant: bloom.causal_bias; cpu_grads.py: Linear's bias gradient as a
+    column sum,
     LayerNorm's and the softmax's gradients by ops) of every layer
     under `cell`, before it compiles: off gives the kernel paths they replace (the test of
     their equality, `python bench/train_step.py --before`)."""
@@ -121,15 +122,15 @@ class Linear(nn.Cell):
                                 name="weight")
         self.bias = Parameter(initializer(Zero(), (out_features,), param_dtype), name="bias")
         self.needs_cast = param_dtype != self.compute_dtype
-        self.blas_weight_grad = cpu_float32(config)
-        self.blas = BlasWeightGrad(bias=True)
+        self.ops_linear_grad = cpu_float32(config)
+        self.ops_grad = LinearOpsGrad(bias=True)
 
     def construct(self, x: Tensor) -> Tensor:
         """[..., in] -> [..., out] (one fused kernel; casts only for mixed precision; the CPU
-        fast path when training: the same product, its weight gradient by BLAS)."""
-        if self.blas_weight_grad and self.training:
+        fast path when training: the same product, its bias gradient a column sum)."""
+        if self.ops_linear_grad and self.training:
             shape = x.shape
-            y = self.blas(x.reshape(-1, shape[-1]), self.weight, self.bias)
+            y = self.ops_grad(x.reshape(-1, shape[-1]), self.weight, self.bias)
             return y.reshape(shape[:-1] + (y.shape[-1],))
         if self.needs_cast:
             return ops.dense(ops.cast(x, self.compute_dtype),

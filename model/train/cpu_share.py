@@ -32,7 +32,7 @@ from typing import Any
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 # OpenBLAS's idle workers spin (sched_yield) for 2^N cycles before sleeping: its default N=28
-# (~0.1 s) kept numpy's BLAS worker (the CPU weight gradients, model/cpu_grads.py) spinning
+# (~0.1 s) kept numpy's BLAS worker (then the CPU weight gradients; any numpy BLAS call) spinning
 # through the MindSpore kernels that follow, on the cores those kernels need. N=4, its
 # minimum: sleep at once (small train step, 2 threads: 421.6 -> 380.7 ms, that thread's CPU
 # 162 -> 57 ms a step; bench/train_step.py).

@@ -1,7 +1,7 @@
 """The trainer's loss cell: the fused unmasked cross-entropy (one kernel and its fused
 gradient) equals the masked path with an all-ones mask, in value and in every gradient; and
-the CPU fast paths of the layers (GELU as x * sigmoid(2u), q/k/v by one Unstack, the weight
-gradients of every Linear and of the tied LM head by numpy's BLAS, LayerNorm's and the
+the CPU fast paths of the layers (GELU as x * sigmoid(2u), q/k/v by one Unstack, the
+gradients of every Linear and of the tied LM head by LinearOpsGrad, LayerNorm's and the
 attention softmax's gradients by ops, the unpadded attention bias as a constant) equal the
 fused GeLU kernel, the per-slice path, MindSpore's own gradient kernels and the in-graph
 bias they replace.
@@ -17,7 +17,6 @@ import pytest
 from mindspore import Tensor, ops
 from orchestrate_bloom.bloom import BloomLMHeadModel
 from orchestrate_bloom.config import BloomConfig
-from orchestrate_bloom.cpu_grads import BLAS_MIN_MACS, BlasWeightGrad
 from orchestrate_bloom.layers import set_fast_paths
 from orchestrate_bloom.train.cells import CausalLMLoss
 
@@ -29,13 +28,12 @@ def test_fused_loss_matches_the_masked_path() -> None:
     config = BloomConfig(vocab_size=97, hidden_size=32, n_layer=1, n_head=4, seq_length=16)
     model = BloomLMHeadModel(config)
     model.set_train(True)  # the custom gradients are training paths
-    blas_cells = [c for _, c in model.cells_and_names() if isinstance(c, BlasWeightGrad)]
     h_to_4h = model.transformer.h[0].mlp.dense_h_to_4h.weight  # GELU inputs ~N(0, 2), not ~0:
     h_to_4h.set_data(Tensor(h_to_4h.asnumpy() * 20))  # where the x^3 term of the tanh GELU counts
     ids = Tensor(np.random.default_rng(0).integers(0, 97, (2, 17)), ms.int32)
     ones = ops.ones((2, 17), ms.int32)
     assert model.transformer.h[0].mlp.sigmoid_gelu  # CPU float32: the fast paths are on
-    assert model.blas_weight_grad and model.transformer.h[0].mlp.dense_4h_to_h.blas_weight_grad
+    assert model.ops_linear_grad and model.transformer.h[0].mlp.dense_4h_to_h.ops_linear_grad
     assert model.transformer.ln_f.ops_layernorm_grad
     assert model.transformer.h[0].self_attention.ops_softmax_grad
     assert model.transformer.constant_bias  # the attention bias: a constant (causal_bias)
@@ -45,8 +43,6 @@ def test_fused_loss_matches_the_masked_path() -> None:
     results = []
     for masked, fast in ((False, True), (True, True), (False, False)):
         set_fast_paths(model, fast)
-        for cell in blas_cells:  # the unmasked run: BLAS for these tiny shapes too; the
-            cell.min_macs = 0 if not masked else BLAS_MIN_MACS  # masked: the kernel below it
         net = CausalLMLoss(model, masked, config.vocab_size)
         grads = ms.value_and_grad(net, None, model.trainable_params())
         loss, g = grads(ids, ones)
