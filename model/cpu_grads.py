@@ -16,9 +16,14 @@ from mindspore import Tensor, nn, ops
 from .config import BloomConfig
 
 
+def on_cpu() -> bool:
+    """Whether MindSpore's context runs this process's graphs on the CPU (device_target)."""
+    return ms.get_context("device_target") == "CPU"
+
+
 def cpu_float32(config: BloomConfig) -> bool:
     """Whether the CPU fast paths apply: device target CPU and float32 compute."""
-    return ms.get_context("device_target") == "CPU" and config.compute_dtype == "float32"
+    return on_cpu() and config.compute_dtype == "float32"
 
 
 class LinearOpsGrad(nn.Cell):

@@ -17,6 +17,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn, ops
 
+from ..cpu_grads import on_cpu
 from . import shard_plan, shm_reduce
 from .job import Job
 from .trainer import Dist, Layout, block_stages, note
@@ -95,8 +96,7 @@ class TrainStep(nn.TrainOneStepCell):
         super().__init__(network, optimizer)
         self.clip = clip
         self.hyper_map = ops.HyperMap()
-        on_cpu = ms.get_context("device_target") == "CPU"
-        self.square_sum = dot_square_sum if on_cpu else square_sum
+        self.square_sum = dot_square_sum if on_cpu() else square_sum
         if pipeline:  # accumulates micro-batch grads, reduces across stages
             self.grad_reducer = nn.PipelineGradReducer(optimizer.parameters)
 

@@ -119,11 +119,13 @@ def apply_to_mindspore(ms: Any, share: Share | None) -> None:
     """
     if share is None:
         return
+    from ..cpu_grads import on_cpu  # imports MindSpore: not at the top (see apply_from_env)
+
     ms.device_context.cpu.op_tuning.threads_num(share.threads)
-    on_cpu = ms.get_context("device_target") == "CPU"
-    if on_cpu:
+    cpu = on_cpu()
+    if cpu:
         ms.set_context(jit_config={"jit_level": "O1"})
-    ms.runtime.dispatch_threads_num(1 if on_cpu else max(1, min(share.threads, 5)))
+    ms.runtime.dispatch_threads_num(1 if cpu else max(1, min(share.threads, 5)))
     import mindspore.dataset as ds
 
     ds.config.set_num_parallel_workers(max(1, share.threads))

@@ -23,6 +23,7 @@ import pytest
 import yaml
 from orchestrate_bloom.ckpt import layout as ck
 from orchestrate_bloom.data.prepare import prepare
+from orchestrate_bloom.train.shm_step import HOST_UPDATE_NOTE, TURNS_NOTE
 from orchestrate_bloom.train.worker_exit import UNREGISTERED_NOTE
 
 from orchestrator.job.render import cluster_retry_env
@@ -172,9 +173,11 @@ def free_port() -> int:
 
 
 def run_cluster(job: Path, *args: str, per_rank_job: dict[int, Path] | None = None,
-                **extra: str) -> list[tuple[int, str, str]]:
+                core: int | None = None, **extra: str) -> list[tuple[int, str, str]]:
     """Scheduler + 2 workers on 127.0.0.1 (a free port); (exit code, stdout, stderr) each.
-    `extra`: more environment for every process.
+    `extra`: more environment for every process. `core`: every process may use only that
+    core, and each gets its place on the node (ORCHESTRATE_LOCAL_RANK, as launch.sh sets it):
+    both workers share the core (cpu_share), as 8 ranks on 2 cores do.
 
     `per_rank_job` gives a worker its own job file (default: `job` for every process).
     A cluster not done within CLUSTER_TIMEOUT_S is not an exception that loses its output:
@@ -187,9 +190,14 @@ def run_cluster(job: Path, *args: str, per_rank_job: dict[int, Path] | None = No
     jobs = [job] + [(per_rank_job or {}).get(n, job) for n in (0, 1)]
     sched = {"MS_ROLE": "MS_SCHED", "GLOG_v": "2"}  # its WARNINGs: "Node N has unregistered"
     roles = [sched] + [{"MS_ROLE": "MS_WORKER", "MS_NODE_ID": str(n)} for n in (0, 1)]
+    if core is not None:
+        for place, role in zip(("sched", "0", "1"), roles, strict=True):
+            role["ORCHESTRATE_LOCAL_RANK"] = place
     procs = [subprocess.Popen([sys.executable, "-m", "orchestrate_bloom.train", "--job",
                                str(path), *args], cwd=REPO, env=env(**role, **cluster, **extra),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=None if core is None else
+                              lambda: os.sched_setaffinity(0, {core}))
              for role, path in zip(roles, jobs, strict=True)]
     deadline = time.monotonic() + CLUSTER_TIMEOUT_S
     outputs: list[tuple[str, str]] = []
@@ -260,12 +268,14 @@ def test_two_worker_cluster_matches_single_process(tmp_path: Path, data_dir: Pat
     spec = yaml.safe_load(job.read_text())
     spec["parallel"].update(data_parallel=2, micro_batch_size=4)  # 2 ranks x 4 = the same 8
     job.write_text(yaml.safe_dump(spec))
-    # both ranks on this node, as launch.sh says: the gradient mean goes through shared memory
-    results = run_cluster(job, ORCHESTRATE_LOCAL_RANKS="2")
+    # both ranks on this node, as launch.sh says: the gradient mean goes through shared memory;
+    # both on one core, as 8 ranks on 2 cores: they take turns (shm_reduce.ShmMean.turn)
+    results = run_cluster(job, ORCHESTRATE_LOCAL_RANKS="2", core=min(os.sched_getaffinity(0)))
     assert_cluster_ok(results)
     assert "through shared memory" in results[1][2]
-    assert all("AdamWeightDecay of the shared-memory step on the host" in r[2]
-               for r in results[1:])  # shm_step._HostAdamW, not graph 2: checked against ref
+    # shm_step._HostAdamW, not graph 2, on both ranks (each updates its half of the
+    # parameters): checked against ref below
+    assert all(HOST_UPDATE_NOTE in r[2] and TURNS_NOTE in r[2] for r in results[1:])
     assert sorted(losses(results[1][1])) == [4, 8, 12]  # rank 0 logs
     assert losses(results[2][1]) == {}  # rank 1 does not
     for step, loss in losses(results[1][1]).items():  # the global mean, not rank 0's 4 samples

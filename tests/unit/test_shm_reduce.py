@@ -2,7 +2,8 @@
 
     python -m pytest tests/unit/test_shm_reduce.py -q
 
-Real processes (fork) on a real /dev/shm file: the mean over ranks of several steps, a rank
+Real processes (fork) on a real /dev/shm file: the mean over ranks of several steps, the same
+step in its parts (reduce_scatter, all_sum, all_gather) with the shared state rows, a rank
 that never arrives, and the agreement (every rank or none, the file removed after mapping).
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from pathlib import Path
 
 import numpy as np
@@ -37,18 +39,19 @@ def _in_children(ranks: int, body: str, path: Path) -> list[int]:
     return [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
 
 
-def _mapped(path: Path, rank: int, ranks: int, total: int, **kw: object) -> ShmMean:
+def _mapped(path: Path, rank: int, ranks: int, total: int, state_rows: int = 0,
+            **kw: object) -> ShmMean:
     """Rank `rank`'s ShmMean over the file the test created at `path`."""
-    fd = shm_reduce.open_existing(path, shm_reduce.file_size(ranks, total))
+    fd = shm_reduce.open_existing(path, shm_reduce.file_size(ranks, total, state_rows))
     assert fd is not None, path
     try:
-        return ShmMean(fd, rank, ranks, total, **kw)  # type: ignore[arg-type]
+        return ShmMean(fd, rank, ranks, total, state_rows=state_rows, **kw)  # type: ignore[arg-type]
     finally:
         os.close(fd)
 
 
-def _created(path: Path, ranks: int, total: int) -> None:
-    fd = shm_reduce.create(path, shm_reduce.file_size(ranks, total))
+def _created(path: Path, ranks: int, total: int, state_rows: int = 0) -> None:
+    fd = shm_reduce.create(path, shm_reduce.file_size(ranks, total, state_rows))
     assert fd is not None, path
     os.close(fd)
 
@@ -64,6 +67,56 @@ def _steps(rank: int, ranks: int, path: Path) -> int:
             return 3
         if not np.array_equal(total([np.array([1.0, rank], np.float32)]), [ranks, 3.0]):
             return 6
+    return 0
+
+
+def _parts(rank: int, ranks: int, path: Path) -> int:
+    """Each rank doubles its chunk of the mean and adds its rank; every rank gets all chunks."""
+    mean = _mapped(path, rank, ranks, 1001, state_rows=2, wait_s=30)
+    bounds = [k * 1001 // ranks for k in range(ranks + 1)]
+    owner = np.repeat(np.arange(ranks), np.diff(bounds))  # the rank whose chunk a value is in
+    for step in range(5):  # both parities twice
+        chunk = mean.reduce_scatter([np.full(1001, rank + step, np.float32)])
+        if chunk.size != bounds[rank + 1] - bounds[rank] or not np.allclose(
+                chunk, (ranks - 1) / 2 + step):
+            return 3
+        if mean.all_sum(rank + 0.25) != sum(k + 0.25 for k in range(ranks)):
+            return 4
+        chunk[:] = chunk * 2 + rank
+        mean.state[1, mean.chunk] = step * 10 + rank  # this rank's part of the node's state
+        out = mean.all_gather()
+        if not np.allclose(out, (ranks - 1) + 2 * step + owner):
+            return 5
+        if not np.array_equal(mean.state[1], step * 10 + owner) or mean.state[0].any():
+            return 6
+    return 0
+
+
+def _turns(rank: int, ranks: int, path: Path) -> int:
+    """Ranks 0-1 on "core" 4, 2-3 on "core" 6, rank 4 on a core of its own: a group's ranks
+    enter turn() one at a time, in rank order, every round; the lone rank never waits."""
+    mean = _mapped(path, rank, ranks, 8, state_rows=1, wait_s=30)
+    mean.share_core([4, 4, 6, 6, 9][rank])
+    if (mean.group is None) != (rank == 4):
+        return 3
+    for step in range(6):
+        with mean.turn():
+            if rank != 4:
+                first, place, size = mean.group or (0, 0, 0)
+                if mean.state[0, first] != step * size + place:  # the group's entries so far
+                    return 4
+                time.sleep(0.002)  # a peer that entered too early would see the old count
+                mean.state[0, first] += 1
+        mean.all_sum(0.0)  # the step's barrier
+    return 0
+
+
+def _exchanges(rank: int, ranks: int, path: Path) -> int:
+    """Many exchanges in a row, no step between them: each one's values are its own."""
+    mean = _mapped(path, rank, ranks, 8, wait_s=30)
+    for k in range(200):
+        if mean.exchange(rank + k * 10.0) != [r + k * 10.0 for r in range(ranks)]:
+            return 3
     return 0
 
 
@@ -85,6 +138,33 @@ def test_ranks_get_the_mean_of_every_step() -> None:
     finally:
         path.unlink(missing_ok=True)
         Path(f"{path}-sum").unlink(missing_ok=True)
+
+
+def test_a_step_in_parts_shares_each_ranks_chunk_and_the_state() -> None:
+    path = shm_reduce.SHM_DIR / f"orchestrate-test-parts-{os.getpid()}"
+    try:
+        _created(path, 3, 1001, state_rows=2)
+        assert _in_children(3, "_parts", path) == [0, 0, 0]
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def test_ranks_on_one_core_take_turns_in_rank_order() -> None:
+    path = shm_reduce.SHM_DIR / f"orchestrate-test-turns-{os.getpid()}"
+    try:
+        _created(path, 5, 8, state_rows=1)
+        assert _in_children(5, "_turns", path) == [0] * 5
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def test_exchanges_in_a_row_do_not_overwrite_each_other() -> None:
+    path = shm_reduce.SHM_DIR / f"orchestrate-test-exchanges-{os.getpid()}"
+    try:
+        _created(path, 4, 8)
+        assert _in_children(4, "_exchanges", path) == [0] * 4
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def test_a_rank_that_never_arrives_fails_the_others(tmp_path: Path) -> None:
