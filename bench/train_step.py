@@ -129,35 +129,46 @@ def timed(step: Callable[[], tuple[float, float] | None]) -> tuple[float, float]
 
 
 def child(name: str, steps: int, ms_threads: int,
-          folder: str) -> tuple[Callable[[], tuple[float, float]], subprocess.Popen[str]]:
+          folder: str) -> tuple[Callable[[], tuple[float, float]], Callable[[], None]]:
     """`ours, graph_kernel on` in a child process (see the module docstring): one step per
-    line sent, its (wall, CPU) seconds read back; the process ends when its stdin is closed.
-    AKG's build output goes to `folder`."""
+    line sent, its (wall, CPU) seconds read back. Returns (step, stop); stop closes the
+    request pipe and waits for the child to end. AKG's build output goes to `folder`."""
     from orchestrate_bloom.train import graph_kernel as gk
 
     env = dict(os.environ, **{gk.WAIT_POLICY[0]: gk.WAIT_POLICY[1], gk.CACHE_VAR: folder})
+    ask_r, ask_w = os.pipe()  # own pipes, not stdin/stdout: MindSpore's kernel build server
+    ans_r, ans_w = os.pipe()  # (a grandchild) inherits those (a first try hung on them)
     proc = subprocess.Popen([sys.executable, __file__, "--serve", name, "--steps", str(steps),
-                             "--ms-threads", str(ms_threads)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, env=env, cwd=folder)
-    assert proc.stdin is not None and proc.stdout is not None
-    stdin, stdout = proc.stdin, proc.stdout
+                             "--ms-threads", str(ms_threads), "--fds", f"{ask_r},{ans_w}"],
+                            stdin=subprocess.DEVNULL, stdout=sys.stderr, env=env, cwd=folder,
+                            pass_fds=(ask_r, ans_w))
+    os.close(ask_r)
+    os.close(ans_w)
+    ask, answers = os.fdopen(ask_w, "w"), os.fdopen(ans_r)
 
     def step() -> tuple[float, float]:
-        stdin.write("step\n")
-        stdin.flush()
-        answer = stdout.readline().split()
+        ask.write("step\n")
+        ask.flush()
+        answer = answers.readline().split()
         if len(answer) != 2:
             raise SystemExit(f"graph_kernel child for {name} died (exit {proc.wait()})")
         return float(answer[0]), float(answer[1])
 
-    return step, proc
+    def stop() -> None:
+        ask.close()
+        proc.wait(timeout=60)
+
+    return step, stop
 
 
-def serve(name: str, steps: int) -> None:
-    """The child's side: build ours with graph_kernel on, run a step per line on stdin."""
+def serve(name: str, steps: int, fds: str) -> None:
+    """The child's side: build ours with graph_kernel on, run a step per line read from the
+    first fd of `fds` ("read,write"), answer on the second."""
     step = ours(CONFIGS[name], steps, graph_kernel=True)
-    for _ in sys.stdin:
-        print(*timed(step), flush=True)
+    ask_fd, ans_fd = (int(fd) for fd in fds.split(","))
+    with os.fdopen(ask_fd) as ask, os.fdopen(ans_fd, "w") as answers:
+        for _ in ask:
+            print(*timed(step), file=answers, flush=True)
 
 
 def compare(name: str, steps: int, warmup: int, before: bool, gk_threads: int | None) -> None:
@@ -176,11 +187,11 @@ def compare(name: str, steps: int, warmup: int, before: bool, gk_threads: int | 
         "ours (MindSpore graph)": ours(cfg, steps + warmup)}
     if before:
         sides["ours, fast paths off"] = ours(cfg, steps + warmup, fast=False)
-    folder, procs = tempfile.TemporaryDirectory(), []
+    folder, stops = tempfile.TemporaryDirectory(), []
     if gk_threads is not None:
-        sides["ours, graph_kernel on"], proc = child(name, steps + warmup, gk_threads,
+        sides["ours, graph_kernel on"], stop = child(name, steps + warmup, gk_threads,
                                                      folder.name)
-        procs.append(proc)
+        stops.append(stop)
     sides["HF+torch AdamW"] = reference(cfg)
     for _ in range(warmup):  # compile / allocate
         for step in sides.values():
@@ -200,10 +211,8 @@ def compare(name: str, steps: int, warmup: int, before: bool, gk_threads: int | 
                      f" best-step {min(w for w, _ in ref) / min(w for w, _ in t):.2f}x, "
                      f"CPU-time {statistics.median(c for _, c in ref) / cpu:.2f}x")
         print(line, flush=True)
-    for proc in procs:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        proc.wait(timeout=60)
+    for stop in stops:
+        stop()
     folder.cleanup()
 
 
@@ -248,10 +257,11 @@ def main() -> None:
                         help="Also time ours with train.graph_kernel on, in a child process "
                         "(default: on).")
     parser.add_argument("--serve", choices=sorted(CONFIGS), help=argparse.SUPPRESS)  # child
+    parser.add_argument("--fds", default="", help=argparse.SUPPRESS)  # the child's pipes
     args = parser.parse_args()
     if args.serve:
         setup(args.ms_threads, None)
-        serve(args.serve, args.steps)
+        serve(args.serve, args.steps, args.fds)
         return
     ms_threads = setup(args.ms_threads, args.threads)
     print(f"CPU, fp32, median of {args.steps} timed steps after {args.warmup} warm-up; tokens/step"
