@@ -31,7 +31,7 @@ from typing import Any
 from orchestrator.errors import JobError
 from orchestrator.job import prune_node
 from orchestrator.job.render import proc_alive_fn, shell_path
-from orchestrator.job.stage_first import busy_lines, cleanup_leftovers_lines
+from orchestrator.job.stage_first import busy_lines, cleanup_leftovers_lines, workdir_vars
 from orchestrator.job.state import JobRecord, needs_stop
 from orchestrator.remote.transport import Transport, tool_answer
 from orchestrator.untrusted import lines, shown
@@ -114,7 +114,7 @@ def node_command(workdir: str, python: str, sel: Selection, yes: bool, grace_min
     return "\n".join([
         "set -eu", proc_alive_fn(),
         f"[ -d {wd} ] || {{ echo absent; exit 0; }}",
-        f'cd -P {wd}; W=$PWD; B="$W/blobs"; T="$W/trees"',
+        workdir_vars(wd),
         'if [ -d jobs ]; then exec 9>>jobs/.lock; flock -w 30 9 || '
         '{ echo "error: timed out waiting for $W/jobs/.lock" >&2; exit 1; }; fi',
         *busy_lines(None, 'echo "busy $o"; exit 0'),

@@ -73,7 +73,7 @@ def skeleton_lines(key: str, trees: Sequence[Tree], job_dir_word: str, token: st
     ]
 
 
-def _vars(wd: str) -> str:
+def workdir_vars(wd: str) -> str:
     # physical paths: after `cd -P`, $PWD is one (builtins only, no subshell)
     return f'cd -P {wd}; W=$PWD; B="$W/blobs"; T="$W/trees"'
 
@@ -133,7 +133,7 @@ def first_command(workdir: str, job_id: str, trees: Sequence[Tree],
         "set -eu", "umask 022", proc_alive_fn(),
         f"[ -d {wd}/jobs ] && [ -d {wd}/blobs ] && [ -d {wd}/trees ] || "
         f"mkdir -p {wd}/jobs {wd}/blobs {wd}/trees",
-        _vars(wd),
+        workdir_vars(wd),
         'echo "workdir $W"',
         *busy_lines(job_id, 'echo "busy $o"; exit 0'),
         *cleanup_leftovers_lines(),
